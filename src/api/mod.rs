@@ -1,0 +1,1 @@
+//! The HTTP edge (axum). Implemented across the ingest and queryapi branches.

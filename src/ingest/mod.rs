@@ -1,0 +1,1 @@
+//! Ingest: decoding and validating remote-write requests. Implemented on the ingest branch.

@@ -1,0 +1,15 @@
+//! Timbala: durable, clustered long-term storage for Prometheus metrics.
+//!
+//! Data flows one way. Write: `api` (HTTP edge) -> `ingest` (decode, validate) ->
+//! `storage::Storage` (the local `tsdb`). Query: `api` -> `promql` (parse, evaluate) ->
+//! `storage::Storage`. `model` and `proto` are shared vocabulary; `telemetry` is
+//! self-monitoring that every box may register metrics with.
+
+pub mod api;
+pub mod ingest;
+pub mod model;
+pub mod promql;
+pub mod proto;
+pub mod storage;
+pub mod telemetry;
+pub mod tsdb;

@@ -1,0 +1,355 @@
+//! The data model every box shares: labels, label sets, samples and label matchers.
+//!
+//! Owns: the in-memory representation of a series identity (`Labels`), a float sample,
+//! and `Matcher` with Prometheus's semantics (fully anchored regexes; a missing label
+//! matches as the empty string). Calls nothing else in the crate.
+
+use std::fmt;
+
+/// The label that carries the metric name.
+pub const METRIC_NAME: &str = "__name__";
+
+/// The bit pattern Prometheus uses for a staleness marker (a special NaN).
+pub const STALE_NAN_BITS: u64 = 0x7ff0_0000_0000_0002;
+
+/// Returns true when `v` is exactly Prometheus's staleness marker.
+pub fn is_stale_nan(v: f64) -> bool {
+    v.to_bits() == STALE_NAN_BITS
+}
+
+/// The staleness marker value.
+pub fn stale_nan() -> f64 {
+    f64::from_bits(STALE_NAN_BITS)
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Label {
+    pub name: String,
+    pub value: String,
+}
+
+impl Label {
+    pub fn new(name: impl Into<String>, value: impl Into<String>) -> Self {
+        Label {
+            name: name.into(),
+            value: value.into(),
+        }
+    }
+}
+
+/// A label set sorted by name with unique names: the identity of a series.
+/// Ordering compares label by label (name, then value), as Prometheus's `labels.Compare`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Labels(Vec<Label>);
+
+impl Labels {
+    /// Builds a label set from pairs, sorting by name. Later duplicates of a name win;
+    /// callers that must reject duplicates validate before building.
+    pub fn from_pairs<N: Into<String>, V: Into<String>>(
+        pairs: impl IntoIterator<Item = (N, V)>,
+    ) -> Self {
+        let mut labels: Vec<Label> = pairs.into_iter().map(|(n, v)| Label::new(n, v)).collect();
+        labels.sort_by(|a, b| a.name.cmp(&b.name));
+        labels.dedup_by(|later, earlier| {
+            if later.name == earlier.name {
+                std::mem::swap(later, earlier);
+                true
+            } else {
+                false
+            }
+        });
+        Labels(labels)
+    }
+
+    /// Wraps labels that the caller guarantees are sorted by name and unique.
+    pub fn from_sorted(labels: Vec<Label>) -> Self {
+        debug_assert!(labels.windows(2).all(|w| w[0].name < w[1].name));
+        Labels(labels)
+    }
+
+    pub fn empty() -> Self {
+        Labels(Vec::new())
+    }
+
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.0
+            .binary_search_by(|l| l.name.as_str().cmp(name))
+            .ok()
+            .map(|i| self.0[i].value.as_str())
+    }
+
+    pub fn metric_name(&self) -> Option<&str> {
+        self.get(METRIC_NAME)
+    }
+
+    pub fn iter(&self) -> std::slice::Iter<'_, Label> {
+        self.0.iter()
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub fn as_slice(&self) -> &[Label] {
+        &self.0
+    }
+
+    pub fn into_vec(self) -> Vec<Label> {
+        self.0
+    }
+
+    /// Sets (or replaces) one label; an empty value removes it, as in Prometheus.
+    pub fn set(&mut self, name: &str, value: &str) {
+        match self.0.binary_search_by(|l| l.name.as_str().cmp(name)) {
+            Ok(i) if value.is_empty() => {
+                self.0.remove(i);
+            }
+            Ok(i) => self.0[i].value = value.to_string(),
+            Err(_) if value.is_empty() => {}
+            Err(i) => self.0.insert(i, Label::new(name, value)),
+        }
+    }
+
+    pub fn remove(&mut self, name: &str) {
+        if let Ok(i) = self.0.binary_search_by(|l| l.name.as_str().cmp(name)) {
+            self.0.remove(i);
+        }
+    }
+
+    /// Keeps only the labels whose names satisfy `keep`.
+    pub fn retain(&mut self, mut keep: impl FnMut(&Label) -> bool) {
+        self.0.retain(|l| keep(l));
+    }
+
+    /// A stable 64-bit hash of the label set (FNV-1a over name, 0xff, value, 0xff ...).
+    /// Stable across processes and versions: usable as an on-disk or on-wire key.
+    pub fn stable_hash(&self) -> u64 {
+        const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+        const PRIME: u64 = 0x0000_0100_0000_01b3;
+        let mut h = OFFSET;
+        for l in &self.0 {
+            for b in l
+                .name
+                .bytes()
+                .chain([0xff])
+                .chain(l.value.bytes())
+                .chain([0xff])
+            {
+                h ^= u64::from(b);
+                h = h.wrapping_mul(PRIME);
+            }
+        }
+        h
+    }
+}
+
+impl fmt::Display for Labels {
+    /// Prometheus's text form: `name{a="b", c="d"}`, or `{a="b"}` without a name.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(name) = self.metric_name() {
+            f.write_str(name)?;
+        }
+        f.write_str("{")?;
+        let mut first = true;
+        for l in self.0.iter().filter(|l| l.name != METRIC_NAME) {
+            if !first {
+                f.write_str(", ")?;
+            }
+            first = false;
+            write!(f, "{}={:?}", l.name, l.value)?;
+        }
+        f.write_str("}")
+    }
+}
+
+impl<'a> IntoIterator for &'a Labels {
+    type Item = &'a Label;
+    type IntoIter = std::slice::Iter<'a, Label>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.iter()
+    }
+}
+
+/// One float sample: milliseconds since the Unix epoch and a value (NaN bit patterns kept).
+#[derive(Clone, Copy, Debug)]
+pub struct Sample {
+    pub t: i64,
+    pub v: f64,
+}
+
+impl Sample {
+    pub fn new(t: i64, v: f64) -> Self {
+        Sample { t, v }
+    }
+}
+
+impl PartialEq for Sample {
+    /// Bit-exact comparison, so NaN equals the same NaN and stale markers are distinct.
+    fn eq(&self, other: &Self) -> bool {
+        self.t == other.t && self.v.to_bits() == other.v.to_bits()
+    }
+}
+
+/// A series with its samples in time order.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Series {
+    pub labels: Labels,
+    pub samples: Vec<Sample>,
+}
+
+/// Metric metadata carried by remote write (type, help, unit) for one metric family.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MetricMetadata {
+    pub metric_family: String,
+    pub metric_type: String,
+    pub help: String,
+    pub unit: String,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum MatchOp {
+    Equal,
+    NotEqual,
+    RegexMatch,
+    RegexNoMatch,
+}
+
+impl MatchOp {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MatchOp::Equal => "=",
+            MatchOp::NotEqual => "!=",
+            MatchOp::RegexMatch => "=~",
+            MatchOp::RegexNoMatch => "!~",
+        }
+    }
+}
+
+/// A label matcher. Regexes are anchored at both ends, as in Prometheus; a label that a
+/// series lacks is matched as the empty string.
+#[derive(Clone, Debug)]
+pub struct Matcher {
+    pub name: String,
+    pub op: MatchOp,
+    pub value: String,
+    regex: Option<regex::Regex>,
+}
+
+impl PartialEq for Matcher {
+    fn eq(&self, other: &Self) -> bool {
+        self.name == other.name && self.op == other.op && self.value == other.value
+    }
+}
+
+impl Matcher {
+    pub fn new(
+        op: MatchOp,
+        name: impl Into<String>,
+        value: impl Into<String>,
+    ) -> Result<Self, regex::Error> {
+        let value = value.into();
+        let regex = match op {
+            MatchOp::RegexMatch | MatchOp::RegexNoMatch => {
+                Some(regex::Regex::new(&format!("^(?s:{value})$"))?)
+            }
+            MatchOp::Equal | MatchOp::NotEqual => None,
+        };
+        Ok(Matcher {
+            name: name.into(),
+            op,
+            value,
+            regex,
+        })
+    }
+
+    /// Shorthand for an equality matcher, which cannot fail.
+    pub fn equal(name: impl Into<String>, value: impl Into<String>) -> Self {
+        Matcher {
+            name: name.into(),
+            op: MatchOp::Equal,
+            value: value.into(),
+            regex: None,
+        }
+    }
+
+    pub fn matches(&self, value: &str) -> bool {
+        match (self.op, &self.regex) {
+            (MatchOp::Equal, _) => value == self.value,
+            (MatchOp::NotEqual, _) => value != self.value,
+            (MatchOp::RegexMatch, Some(re)) => re.is_match(value),
+            (MatchOp::RegexNoMatch, Some(re)) => !re.is_match(value),
+            (_, None) => unreachable!("regex matchers are built with their regex"),
+        }
+    }
+
+    /// Whether a series with these labels satisfies the matcher (absent label = "").
+    pub fn matches_labels(&self, labels: &Labels) -> bool {
+        self.matches(labels.get(&self.name).unwrap_or(""))
+    }
+
+    /// True when the matcher also matches series that lack the label entirely.
+    pub fn matches_empty(&self) -> bool {
+        self.matches("")
+    }
+}
+
+impl fmt::Display for Matcher {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}{}{:?}", self.name, self.op.as_str(), self.value)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels_sort_and_lookup() {
+        let l = Labels::from_pairs([("job", "api"), ("__name__", "up"), ("instance", "a:1")]);
+        assert_eq!(l.metric_name(), Some("up"));
+        assert_eq!(l.get("job"), Some("api"));
+        assert_eq!(l.get("nope"), None);
+        assert_eq!(l.to_string(), r#"up{instance="a:1", job="api"}"#);
+    }
+
+    #[test]
+    fn regex_matchers_are_anchored() {
+        let m = Matcher::new(MatchOp::RegexMatch, "job", "ap").unwrap();
+        assert!(!m.matches("api"));
+        let m = Matcher::new(MatchOp::RegexMatch, "job", "ap.*").unwrap();
+        assert!(m.matches("api"));
+        let m = Matcher::new(MatchOp::RegexNoMatch, "job", "a|b").unwrap();
+        assert!(m.matches("ab"));
+        assert!(!m.matches("a"));
+    }
+
+    #[test]
+    fn missing_label_matches_as_empty() {
+        let l = Labels::from_pairs([("__name__", "up")]);
+        assert!(Matcher::equal("job", "").matches_labels(&l));
+        assert!(!Matcher::new(MatchOp::NotEqual, "job", "")
+            .unwrap()
+            .matches_labels(&l));
+    }
+
+    #[test]
+    fn stable_hash_is_pinned() {
+        let l = Labels::from_pairs([("__name__", "up"), ("job", "api")]);
+        assert_eq!(l.stable_hash(), l.clone().stable_hash());
+        assert_ne!(
+            l.stable_hash(),
+            Labels::from_pairs([("__name__", "up")]).stable_hash()
+        );
+    }
+
+    #[test]
+    fn stale_marker_is_bit_exact() {
+        assert!(is_stale_nan(stale_nan()));
+        assert!(!is_stale_nan(f64::NAN));
+        assert_ne!(Sample::new(1, stale_nan()), Sample::new(1, f64::NAN));
+    }
+}

@@ -1,0 +1,1 @@
+//! The evaluator. Implemented on the engine branch.

@@ -1,0 +1,1 @@
+//! Self-metrics and logs. Implemented on main.

@@ -1,0 +1,72 @@
+//! The local time-series database of one node.
+//!
+//! Owns: everything on this node's disk. Submodules (one concept each): `chunk` (XOR
+//! chunks, byte-compatible with Prometheus), `index` (postings and matcher evaluation),
+//! `head` (in-memory series, label interning, open chunks), `wal` (segments, checksums,
+//! checkpoints, replay), `block` (immutable on-disk blocks), `compact` (merging blocks),
+//! `retention` (time and size limits), `tombstones` (deletions).
+//! Implements `storage::Storage`; calls only `model` and `storage`.
+//!
+//! Implemented on the tsdb branch.
+
+use std::path::PathBuf;
+
+use prometheus_client::registry::Registry;
+
+/// Settings of one TSDB. `Default` gives the server defaults.
+#[derive(Clone, Debug)]
+pub struct TsdbOptions {
+    pub dir: PathBuf,
+    /// Span of one head block before it is cut to disk (default 2h).
+    pub block_duration_ms: i64,
+    /// Keep blocks whose data is newer than now minus this (0 = keep forever). Default 15d.
+    pub retention_ms: i64,
+    /// Delete the oldest blocks while the total size exceeds this (0 = no limit).
+    pub retention_bytes: u64,
+    /// How far behind a series' newest sample a sample may still be accepted (default 1h).
+    pub out_of_order_window_ms: i64,
+    /// WAL segment size before rolling to a new segment (default 128 MiB).
+    pub wal_segment_bytes: u64,
+}
+
+impl Default for TsdbOptions {
+    fn default() -> Self {
+        TsdbOptions {
+            dir: PathBuf::from("./data"),
+            block_duration_ms: 2 * 3600 * 1000,
+            retention_ms: 15 * 24 * 3600 * 1000,
+            retention_bytes: 0,
+            out_of_order_window_ms: 3600 * 1000,
+            wal_segment_bytes: 128 << 20,
+        }
+    }
+}
+
+/// Cardinality statistics for `/api/v1/status/tsdb`, in Prometheus's shape.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TsdbStats {
+    pub num_series: u64,
+    pub num_label_pairs: u64,
+    pub chunk_count: u64,
+    pub min_time: i64,
+    pub max_time: i64,
+    /// (metric name, series count), largest first, at most `limit` entries.
+    pub series_count_by_metric_name: Vec<(String, u64)>,
+    /// (label name, distinct value count), largest first.
+    pub label_value_count_by_label_name: Vec<(String, u64)>,
+    /// (label name, bytes used by its values), largest first.
+    pub memory_in_bytes_by_label_name: Vec<(String, u64)>,
+    /// ("name=value", series count), largest first.
+    pub series_count_by_label_value_pair: Vec<(String, u64)>,
+}
+
+/// The TSDB's self-metrics, registered once at start-up.
+#[derive(Clone, Default)]
+pub struct TsdbMetrics {}
+
+impl TsdbMetrics {
+    pub fn register(registry: &mut Registry) -> Self {
+        let _ = registry;
+        TsdbMetrics {}
+    }
+}

@@ -1,0 +1,2 @@
+//! PromQL conformance runner. Implemented on the engine branch.
+fn main() {}
