@@ -1,1 +1,191 @@
-//! The HTTP edge (axum). Implemented across the ingest and queryapi branches.
+//! The HTTP edge: axum routers in Prometheus's API shapes.
+//!
+//! Owns: routing, request parsing, response and error formats. Submodules by endpoint
+//! family: `health` (/-/healthy, /-/ready, /metrics), `write` (remote write), `read`
+//! (remote read), `admin` (TSDB admin), `query` (PromQL and series/labels endpoints),
+//! `status` (build, runtime, flags, tsdb), `federate`. Calls `ingest`, `promql`,
+//! `storage` (and the local `tsdb` for admin and status) — never the other way round.
+
+pub mod admin;
+pub mod federate;
+pub mod health;
+pub mod query;
+pub mod read;
+pub mod status;
+pub mod write;
+
+use std::sync::{Arc, OnceLock};
+use std::time::SystemTime;
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Router;
+use prometheus_client::registry::Registry;
+use serde::Serialize;
+
+use crate::promql::Engine;
+use crate::storage::Storage;
+use crate::tsdb::Tsdb;
+
+/// What the node serves once its storage is open (after WAL replay).
+pub struct NodeServices {
+    /// The storage every read and write goes through.
+    pub storage: Arc<dyn Storage>,
+    /// The local database, for admin and status endpoints.
+    pub tsdb: Tsdb,
+}
+
+/// Static facts about this process for the status endpoints.
+pub struct ServerInfo {
+    pub start_time: SystemTime,
+    /// Effective command-line flags as (name, value), for `/api/v1/status/flags`.
+    pub flags: Vec<(String, String)>,
+    pub data_dir: String,
+    /// Largest accepted remote-write body (compressed), in bytes.
+    pub max_write_body_bytes: usize,
+}
+
+/// Shared state of every handler. Cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    services: OnceLock<NodeServices>,
+    engine: Engine,
+    registry: Registry,
+    info: ServerInfo,
+}
+
+impl AppState {
+    pub fn new(engine: Engine, registry: Registry, info: ServerInfo) -> Self {
+        AppState {
+            shared: Arc::new(Shared {
+                services: OnceLock::new(),
+                engine,
+                registry,
+                info,
+            }),
+        }
+    }
+
+    /// Marks the node ready: from now on data endpoints are served.
+    pub fn set_ready(&self, services: NodeServices) {
+        if self.shared.services.set(services).is_err() {
+            tracing::warn!("node services were already set; keeping the first");
+        }
+    }
+
+    /// The node's services, or 503 while storage is still opening.
+    pub fn services(&self) -> Result<&NodeServices, ApiError> {
+        self.shared.services.get().ok_or_else(ApiError::not_ready)
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.shared.services.get().is_some()
+    }
+
+    pub fn engine(&self) -> &Engine {
+        &self.shared.engine
+    }
+
+    pub fn registry(&self) -> &Registry {
+        &self.shared.registry
+    }
+
+    pub fn info(&self) -> &ServerInfo {
+        &self.shared.info
+    }
+}
+
+/// The whole HTTP API.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .merge(health::routes())
+        .merge(write::routes())
+        .merge(read::routes())
+        .merge(admin::routes())
+        .merge(query::routes())
+        .merge(status::routes())
+        .merge(federate::routes())
+        .with_state(state)
+}
+
+/// An error in Prometheus's JSON format: `{"status":"error","errorType":..,"error":..}`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub error_type: &'static str,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, error_type: &'static str, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            error_type,
+            message: message.into(),
+        }
+    }
+
+    pub fn bad_data(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "bad_data", message)
+    }
+
+    pub fn execution(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNPROCESSABLE_ENTITY, "execution", message)
+    }
+
+    pub fn internal(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", message)
+    }
+
+    pub fn unavailable(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)
+    }
+
+    fn not_ready() -> Self {
+        Self::unavailable("Service Unavailable: storage is still opening (WAL replay)")
+    }
+}
+
+#[derive(Serialize)]
+struct ErrorBody<'a> {
+    status: &'static str,
+    #[serde(rename = "errorType")]
+    error_type: &'a str,
+    error: &'a str,
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = ErrorBody {
+            status: "error",
+            error_type: self.error_type,
+            error: &self.message,
+        };
+        (self.status, axum::Json(body)).into_response()
+    }
+}
+
+#[derive(Serialize)]
+struct SuccessBody<'a, T: Serialize> {
+    status: &'static str,
+    data: T,
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    warnings: &'a [String],
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    infos: &'a [String],
+}
+
+/// A success answer in Prometheus's shape, with optional warnings and infos.
+pub fn success<T: Serialize>(data: T, warnings: &[String], infos: &[String]) -> Response {
+    axum::Json(SuccessBody {
+        status: "success",
+        data,
+        warnings,
+        infos,
+    })
+    .into_response()
+}

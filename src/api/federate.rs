@@ -1,0 +1,8 @@
+//! Implemented on a feature branch.
+use axum::Router;
+
+use super::AppState;
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+}
