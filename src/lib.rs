@@ -6,6 +6,7 @@
 //! self-monitoring that every box may register metrics with.
 
 pub mod api;
+pub mod cluster;
 pub mod config;
 pub mod ingest;
 pub mod model;
