@@ -149,12 +149,13 @@ impl SeriesData {
     }
 
     fn last_value_bits(&self) -> Option<u64> {
-        let last = if !self.open.is_empty() {
-            self.open.iter().last()
-        } else {
-            self.sealed.last().and_then(|c| c.samples().last())
-        };
-        last.map(|s| s.v.to_bits())
+        if !self.open.is_empty() {
+            return Some(self.open.last_value().to_bits());
+        }
+        self.sealed
+            .last()
+            .and_then(|c| c.samples().last())
+            .map(|s| s.v.to_bits())
     }
 
     pub fn min_time(&self) -> Option<i64> {

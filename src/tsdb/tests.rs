@@ -322,3 +322,72 @@ async fn concurrent_appenders_all_land() {
     assert_eq!(got.len(), 4);
     assert!(got.iter().all(|s| s.samples.len() == 25));
 }
+
+/// Runs inside the child process of `sigkill_loses_no_acknowledged_sample`: appends one
+/// sample per batch forever, printing each acknowledged timestamp.
+fn crash_child(dir: &str) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let db = Tsdb::open(opts(std::path::Path::new(dir)), TsdbMetrics::default()).unwrap();
+        for t in 0.. {
+            let out = db
+                .append(vec![up("crash", &[(t, t as f64)])])
+                .await
+                .unwrap();
+            assert_eq!(out.appended, 1);
+            println!("ack {t}");
+        }
+    });
+}
+
+#[test]
+fn sigkill_loses_no_acknowledged_sample() {
+    use std::io::BufRead;
+    const CHILD_ENV: &str = "TIMBALA_TSDB_CRASH_CHILD";
+    if let Ok(dir) = std::env::var(CHILD_ENV) {
+        crash_child(&dir);
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "tsdb::tests::sigkill_loses_no_acknowledged_sample",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(CHILD_ENV, dir.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let mut last_ack = None;
+    for line in std::io::BufReader::new(stdout).lines() {
+        let Some(t) = line
+            .unwrap()
+            .strip_prefix("ack ")
+            .map(|t| t.parse::<i64>().unwrap())
+        else {
+            continue;
+        };
+        last_ack = Some(t);
+        if t >= 200 {
+            break;
+        }
+    }
+    child.kill().unwrap(); // SIGKILL: no destructor, no flush
+    child.wait().unwrap();
+    let last_ack = last_ack.expect("child acknowledged samples");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let got = rt.block_on(async {
+        let db = Tsdb::open(opts(dir.path()), TsdbMetrics::default()).unwrap();
+        select_all(&db, "up").await
+    });
+    let stored = &got[0].samples;
+    assert!(stored.len() as i64 > last_ack, "lost acknowledged samples");
+    assert!(stored.iter().enumerate().all(|(i, s)| s.t == i as i64));
+}
