@@ -182,7 +182,10 @@ pub fn write_label_sets(out: &mut Vec<u8>, sets: &[Labels]) {
 }
 
 /// `{"resultType":"vector","result":[...]}`, the data of `/api/v1/query(_range)`.
-pub fn write_query_data(out: &mut Vec<u8>, value: &QueryValue) {
+/// Vector samples are stamped with the evaluation time, as Prometheus answers: the
+/// engine keeps a selected sample's own timestamp in `InstantSample::t` for
+/// `timestamp()`, which is not what the API reports.
+pub fn write_query_data(out: &mut Vec<u8>, value: &QueryValue, eval_time_ms: i64) {
     out.extend_from_slice(b"{\"resultType\":");
     write_str(out, value.type_name());
     out.extend_from_slice(b",\"result\":");
@@ -210,7 +213,7 @@ pub fn write_query_data(out: &mut Vec<u8>, value: &QueryValue) {
                 out.extend_from_slice(b"{\"metric\":");
                 write_labels(out, &sample.labels);
                 out.extend_from_slice(b",\"value\":[");
-                write_timestamp(out, sample.t);
+                write_timestamp(out, eval_time_ms);
                 out.push(b',');
                 write_sample_value(out, sample.v);
                 out.extend_from_slice(b"]}");
@@ -436,12 +439,12 @@ mod tests {
         let labels = Labels::from_pairs([("__name__", "up"), ("job", "a")]);
         let vector = QueryValue::Vector(vec![InstantSample {
             labels: labels.clone(),
-            t: 1_000_500,
+            t: 999_000,
             v: 1.0,
             drop_name: false,
         }]);
         assert_eq!(
-            text(|o| write_query_data(o, &vector)),
+            text(|o| write_query_data(o, &vector, 1_000_500)),
             r#"{"resultType":"vector","result":[{"metric":{"__name__":"up","job":"a"},"value":[1000.500,"1"]}]}"#
         );
         let matrix = QueryValue::Matrix(vec![
@@ -457,12 +460,12 @@ mod tests {
             },
         ]);
         assert_eq!(
-            text(|o| write_query_data(o, &matrix)),
+            text(|o| write_query_data(o, &matrix, 0)),
             r#"{"resultType":"matrix","result":[{"metric":{},"values":[[1,"2.5"],[2,"+Inf"]]},{"metric":{"__name__":"up","job":"a"}}]}"#
         );
         let scalar = QueryValue::Scalar { t: 1_500, v: 1e21 };
         assert_eq!(
-            text(|o| write_query_data(o, &scalar)),
+            text(|o| write_query_data(o, &scalar, 0)),
             r#"{"resultType":"scalar","result":[1.5,"1000000000000000000000"]}"#
         );
         let string = QueryValue::String {
@@ -470,11 +473,11 @@ mod tests {
             s: "hi".into(),
         };
         assert_eq!(
-            text(|o| write_query_data(o, &string)),
+            text(|o| write_query_data(o, &string, 0)),
             r#"{"resultType":"string","result":[2,"hi"]}"#
         );
         assert_eq!(
-            text(|o| write_query_data(o, &QueryValue::Vector(vec![]))),
+            text(|o| write_query_data(o, &QueryValue::Vector(vec![]), 0)),
             r#"{"resultType":"vector","result":[]}"#
         );
     }

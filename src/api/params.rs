@@ -21,6 +21,9 @@ use crate::model::{MatchOp, Matcher, METRIC_NAME};
 pub const MIN_TIME_MS: i64 = (i64::MIN / 1000 + 62_135_596_801) * 1000;
 /// Default end of optional time ranges, in milliseconds: Prometheus's `MaxTime`.
 pub const MAX_TIME_MS: i64 = (i64::MAX / 1000 - 62_135_596_801) * 1000 + 999;
+/// `MinTime` and `MaxTime` as Go formats them in RFC 3339.
+const MIN_TIME_FORMATTED: &str = "-292273086-05-16T16:47:06Z";
+const MAX_TIME_FORMATTED: &str = "292277025-08-18T07:12:54.999999999Z";
 
 /// All form values of a request in Go's `r.Form` order: POST body values, then URL query.
 #[derive(Debug, Default, Clone)]
@@ -103,6 +106,13 @@ pub fn parse_time(s: &str) -> Result<i64, String> {
     } else if let Some(ms) = parse_rfc3339_ms(s) {
         return Ok(ms);
     }
+    // Go's RFC 3339 parser takes only 4-digit years, so Prometheus recognises the
+    // formatted forms of its own range bounds (which clients send back) by name.
+    match s {
+        MIN_TIME_FORMATTED => return Ok(MIN_TIME_MS),
+        MAX_TIME_FORMATTED => return Ok(MAX_TIME_MS),
+        _ => {}
+    }
     Err(format!("cannot parse {s:?} to a valid timestamp"))
 }
 
@@ -119,9 +129,10 @@ pub fn time_param(params: &FormParams, name: &str, default_ms: i64) -> Result<i6
 
 /// Float seconds to milliseconds with Go's arithmetic: split into whole seconds and a
 /// fraction rounded to milliseconds, then nanoseconds truncated, then floored to ms.
+/// None when the milliseconds do not fit an i64.
 fn unix_seconds_to_ms(t: f64) -> Option<i64> {
-    // Beyond this the millisecond count no longer fits an i64.
-    const LIMIT_SECONDS: f64 = 9.2e15;
+    // Far beyond i64 milliseconds; keeps the `as i64` below exact.
+    const LIMIT_SECONDS: f64 = 1e17;
     if !t.is_finite() || t.abs() >= LIMIT_SECONDS {
         return None;
     }
@@ -461,6 +472,28 @@ mod tests {
     fn default_range_is_prometheus_min_and_max_time() {
         assert_eq!(MIN_TIME_MS, -9_223_309_901_257_974_000);
         assert_eq!(MAX_TIME_MS, 9_223_309_901_257_974_999);
+    }
+
+    #[test]
+    fn range_bounds_parse_in_every_form_clients_send() {
+        assert_eq!(parse_time(MIN_TIME_FORMATTED), Ok(MIN_TIME_MS));
+        assert_eq!(parse_time(MAX_TIME_FORMATTED), Ok(MAX_TIME_MS));
+        // client_golang sends the bounds as float seconds.
+        assert_eq!(parse_time("-9223309901257974"), Ok(MIN_TIME_MS));
+        assert_eq!(parse_time("9223309901257974.999"), Ok(MAX_TIME_MS - 999));
+        // The formatted strings name the same instants.
+        let (y, m, d) = civil_from_days((MIN_TIME_MS / 1000).div_euclid(86_400));
+        assert_eq!((y, m, d), (-292_273_086, 5, 16));
+        let (y, m, d) = civil_from_days((MAX_TIME_MS / 1000).div_euclid(86_400));
+        assert_eq!((y, m, d), (292_277_025, 8, 18));
+        assert_eq!(
+            (MAX_TIME_MS / 1000).rem_euclid(86_400),
+            7 * 3600 + 12 * 60 + 54
+        );
+        assert_eq!(
+            (MIN_TIME_MS / 1000).rem_euclid(86_400),
+            16 * 3600 + 47 * 60 + 6
+        );
     }
 
     #[test]

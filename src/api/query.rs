@@ -66,7 +66,7 @@ async fn instant_query(
     let output = with_timeout(evaluation, timeout)
         .await
         .map_err(query_error)?;
-    Ok(render_query_output(output, limit))
+    Ok(render_query_output(output, limit, time_ms))
 }
 
 async fn range_query(
@@ -94,7 +94,7 @@ async fn range_query(
     let output = with_timeout(evaluation, timeout)
         .await
         .map_err(query_error)?;
-    Ok(render_query_output(output, limit))
+    Ok(render_query_output(output, limit, end))
 }
 
 /// The range query step in milliseconds. Steps below a millisecond cannot be evaluated
@@ -183,7 +183,8 @@ fn storage_error(err: StorageError) -> ApiError {
     }
 }
 
-fn render_query_output(output: QueryOutput, limit: usize) -> Response {
+/// Renders a result; `eval_time_ms` stamps vector samples (see `json::write_query_data`).
+fn render_query_output(output: QueryOutput, limit: usize, eval_time_ms: i64) -> Response {
     let QueryOutput {
         mut value,
         annotations,
@@ -192,7 +193,9 @@ fn render_query_output(output: QueryOutput, limit: usize) -> Response {
     if truncate_result(&mut value, limit) {
         warnings.push(TRUNCATED_WARNING.to_string());
     }
-    json::success_response(&warnings, &infos, |out| json::write_query_data(out, &value))
+    json::success_response(&warnings, &infos, |out| {
+        json::write_query_data(out, &value, eval_time_ms)
+    })
 }
 
 /// Warnings and infos as Prometheus lists them: at most ten each, then a count of the

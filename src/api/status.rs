@@ -136,6 +136,7 @@ fn hostname() -> String {
 
 /// Prometheus's `storageRetention`: the time limit, the size limit, or both joined by
 /// " or ", from the `retention-time` and `retention-size` flags when set and non-zero.
+/// A size in plain bytes is written as Prometheus writes sizes (`512MiB`).
 fn storage_retention(info: &ServerInfo) -> String {
     let flag = |name: &str| {
         info.flags
@@ -144,11 +145,34 @@ fn storage_retention(info: &ServerInfo) -> String {
             .map(|(_, v)| v.as_str())
             .filter(|v| !is_zero_limit(v))
     };
-    let limits: Vec<&str> = [flag("retention-time"), flag("retention-size")]
-        .into_iter()
-        .flatten()
-        .collect();
+    let size = flag("retention-size").map(|v| match v.parse::<u64>() {
+        Ok(bytes) => format_base2_bytes(bytes),
+        Err(_) => v.to_string(),
+    });
+    let time = flag("retention-time").map(str::to_string);
+    let limits: Vec<String> = [time, size].into_iter().flatten().collect();
     limits.join(" or ")
+}
+
+/// Go's `units.Base2Bytes` text: each non-zero 1024-power part, largest first
+/// (`536870912` is `512MiB`, `1610612736` is `1GiB512MiB`, `0` is `0B`).
+fn format_base2_bytes(mut bytes: u64) -> String {
+    const UNITS: [&str; 7] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"];
+    if bytes == 0 {
+        return "0B".to_string();
+    }
+    let mut parts = Vec::new();
+    for unit in UNITS {
+        if bytes % 1024 != 0 {
+            parts.push(format!("{}{unit}", bytes % 1024));
+        }
+        bytes /= 1024;
+        if bytes == 0 {
+            break;
+        }
+    }
+    parts.reverse();
+    parts.concat()
 }
 
 /// "", "0", "0s", "0B": no limit.
@@ -296,10 +320,13 @@ mod tests {
         assert_eq!(
             storage_retention(&info(&[
                 ("retention-time", "30d"),
-                ("retention-size", "512MiB")
+                ("retention-size", "536870912")
             ])),
             "30d or 512MiB"
         );
+        assert_eq!(format_base2_bytes(1_610_612_736), "1GiB512MiB");
+        assert_eq!(format_base2_bytes(1000), "1000B");
+        assert_eq!(format_base2_bytes(0), "0B");
         assert_eq!(
             storage_retention(&info(&[
                 ("retention-time", "0s"),
