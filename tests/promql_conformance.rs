@@ -9,13 +9,12 @@
 //! Timbala must pass are run (`TIMBALA_PROMQLTEST_ALL=1` runs all); the process exits
 //! non-zero when any eval of a required file fails.
 
-use std::collections::HashSet;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use timbala::model::{stale_nan, Labels, Sample, Series};
+use timbala::model::{stale_nan, Labels, MatchOp, Matcher, Sample, Series};
 use timbala::promql::{Engine, EngineOptions, QueryError, QueryOutput, QueryValue};
 use timbala::storage::Storage;
 
@@ -36,8 +35,13 @@ const REQUIRED_FILES: &[&str] = &[
     "histograms",
 ];
 
-/// Failures printed per file.
-const FAILURES_SHOWN: usize = 5;
+/// Failures printed per file (`TIMBALA_PROMQLTEST_SHOW` overrides).
+fn failures_shown() -> usize {
+    std::env::var("TIMBALA_PROMQLTEST_SHOW")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5)
+}
 
 /// `TIMBALA_PROMQLTEST_DIR`, else `../shared/promqltest/testdata` next to the project
 /// (looked up in the project's ancestors too, so git worktrees find it).
@@ -114,7 +118,7 @@ fn main() -> ExitCode {
             outcome.failed,
             outcome.skipped.len()
         );
-        for failure in outcome.failures.iter().take(FAILURES_SHOWN) {
+        for failure in outcome.failures.iter().take(failures_shown()) {
             println!("    {failure}");
         }
         if outcome.failed > 0 && REQUIRED_FILES.contains(&name.as_str()) {
@@ -195,7 +199,12 @@ struct EvalCmd {
 }
 
 enum Command {
-    Load { interval: i64, lines: Vec<String> },
+    Load {
+        interval: i64,
+        lines: Vec<String>,
+        /// `load_with_nhcb`: classic histograms also become native histograms.
+        with_nhcb: bool,
+    },
     Clear,
     Eval(Box<EvalCmd>),
 }
@@ -391,6 +400,7 @@ fn parse_script(script: &str) -> Result<Vec<Command>, String> {
             commands.push(Command::Load {
                 interval: parse_duration_ms(rest)?,
                 lines: block,
+                with_nhcb: command == "load_with_nhcb",
             });
         } else if command.starts_with("eval") {
             let mut eval = parse_eval_header(header_line, line)
@@ -672,23 +682,31 @@ mod mem_storage {
 /// The data of one script between `clear`s.
 struct TestStore {
     storage: Arc<dyn Storage>,
-    /// Metric names that hold native-histogram data (their evals are skipped).
-    histogram_metrics: HashSet<String>,
+    /// Series that hold native-histogram data (evals that select them are skipped).
+    histogram_series: Vec<Labels>,
 }
 
 impl TestStore {
     fn open() -> Result<Self, String> {
         Ok(TestStore {
             storage: Arc::new(mem_storage::MemStorage::default()),
-            histogram_metrics: HashSet::new(),
+            histogram_series: Vec::new(),
         })
     }
 
-    async fn load(&mut self, interval: i64, lines: &[String]) -> Result<(), String> {
+    async fn load(
+        &mut self,
+        interval: i64,
+        lines: &[String],
+        with_nhcb: bool,
+    ) -> Result<(), String> {
         let mut batch = Vec::new();
         for line in lines {
             match parse_series_line(line) {
                 Ok(s) => {
+                    if with_nhcb {
+                        self.note_nhcb(&s.labels);
+                    }
                     let samples: Vec<Sample> = s
                         .points
                         .iter()
@@ -703,9 +721,7 @@ impl TestStore {
                 Err(LineError::NativeHistogram) => {
                     let end = descriptor_end(line);
                     if let Ok(labels) = parse_descriptor(&line[..end]) {
-                        if let Some(name) = labels.metric_name() {
-                            self.histogram_metrics.insert(name.to_string());
-                        }
+                        self.histogram_series.push(labels);
                     }
                 }
                 Err(LineError::Invalid(e)) => return Err(format!("load: {e}")),
@@ -718,11 +734,84 @@ impl TestStore {
             .map_err(|e| format!("append: {e}"))
     }
 
-    /// Whether `query` mentions a metric that holds native histograms.
+    /// Records the native histogram `load_with_nhcb` derives from a classic bucket series.
+    fn note_nhcb(&mut self, labels: &Labels) {
+        let Some(name) = labels.metric_name() else {
+            return;
+        };
+        let Some(base) = ["_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|suffix| name.strip_suffix(suffix))
+        else {
+            return;
+        };
+        let mut derived = labels.clone();
+        derived.set("__name__", base);
+        derived.remove("le");
+        if !self.histogram_series.contains(&derived) {
+            self.histogram_series.push(derived);
+        }
+    }
+
+    /// Whether any selector of `query` selects a series that holds native histograms.
     fn touches_histograms(&self, query: &str) -> bool {
-        query
-            .split(|c: char| !(c.is_alphanumeric() || c == '_' || c == ':'))
-            .any(|word| self.histogram_metrics.contains(word))
+        if self.histogram_series.is_empty() {
+            return false;
+        }
+        let Ok(expr) = promql_parser::parser::parse(query) else {
+            return false;
+        };
+        let mut selectors = Vec::new();
+        collect_selectors(&expr, &mut selectors);
+        selectors.iter().any(|matchers| {
+            self.histogram_series
+                .iter()
+                .any(|labels| matchers.iter().all(|m| m.matches_labels(labels)))
+        })
+    }
+}
+
+/// The matchers of every selector in `expr` (metric name included).
+fn collect_selectors(expr: &promql_parser::parser::Expr, out: &mut Vec<Vec<Matcher>>) {
+    use promql_parser::parser::Expr;
+    let mut selector = |vs: &promql_parser::parser::VectorSelector| {
+        let mut matchers: Vec<Matcher> = vs
+            .matchers
+            .matchers
+            .iter()
+            .filter_map(|m| {
+                let op = match m.op {
+                    promql_parser::label::MatchOp::Equal => MatchOp::Equal,
+                    promql_parser::label::MatchOp::NotEqual => MatchOp::NotEqual,
+                    promql_parser::label::MatchOp::Re(_) => MatchOp::RegexMatch,
+                    promql_parser::label::MatchOp::NotRe(_) => MatchOp::RegexNoMatch,
+                };
+                Matcher::new(op, m.name.clone(), m.value.clone()).ok()
+            })
+            .collect();
+        if let Some(name) = &vs.name {
+            matchers.push(Matcher::equal("__name__", name.clone()));
+        }
+        out.push(matchers);
+    };
+    match expr {
+        Expr::VectorSelector(vs) => selector(vs),
+        Expr::MatrixSelector(ms) => selector(&ms.vs),
+        Expr::Aggregate(a) => {
+            collect_selectors(&a.expr, out);
+            if let Some(p) = &a.param {
+                collect_selectors(p, out);
+            }
+        }
+        Expr::Unary(u) => collect_selectors(&u.expr, out),
+        Expr::Binary(b) => {
+            collect_selectors(&b.lhs, out);
+            collect_selectors(&b.rhs, out);
+        }
+        Expr::Paren(p) => collect_selectors(&p.expr, out),
+        Expr::Subquery(s) => collect_selectors(&s.expr, out),
+        Expr::Call(c) => c.args.args.iter().for_each(|a| collect_selectors(a, out)),
+        _ => {}
     }
 }
 
@@ -771,8 +860,12 @@ async fn run_file(script: &str) -> FileOutcome {
                     return outcome;
                 }
             },
-            Command::Load { interval, lines } => {
-                if let Err(e) = store.load(interval, &lines).await {
+            Command::Load {
+                interval,
+                lines,
+                with_nhcb,
+            } => {
+                if let Err(e) = store.load(interval, &lines, with_nhcb).await {
                     outcome.failed += 1;
                     outcome.failures.push(e);
                 }

@@ -48,6 +48,7 @@ pub(crate) async fn execute(
     let times = QueryTimes {
         start: req.start,
         end: req.end,
+        step: if is_range { req.step } else { 0 },
         lookback: opts.lookback_delta_ms,
         default_subquery_step: opts.default_subquery_step_ms,
     };

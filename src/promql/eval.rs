@@ -300,8 +300,27 @@ impl<'a> Evaluator<'a> {
         Ok(out)
     }
 
+    /// `start()`, `end()`, `step()` and `range()`: constants of the query, in seconds.
+    fn query_context_function(&self, name: &str) -> Option<f64> {
+        let t = &self.times;
+        let ms = match name {
+            "start" => t.start,
+            "end" => t.end,
+            "step" if t.start != t.end => t.step,
+            "step" => 0,
+            "range" => t.end - t.start,
+            _ => return None,
+        };
+        Some(ms as f64 / 1000.0)
+    }
+
     fn eval_call(&mut self, call: &Call, ts: i64) -> Result<Value, QueryError> {
         let name = call.func.name;
+        if call.args.args.is_empty() {
+            if let Some(v) = self.query_context_function(name) {
+                return Ok(Value::Scalar(v));
+            }
+        }
         let mut values = Vec::with_capacity(call.args.args.len());
         let mut window = (ts, ts);
         for arg in &call.args.args {

@@ -41,6 +41,8 @@ impl LoadedSeries {
 pub(crate) struct QueryTimes {
     pub start: i64,
     pub end: i64,
+    /// Step of a range query; 0 for an instant query.
+    pub step: i64,
     pub lookback: i64,
     pub default_subquery_step: i64,
 }
