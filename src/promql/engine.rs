@@ -1,1 +1,239 @@
-//! The evaluator. Implemented on the engine branch.
+//! Running one query: parse, validate, plan and load, then evaluate every step.
+//!
+//! Owns: the query pipeline behind `Engine::instant_query`/`range_query`: parsing with
+//! `promql-parser`, feature checks (experimental functions), loading data through
+//! `plan`, evaluating on a blocking thread with `eval::Evaluator`, assembling range
+//! results into a matrix, and the final `__name__` cleanup (delayed name removal).
+//! Calls `plan`, `eval`, `storage` (through `plan`) and `value`.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use promql_parser::parser::token::{T_LIMITK, T_LIMIT_RATIO};
+use promql_parser::parser::value::ValueType;
+use promql_parser::parser::Expr;
+
+use crate::model::{Labels, Sample, METRIC_NAME};
+use crate::storage::Storage;
+
+use super::eval::{check_unique_labelsets, Evaluator, Value, DUPLICATE_LABELSET};
+use super::plan::{self, QueryTimes};
+use super::value::{InstantSample, QueryValue, RangeSeries};
+use super::{EngineOptions, QueryError, QueryOutput};
+
+/// One query to run: `[start, end]` with `step` (an instant query has start == end).
+pub(crate) struct QueryRequest<'q> {
+    pub query: &'q str,
+    pub start: i64,
+    pub end: i64,
+    pub step: i64,
+    pub deadline: Instant,
+}
+
+/// Loads generously above the evaluation limit: loaded samples are not held all at once.
+const LOAD_LIMIT_FACTOR: usize = 10;
+
+pub(crate) async fn execute(
+    opts: &EngineOptions,
+    storage: Arc<dyn Storage>,
+    req: QueryRequest<'_>,
+) -> Result<QueryOutput, QueryError> {
+    // Boxed so selector addresses (the plan's keys) survive moving it to another thread.
+    let expr = Box::new(parse(req.query, opts)?);
+    let is_range = req.start != req.end || req.step > 0;
+    if is_range {
+        check_range_query_type(&expr)?;
+    }
+    let times = QueryTimes {
+        start: req.start,
+        end: req.end,
+        step: if is_range { req.step } else { 0 },
+        lookback: opts.lookback_delta_ms,
+        default_subquery_step: opts.default_subquery_step_ms,
+    };
+    let load_limit = opts.max_samples.saturating_mul(LOAD_LIMIT_FACTOR);
+    let loading = plan::load(storage.as_ref(), &expr, &times, load_limit);
+    let loaded = tokio::time::timeout_at(req.deadline.into(), loading)
+        .await
+        .map_err(|_| QueryError::Timeout("query preparation".into()))??;
+    let opts = opts.clone();
+    let (step, deadline) = (req.step.max(1), req.deadline);
+    tokio::task::spawn_blocking(move || {
+        let mut ev = Evaluator::new(&loaded, times, &opts, deadline);
+        let value = if is_range {
+            evaluate_range(&mut ev, &expr, step)?
+        } else {
+            evaluate_instant(&mut ev, &expr)?
+        };
+        Ok(QueryOutput {
+            value,
+            annotations: ev.annotations,
+        })
+    })
+    .await
+    .map_err(|e| QueryError::Execution(format!("query evaluation failed: {e}")))?
+}
+
+/// Parses `query` and rejects features the options leave disabled.
+pub(crate) fn parse(query: &str, opts: &EngineOptions) -> Result<Expr, QueryError> {
+    let expr = promql_parser::parser::parse(query).map_err(QueryError::BadData)?;
+    if !opts.experimental_functions {
+        check_no_experimental(&expr)?;
+    }
+    Ok(expr)
+}
+
+fn check_no_experimental(expr: &Expr) -> Result<(), QueryError> {
+    match expr {
+        Expr::Call(c) => {
+            if c.func.experimental {
+                return Err(QueryError::BadData(format!(
+                    "function {:?} is not enabled",
+                    c.func.name
+                )));
+            }
+            c.args
+                .args
+                .iter()
+                .try_for_each(|a| check_no_experimental(a))
+        }
+        Expr::Aggregate(a) => {
+            if matches!(a.op.id(), T_LIMITK | T_LIMIT_RATIO) {
+                return Err(QueryError::BadData(
+                    "limitk() and limit_ratio() are experimental and must be enabled with --enable-feature=promql-experimental-functions".into(),
+                ));
+            }
+            if let Some(p) = &a.param {
+                check_no_experimental(p)?;
+            }
+            check_no_experimental(&a.expr)
+        }
+        Expr::Unary(u) => check_no_experimental(&u.expr),
+        Expr::Binary(b) => {
+            check_no_experimental(&b.lhs)?;
+            check_no_experimental(&b.rhs)
+        }
+        Expr::Paren(p) => check_no_experimental(&p.expr),
+        Expr::Subquery(s) => check_no_experimental(&s.expr),
+        _ => Ok(()),
+    }
+}
+
+fn check_range_query_type(expr: &Expr) -> Result<(), QueryError> {
+    let name = match expr.value_type() {
+        ValueType::Scalar | ValueType::Vector => return Ok(()),
+        ValueType::Matrix => "range vector",
+        ValueType::String => "string",
+    };
+    Err(QueryError::BadData(format!(
+        "invalid expression type {name:?} for range query, must be Scalar or instant Vector"
+    )))
+}
+
+fn evaluate_instant(ev: &mut Evaluator<'_>, expr: &Expr) -> Result<QueryValue, QueryError> {
+    let t = ev.times.start;
+    ev.set_held_samples(0);
+    Ok(match ev.eval(expr, t)? {
+        Value::Scalar(v) => QueryValue::Scalar { t, v },
+        Value::String(s) => QueryValue::String { t, s },
+        Value::Vector(mut v) => {
+            for s in v.iter_mut() {
+                s.t = t;
+                remove_dropped_name(&mut s.labels, &mut s.drop_name);
+            }
+            check_unique_labelsets(&v)?;
+            QueryValue::Vector(v)
+        }
+        Value::Matrix(m) => QueryValue::Matrix(finish_matrix(m)?),
+    })
+}
+
+fn remove_dropped_name(labels: &mut Labels, drop_name: &mut bool) {
+    if *drop_name {
+        labels.remove(METRIC_NAME);
+        *drop_name = false;
+    }
+}
+
+/// Evaluates every step of a range query and gathers the results into series.
+fn evaluate_range(
+    ev: &mut Evaluator<'_>,
+    expr: &Expr,
+    step: i64,
+) -> Result<QueryValue, QueryError> {
+    let mut series: Vec<RangeSeries> = Vec::new();
+    // Per label set: its series and the last step it received a point at.
+    let mut index: HashMap<Labels, (usize, i64)> = HashMap::new();
+    let mut retained = 0usize;
+    let mut ts = ev.times.start;
+    while ts <= ev.times.end {
+        ev.check_deadline()?;
+        ev.set_held_samples(retained);
+        let samples = match ev.eval(expr, ts)? {
+            Value::Scalar(v) => vec![InstantSample {
+                labels: Labels::empty(),
+                t: ts,
+                v,
+                drop_name: false,
+            }],
+            Value::Vector(v) => v,
+            Value::String(_) | Value::Matrix(_) => {
+                return Err(QueryError::BadData(
+                    "range query result must be a scalar or an instant vector".into(),
+                ))
+            }
+        };
+        retained += samples.len();
+        ev.set_held_samples(retained);
+        ev.hold_samples(0)?;
+        for s in samples {
+            let point = Sample::new(ts, s.v);
+            match index.get_mut(&s.labels) {
+                Some((i, last)) => {
+                    if *last == ts {
+                        return Err(QueryError::Execution(DUPLICATE_LABELSET.into()));
+                    }
+                    *last = ts;
+                    series[*i].points.push(point);
+                }
+                None => {
+                    index.insert(s.labels.clone(), (series.len(), ts));
+                    series.push(RangeSeries {
+                        labels: s.labels,
+                        points: vec![point],
+                        drop_name: s.drop_name,
+                    });
+                }
+            }
+        }
+        ts = match ts.checked_add(step) {
+            Some(next) => next,
+            None => break,
+        };
+    }
+    Ok(QueryValue::Matrix(finish_matrix(series)?))
+}
+
+/// Removes dropped metric names, merges series that became identical (their points
+/// must not collide), and sorts by labels as Prometheus does for matrices.
+fn finish_matrix(mut series: Vec<RangeSeries>) -> Result<Vec<RangeSeries>, QueryError> {
+    for s in series.iter_mut() {
+        remove_dropped_name(&mut s.labels, &mut s.drop_name);
+    }
+    series.sort_by(|a, b| a.labels.cmp(&b.labels));
+    let mut out: Vec<RangeSeries> = Vec::with_capacity(series.len());
+    for s in series {
+        match out.last_mut() {
+            Some(prev) if prev.labels == s.labels => {
+                prev.points.extend(s.points);
+                prev.points.sort_by_key(|p| p.t);
+                if prev.points.windows(2).any(|w| w[0].t == w[1].t) {
+                    return Err(QueryError::Execution(DUPLICATE_LABELSET.into()));
+                }
+            }
+            _ => out.push(s),
+        }
+    }
+    Ok(out)
+}
