@@ -17,6 +17,9 @@ use std::time::Duration;
 use timbala::model::{stale_nan, Labels, MatchOp, Matcher, Sample, Series};
 use timbala::promql::{Engine, EngineOptions, QueryError, QueryOutput, QueryValue};
 use timbala::storage::Storage;
+use timbala::tsdb::{Tsdb, TsdbMetrics, TsdbOptions};
+
+use prometheus_client::registry::Registry;
 
 const REQUIRED_FILES: &[&str] = &[
     "literals",
@@ -581,115 +584,31 @@ fn parse_result_line(line: &str) -> Result<SeriesLine, LineError> {
 // Storage for the scripts.
 // ---------------------------------------------------------------------------------
 
-mod mem_storage {
-    //! A temporary in-memory `Storage` until the TSDB branch is merged.
-    use std::collections::BTreeMap;
-    use std::sync::Mutex;
-
-    use timbala::model::{Labels, MetricMetadata, Sample, Series};
-    use timbala::storage::{
-        AppendOutcome, BoxFuture, LabelRequest, SelectError, SelectRequest, Storage, StorageError,
-    };
-
-    #[derive(Default)]
-    pub struct MemStorage {
-        series: Mutex<BTreeMap<Labels, Vec<Sample>>>,
-    }
-
-    impl MemStorage {
-        fn locked(&self) -> std::sync::MutexGuard<'_, BTreeMap<Labels, Vec<Sample>>> {
-            self.series.lock().unwrap_or_else(|e| e.into_inner())
-        }
-    }
-
-    impl Storage for MemStorage {
-        fn append(&self, batch: Vec<Series>) -> BoxFuture<'_, Result<AppendOutcome, StorageError>> {
-            Box::pin(async move {
-                let mut map = self.locked();
-                let mut appended = 0;
-                for s in batch {
-                    appended += s.samples.len() as u64;
-                    let stored = map.entry(s.labels).or_default();
-                    stored.extend(s.samples);
-                    stored.sort_by_key(|p| p.t);
-                }
-                Ok(AppendOutcome {
-                    appended,
-                    ..AppendOutcome::default()
-                })
-            })
-        }
-
-        fn select(&self, req: SelectRequest) -> BoxFuture<'_, Result<Vec<Series>, SelectError>> {
-            Box::pin(async move {
-                let map = self.locked();
-                let mut out = Vec::new();
-                for (labels, samples) in map.iter() {
-                    if !req.matchers.iter().all(|m| m.matches_labels(labels)) {
-                        continue;
-                    }
-                    let picked: Vec<Sample> = samples
-                        .iter()
-                        .filter(|s| s.t >= req.mint && s.t <= req.maxt)
-                        .copied()
-                        .collect();
-                    if !picked.is_empty() {
-                        out.push(Series {
-                            labels: labels.clone(),
-                            samples: picked,
-                        });
-                    }
-                }
-                Ok(out)
-            })
-        }
-
-        fn series(&self, _req: LabelRequest) -> BoxFuture<'_, Result<Vec<Labels>, StorageError>> {
-            Box::pin(async move { Ok(self.locked().keys().cloned().collect()) })
-        }
-
-        fn label_names(
-            &self,
-            _req: LabelRequest,
-        ) -> BoxFuture<'_, Result<Vec<String>, StorageError>> {
-            Box::pin(async move { Ok(Vec::new()) })
-        }
-
-        fn label_values(
-            &self,
-            _name: String,
-            _req: LabelRequest,
-        ) -> BoxFuture<'_, Result<Vec<String>, StorageError>> {
-            Box::pin(async move { Ok(Vec::new()) })
-        }
-
-        fn record_metadata(
-            &self,
-            _metadata: Vec<MetricMetadata>,
-        ) -> BoxFuture<'_, Result<(), StorageError>> {
-            Box::pin(async move { Ok(()) })
-        }
-
-        fn metadata(
-            &self,
-            _metric: Option<String>,
-        ) -> BoxFuture<'_, Result<Vec<MetricMetadata>, StorageError>> {
-            Box::pin(async move { Ok(Vec::new()) })
-        }
-    }
-}
-
-/// The data of one script between `clear`s.
+/// The data of one script between `clear`s: a fresh TSDB in a temporary directory.
 struct TestStore {
     storage: Arc<dyn Storage>,
+    tsdb: Tsdb,
+    _dir: tempfile::TempDir,
     /// Series that hold native-histogram data (evals that select them are skipped).
     histogram_series: Vec<Labels>,
 }
 
 impl TestStore {
     fn open() -> Result<Self, String> {
+        let dir = tempfile::tempdir().map_err(|e| format!("tempdir: {e}"))?;
+        let opts = TsdbOptions {
+            dir: dir.path().to_path_buf(),
+            // Script data lives around the Unix epoch: keep it all, accept any order.
+            retention_ms: 0,
+            out_of_order_window_ms: i64::MAX / 4,
+            ..TsdbOptions::default()
+        };
+        let tsdb = Tsdb::open(opts, TsdbMetrics::register(&mut Registry::default()))
+            .map_err(|e| format!("open tsdb: {e}"))?;
         Ok(TestStore {
-            storage: Arc::new(mem_storage::MemStorage::default()),
+            storage: Arc::new(tsdb.clone()),
+            tsdb,
+            _dir: dir,
             histogram_series: Vec::new(),
         })
     }
@@ -727,11 +646,20 @@ impl TestStore {
                 Err(LineError::Invalid(e)) => return Err(format!("load: {e}")),
             }
         }
-        self.storage
+        // As in Prometheus's loader, a series defined twice in one block keeps the last.
+        let mut seen = std::collections::HashSet::new();
+        batch.reverse();
+        batch.retain(|s: &Series| seen.insert(s.labels.clone()));
+        batch.reverse();
+        let outcome = self
+            .storage
             .append(batch)
             .await
-            .map(|_| ())
-            .map_err(|e| format!("append: {e}"))
+            .map_err(|e| format!("append: {e}"))?;
+        match outcome.first_rejection {
+            Some(why) => Err(format!("append rejected samples: {why}")),
+            None => Ok(()),
+        }
     }
 
     /// Records the native histogram `load_with_nhcb` derives from a classic bucket series.
@@ -812,6 +740,14 @@ fn collect_selectors(expr: &promql_parser::parser::Expr, out: &mut Vec<Vec<Match
         Expr::Subquery(s) => collect_selectors(&s.expr, out),
         Expr::Call(c) => c.args.args.iter().for_each(|a| collect_selectors(a, out)),
         _ => {}
+    }
+}
+
+impl Drop for TestStore {
+    fn drop(&mut self) {
+        if let Err(e) = self.tsdb.close() {
+            eprintln!("closing test tsdb: {e}");
+        }
     }
 }
 

@@ -369,6 +369,7 @@ impl<'a> Evaluator<'a> {
             ts,
             window_start: window.0,
             window_end: window.1,
+            delayed_name_removal: self.opts.delayed_name_removal,
             annotations: &mut self.annotations,
         })
         .map_err(|e| match e {
