@@ -147,3 +147,59 @@ impl Tsdb {
         todo!("tsdb branch")
     }
 }
+
+impl crate::storage::Storage for Tsdb {
+    fn append(
+        &self,
+        _batch: Vec<crate::model::Series>,
+    ) -> crate::storage::BoxFuture<
+        '_,
+        Result<crate::storage::AppendOutcome, crate::storage::StorageError>,
+    > {
+        todo!("tsdb branch")
+    }
+    fn select(
+        &self,
+        _req: crate::storage::SelectRequest,
+    ) -> crate::storage::BoxFuture<'_, Result<Vec<crate::model::Series>, crate::storage::SelectError>>
+    {
+        todo!("tsdb branch")
+    }
+    fn series(
+        &self,
+        _req: crate::storage::LabelRequest,
+    ) -> crate::storage::BoxFuture<
+        '_,
+        Result<Vec<crate::model::Labels>, crate::storage::StorageError>,
+    > {
+        todo!("tsdb branch")
+    }
+    fn label_names(
+        &self,
+        _req: crate::storage::LabelRequest,
+    ) -> crate::storage::BoxFuture<'_, Result<Vec<String>, crate::storage::StorageError>> {
+        todo!("tsdb branch")
+    }
+    fn label_values(
+        &self,
+        _name: String,
+        _req: crate::storage::LabelRequest,
+    ) -> crate::storage::BoxFuture<'_, Result<Vec<String>, crate::storage::StorageError>> {
+        todo!("tsdb branch")
+    }
+    fn record_metadata(
+        &self,
+        _metadata: Vec<crate::model::MetricMetadata>,
+    ) -> crate::storage::BoxFuture<'_, Result<(), crate::storage::StorageError>> {
+        todo!("tsdb branch")
+    }
+    fn metadata(
+        &self,
+        _metric: Option<String>,
+    ) -> crate::storage::BoxFuture<
+        '_,
+        Result<Vec<crate::model::MetricMetadata>, crate::storage::StorageError>,
+    > {
+        todo!("tsdb branch")
+    }
+}

@@ -166,3 +166,60 @@ pub fn ts(labels: &[(&str, &str)], samples: &[(i64, f64)]) -> proto::TimeSeries 
         ..Default::default()
     }
 }
+
+/// A series as remote read returns it: sorted (name, value) labels and (ms, value) samples.
+pub type ReadSeries = (Vec<(String, String)>, Vec<(i64, f64)>);
+
+/// Remote read (SAMPLES response) of one query; series come back as the server orders them.
+pub fn remote_read_samples(
+    node: &Node,
+    matchers: Vec<proto::LabelMatcher>,
+    start_ms: i64,
+    end_ms: i64,
+) -> Result<Vec<ReadSeries>, String> {
+    use prost::Message;
+    let req = proto::ReadRequest {
+        queries: vec![proto::Query { start_timestamp_ms: start_ms, end_timestamp_ms: end_ms, matchers, hints: None }],
+        accepted_response_types: vec![proto::ResponseType::Samples as i32],
+    };
+    let (status, body) = post(
+        &node.url("/api/v1/read"),
+        &[
+            ("Content-Type", "application/x-protobuf"),
+            ("Content-Encoding", "snappy"),
+            ("X-Prometheus-Remote-Read-Version", "0.1.0"),
+        ],
+        &proto::encode_snappy(&req),
+    );
+    if status != 200 {
+        return Err(format!("remote read answered {status}: {}", String::from_utf8_lossy(&body)));
+    }
+    let raw = snap::raw::Decoder::new().decompress_vec(&body).map_err(|e| format!("snappy: {e}"))?;
+    let resp = proto::ReadResponse::decode(raw.as_slice()).map_err(|e| format!("protobuf: {e}"))?;
+    let result = resp.results.into_iter().next().ok_or("no query result")?;
+    Ok(result
+        .timeseries
+        .into_iter()
+        .map(|ts| {
+            let labels = ts.labels.into_iter().map(|l| (l.name, l.value)).collect();
+            let samples = ts.samples.into_iter().map(|s| (s.timestamp, s.value)).collect();
+            (labels, samples)
+        })
+        .collect())
+}
+
+/// An equality matcher for remote read.
+pub fn eq(name: &str, value: &str) -> proto::LabelMatcher {
+    proto::LabelMatcher { r#type: proto::MatcherType::Eq as i32, name: name.into(), value: value.into() }
+}
+
+/// Value of an unlabelled metric line (`name value`) or of the first line starting with
+/// `prefix` in a text exposition.
+pub fn metric_value(exposition: &str, prefix: &str) -> Option<f64> {
+    exposition
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .find(|l| l.starts_with(prefix) && l[prefix.len()..].starts_with([' ', '{']))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
