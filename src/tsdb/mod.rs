@@ -9,6 +9,8 @@
 //!
 //! Implemented on the tsdb branch.
 
+pub mod chunk;
+
 use std::path::PathBuf;
 
 use prometheus_client::registry::Registry;

@@ -1,0 +1,680 @@
+//! The in-memory head: the newest samples of every active series.
+//!
+//! Owns: label interning (symbols), the series map (stable label hash with collision
+//! check, sharded locks), the head postings, and per-series sample storage: sealed XOR
+//! chunks of at most 120 samples, one open chunk, and a sorted buffer of out-of-order
+//! samples. Enforces the append rules (out-of-order window, too old, duplicates).
+//! Calls `chunk`, `index` and `model`.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
+
+use super::chunk::{decode_xor, XorChunk};
+use super::index::{MemPostings, SeriesRef};
+use crate::model::{Label, Labels, Sample};
+use crate::storage::RejectReason;
+
+/// Samples per chunk before a new one is started (as Prometheus).
+pub const SAMPLES_PER_CHUNK: usize = 120;
+
+const SHARDS: usize = 64;
+
+/// Locks a mutex, ignoring poisoning: the guarded data stays consistent because every
+/// critical section here only mutates through methods that cannot panic halfway.
+pub fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// An immutable encoded chunk with its time range.
+#[derive(Clone, Debug)]
+pub struct SealedChunk {
+    pub min_t: i64,
+    pub max_t: i64,
+    pub bytes: Box<[u8]>,
+}
+
+impl SealedChunk {
+    fn from_chunk(c: XorChunk) -> Self {
+        SealedChunk {
+            min_t: c.min_time(),
+            max_t: c.max_time(),
+            bytes: c.into_bytes().into_boxed_slice(),
+        }
+    }
+
+    fn samples(&self) -> impl Iterator<Item = Sample> + '_ {
+        decode_xor(&self.bytes).map_while(Result::ok)
+    }
+}
+
+/// Encodes time-ordered samples into chunks of at most `SAMPLES_PER_CHUNK`.
+pub fn encode_chunks(samples: &[Sample]) -> Vec<SealedChunk> {
+    samples
+        .chunks(SAMPLES_PER_CHUNK)
+        .map(|part| {
+            let mut c = XorChunk::new();
+            for s in part {
+                c.append(s.t, s.v);
+            }
+            SealedChunk::from_chunk(c)
+        })
+        .collect()
+}
+
+/// Merges two time-sorted sample lists; at equal timestamps the sample of `a` wins.
+pub fn merge_sorted(a: Vec<Sample>, b: Vec<Sample>) -> Vec<Sample> {
+    if b.is_empty() {
+        return a;
+    }
+    if a.is_empty() {
+        return b;
+    }
+    let mut out = Vec::with_capacity(a.len() + b.len());
+    let (mut i, mut j) = (0, 0);
+    while i < a.len() && j < b.len() {
+        match a[i].t.cmp(&b[j].t) {
+            std::cmp::Ordering::Less => {
+                out.push(a[i]);
+                i += 1;
+            }
+            std::cmp::Ordering::Greater => {
+                out.push(b[j]);
+                j += 1;
+            }
+            std::cmp::Ordering::Equal => {
+                out.push(a[i]);
+                i += 1;
+                j += 1;
+            }
+        }
+    }
+    out.extend_from_slice(&a[i..]);
+    out.extend_from_slice(&b[j..]);
+    out
+}
+
+/// The limits an append is checked against.
+#[derive(Clone, Copy, Debug)]
+pub struct AppendLimits {
+    /// Samples older than this are `TooOld` (the head's lower bound).
+    pub min_valid_time: i64,
+    /// How far behind the series' newest sample a sample may be.
+    pub out_of_order_window_ms: i64,
+}
+
+/// What happened to one accepted sample.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Appended {
+    Stored,
+    /// The same sample was already stored; nothing changed.
+    Duplicate,
+}
+
+/// The samples of one series held by the head.
+#[derive(Debug)]
+pub struct SeriesData {
+    sealed: Vec<SealedChunk>,
+    open: XorChunk,
+    /// Accepted out-of-order samples, sorted by time, disjoint from the chunks' times.
+    ooo: Vec<Sample>,
+    /// Chunks moved out by a head cut whose block is not yet visible to queries.
+    cutting: Vec<SealedChunk>,
+    /// Set when the series was dropped from the head; appenders must look it up again.
+    removed: bool,
+}
+
+impl SeriesData {
+    fn new() -> Self {
+        SeriesData {
+            sealed: Vec::new(),
+            open: XorChunk::new(),
+            ooo: Vec::new(),
+            cutting: Vec::new(),
+            removed: false,
+        }
+    }
+
+    pub fn is_removed(&self) -> bool {
+        self.removed
+    }
+
+    /// Newest in-order timestamp, if any sample is stored in the chunks.
+    fn max_time(&self) -> Option<i64> {
+        if !self.open.is_empty() {
+            Some(self.open.max_time())
+        } else {
+            self.sealed.last().map(|c| c.max_t)
+        }
+    }
+
+    fn last_value_bits(&self) -> Option<u64> {
+        let last = if !self.open.is_empty() {
+            self.open.iter().last()
+        } else {
+            self.sealed.last().and_then(|c| c.samples().last())
+        };
+        last.map(|s| s.v.to_bits())
+    }
+
+    pub fn min_time(&self) -> Option<i64> {
+        let chunk_min = self
+            .sealed
+            .first()
+            .map(|c| c.min_t)
+            .or((!self.open.is_empty()).then(|| self.open.min_time()));
+        let ooo_min = self.ooo.first().map(|s| s.t);
+        match (chunk_min, ooo_min) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    pub fn num_chunks(&self) -> usize {
+        self.sealed.len() + usize::from(!self.open.is_empty())
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.sealed.is_empty() && self.open.is_empty() && self.ooo.is_empty()
+    }
+
+    /// Appends one sample, applying the head's rules.
+    pub fn append(
+        &mut self,
+        t: i64,
+        v: f64,
+        limits: &AppendLimits,
+    ) -> Result<Appended, RejectReason> {
+        if t < limits.min_valid_time {
+            return Err(RejectReason::TooOld);
+        }
+        let Some(max_t) = self.max_time() else {
+            return self.append_in_order(t, v);
+        };
+        if t > max_t {
+            return self.append_in_order(t, v);
+        }
+        if t == max_t {
+            return match self.last_value_bits() {
+                Some(bits) if bits == v.to_bits() => Ok(Appended::Duplicate),
+                _ => Err(RejectReason::DuplicateTimestamp),
+            };
+        }
+        if max_t - t > limits.out_of_order_window_ms {
+            return Err(RejectReason::OutOfOrder);
+        }
+        match self.value_bits_at(t) {
+            Some(bits) if bits == v.to_bits() => Ok(Appended::Duplicate),
+            Some(_) => Err(RejectReason::DuplicateTimestamp),
+            None => {
+                let at = self.ooo.partition_point(|s| s.t < t);
+                self.ooo.insert(at, Sample::new(t, v));
+                Ok(Appended::Stored)
+            }
+        }
+    }
+
+    fn append_in_order(&mut self, t: i64, v: f64) -> Result<Appended, RejectReason> {
+        // An out-of-order sample may already sit at a newer time than the chunks' end.
+        if let Ok(i) = self.ooo.binary_search_by_key(&t, |s| s.t) {
+            return if self.ooo[i].v.to_bits() == v.to_bits() {
+                Ok(Appended::Duplicate)
+            } else {
+                Err(RejectReason::DuplicateTimestamp)
+            };
+        }
+        if self.open.num_samples() >= SAMPLES_PER_CHUNK {
+            let full = std::mem::take(&mut self.open);
+            self.sealed.push(SealedChunk::from_chunk(full));
+        }
+        self.open.append(t, v);
+        Ok(Appended::Stored)
+    }
+
+    /// The value bits stored at exactly `t`, looking at every place a sample may live.
+    fn value_bits_at(&self, t: i64) -> Option<u64> {
+        if let Ok(i) = self.ooo.binary_search_by_key(&t, |s| s.t) {
+            return Some(self.ooo[i].v.to_bits());
+        }
+        let in_chunk = |min_t: i64, max_t: i64, samples: &mut dyn Iterator<Item = Sample>| {
+            if t < min_t || t > max_t {
+                return None;
+            }
+            samples.find(|s| s.t == t).map(|s| s.v.to_bits())
+        };
+        self.sealed
+            .iter()
+            .chain(self.cutting.iter())
+            .find_map(|c| in_chunk(c.min_t, c.max_t, &mut c.samples()))
+            .or_else(|| {
+                in_chunk(
+                    self.open.min_time(),
+                    self.open.max_time(),
+                    &mut self.open.iter(),
+                )
+            })
+    }
+
+    /// All samples in `[mint, maxt]`, in time order, appended to `out`.
+    pub fn samples_in(&self, mint: i64, maxt: i64, out: &mut Vec<Sample>) {
+        let start = out.len();
+        let overlaps = |c: &SealedChunk| c.max_t >= mint && c.min_t <= maxt;
+        for c in self.cutting.iter().chain(&self.sealed).filter(|c| overlaps(c)) {
+            out.extend(c.samples().filter(|s| s.t >= mint && s.t <= maxt));
+        }
+        if !self.open.is_empty() && self.open.max_time() >= mint && self.open.min_time() <= maxt {
+            out.extend(self.open.iter().filter(|s| s.t >= mint && s.t <= maxt));
+        }
+        out.extend(self.ooo.iter().filter(|s| s.t >= mint && s.t <= maxt));
+        if !self.ooo.is_empty() || !self.cutting.is_empty() {
+            let mine = &mut out[start..];
+            mine.sort_by_key(|s| s.t);
+        }
+    }
+
+    /// Every sample the series owns (not those being cut away), in time order.
+    fn all_samples(&self) -> Vec<Sample> {
+        let mut out: Vec<Sample> = self.sealed.iter().flat_map(|c| c.samples()).collect();
+        out.extend(self.open.iter());
+        if self.ooo.is_empty() {
+            return out;
+        }
+        merge_sorted(out, self.ooo.clone())
+    }
+
+    /// Rebuilds the chunks from time-ordered samples (used after deletions and cuts).
+    fn rebuild_from(&mut self, samples: &[Sample]) {
+        let mut chunks = encode_chunks(samples);
+        self.open = XorChunk::new();
+        if let Some(last) = chunks.pop() {
+            for s in decode_xor(&last.bytes).map_while(Result::ok) {
+                self.open.append(s.t, s.v);
+            }
+        }
+        self.sealed = chunks;
+        self.ooo.clear();
+    }
+
+    /// Removes samples in `[mint, maxt]`. Returns how many were removed.
+    pub fn delete_range(&mut self, mint: i64, maxt: i64) -> usize {
+        let all = self.all_samples();
+        let kept: Vec<Sample> = all
+            .iter()
+            .copied()
+            .filter(|s| s.t < mint || s.t > maxt)
+            .collect();
+        let removed = all.len() - kept.len();
+        if removed > 0 {
+            self.rebuild_from(&kept);
+        }
+        removed
+    }
+
+    /// Moves every sample older than `boundary` into `cutting` and returns those chunks,
+    /// so a block can be written while queries still see the data.
+    pub fn start_cut(&mut self, boundary: i64) -> Vec<SealedChunk> {
+        let all_old = self.sealed.last().is_none_or(|c| c.max_t < boundary)
+            && (self.open.is_empty() || self.open.min_time() >= boundary)
+            && self.ooo.first().is_none_or(|s| s.t >= boundary);
+        if all_old && self.ooo.is_empty() {
+            // Fast path: whole sealed chunks move unchanged.
+            let moved = std::mem::take(&mut self.sealed);
+            self.cutting.extend(moved.iter().cloned());
+            return moved;
+        }
+        let all = self.all_samples();
+        let split = all.partition_point(|s| s.t < boundary);
+        let old = encode_chunks(&all[..split]);
+        self.rebuild_from(&all[split..]);
+        self.cutting.extend(old.iter().cloned());
+        old
+    }
+
+    /// Drops the chunks handed out by `start_cut` once their block is queryable.
+    pub fn finish_cut(&mut self) {
+        self.cutting.clear();
+    }
+}
+
+/// A series held by the head.
+pub struct MemSeries {
+    pub id: SeriesRef,
+    labels: Box<[(Arc<str>, Arc<str>)]>,
+    data: Mutex<SeriesData>,
+}
+
+impl MemSeries {
+    pub fn data(&self) -> MutexGuard<'_, SeriesData> {
+        lock(&self.data)
+    }
+
+    pub fn labels(&self) -> Labels {
+        Labels::from_sorted(
+            self.labels
+                .iter()
+                .map(|(n, v)| Label::new(n.as_ref(), v.as_ref()))
+                .collect(),
+        )
+    }
+
+    pub fn interned_labels(&self) -> &[(Arc<str>, Arc<str>)] {
+        &self.labels
+    }
+
+    fn has_labels(&self, labels: &Labels) -> bool {
+        self.labels.len() == labels.len()
+            && self
+                .labels
+                .iter()
+                .zip(labels.iter())
+                .all(|((n, v), l)| n.as_ref() == l.name && v.as_ref() == l.value)
+    }
+}
+
+/// The head: all in-memory series with their index.
+pub struct Head {
+    by_hash: Box<[Mutex<HashMap<u64, Vec<Arc<MemSeries>>>>]>,
+    by_id: Box<[RwLock<HashMap<SeriesRef, Arc<MemSeries>>>]>,
+    postings: RwLock<MemPostings>,
+    symbols: Mutex<HashSet<Arc<str>>>,
+    next_id: AtomicU64,
+    /// Lower bound of accepted samples (the last cut boundary minus the OOO window).
+    min_valid_time: AtomicI64,
+    /// Oldest and newest sample time seen since the last cut (approximate bounds).
+    min_time: AtomicI64,
+    max_time: AtomicI64,
+}
+
+impl Default for Head {
+    fn default() -> Self {
+        Head {
+            by_hash: (0..SHARDS).map(|_| Mutex::default()).collect(),
+            by_id: (0..SHARDS).map(|_| RwLock::default()).collect(),
+            postings: RwLock::default(),
+            symbols: Mutex::default(),
+            next_id: AtomicU64::new(1),
+            min_valid_time: AtomicI64::new(i64::MIN),
+            min_time: AtomicI64::new(i64::MAX),
+            max_time: AtomicI64::new(i64::MIN),
+        }
+    }
+}
+
+fn read<T>(l: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    l.read().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn write<T>(l: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    l.write().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Head {
+    fn intern(&self, s: &str) -> Arc<str> {
+        let mut symbols = lock(&self.symbols);
+        if let Some(existing) = symbols.get(s) {
+            return existing.clone();
+        }
+        let new: Arc<str> = Arc::from(s);
+        symbols.insert(new.clone());
+        new
+    }
+
+    /// Finds the series with `labels`, creating it (id from `id` or the next free one)
+    /// when absent. `on_create` runs while the series is not yet visible to other
+    /// appenders, so a WAL series record always precedes any sample record of it.
+    pub fn get_or_create(
+        &self,
+        labels: &Labels,
+        id: Option<SeriesRef>,
+        on_create: &mut dyn FnMut(SeriesRef, &Labels),
+    ) -> Arc<MemSeries> {
+        let hash = labels.stable_hash();
+        let mut shard = lock(&self.by_hash[(hash % SHARDS as u64) as usize]);
+        let bucket = shard.entry(hash).or_default();
+        if let Some(s) = bucket.iter().find(|s| s.has_labels(labels)) {
+            return s.clone();
+        }
+        let id = match id {
+            Some(id) => {
+                self.next_id.fetch_max(id + 1, Ordering::Relaxed);
+                id
+            }
+            None => self.next_id.fetch_add(1, Ordering::Relaxed),
+        };
+        let interned: Box<[(Arc<str>, Arc<str>)]> = labels
+            .iter()
+            .map(|l| (self.intern(&l.name), self.intern(&l.value)))
+            .collect();
+        let series = Arc::new(MemSeries {
+            id,
+            labels: interned,
+            data: Mutex::new(SeriesData::new()),
+        });
+        on_create(id, labels);
+        write(&self.postings).add(id, &series.labels);
+        write(&self.by_id[(id % SHARDS as u64) as usize]).insert(id, series.clone());
+        bucket.push(series.clone());
+        series
+    }
+
+    pub fn get(&self, id: SeriesRef) -> Option<Arc<MemSeries>> {
+        read(&self.by_id[(id % SHARDS as u64) as usize])
+            .get(&id)
+            .cloned()
+    }
+
+    pub fn postings(&self) -> std::sync::RwLockReadGuard<'_, MemPostings> {
+        read(&self.postings)
+    }
+
+    pub fn limits(&self, out_of_order_window_ms: i64) -> AppendLimits {
+        AppendLimits {
+            min_valid_time: self.min_valid_time.load(Ordering::Relaxed),
+            out_of_order_window_ms,
+        }
+    }
+
+    /// Widens the head's time bounds after samples in `[mint, maxt]` were stored.
+    pub fn note_time_range(&self, mint: i64, maxt: i64) {
+        self.min_time.fetch_min(mint, Ordering::Relaxed);
+        self.max_time.fetch_max(maxt, Ordering::Relaxed);
+    }
+
+    /// (min, max) sample time of the head, or None when it holds nothing.
+    pub fn time_range(&self) -> Option<(i64, i64)> {
+        let (min, max) = (
+            self.min_time.load(Ordering::Relaxed),
+            self.max_time.load(Ordering::Relaxed),
+        );
+        (min <= max).then_some((min, max))
+    }
+
+    pub fn set_min_valid_time(&self, t: i64) {
+        self.min_valid_time.fetch_max(t, Ordering::Relaxed);
+    }
+
+    pub fn num_series(&self) -> usize {
+        self.postings().num_series()
+    }
+
+    /// Every series of the head (unordered).
+    pub fn all_series(&self) -> Vec<Arc<MemSeries>> {
+        self.by_id
+            .iter()
+            .flat_map(|shard| read(shard).values().cloned().collect::<Vec<_>>())
+            .collect()
+    }
+
+    /// Drops series that hold no samples, and symbols nobody uses any more.
+    /// Returns the number of series removed.
+    pub fn gc(&self) -> usize {
+        let mut removed = 0;
+        for shard in self.by_hash.iter() {
+            let mut shard = lock(shard);
+            for bucket in shard.values_mut() {
+                bucket.retain(|s| {
+                    let mut data = s.data();
+                    if !data.is_empty() || !data.cutting.is_empty() {
+                        return true;
+                    }
+                    data.removed = true;
+                    write(&self.postings).remove(s.id, &s.labels);
+                    write(&self.by_id[(s.id % SHARDS as u64) as usize]).remove(&s.id);
+                    removed += 1;
+                    false
+                });
+            }
+            shard.retain(|_, bucket| !bucket.is_empty());
+        }
+        if removed > 0 {
+            // Only the symbol table itself still holds an unused symbol.
+            lock(&self.symbols).retain(|s| Arc::strong_count(s) > 1);
+        }
+        removed
+    }
+
+    /// Recomputes the head's time bounds from its series (after a cut or deletion).
+    pub fn recompute_time_range(&self) {
+        let (mut min, mut max) = (i64::MAX, i64::MIN);
+        for s in self.all_series() {
+            let data = s.data();
+            if let Some(t) = data.min_time() {
+                min = min.min(t);
+            }
+            if let Some(t) = data.max_time() {
+                max = max.max(t);
+            }
+            if let Some(last) = data.ooo.last() {
+                max = max.max(last.t);
+            }
+        }
+        self.min_time.store(min, Ordering::Relaxed);
+        self.max_time.store(max, Ordering::Relaxed);
+    }
+
+    /// Number of chunks held (sealed plus open).
+    pub fn num_chunks(&self) -> usize {
+        self.all_series().iter().map(|s| s.data().num_chunks()).sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::stale_nan;
+
+    const LIMITS: AppendLimits = AppendLimits {
+        min_valid_time: 0,
+        out_of_order_window_ms: 1_000,
+    };
+
+    fn collect(d: &SeriesData) -> Vec<(i64, u64)> {
+        let mut out = Vec::new();
+        d.samples_in(i64::MIN, i64::MAX, &mut out);
+        out.iter().map(|s| (s.t, s.v.to_bits())).collect()
+    }
+
+    #[test]
+    fn append_rules() {
+        let mut d = SeriesData::new();
+        assert_eq!(d.append(5_000, 1.0, &LIMITS), Ok(Appended::Stored));
+        assert_eq!(d.append(5_000, 1.0, &LIMITS), Ok(Appended::Duplicate));
+        assert_eq!(
+            d.append(5_000, 2.0, &LIMITS),
+            Err(RejectReason::DuplicateTimestamp)
+        );
+        assert_eq!(d.append(4_500, 0.5, &LIMITS), Ok(Appended::Stored));
+        assert_eq!(d.append(4_500, 0.5, &LIMITS), Ok(Appended::Duplicate));
+        assert_eq!(
+            d.append(4_500, 0.7, &LIMITS),
+            Err(RejectReason::DuplicateTimestamp)
+        );
+        assert_eq!(
+            d.append(3_999, 1.0, &LIMITS),
+            Err(RejectReason::OutOfOrder)
+        );
+        assert_eq!(d.append(-1, 1.0, &LIMITS), Err(RejectReason::TooOld));
+        assert_eq!(d.append(6_000, stale_nan(), &LIMITS), Ok(Appended::Stored));
+        assert_eq!(
+            collect(&d),
+            vec![
+                (4_500, 0.5f64.to_bits()),
+                (5_000, 1.0f64.to_bits()),
+                (6_000, stale_nan().to_bits())
+            ]
+        );
+    }
+
+    #[test]
+    fn chunks_hold_at_most_120_samples() {
+        let mut d = SeriesData::new();
+        for i in 0..250 {
+            d.append(i * 10, i as f64, &LIMITS).unwrap();
+        }
+        assert_eq!(d.num_chunks(), 3);
+        assert!(d.sealed.iter().all(|c| decode_xor(&c.bytes).count() == 120));
+        let mut out = Vec::new();
+        d.samples_in(1_000, 1_100, &mut out);
+        assert_eq!(out.len(), 11);
+    }
+
+    #[test]
+    fn cut_splits_at_boundary_and_keeps_data_visible() {
+        let mut d = SeriesData::new();
+        for i in 0..300 {
+            d.append(i * 10, i as f64, &LIMITS).unwrap();
+        }
+        d.append(2_995, -1.0, &LIMITS).unwrap();
+        let cut = d.start_cut(1_500);
+        let cut_samples: usize = cut.iter().map(|c| decode_xor(&c.bytes).count()).sum();
+        assert_eq!(cut_samples, 150);
+        assert_eq!(collect(&d).len(), 301);
+        d.finish_cut();
+        let left = collect(&d);
+        assert_eq!(left.len(), 151);
+        assert_eq!(left[0].0, 1_500);
+    }
+
+    #[test]
+    fn delete_range_removes_samples() {
+        let mut d = SeriesData::new();
+        for i in 0..10 {
+            d.append(i, i as f64, &LIMITS).unwrap();
+        }
+        assert_eq!(d.delete_range(3, 5), 3);
+        assert_eq!(collect(&d).len(), 7);
+        d.append(20, 1.0, &LIMITS).unwrap();
+        assert_eq!(collect(&d).len(), 8);
+    }
+
+    #[test]
+    fn series_lookup_interns_and_gcs() {
+        let head = Head::default();
+        let l = Labels::from_pairs([("__name__", "up"), ("job", "a")]);
+        let mut created = Vec::new();
+        let a = head.get_or_create(&l, None, &mut |id, _| created.push(id));
+        let b = head.get_or_create(&l, None, &mut |id, _| created.push(id));
+        assert_eq!(a.id, b.id);
+        assert_eq!(created, vec![a.id]);
+        assert_eq!(a.labels(), l);
+        assert_eq!(head.num_series(), 1);
+        a.data().append(1, 1.0, &LIMITS).unwrap();
+        assert_eq!(head.gc(), 0);
+        a.data().delete_range(0, 10);
+        assert_eq!(head.gc(), 1);
+        assert!(a.data().is_removed());
+        assert_eq!(head.num_series(), 0);
+        assert!(lock(&head.symbols).is_empty() || Arc::strong_count(&a.labels[0].0) > 1);
+    }
+
+    #[test]
+    fn merge_prefers_first_on_ties() {
+        let a = vec![Sample::new(1, 1.0), Sample::new(3, 3.0)];
+        let b = vec![Sample::new(1, 9.0), Sample::new(2, 2.0)];
+        let m = merge_sorted(a, b);
+        assert_eq!(
+            m,
+            vec![Sample::new(1, 1.0), Sample::new(2, 2.0), Sample::new(3, 3.0)]
+        );
+    }
+}

@@ -1,0 +1,725 @@
+//! The write-ahead log: every accepted sample is on disk before its append returns.
+//!
+//! Owns: the files under `<data>/wal/`, record framing and encoding, group commit, segment
+//! rolling, checkpoints and replay. Calls `model` only.
+//!
+//! Format. Segments are files named by an 8-digit sequence number (`00000001`, ...);
+//! a new one starts at open and when the current one passes `segment_bytes`. A segment
+//! is a sequence of records: `u32 LE payload length`, `u32 LE CRC32C of the payload`,
+//! payload. The payload's first byte is the record kind:
+//! - 1 series: uvarint id, uvarint label count, (uvarint len, bytes) name and value pairs
+//! - 2 samples: repeated (uvarint series id, zig-zag varint t, u64 LE value bits)
+//! - 3 delete: zig-zag varint mint, maxt, then repeated uvarint series ids
+//! - 4 metadata: repeated 4 strings (family, type, help, unit), each uvarint len + bytes
+//!
+//! A checkpoint `checkpoint.NNNNNNNN` holds, in the same framing, the head's state that
+//! covers segments up to NNNNNNNN, which are then deleted. Replay reads the newest
+//! checkpoint and the segments after it. A torn record at the end of the last segment
+//! (a crash mid-write) is truncated; a bad record elsewhere is skipped and counted as
+//! corruption.
+//!
+//! Group commit: appenders add framed records to a shared buffer (memory only, short
+//! lock) and then wait for a sync covering their sequence number; whoever gets the sync
+//! lock first writes and fsyncs everything buffered so far, for all of them.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::Instant;
+
+use super::head::lock;
+use crate::model::{Label, Labels, MetricMetadata};
+use crate::storage::StorageError;
+
+const KIND_SERIES: u8 = 1;
+const KIND_SAMPLES: u8 = 2;
+const KIND_DELETE: u8 = 3;
+const KIND_METADATA: u8 = 4;
+const FRAME_HEADER: usize = 8;
+/// Upper bound for one record, so a garbage length cannot make replay allocate wildly.
+const MAX_RECORD: usize = 1 << 30;
+
+/// A decoded WAL record.
+#[derive(Debug, PartialEq)]
+pub enum Record {
+    Series { id: u64, labels: Labels },
+    Samples(Vec<(u64, i64, f64)>),
+    Delete { mint: i64, maxt: i64, ids: Vec<u64> },
+    Metadata(Vec<MetricMetadata>),
+}
+
+// ---- encoding ----
+
+pub fn put_uvarint(buf: &mut Vec<u8>, mut x: u64) {
+    while x >= 0x80 {
+        buf.push((x as u8) | 0x80);
+        x >>= 7;
+    }
+    buf.push(x as u8);
+}
+
+pub fn put_varint(buf: &mut Vec<u8>, x: i64) {
+    put_uvarint(buf, ((x << 1) ^ (x >> 63)) as u64);
+}
+
+pub fn put_str(buf: &mut Vec<u8>, s: &str) {
+    put_uvarint(buf, s.len() as u64);
+    buf.extend_from_slice(s.as_bytes());
+}
+
+/// Writes one framed record whose payload `write_payload` produces after `kind`.
+pub fn frame(buf: &mut Vec<u8>, kind: u8, write_payload: impl FnOnce(&mut Vec<u8>)) {
+    let start = buf.len();
+    buf.extend_from_slice(&[0; FRAME_HEADER]);
+    buf.push(kind);
+    write_payload(buf);
+    seal_frame(buf, start);
+}
+
+fn seal_frame(buf: &mut [u8], start: usize) {
+    let payload = &buf[start + FRAME_HEADER..];
+    let len = payload.len() as u32;
+    let crc = crc32c::crc32c(payload);
+    buf[start..start + 4].copy_from_slice(&len.to_le_bytes());
+    buf[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
+}
+
+pub fn encode_series(buf: &mut Vec<u8>, id: u64, labels: &Labels) {
+    frame(buf, KIND_SERIES, |p| {
+        put_uvarint(p, id);
+        put_uvarint(p, labels.len() as u64);
+        for l in labels {
+            put_str(p, &l.name);
+            put_str(p, &l.value);
+        }
+    });
+}
+
+pub fn encode_delete(buf: &mut Vec<u8>, mint: i64, maxt: i64, ids: &[u64]) {
+    frame(buf, KIND_DELETE, |p| {
+        put_varint(p, mint);
+        put_varint(p, maxt);
+        for &id in ids {
+            put_uvarint(p, id);
+        }
+    });
+}
+
+pub fn encode_metadata(buf: &mut Vec<u8>, metadata: &[MetricMetadata]) {
+    frame(buf, KIND_METADATA, |p| {
+        for m in metadata {
+            for s in [&m.metric_family, &m.metric_type, &m.help, &m.unit] {
+                put_str(p, s);
+            }
+        }
+    });
+}
+
+/// Builds one samples record incrementally, without allocating per sample.
+pub struct SamplesRecord {
+    buf: Vec<u8>,
+    count: usize,
+}
+
+impl Default for SamplesRecord {
+    fn default() -> Self {
+        let mut buf = vec![0; FRAME_HEADER];
+        buf.push(KIND_SAMPLES);
+        SamplesRecord { buf, count: 0 }
+    }
+}
+
+impl SamplesRecord {
+    pub fn push(&mut self, id: u64, t: i64, v: f64) {
+        put_uvarint(&mut self.buf, id);
+        put_varint(&mut self.buf, t);
+        self.buf.extend_from_slice(&v.to_bits().to_le_bytes());
+        self.count += 1;
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    /// The framed record, ready for `Wal::log`.
+    pub fn finish(mut self) -> Vec<u8> {
+        seal_frame(&mut self.buf, 0);
+        self.buf
+    }
+}
+
+// ---- decoding ----
+
+struct Cursor<'a> {
+    b: &'a [u8],
+}
+
+impl Cursor<'_> {
+    fn uvarint(&mut self) -> Option<u64> {
+        let mut x = 0u64;
+        for (i, &byte) in self.b.iter().enumerate().take(10) {
+            x |= u64::from(byte & 0x7f) << (7 * i);
+            if byte < 0x80 {
+                self.b = &self.b[i + 1..];
+                return Some(x);
+            }
+        }
+        None
+    }
+
+    fn varint(&mut self) -> Option<i64> {
+        let u = self.uvarint()?;
+        Some(((u >> 1) as i64) ^ -((u & 1) as i64))
+    }
+
+    fn bytes(&mut self, n: usize) -> Option<&[u8]> {
+        if self.b.len() < n {
+            return None;
+        }
+        let (head, rest) = self.b.split_at(n);
+        self.b = rest;
+        Some(head)
+    }
+
+    fn string(&mut self) -> Option<String> {
+        let n = usize::try_from(self.uvarint()?).ok()?;
+        String::from_utf8(self.bytes(n)?.to_vec()).ok()
+    }
+
+    fn u64_le(&mut self) -> Option<u64> {
+        let b: [u8; 8] = self.bytes(8)?.try_into().ok()?;
+        Some(u64::from_le_bytes(b))
+    }
+
+    fn is_empty(&self) -> bool {
+        self.b.is_empty()
+    }
+}
+
+/// Decodes a record payload (kind byte first). None when malformed.
+pub fn decode_record(payload: &[u8]) -> Option<Record> {
+    let (&kind, rest) = payload.split_first()?;
+    let mut c = Cursor { b: rest };
+    match kind {
+        KIND_SERIES => {
+            let id = c.uvarint()?;
+            let n = c.uvarint()?;
+            let mut labels = Vec::new();
+            for _ in 0..n {
+                labels.push(Label {
+                    name: c.string()?,
+                    value: c.string()?,
+                });
+            }
+            labels.sort();
+            labels.dedup_by(|a, b| a.name == b.name);
+            Some(Record::Series {
+                id,
+                labels: Labels::from_sorted(labels),
+            })
+        }
+        KIND_SAMPLES => {
+            let mut samples = Vec::new();
+            while !c.is_empty() {
+                samples.push((c.uvarint()?, c.varint()?, f64::from_bits(c.u64_le()?)));
+            }
+            Some(Record::Samples(samples))
+        }
+        KIND_DELETE => {
+            let (mint, maxt) = (c.varint()?, c.varint()?);
+            let mut ids = Vec::new();
+            while !c.is_empty() {
+                ids.push(c.uvarint()?);
+            }
+            Some(Record::Delete { mint, maxt, ids })
+        }
+        KIND_METADATA => {
+            let mut out = Vec::new();
+            while !c.is_empty() {
+                out.push(MetricMetadata {
+                    metric_family: c.string()?,
+                    metric_type: c.string()?,
+                    help: c.string()?,
+                    unit: c.string()?,
+                });
+            }
+            Some(Record::Metadata(out))
+        }
+        _ => None,
+    }
+}
+
+/// How reading one file's records ended.
+#[derive(Debug, PartialEq, Eq)]
+enum ReadEnd {
+    Clean,
+    /// The file ends inside a record that starts at this offset.
+    Torn(u64),
+}
+
+/// Reads all framed records of `bytes`, calling `on_record` for each good one.
+/// Returns how reading ended and the number of corrupt records skipped.
+fn read_records(bytes: &[u8], on_record: &mut dyn FnMut(Record)) -> (ReadEnd, u64) {
+    let mut pos = 0usize;
+    let mut corrupt = 0;
+    while pos < bytes.len() {
+        let Some(header) = bytes.get(pos..pos + FRAME_HEADER) else {
+            return (ReadEnd::Torn(pos as u64), corrupt);
+        };
+        let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as usize;
+        let crc = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
+        let body_start = pos + FRAME_HEADER;
+        if len == 0 && bytes[pos..].iter().all(|&b| b == 0) {
+            // Preallocated or zero-filled tail after a crash: nothing more was written.
+            return (ReadEnd::Torn(pos as u64), corrupt);
+        }
+        let Some(payload) = bytes.get(body_start..body_start + len).filter(|_| len <= MAX_RECORD)
+        else {
+            return (ReadEnd::Torn(pos as u64), corrupt);
+        };
+        match (crc32c::crc32c(payload) == crc)
+            .then(|| decode_record(payload))
+            .flatten()
+        {
+            Some(rec) => on_record(rec),
+            None => corrupt += 1,
+        }
+        pos = body_start + len;
+    }
+    (ReadEnd::Clean, corrupt)
+}
+
+// ---- files ----
+
+fn segment_name(index: u64) -> String {
+    format!("{index:08}")
+}
+
+fn checkpoint_name(index: u64) -> String {
+    format!("checkpoint.{index:08}")
+}
+
+/// (checkpoint indexes, segment indexes) present in `dir`, each sorted.
+fn list_dir(dir: &Path) -> io::Result<(Vec<u64>, Vec<u64>)> {
+    let (mut checkpoints, mut segments) = (Vec::new(), Vec::new());
+    for entry in fs::read_dir(dir)? {
+        let name = entry?.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if let Some(n) = name.strip_prefix("checkpoint.") {
+            if let Ok(i) = n.parse() {
+                checkpoints.push(i);
+            }
+        } else if name.len() == 8 {
+            if let Ok(i) = name.parse() {
+                segments.push(i);
+            }
+        }
+    }
+    checkpoints.sort_unstable();
+    segments.sort_unstable();
+    Ok((checkpoints, segments))
+}
+
+pub fn fsync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+/// What replay found, for logs and metrics.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct ReplayReport {
+    pub records: u64,
+    pub corrupt_records: u64,
+    pub torn_tail_truncated: bool,
+}
+
+/// Observers of WAL events (the TSDB's metrics).
+pub trait WalObserver: Send + Sync {
+    fn fsync_done(&self, seconds: f64);
+    fn segments(&self, count: u64);
+}
+
+struct Pending {
+    bytes: Vec<u8>,
+    /// Sequence number of the newest buffered record.
+    seq: u64,
+}
+
+struct SegmentWriter {
+    file: File,
+    index: u64,
+    size: u64,
+    segments_on_disk: u64,
+}
+
+/// An open WAL.
+pub struct Wal {
+    dir: PathBuf,
+    segment_bytes: u64,
+    pending: Mutex<Pending>,
+    writer: Mutex<SegmentWriter>,
+    synced_seq: AtomicU64,
+    failed: AtomicBool,
+    observer: Box<dyn WalObserver>,
+}
+
+impl Wal {
+    /// Opens the WAL in `dir`, replaying its checkpoint and segments into `on_record`,
+    /// then starts a fresh segment for writing.
+    pub fn open(
+        dir: &Path,
+        segment_bytes: u64,
+        observer: Box<dyn WalObserver>,
+        on_record: &mut dyn FnMut(Record),
+    ) -> Result<(Wal, ReplayReport), StorageError> {
+        fs::create_dir_all(dir)?;
+        let report = replay(dir, on_record)?;
+        let (_, segments) = list_dir(dir)?;
+        let index = segments.last().map_or(1, |i| i + 1);
+        let file = create_segment(dir, index)?;
+        observer.segments(segments.len() as u64 + 1);
+        let wal = Wal {
+            dir: dir.to_path_buf(),
+            segment_bytes: segment_bytes.max(4096),
+            pending: Mutex::new(Pending {
+                bytes: Vec::new(),
+                seq: 0,
+            }),
+            writer: Mutex::new(SegmentWriter {
+                file,
+                index,
+                size: 0,
+                segments_on_disk: segments.len() as u64 + 1,
+            }),
+            synced_seq: AtomicU64::new(0),
+            failed: AtomicBool::new(false),
+            observer,
+        };
+        Ok((wal, report))
+    }
+
+    /// Buffers framed records; returns the sequence number to pass to `sync`.
+    pub fn log(&self, framed: &[u8]) -> u64 {
+        let mut p = lock(&self.pending);
+        p.bytes.extend_from_slice(framed);
+        p.seq += 1;
+        p.seq
+    }
+
+    /// Returns once everything logged up to `seq` is on disk (write + fdatasync).
+    pub fn sync(&self, seq: u64) -> Result<(), StorageError> {
+        if self.synced_seq.load(Ordering::Acquire) >= seq {
+            return self.check_failed();
+        }
+        let mut w = lock(&self.writer);
+        if self.synced_seq.load(Ordering::Acquire) >= seq {
+            return self.check_failed();
+        }
+        self.check_failed()?;
+        let (bytes, upto) = {
+            let mut p = lock(&self.pending);
+            (std::mem::take(&mut p.bytes), p.seq)
+        };
+        if let Err(e) = self.write_and_sync(&mut w, &bytes) {
+            // The buffered records are gone: nothing logged later can be trusted.
+            self.failed.store(true, Ordering::Release);
+            return Err(e.into());
+        }
+        self.synced_seq.store(upto, Ordering::Release);
+        Ok(())
+    }
+
+    fn check_failed(&self) -> Result<(), StorageError> {
+        if self.failed.load(Ordering::Acquire) {
+            return Err(StorageError::Unavailable(
+                "the WAL failed an earlier write; restart to recover".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    fn write_and_sync(&self, w: &mut SegmentWriter, bytes: &[u8]) -> io::Result<()> {
+        if bytes.is_empty() {
+            return Ok(());
+        }
+        if w.size > 0 && w.size + bytes.len() as u64 > self.segment_bytes {
+            self.roll(w)?;
+        }
+        w.file.write_all(bytes)?;
+        let started = Instant::now();
+        w.file.sync_data()?;
+        self.observer.fsync_done(started.elapsed().as_secs_f64());
+        w.size += bytes.len() as u64;
+        Ok(())
+    }
+
+    fn roll(&self, w: &mut SegmentWriter) -> io::Result<()> {
+        w.file.sync_all()?;
+        w.index += 1;
+        w.file = create_segment(&self.dir, w.index)?;
+        w.size = 0;
+        w.segments_on_disk += 1;
+        self.observer.segments(w.segments_on_disk);
+        Ok(())
+    }
+
+    /// Flushes what is buffered, then starts a new segment. Returns the index of the
+    /// last segment before it: a checkpoint of the head taken now covers it.
+    pub fn cut_segment(&self) -> Result<u64, StorageError> {
+        let seq = lock(&self.pending).seq;
+        self.sync(seq)?;
+        let mut w = lock(&self.writer);
+        let closed = w.index;
+        self.roll(&mut w)?;
+        Ok(closed)
+    }
+
+    /// Writes a checkpoint covering segments up to `upto` from already framed records,
+    /// then deletes those segments and older checkpoints.
+    pub fn write_checkpoint(&self, upto: u64, records: &[u8]) -> Result<(), StorageError> {
+        let name = checkpoint_name(upto);
+        let tmp = self.dir.join(format!("{name}.tmp"));
+        {
+            let mut f = File::create(&tmp)?;
+            f.write_all(records)?;
+            f.sync_all()?;
+        }
+        fs::rename(&tmp, self.dir.join(&name))?;
+        fsync_dir(&self.dir)?;
+        let (checkpoints, segments) = list_dir(&self.dir)?;
+        for old in checkpoints.into_iter().filter(|&i| i < upto) {
+            fs::remove_file(self.dir.join(checkpoint_name(old)))?;
+        }
+        let mut removed = 0;
+        for old in segments.into_iter().filter(|&i| i <= upto) {
+            fs::remove_file(self.dir.join(segment_name(old)))?;
+            removed += 1;
+        }
+        let mut w = lock(&self.writer);
+        w.segments_on_disk = w.segments_on_disk.saturating_sub(removed);
+        self.observer.segments(w.segments_on_disk);
+        Ok(())
+    }
+
+    /// Writes and fsyncs everything buffered. Later appends still work.
+    pub fn flush(&self) -> Result<(), StorageError> {
+        let seq = lock(&self.pending).seq;
+        self.sync(seq)?;
+        lock(&self.writer).file.sync_all()?;
+        Ok(())
+    }
+}
+
+fn create_segment(dir: &Path, index: u64) -> io::Result<File> {
+    let file = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join(segment_name(index)))?;
+    fsync_dir(dir)?;
+    Ok(file)
+}
+
+fn read_file(path: &Path) -> io::Result<Vec<u8>> {
+    let mut bytes = Vec::new();
+    File::open(path)?.read_to_end(&mut bytes)?;
+    Ok(bytes)
+}
+
+/// Replays the newest checkpoint and every later segment.
+fn replay(dir: &Path, on_record: &mut dyn FnMut(Record)) -> Result<ReplayReport, StorageError> {
+    let (checkpoints, segments) = list_dir(dir)?;
+    let mut report = ReplayReport::default();
+    let mut count = |rec: Record| {
+        report.records += 1;
+        on_record(rec)
+    };
+    let after = match checkpoints.last() {
+        Some(&cp) => {
+            let bytes = read_file(&dir.join(checkpoint_name(cp)))?;
+            let (end, corrupt) = read_records(&bytes, &mut count);
+            if end != ReadEnd::Clean || corrupt > 0 {
+                // A checkpoint is renamed into place only when complete.
+                return Err(StorageError::Corruption(format!(
+                    "WAL checkpoint {cp} is damaged"
+                )));
+            }
+            cp
+        }
+        None => 0,
+    };
+    let mut corrupt_total = 0;
+    let mut torn = false;
+    let to_read: Vec<u64> = segments.into_iter().filter(|&i| i > after).collect();
+    for (n, &index) in to_read.iter().enumerate() {
+        let path = dir.join(segment_name(index));
+        let bytes = read_file(&path)?;
+        let (end, corrupt) = read_records(&bytes, &mut count);
+        corrupt_total += corrupt;
+        if let ReadEnd::Torn(at) = end {
+            if n + 1 == to_read.len() {
+                tracing::warn!(segment = index, offset = at, "truncating torn WAL tail");
+                OpenOptions::new().write(true).open(&path)?.set_len(at)?;
+                torn = true;
+            } else {
+                tracing::error!(segment = index, offset = at, "WAL segment ends mid-record");
+                corrupt_total += 1;
+            }
+        }
+    }
+    if corrupt_total > 0 {
+        tracing::error!(records = corrupt_total, "corrupt WAL records skipped");
+    }
+    report.corrupt_records = corrupt_total;
+    report.torn_tail_truncated = torn;
+    Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::stale_nan;
+
+    struct NoObserver;
+    impl WalObserver for NoObserver {
+        fn fsync_done(&self, _: f64) {}
+        fn segments(&self, _: u64) {}
+    }
+
+    fn open(dir: &Path, seg: u64) -> (Wal, Vec<Record>, ReplayReport) {
+        let mut recs = Vec::new();
+        let (wal, report) = Wal::open(dir, seg, Box::new(NoObserver), &mut |r| recs.push(r)).unwrap();
+        (wal, recs, report)
+    }
+
+    fn samples_record(items: &[(u64, i64, f64)]) -> Vec<u8> {
+        let mut r = SamplesRecord::default();
+        for &(id, t, v) in items {
+            r.push(id, t, v);
+        }
+        r.finish()
+    }
+
+    #[test]
+    fn records_round_trip_through_replay() {
+        let dir = tempfile::tempdir().unwrap();
+        let labels = Labels::from_pairs([("__name__", "up"), ("job", "a")]);
+        let meta = MetricMetadata {
+            metric_family: "up".into(),
+            metric_type: "gauge".into(),
+            help: "h".into(),
+            unit: String::new(),
+        };
+        {
+            let (wal, recs, _) = open(dir.path(), 1 << 20);
+            assert!(recs.is_empty());
+            let mut buf = Vec::new();
+            encode_series(&mut buf, 7, &labels);
+            encode_delete(&mut buf, -5, 10, &[7, 8]);
+            encode_metadata(&mut buf, std::slice::from_ref(&meta));
+            wal.log(&buf);
+            let seq = wal.log(&samples_record(&[(7, 1, 1.5), (7, 2, stale_nan())]));
+            wal.sync(seq).unwrap();
+        }
+        let (_, recs, report) = open(dir.path(), 1 << 20);
+        assert_eq!(report.corrupt_records, 0);
+        assert_eq!(recs.len(), 4);
+        assert_eq!(recs[0], Record::Series { id: 7, labels });
+        assert_eq!(
+            recs[1],
+            Record::Delete {
+                mint: -5,
+                maxt: 10,
+                ids: vec![7, 8]
+            }
+        );
+        assert_eq!(recs[2], Record::Metadata(vec![meta]));
+        match &recs[3] {
+            Record::Samples(s) => {
+                assert_eq!(s.len(), 2);
+                assert_eq!(s[1].2.to_bits(), stale_nan().to_bits());
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn torn_tail_is_truncated_and_middle_corruption_counted() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let (wal, _, _) = open(dir.path(), 1 << 20);
+            for i in 0..3 {
+                let seq = wal.log(&samples_record(&[(1, i, 1.0)]));
+                wal.sync(seq).unwrap();
+            }
+        }
+        let seg = dir.path().join(segment_name(1));
+        let mut bytes = fs::read(&seg).unwrap();
+        let one = bytes.len() / 3;
+        bytes[one + FRAME_HEADER + 2] ^= 0xff; // corrupt the middle record
+        bytes.extend_from_slice(&samples_record(&[(1, 9, 9.0)])[..5]); // torn tail
+        fs::write(&seg, &bytes).unwrap();
+        let (_, recs, report) = open(dir.path(), 1 << 20);
+        assert_eq!(recs.len(), 2);
+        assert_eq!(report.corrupt_records, 1);
+        assert!(report.torn_tail_truncated);
+        assert_eq!(fs::metadata(&seg).unwrap().len() as usize, one * 3);
+    }
+
+    #[test]
+    fn segments_roll_and_checkpoint_replaces_them() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let (wal, _, _) = open(dir.path(), 4096);
+            for i in 0..100 {
+                let items: Vec<_> = (0..10).map(|j| (j, i, 1.0)).collect();
+                let seq = wal.log(&samples_record(&items));
+                wal.sync(seq).unwrap();
+            }
+            let (_, segments) = list_dir(dir.path()).unwrap();
+            assert!(segments.len() > 3);
+            let upto = wal.cut_segment().unwrap();
+            let mut cp = Vec::new();
+            encode_series(&mut cp, 1, &Labels::from_pairs([("a", "b")]));
+            wal.write_checkpoint(upto, &cp).unwrap();
+            let seq = wal.log(&samples_record(&[(1, 500, 2.0)]));
+            wal.sync(seq).unwrap();
+        }
+        let (_, recs, _) = open(dir.path(), 4096);
+        assert_eq!(recs.len(), 2);
+        assert!(matches!(recs[0], Record::Series { id: 1, .. }));
+    }
+
+    #[test]
+    fn concurrent_appenders_share_syncs() {
+        let dir = tempfile::tempdir().unwrap();
+        let (wal, _, _) = open(dir.path(), 1 << 20);
+        let wal = std::sync::Arc::new(wal);
+        let threads: Vec<_> = (0..4)
+            .map(|t| {
+                let wal = wal.clone();
+                std::thread::spawn(move || {
+                    for i in 0..50 {
+                        let seq = wal.log(&samples_record(&[(t, i, 1.0)]));
+                        wal.sync(seq).unwrap();
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        drop(wal);
+        let (_, recs, _) = open(dir.path(), 1 << 20);
+        assert_eq!(recs.len(), 200);
+    }
+
+    #[test]
+    fn garbage_records_do_not_panic() {
+        for payload in [&[][..], &[1], &[1, 0xff], &[2, 1, 2], &[4, 200], &[9, 1, 2]] {
+            let _ = decode_record(payload);
+        }
+        let (end, _) = read_records(&[5, 0, 0, 0, 1, 2, 3, 4, 1], &mut |_| {});
+        assert_eq!(end, ReadEnd::Torn(0));
+    }
+}
