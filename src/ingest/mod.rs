@@ -3,13 +3,16 @@
 //! Owns: the path from an HTTP body (plus its `Content-Type` and `Content-Encoding`) to
 //! validated `model::Series`, and the ingest self-metrics. Submodules: `wire` (header
 //! negotiation and bounded snappy decompression), `validate` (label and sample rules,
-//! protobuf structs to model types), `metrics` (counters under `timbala_ingest_`).
+//! protobuf structs to model types), `metrics` (counters under `timbala_ingest_`),
+//! `fuzzing` (the invariant-checking entry point of the fuzz targets).
 //! Calls only `model` and `proto`; knows nothing about HTTP servers or storage, so the
 //! same decoder serves the HTTP edge, the fuzz target and (later) peer-to-peer writes.
 //!
 //! A request is accepted or refused as a whole: one invalid series refuses the request,
 //! so a client never has to guess which part was stored.
 
+#[doc(hidden)]
+pub mod fuzzing;
 mod metrics;
 mod validate;
 mod wire;
