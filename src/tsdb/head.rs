@@ -236,21 +236,30 @@ impl SeriesData {
         if let Ok(i) = self.ooo.binary_search_by_key(&t, |s| s.t) {
             return Some(self.ooo[i].v.to_bits());
         }
-        let in_chunk = |min_t: i64, max_t: i64, samples: &mut dyn Iterator<Item = Sample>| {
+        fn value_in(
+            t: i64,
+            min_t: i64,
+            max_t: i64,
+            samples: impl Iterator<Item = Sample>,
+        ) -> Option<u64> {
             if t < min_t || t > max_t {
                 return None;
             }
-            samples.find(|s| s.t == t).map(|s| s.v.to_bits())
-        };
+            samples
+                .take_while(|s| s.t <= t)
+                .find(|s| s.t == t)
+                .map(|s| s.v.to_bits())
+        }
         self.sealed
             .iter()
             .chain(self.cutting.iter())
-            .find_map(|c| in_chunk(c.min_t, c.max_t, &mut c.samples()))
+            .find_map(|c| value_in(t, c.min_t, c.max_t, c.samples()))
             .or_else(|| {
-                in_chunk(
+                value_in(
+                    t,
                     self.open.min_time(),
                     self.open.max_time(),
-                    &mut self.open.iter(),
+                    self.open.iter(),
                 )
             })
     }
@@ -259,7 +268,12 @@ impl SeriesData {
     pub fn samples_in(&self, mint: i64, maxt: i64, out: &mut Vec<Sample>) {
         let start = out.len();
         let overlaps = |c: &SealedChunk| c.max_t >= mint && c.min_t <= maxt;
-        for c in self.cutting.iter().chain(&self.sealed).filter(|c| overlaps(c)) {
+        for c in self
+            .cutting
+            .iter()
+            .chain(&self.sealed)
+            .filter(|c| overlaps(c))
+        {
             out.extend(c.samples().filter(|s| s.t >= mint && s.t <= maxt));
         }
         if !self.open.is_empty() && self.open.max_time() >= mint && self.open.min_time() <= maxt {
@@ -334,6 +348,17 @@ impl SeriesData {
     pub fn finish_cut(&mut self) {
         self.cutting.clear();
     }
+
+    /// Takes the chunks handed out by `start_cut` back (their block was not written).
+    pub fn abort_cut(&mut self) {
+        if self.cutting.is_empty() {
+            return;
+        }
+        let old: Vec<Sample> = self.cutting.iter().flat_map(|c| c.samples()).collect();
+        self.cutting.clear();
+        let merged = merge_sorted(self.all_samples(), old);
+        self.rebuild_from(&merged);
+    }
 }
 
 /// A series held by the head.
@@ -371,10 +396,14 @@ impl MemSeries {
     }
 }
 
+type HashBuckets = HashMap<u64, Vec<Arc<MemSeries>>>;
+type IdMap = HashMap<SeriesRef, Arc<MemSeries>>;
+
 /// The head: all in-memory series with their index.
 pub struct Head {
-    by_hash: Box<[Mutex<HashMap<u64, Vec<Arc<MemSeries>>>>]>,
-    by_id: Box<[RwLock<HashMap<SeriesRef, Arc<MemSeries>>>]>,
+    /// label hash -> series with that hash (a list, for collisions), sharded.
+    by_hash: Box<[Mutex<HashBuckets>]>,
+    by_id: Box<[RwLock<IdMap>]>,
     postings: RwLock<MemPostings>,
     symbols: Mutex<HashSet<Arc<str>>>,
     next_id: AtomicU64,
@@ -554,7 +583,10 @@ impl Head {
 
     /// Number of chunks held (sealed plus open).
     pub fn num_chunks(&self) -> usize {
-        self.all_series().iter().map(|s| s.data().num_chunks()).sum()
+        self.all_series()
+            .iter()
+            .map(|s| s.data().num_chunks())
+            .sum()
     }
 }
 
@@ -589,10 +621,7 @@ mod tests {
             d.append(4_500, 0.7, &LIMITS),
             Err(RejectReason::DuplicateTimestamp)
         );
-        assert_eq!(
-            d.append(3_999, 1.0, &LIMITS),
-            Err(RejectReason::OutOfOrder)
-        );
+        assert_eq!(d.append(3_999, 1.0, &LIMITS), Err(RejectReason::OutOfOrder));
         assert_eq!(d.append(-1, 1.0, &LIMITS), Err(RejectReason::TooOld));
         assert_eq!(d.append(6_000, stale_nan(), &LIMITS), Ok(Appended::Stored));
         assert_eq!(
@@ -674,7 +703,11 @@ mod tests {
         let m = merge_sorted(a, b);
         assert_eq!(
             m,
-            vec![Sample::new(1, 1.0), Sample::new(2, 2.0), Sample::new(3, 3.0)]
+            vec![
+                Sample::new(1, 1.0),
+                Sample::new(2, 2.0),
+                Sample::new(3, 3.0)
+            ]
         );
     }
 }

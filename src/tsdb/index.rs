@@ -118,9 +118,7 @@ fn postings_with_rejected_value(src: &dyn PostingsSource, m: &Matcher) -> Vec<Se
             ),
             None => src.postings_where(&m.name, &mut |v| !m.matches(v)),
         },
-        MatchOp::Equal | MatchOp::RegexMatch => {
-            src.postings_where(&m.name, &mut |v| !m.matches(v))
-        }
+        MatchOp::Equal | MatchOp::RegexMatch => src.postings_where(&m.name, &mut |v| !m.matches(v)),
     }
 }
 
@@ -286,7 +284,7 @@ mod tests {
         let p = sample_index();
         let sel = |ms: &[Matcher]| select_postings(&p, ms);
         let up = Matcher::equal("__name__", "up");
-        assert_eq!(sel(&[up.clone()]), vec![1, 2, 3]);
+        assert_eq!(sel(std::slice::from_ref(&up)), vec![1, 2, 3]);
         assert_eq!(
             sel(&[up.clone(), m(MatchOp::NotEqual, "job", "api")]),
             vec![2, 3]
@@ -313,7 +311,10 @@ mod tests {
             vec![1, 2, 4]
         );
         assert_eq!(sel(&[m(MatchOp::RegexMatch, "job", ".+")]), vec![1, 2, 4]);
-        assert_eq!(sel(&[m(MatchOp::RegexMatch, "job", ".*")]), vec![1, 2, 3, 4]);
+        assert_eq!(
+            sel(&[m(MatchOp::RegexMatch, "job", ".*")]),
+            vec![1, 2, 3, 4]
+        );
         assert_eq!(sel(&[Matcher::equal("nope", "x")]), Vec::<u64>::new());
         assert_eq!(sel(&[]), vec![1, 2, 3, 4]);
     }

@@ -4,16 +4,39 @@
 //! chunks, byte-compatible with Prometheus), `index` (postings and matcher evaluation),
 //! `head` (in-memory series, label interning, open chunks), `wal` (segments, checksums,
 //! checkpoints, replay), `block` (immutable on-disk blocks), `compact` (merging blocks),
-//! `retention` (time and size limits), `tombstones` (deletions).
+//! `retention` (time and size limits), `tombstones` (deletions), `querier` (reads across
+//! head and blocks), `metrics` (self-metrics), `db` (the database tying them together).
 //! Implements `storage::Storage`; calls only `model` and `storage`.
 //!
-//! Implemented on the tsdb branch.
+//! This file holds the public handle: it runs the blocking `db::Db` off the async
+//! runtime (`spawn_blocking`) and owns the background maintenance thread.
+//!
+//! Data directory layout: `wal/` (segments and checkpoints, see `wal`), one directory
+//! per block named by its ULID (see `block`), `<ulid>.tmp/` while a block is written.
 
+pub mod block;
 pub mod chunk;
+pub mod compact;
+mod db;
+pub mod head;
+pub mod index;
+mod metrics;
+mod querier;
+pub mod retention;
+pub mod tombstones;
+pub mod wal;
 
 use std::path::PathBuf;
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
 
-use prometheus_client::registry::Registry;
+use crate::model::{Labels, Matcher, MetricMetadata, Series};
+use crate::storage::{
+    AppendOutcome, BoxFuture, LabelRequest, SelectError, SelectRequest, Storage, StorageError,
+};
+
+pub use metrics::TsdbMetrics;
 
 /// Settings of one TSDB. `Default` gives the server defaults.
 #[derive(Clone, Debug)]
@@ -62,20 +85,17 @@ pub struct TsdbStats {
     pub series_count_by_label_value_pair: Vec<(String, u64)>,
 }
 
-/// The TSDB's self-metrics, registered once at start-up.
-#[derive(Clone, Default)]
-pub struct TsdbMetrics {}
-
-impl TsdbMetrics {
-    pub fn register(registry: &mut Registry) -> Self {
-        let _ = registry;
-        TsdbMetrics {}
-    }
-}
-
 /// A handle to an open TSDB. Cheap to clone; all clones share one database.
 #[derive(Clone)]
-pub struct Tsdb {}
+pub struct Tsdb {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    db: db::Db,
+    /// Dropping the sender stops the maintenance thread.
+    stop_maintenance: Mutex<Option<mpsc::Sender<()>>>,
+}
 
 /// Description of one on-disk block, for status pages and tests.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -89,119 +109,156 @@ pub struct BlockInfo {
     pub size_bytes: u64,
 }
 
+/// How often background maintenance runs: every 15s, or more often for short block
+/// durations (a twelfth of the duration, at least 1s) so small test setups see blocks.
+fn maintenance_interval(opts: &TsdbOptions) -> Duration {
+    let twelfth = u64::try_from(opts.block_duration_ms / 12).unwrap_or(0);
+    Duration::from_millis(twelfth.clamp(1_000, 15_000))
+}
+
 impl Tsdb {
     /// Opens (creating if needed) the database in `opts.dir`, loads blocks and replays
     /// the WAL, then starts background maintenance (head cut, compaction, retention).
-    pub fn open(
-        opts: TsdbOptions,
-        metrics: TsdbMetrics,
-    ) -> Result<Tsdb, crate::storage::StorageError> {
-        let _ = (opts, metrics);
-        todo!("tsdb branch")
+    pub fn open(opts: TsdbOptions, metrics: TsdbMetrics) -> Result<Tsdb, StorageError> {
+        let interval = maintenance_interval(&opts);
+        let db = db::Db::open(opts, metrics)?;
+        let (stop, stopped) = mpsc::channel::<()>();
+        let inner = Arc::new(Inner {
+            db,
+            stop_maintenance: Mutex::new(Some(stop)),
+        });
+        let weak = Arc::downgrade(&inner);
+        std::thread::Builder::new()
+            .name("tsdb-maintenance".into())
+            .spawn(move || run_maintenance(weak, stopped, interval))?;
+        Ok(Tsdb { inner })
     }
 
     /// Deletes samples of matching series within `[mint, maxt]` (tombstones; durable).
     pub fn delete_series(
         &self,
-        matchers: &[crate::model::Matcher],
+        matchers: &[Matcher],
         mint: i64,
         maxt: i64,
-    ) -> Result<(), crate::storage::StorageError> {
-        let _ = (matchers, mint, maxt);
-        todo!("tsdb branch")
+    ) -> Result<(), StorageError> {
+        self.inner.db.delete_series(matchers, mint, maxt)
     }
 
     /// Rewrites blocks that carry tombstones so deleted data is gone from disk.
-    pub fn clean_tombstones(&self) -> Result<(), crate::storage::StorageError> {
-        todo!("tsdb branch")
+    pub fn clean_tombstones(&self) -> Result<(), StorageError> {
+        self.inner.db.clean_tombstones()
     }
 
     /// Writes a consistent copy of the database into `dir` (blocks hard-linked, the head
     /// written as a block when `with_head`), usable as another node's data directory.
-    pub fn snapshot(
-        &self,
-        dir: &std::path::Path,
-        with_head: bool,
-    ) -> Result<(), crate::storage::StorageError> {
-        let _ = (dir, with_head);
-        todo!("tsdb branch")
+    pub fn snapshot(&self, dir: &std::path::Path, with_head: bool) -> Result<(), StorageError> {
+        self.inner.db.snapshot(dir, with_head)
     }
 
     /// Cardinality statistics; each top list has at most `limit` entries.
     pub fn stats(&self, limit: usize) -> TsdbStats {
-        let _ = limit;
-        todo!("tsdb branch")
+        self.inner.db.stats(limit)
     }
 
     /// The on-disk blocks, oldest first.
     pub fn blocks(&self) -> Vec<BlockInfo> {
-        todo!("tsdb branch")
+        self.inner.db.blocks()
     }
 
     /// One round of maintenance: cut the head to a block if due, compact, apply retention.
     /// The background task runs this periodically; tests call it directly.
-    pub fn maintain(&self) -> Result<(), crate::storage::StorageError> {
-        todo!("tsdb branch")
+    pub fn maintain(&self) -> Result<(), StorageError> {
+        self.inner.db.maintain()
     }
 
     /// Stops maintenance, flushes and closes the WAL. Appends after close fail.
-    pub fn close(&self) -> Result<(), crate::storage::StorageError> {
-        todo!("tsdb branch")
+    pub fn close(&self) -> Result<(), StorageError> {
+        head::lock(&self.inner.stop_maintenance).take();
+        self.inner.db.close()
+    }
+
+    /// Runs `f` on the database on tokio's blocking pool.
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&db::Db) -> T + Send + 'static,
+    ) -> Result<T, StorageError> {
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || f(&inner.db))
+            .await
+            .map_err(|e| StorageError::Other(format!("storage task failed: {e}")))
     }
 }
 
-impl crate::storage::Storage for Tsdb {
-    fn append(
-        &self,
-        _batch: Vec<crate::model::Series>,
-    ) -> crate::storage::BoxFuture<
-        '_,
-        Result<crate::storage::AppendOutcome, crate::storage::StorageError>,
-    > {
-        todo!("tsdb branch")
-    }
-    fn select(
-        &self,
-        _req: crate::storage::SelectRequest,
-    ) -> crate::storage::BoxFuture<'_, Result<Vec<crate::model::Series>, crate::storage::SelectError>>
-    {
-        todo!("tsdb branch")
-    }
-    fn series(
-        &self,
-        _req: crate::storage::LabelRequest,
-    ) -> crate::storage::BoxFuture<
-        '_,
-        Result<Vec<crate::model::Labels>, crate::storage::StorageError>,
-    > {
-        todo!("tsdb branch")
-    }
-    fn label_names(
-        &self,
-        _req: crate::storage::LabelRequest,
-    ) -> crate::storage::BoxFuture<'_, Result<Vec<String>, crate::storage::StorageError>> {
-        todo!("tsdb branch")
-    }
-    fn label_values(
-        &self,
-        _name: String,
-        _req: crate::storage::LabelRequest,
-    ) -> crate::storage::BoxFuture<'_, Result<Vec<String>, crate::storage::StorageError>> {
-        todo!("tsdb branch")
-    }
-    fn record_metadata(
-        &self,
-        _metadata: Vec<crate::model::MetricMetadata>,
-    ) -> crate::storage::BoxFuture<'_, Result<(), crate::storage::StorageError>> {
-        todo!("tsdb branch")
-    }
-    fn metadata(
-        &self,
-        _metric: Option<String>,
-    ) -> crate::storage::BoxFuture<
-        '_,
-        Result<Vec<crate::model::MetricMetadata>, crate::storage::StorageError>,
-    > {
-        todo!("tsdb branch")
+fn run_maintenance(db: Weak<Inner>, stop: mpsc::Receiver<()>, interval: Duration) {
+    loop {
+        match stop.recv_timeout(interval) {
+            Err(RecvTimeoutError::Timeout) => {}
+            Ok(()) | Err(RecvTimeoutError::Disconnected) => return,
+        }
+        let Some(inner) = db.upgrade() else { return };
+        if let Err(e) = inner.db.maintain() {
+            tracing::error!(error = %e, "TSDB maintenance failed");
+        }
     }
 }
+
+impl Storage for Tsdb {
+    fn append(&self, batch: Vec<Series>) -> BoxFuture<'_, Result<AppendOutcome, StorageError>> {
+        Box::pin(async move { self.blocking(move |db| db.append(&batch)).await? })
+    }
+
+    fn select(&self, req: SelectRequest) -> BoxFuture<'_, Result<Vec<Series>, SelectError>> {
+        Box::pin(async move {
+            self.blocking(move |db| db.select(&req.matchers, req.mint, req.maxt, req.max_samples))
+                .await?
+        })
+    }
+
+    fn series(&self, req: LabelRequest) -> BoxFuture<'_, Result<Vec<Labels>, StorageError>> {
+        Box::pin(async move {
+            self.blocking(move |db| db.series(&req.matchers, req.mint, req.maxt))
+                .await?
+        })
+    }
+
+    fn label_names(&self, req: LabelRequest) -> BoxFuture<'_, Result<Vec<String>, StorageError>> {
+        Box::pin(async move {
+            self.blocking(move |db| db.label_names(&req.matchers, req.mint, req.maxt))
+                .await?
+        })
+    }
+
+    fn label_values(
+        &self,
+        name: String,
+        req: LabelRequest,
+    ) -> BoxFuture<'_, Result<Vec<String>, StorageError>> {
+        Box::pin(async move {
+            self.blocking(move |db| db.label_values(&name, &req.matchers, req.mint, req.maxt))
+                .await?
+        })
+    }
+
+    fn record_metadata(
+        &self,
+        metadata: Vec<MetricMetadata>,
+    ) -> BoxFuture<'_, Result<(), StorageError>> {
+        Box::pin(async move {
+            self.blocking(move |db| db.record_metadata(metadata))
+                .await?
+        })
+    }
+
+    fn metadata(
+        &self,
+        metric: Option<String>,
+    ) -> BoxFuture<'_, Result<Vec<MetricMetadata>, StorageError>> {
+        Box::pin(async move {
+            self.blocking(move |db| Ok(db.metadata(metric.as_deref())))
+                .await?
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -23,7 +23,7 @@
 //! lock first writes and fsyncs everything buffered so far, for all of them.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read, Write};
+use std::io::{self, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
@@ -275,7 +275,9 @@ fn read_records(bytes: &[u8], on_record: &mut dyn FnMut(Record)) -> (ReadEnd, u6
             // Preallocated or zero-filled tail after a crash: nothing more was written.
             return (ReadEnd::Torn(pos as u64), corrupt);
         }
-        let Some(payload) = bytes.get(body_start..body_start + len).filter(|_| len <= MAX_RECORD)
+        let Some(payload) = bytes
+            .get(body_start..body_start + len)
+            .filter(|_| len <= MAX_RECORD)
         else {
             return (ReadEnd::Torn(pos as u64), corrupt);
         };
@@ -475,18 +477,19 @@ impl Wal {
         Ok(closed)
     }
 
-    /// Writes a checkpoint covering segments up to `upto` from already framed records,
-    /// then deletes those segments and older checkpoints.
-    pub fn write_checkpoint(&self, upto: u64, records: &[u8]) -> Result<(), StorageError> {
-        let name = checkpoint_name(upto);
-        let tmp = self.dir.join(format!("{name}.tmp"));
-        {
-            let mut f = File::create(&tmp)?;
-            f.write_all(records)?;
-            f.sync_all()?;
-        }
-        fs::rename(&tmp, self.dir.join(&name))?;
-        fsync_dir(&self.dir)?;
+    /// Starts a checkpoint that will replace segments up to `upto` once committed.
+    pub fn begin_checkpoint(&self, upto: u64) -> Result<CheckpointWriter<'_>, StorageError> {
+        let tmp = self.dir.join(format!("{}.tmp", checkpoint_name(upto)));
+        Ok(CheckpointWriter {
+            wal: self,
+            upto,
+            out: BufWriter::new(File::create(&tmp)?),
+            tmp,
+        })
+    }
+
+    /// Deletes segments up to `upto` and checkpoints older than it.
+    fn drop_covered(&self, upto: u64) -> Result<(), StorageError> {
         let (checkpoints, segments) = list_dir(&self.dir)?;
         for old in checkpoints.into_iter().filter(|&i| i < upto) {
             fs::remove_file(self.dir.join(checkpoint_name(old)))?;
@@ -508,6 +511,30 @@ impl Wal {
         self.sync(seq)?;
         lock(&self.writer).file.sync_all()?;
         Ok(())
+    }
+}
+
+/// Streams framed records into a new checkpoint file.
+pub struct CheckpointWriter<'a> {
+    wal: &'a Wal,
+    upto: u64,
+    out: BufWriter<File>,
+    tmp: PathBuf,
+}
+
+impl CheckpointWriter<'_> {
+    pub fn write(&mut self, framed: &[u8]) -> Result<(), StorageError> {
+        self.out.write_all(framed)?;
+        Ok(())
+    }
+
+    /// Makes the checkpoint durable and visible, then drops what it covers.
+    pub fn commit(self) -> Result<(), StorageError> {
+        let file = self.out.into_inner().map_err(|e| e.into_error())?;
+        file.sync_all()?;
+        fs::rename(&self.tmp, self.wal.dir.join(checkpoint_name(self.upto)))?;
+        fsync_dir(&self.wal.dir)?;
+        self.wal.drop_covered(self.upto)
     }
 }
 
@@ -588,7 +615,8 @@ mod tests {
 
     fn open(dir: &Path, seg: u64) -> (Wal, Vec<Record>, ReplayReport) {
         let mut recs = Vec::new();
-        let (wal, report) = Wal::open(dir, seg, Box::new(NoObserver), &mut |r| recs.push(r)).unwrap();
+        let (wal, report) =
+            Wal::open(dir, seg, Box::new(NoObserver), &mut |r| recs.push(r)).unwrap();
         (wal, recs, report)
     }
 
@@ -671,7 +699,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         {
             let (wal, _, _) = open(dir.path(), 4096);
-            for i in 0..100 {
+            for i in 0..400 {
                 let items: Vec<_> = (0..10).map(|j| (j, i, 1.0)).collect();
                 let seq = wal.log(&samples_record(&items));
                 wal.sync(seq).unwrap();
@@ -681,7 +709,9 @@ mod tests {
             let upto = wal.cut_segment().unwrap();
             let mut cp = Vec::new();
             encode_series(&mut cp, 1, &Labels::from_pairs([("a", "b")]));
-            wal.write_checkpoint(upto, &cp).unwrap();
+            let mut writer = wal.begin_checkpoint(upto).unwrap();
+            writer.write(&cp).unwrap();
+            writer.commit().unwrap();
             let seq = wal.log(&samples_record(&[(1, 500, 2.0)]));
             wal.sync(seq).unwrap();
         }

@@ -1,0 +1,749 @@
+//! Immutable on-disk blocks: the series, chunks and index of one time range.
+//!
+//! Owns: the block directory format, writing a block (temporary directory, fsync,
+//! rename) and reading it through memory maps. Calls `chunk`, `index`, `tombstones`,
+//! `head` (for the sealed-chunk type) and `model`.
+//!
+//! A block is a directory named by a ULID holding:
+//! - `meta.json`: `{"ulid", "minTime" (inclusive), "maxTime" (exclusive), "stats":
+//!   {"numSamples", "numSeries", "numChunks"}, "compaction": {"level", "sources"},
+//!   "version": 1}`.
+//! - `chunks`: magic `TMBC`, version byte 1, then chunk records `uvarint length, XOR
+//!   chunk bytes (Prometheus encoding), u32 LE CRC32C of the chunk bytes`. A chunk is
+//!   referenced by the byte offset of its record.
+//! - `index`: magic `TMBI`, version byte 1, then
+//!   - symbols: uvarint count, then sorted strings (uvarint length, bytes);
+//!   - series, sorted by labels, each `uvarint length, payload, u32 LE CRC32C` with
+//!     payload `uvarint label count, (name symbol, value symbol)*, uvarint chunk count,
+//!     (varint minTime, uvarint maxTime - minTime, uvarint chunk offset)*`; a series is
+//!     referenced by the byte offset of its entry;
+//!   - postings lists, each `uvarint length, payload, u32 LE CRC32C` with payload
+//!     `uvarint count, uvarint delta-encoded series references*`;
+//!   - postings table: uvarint count, then `(name symbol, value symbol, list offset)*`
+//!     sorted by name then value;
+//!   - table of contents (last 44 bytes): u64 LE offsets of symbols, series, postings
+//!     table, the all-series postings list, the series count, then u32 LE CRC32C of
+//!     those 40 bytes.
+//! - `tombstones` (optional): see `tombstones`.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::fs::{self, File};
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::sync::RwLock;
+
+use memmap2::Mmap;
+use rand::{Rng, SeedableRng};
+use serde::{Deserialize, Serialize};
+
+use super::chunk::decode_xor;
+use super::head::SealedChunk;
+use super::index::{union, PostingsSource, SeriesRef};
+use super::tombstones::Tombstones;
+use super::wal::{fsync_dir, put_str, put_uvarint, put_varint};
+use crate::model::{Label, Labels, Sample};
+use crate::storage::StorageError;
+
+const CHUNKS_MAGIC: &[u8; 4] = b"TMBC";
+const INDEX_MAGIC: &[u8; 4] = b"TMBI";
+const VERSION: u8 = 1;
+const TOC_LEN: usize = 44;
+pub const META_FILE: &str = "meta.json";
+pub const CHUNKS_FILE: &str = "chunks";
+pub const INDEX_FILE: &str = "index";
+
+/// (min time, max time, offset in the chunks file) of one chunk of a series.
+pub type ChunkMeta = (i64, i64, u64);
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BlockStats {
+    pub num_samples: u64,
+    pub num_series: u64,
+    pub num_chunks: u64,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Compaction {
+    pub level: u32,
+    pub sources: Vec<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BlockMeta {
+    pub ulid: String,
+    pub min_time: i64,
+    /// Exclusive: one past the newest sample.
+    pub max_time: i64,
+    pub stats: BlockStats,
+    pub compaction: Compaction,
+    pub version: u32,
+}
+
+/// A new block id: a ULID (48-bit milliseconds, 80 random bits, Crockford base32).
+pub fn new_block_id() -> String {
+    const ALPHABET: &[u8; 32] = b"0123456789ABCDEFGHJKMNPQRSTVWXYZ";
+    let ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis());
+    let mut rng = rand::rngs::StdRng::from_os_rng();
+    let random: u128 = rng.random::<u128>() & ((1u128 << 80) - 1);
+    let value = (ms & ((1u128 << 48) - 1)) << 80 | random;
+    (0..26)
+        .map(|i| ALPHABET[((value >> (125 - 5 * i)) & 31) as usize] as char)
+        .collect()
+}
+
+// ---- writing ----
+
+/// Writes one block. Series must be added in label order.
+pub struct BlockWriter {
+    parent: PathBuf,
+    tmp: PathBuf,
+    ulid: String,
+    chunks: BufWriter<File>,
+    chunks_len: u64,
+    series: Vec<(Labels, Vec<ChunkMeta>)>,
+    stats: BlockStats,
+    min_time: i64,
+    max_time: i64,
+}
+
+impl BlockWriter {
+    /// Starts a block that will become `<parent>/<ulid>` on `finish`.
+    pub fn new(parent: &Path) -> Result<BlockWriter, StorageError> {
+        let ulid = new_block_id();
+        let tmp = parent.join(format!("{ulid}.tmp"));
+        fs::create_dir_all(&tmp)?;
+        let mut chunks = BufWriter::new(File::create(tmp.join(CHUNKS_FILE))?);
+        chunks.write_all(CHUNKS_MAGIC)?;
+        chunks.write_all(&[VERSION])?;
+        Ok(BlockWriter {
+            parent: parent.to_path_buf(),
+            tmp,
+            ulid,
+            chunks,
+            chunks_len: 5,
+            series: Vec::new(),
+            stats: BlockStats::default(),
+            min_time: i64::MAX,
+            max_time: i64::MIN,
+        })
+    }
+
+    /// Adds a series with its time-ordered, non-overlapping chunks. Empty series are
+    /// skipped.
+    pub fn add_series(
+        &mut self,
+        labels: Labels,
+        chunks: &[SealedChunk],
+    ) -> Result<(), StorageError> {
+        if chunks.is_empty() {
+            return Ok(());
+        }
+        debug_assert!(self.series.last().is_none_or(|(l, _)| *l < labels));
+        let mut metas = Vec::with_capacity(chunks.len());
+        let mut buf = Vec::with_capacity(16);
+        for c in chunks {
+            buf.clear();
+            put_uvarint(&mut buf, c.bytes.len() as u64);
+            self.chunks.write_all(&buf)?;
+            self.chunks.write_all(&c.bytes)?;
+            self.chunks
+                .write_all(&crc32c::crc32c(&c.bytes).to_le_bytes())?;
+            metas.push((c.min_t, c.max_t, self.chunks_len));
+            self.chunks_len += (buf.len() + c.bytes.len() + 4) as u64;
+            self.stats.num_samples += u64::from(u16::from_be_bytes([c.bytes[0], c.bytes[1]]));
+            self.min_time = self.min_time.min(c.min_t);
+            self.max_time = self.max_time.max(c.max_t);
+        }
+        self.stats.num_chunks += metas.len() as u64;
+        self.stats.num_series += 1;
+        self.series.push((labels, metas));
+        Ok(())
+    }
+
+    /// Writes the index and meta.json, fsyncs, and renames the block into place.
+    /// Returns None (and removes the temporary directory) when no series was added.
+    pub fn finish(
+        mut self,
+        level: u32,
+        sources: Vec<String>,
+    ) -> Result<Option<BlockMeta>, StorageError> {
+        if self.series.is_empty() {
+            drop(self.chunks);
+            fs::remove_dir_all(&self.tmp)?;
+            return Ok(None);
+        }
+        self.chunks.flush()?;
+        self.chunks.get_ref().sync_all()?;
+        write_index(&self.tmp.join(INDEX_FILE), &self.series)?;
+        let meta = BlockMeta {
+            ulid: self.ulid.clone(),
+            min_time: self.min_time,
+            max_time: self.max_time.saturating_add(1),
+            stats: self.stats.clone(),
+            compaction: Compaction {
+                level,
+                sources: if sources.is_empty() {
+                    vec![self.ulid.clone()]
+                } else {
+                    sources
+                },
+            },
+            version: 1,
+        };
+        write_meta(&self.tmp, &meta)?;
+        fsync_dir(&self.tmp)?;
+        fs::rename(&self.tmp, self.parent.join(&self.ulid))?;
+        fsync_dir(&self.parent)?;
+        Ok(Some(meta))
+    }
+}
+
+pub fn write_meta(dir: &Path, meta: &BlockMeta) -> Result<(), StorageError> {
+    let json = serde_json::to_vec_pretty(meta).map_err(|e| StorageError::Other(e.to_string()))?;
+    let mut f = File::create(dir.join(META_FILE))?;
+    f.write_all(&json)?;
+    f.sync_all()?;
+    Ok(())
+}
+
+fn put_checked_entry(out: &mut Vec<u8>, payload: &[u8]) {
+    put_uvarint(out, payload.len() as u64);
+    out.extend_from_slice(payload);
+    out.extend_from_slice(&crc32c::crc32c(payload).to_le_bytes());
+}
+
+fn write_index(path: &Path, series: &[(Labels, Vec<ChunkMeta>)]) -> Result<(), StorageError> {
+    let symbols: BTreeSet<&str> = series
+        .iter()
+        .flat_map(|(l, _)| l.iter().flat_map(|l| [l.name.as_str(), l.value.as_str()]))
+        .collect();
+    let sym_index: HashMap<&str, u64> = symbols
+        .iter()
+        .enumerate()
+        .map(|(i, s)| (*s, i as u64))
+        .collect();
+    let mut out = Vec::new();
+    out.extend_from_slice(INDEX_MAGIC);
+    out.push(VERSION);
+
+    let symbols_off = out.len() as u64;
+    put_uvarint(&mut out, symbols.len() as u64);
+    for s in &symbols {
+        put_str(&mut out, s);
+    }
+
+    let series_off = out.len() as u64;
+    let mut postings: BTreeMap<(u64, u64), Vec<u64>> = BTreeMap::new();
+    let mut all = Vec::with_capacity(series.len());
+    let mut payload = Vec::new();
+    for (labels, metas) in series {
+        let series_ref = out.len() as u64;
+        payload.clear();
+        put_uvarint(&mut payload, labels.len() as u64);
+        for l in labels {
+            let (n, v) = (sym_index[l.name.as_str()], sym_index[l.value.as_str()]);
+            put_uvarint(&mut payload, n);
+            put_uvarint(&mut payload, v);
+            postings.entry((n, v)).or_default().push(series_ref);
+        }
+        put_uvarint(&mut payload, metas.len() as u64);
+        for &(mint, maxt, off) in metas {
+            put_varint(&mut payload, mint);
+            put_uvarint(&mut payload, maxt.wrapping_sub(mint) as u64);
+            put_uvarint(&mut payload, off);
+        }
+        put_checked_entry(&mut out, &payload);
+        all.push(series_ref);
+    }
+
+    let mut write_list = |out: &mut Vec<u8>, list: &[u64]| -> u64 {
+        let off = out.len() as u64;
+        payload.clear();
+        put_uvarint(&mut payload, list.len() as u64);
+        let mut prev = 0;
+        for &r in list {
+            put_uvarint(&mut payload, r - prev);
+            prev = r;
+        }
+        put_checked_entry(out, &payload);
+        off
+    };
+    let all_off = write_list(&mut out, &all);
+    let table: Vec<(u64, u64, u64)> = postings
+        .iter()
+        .map(|(&(n, v), list)| (n, v, write_list(&mut out, list)))
+        .collect();
+    let table_off = out.len() as u64;
+    put_uvarint(&mut out, table.len() as u64);
+    for (n, v, off) in table {
+        put_uvarint(&mut out, n);
+        put_uvarint(&mut out, v);
+        put_uvarint(&mut out, off);
+    }
+    let toc_start = out.len();
+    for x in [
+        symbols_off,
+        series_off,
+        table_off,
+        all_off,
+        series.len() as u64,
+    ] {
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    let crc = crc32c::crc32c(&out[toc_start..]);
+    out.extend_from_slice(&crc.to_le_bytes());
+    let mut f = File::create(path)?;
+    f.write_all(&out)?;
+    f.sync_all()?;
+    Ok(())
+}
+
+// ---- reading ----
+
+fn corrupt(what: impl std::fmt::Display) -> StorageError {
+    StorageError::Corruption(what.to_string())
+}
+
+/// A bounds-checked reader over a byte slice.
+struct Reader<'a> {
+    b: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn at(b: &'a [u8], pos: usize) -> Self {
+        Reader { b, pos }
+    }
+
+    fn uvarint(&mut self) -> Option<u64> {
+        let mut x = 0u64;
+        for i in 0..10 {
+            let byte = *self.b.get(self.pos)?;
+            self.pos += 1;
+            x |= u64::from(byte & 0x7f) << (7 * i);
+            if byte < 0x80 {
+                return Some(x);
+            }
+        }
+        None
+    }
+
+    fn varint(&mut self) -> Option<i64> {
+        let u = self.uvarint()?;
+        Some(((u >> 1) as i64) ^ -((u & 1) as i64))
+    }
+
+    fn bytes(&mut self, n: usize) -> Option<&'a [u8]> {
+        let end = self.pos.checked_add(n)?;
+        let s = self.b.get(self.pos..end)?;
+        self.pos = end;
+        Some(s)
+    }
+
+    fn u32_le(&mut self) -> Option<u32> {
+        let b: [u8; 4] = self.bytes(4)?.try_into().ok()?;
+        Some(u32::from_le_bytes(b))
+    }
+
+    /// Reads a `uvarint length, payload, CRC32C` entry and returns the checked payload.
+    fn checked_entry(&mut self) -> Option<&'a [u8]> {
+        let len = usize::try_from(self.uvarint()?).ok()?;
+        let payload = self.bytes(len)?;
+        (self.u32_le()? == crc32c::crc32c(payload)).then_some(payload)
+    }
+}
+
+/// The index of a block, read through a memory map.
+pub struct BlockIndex {
+    map: Mmap,
+    /// (start, len) of every symbol in `map`, in sorted order.
+    symbols: Vec<(usize, usize)>,
+    /// name symbol -> sorted (value symbol, postings list offset).
+    table: HashMap<u32, Vec<(u32, u64)>>,
+    all_off: u64,
+    series_off: u64,
+    num_series: u64,
+}
+
+impl BlockIndex {
+    fn open(path: &Path) -> Result<BlockIndex, StorageError> {
+        let file = File::open(path)?;
+        // SAFETY: block files are immutable once renamed into place; nothing truncates
+        // them while mapped (deletion only unlinks).
+        let map = unsafe { Mmap::map(&file)? };
+        let bad = |what: &str| corrupt(format!("{}: {what}", path.display()));
+        if map.len() < 5 + TOC_LEN || &map[..4] != INDEX_MAGIC || map[4] != VERSION {
+            return Err(bad("bad header"));
+        }
+        let toc = &map[map.len() - TOC_LEN..];
+        let crc = u32::from_le_bytes([toc[40], toc[41], toc[42], toc[43]]);
+        if crc32c::crc32c(&toc[..40]) != crc {
+            return Err(bad("table of contents checksum mismatch"));
+        }
+        let word = |i: usize| {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(&toc[i * 8..i * 8 + 8]);
+            u64::from_le_bytes(b)
+        };
+        let (symbols_off, series_off, table_off, all_off, num_series) =
+            (word(0), word(1), word(2), word(3), word(4));
+        let symbols = read_symbols(&map, symbols_off).ok_or_else(|| bad("bad symbol table"))?;
+        let table =
+            read_table(&map, table_off, symbols.len()).ok_or_else(|| bad("bad postings table"))?;
+        Ok(BlockIndex {
+            map,
+            symbols,
+            table,
+            all_off,
+            series_off,
+            num_series,
+        })
+    }
+
+    fn symbol(&self, i: u32) -> Option<&str> {
+        let &(start, len) = self.symbols.get(i as usize)?;
+        // Validated as UTF-8 when the index was opened.
+        std::str::from_utf8(&self.map[start..start + len]).ok()
+    }
+
+    fn find_symbol(&self, s: &str) -> Option<u32> {
+        let i = self
+            .symbols
+            .binary_search_by(|&(start, len)| self.map[start..start + len].cmp(s.as_bytes()))
+            .ok()?;
+        Some(i as u32)
+    }
+
+    fn read_list(&self, off: u64) -> Result<Vec<SeriesRef>, StorageError> {
+        let mut r = Reader::at(&self.map, off as usize);
+        let payload = r
+            .checked_entry()
+            .ok_or_else(|| corrupt(format!("postings list at {off} damaged")))?;
+        let mut p = Reader::at(payload, 0);
+        let n = p.uvarint().ok_or_else(|| corrupt("bad postings list"))?;
+        let mut out = Vec::with_capacity(n.min(1 << 20) as usize);
+        let mut prev = 0u64;
+        for _ in 0..n {
+            prev = prev.wrapping_add(p.uvarint().ok_or_else(|| corrupt("bad postings list"))?);
+            out.push(prev);
+        }
+        Ok(out)
+    }
+
+    /// Labels and chunk metas (mint, maxt, chunk offset) of the series at `series_ref`.
+    pub fn series(&self, series_ref: SeriesRef) -> Result<(Labels, Vec<ChunkMeta>), StorageError> {
+        let bad = || corrupt(format!("series entry at {series_ref} damaged"));
+        if series_ref < self.series_off {
+            return Err(bad());
+        }
+        let mut r = Reader::at(&self.map, series_ref as usize);
+        let payload = r.checked_entry().ok_or_else(bad)?;
+        let mut p = Reader::at(payload, 0);
+        let nlabels = p.uvarint().ok_or_else(bad)?;
+        let mut labels = Vec::with_capacity(nlabels.min(256) as usize);
+        for _ in 0..nlabels {
+            let name = p
+                .uvarint()
+                .and_then(|i| self.symbol(i as u32))
+                .ok_or_else(bad)?;
+            let value = p
+                .uvarint()
+                .and_then(|i| self.symbol(i as u32))
+                .ok_or_else(bad)?;
+            labels.push(Label::new(name, value));
+        }
+        if !labels.windows(2).all(|w| w[0].name < w[1].name) {
+            return Err(bad());
+        }
+        let nchunks = p.uvarint().ok_or_else(bad)?;
+        let mut metas = Vec::with_capacity(nchunks.min(1 << 16) as usize);
+        for _ in 0..nchunks {
+            let mint = p.varint().ok_or_else(bad)?;
+            let span = p.uvarint().ok_or_else(bad)?;
+            let off = p.uvarint().ok_or_else(bad)?;
+            metas.push((mint, mint.wrapping_add(span as i64), off));
+        }
+        Ok((Labels::from_sorted(labels), metas))
+    }
+
+    /// Label names present in the block, unsorted.
+    pub fn label_names(&self) -> Vec<&str> {
+        self.table.keys().filter_map(|&n| self.symbol(n)).collect()
+    }
+
+    pub fn num_series(&self) -> u64 {
+        self.num_series
+    }
+}
+
+fn read_symbols(map: &[u8], off: u64) -> Option<Vec<(usize, usize)>> {
+    let mut r = Reader::at(map, usize::try_from(off).ok()?);
+    let n = r.uvarint()?;
+    let mut out = Vec::with_capacity(n.min(1 << 24) as usize);
+    for _ in 0..n {
+        let len = usize::try_from(r.uvarint()?).ok()?;
+        let start = r.pos;
+        std::str::from_utf8(r.bytes(len)?).ok()?;
+        out.push((start, len));
+    }
+    Some(out)
+}
+
+fn read_table(map: &[u8], off: u64, num_symbols: usize) -> Option<HashMap<u32, Vec<(u32, u64)>>> {
+    let mut r = Reader::at(map, usize::try_from(off).ok()?);
+    let n = r.uvarint()?;
+    let mut table: HashMap<u32, Vec<(u32, u64)>> = HashMap::new();
+    for _ in 0..n {
+        let (name, value, list) = (r.uvarint()?, r.uvarint()?, r.uvarint()?);
+        if name as usize >= num_symbols || value as usize >= num_symbols {
+            return None;
+        }
+        table
+            .entry(name as u32)
+            .or_default()
+            .push((value as u32, list));
+    }
+    Some(table)
+}
+
+impl PostingsSource for BlockIndex {
+    fn all_postings(&self) -> Vec<SeriesRef> {
+        self.read_list(self.all_off).unwrap_or_else(|e| {
+            tracing::error!(error = %e, "block postings unreadable");
+            Vec::new()
+        })
+    }
+
+    fn postings(&self, name: &str, value: &str) -> Vec<SeriesRef> {
+        let (Some(n), Some(v)) = (self.find_symbol(name), self.find_symbol(value)) else {
+            return Vec::new();
+        };
+        let Some(values) = self.table.get(&n) else {
+            return Vec::new();
+        };
+        match values.binary_search_by_key(&v, |&(v, _)| v) {
+            Ok(i) => self.read_list(values[i].1).unwrap_or_else(|e| {
+                tracing::error!(error = %e, "block postings unreadable");
+                Vec::new()
+            }),
+            Err(_) => Vec::new(),
+        }
+    }
+
+    fn postings_where(&self, name: &str, keep: &mut dyn FnMut(&str) -> bool) -> Vec<SeriesRef> {
+        let Some(values) = self.find_symbol(name).and_then(|n| self.table.get(&n)) else {
+            return Vec::new();
+        };
+        union(
+            values
+                .iter()
+                .filter(|&&(v, _)| self.symbol(v).is_some_and(&mut *keep))
+                .filter_map(|&(_, off)| self.read_list(off).ok())
+                .collect(),
+        )
+    }
+}
+
+impl BlockIndex {
+    /// Distinct values of label `name` in the block.
+    pub fn label_values(&self, name: &str) -> Vec<&str> {
+        self.find_symbol(name)
+            .and_then(|n| self.table.get(&n))
+            .map(|values| values.iter().filter_map(|&(v, _)| self.symbol(v)).collect())
+            .unwrap_or_default()
+    }
+}
+
+/// An open block.
+pub struct Block {
+    pub dir: PathBuf,
+    pub meta: BlockMeta,
+    pub index: BlockIndex,
+    chunks: Mmap,
+    pub tombstones: RwLock<Tombstones>,
+    pub size_bytes: u64,
+}
+
+impl Block {
+    pub fn open(dir: &Path) -> Result<Block, StorageError> {
+        let meta_bytes = fs::read(dir.join(META_FILE))?;
+        let meta: BlockMeta = serde_json::from_slice(&meta_bytes)
+            .map_err(|e| corrupt(format!("{}: {e}", dir.display())))?;
+        let index = BlockIndex::open(&dir.join(INDEX_FILE))?;
+        let chunks_file = File::open(dir.join(CHUNKS_FILE))?;
+        // SAFETY: as for the index, block files are never modified in place.
+        let chunks = unsafe { Mmap::map(&chunks_file)? };
+        if chunks.len() < 5 || &chunks[..4] != CHUNKS_MAGIC || chunks[4] != VERSION {
+            return Err(corrupt(format!("{}: bad chunks header", dir.display())));
+        }
+        let tombstones = Tombstones::load(dir)?;
+        let size_bytes = dir_size(dir)?;
+        Ok(Block {
+            dir: dir.to_path_buf(),
+            meta,
+            index,
+            chunks,
+            tombstones: RwLock::new(tombstones),
+            size_bytes,
+        })
+    }
+
+    /// The encoded chunk at `off`, checksum verified.
+    pub fn chunk(&self, off: u64) -> Result<&[u8], StorageError> {
+        let mut r = Reader::at(&self.chunks, off as usize);
+        r.checked_entry()
+            .ok_or_else(|| corrupt(format!("{}: chunk at {off} damaged", self.dir.display())))
+    }
+
+    pub fn overlaps(&self, mint: i64, maxt: i64) -> bool {
+        self.meta.min_time <= maxt && mint < self.meta.max_time
+    }
+
+    /// The live samples of the series at `series_ref` within `[mint, maxt]`.
+    pub fn samples(
+        &self,
+        series_ref: SeriesRef,
+        metas: &[ChunkMeta],
+        mint: i64,
+        maxt: i64,
+        out: &mut Vec<Sample>,
+    ) -> Result<(), StorageError> {
+        let start = out.len();
+        for &(cmin, cmax, off) in metas {
+            if cmax < mint || cmin > maxt {
+                continue;
+            }
+            for s in decode_xor(self.chunk(off)?) {
+                let s = s.map_err(|e| corrupt(format!("{}: {e}", self.dir.display())))?;
+                if s.t >= mint && s.t <= maxt {
+                    out.push(s);
+                }
+            }
+        }
+        let tombstones = self.tombstones.read().unwrap_or_else(|e| e.into_inner());
+        let intervals = tombstones.intervals(series_ref);
+        if !intervals.is_empty() {
+            let mut mine = out.split_off(start);
+            super::tombstones::retain_live(&mut mine, intervals);
+            out.extend(mine);
+        }
+        Ok(())
+    }
+
+    pub fn has_tombstones(&self) -> bool {
+        !self
+            .tombstones
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_empty()
+    }
+}
+
+pub fn dir_size(dir: &Path) -> Result<u64, StorageError> {
+    let mut total = 0;
+    for entry in fs::read_dir(dir)? {
+        let entry = entry?;
+        let md = entry.metadata()?;
+        if md.is_file() {
+            total += md.len();
+        }
+    }
+    Ok(total)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{MatchOp, Matcher};
+    use crate::tsdb::head::encode_chunks;
+    use crate::tsdb::index::select_postings;
+
+    fn write_sample_block(parent: &Path) -> BlockMeta {
+        let mut w = BlockWriter::new(parent).unwrap();
+        for (job, n) in [("api", 150), ("db", 10)] {
+            let labels = Labels::from_pairs([("__name__", "up"), ("job", job)]);
+            let samples: Vec<Sample> = (0..n).map(|i| Sample::new(i * 1000, i as f64)).collect();
+            w.add_series(labels, &encode_chunks(&samples)).unwrap();
+        }
+        w.finish(1, vec![]).unwrap().unwrap()
+    }
+
+    #[test]
+    fn ulids_are_26_chars_and_distinct() {
+        let (a, b) = (new_block_id(), new_block_id());
+        assert_eq!(a.len(), 26);
+        assert_ne!(a, b);
+    }
+
+    #[test]
+    fn write_then_read_block() {
+        let dir = tempfile::tempdir().unwrap();
+        let meta = write_sample_block(dir.path());
+        assert_eq!(meta.stats.num_samples, 160);
+        assert_eq!(meta.stats.num_series, 2);
+        assert_eq!(meta.stats.num_chunks, 3);
+        assert_eq!((meta.min_time, meta.max_time), (0, 149_001));
+        let block = Block::open(&dir.path().join(&meta.ulid)).unwrap();
+        assert_eq!(block.meta, meta);
+        let refs = select_postings(
+            &block.index,
+            &[Matcher::new(MatchOp::RegexMatch, "job", "d.*").unwrap()],
+        );
+        assert_eq!(refs.len(), 1);
+        let (labels, metas) = block.index.series(refs[0]).unwrap();
+        assert_eq!(labels.get("job"), Some("db"));
+        let mut out = Vec::new();
+        block
+            .samples(refs[0], &metas, 2_000, 4_000, &mut out)
+            .unwrap();
+        assert_eq!(out.len(), 3);
+        let mut names = block.index.label_names();
+        names.sort();
+        assert_eq!(names, vec!["__name__", "job"]);
+        assert_eq!(block.index.label_values("job").len(), 2);
+        assert_eq!(select_postings(&block.index, &[]).len(), 2);
+    }
+
+    #[test]
+    fn tombstones_filter_block_reads() {
+        let dir = tempfile::tempdir().unwrap();
+        let meta = write_sample_block(dir.path());
+        let block = Block::open(&dir.path().join(&meta.ulid)).unwrap();
+        let refs = select_postings(&block.index, &[Matcher::equal("job", "api")]);
+        let (_, metas) = block.index.series(refs[0]).unwrap();
+        block.tombstones.write().unwrap().add(refs[0], 0, 99_000);
+        let mut out = Vec::new();
+        block
+            .samples(refs[0], &metas, i64::MIN, i64::MAX, &mut out)
+            .unwrap();
+        assert_eq!(out.len(), 50);
+    }
+
+    #[test]
+    fn damaged_files_are_reported_not_panicking() {
+        let dir = tempfile::tempdir().unwrap();
+        let meta = write_sample_block(dir.path());
+        let bdir = dir.path().join(&meta.ulid);
+        let index = bdir.join(INDEX_FILE);
+        let mut bytes = fs::read(&index).unwrap();
+        let n = bytes.len();
+        bytes[n - 3] ^= 0x55;
+        fs::write(&index, &bytes).unwrap();
+        assert!(matches!(
+            Block::open(&bdir),
+            Err(StorageError::Corruption(_))
+        ));
+        bytes[n - 3] ^= 0x55;
+        bytes[40] ^= 0x55; // inside the series entries
+        fs::write(&index, &bytes).unwrap();
+        if let Ok(block) = Block::open(&bdir) {
+            for r in block.index.all_postings() {
+                let _ = block.index.series(r);
+            }
+        }
+    }
+}

@@ -1,0 +1,744 @@
+//! The database behind a `Tsdb` handle: opening (blocks, WAL replay), the append path,
+//! reads, deletion, maintenance (head cut, compaction, retention), snapshots, stats.
+//!
+//! Owns: the order in which the parts are touched so that every acknowledged sample is
+//! in the WAL, readers see each sample exactly once, and a crash at any point leaves a
+//! state that replays correctly. All methods are blocking; `Tsdb` runs them off the
+//! async runtime. Calls every other `tsdb` module, `model` and `storage`.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Instant;
+
+use super::block::{Block, BlockWriter};
+use super::compact;
+use super::head::{encode_chunks, lock, AppendLimits, Appended, Head, MemSeries};
+use super::metrics::TsdbMetrics;
+use super::querier::Querier;
+use super::retention::{self, BlockExtent};
+use super::wal::{self, Record, SamplesRecord, Wal};
+use super::{BlockInfo, TsdbOptions, TsdbStats};
+use crate::model::{Labels, Matcher, MetricMetadata, Series, METRIC_NAME};
+use crate::storage::{AppendOutcome, RejectReason, SelectError, StorageError};
+
+/// Compaction levels (block duration x 1, 3, 9, 27, 81).
+const COMPACTION_LEVELS: usize = 5;
+/// Samples per record when writing a checkpoint.
+const CHECKPOINT_BATCH: usize = 4096;
+
+pub struct Db {
+    opts: TsdbOptions,
+    metrics: TsdbMetrics,
+    head: Head,
+    wal: Wal,
+    /// Sorted by min time. Its write lock is also held while a head cut becomes visible,
+    /// so readers see the cut data either in the head or in the new block.
+    blocks: RwLock<Vec<Arc<Block>>>,
+    metadata: Mutex<BTreeMap<String, MetricMetadata>>,
+    /// Serialises maintenance, deletion and snapshots.
+    maintenance: Mutex<()>,
+    closed: AtomicBool,
+}
+
+fn read<T>(l: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    l.read().unwrap_or_else(|e| e.into_inner())
+}
+
+fn write<T>(l: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    l.write().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Db {
+    pub fn open(opts: TsdbOptions, metrics: TsdbMetrics) -> Result<Db, StorageError> {
+        fs::create_dir_all(&opts.dir)?;
+        let blocks = load_blocks(&opts.dir)?;
+        metrics.blocks_loaded.set(blocks.len() as i64);
+        let head = Head::default();
+        let mut metadata = BTreeMap::new();
+        let started = Instant::now();
+        let (wal, report) = {
+            let mut replayer = Replayer {
+                head: &head,
+                ids: HashMap::new(),
+                metadata: &mut metadata,
+            };
+            Wal::open(
+                &opts.dir.join("wal"),
+                opts.wal_segment_bytes,
+                Box::new(metrics.clone()),
+                &mut |rec| replayer.apply(rec),
+            )?
+        };
+        metrics
+            .wal_replay_seconds
+            .set(started.elapsed().as_secs_f64());
+        metrics.wal_corruptions.inc_by(report.corrupt_records);
+        tracing::info!(
+            records = report.records,
+            corrupt = report.corrupt_records,
+            torn_tail = report.torn_tail_truncated,
+            series = head.num_series(),
+            blocks = blocks.len(),
+            "TSDB opened"
+        );
+        head.recompute_time_range();
+        if let Some(newest) = blocks.iter().map(|b| b.meta.max_time).max() {
+            head.set_min_valid_time(newest.saturating_sub(opts.out_of_order_window_ms));
+        }
+        let db = Db {
+            opts,
+            metrics,
+            head,
+            wal,
+            blocks: RwLock::new(blocks),
+            metadata: Mutex::new(metadata),
+            maintenance: Mutex::new(()),
+            closed: AtomicBool::new(false),
+        };
+        db.update_head_gauges();
+        Ok(db)
+    }
+
+    fn check_open(&self) -> Result<(), StorageError> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(StorageError::Unavailable("the TSDB is closed".into()));
+        }
+        Ok(())
+    }
+
+    fn update_head_gauges(&self) {
+        self.metrics.head_series.set(self.head.num_series() as i64);
+        self.metrics.head_chunks.set(self.head.num_chunks() as i64);
+    }
+
+    // ---- writes ----
+
+    /// Appends a batch; returns once every stored sample is fsynced in the WAL.
+    pub fn append(&self, batch: &[Series]) -> Result<AppendOutcome, StorageError> {
+        self.check_open()?;
+        let limits = self.head.limits(self.opts.out_of_order_window_ms);
+        let mut record = SamplesRecord::default();
+        let mut tally = Tally::default();
+        for series in batch.iter().filter(|s| !s.samples.is_empty()) {
+            self.append_series(series, &limits, &mut record, &mut tally);
+        }
+        if tally.mint <= tally.maxt {
+            self.head.note_time_range(tally.mint, tally.maxt);
+        }
+        if !record.is_empty() {
+            let seq = self.wal.log(&record.finish());
+            self.wal.sync(seq)?;
+        }
+        self.metrics.samples_appended.inc_by(tally.appended);
+        for (i, &n) in tally.rejected.iter().enumerate() {
+            if n > 0 {
+                self.metrics.rejected(REASONS[i], n);
+            }
+        }
+        Ok(tally.into_outcome())
+    }
+
+    fn append_series(
+        &self,
+        series: &Series,
+        limits: &AppendLimits,
+        record: &mut SamplesRecord,
+        tally: &mut Tally,
+    ) {
+        loop {
+            let mem = self
+                .head
+                .get_or_create(&series.labels, None, &mut |id, labels| {
+                    let mut buf = Vec::new();
+                    wal::encode_series(&mut buf, id, labels);
+                    self.wal.log(&buf);
+                });
+            let mut data = mem.data();
+            if data.is_removed() {
+                continue; // dropped by head GC between lookup and lock
+            }
+            for s in &series.samples {
+                match data.append(s.t, s.v, limits) {
+                    Ok(Appended::Stored) => {
+                        record.push(mem.id, s.t, s.v);
+                        tally.stored(s.t);
+                    }
+                    Ok(Appended::Duplicate) => tally.appended += 1,
+                    Err(reason) => tally.reject(reason, &series.labels, s.t),
+                }
+            }
+            return;
+        }
+    }
+
+    pub fn record_metadata(&self, metadata: Vec<MetricMetadata>) -> Result<(), StorageError> {
+        self.check_open()?;
+        if metadata.is_empty() {
+            return Ok(());
+        }
+        let mut buf = Vec::new();
+        wal::encode_metadata(&mut buf, &metadata);
+        let seq = self.wal.log(&buf);
+        {
+            let mut known = lock(&self.metadata);
+            for m in metadata {
+                known.insert(m.metric_family.clone(), m);
+            }
+        }
+        self.wal.sync(seq)
+    }
+
+    pub fn metadata(&self, metric: Option<&str>) -> Vec<MetricMetadata> {
+        let known = lock(&self.metadata);
+        match metric {
+            Some(name) => known.get(name).cloned().into_iter().collect(),
+            None => known.values().cloned().collect(),
+        }
+    }
+
+    /// Deletes the samples of matching series in `[mint, maxt]`: applied to the head at
+    /// once (and logged), recorded as tombstones for blocks.
+    pub fn delete_series(
+        &self,
+        matchers: &[Matcher],
+        mint: i64,
+        maxt: i64,
+    ) -> Result<(), StorageError> {
+        self.check_open()?;
+        let _serial = lock(&self.maintenance);
+        let ids = {
+            let blocks = read(&self.blocks);
+            Querier {
+                blocks: &blocks,
+                head: &self.head,
+            }
+            .head_ids(matchers)
+        };
+        if !ids.is_empty() {
+            let mut buf = Vec::new();
+            wal::encode_delete(&mut buf, mint, maxt, &ids);
+            let seq = self.wal.log(&buf);
+            for id in &ids {
+                if let Some(series) = self.head.get(*id) {
+                    series.data().delete_range(mint, maxt);
+                }
+            }
+            self.wal.sync(seq)?;
+        }
+        let blocks = read(&self.blocks).clone();
+        for block in blocks.iter().filter(|b| b.overlaps(mint, maxt)) {
+            let refs = Querier::block_refs(block, matchers);
+            if refs.is_empty() {
+                continue;
+            }
+            let mut tombstones = write(&block.tombstones);
+            let mut updated = tombstones.clone();
+            for r in refs {
+                updated.add(r, mint, maxt);
+            }
+            updated.store(&block.dir)?;
+            *tombstones = updated;
+        }
+        self.head.gc();
+        self.head.recompute_time_range();
+        self.update_head_gauges();
+        Ok(())
+    }
+
+    // ---- reads ----
+
+    fn with_querier<T>(&self, f: impl FnOnce(&Querier<'_>) -> T) -> T {
+        let blocks = read(&self.blocks);
+        f(&Querier {
+            blocks: &blocks,
+            head: &self.head,
+        })
+    }
+
+    pub fn select(
+        &self,
+        matchers: &[Matcher],
+        mint: i64,
+        maxt: i64,
+        max_samples: usize,
+    ) -> Result<Vec<Series>, SelectError> {
+        self.with_querier(|q| q.select(matchers, mint, maxt, max_samples))
+    }
+
+    pub fn series(
+        &self,
+        matchers: &[Matcher],
+        mint: i64,
+        maxt: i64,
+    ) -> Result<Vec<Labels>, StorageError> {
+        self.with_querier(|q| q.series(matchers, mint, maxt))
+    }
+
+    pub fn label_names(
+        &self,
+        matchers: &[Matcher],
+        mint: i64,
+        maxt: i64,
+    ) -> Result<Vec<String>, StorageError> {
+        self.with_querier(|q| q.label_names(matchers, mint, maxt))
+    }
+
+    pub fn label_values(
+        &self,
+        name: &str,
+        matchers: &[Matcher],
+        mint: i64,
+        maxt: i64,
+    ) -> Result<Vec<String>, StorageError> {
+        self.with_querier(|q| q.label_values(name, matchers, mint, maxt))
+    }
+
+    // ---- maintenance ----
+
+    /// One round: cut the head while it spans more than 1.5 block durations, compact,
+    /// then apply retention.
+    pub fn maintain(&self) -> Result<(), StorageError> {
+        self.check_open()?;
+        let _serial = lock(&self.maintenance);
+        while let Some(boundary) = self.cut_boundary() {
+            self.cut_head(boundary)?;
+        }
+        self.compact()?;
+        self.apply_retention()
+    }
+
+    /// The end of the block to cut from the head, if the head is due for a cut.
+    fn cut_boundary(&self) -> Option<i64> {
+        let (min, max) = self.head.time_range()?;
+        let duration = self.opts.block_duration_ms.max(1);
+        if max.saturating_sub(min) <= duration / 2 * 3 {
+            return None;
+        }
+        Some(min.div_euclid(duration) * duration + duration)
+    }
+
+    /// Moves every head sample older than `boundary` into a new block, then truncates
+    /// the WAL with a checkpoint of what the head still holds.
+    fn cut_head(&self, boundary: i64) -> Result<(), StorageError> {
+        let mut series: Vec<(Labels, Arc<MemSeries>)> = self
+            .head
+            .all_series()
+            .into_iter()
+            .map(|s| (s.labels(), s))
+            .collect();
+        series.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut writer = BlockWriter::new(&self.opts.dir)?;
+        let mut written = Ok(());
+        for (labels, mem) in &series {
+            let chunks = mem.data().start_cut(boundary);
+            if written.is_ok() {
+                written = writer.add_series(labels.clone(), &chunks);
+            }
+        }
+        let finished = written.and_then(|()| writer.finish(1, Vec::new()));
+        let new_block = match finished {
+            Ok(Some(meta)) => Some(Arc::new(Block::open(&self.opts.dir.join(&meta.ulid))?)),
+            Ok(None) => None,
+            Err(e) => {
+                // Put the data back where queries and the next cut find it.
+                for (_, mem) in &series {
+                    mem.data().abort_cut();
+                }
+                return Err(e);
+            }
+        };
+        {
+            let mut blocks = write(&self.blocks);
+            if let Some(block) = new_block {
+                blocks.push(block);
+                blocks.sort_by_key(|b| b.meta.min_time);
+            }
+            for (_, mem) in &series {
+                mem.data().finish_cut();
+            }
+            self.metrics.blocks_loaded.set(blocks.len() as i64);
+        }
+        self.head
+            .set_min_valid_time(boundary.saturating_sub(self.opts.out_of_order_window_ms));
+        self.head.gc();
+        self.head.recompute_time_range();
+        self.metrics.head_cuts.inc();
+        self.update_head_gauges();
+        self.checkpoint()
+    }
+
+    /// Replaces the WAL segments written so far by a checkpoint of the head.
+    fn checkpoint(&self) -> Result<(), StorageError> {
+        let upto = self.wal.cut_segment()?;
+        let mut cp = self.wal.begin_checkpoint(upto)?;
+        let mut buf = Vec::new();
+        let mut all = self.head.all_series();
+        all.sort_by_key(|s| s.id);
+        for s in &all {
+            wal::encode_series(&mut buf, s.id, &s.labels());
+        }
+        cp.write(&buf)?;
+        let mut samples = Vec::new();
+        let mut record = SamplesRecord::default();
+        let mut in_record = 0;
+        for s in &all {
+            samples.clear();
+            s.data().samples_in(i64::MIN, i64::MAX, &mut samples);
+            for x in &samples {
+                record.push(s.id, x.t, x.v);
+                in_record += 1;
+                if in_record == CHECKPOINT_BATCH {
+                    cp.write(&std::mem::take(&mut record).finish())?;
+                    in_record = 0;
+                }
+            }
+        }
+        if !record.is_empty() {
+            cp.write(&record.finish())?;
+        }
+        let metadata: Vec<MetricMetadata> = lock(&self.metadata).values().cloned().collect();
+        if !metadata.is_empty() {
+            buf.clear();
+            wal::encode_metadata(&mut buf, &metadata);
+            cp.write(&buf)?;
+        }
+        cp.commit()
+    }
+
+    fn compact(&self) -> Result<(), StorageError> {
+        let ranges = compact::ranges(
+            self.opts.block_duration_ms,
+            self.opts.retention_ms,
+            COMPACTION_LEVELS,
+        );
+        loop {
+            let blocks = read(&self.blocks).clone();
+            let metas: Vec<_> = blocks.iter().map(|b| b.meta.clone()).collect();
+            let Some(group) = compact::plan(&metas, &ranges) else {
+                return Ok(());
+            };
+            let chosen: Vec<Arc<Block>> = group.iter().map(|&i| blocks[i].clone()).collect();
+            self.metrics.compactions.inc();
+            if let Err(e) = self.replace_blocks(&chosen) {
+                self.metrics.compactions_failed.inc();
+                return Err(e);
+            }
+        }
+    }
+
+    /// Merges `old` into one new block and swaps it in (used by compaction and by
+    /// tombstone cleaning).
+    fn replace_blocks(&self, old: &[Arc<Block>]) -> Result<(), StorageError> {
+        let meta = compact::merge_blocks(&self.opts.dir, old)?;
+        let new_block = match meta {
+            Some(meta) => Some(Arc::new(Block::open(&self.opts.dir.join(&meta.ulid))?)),
+            None => None,
+        };
+        self.swap_blocks(old, new_block)
+    }
+
+    fn swap_blocks(&self, old: &[Arc<Block>], new: Option<Arc<Block>>) -> Result<(), StorageError> {
+        {
+            let mut blocks = write(&self.blocks);
+            blocks.retain(|b| !old.iter().any(|o| Arc::ptr_eq(o, b)));
+            if let Some(b) = new {
+                blocks.push(b);
+            }
+            blocks.sort_by_key(|b| b.meta.min_time);
+            self.metrics.blocks_loaded.set(blocks.len() as i64);
+        }
+        // Readers that still hold a removed block keep its mapping; unlinking is safe.
+        for b in old {
+            fs::remove_dir_all(&b.dir)?;
+        }
+        Ok(())
+    }
+
+    fn apply_retention(&self) -> Result<(), StorageError> {
+        let blocks = read(&self.blocks).clone();
+        let extents: Vec<BlockExtent> = blocks
+            .iter()
+            .map(|b| BlockExtent {
+                id: b.meta.ulid.clone(),
+                min_time: b.meta.min_time,
+                max_time: b.meta.max_time,
+                size_bytes: b.size_bytes,
+            })
+            .collect();
+        let doomed =
+            retention::expired(&extents, self.opts.retention_ms, self.opts.retention_bytes);
+        if doomed.is_empty() {
+            return Ok(());
+        }
+        let old: Vec<Arc<Block>> = blocks
+            .into_iter()
+            .filter(|b| doomed.contains(&b.meta.ulid))
+            .collect();
+        self.metrics.retention_deletions.inc_by(old.len() as u64);
+        tracing::info!(blocks = ?doomed, "retention deletes blocks");
+        self.swap_blocks(&old, None)
+    }
+
+    pub fn clean_tombstones(&self) -> Result<(), StorageError> {
+        self.check_open()?;
+        let _serial = lock(&self.maintenance);
+        let blocks = read(&self.blocks).clone();
+        for block in blocks.iter().filter(|b| b.has_tombstones()) {
+            self.replace_blocks(std::slice::from_ref(block))?;
+        }
+        Ok(())
+    }
+
+    // ---- snapshots, status ----
+
+    pub fn snapshot(&self, dir: &Path, with_head: bool) -> Result<(), StorageError> {
+        self.check_open()?;
+        let _serial = lock(&self.maintenance);
+        fs::create_dir_all(dir)?;
+        let blocks = read(&self.blocks).clone();
+        for block in &blocks {
+            link_dir(&block.dir, &dir.join(&block.meta.ulid))?;
+        }
+        if with_head {
+            self.write_head_block(dir)?;
+        }
+        wal::fsync_dir(dir)?;
+        Ok(())
+    }
+
+    fn write_head_block(&self, dir: &Path) -> Result<(), StorageError> {
+        let mut series: Vec<(Labels, Arc<MemSeries>)> = self
+            .head
+            .all_series()
+            .into_iter()
+            .map(|s| (s.labels(), s))
+            .collect();
+        series.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut writer = BlockWriter::new(dir)?;
+        let mut samples = Vec::new();
+        for (labels, mem) in series {
+            samples.clear();
+            mem.data().samples_in(i64::MIN, i64::MAX, &mut samples);
+            writer.add_series(labels, &encode_chunks(&samples))?;
+        }
+        writer.finish(1, Vec::new())?;
+        Ok(())
+    }
+
+    pub fn blocks(&self) -> Vec<BlockInfo> {
+        read(&self.blocks)
+            .iter()
+            .map(|b| BlockInfo {
+                id: b.meta.ulid.clone(),
+                min_time: b.meta.min_time,
+                max_time: b.meta.max_time,
+                num_series: b.meta.stats.num_series,
+                num_samples: b.meta.stats.num_samples,
+                compaction_level: b.meta.compaction.level,
+                size_bytes: b.size_bytes,
+            })
+            .collect()
+    }
+
+    /// Head cardinality statistics, like Prometheus's `/api/v1/status/tsdb`.
+    pub fn stats(&self, limit: usize) -> TsdbStats {
+        let (min_time, max_time) = self.head.time_range().unwrap_or((0, 0));
+        let chunk_count = self.head.num_chunks() as u64;
+        let postings = self.head.postings();
+        let mut by_metric = Vec::new();
+        let mut values_per_name = Vec::new();
+        let mut bytes_per_name = Vec::new();
+        let mut pairs = Vec::new();
+        let mut num_label_pairs = 0u64;
+        for name in postings.label_names() {
+            let mut distinct = 0u64;
+            let mut bytes = 0u64;
+            for (value, count) in postings.label_values(name) {
+                distinct += 1;
+                bytes += (value.len() * count) as u64;
+                pairs.push((format!("{name}={value}"), count as u64));
+                if name == METRIC_NAME {
+                    by_metric.push((value.to_string(), count as u64));
+                }
+            }
+            num_label_pairs += distinct;
+            values_per_name.push((name.to_string(), distinct));
+            bytes_per_name.push((name.to_string(), bytes));
+        }
+        TsdbStats {
+            num_series: postings.num_series() as u64,
+            num_label_pairs,
+            chunk_count,
+            min_time,
+            max_time,
+            series_count_by_metric_name: top(by_metric, limit),
+            label_value_count_by_label_name: top(values_per_name, limit),
+            memory_in_bytes_by_label_name: top(bytes_per_name, limit),
+            series_count_by_label_value_pair: top(pairs, limit),
+        }
+    }
+
+    /// Flushes and fsyncs the WAL and refuses further writes.
+    pub fn close(&self) -> Result<(), StorageError> {
+        let _serial = lock(&self.maintenance);
+        if self.closed.swap(true, Ordering::AcqRel) {
+            return Ok(());
+        }
+        self.wal.flush()
+    }
+}
+
+/// Largest first (ties by name), at most `limit` entries.
+fn top(mut items: Vec<(String, u64)>, limit: usize) -> Vec<(String, u64)> {
+    items.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    items.truncate(limit);
+    items
+}
+
+const REASONS: [RejectReason; 3] = [
+    RejectReason::OutOfOrder,
+    RejectReason::TooOld,
+    RejectReason::DuplicateTimestamp,
+];
+
+/// Per-batch counters, folded into an `AppendOutcome` and the metrics once.
+struct Tally {
+    appended: u64,
+    rejected: [u64; 3],
+    first_rejection: Option<String>,
+    mint: i64,
+    maxt: i64,
+}
+
+impl Default for Tally {
+    fn default() -> Self {
+        Tally {
+            appended: 0,
+            rejected: [0; 3],
+            first_rejection: None,
+            mint: i64::MAX,
+            maxt: i64::MIN,
+        }
+    }
+}
+
+impl Tally {
+    fn stored(&mut self, t: i64) {
+        self.appended += 1;
+        self.mint = self.mint.min(t);
+        self.maxt = self.maxt.max(t);
+    }
+
+    fn reject(&mut self, reason: RejectReason, labels: &Labels, t: i64) {
+        let i = REASONS.iter().position(|&r| r == reason).unwrap_or(0);
+        self.rejected[i] += 1;
+        if self.first_rejection.is_none() {
+            self.first_rejection = Some(format!(
+                "{}: series {labels}, timestamp {t}",
+                reason.as_str().replace('_', " ")
+            ));
+        }
+    }
+
+    fn into_outcome(self) -> AppendOutcome {
+        AppendOutcome {
+            appended: self.appended,
+            rejected: REASONS
+                .iter()
+                .zip(self.rejected)
+                .filter(|(_, n)| *n > 0)
+                .map(|(&r, n)| (r, n))
+                .collect(),
+            first_rejection: self.first_rejection,
+        }
+    }
+}
+
+/// Applies replayed WAL records to the head.
+struct Replayer<'a> {
+    head: &'a Head,
+    /// WAL series id -> head series (ids are kept; a re-created series aliases).
+    ids: HashMap<u64, Arc<MemSeries>>,
+    metadata: &'a mut BTreeMap<String, MetricMetadata>,
+}
+
+impl Replayer<'_> {
+    /// Replay accepts everything the log holds: it was accepted once already.
+    const LIMITS: AppendLimits = AppendLimits {
+        min_valid_time: i64::MIN,
+        out_of_order_window_ms: i64::MAX,
+    };
+
+    fn apply(&mut self, rec: Record) {
+        match rec {
+            Record::Series { id, labels } => {
+                let series = self.head.get_or_create(&labels, Some(id), &mut |_, _| {});
+                self.ids.insert(id, series);
+            }
+            Record::Samples(samples) => {
+                for (id, t, v) in samples {
+                    match self.ids.get(&id) {
+                        Some(series) => {
+                            let _ = series.data().append(t, v, &Self::LIMITS);
+                            self.head.note_time_range(t, t);
+                        }
+                        None => tracing::warn!(id, "WAL samples for an unknown series"),
+                    }
+                }
+            }
+            Record::Delete { mint, maxt, ids } => {
+                for id in ids {
+                    if let Some(series) = self.ids.get(&id) {
+                        series.data().delete_range(mint, maxt);
+                    }
+                }
+            }
+            Record::Metadata(list) => {
+                for m in list {
+                    self.metadata.insert(m.metric_family.clone(), m);
+                }
+            }
+        }
+    }
+}
+
+/// Opens every block directory under `dir`; removes leftovers of interrupted writes.
+fn load_blocks(dir: &Path) -> Result<Vec<Arc<Block>>, StorageError> {
+    let mut blocks = Vec::new();
+    for entry in fs::read_dir(dir)? {
+        let entry = entry?;
+        let path = entry.path();
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if !entry.file_type()?.is_dir() || name == "wal" {
+            continue;
+        }
+        if name.ends_with(".tmp") {
+            tracing::warn!(dir = %path.display(), "removing unfinished block");
+            fs::remove_dir_all(&path)?;
+            continue;
+        }
+        if path.join(super::block::META_FILE).exists() {
+            blocks.push(Arc::new(Block::open(&path)?));
+        }
+    }
+    blocks.sort_by_key(|b| b.meta.min_time);
+    Ok(blocks)
+}
+
+/// Recreates `src` (a block directory) as `dst` with hard links, copying when the
+/// target is on another file system.
+fn link_dir(src: &Path, dst: &Path) -> Result<(), StorageError> {
+    fs::create_dir_all(dst)?;
+    for entry in fs::read_dir(src)? {
+        let entry = entry?;
+        let target: PathBuf = dst.join(entry.file_name());
+        if fs::hard_link(entry.path(), &target).is_err() {
+            fs::copy(entry.path(), &target)?;
+        }
+    }
+    wal::fsync_dir(dst)?;
+    Ok(())
+}

@@ -1,0 +1,324 @@
+//! End-to-end tests of the TSDB through its public handle and the `Storage` trait.
+
+use super::*;
+use crate::model::{stale_nan, MatchOp, Sample};
+use crate::storage::RejectReason;
+
+const MIN: i64 = 60_000;
+
+fn opts(dir: &std::path::Path) -> TsdbOptions {
+    TsdbOptions {
+        dir: dir.to_path_buf(),
+        block_duration_ms: 10 * MIN,
+        retention_ms: 0,
+        retention_bytes: 0,
+        out_of_order_window_ms: 5 * MIN,
+        wal_segment_bytes: 64 << 10,
+    }
+}
+
+fn series(pairs: &[(&str, &str)], samples: &[(i64, f64)]) -> Series {
+    Series {
+        labels: Labels::from_pairs(pairs.iter().copied()),
+        samples: samples.iter().map(|&(t, v)| Sample::new(t, v)).collect(),
+    }
+}
+
+fn up(job: &str, samples: &[(i64, f64)]) -> Series {
+    series(&[("__name__", "up"), ("job", job)], samples)
+}
+
+fn select_req(matchers: Vec<Matcher>, mint: i64, maxt: i64) -> SelectRequest {
+    SelectRequest {
+        matchers,
+        mint,
+        maxt,
+        max_samples: 0,
+    }
+}
+
+async fn select_all(db: &Tsdb, name: &str) -> Vec<Series> {
+    db.select(select_req(
+        vec![Matcher::equal("__name__", name)],
+        i64::MIN,
+        i64::MAX,
+    ))
+    .await
+    .unwrap()
+}
+
+/// A series with one sample every 15s from `from` to `to` (exclusive), value = t/1000.
+fn regular(job: &str, from: i64, to: i64) -> Series {
+    let samples: Vec<(i64, f64)> = (from..to)
+        .step_by(15_000)
+        .map(|t| (t, t as f64 / 1000.0))
+        .collect();
+    up(job, &samples)
+}
+
+#[tokio::test]
+async fn append_and_select_with_matchers() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Tsdb::open(opts(dir.path()), TsdbMetrics::default()).unwrap();
+    let out = db
+        .append(vec![
+            up("api", &[(1_000, 1.0), (2_000, 2.0)]),
+            up("db", &[(1_000, 3.0)]),
+            series(&[("__name__", "other")], &[(1_000, 4.0)]),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(out.appended, 4);
+    let got = select_all(&db, "up").await;
+    assert_eq!(got.len(), 2);
+    assert_eq!(got[0].labels.get("job"), Some("api"));
+    assert_eq!(got[0].samples.len(), 2);
+    let not_api = db
+        .select(select_req(
+            vec![
+                Matcher::equal("__name__", "up"),
+                Matcher::new(MatchOp::NotEqual, "job", "api").unwrap(),
+            ],
+            0,
+            10_000,
+        ))
+        .await
+        .unwrap();
+    assert_eq!(not_api.len(), 1);
+    let ranged = db
+        .select(select_req(vec![Matcher::equal("job", "api")], 1_500, 2_000))
+        .await
+        .unwrap();
+    assert_eq!(ranged[0].samples, vec![Sample::new(2_000, 2.0)]);
+    let mut limited = select_req(vec![Matcher::equal("__name__", "up")], 0, 10_000);
+    limited.max_samples = 2;
+    assert!(matches!(
+        db.select(limited).await,
+        Err(SelectError::TooManySamples)
+    ));
+    let req = LabelRequest {
+        matchers: vec![],
+        mint: 0,
+        maxt: 10_000,
+    };
+    assert_eq!(
+        db.label_names(req.clone()).await.unwrap(),
+        vec!["__name__", "job"]
+    );
+    assert_eq!(
+        db.label_values("job".into(), req.clone()).await.unwrap(),
+        vec!["api", "db"]
+    );
+    let with_job = LabelRequest {
+        matchers: vec![Matcher::equal("job", "db")],
+        ..req
+    };
+    assert_eq!(db.series(with_job).await.unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn append_rules_and_rejections() {
+    let dir = tempfile::tempdir().unwrap();
+    let metrics = TsdbMetrics::default();
+    let db = Tsdb::open(opts(dir.path()), metrics.clone()).unwrap();
+    db.append(vec![up("a", &[(10 * MIN, 1.0)])]).await.unwrap();
+    let out = db
+        .append(vec![up(
+            "a",
+            &[
+                (10 * MIN, 1.0), // identical duplicate: accepted, not stored
+                (10 * MIN, 2.0), // different value at the same time
+                (9 * MIN, 0.5),  // within the out-of-order window
+                (4 * MIN, 0.1),  // beyond it
+                (11 * MIN, stale_nan()),
+            ],
+        )])
+        .await
+        .unwrap();
+    assert_eq!(out.appended, 3);
+    assert_eq!(out.rejected_total(), 2);
+    assert!(out
+        .rejected
+        .contains(&(RejectReason::DuplicateTimestamp, 1)));
+    assert!(out.rejected.contains(&(RejectReason::OutOfOrder, 1)));
+    assert!(out.first_rejection.is_some());
+    assert_eq!(metrics.rejected_count(RejectReason::OutOfOrder), 1);
+    let got = select_all(&db, "up").await;
+    let ts: Vec<i64> = got[0].samples.iter().map(|s| s.t).collect();
+    assert_eq!(ts, vec![9 * MIN, 10 * MIN, 11 * MIN]);
+    assert_eq!(got[0].samples[2].v.to_bits(), stale_nan().to_bits());
+}
+
+#[tokio::test]
+async fn acknowledged_samples_survive_a_crash() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let db = Tsdb::open(opts(dir.path()), TsdbMetrics::default()).unwrap();
+        db.append(vec![regular("a", 0, 5 * MIN), up("b", &[(1, f64::NAN)])])
+            .await
+            .unwrap();
+        db.record_metadata(vec![MetricMetadata {
+            metric_family: "up".into(),
+            metric_type: "gauge".into(),
+            help: "Up".into(),
+            unit: String::new(),
+        }])
+        .await
+        .unwrap();
+        db.delete_series(&[Matcher::equal("job", "a")], 0, MIN)
+            .unwrap();
+        // Dropped without close: like a killed process, only fsynced data remains.
+    }
+    let db = Tsdb::open(opts(dir.path()), TsdbMetrics::default()).unwrap();
+    let got = select_all(&db, "up").await;
+    assert_eq!(got.len(), 2);
+    assert_eq!(got[0].samples.len(), 20 - 5);
+    assert!(got[1].samples[0].v.is_nan());
+    assert_eq!(db.metadata(Some("up".into())).await.unwrap().len(), 1);
+    db.append(vec![up("c", &[(1, 1.0)])]).await.unwrap();
+    db.close().unwrap();
+    assert!(db.append(vec![up("c", &[(2, 1.0)])]).await.is_err());
+    let db = Tsdb::open(opts(dir.path()), TsdbMetrics::default()).unwrap();
+    assert_eq!(select_all(&db, "up").await.len(), 3);
+}
+
+#[tokio::test]
+async fn head_cut_writes_blocks_and_reads_merge() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Tsdb::open(opts(dir.path()), TsdbMetrics::default()).unwrap();
+    db.append(vec![regular("a", 0, 25 * MIN), regular("b", 0, 5 * MIN)])
+        .await
+        .unwrap();
+    db.maintain().unwrap();
+    let blocks = db.blocks();
+    assert_eq!(blocks.len(), 1);
+    assert_eq!(
+        (blocks[0].min_time, blocks[0].max_time),
+        (0, 10 * MIN - 15_000 + 1)
+    );
+    assert_eq!(blocks[0].num_series, 2);
+    assert_eq!(blocks[0].num_samples, 40 + 20);
+    let got = select_all(&db, "up").await;
+    assert_eq!(got[0].samples.len(), 100);
+    assert!(got[0].samples.windows(2).all(|w| w[0].t < w[1].t));
+    assert_eq!(got[1].samples.len(), 20);
+    // After a restart the WAL checkpoint and the block give the same answer.
+    drop(db);
+    let db = Tsdb::open(opts(dir.path()), TsdbMetrics::default()).unwrap();
+    let again = select_all(&db, "up").await;
+    assert_eq!(again, got);
+    // Too old for the head now: before the cut boundary minus the OOO window.
+    let out = db.append(vec![up("a", &[(MIN, 1.0)])]).await.unwrap();
+    assert_eq!(out.rejected, vec![(RejectReason::TooOld, 1)]);
+}
+
+#[tokio::test]
+async fn compaction_merges_and_retention_deletes() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut o = opts(dir.path());
+    o.out_of_order_window_ms = 0;
+    let db = Tsdb::open(o.clone(), TsdbMetrics::default()).unwrap();
+    db.append(vec![regular("a", 0, 60 * MIN)]).await.unwrap();
+    db.maintain().unwrap();
+    let blocks = db.blocks();
+    // Cuts at 10, 20, 30, 40 minutes; [0,30) compacted to one level-2 block.
+    assert!(blocks.iter().any(|b| b.compaction_level == 2), "{blocks:?}");
+    let total: u64 = blocks.iter().map(|b| b.num_samples).sum();
+    let got = select_all(&db, "up").await;
+    assert_eq!(got[0].samples.len(), 240);
+    assert!(total < 240);
+    drop(db);
+
+    o.retention_ms = 20 * MIN;
+    let db = Tsdb::open(o, TsdbMetrics::default()).unwrap();
+    db.maintain().unwrap();
+    let left = db.blocks();
+    assert!(left.len() < blocks.len(), "{left:?}");
+    let newest = left.iter().map(|b| b.max_time).max().unwrap();
+    assert!(left.iter().all(|b| b.max_time > newest - 20 * MIN));
+}
+
+#[tokio::test]
+async fn deletion_survives_restart_and_cleaning() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Tsdb::open(opts(dir.path()), TsdbMetrics::default()).unwrap();
+    db.append(vec![regular("a", 0, 25 * MIN), regular("b", 0, 25 * MIN)])
+        .await
+        .unwrap();
+    db.maintain().unwrap();
+    assert_eq!(db.blocks().len(), 1);
+    db.delete_series(&[Matcher::equal("job", "a")], 0, 12 * MIN)
+        .unwrap();
+    let check = |got: Vec<Series>| {
+        assert_eq!(got[0].samples.len(), 100 - 49);
+        assert_eq!(got[1].samples.len(), 100);
+    };
+    check(select_all(&db, "up").await);
+    drop(db);
+    let db = Tsdb::open(opts(dir.path()), TsdbMetrics::default()).unwrap();
+    check(select_all(&db, "up").await);
+    let before = db.blocks()[0].num_samples;
+    db.clean_tombstones().unwrap();
+    assert_eq!(db.blocks()[0].num_samples, before - 40);
+    check(select_all(&db, "up").await);
+}
+
+#[tokio::test]
+async fn snapshot_is_a_usable_data_dir() {
+    let dir = tempfile::tempdir().unwrap();
+    let snap = tempfile::tempdir().unwrap();
+    let db = Tsdb::open(opts(dir.path()), TsdbMetrics::default()).unwrap();
+    db.append(vec![regular("a", 0, 25 * MIN)]).await.unwrap();
+    db.maintain().unwrap();
+    db.snapshot(&snap.path().join("s"), true).unwrap();
+    let copy = Tsdb::open(opts(&snap.path().join("s")), TsdbMetrics::default()).unwrap();
+    assert_eq!(copy.blocks().len(), 2);
+    assert_eq!(select_all(&copy, "up").await, select_all(&db, "up").await);
+}
+
+#[tokio::test]
+async fn stats_count_head_cardinality() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Tsdb::open(opts(dir.path()), TsdbMetrics::default()).unwrap();
+    db.append(vec![
+        up("a", &[(1, 1.0)]),
+        up("b", &[(1, 1.0)]),
+        series(&[("__name__", "x"), ("job", "a")], &[(5, 1.0)]),
+    ])
+    .await
+    .unwrap();
+    let s = db.stats(1);
+    assert_eq!(s.num_series, 3);
+    assert_eq!(s.num_label_pairs, 4);
+    assert_eq!((s.min_time, s.max_time), (1, 5));
+    assert_eq!(s.series_count_by_metric_name, vec![("up".to_string(), 2)]);
+    assert_eq!(s.label_value_count_by_label_name.len(), 1);
+    assert_eq!(s.series_count_by_label_value_pair.len(), 1);
+}
+
+#[tokio::test]
+async fn concurrent_appenders_all_land() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Tsdb::open(opts(dir.path()), TsdbMetrics::default()).unwrap();
+    let tasks: Vec<_> = (0..4)
+        .map(|w| {
+            let db = db.clone();
+            tokio::spawn(async move {
+                for i in 0..25 {
+                    let job = format!("w{w}");
+                    db.append(vec![up(&job, &[(i * 1000, i as f64)])])
+                        .await
+                        .unwrap();
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    drop(db);
+    let db = Tsdb::open(opts(dir.path()), TsdbMetrics::default()).unwrap();
+    let got = select_all(&db, "up").await;
+    assert_eq!(got.len(), 4);
+    assert!(got.iter().all(|s| s.samples.len() == 25));
+}
