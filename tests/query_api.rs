@@ -141,9 +141,14 @@ fn secs(ms: i64) -> String {
     format!("{}.{:03}", ms / 1000, ms % 1000)
 }
 
-/// Milliseconds as the JSON number Prometheus writes for a sample timestamp.
+/// Milliseconds as the JSON number Prometheus writes for a sample timestamp: whole
+/// seconds as an integer, otherwise with the millisecond digits.
 fn ts_json(ms: i64) -> Value {
-    serde_json::from_str(&secs(ms)).expect("number")
+    if ms % 1000 == 0 {
+        json!(ms / 1000)
+    } else {
+        serde_json::from_str(&secs(ms)).expect("number")
+    }
 }
 
 /// The result element whose metric has `label=value`.
