@@ -375,6 +375,31 @@ fn query_limits_give_prometheus_errors_and_the_node_stays_healthy() {
     assert!(message.starts_with("query timed out in "), "{message}");
     let (status, _) = get(&f.node.url("/-/healthy"));
     assert_eq!(status, 200);
+
+    // The per-request `timeout` parameter cuts a query on a node with the default 2m.
+    let f = Fixture::start(&[]);
+    let message = f.error(
+        "/api/v1/query_range",
+        &[
+            ("query", heavy),
+            ("start", &secs(f.base)),
+            ("end", &secs(f.last())),
+            ("step", "1s"),
+            ("timeout", "0.001"),
+        ],
+        503,
+        "timeout",
+    );
+    assert!(message.starts_with("query timed out in "), "{message}");
+    let body = f.ok(
+        "/api/v1/query",
+        &[
+            ("query", "up"),
+            ("time", &secs(f.last())),
+            ("timeout", "1m"),
+        ],
+    );
+    assert_eq!(body["data"]["result"][0]["value"][1], "1");
 }
 
 #[test]

@@ -6,7 +6,6 @@
 //! Calls `params` (parsing), `json` (rendering), the `promql::Engine` and
 //! `storage::Storage` through `AppState`.
 
-use std::future::Future;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::extract::{Path, State};
@@ -58,12 +57,13 @@ async fn instant_query(
 ) -> Result<Response, ApiError> {
     let limit = limit_param(&params)?;
     let time_ms = time_param(&params, "time", now_ms())?;
-    let timeout = timeout_param(&params)?;
+    let timeout = timeout_param(&params, &state)?;
     reject_per_query_lookback(&params)?;
     let storage = state.services()?.storage.clone();
     let query = params.value("query");
-    let evaluation = state.engine().instant_query(storage, query, time_ms);
-    let output = with_timeout(evaluation, timeout)
+    let output = state
+        .engine()
+        .instant_query_with_timeout(storage, query, time_ms, timeout)
         .await
         .map_err(query_error)?;
     Ok(render_query_output(output, limit, time_ms))
@@ -84,14 +84,13 @@ async fn range_query(
     }
     let step_ms = step_param(&params)?;
     check_resolution(start, end, step_ms)?;
-    let timeout = timeout_param(&params)?;
+    let timeout = timeout_param(&params, &state)?;
     reject_per_query_lookback(&params)?;
     let storage = state.services()?.storage.clone();
     let query = params.value("query");
-    let evaluation = state
+    let output = state
         .engine()
-        .range_query(storage, query, start, end, step_ms);
-    let output = with_timeout(evaluation, timeout)
+        .range_query_with_timeout(storage, query, start, end, step_ms, timeout)
         .await
         .map_err(query_error)?;
     Ok(render_query_output(output, limit, end))
@@ -122,17 +121,16 @@ fn check_resolution(start: i64, end: i64, step_ms: i64) -> Result<(), ApiError> 
     Ok(())
 }
 
-/// The optional `timeout` parameter (a per-request deadline below the engine's own).
-fn timeout_param(params: &FormParams) -> Result<Option<Duration>, ApiError> {
+/// The `timeout` parameter: a per-request limit; the engine applies the shorter of it
+/// and its configured timeout. Absent, the configured timeout alone applies.
+fn timeout_param(params: &FormParams, state: &AppState) -> Result<Duration, ApiError> {
     let value = params.value("timeout");
     if value.is_empty() {
-        return Ok(None);
+        return Ok(state.engine().options().timeout);
     }
     let nanos = parse_duration(value).map_err(|e| invalid_param("timeout", e))?;
     // A deadline already passed times the query out at once, as in Prometheus.
-    Ok(Some(Duration::from_nanos(
-        u64::try_from(nanos).unwrap_or(0),
-    )))
+    Ok(Duration::from_nanos(u64::try_from(nanos).unwrap_or(0)))
 }
 
 /// Prometheus accepts a per-query `lookback_delta`; the engine has one lookback for all
@@ -144,20 +142,6 @@ fn reject_per_query_lookback(params: &FormParams) -> Result<(), ApiError> {
     Err(ApiError::bad_data(
         "error parsing lookback delta duration: a per-query lookback_delta is not supported; the server-wide --query-lookback-delta applies",
     ))
-}
-
-/// Runs an evaluation under the request's timeout; the engine enforces its own
-/// configured timeout inside, so only a shorter request timeout needs a timer here.
-async fn with_timeout(
-    evaluation: impl Future<Output = Result<QueryOutput, QueryError>>,
-    timeout: Option<Duration>,
-) -> Result<QueryOutput, QueryError> {
-    match timeout {
-        None => evaluation.await,
-        Some(limit) => tokio::time::timeout(limit, evaluation)
-            .await
-            .unwrap_or_else(|_| Err(QueryError::Timeout("expression evaluation".to_string()))),
-    }
 }
 
 /// Maps engine errors to Prometheus's error types and status codes.
@@ -445,19 +429,6 @@ mod tests {
         assert_eq!(
             query_error(QueryError::Timeout("expression evaluation".into())).message,
             "query timed out in expression evaluation"
-        );
-    }
-
-    #[tokio::test]
-    async fn request_timeout_cuts_a_slow_evaluation() {
-        let slow = async {
-            tokio::time::sleep(Duration::from_secs(5)).await;
-            Err(QueryError::Execution("finished".into()))
-        };
-        let result = with_timeout(slow, Some(Duration::from_millis(10))).await;
-        assert_eq!(
-            result,
-            Err(QueryError::Timeout("expression evaluation".into()))
         );
     }
 
