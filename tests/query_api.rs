@@ -577,6 +577,7 @@ fn federation_serves_latest_samples_as_text() {
         |params: &[(&str, &str)]| get(&f.node.url(&format!("/federate?{}", encode(params))));
     let (status, body) = federate(&[("match[]", "http_requests_total"), ("match[]", "up")]);
     assert_eq!(status, 200, "{body}");
+    let body_of_api_job = body.clone();
     let t = f.last();
     assert_eq!(
         body,
@@ -599,6 +600,9 @@ fn federation_serves_latest_samples_as_text() {
              extremes{{kind=\"tiny\",instance=\"\"}} 1e-07 {t}\n"
         )
     );
+    // Overlapping selectors still federate each series once.
+    let (_, overlapping) = federate(&[("match[]", "up"), ("match[]", r#"{job="api"}"#)]);
+    assert_eq!(overlapping, body_of_api_job);
     // A series whose newest sample is a staleness marker is not federated.
     assert_eq!(federate(&[("match[]", "gone")]), (200, String::new()));
     // No match[] selects nothing; a bad selector is a plain-text 400.
