@@ -14,10 +14,12 @@ use promql_parser::parser::token::{T_LIMITK, T_LIMIT_RATIO};
 use promql_parser::parser::value::ValueType;
 use promql_parser::parser::Expr;
 
-use crate::model::{Labels, Sample, METRIC_NAME};
+use crate::model::{Labels, Sample};
 use crate::storage::Storage;
 
-use super::eval::{check_unique_labelsets, Evaluator, Value, DUPLICATE_LABELSET};
+use super::eval::{
+    check_unique_labelsets, remove_metric_identity, Evaluator, Value, DUPLICATE_LABELSET,
+};
 use super::plan::{self, QueryTimes};
 use super::value::{InstantSample, QueryValue, RangeSeries};
 use super::{EngineOptions, QueryError, QueryOutput};
@@ -151,7 +153,7 @@ fn evaluate_instant(ev: &mut Evaluator<'_>, expr: &Expr) -> Result<QueryValue, Q
 
 fn remove_dropped_name(labels: &mut Labels, drop_name: &mut bool) {
     if *drop_name {
-        labels.remove(METRIC_NAME);
+        remove_metric_identity(labels);
         *drop_name = false;
     }
 }

@@ -92,7 +92,7 @@ impl<'a> Evaluator<'a> {
     pub(crate) fn drop_name(&self, s: &mut InstantSample) {
         s.drop_name = true;
         if !self.opts.delayed_name_removal {
-            s.labels.remove(METRIC_NAME);
+            remove_metric_identity(&mut s.labels);
         }
     }
 
@@ -104,7 +104,7 @@ impl<'a> Evaluator<'a> {
         }
         for s in v.iter_mut() {
             if s.drop_name {
-                s.labels.remove(METRIC_NAME);
+                remove_metric_identity(&mut s.labels);
             }
         }
         check_unique_labelsets(v)
@@ -419,6 +419,12 @@ fn is_counter_like_name(name: &str) -> bool {
     ["_total", "_sum", "_count", "_bucket"]
         .iter()
         .any(|suffix| name.ends_with(suffix))
+}
+
+/// Removes the labels that name what a metric is (`__name__`, and the `__type__` and
+/// `__unit__` metadata labels): Prometheus drops them together once a value changes meaning.
+pub(crate) fn remove_metric_identity(labels: &mut Labels) {
+    labels.retain(|l| !matches!(l.name.as_str(), METRIC_NAME | "__type__" | "__unit__"));
 }
 
 pub(crate) fn unwrap_parens(mut expr: &Expr) -> &Expr {
