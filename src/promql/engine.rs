@@ -80,10 +80,82 @@ pub(crate) async fn execute(
 /// Parses `query` and rejects features the options leave disabled.
 pub(crate) fn parse(query: &str, opts: &EngineOptions) -> Result<Expr, QueryError> {
     let expr = promql_parser::parser::parse(query).map_err(QueryError::BadData)?;
+    if let Some(literal) = non_utf8_string_argument(query) {
+        return Err(QueryError::Execution(format!(
+            "invalid label name {literal}"
+        )));
+    }
     if !opts.experimental_functions {
         check_no_experimental(&expr)?;
     }
     Ok(expr)
+}
+
+/// A quoted string argument (not a matcher value) whose escapes spell bytes that are not
+/// UTF-8, as `"a\xc5z"`. Go keeps such bytes and rejects them as label names; the parser
+/// we use turns `\xc5` into the character U+00C5, so the check runs on the query text.
+fn non_utf8_string_argument(query: &str) -> Option<&str> {
+    let bytes = query.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        let quote = bytes[i];
+        if !matches!(quote, b'"' | b'\'' | b'`') {
+            i += 1;
+            continue;
+        }
+        let start = i;
+        let is_matcher_value = query[..start].trim_end().ends_with(['=', '~']);
+        let (end, decoded) = scan_quoted(bytes, start);
+        if quote != b'`' && !is_matcher_value && std::str::from_utf8(&decoded).is_err() {
+            return query.get(start..end);
+        }
+        i = end;
+    }
+    None
+}
+
+/// Scans the quoted string starting at `start`; returns the index after its closing
+/// quote and its bytes with Go's escapes decoded.
+fn scan_quoted(bytes: &[u8], start: usize) -> (usize, Vec<u8>) {
+    let quote = bytes[start];
+    let mut decoded = Vec::new();
+    let mut i = start + 1;
+    while i < bytes.len() && bytes[i] != quote {
+        if bytes[i] != b'\\' || quote == b'`' || i + 1 >= bytes.len() {
+            decoded.push(bytes[i]);
+            i += 1;
+            continue;
+        }
+        let escape = bytes[i + 1];
+        let hex_byte = |from: usize, digits: usize, radix: u32| {
+            bytes
+                .get(from..from + digits)
+                .and_then(|d| std::str::from_utf8(d).ok())
+                .and_then(|d| u8::from_str_radix(d, radix).ok())
+        };
+        match escape {
+            b'x' => match hex_byte(i + 2, 2, 16) {
+                Some(b) => {
+                    decoded.push(b);
+                    i += 4;
+                }
+                None => i += 2,
+            },
+            b'0'..=b'7' => match hex_byte(i + 1, 3, 8) {
+                Some(b) => {
+                    decoded.push(b);
+                    i += 4;
+                }
+                None => i += 2,
+            },
+            _ => {
+                // Other escapes (\n, \u00e9, ...) always produce valid UTF-8.
+                decoded.push(b'?');
+                i += 2;
+            }
+        }
+    }
+    (i.saturating_add(1).min(bytes.len()), decoded)
 }
 
 fn check_no_experimental(expr: &Expr) -> Result<(), QueryError> {
