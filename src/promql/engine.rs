@@ -311,3 +311,165 @@ fn finish_matrix(mut series: Vec<RangeSeries>) -> Result<Vec<RangeSeries>, Query
     }
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use prometheus_client::registry::Registry;
+
+    use crate::model::{stale_nan, Labels, Sample, Series};
+    use crate::promql::{Engine, EngineOptions, QueryError, QueryValue};
+    use crate::storage::Storage;
+    use crate::tsdb::{Tsdb, TsdbMetrics, TsdbOptions};
+
+    /// A TSDB holding `series_count` series `m{i="..."}` with one sample per minute over
+    /// ten minutes, the value being the minute; series 0 goes stale at minute 5.
+    async fn storage(series_count: usize) -> (tempfile::TempDir, Arc<dyn Storage>) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let opts = TsdbOptions {
+            dir: dir.path().to_path_buf(),
+            retention_ms: 0,
+            ..TsdbOptions::default()
+        };
+        let tsdb =
+            Tsdb::open(opts, TsdbMetrics::register(&mut Registry::default())).expect("open tsdb");
+        let batch = (0..series_count)
+            .map(|i| Series {
+                labels: Labels::from_pairs([("__name__", "m".to_string()), ("i", i.to_string())]),
+                samples: (0..=10)
+                    .map(|m| {
+                        let v = if i == 0 && m == 5 {
+                            stale_nan()
+                        } else {
+                            m as f64
+                        };
+                        Sample::new(m * 60_000, v)
+                    })
+                    .collect(),
+            })
+            .collect();
+        tsdb.append(batch).await.expect("append");
+        (dir, Arc::new(tsdb))
+    }
+
+    fn engine(max_samples: usize) -> Engine {
+        Engine::new(EngineOptions {
+            max_samples,
+            ..EngineOptions::default()
+        })
+    }
+
+    #[tokio::test]
+    async fn instant_selector_honours_staleness_and_lookback() {
+        let (_dir, s) = storage(2).await;
+        let out = engine(100)
+            .instant_query(s, "m", 5 * 60_000)
+            .await
+            .expect("query");
+        let QueryValue::Vector(v) = out.value else {
+            panic!("not a vector: {:?}", out.value);
+        };
+        // Series 0 is stale at minute 5; series 1 has its sample.
+        assert_eq!(v.len(), 1);
+        assert_eq!(v[0].labels.get("i"), Some("1"));
+        assert_eq!((v[0].t, v[0].v), (5 * 60_000, 5.0));
+    }
+
+    #[tokio::test]
+    async fn range_query_builds_sorted_matrix() {
+        let (_dir, s) = storage(3).await;
+        let out = engine(1000)
+            .range_query(s, "m * 2", 0, 2 * 60_000, 60_000)
+            .await
+            .expect("query");
+        let QueryValue::Matrix(m) = out.value else {
+            panic!("not a matrix");
+        };
+        assert_eq!(m.len(), 3);
+        assert!(m.windows(2).all(|w| w[0].labels < w[1].labels));
+        assert!(m.iter().all(|s| s.labels.metric_name().is_none()));
+        let points: Vec<(i64, f64)> = m[1].points.iter().map(|p| (p.t, p.v)).collect();
+        assert_eq!(points, vec![(0, 0.0), (60_000, 2.0), (120_000, 4.0)]);
+    }
+
+    #[tokio::test]
+    async fn too_many_samples_is_prometheus_error() {
+        let (_dir, s) = storage(5).await;
+        let err = engine(4)
+            .instant_query(s, "m", 60_000)
+            .await
+            .expect_err("over the limit");
+        assert_eq!(err, QueryError::TooManySamples);
+        assert_eq!(
+            err.to_string(),
+            "query processing would load too many samples into memory in query execution"
+        );
+    }
+
+    #[tokio::test]
+    async fn timeout_is_reported() {
+        let (_dir, s) = storage(1).await;
+        let engine = Engine::new(EngineOptions {
+            timeout: Duration::ZERO,
+            ..EngineOptions::default()
+        });
+        let err = engine
+            .range_query(s, "m", 0, 600_000, 1_000)
+            .await
+            .expect_err("no time at all");
+        assert!(matches!(err, QueryError::Timeout(_)), "{err:?}");
+    }
+
+    #[tokio::test]
+    async fn queries_wait_for_a_concurrency_slot() {
+        let (_dir, s) = storage(1).await;
+        let engine = Engine::new(EngineOptions {
+            max_concurrent: 1,
+            timeout: Duration::from_millis(50),
+            ..EngineOptions::default()
+        });
+        let held = engine.gate.acquire().await.expect("permit");
+        let err = engine
+            .instant_query(Arc::clone(&s), "m", 0)
+            .await
+            .expect_err("gate is full");
+        assert_eq!(err, QueryError::Timeout("query queue".into()));
+        drop(held);
+        engine.instant_query(s, "m", 0).await.expect("slot free");
+    }
+
+    #[tokio::test]
+    async fn bad_queries_are_bad_data() {
+        let (_dir, s) = storage(1).await;
+        let e = engine(100);
+        for q in ["sum(", "limitk(1, m)", "sort_by_label(m, \"i\")"] {
+            let err = e.instant_query(Arc::clone(&s), q, 0).await.expect_err(q);
+            assert!(matches!(err, QueryError::BadData(_)), "{q}: {err:?}");
+        }
+        let err = e
+            .range_query(Arc::clone(&s), "m[5m]", 0, 60_000, 1_000)
+            .await
+            .expect_err("matrix range query");
+        assert!(matches!(err, QueryError::BadData(_)), "{err:?}");
+        let err = e
+            .range_query(s, "m", 0, 60_000, 0)
+            .await
+            .expect_err("step 0");
+        assert!(matches!(err, QueryError::BadData(_)), "{err:?}");
+    }
+
+    #[tokio::test]
+    async fn many_to_one_without_group_modifier_fails_like_prometheus() {
+        let (_dir, s) = storage(2).await;
+        let err = engine(100)
+            .instant_query(s, "m + ignoring(i) vector(1)", 60_000)
+            .await
+            .expect_err("many-to-one");
+        assert_eq!(
+            err.to_string(),
+            "multiple matches for labels: many-to-one matching must be explicit (group_left/group_right)"
+        );
+    }
+}
