@@ -18,7 +18,8 @@
 //! - `labels`    label_replace, label_join, sort*, absent
 //! - `histogram` histogram_quantile(s) and histogram_fraction over classic `le` buckets;
 //!   native-histogram-only functions (no float input qualifies, so they return nothing)
-//! - `stats`     Kahan summation, `quantile`, linear regression, variance
+//! - `stats`     Kahan summation, `quantile`, linear regression, variance (public: the
+//!   evaluator's sum/avg/stddev aggregations use the same kernels)
 //! - `gofmt`     Go-compatible number/string formatting for annotation and error texts
 //!
 //! Only float samples exist in Timbala's value model; where Prometheus would handle a
@@ -31,7 +32,7 @@ mod labels;
 mod math;
 mod over_time;
 mod rate;
-mod stats;
+pub mod stats;
 
 use promql_parser::parser::Expr;
 
