@@ -409,6 +409,11 @@ impl Wal {
         p.seq
     }
 
+    /// The sequence number of the newest logged record.
+    pub fn last_seq(&self) -> u64 {
+        lock(&self.pending).seq
+    }
+
     /// Returns once everything logged up to `seq` is on disk (write + fdatasync).
     pub fn sync(&self, seq: u64) -> Result<(), StorageError> {
         if self.synced_seq.load(Ordering::Acquire) >= seq {
