@@ -414,3 +414,52 @@ async fn out_of_order_data_behind_a_cut_is_merged_by_compaction() {
     assert!(got[1].samples.windows(2).all(|w| w[0].t < w[1].t));
     assert!(got[1].samples.iter().any(|s| s.t == late && s.v == -1.0));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn appends_racing_maintenance_lose_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut o = opts(dir.path());
+    o.block_duration_ms = MIN;
+    let db = Tsdb::open(o.clone(), TsdbMetrics::default()).unwrap();
+    let writers: Vec<_> = (0..3)
+        .map(|w| {
+            let db = db.clone();
+            tokio::spawn(async move {
+                let job = format!("w{w}");
+                for batch in 0..60i64 {
+                    let samples: Vec<(i64, f64)> = (0..10)
+                        .map(|i| ((batch * 10 + i) * 1_000, i as f64))
+                        .collect();
+                    let out = db.append(vec![up(&job, &samples)]).await.unwrap();
+                    assert_eq!(out.appended, 10);
+                }
+            })
+        })
+        .collect();
+    let maintainer = {
+        let db = db.clone();
+        std::thread::spawn(move || {
+            for _ in 0..40 {
+                db.maintain().unwrap();
+                std::thread::sleep(std::time::Duration::from_millis(2));
+            }
+        })
+    };
+    for w in writers {
+        w.await.unwrap();
+    }
+    maintainer.join().unwrap();
+    db.maintain().unwrap();
+    assert!(!db.blocks().is_empty());
+    let check = |got: Vec<Series>| {
+        assert_eq!(got.len(), 3);
+        for s in got {
+            assert_eq!(s.samples.len(), 600, "{}", s.labels);
+            assert!(s.samples.windows(2).all(|w| w[0].t < w[1].t));
+        }
+    };
+    check(select_all(&db, "up").await);
+    drop(db);
+    let db = Tsdb::open(o, TsdbMetrics::default()).unwrap();
+    check(select_all(&db, "up").await);
+}
