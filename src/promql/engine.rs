@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
-use promql_parser::parser::token::{T_LIMITK, T_LIMIT_RATIO};
+use promql_parser::parser::token::{T_BOTTOMK, T_LIMITK, T_LIMIT_RATIO, T_TOPK};
 use promql_parser::parser::value::ValueType;
 use promql_parser::parser::Expr;
 
@@ -18,7 +18,8 @@ use crate::model::{Labels, Sample};
 use crate::storage::Storage;
 
 use super::eval::{
-    check_unique_labelsets, remove_metric_identity, Evaluator, Value, DUPLICATE_LABELSET,
+    check_unique_labelsets, remove_metric_identity, unwrap_parens, Evaluator, Value,
+    DUPLICATE_LABELSET,
 };
 use super::plan::{self, QueryTimes};
 use super::value::{InstantSample, QueryValue, RangeSeries};
@@ -217,10 +218,27 @@ fn evaluate_instant(ev: &mut Evaluator<'_>, expr: &Expr) -> Result<QueryValue, Q
                 remove_dropped_name(&mut s.labels, &mut s.drop_name);
             }
             check_unique_labelsets(&v)?;
+            if !defines_order(expr) {
+                v.sort_by(|a, b| a.labels.cmp(&b.labels));
+            }
             QueryValue::Vector(v)
         }
         Value::Matrix(m) => QueryValue::Matrix(finish_matrix(m)?),
     })
+}
+
+/// Whether the outermost operation of `expr` decides the order of its result (sort
+/// functions, topk/bottomk, limitk/limit_ratio). Other instant vectors are returned
+/// sorted by labels, so answers do not depend on storage or fan-out order.
+fn defines_order(expr: &Expr) -> bool {
+    match unwrap_parens(expr) {
+        Expr::Call(c) => matches!(
+            c.func.name,
+            "sort" | "sort_desc" | "sort_by_label" | "sort_by_label_desc"
+        ),
+        Expr::Aggregate(a) => matches!(a.op.id(), T_TOPK | T_BOTTOMK | T_LIMITK | T_LIMIT_RATIO),
+        _ => false,
+    }
 }
 
 fn remove_dropped_name(labels: &mut Labels, drop_name: &mut bool) {
