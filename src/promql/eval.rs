@@ -347,7 +347,7 @@ impl<'a> Evaluator<'a> {
             };
             values.push(value);
         }
-        self.annotate_call(name, &values);
+        self.annotate_call(name);
         let key = call as *const Call as usize;
         let arg_exprs = self
             .call_args
@@ -387,7 +387,8 @@ impl<'a> Evaluator<'a> {
     }
 
     /// Annotations Prometheus's evaluator (not the function itself) raises for a call.
-    fn annotate_call(&mut self, name: &str, values: &[Value]) {
+    /// (The non-counter info of rate/increase is the function library's.)
+    fn annotate_call(&mut self, name: &str) {
         if matches!(
             name,
             "sort" | "sort_desc" | "sort_by_label" | "sort_by_label_desc"
@@ -397,28 +398,7 @@ impl<'a> Evaluator<'a> {
                 "PromQL warning: sort is ineffective for range queries since results are always ordered by labels",
             );
         }
-        if matches!(name, "rate" | "increase") {
-            for v in values {
-                if let Value::Matrix(m) = v {
-                    for s in m.iter().filter(|s| s.points.len() >= 2) {
-                        if let Some(metric) = s.labels.metric_name() {
-                            if !is_counter_like_name(metric) {
-                                self.annotations.info(format!(
-                                    "PromQL info: metric might not be a counter, name does not end in _total/_sum/_count/_bucket: {metric:?}"
-                                ));
-                            }
-                        }
-                    }
-                }
-            }
-        }
     }
-}
-
-fn is_counter_like_name(name: &str) -> bool {
-    ["_total", "_sum", "_count", "_bucket"]
-        .iter()
-        .any(|suffix| name.ends_with(suffix))
 }
 
 /// Removes the labels that name what a metric is (`__name__`, and the `__type__` and
