@@ -869,7 +869,75 @@ async fn run_eval(engine: &Engine, store: &TestStore, eval: &EvalCmd) -> Result<
         &expect.infos,
         expect.no_info,
     )?;
-    check_value(eval, &output)
+    check_value(eval, &output)?;
+    if let EvalKind::Instant { at } = eval.kind {
+        check_range_mode(engine, store, eval, at, &output.value).await?;
+    }
+    Ok(())
+}
+
+/// As Prometheus's test runner: an instant query must give the same answer as the middle
+/// step of a range query around it (unless it asks for ordering or uses query-context
+/// functions, which resolve differently).
+async fn check_range_mode(
+    engine: &Engine,
+    store: &TestStore,
+    eval: &EvalCmd,
+    at: i64,
+    instant: &QueryValue,
+) -> Result<(), String> {
+    const MINUTE: i64 = 60_000;
+    let uses_context_fn = ["start()", "end()", "range()", "step()"]
+        .iter()
+        .any(|f| eval.query.contains(f));
+    let is_scalar = match instant {
+        QueryValue::Scalar { .. } => true,
+        QueryValue::Vector(_) => false,
+        QueryValue::String { .. } | QueryValue::Matrix(_) => return Ok(()),
+    };
+    if eval.expect.ordered || uses_context_fn {
+        return Ok(());
+    }
+    let storage = Arc::clone(&store.storage);
+    let ranged = engine
+        .range_query(storage, &eval.query, at - MINUTE, at + MINUTE, MINUTE)
+        .await
+        .map_err(|e| format!("range mode: {e}"))?;
+    let QueryValue::Matrix(series) = ranged.value else {
+        return Err("range mode: result is not a matrix".into());
+    };
+    if series.windows(2).any(|w| w[0].labels >= w[1].labels) {
+        return Err("range mode: matrix is not sorted by labels".into());
+    }
+    let at_step: Vec<(&Labels, f64)> = series
+        .iter()
+        .filter_map(|s| {
+            s.points
+                .iter()
+                .find(|p| p.t == at)
+                .map(|p| (&s.labels, p.v))
+        })
+        .collect();
+    let output = QueryOutput {
+        value: if is_scalar {
+            let v = at_step.first().map_or(f64::NAN, |(_, v)| *v);
+            QueryValue::Scalar { t: at, v }
+        } else {
+            QueryValue::Vector(
+                at_step
+                    .into_iter()
+                    .map(|(labels, v)| timbala::promql::InstantSample {
+                        labels: labels.clone(),
+                        t: at,
+                        v,
+                        drop_name: false,
+                    })
+                    .collect(),
+            )
+        },
+        annotations: ranged.annotations,
+    };
+    check_value(eval, &output).map_err(|e| format!("range mode: {e}"))
 }
 
 fn check_error(e: &QueryError, m: &TextMatch) -> Result<(), String> {

@@ -19,6 +19,7 @@ use crate::model::{Labels, METRIC_NAME};
 
 use super::eval::{type_error, Evaluator, Value};
 use super::functions;
+use super::functions::stats::kahan_inc;
 use super::value::InstantSample;
 use super::QueryError;
 
@@ -133,32 +134,20 @@ fn warn_quantile(ev: &mut Evaluator<'_>, q: f64) {
     }
 }
 
-/// Go's `%g`-style rendering for the values that appear in warnings.
+/// Go's `%g` (shortest representation; exponent form below 1e-4 and from 1e+06 on),
+/// the format Prometheus uses for values quoted in warnings and errors.
 pub(crate) fn format_go_float(v: f64) -> String {
-    if v.is_nan() {
-        "NaN".into()
-    } else if v.is_infinite() {
-        if v > 0.0 {
-            "+Inf".into()
-        } else {
-            "-Inf".into()
-        }
-    } else {
-        format!("{v}")
+    if !v.is_finite() || v == 0.0 {
+        return format_value_label(v);
     }
-}
-
-/// Neumaier-compensated addition, as Prometheus's `kahansum.Inc`.
-fn kahan_inc(inc: f64, sum: f64, c: f64) -> (f64, f64) {
-    let t = sum + inc;
-    let c = if t.is_infinite() {
-        0.0
-    } else if sum.abs() >= inc.abs() {
-        c + ((sum - t) + inc)
-    } else {
-        c + ((inc - t) + sum)
-    };
-    (t, c)
+    let sci = format!("{v:e}");
+    let (mantissa, exp) = sci.split_once('e').unwrap_or((sci.as_str(), "0"));
+    let exp: i32 = exp.parse().unwrap_or(0);
+    if (-4..6).contains(&exp) {
+        return format!("{v}");
+    }
+    let sign = if exp < 0 { '-' } else { '+' };
+    format!("{mantissa}e{sign}{:02}", exp.abs())
 }
 
 #[derive(Default)]
@@ -287,7 +276,7 @@ fn simple_aggregate(
         .collect())
 }
 
-/// Formats a float as Go's `strconv.FormatFloat(v, 'f', -1, 64)`.
+/// Formats a float as Go's `strconv.FormatFloat(v, 'f', -1, 64)` (never an exponent).
 fn format_value_label(v: f64) -> String {
     if v.is_nan() {
         "NaN".into()
@@ -506,4 +495,23 @@ fn limit_ratio(
             s
         })
         .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{format_go_float, format_value_label};
+
+    #[test]
+    fn floats_format_as_go_does() {
+        assert_eq!(format_go_float(1.1), "1.1");
+        assert_eq!(format_go_float(-1.0), "-1");
+        assert_eq!(format_go_float(123456.0), "123456");
+        assert_eq!(format_go_float(1e6), "1e+06");
+        assert_eq!(format_go_float(1.5e-7), "1.5e-07");
+        assert_eq!(format_go_float(0.0001), "0.0001");
+        assert_eq!(format_go_float(f64::NAN), "NaN");
+        assert_eq!(format_go_float(f64::NEG_INFINITY), "-Inf");
+        assert_eq!(format_value_label(1e21), "1000000000000000000000");
+        assert_eq!(format_value_label(f64::INFINITY), "+Inf");
+    }
 }

@@ -16,7 +16,7 @@ use promql_parser::parser::{BinaryExpr, LabelModifier, VectorMatchCardinality};
 
 use crate::model::{Labels, METRIC_NAME};
 
-use super::eval::{check_unique_labelsets, type_error, Evaluator, Value};
+use super::eval::{check_unique_labelsets, remove_metric_identity, type_error, Evaluator, Value};
 use super::value::InstantSample;
 use super::QueryError;
 
@@ -356,7 +356,7 @@ impl BinopContext<'_, '_> {
     fn result_metric(&self, many: &Labels, one: &Labels) -> Labels {
         let mut out = many.clone();
         if self.drop_metric_name || changes_metric_schema(self.op) {
-            out.remove(METRIC_NAME);
+            remove_metric_identity(&mut out);
         }
         if matches!(self.matching.card, VectorMatchCardinality::OneToOne) {
             if self.matching.on {
@@ -433,11 +433,9 @@ fn vector_binop(
     }
     let swapped = matches!(matching.card, VectorMatchCardinality::OneToMany(_));
     let (many, one) = if swapped { (rhs, lhs) } else { (lhs, rhs) };
-    let (fill_many, fill_one) = if swapped {
-        (matching.fill_rhs, matching.fill_lhs)
-    } else {
-        (matching.fill_lhs, matching.fill_rhs)
-    };
+    // As in Prometheus, the fill values keep their sides even when group_right swaps
+    // the operands: fill_right stands in for a missing "one"-side partner of the many side.
+    let (fill_many, fill_one) = (matching.fill_lhs, matching.fill_rhs);
 
     let one_sigs = signatures(matching, &one);
     let mut one_by_sig: HashMap<&str, usize> = HashMap::with_capacity(one.len());

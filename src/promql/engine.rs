@@ -10,14 +10,17 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
-use promql_parser::parser::token::{T_LIMITK, T_LIMIT_RATIO};
+use promql_parser::parser::token::{T_BOTTOMK, T_LIMITK, T_LIMIT_RATIO, T_TOPK};
 use promql_parser::parser::value::ValueType;
 use promql_parser::parser::Expr;
 
-use crate::model::{Labels, Sample, METRIC_NAME};
+use crate::model::{Labels, Sample};
 use crate::storage::Storage;
 
-use super::eval::{check_unique_labelsets, Evaluator, Value, DUPLICATE_LABELSET};
+use super::eval::{
+    check_unique_labelsets, remove_metric_identity, unwrap_parens, Evaluator, Value,
+    DUPLICATE_LABELSET,
+};
 use super::plan::{self, QueryTimes};
 use super::value::{InstantSample, QueryValue, RangeSeries};
 use super::{EngineOptions, QueryError, QueryOutput};
@@ -78,10 +81,82 @@ pub(crate) async fn execute(
 /// Parses `query` and rejects features the options leave disabled.
 pub(crate) fn parse(query: &str, opts: &EngineOptions) -> Result<Expr, QueryError> {
     let expr = promql_parser::parser::parse(query).map_err(QueryError::BadData)?;
+    if let Some(literal) = non_utf8_string_argument(query) {
+        return Err(QueryError::Execution(format!(
+            "invalid label name {literal}"
+        )));
+    }
     if !opts.experimental_functions {
         check_no_experimental(&expr)?;
     }
     Ok(expr)
+}
+
+/// A quoted string argument (not a matcher value) whose escapes spell bytes that are not
+/// UTF-8, as `"a\xc5z"`. Go keeps such bytes and rejects them as label names; the parser
+/// we use turns `\xc5` into the character U+00C5, so the check runs on the query text.
+fn non_utf8_string_argument(query: &str) -> Option<&str> {
+    let bytes = query.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        let quote = bytes[i];
+        if !matches!(quote, b'"' | b'\'' | b'`') {
+            i += 1;
+            continue;
+        }
+        let start = i;
+        let is_matcher_value = query[..start].trim_end().ends_with(['=', '~']);
+        let (end, decoded) = scan_quoted(bytes, start);
+        if quote != b'`' && !is_matcher_value && std::str::from_utf8(&decoded).is_err() {
+            return query.get(start..end);
+        }
+        i = end;
+    }
+    None
+}
+
+/// Scans the quoted string starting at `start`; returns the index after its closing
+/// quote and its bytes with Go's escapes decoded.
+fn scan_quoted(bytes: &[u8], start: usize) -> (usize, Vec<u8>) {
+    let quote = bytes[start];
+    let mut decoded = Vec::new();
+    let mut i = start + 1;
+    while i < bytes.len() && bytes[i] != quote {
+        if bytes[i] != b'\\' || quote == b'`' || i + 1 >= bytes.len() {
+            decoded.push(bytes[i]);
+            i += 1;
+            continue;
+        }
+        let escape = bytes[i + 1];
+        let hex_byte = |from: usize, digits: usize, radix: u32| {
+            bytes
+                .get(from..from + digits)
+                .and_then(|d| std::str::from_utf8(d).ok())
+                .and_then(|d| u8::from_str_radix(d, radix).ok())
+        };
+        match escape {
+            b'x' => match hex_byte(i + 2, 2, 16) {
+                Some(b) => {
+                    decoded.push(b);
+                    i += 4;
+                }
+                None => i += 2,
+            },
+            b'0'..=b'7' => match hex_byte(i + 1, 3, 8) {
+                Some(b) => {
+                    decoded.push(b);
+                    i += 4;
+                }
+                None => i += 2,
+            },
+            _ => {
+                // Other escapes (\n, \u00e9, ...) always produce valid UTF-8.
+                decoded.push(b'?');
+                i += 2;
+            }
+        }
+    }
+    (i.saturating_add(1).min(bytes.len()), decoded)
 }
 
 fn check_no_experimental(expr: &Expr) -> Result<(), QueryError> {
@@ -143,15 +218,32 @@ fn evaluate_instant(ev: &mut Evaluator<'_>, expr: &Expr) -> Result<QueryValue, Q
                 remove_dropped_name(&mut s.labels, &mut s.drop_name);
             }
             check_unique_labelsets(&v)?;
+            if !defines_order(expr) {
+                v.sort_by(|a, b| a.labels.cmp(&b.labels));
+            }
             QueryValue::Vector(v)
         }
         Value::Matrix(m) => QueryValue::Matrix(finish_matrix(m)?),
     })
 }
 
+/// Whether the outermost operation of `expr` decides the order of its result (sort
+/// functions, topk/bottomk, limitk/limit_ratio). Other instant vectors are returned
+/// sorted by labels, so answers do not depend on storage or fan-out order.
+fn defines_order(expr: &Expr) -> bool {
+    match unwrap_parens(expr) {
+        Expr::Call(c) => matches!(
+            c.func.name,
+            "sort" | "sort_desc" | "sort_by_label" | "sort_by_label_desc"
+        ),
+        Expr::Aggregate(a) => matches!(a.op.id(), T_TOPK | T_BOTTOMK | T_LIMITK | T_LIMIT_RATIO),
+        _ => false,
+    }
+}
+
 fn remove_dropped_name(labels: &mut Labels, drop_name: &mut bool) {
     if *drop_name {
-        labels.remove(METRIC_NAME);
+        remove_metric_identity(labels);
         *drop_name = false;
     }
 }
@@ -236,4 +328,166 @@ fn finish_matrix(mut series: Vec<RangeSeries>) -> Result<Vec<RangeSeries>, Query
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use prometheus_client::registry::Registry;
+
+    use crate::model::{stale_nan, Labels, Sample, Series};
+    use crate::promql::{Engine, EngineOptions, QueryError, QueryValue};
+    use crate::storage::Storage;
+    use crate::tsdb::{Tsdb, TsdbMetrics, TsdbOptions};
+
+    /// A TSDB holding `series_count` series `m{i="..."}` with one sample per minute over
+    /// ten minutes, the value being the minute; series 0 goes stale at minute 5.
+    async fn storage(series_count: usize) -> (tempfile::TempDir, Arc<dyn Storage>) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let opts = TsdbOptions {
+            dir: dir.path().to_path_buf(),
+            retention_ms: 0,
+            ..TsdbOptions::default()
+        };
+        let tsdb =
+            Tsdb::open(opts, TsdbMetrics::register(&mut Registry::default())).expect("open tsdb");
+        let batch = (0..series_count)
+            .map(|i| Series {
+                labels: Labels::from_pairs([("__name__", "m".to_string()), ("i", i.to_string())]),
+                samples: (0..=10)
+                    .map(|m| {
+                        let v = if i == 0 && m == 5 {
+                            stale_nan()
+                        } else {
+                            m as f64
+                        };
+                        Sample::new(m * 60_000, v)
+                    })
+                    .collect(),
+            })
+            .collect();
+        tsdb.append(batch).await.expect("append");
+        (dir, Arc::new(tsdb))
+    }
+
+    fn engine(max_samples: usize) -> Engine {
+        Engine::new(EngineOptions {
+            max_samples,
+            ..EngineOptions::default()
+        })
+    }
+
+    #[tokio::test]
+    async fn instant_selector_honours_staleness_and_lookback() {
+        let (_dir, s) = storage(2).await;
+        let out = engine(100)
+            .instant_query(s, "m", 5 * 60_000)
+            .await
+            .expect("query");
+        let QueryValue::Vector(v) = out.value else {
+            panic!("not a vector: {:?}", out.value);
+        };
+        // Series 0 is stale at minute 5; series 1 has its sample.
+        assert_eq!(v.len(), 1);
+        assert_eq!(v[0].labels.get("i"), Some("1"));
+        assert_eq!((v[0].t, v[0].v), (5 * 60_000, 5.0));
+    }
+
+    #[tokio::test]
+    async fn range_query_builds_sorted_matrix() {
+        let (_dir, s) = storage(3).await;
+        let out = engine(1000)
+            .range_query(s, "m * 2", 0, 2 * 60_000, 60_000)
+            .await
+            .expect("query");
+        let QueryValue::Matrix(m) = out.value else {
+            panic!("not a matrix");
+        };
+        assert_eq!(m.len(), 3);
+        assert!(m.windows(2).all(|w| w[0].labels < w[1].labels));
+        assert!(m.iter().all(|s| s.labels.metric_name().is_none()));
+        let points: Vec<(i64, f64)> = m[1].points.iter().map(|p| (p.t, p.v)).collect();
+        assert_eq!(points, vec![(0, 0.0), (60_000, 2.0), (120_000, 4.0)]);
+    }
+
+    #[tokio::test]
+    async fn too_many_samples_is_prometheus_error() {
+        let (_dir, s) = storage(5).await;
+        let err = engine(4)
+            .instant_query(s, "m", 60_000)
+            .await
+            .expect_err("over the limit");
+        assert_eq!(err, QueryError::TooManySamples);
+        assert_eq!(
+            err.to_string(),
+            "query processing would load too many samples into memory in query execution"
+        );
+    }
+
+    #[tokio::test]
+    async fn timeout_is_reported() {
+        let (_dir, s) = storage(1).await;
+        let engine = Engine::new(EngineOptions {
+            timeout: Duration::ZERO,
+            ..EngineOptions::default()
+        });
+        let err = engine
+            .range_query(s, "m", 0, 600_000, 1_000)
+            .await
+            .expect_err("no time at all");
+        assert!(matches!(err, QueryError::Timeout(_)), "{err:?}");
+    }
+
+    #[tokio::test]
+    async fn queries_wait_for_a_concurrency_slot() {
+        let (_dir, s) = storage(1).await;
+        let engine = Engine::new(EngineOptions {
+            max_concurrent: 1,
+            timeout: Duration::from_millis(50),
+            ..EngineOptions::default()
+        });
+        let held = engine.gate.acquire().await.expect("permit");
+        let err = engine
+            .instant_query(Arc::clone(&s), "m", 0)
+            .await
+            .expect_err("gate is full");
+        assert_eq!(err, QueryError::Timeout("query queue".into()));
+        drop(held);
+        engine.instant_query(s, "m", 0).await.expect("slot free");
+    }
+
+    #[tokio::test]
+    async fn bad_queries_are_bad_data() {
+        let (_dir, s) = storage(1).await;
+        let e = engine(100);
+        for q in ["sum(", "limitk(1, m)", "sort_by_label(m, \"i\")"] {
+            let err = e.instant_query(Arc::clone(&s), q, 0).await.expect_err(q);
+            assert!(matches!(err, QueryError::BadData(_)), "{q}: {err:?}");
+        }
+        let err = e
+            .range_query(Arc::clone(&s), "m[5m]", 0, 60_000, 1_000)
+            .await
+            .expect_err("matrix range query");
+        assert!(matches!(err, QueryError::BadData(_)), "{err:?}");
+        let err = e
+            .range_query(s, "m", 0, 60_000, 0)
+            .await
+            .expect_err("step 0");
+        assert!(matches!(err, QueryError::BadData(_)), "{err:?}");
+    }
+
+    #[tokio::test]
+    async fn many_to_one_without_group_modifier_fails_like_prometheus() {
+        let (_dir, s) = storage(2).await;
+        let err = engine(100)
+            .instant_query(s, "m + ignoring(i) vector(1)", 60_000)
+            .await
+            .expect_err("many-to-one");
+        assert_eq!(
+            err.to_string(),
+            "multiple matches for labels: many-to-one matching must be explicit (group_left/group_right)"
+        );
+    }
 }

@@ -92,7 +92,7 @@ impl<'a> Evaluator<'a> {
     pub(crate) fn drop_name(&self, s: &mut InstantSample) {
         s.drop_name = true;
         if !self.opts.delayed_name_removal {
-            s.labels.remove(METRIC_NAME);
+            remove_metric_identity(&mut s.labels);
         }
     }
 
@@ -104,7 +104,7 @@ impl<'a> Evaluator<'a> {
         }
         for s in v.iter_mut() {
             if s.drop_name {
-                s.labels.remove(METRIC_NAME);
+                remove_metric_identity(&mut s.labels);
             }
         }
         check_unique_labelsets(v)
@@ -347,7 +347,7 @@ impl<'a> Evaluator<'a> {
             };
             values.push(value);
         }
-        self.annotate_call(name, &values);
+        self.annotate_call(name);
         let key = call as *const Call as usize;
         let arg_exprs = self
             .call_args
@@ -387,7 +387,8 @@ impl<'a> Evaluator<'a> {
     }
 
     /// Annotations Prometheus's evaluator (not the function itself) raises for a call.
-    fn annotate_call(&mut self, name: &str, values: &[Value]) {
+    /// (The non-counter info of rate/increase is the function library's.)
+    fn annotate_call(&mut self, name: &str) {
         if matches!(
             name,
             "sort" | "sort_desc" | "sort_by_label" | "sort_by_label_desc"
@@ -397,28 +398,13 @@ impl<'a> Evaluator<'a> {
                 "PromQL warning: sort is ineffective for range queries since results are always ordered by labels",
             );
         }
-        if matches!(name, "rate" | "increase") {
-            for v in values {
-                if let Value::Matrix(m) = v {
-                    for s in m.iter().filter(|s| s.points.len() >= 2) {
-                        if let Some(metric) = s.labels.metric_name() {
-                            if !is_counter_like_name(metric) {
-                                self.annotations.info(format!(
-                                    "PromQL info: metric might not be a counter, name does not end in _total/_sum/_count/_bucket: {metric:?}"
-                                ));
-                            }
-                        }
-                    }
-                }
-            }
-        }
     }
 }
 
-fn is_counter_like_name(name: &str) -> bool {
-    ["_total", "_sum", "_count", "_bucket"]
-        .iter()
-        .any(|suffix| name.ends_with(suffix))
+/// Removes the labels that name what a metric is (`__name__`, and the `__type__` and
+/// `__unit__` metadata labels): Prometheus drops them together once a value changes meaning.
+pub(crate) fn remove_metric_identity(labels: &mut Labels) {
+    labels.retain(|l| !matches!(l.name.as_str(), METRIC_NAME | "__type__" | "__unit__"));
 }
 
 pub(crate) fn unwrap_parens(mut expr: &Expr) -> &Expr {

@@ -3,7 +3,8 @@
 //! Owns: what each function computes for one evaluation step. The evaluator (`engine`)
 //! evaluates the arguments, cuts range-vector windows, applies offset and `@`, and calls
 //! `call` once per step. Functions never remove `__name__` themselves: they set
-//! `drop_name` and the evaluator applies it. Calls only `value` and `model`.
+//! `drop_name` and the evaluator applies it. Calls only `value` and `model` (plus
+//! promql-parser's AST, read by absent(), and the regex crate for label_replace).
 //!
 //! Layout: this file holds the contract, the dispatch table (name -> implementation) and
 //! the two output skeletons every family shares (`map_floats` for element-wise functions
@@ -18,7 +19,8 @@
 //! - `labels`    label_replace, label_join, sort*, absent
 //! - `histogram` histogram_quantile(s) and histogram_fraction over classic `le` buckets;
 //!   native-histogram-only functions (no float input qualifies, so they return nothing)
-//! - `stats`     Kahan summation, `quantile`, linear regression, variance
+//! - `stats`     Kahan summation, `quantile`, linear regression, variance (public: the
+//!   evaluator's sum/avg/stddev aggregations use the same kernels)
 //! - `gofmt`     Go-compatible number/string formatting for annotation and error texts
 //!
 //! Only float samples exist in Timbala's value model; where Prometheus would handle a
@@ -31,7 +33,7 @@ mod labels;
 mod math;
 mod over_time;
 mod rate;
-mod stats;
+pub mod stats;
 
 use promql_parser::parser::Expr;
 
@@ -51,6 +53,9 @@ pub enum FnArg<'a> {
 /// Everything one function call at one step may look at.
 pub struct FnCall<'a> {
     pub name: &'a str,
+    /// The evaluated arguments in the call's order: scalar-typed ones as `Scalar`, string
+    /// literals as `String`, instant vectors as `Vector`, the range-vector argument as
+    /// `Matrix` holding only the window's points.
     pub args: Vec<FnArg<'a>>,
     /// The unevaluated argument expressions (absent() derives labels from matchers).
     pub arg_exprs: &'a [Expr],

@@ -580,6 +580,25 @@ mod tests {
     }
 
     #[test]
+    fn fractions_at_the_edges() {
+        // histograms.test cases for classic buckets.
+        let frac = |buckets: &[(&str, f64)], lo: f64, hi: f64| {
+            let h = histogram(&[], buckets);
+            let args = vec![FnArg::Scalar(lo), FnArg::Scalar(hi), FnArg::Vector(&h)];
+            out_values(&eval("histogram_fraction", args, 0, 0))[0]
+        };
+        let positive = [("1", 1.0), ("2", 3.0), ("3", 6.0), ("+Inf", 100.0)];
+        let negative = [("-3", 10.0), ("-2", 12.0), ("-1", 15.0), ("+Inf", 100.0)];
+        assert_close(frac(&positive, 0.0, 1.5), 0.02);
+        assert_close(frac(&negative, -4.0, -2.0), 0.02);
+        assert_close(frac(&negative, f64::NEG_INFINITY, -1.5), 0.135);
+        assert_close(frac(&positive, f64::NEG_INFINITY, f64::INFINITY), 1.0);
+        assert_close(frac(&negative, f64::NEG_INFINITY, f64::INFINITY), 1.0);
+        // Both bounds in the +Inf bucket: no interpolation into an infinite bucket.
+        assert_close(frac(&positive, 4.0, 5.0), 0.0);
+    }
+
+    #[test]
     fn native_only_functions_ignore_floats() {
         let input = positive();
         for name in [

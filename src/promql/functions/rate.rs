@@ -199,8 +199,9 @@ pub fn double_exponential_smoothing(call: &mut FnCall<'_>) -> Result<FnOutput, F
     })
 }
 
+/// Rejects factors outside (0, 1). NaN passes, as in Prometheus (its comparisons fail).
 fn check_factor(what: &str, symbol: &str, v: f64) -> Result<(), FnError> {
-    if v > 0.0 && v < 1.0 {
+    if !(v <= 0.0 || v >= 1.0) {
         return Ok(());
     }
     Err(FnError::Execution(format!(
@@ -277,6 +278,51 @@ mod tests {
             57 * MIN + 30_000,
         );
         assert_close(got.unwrap(), 90.0 * (45.0 + 5.0 + 2.5) / 45.0);
+    }
+
+    /// Points of a Prometheus test-script series `values` every `step_s` from 0, keeping
+    /// only those inside the window `(at - range, at]` as the evaluator would.
+    fn window(values: &[f64], step_s: f64, at_s: f64, range_s: f64) -> Vec<(f64, f64)> {
+        values
+            .iter()
+            .enumerate()
+            .map(|(i, v)| (i as f64 * step_s, *v))
+            .filter(|(t, _)| *t > at_s - range_s && *t <= at_s)
+            .collect()
+    }
+
+    #[test]
+    fn prometheus_rate_cases() {
+        // functions.test: increase over 0 1 2 3 2 3 4 (5m) at 30m [30m] is 7.
+        let pts = window(&[0.0, 1.0, 2.0, 3.0, 2.0, 3.0, 4.0], 300.0, 1800.0, 1800.0);
+        assert_close(
+            one("increase", "r_total", &pts, 30 * MIN, 30 * MIN).unwrap(),
+            7.0,
+        );
+        // rate(testcounter_reset_middle_total[50m]) at 50m is 0.08.
+        let vals: Vec<f64> = (0..5).chain(0..6).map(|i| f64::from(i) * 27.0).collect();
+        let pts = window(&vals, 300.0, 3000.0, 3000.0);
+        assert_close(
+            one("rate", "r_total", &pts, 50 * MIN, 50 * MIN).unwrap(),
+            0.08,
+        );
+        // Zero cutoff: testcounter_zero_cutoff_total (4m steps) at 10m [20m].
+        for (start, want) in [(0.0, 0.5), (60.0, 0.55), (120.0, 0.6), (300.0, 0.6)] {
+            let vals: Vec<f64> = (0..11).map(|i| start + f64::from(i) * 240.0).collect();
+            let pts = window(&vals, 240.0, 600.0, 1200.0);
+            let got = one("rate", "z_total", &pts, 10 * MIN, 20 * MIN).unwrap();
+            assert_close(got, want);
+        }
+        // Counter reset right at the end: rate(testcounter_reset_end_total[6m]) is 0.
+        let vals: Vec<f64> = (0..10)
+            .map(|i| f64::from(i) * 10.0)
+            .chain([0.0, 10.0])
+            .collect();
+        let pts = window(&vals, 300.0, 3000.0, 360.0);
+        assert_close(
+            one("rate", "e_total", &pts, 50 * MIN, 6 * MIN).unwrap(),
+            0.0,
+        );
     }
 
     #[test]
