@@ -23,9 +23,9 @@ const BATCH_SERIES: usize = 2_000;
 
 #[derive(Clone, Copy)]
 enum Kind {
-    FloatCounter,
-    ByteCounter,
-    Gauge,
+    FloatCounter = 0,
+    ByteCounter = 1,
+    Gauge = 2,
 }
 
 struct Generator {
@@ -93,31 +93,32 @@ fn cpu_seconds() -> f64 {
     tv(usage.ru_utime) + tv(usage.ru_stime)
 }
 
-fn bytes_per_sample(series: usize, scrapes: i64) -> (f64, f64) {
+/// Bytes per sample of XOR chunks: (sealed 120-sample chunks overall, all chunks
+/// overall, sealed chunks per kind [float counters, byte counters, gauges]).
+fn bytes_per_sample(series: usize, scrapes: i64) -> (f64, f64, [f64; 3]) {
     let mut gen = Generator::new(series);
     let mut chunks: Vec<XorChunk> = (0..series).map(|_| XorChunk::new()).collect();
-    let mut sealed_bytes = 0usize;
-    let mut sealed_samples = 0usize;
+    let mut sealed = [(0usize, 0usize); 3];
     for scrape in 0..scrapes {
         let t = gen.scrape_time(scrape);
         for (i, chunk) in chunks.iter_mut().enumerate() {
             let v = gen.next_value(i);
             chunk.append(t, v);
             if chunk.num_samples() == 120 {
-                sealed_bytes += chunk.bytes().len();
-                sealed_samples += 120;
+                let kind = gen.kinds[i] as usize;
+                sealed[kind].0 += chunk.bytes().len();
+                sealed[kind].1 += 120;
                 *chunk = XorChunk::new();
             }
         }
     }
-    let all_bytes: usize = sealed_bytes + chunks.iter().map(|c| c.bytes().len()).sum::<usize>();
-    let all_samples = series * scrapes as usize;
-    let sealed = if sealed_samples > 0 {
-        sealed_bytes as f64 / sealed_samples as f64
-    } else {
-        f64::NAN
-    };
-    (sealed, all_bytes as f64 / all_samples as f64)
+    let ratio = |(bytes, samples): (usize, usize)| bytes as f64 / samples as f64;
+    let sealed_total = sealed
+        .iter()
+        .fold((0, 0), |acc, &(b, s)| (acc.0 + b, acc.1 + s));
+    let open_bytes: usize = chunks.iter().map(|c| c.bytes().len()).sum();
+    let overall = (sealed_total.0 + open_bytes) as f64 / (series as f64 * scrapes as f64);
+    (ratio(sealed_total), overall, sealed.map(ratio))
 }
 
 fn main() {
@@ -128,8 +129,12 @@ fn main() {
     let series = args.first().copied().unwrap_or(20_000);
     let scrapes = args.get(1).copied().unwrap_or(120) as i64;
 
-    let (sealed, overall) = bytes_per_sample(series, scrapes);
-    println!("chunk bytes/sample: sealed 120-sample chunks {sealed:.3}, all chunks {overall:.3}");
+    let (sealed, overall, by_kind) = bytes_per_sample(series, scrapes);
+    println!(
+        "chunk bytes/sample: sealed 120-sample chunks {sealed:.3} (float counters {:.3}, \
+         byte counters {:.3}, gauges {:.3}), all chunks incl. open {overall:.3}",
+        by_kind[0], by_kind[1], by_kind[2]
+    );
 
     let dir = tempfile::tempdir().expect("temp dir");
     let rt = tokio::runtime::Builder::new_multi_thread()

@@ -131,6 +131,9 @@ impl Db {
         if !record.is_empty() {
             let seq = self.wal.log(&record.finish());
             self.wal.sync(seq)?;
+        } else if tally.appended > 0 {
+            // Only duplicates: the originals may still be waiting for their fsync.
+            self.wal.sync(self.wal.last_seq())?;
         }
         self.metrics.samples_appended.inc_by(tally.appended);
         for (i, &n) in tally.rejected.iter().enumerate() {

@@ -282,8 +282,12 @@ impl SeriesData {
         }
         out.extend(self.ooo.iter().filter(|s| s.t >= mint && s.t <= maxt));
         if !self.ooo.is_empty() || !self.cutting.is_empty() {
-            let mine = &mut out[start..];
+            // A sample appended while its time range was being cut may repeat one in
+            // `cutting`; the sort is stable, so the older copy wins.
+            let mut mine = out.split_off(start);
             mine.sort_by_key(|s| s.t);
+            mine.dedup_by_key(|s| s.t);
+            out.extend(mine);
         }
     }
 

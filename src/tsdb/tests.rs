@@ -391,3 +391,75 @@ fn sigkill_loses_no_acknowledged_sample() {
     assert!(stored.len() as i64 > last_ack, "lost acknowledged samples");
     assert!(stored.iter().enumerate().all(|(i, s)| s.t == i as i64));
 }
+
+#[tokio::test]
+async fn out_of_order_data_behind_a_cut_is_merged_by_compaction() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Tsdb::open(opts(dir.path()), TsdbMetrics::default()).unwrap();
+    db.append(vec![regular("a", 0, 25 * MIN), regular("b", 0, 12 * MIN)])
+        .await
+        .unwrap();
+    db.maintain().unwrap();
+    assert_eq!(db.blocks().len(), 1);
+    // Older than the cut boundary (10m) but inside b's out-of-order window.
+    let late = 8 * MIN + 7_500;
+    let out = db.append(vec![up("b", &[(late, -1.0)])]).await.unwrap();
+    assert_eq!(out.appended, 1, "{out:?}");
+    db.maintain().unwrap();
+    let blocks = db.blocks();
+    assert_eq!(blocks.len(), 1, "overlapping blocks compacted: {blocks:?}");
+    assert_eq!(blocks[0].compaction_level, 2);
+    let got = select_all(&db, "up").await;
+    assert_eq!(got[1].samples.len(), 49);
+    assert!(got[1].samples.windows(2).all(|w| w[0].t < w[1].t));
+    assert!(got[1].samples.iter().any(|s| s.t == late && s.v == -1.0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn appends_racing_maintenance_lose_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut o = opts(dir.path());
+    o.block_duration_ms = MIN;
+    let db = Tsdb::open(o.clone(), TsdbMetrics::default()).unwrap();
+    let writers: Vec<_> = (0..3)
+        .map(|w| {
+            let db = db.clone();
+            tokio::spawn(async move {
+                let job = format!("w{w}");
+                for batch in 0..60i64 {
+                    let samples: Vec<(i64, f64)> = (0..10)
+                        .map(|i| ((batch * 10 + i) * 1_000, i as f64))
+                        .collect();
+                    let out = db.append(vec![up(&job, &samples)]).await.unwrap();
+                    assert_eq!(out.appended, 10);
+                }
+            })
+        })
+        .collect();
+    let maintainer = {
+        let db = db.clone();
+        std::thread::spawn(move || {
+            for _ in 0..40 {
+                db.maintain().unwrap();
+                std::thread::sleep(std::time::Duration::from_millis(2));
+            }
+        })
+    };
+    for w in writers {
+        w.await.unwrap();
+    }
+    maintainer.join().unwrap();
+    db.maintain().unwrap();
+    assert!(!db.blocks().is_empty());
+    let check = |got: Vec<Series>| {
+        assert_eq!(got.len(), 3);
+        for s in got {
+            assert_eq!(s.samples.len(), 600, "{}", s.labels);
+            assert!(s.samples.windows(2).all(|w| w[0].t < w[1].t));
+        }
+    };
+    check(select_all(&db, "up").await);
+    drop(db);
+    let db = Tsdb::open(o, TsdbMetrics::default()).unwrap();
+    check(select_all(&db, "up").await);
+}
