@@ -449,7 +449,8 @@ impl Membership {
         );
 
         let (commands_tx, commands_rx) = mpsc::channel(16);
-        let runtime = Runtime::new(config, socket, identity, ring);
+        let mut runtime = Runtime::new(config, socket, identity, ring);
+        runtime.place_alone_if_no_one_to_ask();
         let view = runtime.view();
         runtime.config.metrics.publish_view(&view);
         let (view_tx, view_rx) = watch::channel(Arc::new(view));
@@ -601,7 +602,6 @@ impl Runtime {
         mut commands: mpsc::Receiver<Command>,
         view_tx: watch::Sender<Arc<ClusterView>>,
     ) {
-        self.place_alone_if_no_one_to_ask();
         let mut buf = vec![0u8; MAX_DATAGRAM + 1];
         let mut ring_tick = tokio::time::interval(self.config.ring_sync_interval);
         ring_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

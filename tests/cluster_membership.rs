@@ -1,0 +1,237 @@
+//! Several membership runtimes in one process on 127.0.0.1: they find each other, agree
+//! on members and join order, see a stopped node go down while it keeps its place, see
+//! it come back as the same node, and see a node that leaves go down at once.
+
+use std::net::SocketAddr;
+use std::num::{NonZeroU32, NonZeroUsize};
+use std::path::Path;
+use std::time::Duration;
+
+use timbala::cluster::identity::NodeId;
+use timbala::cluster::membership::{
+    ClusterView, MemberState, Membership, MembershipConfig, MembershipHandle,
+};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+/// SWIM timings scaled down about tenfold so the test takes seconds.
+fn fast_swim() -> foca::Config {
+    let mut c = foca::Config::new_lan(NonZeroU32::new(4).unwrap());
+    c.probe_period = Duration::from_millis(150);
+    c.probe_rtt = Duration::from_millis(60);
+    c.suspect_to_down_after = Duration::from_millis(600);
+    c.periodic_gossip = Some(foca::PeriodicParams {
+        frequency: Duration::from_millis(50),
+        num_members: NonZeroUsize::new(3).unwrap(),
+    });
+    c.periodic_announce = Some(foca::PeriodicParams {
+        frequency: Duration::from_millis(500),
+        num_members: NonZeroUsize::new(1).unwrap(),
+    });
+    c.periodic_announce_to_down_members = Some(foca::PeriodicParams {
+        frequency: Duration::from_millis(500),
+        num_members: NonZeroUsize::new(2).unwrap(),
+    });
+    c
+}
+
+struct Node {
+    handle: MembershipHandle,
+    task: JoinHandle<()>,
+}
+
+async fn start(data: &Path, port: u16, peers: &[SocketAddr]) -> Node {
+    let mut config = MembershipConfig::new(
+        data.to_path_buf(),
+        SocketAddr::from(([127, 0, 0, 1], port)),
+        format!("127.0.0.1:{}", 19000 + port % 1000),
+    );
+    config.peers = peers.iter().map(|p| p.to_string()).collect();
+    config.swim = fast_swim();
+    config.settle = Duration::from_millis(300);
+    config.ring_sync_interval = Duration::from_millis(100);
+    config.announce_backoff_max = Duration::from_millis(400);
+    let (handle, task) = Membership::start(config).await.expect("membership starts");
+    Node { handle, task }
+}
+
+fn gossip_addr(node: &Node) -> SocketAddr {
+    node.handle.local().gossip_addr
+}
+
+fn order(view: &ClusterView) -> Vec<NodeId> {
+    view.ring
+        .nodes_in_join_order()
+        .iter()
+        .map(|n| n.id)
+        .collect()
+}
+
+fn state_of(view: &ClusterView, id: NodeId) -> Option<MemberState> {
+    view.member(id).map(|m| m.state)
+}
+
+/// Polls until `done` holds for the views of `nodes`, or panics with the views after
+/// `limit`. Returns how long it took.
+async fn wait_until(
+    what: &str,
+    nodes: &[&Node],
+    limit: Duration,
+    done: impl Fn(&[std::sync::Arc<ClusterView>]) -> bool,
+) -> Duration {
+    let started = Instant::now();
+    loop {
+        let views: Vec<_> = nodes.iter().map(|n| n.handle.view()).collect();
+        if done(&views) {
+            let took = started.elapsed();
+            println!("{what}: {took:?}");
+            return took;
+        }
+        if started.elapsed() > limit {
+            panic!("{what} not reached within {limit:?}; views: {views:#?}");
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// All views show the same ring of `n` nodes, each node alive.
+fn converged(views: &[std::sync::Arc<ClusterView>], n: usize) -> bool {
+    let first = order(&views[0]);
+    first.len() == n
+        && views.iter().all(|v| {
+            order(v) == first
+                && v.members.len() == n
+                && v.members.iter().all(|m| m.state == MemberState::Alive)
+        })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_agree_on_members_and_join_order_through_failure_and_rejoin() {
+    let dirs: Vec<_> = (0..4).map(|_| tempfile::tempdir().unwrap()).collect();
+    let a = start(dirs[0].path(), 0, &[]).await;
+    let a_addr = gossip_addr(&a);
+    let a_id = a.handle.local().id;
+    assert_eq!(
+        a.handle.local().join_seq,
+        Some(0),
+        "a node with no peers is first"
+    );
+
+    // Two nodes join through the first at the same time.
+    let b = start(dirs[1].path(), 0, &[a_addr]).await;
+    let c = start(dirs[2].path(), 0, &[a_addr]).await;
+    let c_addr = gossip_addr(&c);
+    let c_id = c.handle.local().id;
+    wait_until(
+        "3 nodes converge",
+        &[&a, &b, &c],
+        Duration::from_secs(10),
+        |v| converged(v, 3),
+    )
+    .await;
+    let three = order(&a.handle.view());
+    assert_eq!(three[0], a_id, "the first node keeps bucket 0");
+
+    // A fourth joins through a node other than the first, and goes to the end.
+    let d = start(dirs[3].path(), 0, &[gossip_addr(&b)]).await;
+    let d_id = d.handle.local().id;
+    wait_until(
+        "4th node joins at the end",
+        &[&a, &b, &c, &d],
+        Duration::from_secs(10),
+        |v| converged(v, 4),
+    )
+    .await;
+    let four = order(&a.handle.view());
+    assert_eq!(&four[..3], &three[..], "existing nodes keep their places");
+    assert_eq!(four[3], d_id);
+    assert!(
+        d.handle.local().join_seq > b.handle.local().join_seq
+            && d.handle.local().join_seq > c.handle.local().join_seq
+    );
+
+    // C stops without a word (as if killed): the others see it down; it keeps its place.
+    c.task.abort();
+    let _ = c.task.await;
+    drop(c.handle);
+    wait_until(
+        "stopped node seen down",
+        &[&a, &b, &d],
+        Duration::from_secs(10),
+        |v| {
+            v.iter()
+                .all(|v| state_of(v, c_id) == Some(MemberState::Down) && order(v) == four)
+        },
+    )
+    .await;
+
+    // C restarts from its data directory on the same port: same node, same place.
+    let c = start(dirs[2].path(), c_addr.port(), &[a_addr]).await;
+    assert_eq!(c.handle.local().id, c_id);
+    wait_until(
+        "restarted node rejoins",
+        &[&a, &b, &c, &d],
+        Duration::from_secs(10),
+        |v| converged(v, 4),
+    )
+    .await;
+    assert_eq!(order(&c.handle.view()), four);
+
+    // D leaves gracefully: the others learn at once rather than by suspicion.
+    d.handle.leave().await;
+    let _ = d.task.await;
+    let took = wait_until(
+        "departed node seen down",
+        &[&a, &b, &c],
+        Duration::from_secs(5),
+        |v| {
+            v.iter()
+                .all(|v| state_of(v, d_id) == Some(MemberState::Down) && order(v) == four)
+        },
+    )
+    .await;
+    assert!(
+        took < Duration::from_millis(600),
+        "leave took {took:?}, longer than suspicion would"
+    );
+
+    for n in [a, b, c] {
+        n.handle.leave().await;
+        let _ = n.task.await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removed_node_leaves_the_ring_everywhere() {
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let a = start(dirs[0].path(), 0, &[]).await;
+    let b = start(dirs[1].path(), 0, &[gossip_addr(&a)]).await;
+    let c = start(dirs[2].path(), 0, &[gossip_addr(&a)]).await;
+    wait_until(
+        "3 nodes converge",
+        &[&a, &b, &c],
+        Duration::from_secs(10),
+        |v| converged(v, 3),
+    )
+    .await;
+    let c_id = c.handle.local().id;
+    c.handle.leave().await;
+    let _ = c.task.await;
+    assert!(b.handle.remove_node(c_id).await);
+    assert!(!b.handle.remove_node(c_id).await, "already removed");
+    wait_until(
+        "removal reaches every node",
+        &[&a, &b],
+        Duration::from_secs(5),
+        |v| {
+            v.iter().all(|v| {
+                v.ring.len() == 2 && v.ring.removed() == [c_id] && v.member(c_id).is_none()
+            })
+        },
+    )
+    .await;
+    for n in [a, b] {
+        n.handle.leave().await;
+        let _ = n.task.await;
+    }
+}
