@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use timbala::cluster::identity::NodeId;
 use timbala::cluster::membership::{
-    ClusterView, MemberState, Membership, MembershipConfig, MembershipHandle,
+    ClusterMetrics, ClusterView, MemberState, Membership, MembershipConfig, MembershipHandle,
 };
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -41,6 +41,15 @@ struct Node {
 }
 
 async fn start(data: &Path, port: u16, peers: &[SocketAddr]) -> Node {
+    start_with_metrics(data, port, peers, ClusterMetrics::default()).await
+}
+
+async fn start_with_metrics(
+    data: &Path,
+    port: u16,
+    peers: &[SocketAddr],
+    metrics: ClusterMetrics,
+) -> Node {
     let mut config = MembershipConfig::new(
         data.to_path_buf(),
         SocketAddr::from(([127, 0, 0, 1], port)),
@@ -51,6 +60,7 @@ async fn start(data: &Path, port: u16, peers: &[SocketAddr]) -> Node {
     config.settle = Duration::from_millis(300);
     config.ring_sync_interval = Duration::from_millis(100);
     config.announce_backoff_max = Duration::from_millis(400);
+    config.metrics = metrics;
     let (handle, task) = Membership::start(config).await.expect("membership starts");
     Node { handle, task }
 }
@@ -131,6 +141,15 @@ async fn nodes_agree_on_members_and_join_order_through_failure_and_rejoin() {
     .await;
     let three = order(&a.handle.view());
     assert_eq!(three[0], a_id, "the first node keeps bucket 0");
+    let seqs: Vec<_> = a
+        .handle
+        .view()
+        .ring
+        .nodes_in_join_order()
+        .iter()
+        .map(|n| n.join_seq)
+        .collect();
+    assert_eq!(seqs, vec![0, 1, 2], "concurrent joiners take turns, by id");
 
     // A fourth joins through a node other than the first, and goes to the end.
     let d = start(dirs[3].path(), 0, &[gossip_addr(&b)]).await;
@@ -190,9 +209,12 @@ async fn nodes_agree_on_members_and_join_order_through_failure_and_rejoin() {
         },
     )
     .await;
+    // Without the leave, others notice only after a failed probe plus the suspicion
+    // timeout; with it, typically within a few gossip rounds (~25-50 ms here).
+    let suspicion_floor = fast_swim().probe_period + fast_swim().suspect_to_down_after;
     assert!(
-        took < Duration::from_millis(600),
-        "leave took {took:?}, longer than suspicion would"
+        took < suspicion_floor,
+        "leave took {took:?}, no faster than suspicion ({suspicion_floor:?})"
     );
 
     for n in [a, b, c] {
@@ -204,7 +226,9 @@ async fn nodes_agree_on_members_and_join_order_through_failure_and_rejoin() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_removed_node_leaves_the_ring_everywhere() {
     let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
-    let a = start(dirs[0].path(), 0, &[]).await;
+    let mut registry = prometheus_client::registry::Registry::default();
+    let metrics = ClusterMetrics::register(&mut registry);
+    let a = start_with_metrics(dirs[0].path(), 0, &[], metrics).await;
     let b = start(dirs[1].path(), 0, &[gossip_addr(&a)]).await;
     let c = start(dirs[2].path(), 0, &[gossip_addr(&a)]).await;
     wait_until(
@@ -214,6 +238,26 @@ async fn a_removed_node_leaves_the_ring_everywhere() {
         |v| converged(v, 3),
     )
     .await;
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+    for line in [
+        "timbala_cluster_members{state=\"alive\"} 3",
+        "timbala_cluster_members{state=\"down\"} 0",
+        "timbala_cluster_ring_nodes 3",
+        "timbala_cluster_out_of_order_joins_total 0",
+    ] {
+        assert!(text.contains(line), "{line:?} missing from:\n{text}");
+    }
+    let counter = |name: &str| -> u64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{name} missing from:\n{text}"))
+    };
+    assert!(counter("timbala_cluster_gossip_messages_sent_total{kind=\"swim\"}") > 0);
+    assert!(counter("timbala_cluster_gossip_messages_received_total{kind=\"ring\"}") > 0);
+    assert!(counter("timbala_cluster_gossip_received_bytes_total") > 0);
+    assert_eq!(counter("timbala_cluster_gossip_invalid_messages_total"), 0);
+
     let c_id = c.handle.local().id;
     c.handle.leave().await;
     let _ = c.task.await;

@@ -53,6 +53,9 @@ const MAX_DATAGRAM: usize = 65_507;
 /// First retry delay for announcing to the peers; doubles up to `announce_backoff_max`.
 const ANNOUNCE_BACKOFF_START: Duration = Duration::from_millis(100);
 const DNS_TIMEOUT: Duration = Duration::from_secs(2);
+/// A new node defers to a new node with a smaller id for at most this many settle
+/// periods (that node may be stuck).
+const PENDING_PATIENCE: u32 = 10;
 
 /// Settings of one node's membership.
 #[derive(Clone)]
@@ -77,6 +80,8 @@ pub struct MembershipConfig {
     pub ring_sync_interval: Duration,
     /// Longest wait between announces while no peer has answered.
     pub announce_backoff_max: Duration,
+    /// How often a node announces to one ring node it does not see as active.
+    pub reconnect_interval: Duration,
     pub metrics: ClusterMetrics,
 }
 
@@ -100,6 +105,7 @@ impl MembershipConfig {
             settle: Duration::from_secs(2),
             ring_sync_interval: Duration::from_secs(1),
             announce_backoff_max: Duration::from_secs(5),
+            reconnect_interval: Duration::from_secs(10),
             metrics: ClusterMetrics::default(),
         }
     }
@@ -246,16 +252,21 @@ impl std::fmt::Display for MembershipError {
 
 impl std::error::Error for MembershipError {}
 
-/// Self-metrics of the membership runtime.
-#[derive(Clone, Default)]
+/// Self-metrics of the membership runtime. The per-kind counters are resolved once, so
+/// counting a datagram is an atomic add, never a map lookup or a lock.
+#[derive(Clone)]
 pub struct ClusterMetrics {
     members: Family<StateLabels, Gauge>,
     ring_nodes: Gauge,
     messages_sent: Family<KindLabels, Counter>,
     messages_received: Family<KindLabels, Counter>,
+    /// Indexed by datagram kind (`KIND_SWIM`, `KIND_RING`).
+    sent_by_kind: [Counter; 2],
+    received_by_kind: [Counter; 2],
     bytes_sent: Counter,
     bytes_received: Counter,
     invalid_messages: Counter,
+    out_of_order_joins: Counter,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -266,6 +277,30 @@ struct StateLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct KindLabels {
     kind: &'static str,
+}
+
+const KIND_NAMES: [&str; 2] = ["swim", "ring"];
+
+impl Default for ClusterMetrics {
+    fn default() -> Self {
+        let messages_sent = Family::<KindLabels, Counter>::default();
+        let messages_received = Family::<KindLabels, Counter>::default();
+        let child = |family: &Family<KindLabels, Counter>, kind: &'static str| {
+            family.get_or_create(&KindLabels { kind }).clone()
+        };
+        ClusterMetrics {
+            members: Family::default(),
+            ring_nodes: Gauge::default(),
+            sent_by_kind: KIND_NAMES.map(|k| child(&messages_sent, k)),
+            received_by_kind: KIND_NAMES.map(|k| child(&messages_received, k)),
+            messages_sent,
+            messages_received,
+            bytes_sent: Counter::default(),
+            bytes_received: Counter::default(),
+            invalid_messages: Counter::default(),
+            out_of_order_joins: Counter::default(),
+        }
+    }
 }
 
 impl ClusterMetrics {
@@ -307,26 +342,22 @@ impl ClusterMetrics {
             "Datagrams dropped because they could not be decoded or were refused",
             m.invalid_messages.clone(),
         );
+        registry.register(
+            "timbala_cluster_out_of_order_joins",
+            "Nodes learned of whose join position sorts before an already known node \
+             (concurrent joins or merged clusters: some data changes owner, ADR 0005)",
+            m.out_of_order_joins.clone(),
+        );
         m
     }
 
-    fn kind_label(kind: u8) -> KindLabels {
-        KindLabels {
-            kind: if kind == KIND_SWIM { "swim" } else { "ring" },
-        }
-    }
-
     fn sent(&self, kind: u8, bytes: usize) {
-        self.messages_sent
-            .get_or_create(&Self::kind_label(kind))
-            .inc();
+        self.sent_by_kind[usize::from(kind == KIND_RING)].inc();
         self.bytes_sent.inc_by(bytes as u64);
     }
 
     fn received(&self, kind: u8, bytes: usize) {
-        self.messages_received
-            .get_or_create(&Self::kind_label(kind))
-            .inc();
+        self.received_by_kind[usize::from(kind == KIND_RING)].inc();
         self.bytes_received.inc_by(bytes as u64);
     }
 
@@ -567,6 +598,11 @@ struct Runtime {
     outbox_ring: Vec<(SocketAddr, Vec<u8>)>,
     /// Set when something the view shows may have changed.
     dirty: bool,
+    /// When this runtime started (bounds how long a new node defers to others).
+    started: Instant,
+    /// `swim_fingerprint()` as of the last published view.
+    swim_fingerprint: u64,
+    next_reconnect: Instant,
 }
 
 impl Runtime {
@@ -594,6 +630,9 @@ impl Runtime {
             announce_backoff: ANNOUNCE_BACKOFF_START,
             outbox_ring: Vec::new(),
             dirty: true,
+            started: now,
+            swim_fingerprint: 0,
+            next_reconnect: now,
         }
     }
 
@@ -633,9 +672,16 @@ impl Runtime {
                 _ = ring_tick.tick() => {
                     self.push_ring_to_random_member(true);
                     self.place_if_settled();
+                    self.reconnect_if_due();
                 }
             }
             self.apply_effects().await;
+            // Foca does not notify suspicion or refutation: compare a fingerprint.
+            let fingerprint = self.swim_fingerprint();
+            if fingerprint != self.swim_fingerprint {
+                self.swim_fingerprint = fingerprint;
+                self.dirty = true;
+            }
             if self.dirty {
                 self.dirty = false;
                 let view = self.view();
@@ -692,7 +738,11 @@ impl Runtime {
                 }
             }
         }
-        tracing::debug!(announced, backoff = ?self.announce_backoff, "announced to peers");
+        if self.announce_backoff >= self.config.announce_backoff_max {
+            tracing::warn!(announced, "no peer has answered yet; still announcing");
+        } else {
+            tracing::debug!(announced, backoff = ?self.announce_backoff, "announced to peers");
+        }
         self.next_announce = Instant::now() + self.announce_backoff;
         self.announce_backoff = (self.announce_backoff * 2).min(self.config.announce_backoff_max);
     }
@@ -718,12 +768,39 @@ impl Runtime {
     }
 
     fn on_ring_sync(&mut self, sync: RingSync, from: SocketAddr) {
-        if self.ring.merge(sync.entries) {
-            self.on_ring_changed();
-        }
+        self.learn(sync.entries);
         if sync.want_reply && sync.digest != self.ring.digest() {
             self.send_ring(from, false);
         }
+    }
+
+    /// Merges ring records (from ring sync or from identities seen in gossip), flags
+    /// joins that did not append, and persists the ring when it changed.
+    fn learn(&mut self, entries: impl IntoIterator<Item = RingEntry>) {
+        let placed = self.identity().join_seq.is_some();
+        let mut changed = false;
+        for entry in entries {
+            // Only a placed node knew every node placed before it, so only its view can
+            // tell an out-of-order join from plain catching up.
+            if placed && self.ring.sorts_before_known(&entry) {
+                self.config.metrics.out_of_order_joins.inc();
+                tracing::warn!(
+                    node = %entry.id,
+                    join_seq = entry.join_seq,
+                    "a node took a place before nodes already in the ring \
+                     (concurrent join or merged clusters); some series change owners"
+                );
+            }
+            changed |= self.ring.merge_entry(entry);
+        }
+        if changed {
+            self.on_ring_changed();
+        }
+    }
+
+    /// Records a placed identity seen in gossip.
+    fn learn_identity(&mut self, identity: &NodeIdentity) {
+        self.learn(RingEntry::from_identity(identity));
     }
 
     fn on_ring_changed(&mut self) {
@@ -792,9 +869,7 @@ impl Runtime {
         match notification {
             OwnedNotification::MemberUp(member) => {
                 tracing::info!(node = %member.id, gossip = %member.gossip_addr, join_seq = ?member.join_seq, "member up");
-                if self.ring.observe(&member) {
-                    self.on_ring_changed();
-                }
+                self.learn_identity(&member);
                 // A member we just learned of may know nodes we do not (or the reverse).
                 self.send_ring(member.gossip_addr, true);
             }
@@ -803,9 +878,7 @@ impl Runtime {
             }
             OwnedNotification::Rename(old, new) => {
                 tracing::info!(node = %new.id, old_generation = old.generation, generation = new.generation, join_seq = ?new.join_seq, "member renamed");
-                if self.ring.observe(&new) {
-                    self.on_ring_changed();
-                }
+                self.learn_identity(&new);
             }
             OwnedNotification::Rejoin(renewed) => {
                 tracing::warn!(
@@ -813,9 +886,7 @@ impl Runtime {
                     "declared down by the cluster; rejoined with a new generation"
                 );
                 self.persist_identity(&renewed);
-                if self.ring.observe(&renewed) {
-                    self.on_ring_changed();
-                }
+                self.learn_identity(&renewed);
             }
             OwnedNotification::Active => tracing::info!("cluster membership active"),
             OwnedNotification::Idle => {
@@ -854,6 +925,50 @@ impl Runtime {
         }
     }
 
+    /// Every `reconnect_interval`, announce to one ring node foca does not count as
+    /// active: heals partitions that outlasted foca's memory of down members, and finds
+    /// nodes that came back at an address nobody is probing.
+    fn reconnect_if_due(&mut self) {
+        let now = Instant::now();
+        if now < self.next_reconnect || self.swim.num_members() == 0 {
+            return;
+        }
+        self.next_reconnect = now + self.config.reconnect_interval;
+        let own = self.identity().id;
+        let active = self.active_addrs();
+        let missing: Vec<SocketAddr> = self
+            .ring
+            .entries()
+            .filter(|e| e.id != own && !e.removed && !active.contains(&e.gossip_addr))
+            .map(|e| e.gossip_addr)
+            .collect();
+        if let Some(&to) = missing.choose(&mut self.rng) {
+            tracing::debug!(peer = %to, "announcing to a ring node that is not active");
+            if let Err(e) = self
+                .swim
+                .announce(NodeIdentity::placeholder(to), &mut self.effects)
+            {
+                tracing::debug!(peer = %to, error = %e, "announce failed");
+            }
+        }
+    }
+
+    /// An order-independent digest of foca's member states (identity, state,
+    /// incarnation), to notice changes foca does not notify.
+    fn swim_fingerprint(&self) -> u64 {
+        use std::hash::{Hash, Hasher};
+        self.swim
+            .iter_membership_state()
+            .map(|m| {
+                let mut h = std::collections::hash_map::DefaultHasher::new();
+                m.id().hash(&mut h);
+                MemberState::from_foca(m.state()).hash(&mut h);
+                m.incarnation().hash(&mut h);
+                h.finish()
+            })
+            .fold(0u64, u64::wrapping_add)
+    }
+
     /// A new node with no one to ask is the first node of its cluster.
     fn place_alone_if_no_one_to_ask(&mut self) {
         if self.identity().join_seq.is_none() && self.announce_targets_static().is_empty() {
@@ -862,13 +977,28 @@ impl Runtime {
     }
 
     /// A new node takes its place once it has met the cluster and the cluster has been
-    /// quiet for `settle` (ADR 0005).
+    /// quiet for `settle`; among new nodes that see each other, the smallest id goes
+    /// first, so concurrent joiners take distinct sequences instead of tying (ADR 0005).
+    /// A node that waited `PENDING_PATIENCE` settle periods goes anyway.
     fn place_if_settled(&mut self) {
         if self.identity().join_seq.is_some() || self.swim.num_members() == 0 {
             return;
         }
-        if self.last_change.elapsed() >= self.config.settle {
-            self.take_join_seq();
+        if self.last_change.elapsed() < self.config.settle {
+            return;
+        }
+        let own = self.identity().id;
+        let smaller_pending = self
+            .swim
+            .iter_members()
+            .find(|m| m.id().join_seq.is_none() && m.id().id < own)
+            .map(|m| m.id().id);
+        let patience = self.config.settle * PENDING_PATIENCE;
+        match smaller_pending {
+            Some(first) if self.started.elapsed() < patience => {
+                tracing::debug!(waiting_for = %first, "another new node takes its place first");
+            }
+            _ => self.take_join_seq(),
         }
     }
 
@@ -886,9 +1016,7 @@ impl Runtime {
         if let Err(e) = self.swim.change_identity(placed.clone(), &mut self.effects) {
             tracing::warn!(error = %e, "cannot change identity");
         }
-        if self.ring.observe(&placed) {
-            self.on_ring_changed();
-        }
+        self.learn_identity(&placed);
         self.dirty = true;
         for to in self.active_addrs() {
             self.send_ring(to, false);

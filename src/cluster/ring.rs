@@ -151,6 +151,18 @@ impl RingState {
         RingEntry::from_identity(identity).is_some_and(|e| self.merge_entry(e))
     }
 
+    /// True when `entry` is a node not known yet whose place sorts before a known node:
+    /// a join that did not append (concurrent joiners, or two clusters merging), which
+    /// moves data between owners (ADR 0005).
+    pub fn sorts_before_known(&self, entry: &RingEntry) -> bool {
+        !entry.removed
+            && !self.entries.contains_key(&entry.id)
+            && self
+                .entries
+                .values()
+                .any(|e| !e.removed && (e.join_seq, e.id) > (entry.join_seq, entry.id))
+    }
+
     /// Marks a node removed for good; false when it is unknown or already removed.
     pub fn remove(&mut self, id: NodeId) -> bool {
         match self.entries.get_mut(&id) {
@@ -349,6 +361,10 @@ mod tests {
         s.merge([entry(7, 3), entry(3, 3)]);
         assert_eq!(order(&s), vec![9, 5, 1, 3, 7]);
         assert_eq!(s.next_join_seq(), 4);
+        // A newcomer at the end is an append; one that sorts inside is not.
+        assert!(!s.sorts_before_known(&entry(2, 4)));
+        assert!(s.sorts_before_known(&entry(4, 3)));
+        assert!(!s.sorts_before_known(&entry(7, 3)), "already known");
     }
 
     #[test]
