@@ -469,6 +469,7 @@ impl Membership {
             ring.save(&config.data_directory)
                 .map_err(MembershipError::Storage)?;
         }
+        log_if_removed(&ring, identity.id);
         tracing::info!(
             node = %identity.id,
             generation = identity.generation,
@@ -518,6 +519,13 @@ async fn advertise_addr(
             }
         }
     }
+    // In a container the host name resolves to the address peers reach us at.
+    if let Some(host) = own_hostname() {
+        let candidates = resolve(&format!("{host}:{}", bound.port())).await;
+        if let Some(addr) = candidates.into_iter().find(|a| !a.ip().is_loopback()) {
+            return Ok(addr);
+        }
+    }
     let fallback = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), bound.port());
     tracing::warn!(
         %fallback,
@@ -525,6 +533,27 @@ async fn advertise_addr(
          set the gossip advertise address for a multi-host cluster"
     );
     Ok(fallback)
+}
+
+fn log_if_removed(ring: &RingState, own: NodeId) {
+    if ring.get(own).is_some_and(|e| e.removed) {
+        tracing::error!(
+            node = %own,
+            "this node was removed from the cluster; wipe its data directory to rejoin as a new node"
+        );
+    }
+}
+
+fn own_hostname() -> Option<String> {
+    let mut buf = [0u8; 256];
+    // SAFETY: the pointer and length describe `buf`, which outlives the call.
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    if rc != 0 {
+        return None;
+    }
+    let len = buf.iter().position(|&b| b == 0)?;
+    let name = std::str::from_utf8(&buf[..len]).ok()?;
+    (!name.is_empty()).then(|| name.to_string())
 }
 
 /// The local address the kernel would use to reach `peer` (no packet is sent).
@@ -603,6 +632,8 @@ struct Runtime {
     /// `swim_fingerprint()` as of the last published view.
     swim_fingerprint: u64,
     next_reconnect: Instant,
+    /// Set once `leave` started: the runtime is about to stop.
+    leaving: bool,
 }
 
 impl Runtime {
@@ -633,6 +664,7 @@ impl Runtime {
             started: now,
             swim_fingerprint: 0,
             next_reconnect: now,
+            leaving: false,
         }
     }
 
@@ -809,13 +841,7 @@ impl Runtime {
         if let Err(e) = self.ring.save(&self.config.data_directory) {
             tracing::error!(error = %e, "cannot persist the ring");
         }
-        let own = self.identity().id;
-        if self.ring.get(own).is_some_and(|e| e.removed) {
-            tracing::error!(
-                node = %own,
-                "this node was removed from the cluster; wipe its data directory to rejoin as a new node"
-            );
-        }
+        log_if_removed(&self.ring, self.identity().id);
     }
 
     fn fire_due_timers(&mut self) {
@@ -894,6 +920,8 @@ impl Runtime {
                 self.announce_backoff = ANNOUNCE_BACKOFF_START;
                 self.next_announce = Instant::now();
             }
+            // Foca goes defunct after our own leave; otherwise `renew` rejoins first.
+            OwnedNotification::Defunct if self.leaving => {}
             OwnedNotification::Defunct => {
                 tracing::error!("declared down and cannot rejoin");
             }
@@ -1044,6 +1072,7 @@ impl Runtime {
 
     async fn leave(&mut self) {
         tracing::info!(node = %self.identity().id, "leaving the cluster");
+        self.leaving = true;
         if let Err(e) = self.swim.leave_cluster(&mut self.effects) {
             tracing::warn!(error = %e, "leave failed");
         }
