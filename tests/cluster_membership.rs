@@ -312,3 +312,50 @@ async fn a_removed_node_leaves_the_ring_everywhere() {
         let _ = n.task.await;
     }
 }
+
+/// Free UDP ports on 127.0.0.1, for nodes that must name each other before they start.
+fn free_ports(n: usize) -> Vec<u16> {
+    let sockets: Vec<_> = (0..n)
+        .map(|_| std::net::UdpSocket::bind("127.0.0.1:0").unwrap())
+        .collect();
+    sockets
+        .iter()
+        .map(|s| s.local_addr().unwrap().port())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_started_together_with_each_other_as_peers_take_turns() {
+    // The usual compose file: every node lists every other node, all start at once.
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let ports = free_ports(3);
+    let addrs: Vec<SocketAddr> = ports
+        .iter()
+        .map(|&p| SocketAddr::from(([127, 0, 0, 1], p)))
+        .collect();
+    let mut nodes = Vec::new();
+    for (dir, &port) in dirs.iter().zip(&ports) {
+        let peers: Vec<SocketAddr> = addrs.iter().copied().filter(|a| a.port() != port).collect();
+        nodes.push(start(dir.path(), port, &peers).await);
+    }
+    let refs: Vec<&Node> = nodes.iter().collect();
+    wait_until("3 peers bootstrap", &refs, Duration::from_secs(10), |v| {
+        converged(v, 3)
+    })
+    .await;
+    let ring = nodes[0].handle.ring();
+    let seqs: Vec<u64> = ring
+        .nodes_in_join_order()
+        .iter()
+        .map(|n| n.join_seq)
+        .collect();
+    let ids: Vec<NodeId> = ring.nodes_in_join_order().iter().map(|n| n.id).collect();
+    assert_eq!(seqs, vec![0, 1, 2], "distinct sequences, no tie");
+    let mut sorted = ids.clone();
+    sorted.sort();
+    assert_eq!(ids, sorted, "new nodes that see each other go in id order");
+    for n in nodes {
+        n.handle.leave().await;
+        let _ = n.task.await;
+    }
+}

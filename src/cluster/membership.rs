@@ -625,6 +625,7 @@ struct Runtime {
     announce_backoff: Duration,
     /// Ring-sync datagrams queued by synchronous handlers, sent with foca's packets.
     outbox_ring: Vec<(SocketAddr, Vec<u8>)>,
+    send_buf: Vec<u8>,
     /// Set when something the view shows may have changed.
     dirty: bool,
     /// When this runtime started (bounds how long a new node defers to others).
@@ -660,6 +661,7 @@ impl Runtime {
             next_announce: now,
             announce_backoff: ANNOUNCE_BACKOFF_START,
             outbox_ring: Vec::new(),
+            send_buf: Vec::new(),
             dirty: true,
             started: now,
             swim_fingerprint: 0,
@@ -858,12 +860,15 @@ impl Runtime {
 
     /// Sends what foca produced, schedules its timers and reacts to its notifications.
     async fn apply_effects(&mut self) {
+        // One framing buffer for all of foca's packets.
+        let mut framed = std::mem::take(&mut self.send_buf);
         while let Some((to, data)) = self.effects.to_send() {
-            let mut datagram = Vec::with_capacity(data.len() + 2);
-            datagram.extend_from_slice(&[PROTOCOL_VERSION, KIND_SWIM]);
-            datagram.extend_from_slice(&data);
-            self.send(&datagram, to.gossip_addr).await;
+            framed.clear();
+            framed.extend_from_slice(&[PROTOCOL_VERSION, KIND_SWIM]);
+            framed.extend_from_slice(&data);
+            self.send(KIND_SWIM, &framed, to.gossip_addr).await;
         }
+        self.send_buf = framed;
         while let Some((after, timer)) = self.effects.to_schedule() {
             self.timer_seq += 1;
             self.timers.push(Reverse(Scheduled {
@@ -878,13 +883,13 @@ impl Runtime {
         // Notifications may have queued ring datagrams.
         let outbox = std::mem::take(&mut self.outbox_ring);
         for (to, datagram) in outbox {
-            self.send(&datagram, to).await;
+            self.send(KIND_RING, &datagram, to).await;
         }
     }
 
-    async fn send(&self, datagram: &[u8], to: SocketAddr) {
+    async fn send(&self, kind: u8, datagram: &[u8], to: SocketAddr) {
         match self.socket.send_to(datagram, to).await {
-            Ok(_) => self.config.metrics.sent(datagram[1], datagram.len()),
+            Ok(_) => self.config.metrics.sent(kind, datagram.len()),
             Err(e) => tracing::debug!(%to, error = %e, "gossip send failed"),
         }
     }
@@ -943,12 +948,7 @@ impl Runtime {
 
     /// Anti-entropy: the ring goes to one random active member each round.
     fn push_ring_to_random_member(&mut self, want_reply: bool) {
-        let active: Vec<SocketAddr> = self
-            .swim
-            .iter_members()
-            .map(|m| m.id().gossip_addr)
-            .collect();
-        if let Some(&to) = active.choose(&mut self.rng) {
+        if let Some(&to) = self.active_addrs().choose(&mut self.rng) {
             self.send_ring(to, want_reply);
         }
     }
