@@ -480,6 +480,8 @@ impl Membership {
             "cluster membership starting"
         );
 
+        let mut config = config;
+        config.peers = peers_other_than(config.peers, &[gossip_addr, bound]).await;
         let (commands_tx, commands_rx) = mpsc::channel(16);
         let mut runtime = Runtime::new(config, socket, identity, ring);
         runtime.place_alone_if_no_one_to_ask();
@@ -533,6 +535,22 @@ async fn advertise_addr(
          set the gossip advertise address for a multi-host cluster"
     );
     Ok(fallback)
+}
+
+/// Drops the peers that name this node itself (one peer list shared by every node of a
+/// compose file names each node too), so that a node alone with itself is the first node
+/// rather than waiting for itself. A peer that does not resolve yet is kept.
+async fn peers_other_than(peers: Vec<String>, own: &[SocketAddr]) -> Vec<String> {
+    let mut others = Vec::with_capacity(peers.len());
+    for peer in peers {
+        let addrs = resolve(&peer).await;
+        if addrs.is_empty() || addrs.iter().any(|a| !own.contains(a)) {
+            others.push(peer);
+        } else {
+            tracing::debug!(peer, "peer is this node itself");
+        }
+    }
+    others
 }
 
 fn log_if_removed(ring: &RingState, own: NodeId) {
