@@ -108,6 +108,21 @@ fn make_batch(gen: &mut Generator, label_sets: &[Labels], start: usize, t: i64) 
         .collect()
 }
 
+/// Total size of the files under `dir`.
+fn dir_bytes(dir: &std::path::Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .filter_map(Result::ok)
+        .map(|e| match e.metadata() {
+            Ok(m) if m.is_dir() => dir_bytes(&e.path()),
+            Ok(m) => m.len(),
+            Err(_) => 0,
+        })
+        .sum()
+}
+
 /// Resident set size after returning freed memory to the OS.
 fn rss_bytes() -> u64 {
     // SAFETY: malloc_trim only releases free heap pages.
@@ -222,6 +237,12 @@ fn main() {
         rss_after.saturating_sub(rss_before) as f64 / series as f64,
         series,
         scrapes
+    );
+    let snapshot = dir.path().join("snapshot");
+    db.snapshot(&snapshot, true).expect("snapshot");
+    println!(
+        "on disk: {:.3} bytes per sample for the head written as a block (chunks, index, meta)",
+        dir_bytes(&snapshot) as f64 / samples
     );
     let stats = db.stats(1);
     println!(
