@@ -265,6 +265,16 @@ impl SeriesData {
             })
     }
 
+    /// Whether a chunk or an out-of-order sample of the series overlaps `[mint, maxt]`.
+    pub fn overlaps(&self, mint: i64, maxt: i64) -> bool {
+        let chunk = |c: &SealedChunk| c.max_t >= mint && c.min_t <= maxt;
+        self.sealed.iter().chain(&self.cutting).any(chunk)
+            || (!self.open.is_empty()
+                && self.open.max_time() >= mint
+                && self.open.min_time() <= maxt)
+            || self.ooo.iter().any(|s| s.t >= mint && s.t <= maxt)
+    }
+
     /// All samples in `[mint, maxt]`, in time order, appended to `out`.
     pub fn samples_in(&self, mint: i64, maxt: i64, out: &mut Vec<Sample>) {
         let start = out.len();
@@ -667,6 +677,22 @@ mod tests {
         let left = collect(&d);
         assert_eq!(left.len(), 151);
         assert_eq!(left[0].0, 1_500);
+    }
+
+    #[test]
+    fn aborted_cut_restores_samples() {
+        let mut d = SeriesData::new();
+        for i in 0..200 {
+            d.append(i * 10, i as f64, &LIMITS).unwrap();
+        }
+        let before = collect(&d);
+        assert!(!d.start_cut(1_000).is_empty());
+        d.append(2_500, 1.0, &LIMITS).unwrap();
+        d.abort_cut();
+        let after = collect(&d);
+        assert_eq!(after.len(), before.len() + 1);
+        assert!(d.cutting.is_empty());
+        assert!(after.windows(2).all(|w| w[0].0 < w[1].0));
     }
 
     #[test]
