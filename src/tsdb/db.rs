@@ -136,6 +136,7 @@ impl Db {
             self.wal.sync(self.wal.last_seq())?;
         }
         self.metrics.samples_appended.inc_by(tally.appended);
+        self.metrics.head_chunks.inc_by(tally.new_chunks as i64);
         for (i, &n) in tally.rejected.iter().enumerate() {
             if n > 0 {
                 self.metrics.rejected(REASONS[i], n);
@@ -166,9 +167,10 @@ impl Db {
             }
             for s in &series.samples {
                 match data.append(s.t, s.v, limits) {
-                    Ok(Appended::Stored) => {
+                    Ok(stored @ (Appended::Stored | Appended::StoredNewChunk)) => {
                         record.push(mem.id, s.t, s.v);
                         tally.stored(s.t);
+                        tally.new_chunks += u64::from(stored == Appended::StoredNewChunk);
                     }
                     Ok(Appended::Duplicate) => tally.appended += 1,
                     Err(reason) => tally.reject(reason, &series.labels, s.t),
@@ -625,6 +627,7 @@ const REASONS: [RejectReason; 3] = [
 /// Per-batch counters, folded into an `AppendOutcome` and the metrics once.
 struct Tally {
     appended: u64,
+    new_chunks: u64,
     rejected: [u64; 3],
     first_rejection: Option<String>,
     mint: i64,
@@ -635,6 +638,7 @@ impl Default for Tally {
     fn default() -> Self {
         Tally {
             appended: 0,
+            new_chunks: 0,
             rejected: [0; 3],
             first_rejection: None,
             mint: i64::MAX,

@@ -107,6 +107,8 @@ pub struct AppendLimits {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Appended {
     Stored,
+    /// Stored, and it started a new head chunk (for the live head-chunks gauge).
+    StoredNewChunk,
     /// The same sample was already stored; nothing changed.
     Duplicate,
 }
@@ -228,8 +230,13 @@ impl SeriesData {
             let full = std::mem::take(&mut self.open);
             self.sealed.push(SealedChunk::from_chunk(full));
         }
+        let new_chunk = self.open.num_samples() == 0;
         self.open.append(t, v);
-        Ok(Appended::Stored)
+        Ok(if new_chunk {
+            Appended::StoredNewChunk
+        } else {
+            Appended::Stored
+        })
     }
 
     /// The value bits stored at exactly `t`, looking at every place a sample may live.
@@ -624,7 +631,7 @@ mod tests {
     #[test]
     fn append_rules() {
         let mut d = SeriesData::new();
-        assert_eq!(d.append(5_000, 1.0, &LIMITS), Ok(Appended::Stored));
+        assert_eq!(d.append(5_000, 1.0, &LIMITS), Ok(Appended::StoredNewChunk));
         assert_eq!(d.append(5_000, 1.0, &LIMITS), Ok(Appended::Duplicate));
         assert_eq!(
             d.append(5_000, 2.0, &LIMITS),

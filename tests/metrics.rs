@@ -1,0 +1,59 @@
+//! `/metrics` of a running node: after a write and a rejected write, a scrape shows the
+//! build, ingest, HTTP, storage and process metrics an operator alerts on.
+
+mod common;
+
+use common::{get, metric_value, post, remote_write, ts, Node};
+use timbala::proto;
+
+#[test]
+fn metrics_endpoint_exposes_ingest_storage_http_and_process_metrics() {
+    let node = Node::start(&[]);
+    let write = proto::WriteRequest {
+        timeseries: vec![ts(
+            &[("__name__", "m"), ("job", "a")],
+            &[(1_000, 1.0), (2_000, 2.0), (3_000, 3.0)],
+        )],
+        metadata: vec![],
+    };
+    let (status, body) = remote_write(&node, &write);
+    assert_eq!(status, 204, "{body}");
+    let headers = [
+        ("Content-Type", "application/x-protobuf"),
+        ("Content-Encoding", "snappy"),
+    ];
+    let (status, _) = post(&node.url("/api/v1/write"), &headers, b"not snappy at all");
+    assert_eq!(status, 400);
+
+    let (status, text) = get(&node.url("/metrics"));
+    assert_eq!(status, 200);
+    let value = |name: &str| {
+        metric_value(&text, name).unwrap_or_else(|| panic!("{name} missing from /metrics"))
+    };
+
+    assert_eq!(value("timbala_build_info"), 1.0);
+    assert_eq!(value("timbala_ingest_requests_received_total"), 2.0);
+    assert!(
+        text.contains(r#"timbala_ingest_requests_rejected_total{reason="bad_snappy"} 1"#),
+        "{text}"
+    );
+    assert_eq!(value("timbala_ingest_samples_stored_total"), 3.0);
+    assert_eq!(value("timbala_tsdb_samples_appended_total"), 3.0);
+    assert_eq!(value("timbala_tsdb_head_series"), 1.0);
+    assert!(value("timbala_tsdb_head_chunks") >= 1.0);
+    assert!(value("timbala_tsdb_wal_fsync_duration_seconds_count") >= 1.0);
+    assert!(
+        text.contains("timbala_tsdb_wal_replay_duration_seconds"),
+        "{text}"
+    );
+    assert_eq!(value("timbala_tsdb_blocks_loaded"), 0.0);
+    assert_eq!(value("timbala_tsdb_compactions_total"), 0.0);
+    assert!(
+        text.contains(r#"timbala_http_requests_total{handler="/api/v1/write",code="204"} 1"#),
+        "{text}"
+    );
+    assert!(value("timbala_http_request_duration_seconds_count") >= 1.0);
+    assert!(value("process_cpu_seconds_total") > 0.0);
+    assert!(value("process_resident_memory_bytes") > 1e6);
+    assert!(value("process_open_fds") >= 3.0);
+}
