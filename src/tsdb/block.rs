@@ -634,6 +634,15 @@ impl Block {
         Ok(())
     }
 
+    pub fn has_tombstones_for(&self, series_ref: SeriesRef) -> bool {
+        !self
+            .tombstones
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .intervals(series_ref)
+            .is_empty()
+    }
+
     pub fn has_tombstones(&self) -> bool {
         !self
             .tombstones

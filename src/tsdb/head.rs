@@ -265,6 +265,16 @@ impl SeriesData {
             })
     }
 
+    /// Whether a chunk or an out-of-order sample of the series overlaps `[mint, maxt]`.
+    pub fn overlaps(&self, mint: i64, maxt: i64) -> bool {
+        let chunk = |c: &SealedChunk| c.max_t >= mint && c.min_t <= maxt;
+        self.sealed.iter().chain(&self.cutting).any(chunk)
+            || (!self.open.is_empty()
+                && self.open.max_time() >= mint
+                && self.open.min_time() <= maxt)
+            || self.ooo.iter().any(|s| s.t >= mint && s.t <= maxt)
+    }
+
     /// All samples in `[mint, maxt]`, in time order, appended to `out`.
     pub fn samples_in(&self, mint: i64, maxt: i64, out: &mut Vec<Sample>) {
         let start = out.len();

@@ -61,12 +61,15 @@ impl Querier<'_> {
         self.blocks.iter().filter(move |b| b.overlaps(mint, maxt))
     }
 
-    /// Calls `visit` with every matching series' labels and its samples in range.
+    /// Calls `visit` with every matching series' labels and its samples in range. With
+    /// `load_samples` false, series are visited with no samples when one of their
+    /// chunks overlaps the range (as Prometheus answers series lookups).
     fn for_each_series(
         &self,
         matchers: &[Matcher],
         mint: i64,
         maxt: i64,
+        load_samples: bool,
         visit: &mut dyn FnMut(Labels, Vec<Sample>) -> Result<(), SelectError>,
     ) -> Result<(), SelectError> {
         for block in self.overlapping_blocks(mint, maxt) {
@@ -76,7 +79,15 @@ impl Querier<'_> {
                     continue;
                 }
                 let mut samples = Vec::new();
-                block.samples(r, &metas, mint, maxt, &mut samples)?;
+                if load_samples || block.has_tombstones_for(r) {
+                    block.samples(r, &metas, mint, maxt, &mut samples)?;
+                    if samples.is_empty() {
+                        continue;
+                    }
+                }
+                if !load_samples {
+                    samples.clear();
+                }
                 visit(labels, samples)?;
             }
         }
@@ -85,6 +96,12 @@ impl Querier<'_> {
             let Some(series) = self.head.get(id) else {
                 continue;
             };
+            if !load_samples {
+                if series.data().overlaps(mint, maxt) {
+                    visit(series.labels(), Vec::new())?;
+                }
+                continue;
+            }
             let mut samples = Vec::new();
             series.data().samples_in(mint, maxt, &mut samples);
             if !samples.is_empty() {
@@ -107,7 +124,7 @@ impl Querier<'_> {
             total: 0,
             max_samples,
         };
-        self.for_each_series(matchers, mint, maxt, &mut |l, s| merger.add(l, s))?;
+        self.for_each_series(matchers, mint, maxt, true, &mut |l, s| merger.add(l, s))?;
         Ok(merger
             .series
             .into_iter()
@@ -123,7 +140,7 @@ impl Querier<'_> {
         maxt: i64,
     ) -> Result<Vec<Labels>, StorageError> {
         let mut out = BTreeSet::new();
-        self.for_each_series(matchers, mint, maxt, &mut |l, _| {
+        self.for_each_series(matchers, mint, maxt, false, &mut |l, _| {
             out.insert(l);
             Ok(())
         })

@@ -254,9 +254,17 @@ async fn deletion_survives_restart_and_cleaning() {
         assert_eq!(got[1].samples.len(), 100);
     };
     check(select_all(&db, "up").await);
+    let early = LabelRequest {
+        matchers: vec![Matcher::equal("__name__", "up")],
+        mint: 0,
+        maxt: 9 * MIN,
+    };
+    let listed = db.series(early.clone()).await.unwrap();
+    assert_eq!(listed.len(), 1, "fully deleted in range: {listed:?}");
     drop(db);
     let db = Tsdb::open(opts(dir.path()), TsdbMetrics::default()).unwrap();
     check(select_all(&db, "up").await);
+    assert_eq!(db.series(early).await.unwrap().len(), 1);
     let before = db.blocks()[0].num_samples;
     db.clean_tombstones().unwrap();
     assert_eq!(db.blocks()[0].num_samples, before - 40);
