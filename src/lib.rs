@@ -6,10 +6,13 @@
 //! self-monitoring that every box may register metrics with.
 
 pub mod api;
+pub mod cluster;
+pub mod config;
 pub mod ingest;
 pub mod model;
 pub mod promql;
 pub mod proto;
+pub mod server;
 pub mod storage;
 pub mod telemetry;
 pub mod tsdb;

@@ -9,8 +9,11 @@
 pub mod admin;
 pub mod federate;
 pub mod health;
+pub mod json;
+pub mod params;
 pub mod query;
 pub mod read;
+pub mod selectors;
 pub mod status;
 pub mod write;
 
@@ -23,6 +26,7 @@ use axum::Router;
 use prometheus_client::registry::Registry;
 use serde::Serialize;
 
+use crate::ingest::IngestMetrics;
 use crate::promql::Engine;
 use crate::storage::Storage;
 use crate::tsdb::Tsdb;
@@ -56,16 +60,20 @@ struct Shared {
     engine: Engine,
     registry: Registry,
     info: ServerInfo,
+    ingest_metrics: IngestMetrics,
 }
 
 impl AppState {
-    pub fn new(engine: Engine, registry: Registry, info: ServerInfo) -> Self {
+    /// Registers the HTTP edge's own metrics (ingest) into `registry` before keeping it.
+    pub fn new(engine: Engine, mut registry: Registry, info: ServerInfo) -> Self {
+        let ingest_metrics = IngestMetrics::register(&mut registry);
         AppState {
             shared: Arc::new(Shared {
                 services: OnceLock::new(),
                 engine,
                 registry,
                 info,
+                ingest_metrics,
             }),
         }
     }
@@ -96,6 +104,10 @@ impl AppState {
 
     pub fn info(&self) -> &ServerInfo {
         &self.shared.info
+    }
+
+    pub fn ingest_metrics(&self) -> &IngestMetrics {
+        &self.shared.ingest_metrics
     }
 }
 

@@ -1,8 +1,199 @@
-//! Implemented on a feature branch.
+//! `POST /api/v1/write`: Prometheus remote write 1.0.
+//!
+//! Owns: the HTTP side of remote write — body size limit, status codes, plain-text error
+//! bodies as Prometheus's receiver writes them. Calls `ingest` to decode and validate and
+//! `storage` to append; every other rule lives in `ingest`.
+//!
+//! Status codes (what Prometheus's sender does with them): 204 stored; 400/413/415 bad
+//! data, dropped by the sender; 500/503 retried. A request is validated as a whole before
+//! anything is stored. Samples that storage refuses (out of order, too old, duplicate
+//! timestamp with another value) give 400 naming the count and the first one; the other
+//! samples of that request stay stored, so the sender's retry-free drop loses nothing
+//! that was accepted.
+
+use axum::body::{Body, Bytes};
+use axum::extract::State;
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
 use axum::Router;
+use http_body_util::{BodyExt, LengthLimitError, Limited};
 
 use super::AppState;
+use crate::ingest::{self, DecodeLimits, IngestError, IngestMetrics, RejectReason};
+use crate::storage::AppendOutcome;
 
 pub fn routes() -> Router<AppState> {
-    Router::new()
+    Router::new().route("/api/v1/write", post(remote_write))
+}
+
+async fn remote_write(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Response {
+    let metrics = state.ingest_metrics().clone();
+    metrics.on_request();
+    let storage = match state.services() {
+        Ok(services) => services.storage.clone(),
+        Err(err) => return plain_text(err.status, &err.message),
+    };
+    let max_body = state.info().max_write_body_bytes;
+    let body = match read_limited(&headers, body, max_body).await {
+        Ok(body) => body,
+        Err(response) => {
+            metrics.on_refused(RejectReason::TooLarge);
+            return response;
+        }
+    };
+    let content_type = header_text(&headers, header::CONTENT_TYPE);
+    let content_encoding = header_text(&headers, header::CONTENT_ENCODING);
+    let limits = DecodeLimits::for_body_limit(max_body);
+
+    // Decoding is CPU work and the local TSDB appends synchronously (WAL write and
+    // fsync), so both run on a blocking thread, never on a runtime worker.
+    let runtime = tokio::runtime::Handle::current();
+    let task = tokio::task::spawn_blocking(move || {
+        let decoded = ingest::decode_write_request(
+            content_type.as_deref(),
+            content_encoding.as_deref(),
+            &body,
+            &limits,
+        )
+        .map_err(WriteFailure::Refused)?;
+        drop(body);
+        metrics.on_decoded(&decoded);
+        if !decoded.metadata.is_empty() {
+            runtime
+                .block_on(storage.record_metadata(decoded.metadata))
+                .map_err(|e| WriteFailure::Storage(e.to_string()))?;
+        }
+        if decoded.series.is_empty() {
+            return Ok(AppendOutcome::default());
+        }
+        runtime
+            .block_on(storage.append(decoded.series))
+            .map_err(|e| WriteFailure::Storage(e.to_string()))
+    });
+    let metrics = state.ingest_metrics();
+    match task.await {
+        Ok(Ok(outcome)) => stored(metrics, &outcome),
+        Ok(Err(WriteFailure::Refused(err))) => refused(metrics, &err),
+        Ok(Err(WriteFailure::Storage(message))) => {
+            metrics.on_storage_error();
+            tracing::warn!(error = %message, "remote write: storage failed");
+            plain_text(StatusCode::INTERNAL_SERVER_ERROR, &message)
+        }
+        Err(join_err) => {
+            metrics.on_storage_error();
+            tracing::error!(error = %join_err, "remote write task failed");
+            plain_text(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal error while storing the write request",
+            )
+        }
+    }
+}
+
+enum WriteFailure {
+    Refused(IngestError),
+    Storage(String),
+}
+
+/// Reads the body, answering 413 as soon as it is known to exceed `max` bytes.
+pub(super) async fn read_limited(
+    headers: &HeaderMap,
+    body: Body,
+    max: usize,
+) -> Result<Bytes, Response> {
+    let too_large = || {
+        plain_text(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            &format!("request body too large: the limit is {max} bytes (snappy-compressed)"),
+        )
+    };
+    let declared = header_text(headers, header::CONTENT_LENGTH).and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > max as u64) {
+        return Err(too_large());
+    }
+    match Limited::new(body, max).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(err) if err.downcast_ref::<LengthLimitError>().is_some() => Err(too_large()),
+        Err(err) => Err(plain_text(
+            StatusCode::BAD_REQUEST,
+            &format!("error reading request body: {err}"),
+        )),
+    }
+}
+
+fn stored(metrics: &IngestMetrics, outcome: &AppendOutcome) -> Response {
+    metrics.on_stored(outcome);
+    let rejected = outcome.rejected_total();
+    if rejected == 0 {
+        return StatusCode::NO_CONTENT.into_response();
+    }
+    plain_text(StatusCode::BAD_REQUEST, &describe_rejections(outcome))
+}
+
+/// "3 samples rejected (out_of_order: 2, duplicate_timestamp: 1); 10 stored; first: ..."
+fn describe_rejections(outcome: &AppendOutcome) -> String {
+    let by_reason: Vec<String> = outcome
+        .rejected
+        .iter()
+        .map(|(reason, n)| format!("{}: {n}", reason.as_str()))
+        .collect();
+    let mut message = format!(
+        "{} samples rejected ({}); {} samples stored",
+        outcome.rejected_total(),
+        by_reason.join(", "),
+        outcome.appended
+    );
+    if let Some(first) = &outcome.first_rejection {
+        message.push_str("; first rejected: ");
+        message.push_str(first);
+    }
+    message
+}
+
+fn refused(metrics: &IngestMetrics, err: &IngestError) -> Response {
+    metrics.on_refused(err.reason);
+    tracing::debug!(reason = err.reason.as_str(), error = %err, "remote write refused");
+    let status = StatusCode::from_u16(err.http_status()).unwrap_or(StatusCode::BAD_REQUEST);
+    plain_text(status, &err.message)
+}
+
+/// A header as text; non-ASCII bytes are kept lossily so errors can still show them.
+fn header_text(headers: &HeaderMap, name: header::HeaderName) -> Option<String> {
+    headers
+        .get(name)
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+}
+
+/// A plain-text error body, as Prometheus's `http.Error` writes it.
+pub(crate) fn plain_text(status: StatusCode, message: &str) -> Response {
+    (
+        status,
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        format!("{message}\n"),
+    )
+        .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::RejectReason as StorageReject;
+
+    #[test]
+    fn rejection_message_names_counts_and_first() {
+        let outcome = AppendOutcome {
+            appended: 10,
+            rejected: vec![
+                (StorageReject::OutOfOrder, 2),
+                (StorageReject::DuplicateTimestamp, 1),
+            ],
+            first_rejection: Some(r#"up{job="a"} @ 5"#.into()),
+        };
+        assert_eq!(
+            describe_rejections(&outcome),
+            "3 samples rejected (out_of_order: 2, duplicate_timestamp: 1); 10 samples stored; \
+             first rejected: up{job=\"a\"} @ 5"
+        );
+    }
 }

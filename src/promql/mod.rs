@@ -126,8 +126,9 @@ impl Engine {
         start_ms: i64,
         end_ms: i64,
         step_ms: i64,
+        timeout: Duration,
     ) -> Result<QueryOutput, QueryError> {
-        let deadline = Instant::now() + self.opts.timeout;
+        let deadline = Instant::now() + timeout.min(self.opts.timeout);
         let _permit = tokio::time::timeout_at(deadline.into(), self.gate.acquire())
             .await
             .map_err(|_| QueryError::Timeout("query queue".into()))?
@@ -153,7 +154,20 @@ impl Engine {
         query: &str,
         time_ms: i64,
     ) -> Result<QueryOutput, QueryError> {
-        self.run(storage, query, time_ms, time_ms, 0).await
+        self.run(storage, query, time_ms, time_ms, 0, self.opts.timeout)
+            .await
+    }
+
+    /// `instant_query` under a per-request timeout (the HTTP API's `timeout` parameter):
+    /// the shorter of it and the configured timeout stops the evaluation.
+    pub async fn instant_query_with_timeout(
+        &self,
+        storage: Arc<dyn Storage>,
+        query: &str,
+        time_ms: i64,
+        timeout: Duration,
+    ) -> Result<QueryOutput, QueryError> {
+        self.run(storage, query, time_ms, time_ms, 0, timeout).await
     }
 
     /// Evaluates `query` at every step from `start_ms` to `end_ms` inclusive.
@@ -165,6 +179,21 @@ impl Engine {
         end_ms: i64,
         step_ms: i64,
     ) -> Result<QueryOutput, QueryError> {
+        self.range_query_with_timeout(storage, query, start_ms, end_ms, step_ms, self.opts.timeout)
+            .await
+    }
+
+    /// `range_query` under a per-request timeout (the HTTP API's `timeout` parameter):
+    /// the shorter of it and the configured timeout stops the evaluation.
+    pub async fn range_query_with_timeout(
+        &self,
+        storage: Arc<dyn Storage>,
+        query: &str,
+        start_ms: i64,
+        end_ms: i64,
+        step_ms: i64,
+        timeout: Duration,
+    ) -> Result<QueryOutput, QueryError> {
         if step_ms <= 0 {
             return Err(QueryError::BadData(
                 "zero or negative query resolution step widths are not accepted. Try a positive integer".into(),
@@ -175,6 +204,7 @@ impl Engine {
                 "end timestamp must not be before start time".into(),
             ));
         }
-        self.run(storage, query, start_ms, end_ms, step_ms).await
+        self.run(storage, query, start_ms, end_ms, step_ms, timeout)
+            .await
     }
 }

@@ -1,0 +1,24 @@
+# Timbala: the two commands a fresh clone needs are `make run` and `make test`.
+CARGO ?= cargo
+
+.PHONY: run build test lint unit setup integration bench
+
+## Run one node with its data in ./data (HTTP on :9080).
+run:
+	$(CARGO) run --release --bin timbala --
+
+build:
+	$(CARGO) build --release --bin timbala
+
+## Everything CI checks: set-up, formatting, lints, unit + acceptance + conformance tests.
+test: setup lint unit
+
+setup:
+	bash scripts/setup.sh
+
+lint:
+	$(CARGO) fmt --check
+	$(CARGO) clippy --all-targets -- -D warnings
+
+unit:
+	$(CARGO) test --all-targets

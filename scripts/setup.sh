@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Installs what the tests need on a fresh machine: the Rust components used by
+# `make lint`, and promtool (Debian's `prometheus` package) for the client tests.
+# Idempotent: does nothing that is already in place.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if command -v rustup >/dev/null 2>&1; then
+  rustup component list --installed 2>/dev/null | grep -q '^rustfmt' || rustup component add rustfmt
+  rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy
+fi
+
+for script in scripts/install-*.sh; do
+  [ -e "$script" ] && bash "$script"
+done
+exit 0

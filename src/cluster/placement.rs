@@ -1,0 +1,227 @@
+//! Placement: the nodes that own a series. Pure and deterministic: every node, version
+//! and CPU architecture must compute the same owners, so the bytes that are hashed and
+//! the hash functions are specified here and pinned by test vectors (ADR 0004).
+//!
+//! - Partition key: FNV-1a 64 over the series' labels in name order, each as
+//!   `name 0xFF value 0xFF` (`Labels::stable_hash`).
+//! - Replica key: FNV-1a 64 over `replica: u32 LE || attempt: u32 LE || partition key: u64
+//!   LE`, finished with the SplitMix64 mixer so that nearby keys spread out.
+//! - Replica r lives on bucket `jump(replica key, N)` of the node list in join order.
+//!   When that node already holds an earlier replica, `attempt` counts up and the key is
+//!   hashed again, so replicas land on distinct nodes while jump hash's property holds
+//!   for every attempt: a key only ever moves to a bucket added at the end.
+//!
+//! Calls only `model`.
+
+use std::hash::{BuildHasher, Hasher};
+
+use jumphash::CustomJumpHasher;
+
+use crate::model::Labels;
+
+/// Copies of each series the cluster keeps.
+pub const REPLICATION_FACTOR: usize = 3;
+
+/// More rehash attempts than this is astronomically unlikely; past it a linear probe
+/// keeps placement total and deterministic.
+const MAX_ATTEMPTS: u32 = 64;
+
+/// The partition key of a series: what placement hashes.
+pub fn partition_key(labels: &Labels) -> u64 {
+    labels.stable_hash()
+}
+
+fn fnv1a64(bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in bytes {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h
+}
+
+fn splitmix64_finish(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// The jump-hash key of one replica placement attempt.
+pub fn replica_key(partition_key: u64, replica: u32, attempt: u32) -> u64 {
+    let mut bytes = [0u8; 16];
+    bytes[..4].copy_from_slice(&replica.to_le_bytes());
+    bytes[4..8].copy_from_slice(&attempt.to_le_bytes());
+    bytes[8..].copy_from_slice(&partition_key.to_le_bytes());
+    splitmix64_finish(fnv1a64(&bytes))
+}
+
+/// A `Hasher` that passes a u64 through unchanged, so the `jumphash` crate jumps on the
+/// key we computed rather than on a hash of our choosing it cannot promise to keep.
+#[derive(Clone, Copy, Default)]
+struct PassThrough(u64);
+
+impl Hasher for PassThrough {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        // Only u64 keys are hashed through this type (see `jump`).
+        for &b in bytes {
+            self.0 = (self.0 << 8) | u64::from(b);
+        }
+    }
+    fn write_u64(&mut self, v: u64) {
+        self.0 = v;
+    }
+}
+
+impl BuildHasher for PassThrough {
+    type Hasher = PassThrough;
+    fn build_hasher(&self) -> PassThrough {
+        PassThrough(0)
+    }
+}
+
+/// Jump consistent hash of `key` into `buckets` buckets (Lamping and Veach).
+pub fn jump(key: u64, buckets: u32) -> u32 {
+    debug_assert!(buckets > 0);
+    CustomJumpHasher::new(PassThrough(0)).slot(&key, buckets)
+}
+
+/// Indices (into the join-ordered node list of `node_count` nodes) of the nodes that own
+/// a series with this partition key: `min(replication, node_count)` distinct indices,
+/// replica 0 first.
+pub fn owners(partition_key: u64, node_count: usize, replication: usize) -> Vec<usize> {
+    let wanted = replication.min(node_count);
+    let buckets = u32::try_from(node_count).unwrap_or(u32::MAX);
+    let mut chosen: Vec<usize> = Vec::with_capacity(wanted);
+    for replica in 0..wanted as u32 {
+        let mut pick = None;
+        for attempt in 0..MAX_ATTEMPTS {
+            let candidate = jump(replica_key(partition_key, replica, attempt), buckets) as usize;
+            if !chosen.contains(&candidate) {
+                pick = Some(candidate);
+                break;
+            }
+        }
+        let node = pick.unwrap_or_else(|| first_free_after(&chosen, chosen[0], node_count));
+        chosen.push(node);
+    }
+    chosen
+}
+
+fn first_free_after(chosen: &[usize], start: usize, node_count: usize) -> usize {
+    (1..=node_count)
+        .map(|step| (start + step) % node_count)
+        .find(|i| !chosen.contains(i))
+        .expect("fewer replicas than nodes leaves a free node")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn series(i: usize) -> Labels {
+        Labels::from_pairs([
+            ("__name__", "node_cpu_seconds_total".to_string()),
+            ("instance", format!("host-{}:9100", i / 64)),
+            ("cpu", (i % 64).to_string()),
+        ])
+    }
+
+    #[test]
+    fn hash_functions_are_pinned() {
+        // Test vectors, computed independently (a Python transcription of the spec in the
+        // module comment). Changing any of them changes where existing data lives.
+        let labels = Labels::from_pairs([("__name__", "up"), ("job", "prometheus")]);
+        assert_eq!(partition_key(&labels), 0x6dd8_60b3_99b2_5020);
+        assert_eq!(replica_key(0, 0, 0), 0x6875_2350_ae1d_483f);
+        assert_eq!(
+            replica_key(partition_key(&labels), 2, 1),
+            0x43db_6149_73a9_7a88
+        );
+        assert_eq!(jump(0, 1), 0);
+        assert_eq!(jump(0xdead_beef, 19), 16);
+        assert_eq!(owners(partition_key(&labels), 5, 3), vec![2, 3, 4]);
+    }
+
+    #[test]
+    fn replicas_are_distinct_and_capped_by_node_count() {
+        for nodes in 1..=7 {
+            for i in 0..2000 {
+                let o = owners(partition_key(&series(i)), nodes, REPLICATION_FACTOR);
+                assert_eq!(o.len(), REPLICATION_FACTOR.min(nodes));
+                let mut sorted = o.clone();
+                sorted.sort_unstable();
+                sorted.dedup();
+                assert_eq!(sorted.len(), o.len(), "duplicate owner in {o:?}");
+                assert!(o.iter().all(|&n| n < nodes));
+            }
+        }
+    }
+
+    /// Series per node, as (mean, standard deviation), and prints both histograms.
+    fn distribution(node_count: usize, replication: usize, series_count: usize) -> (f64, f64) {
+        let mut per_node = vec![0u64; node_count];
+        let mut distinct_nodes_per_series = vec![0u64; replication + 1];
+        for i in 0..series_count {
+            let o = owners(partition_key(&series(i)), node_count, replication);
+            distinct_nodes_per_series[o.len()] += 1;
+            for n in o {
+                per_node[n] += 1;
+            }
+        }
+        let mean = per_node.iter().sum::<u64>() as f64 / node_count as f64;
+        let var = per_node
+            .iter()
+            .map(|&c| (c as f64 - mean).powi(2))
+            .sum::<f64>()
+            / node_count as f64;
+        println!("{node_count} nodes, replication {replication}: series per node {per_node:?}");
+        println!("  distinct nodes per series (index = count): {distinct_nodes_per_series:?}");
+        println!(
+            "  mean {mean:.1}, stddev {:.1} ({:.2}% of mean)",
+            var.sqrt(),
+            100.0 * var.sqrt() / mean
+        );
+        (mean, var.sqrt())
+    }
+
+    #[test]
+    fn spreads_series_evenly() {
+        for nodes in [1, 3, 5, 19] {
+            for replication in [1, 3] {
+                let (mean, stddev) = distribution(nodes, replication, 100_000);
+                assert!(
+                    stddev <= 0.02 * mean,
+                    "{nodes} nodes rf {replication}: stddev {stddev} mean {mean}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn adding_a_node_moves_little() {
+        let series_count = 100_000;
+        for nodes in [1usize, 3, 5, 19] {
+            for replication in [1usize, 3] {
+                let mut moved = 0usize;
+                let mut total = 0usize;
+                for i in 0..series_count {
+                    let key = partition_key(&series(i));
+                    let before = owners(key, nodes, replication);
+                    let after = owners(key, nodes + 1, replication);
+                    total += after.len();
+                    moved += after.iter().filter(|n| !before.contains(n)).count();
+                }
+                // Ideal: the new node takes its fair share 1/(N+1) of all replicas.
+                let ideal = total as f64 / (nodes + 1) as f64;
+                println!(
+                    "{nodes}->{} nodes rf {replication}: moved {moved} replicas, ideal {ideal:.0}",
+                    nodes + 1
+                );
+                assert!(moved as f64 <= 1.1 * ideal, "moved {moved}, ideal {ideal}");
+            }
+        }
+    }
+}

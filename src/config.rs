@@ -1,0 +1,231 @@
+//! Command-line flags and `TIMBALA_*` environment variables.
+//!
+//! Owns: every operator-facing setting, its default and its parsing (Prometheus-style
+//! durations such as `15d` or `1h30m`, byte sizes such as `512MiB`). Calls only the
+//! option types of the boxes it configures.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+
+use crate::promql::EngineOptions;
+use crate::telemetry::LogFormat;
+use crate::tsdb::TsdbOptions;
+
+#[derive(Clone, Debug, Parser)]
+#[command(
+    name = "timbala",
+    version,
+    about = "Durable long-term storage for Prometheus metrics"
+)]
+pub struct Config {
+    /// Directory holding the WAL and blocks.
+    #[arg(long, env = "TIMBALA_DATA_DIRECTORY", default_value = "./data")]
+    pub data_directory: PathBuf,
+
+    /// Address the HTTP API listens on.
+    #[arg(long, env = "TIMBALA_HTTP_BIND_ADDR", default_value = "0.0.0.0:9080")]
+    pub http_bind_addr: SocketAddr,
+
+    /// Address other nodes use to reach this node's HTTP API (default: the bind address).
+    #[arg(long, env = "TIMBALA_HTTP_ADVERTISE_ADDR")]
+    pub http_advertise_addr: Option<String>,
+
+    /// Address the gossip protocol listens on (UDP). Used once clustering is enabled.
+    #[arg(long, env = "TIMBALA_GOSSIP_BIND_ADDR", default_value = "0.0.0.0:7946")]
+    pub gossip_bind_addr: SocketAddr,
+
+    /// Address other nodes use to reach this node's gossip port (default: the bind address).
+    #[arg(long, env = "TIMBALA_GOSSIP_ADVERTISE_ADDR")]
+    pub gossip_advertise_addr: Option<String>,
+
+    /// Gossip addresses of nodes to join (comma-separated, repeatable).
+    #[arg(long, env = "TIMBALA_PEERS", value_delimiter = ',')]
+    pub peers: Vec<String>,
+
+    /// Log filter: error, warn, info, debug, trace, or a tracing directive list.
+    #[arg(long, env = "TIMBALA_LOG_LEVEL", default_value = "info")]
+    pub log_level: String,
+
+    /// Log output format.
+    #[arg(long, env = "TIMBALA_LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+
+    /// Keep data newer than this (0s keeps everything).
+    #[arg(long, env = "TIMBALA_RETENTION_TIME", default_value = "15d", value_parser = parse_duration)]
+    pub retention_time: Duration,
+
+    /// Delete the oldest blocks while the data exceeds this size (0 = no limit).
+    #[arg(long, env = "TIMBALA_RETENTION_SIZE", default_value = "0", value_parser = parse_bytes)]
+    pub retention_size: u64,
+
+    /// Time span of the in-memory head before it is written as a block.
+    #[arg(long, env = "TIMBALA_BLOCK_DURATION", default_value = "2h", value_parser = parse_duration)]
+    pub block_duration: Duration,
+
+    /// How far behind a series' newest sample an older sample is still accepted.
+    #[arg(long, env = "TIMBALA_OUT_OF_ORDER_WINDOW", default_value = "1h", value_parser = parse_duration)]
+    pub out_of_order_window: Duration,
+
+    /// Size of one write-ahead-log segment file.
+    #[arg(long, env = "TIMBALA_WAL_SEGMENT_SIZE", default_value = "128MiB", value_parser = parse_bytes)]
+    pub wal_segment_size: u64,
+
+    /// Largest accepted remote-write request body (compressed).
+    #[arg(long, env = "TIMBALA_WRITE_MAX_BODY_SIZE", default_value = "32MiB", value_parser = parse_bytes)]
+    pub write_max_body_size: u64,
+
+    /// Longest a query may run.
+    #[arg(long, env = "TIMBALA_QUERY_TIMEOUT", default_value = "2m", value_parser = parse_duration)]
+    pub query_timeout: Duration,
+
+    /// Most samples one query may hold in memory.
+    #[arg(long, env = "TIMBALA_QUERY_MAX_SAMPLES", default_value = "50000000")]
+    pub query_max_samples: usize,
+
+    /// Queries evaluated at once; more wait.
+    #[arg(long, env = "TIMBALA_QUERY_MAX_CONCURRENCY", default_value = "20")]
+    pub query_max_concurrency: usize,
+
+    /// How far back an instant selector looks for a sample.
+    #[arg(long, env = "TIMBALA_QUERY_LOOKBACK_DELTA", default_value = "5m", value_parser = parse_duration)]
+    pub query_lookback_delta: Duration,
+}
+
+/// Parses a Prometheus duration (`1h30m`, `15d`, `250ms`, `0s`).
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    if s == "0" {
+        return Ok(Duration::ZERO);
+    }
+    promql_parser::util::parse_duration(s)
+}
+
+/// Parses a byte size: a plain number of bytes or one with a unit. Decimal units (KB, MB,
+/// GB, TB) are powers of 1024 as in Prometheus's `--storage.tsdb.retention.size`; binary
+/// units (KiB, MiB, GiB, TiB) are accepted too.
+pub fn parse_bytes(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (digits, unit) = s.split_at(split);
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("invalid size {s:?}: expected e.g. 512MiB"))?;
+    let shift = match unit.trim().to_ascii_uppercase().as_str() {
+        "" | "B" => 0,
+        "KB" | "KIB" | "K" => 10,
+        "MB" | "MIB" | "M" => 20,
+        "GB" | "GIB" | "G" => 30,
+        "TB" | "TIB" | "T" => 40,
+        other => return Err(format!("invalid size unit {other:?} in {s:?}")),
+    };
+    n.checked_mul(1 << shift)
+        .ok_or_else(|| format!("size {s:?} is too large"))
+}
+
+fn millis(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+impl Config {
+    pub fn tsdb_options(&self) -> TsdbOptions {
+        TsdbOptions {
+            dir: self.data_directory.clone(),
+            block_duration_ms: millis(self.block_duration),
+            retention_ms: millis(self.retention_time),
+            retention_bytes: self.retention_size,
+            out_of_order_window_ms: millis(self.out_of_order_window),
+            wal_segment_bytes: self.wal_segment_size,
+        }
+    }
+
+    pub fn engine_options(&self) -> EngineOptions {
+        EngineOptions {
+            lookback_delta_ms: millis(self.query_lookback_delta),
+            max_samples: self.query_max_samples,
+            timeout: self.query_timeout,
+            max_concurrent: self.query_max_concurrency.max(1),
+            ..EngineOptions::default()
+        }
+    }
+
+    /// Rejects combinations that parse but cannot work.
+    pub fn validate(&self) -> Result<(), String> {
+        if !self.peers.is_empty() {
+            return Err(
+                "--peers: clustering is not available in this version yet; run without --peers"
+                    .into(),
+            );
+        }
+        if self.block_duration < Duration::from_secs(60) {
+            return Err("--block-duration must be at least 1m".into());
+        }
+        if self.wal_segment_size < 64 << 10 {
+            return Err("--wal-segment-size must be at least 64KiB".into());
+        }
+        Ok(())
+    }
+
+    /// The effective settings as (flag name, value) pairs for `/api/v1/status/flags`.
+    pub fn flag_values(&self) -> Vec<(String, String)> {
+        let d = |d: Duration| promql_parser::util::display_duration(&d);
+        let opt = |o: &Option<String>| o.clone().unwrap_or_default();
+        [
+            ("data-directory", self.data_directory.display().to_string()),
+            ("http-bind-addr", self.http_bind_addr.to_string()),
+            ("http-advertise-addr", opt(&self.http_advertise_addr)),
+            ("gossip-bind-addr", self.gossip_bind_addr.to_string()),
+            ("gossip-advertise-addr", opt(&self.gossip_advertise_addr)),
+            ("peers", self.peers.join(",")),
+            ("log-level", self.log_level.clone()),
+            ("retention-time", d(self.retention_time)),
+            ("retention-size", self.retention_size.to_string()),
+            ("block-duration", d(self.block_duration)),
+            ("out-of-order-window", d(self.out_of_order_window)),
+            ("wal-segment-size", self.wal_segment_size.to_string()),
+            ("write-max-body-size", self.write_max_body_size.to_string()),
+            ("query-timeout", d(self.query_timeout)),
+            ("query-max-samples", self.query_max_samples.to_string()),
+            (
+                "query-max-concurrency",
+                self.query_max_concurrency.to_string(),
+            ),
+            ("query-lookback-delta", d(self.query_lookback_delta)),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_sizes() {
+        assert_eq!(parse_bytes("0"), Ok(0));
+        assert_eq!(parse_bytes("512MB"), Ok(512 << 20));
+        assert_eq!(parse_bytes("1GiB"), Ok(1 << 30));
+        assert!(parse_bytes("12XB").is_err());
+        assert!(parse_bytes("MB").is_err());
+    }
+
+    #[test]
+    fn parses_durations() {
+        assert_eq!(parse_duration("0"), Ok(Duration::ZERO));
+        assert_eq!(parse_duration("1h30m"), Ok(Duration::from_secs(5400)));
+        assert_eq!(parse_duration("15d"), Ok(Duration::from_secs(15 * 86400)));
+        assert!(parse_duration("fortnight").is_err());
+    }
+
+    #[test]
+    fn defaults_match_the_documented_ports() {
+        let c = Config::parse_from(["timbala"]);
+        assert_eq!(c.http_bind_addr.port(), 9080);
+        assert_eq!(c.gossip_bind_addr.port(), 7946);
+        assert_eq!(c.data_directory, PathBuf::from("./data"));
+        assert!(c.validate().is_ok());
+    }
+}

@@ -1,0 +1,289 @@
+//! Remote-write validation: turns a decoded `proto::WriteRequest` into model series,
+//! refusing the whole request when any series breaks the rules. Calls `model`, `proto`.
+//!
+//! Rules (remote write 1.0 spec and Prometheus 3's receiver with UTF-8 names):
+//! - a series has at least one label and a non-empty `__name__`;
+//! - label names are non-empty, unique and sorted (the spec requires sorted names; an
+//!   unsorted set would silently become a different series identity if we sorted it);
+//! - names and values are UTF-8 (enforced by prost while decoding);
+//! - labels with an empty value are dropped: Prometheus treats them as absent;
+//! - native histograms are refused (not stored yet), exemplars are dropped;
+//! - samples are put in time order when the sender did not (storage wants time order;
+//!   the out-of-order window decides what is kept).
+
+use std::fmt::Write as _;
+
+use super::{DecodedWrite, IngestError, RejectReason};
+use crate::model::{self, Labels, MetricMetadata, Sample, Series, METRIC_NAME};
+use crate::proto;
+
+/// Longest label description put into an error message.
+const MAX_DESCRIBED_LEN: usize = 256;
+
+pub(super) fn into_decoded_write(req: proto::WriteRequest) -> Result<DecodedWrite, IngestError> {
+    let mut decoded = DecodedWrite {
+        series: Vec::with_capacity(req.timeseries.len()),
+        metadata: req.metadata.into_iter().filter_map(into_metadata).collect(),
+        ..DecodedWrite::default()
+    };
+    for (index, ts) in req.timeseries.into_iter().enumerate() {
+        check_series(index, &ts)?;
+        decoded.exemplars_dropped += ts.exemplars.len() as u64;
+        if ts.samples.is_empty() {
+            continue;
+        }
+        let series = into_series(ts);
+        decoded.num_samples += series.samples.len() as u64;
+        decoded.series.push(series);
+    }
+    Ok(decoded)
+}
+
+fn check_series(index: usize, ts: &proto::TimeSeries) -> Result<(), IngestError> {
+    if !ts.histograms.is_empty() {
+        return Err(IngestError::new(
+            RejectReason::NativeHistograms,
+            format!(
+                "series #{index} {}: native histograms are not supported yet; \
+                 set send_native_histograms: false in the sender's remote_write config",
+                describe(&ts.labels)
+            ),
+        ));
+    }
+    check_labels(&ts.labels).map_err(|problem| {
+        IngestError::new(
+            RejectReason::InvalidLabels,
+            format!(
+                "invalid series #{index} {}: {problem}",
+                describe(&ts.labels)
+            ),
+        )
+    })
+}
+
+fn check_labels(labels: &[proto::Label]) -> Result<(), String> {
+    if labels.is_empty() {
+        return Err("series has no labels".into());
+    }
+    let mut previous: Option<&str> = None;
+    let mut has_metric_name = false;
+    for label in labels {
+        let name = label.name.as_str();
+        if name.is_empty() {
+            return Err("label name is empty".into());
+        }
+        if let Some(previous) = previous {
+            if name == previous {
+                return Err(format!("duplicate label name {name:?}"));
+            }
+            if name < previous {
+                return Err(format!(
+                    "label names are not sorted ({previous:?} comes before {name:?}); \
+                     remote write requires labels sorted by name"
+                ));
+            }
+        }
+        previous = Some(name);
+        has_metric_name |= name == METRIC_NAME && !label.value.is_empty();
+    }
+    if !has_metric_name {
+        return Err(format!("missing metric name (label {METRIC_NAME})"));
+    }
+    Ok(())
+}
+
+/// Moves a checked series into the model; its label names are sorted and unique.
+fn into_series(ts: proto::TimeSeries) -> Series {
+    let labels: Vec<model::Label> = ts
+        .labels
+        .into_iter()
+        .filter(|l| !l.value.is_empty())
+        .map(|l| model::Label {
+            name: l.name,
+            value: l.value,
+        })
+        .collect();
+    let mut samples: Vec<Sample> = ts
+        .samples
+        .iter()
+        .map(|s| Sample::new(s.timestamp, s.value))
+        .collect();
+    if !samples.is_sorted_by_key(|s| s.t) {
+        // Stable, so samples at one timestamp keep the sender's order.
+        samples.sort_by_key(|s| s.t);
+    }
+    Series {
+        labels: Labels::from_sorted(labels),
+        samples,
+    }
+}
+
+fn into_metadata(m: proto::MetricMetadata) -> Option<MetricMetadata> {
+    if m.metric_family_name.is_empty() {
+        return None;
+    }
+    let metric_type = proto::MetricType::try_from(m.r#type).unwrap_or(proto::MetricType::Unknown);
+    Some(MetricMetadata {
+        metric_family: m.metric_family_name,
+        metric_type: metric_type.api_name().to_string(),
+        help: m.help,
+        unit: m.unit,
+    })
+}
+
+/// The labels as sent, `{a="1", b="2"}`, cut to a readable length.
+fn describe(labels: &[proto::Label]) -> String {
+    let mut out = String::from("{");
+    for (i, l) in labels.iter().enumerate() {
+        if i > 0 {
+            out.push_str(", ");
+        }
+        let _ = write!(out, "{}={:?}", l.name, l.value);
+        if out.len() > MAX_DESCRIBED_LEN {
+            let mut cut = MAX_DESCRIBED_LEN;
+            while !out.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            out.truncate(cut);
+            out.push_str("...");
+            break;
+        }
+    }
+    out.push('}');
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn series(pairs: &[(&str, &str)], samples: &[(i64, f64)]) -> proto::TimeSeries {
+        proto::TimeSeries {
+            labels: pairs
+                .iter()
+                .map(|(n, v)| proto::Label {
+                    name: n.to_string(),
+                    value: v.to_string(),
+                })
+                .collect(),
+            samples: samples
+                .iter()
+                .map(|&(timestamp, value)| proto::Sample { value, timestamp })
+                .collect(),
+            ..Default::default()
+        }
+    }
+
+    fn validate(ts: Vec<proto::TimeSeries>) -> Result<DecodedWrite, IngestError> {
+        into_decoded_write(proto::WriteRequest {
+            timeseries: ts,
+            metadata: vec![],
+        })
+    }
+
+    fn problem(pairs: &[(&str, &str)]) -> String {
+        let err = validate(vec![series(pairs, &[(1, 1.0)])]).unwrap_err();
+        assert_eq!(err.reason, RejectReason::InvalidLabels);
+        err.message
+    }
+
+    #[test]
+    fn label_rules() {
+        assert!(problem(&[]).contains("no labels"));
+        assert!(problem(&[("job", "a")]).contains("missing metric name"));
+        assert!(problem(&[("__name__", ""), ("job", "a")]).contains("missing metric name"));
+        assert!(problem(&[("", "x"), ("__name__", "up")]).contains("empty"));
+        assert!(problem(&[("__name__", "up"), ("b", "1"), ("a", "2")]).contains("not sorted"));
+        assert!(problem(&[("__name__", "up"), ("a", "1"), ("a", "2")]).contains("duplicate"));
+    }
+
+    #[test]
+    fn one_bad_series_refuses_the_request() {
+        let err = validate(vec![
+            series(&[("__name__", "ok")], &[(1, 1.0)]),
+            series(&[("job", "x")], &[(1, 1.0)]),
+        ])
+        .unwrap_err();
+        assert!(err.message.contains("#1"), "{}", err.message);
+    }
+
+    #[test]
+    fn utf8_names_and_empty_values() {
+        let got = validate(vec![series(
+            &[("__name__", "up"), ("a", ""), ("ünïcode.name", "v")],
+            &[(1, 1.0)],
+        )])
+        .unwrap();
+        assert_eq!(
+            got.series[0].labels,
+            Labels::from_pairs([("__name__", "up"), ("ünïcode.name", "v")])
+        );
+    }
+
+    #[test]
+    fn histograms_refused_exemplars_dropped_empty_series_skipped() {
+        let mut with_histogram = series(&[("__name__", "h")], &[]);
+        with_histogram
+            .histograms
+            .push(proto::Histogram { timestamp: 1 });
+        let err = validate(vec![with_histogram]).unwrap_err();
+        assert_eq!(err.reason, RejectReason::NativeHistograms);
+
+        let mut with_exemplar = series(&[("__name__", "c")], &[(1, 1.0)]);
+        with_exemplar.exemplars.push(proto::Exemplar::default());
+        let got = validate(vec![with_exemplar, series(&[("__name__", "empty")], &[])]).unwrap();
+        assert_eq!(got.exemplars_dropped, 1);
+        assert_eq!(got.series.len(), 1);
+        assert_eq!(got.num_samples, 1);
+    }
+
+    #[test]
+    fn samples_sorted_stably_and_bits_kept() {
+        let stale = model::stale_nan();
+        let got = validate(vec![series(
+            &[("__name__", "up")],
+            &[(3, 3.0), (1, stale), (2, f64::NAN), (1, 1.5)],
+        )])
+        .unwrap();
+        let samples = &got.series[0].samples;
+        assert_eq!(samples[0], Sample::new(1, stale));
+        assert_eq!(samples[1], Sample::new(1, 1.5));
+        assert_eq!(samples[2].t, 2);
+        assert!(samples[2].v.is_nan() && !model::is_stale_nan(samples[2].v));
+    }
+
+    #[test]
+    fn metadata_types_named_like_the_api() {
+        let got = into_decoded_write(proto::WriteRequest {
+            timeseries: vec![],
+            metadata: vec![
+                proto::MetricMetadata {
+                    r#type: proto::MetricType::Counter as i32,
+                    metric_family_name: "http_requests".into(),
+                    help: "Requests.".into(),
+                    unit: String::new(),
+                },
+                proto::MetricMetadata {
+                    r#type: 99,
+                    metric_family_name: String::new(),
+                    help: String::new(),
+                    unit: String::new(),
+                },
+            ],
+        })
+        .unwrap();
+        assert_eq!(got.metadata.len(), 1);
+        assert_eq!(got.metadata[0].metric_type, "counter");
+    }
+
+    #[test]
+    fn long_descriptions_are_cut_on_char_boundaries() {
+        let value = "é".repeat(400);
+        let text = describe(&[proto::Label {
+            name: "__name__".into(),
+            value,
+        }]);
+        assert!(text.len() < MAX_DESCRIBED_LEN + 8);
+        assert!(text.ends_with("...}"));
+    }
+}

@@ -1,0 +1,106 @@
+//! Wiring of one node: metrics registry, storage, engine and HTTP server, and the
+//! orderly shutdown on SIGTERM (stop accepting, finish in-flight requests, close the WAL).
+//!
+//! Owns: process lifecycle. Calls every box's constructor; no box calls it.
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use prometheus_client::registry::Registry;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::api::{self, AppState, NodeServices, ServerInfo};
+use crate::config::Config;
+use crate::promql::Engine;
+use crate::telemetry::{self, http::HttpMetrics};
+use crate::tsdb::{Tsdb, TsdbMetrics};
+
+/// Runs a node until SIGTERM or SIGINT. Returns an error message on a fatal failure.
+pub async fn run(config: Config) -> Result<(), String> {
+    let mut registry = Registry::default();
+    telemetry::register_process_metrics(&mut registry);
+    let http_metrics = HttpMetrics::register(&mut registry);
+    let tsdb_metrics = TsdbMetrics::register(&mut registry);
+
+    let info = ServerInfo {
+        start_time: SystemTime::now(),
+        flags: config.flag_values(),
+        data_dir: config.data_directory.display().to_string(),
+        max_write_body_bytes: usize::try_from(config.write_max_body_size).unwrap_or(usize::MAX),
+    };
+    let state = AppState::new(Engine::new(config.engine_options()), registry, info);
+
+    let listener = TcpListener::bind(config.http_bind_addr)
+        .await
+        .map_err(|e| format!("cannot listen on {}: {e}", config.http_bind_addr))?;
+    tracing::info!(addr = %config.http_bind_addr, "HTTP API listening");
+
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let app = api::router(state.clone()).layer(axum::middleware::from_fn_with_state(
+        http_metrics,
+        telemetry::http::track,
+    ));
+    let server = tokio::spawn(async move {
+        let mut rx = shutdown_rx;
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                let _ = rx.wait_for(|stop| *stop).await;
+            })
+            .await
+    });
+
+    let tsdb = open_storage(&config, tsdb_metrics).await?;
+    state.set_ready(NodeServices {
+        storage: Arc::new(tsdb.clone()),
+        tsdb: tsdb.clone(),
+    });
+    tracing::info!(dir = %config.data_directory.display(), "storage open; node ready");
+
+    wait_for_signal().await;
+    tracing::info!("shutting down: draining HTTP requests");
+    let _ = shutdown_tx.send(true);
+    match server.await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::error!(error = %e, "HTTP server stopped with an error"),
+        Err(e) => tracing::error!(error = %e, "HTTP server task failed"),
+    }
+    close_storage(tsdb).await
+}
+
+async fn open_storage(config: &Config, metrics: TsdbMetrics) -> Result<Tsdb, String> {
+    let opts = config.tsdb_options();
+    tokio::task::spawn_blocking(move || Tsdb::open(opts, metrics))
+        .await
+        .map_err(|e| format!("opening storage panicked: {e}"))?
+        .map_err(|e| {
+            format!(
+                "cannot open storage in {}: {e}",
+                config.data_directory.display()
+            )
+        })
+}
+
+async fn close_storage(tsdb: Tsdb) -> Result<(), String> {
+    tokio::task::spawn_blocking(move || tsdb.close())
+        .await
+        .map_err(|e| format!("closing storage panicked: {e}"))?
+        .map_err(|e| format!("closing storage: {e}"))?;
+    tracing::info!("storage closed cleanly");
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("cannot install signal handlers; stopping");
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("received SIGTERM"),
+        _ = int.recv() => tracing::info!("received SIGINT"),
+    }
+}
