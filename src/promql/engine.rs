@@ -479,6 +479,26 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn extreme_timestamps_do_not_panic() {
+        let (_dir, s) = storage(1).await;
+        let e = engine(1000);
+        for q in [
+            "m offset -1000000000000000w",
+            "max_over_time(m[1000000000000000w])",
+            "sum_over_time(m[5m:1m] @ 9223372036854775)",
+            "m @ -9223372036854775",
+        ] {
+            // Either an answer or an error; never a panic (which would surface as a
+            // failed evaluation task).
+            for t in [i64::MAX / 2, i64::MIN / 2] {
+                if let Err(err) = e.instant_query(Arc::clone(&s), q, t).await {
+                    assert!(!err.to_string().contains("panicked"), "{q} at {t}: {err}");
+                }
+            }
+        }
+    }
+
+    #[tokio::test]
     async fn many_to_one_without_group_modifier_fails_like_prometheus() {
         let (_dir, s) = storage(2).await;
         let err = engine(100)

@@ -175,7 +175,9 @@ impl<'a> Evaluator<'a> {
         offset: &Option<promql_parser::parser::Offset>,
         ts: i64,
     ) -> i64 {
-        at_ms(at, &self.times).unwrap_or(ts) - offset_ms(offset)
+        at_ms(at, &self.times)
+            .unwrap_or(ts)
+            .saturating_sub(offset_ms(offset))
     }
 
     /// An instant vector selector: per series, the newest sample in `(t - lookback, t]`,
@@ -186,7 +188,7 @@ impl<'a> Evaluator<'a> {
         ts: i64,
     ) -> Result<Vec<InstantSample>, QueryError> {
         let t = self.reference_time(&vs.at, &vs.offset, ts);
-        let oldest = t - self.times.lookback;
+        let oldest = t.saturating_sub(self.times.lookback);
         let mut out = Vec::new();
         for series in self.data.get(vs) {
             let idx = series.samples.partition_point(|s| s.t <= t);
@@ -215,7 +217,7 @@ impl<'a> Evaluator<'a> {
         ts: i64,
     ) -> Result<Vec<RangeSeries>, QueryError> {
         let t = self.reference_time(&ms.vs.at, &ms.vs.offset, ts);
-        let oldest = t - duration_ms(&ms.range);
+        let oldest = t.saturating_sub(duration_ms(&ms.range));
         let mut out = Vec::new();
         let mut points_held = 0;
         for series in self.data.get(&ms.vs) {
@@ -258,10 +260,10 @@ impl<'a> Evaluator<'a> {
             .map(duration_ms)
             .unwrap_or(self.times.default_subquery_step)
             .max(1);
-        let oldest = t - duration_ms(&sq.range);
-        let mut first = oldest.div_euclid(step) * step;
+        let oldest = t.saturating_sub(duration_ms(&sq.range));
+        let mut first = oldest.div_euclid(step).saturating_mul(step);
         if first <= oldest {
-            first += step;
+            first = first.saturating_add(step);
         }
         let key = sq as *const SubqueryExpr as usize;
         let mut window = self.subquery_windows.remove(&key).unwrap_or_default();
@@ -300,7 +302,10 @@ impl<'a> Evaluator<'a> {
             };
             self.held_samples = held_before;
             window.push_step(inner_t, samples);
-            inner_t += step;
+            match inner_t.checked_add(step) {
+                Some(next) => inner_t = next,
+                None => break,
+            }
         }
         window.next_step = Some(inner_t);
         Ok(())
@@ -314,7 +319,7 @@ impl<'a> Evaluator<'a> {
             "end" => t.end,
             "step" if t.start != t.end => t.step,
             "step" => 0,
-            "range" => t.end - t.start,
+            "range" => t.end.saturating_sub(t.start),
             _ => return None,
         };
         Some(ms as f64 / 1000.0)
@@ -333,12 +338,12 @@ impl<'a> Evaluator<'a> {
             let value = match unwrap_parens(arg) {
                 Expr::MatrixSelector(ms) => {
                     let t = self.reference_time(&ms.vs.at, &ms.vs.offset, ts);
-                    window = (t - duration_ms(&ms.range), t);
+                    window = (t.saturating_sub(duration_ms(&ms.range)), t);
                     Value::Matrix(self.select_range(ms, ts)?)
                 }
                 Expr::Subquery(sq) => {
                     let t = self.reference_time(&sq.at, &sq.offset, ts);
-                    window = (t - duration_ms(&sq.range), t);
+                    window = (t.saturating_sub(duration_ms(&sq.range)), t);
                     Value::Matrix(self.eval_subquery(sq, ts)?)
                 }
                 Expr::VectorSelector(_) if name == "timestamp" => self.eval(arg, ts)?,
