@@ -427,6 +427,22 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn functions_over_ranges_hold_one_window_at_a_time() {
+        let (_dir, s) = storage(5).await;
+        let e = engine(20);
+        // Five windows of ten samples: Prometheus holds one window at a time.
+        e.instant_query(Arc::clone(&s), "count_over_time(m[10m])", 600_000)
+            .await
+            .expect("one window at a time fits");
+        // The same matrix returned whole does not fit.
+        let err = e
+            .instant_query(s, "m[10m]", 600_000)
+            .await
+            .expect_err("whole matrix");
+        assert_eq!(err, QueryError::TooManySamples);
+    }
+
+    #[tokio::test]
     async fn timeout_is_reported() {
         let (_dir, s) = storage(1).await;
         let engine = Engine::new(EngineOptions {

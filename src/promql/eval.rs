@@ -120,7 +120,11 @@ impl<'a> Evaluator<'a> {
             Expr::Paren(p) => self.eval(&p.expr, ts),
             Expr::Unary(u) => self.eval_unary(u, ts),
             Expr::VectorSelector(vs) => Ok(Value::Vector(self.select_instant(vs, ts)?)),
-            Expr::MatrixSelector(ms) => Ok(Value::Matrix(self.select_range(ms, ts)?)),
+            Expr::MatrixSelector(ms) => Ok(Value::Matrix(self.select_range(
+                ms,
+                ts,
+                SampleCount::AllSeries,
+            )?)),
             Expr::Subquery(sq) => Ok(Value::Matrix(self.eval_subquery(sq, ts)?)),
             Expr::Binary(b) => binary::eval_binary(self, b, ts),
             Expr::Aggregate(a) => aggregate::eval_aggregate(self, a, ts),
@@ -215,6 +219,7 @@ impl<'a> Evaluator<'a> {
         &mut self,
         ms: &MatrixSelector,
         ts: i64,
+        count: SampleCount,
     ) -> Result<Vec<RangeSeries>, QueryError> {
         let t = self.reference_time(&ms.vs.at, &ms.vs.offset, ts);
         let oldest = t.saturating_sub(duration_ms(&ms.range));
@@ -234,7 +239,10 @@ impl<'a> Evaluator<'a> {
             if points.is_empty() {
                 continue;
             }
-            points_held += points.len();
+            points_held = match count {
+                SampleCount::AllSeries => points_held + points.len(),
+                SampleCount::OneSeriesAtATime => points_held.max(points.len()),
+            };
             out.push(RangeSeries {
                 labels: series.labels.clone(),
                 points,
@@ -339,7 +347,7 @@ impl<'a> Evaluator<'a> {
                 Expr::MatrixSelector(ms) => {
                     let t = self.reference_time(&ms.vs.at, &ms.vs.offset, ts);
                     window = (t.saturating_sub(duration_ms(&ms.range)), t);
-                    Value::Matrix(self.select_range(ms, ts)?)
+                    Value::Matrix(self.select_range(ms, ts, SampleCount::OneSeriesAtATime)?)
                 }
                 Expr::Subquery(sq) => {
                     let t = self.reference_time(&sq.at, &sq.offset, ts);
@@ -410,6 +418,16 @@ impl<'a> Evaluator<'a> {
             );
         }
     }
+}
+
+/// How a range selector's samples count against the query's sample limit.
+#[derive(Clone, Copy)]
+enum SampleCount {
+    /// The whole matrix is the result (a range vector returned by the query).
+    AllSeries,
+    /// A function consumes the matrix: Prometheus feeds it one series at a time, so
+    /// only the largest window counts.
+    OneSeriesAtATime,
 }
 
 /// The inner results of one subquery node over its latest window, kept per series so an
