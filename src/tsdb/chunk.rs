@@ -21,6 +21,9 @@ use crate::model::Sample;
 
 /// Bytes before the first sample: the big-endian sample count.
 const HEADER_SIZE: usize = 2;
+/// Initial capacity and growth step of a chunk's buffer (a 120-sample chunk of typical
+/// data takes a few hundred bytes).
+const GROWTH_STEP: usize = 64;
 
 /// Why a chunk could not be decoded.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -68,6 +71,11 @@ impl BitWriter {
     fn write_bits(&mut self, value: u64, mut nbits: u32) {
         while nbits > 0 {
             if self.free == 0 {
+                if self.bytes.len() == self.bytes.capacity() {
+                    // Grow in small steps: an open chunk lives as long as its series is
+                    // active, and doubling would leave up to half of it unused.
+                    self.bytes.reserve_exact(GROWTH_STEP);
+                }
                 self.bytes.push(0);
                 self.free = 8;
             }
@@ -188,7 +196,7 @@ impl Default for XorChunk {
 
 impl XorChunk {
     pub fn new() -> Self {
-        let mut bytes = Vec::with_capacity(128);
+        let mut bytes = Vec::with_capacity(GROWTH_STEP);
         bytes.extend_from_slice(&[0, 0]);
         XorChunk {
             w: BitWriter { bytes, free: 0 },

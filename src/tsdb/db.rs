@@ -344,17 +344,24 @@ impl Db {
         let mut writer = BlockWriter::new(&self.opts.dir)?;
         let mut written = Ok(());
         for (labels, mem) in &series {
-            let chunks = mem.data().start_cut(boundary);
-            if written.is_ok() {
-                written = writer.add_series(labels.clone(), &chunks);
+            if written.is_err() {
+                break;
             }
+            let chunks = mem.data().start_cut(boundary);
+            written = writer.add_series(labels.clone(), &chunks);
         }
-        let finished = written.and_then(|()| writer.finish(1, Vec::new()));
-        let new_block = match finished {
-            Ok(Some(meta)) => Some(Arc::new(Block::open(&self.opts.dir.join(&meta.ulid))?)),
-            Ok(None) => None,
+        let opened = written
+            .and_then(|()| writer.finish(1, Vec::new()))
+            .and_then(|meta| {
+                meta.map(|m| Block::open(&self.opts.dir.join(&m.ulid)).map(Arc::new))
+                    .transpose()
+            });
+        let new_block = match opened {
+            Ok(block) => block,
             Err(e) => {
-                // Put the data back where queries and the next cut find it.
+                // Put the data back where queries and the next cut find it. A block that
+                // was written but not opened is loaded at restart; reads and compaction
+                // deduplicate it against the replayed head.
                 for (_, mem) in &series {
                     mem.data().abort_cut();
                 }

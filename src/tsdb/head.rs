@@ -680,6 +680,22 @@ mod tests {
     }
 
     #[test]
+    fn aborted_cut_restores_samples() {
+        let mut d = SeriesData::new();
+        for i in 0..200 {
+            d.append(i * 10, i as f64, &LIMITS).unwrap();
+        }
+        let before = collect(&d);
+        assert!(!d.start_cut(1_000).is_empty());
+        d.append(2_500, 1.0, &LIMITS).unwrap();
+        d.abort_cut();
+        let after = collect(&d);
+        assert_eq!(after.len(), before.len() + 1);
+        assert!(d.cutting.is_empty());
+        assert!(after.windows(2).all(|w| w[0].0 < w[1].0));
+    }
+
+    #[test]
     fn delete_range_removes_samples() {
         let mut d = SeriesData::new();
         for i in 0..10 {

@@ -378,8 +378,14 @@ impl Wal {
         fs::create_dir_all(dir)?;
         remove_unfinished_checkpoints(dir)?;
         let report = replay(dir, on_record)?;
-        let (_, segments) = list_dir(dir)?;
-        let index = segments.last().map_or(1, |i| i + 1);
+        let (checkpoints, segments) = list_dir(dir)?;
+        // Past every segment and checkpoint: replay skips segments a checkpoint covers.
+        let newest = segments
+            .last()
+            .max(checkpoints.last())
+            .copied()
+            .unwrap_or(0);
+        let index = newest + 1;
         let file = create_segment(dir, index)?;
         observer.segments(segments.len() as u64 + 1);
         let wal = Wal {
@@ -736,6 +742,22 @@ mod tests {
         let (_, recs, _) = open(dir.path(), 4096);
         assert_eq!(recs.len(), 2);
         assert!(matches!(recs[0], Record::Series { id: 1, .. }));
+        // Even with every segment gone, new segments are numbered past the checkpoint.
+        let (checkpoints, segments) = list_dir(dir.path()).unwrap();
+        for s in segments {
+            fs::remove_file(dir.path().join(segment_name(s))).unwrap();
+        }
+        {
+            let (wal, _, _) = open(dir.path(), 4096);
+            let seq = wal.log(&samples_record(&[(1, 600, 3.0)]));
+            wal.sync(seq).unwrap();
+        }
+        let (_, recs, _) = open(dir.path(), 4096);
+        assert_eq!(
+            recs.len(),
+            2,
+            "checkpoint {checkpoints:?} plus the new sample"
+        );
     }
 
     #[test]
