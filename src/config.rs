@@ -96,7 +96,9 @@ pub struct Config {
 
 /// Parses a Prometheus duration (`1h30m`, `15d`, `250ms`, `0s`).
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    if s == "0" {
+    // promql-parser refuses zero durations; flags use `0s` to mean "off".
+    let number = s.trim_end_matches(|c: char| c.is_ascii_alphabetic());
+    if !number.is_empty() && number.bytes().all(|b| b == b'0') {
         return Ok(Duration::ZERO);
     }
     promql_parser::util::parse_duration(s)
@@ -215,6 +217,8 @@ mod tests {
     #[test]
     fn parses_durations() {
         assert_eq!(parse_duration("0"), Ok(Duration::ZERO));
+        assert_eq!(parse_duration("0s"), Ok(Duration::ZERO));
+        assert_eq!(parse_duration("0ms"), Ok(Duration::ZERO));
         assert_eq!(parse_duration("1h30m"), Ok(Duration::from_secs(5400)));
         assert_eq!(parse_duration("15d"), Ok(Duration::from_secs(15 * 86400)));
         assert!(parse_duration("fortnight").is_err());

@@ -1,0 +1,1341 @@
+//! Membership: the SWIM runtime (foca over tokio UDP) that tells which nodes exist and
+//! whether they are alive, suspect or down, and keeps the join order (`ring`) in step.
+//!
+//! Owns: the gossip socket, foca's timers, announcing to `--peers` until one answers,
+//! the ring-sync messages that carry the join order (including nodes foca has
+//! forgotten), choosing this node's join sequence once the cluster has settled (ADR
+//! 0005), graceful leave, the `timbala_cluster_*` metrics, and the published
+//! `ClusterView`. Everything runs on one task that owns all state: no locks.
+//!
+//! Calls `identity` (load and persist who we are), `ring` (merge and persist the join
+//! order) and foca. Nothing here calls the storage or HTTP layers: they read
+//! `MembershipHandle`.
+//!
+//! Datagram framing: `[PROTOCOL_VERSION, kind, payload..]`, kind `KIND_SWIM` (a foca
+//! packet) or `KIND_RING` (a postcard-encoded `RingSync`).
+
+use std::cmp::{Ordering, Reverse};
+use std::collections::{BinaryHeap, HashMap};
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::num::NonZeroU32;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use foca::{AccumulatingRuntime, Foca, NoCustomBroadcast, OwnedNotification, PostcardCodec, Timer};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use rand::seq::IndexedRandom;
+use rand::SeedableRng;
+use rand_foca::SeedableRng as _;
+use serde::{Deserialize, Serialize};
+use tokio::net::UdpSocket;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use crate::cluster::identity::{self, NodeId, NodeIdentity};
+use crate::cluster::ring::{Ring, RingEntry, RingNode, RingState};
+
+/// First byte of every datagram; a node drops datagrams of another version.
+pub const PROTOCOL_VERSION: u8 = 1;
+const KIND_SWIM: u8 = 0;
+const KIND_RING: u8 = 1;
+/// Ring entries per ring-sync datagram: small enough to stay under a LAN MTU with
+/// ordinary addresses. The ring is a CRDT, so any subset is a valid message.
+const RING_ENTRIES_PER_DATAGRAM: usize = 12;
+/// Largest UDP payload.
+const MAX_DATAGRAM: usize = 65_507;
+/// First retry delay for announcing to the peers; doubles up to `announce_backoff_max`.
+const ANNOUNCE_BACKOFF_START: Duration = Duration::from_millis(100);
+const DNS_TIMEOUT: Duration = Duration::from_secs(2);
+/// A new node defers to a new node with a smaller id for at most this many settle
+/// periods (that node may be stuck).
+const PENDING_PATIENCE: u32 = 10;
+
+/// Settings of one node's membership.
+#[derive(Clone)]
+pub struct MembershipConfig {
+    /// Where `node.json` and `ring.json` live.
+    pub data_directory: PathBuf,
+    /// UDP address the gossip socket binds.
+    pub bind_addr: SocketAddr,
+    /// Address other nodes send gossip to (`host:port`, resolved once at start). By
+    /// default the bind address, or when that is a wildcard, the local address of the
+    /// route towards the first peer.
+    pub advertise_addr: Option<String>,
+    /// Where other nodes reach this node's HTTP API; carried in gossip.
+    pub http_advertise_addr: String,
+    /// Gossip addresses (`host:port`) to announce to until one answers.
+    pub peers: Vec<String>,
+    /// SWIM timing (probe period, suspicion timeout, ...).
+    pub swim: foca::Config,
+    /// A new node takes its join sequence once membership has not changed for this long.
+    pub settle: Duration,
+    /// How often the ring is pushed to a random member (anti-entropy).
+    pub ring_sync_interval: Duration,
+    /// Longest wait between announces while no peer has answered.
+    pub announce_backoff_max: Duration,
+    /// How often a node announces to one ring node it does not see as active.
+    pub reconnect_interval: Duration,
+    pub metrics: ClusterMetrics,
+}
+
+impl MembershipConfig {
+    /// Defaults for a LAN cluster of a few nodes.
+    pub fn new(
+        data_directory: PathBuf,
+        bind_addr: SocketAddr,
+        http_advertise_addr: String,
+    ) -> MembershipConfig {
+        // A down node's place is kept by the ring, not by foca, so foca's own defaults
+        // for forgetting down identities are fine.
+        let swim = foca::Config::new_lan(NonZeroU32::new(5).unwrap_or(NonZeroU32::MIN));
+        MembershipConfig {
+            data_directory,
+            bind_addr,
+            advertise_addr: None,
+            http_advertise_addr,
+            peers: Vec::new(),
+            swim,
+            settle: Duration::from_secs(2),
+            ring_sync_interval: Duration::from_secs(1),
+            announce_backoff_max: Duration::from_secs(5),
+            reconnect_interval: Duration::from_secs(10),
+            metrics: ClusterMetrics::default(),
+        }
+    }
+}
+
+/// What a node looks like from here.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum MemberState {
+    Alive,
+    /// Alive for all purposes until it refutes the suspicion or is declared down.
+    Suspect,
+    /// Declared down, or in the ring but not heard from since this node started.
+    Down,
+}
+
+impl MemberState {
+    fn label(self) -> &'static str {
+        match self {
+            MemberState::Alive => "alive",
+            MemberState::Suspect => "suspect",
+            MemberState::Down => "down",
+        }
+    }
+
+    fn from_foca(state: foca::State) -> MemberState {
+        match state {
+            foca::State::Alive => MemberState::Alive,
+            foca::State::Suspect => MemberState::Suspect,
+            foca::State::Down => MemberState::Down,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Member {
+    pub identity: NodeIdentity,
+    pub state: MemberState,
+}
+
+/// A consistent snapshot of the cluster as this node sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClusterView {
+    /// This node, as it currently gossips itself.
+    pub local: NodeIdentity,
+    /// Every node not removed: ring nodes in join order, then nodes still choosing their
+    /// place, by id. Includes this node (always alive).
+    pub members: Vec<Member>,
+    /// The join order placement runs on.
+    pub ring: Ring,
+}
+
+impl ClusterView {
+    pub fn member(&self, id: NodeId) -> Option<&Member> {
+        self.members.iter().find(|m| m.identity.id == id)
+    }
+}
+
+enum Command {
+    Leave(oneshot::Sender<()>),
+    Remove(NodeId, oneshot::Sender<bool>),
+}
+
+/// The way every other box reads and steers membership. Cheap to clone.
+#[derive(Clone)]
+pub struct MembershipHandle {
+    view: watch::Receiver<Arc<ClusterView>>,
+    commands: mpsc::Sender<Command>,
+}
+
+impl MembershipHandle {
+    /// The current snapshot.
+    pub fn view(&self) -> Arc<ClusterView> {
+        self.view.borrow().clone()
+    }
+
+    pub fn members(&self) -> Vec<Member> {
+        self.view().members.clone()
+    }
+
+    pub fn ring(&self) -> Ring {
+        self.view().ring.clone()
+    }
+
+    pub fn local(&self) -> NodeIdentity {
+        self.view().local.clone()
+    }
+
+    /// A receiver that sees every new snapshot.
+    pub fn subscribe(&self) -> watch::Receiver<Arc<ClusterView>> {
+        self.view.clone()
+    }
+
+    /// Waits until this node has its place in the ring and returns its identity.
+    pub async fn wait_placed(&self) -> NodeIdentity {
+        let mut rx = self.subscribe();
+        let placed = rx
+            .wait_for(|v| v.local.join_seq.is_some())
+            .await
+            .map(|view| view.local.clone());
+        // Err: the runtime stopped; report the last identity it published.
+        placed.unwrap_or_else(|_| self.local())
+    }
+
+    /// Leaves the cluster gracefully (peers learn at once instead of suspecting) and
+    /// stops the runtime. Returns when the leave has been sent.
+    pub async fn leave(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self.commands.send(Command::Leave(tx)).await.is_ok() {
+            let _ = rx.await;
+        }
+    }
+
+    /// Removes a node from the ring for good (a tombstone gossiped to every node). Its
+    /// successors move up one place, which moves data: see ADR 0005. False when the node
+    /// is unknown, already removed, or the runtime has stopped.
+    pub async fn remove_node(&self, id: NodeId) -> bool {
+        let (tx, rx) = oneshot::channel();
+        if self.commands.send(Command::Remove(id, tx)).await.is_err() {
+            return false;
+        }
+        rx.await.unwrap_or(false)
+    }
+}
+
+#[derive(Debug)]
+pub enum MembershipError {
+    /// The identity or ring file could not be read or written.
+    Storage(io::Error),
+    /// The gossip socket could not be bound.
+    Bind(SocketAddr, io::Error),
+    /// The advertise address does not resolve.
+    Advertise(String),
+}
+
+impl std::fmt::Display for MembershipError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            MembershipError::Storage(e) => write!(f, "cluster state: {e}"),
+            MembershipError::Bind(addr, e) => write!(f, "cannot bind gossip socket {addr}: {e}"),
+            MembershipError::Advertise(why) => write!(f, "gossip advertise address: {why}"),
+        }
+    }
+}
+
+impl std::error::Error for MembershipError {}
+
+/// Self-metrics of the membership runtime. The per-kind counters are resolved once, so
+/// counting a datagram is an atomic add, never a map lookup or a lock.
+#[derive(Clone)]
+pub struct ClusterMetrics {
+    members: Family<StateLabels, Gauge>,
+    ring_nodes: Gauge,
+    messages_sent: Family<KindLabels, Counter>,
+    messages_received: Family<KindLabels, Counter>,
+    /// Indexed by datagram kind (`KIND_SWIM`, `KIND_RING`).
+    sent_by_kind: [Counter; 2],
+    received_by_kind: [Counter; 2],
+    bytes_sent: Counter,
+    bytes_received: Counter,
+    invalid_messages: Counter,
+    out_of_order_joins: Counter,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StateLabels {
+    state: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabels {
+    kind: &'static str,
+}
+
+const KIND_NAMES: [&str; 2] = ["swim", "ring"];
+
+impl Default for ClusterMetrics {
+    fn default() -> Self {
+        let messages_sent = Family::<KindLabels, Counter>::default();
+        let messages_received = Family::<KindLabels, Counter>::default();
+        let child = |family: &Family<KindLabels, Counter>, kind: &'static str| {
+            family.get_or_create(&KindLabels { kind }).clone()
+        };
+        ClusterMetrics {
+            members: Family::default(),
+            ring_nodes: Gauge::default(),
+            sent_by_kind: KIND_NAMES.map(|k| child(&messages_sent, k)),
+            received_by_kind: KIND_NAMES.map(|k| child(&messages_received, k)),
+            messages_sent,
+            messages_received,
+            bytes_sent: Counter::default(),
+            bytes_received: Counter::default(),
+            invalid_messages: Counter::default(),
+            out_of_order_joins: Counter::default(),
+        }
+    }
+}
+
+impl ClusterMetrics {
+    /// Creates the metrics and registers them as `timbala_cluster_*`.
+    pub fn register(registry: &mut Registry) -> ClusterMetrics {
+        let m = ClusterMetrics::default();
+        registry.register(
+            "timbala_cluster_members",
+            "Cluster members known to this node, by state (this node included)",
+            m.members.clone(),
+        );
+        registry.register(
+            "timbala_cluster_ring_nodes",
+            "Nodes in the join order placement uses",
+            m.ring_nodes.clone(),
+        );
+        registry.register(
+            "timbala_cluster_gossip_messages_sent",
+            "Gossip datagrams sent, by kind (swim, ring)",
+            m.messages_sent.clone(),
+        );
+        registry.register(
+            "timbala_cluster_gossip_messages_received",
+            "Gossip datagrams received, by kind (swim, ring)",
+            m.messages_received.clone(),
+        );
+        registry.register(
+            "timbala_cluster_gossip_sent_bytes",
+            "Bytes of gossip datagrams sent",
+            m.bytes_sent.clone(),
+        );
+        registry.register(
+            "timbala_cluster_gossip_received_bytes",
+            "Bytes of gossip datagrams received",
+            m.bytes_received.clone(),
+        );
+        registry.register(
+            "timbala_cluster_gossip_invalid_messages",
+            "Datagrams dropped because they could not be decoded or were refused",
+            m.invalid_messages.clone(),
+        );
+        registry.register(
+            "timbala_cluster_out_of_order_joins",
+            "Nodes learned of whose join position sorts before an already known node \
+             (concurrent joins or merged clusters: some data changes owner, ADR 0005)",
+            m.out_of_order_joins.clone(),
+        );
+        m
+    }
+
+    fn sent(&self, kind: u8, bytes: usize) {
+        self.sent_by_kind[usize::from(kind == KIND_RING)].inc();
+        self.bytes_sent.inc_by(bytes as u64);
+    }
+
+    fn received(&self, kind: u8, bytes: usize) {
+        self.received_by_kind[usize::from(kind == KIND_RING)].inc();
+        self.bytes_received.inc_by(bytes as u64);
+    }
+
+    fn publish_view(&self, view: &ClusterView) {
+        for state in [MemberState::Alive, MemberState::Suspect, MemberState::Down] {
+            let count = view.members.iter().filter(|m| m.state == state).count();
+            self.members
+                .get_or_create(&StateLabels {
+                    state: state.label(),
+                })
+                .set(count as i64);
+        }
+        self.ring_nodes.set(view.ring.len() as i64);
+    }
+}
+
+/// A ring-sync datagram: some entries of the sender's ring (all of them across the
+/// datagrams of one round), the digest of its whole ring, and whether the receiver
+/// should answer with its own ring when the digests differ.
+#[derive(Debug, PartialEq, Serialize, Deserialize)]
+pub struct RingSync {
+    pub want_reply: bool,
+    pub digest: u64,
+    pub entries: Vec<RingEntry>,
+}
+
+/// Encodes the ring-sync datagrams that carry the whole of `ring`.
+pub fn encode_ring_sync(ring: &RingState, want_reply: bool) -> Vec<Vec<u8>> {
+    let entries: Vec<RingEntry> = ring.entries().cloned().collect();
+    let digest = ring.digest();
+    let chunks: Vec<&[RingEntry]> = if entries.is_empty() {
+        vec![&[]]
+    } else {
+        entries.chunks(RING_ENTRIES_PER_DATAGRAM).collect()
+    };
+    chunks
+        .into_iter()
+        .enumerate()
+        .filter_map(|(i, chunk)| {
+            let msg = RingSync {
+                // Only the first datagram asks: one answer per round is enough.
+                want_reply: want_reply && i == 0,
+                digest,
+                entries: chunk.to_vec(),
+            };
+            match postcard::to_extend(&msg, vec![PROTOCOL_VERSION, KIND_RING]) {
+                Ok(bytes) if bytes.len() <= MAX_DATAGRAM => Some(bytes),
+                Ok(_) | Err(_) => {
+                    tracing::error!(
+                        entries = chunk.len(),
+                        "ring-sync datagram too large, not sent"
+                    );
+                    None
+                }
+            }
+        })
+        .collect()
+}
+
+/// A decoded datagram.
+#[derive(Debug, PartialEq)]
+pub enum Datagram<'a> {
+    Swim(&'a [u8]),
+    Ring(RingSync),
+}
+
+/// Decodes a datagram's frame; garbage gives an error, never a panic.
+pub fn decode_datagram(bytes: &[u8]) -> Result<Datagram<'_>, String> {
+    match bytes {
+        [PROTOCOL_VERSION, KIND_SWIM, rest @ ..] => Ok(Datagram::Swim(rest)),
+        [PROTOCOL_VERSION, KIND_RING, rest @ ..] => match postcard::take_from_bytes(rest) {
+            Ok((msg, [])) => Ok(Datagram::Ring(msg)),
+            Ok((_, trailing)) => Err(format!("{} trailing bytes after ring sync", trailing.len())),
+            Err(e) => Err(format!("ring sync: {e}")),
+        },
+        [PROTOCOL_VERSION, kind, ..] => Err(format!("unknown datagram kind {kind}")),
+        [version, ..] => Err(format!(
+            "protocol version {version}, expected {PROTOCOL_VERSION}"
+        )),
+        [] => Err("empty datagram".to_string()),
+    }
+}
+
+/// The entry point: `Membership::start(config)`.
+pub struct Membership;
+
+impl Membership {
+    /// Loads (or creates) this node's identity, binds the gossip socket and starts the
+    /// runtime task. The task ends after `MembershipHandle::leave`, or when every handle
+    /// is dropped (then it also leaves gracefully).
+    pub async fn start(
+        config: MembershipConfig,
+    ) -> Result<(MembershipHandle, JoinHandle<()>), MembershipError> {
+        let socket = UdpSocket::bind(config.bind_addr)
+            .await
+            .map_err(|e| MembershipError::Bind(config.bind_addr, e))?;
+        let bound = socket
+            .local_addr()
+            .map_err(|e| MembershipError::Bind(config.bind_addr, e))?;
+        let gossip_addr = advertise_addr(&config, bound).await?;
+        let identity = identity::load_for_start(
+            &config.data_directory,
+            gossip_addr,
+            &config.http_advertise_addr,
+        )
+        .map_err(MembershipError::Storage)?;
+        let mut ring = RingState::load(&config.data_directory).map_err(MembershipError::Storage)?;
+        if ring.observe(&identity) {
+            ring.save(&config.data_directory)
+                .map_err(MembershipError::Storage)?;
+        }
+        log_if_removed(&ring, identity.id);
+        tracing::info!(
+            node = %identity.id,
+            generation = identity.generation,
+            join_seq = ?identity.join_seq,
+            gossip = %identity.gossip_addr,
+            http = %identity.http_addr,
+            ring_nodes = ring.len(),
+            "cluster membership starting"
+        );
+
+        let mut config = config;
+        config.peers = peers_other_than(config.peers, &[gossip_addr, bound]).await;
+        let (commands_tx, commands_rx) = mpsc::channel(16);
+        let mut runtime = Runtime::new(config, socket, identity, ring);
+        runtime.place_alone_if_no_one_to_ask();
+        let view = runtime.view();
+        runtime.config.metrics.publish_view(&view);
+        let (view_tx, view_rx) = watch::channel(Arc::new(view));
+        let task = tokio::spawn(runtime.run(commands_rx, view_tx));
+        Ok((
+            MembershipHandle {
+                view: view_rx,
+                commands: commands_tx,
+            },
+            task,
+        ))
+    }
+}
+
+/// The address this node gossips as (see `MembershipConfig::advertise_addr`).
+async fn advertise_addr(
+    config: &MembershipConfig,
+    bound: SocketAddr,
+) -> Result<SocketAddr, MembershipError> {
+    if let Some(text) = &config.advertise_addr {
+        return resolve(text)
+            .await
+            .first()
+            .copied()
+            .ok_or_else(|| MembershipError::Advertise(format!("{text:?} does not resolve")));
+    }
+    if !bound.ip().is_unspecified() {
+        return Ok(bound);
+    }
+    for peer in &config.peers {
+        for addr in resolve(peer).await {
+            if let Some(ip) = local_ip_towards(addr) {
+                return Ok(SocketAddr::new(ip, bound.port()));
+            }
+        }
+    }
+    // In a container the host name resolves to the address peers reach us at.
+    if let Some(host) = own_hostname() {
+        let candidates = resolve(&format!("{host}:{}", bound.port())).await;
+        if let Some(addr) = candidates.into_iter().find(|a| !a.ip().is_loopback()) {
+            return Ok(addr);
+        }
+    }
+    let fallback = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), bound.port());
+    tracing::warn!(
+        %fallback,
+        "gossip binds a wildcard address and no peer resolves: advertising loopback; \
+         set the gossip advertise address for a multi-host cluster"
+    );
+    Ok(fallback)
+}
+
+/// Drops the peers that name this node itself (one peer list shared by every node of a
+/// compose file names each node too), so that a node alone with itself is the first node
+/// rather than waiting for itself. A peer that does not resolve yet is kept.
+async fn peers_other_than(peers: Vec<String>, own: &[SocketAddr]) -> Vec<String> {
+    let mut others = Vec::with_capacity(peers.len());
+    for peer in peers {
+        let addrs = resolve(&peer).await;
+        if addrs.is_empty() || addrs.iter().any(|a| !own.contains(a)) {
+            others.push(peer);
+        } else {
+            tracing::debug!(peer, "peer is this node itself");
+        }
+    }
+    others
+}
+
+fn log_if_removed(ring: &RingState, own: NodeId) {
+    if ring.get(own).is_some_and(|e| e.removed) {
+        tracing::error!(
+            node = %own,
+            "this node was removed from the cluster; wipe its data directory to rejoin as a new node"
+        );
+    }
+}
+
+fn own_hostname() -> Option<String> {
+    let mut buf = [0u8; 256];
+    // SAFETY: the pointer and length describe `buf`, which outlives the call.
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    if rc != 0 {
+        return None;
+    }
+    let len = buf.iter().position(|&b| b == 0)?;
+    let name = std::str::from_utf8(&buf[..len]).ok()?;
+    (!name.is_empty()).then(|| name.to_string())
+}
+
+/// The local address the kernel would use to reach `peer` (no packet is sent).
+fn local_ip_towards(peer: SocketAddr) -> Option<IpAddr> {
+    let any: SocketAddr = if peer.is_ipv4() {
+        (Ipv4Addr::UNSPECIFIED, 0).into()
+    } else {
+        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+    };
+    let probe = std::net::UdpSocket::bind(any).ok()?;
+    probe.connect(peer).ok()?;
+    let ip = probe.local_addr().ok()?.ip();
+    (!ip.is_unspecified()).then_some(ip)
+}
+
+async fn resolve(host_port: &str) -> Vec<SocketAddr> {
+    match tokio::time::timeout(DNS_TIMEOUT, tokio::net::lookup_host(host_port)).await {
+        Ok(Ok(addrs)) => addrs.collect(),
+        Ok(Err(e)) => {
+            tracing::debug!(peer = host_port, error = %e, "peer does not resolve yet");
+            Vec::new()
+        }
+        Err(_) => {
+            tracing::debug!(peer = host_port, "peer resolution timed out");
+            Vec::new()
+        }
+    }
+}
+
+/// A foca timer due at `at`; `seq` keeps timers due at the same instant in order.
+struct Scheduled {
+    at: Instant,
+    seq: u64,
+    timer: Timer<NodeIdentity>,
+}
+
+impl PartialEq for Scheduled {
+    fn eq(&self, other: &Self) -> bool {
+        (self.at, self.seq) == (other.at, other.seq)
+    }
+}
+impl Eq for Scheduled {}
+impl PartialOrd for Scheduled {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Scheduled {
+    fn cmp(&self, other: &Self) -> Ordering {
+        (self.at, self.seq).cmp(&(other.at, other.seq))
+    }
+}
+
+type Swim = Foca<NodeIdentity, PostcardCodec, rand_foca::rngs::SmallRng, NoCustomBroadcast>;
+
+/// All state of the membership task.
+struct Runtime {
+    config: MembershipConfig,
+    socket: UdpSocket,
+    swim: Swim,
+    effects: AccumulatingRuntime<NodeIdentity>,
+    timers: BinaryHeap<Reverse<Scheduled>>,
+    timer_seq: u64,
+    ring: RingState,
+    rng: rand::rngs::SmallRng,
+    /// When membership or the ring last changed: a new node waits for quiet.
+    last_change: Instant,
+    next_announce: Instant,
+    announce_backoff: Duration,
+    /// Ring-sync datagrams queued by synchronous handlers, sent with foca's packets.
+    outbox_ring: Vec<(SocketAddr, Vec<u8>)>,
+    send_buf: Vec<u8>,
+    /// Set when something the view shows may have changed.
+    dirty: bool,
+    /// When this runtime started (bounds how long a new node defers to others).
+    started: Instant,
+    /// `swim_fingerprint()` as of the last published view.
+    swim_fingerprint: u64,
+    next_reconnect: Instant,
+    /// Set once `leave` started: the runtime is about to stop.
+    leaving: bool,
+}
+
+impl Runtime {
+    fn new(
+        config: MembershipConfig,
+        socket: UdpSocket,
+        identity: NodeIdentity,
+        ring: RingState,
+    ) -> Runtime {
+        let mut seed = rand::rngs::StdRng::from_os_rng();
+        let swim_rng = rand_foca::rngs::SmallRng::seed_from_u64(rand::Rng::random(&mut seed));
+        let swim = Foca::new(identity, config.swim.clone(), swim_rng, PostcardCodec);
+        let now = Instant::now();
+        Runtime {
+            config,
+            socket,
+            swim,
+            effects: AccumulatingRuntime::new(),
+            timers: BinaryHeap::new(),
+            timer_seq: 0,
+            ring,
+            rng: rand::rngs::SmallRng::from_rng(&mut seed),
+            last_change: now,
+            next_announce: now,
+            announce_backoff: ANNOUNCE_BACKOFF_START,
+            outbox_ring: Vec::new(),
+            send_buf: Vec::new(),
+            dirty: true,
+            started: now,
+            swim_fingerprint: 0,
+            next_reconnect: now,
+            leaving: false,
+        }
+    }
+
+    async fn run(
+        mut self,
+        mut commands: mpsc::Receiver<Command>,
+        view_tx: watch::Sender<Arc<ClusterView>>,
+    ) {
+        let mut buf = vec![0u8; MAX_DATAGRAM + 1];
+        let mut ring_tick = tokio::time::interval(self.config.ring_sync_interval);
+        ring_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let next_timer = self.timers.peek().map(|Reverse(s)| s.at);
+            tokio::select! {
+                command = commands.recv() => match command {
+                    Some(Command::Leave(done)) => {
+                        self.leave().await;
+                        let _ = done.send(());
+                        break;
+                    }
+                    Some(Command::Remove(id, done)) => {
+                        let _ = done.send(self.remove(id));
+                    }
+                    None => {
+                        self.leave().await;
+                        break;
+                    }
+                },
+                received = self.socket.recv_from(&mut buf) => match received {
+                    Ok((len, from)) => self.on_datagram(&buf[..len], from),
+                    Err(e) => tracing::warn!(error = %e, "gossip socket receive failed"),
+                },
+                _ = sleep_until_some(next_timer) => self.fire_due_timers(),
+                _ = tokio::time::sleep_until(self.next_announce), if self.needs_announce() => {
+                    self.announce().await;
+                }
+                _ = ring_tick.tick() => {
+                    self.push_ring_to_random_member(true);
+                    self.place_if_settled();
+                    self.reconnect_if_due();
+                }
+            }
+            self.apply_effects().await;
+            // Foca does not notify suspicion or refutation: compare a fingerprint.
+            let fingerprint = self.swim_fingerprint();
+            if fingerprint != self.swim_fingerprint {
+                self.swim_fingerprint = fingerprint;
+                self.dirty = true;
+            }
+            if self.dirty {
+                self.dirty = false;
+                let view = self.view();
+                self.config.metrics.publish_view(&view);
+                view_tx.send_if_modified(|current| {
+                    let changed = **current != view;
+                    if changed {
+                        *current = Arc::new(view);
+                    }
+                    changed
+                });
+            }
+        }
+        self.apply_effects().await;
+        let _ = view_tx;
+    }
+
+    fn identity(&self) -> &NodeIdentity {
+        self.swim.identity()
+    }
+
+    /// True while no other node is active: keep announcing to the peers we know of.
+    fn needs_announce(&self) -> bool {
+        self.swim.num_members() == 0 && !self.announce_targets_static().is_empty()
+    }
+
+    /// Peers from the configuration plus every ring node's last gossip address.
+    fn announce_targets_static(&self) -> Vec<String> {
+        let own = self.identity().id;
+        let mut targets = self.config.peers.clone();
+        targets.extend(
+            self.ring
+                .entries()
+                .filter(|e| e.id != own && !e.removed)
+                .map(|e| e.gossip_addr.to_string()),
+        );
+        targets
+    }
+
+    async fn announce(&mut self) {
+        let own = self.identity().gossip_addr;
+        let mut announced = 0usize;
+        for target in self.announce_targets_static() {
+            for addr in resolve(&target).await {
+                if addr == own {
+                    continue;
+                }
+                announced += 1;
+                if let Err(e) = self
+                    .swim
+                    .announce(NodeIdentity::placeholder(addr), &mut self.effects)
+                {
+                    tracing::warn!(peer = %addr, error = %e, "announce failed");
+                }
+            }
+        }
+        if self.announce_backoff >= self.config.announce_backoff_max {
+            tracing::warn!(announced, "no peer has answered yet; still announcing");
+        } else {
+            tracing::debug!(announced, backoff = ?self.announce_backoff, "announced to peers");
+        }
+        self.next_announce = Instant::now() + self.announce_backoff;
+        self.announce_backoff = (self.announce_backoff * 2).min(self.config.announce_backoff_max);
+    }
+
+    fn on_datagram(&mut self, bytes: &[u8], from: SocketAddr) {
+        let result = decode_datagram(bytes).and_then(|datagram| match datagram {
+            Datagram::Swim(packet) => {
+                self.config.metrics.received(KIND_SWIM, bytes.len());
+                self.swim
+                    .handle_data(packet, &mut self.effects)
+                    .map_err(|e| e.to_string())
+            }
+            Datagram::Ring(sync) => {
+                self.config.metrics.received(KIND_RING, bytes.len());
+                self.on_ring_sync(sync, from);
+                Ok(())
+            }
+        });
+        if let Err(why) = result {
+            self.config.metrics.invalid_messages.inc();
+            tracing::debug!(%from, len = bytes.len(), error = %why, "gossip datagram dropped");
+        }
+    }
+
+    fn on_ring_sync(&mut self, sync: RingSync, from: SocketAddr) {
+        self.learn(sync.entries);
+        if sync.want_reply && sync.digest != self.ring.digest() {
+            self.send_ring(from, false);
+        }
+    }
+
+    /// Merges ring records (from ring sync or from identities seen in gossip), flags
+    /// joins that did not append, and persists the ring when it changed.
+    fn learn(&mut self, entries: impl IntoIterator<Item = RingEntry>) {
+        let placed = self.identity().join_seq.is_some();
+        let mut changed = false;
+        for entry in entries {
+            // Only a placed node knew every node placed before it, so only its view can
+            // tell an out-of-order join from plain catching up.
+            if placed && self.ring.sorts_before_known(&entry) {
+                self.config.metrics.out_of_order_joins.inc();
+                tracing::warn!(
+                    node = %entry.id,
+                    join_seq = entry.join_seq,
+                    "a node took a place before nodes already in the ring \
+                     (concurrent join or merged clusters); some series change owners"
+                );
+            }
+            changed |= self.ring.merge_entry(entry);
+        }
+        if changed {
+            self.on_ring_changed();
+        }
+    }
+
+    /// Records a placed identity seen in gossip.
+    fn learn_identity(&mut self, identity: &NodeIdentity) {
+        self.learn(RingEntry::from_identity(identity));
+    }
+
+    fn on_ring_changed(&mut self) {
+        self.last_change = Instant::now();
+        self.dirty = true;
+        if let Err(e) = self.ring.save(&self.config.data_directory) {
+            tracing::error!(error = %e, "cannot persist the ring");
+        }
+        log_if_removed(&self.ring, self.identity().id);
+    }
+
+    fn fire_due_timers(&mut self) {
+        let now = Instant::now();
+        while self.timers.peek().is_some_and(|Reverse(s)| s.at <= now) {
+            let Some(Reverse(due)) = self.timers.pop() else {
+                break;
+            };
+            if let Err(e) = self.swim.handle_timer(due.timer, &mut self.effects) {
+                tracing::warn!(error = %e, "swim timer failed");
+            }
+        }
+    }
+
+    /// Sends what foca produced, schedules its timers and reacts to its notifications.
+    async fn apply_effects(&mut self) {
+        // One framing buffer for all of foca's packets.
+        let mut framed = std::mem::take(&mut self.send_buf);
+        while let Some((to, data)) = self.effects.to_send() {
+            framed.clear();
+            framed.extend_from_slice(&[PROTOCOL_VERSION, KIND_SWIM]);
+            framed.extend_from_slice(&data);
+            self.send(KIND_SWIM, &framed, to.gossip_addr).await;
+        }
+        self.send_buf = framed;
+        while let Some((after, timer)) = self.effects.to_schedule() {
+            self.timer_seq += 1;
+            self.timers.push(Reverse(Scheduled {
+                at: Instant::now() + after,
+                seq: self.timer_seq,
+                timer,
+            }));
+        }
+        while let Some(notification) = self.effects.to_notify() {
+            self.on_notification(notification);
+        }
+        // Notifications may have queued ring datagrams.
+        let outbox = std::mem::take(&mut self.outbox_ring);
+        for (to, datagram) in outbox {
+            self.send(KIND_RING, &datagram, to).await;
+        }
+    }
+
+    async fn send(&self, kind: u8, datagram: &[u8], to: SocketAddr) {
+        match self.socket.send_to(datagram, to).await {
+            Ok(_) => self.config.metrics.sent(kind, datagram.len()),
+            Err(e) => tracing::debug!(%to, error = %e, "gossip send failed"),
+        }
+    }
+
+    fn on_notification(&mut self, notification: OwnedNotification<NodeIdentity>) {
+        self.dirty = true;
+        self.last_change = Instant::now();
+        match notification {
+            OwnedNotification::MemberUp(member) => {
+                tracing::info!(node = %member.id, gossip = %member.gossip_addr, join_seq = ?member.join_seq, "member up");
+                self.learn_identity(&member);
+                // A member we just learned of may know nodes we do not (or the reverse).
+                self.send_ring(member.gossip_addr, true);
+            }
+            OwnedNotification::MemberDown(member) => {
+                tracing::warn!(node = %member.id, gossip = %member.gossip_addr, "member down");
+            }
+            OwnedNotification::Rename(old, new) => {
+                tracing::info!(node = %new.id, old_generation = old.generation, generation = new.generation, join_seq = ?new.join_seq, "member renamed");
+                self.learn_identity(&new);
+            }
+            OwnedNotification::Rejoin(renewed) => {
+                tracing::warn!(
+                    generation = renewed.generation,
+                    "declared down by the cluster; rejoined with a new generation"
+                );
+                self.persist_identity(&renewed);
+                self.learn_identity(&renewed);
+            }
+            OwnedNotification::Active => tracing::info!("cluster membership active"),
+            OwnedNotification::Idle => {
+                tracing::warn!("no other active member; announcing to peers again");
+                self.announce_backoff = ANNOUNCE_BACKOFF_START;
+                self.next_announce = Instant::now();
+            }
+            // Foca goes defunct after our own leave; otherwise `renew` rejoins first.
+            OwnedNotification::Defunct if self.leaving => {}
+            OwnedNotification::Defunct => {
+                tracing::error!("declared down and cannot rejoin");
+            }
+        }
+    }
+
+    fn persist_identity(&self, identity: &NodeIdentity) {
+        if let Err(e) = identity::save(&self.config.data_directory, identity) {
+            tracing::error!(error = %e, "cannot persist this node's identity");
+        }
+    }
+
+    /// Queues the whole ring for `to`.
+    fn send_ring(&mut self, to: SocketAddr, want_reply: bool) {
+        for datagram in encode_ring_sync(&self.ring, want_reply) {
+            self.outbox_ring.push((to, datagram));
+        }
+    }
+
+    /// Anti-entropy: the ring goes to one random active member each round.
+    fn push_ring_to_random_member(&mut self, want_reply: bool) {
+        if let Some(&to) = self.active_addrs().choose(&mut self.rng) {
+            self.send_ring(to, want_reply);
+        }
+    }
+
+    /// Every `reconnect_interval`, announce to one ring node foca does not count as
+    /// active: heals partitions that outlasted foca's memory of down members, and finds
+    /// nodes that came back at an address nobody is probing.
+    fn reconnect_if_due(&mut self) {
+        let now = Instant::now();
+        if now < self.next_reconnect || self.swim.num_members() == 0 {
+            return;
+        }
+        self.next_reconnect = now + self.config.reconnect_interval;
+        let own = self.identity().id;
+        let active = self.active_addrs();
+        let missing: Vec<SocketAddr> = self
+            .ring
+            .entries()
+            .filter(|e| e.id != own && !e.removed && !active.contains(&e.gossip_addr))
+            .map(|e| e.gossip_addr)
+            .collect();
+        if let Some(&to) = missing.choose(&mut self.rng) {
+            tracing::debug!(peer = %to, "announcing to a ring node that is not active");
+            if let Err(e) = self
+                .swim
+                .announce(NodeIdentity::placeholder(to), &mut self.effects)
+            {
+                tracing::debug!(peer = %to, error = %e, "announce failed");
+            }
+        }
+    }
+
+    /// An order-independent digest of foca's member states (identity, state,
+    /// incarnation), to notice changes foca does not notify.
+    fn swim_fingerprint(&self) -> u64 {
+        use std::hash::{Hash, Hasher};
+        self.swim
+            .iter_membership_state()
+            .map(|m| {
+                let mut h = std::collections::hash_map::DefaultHasher::new();
+                m.id().hash(&mut h);
+                MemberState::from_foca(m.state()).hash(&mut h);
+                m.incarnation().hash(&mut h);
+                h.finish()
+            })
+            .fold(0u64, u64::wrapping_add)
+    }
+
+    /// A new node with no one to ask is the first node of its cluster.
+    fn place_alone_if_no_one_to_ask(&mut self) {
+        if self.identity().join_seq.is_none() && self.announce_targets_static().is_empty() {
+            self.take_join_seq();
+        }
+    }
+
+    /// A new node takes its place once it has met the cluster and the cluster has been
+    /// quiet for `settle`; among new nodes that see each other, the smallest id goes
+    /// first, so concurrent joiners take distinct sequences instead of tying (ADR 0005).
+    /// A node that waited `PENDING_PATIENCE` settle periods goes anyway.
+    fn place_if_settled(&mut self) {
+        if self.identity().join_seq.is_some() || self.swim.num_members() == 0 {
+            return;
+        }
+        if self.last_change.elapsed() < self.config.settle {
+            return;
+        }
+        let own = self.identity().id;
+        let smaller_pending = self
+            .swim
+            .iter_members()
+            .find(|m| m.id().join_seq.is_none() && m.id().id < own)
+            .map(|m| m.id().id);
+        let patience = self.config.settle * PENDING_PATIENCE;
+        match smaller_pending {
+            Some(first) if self.started.elapsed() < patience => {
+                tracing::debug!(waiting_for = %first, "another new node takes its place first");
+            }
+            _ => self.take_join_seq(),
+        }
+    }
+
+    fn take_join_seq(&mut self) {
+        let join_seq = self.ring.next_join_seq();
+        let placed = NodeIdentity {
+            join_seq: Some(join_seq),
+            ..self.identity().next_generation()
+        };
+        // Persist first: a crash after gossiping a place but before saving it would let
+        // the restarted node pick a second one.
+        self.persist_identity(&placed);
+        tracing::info!(node = %placed.id, join_seq, members = self.swim.num_members(), "took a place in the join order");
+        // Foca tells the cluster: the placed identity wins over the pending one.
+        if let Err(e) = self.swim.change_identity(placed.clone(), &mut self.effects) {
+            tracing::warn!(error = %e, "cannot change identity");
+        }
+        self.learn_identity(&placed);
+        self.dirty = true;
+        for to in self.active_addrs() {
+            self.send_ring(to, false);
+        }
+    }
+
+    fn active_addrs(&self) -> Vec<SocketAddr> {
+        self.swim
+            .iter_members()
+            .map(|m| m.id().gossip_addr)
+            .collect()
+    }
+
+    fn remove(&mut self, id: NodeId) -> bool {
+        if !self.ring.remove(id) {
+            return false;
+        }
+        tracing::warn!(node = %id, "node removed from the ring");
+        self.on_ring_changed();
+        for to in self.active_addrs() {
+            self.send_ring(to, false);
+        }
+        true
+    }
+
+    async fn leave(&mut self) {
+        tracing::info!(node = %self.identity().id, "leaving the cluster");
+        self.leaving = true;
+        if let Err(e) = self.swim.leave_cluster(&mut self.effects) {
+            tracing::warn!(error = %e, "leave failed");
+        }
+        self.apply_effects().await;
+    }
+
+    /// The snapshot published to handles.
+    fn view(&self) -> ClusterView {
+        let local = self.identity().clone();
+        // Foca may know several identities of one node (old gossip addresses, old
+        // generations): the newest generation speaks for it.
+        let mut seen: HashMap<NodeId, Member> = HashMap::new();
+        for m in self.swim.iter_membership_state() {
+            let id = m.id();
+            if id.id == local.id {
+                continue;
+            }
+            let candidate = Member {
+                identity: id.clone(),
+                state: MemberState::from_foca(m.state()),
+            };
+            match seen.get(&id.id) {
+                Some(known) if known.identity.generation >= id.generation => {}
+                _ => {
+                    seen.insert(id.id, candidate);
+                }
+            }
+        }
+        seen.insert(
+            local.id,
+            Member {
+                identity: local.clone(),
+                state: MemberState::Alive,
+            },
+        );
+        let ring = self.ring.ring();
+        let mut members = Vec::with_capacity(ring.len() + seen.len());
+        for node in ring.nodes_in_join_order() {
+            let member = seen.remove(&node.id).unwrap_or_else(|| Member {
+                identity: self.ring_identity(node),
+                state: MemberState::Down,
+            });
+            members.push(member);
+        }
+        let mut pending: Vec<Member> = seen
+            .into_values()
+            .filter(|m| !self.ring.get(m.identity.id).is_some_and(|e| e.removed))
+            .collect();
+        pending.sort_by_key(|m| m.identity.id);
+        members.extend(pending);
+        ClusterView {
+            local,
+            members,
+            ring,
+        }
+    }
+
+    /// A ring node's identity as last recorded, for nodes foca does not know (yet).
+    fn ring_identity(&self, node: &RingNode) -> NodeIdentity {
+        NodeIdentity {
+            id: node.id,
+            generation: self.ring.get(node.id).map_or(0, |e| e.generation),
+            join_seq: Some(node.join_seq),
+            gossip_addr: node.gossip_addr,
+            http_addr: node.http_addr.clone(),
+        }
+    }
+}
+
+async fn sleep_until_some(deadline: Option<Instant>) {
+    match deadline {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use foca::Codec;
+
+    fn entry(id: u128, seq: u64) -> RingEntry {
+        RingEntry {
+            id: NodeId(id),
+            join_seq: seq,
+            generation: 3,
+            gossip_addr: SocketAddr::from(([10, 1, 2, 3], 7946)),
+            http_addr: format!("node-{id}.example:9080"),
+            removed: id % 5 == 0,
+        }
+    }
+
+    fn identity(id: u128, seq: Option<u64>) -> NodeIdentity {
+        NodeIdentity {
+            id: NodeId(id),
+            generation: 1_700_000_000_000 + id as u64,
+            join_seq: seq,
+            gossip_addr: SocketAddr::from(([192, 168, 0, id as u8], 7946)),
+            http_addr: format!("node-{id}:9080"),
+        }
+    }
+
+    /// Deterministic pseudo-random bytes (xorshift), so failures reproduce.
+    fn noise(seed: u64, len: usize) -> Vec<u8> {
+        let mut x = seed | 1;
+        (0..len)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect()
+    }
+
+    #[test]
+    fn ring_sync_round_trips_in_mtu_sized_datagrams() {
+        let mut ring = RingState::default();
+        ring.merge((1..=30).map(|i| entry(i, i as u64)));
+        let datagrams = encode_ring_sync(&ring, true);
+        assert_eq!(datagrams.len(), 3);
+        let mut rebuilt = RingState::default();
+        for (i, d) in datagrams.iter().enumerate() {
+            assert!(d.len() <= 1400, "datagram of {} bytes", d.len());
+            match decode_datagram(d).unwrap() {
+                Datagram::Ring(sync) => {
+                    assert_eq!(sync.want_reply, i == 0);
+                    assert_eq!(sync.digest, ring.digest());
+                    rebuilt.merge(sync.entries);
+                }
+                other => panic!("decoded {other:?}"),
+            }
+        }
+        assert_eq!(rebuilt, ring);
+        // An empty ring still sends one datagram, so a reply can be asked for.
+        let empty = encode_ring_sync(&RingState::default(), true);
+        assert_eq!(empty.len(), 1);
+        assert!(
+            matches!(decode_datagram(&empty[0]), Ok(Datagram::Ring(s)) if s.entries.is_empty())
+        );
+    }
+
+    #[test]
+    fn swim_packets_round_trip_through_the_codec() {
+        let mut codec = PostcardCodec;
+        let header = foca::Header {
+            src: identity(1, Some(0)),
+            src_incarnation: 7,
+            dst: identity(2, None),
+            message: foca::Message::Ping(42),
+        };
+        let mut buf = Vec::new();
+        codec.encode_header(&header, &mut buf).unwrap();
+        assert_eq!(codec.decode_header(&buf[..]).unwrap(), header);
+        let member = foca::Member::new(identity(3, Some(9)), 2, foca::State::Suspect);
+        let mut buf = Vec::new();
+        codec.encode_member(&member, &mut buf).unwrap();
+        assert_eq!(codec.decode_member(&buf[..]).unwrap(), member);
+    }
+
+    fn decode_swim(bytes: &[u8]) {
+        let mut codec = PostcardCodec;
+        let _: Result<foca::Header<NodeIdentity>, _> = codec.decode_header(bytes);
+        let _: Result<foca::Member<NodeIdentity>, _> = codec.decode_member(bytes);
+    }
+
+    #[test]
+    fn garbage_gives_errors_never_panics() {
+        let mut codec = PostcardCodec;
+        let mut valid = Vec::new();
+        codec
+            .encode_header(
+                &foca::Header {
+                    src: identity(1, Some(0)),
+                    src_incarnation: 1,
+                    dst: identity(2, Some(1)),
+                    message: foca::Message::Announce,
+                },
+                &mut valid,
+            )
+            .unwrap();
+        let ring_valid = encode_ring_sync(
+            &RingState::from((1..=5).map(|i| entry(i, i as u64)).collect::<Vec<_>>()),
+            true,
+        )
+        .remove(0);
+        for seed in 0..3000u64 {
+            let len = (seed % 200) as usize;
+            let mut bytes = noise(seed, len);
+            // Garbage in the right frame reaches the payload decoders.
+            if len >= 2 && seed % 2 == 0 {
+                bytes[0] = PROTOCOL_VERSION;
+                bytes[1] = (seed / 2 % 2) as u8;
+            }
+            let _ = decode_datagram(&bytes);
+            decode_swim(&bytes);
+            // Valid messages, truncated or with a flipped byte.
+            for base in [&valid, &ring_valid] {
+                let cut = &base[..len.min(base.len())];
+                let _ = decode_datagram(cut);
+                decode_swim(cut);
+                let mut flipped = base.to_vec();
+                let at = seed as usize % flipped.len();
+                flipped[at] ^= bytes.first().copied().unwrap_or(0xff) | 1;
+                let _ = decode_datagram(&flipped);
+                decode_swim(&flipped);
+            }
+        }
+        assert!(decode_datagram(&[]).is_err());
+        assert!(decode_datagram(&[9, 0]).is_err(), "other protocol version");
+        assert!(
+            decode_datagram(&[PROTOCOL_VERSION, 7]).is_err(),
+            "unknown kind"
+        );
+        let mut trailing = ring_valid.clone();
+        trailing.push(0);
+        assert!(decode_datagram(&trailing).is_err());
+    }
+
+    #[test]
+    fn an_oversized_http_address_is_refused_on_decode() {
+        let mut codec = PostcardCodec;
+        let mut big = identity(1, Some(0));
+        big.http_addr = "x".repeat(identity::MAX_HTTP_ADDR_LEN + 1);
+        let mut buf = Vec::new();
+        codec
+            .encode_member(&foca::Member::alive(big), &mut buf)
+            .unwrap();
+        assert!(
+            <PostcardCodec as Codec<NodeIdentity>>::decode_member(&mut codec, &buf[..]).is_err()
+        );
+    }
+
+    #[test]
+    fn timers_fire_in_deadline_then_submission_order() {
+        let now = Instant::now();
+        let mut heap = BinaryHeap::new();
+        for (seq, ms) in [(1u64, 30u64), (2, 10), (3, 10), (4, 20)] {
+            heap.push(Reverse(Scheduled {
+                at: now + Duration::from_millis(ms),
+                seq,
+                timer: Timer::PeriodicGossip(seq as u8),
+            }));
+        }
+        let order: Vec<u64> = std::iter::from_fn(|| heap.pop().map(|Reverse(s)| s.seq)).collect();
+        assert_eq!(order, vec![2, 3, 4, 1]);
+    }
+}

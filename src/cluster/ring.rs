@@ -1,0 +1,491 @@
+//! The ring: every node that ever joined, in join order, and the owners of a series.
+//!
+//! Owns: `RingState`, the replicated record of each node's join sequence (a state-based
+//! CRDT: merging is commutative, associative and idempotent, so nodes that exchange it
+//! in any order agree), its file `<data>/ring.json`, and `Ring`, the immutable snapshot
+//! that placement runs on. The order is (join sequence, node id); a node that is down
+//! keeps its place, and only an explicit removal (a tombstone that wins every merge)
+//! takes a node out. See ADR 0005.
+//!
+//! Calls `placement` (jump-hash owners) and `identity` (ids, crash-safe file writes).
+
+use std::collections::BTreeMap;
+use std::io;
+use std::net::SocketAddr;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::cluster::identity::{write_atomically, NodeId, NodeIdentity, MAX_HTTP_ADDR_LEN};
+use crate::cluster::placement;
+
+/// File in the data directory that holds the ring this node knows.
+pub const RING_FILE: &str = "ring.json";
+
+/// What the cluster agrees on about one node's place.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "WireRingEntry")]
+pub struct RingEntry {
+    pub id: NodeId,
+    pub join_seq: u64,
+    /// Generation of the identity the addresses come from: newer addresses win.
+    pub generation: u64,
+    pub gossip_addr: SocketAddr,
+    pub http_addr: String,
+    /// Removed for good: no longer in the join order, and never back under this id.
+    pub removed: bool,
+}
+
+#[derive(Deserialize)]
+struct WireRingEntry {
+    id: NodeId,
+    join_seq: u64,
+    generation: u64,
+    gossip_addr: SocketAddr,
+    http_addr: String,
+    removed: bool,
+}
+
+impl TryFrom<WireRingEntry> for RingEntry {
+    type Error = String;
+    fn try_from(w: WireRingEntry) -> Result<Self, Self::Error> {
+        if w.http_addr.len() > MAX_HTTP_ADDR_LEN {
+            return Err(format!("http address of {} bytes", w.http_addr.len()));
+        }
+        Ok(RingEntry {
+            id: w.id,
+            join_seq: w.join_seq,
+            generation: w.generation,
+            gossip_addr: w.gossip_addr,
+            http_addr: w.http_addr,
+            removed: w.removed,
+        })
+    }
+}
+
+impl RingEntry {
+    /// The ring's view of a placed identity; `None` for a node still choosing its place.
+    pub fn from_identity(identity: &NodeIdentity) -> Option<RingEntry> {
+        Some(RingEntry {
+            id: identity.id,
+            join_seq: identity.join_seq?,
+            generation: identity.generation,
+            gossip_addr: identity.gossip_addr,
+            http_addr: identity.http_addr.clone(),
+            removed: false,
+        })
+    }
+
+    /// The join of two records of one node: removal is forever, the earliest claimed
+    /// sequence stands (a node claims exactly one, so this only matters after a bug),
+    /// and the addresses of the newest generation win.
+    fn merged(&self, other: &RingEntry) -> RingEntry {
+        let newest = if address_rank(other) > address_rank(self) {
+            other
+        } else {
+            self
+        };
+        RingEntry {
+            id: self.id,
+            join_seq: self.join_seq.min(other.join_seq),
+            generation: newest.generation,
+            gossip_addr: newest.gossip_addr,
+            http_addr: newest.http_addr.clone(),
+            removed: self.removed || other.removed,
+        }
+    }
+}
+
+fn address_rank(e: &RingEntry) -> (u64, SocketAddr, &str) {
+    (e.generation, e.gossip_addr, &e.http_addr)
+}
+
+/// Every node this node has learned of, placed or removed, by id. Stored and sent as a
+/// list of entries; a list with repeated ids is merged, never rejected.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(from = "Vec<RingEntry>", into = "Vec<RingEntry>")]
+pub struct RingState {
+    entries: BTreeMap<NodeId, RingEntry>,
+}
+
+impl From<Vec<RingEntry>> for RingState {
+    fn from(entries: Vec<RingEntry>) -> Self {
+        let mut state = RingState::default();
+        state.merge(entries);
+        state
+    }
+}
+
+impl From<RingState> for Vec<RingEntry> {
+    fn from(state: RingState) -> Self {
+        state.entries.into_values().collect()
+    }
+}
+
+impl RingState {
+    /// Merges one record; true when anything changed.
+    pub fn merge_entry(&mut self, incoming: RingEntry) -> bool {
+        match self.entries.get_mut(&incoming.id) {
+            Some(known) => {
+                let merged = known.merged(&incoming);
+                let changed = merged != *known;
+                *known = merged;
+                changed
+            }
+            None => {
+                self.entries.insert(incoming.id, incoming);
+                true
+            }
+        }
+    }
+
+    /// Merges every record of `other`; true when anything changed.
+    pub fn merge(&mut self, other: impl IntoIterator<Item = RingEntry>) -> bool {
+        other
+            .into_iter()
+            .fold(false, |changed, e| self.merge_entry(e) | changed)
+    }
+
+    /// Records a placed identity seen in gossip; true when anything changed.
+    pub fn observe(&mut self, identity: &NodeIdentity) -> bool {
+        RingEntry::from_identity(identity).is_some_and(|e| self.merge_entry(e))
+    }
+
+    /// True when `entry` is a node not known yet whose place sorts before a known node:
+    /// a join that did not append (concurrent joiners, or two clusters merging), which
+    /// moves data between owners (ADR 0005).
+    pub fn sorts_before_known(&self, entry: &RingEntry) -> bool {
+        !entry.removed
+            && !self.entries.contains_key(&entry.id)
+            && self
+                .entries
+                .values()
+                .any(|e| !e.removed && (e.join_seq, e.id) > (entry.join_seq, entry.id))
+    }
+
+    /// Marks a node removed for good; false when it is unknown or already removed.
+    pub fn remove(&mut self, id: NodeId) -> bool {
+        match self.entries.get_mut(&id) {
+            Some(e) if !e.removed => {
+                e.removed = true;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// The sequence a node joining now takes: one past the highest ever handed out
+    /// (removed nodes included, so a sequence is never reused), or 0 for the first.
+    pub fn next_join_seq(&self) -> u64 {
+        self.entries
+            .values()
+            .map(|e| e.join_seq)
+            .max()
+            .map_or(0, |m| m.saturating_add(1))
+    }
+
+    pub fn get(&self, id: NodeId) -> Option<&RingEntry> {
+        self.entries.get(&id)
+    }
+
+    pub fn entries(&self) -> impl ExactSizeIterator<Item = &RingEntry> {
+        self.entries.values()
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// A cheap fingerprint of the whole state, to tell whether two nodes differ.
+    pub fn digest(&self) -> u64 {
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        let mut mix = |v: u64| {
+            for b in v.to_le_bytes() {
+                h ^= u64::from(b);
+                h = h.wrapping_mul(0x0000_0100_0000_01b3);
+            }
+        };
+        for e in self.entries.values() {
+            mix(e.id.0 as u64);
+            mix((e.id.0 >> 64) as u64);
+            mix(e.join_seq);
+            mix(e.generation);
+            mix(u64::from(e.removed));
+        }
+        h
+    }
+
+    /// The join order as of now.
+    pub fn ring(&self) -> Ring {
+        let mut nodes: Vec<RingNode> = self
+            .entries
+            .values()
+            .filter(|e| !e.removed)
+            .map(|e| RingNode {
+                id: e.id,
+                join_seq: e.join_seq,
+                gossip_addr: e.gossip_addr,
+                http_addr: e.http_addr.clone(),
+            })
+            .collect();
+        nodes.sort_by_key(|n| (n.join_seq, n.id));
+        let removed = self
+            .entries
+            .values()
+            .filter(|e| e.removed)
+            .map(|e| e.id)
+            .collect();
+        Ring { nodes, removed }
+    }
+
+    /// Reads `<data_dir>/ring.json`; empty when there is none.
+    pub fn load(data_dir: &Path) -> io::Result<RingState> {
+        let path = data_dir.join(RING_FILE);
+        match std::fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
+                io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("{}: {e}", path.display()),
+                )
+            }),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(RingState::default()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Writes `<data_dir>/ring.json` crash-safely.
+    pub fn save(&self, data_dir: &Path) -> io::Result<()> {
+        let bytes = serde_json::to_vec_pretty(self).map_err(io::Error::other)?;
+        write_atomically(&data_dir.join(RING_FILE), &bytes)
+    }
+}
+
+/// One node in the join order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RingNode {
+    pub id: NodeId,
+    pub join_seq: u64,
+    pub gossip_addr: SocketAddr,
+    pub http_addr: String,
+}
+
+/// An immutable snapshot of the join order: what placement runs on.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Ring {
+    nodes: Vec<RingNode>,
+    removed: Vec<NodeId>,
+}
+
+impl Ring {
+    /// Nodes sorted by (join sequence, id): jump-hash bucket i is `nodes_in_join_order()[i]`.
+    pub fn nodes_in_join_order(&self) -> &[RingNode] {
+        &self.nodes
+    }
+
+    /// Nodes removed for good (tombstones).
+    pub fn removed(&self) -> &[NodeId] {
+        &self.removed
+    }
+
+    pub fn len(&self) -> usize {
+        self.nodes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.nodes.is_empty()
+    }
+
+    /// The bucket of a node, if it is in the ring.
+    pub fn position(&self, id: NodeId) -> Option<usize> {
+        self.nodes.iter().position(|n| n.id == id)
+    }
+
+    /// The nodes that own a series with this partition key, replica 0 first:
+    /// `min(3, len)` distinct nodes, none when the ring is empty.
+    pub fn owners(&self, partition_key: u64) -> Vec<NodeId> {
+        self.owner_positions(partition_key)
+            .into_iter()
+            .map(|i| self.nodes[i].id)
+            .collect()
+    }
+
+    /// Like `owners`, as positions into `nodes_in_join_order()`.
+    pub fn owner_positions(&self, partition_key: u64) -> Vec<usize> {
+        if self.nodes.is_empty() {
+            return Vec::new();
+        }
+        placement::owners(
+            partition_key,
+            self.nodes.len(),
+            placement::REPLICATION_FACTOR,
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(id: u128, seq: u64) -> RingEntry {
+        RingEntry {
+            id: NodeId(id),
+            join_seq: seq,
+            generation: 1,
+            gossip_addr: SocketAddr::from(([10, 0, 0, id as u8], 7946)),
+            http_addr: format!("node{id}:9080"),
+            removed: false,
+        }
+    }
+
+    fn order(state: &RingState) -> Vec<u128> {
+        state
+            .ring()
+            .nodes_in_join_order()
+            .iter()
+            .map(|n| n.id.0)
+            .collect()
+    }
+
+    #[test]
+    fn orders_by_join_sequence_then_id() {
+        let mut s = RingState::default();
+        // Node ids deliberately sort against join order.
+        s.merge([entry(9, 0), entry(5, 1), entry(1, 2)]);
+        assert_eq!(order(&s), vec![9, 5, 1]);
+        // Two nodes that joined concurrently took the same sequence: the id decides,
+        // the same way on every node.
+        s.merge([entry(7, 3), entry(3, 3)]);
+        assert_eq!(order(&s), vec![9, 5, 1, 3, 7]);
+        assert_eq!(s.next_join_seq(), 4);
+        // A newcomer at the end is an append; one that sorts inside is not.
+        assert!(!s.sorts_before_known(&entry(2, 4)));
+        assert!(s.sorts_before_known(&entry(4, 3)));
+        assert!(!s.sorts_before_known(&entry(7, 3)), "already known");
+    }
+
+    #[test]
+    fn the_order_does_not_depend_on_the_order_of_learning() {
+        let all = [
+            entry(4, 0),
+            entry(2, 1),
+            entry(8, 2),
+            entry(6, 2),
+            entry(1, 5),
+        ];
+        let mut forward = RingState::default();
+        forward.merge(all.iter().cloned());
+        let mut backward = RingState::default();
+        backward.merge(all.iter().rev().cloned());
+        assert_eq!(forward, backward);
+        assert_eq!(forward.digest(), backward.digest());
+        assert_eq!(order(&forward), vec![4, 2, 6, 8, 1]);
+        // Idempotent: merging again changes nothing.
+        assert!(!forward.merge(all.iter().cloned()));
+    }
+
+    #[test]
+    fn a_joining_node_goes_to_the_end_and_moves_keys_only_to_itself() {
+        let mut s = RingState::default();
+        s.merge([entry(30, 0), entry(20, 1), entry(10, 2)]);
+        let before = s.ring();
+        s.merge_entry(entry(5, s.next_join_seq()));
+        let after = s.ring();
+        assert_eq!(after.nodes_in_join_order().last().unwrap().id, NodeId(5));
+        for key in 0..5000u64 {
+            let key = key.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+            let old = before.owners(key);
+            for owner in after.owners(key) {
+                assert!(old.contains(&owner) || owner == NodeId(5));
+            }
+        }
+    }
+
+    #[test]
+    fn a_restarted_node_keeps_its_place_and_takes_new_addresses() {
+        let mut s = RingState::default();
+        s.merge([entry(1, 0), entry(2, 1), entry(3, 2)]);
+        let before = order(&s);
+        let restarted = NodeIdentity {
+            id: NodeId(2),
+            generation: 9,
+            join_seq: Some(1),
+            gossip_addr: SocketAddr::from(([10, 0, 0, 99], 7946)),
+            http_addr: "moved:9080".into(),
+        };
+        assert!(s.observe(&restarted));
+        assert_eq!(order(&s), before);
+        assert_eq!(s.get(NodeId(2)).unwrap().http_addr, "moved:9080");
+        // An older record arriving late does not roll the addresses back.
+        assert!(!s.merge_entry(entry(2, 1)));
+        assert_eq!(s.get(NodeId(2)).unwrap().generation, 9);
+        // A node still choosing its place is not in the ring.
+        let pending = NodeIdentity {
+            id: NodeId(4),
+            join_seq: None,
+            ..restarted
+        };
+        assert!(!s.observe(&pending));
+        assert_eq!(s.ring().len(), 3);
+    }
+
+    #[test]
+    fn removal_is_a_tombstone_that_wins_and_keeps_its_sequence_used() {
+        let mut s = RingState::default();
+        s.merge([entry(1, 0), entry(2, 1), entry(3, 2)]);
+        assert!(s.remove(NodeId(3)));
+        assert!(!s.remove(NodeId(3)));
+        assert!(!s.remove(NodeId(42)));
+        assert_eq!(order(&s), vec![1, 2]);
+        assert_eq!(s.ring().removed(), &[NodeId(3)]);
+        // A stale live record cannot resurrect it.
+        assert!(!s.merge_entry(entry(3, 2)));
+        assert_eq!(order(&s), vec![1, 2]);
+        // Its sequence stays used.
+        assert_eq!(s.next_join_seq(), 3);
+        // And a node that never heard of the removal learns it by merging.
+        let mut other = RingState::default();
+        other.merge([entry(1, 0), entry(2, 1), entry(3, 2)]);
+        other.merge(s.entries().cloned());
+        assert_eq!(other, s);
+    }
+
+    #[test]
+    fn owners_are_distinct_nodes_of_the_ring() {
+        let mut s = RingState::default();
+        assert!(s.ring().owners(123).is_empty());
+        s.merge_entry(entry(1, 0));
+        assert_eq!(s.ring().owners(123), vec![NodeId(1)]);
+        s.merge([entry(2, 1), entry(3, 2), entry(4, 3)]);
+        let ring = s.ring();
+        let owners = ring.owners(0x6dd8_60b3_99b2_5020);
+        assert_eq!(owners.len(), 3);
+        let positions = ring.owner_positions(0x6dd8_60b3_99b2_5020);
+        assert_eq!(
+            positions,
+            placement::owners(0x6dd8_60b3_99b2_5020, 4, placement::REPLICATION_FACTOR)
+        );
+        for (p, id) in positions.iter().zip(&owners) {
+            assert_eq!(ring.nodes_in_join_order()[*p].id, *id);
+        }
+    }
+
+    #[test]
+    fn ring_file_round_trips() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(RingState::load(dir.path()).unwrap().is_empty());
+        let mut s = RingState::default();
+        s.merge([entry(1, 0), entry(2, 1)]);
+        s.remove(NodeId(1));
+        s.save(dir.path()).unwrap();
+        assert_eq!(RingState::load(dir.path()).unwrap(), s);
+        std::fs::write(dir.path().join(RING_FILE), b"[").unwrap();
+        assert_eq!(
+            RingState::load(dir.path()).unwrap_err().kind(),
+            io::ErrorKind::InvalidData
+        );
+    }
+}

@@ -1,0 +1,254 @@
+//! Persistence through the real binary with a 1-minute block duration: blocks are cut,
+//! reloaded after a restart, compacted into larger blocks and removed by retention;
+//! deleted series stay gone after a restart; a snapshot serves as another node's data.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use common::{eq, post, remote_read_samples, remote_write, Node};
+use timbala::proto;
+
+const SERIES: usize = 50;
+const BASE_MS: i64 = 1_700_000_000_000;
+const INTERVAL_MS: i64 = 10_000;
+/// 12 minutes of data at a 10 s interval.
+const SAMPLES_PER_SERIES: usize = 72;
+const MINUTE_MS: i64 = 60_000;
+
+type Stored = BTreeMap<String, Vec<(i64, u64)>>;
+
+fn value(series: usize, i: usize) -> f64 {
+    (series * 1000 + i) as f64 + 0.5
+}
+
+/// Writes the data minute by minute (6 samples of every series per request), starting
+/// `offset_ms` after `BASE_MS`.
+fn write_all(node: &Node, offset_ms: i64) {
+    for minute in 0..SAMPLES_PER_SERIES / 6 {
+        let timeseries = (0..SERIES)
+            .map(|s| {
+                let samples: Vec<(i64, f64)> = (minute * 6..minute * 6 + 6)
+                    .map(|i| (BASE_MS + offset_ms + i as i64 * INTERVAL_MS, value(s, i)))
+                    .collect();
+                common::ts(
+                    &[("__name__", "persist"), ("series", &s.to_string())],
+                    &samples,
+                )
+            })
+            .collect();
+        let (status, body) = remote_write(
+            node,
+            &proto::WriteRequest {
+                timeseries,
+                metadata: vec![],
+            },
+        );
+        assert!(
+            (200..300).contains(&status),
+            "write answered {status}: {body}"
+        );
+    }
+}
+
+fn expected(without_series: Option<usize>) -> Stored {
+    (0..SERIES)
+        .filter(|&s| Some(s) != without_series)
+        .map(|s| {
+            let samples = (0..SAMPLES_PER_SERIES)
+                .map(|i| (BASE_MS + i as i64 * INTERVAL_MS, value(s, i).to_bits()))
+                .collect();
+            (s.to_string(), samples)
+        })
+        .collect()
+}
+
+fn read_all(node: &Node) -> Stored {
+    remote_read_samples(node, vec![eq("__name__", "persist")], 0, i64::MAX / 2)
+        .expect("remote read")
+        .into_iter()
+        .map(|(labels, samples)| {
+            let id = labels
+                .into_iter()
+                .find(|(n, _)| n == "series")
+                .map(|(_, v)| v)
+                .unwrap_or_default();
+            (
+                id,
+                samples.into_iter().map(|(t, v)| (t, v.to_bits())).collect(),
+            )
+        })
+        .collect()
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+struct BlockOnDisk {
+    min_time: i64,
+    max_time: i64,
+    level: u64,
+    id: String,
+}
+
+fn blocks(data: &Path) -> Vec<BlockOnDisk> {
+    let mut out: Vec<BlockOnDisk> = std::fs::read_dir(data)
+        .map(|d| {
+            d.filter_map(Result::ok)
+                .map(|e| e.path())
+                .collect::<Vec<PathBuf>>()
+        })
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|dir| dir.extension().is_none_or(|ext| ext != "tmp"))
+        .filter_map(|dir| {
+            let meta: serde_json::Value =
+                serde_json::from_slice(&std::fs::read(dir.join("meta.json")).ok()?).ok()?;
+            Some(BlockOnDisk {
+                min_time: meta["minTime"].as_i64()?,
+                max_time: meta["maxTime"].as_i64()?,
+                level: meta["compaction"]["level"].as_u64()?,
+                id: dir.file_name()?.to_string_lossy().into_owned(),
+            })
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+fn wait_for<T>(what: &str, timeout: Duration, mut probe: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = probe() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn restart(node: &mut Node, data: &Path, flags: &[&str]) -> Node {
+    assert_eq!(node.terminate(), Some(0), "clean exit on SIGTERM");
+    Node::start_in(data, flags)
+}
+
+#[test]
+fn blocks_compaction_retention_deletion_and_snapshots_survive_restarts() {
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let data = tmp.path().join("data");
+    let flags = ["--block-duration", "1m", "--retention-time", "0s"];
+    let mut node = Node::start_in(&data, &flags);
+    write_all(&node, 0);
+
+    // Blocks are cut from the head and adjacent ones compacted into a larger block.
+    let on_disk = wait_for(
+        "blocks with a compacted one",
+        Duration::from_secs(90),
+        || {
+            let b = blocks(&data);
+            (b.len() >= 2 && b.iter().any(|b| b.level >= 2)).then_some(b)
+        },
+    );
+    println!("blocks after writing: {on_disk:?}");
+    // A 1m block holds at most 50 s of 10 s samples; a compacted one spans more.
+    assert!(on_disk
+        .iter()
+        .any(|b| b.level >= 2 && b.max_time - b.min_time > MINUTE_MS));
+    assert_eq!(read_all(&node), expected(None));
+
+    // Blocks are reloaded after a restart.
+    let mut node = restart(&mut node, &data, &flags);
+    let reloaded = blocks(&data);
+    assert!(on_disk
+        .iter()
+        .filter(|b| b.level >= 2)
+        .all(|b| reloaded.contains(b)));
+    assert_eq!(read_all(&node), expected(None));
+
+    // Deleted series stay gone after a restart.
+    let (status, body) = post(
+        &node.url("/api/v1/admin/tsdb/delete_series?match[]=persist%7Bseries%3D%227%22%7D"),
+        &[],
+        b"",
+    );
+    assert_eq!(
+        status,
+        204,
+        "delete_series: {}",
+        String::from_utf8_lossy(&body)
+    );
+    assert_eq!(read_all(&node), expected(Some(7)));
+    let mut node = restart(&mut node, &data, &flags);
+    assert_eq!(read_all(&node), expected(Some(7)));
+
+    // A snapshot directory is a complete data directory for a new node.
+    let (status, body) = post(&node.url("/api/v1/admin/tsdb/snapshot"), &[], b"");
+    assert_eq!(status, 200, "snapshot: {}", String::from_utf8_lossy(&body));
+    let answer: serde_json::Value = serde_json::from_slice(&body).expect("snapshot JSON");
+    let name = answer["data"]["name"].as_str().expect("snapshot name");
+    let snapshot_dir = data.join("snapshots").join(name);
+    let copy_tmp = tempfile::tempdir().expect("temp dir");
+    let copy_dir = copy_tmp.path().join("copy");
+    copy_recursively(&snapshot_dir, &copy_dir);
+    let mut copy = Node::start_in(&copy_dir, &flags);
+    assert_eq!(read_all(&copy), expected(Some(7)));
+    copy.terminate();
+
+    // Retention: with 5m, blocks that ended more than 5m before the newest block's end
+    // go. Write 12 more minutes of data half an hour later so the old blocks fall out.
+    let retained_flags = ["--block-duration", "1m", "--retention-time", "5m"];
+    let node = restart(&mut node, &data, &retained_flags);
+    const LATER_MS: i64 = 30 * MINUTE_MS;
+    write_all(&node, LATER_MS);
+    let remaining = wait_for(
+        "retention to delete old blocks",
+        Duration::from_secs(60),
+        || {
+            let b = blocks(&data);
+            let newest_end = b.iter().map(|b| b.max_time).max()?;
+            let cutoff = newest_end - 5 * MINUTE_MS;
+            let old_data_gone = b.iter().all(|b| b.min_time >= BASE_MS + LATER_MS);
+            (newest_end > BASE_MS + LATER_MS
+                && old_data_gone
+                && b.iter().all(|b| b.max_time > cutoff))
+            .then_some(b)
+        },
+    );
+    println!("blocks after retention: {remaining:?}");
+    let stored = read_all(&node);
+    let first = stored
+        .values()
+        .flat_map(|s| s.first())
+        .map(|(t, _)| *t)
+        .min()
+        .expect("data remains");
+    let last = stored
+        .values()
+        .flat_map(|s| s.last())
+        .map(|(t, _)| *t)
+        .min()
+        .expect("data remains");
+    assert!(
+        first >= BASE_MS + LATER_MS,
+        "samples from before the retention window remain"
+    );
+    assert_eq!(
+        last,
+        BASE_MS + LATER_MS + (SAMPLES_PER_SERIES as i64 - 1) * INTERVAL_MS
+    );
+    assert_eq!(stored.len(), SERIES, "every series has its recent data");
+}
+
+fn copy_recursively(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).expect("create copy dir");
+    for entry in std::fs::read_dir(from).expect("read snapshot dir") {
+        let entry = entry.expect("dir entry");
+        let target = to.join(entry.file_name());
+        if entry.file_type().expect("file type").is_dir() {
+            copy_recursively(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).expect("copy file");
+        }
+    }
+}
