@@ -839,20 +839,48 @@ fn skip_reason(eval: &EvalCmd, store: &TestStore) -> Option<&'static str> {
 }
 
 async fn run_eval(engine: &Engine, store: &TestStore, eval: &EvalCmd) -> Result<(), String> {
-    let storage = Arc::clone(&store.storage);
-    let result = match eval.kind {
-        EvalKind::Instant { at } => engine.instant_query(storage, &eval.query, at).await,
+    match eval.kind {
         EvalKind::Range { start, end, step } => {
-            engine
+            let storage = Arc::clone(&store.storage);
+            let result = engine
                 .range_query(storage, &eval.query, start, end, step)
-                .await
+                .await;
+            check_outcome(eval, result).map(|_| ())
         }
-    };
+        EvalKind::Instant { at } => {
+            // As Prometheus's runner: the query as written, then with `@ <eval time>` on
+            // its selectors evaluated at other times, must all give the expected answer.
+            let mut cases = vec![(eval.query.clone(), at)];
+            cases.extend(at_modifier_variants(&eval.query, at));
+            for (query, t) in cases {
+                let storage = Arc::clone(&store.storage);
+                let result = engine.instant_query(storage, &query, t).await;
+                let context = |e: String| {
+                    if query == eval.query {
+                        e
+                    } else {
+                        format!("as {query:?} at {t}ms: {e}")
+                    }
+                };
+                if let Some(value) = check_outcome(eval, result).map_err(context)? {
+                    check_range_mode(engine, store, eval, &query, t, &value)
+                        .await
+                        .map_err(context)?;
+                }
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Checks a query's error or annotations and value; returns the value when it succeeded.
+fn check_outcome(
+    eval: &EvalCmd,
+    result: Result<QueryOutput, QueryError>,
+) -> Result<Option<QueryValue>, String> {
     let expect = &eval.expect;
     let output = match (result, &expect.fail) {
-        (Err(e), Some(m)) => {
-            return check_error(&e, m);
-        }
+        (Err(e), Some(m)) => return check_error(&e, m).map(|()| None),
         (Ok(_), Some(_)) => return Err("expected failure, query succeeded".into()),
         (Err(e), None) => return Err(format!("unexpected error: {e}")),
         (Ok(out), None) => out,
@@ -870,10 +898,109 @@ async fn run_eval(engine: &Engine, store: &TestStore, eval: &EvalCmd) -> Result<
         expect.no_info,
     )?;
     check_value(eval, &output)?;
-    if let EvalKind::Instant { at } = eval.kind {
-        check_range_mode(engine, store, eval, at, &output.value).await?;
+    Ok(Some(output.value))
+}
+
+/// Functions whose result depends on the evaluation time even with step-invariant
+/// arguments (Prometheus's `AtModifierUnsafeFunctions`).
+const AT_MODIFIER_UNSAFE_FUNCTIONS: &[&str] = &[
+    "days_in_month",
+    "day_of_month",
+    "day_of_week",
+    "day_of_year",
+    "end",
+    "hour",
+    "minute",
+    "month",
+    "year",
+    "predict_linear",
+    "range",
+    "start",
+    "step",
+    "time",
+    "timestamp",
+];
+
+/// Prometheus's `atModifierTestCases`: `query` with `@ at` on every selector and
+/// subquery outside subqueries that carry `@`, to be evaluated at other times.
+fn at_modifier_variants(query: &str, at: i64) -> Vec<(String, i64)> {
+    // The parser renders `\xNN` escapes as characters, changing what Go would see.
+    if query.contains("\\x") {
+        return Vec::new();
     }
-    Ok(())
+    let Ok(mut expr) = promql_parser::parser::parse(query) else {
+        return Vec::new();
+    };
+    let Ok(modifier) = promql_parser::parser::AtModifier::try_from(at as f64 / 1000.0) else {
+        return Vec::new();
+    };
+    if !pin_selectors(&mut expr, &modifier) {
+        return Vec::new();
+    }
+    let pinned = expr.to_string();
+    // A rendering the parser does not read back is the parser's problem, not the engine's.
+    if promql_parser::parser::parse(&pinned).is_err() {
+        return Vec::new();
+    }
+    let times: &[i64] = if at == 0 {
+        &[-1000, 0, 1000]
+    } else {
+        &[-10 * at, 0, at / 5, at, 10 * at]
+    };
+    times.iter().map(|&t| (pinned.clone(), t)).collect()
+}
+
+/// Sets `@` on selectors and subqueries without one; false when the expression calls a
+/// function that makes the variants meaningless.
+fn pin_selectors(
+    expr: &mut promql_parser::parser::Expr,
+    at: &promql_parser::parser::AtModifier,
+) -> bool {
+    use promql_parser::parser::Expr;
+    match expr {
+        Expr::VectorSelector(vs) => {
+            vs.at.get_or_insert_with(|| at.clone());
+            true
+        }
+        Expr::MatrixSelector(ms) => {
+            ms.vs.at.get_or_insert_with(|| at.clone());
+            true
+        }
+        Expr::Subquery(sq) => {
+            // Selectors inside a subquery that has `@` are left alone.
+            sq.at.get_or_insert_with(|| at.clone());
+            !has_unsafe_call(&sq.expr)
+        }
+        Expr::Call(c) => {
+            !AT_MODIFIER_UNSAFE_FUNCTIONS.contains(&c.func.name)
+                && c.args.args.iter_mut().all(|a| pin_selectors(a, at))
+        }
+        Expr::Aggregate(a) => {
+            pin_selectors(&mut a.expr, at) && a.param.as_mut().is_none_or(|p| pin_selectors(p, at))
+        }
+        Expr::Unary(u) => pin_selectors(&mut u.expr, at),
+        Expr::Binary(b) => pin_selectors(&mut b.lhs, at) && pin_selectors(&mut b.rhs, at),
+        Expr::Paren(p) => pin_selectors(&mut p.expr, at),
+        Expr::NumberLiteral(_) | Expr::StringLiteral(_) | Expr::Extension(_) => true,
+    }
+}
+
+fn has_unsafe_call(expr: &promql_parser::parser::Expr) -> bool {
+    use promql_parser::parser::Expr;
+    match expr {
+        Expr::Call(c) => {
+            AT_MODIFIER_UNSAFE_FUNCTIONS.contains(&c.func.name)
+                || c.args.args.iter().any(|a| has_unsafe_call(a))
+        }
+        Expr::Aggregate(a) => {
+            has_unsafe_call(&a.expr) || a.param.as_deref().is_some_and(has_unsafe_call)
+        }
+        Expr::Unary(u) => has_unsafe_call(&u.expr),
+        Expr::Binary(b) => has_unsafe_call(&b.lhs) || has_unsafe_call(&b.rhs),
+        Expr::Paren(p) => has_unsafe_call(&p.expr),
+        Expr::Subquery(sq) => has_unsafe_call(&sq.expr),
+        _ => false,
+    }
 }
 
 /// As Prometheus's test runner: an instant query must give the same answer as the middle
@@ -883,13 +1010,14 @@ async fn check_range_mode(
     engine: &Engine,
     store: &TestStore,
     eval: &EvalCmd,
+    query: &str,
     at: i64,
     instant: &QueryValue,
 ) -> Result<(), String> {
     const MINUTE: i64 = 60_000;
     let uses_context_fn = ["start()", "end()", "range()", "step()"]
         .iter()
-        .any(|f| eval.query.contains(f));
+        .any(|f| query.contains(f));
     let is_scalar = match instant {
         QueryValue::Scalar { .. } => true,
         QueryValue::Vector(_) => false,
@@ -900,7 +1028,7 @@ async fn check_range_mode(
     }
     let storage = Arc::clone(&store.storage);
     let ranged = engine
-        .range_query(storage, &eval.query, at - MINUTE, at + MINUTE, MINUTE)
+        .range_query(storage, query, at - MINUTE, at + MINUTE, MINUTE)
         .await
         .map_err(|e| format!("range mode: {e}"))?;
     let QueryValue::Matrix(series) = ranged.value else {

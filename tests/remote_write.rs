@@ -34,8 +34,14 @@ fn start_ms() -> i64 {
 
 fn labels(s: usize) -> Vec<(String, String)> {
     let mut l = vec![
-        ("__name__".to_string(), if s % 2 == 0 { "rw_test_a" } else { "rw_test_b" }.to_string()),
-        ("env".to_string(), if s % 3 == 0 { "prod" } else { "dev" }.to_string()),
+        (
+            "__name__".to_string(),
+            if s % 2 == 0 { "rw_test_a" } else { "rw_test_b" }.to_string(),
+        ),
+        (
+            "env".to_string(),
+            if s % 3 == 0 { "prod" } else { "dev" }.to_string(),
+        ),
         ("group".to_string(), (s % 10).to_string()),
         ("series".to_string(), format!("{s:05}")),
     ];
@@ -61,14 +67,23 @@ fn value(s: usize, i: usize) -> f64 {
 fn request(start: i64, slice: usize, series: std::ops::Range<usize>) -> proto::WriteRequest {
     let timeseries = series
         .map(|s| proto::TimeSeries {
-            labels: labels(s).into_iter().map(|(name, value)| proto::Label { name, value }).collect(),
+            labels: labels(s)
+                .into_iter()
+                .map(|(name, value)| proto::Label { name, value })
+                .collect(),
             samples: (slice * SLICE..(slice + 1) * SLICE)
-                .map(|i| proto::Sample { value: value(s, i), timestamp: start + i as i64 * STEP_MS })
+                .map(|i| proto::Sample {
+                    value: value(s, i),
+                    timestamp: start + i as i64 * STEP_MS,
+                })
                 .collect(),
             ..Default::default()
         })
         .collect();
-    proto::WriteRequest { timeseries, metadata: vec![] }
+    proto::WriteRequest {
+        timeseries,
+        metadata: vec![],
+    }
 }
 
 fn expected(start: i64, keep: impl Fn(&[(String, String)]) -> bool) -> Vec<ReadSeries> {
@@ -87,7 +102,11 @@ fn expected(start: i64, keep: impl Fn(&[(String, String)]) -> bool) -> Vec<ReadS
 }
 
 fn get<'a>(labels: &'a [(String, String)], name: &str) -> &'a str {
-    labels.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str()).unwrap_or("")
+    labels
+        .iter()
+        .find(|(n, _)| n == name)
+        .map(|(_, v)| v.as_str())
+        .unwrap_or("")
 }
 
 fn write_everything(node: &Node, start: i64) {
@@ -101,9 +120,16 @@ fn write_everything(node: &Node, start: i64) {
             for part in slice_requests.chunks(slice_requests.len().div_ceil(WRITERS)) {
                 scope.spawn(move || {
                     for &(slice, g) in part {
-                        let req = request(start, slice, g * series_per_request..(g + 1) * series_per_request);
+                        let req = request(
+                            start,
+                            slice,
+                            g * series_per_request..(g + 1) * series_per_request,
+                        );
                         let (status, body) = remote_write(node, &req);
-                        assert!((200..300).contains(&status), "slice {slice} group {g}: {status} {body}");
+                        assert!(
+                            (200..300).contains(&status),
+                            "slice {slice} group {g}: {status} {body}"
+                        );
                     }
                 });
             }
@@ -125,15 +151,24 @@ fn written_samples_read_back_bit_identical_with_every_matcher_type() {
             Box::new(|l| get(l, "__name__") == "rw_test_a"),
         ),
         (
-            vec![(MatcherType::Eq, "__name__", "rw_test_b"), (MatcherType::Neq, "env", "dev")],
+            vec![
+                (MatcherType::Eq, "__name__", "rw_test_b"),
+                (MatcherType::Neq, "env", "dev"),
+            ],
             Box::new(|l| get(l, "__name__") == "rw_test_b" && get(l, "env") != "dev"),
         ),
         (
-            vec![(MatcherType::Re, "__name__", "rw_test_.*"), (MatcherType::Re, "group", "1|3")],
+            vec![
+                (MatcherType::Re, "__name__", "rw_test_.*"),
+                (MatcherType::Re, "group", "1|3"),
+            ],
             Box::new(|l| matches!(get(l, "group"), "1" | "3")),
         ),
         (
-            vec![(MatcherType::Re, "__name__", "rw_test_a|rw_test_b"), (MatcherType::Nre, "series", ".*[0-8]")],
+            vec![
+                (MatcherType::Re, "__name__", "rw_test_a|rw_test_b"),
+                (MatcherType::Nre, "series", ".*[0-8]"),
+            ],
             Box::new(|l| get(l, "series").ends_with('9')),
         ),
         (

@@ -7,6 +7,7 @@
 //! Called by `eval`; calls `functions::quantile` for the quantile rule.
 
 use std::collections::HashMap;
+use std::hash::{DefaultHasher, Hasher};
 
 use promql_parser::parser::token::TokenId;
 use promql_parser::parser::token::{
@@ -55,15 +56,16 @@ impl<'a> Grouping<'a> {
         }
     }
 
-    fn key(&self, labels: &Labels) -> String {
-        let mut key = String::new();
+    /// A 64-bit hash of the grouping labels (Prometheus groups by such hashes too).
+    fn key(&self, labels: &Labels) -> u64 {
+        let mut hasher = DefaultHasher::new();
         for l in labels.iter().filter(|l| self.keeps(&l.name)) {
-            key.push_str(&l.name);
-            key.push('\u{ff}');
-            key.push_str(&l.value);
-            key.push('\u{ff}');
+            hasher.write(l.name.as_bytes());
+            hasher.write_u8(0xff);
+            hasher.write(l.value.as_bytes());
+            hasher.write_u8(0xff);
         }
-        key
+        hasher.finish()
     }
 
     fn group_labels(&self, labels: &Labels) -> Labels {
@@ -75,7 +77,7 @@ impl<'a> Grouping<'a> {
 
 /// Assigns each sample to its group, groups numbered in order of first appearance.
 fn assign_groups(grouping: &Grouping<'_>, input: &[InstantSample]) -> (Vec<usize>, usize) {
-    let mut index: HashMap<String, usize> = HashMap::new();
+    let mut index: HashMap<u64, usize> = HashMap::new();
     let mut assignment = Vec::with_capacity(input.len());
     for s in input {
         let next = index.len();
@@ -310,7 +312,7 @@ fn count_values(
             grouping.labels.iter().copied().chain([label]).collect()
         },
     };
-    let mut index: HashMap<String, usize> = HashMap::new();
+    let mut index: HashMap<u64, usize> = HashMap::new();
     let mut out: Vec<InstantSample> = Vec::new();
     for s in input {
         let mut labels = s.labels;

@@ -6,6 +6,7 @@
 //! evaluator only to evaluate operands and drop metric names.
 
 use std::collections::{HashMap, HashSet};
+use std::hash::{DefaultHasher, Hasher};
 
 use promql_parser::parser::token::TokenId;
 use promql_parser::parser::token::{
@@ -78,16 +79,16 @@ impl<'a> Matching<'a> {
         }
     }
 
-    /// The join signature of a label set: the labels matching compares.
-    fn signature(&self, labels: &Labels) -> String {
-        let mut sig = String::new();
+    /// The join signature of a label set: a 64-bit hash of the labels matching compares.
+    fn signature(&self, labels: &Labels) -> u64 {
+        let mut hasher = DefaultHasher::new();
         for l in labels.iter().filter(|l| self.keeps(&l.name)) {
-            sig.push_str(&l.name);
-            sig.push('\u{ff}');
-            sig.push_str(&l.value);
-            sig.push('\u{ff}');
+            hasher.write(l.name.as_bytes());
+            hasher.write_u8(0xff);
+            hasher.write(l.value.as_bytes());
+            hasher.write_u8(0xff);
         }
-        sig
+        hasher.finish()
     }
 
     /// The labels matching compares, as a label set (for errors and fill values).
@@ -241,7 +242,7 @@ fn vector_scalar(
     out
 }
 
-fn signatures(matching: &Matching<'_>, v: &[InstantSample]) -> Vec<String> {
+fn signatures(matching: &Matching<'_>, v: &[InstantSample]) -> Vec<u64> {
     v.iter().map(|s| matching.signature(&s.labels)).collect()
 }
 
@@ -253,7 +254,7 @@ fn vector_and(
     if lhs.is_empty() || rhs.is_empty() {
         return Vec::new();
     }
-    let right: HashSet<String> = signatures(matching, &rhs).into_iter().collect();
+    let right: HashSet<u64> = signatures(matching, &rhs).into_iter().collect();
     lhs.into_iter()
         .filter(|s| right.contains(&matching.signature(&s.labels)))
         .collect()
@@ -270,7 +271,7 @@ fn vector_or(
     if rhs.is_empty() {
         return lhs;
     }
-    let left: HashSet<String> = signatures(matching, &lhs).into_iter().collect();
+    let left: HashSet<u64> = signatures(matching, &lhs).into_iter().collect();
     lhs.extend(
         rhs.into_iter()
             .filter(|s| !left.contains(&matching.signature(&s.labels))),
@@ -286,7 +287,7 @@ fn vector_unless(
     if lhs.is_empty() || rhs.is_empty() {
         return lhs;
     }
-    let right: HashSet<String> = signatures(matching, &rhs).into_iter().collect();
+    let right: HashSet<u64> = signatures(matching, &rhs).into_iter().collect();
     lhs.into_iter()
         .filter(|s| !right.contains(&matching.signature(&s.labels)))
         .collect()
@@ -294,33 +295,29 @@ fn vector_unless(
 
 /// Tracks which match groups produced results, to enforce cardinality rules.
 enum MatchedGroups {
-    OneToOne(HashSet<String>),
-    Grouped(HashMap<String, HashSet<Labels>>),
+    OneToOne(HashSet<u64>),
+    Grouped(HashMap<u64, HashSet<Labels>>),
 }
 
 impl MatchedGroups {
-    fn was_matched(&self, sig: &str) -> bool {
+    fn was_matched(&self, sig: u64) -> bool {
         match self {
-            MatchedGroups::OneToOne(set) => set.contains(sig),
-            MatchedGroups::Grouped(map) => map.get(sig).is_some_and(|s| !s.is_empty()),
+            MatchedGroups::OneToOne(set) => set.contains(&sig),
+            MatchedGroups::Grouped(map) => map.get(&sig).is_some_and(|s| !s.is_empty()),
         }
     }
 
-    fn record(&mut self, sig: &str, metric: &Labels) -> Result<(), QueryError> {
+    fn record(&mut self, sig: u64, metric: &Labels) -> Result<(), QueryError> {
         match self {
             MatchedGroups::OneToOne(set) => {
-                if !set.insert(sig.to_string()) {
+                if !set.insert(sig) {
                     return Err(QueryError::Execution(
                         "multiple matches for labels: many-to-one matching must be explicit (group_left/group_right)".into(),
                     ));
                 }
             }
             MatchedGroups::Grouped(map) => {
-                if !map
-                    .entry(sig.to_string())
-                    .or_default()
-                    .insert(metric.clone())
-                {
+                if !map.entry(sig).or_default().insert(metric.clone()) {
                     return Err(QueryError::Execution(
                         "multiple matches for labels: grouping labels must ensure unique matches"
                             .into(),
@@ -381,7 +378,7 @@ impl BinopContext<'_, '_> {
         &self,
         ls: &InstantSample,
         rs: &InstantSample,
-        sig: &str,
+        sig: u64,
         matched: &mut MatchedGroups,
         out: &mut Vec<InstantSample>,
     ) -> Result<(), QueryError> {
@@ -438,14 +435,14 @@ fn vector_binop(
     let (fill_many, fill_one) = (matching.fill_lhs, matching.fill_rhs);
 
     let one_sigs = signatures(matching, &one);
-    let mut one_by_sig: HashMap<&str, usize> = HashMap::with_capacity(one.len());
+    let mut one_by_sig: HashMap<u64, usize> = HashMap::with_capacity(one.len());
     for (i, sig) in one_sigs.iter().enumerate() {
-        if let Some(&prev) = one_by_sig.get(sig.as_str()) {
+        if let Some(&prev) = one_by_sig.get(sig) {
             return Err(duplicate_series_error(
                 matching, swapped, &one[i], &one[prev],
             ));
         }
-        one_by_sig.insert(sig, i);
+        one_by_sig.insert(*sig, i);
     }
 
     let ctx = BinopContext {
@@ -464,23 +461,23 @@ fn vector_binop(
     let mut out = Vec::with_capacity(many.len());
     for ms in &many {
         let sig = matching.signature(&ms.labels);
-        match one_by_sig.get(sig.as_str()) {
-            Some(&i) => ctx.apply(ms, &one[i], &sig, &mut matched, &mut out)?,
+        match one_by_sig.get(&sig) {
+            Some(&i) => ctx.apply(ms, &one[i], sig, &mut matched, &mut out)?,
             None => {
                 if let Some(fill) = fill_one {
                     let filled = fill_sample(matching, ms, fill);
-                    ctx.apply(ms, &filled, &sig, &mut matched, &mut out)?;
+                    ctx.apply(ms, &filled, sig, &mut matched, &mut out)?;
                 }
             }
         }
     }
     if let Some(fill) = fill_many {
         for (os, sig) in one.iter().zip(&one_sigs) {
-            if matched.was_matched(sig) {
+            if matched.was_matched(*sig) {
                 continue;
             }
             let filled = fill_sample(matching, os, fill);
-            ctx.apply(&filled, os, sig, &mut matched, &mut out)?;
+            ctx.apply(&filled, os, *sig, &mut matched, &mut out)?;
         }
     }
     Ok(out)

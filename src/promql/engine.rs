@@ -427,6 +427,22 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn functions_over_ranges_hold_one_window_at_a_time() {
+        let (_dir, s) = storage(5).await;
+        let e = engine(20);
+        // Five windows of ten samples: Prometheus holds one window at a time.
+        e.instant_query(Arc::clone(&s), "count_over_time(m[10m])", 600_000)
+            .await
+            .expect("one window at a time fits");
+        // The same matrix returned whole does not fit.
+        let err = e
+            .instant_query(s, "m[10m]", 600_000)
+            .await
+            .expect_err("whole matrix");
+        assert_eq!(err, QueryError::TooManySamples);
+    }
+
+    #[tokio::test]
     async fn timeout_is_reported() {
         let (_dir, s) = storage(1).await;
         let engine = Engine::new(EngineOptions {
@@ -476,6 +492,26 @@ mod tests {
             .await
             .expect_err("step 0");
         assert!(matches!(err, QueryError::BadData(_)), "{err:?}");
+    }
+
+    #[tokio::test]
+    async fn extreme_timestamps_do_not_panic() {
+        let (_dir, s) = storage(1).await;
+        let e = engine(1000);
+        for q in [
+            "m offset -1000000000000000w",
+            "max_over_time(m[1000000000000000w])",
+            "sum_over_time(m[5m:1m] @ 9223372036854775)",
+            "m @ -9223372036854775",
+        ] {
+            // Either an answer or an error; never a panic (which would surface as a
+            // failed evaluation task).
+            for t in [i64::MAX / 2, i64::MIN / 2] {
+                if let Err(err) = e.instant_query(Arc::clone(&s), q, t).await {
+                    assert!(!err.to_string().contains("panicked"), "{q} at {t}: {err}");
+                }
+            }
+        }
     }
 
     #[tokio::test]

@@ -6,7 +6,7 @@
 //! sample accounting and timeout checks. Binary operators live in `binary`, aggregations
 //! in `aggregate`. Reads only the series `plan` loaded; never calls storage.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::time::Instant;
 
 use promql_parser::parser::{Call, Expr, MatrixSelector, SubqueryExpr, UnaryExpr, VectorSelector};
@@ -39,6 +39,8 @@ pub(crate) struct Evaluator<'a> {
     held_samples: usize,
     /// Per `Call` node: its arguments as a slice (the contract hands functions `&[Expr]`).
     call_args: HashMap<usize, Vec<Expr>>,
+    /// Per subquery node: the inner results of its latest window.
+    subquery_windows: HashMap<usize, SubqueryWindow>,
 }
 
 impl<'a> Evaluator<'a> {
@@ -56,6 +58,7 @@ impl<'a> Evaluator<'a> {
             deadline,
             held_samples: 0,
             call_args: HashMap::new(),
+            subquery_windows: HashMap::new(),
         }
     }
 
@@ -117,7 +120,11 @@ impl<'a> Evaluator<'a> {
             Expr::Paren(p) => self.eval(&p.expr, ts),
             Expr::Unary(u) => self.eval_unary(u, ts),
             Expr::VectorSelector(vs) => Ok(Value::Vector(self.select_instant(vs, ts)?)),
-            Expr::MatrixSelector(ms) => Ok(Value::Matrix(self.select_range(ms, ts)?)),
+            Expr::MatrixSelector(ms) => Ok(Value::Matrix(self.select_range(
+                ms,
+                ts,
+                SampleCount::AllSeries,
+            )?)),
             Expr::Subquery(sq) => Ok(Value::Matrix(self.eval_subquery(sq, ts)?)),
             Expr::Binary(b) => binary::eval_binary(self, b, ts),
             Expr::Aggregate(a) => aggregate::eval_aggregate(self, a, ts),
@@ -172,7 +179,9 @@ impl<'a> Evaluator<'a> {
         offset: &Option<promql_parser::parser::Offset>,
         ts: i64,
     ) -> i64 {
-        at_ms(at, &self.times).unwrap_or(ts) - offset_ms(offset)
+        at_ms(at, &self.times)
+            .unwrap_or(ts)
+            .saturating_sub(offset_ms(offset))
     }
 
     /// An instant vector selector: per series, the newest sample in `(t - lookback, t]`,
@@ -183,7 +192,7 @@ impl<'a> Evaluator<'a> {
         ts: i64,
     ) -> Result<Vec<InstantSample>, QueryError> {
         let t = self.reference_time(&vs.at, &vs.offset, ts);
-        let oldest = t - self.times.lookback;
+        let oldest = t.saturating_sub(self.times.lookback);
         let mut out = Vec::new();
         for series in self.data.get(vs) {
             let idx = series.samples.partition_point(|s| s.t <= t);
@@ -210,9 +219,10 @@ impl<'a> Evaluator<'a> {
         &mut self,
         ms: &MatrixSelector,
         ts: i64,
+        count: SampleCount,
     ) -> Result<Vec<RangeSeries>, QueryError> {
         let t = self.reference_time(&ms.vs.at, &ms.vs.offset, ts);
-        let oldest = t - duration_ms(&ms.range);
+        let oldest = t.saturating_sub(duration_ms(&ms.range));
         let mut out = Vec::new();
         let mut points_held = 0;
         for series in self.data.get(&ms.vs) {
@@ -229,7 +239,10 @@ impl<'a> Evaluator<'a> {
             if points.is_empty() {
                 continue;
             }
-            points_held += points.len();
+            points_held = match count {
+                SampleCount::AllSeries => points_held + points.len(),
+                SampleCount::OneSeriesAtATime => points_held.max(points.len()),
+            };
             out.push(RangeSeries {
                 labels: series.labels.clone(),
                 points,
@@ -241,7 +254,8 @@ impl<'a> Evaluator<'a> {
     }
 
     /// A subquery: the inner expression evaluated at every multiple of the step inside
-    /// `(t - range, t]`, gathered into one series per label set.
+    /// `(t - range, t]`, gathered into one series per label set. Inner results are
+    /// memoised per subquery node: consecutive outer steps share most inner steps.
     fn eval_subquery(
         &mut self,
         sq: &SubqueryExpr,
@@ -254,20 +268,37 @@ impl<'a> Evaluator<'a> {
             .map(duration_ms)
             .unwrap_or(self.times.default_subquery_step)
             .max(1);
-        let oldest = t - duration_ms(&sq.range);
-        let mut inner_t = oldest.div_euclid(step) * step;
-        if inner_t <= oldest {
-            inner_t += step;
+        let oldest = t.saturating_sub(duration_ms(&sq.range));
+        let mut first = oldest.div_euclid(step).saturating_mul(step);
+        if first <= oldest {
+            first = first.saturating_add(step);
         }
-        let mut out: Vec<RangeSeries> = Vec::new();
-        let mut index: HashMap<Labels, usize> = HashMap::new();
+        let key = sq as *const SubqueryExpr as usize;
+        let mut window = self.subquery_windows.remove(&key).unwrap_or_default();
+        let result = self.fill_subquery_window(sq, &mut window, first, t, step);
+        let out = result.map(|()| window.series());
+        self.subquery_windows.insert(key, window);
+        let out = out?;
+        let points: usize = out.iter().map(|s| s.points.len()).sum();
+        self.hold_samples(points)?;
+        Ok(out)
+    }
+
+    /// Makes `window` hold exactly the inner steps `first, first + step, ..., <= last`,
+    /// evaluating only those not already there.
+    fn fill_subquery_window(
+        &mut self,
+        sq: &SubqueryExpr,
+        window: &mut SubqueryWindow,
+        first: i64,
+        last: i64,
+        step: i64,
+    ) -> Result<(), QueryError> {
         let held_before = self.held_samples;
-        let mut points_held = 0;
-        while inner_t <= t {
+        let mut inner_t = window.advance_to(first);
+        while inner_t <= last {
             self.check_deadline()?;
-            let value = self.eval(&sq.expr, inner_t)?;
-            self.held_samples = held_before + points_held;
-            let samples = match value {
+            let samples = match self.eval(&sq.expr, inner_t)? {
                 Value::Scalar(v) => vec![InstantSample {
                     labels: Labels::empty(),
                     t: inner_t,
@@ -277,27 +308,15 @@ impl<'a> Evaluator<'a> {
                 Value::Vector(v) => v,
                 other => return Err(type_error("scalar or instant vector", &other)),
             };
-            points_held += samples.len();
-            for s in samples {
-                let point = Sample::new(inner_t, s.v);
-                match index.get(&s.labels) {
-                    Some(&i) => out[i].points.push(point),
-                    None => {
-                        index.insert(s.labels.clone(), out.len());
-                        out.push(RangeSeries {
-                            labels: s.labels,
-                            points: vec![point],
-                            drop_name: s.drop_name,
-                        });
-                    }
-                }
+            self.held_samples = held_before;
+            window.push_step(inner_t, samples);
+            match inner_t.checked_add(step) {
+                Some(next) => inner_t = next,
+                None => break,
             }
-            self.hold_samples(0)?;
-            inner_t += step;
         }
-        self.held_samples = held_before;
-        self.hold_samples(points_held)?;
-        Ok(out)
+        window.next_step = Some(inner_t);
+        Ok(())
     }
 
     /// `start()`, `end()`, `step()` and `range()`: constants of the query, in seconds.
@@ -308,7 +327,7 @@ impl<'a> Evaluator<'a> {
             "end" => t.end,
             "step" if t.start != t.end => t.step,
             "step" => 0,
-            "range" => t.end - t.start,
+            "range" => t.end.saturating_sub(t.start),
             _ => return None,
         };
         Some(ms as f64 / 1000.0)
@@ -327,12 +346,12 @@ impl<'a> Evaluator<'a> {
             let value = match unwrap_parens(arg) {
                 Expr::MatrixSelector(ms) => {
                     let t = self.reference_time(&ms.vs.at, &ms.vs.offset, ts);
-                    window = (t - duration_ms(&ms.range), t);
-                    Value::Matrix(self.select_range(ms, ts)?)
+                    window = (t.saturating_sub(duration_ms(&ms.range)), t);
+                    Value::Matrix(self.select_range(ms, ts, SampleCount::OneSeriesAtATime)?)
                 }
                 Expr::Subquery(sq) => {
                     let t = self.reference_time(&sq.at, &sq.offset, ts);
-                    window = (t - duration_ms(&sq.range), t);
+                    window = (t.saturating_sub(duration_ms(&sq.range)), t);
                     Value::Matrix(self.eval_subquery(sq, ts)?)
                 }
                 Expr::VectorSelector(_) if name == "timestamp" => self.eval(arg, ts)?,
@@ -398,6 +417,89 @@ impl<'a> Evaluator<'a> {
                 "PromQL warning: sort is ineffective for range queries since results are always ordered by labels",
             );
         }
+    }
+}
+
+/// How a range selector's samples count against the query's sample limit.
+#[derive(Clone, Copy)]
+enum SampleCount {
+    /// The whole matrix is the result (a range vector returned by the query).
+    AllSeries,
+    /// A function consumes the matrix: Prometheus feeds it one series at a time, so
+    /// only the largest window counts.
+    OneSeriesAtATime,
+}
+
+/// The inner results of one subquery node over its latest window, kept per series so an
+/// outer step only evaluates the inner steps it does not share with the previous one.
+#[derive(Default)]
+struct SubqueryWindow {
+    /// Evaluated inner steps are those in `[covered_from, next_step)`.
+    covered_from: i64,
+    /// The next inner step not yet evaluated (None before the first evaluation).
+    next_step: Option<i64>,
+    series: Vec<WindowSeries>,
+    index: HashMap<Labels, usize>,
+}
+
+struct WindowSeries {
+    labels: Labels,
+    drop_name: bool,
+    points: VecDeque<Sample>,
+}
+
+impl SubqueryWindow {
+    /// Moves the window to start at `first`: keeps the evaluated steps it still covers
+    /// and returns the first step that must be evaluated. A window that moves backwards
+    /// or jumps past everything evaluated starts afresh.
+    fn advance_to(&mut self, first: i64) -> i64 {
+        match self.next_step {
+            Some(next) if self.covered_from <= first && first < next => {
+                for s in &mut self.series {
+                    while s.points.front().is_some_and(|p| p.t < first) {
+                        s.points.pop_front();
+                    }
+                }
+                self.covered_from = first;
+                next
+            }
+            _ => {
+                for s in &mut self.series {
+                    s.points.clear();
+                }
+                self.covered_from = first;
+                first
+            }
+        }
+    }
+
+    fn push_step(&mut self, t: i64, samples: Vec<InstantSample>) {
+        for s in samples {
+            let point = Sample::new(t, s.v);
+            match self.index.get(&s.labels) {
+                Some(&i) => self.series[i].points.push_back(point),
+                None => {
+                    self.index.insert(s.labels.clone(), self.series.len());
+                    self.series.push(WindowSeries {
+                        labels: s.labels,
+                        drop_name: s.drop_name,
+                        points: VecDeque::from([point]),
+                    });
+                }
+            }
+        }
+    }
+
+    fn series(&self) -> Vec<RangeSeries> {
+        self.series
+            .iter()
+            .filter(|s| !s.points.is_empty())
+            .map(|s| RangeSeries {
+                labels: s.labels.clone(),
+                points: s.points.iter().copied().collect(),
+                drop_name: s.drop_name,
+            })
+            .collect()
     }
 }
 

@@ -1,9 +1,18 @@
 //! PromQL: parse with `promql-parser`, evaluate with our own engine.
 //!
-//! Owns: the query engine's public face (`Engine`, options, errors). Submodules: `value`
-//! (result types), `engine` (the evaluator: selectors, lookback and staleness, operators,
-//! aggregations, offset/@, subqueries, range queries), `functions` (the function library).
+//! Owns: the query engine's public face (`Engine`, options, errors, the concurrency
+//! gate). Submodules: `value` (result types), `engine` (one query's pipeline: parse,
+//! validate, load, evaluate every step, assemble and clean up the result), `plan` (which
+//! samples each selector needs; loading them), `eval` (one expression at one step:
+//! selectors with lookback and staleness, offset/@, subqueries, function calls),
+//! `binary` (operators and vector matching), `aggregate` (aggregation operators),
+//! `functions` (the function library).
 //! Calls `storage` (through `Arc<dyn Storage>`) to load data; never the TSDB directly.
+//!
+//! Evaluation is step by step: a range query evaluates the whole expression at each
+//! step, which gives Prometheus's results (its range evaluation computes the same
+//! per-step values); subqueries keep a sliding window of inner results per node so no
+//! inner step is evaluated twice.
 
 mod aggregate;
 mod binary;
