@@ -21,19 +21,35 @@ fn now_ms() -> i64 {
 }
 
 fn label(name: &str, value: &str) -> proto::Label {
-    proto::Label { name: name.into(), value: value.into() }
+    proto::Label {
+        name: name.into(),
+        value: value.into(),
+    }
 }
 
 fn request(series: Vec<proto::TimeSeries>) -> proto::WriteRequest {
-    proto::WriteRequest { timeseries: series, metadata: vec![] }
+    proto::WriteRequest {
+        timeseries: series,
+        metadata: vec![],
+    }
 }
 
 /// A series with labels exactly as given (not sorted), one sample.
 fn raw_series(labels: Vec<proto::Label>, t: i64) -> proto::TimeSeries {
-    proto::TimeSeries { labels, samples: vec![proto::Sample { value: 1.0, timestamp: t }], ..Default::default() }
+    proto::TimeSeries {
+        labels,
+        samples: vec![proto::Sample {
+            value: 1.0,
+            timestamp: t,
+        }],
+        ..Default::default()
+    }
 }
 
-const RW_HEADERS: [(&str, &str); 2] = [("Content-Type", "application/x-protobuf"), ("Content-Encoding", "snappy")];
+const RW_HEADERS: [(&str, &str); 2] = [
+    ("Content-Type", "application/x-protobuf"),
+    ("Content-Encoding", "snappy"),
+];
 
 fn post_write(node: &Node, headers: &[(&str, &str)], body: &[u8]) -> (u16, String) {
     let (status, body) = post(&node.url("/api/v1/write"), headers, body);
@@ -54,12 +70,28 @@ fn expect(case: &str, got: (u16, String), status: u16, needle: &str) {
 fn invalid_utf8_body(t: i64) -> Vec<u8> {
     let req = request(vec![
         ts(&[("__name__", "bad_valid_neighbour_of_utf8")], &[(t, 1.0)]),
-        ts(&[("__name__", "bad_utf8"), ("v", "PLACEHOLDER")], &[(t, 1.0)]),
+        ts(
+            &[("__name__", "bad_utf8"), ("v", "PLACEHOLDER")],
+            &[(t, 1.0)],
+        ),
     ]);
     let mut raw = prost::Message::encode_to_vec(&req);
-    let at = raw.windows(11).position(|w| w == b"PLACEHOLDER").expect("placeholder encoded");
+    let at = raw
+        .windows(11)
+        .position(|w| w == b"PLACEHOLDER")
+        .expect("placeholder encoded");
     raw[at..at + 11].copy_from_slice(b"\xff\xfe\xfdPLACEHOL");
-    snap::raw::Encoder::new().compress_vec(&raw).expect("compress")
+    snap::raw::Encoder::new()
+        .compress_vec(&raw)
+        .expect("compress")
+}
+
+/// A well-mixed 64-bit hash, so label values do not compress.
+fn splitmix64(x: u64) -> u64 {
+    let mut z = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
 }
 
 #[test]
@@ -67,11 +99,28 @@ fn bad_requests_are_refused_and_leave_no_trace() {
     let limit = BODY_LIMIT.to_string();
     let node = Node::start(&["--write-max-body-size", &limit]);
     let t = now_ms() - 60_000;
-    let snappy = |raw: &[u8]| snap::raw::Encoder::new().compress_vec(raw).expect("compress");
-    let valid = proto::encode_snappy(&request(vec![ts(&[("__name__", "bad_valid_body")], &[(t, 1.0)])]));
+    let snappy = |raw: &[u8]| {
+        snap::raw::Encoder::new()
+            .compress_vec(raw)
+            .expect("compress")
+    };
+    let valid = proto::encode_snappy(&request(vec![ts(
+        &[("__name__", "bad_valid_body")],
+        &[(t, 1.0)],
+    )]));
 
-    expect("bad snappy", post_write(&node, &RW_HEADERS, b"this is not snappy"), 400, "snappy");
-    expect("empty body", post_write(&node, &RW_HEADERS, b""), 400, "snappy");
+    expect(
+        "bad snappy",
+        post_write(&node, &RW_HEADERS, b"this is not snappy"),
+        400,
+        "snappy",
+    );
+    expect(
+        "empty body",
+        post_write(&node, &RW_HEADERS, b""),
+        400,
+        "snappy",
+    );
     expect(
         "bad protobuf",
         post_write(&node, &RW_HEADERS, &snappy(b"\x0a\xff\xff\xff\xff\x0f\x01")),
@@ -83,7 +132,11 @@ fn bad_requests_are_refused_and_leave_no_trace() {
         remote_write(
             &node,
             &request(vec![raw_series(
-                vec![label("__name__", "bad_unsorted"), label("job", "a"), label("instance", "b")],
+                vec![
+                    label("__name__", "bad_unsorted"),
+                    label("job", "a"),
+                    label("instance", "b"),
+                ],
                 t,
             )]),
         ),
@@ -95,7 +148,11 @@ fn bad_requests_are_refused_and_leave_no_trace() {
         remote_write(
             &node,
             &request(vec![raw_series(
-                vec![label("__name__", "bad_duplicate"), label("job", "a"), label("job", "b")],
+                vec![
+                    label("__name__", "bad_duplicate"),
+                    label("job", "a"),
+                    label("job", "b"),
+                ],
                 t,
             )]),
         ),
@@ -104,7 +161,13 @@ fn bad_requests_are_refused_and_leave_no_trace() {
     );
     expect(
         "empty label name",
-        remote_write(&node, &request(vec![raw_series(vec![label("", "x"), label("__name__", "bad_empty_name")], t)])),
+        remote_write(
+            &node,
+            &request(vec![raw_series(
+                vec![label("", "x"), label("__name__", "bad_empty_name")],
+                t,
+            )]),
+        ),
         400,
         "empty",
     );
@@ -120,21 +183,49 @@ fn bad_requests_are_refused_and_leave_no_trace() {
         400,
         "missing metric name",
     );
-    expect("invalid UTF-8", post_write(&node, &RW_HEADERS, &invalid_utf8_body(t)), 400, "UTF-8");
+    expect(
+        "invalid UTF-8",
+        post_write(&node, &RW_HEADERS, &invalid_utf8_body(t)),
+        400,
+        "UTF-8",
+    );
     let mut histogram = ts(&[("__name__", "bad_histogram")], &[(t, 1.0)]);
     histogram.histograms.push(proto::Histogram { timestamp: t });
-    expect("native histogram", remote_write(&node, &request(vec![histogram])), 400, "native histograms");
+    expect(
+        "native histogram",
+        remote_write(&node, &request(vec![histogram])),
+        400,
+        "native histograms",
+    );
 
-    let big: Vec<proto::TimeSeries> = (0..4_000)
-        .map(|i| ts(&[("__name__", "bad_too_large"), ("i", &format!("{i}-{}", i * 7919 % 10_007))], &[(t, i as f64)]))
+    let big: Vec<proto::TimeSeries> = (0..10_000u64)
+        .map(|i| {
+            let id = format!("{:016x}", splitmix64(i));
+            ts(
+                &[("__name__", "bad_too_large"), ("id", &id)],
+                &[(t, i as f64)],
+            )
+        })
         .collect();
     let big_body = proto::encode_snappy(&request(big));
-    assert!(big_body.len() > BODY_LIMIT);
-    expect("oversized body", post_write(&node, &RW_HEADERS, &big_body), 413, "too large");
+    assert!(big_body.len() > BODY_LIMIT, "{} bytes", big_body.len());
+    expect(
+        "oversized body",
+        post_write(&node, &RW_HEADERS, &big_body),
+        413,
+        "too large",
+    );
 
     expect(
         "wrong content type",
-        post_write(&node, &[("Content-Type", "application/json"), ("Content-Encoding", "snappy")], &valid),
+        post_write(
+            &node,
+            &[
+                ("Content-Type", "application/json"),
+                ("Content-Encoding", "snappy"),
+            ],
+            &valid,
+        ),
         415,
         "Content-Type",
     );
@@ -142,7 +233,13 @@ fn bad_requests_are_refused_and_leave_no_trace() {
         "remote write 2.0",
         post_write(
             &node,
-            &[("Content-Type", "application/x-protobuf;proto=io.prometheus.write.v2.Request"), ("Content-Encoding", "snappy")],
+            &[
+                (
+                    "Content-Type",
+                    "application/x-protobuf;proto=io.prometheus.write.v2.Request",
+                ),
+                ("Content-Encoding", "snappy"),
+            ],
             &valid,
         ),
         415,
@@ -150,14 +247,24 @@ fn bad_requests_are_refused_and_leave_no_trace() {
     );
     expect(
         "wrong encoding",
-        post_write(&node, &[("Content-Type", "application/x-protobuf"), ("Content-Encoding", "gzip")], &valid),
+        post_write(
+            &node,
+            &[
+                ("Content-Type", "application/x-protobuf"),
+                ("Content-Encoding", "gzip"),
+            ],
+            &valid,
+        ),
         415,
         "gzip",
     );
 
     // The node is up and a valid request right after all that is stored.
     assert_eq!(get(&node.url("/-/healthy")).0, 200);
-    let (status, body) = remote_write(&node, &request(vec![ts(&[("__name__", "bad_control")], &[(t, 42.0)])]));
+    let (status, body) = remote_write(
+        &node,
+        &request(vec![ts(&[("__name__", "bad_control")], &[(t, 42.0)])]),
+    );
     assert_eq!(status, 204, "{body}");
     let (status, body) = remote_write(&node, &proto::WriteRequest::default());
     assert_eq!(status, 204, "an empty request is valid: {body}");
@@ -168,7 +275,11 @@ fn bad_requests_are_refused_and_leave_no_trace() {
             .into_iter()
             .map(|s| format!("{:?}", s.labels))
             .collect();
-        assert_eq!(seen, vec![r#"[("__name__", "bad_control")]"#.to_string()], "{rt:?}");
+        assert_eq!(
+            seen,
+            vec![r#"[("__name__", "bad_control")]"#.to_string()],
+            "{rt:?}"
+        );
     }
 }
 
@@ -177,7 +288,13 @@ fn bad_remote_read_requests_are_400() {
     let node = Node::start(&[]);
     let (status, _) = post(&node.url("/api/v1/read"), &RW_HEADERS, b"garbage");
     assert_eq!(status, 400);
-    let (status, body) = remote_read_raw(&node, &[(MatcherType::Re, "job", "(")], 0, 1, ResponseType::Samples);
+    let (status, body) = remote_read_raw(
+        &node,
+        &[(MatcherType::Re, "job", "(")],
+        0,
+        1,
+        ResponseType::Samples,
+    );
     assert_eq!(status, 400, "{}", String::from_utf8_lossy(&body));
     assert_eq!(get(&node.url("/-/healthy")).0, 200);
 }

@@ -20,9 +20,20 @@ pub struct ReadSeries {
 pub type M<'a> = (MatcherType, &'a str, &'a str);
 
 /// Reads `[start, end]` for one query; panics unless the server answers 200 correctly.
-pub fn remote_read(node: &Node, matchers: &[M], start: i64, end: i64, rt: ResponseType) -> Vec<ReadSeries> {
+pub fn remote_read(
+    node: &Node,
+    matchers: &[M],
+    start: i64,
+    end: i64,
+    rt: ResponseType,
+) -> Vec<ReadSeries> {
     let (status, body) = remote_read_raw(node, matchers, start, end, rt);
-    assert_eq!(status, 200, "remote read failed: {}", String::from_utf8_lossy(&body));
+    assert_eq!(
+        status,
+        200,
+        "remote read failed: {}",
+        String::from_utf8_lossy(&body)
+    );
     match rt {
         ResponseType::Samples => decode_samples(&body),
         ResponseType::StreamedXorChunks => decode_streamed(&body),
@@ -30,14 +41,24 @@ pub fn remote_read(node: &Node, matchers: &[M], start: i64, end: i64, rt: Respon
 }
 
 /// Sends a remote-read request and returns status and raw body.
-pub fn remote_read_raw(node: &Node, matchers: &[M], start: i64, end: i64, rt: ResponseType) -> (u16, Vec<u8>) {
+pub fn remote_read_raw(
+    node: &Node,
+    matchers: &[M],
+    start: i64,
+    end: i64,
+    rt: ResponseType,
+) -> (u16, Vec<u8>) {
     let req = proto::ReadRequest {
         queries: vec![proto::Query {
             start_timestamp_ms: start,
             end_timestamp_ms: end,
             matchers: matchers
                 .iter()
-                .map(|(t, n, v)| proto::LabelMatcher { r#type: *t as i32, name: n.to_string(), value: v.to_string() })
+                .map(|(t, n, v)| proto::LabelMatcher {
+                    r#type: *t as i32,
+                    name: n.to_string(),
+                    value: v.to_string(),
+                })
                 .collect(),
             hints: None,
         }],
@@ -55,11 +76,16 @@ pub fn remote_read_raw(node: &Node, matchers: &[M], start: i64, end: i64, rt: Re
 }
 
 fn labels_of(labels: &[proto::Label]) -> Vec<(String, String)> {
-    labels.iter().map(|l| (l.name.clone(), l.value.clone())).collect()
+    labels
+        .iter()
+        .map(|l| (l.name.clone(), l.value.clone()))
+        .collect()
 }
 
 fn decode_samples(body: &[u8]) -> Vec<ReadSeries> {
-    let raw = snap::raw::Decoder::new().decompress_vec(body).expect("snappy response");
+    let raw = snap::raw::Decoder::new()
+        .decompress_vec(body)
+        .expect("snappy response");
     let resp = proto::ReadResponse::decode(raw.as_slice()).expect("ReadResponse");
     assert_eq!(resp.results.len(), 1, "one result per query");
     resp.results[0]
@@ -67,7 +93,11 @@ fn decode_samples(body: &[u8]) -> Vec<ReadSeries> {
         .iter()
         .map(|ts| ReadSeries {
             labels: labels_of(&ts.labels),
-            samples: ts.samples.iter().map(|s| (s.timestamp, s.value.to_bits())).collect(),
+            samples: ts
+                .samples
+                .iter()
+                .map(|s| (s.timestamp, s.value.to_bits()))
+                .collect(),
         })
         .collect()
 }
@@ -90,8 +120,14 @@ fn decode_streamed(mut body: &[u8]) -> Vec<ReadSeries> {
             let mut samples = Vec::new();
             for chunk in &cs.chunks {
                 assert_eq!(chunk.r#type, proto::ChunkEncoding::Xor as i32);
-                let decoded: Vec<_> = decode_xor(&chunk.data).collect::<Result<_, _>>().expect("XOR chunk");
-                assert!(!decoded.is_empty() && decoded.len() <= 120, "chunk of {} samples", decoded.len());
+                let decoded: Vec<_> = decode_xor(&chunk.data)
+                    .collect::<Result<_, _>>()
+                    .expect("XOR chunk");
+                assert!(
+                    !decoded.is_empty() && decoded.len() <= 120,
+                    "chunk of {} samples",
+                    decoded.len()
+                );
                 assert_eq!(chunk.min_time_ms, decoded[0].t);
                 assert_eq!(chunk.max_time_ms, decoded[decoded.len() - 1].t);
                 samples.extend(decoded.iter().map(|s| (s.t, s.v.to_bits())));
