@@ -298,3 +298,43 @@ fn bad_remote_read_requests_are_400() {
     assert_eq!(status, 400, "{}", String::from_utf8_lossy(&body));
     assert_eq!(get(&node.url("/-/healthy")).0, 200);
 }
+
+#[test]
+fn samples_refused_by_storage_give_400_and_the_rest_is_stored() {
+    let node = Node::start(&["--out-of-order-window", "10m"]);
+    let now = now_ms();
+    let first = request(vec![ts(&[("__name__", "partial")], &[(now, 1.0)])]);
+    assert_eq!(remote_write(&node, &first).0, 204);
+    // One sample far behind the series' newest one, one new sample, one new series.
+    let second = request(vec![
+        ts(
+            &[("__name__", "partial")],
+            &[(now - 3_600_000, 2.0), (now + 1_000, 3.0)],
+        ),
+        ts(&[("__name__", "partial_other")], &[(now, 4.0)]),
+    ]);
+    let (status, body) = remote_write(&node, &second);
+    assert_eq!(status, 400, "{body}");
+    assert!(body.starts_with("1 samples rejected"), "{body}");
+    // Resending is harmless: the same samples again change nothing.
+    assert_eq!(remote_write(&node, &first).0, 204);
+
+    let all = [(MatcherType::Re, "__name__", "partial.*")];
+    let got = remote_read(&node, &all, 0, i64::MAX, ResponseType::Samples);
+    let values: Vec<(String, Vec<i64>)> = got
+        .into_iter()
+        .map(|s| {
+            (
+                s.labels[0].1.clone(),
+                s.samples.iter().map(|x| x.0).collect(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        values,
+        vec![
+            ("partial".to_string(), vec![now, now + 1_000]),
+            ("partial_other".to_string(), vec![now]),
+        ]
+    );
+}
