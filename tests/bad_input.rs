@@ -269,6 +269,17 @@ fn bad_requests_are_refused_and_leave_no_trace() {
     let (status, body) = remote_write(&node, &proto::WriteRequest::default());
     assert_eq!(status, 204, "an empty request is valid: {body}");
 
+    let (_, metrics) = get(&node.url("/metrics"));
+    for line in [
+        r#"timbala_ingest_requests_rejected_total{reason="bad_snappy"} 2"#,
+        r#"timbala_ingest_requests_rejected_total{reason="invalid_labels"} 4"#,
+        r#"timbala_ingest_requests_rejected_total{reason="unsupported_content_type"} 2"#,
+        r#"timbala_ingest_requests_rejected_total{reason="too_large"} 1"#,
+        "timbala_ingest_samples_stored_total 1",
+    ] {
+        assert!(metrics.contains(line), "/metrics lacks {line}");
+    }
+
     let everything = [(MatcherType::Re, "__name__", "bad_.*")];
     for rt in [ResponseType::Samples, ResponseType::StreamedXorChunks] {
         let seen: Vec<String> = remote_read(&node, &everything, 0, i64::MAX, rt)

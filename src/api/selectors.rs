@@ -12,8 +12,8 @@ use crate::model::{MatchOp, Matcher, METRIC_NAME};
 
 /// Parses one `match[]` value such as `up{job=~"api.*"}` into matchers (ANDed).
 pub fn parse_match_param(s: &str) -> Result<Vec<Matcher>, ApiError> {
-    let expr =
-        parser::parse(s).map_err(|e| ApiError::bad_data(format!("1:1: parse error: {e}")))?;
+    let expr = parser::parse(s)
+        .map_err(|e| ApiError::bad_data(format!("invalid parameter \"match[]\": {e}")))?;
     let Expr::VectorSelector(selector) = expr else {
         return Err(ApiError::bad_data(format!(
             "invalid parameter \"match[]\": {s:?} is not a series selector"
