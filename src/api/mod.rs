@@ -9,6 +9,8 @@
 pub mod admin;
 pub mod federate;
 pub mod health;
+pub mod json;
+pub mod params;
 pub mod query;
 pub mod read;
 pub mod selectors;

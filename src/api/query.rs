@@ -1,8 +1,479 @@
-//! Implemented on a feature branch.
-use axum::Router;
+//! The PromQL and metadata read endpoints of the Prometheus HTTP API.
+//!
+//! Owns: `/api/v1/query`, `/api/v1/query_range` (GET and POST form), `/api/v1/series`,
+//! `/api/v1/labels`, `/api/v1/label/<name>/values` and `/api/v1/query_exemplars`, with
+//! Prometheus's parameter order, defaults, limits, error texts and status codes.
+//! Calls `params` (parsing), `json` (rendering), the `promql::Engine` and
+//! `storage::Storage` through `AppState`.
 
-use super::AppState;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use promql_parser::parser::Expr;
+use promql_parser::util::{walk_expr, ExprVisitor};
+
+use super::params::{
+    invalid_param, limit_param, parse_duration, parse_match_params, parse_time, time_param,
+    unescape_label_name, FormParams, MAX_TIME_MS, MIN_TIME_MS,
+};
+use super::{json, ApiError, AppState};
+use crate::model::{Labels, Matcher};
+use crate::promql::{Annotations, QueryError, QueryOutput, QueryValue};
+use crate::storage::{LabelRequest, StorageError};
+
+/// Most points a range query may return per series (Prometheus's fixed limit).
+const MAX_POINTS_PER_SERIES: i128 = 11_000;
+/// Warnings and infos listed per answer; the rest are counted (Prometheus: 10 each).
+const MAX_ANNOTATIONS: usize = 10;
+const TRUNCATED_WARNING: &str = "results truncated due to limit";
 
 pub fn routes() -> Router<AppState> {
     Router::new()
+        .route("/api/v1/query", get(instant_query).post(instant_query))
+        .route("/api/v1/query_range", get(range_query).post(range_query))
+        .route("/api/v1/series", get(series).post(series))
+        .route("/api/v1/labels", get(label_names).post(label_names))
+        .route("/api/v1/label/{name}/values", get(label_values))
+        .route(
+            "/api/v1/query_exemplars",
+            get(query_exemplars).post(query_exemplars),
+        )
+}
+
+/// Milliseconds since the epoch now.
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+async fn instant_query(
+    State(state): State<AppState>,
+    params: FormParams,
+) -> Result<Response, ApiError> {
+    let limit = limit_param(&params)?;
+    let time_ms = time_param(&params, "time", now_ms())?;
+    let timeout = timeout_param(&params, &state)?;
+    reject_per_query_lookback(&params)?;
+    let storage = state.services()?.storage.clone();
+    let query = params.value("query");
+    let output = state
+        .engine()
+        .instant_query_with_timeout(storage, query, time_ms, timeout)
+        .await
+        .map_err(query_error)?;
+    Ok(render_query_output(output, limit, time_ms))
+}
+
+async fn range_query(
+    State(state): State<AppState>,
+    params: FormParams,
+) -> Result<Response, ApiError> {
+    let limit = limit_param(&params)?;
+    let start = parse_time(params.value("start")).map_err(|e| invalid_param("start", e))?;
+    let end = parse_time(params.value("end")).map_err(|e| invalid_param("end", e))?;
+    if end < start {
+        return Err(invalid_param(
+            "end",
+            "end timestamp must not be before start time",
+        ));
+    }
+    let step_ms = step_param(&params)?;
+    check_resolution(start, end, step_ms)?;
+    let timeout = timeout_param(&params, &state)?;
+    reject_per_query_lookback(&params)?;
+    let storage = state.services()?.storage.clone();
+    let query = params.value("query");
+    let output = state
+        .engine()
+        .range_query_with_timeout(storage, query, start, end, step_ms, timeout)
+        .await
+        .map_err(query_error)?;
+    Ok(render_query_output(output, limit, end))
+}
+
+/// The range query step in milliseconds. Steps below a millisecond cannot be evaluated
+/// on millisecond timestamps, so they get the zero-step error.
+fn step_param(params: &FormParams) -> Result<i64, ApiError> {
+    let step_ns = parse_duration(params.value("step")).map_err(|e| invalid_param("step", e))?;
+    let step_ms = step_ns / 1_000_000;
+    if step_ms <= 0 {
+        return Err(invalid_param(
+            "step",
+            "zero or negative query resolution step widths are not accepted. Try a positive integer",
+        ));
+    }
+    Ok(step_ms)
+}
+
+/// Prometheus refuses more than 11,000 steps per series (a plain bad_data error).
+fn check_resolution(start: i64, end: i64, step_ms: i64) -> Result<(), ApiError> {
+    let steps = (i128::from(end) - i128::from(start)) / i128::from(step_ms);
+    if steps > MAX_POINTS_PER_SERIES {
+        return Err(ApiError::bad_data(
+            "exceeded maximum resolution of 11,000 points per timeseries. Try decreasing the query resolution (?step=XX)",
+        ));
+    }
+    Ok(())
+}
+
+/// The `timeout` parameter: a per-request limit; the engine applies the shorter of it
+/// and its configured timeout. Absent, the configured timeout alone applies.
+fn timeout_param(params: &FormParams, state: &AppState) -> Result<Duration, ApiError> {
+    let value = params.value("timeout");
+    if value.is_empty() {
+        return Ok(state.engine().options().timeout);
+    }
+    let nanos = parse_duration(value).map_err(|e| invalid_param("timeout", e))?;
+    // A deadline already passed times the query out at once, as in Prometheus.
+    Ok(Duration::from_nanos(u64::try_from(nanos).unwrap_or(0)))
+}
+
+/// Prometheus accepts a per-query `lookback_delta`; the engine has one lookback for all
+/// queries, so answering with a different window would be silently wrong.
+fn reject_per_query_lookback(params: &FormParams) -> Result<(), ApiError> {
+    if params.value("lookback_delta").is_empty() {
+        return Ok(());
+    }
+    Err(ApiError::bad_data(
+        "error parsing lookback delta duration: a per-query lookback_delta is not supported; the server-wide --query-lookback-delta applies",
+    ))
+}
+
+/// Maps engine errors to Prometheus's error types and status codes.
+fn query_error(err: QueryError) -> ApiError {
+    match &err {
+        QueryError::BadData(message) => invalid_param("query", message),
+        QueryError::Execution(_) | QueryError::TooManySamples => {
+            ApiError::execution(err.to_string())
+        }
+        QueryError::Timeout(_) => {
+            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "timeout", err.to_string())
+        }
+        QueryError::Storage(_) => ApiError::internal(err.to_string()),
+    }
+}
+
+/// Storage failures of the metadata endpoints: 503 while unavailable, otherwise
+/// `execution` as Prometheus answers querier errors there.
+fn storage_error(err: StorageError) -> ApiError {
+    match err {
+        StorageError::Unavailable(_) => ApiError::unavailable(err.to_string()),
+        other => ApiError::execution(other.to_string()),
+    }
+}
+
+/// Renders a result; `eval_time_ms` stamps vector samples (see `json::write_query_data`).
+fn render_query_output(output: QueryOutput, limit: usize, eval_time_ms: i64) -> Response {
+    let QueryOutput {
+        mut value,
+        annotations,
+    } = output;
+    let (mut warnings, infos) = annotation_strings(annotations);
+    if truncate_result(&mut value, limit) {
+        warnings.push(TRUNCATED_WARNING.to_string());
+    }
+    json::success_response(&warnings, &infos, |out| {
+        json::write_query_data(out, &value, eval_time_ms)
+    })
+}
+
+/// Warnings and infos as Prometheus lists them: at most ten each, then a count of the
+/// ones left out.
+fn annotation_strings(annotations: Annotations) -> (Vec<String>, Vec<String>) {
+    (
+        capped(annotations.warnings, "warning"),
+        capped(annotations.infos, "info"),
+    )
+}
+
+fn capped(messages: impl IntoIterator<Item = String>, kind: &str) -> Vec<String> {
+    let mut messages = messages.into_iter();
+    let mut kept: Vec<String> = messages.by_ref().take(MAX_ANNOTATIONS).collect();
+    let omitted = messages.count();
+    if omitted > 0 {
+        kept.push(format!("{omitted} more {kind} annotations omitted"));
+    }
+    kept
+}
+
+/// Keeps the first `limit` series of a vector or matrix (0 = no limit); true if cut.
+fn truncate_result(value: &mut QueryValue, limit: usize) -> bool {
+    let len = match value {
+        QueryValue::Vector(v) => v.len(),
+        QueryValue::Matrix(m) => m.len(),
+        QueryValue::Scalar { .. } | QueryValue::String { .. } => return false,
+    };
+    if limit == 0 || len <= limit {
+        return false;
+    }
+    match value {
+        QueryValue::Vector(v) => v.truncate(limit),
+        QueryValue::Matrix(m) => m.truncate(limit),
+        QueryValue::Scalar { .. } | QueryValue::String { .. } => {}
+    }
+    true
+}
+
+/// Cuts a sorted answer to `limit` (0 = no limit), returning the warnings to send.
+fn apply_limit<T>(items: &mut Vec<T>, limit: usize) -> Vec<String> {
+    if limit > 0 && items.len() > limit {
+        items.truncate(limit);
+        return vec![TRUNCATED_WARNING.to_string()];
+    }
+    Vec::new()
+}
+
+/// The time range of the metadata endpoints: `start`/`end`, default all time.
+fn metadata_range(params: &FormParams) -> Result<(i64, i64), ApiError> {
+    let start = time_param(params, "start", MIN_TIME_MS)?;
+    let end = time_param(params, "end", MAX_TIME_MS)?;
+    Ok((start, end))
+}
+
+/// One storage request per matcher set; a single request without matchers when there
+/// are none (all series).
+fn label_requests(sets: Vec<Vec<Matcher>>, mint: i64, maxt: i64) -> Vec<LabelRequest> {
+    if sets.is_empty() {
+        return vec![LabelRequest {
+            matchers: Vec::new(),
+            mint,
+            maxt,
+        }];
+    }
+    sets.into_iter()
+        .map(|matchers| LabelRequest {
+            matchers,
+            mint,
+            maxt,
+        })
+        .collect()
+}
+
+/// Sorted union of per-request answers (each already sorted).
+fn sorted_union<T: Ord>(mut parts: Vec<Vec<T>>) -> Vec<T> {
+    if parts.len() == 1 {
+        return parts.pop().unwrap_or_default();
+    }
+    let mut all: Vec<T> = parts.into_iter().flatten().collect();
+    all.sort_unstable();
+    all.dedup();
+    all
+}
+
+async fn series(State(state): State<AppState>, params: FormParams) -> Result<Response, ApiError> {
+    let selectors: Vec<&str> = params.values("match[]").collect();
+    if selectors.is_empty() {
+        return Err(ApiError::bad_data("no match[] parameter provided"));
+    }
+    let limit = limit_param(&params)?;
+    let (start, end) = metadata_range(&params)?;
+    let sets = parse_match_params(selectors).map_err(|e| invalid_param("match[]", e))?;
+    let storage = &state.services()?.storage;
+    let mut parts = Vec::with_capacity(sets.len());
+    for request in label_requests(sets, start, end) {
+        parts.push(storage.series(request).await.map_err(storage_error)?);
+    }
+    let mut all: Vec<Labels> = sorted_union(parts);
+    let warnings = apply_limit(&mut all, limit);
+    Ok(json::success_response(&warnings, &[], |out| {
+        json::write_label_sets(out, &all)
+    }))
+}
+
+async fn label_names(
+    State(state): State<AppState>,
+    params: FormParams,
+) -> Result<Response, ApiError> {
+    let limit = limit_param(&params)?;
+    let (start, end) = metadata_range(&params)?;
+    let sets = parse_match_params(params.values("match[]")).map_err(ApiError::bad_data)?;
+    let storage = &state.services()?.storage;
+    let mut parts = Vec::with_capacity(sets.len().max(1));
+    for request in label_requests(sets, start, end) {
+        parts.push(storage.label_names(request).await.map_err(storage_error)?);
+    }
+    let mut names = sorted_union(parts);
+    let warnings = apply_limit(&mut names, limit);
+    Ok(json::success_response(&warnings, &[], |out| {
+        json::write_string_list(out, &names)
+    }))
+}
+
+async fn label_values(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    params: FormParams,
+) -> Result<Response, ApiError> {
+    let name = unescape_label_name(&name);
+    if name.is_empty() {
+        return Err(ApiError::bad_data(format!("invalid label name: {name:?}")));
+    }
+    let limit = limit_param(&params)?;
+    let (start, end) = metadata_range(&params)?;
+    let sets = parse_match_params(params.values("match[]")).map_err(ApiError::bad_data)?;
+    let storage = &state.services()?.storage;
+    let mut parts = Vec::with_capacity(sets.len().max(1));
+    for request in label_requests(sets, start, end) {
+        let values = storage.label_values(name.clone(), request).await;
+        parts.push(values.map_err(storage_error)?);
+    }
+    let mut values = sorted_union(parts);
+    let warnings = apply_limit(&mut values, limit);
+    Ok(json::success_response(&warnings, &[], |out| {
+        json::write_string_list(out, &values)
+    }))
+}
+
+/// Exemplars are not stored (remote write 1.0 exemplars are dropped at ingest), so a
+/// valid request has no exemplars; Prometheus answers 204 when the query selects nothing.
+async fn query_exemplars(
+    State(state): State<AppState>,
+    params: FormParams,
+) -> Result<Response, ApiError> {
+    let start = time_param(&params, "start", MIN_TIME_MS)?;
+    let end = time_param(&params, "end", MAX_TIME_MS)?;
+    if end < start {
+        return Err(ApiError::bad_data(
+            "end timestamp must not be before start timestamp",
+        ));
+    }
+    let expr = promql_parser::parser::parse(params.value("query")).map_err(ApiError::bad_data)?;
+    state.services()?;
+    if !has_selector(&expr) {
+        return Ok(StatusCode::NO_CONTENT.into_response());
+    }
+    Ok(json::success_response(&[], &[], |out| {
+        out.extend_from_slice(b"[]")
+    }))
+}
+
+/// Whether an expression selects any series (a vector or matrix selector anywhere).
+fn has_selector(expr: &Expr) -> bool {
+    struct FindSelector(bool);
+    impl ExprVisitor for FindSelector {
+        type Error = std::convert::Infallible;
+        fn pre_visit(&mut self, expr: &Expr) -> Result<bool, Self::Error> {
+            self.0 |= matches!(expr, Expr::VectorSelector(_) | Expr::MatrixSelector(_));
+            Ok(!self.0)
+        }
+    }
+    let mut finder = FindSelector(false);
+    let _ = walk_expr(&mut finder, expr);
+    finder.0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::promql::InstantSample;
+
+    fn params(query: &str) -> FormParams {
+        FormParams::from_parts(Some(query), None)
+    }
+
+    #[test]
+    fn step_must_be_positive_milliseconds() {
+        assert_eq!(step_param(&params("step=15s")), Ok(15_000));
+        assert_eq!(step_param(&params("step=0.5")), Ok(500));
+        for bad in ["step=0", "step=-5", "step=0.0001"] {
+            let err = step_param(&params(bad)).unwrap_err();
+            assert_eq!(err.error_type, "bad_data");
+            assert_eq!(err.message, "invalid parameter \"step\": zero or negative query resolution step widths are not accepted. Try a positive integer");
+        }
+        assert_eq!(
+            step_param(&params("step=soon")).unwrap_err().message,
+            "invalid parameter \"step\": cannot parse \"soon\" to a valid duration"
+        );
+    }
+
+    #[test]
+    fn resolution_limit_is_11000_steps() {
+        assert!(check_resolution(0, 11_000_000, 1000).is_ok());
+        let err = check_resolution(0, 11_001_000, 1000).unwrap_err();
+        assert_eq!(err.status, StatusCode::BAD_REQUEST);
+        assert!(err
+            .message
+            .starts_with("exceeded maximum resolution of 11,000 points"));
+    }
+
+    #[test]
+    fn engine_errors_map_to_prometheus_types() {
+        let cases = [
+            (
+                QueryError::BadData("1:1: parse error: x".into()),
+                400,
+                "bad_data",
+            ),
+            (QueryError::Execution("boom".into()), 422, "execution"),
+            (QueryError::TooManySamples, 422, "execution"),
+            (
+                QueryError::Timeout("expression evaluation".into()),
+                503,
+                "timeout",
+            ),
+            (QueryError::Storage("disk".into()), 500, "internal"),
+        ];
+        for (err, status, kind) in cases {
+            let api = query_error(err);
+            assert_eq!((api.status.as_u16(), api.error_type), (status, kind));
+        }
+        assert_eq!(
+            query_error(QueryError::BadData("1:1: parse error: x".into())).message,
+            "invalid parameter \"query\": 1:1: parse error: x"
+        );
+        assert_eq!(
+            query_error(QueryError::Timeout("expression evaluation".into())).message,
+            "query timed out in expression evaluation"
+        );
+    }
+
+    #[test]
+    fn annotations_are_capped_at_ten() {
+        let many: Vec<String> = (0..13).map(|i| format!("w{i:02}")).collect();
+        let kept = capped(many, "warning");
+        assert_eq!(kept.len(), 11);
+        assert_eq!(kept[10], "3 more warning annotations omitted");
+        assert_eq!(capped(vec!["i".to_string()], "info"), ["i"]);
+    }
+
+    #[test]
+    fn limit_truncates_vectors_only_when_longer() {
+        let sample = |v| InstantSample {
+            labels: Labels::empty(),
+            t: 0,
+            v,
+            drop_name: false,
+        };
+        let mut value = QueryValue::Vector(vec![sample(1.0), sample(2.0), sample(3.0)]);
+        assert!(!truncate_result(&mut value, 0));
+        assert!(!truncate_result(&mut value, 3));
+        assert!(truncate_result(&mut value, 2));
+        assert!(matches!(&value, QueryValue::Vector(v) if v.len() == 2));
+        let mut scalar = QueryValue::Scalar { t: 0, v: 1.0 };
+        assert!(!truncate_result(&mut scalar, 1));
+    }
+
+    #[test]
+    fn unions_of_sorted_answers() {
+        assert_eq!(sorted_union(vec![vec![1, 3]]), [1, 3]);
+        assert_eq!(sorted_union(vec![vec![1, 3], vec![2, 3]]), [1, 2, 3]);
+        assert_eq!(sorted_union::<i32>(vec![]), Vec::<i32>::new());
+        let mut items = vec![1, 2, 3];
+        assert_eq!(apply_limit(&mut items, 2), [TRUNCATED_WARNING]);
+        assert_eq!(items, [1, 2]);
+        assert!(apply_limit(&mut items, 0).is_empty());
+    }
+
+    #[test]
+    fn exemplar_queries_need_a_selector() {
+        let parse = |q| promql_parser::parser::parse(q).unwrap();
+        assert!(has_selector(&parse("rate(up[5m]) * 2")));
+        assert!(has_selector(&parse("sum(up)")));
+        assert!(!has_selector(&parse("1 + 2")));
+    }
 }

@@ -5,13 +5,19 @@
 //! aggregations, offset/@, subqueries, range queries), `functions` (the function library).
 //! Calls `storage` (through `Arc<dyn Storage>`) to load data; never the TSDB directly.
 
+mod aggregate;
+mod binary;
 pub mod engine;
+mod eval;
 pub mod functions;
+mod plan;
 pub mod value;
 
 use std::fmt;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+use tokio::sync::Semaphore;
 
 use crate::storage::Storage;
 pub use value::{Annotations, InstantSample, QueryValue, RangeSeries};
@@ -90,11 +96,42 @@ impl std::error::Error for QueryError {}
 /// The PromQL engine. Cheap to share; holds the concurrency gate.
 pub struct Engine {
     opts: EngineOptions,
+    /// At most `max_concurrent` queries evaluate at once; the rest wait their turn
+    /// (the wait counts against their timeout, as Prometheus's query queue).
+    gate: Semaphore,
 }
 
 impl Engine {
     pub fn new(opts: EngineOptions) -> Self {
-        Engine { opts }
+        let permits = opts.max_concurrent.clamp(1, Semaphore::MAX_PERMITS);
+        Engine {
+            opts,
+            gate: Semaphore::new(permits),
+        }
+    }
+
+    async fn run(
+        &self,
+        storage: Arc<dyn Storage>,
+        query: &str,
+        start_ms: i64,
+        end_ms: i64,
+        step_ms: i64,
+        timeout: Duration,
+    ) -> Result<QueryOutput, QueryError> {
+        let deadline = Instant::now() + timeout.min(self.opts.timeout);
+        let _permit = tokio::time::timeout_at(deadline.into(), self.gate.acquire())
+            .await
+            .map_err(|_| QueryError::Timeout("query queue".into()))?
+            .map_err(|_| QueryError::Execution("query engine is shutting down".into()))?;
+        let req = engine::QueryRequest {
+            query,
+            start: start_ms,
+            end: end_ms,
+            step: step_ms,
+            deadline,
+        };
+        engine::execute(&self.opts, storage, req).await
     }
 
     pub fn options(&self) -> &EngineOptions {
@@ -108,8 +145,20 @@ impl Engine {
         query: &str,
         time_ms: i64,
     ) -> Result<QueryOutput, QueryError> {
-        let _ = (storage, query, time_ms);
-        todo!("engine: implemented on the engine branch")
+        self.run(storage, query, time_ms, time_ms, 0, self.opts.timeout)
+            .await
+    }
+
+    /// `instant_query` under a per-request timeout (the HTTP API's `timeout` parameter):
+    /// the shorter of it and the configured timeout stops the evaluation.
+    pub async fn instant_query_with_timeout(
+        &self,
+        storage: Arc<dyn Storage>,
+        query: &str,
+        time_ms: i64,
+        timeout: Duration,
+    ) -> Result<QueryOutput, QueryError> {
+        self.run(storage, query, time_ms, time_ms, 0, timeout).await
     }
 
     /// Evaluates `query` at every step from `start_ms` to `end_ms` inclusive.
@@ -121,7 +170,32 @@ impl Engine {
         end_ms: i64,
         step_ms: i64,
     ) -> Result<QueryOutput, QueryError> {
-        let _ = (storage, query, start_ms, end_ms, step_ms);
-        todo!("engine: implemented on the engine branch")
+        self.range_query_with_timeout(storage, query, start_ms, end_ms, step_ms, self.opts.timeout)
+            .await
+    }
+
+    /// `range_query` under a per-request timeout (the HTTP API's `timeout` parameter):
+    /// the shorter of it and the configured timeout stops the evaluation.
+    pub async fn range_query_with_timeout(
+        &self,
+        storage: Arc<dyn Storage>,
+        query: &str,
+        start_ms: i64,
+        end_ms: i64,
+        step_ms: i64,
+        timeout: Duration,
+    ) -> Result<QueryOutput, QueryError> {
+        if step_ms <= 0 {
+            return Err(QueryError::BadData(
+                "zero or negative query resolution step widths are not accepted. Try a positive integer".into(),
+            ));
+        }
+        if end_ms < start_ms {
+            return Err(QueryError::BadData(
+                "end timestamp must not be before start time".into(),
+            ));
+        }
+        self.run(storage, query, start_ms, end_ms, step_ms, timeout)
+            .await
     }
 }

@@ -301,6 +301,11 @@ impl XorChunk {
         self.t
     }
 
+    /// Value of the last sample (0.0 when empty).
+    pub fn last_value(&self) -> f64 {
+        self.v
+    }
+
     /// The samples in order. The chunk was built by `append`, so it always decodes.
     pub fn iter(&self) -> impl Iterator<Item = Sample> + '_ {
         decode_xor(self.bytes()).map_while(Result::ok)

@@ -131,6 +131,9 @@ impl Db {
         if !record.is_empty() {
             let seq = self.wal.log(&record.finish());
             self.wal.sync(seq)?;
+        } else if tally.appended > 0 {
+            // Only duplicates: the originals may still be waiting for their fsync.
+            self.wal.sync(self.wal.last_seq())?;
         }
         self.metrics.samples_appended.inc_by(tally.appended);
         for (i, &n) in tally.rejected.iter().enumerate() {
@@ -155,6 +158,7 @@ impl Db {
                     let mut buf = Vec::new();
                     wal::encode_series(&mut buf, id, labels);
                     self.wal.log(&buf);
+                    self.metrics.head_series.inc();
                 });
             let mut data = mem.data();
             if data.is_removed() {
@@ -303,11 +307,18 @@ impl Db {
     pub fn maintain(&self) -> Result<(), StorageError> {
         self.check_open()?;
         let _serial = lock(&self.maintenance);
+        let mut last_boundary = i64::MIN;
         while let Some(boundary) = self.cut_boundary() {
+            if boundary <= last_boundary {
+                break; // samples keep arriving below the boundary; next round
+            }
             self.cut_head(boundary)?;
+            last_boundary = boundary;
         }
         self.compact()?;
-        self.apply_retention()
+        self.apply_retention()?;
+        self.update_head_gauges();
+        Ok(())
     }
 
     /// The end of the block to cut from the head, if the head is due for a cut.

@@ -149,12 +149,13 @@ impl SeriesData {
     }
 
     fn last_value_bits(&self) -> Option<u64> {
-        let last = if !self.open.is_empty() {
-            self.open.iter().last()
-        } else {
-            self.sealed.last().and_then(|c| c.samples().last())
-        };
-        last.map(|s| s.v.to_bits())
+        if !self.open.is_empty() {
+            return Some(self.open.last_value().to_bits());
+        }
+        self.sealed
+            .last()
+            .and_then(|c| c.samples().last())
+            .map(|s| s.v.to_bits())
     }
 
     pub fn min_time(&self) -> Option<i64> {
@@ -281,8 +282,12 @@ impl SeriesData {
         }
         out.extend(self.ooo.iter().filter(|s| s.t >= mint && s.t <= maxt));
         if !self.ooo.is_empty() || !self.cutting.is_empty() {
-            let mine = &mut out[start..];
+            // A sample appended while its time range was being cut may repeat one in
+            // `cutting`; the sort is stable, so the older copy wins.
+            let mut mine = out.split_off(start);
             mine.sort_by_key(|s| s.t);
+            mine.dedup_by_key(|s| s.t);
+            out.extend(mine);
         }
     }
 

@@ -84,6 +84,11 @@ fn literal_alternatives(pattern: &str) -> Option<Vec<&str>> {
     Some(pattern.split('|').collect())
 }
 
+/// `=~".*"` restricts nothing: skip it instead of testing every value.
+fn matches_everything(m: &Matcher) -> bool {
+    m.op == MatchOp::RegexMatch && m.value == ".*"
+}
+
 /// Series whose label `m.name` has a value matching `m` (not counting absent labels).
 fn postings_with_matching_value(src: &dyn PostingsSource, m: &Matcher) -> Vec<SeriesRef> {
     match m.op {
@@ -96,6 +101,8 @@ fn postings_with_matching_value(src: &dyn PostingsSource, m: &Matcher) -> Vec<Se
                     .map(|v| src.postings(&m.name, v))
                     .collect(),
             ),
+            // `.+`: any value at all.
+            None if m.value == ".+" => src.postings_where(&m.name, &mut |_| true),
             None => src.postings_where(&m.name, &mut |v| m.matches(v)),
         },
         MatchOp::NotEqual | MatchOp::RegexNoMatch => {
@@ -126,8 +133,10 @@ fn postings_with_rejected_value(src: &dyn PostingsSource, m: &Matcher) -> Vec<Se
 /// carrying a rejected value; the others intersect. With no restricting matcher the
 /// start set is every series.
 pub fn select_postings(src: &dyn PostingsSource, matchers: &[Matcher]) -> Vec<SeriesRef> {
-    let (subtracting, intersecting): (Vec<&Matcher>, Vec<&Matcher>) =
-        matchers.iter().partition(|m| m.matches_empty());
+    let (subtracting, intersecting): (Vec<&Matcher>, Vec<&Matcher>) = matchers
+        .iter()
+        .filter(|m| !matches_everything(m))
+        .partition(|m| m.matches_empty());
     let mut result: Option<Vec<SeriesRef>> = None;
     for m in intersecting {
         let p = postings_with_matching_value(src, m);

@@ -44,7 +44,8 @@ pub struct TsdbOptions {
     pub dir: PathBuf,
     /// Span of one head block before it is cut to disk (default 2h).
     pub block_duration_ms: i64,
-    /// Keep blocks whose data is newer than now minus this (0 = keep forever). Default 15d.
+    /// Keep blocks whose data is newer than the newest block's end minus this
+    /// (0 = keep forever). Default 15d.
     pub retention_ms: i64,
     /// Delete the oldest blocks while the total size exceeds this (0 = no limit).
     pub retention_bytes: u64,

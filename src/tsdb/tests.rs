@@ -322,3 +322,144 @@ async fn concurrent_appenders_all_land() {
     assert_eq!(got.len(), 4);
     assert!(got.iter().all(|s| s.samples.len() == 25));
 }
+
+/// Runs inside the child process of `sigkill_loses_no_acknowledged_sample`: appends one
+/// sample per batch forever, printing each acknowledged timestamp.
+fn crash_child(dir: &str) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let db = Tsdb::open(opts(std::path::Path::new(dir)), TsdbMetrics::default()).unwrap();
+        for t in 0.. {
+            let out = db
+                .append(vec![up("crash", &[(t, t as f64)])])
+                .await
+                .unwrap();
+            assert_eq!(out.appended, 1);
+            println!("ack {t}");
+        }
+    });
+}
+
+#[test]
+fn sigkill_loses_no_acknowledged_sample() {
+    use std::io::BufRead;
+    const CHILD_ENV: &str = "TIMBALA_TSDB_CRASH_CHILD";
+    if let Ok(dir) = std::env::var(CHILD_ENV) {
+        crash_child(&dir);
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "tsdb::tests::sigkill_loses_no_acknowledged_sample",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(CHILD_ENV, dir.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let mut last_ack = None;
+    for line in std::io::BufReader::new(stdout).lines() {
+        let Some(t) = line
+            .unwrap()
+            .strip_prefix("ack ")
+            .map(|t| t.parse::<i64>().unwrap())
+        else {
+            continue;
+        };
+        last_ack = Some(t);
+        if t >= 200 {
+            break;
+        }
+    }
+    child.kill().unwrap(); // SIGKILL: no destructor, no flush
+    child.wait().unwrap();
+    let last_ack = last_ack.expect("child acknowledged samples");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let got = rt.block_on(async {
+        let db = Tsdb::open(opts(dir.path()), TsdbMetrics::default()).unwrap();
+        select_all(&db, "up").await
+    });
+    let stored = &got[0].samples;
+    assert!(stored.len() as i64 > last_ack, "lost acknowledged samples");
+    assert!(stored.iter().enumerate().all(|(i, s)| s.t == i as i64));
+}
+
+#[tokio::test]
+async fn out_of_order_data_behind_a_cut_is_merged_by_compaction() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Tsdb::open(opts(dir.path()), TsdbMetrics::default()).unwrap();
+    db.append(vec![regular("a", 0, 25 * MIN), regular("b", 0, 12 * MIN)])
+        .await
+        .unwrap();
+    db.maintain().unwrap();
+    assert_eq!(db.blocks().len(), 1);
+    // Older than the cut boundary (10m) but inside b's out-of-order window.
+    let late = 8 * MIN + 7_500;
+    let out = db.append(vec![up("b", &[(late, -1.0)])]).await.unwrap();
+    assert_eq!(out.appended, 1, "{out:?}");
+    db.maintain().unwrap();
+    let blocks = db.blocks();
+    assert_eq!(blocks.len(), 1, "overlapping blocks compacted: {blocks:?}");
+    assert_eq!(blocks[0].compaction_level, 2);
+    let got = select_all(&db, "up").await;
+    assert_eq!(got[1].samples.len(), 49);
+    assert!(got[1].samples.windows(2).all(|w| w[0].t < w[1].t));
+    assert!(got[1].samples.iter().any(|s| s.t == late && s.v == -1.0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn appends_racing_maintenance_lose_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut o = opts(dir.path());
+    o.block_duration_ms = MIN;
+    let db = Tsdb::open(o.clone(), TsdbMetrics::default()).unwrap();
+    let writers: Vec<_> = (0..3)
+        .map(|w| {
+            let db = db.clone();
+            tokio::spawn(async move {
+                let job = format!("w{w}");
+                for batch in 0..60i64 {
+                    let samples: Vec<(i64, f64)> = (0..10)
+                        .map(|i| ((batch * 10 + i) * 1_000, i as f64))
+                        .collect();
+                    let out = db.append(vec![up(&job, &samples)]).await.unwrap();
+                    assert_eq!(out.appended, 10);
+                }
+            })
+        })
+        .collect();
+    let maintainer = {
+        let db = db.clone();
+        std::thread::spawn(move || {
+            for _ in 0..40 {
+                db.maintain().unwrap();
+                std::thread::sleep(std::time::Duration::from_millis(2));
+            }
+        })
+    };
+    for w in writers {
+        w.await.unwrap();
+    }
+    maintainer.join().unwrap();
+    db.maintain().unwrap();
+    assert!(!db.blocks().is_empty());
+    let check = |got: Vec<Series>| {
+        assert_eq!(got.len(), 3);
+        for s in got {
+            assert_eq!(s.samples.len(), 600, "{}", s.labels);
+            assert!(s.samples.windows(2).all(|w| w[0].t < w[1].t));
+        }
+    };
+    check(select_all(&db, "up").await);
+    drop(db);
+    let db = Tsdb::open(o, TsdbMetrics::default()).unwrap();
+    check(select_all(&db, "up").await);
+}

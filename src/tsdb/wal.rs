@@ -376,6 +376,7 @@ impl Wal {
         on_record: &mut dyn FnMut(Record),
     ) -> Result<(Wal, ReplayReport), StorageError> {
         fs::create_dir_all(dir)?;
+        remove_unfinished_checkpoints(dir)?;
         let report = replay(dir, on_record)?;
         let (_, segments) = list_dir(dir)?;
         let index = segments.last().map_or(1, |i| i + 1);
@@ -407,6 +408,11 @@ impl Wal {
         p.bytes.extend_from_slice(framed);
         p.seq += 1;
         p.seq
+    }
+
+    /// The sequence number of the newest logged record.
+    pub fn last_seq(&self) -> u64 {
+        lock(&self.pending).seq
     }
 
     /// Returns once everything logged up to `seq` is on disk (write + fdatasync).
@@ -545,6 +551,18 @@ fn create_segment(dir: &Path, index: u64) -> io::Result<File> {
         .open(dir.join(segment_name(index)))?;
     fsync_dir(dir)?;
     Ok(file)
+}
+
+/// Deletes checkpoint files a crash left half-written (they were never renamed).
+fn remove_unfinished_checkpoints(dir: &Path) -> io::Result<()> {
+    for entry in fs::read_dir(dir)? {
+        let path = entry?.path();
+        if path.extension().is_some_and(|e| e == "tmp") {
+            tracing::warn!(file = %path.display(), "removing unfinished WAL checkpoint");
+            fs::remove_file(&path)?;
+        }
+    }
+    Ok(())
 }
 
 fn read_file(path: &Path) -> io::Result<Vec<u8>> {

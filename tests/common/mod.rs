@@ -40,13 +40,23 @@ impl Node {
         let child = Command::new(env!("CARGO_BIN_EXE_timbala"))
             .arg("--data-directory")
             .arg(data_dir)
-            .args(["--http-bind-addr", &http_addr, "--gossip-bind-addr", &gossip_addr])
+            .args([
+                "--http-bind-addr",
+                &http_addr,
+                "--gossip-bind-addr",
+                &gossip_addr,
+            ])
             .args(["--log-level", "warn"])
             .args(extra_args)
             .stdin(Stdio::null())
             .spawn()
             .expect("spawn timbala");
-        let node = Node { child: Some(child), http_addr, data_dir: data_dir.to_path_buf(), _tmp: None };
+        let node = Node {
+            child: Some(child),
+            http_addr,
+            data_dir: data_dir.to_path_buf(),
+            _tmp: None,
+        };
         node.wait_ready(Duration::from_secs(60));
         node
     }
@@ -110,7 +120,12 @@ fn agent() -> ureq::Agent {
 
 fn read_response(resp: ureq::http::Response<ureq::Body>) -> (u16, Vec<u8>) {
     let status = resp.status().as_u16();
-    let body = resp.into_body().with_config().limit(1 << 30).read_to_vec().unwrap_or_default();
+    let body = resp
+        .into_body()
+        .with_config()
+        .limit(1 << 30)
+        .read_to_vec()
+        .unwrap_or_default();
     (status, body)
 }
 
@@ -124,18 +139,30 @@ pub fn get(url: &str) -> (u16, String) {
     (status, String::from_utf8_lossy(&body).into_owned())
 }
 
-/// POST with explicit headers; returns status and raw body.
-pub fn post(url: &str, headers: &[(&str, &str)], body: &[u8]) -> (u16, Vec<u8>) {
+/// POST with explicit headers; returns status and raw body, or the transport error.
+pub fn try_post(
+    url: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Result<(u16, Vec<u8>), ureq::Error> {
     let mut req = agent().post(url);
     for (k, v) in headers {
         req = req.header(*k, *v);
     }
-    read_response(req.send(body).unwrap_or_else(|e| panic!("POST {url}: {e}")))
+    req.send(body).map(read_response)
+}
+
+/// POST with explicit headers; returns status and raw body.
+pub fn post(url: &str, headers: &[(&str, &str)], body: &[u8]) -> (u16, Vec<u8>) {
+    try_post(url, headers, body).unwrap_or_else(|e| panic!("POST {url}: {e}"))
 }
 
 /// POST an application/x-www-form-urlencoded body; returns status and text.
 pub fn post_form(url: &str, form: &[(&str, &str)]) -> (u16, String) {
-    let resp = agent().post(url).send_form(form.iter().copied()).unwrap_or_else(|e| panic!("POST {url}: {e}"));
+    let resp = agent()
+        .post(url)
+        .send_form(form.iter().copied())
+        .unwrap_or_else(|e| panic!("POST {url}: {e}"));
     let (status, body) = read_response(resp);
     (status, String::from_utf8_lossy(&body).into_owned())
 }
@@ -157,12 +184,20 @@ pub fn remote_write(node: &Node, req: &proto::WriteRequest) -> (u16, String) {
 
 /// Builds one remote-write series from label pairs and (timestamp ms, value) samples.
 pub fn ts(labels: &[(&str, &str)], samples: &[(i64, f64)]) -> proto::TimeSeries {
-    let mut labels: Vec<proto::Label> =
-        labels.iter().map(|(n, v)| proto::Label { name: n.to_string(), value: v.to_string() }).collect();
+    let mut labels: Vec<proto::Label> = labels
+        .iter()
+        .map(|(n, v)| proto::Label {
+            name: n.to_string(),
+            value: v.to_string(),
+        })
+        .collect();
     labels.sort_by(|a, b| a.name.cmp(&b.name));
     proto::TimeSeries {
         labels,
-        samples: samples.iter().map(|&(timestamp, value)| proto::Sample { value, timestamp }).collect(),
+        samples: samples
+            .iter()
+            .map(|&(timestamp, value)| proto::Sample { value, timestamp })
+            .collect(),
         ..Default::default()
     }
 }
@@ -179,7 +214,12 @@ pub fn remote_read_samples(
 ) -> Result<Vec<ReadSeries>, String> {
     use prost::Message;
     let req = proto::ReadRequest {
-        queries: vec![proto::Query { start_timestamp_ms: start_ms, end_timestamp_ms: end_ms, matchers, hints: None }],
+        queries: vec![proto::Query {
+            start_timestamp_ms: start_ms,
+            end_timestamp_ms: end_ms,
+            matchers,
+            hints: None,
+        }],
         accepted_response_types: vec![proto::ResponseType::Samples as i32],
     };
     let (status, body) = post(
@@ -192,9 +232,14 @@ pub fn remote_read_samples(
         &proto::encode_snappy(&req),
     );
     if status != 200 {
-        return Err(format!("remote read answered {status}: {}", String::from_utf8_lossy(&body)));
+        return Err(format!(
+            "remote read answered {status}: {}",
+            String::from_utf8_lossy(&body)
+        ));
     }
-    let raw = snap::raw::Decoder::new().decompress_vec(&body).map_err(|e| format!("snappy: {e}"))?;
+    let raw = snap::raw::Decoder::new()
+        .decompress_vec(&body)
+        .map_err(|e| format!("snappy: {e}"))?;
     let resp = proto::ReadResponse::decode(raw.as_slice()).map_err(|e| format!("protobuf: {e}"))?;
     let result = resp.results.into_iter().next().ok_or("no query result")?;
     Ok(result
@@ -202,7 +247,11 @@ pub fn remote_read_samples(
         .into_iter()
         .map(|ts| {
             let labels = ts.labels.into_iter().map(|l| (l.name, l.value)).collect();
-            let samples = ts.samples.into_iter().map(|s| (s.timestamp, s.value)).collect();
+            let samples = ts
+                .samples
+                .into_iter()
+                .map(|s| (s.timestamp, s.value))
+                .collect();
             (labels, samples)
         })
         .collect())
@@ -210,7 +259,11 @@ pub fn remote_read_samples(
 
 /// An equality matcher for remote read.
 pub fn eq(name: &str, value: &str) -> proto::LabelMatcher {
-    proto::LabelMatcher { r#type: proto::MatcherType::Eq as i32, name: name.into(), value: value.into() }
+    proto::LabelMatcher {
+        r#type: proto::MatcherType::Eq as i32,
+        name: name.into(),
+        value: value.into(),
+    }
 }
 
 /// Value of an unlabelled metric line (`name value`) or of the first line starting with

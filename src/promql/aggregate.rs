@@ -1,0 +1,517 @@
+//! Aggregation operators at one evaluation step: sum, avg, min, max, count, group,
+//! stddev, stdvar, quantile, count_values, topk, bottomk, limitk and limit_ratio, each
+//! with `by`/`without` grouping.
+//!
+//! Owns: grouping and the per-group arithmetic (Kahan sums, incremental means, Welford
+//! variance), parameter validation and the warnings Prometheus raises for parameters.
+//! Called by `eval`; calls `functions::quantile` for the quantile rule.
+
+use std::collections::HashMap;
+
+use promql_parser::parser::token::TokenId;
+use promql_parser::parser::token::{
+    T_AVG, T_BOTTOMK, T_COUNT, T_COUNT_VALUES, T_GROUP, T_LIMITK, T_LIMIT_RATIO, T_MAX, T_MIN,
+    T_QUANTILE, T_STDDEV, T_STDVAR, T_SUM, T_TOPK,
+};
+use promql_parser::parser::{AggregateExpr, LabelModifier};
+
+use crate::model::{Labels, METRIC_NAME};
+
+use super::eval::{type_error, Evaluator, Value};
+use super::functions;
+use super::functions::stats::kahan_inc;
+use super::value::InstantSample;
+use super::QueryError;
+
+/// `by (...)` or `without (...)`.
+struct Grouping<'a> {
+    without: bool,
+    labels: Vec<&'a str>,
+}
+
+impl<'a> Grouping<'a> {
+    fn of(a: &'a AggregateExpr) -> Self {
+        match &a.modifier {
+            None => Grouping {
+                without: false,
+                labels: Vec::new(),
+            },
+            Some(LabelModifier::Include(l)) => Grouping {
+                without: false,
+                labels: l.labels.iter().map(String::as_str).collect(),
+            },
+            Some(LabelModifier::Exclude(l)) => Grouping {
+                without: true,
+                labels: l.labels.iter().map(String::as_str).collect(),
+            },
+        }
+    }
+
+    fn keeps(&self, name: &str) -> bool {
+        if self.without {
+            name != METRIC_NAME && !self.labels.contains(&name)
+        } else {
+            self.labels.contains(&name)
+        }
+    }
+
+    fn key(&self, labels: &Labels) -> String {
+        let mut key = String::new();
+        for l in labels.iter().filter(|l| self.keeps(&l.name)) {
+            key.push_str(&l.name);
+            key.push('\u{ff}');
+            key.push_str(&l.value);
+            key.push('\u{ff}');
+        }
+        key
+    }
+
+    fn group_labels(&self, labels: &Labels) -> Labels {
+        let mut out = labels.clone();
+        out.retain(|l| self.keeps(&l.name));
+        out
+    }
+}
+
+/// Assigns each sample to its group, groups numbered in order of first appearance.
+fn assign_groups(grouping: &Grouping<'_>, input: &[InstantSample]) -> (Vec<usize>, usize) {
+    let mut index: HashMap<String, usize> = HashMap::new();
+    let mut assignment = Vec::with_capacity(input.len());
+    for s in input {
+        let next = index.len();
+        assignment.push(*index.entry(grouping.key(&s.labels)).or_insert(next));
+    }
+    (assignment, index.len())
+}
+
+pub(crate) fn eval_aggregate(
+    ev: &mut Evaluator<'_>,
+    a: &AggregateExpr,
+    ts: i64,
+) -> Result<Value, QueryError> {
+    let op = a.op.id();
+    let grouping = Grouping::of(a);
+    if op == T_COUNT_VALUES {
+        let label = match a.param.as_deref().map(|p| ev.eval(p, ts)).transpose()? {
+            Some(Value::String(s)) => s,
+            Some(other) => return Err(type_error("string", &other)),
+            None => {
+                return Err(QueryError::BadData(
+                    "count_values needs a label name".into(),
+                ))
+            }
+        };
+        let input = ev.eval_vector(&a.expr, ts)?;
+        return count_values(&grouping, &label, input, ts).map(Value::Vector);
+    }
+    let param = match a.param.as_deref() {
+        Some(p) => Some(ev.eval_scalar(p, ts)?),
+        None => None,
+    };
+    let input = ev.eval_vector(&a.expr, ts)?;
+    let out = match op {
+        T_TOPK | T_BOTTOMK | T_LIMITK => {
+            select_k(op, &grouping, param.unwrap_or(f64::NAN), input, ts)?
+        }
+        T_LIMIT_RATIO => limit_ratio(ev, &grouping, param.unwrap_or(f64::NAN), input, ts)?,
+        _ => {
+            if op == T_QUANTILE {
+                warn_quantile(ev, param.unwrap_or(f64::NAN));
+            }
+            simple_aggregate(op, &grouping, param.unwrap_or(f64::NAN), input, ts)?
+        }
+    };
+    ev.hold_samples(out.len())?;
+    Ok(Value::Vector(out))
+}
+
+fn warn_quantile(ev: &mut Evaluator<'_>, q: f64) {
+    if q.is_nan() || !(0.0..=1.0).contains(&q) {
+        ev.annotations.warn(format!(
+            "PromQL warning: quantile value should be between 0 and 1, got {}",
+            format_go_float(q)
+        ));
+    }
+}
+
+/// Go's `%g` (shortest representation; exponent form below 1e-4 and from 1e+06 on),
+/// the format Prometheus uses for values quoted in warnings and errors.
+pub(crate) fn format_go_float(v: f64) -> String {
+    if !v.is_finite() || v == 0.0 {
+        return format_value_label(v);
+    }
+    let sci = format!("{v:e}");
+    let (mantissa, exp) = sci.split_once('e').unwrap_or((sci.as_str(), "0"));
+    let exp: i32 = exp.parse().unwrap_or(0);
+    if (-4..6).contains(&exp) {
+        return format!("{v}");
+    }
+    let sign = if exp < 0 { '-' } else { '+' };
+    format!("{mantissa}e{sign}{:02}", exp.abs())
+}
+
+#[derive(Default)]
+struct Group {
+    value: f64,
+    compensation: f64,
+    mean: f64,
+    count: f64,
+    incremental_mean: bool,
+    values: Vec<f64>,
+    drop_name: bool,
+    labels: Labels,
+}
+
+impl Group {
+    fn first(op: TokenId, v: f64, labels: Labels, drop_name: bool) -> Self {
+        let value = match op {
+            T_GROUP => 1.0,
+            T_STDDEV | T_STDVAR if v.is_nan() || v.is_infinite() => f64::NAN,
+            T_STDDEV | T_STDVAR => 0.0,
+            _ => v,
+        };
+        Group {
+            value,
+            mean: v,
+            count: 1.0,
+            values: if op == T_QUANTILE {
+                vec![v]
+            } else {
+                Vec::new()
+            },
+            drop_name,
+            labels,
+            ..Group::default()
+        }
+    }
+
+    fn add(&mut self, op: TokenId, v: f64) {
+        match op {
+            T_SUM => (self.value, self.compensation) = kahan_inc(v, self.value, self.compensation),
+            T_AVG => self.add_to_mean(v),
+            T_MAX if self.value < v || self.value.is_nan() => self.value = v,
+            T_MIN if self.value > v || self.value.is_nan() => self.value = v,
+            T_COUNT => self.count += 1.0,
+            T_STDDEV | T_STDVAR => {
+                self.count += 1.0;
+                let delta = v - self.mean;
+                self.mean += delta / self.count;
+                self.value += delta * (v - self.mean);
+            }
+            T_QUANTILE => self.values.push(v),
+            _ => {}
+        }
+    }
+
+    /// Sums while the sum stays finite, then switches to an incremental mean.
+    fn add_to_mean(&mut self, v: f64) {
+        self.count += 1.0;
+        if !self.incremental_mean {
+            let (sum, c) = kahan_inc(v, self.value, self.compensation);
+            if !sum.is_infinite() {
+                (self.value, self.compensation) = (sum, c);
+                return;
+            }
+            self.incremental_mean = true;
+            self.mean = self.value / (self.count - 1.0);
+            self.compensation /= self.count - 1.0;
+        }
+        let q = (self.count - 1.0) / self.count;
+        (self.mean, self.compensation) =
+            kahan_inc(v / self.count, q * self.mean, q * self.compensation);
+    }
+
+    fn finish(mut self, op: TokenId, param: f64) -> f64 {
+        match op {
+            T_SUM => self.value + self.compensation,
+            T_AVG if self.incremental_mean => self.mean + self.compensation,
+            T_AVG => self.value / self.count + self.compensation / self.count,
+            T_COUNT => self.count,
+            T_STDVAR => self.value / self.count,
+            T_STDDEV => (self.value / self.count).sqrt(),
+            T_QUANTILE => functions::quantile(param, &mut self.values),
+            _ => self.value,
+        }
+    }
+}
+
+fn simple_aggregate(
+    op: TokenId,
+    grouping: &Grouping<'_>,
+    param: f64,
+    input: Vec<InstantSample>,
+    ts: i64,
+) -> Result<Vec<InstantSample>, QueryError> {
+    let (assignment, n) = assign_groups(grouping, &input);
+    let mut groups: Vec<Option<Group>> = (0..n).map(|_| None).collect();
+    for (s, &g) in input.iter().zip(&assignment) {
+        match &mut groups[g] {
+            Some(group) => {
+                group.drop_name |= s.drop_name;
+                group.add(op, s.v);
+            }
+            slot => {
+                *slot = Some(Group::first(
+                    op,
+                    s.v,
+                    grouping.group_labels(&s.labels),
+                    s.drop_name,
+                ))
+            }
+        }
+    }
+    Ok(groups
+        .into_iter()
+        .flatten()
+        .map(|mut g| {
+            let labels = std::mem::take(&mut g.labels);
+            let drop_name = g.drop_name;
+            InstantSample {
+                labels,
+                t: ts,
+                v: g.finish(op, param),
+                drop_name,
+            }
+        })
+        .collect())
+}
+
+/// Formats a float as Go's `strconv.FormatFloat(v, 'f', -1, 64)` (never an exponent).
+fn format_value_label(v: f64) -> String {
+    if v.is_nan() {
+        "NaN".into()
+    } else if v.is_infinite() {
+        if v > 0.0 {
+            "+Inf".into()
+        } else {
+            "-Inf".into()
+        }
+    } else {
+        format!("{v}")
+    }
+}
+
+fn count_values(
+    grouping: &Grouping<'_>,
+    label: &str,
+    input: Vec<InstantSample>,
+    ts: i64,
+) -> Result<Vec<InstantSample>, QueryError> {
+    if label.is_empty() {
+        return Err(QueryError::Execution(format!(
+            "invalid label name {label:?}"
+        )));
+    }
+    let by_value = Grouping {
+        without: grouping.without,
+        labels: if grouping.without {
+            grouping.labels.clone()
+        } else {
+            grouping.labels.iter().copied().chain([label]).collect()
+        },
+    };
+    let mut index: HashMap<String, usize> = HashMap::new();
+    let mut out: Vec<InstantSample> = Vec::new();
+    for s in input {
+        let mut labels = s.labels;
+        labels.set(label, &format_value_label(s.v));
+        let key = by_value.key(&labels);
+        match index.get(&key) {
+            Some(&i) => out[i].v += 1.0,
+            None => {
+                index.insert(key, out.len());
+                out.push(InstantSample {
+                    labels: by_value.group_labels(&labels),
+                    t: ts,
+                    v: 1.0,
+                    drop_name: false,
+                });
+            }
+        }
+    }
+    out.sort_by(|a, b| a.labels.cmp(&b.labels));
+    Ok(out)
+}
+
+/// NaN sorts below every number, as in Prometheus's value heaps.
+fn value_less(a: f64, b: f64) -> bool {
+    if a.is_nan() {
+        return !b.is_nan();
+    }
+    a < b
+}
+
+fn check_k(k: f64) -> Result<(), QueryError> {
+    if k.is_nan() {
+        return Err(QueryError::Execution("Parameter value is NaN".into()));
+    }
+    if k <= i64::MIN as f64 {
+        return Err(QueryError::Execution(format!(
+            "Scalar value {} underflows int64",
+            format_go_float(k)
+        )));
+    }
+    if k >= i64::MAX as f64 {
+        return Err(QueryError::Execution(format!(
+            "Scalar value {} overflows int64",
+            format_go_float(k)
+        )));
+    }
+    Ok(())
+}
+
+/// topk, bottomk and limitk: at most k samples per group.
+fn select_k(
+    op: TokenId,
+    grouping: &Grouping<'_>,
+    k: f64,
+    input: Vec<InstantSample>,
+    ts: i64,
+) -> Result<Vec<InstantSample>, QueryError> {
+    if k < 1.0 {
+        return Ok(Vec::new());
+    }
+    check_k(k)?;
+    let k = (k as i64).min(input.len() as i64).max(0) as usize;
+    if k == 0 {
+        return Ok(Vec::new());
+    }
+    let (assignment, n) = assign_groups(grouping, &input);
+    let mut groups: Vec<Vec<InstantSample>> = (0..n).map(|_| Vec::new()).collect();
+    for (s, &g) in input.into_iter().zip(&assignment) {
+        let group = &mut groups[g];
+        if group.len() < k {
+            group.push(s);
+            continue;
+        }
+        if op == T_LIMITK {
+            continue;
+        }
+        // Replace the current worst element when the new one is strictly better.
+        let worst = worst_index(op, group);
+        let w = group[worst].v;
+        let better = if op == T_TOPK {
+            value_less(w, s.v)
+        } else {
+            !s.v.is_nan() && (w.is_nan() || s.v < w)
+        };
+        if better {
+            group[worst] = s;
+        }
+    }
+    let mut out = Vec::new();
+    for mut group in groups {
+        match op {
+            T_TOPK => group.sort_by(|a, b| rank_desc(a.v, b.v)),
+            T_BOTTOMK => group.sort_by(|a, b| rank_asc(a.v, b.v)),
+            _ => {}
+        }
+        for mut s in group {
+            s.t = ts;
+            out.push(s);
+        }
+    }
+    Ok(out)
+}
+
+/// Index of the element topk/bottomk would evict next.
+fn worst_index(op: TokenId, group: &[InstantSample]) -> usize {
+    let mut worst = 0;
+    for (i, s) in group.iter().enumerate().skip(1) {
+        let w = group[worst].v;
+        let is_worse = if op == T_TOPK {
+            value_less(s.v, w)
+        } else {
+            // For bottomk the largest value is evicted first; NaN counts as largest.
+            (s.v.is_nan() && !w.is_nan()) || (!w.is_nan() && s.v > w)
+        };
+        if is_worse {
+            worst = i;
+        }
+    }
+    worst
+}
+
+fn rank_desc(a: f64, b: f64) -> std::cmp::Ordering {
+    use std::cmp::Ordering;
+    match (a.is_nan(), b.is_nan()) {
+        (true, true) => Ordering::Equal,
+        (true, false) => Ordering::Greater,
+        (false, true) => Ordering::Less,
+        _ => b.partial_cmp(&a).unwrap_or(Ordering::Equal),
+    }
+}
+
+fn rank_asc(a: f64, b: f64) -> std::cmp::Ordering {
+    use std::cmp::Ordering;
+    match (a.is_nan(), b.is_nan()) {
+        (true, true) => Ordering::Equal,
+        (true, false) => Ordering::Greater,
+        (false, true) => Ordering::Less,
+        _ => a.partial_cmp(&b).unwrap_or(Ordering::Equal),
+    }
+}
+
+/// limit_ratio: a deterministic, label-hash based sample of each group.
+fn limit_ratio(
+    ev: &mut Evaluator<'_>,
+    grouping: &Grouping<'_>,
+    ratio: f64,
+    input: Vec<InstantSample>,
+    ts: i64,
+) -> Result<Vec<InstantSample>, QueryError> {
+    if ratio == 0.0 {
+        return Ok(Vec::new());
+    }
+    if ratio.is_nan() {
+        return Err(QueryError::Execution("Ratio value is NaN".into()));
+    }
+    if ratio > 1.0 {
+        ev.annotations.warn(format!(
+            "PromQL warning: ratio value should be between -1 and 1, got {}, capping to 1",
+            format_go_float(ratio)
+        ));
+    }
+    if ratio < -1.0 {
+        ev.annotations.warn(format!(
+            "PromQL warning: ratio value should be between -1 and 1, got {}, capping to -1",
+            format_go_float(ratio)
+        ));
+    }
+    let r = ratio.clamp(-1.0, 1.0);
+    let (assignment, n) = assign_groups(grouping, &input);
+    let mut groups: Vec<Vec<InstantSample>> = (0..n).map(|_| Vec::new()).collect();
+    for (s, &g) in input.into_iter().zip(&assignment) {
+        let offset = s.labels.stable_hash() as f64 / u64::MAX as f64;
+        if (r >= 0.0 && offset < r) || (r < 0.0 && offset >= 1.0 + r) {
+            groups[g].push(s);
+        }
+    }
+    Ok(groups
+        .into_iter()
+        .flatten()
+        .map(|mut s| {
+            s.t = ts;
+            s
+        })
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{format_go_float, format_value_label};
+
+    #[test]
+    fn floats_format_as_go_does() {
+        assert_eq!(format_go_float(1.1), "1.1");
+        assert_eq!(format_go_float(-1.0), "-1");
+        assert_eq!(format_go_float(123456.0), "123456");
+        assert_eq!(format_go_float(1e6), "1e+06");
+        assert_eq!(format_go_float(1.5e-7), "1.5e-07");
+        assert_eq!(format_go_float(0.0001), "0.0001");
+        assert_eq!(format_go_float(f64::NAN), "NaN");
+        assert_eq!(format_go_float(f64::NEG_INFINITY), "-Inf");
+        assert_eq!(format_value_label(1e21), "1000000000000000000000");
+        assert_eq!(format_value_label(f64::INFINITY), "+Inf");
+    }
+}

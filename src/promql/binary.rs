@@ -1,0 +1,504 @@
+//! Binary operators at one evaluation step: arithmetic, comparison (filtering or `bool`),
+//! set operators (`and`, `or`, `unless`) and vector matching (`on`/`ignoring`,
+//! `group_left`/`group_right`, fill values) with Prometheus's cardinality errors.
+//!
+//! Owns: operator semantics and result labels. Called by `eval`; calls back into the
+//! evaluator only to evaluate operands and drop metric names.
+
+use std::collections::{HashMap, HashSet};
+
+use promql_parser::parser::token::TokenId;
+use promql_parser::parser::token::{
+    T_ADD, T_ATAN2, T_DIV, T_EQLC, T_GTE, T_GTR, T_LAND, T_LOR, T_LSS, T_LTE, T_LUNLESS, T_MOD,
+    T_MUL, T_NEQ, T_POW, T_SUB,
+};
+use promql_parser::parser::{BinaryExpr, LabelModifier, VectorMatchCardinality};
+
+use crate::model::{Labels, METRIC_NAME};
+
+use super::eval::{check_unique_labelsets, remove_metric_identity, type_error, Evaluator, Value};
+use super::value::InstantSample;
+use super::QueryError;
+
+/// How two vectors are matched, distilled from the parser's modifier.
+struct Matching<'a> {
+    card: &'a VectorMatchCardinality,
+    on: bool,
+    labels: Vec<&'a str>,
+    fill_lhs: Option<f64>,
+    fill_rhs: Option<f64>,
+}
+
+impl<'a> Matching<'a> {
+    fn of(b: &'a BinaryExpr) -> Self {
+        const ONE_TO_ONE: &VectorMatchCardinality = &VectorMatchCardinality::OneToOne;
+        match &b.modifier {
+            None => Matching {
+                card: ONE_TO_ONE,
+                on: false,
+                labels: Vec::new(),
+                fill_lhs: None,
+                fill_rhs: None,
+            },
+            Some(m) => {
+                let (on, labels) = match &m.matching {
+                    Some(LabelModifier::Include(l)) => {
+                        (true, l.labels.iter().map(String::as_str).collect())
+                    }
+                    Some(LabelModifier::Exclude(l)) => {
+                        (false, l.labels.iter().map(String::as_str).collect())
+                    }
+                    None => (false, Vec::new()),
+                };
+                Matching {
+                    card: &m.card,
+                    on,
+                    labels,
+                    fill_lhs: m.fill_values.lhs,
+                    fill_rhs: m.fill_values.rhs,
+                }
+            }
+        }
+    }
+
+    fn include(&self) -> &[String] {
+        match self.card {
+            VectorMatchCardinality::ManyToOne(l) | VectorMatchCardinality::OneToMany(l) => {
+                &l.labels
+            }
+            _ => &[],
+        }
+    }
+
+    fn keeps(&self, name: &str) -> bool {
+        if self.on {
+            self.labels.contains(&name)
+        } else {
+            name != METRIC_NAME && !self.labels.contains(&name)
+        }
+    }
+
+    /// The join signature of a label set: the labels matching compares.
+    fn signature(&self, labels: &Labels) -> String {
+        let mut sig = String::new();
+        for l in labels.iter().filter(|l| self.keeps(&l.name)) {
+            sig.push_str(&l.name);
+            sig.push('\u{ff}');
+            sig.push_str(&l.value);
+            sig.push('\u{ff}');
+        }
+        sig
+    }
+
+    /// The labels matching compares, as a label set (for errors and fill values).
+    fn matched_labels(&self, labels: &Labels) -> Labels {
+        let mut out = labels.clone();
+        out.retain(|l| self.keeps(&l.name));
+        out
+    }
+}
+
+pub(crate) fn eval_binary(
+    ev: &mut Evaluator<'_>,
+    b: &BinaryExpr,
+    ts: i64,
+) -> Result<Value, QueryError> {
+    let lhs = ev.eval(&b.lhs, ts)?;
+    let rhs = ev.eval(&b.rhs, ts)?;
+    let op = b.op.id();
+    let return_bool = b.return_bool();
+    match (lhs, rhs) {
+        (Value::Scalar(l), Value::Scalar(r)) => Ok(Value::Scalar(scalar_binop(op, l, r))),
+        (Value::Vector(l), Value::Scalar(r)) => Ok(Value::Vector(vector_scalar(
+            ev,
+            op,
+            l,
+            r,
+            false,
+            return_bool,
+            ts,
+        ))),
+        (Value::Scalar(l), Value::Vector(r)) => Ok(Value::Vector(vector_scalar(
+            ev,
+            op,
+            r,
+            l,
+            true,
+            return_bool,
+            ts,
+        ))),
+        (Value::Vector(l), Value::Vector(r)) => {
+            let matching = Matching::of(b);
+            let out = match op {
+                T_LAND => vector_and(&matching, l, r),
+                T_LOR => vector_or(&matching, l, r),
+                T_LUNLESS => vector_unless(&matching, l, r),
+                _ => vector_binop(ev, op, &matching, return_bool, l, r, ts)?,
+            };
+            if !ev.delayed_name_removal() {
+                check_unique_labelsets(&out)?;
+            }
+            Ok(Value::Vector(out))
+        }
+        (l, Value::Vector(_)) | (Value::Vector(_), l) => {
+            Err(type_error("scalar or instant vector", &l))
+        }
+        (l, _) => Err(type_error("scalar or instant vector", &l)),
+    }
+}
+
+fn as_float(b: bool) -> f64 {
+    if b {
+        1.0
+    } else {
+        0.0
+    }
+}
+
+/// Go's `math.Mod`: the remainder takes the sign of the dividend (as Rust's `%`).
+fn scalar_binop(op: TokenId, l: f64, r: f64) -> f64 {
+    match op {
+        T_EQLC => as_float(l == r),
+        T_NEQ => as_float(l != r),
+        T_GTR => as_float(l > r),
+        T_LSS => as_float(l < r),
+        T_GTE => as_float(l >= r),
+        T_LTE => as_float(l <= r),
+        _ => arithmetic(op, l, r),
+    }
+}
+
+fn arithmetic(op: TokenId, l: f64, r: f64) -> f64 {
+    match op {
+        T_ADD => l + r,
+        T_SUB => l - r,
+        T_MUL => l * r,
+        T_DIV => l / r,
+        T_POW => l.powf(r),
+        T_MOD => l % r,
+        T_ATAN2 => l.atan2(r),
+        _ => f64::NAN,
+    }
+}
+
+fn is_comparison(op: TokenId) -> bool {
+    matches!(op, T_EQLC | T_NEQ | T_GTR | T_LSS | T_GTE | T_LTE)
+}
+
+/// Operators whose result no longer has the meaning of the input metric.
+fn changes_metric_schema(op: TokenId) -> bool {
+    matches!(op, T_ADD | T_SUB | T_MUL | T_DIV | T_POW | T_MOD | T_ATAN2)
+}
+
+/// One element-wise operation: the value and whether a comparison keeps the element.
+fn elem_binop(op: TokenId, l: f64, r: f64) -> (f64, bool) {
+    match op {
+        T_EQLC => (l, l == r),
+        T_NEQ => (l, l != r),
+        T_GTR => (l, l > r),
+        T_LSS => (l, l < r),
+        T_GTE => (l, l >= r),
+        T_LTE => (l, l <= r),
+        _ => (arithmetic(op, l, r), true),
+    }
+}
+
+fn vector_scalar(
+    ev: &Evaluator<'_>,
+    op: TokenId,
+    vector: Vec<InstantSample>,
+    scalar: f64,
+    scalar_on_left: bool,
+    return_bool: bool,
+    ts: i64,
+) -> Vec<InstantSample> {
+    let mut out = Vec::with_capacity(vector.len());
+    for mut s in vector {
+        let (l, r) = if scalar_on_left {
+            (scalar, s.v)
+        } else {
+            (s.v, scalar)
+        };
+        let (mut value, mut keep) = elem_binop(op, l, r);
+        if is_comparison(op) {
+            // A comparison filters the vector element and keeps its value.
+            value = s.v;
+        }
+        if return_bool {
+            value = as_float(keep);
+            keep = true;
+        }
+        if !keep {
+            continue;
+        }
+        s.v = value;
+        s.t = ts;
+        if changes_metric_schema(op) || return_bool {
+            ev.drop_name(&mut s);
+        }
+        out.push(s);
+    }
+    out
+}
+
+fn signatures(matching: &Matching<'_>, v: &[InstantSample]) -> Vec<String> {
+    v.iter().map(|s| matching.signature(&s.labels)).collect()
+}
+
+fn vector_and(
+    matching: &Matching<'_>,
+    lhs: Vec<InstantSample>,
+    rhs: Vec<InstantSample>,
+) -> Vec<InstantSample> {
+    if lhs.is_empty() || rhs.is_empty() {
+        return Vec::new();
+    }
+    let right: HashSet<String> = signatures(matching, &rhs).into_iter().collect();
+    lhs.into_iter()
+        .filter(|s| right.contains(&matching.signature(&s.labels)))
+        .collect()
+}
+
+fn vector_or(
+    matching: &Matching<'_>,
+    mut lhs: Vec<InstantSample>,
+    rhs: Vec<InstantSample>,
+) -> Vec<InstantSample> {
+    if lhs.is_empty() {
+        return rhs;
+    }
+    if rhs.is_empty() {
+        return lhs;
+    }
+    let left: HashSet<String> = signatures(matching, &lhs).into_iter().collect();
+    lhs.extend(
+        rhs.into_iter()
+            .filter(|s| !left.contains(&matching.signature(&s.labels))),
+    );
+    lhs
+}
+
+fn vector_unless(
+    matching: &Matching<'_>,
+    lhs: Vec<InstantSample>,
+    rhs: Vec<InstantSample>,
+) -> Vec<InstantSample> {
+    if lhs.is_empty() || rhs.is_empty() {
+        return lhs;
+    }
+    let right: HashSet<String> = signatures(matching, &rhs).into_iter().collect();
+    lhs.into_iter()
+        .filter(|s| !right.contains(&matching.signature(&s.labels)))
+        .collect()
+}
+
+/// Tracks which match groups produced results, to enforce cardinality rules.
+enum MatchedGroups {
+    OneToOne(HashSet<String>),
+    Grouped(HashMap<String, HashSet<Labels>>),
+}
+
+impl MatchedGroups {
+    fn was_matched(&self, sig: &str) -> bool {
+        match self {
+            MatchedGroups::OneToOne(set) => set.contains(sig),
+            MatchedGroups::Grouped(map) => map.get(sig).is_some_and(|s| !s.is_empty()),
+        }
+    }
+
+    fn record(&mut self, sig: &str, metric: &Labels) -> Result<(), QueryError> {
+        match self {
+            MatchedGroups::OneToOne(set) => {
+                if !set.insert(sig.to_string()) {
+                    return Err(QueryError::Execution(
+                        "multiple matches for labels: many-to-one matching must be explicit (group_left/group_right)".into(),
+                    ));
+                }
+            }
+            MatchedGroups::Grouped(map) => {
+                if !map
+                    .entry(sig.to_string())
+                    .or_default()
+                    .insert(metric.clone())
+                {
+                    return Err(QueryError::Execution(
+                        "multiple matches for labels: grouping labels must ensure unique matches"
+                            .into(),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Prometheus's text form of a label set, every label inside the braces.
+pub(crate) fn labels_string(labels: &Labels) -> String {
+    let parts: Vec<String> = labels
+        .iter()
+        .map(|l| format!("{}={:?}", l.name, l.value))
+        .collect();
+    format!("{{{}}}", parts.join(", "))
+}
+
+struct BinopContext<'m, 'a> {
+    op: TokenId,
+    matching: &'m Matching<'a>,
+    return_bool: bool,
+    swapped: bool,
+    drop_metric_name: bool,
+    ts: i64,
+}
+
+impl BinopContext<'_, '_> {
+    /// Labels of a result: the "many" side's, minus what matching says, plus the
+    /// `group_x` labels taken from the "one" side.
+    fn result_metric(&self, many: &Labels, one: &Labels) -> Labels {
+        let mut out = many.clone();
+        if self.drop_metric_name || changes_metric_schema(self.op) {
+            remove_metric_identity(&mut out);
+        }
+        if matches!(self.matching.card, VectorMatchCardinality::OneToOne) {
+            if self.matching.on {
+                out.retain(|l| self.matching.labels.contains(&l.name.as_str()));
+            } else {
+                out.retain(|l| !self.matching.labels.contains(&l.name.as_str()));
+            }
+        }
+        for name in self.matching.include() {
+            match one.get(name) {
+                Some(v) if !v.is_empty() => {
+                    let v = v.to_string();
+                    out.set(name, &v);
+                }
+                _ => out.remove(name),
+            }
+        }
+        out
+    }
+
+    fn apply(
+        &self,
+        ls: &InstantSample,
+        rs: &InstantSample,
+        sig: &str,
+        matched: &mut MatchedGroups,
+        out: &mut Vec<InstantSample>,
+    ) -> Result<(), QueryError> {
+        let (l, r) = if self.swapped {
+            (rs.v, ls.v)
+        } else {
+            (ls.v, rs.v)
+        };
+        let (mut value, keep) = elem_binop(self.op, l, r);
+        if self.return_bool {
+            value = as_float(keep);
+        }
+        let metric = self.result_metric(&ls.labels, &rs.labels);
+        matched.record(sig, &metric)?;
+        if !keep && !self.return_bool {
+            return Ok(());
+        }
+        out.push(InstantSample {
+            labels: metric,
+            t: self.ts,
+            v: value,
+            drop_name: self.return_bool,
+        });
+        Ok(())
+    }
+}
+
+fn fill_sample(matching: &Matching<'_>, other: &InstantSample, v: f64) -> InstantSample {
+    InstantSample {
+        labels: matching.matched_labels(&other.labels),
+        t: other.t,
+        v,
+        drop_name: false,
+    }
+}
+
+fn vector_binop(
+    ev: &Evaluator<'_>,
+    op: TokenId,
+    matching: &Matching<'_>,
+    return_bool: bool,
+    lhs: Vec<InstantSample>,
+    rhs: Vec<InstantSample>,
+    ts: i64,
+) -> Result<Vec<InstantSample>, QueryError> {
+    let no_fill = matching.fill_lhs.is_none() && matching.fill_rhs.is_none();
+    if (lhs.is_empty() && rhs.is_empty()) || ((lhs.is_empty() || rhs.is_empty()) && no_fill) {
+        return Ok(Vec::new());
+    }
+    let swapped = matches!(matching.card, VectorMatchCardinality::OneToMany(_));
+    let (many, one) = if swapped { (rhs, lhs) } else { (lhs, rhs) };
+    // As in Prometheus, the fill values keep their sides even when group_right swaps
+    // the operands: fill_right stands in for a missing "one"-side partner of the many side.
+    let (fill_many, fill_one) = (matching.fill_lhs, matching.fill_rhs);
+
+    let one_sigs = signatures(matching, &one);
+    let mut one_by_sig: HashMap<&str, usize> = HashMap::with_capacity(one.len());
+    for (i, sig) in one_sigs.iter().enumerate() {
+        if let Some(&prev) = one_by_sig.get(sig.as_str()) {
+            return Err(duplicate_series_error(
+                matching, swapped, &one[i], &one[prev],
+            ));
+        }
+        one_by_sig.insert(sig, i);
+    }
+
+    let ctx = BinopContext {
+        op,
+        matching,
+        return_bool,
+        swapped,
+        drop_metric_name: !ev.delayed_name_removal() && return_bool,
+        ts,
+    };
+    let mut matched = if matches!(matching.card, VectorMatchCardinality::OneToOne) {
+        MatchedGroups::OneToOne(HashSet::new())
+    } else {
+        MatchedGroups::Grouped(HashMap::new())
+    };
+    let mut out = Vec::with_capacity(many.len());
+    for ms in &many {
+        let sig = matching.signature(&ms.labels);
+        match one_by_sig.get(sig.as_str()) {
+            Some(&i) => ctx.apply(ms, &one[i], &sig, &mut matched, &mut out)?,
+            None => {
+                if let Some(fill) = fill_one {
+                    let filled = fill_sample(matching, ms, fill);
+                    ctx.apply(ms, &filled, &sig, &mut matched, &mut out)?;
+                }
+            }
+        }
+    }
+    if let Some(fill) = fill_many {
+        for (os, sig) in one.iter().zip(&one_sigs) {
+            if matched.was_matched(sig) {
+                continue;
+            }
+            let filled = fill_sample(matching, os, fill);
+            ctx.apply(&filled, os, sig, &mut matched, &mut out)?;
+        }
+    }
+    Ok(out)
+}
+
+fn duplicate_series_error(
+    matching: &Matching<'_>,
+    swapped: bool,
+    a: &InstantSample,
+    b: &InstantSample,
+) -> QueryError {
+    let side = if swapped { "left" } else { "right" };
+    let group = labels_string(&matching.matched_labels(&a.labels));
+    let (mut d1, mut d2) = (labels_string(&a.labels), labels_string(&b.labels));
+    if d1 > d2 {
+        std::mem::swap(&mut d1, &mut d2);
+    }
+    QueryError::Execution(format!(
+        "found duplicate series for the match group {group} on the {side} hand-side of the operation: [{d1}, {d2}];many-to-many matching not allowed: matching labels must be unique on one side"
+    ))
+}

@@ -1,0 +1,442 @@
+//! The step evaluator: evaluates one expression at one evaluation timestamp.
+//!
+//! Owns: instant selectors (lookback, staleness), matrix selectors (left-open windows),
+//! offset and `@`, subqueries (steps aligned to absolute multiples of the step), unary
+//! minus, function calls (through `functions::call`, once per step), `__name__` removal,
+//! sample accounting and timeout checks. Binary operators live in `binary`, aggregations
+//! in `aggregate`. Reads only the series `plan` loaded; never calls storage.
+
+use std::collections::HashMap;
+use std::time::Instant;
+
+use promql_parser::parser::{Call, Expr, MatrixSelector, SubqueryExpr, UnaryExpr, VectorSelector};
+
+use crate::model::{is_stale_nan, Labels, Sample, METRIC_NAME};
+
+use super::functions::{self, FnArg, FnCall, FnError, FnOutput};
+use super::plan::{at_ms, duration_ms, offset_ms, LoadedSeries, QueryTimes};
+use super::value::{Annotations, InstantSample, RangeSeries};
+use super::{aggregate, binary, EngineOptions, QueryError};
+
+/// The value of an expression at one step.
+#[derive(Debug)]
+pub(crate) enum Value {
+    Scalar(f64),
+    String(String),
+    Vector(Vec<InstantSample>),
+    Matrix(Vec<RangeSeries>),
+}
+
+pub(crate) const DUPLICATE_LABELSET: &str = "vector cannot contain metrics with the same labelset";
+
+pub(crate) struct Evaluator<'a> {
+    data: &'a LoadedSeries,
+    pub(crate) times: QueryTimes,
+    opts: &'a EngineOptions,
+    pub(crate) annotations: Annotations,
+    deadline: Instant,
+    /// Samples currently held by the evaluation (Prometheus's `currentSamples`).
+    held_samples: usize,
+    /// Per `Call` node: its arguments as a slice (the contract hands functions `&[Expr]`).
+    call_args: HashMap<usize, Vec<Expr>>,
+}
+
+impl<'a> Evaluator<'a> {
+    pub(crate) fn new(
+        data: &'a LoadedSeries,
+        times: QueryTimes,
+        opts: &'a EngineOptions,
+        deadline: Instant,
+    ) -> Self {
+        Evaluator {
+            data,
+            times,
+            opts,
+            annotations: Annotations::default(),
+            deadline,
+            held_samples: 0,
+            call_args: HashMap::new(),
+        }
+    }
+
+    pub(crate) fn delayed_name_removal(&self) -> bool {
+        self.opts.delayed_name_removal
+    }
+
+    pub(crate) fn is_range_query(&self) -> bool {
+        self.times.start != self.times.end
+    }
+
+    pub(crate) fn check_deadline(&self) -> Result<(), QueryError> {
+        if Instant::now() >= self.deadline {
+            return Err(QueryError::Timeout("expression evaluation".into()));
+        }
+        Ok(())
+    }
+
+    /// Resets the held-sample count (at the start of a top-level step).
+    pub(crate) fn set_held_samples(&mut self, n: usize) {
+        self.held_samples = n;
+    }
+
+    /// Records `n` more samples held in memory; fails past the query's limit.
+    pub(crate) fn hold_samples(&mut self, n: usize) -> Result<(), QueryError> {
+        self.held_samples = self.held_samples.saturating_add(n);
+        if self.held_samples > self.opts.max_samples {
+            return Err(QueryError::TooManySamples);
+        }
+        Ok(())
+    }
+
+    /// Marks a sample's metric name as dropped; removes it now unless removal is delayed.
+    pub(crate) fn drop_name(&self, s: &mut InstantSample) {
+        s.drop_name = true;
+        if !self.opts.delayed_name_removal {
+            remove_metric_identity(&mut s.labels);
+        }
+    }
+
+    /// Applies `drop_name` flags set by a function (at once unless removal is delayed)
+    /// and rejects outputs in which two samples share a label set.
+    pub(crate) fn settle_vector(&self, v: &mut [InstantSample]) -> Result<(), QueryError> {
+        if self.opts.delayed_name_removal {
+            return Ok(());
+        }
+        for s in v.iter_mut() {
+            if s.drop_name {
+                remove_metric_identity(&mut s.labels);
+            }
+        }
+        check_unique_labelsets(v)
+    }
+
+    pub(crate) fn eval(&mut self, expr: &Expr, ts: i64) -> Result<Value, QueryError> {
+        match expr {
+            Expr::NumberLiteral(n) => Ok(Value::Scalar(n.val)),
+            Expr::StringLiteral(s) => Ok(Value::String(s.val.clone())),
+            Expr::Paren(p) => self.eval(&p.expr, ts),
+            Expr::Unary(u) => self.eval_unary(u, ts),
+            Expr::VectorSelector(vs) => Ok(Value::Vector(self.select_instant(vs, ts)?)),
+            Expr::MatrixSelector(ms) => Ok(Value::Matrix(self.select_range(ms, ts)?)),
+            Expr::Subquery(sq) => Ok(Value::Matrix(self.eval_subquery(sq, ts)?)),
+            Expr::Binary(b) => binary::eval_binary(self, b, ts),
+            Expr::Aggregate(a) => aggregate::eval_aggregate(self, a, ts),
+            Expr::Call(c) => self.eval_call(c, ts),
+            Expr::Extension(_) => Err(QueryError::Execution(
+                "extension expressions are not supported".into(),
+            )),
+        }
+    }
+
+    /// Evaluates an expression that must yield an instant vector.
+    pub(crate) fn eval_vector(
+        &mut self,
+        expr: &Expr,
+        ts: i64,
+    ) -> Result<Vec<InstantSample>, QueryError> {
+        match self.eval(expr, ts)? {
+            Value::Vector(v) => Ok(v),
+            other => Err(type_error("instant vector", &other)),
+        }
+    }
+
+    /// Evaluates an expression that must yield a scalar.
+    pub(crate) fn eval_scalar(&mut self, expr: &Expr, ts: i64) -> Result<f64, QueryError> {
+        match self.eval(expr, ts)? {
+            Value::Scalar(v) => Ok(v),
+            other => Err(type_error("scalar", &other)),
+        }
+    }
+
+    fn eval_unary(&mut self, u: &UnaryExpr, ts: i64) -> Result<Value, QueryError> {
+        match self.eval(&u.expr, ts)? {
+            Value::Scalar(v) => Ok(Value::Scalar(-v)),
+            Value::Vector(mut v) => {
+                for s in v.iter_mut() {
+                    s.v = -s.v;
+                    self.drop_name(s);
+                }
+                if !self.opts.delayed_name_removal {
+                    check_unique_labelsets(&v)?;
+                }
+                Ok(Value::Vector(v))
+            }
+            other => Err(type_error("scalar or instant vector", &other)),
+        }
+    }
+
+    /// The time a selector or subquery reads at when its parent is evaluated at `ts`.
+    fn reference_time(
+        &self,
+        at: &Option<promql_parser::parser::AtModifier>,
+        offset: &Option<promql_parser::parser::Offset>,
+        ts: i64,
+    ) -> i64 {
+        at_ms(at, &self.times).unwrap_or(ts) - offset_ms(offset)
+    }
+
+    /// An instant vector selector: per series, the newest sample in `(t - lookback, t]`,
+    /// unless that sample is a staleness marker.
+    fn select_instant(
+        &mut self,
+        vs: &VectorSelector,
+        ts: i64,
+    ) -> Result<Vec<InstantSample>, QueryError> {
+        let t = self.reference_time(&vs.at, &vs.offset, ts);
+        let oldest = t - self.times.lookback;
+        let mut out = Vec::new();
+        for series in self.data.get(vs) {
+            let idx = series.samples.partition_point(|s| s.t <= t);
+            if idx == 0 {
+                continue;
+            }
+            let sample = series.samples[idx - 1];
+            if sample.t <= oldest || is_stale_nan(sample.v) {
+                continue;
+            }
+            out.push(InstantSample {
+                labels: series.labels.clone(),
+                t: sample.t,
+                v: sample.v,
+                drop_name: false,
+            });
+        }
+        self.hold_samples(out.len())?;
+        Ok(out)
+    }
+
+    /// A range vector selector: per series, the non-stale samples in `(t - range, t]`.
+    fn select_range(
+        &mut self,
+        ms: &MatrixSelector,
+        ts: i64,
+    ) -> Result<Vec<RangeSeries>, QueryError> {
+        let t = self.reference_time(&ms.vs.at, &ms.vs.offset, ts);
+        let oldest = t - duration_ms(&ms.range);
+        let mut out = Vec::new();
+        let mut points_held = 0;
+        for series in self.data.get(&ms.vs) {
+            let from = series.samples.partition_point(|s| s.t <= oldest);
+            let to = series.samples.partition_point(|s| s.t <= t);
+            if from >= to {
+                continue;
+            }
+            let points: Vec<Sample> = series.samples[from..to]
+                .iter()
+                .filter(|s| !is_stale_nan(s.v))
+                .copied()
+                .collect();
+            if points.is_empty() {
+                continue;
+            }
+            points_held += points.len();
+            out.push(RangeSeries {
+                labels: series.labels.clone(),
+                points,
+                drop_name: false,
+            });
+        }
+        self.hold_samples(points_held)?;
+        Ok(out)
+    }
+
+    /// A subquery: the inner expression evaluated at every multiple of the step inside
+    /// `(t - range, t]`, gathered into one series per label set.
+    fn eval_subquery(
+        &mut self,
+        sq: &SubqueryExpr,
+        ts: i64,
+    ) -> Result<Vec<RangeSeries>, QueryError> {
+        let t = self.reference_time(&sq.at, &sq.offset, ts);
+        let step = sq
+            .step
+            .as_ref()
+            .map(duration_ms)
+            .unwrap_or(self.times.default_subquery_step)
+            .max(1);
+        let oldest = t - duration_ms(&sq.range);
+        let mut inner_t = oldest.div_euclid(step) * step;
+        if inner_t <= oldest {
+            inner_t += step;
+        }
+        let mut out: Vec<RangeSeries> = Vec::new();
+        let mut index: HashMap<Labels, usize> = HashMap::new();
+        let held_before = self.held_samples;
+        let mut points_held = 0;
+        while inner_t <= t {
+            self.check_deadline()?;
+            let value = self.eval(&sq.expr, inner_t)?;
+            self.held_samples = held_before + points_held;
+            let samples = match value {
+                Value::Scalar(v) => vec![InstantSample {
+                    labels: Labels::empty(),
+                    t: inner_t,
+                    v,
+                    drop_name: false,
+                }],
+                Value::Vector(v) => v,
+                other => return Err(type_error("scalar or instant vector", &other)),
+            };
+            points_held += samples.len();
+            for s in samples {
+                let point = Sample::new(inner_t, s.v);
+                match index.get(&s.labels) {
+                    Some(&i) => out[i].points.push(point),
+                    None => {
+                        index.insert(s.labels.clone(), out.len());
+                        out.push(RangeSeries {
+                            labels: s.labels,
+                            points: vec![point],
+                            drop_name: s.drop_name,
+                        });
+                    }
+                }
+            }
+            self.hold_samples(0)?;
+            inner_t += step;
+        }
+        self.held_samples = held_before;
+        self.hold_samples(points_held)?;
+        Ok(out)
+    }
+
+    /// `start()`, `end()`, `step()` and `range()`: constants of the query, in seconds.
+    fn query_context_function(&self, name: &str) -> Option<f64> {
+        let t = &self.times;
+        let ms = match name {
+            "start" => t.start,
+            "end" => t.end,
+            "step" if t.start != t.end => t.step,
+            "step" => 0,
+            "range" => t.end - t.start,
+            _ => return None,
+        };
+        Some(ms as f64 / 1000.0)
+    }
+
+    fn eval_call(&mut self, call: &Call, ts: i64) -> Result<Value, QueryError> {
+        let name = call.func.name;
+        if call.args.args.is_empty() {
+            if let Some(v) = self.query_context_function(name) {
+                return Ok(Value::Scalar(v));
+            }
+        }
+        let mut values = Vec::with_capacity(call.args.args.len());
+        let mut window = (ts, ts);
+        for arg in &call.args.args {
+            let value = match unwrap_parens(arg) {
+                Expr::MatrixSelector(ms) => {
+                    let t = self.reference_time(&ms.vs.at, &ms.vs.offset, ts);
+                    window = (t - duration_ms(&ms.range), t);
+                    Value::Matrix(self.select_range(ms, ts)?)
+                }
+                Expr::Subquery(sq) => {
+                    let t = self.reference_time(&sq.at, &sq.offset, ts);
+                    window = (t - duration_ms(&sq.range), t);
+                    Value::Matrix(self.eval_subquery(sq, ts)?)
+                }
+                Expr::VectorSelector(_) if name == "timestamp" => self.eval(arg, ts)?,
+                _ => match self.eval(arg, ts)? {
+                    // Only a bare selector reports its samples' own timestamps.
+                    Value::Vector(mut v) => {
+                        v.iter_mut().for_each(|s| s.t = ts);
+                        Value::Vector(v)
+                    }
+                    other => other,
+                },
+            };
+            values.push(value);
+        }
+        self.annotate_call(name);
+        let key = call as *const Call as usize;
+        let arg_exprs = self
+            .call_args
+            .entry(key)
+            .or_insert_with(|| call.args.args.iter().map(|a| (**a).clone()).collect());
+        let args = values
+            .iter()
+            .map(|v| match v {
+                Value::Scalar(f) => FnArg::Scalar(*f),
+                Value::String(s) => FnArg::String(s.as_str()),
+                Value::Vector(v) => FnArg::Vector(v.as_slice()),
+                Value::Matrix(m) => FnArg::Matrix(m.as_slice()),
+            })
+            .collect();
+        let output = functions::call(FnCall {
+            name,
+            args,
+            arg_exprs: arg_exprs.as_slice(),
+            ts,
+            window_start: window.0,
+            window_end: window.1,
+            delayed_name_removal: self.opts.delayed_name_removal,
+            annotations: &mut self.annotations,
+        })
+        .map_err(|e| match e {
+            FnError::Unsupported(m) | FnError::Execution(m) => QueryError::Execution(m),
+        })?;
+        match output {
+            FnOutput::Scalar(v) => Ok(Value::Scalar(v)),
+            FnOutput::Vector(mut v) => {
+                v.iter_mut().for_each(|s| s.t = ts);
+                self.settle_vector(&mut v)?;
+                self.hold_samples(v.len())?;
+                Ok(Value::Vector(v))
+            }
+        }
+    }
+
+    /// Annotations Prometheus's evaluator (not the function itself) raises for a call.
+    /// (The non-counter info of rate/increase is the function library's.)
+    fn annotate_call(&mut self, name: &str) {
+        if matches!(
+            name,
+            "sort" | "sort_desc" | "sort_by_label" | "sort_by_label_desc"
+        ) && self.is_range_query()
+        {
+            self.annotations.warn(
+                "PromQL warning: sort is ineffective for range queries since results are always ordered by labels",
+            );
+        }
+    }
+}
+
+/// Removes the labels that name what a metric is (`__name__`, and the `__type__` and
+/// `__unit__` metadata labels): Prometheus drops them together once a value changes meaning.
+pub(crate) fn remove_metric_identity(labels: &mut Labels) {
+    labels.retain(|l| !matches!(l.name.as_str(), METRIC_NAME | "__type__" | "__unit__"));
+}
+
+pub(crate) fn unwrap_parens(mut expr: &Expr) -> &Expr {
+    while let Expr::Paren(p) = expr {
+        expr = &p.expr;
+    }
+    expr
+}
+
+fn value_type_name(v: &Value) -> &'static str {
+    match v {
+        Value::Scalar(_) => "scalar",
+        Value::String(_) => "string",
+        Value::Vector(_) => "instant vector",
+        Value::Matrix(_) => "range vector",
+    }
+}
+
+pub(crate) fn type_error(want: &str, got: &Value) -> QueryError {
+    QueryError::Execution(format!("expected {want}, got {}", value_type_name(got)))
+}
+
+/// Fails when two samples of `v` carry the same label set.
+pub(crate) fn check_unique_labelsets(v: &[InstantSample]) -> Result<(), QueryError> {
+    if v.len() < 2 {
+        return Ok(());
+    }
+    let mut seen = std::collections::HashSet::with_capacity(v.len());
+    for s in v {
+        if !seen.insert(&s.labels) {
+            return Err(QueryError::Execution(DUPLICATE_LABELSET.into()));
+        }
+    }
+    Ok(())
+}
