@@ -86,6 +86,14 @@ fn invalid_utf8_body(t: i64) -> Vec<u8> {
         .expect("compress")
 }
 
+/// A well-mixed 64-bit hash, so label values do not compress.
+fn splitmix64(x: u64) -> u64 {
+    let mut z = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
 #[test]
 fn bad_requests_are_refused_and_leave_no_trace() {
     let limit = BODY_LIMIT.to_string();
@@ -190,19 +198,17 @@ fn bad_requests_are_refused_and_leave_no_trace() {
         "native histograms",
     );
 
-    let big: Vec<proto::TimeSeries> = (0..4_000)
+    let big: Vec<proto::TimeSeries> = (0..10_000u64)
         .map(|i| {
+            let id = format!("{:016x}", splitmix64(i));
             ts(
-                &[
-                    ("__name__", "bad_too_large"),
-                    ("i", &format!("{i}-{}", i * 7919 % 10_007)),
-                ],
+                &[("__name__", "bad_too_large"), ("id", &id)],
                 &[(t, i as f64)],
             )
         })
         .collect();
     let big_body = proto::encode_snappy(&request(big));
-    assert!(big_body.len() > BODY_LIMIT);
+    assert!(big_body.len() > BODY_LIMIT, "{} bytes", big_body.len());
     expect(
         "oversized body",
         post_write(&node, &RW_HEADERS, &big_body),
@@ -263,6 +269,17 @@ fn bad_requests_are_refused_and_leave_no_trace() {
     let (status, body) = remote_write(&node, &proto::WriteRequest::default());
     assert_eq!(status, 204, "an empty request is valid: {body}");
 
+    let (_, metrics) = get(&node.url("/metrics"));
+    for line in [
+        r#"timbala_ingest_requests_rejected_total{reason="bad_snappy"} 2"#,
+        r#"timbala_ingest_requests_rejected_total{reason="invalid_labels"} 4"#,
+        r#"timbala_ingest_requests_rejected_total{reason="unsupported_content_type"} 2"#,
+        r#"timbala_ingest_requests_rejected_total{reason="too_large"} 1"#,
+        "timbala_ingest_samples_stored_total 1",
+    ] {
+        assert!(metrics.contains(line), "/metrics lacks {line}");
+    }
+
     let everything = [(MatcherType::Re, "__name__", "bad_.*")];
     for rt in [ResponseType::Samples, ResponseType::StreamedXorChunks] {
         let seen: Vec<String> = remote_read(&node, &everything, 0, i64::MAX, rt)
@@ -291,4 +308,44 @@ fn bad_remote_read_requests_are_400() {
     );
     assert_eq!(status, 400, "{}", String::from_utf8_lossy(&body));
     assert_eq!(get(&node.url("/-/healthy")).0, 200);
+}
+
+#[test]
+fn samples_refused_by_storage_give_400_and_the_rest_is_stored() {
+    let node = Node::start(&["--out-of-order-window", "10m"]);
+    let now = now_ms();
+    let first = request(vec![ts(&[("__name__", "partial")], &[(now, 1.0)])]);
+    assert_eq!(remote_write(&node, &first).0, 204);
+    // One sample far behind the series' newest one, one new sample, one new series.
+    let second = request(vec![
+        ts(
+            &[("__name__", "partial")],
+            &[(now - 3_600_000, 2.0), (now + 1_000, 3.0)],
+        ),
+        ts(&[("__name__", "partial_other")], &[(now, 4.0)]),
+    ]);
+    let (status, body) = remote_write(&node, &second);
+    assert_eq!(status, 400, "{body}");
+    assert!(body.starts_with("1 samples rejected"), "{body}");
+    // Resending is harmless: the same samples again change nothing.
+    assert_eq!(remote_write(&node, &first).0, 204);
+
+    let all = [(MatcherType::Re, "__name__", "partial.*")];
+    let got = remote_read(&node, &all, 0, i64::MAX, ResponseType::Samples);
+    let values: Vec<(String, Vec<i64>)> = got
+        .into_iter()
+        .map(|s| {
+            (
+                s.labels[0].1.clone(),
+                s.samples.iter().map(|x| x.0).collect(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        values,
+        vec![
+            ("partial".to_string(), vec![now, now + 1_000]),
+            ("partial_other".to_string(), vec![now]),
+        ]
+    );
 }

@@ -13,7 +13,6 @@ pub mod json;
 pub mod params;
 pub mod query;
 pub mod read;
-pub mod selectors;
 pub mod status;
 pub mod write;
 

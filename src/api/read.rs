@@ -10,7 +10,7 @@
 //! Known gap: storage answers a select as one vector, so the streamed response is built
 //! in memory before it is sent; the per-query sample limit bounds that memory.
 
-use axum::body::Body;
+use axum::body::{Body, Bytes};
 use axum::extract::State;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -67,37 +67,39 @@ async fn remote_read(State(state): State<AppState>, headers: HeaderMap, body: Bo
         Ok(body) => body,
         Err(response) => return response,
     };
-    // Decoding, selecting from the (synchronous) local TSDB and chunk encoding are all
-    // blocking work: keep them off the runtime workers.
-    let runtime = tokio::runtime::Handle::current();
-    let task = tokio::task::spawn_blocking(move || {
-        let request = decode_read_request(&body)?;
-        let response_type = negotiate(&request.accepted_response_types)?;
-        let selects = request
-            .queries
-            .iter()
-            .map(select_request)
-            .collect::<Result<Vec<_>, _>>()?;
-        let results = selects
-            .into_iter()
-            .map(|select| runtime.block_on(run_select(storage.as_ref(), select)))
-            .collect::<Result<Vec<_>, _>>()?;
+    match answer(storage.as_ref(), body).await {
+        Ok(response) => response,
+        Err(ReadFailure { status, message }) => plain_text(status, &message),
+    }
+}
+
+/// Decodes on a blocking thread, selects (storage does its own blocking work off the
+/// runtime) and encodes on a blocking thread again: chunk encoding is CPU work.
+async fn answer(storage: &dyn Storage, body: Bytes) -> Result<Response, ReadFailure> {
+    let request = off_runtime(move || decode_read_request(&body)).await?;
+    let response_type = negotiate(&request.accepted_response_types)?;
+    let mut results = Vec::with_capacity(request.queries.len());
+    for query in &request.queries {
+        results.push(run_select(storage, select_request(query)?).await?);
+    }
+    off_runtime(move || {
         Ok(match response_type {
             proto::ResponseType::Samples => samples_response(results),
             proto::ResponseType::StreamedXorChunks => streamed_response(&results),
         })
-    });
-    match task.await {
-        Ok(Ok(response)) => response,
-        Ok(Err(ReadFailure { status, message })) => plain_text(status, &message),
-        Err(join_err) => {
-            tracing::error!(error = %join_err, "remote read task failed");
-            plain_text(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "internal error in remote read",
-            )
-        }
-    }
+    })
+    .await
+}
+
+async fn off_runtime<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, ReadFailure> + Send + 'static,
+) -> Result<T, ReadFailure> {
+    tokio::task::spawn_blocking(work).await.unwrap_or_else(|e| {
+        Err(ReadFailure {
+            status: StatusCode::INTERNAL_SERVER_ERROR,
+            message: format!("remote read task failed: {e}"),
+        })
+    })
 }
 
 fn decode_read_request(body: &[u8]) -> Result<proto::ReadRequest, ReadFailure> {

@@ -17,7 +17,7 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::Router;
-use http_body_util::{BodyExt, LengthLimitError, Limited};
+use http_body_util::BodyExt;
 
 use super::AppState;
 use crate::ingest::{self, DecodeLimits, IngestError, IngestMetrics, RejectReason};
@@ -28,7 +28,7 @@ pub fn routes() -> Router<AppState> {
 }
 
 async fn remote_write(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Response {
-    let metrics = state.ingest_metrics().clone();
+    let metrics = state.ingest_metrics();
     metrics.on_request();
     let storage = match state.services() {
         Ok(services) => services.storage.clone(),
@@ -46,60 +46,53 @@ async fn remote_write(State(state): State<AppState>, headers: HeaderMap, body: B
     let content_encoding = header_text(&headers, header::CONTENT_ENCODING);
     let limits = DecodeLimits::for_body_limit(max_body);
 
-    // Decoding is CPU work and the local TSDB appends synchronously (WAL write and
-    // fsync), so both run on a blocking thread, never on a runtime worker.
-    let runtime = tokio::runtime::Handle::current();
-    let task = tokio::task::spawn_blocking(move || {
-        let decoded = ingest::decode_write_request(
+    // Decoding is CPU work: keep it off the runtime workers. Storage futures do their
+    // own blocking work on the blocking pool (the local TSDB) or the network.
+    let decoded = tokio::task::spawn_blocking(move || {
+        ingest::decode_write_request(
             content_type.as_deref(),
             content_encoding.as_deref(),
             &body,
             &limits,
         )
-        .map_err(WriteFailure::Refused)?;
-        drop(body);
-        metrics.on_decoded(&decoded);
-        if !decoded.metadata.is_empty() {
-            runtime
-                .block_on(storage.record_metadata(decoded.metadata))
-                .map_err(|e| WriteFailure::Storage(e.to_string()))?;
+    })
+    .await;
+    let decoded = match decoded {
+        Ok(Ok(decoded)) => decoded,
+        Ok(Err(err)) => return refused(metrics, &err),
+        Err(join_err) => return internal_error(metrics, &join_err.to_string()),
+    };
+    metrics.on_decoded(&decoded);
+    if !decoded.metadata.is_empty() {
+        if let Err(e) = storage.record_metadata(decoded.metadata).await {
+            return internal_error(metrics, &e.to_string());
         }
-        if decoded.series.is_empty() {
-            return Ok(AppendOutcome::default());
-        }
-        runtime
-            .block_on(storage.append(decoded.series))
-            .map_err(|e| WriteFailure::Storage(e.to_string()))
-    });
-    let metrics = state.ingest_metrics();
-    match task.await {
-        Ok(Ok(outcome)) => stored(metrics, &outcome),
-        Ok(Err(WriteFailure::Refused(err))) => refused(metrics, &err),
-        Ok(Err(WriteFailure::Storage(message))) => {
-            metrics.on_storage_error();
-            tracing::warn!(error = %message, "remote write: storage failed");
-            plain_text(StatusCode::INTERNAL_SERVER_ERROR, &message)
-        }
-        Err(join_err) => {
-            metrics.on_storage_error();
-            tracing::error!(error = %join_err, "remote write task failed");
-            plain_text(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "internal error while storing the write request",
-            )
-        }
+    }
+    if decoded.series.is_empty() {
+        return StatusCode::NO_CONTENT.into_response();
+    }
+    match storage.append(decoded.series).await {
+        Ok(outcome) => stored(metrics, &outcome),
+        Err(e) => internal_error(metrics, &e.to_string()),
     }
 }
 
-enum WriteFailure {
-    Refused(IngestError),
-    Storage(String),
+/// A storage failure: 500, which Prometheus's sender retries.
+fn internal_error(metrics: &IngestMetrics, message: &str) -> Response {
+    metrics.on_storage_error();
+    tracing::warn!(error = %message, "remote write: storage failed");
+    plain_text(StatusCode::INTERNAL_SERVER_ERROR, message)
 }
 
-/// Reads the body, answering 413 as soon as it is known to exceed `max` bytes.
+/// How much of an oversized body is still read and dropped before answering 413, so a
+/// client that sends its whole body before reading the answer sees the 413 rather than a
+/// broken pipe (Go's HTTP server drains 256 KiB for the same reason).
+const OVERSIZE_DRAIN_BYTES: u64 = 4 << 20;
+
+/// Reads the body, answering 413 once it is known to exceed `max` bytes.
 pub(super) async fn read_limited(
     headers: &HeaderMap,
-    body: Body,
+    mut body: Body,
     max: usize,
 ) -> Result<Bytes, Response> {
     let too_large = || {
@@ -108,18 +101,35 @@ pub(super) async fn read_limited(
             &format!("request body too large: the limit is {max} bytes (snappy-compressed)"),
         )
     };
+    let max = max as u64;
     let declared = header_text(headers, header::CONTENT_LENGTH).and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|len| len > max as u64) {
+    if declared.is_some_and(|len| len > max.saturating_add(OVERSIZE_DRAIN_BYTES)) {
         return Err(too_large());
     }
-    match Limited::new(body, max).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(err) if err.downcast_ref::<LengthLimitError>().is_some() => Err(too_large()),
-        Err(err) => Err(plain_text(
-            StatusCode::BAD_REQUEST,
-            &format!("error reading request body: {err}"),
-        )),
+    let mut buf = Vec::with_capacity(declared.unwrap_or(0).min(max) as usize);
+    let mut seen: u64 = 0;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| {
+            plain_text(
+                StatusCode::BAD_REQUEST,
+                &format!("error reading request body: {e}"),
+            )
+        })?;
+        let Ok(data) = frame.into_data() else {
+            continue; // trailers
+        };
+        seen += data.len() as u64;
+        if seen > max.saturating_add(OVERSIZE_DRAIN_BYTES) {
+            return Err(too_large());
+        }
+        if seen <= max {
+            buf.extend_from_slice(&data);
+        }
     }
+    if seen > max {
+        return Err(too_large());
+    }
+    Ok(Bytes::from(buf))
 }
 
 fn stored(metrics: &IngestMetrics, outcome: &AppendOutcome) -> Response {
