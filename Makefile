@@ -1,7 +1,7 @@
 # Timbala: the two commands a fresh clone needs are `make run` and `make test`.
 CARGO ?= cargo
 
-.PHONY: run build test lint unit setup integration bench
+.PHONY: run build test lint unit setup fuzz
 
 ## Run one node with its data in ./data (HTTP on :9080).
 run:
@@ -21,4 +21,8 @@ lint:
 	$(CARGO) clippy --all-targets -- -D warnings
 
 unit:
-	$(CARGO) test --all-targets
+	bash scripts/test.sh
+
+## Deeper fuzzing of the remote-write decoder (cargo-fuzz with nightly, else the stable fuzzer).
+fuzz:
+	bash scripts/fuzz.sh 300

@@ -53,7 +53,8 @@ fn metrics_endpoint_exposes_ingest_storage_http_and_process_metrics() {
         "{text}"
     );
     assert!(value("timbala_http_request_duration_seconds_count") >= 1.0);
-    assert!(value("process_cpu_seconds_total") > 0.0);
+    // A fresh process may not have used a full clock tick of CPU yet: presence is the check.
+    assert!(value("process_cpu_seconds_total").is_finite());
     assert!(value("process_resident_memory_bytes") > 1e6);
     assert!(value("process_open_fds") >= 3.0);
 }

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::{eq, post, remote_read_samples, remote_write, Node};
+use common::{eq, get, metric_value, post, remote_read_samples, remote_write, Node};
 use timbala::proto;
 
 const SERIES: usize = 50;
@@ -159,11 +159,11 @@ fn blocks_compaction_retention_deletion_and_snapshots_survive_restarts() {
 
     // Blocks are reloaded after a restart.
     let mut node = restart(&mut node, &data, &flags);
-    let reloaded = blocks(&data);
-    assert!(on_disk
-        .iter()
-        .filter(|b| b.level >= 2)
-        .all(|b| reloaded.contains(b)));
+    // The head was checkpointed behind the cut blocks, so the old data can only come back
+    // from blocks; compaction may go on meanwhile, so block ids are not compared.
+    let (_, metrics) = get(&node.url("/metrics"));
+    let loaded = metric_value(&metrics, "timbala_tsdb_blocks_loaded").expect("blocks gauge");
+    assert!(loaded >= 1.0, "no blocks loaded at start");
     assert_eq!(read_all(&node), expected(None));
 
     // Deleted series stay gone after a restart.
