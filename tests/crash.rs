@@ -4,6 +4,8 @@
 //! block cut.
 
 mod common;
+#[path = "support/remote_read.rs"]
+mod remote_read;
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -12,8 +14,9 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::{eq, get, metric_value, remote_read_samples, try_post, Node};
-use timbala::proto;
+use common::{get, metric_value, try_post, Node};
+use remote_read::remote_read;
+use timbala::proto::{self, MatcherType, ResponseType};
 
 const SERIES: usize = 100;
 const SAMPLES_PER_SERIES: usize = 20;
@@ -148,22 +151,24 @@ fn blocks_on_disk(data: &Path) -> usize {
 
 /// Reads everything back and checks that every acknowledged sample is there, bit-exact.
 fn assert_acked_samples_present(node: &Node, acked: &[usize]) {
-    let series = remote_read_samples(
+    let matchers = [(MatcherType::Eq, "__name__", "crash_test")];
+    let series = remote_read(
         node,
-        vec![eq("__name__", "crash_test")],
+        &matchers,
         BASE_MS,
         i64::MAX / 2,
-    )
-    .expect("remote read after restart");
+        ResponseType::Samples,
+    );
     let mut stored: HashMap<(String, i64), u64> = HashMap::new();
-    for (labels, samples) in series {
-        let id = labels
+    for read in series {
+        let id = read
+            .labels
             .iter()
             .find(|(n, _)| n == "series")
             .map(|(_, v)| v.clone())
             .unwrap_or_default();
-        for (t, v) in samples {
-            stored.insert((id.clone(), t), v.to_bits());
+        for (t, bits) in read.samples {
+            stored.insert((id.clone(), t), bits);
         }
     }
     let mut missing = 0;

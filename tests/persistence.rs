@@ -3,14 +3,17 @@
 //! deleted series stay gone after a restart; a snapshot serves as another node's data.
 
 mod common;
+#[path = "support/remote_read.rs"]
+mod remote_read;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::{eq, get, metric_value, post, remote_read_samples, remote_write, Node};
-use timbala::proto;
+use common::{get, metric_value, post, remote_write, Node};
+use remote_read::remote_read;
+use timbala::proto::{self, MatcherType, ResponseType};
 
 const SERIES: usize = 50;
 const BASE_MS: i64 = 1_700_000_000_000;
@@ -67,19 +70,17 @@ fn expected(without_series: Option<usize>) -> Stored {
 }
 
 fn read_all(node: &Node) -> Stored {
-    remote_read_samples(node, vec![eq("__name__", "persist")], 0, i64::MAX / 2)
-        .expect("remote read")
+    let matchers = [(MatcherType::Eq, "__name__", "persist")];
+    remote_read(node, &matchers, 0, i64::MAX / 2, ResponseType::Samples)
         .into_iter()
-        .map(|(labels, samples)| {
-            let id = labels
+        .map(|read| {
+            let id = read
+                .labels
                 .into_iter()
                 .find(|(n, _)| n == "series")
                 .map(|(_, v)| v)
                 .unwrap_or_default();
-            (
-                id,
-                samples.into_iter().map(|(t, v)| (t, v.to_bits())).collect(),
-            )
+            (id, read.samples)
         })
         .collect()
 }
