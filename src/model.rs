@@ -5,6 +5,7 @@
 //! matches as the empty string). Calls nothing else in the crate.
 
 use std::fmt;
+use std::sync::Arc;
 
 /// The label that carries the metric name.
 pub const METRIC_NAME: &str = "__name__";
@@ -39,8 +40,12 @@ impl Label {
 
 /// A label set sorted by name with unique names: the identity of a series.
 /// Ordering compares label by label (name, then value), as Prometheus's `labels.Compare`.
+///
+/// Shared behind an `Arc`: a series' labels are copied into every sample of every step
+/// of a query, so a clone must be a reference-count increment, not an allocation per
+/// label. Changing a label set copies it first (copy on write).
 #[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct Labels(Vec<Label>);
+pub struct Labels(Arc<Vec<Label>>);
 
 impl Labels {
     /// Builds a label set from pairs, sorting by name. Later duplicates of a name win;
@@ -58,17 +63,17 @@ impl Labels {
                 false
             }
         });
-        Labels(labels)
+        Labels(Arc::new(labels))
     }
 
     /// Wraps labels that the caller guarantees are sorted by name and unique.
     pub fn from_sorted(labels: Vec<Label>) -> Self {
         debug_assert!(labels.windows(2).all(|w| w[0].name < w[1].name));
-        Labels(labels)
+        Labels(Arc::new(labels))
     }
 
     pub fn empty() -> Self {
-        Labels(Vec::new())
+        Labels::default()
     }
 
     pub fn get(&self, name: &str) -> Option<&str> {
@@ -99,30 +104,33 @@ impl Labels {
     }
 
     pub fn into_vec(self) -> Vec<Label> {
-        self.0
+        Arc::try_unwrap(self.0).unwrap_or_else(|shared| (*shared).clone())
     }
 
     /// Sets (or replaces) one label; an empty value removes it, as in Prometheus.
     pub fn set(&mut self, name: &str, value: &str) {
         match self.0.binary_search_by(|l| l.name.as_str().cmp(name)) {
             Ok(i) if value.is_empty() => {
-                self.0.remove(i);
+                Arc::make_mut(&mut self.0).remove(i);
             }
-            Ok(i) => self.0[i].value = value.to_string(),
+            Ok(i) if self.0[i].value == value => {}
+            Ok(i) => Arc::make_mut(&mut self.0)[i].value = value.to_string(),
             Err(_) if value.is_empty() => {}
-            Err(i) => self.0.insert(i, Label::new(name, value)),
+            Err(i) => Arc::make_mut(&mut self.0).insert(i, Label::new(name, value)),
         }
     }
 
     pub fn remove(&mut self, name: &str) {
         if let Ok(i) = self.0.binary_search_by(|l| l.name.as_str().cmp(name)) {
-            self.0.remove(i);
+            Arc::make_mut(&mut self.0).remove(i);
         }
     }
 
     /// Keeps only the labels whose names satisfy `keep`.
     pub fn retain(&mut self, mut keep: impl FnMut(&Label) -> bool) {
-        self.0.retain(|l| keep(l));
+        if !self.0.iter().all(&mut keep) {
+            Arc::make_mut(&mut self.0).retain(|l| keep(l));
+        }
     }
 
     /// A stable 64-bit hash of the label set (FNV-1a over name, 0xff, value, 0xff ...).
@@ -131,7 +139,7 @@ impl Labels {
         const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
         const PRIME: u64 = 0x0000_0100_0000_01b3;
         let mut h = OFFSET;
-        for l in &self.0 {
+        for l in self.0.iter() {
             for b in l
                 .name
                 .bytes()
