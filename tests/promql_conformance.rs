@@ -116,10 +116,11 @@ fn main() -> ExitCode {
         };
         let outcome = runtime.block_on(run_file(&script));
         println!(
-            "{name}: {} passed, {} failed, {} skipped",
+            "{name}: {} passed, {} failed, {} skipped{}",
             outcome.passed,
             outcome.failed,
-            outcome.skipped.len()
+            outcome.skipped.len(),
+            skip_reasons(&outcome.skipped)
         );
         for failure in outcome.failures.iter().take(failures_shown()) {
             println!("    {failure}");
@@ -826,6 +827,21 @@ async fn run_file(script: &str) -> FileOutcome {
         }
     }
     outcome
+}
+
+/// " (reason: count, ...)" for a file's skipped evals, or nothing when none were skipped.
+fn skip_reasons(skipped: &[String]) -> String {
+    let mut counts: std::collections::BTreeMap<&str, usize> = std::collections::BTreeMap::new();
+    for skip in skipped {
+        // Entries read "line N: reason"; tally by reason.
+        let reason = skip.split_once(": ").map_or(skip.as_str(), |(_, r)| r);
+        *counts.entry(reason).or_default() += 1;
+    }
+    if counts.is_empty() {
+        return String::new();
+    }
+    let parts: Vec<String> = counts.iter().map(|(r, n)| format!("{r}: {n}")).collect();
+    format!(" ({})", parts.join(", "))
 }
 
 fn skip_reason(eval: &EvalCmd, store: &TestStore) -> Option<&'static str> {
