@@ -14,9 +14,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 
-use super::params::civil_from_days;
 use crate::model::Labels;
 use crate::promql::QueryValue;
+use crate::timeutil::civil_from_days;
 
 /// Go's `strconv.FormatFloat` formats with precision -1 (shortest round-trip digits).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
