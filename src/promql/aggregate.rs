@@ -7,7 +7,6 @@
 //! Called by `eval`; calls `functions::quantile` for the quantile rule.
 
 use std::collections::HashMap;
-use std::hash::{DefaultHasher, Hasher};
 
 use promql_parser::parser::token::TokenId;
 use promql_parser::parser::token::{
@@ -18,7 +17,7 @@ use promql_parser::parser::{AggregateExpr, LabelModifier};
 
 use crate::model::{Labels, METRIC_NAME};
 
-use super::eval::{type_error, Evaluator, Value};
+use super::eval::{hash_labels_where, labels_where, type_error, Evaluator, Value};
 use super::functions;
 use super::functions::stats::kahan_inc;
 use super::value::InstantSample;
@@ -58,20 +57,11 @@ impl<'a> Grouping<'a> {
 
     /// A 64-bit hash of the grouping labels (Prometheus groups by such hashes too).
     fn key(&self, labels: &Labels) -> u64 {
-        let mut hasher = DefaultHasher::new();
-        for l in labels.iter().filter(|l| self.keeps(&l.name)) {
-            hasher.write(l.name.as_bytes());
-            hasher.write_u8(0xff);
-            hasher.write(l.value.as_bytes());
-            hasher.write_u8(0xff);
-        }
-        hasher.finish()
+        hash_labels_where(labels, |name| self.keeps(name))
     }
 
     fn group_labels(&self, labels: &Labels) -> Labels {
-        let mut out = labels.clone();
-        out.retain(|l| self.keeps(&l.name));
-        out
+        labels_where(labels, |name| self.keeps(name))
     }
 }
 
