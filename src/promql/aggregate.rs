@@ -7,6 +7,7 @@
 //! Called by `eval`; calls `functions::quantile` for the quantile rule and
 //! `functions::gofmt` for numbers in warnings and `count_values` labels.
 
+use std::cmp::Ordering;
 use std::collections::HashMap;
 
 use promql_parser::parser::token::TokenId;
@@ -395,23 +396,23 @@ fn worst_index(op: TokenId, group: &[InstantSample]) -> usize {
     worst
 }
 
-fn rank_desc(a: f64, b: f64) -> std::cmp::Ordering {
-    use std::cmp::Ordering;
-    match (a.is_nan(), b.is_nan()) {
-        (true, true) => Ordering::Equal,
-        (true, false) => Ordering::Greater,
-        (false, true) => Ordering::Less,
-        _ => b.partial_cmp(&a).unwrap_or(Ordering::Equal),
-    }
+/// topk's order: larger values first, NaN last.
+fn rank_desc(a: f64, b: f64) -> Ordering {
+    nan_last(a, b, || b.partial_cmp(&a).unwrap_or(Ordering::Equal))
 }
 
-fn rank_asc(a: f64, b: f64) -> std::cmp::Ordering {
-    use std::cmp::Ordering;
+/// bottomk's order: smaller values first, NaN last.
+fn rank_asc(a: f64, b: f64) -> Ordering {
+    nan_last(a, b, || a.partial_cmp(&b).unwrap_or(Ordering::Equal))
+}
+
+/// Puts NaN after every number (in both topk and bottomk); `by_value` orders numbers.
+fn nan_last(a: f64, b: f64, by_value: impl FnOnce() -> Ordering) -> Ordering {
     match (a.is_nan(), b.is_nan()) {
         (true, true) => Ordering::Equal,
         (true, false) => Ordering::Greater,
         (false, true) => Ordering::Less,
-        _ => a.partial_cmp(&b).unwrap_or(Ordering::Equal),
+        _ => by_value(),
     }
 }
 
