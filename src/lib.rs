@@ -15,4 +15,5 @@ pub mod proto;
 pub mod server;
 pub mod storage;
 pub mod telemetry;
+pub mod timeutil;
 pub mod tsdb;

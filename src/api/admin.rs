@@ -17,10 +17,10 @@ use axum::Router;
 use serde::Serialize;
 
 use super::params::{
-    civil_from_days, invalid_param, parse_match_params, time_param, FormParams, MAX_TIME_MS,
-    MIN_TIME_MS,
+    invalid_param, parse_match_params, time_param, FormParams, MAX_TIME_MS, MIN_TIME_MS,
 };
 use super::{success, ApiError, AppState};
+use crate::timeutil::civil_from_days;
 
 pub fn routes() -> Router<AppState> {
     Router::new()

@@ -2,8 +2,8 @@
 //!
 //! Owns: the JSON success envelope, query results (vector, matrix, scalar, string),
 //! label sets and string lists, Go-compatible string escaping (HTML-safe, as Go's
-//! encoding), and Go-compatible number formatting (`strconv.FormatFloat` 'f', 'e', 'g'
-//! with shortest precision) that the JSON and the text exposition (`/federate`) share.
+//! encoding), and the choice of Go float format (`promql::functions::gofmt` does the formatting,
+//! re-exported here for the text exposition of `/federate`).
 //! Writes straight into a byte buffer: no allocation per sample.
 //! Calls `model` and `promql::value`; used by the `query`, `status` and `federate` routers.
 
@@ -14,51 +14,11 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 
-use super::params::civil_from_days;
+pub use crate::promql::functions::gofmt::{append_go_float, GoFloat};
+
 use crate::model::Labels;
 use crate::promql::QueryValue;
-
-/// Go's `strconv.FormatFloat` formats with precision -1 (shortest round-trip digits).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum GoFloat {
-    /// `'f'`: no exponent (`1e21` is `1000000000000000000000`).
-    F,
-    /// `'e'`: `d.ddde±XX` with at least two exponent digits.
-    E,
-    /// `'g'`: `'e'` when the decimal exponent is below -4 or at least 6 (Go decides on
-    /// precision 6 when asked for the shortest digits), `'f'` otherwise.
-    G,
-}
-
-/// Appends `f` as Go's `strconv.FormatFloat(f, fmt, -1, 64)` would: shortest digits that
-/// round-trip, `+Inf`, `-Inf`, `NaN` for the specials.
-pub fn append_go_float(out: &mut Vec<u8>, f: f64, format: GoFloat) {
-    if f.is_nan() {
-        out.extend_from_slice(b"NaN");
-        return;
-    }
-    if f.is_infinite() {
-        out.extend_from_slice(if f > 0.0 { b"+Inf" } else { b"-Inf" });
-        return;
-    }
-    if format == GoFloat::F {
-        // Rust's `Display` is shortest round-trip without exponent, exactly Go's 'f', -1.
-        let _ = write!(out, "{f}");
-        return;
-    }
-    let mut exp_form = StackStr::default();
-    // `{:e}` is shortest round-trip with an exponent: `1.5e-7`, `1e21`.
-    let _ = write!(exp_form, "{f:e}");
-    let (mantissa, exponent) = exp_form.as_str().split_once('e').unwrap_or(("0", "0"));
-    let exponent: i32 = exponent.parse().unwrap_or(0);
-    if format == GoFloat::G && (-4..6).contains(&exponent) {
-        let _ = write!(out, "{f}");
-        return;
-    }
-    out.extend_from_slice(mantissa.as_bytes());
-    let sign = if exponent < 0 { '-' } else { '+' };
-    let _ = write!(out, "e{sign}{:02}", exponent.unsigned_abs());
-}
+use crate::timeutil::civil_from_days;
 
 /// A float sample value as Prometheus's JSON renders it: a string, 'f' format except
 /// for magnitudes below 1e-6 or from 1e21 on, which use 'e' (`jsonutil.MarshalFloat`).
@@ -314,72 +274,11 @@ pub fn format_rfc3339_nano(time: SystemTime) -> String {
     s
 }
 
-/// A small stack buffer for `{:e}` output (at most 24 bytes for an f64).
-#[derive(Default)]
-struct StackStr {
-    buf: [u8; 32],
-    len: usize,
-}
-
-impl StackStr {
-    fn as_str(&self) -> &str {
-        std::str::from_utf8(&self.buf[..self.len]).unwrap_or("0e0")
-    }
-}
-
-impl std::fmt::Write for StackStr {
-    fn write_str(&mut self, s: &str) -> std::fmt::Result {
-        let end = self.len + s.len();
-        let dst = self.buf.get_mut(self.len..end).ok_or(std::fmt::Error)?;
-        dst.copy_from_slice(s.as_bytes());
-        self.len = end;
-        Ok(())
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::model::Sample;
     use crate::promql::{InstantSample, RangeSeries};
-
-    fn go(f: f64, format: GoFloat) -> String {
-        let mut out = Vec::new();
-        append_go_float(&mut out, f, format);
-        String::from_utf8(out).unwrap()
-    }
-
-    #[test]
-    fn go_float_formats() {
-        use GoFloat::*;
-        let cases: &[(f64, GoFloat, &str)] = &[
-            (1.0, F, "1"),
-            (0.1, F, "0.1"),
-            (-0.0, F, "-0"),
-            (1e21, F, "1000000000000000000000"),
-            (1e-7, F, "0.0000001"),
-            (123.456, F, "123.456"),
-            (f64::INFINITY, F, "+Inf"),
-            (f64::NEG_INFINITY, E, "-Inf"),
-            (f64::NAN, G, "NaN"),
-            (1e21, E, "1e+21"),
-            (1.5e-7, E, "1.5e-07"),
-            (-2.5e300, E, "-2.5e+300"),
-            (f64::MAX, E, "1.7976931348623157e+308"),
-            (5e-324, E, "5e-324"),
-            (10000.0, G, "10000"),
-            (1e6, G, "1e+06"),
-            (123456789.0, G, "1.23456789e+08"),
-            (0.0001, G, "0.0001"),
-            (0.00001, G, "1e-05"),
-            (0.0, G, "0"),
-            (-1.5, G, "-1.5"),
-            (1.7e9, G, "1.7e+09"),
-        ];
-        for &(f, format, want) in cases {
-            assert_eq!(go(f, format), want, "{f} {format:?}");
-        }
-    }
 
     fn text(write: impl FnOnce(&mut Vec<u8>)) -> String {
         let mut out = Vec::new();

@@ -5,7 +5,7 @@
 //! fractions, rounded to milliseconds), durations (float seconds or `1h30m`), `limit`,
 //! `match[]` selectors turned into `model::Matcher`s, and label-name unescaping (`U__`).
 //! Error texts are Prometheus's, so clients see the same messages.
-//! Calls `model` and `promql_parser`; used by the `query`, `status` and `federate` routers.
+//! Calls `model`, `timeutil` and `promql_parser`; used by the `query`, `status` and `federate` routers.
 
 use axum::body::Bytes;
 use axum::extract::{FromRequest, Request};
@@ -15,6 +15,7 @@ use promql_parser::parser::Expr;
 
 use super::ApiError;
 use crate::model::{MatchOp, Matcher, METRIC_NAME};
+use crate::timeutil::{days_from_civil, days_in_month};
 
 /// Default start of optional time ranges, in milliseconds: Prometheus's `MinTime`
 /// (`math.MinInt64/1000 + 62135596801` seconds).
@@ -207,49 +208,6 @@ fn digits(b: &[u8]) -> Option<i64> {
     })
 }
 
-fn is_leap_year(year: i64) -> bool {
-    (year % 4 == 0 && year % 100 != 0) || year % 400 == 0
-}
-
-fn days_in_month(year: i64, month: i64) -> i64 {
-    match month {
-        2 if is_leap_year(year) => 29,
-        2 => 28,
-        4 | 6 | 9 | 11 => 30,
-        _ => 31,
-    }
-}
-
-/// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's algorithm).
-pub fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
-    let y = if month <= 2 { year - 1 } else { year };
-    let era = y.div_euclid(400);
-    let year_of_era = y - era * 400;
-    let month_from_march = (month + 9) % 12;
-    let day_of_year = (153 * month_from_march + 2) / 5 + day - 1;
-    let day_of_era = year_of_era * 365 + year_of_era / 4 - year_of_era / 100 + day_of_year;
-    era * 146_097 + day_of_era - 719_468
-}
-
-/// The (year, month, day) of a day count since 1970-01-01 (inverse of `days_from_civil`).
-pub fn civil_from_days(days: i64) -> (i64, i64, i64) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let day_of_era = z - era * 146_097;
-    let year_of_era =
-        (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
-    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
-    let month_from_march = (5 * day_of_year + 2) / 153;
-    let day = day_of_year - (153 * month_from_march + 2) / 5 + 1;
-    let month = if month_from_march < 10 {
-        month_from_march + 3
-    } else {
-        month_from_march - 9
-    };
-    let year = year_of_era + era * 400 + i64::from(month <= 2);
-    (year, month, day)
-}
-
 /// Parses a duration as Prometheus does: float seconds, or a Prometheus duration string
 /// (`1y2w3d4h5m6s7ms`, units largest first). Returns nanoseconds (Go's `time.Duration`).
 pub fn parse_duration(s: &str) -> Result<i64, String> {
@@ -423,6 +381,7 @@ fn decode_escaped(escaped: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::timeutil::civil_from_days;
 
     #[test]
     fn unix_seconds_round_to_milliseconds() {
@@ -494,16 +453,6 @@ mod tests {
             (MIN_TIME_MS / 1000).rem_euclid(86_400),
             16 * 3600 + 47 * 60 + 6
         );
-    }
-
-    #[test]
-    fn civil_dates_round_trip() {
-        for days in [-800_000, -1, 0, 1, 11_016, 19_782, 2_932_896] {
-            let (y, m, d) = civil_from_days(days);
-            assert_eq!(days_from_civil(y, m, d), days);
-        }
-        assert_eq!(civil_from_days(0), (1970, 1, 1));
-        assert_eq!(civil_from_days(19_782), (2024, 2, 29));
     }
 
     #[test]

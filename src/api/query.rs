@@ -23,7 +23,7 @@ use super::params::{
 use super::{json, ApiError, AppState};
 use crate::model::{Labels, Matcher};
 use crate::promql::{Annotations, QueryError, QueryOutput, QueryValue};
-use crate::storage::{LabelRequest, StorageError};
+use crate::storage::{BoxFuture, LabelRequest, StorageError};
 
 /// Most points a range query may return per series (Prometheus's fixed limit).
 const MAX_POINTS_PER_SERIES: i128 = 11_000;
@@ -265,6 +265,22 @@ fn sorted_union<T: Ord>(mut parts: Vec<Vec<T>>) -> Vec<T> {
     all
 }
 
+/// Asks storage once per `match[]` set (once without matchers when there is none) and
+/// returns the sorted union of the answers.
+async fn union_of_answers<'s, T: Ord>(
+    sets: Vec<Vec<Matcher>>,
+    start: i64,
+    end: i64,
+    mut ask: impl FnMut(LabelRequest) -> BoxFuture<'s, Result<Vec<T>, StorageError>>,
+) -> Result<Vec<T>, ApiError> {
+    let requests = label_requests(sets, start, end);
+    let mut parts = Vec::with_capacity(requests.len());
+    for request in requests {
+        parts.push(ask(request).await.map_err(storage_error)?);
+    }
+    Ok(sorted_union(parts))
+}
+
 async fn series(State(state): State<AppState>, params: FormParams) -> Result<Response, ApiError> {
     let selectors: Vec<&str> = params.values("match[]").collect();
     if selectors.is_empty() {
@@ -274,11 +290,7 @@ async fn series(State(state): State<AppState>, params: FormParams) -> Result<Res
     let (start, end) = metadata_range(&params)?;
     let sets = parse_match_params(selectors).map_err(|e| invalid_param("match[]", e))?;
     let storage = &state.services()?.storage;
-    let mut parts = Vec::with_capacity(sets.len());
-    for request in label_requests(sets, start, end) {
-        parts.push(storage.series(request).await.map_err(storage_error)?);
-    }
-    let mut all: Vec<Labels> = sorted_union(parts);
+    let mut all: Vec<Labels> = union_of_answers(sets, start, end, |r| storage.series(r)).await?;
     let warnings = apply_limit(&mut all, limit);
     Ok(json::success_response(&warnings, &[], |out| {
         json::write_label_sets(out, &all)
@@ -293,11 +305,7 @@ async fn label_names(
     let (start, end) = metadata_range(&params)?;
     let sets = parse_match_params(params.values("match[]")).map_err(ApiError::bad_data)?;
     let storage = &state.services()?.storage;
-    let mut parts = Vec::with_capacity(sets.len().max(1));
-    for request in label_requests(sets, start, end) {
-        parts.push(storage.label_names(request).await.map_err(storage_error)?);
-    }
-    let mut names = sorted_union(parts);
+    let mut names = union_of_answers(sets, start, end, |r| storage.label_names(r)).await?;
     let warnings = apply_limit(&mut names, limit);
     Ok(json::success_response(&warnings, &[], |out| {
         json::write_string_list(out, &names)
@@ -317,12 +325,8 @@ async fn label_values(
     let (start, end) = metadata_range(&params)?;
     let sets = parse_match_params(params.values("match[]")).map_err(ApiError::bad_data)?;
     let storage = &state.services()?.storage;
-    let mut parts = Vec::with_capacity(sets.len().max(1));
-    for request in label_requests(sets, start, end) {
-        let values = storage.label_values(name.clone(), request).await;
-        parts.push(values.map_err(storage_error)?);
-    }
-    let mut values = sorted_union(parts);
+    let ask = |r| storage.label_values(name.clone(), r);
+    let mut values = union_of_answers(sets, start, end, ask).await?;
     let warnings = apply_limit(&mut values, limit);
     Ok(json::success_response(&warnings, &[], |out| {
         json::write_string_list(out, &values)

@@ -4,10 +4,11 @@
 //!
 //! Owns: grouping and the per-group arithmetic (Kahan sums, incremental means, Welford
 //! variance), parameter validation and the warnings Prometheus raises for parameters.
-//! Called by `eval`; calls `functions::quantile` for the quantile rule.
+//! Called by `eval`; calls `functions::quantile` for the quantile rule and
+//! `functions::gofmt` for numbers in warnings and `count_values` labels.
 
+use std::cmp::Ordering;
 use std::collections::HashMap;
-use std::hash::{DefaultHasher, Hasher};
 
 use promql_parser::parser::token::TokenId;
 use promql_parser::parser::token::{
@@ -18,8 +19,9 @@ use promql_parser::parser::{AggregateExpr, LabelModifier};
 
 use crate::model::{Labels, METRIC_NAME};
 
-use super::eval::{type_error, Evaluator, Value};
+use super::eval::{hash_labels_where, labels_where, type_error, Evaluator, Value};
 use super::functions;
+use super::functions::gofmt::{go_f, go_g};
 use super::functions::stats::kahan_inc;
 use super::value::InstantSample;
 use super::QueryError;
@@ -58,20 +60,11 @@ impl<'a> Grouping<'a> {
 
     /// A 64-bit hash of the grouping labels (Prometheus groups by such hashes too).
     fn key(&self, labels: &Labels) -> u64 {
-        let mut hasher = DefaultHasher::new();
-        for l in labels.iter().filter(|l| self.keeps(&l.name)) {
-            hasher.write(l.name.as_bytes());
-            hasher.write_u8(0xff);
-            hasher.write(l.value.as_bytes());
-            hasher.write_u8(0xff);
-        }
-        hasher.finish()
+        hash_labels_where(labels, |name| self.keeps(name))
     }
 
     fn group_labels(&self, labels: &Labels) -> Labels {
-        let mut out = labels.clone();
-        out.retain(|l| self.keeps(&l.name));
-        out
+        labels_where(labels, |name| self.keeps(name))
     }
 }
 
@@ -131,25 +124,9 @@ fn warn_quantile(ev: &mut Evaluator<'_>, q: f64) {
     if q.is_nan() || !(0.0..=1.0).contains(&q) {
         ev.annotations.warn(format!(
             "PromQL warning: quantile value should be between 0 and 1, got {}",
-            format_go_float(q)
+            go_g(q)
         ));
     }
-}
-
-/// Go's `%g` (shortest representation; exponent form below 1e-4 and from 1e+06 on),
-/// the format Prometheus uses for values quoted in warnings and errors.
-pub(crate) fn format_go_float(v: f64) -> String {
-    if !v.is_finite() || v == 0.0 {
-        return format_value_label(v);
-    }
-    let sci = format!("{v:e}");
-    let (mantissa, exp) = sci.split_once('e').unwrap_or((sci.as_str(), "0"));
-    let exp: i32 = exp.parse().unwrap_or(0);
-    if (-4..6).contains(&exp) {
-        return format!("{v}");
-    }
-    let sign = if exp < 0 { '-' } else { '+' };
-    format!("{mantissa}e{sign}{:02}", exp.abs())
 }
 
 #[derive(Default)]
@@ -278,21 +255,6 @@ fn simple_aggregate(
         .collect())
 }
 
-/// Formats a float as Go's `strconv.FormatFloat(v, 'f', -1, 64)` (never an exponent).
-fn format_value_label(v: f64) -> String {
-    if v.is_nan() {
-        "NaN".into()
-    } else if v.is_infinite() {
-        if v > 0.0 {
-            "+Inf".into()
-        } else {
-            "-Inf".into()
-        }
-    } else {
-        format!("{v}")
-    }
-}
-
 fn count_values(
     grouping: &Grouping<'_>,
     label: &str,
@@ -316,7 +278,7 @@ fn count_values(
     let mut out: Vec<InstantSample> = Vec::new();
     for s in input {
         let mut labels = s.labels;
-        labels.set(label, &format_value_label(s.v));
+        labels.set(label, &go_f(s.v));
         let key = by_value.key(&labels);
         match index.get(&key) {
             Some(&i) => out[i].v += 1.0,
@@ -350,13 +312,13 @@ fn check_k(k: f64) -> Result<(), QueryError> {
     if k <= i64::MIN as f64 {
         return Err(QueryError::Execution(format!(
             "Scalar value {} underflows int64",
-            format_go_float(k)
+            go_g(k)
         )));
     }
     if k >= i64::MAX as f64 {
         return Err(QueryError::Execution(format!(
             "Scalar value {} overflows int64",
-            format_go_float(k)
+            go_g(k)
         )));
     }
     Ok(())
@@ -434,23 +396,23 @@ fn worst_index(op: TokenId, group: &[InstantSample]) -> usize {
     worst
 }
 
-fn rank_desc(a: f64, b: f64) -> std::cmp::Ordering {
-    use std::cmp::Ordering;
-    match (a.is_nan(), b.is_nan()) {
-        (true, true) => Ordering::Equal,
-        (true, false) => Ordering::Greater,
-        (false, true) => Ordering::Less,
-        _ => b.partial_cmp(&a).unwrap_or(Ordering::Equal),
-    }
+/// topk's order: larger values first, NaN last.
+fn rank_desc(a: f64, b: f64) -> Ordering {
+    nan_last(a, b, || b.partial_cmp(&a).unwrap_or(Ordering::Equal))
 }
 
-fn rank_asc(a: f64, b: f64) -> std::cmp::Ordering {
-    use std::cmp::Ordering;
+/// bottomk's order: smaller values first, NaN last.
+fn rank_asc(a: f64, b: f64) -> Ordering {
+    nan_last(a, b, || a.partial_cmp(&b).unwrap_or(Ordering::Equal))
+}
+
+/// Puts NaN after every number (in both topk and bottomk); `by_value` orders numbers.
+fn nan_last(a: f64, b: f64, by_value: impl FnOnce() -> Ordering) -> Ordering {
     match (a.is_nan(), b.is_nan()) {
         (true, true) => Ordering::Equal,
         (true, false) => Ordering::Greater,
         (false, true) => Ordering::Less,
-        _ => a.partial_cmp(&b).unwrap_or(Ordering::Equal),
+        _ => by_value(),
     }
 }
 
@@ -471,13 +433,13 @@ fn limit_ratio(
     if ratio > 1.0 {
         ev.annotations.warn(format!(
             "PromQL warning: ratio value should be between -1 and 1, got {}, capping to 1",
-            format_go_float(ratio)
+            go_g(ratio)
         ));
     }
     if ratio < -1.0 {
         ev.annotations.warn(format!(
             "PromQL warning: ratio value should be between -1 and 1, got {}, capping to -1",
-            format_go_float(ratio)
+            go_g(ratio)
         ));
     }
     let r = ratio.clamp(-1.0, 1.0);
@@ -497,23 +459,4 @@ fn limit_ratio(
             s
         })
         .collect())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::{format_go_float, format_value_label};
-
-    #[test]
-    fn floats_format_as_go_does() {
-        assert_eq!(format_go_float(1.1), "1.1");
-        assert_eq!(format_go_float(-1.0), "-1");
-        assert_eq!(format_go_float(123456.0), "123456");
-        assert_eq!(format_go_float(1e6), "1e+06");
-        assert_eq!(format_go_float(1.5e-7), "1.5e-07");
-        assert_eq!(format_go_float(0.0001), "0.0001");
-        assert_eq!(format_go_float(f64::NAN), "NaN");
-        assert_eq!(format_go_float(f64::NEG_INFINITY), "-Inf");
-        assert_eq!(format_value_label(1e21), "1000000000000000000000");
-        assert_eq!(format_value_label(f64::INFINITY), "+Inf");
-    }
 }

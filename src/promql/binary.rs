@@ -6,7 +6,6 @@
 //! evaluator only to evaluate operands and drop metric names.
 
 use std::collections::{HashMap, HashSet};
-use std::hash::{DefaultHasher, Hasher};
 
 use promql_parser::parser::token::TokenId;
 use promql_parser::parser::token::{
@@ -17,7 +16,10 @@ use promql_parser::parser::{BinaryExpr, LabelModifier, VectorMatchCardinality};
 
 use crate::model::{Labels, METRIC_NAME};
 
-use super::eval::{check_unique_labelsets, remove_metric_identity, type_error, Evaluator, Value};
+use super::eval::{
+    check_unique_labelsets, hash_labels_where, labels_where, remove_metric_identity, type_error,
+    Evaluator, Value,
+};
 use super::value::InstantSample;
 use super::QueryError;
 
@@ -81,21 +83,12 @@ impl<'a> Matching<'a> {
 
     /// The join signature of a label set: a 64-bit hash of the labels matching compares.
     fn signature(&self, labels: &Labels) -> u64 {
-        let mut hasher = DefaultHasher::new();
-        for l in labels.iter().filter(|l| self.keeps(&l.name)) {
-            hasher.write(l.name.as_bytes());
-            hasher.write_u8(0xff);
-            hasher.write(l.value.as_bytes());
-            hasher.write_u8(0xff);
-        }
-        hasher.finish()
+        hash_labels_where(labels, |name| self.keeps(name))
     }
 
     /// The labels matching compares, as a label set (for errors and fill values).
     fn matched_labels(&self, labels: &Labels) -> Labels {
-        let mut out = labels.clone();
-        out.retain(|l| self.keeps(&l.name));
-        out
+        labels_where(labels, |name| self.keeps(name))
     }
 }
 

@@ -7,6 +7,7 @@
 //! in `aggregate`. Reads only the series `plan` loaded; never calls storage.
 
 use std::collections::{HashMap, VecDeque};
+use std::hash::{DefaultHasher, Hasher};
 use std::time::Instant;
 
 use promql_parser::parser::{Call, Expr, MatrixSelector, SubqueryExpr, UnaryExpr, VectorSelector};
@@ -505,6 +506,26 @@ impl SubqueryWindow {
 
 /// Removes the labels that name what a metric is (`__name__`, and the `__type__` and
 /// `__unit__` metadata labels): Prometheus drops them together once a value changes meaning.
+/// A 64-bit hash of the labels `keep` selects, the key both grouping (`by`/`without`)
+/// and vector matching (`on`/`ignoring`) bucket series by, as Prometheus does.
+pub(crate) fn hash_labels_where(labels: &Labels, keep: impl Fn(&str) -> bool) -> u64 {
+    let mut hasher = DefaultHasher::new();
+    for l in labels.iter().filter(|l| keep(&l.name)) {
+        hasher.write(l.name.as_bytes());
+        hasher.write_u8(0xff);
+        hasher.write(l.value.as_bytes());
+        hasher.write_u8(0xff);
+    }
+    hasher.finish()
+}
+
+/// The labels `keep` selects, as a label set.
+pub(crate) fn labels_where(labels: &Labels, keep: impl Fn(&str) -> bool) -> Labels {
+    let mut out = labels.clone();
+    out.retain(|l| keep(&l.name));
+    out
+}
+
 pub(crate) fn remove_metric_identity(labels: &mut Labels) {
     labels.retain(|l| !matches!(l.name.as_str(), METRIC_NAME | "__type__" | "__unit__"));
 }

@@ -22,12 +22,13 @@
 //! - `stats`     Kahan summation, `quantile`, linear regression, variance (public: the
 //!   evaluator's sum/avg/stddev aggregations use the same kernels)
 //! - `gofmt`     Go-compatible number/string formatting for annotation and error texts
+//!   (also the float formatting of the HTTP API's JSON and `/federate`)
 //!
 //! Only float samples exist in Timbala's value model; where Prometheus would handle a
 //! native histogram, the float path is the whole story.
 
 mod date;
-mod gofmt;
+pub mod gofmt;
 mod histogram;
 mod labels;
 mod math;

@@ -1,21 +1,23 @@
 //! Calendar functions: day_of_month, day_of_week, day_of_year, days_in_month, hour,
 //! minute, month, year.
 //!
-//! Owns: UTC calendar arithmetic on Unix seconds (proleptic Gregorian, no leap seconds,
+//! Owns: the UTC calendar fields of Unix seconds (proleptic Gregorian, no leap seconds,
 //! as Go's `time` package). With no argument a function reads the step time; with a
 //! vector it reads each sample's value as Unix seconds (truncated toward zero, like
-//! Go's `int64(f)`). Calls the parent's `map_floats` skeleton.
+//! Go's `int64(f)`). Calls the parent's `map_floats` skeleton and
+//! `crate::timeutil` for the civil-date arithmetic.
 
 use super::{map_floats, FnCall, FnError, FnOutput};
 use crate::model::Labels;
 use crate::promql::value::InstantSample;
+use crate::timeutil::{civil_from_days, days_from_civil, days_in_month as month_length};
 
 /// A UTC civil date and time of day.
 #[derive(Debug, PartialEq, Eq)]
 struct DateTime {
     year: i64,
-    month: u32,
-    day: u32,
+    month: i64,
+    day: i64,
     /// Days since 1970-01-01.
     days: i64,
     seconds_of_day: i64,
@@ -35,44 +37,6 @@ impl DateTime {
     }
 }
 
-/// Howard Hinnant's `civil_from_days`: days since 1970-01-01 to (year, month, day).
-fn civil_from_days(days: i64) -> (i64, u32, u32) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097); // [0, 146096]
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365; // [0, 399]
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100); // [0, 365], from March 1st
-    let mp = (5 * doy + 2) / 153; // [0, 11], March = 0
-    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    (year, month, day)
-}
-
-/// Days since 1970-01-01 of a civil date (inverse of `civil_from_days`).
-fn days_from_civil(year: i64, month: u32, day: u32) -> i64 {
-    let y = if month <= 2 { year - 1 } else { year };
-    let era = y.div_euclid(400);
-    let yoe = y.rem_euclid(400);
-    let m = i64::from(month);
-    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + i64::from(day) - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
-}
-
-fn is_leap(year: i64) -> bool {
-    year % 4 == 0 && (year % 100 != 0 || year % 400 == 0)
-}
-
-fn days_in(year: i64, month: u32) -> u32 {
-    match month {
-        2 if is_leap(year) => 29,
-        2 => 28,
-        4 | 6 | 9 | 11 => 30,
-        _ => 31,
-    }
-}
-
 /// Applies `f` to the step time (no argument) or to each sample's value.
 fn on_date(call: &mut FnCall<'_>, f: fn(&DateTime) -> f64) -> Result<FnOutput, FnError> {
     if call.args.is_empty() {
@@ -89,7 +53,7 @@ fn on_date(call: &mut FnCall<'_>, f: fn(&DateTime) -> f64) -> Result<FnOutput, F
 }
 
 pub fn day_of_month(call: &mut FnCall<'_>) -> Result<FnOutput, FnError> {
-    on_date(call, |d| f64::from(d.day))
+    on_date(call, |d| d.day as f64)
 }
 
 /// 0 for Sunday .. 6 for Saturday.
@@ -105,7 +69,7 @@ pub fn day_of_year(call: &mut FnCall<'_>) -> Result<FnOutput, FnError> {
 }
 
 pub fn days_in_month(call: &mut FnCall<'_>) -> Result<FnOutput, FnError> {
-    on_date(call, |d| f64::from(days_in(d.year, d.month)))
+    on_date(call, |d| month_length(d.year, d.month) as f64)
 }
 
 pub fn hour(call: &mut FnCall<'_>) -> Result<FnOutput, FnError> {
@@ -117,7 +81,7 @@ pub fn minute(call: &mut FnCall<'_>) -> Result<FnOutput, FnError> {
 }
 
 pub fn month(call: &mut FnCall<'_>) -> Result<FnOutput, FnError> {
-    on_date(call, |d| f64::from(d.month))
+    on_date(call, |d| d.month as f64)
 }
 
 pub fn year(call: &mut FnCall<'_>) -> Result<FnOutput, FnError> {
@@ -187,14 +151,5 @@ mod tests {
         assert_eq!(at("minute", -1.0), 59.0);
         assert_eq!(at("day_of_week", -1.0), 3.0);
         assert_eq!(at("day_of_year", -1.0), 365.0);
-    }
-
-    #[test]
-    fn civil_round_trip() {
-        for days in [-719_468, -1, 0, 59, 10_957, 20_000, 2_932_896] {
-            let (y, m, d) = civil_from_days(days);
-            assert_eq!(days_from_civil(y, m, d), days);
-        }
-        assert_eq!(civil_from_days(11_016), (2000, 2, 29));
     }
 }
