@@ -1,5 +1,6 @@
-//! Wiring of one node: metrics registry, storage, engine and HTTP server, and the
-//! orderly shutdown on SIGTERM (stop accepting, finish in-flight requests, close the WAL).
+//! Wiring of one node: metrics registry, storage, cluster membership, engine and HTTP
+//! server, and the orderly shutdown on SIGTERM (leave the cluster, stop accepting,
+//! finish in-flight requests, close the WAL).
 //!
 //! Owns: process lifecycle. Calls every box's constructor; no box calls it.
 
@@ -11,6 +12,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::api::{self, AppState, NodeServices, ServerInfo};
+use crate::cluster::membership::{ClusterMetrics, Membership};
 use crate::config::Config;
 use crate::promql::Engine;
 use crate::telemetry::{self, http::HttpMetrics};
@@ -22,6 +24,7 @@ pub async fn run(config: Config) -> Result<(), String> {
     telemetry::register_process_metrics(&mut registry);
     let http_metrics = HttpMetrics::register(&mut registry);
     let tsdb_metrics = TsdbMetrics::register(&mut registry);
+    let cluster_metrics = ClusterMetrics::register(&mut registry);
 
     let info = ServerInfo {
         start_time: SystemTime::now(),
@@ -51,6 +54,11 @@ pub async fn run(config: Config) -> Result<(), String> {
     });
 
     let tsdb = open_storage(&config, tsdb_metrics).await?;
+    let mut membership_config = config.membership_config();
+    membership_config.metrics = cluster_metrics;
+    let (membership, membership_task) = Membership::start(membership_config)
+        .await
+        .map_err(|e| format!("cannot start cluster membership: {e}"))?;
     state.set_ready(NodeServices {
         storage: Arc::new(tsdb.clone()),
         tsdb: tsdb.clone(),
@@ -58,6 +66,11 @@ pub async fn run(config: Config) -> Result<(), String> {
     tracing::info!(dir = %config.data_directory.display(), "storage open; node ready");
 
     wait_for_signal().await;
+    tracing::info!("shutting down: leaving the cluster");
+    membership.leave().await;
+    if let Err(e) = membership_task.await {
+        tracing::warn!(error = %e, "membership task failed");
+    }
     tracing::info!("shutting down: draining HTTP requests");
     let _ = shutdown_tx.send(true);
     match server.await {
