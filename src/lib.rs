@@ -8,10 +8,13 @@
 pub mod api;
 pub mod cluster;
 pub mod config;
+pub mod fanout;
 pub mod ingest;
 pub mod model;
+pub mod peer;
 pub mod promql;
 pub mod proto;
+pub mod replication;
 pub mod server;
 pub mod storage;
 pub mod telemetry;

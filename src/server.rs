@@ -11,10 +11,15 @@ use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::api::{self, AppState, NodeServices, ServerInfo};
+use crate::api::{self, AppState, ClusterServices, NodeServices, ServerInfo};
 use crate::cluster::membership::{ClusterMetrics, Membership};
 use crate::config::Config;
+use crate::fanout::{FanoutStorage, Split};
+use crate::peer::{PeerClient, PeerMetrics};
 use crate::promql::Engine;
+use crate::replication::hints::{HandoffMetrics, HintStore};
+use crate::replication::{handoff, ReplicatingStorage};
+use crate::storage::Storage;
 use crate::telemetry::{self, http::HttpMetrics};
 use crate::tsdb::{Tsdb, TsdbMetrics};
 
@@ -25,6 +30,8 @@ pub async fn run(config: Config) -> Result<(), String> {
     let http_metrics = HttpMetrics::register(&mut registry);
     let tsdb_metrics = TsdbMetrics::register(&mut registry);
     let cluster_metrics = ClusterMetrics::register(&mut registry);
+    let peer_metrics = PeerMetrics::register(&mut registry);
+    let handoff_metrics = HandoffMetrics::register(&mut registry);
 
     let info = ServerInfo {
         start_time: SystemTime::now(),
@@ -59,9 +66,29 @@ pub async fn run(config: Config) -> Result<(), String> {
     let (membership, membership_task) = Membership::start(membership_config)
         .await
         .map_err(|e| format!("cannot start cluster membership: {e}"))?;
+    let hints = HintStore::open(&config.data_directory, handoff_metrics)
+        .map_err(|e| format!("cannot open the hint directory: {e}"))?;
+    let hints = Arc::new(hints);
+    let client = PeerClient::new(peer_metrics);
+    let local: Arc<dyn Storage> = Arc::new(tsdb.clone());
+    let writes = ReplicatingStorage::new(
+        local.clone(),
+        membership.clone(),
+        client.clone(),
+        hints.clone(),
+    );
+    let reads = FanoutStorage::new(local, membership.clone(), client.clone());
+    let handoff_task = handoff::spawn(hints.clone(), membership.clone(), client);
     state.set_ready(NodeServices {
-        storage: Arc::new(tsdb.clone()),
+        storage: Arc::new(Split {
+            writes: Arc::new(writes),
+            reads: Arc::new(reads),
+        }),
         tsdb: tsdb.clone(),
+        cluster: ClusterServices {
+            membership: membership.clone(),
+            hints,
+        },
     });
     tracing::info!(dir = %config.data_directory.display(), "storage open; node ready");
 
@@ -71,6 +98,7 @@ pub async fn run(config: Config) -> Result<(), String> {
     if let Err(e) = membership_task.await {
         tracing::warn!(error = %e, "membership task failed");
     }
+    handoff_task.abort();
     tracing::info!("shutting down: draining HTTP requests");
     let _ = shutdown_tx.send(true);
     match server.await {

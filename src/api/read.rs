@@ -25,6 +25,7 @@ use crate::model::{Labels, MatchOp, Matcher, Series};
 use crate::proto;
 use crate::storage::{SelectError, SelectRequest, Storage};
 use crate::tsdb::chunk::XorChunk;
+use std::sync::Arc;
 
 /// Largest compressed and decompressed read request (Prometheus's `decodeReadLimit`).
 const MAX_READ_REQUEST_BYTES: usize = 32 << 20;
@@ -63,6 +64,26 @@ async fn remote_read(State(state): State<AppState>, headers: HeaderMap, body: Bo
         Ok(services) => services.storage.clone(),
         Err(err) => return plain_text(err.status, &err.message),
     };
+    answer_read(storage, headers, body).await
+}
+
+/// `POST /internal/v1/read-local`: remote read of this node's own data only (no
+/// fan-out); the fan-out's internal select, and a debugging aid.
+pub async fn local_read(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Response {
+    let storage: Arc<dyn Storage> = match state.services() {
+        Ok(services) => Arc::new(services.tsdb.clone()),
+        Err(err) => return plain_text(err.status, &err.message),
+    };
+    let trace_id = headers
+        .get(crate::peer::TRACE_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    let span = tracing::info_span!("internal_read_local", trace_id = %trace_id);
+    tracing::Instrument::instrument(answer_read(storage, headers, body), span).await
+}
+
+async fn answer_read(storage: Arc<dyn Storage>, headers: HeaderMap, body: Body) -> Response {
     let body = match read_limited(&headers, body, MAX_READ_REQUEST_BYTES).await {
         Ok(body) => body,
         Err(response) => return response,

@@ -37,28 +37,48 @@ impl Node {
     pub fn start_in(data_dir: &Path, extra_args: &[&str]) -> Node {
         let http_addr = format!("127.0.0.1:{}", free_port());
         let gossip_addr = format!("127.0.0.1:{}", free_port());
+        let node = Node::spawn_at(data_dir, &http_addr, &gossip_addr, extra_args);
+        node.wait_ready(Duration::from_secs(60));
+        node
+    }
+
+    /// Starts a node at given addresses without waiting for readiness.
+    pub fn spawn_at(
+        data_dir: &Path,
+        http_addr: &str,
+        gossip_addr: &str,
+        extra_args: &[&str],
+    ) -> Node {
         let child = Command::new(env!("CARGO_BIN_EXE_timbala"))
             .arg("--data-directory")
             .arg(data_dir)
             .args([
                 "--http-bind-addr",
-                &http_addr,
+                http_addr,
                 "--gossip-bind-addr",
-                &gossip_addr,
+                gossip_addr,
             ])
             .args(["--log-level", "warn"])
             .args(extra_args)
             .stdin(Stdio::null())
             .spawn()
             .expect("spawn timbala");
-        let node = Node {
+        Node {
             child: Some(child),
-            http_addr,
+            http_addr: http_addr.to_string(),
             data_dir: data_dir.to_path_buf(),
             _tmp: None,
-        };
-        node.wait_ready(Duration::from_secs(60));
-        node
+        }
+    }
+
+    /// A handle on a node some other `Node` runs: talks HTTP to it, owns no process.
+    pub fn handle(http_addr: &str) -> Node {
+        Node {
+            child: None,
+            http_addr: http_addr.to_string(),
+            data_dir: PathBuf::new(),
+            _tmp: None,
+        }
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -212,6 +232,17 @@ pub fn remote_read_samples(
     start_ms: i64,
     end_ms: i64,
 ) -> Result<Vec<ReadSeries>, String> {
+    read_samples_at(node, "/api/v1/read", matchers, start_ms, end_ms)
+}
+
+/// Like `remote_read_samples`, at another remote-read path (e.g. `/internal/v1/read-local`).
+pub fn read_samples_at(
+    node: &Node,
+    path: &str,
+    matchers: Vec<proto::LabelMatcher>,
+    start_ms: i64,
+    end_ms: i64,
+) -> Result<Vec<ReadSeries>, String> {
     use prost::Message;
     let req = proto::ReadRequest {
         queries: vec![proto::Query {
@@ -223,7 +254,7 @@ pub fn remote_read_samples(
         accepted_response_types: vec![proto::ResponseType::Samples as i32],
     };
     let (status, body) = post(
-        &node.url("/api/v1/read"),
+        &node.url(path),
         &[
             ("Content-Type", "application/x-protobuf"),
             ("Content-Encoding", "snappy"),
@@ -264,6 +295,81 @@ pub fn eq(name: &str, value: &str) -> proto::LabelMatcher {
         name: name.into(),
         value: value.into(),
     }
+}
+
+/// A cluster member: a node plus the addresses it was started at, so it can be restarted
+/// at the same place.
+pub struct ClusterNode {
+    pub node: Node,
+    pub gossip_addr: String,
+    pub peers: Vec<String>,
+    pub dir: tempfile::TempDir,
+}
+
+impl ClusterNode {
+    fn args(&self) -> Vec<String> {
+        vec![
+            "--peers".into(),
+            self.peers.join(","),
+            "--gossip-profile".into(),
+            "fast".into(),
+        ]
+    }
+
+    /// Starts (or restarts) the process at the same addresses and data directory.
+    pub fn spawn(&mut self) {
+        let args = self.args();
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let http = self.node.http_addr.clone();
+        self.node = Node::spawn_at(
+            &self.dir.path().join("data"),
+            &http,
+            &self.gossip_addr,
+            &args,
+        );
+    }
+}
+
+/// Starts `n` nodes on 127.0.0.1 with fast gossip, each listing the others (and any
+/// `existing` gossip addresses) as peers; waits until all are ready.
+pub fn start_cluster(n: usize, existing: &[String]) -> Vec<ClusterNode> {
+    let addrs: Vec<(String, String)> = (0..n)
+        .map(|_| {
+            (
+                format!("127.0.0.1:{}", free_port()),
+                format!("127.0.0.1:{}", free_port()),
+            )
+        })
+        .collect();
+    let mut nodes = Vec::new();
+    for (i, (http, gossip)) in addrs.iter().enumerate() {
+        let mut peers: Vec<String> = existing.to_vec();
+        peers.extend(
+            addrs
+                .iter()
+                .enumerate()
+                .filter(|(j, _)| *j != i)
+                .map(|(_, (_, g))| g.clone()),
+        );
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut member = ClusterNode {
+            node: Node {
+                child: None,
+                http_addr: http.clone(),
+                data_dir: dir.path().join("data"),
+                _tmp: None,
+            },
+            gossip_addr: gossip.clone(),
+            peers,
+            dir,
+        };
+        member.spawn();
+        nodes.push(member);
+    }
+    for member in &nodes {
+        member.node.wait_ready(Duration::from_secs(60));
+    }
+    nodes
 }
 
 /// Value of an unlabelled metric line (`name value`) or of the first line starting with
