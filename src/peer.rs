@@ -209,6 +209,48 @@ impl PeerClient {
     }
 }
 
+tokio::task_local! {
+    static TRACE_ID: String;
+}
+
+/// The trace id of the request being served (set by `edge_trace`), or a new one.
+pub fn current_trace_id() -> String {
+    TRACE_ID
+        .try_with(String::clone)
+        .unwrap_or_else(|_| new_trace_id())
+}
+
+/// Runs `fut` with `trace_id` as the current trace id (re-enter it after a hop to a
+/// blocking thread or a spawned task, which do not inherit it).
+pub async fn with_trace_id<F: std::future::Future>(trace_id: String, fut: F) -> F::Output {
+    TRACE_ID.scope(trace_id, fut).await
+}
+
+/// Edge middleware: takes the caller's `X-Timbala-Trace-Id` (another node, or a client
+/// that has one) or makes a new one, serves the request inside a span that logs it and
+/// with it as the current trace id, and returns it in the response header.
+pub async fn edge_trace(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use tracing::Instrument;
+    let trace_id = request
+        .headers()
+        .get(TRACE_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty() && v.len() <= 64)
+        .map(str::to_string)
+        .unwrap_or_else(new_trace_id);
+    let span = tracing::info_span!("request", trace_id = %trace_id, path = %request.uri().path());
+    let mut response = with_trace_id(trace_id.clone(), next.run(request))
+        .instrument(span)
+        .await;
+    if let Ok(value) = axum::http::HeaderValue::from_str(&trace_id) {
+        response.headers_mut().insert(TRACE_HEADER, value);
+    }
+    response
+}
+
 /// A new trace id: 16 hex digits, unique per process (a counter mixed with a per-process
 /// random seed, so ids of different nodes do not collide either).
 pub fn new_trace_id() -> String {

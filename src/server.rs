@@ -47,10 +47,12 @@ pub async fn run(config: Config) -> Result<(), String> {
     tracing::info!(addr = %config.http_bind_addr, "HTTP API listening");
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
-    let app = api::router(state.clone()).layer(axum::middleware::from_fn_with_state(
-        http_metrics,
-        telemetry::http::track,
-    ));
+    let app = api::router(state.clone())
+        .layer(axum::middleware::from_fn(crate::peer::edge_trace))
+        .layer(axum::middleware::from_fn_with_state(
+            http_metrics,
+            telemetry::http::track,
+        ));
     let server = tokio::spawn(async move {
         let mut rx = shutdown_rx;
         axum::serve(listener, app)

@@ -91,6 +91,7 @@ async fn answer_read(storage: Arc<dyn Storage>, headers: HeaderMap, body: Body) 
     // Decoding, selecting from the (synchronous) local TSDB and chunk encoding are all
     // blocking work: keep them off the runtime workers.
     let runtime = tokio::runtime::Handle::current();
+    let trace_id = crate::peer::current_trace_id();
     let task = tokio::task::spawn_blocking(move || {
         let request = decode_read_request(&body)?;
         let response_type = negotiate(&request.accepted_response_types)?;
@@ -101,7 +102,10 @@ async fn answer_read(storage: Arc<dyn Storage>, headers: HeaderMap, body: Body) 
             .collect::<Result<Vec<_>, _>>()?;
         let results = selects
             .into_iter()
-            .map(|select| runtime.block_on(run_select(storage.as_ref(), select)))
+            .map(|select| {
+                let run = run_select(storage.as_ref(), select);
+                runtime.block_on(crate::peer::with_trace_id(trace_id.clone(), run))
+            })
             .collect::<Result<Vec<_>, _>>()?;
         Ok(match response_type {
             proto::ResponseType::Samples => samples_response(results),

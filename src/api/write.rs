@@ -49,6 +49,7 @@ async fn remote_write(State(state): State<AppState>, headers: HeaderMap, body: B
     // Decoding is CPU work and the local TSDB appends synchronously (WAL write and
     // fsync), so both run on a blocking thread, never on a runtime worker.
     let runtime = tokio::runtime::Handle::current();
+    let trace_id = crate::peer::current_trace_id();
     let task = tokio::task::spawn_blocking(move || {
         let decoded = ingest::decode_write_request(
             content_type.as_deref(),
@@ -68,7 +69,10 @@ async fn remote_write(State(state): State<AppState>, headers: HeaderMap, body: B
             return Ok(AppendOutcome::default());
         }
         runtime
-            .block_on(storage.append(decoded.series))
+            .block_on(crate::peer::with_trace_id(
+                trace_id,
+                storage.append(decoded.series),
+            ))
             .map_err(|e| WriteFailure::Storage(e.to_string()))
     });
     let metrics = state.ingest_metrics();

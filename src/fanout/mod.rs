@@ -98,8 +98,10 @@ impl FanoutStorage {
     {
         let targets = self.targets();
         let mut tasks = tokio::task::JoinSet::new();
+        let trace_id = peer::current_trace_id();
         for peer in targets.peers {
-            tasks.spawn(remote(self.inner.client.clone(), peer));
+            let ask = remote(self.inner.client.clone(), peer);
+            tasks.spawn(peer::with_trace_id(trace_id.clone(), ask));
         }
         let mut answers = vec![local.await?];
         let mut failed = targets.down;
@@ -221,7 +223,7 @@ async fn remote_select(
     peer: &str,
     body: Vec<u8>,
 ) -> Result<Vec<Series>, String> {
-    let trace_id = peer::new_trace_id();
+    let trace_id = peer::current_trace_id();
     let response = client
         .post(
             peer,
@@ -275,7 +277,7 @@ async fn remote_json<T: serde::de::DeserializeOwned>(
     path: &'static str,
     body: Vec<u8>,
 ) -> Result<T, String> {
-    let trace_id = peer::new_trace_id();
+    let trace_id = peer::current_trace_id();
     let headers = [
         ("content-type", "application/json"),
         (peer::TRACE_HEADER, trace_id.as_str()),

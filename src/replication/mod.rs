@@ -83,9 +83,11 @@ impl ReplicatingStorage {
             return self.inner.local.append(local_share).await;
         }
         let mut tasks = tokio::task::JoinSet::new();
+        let trace_id = peer::current_trace_id();
         for share in remote_shares {
             let inner = self.inner.clone();
-            tasks.spawn(async move { inner.deliver(share).await });
+            let deliver = async move { inner.deliver(share).await };
+            tasks.spawn(peer::with_trace_id(trace_id.clone(), deliver));
         }
         let local = async {
             if local_share.is_empty() {
@@ -157,7 +159,7 @@ pub async fn forward(
     body: Vec<u8>,
     samples: u64,
 ) -> Result<AppendOutcome, peer::PeerError> {
-    let trace_id = peer::new_trace_id();
+    let trace_id = peer::current_trace_id();
     let headers = [
         ("content-type", "application/x-protobuf"),
         ("content-encoding", "snappy"),
