@@ -14,7 +14,7 @@ use tokio::sync::watch;
 use crate::api::{self, AppState, ClusterServices, NodeServices, ServerInfo};
 use crate::cluster::membership::{ClusterMetrics, Membership};
 use crate::config::Config;
-use crate::fanout::{FanoutStorage, Split};
+use crate::fanout::{FanoutMetrics, FanoutStorage, Split};
 use crate::peer::{PeerClient, PeerMetrics};
 use crate::promql::Engine;
 use crate::replication::hints::{HandoffMetrics, HintStore};
@@ -32,6 +32,7 @@ pub async fn run(config: Config) -> Result<(), String> {
     let cluster_metrics = ClusterMetrics::register(&mut registry);
     let peer_metrics = PeerMetrics::register(&mut registry);
     let handoff_metrics = HandoffMetrics::register(&mut registry);
+    let fanout_metrics = FanoutMetrics::register(&mut registry);
 
     let info = ServerInfo {
         start_time: SystemTime::now(),
@@ -79,7 +80,7 @@ pub async fn run(config: Config) -> Result<(), String> {
         client.clone(),
         hints.clone(),
     );
-    let reads = FanoutStorage::new(local, membership.clone(), client.clone());
+    let reads = FanoutStorage::new(local, membership.clone(), client.clone(), fanout_metrics);
     let handoff_task = handoff::spawn(hints.clone(), membership.clone(), client);
     state.set_ready(NodeServices {
         storage: Arc::new(Split {

@@ -247,6 +247,14 @@ fn three_nodes_replicate_query_survive_a_kill_and_take_a_fourth() {
         let c = query_value(&member.node, "count(stream)", last + 5000);
         assert_eq!(c, Some(100.0), "stream series on {}", member.node.http_addr);
     }
+    let (_, metrics) = get(&cluster[0].node.url("/metrics"));
+    assert!(
+        counter(
+            &metrics,
+            "timbala_fanout_requests_total{outcome=\"degraded\"}"
+        ) > 0.0,
+        "degraded fan-outs are counted"
+    );
     stop.store(true, Ordering::Relaxed);
     let written = stream.join().expect("writer thread");
     let while_down: Vec<i64> = written.iter().copied().filter(|&t| t > killed_at).collect();
@@ -277,6 +285,22 @@ fn three_nodes_replicate_query_survive_a_kill_and_take_a_fourth() {
         std::thread::sleep(Duration::from_millis(250));
     }
     println!("handoff complete after {:?}", started.elapsed());
+    let (_, metrics) = get(&cluster[0].node.url("/metrics"));
+    let delivered = format!("timbala_handoff_delivered_total{{target=\"{victim_id}\"}}");
+    assert!(
+        counter(&metrics, &delivered) > 0.0,
+        "hint deliveries are counted"
+    );
+    let shares: f64 = status(&cluster[0].node).expect("status")["members"]
+        .as_array()
+        .expect("members")
+        .iter()
+        .filter_map(|m| m["keyShare"].as_f64())
+        .sum();
+    assert!(
+        (shares - 3.0).abs() < 1e-9,
+        "each key has 3 owners: {shares}"
+    );
 
     // Bar 5: a fourth node joins during a write stream.
     let peers: Vec<String> = cluster.iter().map(|c| c.gossip_addr.clone()).collect();
@@ -323,6 +347,14 @@ fn three_nodes_replicate_query_survive_a_kill_and_take_a_fourth() {
         assert!(held == expected, "node {id}: 4-node placement");
     }
     println!("all bars passed after {:?}", started.elapsed());
+}
+
+/// The value of one exact series line in a text exposition (0 when absent).
+fn counter(exposition: &str, series: &str) -> f64 {
+    exposition
+        .lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or(0.0)
 }
 
 /// A second handle on a running node's address (for writer threads); it owns no process.

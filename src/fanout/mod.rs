@@ -14,6 +14,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::registry::Registry;
 use prost::Message;
 
 use crate::cluster::membership::{MemberState, MembershipHandle};
@@ -38,6 +42,35 @@ struct Inner {
     local: Arc<dyn Storage>,
     membership: MembershipHandle,
     client: PeerClient,
+    metrics: FanoutMetrics,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Outcome {
+    outcome: &'static str,
+}
+
+/// Fan-out metrics: requests by outcome (`complete`, `degraded`: answered without some
+/// nodes but complete by replication, `failed`: too many nodes missing).
+#[derive(Clone, Default)]
+pub struct FanoutMetrics {
+    requests: Family<Outcome, Counter>,
+}
+
+impl FanoutMetrics {
+    pub fn register(registry: &mut Registry) -> FanoutMetrics {
+        let m = FanoutMetrics::default();
+        registry.register(
+            "timbala_fanout_requests",
+            "Fanned-out reads by outcome (complete, degraded, failed)",
+            m.requests.clone(),
+        );
+        m
+    }
+
+    fn count(&self, outcome: &'static str) {
+        self.requests.get_or_create(&Outcome { outcome }).inc();
+    }
 }
 
 /// The peers to ask and how many nodes already count as failed (down in the view).
@@ -53,12 +86,14 @@ impl FanoutStorage {
         local: Arc<dyn Storage>,
         membership: MembershipHandle,
         client: PeerClient,
+        metrics: FanoutMetrics,
     ) -> FanoutStorage {
         FanoutStorage {
             inner: Arc::new(Inner {
                 local,
                 membership,
                 client,
+                metrics,
             }),
         }
     }
@@ -119,16 +154,20 @@ impl FanoutStorage {
             }
         }
         if failed > targets.tolerated {
+            self.inner.metrics.count("failed");
             return Err(StorageError::Unavailable(format!(
                 "{failed} nodes failed or are down; at most {} may be for a complete answer",
                 targets.tolerated
             )));
         }
         if failed > 0 {
+            self.inner.metrics.count("degraded");
             tracing::warn!(
                 failed,
                 "fan-out answered without some nodes; complete by replication"
             );
+        } else {
+            self.inner.metrics.count("complete");
         }
         Ok(answers)
     }
