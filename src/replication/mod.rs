@@ -377,6 +377,89 @@ impl Storage for ReplicatingStorage {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cluster::identity::NodeIdentity;
+    use crate::cluster::membership::{ClusterView, Member};
+    use crate::cluster::ring::{RingEntry, RingState};
+    use crate::model::Sample;
+
+    fn view_of(n: u128, down: u128) -> ClusterView {
+        let identity = |i: u128| NodeIdentity {
+            id: NodeId(i),
+            generation: 1,
+            join_seq: Some(i as u64),
+            gossip_addr: format!("127.0.0.1:{}", 7000 + i).parse().expect("addr"),
+            http_addr: format!("127.0.0.1:{}", 9000 + i),
+        };
+        let ring: RingState = (1..=n)
+            .map(|i| RingEntry {
+                id: NodeId(i),
+                join_seq: i as u64,
+                generation: 1,
+                gossip_addr: identity(i).gossip_addr,
+                http_addr: identity(i).http_addr,
+                removed: false,
+            })
+            .collect::<Vec<_>>()
+            .into();
+        ClusterView {
+            local: identity(1),
+            members: (1..=n)
+                .map(|i| Member {
+                    identity: identity(i),
+                    state: if i == down {
+                        MemberState::Down
+                    } else {
+                        MemberState::Alive
+                    },
+                })
+                .collect(),
+            ring: ring.ring(),
+        }
+    }
+
+    fn batch(n: usize) -> Vec<Series> {
+        (0..n)
+            .map(|i| Series {
+                labels: Labels::from_pairs([("__name__", "m".to_string()), ("i", i.to_string())]),
+                samples: vec![Sample::new(1, i as f64)],
+            })
+            .collect()
+    }
+
+    #[test]
+    fn every_series_goes_to_exactly_its_owners() {
+        let view = view_of(5, 3);
+        let (local, shares) = split_by_owner(batch(500), &view, NodeId(1));
+        let mut held: HashMap<NodeId, Vec<Labels>> = HashMap::new();
+        held.insert(NodeId(1), local.into_iter().map(|s| s.labels).collect());
+        for share in shares {
+            assert_eq!(
+                share.http_addr,
+                format!("127.0.0.1:{}", 9000 + share.target.0)
+            );
+            let down = share.target == NodeId(3);
+            assert_eq!(share.state == MemberState::Down, down);
+            held.insert(
+                share.target,
+                share.series.into_iter().map(|s| s.labels).collect(),
+            );
+        }
+        for series in batch(500) {
+            let owners = view.ring.owners(placement::partition_key(&series.labels));
+            assert_eq!(owners.len(), 3);
+            for id in 1..=5u128 {
+                let has = held
+                    .get(&NodeId(id))
+                    .is_some_and(|v| v.contains(&series.labels));
+                assert_eq!(
+                    has,
+                    owners.contains(&NodeId(id)),
+                    "{:?} on {id}",
+                    series.labels
+                );
+            }
+        }
+    }
 
     #[test]
     fn replica_outcomes_count_each_sample_once() {
