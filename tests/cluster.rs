@@ -207,6 +207,25 @@ fn three_nodes_replicate_query_survive_a_kill_and_take_a_fourth() {
         assert_eq!(query_value(&member.node, "count(repl)", t), Some(10_000.0));
     }
     println!("replicated 10k series after {:?}", started.elapsed());
+    let trace = get_response_header(
+        &cluster[1].node.url("/api/v1/query?query=count(repl)"),
+        ("X-Timbala-Trace-Id", "feedc0de"),
+        "x-timbala-trace-id",
+    );
+    assert_eq!(
+        trace.as_deref(),
+        Some("feedc0de"),
+        "the caller's trace id is kept"
+    );
+    let made = get_response_header(
+        &cluster[1].node.url("/-/healthy"),
+        ("Accept", "*/*"),
+        "x-timbala-trace-id",
+    );
+    assert!(
+        made.is_some_and(|t| t.len() == 16),
+        "the edge makes a trace id"
+    );
 
     // Bar 4: SIGKILL one node during a steady write stream.
     let stop = Arc::new(AtomicBool::new(false));

@@ -334,7 +334,11 @@ async fn remote_json<T: serde::de::DeserializeOwned>(
 /// Merges replicas: one series per label set, sorted by labels, with the union of the
 /// replicas' samples in time order; a timestamp present on several replicas is kept once
 /// (the first replica's value: replicas hold the same sample).
-pub fn merge_series(answers: Vec<Vec<Series>>) -> Vec<Series> {
+pub fn merge_series(mut answers: Vec<Vec<Series>>) -> Vec<Series> {
+    if answers.len() == 1 {
+        // One node (a cluster of one): its answer is already sorted and unique.
+        return answers.pop().unwrap_or_default();
+    }
     let mut all: Vec<Series> = answers.into_iter().flatten().collect();
     all.sort_by(|a, b| a.labels.cmp(&b.labels));
     let mut merged: Vec<Series> = Vec::with_capacity(all.len());

@@ -153,6 +153,19 @@ pub fn try_get(url: &str) -> Result<(u16, Vec<u8>), ureq::Error> {
     agent().get(url).call().map(read_response)
 }
 
+/// GET with one request header; returns the value of one response header.
+pub fn get_response_header(url: &str, header: (&str, &str), wanted: &str) -> Option<String> {
+    let resp = agent()
+        .get(url)
+        .header(header.0, header.1)
+        .call()
+        .unwrap_or_else(|e| panic!("GET {url}: {e}"));
+    resp.headers()
+        .get(wanted)
+        .and_then(|v| v.to_str().ok())
+        .map(String::from)
+}
+
 /// GET returning status and body as text.
 pub fn get(url: &str) -> (u16, String) {
     let (status, body) = try_get(url).unwrap_or_else(|e| panic!("GET {url}: {e}"));
