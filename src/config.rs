@@ -295,6 +295,27 @@ mod tests {
     }
 
     #[test]
+    fn http_advertise_defaults_to_a_reachable_bind_address() {
+        let c = Config::parse_from(["timbala"]);
+        assert_eq!(c.http_advertise(), "127.0.0.1:9080");
+        let c = Config::parse_from(["timbala", "--http-bind-addr", "10.1.2.3:9000"]);
+        assert_eq!(c.http_advertise(), "10.1.2.3:9000");
+        let c = Config::parse_from(["timbala", "--http-advertise-addr", "node-a:9080"]);
+        assert_eq!(c.http_advertise(), "node-a:9080");
+    }
+
+    #[test]
+    fn peers_are_accepted_and_reach_membership() {
+        let c = Config::parse_from(["timbala", "--peers", "a:7946,b:7946"]);
+        assert!(c.validate().is_ok());
+        let mc = c.membership_config();
+        assert_eq!(mc.peers, vec!["a:7946".to_string(), "b:7946".to_string()]);
+        assert_eq!(mc.http_advertise_addr, "127.0.0.1:9080");
+        let fast = Config::parse_from(["timbala", "--gossip-profile", "fast"]).membership_config();
+        assert!(fast.swim.probe_period < mc.swim.probe_period);
+    }
+
+    #[test]
     fn defaults_match_the_documented_ports() {
         let c = Config::parse_from(["timbala"]);
         assert_eq!(c.http_bind_addr.port(), 9080);
