@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use clap::Parser;
 
+use crate::cluster::membership::MembershipConfig;
 use crate::promql::EngineOptions;
 use crate::telemetry::LogFormat;
 use crate::tsdb::TsdbOptions;
@@ -41,9 +42,21 @@ pub struct Config {
     #[arg(long, env = "TIMBALA_GOSSIP_ADVERTISE_ADDR")]
     pub gossip_advertise_addr: Option<String>,
 
-    /// Gossip addresses of nodes to join (comma-separated, repeatable).
+    /// Gossip addresses of nodes to join (comma-separated, repeatable). None: a cluster
+    /// of one.
     #[arg(long, env = "TIMBALA_PEERS", value_delimiter = ',')]
     pub peers: Vec<String>,
+
+    /// Gossip timing: `lan` (production) or `fast` (tests: failures detected in about a
+    /// second). Hidden: operators never need it.
+    #[arg(
+        long,
+        env = "TIMBALA_GOSSIP_PROFILE",
+        value_enum,
+        default_value = "lan",
+        hide = true
+    )]
+    pub gossip_profile: GossipProfile,
 
     /// Log filter: error, warn, info, debug, trace, or a tracing directive list.
     #[arg(long, env = "TIMBALA_LOG_LEVEL", default_value = "info")]
@@ -94,6 +107,13 @@ pub struct Config {
     pub query_lookback_delta: Duration,
 }
 
+/// SWIM timing presets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum GossipProfile {
+    Lan,
+    Fast,
+}
+
 /// Parses a Prometheus duration (`1h30m`, `15d`, `250ms`, `0s`).
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     // promql-parser refuses zero durations; flags use `0s` to mean "off".
@@ -126,6 +146,32 @@ pub fn parse_bytes(s: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("size {s:?} is too large"))
 }
 
+/// SWIM timings scaled down about tenfold: a killed node is declared down in about a
+/// second. Costs more gossip traffic; meant for tests on one host.
+fn apply_fast_gossip(mc: &mut MembershipConfig) {
+    use std::num::NonZeroUsize;
+    let swim = &mut mc.swim;
+    swim.probe_period = Duration::from_millis(150);
+    swim.probe_rtt = Duration::from_millis(60);
+    swim.suspect_to_down_after = Duration::from_millis(600);
+    swim.periodic_gossip = Some(foca::PeriodicParams {
+        frequency: Duration::from_millis(50),
+        num_members: NonZeroUsize::new(3).unwrap_or(NonZeroUsize::MIN),
+    });
+    swim.periodic_announce = Some(foca::PeriodicParams {
+        frequency: Duration::from_millis(500),
+        num_members: NonZeroUsize::MIN,
+    });
+    swim.periodic_announce_to_down_members = Some(foca::PeriodicParams {
+        frequency: Duration::from_millis(500),
+        num_members: NonZeroUsize::new(2).unwrap_or(NonZeroUsize::MIN),
+    });
+    mc.settle = Duration::from_millis(300);
+    mc.ring_sync_interval = Duration::from_millis(100);
+    mc.announce_backoff_max = Duration::from_millis(400);
+    mc.reconnect_interval = Duration::from_secs(1);
+}
+
 fn millis(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
@@ -152,14 +198,38 @@ impl Config {
         }
     }
 
+    /// Where other nodes reach this node's HTTP API: the advertise flag, else the bind
+    /// address, with a wildcard bind replaced by loopback (single-host clusters; set the
+    /// flag for multi-host ones).
+    pub fn http_advertise(&self) -> String {
+        if let Some(addr) = &self.http_advertise_addr {
+            return addr.clone();
+        }
+        let bind = self.http_bind_addr;
+        if bind.ip().is_unspecified() {
+            format!("127.0.0.1:{}", bind.port())
+        } else {
+            bind.to_string()
+        }
+    }
+
+    /// Membership settings of this node.
+    pub fn membership_config(&self) -> MembershipConfig {
+        let mut mc = MembershipConfig::new(
+            self.data_directory.clone(),
+            self.gossip_bind_addr,
+            self.http_advertise(),
+        );
+        mc.advertise_addr = self.gossip_advertise_addr.clone();
+        mc.peers = self.peers.clone();
+        if self.gossip_profile == GossipProfile::Fast {
+            apply_fast_gossip(&mut mc);
+        }
+        mc
+    }
+
     /// Rejects combinations that parse but cannot work.
     pub fn validate(&self) -> Result<(), String> {
-        if !self.peers.is_empty() {
-            return Err(
-                "--peers: clustering is not available in this version yet; run without --peers"
-                    .into(),
-            );
-        }
         if self.block_duration < Duration::from_secs(60) {
             return Err("--block-duration must be at least 1m".into());
         }
@@ -222,6 +292,27 @@ mod tests {
         assert_eq!(parse_duration("1h30m"), Ok(Duration::from_secs(5400)));
         assert_eq!(parse_duration("15d"), Ok(Duration::from_secs(15 * 86400)));
         assert!(parse_duration("fortnight").is_err());
+    }
+
+    #[test]
+    fn http_advertise_defaults_to_a_reachable_bind_address() {
+        let c = Config::parse_from(["timbala"]);
+        assert_eq!(c.http_advertise(), "127.0.0.1:9080");
+        let c = Config::parse_from(["timbala", "--http-bind-addr", "10.1.2.3:9000"]);
+        assert_eq!(c.http_advertise(), "10.1.2.3:9000");
+        let c = Config::parse_from(["timbala", "--http-advertise-addr", "node-a:9080"]);
+        assert_eq!(c.http_advertise(), "node-a:9080");
+    }
+
+    #[test]
+    fn peers_are_accepted_and_reach_membership() {
+        let c = Config::parse_from(["timbala", "--peers", "a:7946,b:7946"]);
+        assert!(c.validate().is_ok());
+        let mc = c.membership_config();
+        assert_eq!(mc.peers, vec!["a:7946".to_string(), "b:7946".to_string()]);
+        assert_eq!(mc.http_advertise_addr, "127.0.0.1:9080");
+        let fast = Config::parse_from(["timbala", "--gossip-profile", "fast"]).membership_config();
+        assert!(fast.swim.probe_period < mc.swim.probe_period);
     }
 
     #[test]

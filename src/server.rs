@@ -1,5 +1,6 @@
-//! Wiring of one node: metrics registry, storage, engine and HTTP server, and the
-//! orderly shutdown on SIGTERM (stop accepting, finish in-flight requests, close the WAL).
+//! Wiring of one node: metrics registry, storage, cluster membership, engine and HTTP
+//! server, and the orderly shutdown on SIGTERM (leave the cluster, stop accepting,
+//! finish in-flight requests, close the WAL).
 //!
 //! Owns: process lifecycle. Calls every box's constructor; no box calls it.
 
@@ -10,9 +11,15 @@ use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::api::{self, AppState, NodeServices, ServerInfo};
+use crate::api::{self, AppState, ClusterServices, NodeServices, ServerInfo};
+use crate::cluster::membership::{ClusterMetrics, Membership};
 use crate::config::Config;
+use crate::fanout::{FanoutMetrics, FanoutStorage, Split};
+use crate::peer::{PeerClient, PeerMetrics};
 use crate::promql::Engine;
+use crate::replication::hints::{HandoffMetrics, HintStore};
+use crate::replication::{handoff, ReplicatingStorage};
+use crate::storage::Storage;
 use crate::telemetry::{self, http::HttpMetrics};
 use crate::tsdb::{Tsdb, TsdbMetrics};
 
@@ -22,6 +29,10 @@ pub async fn run(config: Config) -> Result<(), String> {
     telemetry::register_process_metrics(&mut registry);
     let http_metrics = HttpMetrics::register(&mut registry);
     let tsdb_metrics = TsdbMetrics::register(&mut registry);
+    let cluster_metrics = ClusterMetrics::register(&mut registry);
+    let peer_metrics = PeerMetrics::register(&mut registry);
+    let handoff_metrics = HandoffMetrics::register(&mut registry);
+    let fanout_metrics = FanoutMetrics::register(&mut registry);
 
     let info = ServerInfo {
         start_time: SystemTime::now(),
@@ -37,10 +48,12 @@ pub async fn run(config: Config) -> Result<(), String> {
     tracing::info!(addr = %config.http_bind_addr, "HTTP API listening");
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
-    let app = api::router(state.clone()).layer(axum::middleware::from_fn_with_state(
-        http_metrics,
-        telemetry::http::track,
-    ));
+    let app = api::router(state.clone())
+        .layer(axum::middleware::from_fn(crate::peer::edge_trace))
+        .layer(axum::middleware::from_fn_with_state(
+            http_metrics,
+            telemetry::http::track,
+        ));
     let server = tokio::spawn(async move {
         let mut rx = shutdown_rx;
         axum::serve(listener, app)
@@ -51,13 +64,44 @@ pub async fn run(config: Config) -> Result<(), String> {
     });
 
     let tsdb = open_storage(&config, tsdb_metrics).await?;
+    let mut membership_config = config.membership_config();
+    membership_config.metrics = cluster_metrics;
+    let (membership, membership_task) = Membership::start(membership_config)
+        .await
+        .map_err(|e| format!("cannot start cluster membership: {e}"))?;
+    let hints = HintStore::open(&config.data_directory, handoff_metrics)
+        .map_err(|e| format!("cannot open the hint directory: {e}"))?;
+    let hints = Arc::new(hints);
+    let client = PeerClient::new(peer_metrics);
+    let local: Arc<dyn Storage> = Arc::new(tsdb.clone());
+    let writes = ReplicatingStorage::new(
+        local.clone(),
+        membership.clone(),
+        client.clone(),
+        hints.clone(),
+    );
+    let reads = FanoutStorage::new(local, membership.clone(), client.clone(), fanout_metrics);
+    let handoff_task = handoff::spawn(hints.clone(), membership.clone(), client);
     state.set_ready(NodeServices {
-        storage: Arc::new(tsdb.clone()),
+        storage: Arc::new(Split {
+            writes: Arc::new(writes),
+            reads: Arc::new(reads),
+        }),
         tsdb: tsdb.clone(),
+        cluster: ClusterServices {
+            membership: membership.clone(),
+            hints,
+        },
     });
     tracing::info!(dir = %config.data_directory.display(), "storage open; node ready");
 
     wait_for_signal().await;
+    tracing::info!("shutting down: leaving the cluster");
+    membership.leave().await;
+    if let Err(e) = membership_task.await {
+        tracing::warn!(error = %e, "membership task failed");
+    }
+    handoff_task.abort();
     tracing::info!("shutting down: draining HTTP requests");
     let _ = shutdown_tx.send(true);
     match server.await {

@@ -3,12 +3,15 @@
 //! Owns: routing, request parsing, response and error formats. Submodules by endpoint
 //! family: `health` (/-/healthy, /-/ready, /metrics), `write` (remote write), `read`
 //! (remote read), `admin` (TSDB admin), `query` (PromQL and series/labels endpoints),
-//! `status` (build, runtime, flags, tsdb), `federate`. Calls `ingest`, `promql`,
+//! `status` (build, runtime, flags, tsdb, cluster), `federate`, `internal` (node-to-node).
+//! Calls `ingest`, `promql`,
 //! `storage` (and the local `tsdb` for admin and status) — never the other way round.
 
 pub mod admin;
+pub mod cluster_status;
 pub mod federate;
 pub mod health;
+pub mod internal;
 pub mod json;
 pub mod params;
 pub mod query;
@@ -25,8 +28,10 @@ use axum::Router;
 use prometheus_client::registry::Registry;
 use serde::Serialize;
 
+use crate::cluster::membership::MembershipHandle;
 use crate::ingest::IngestMetrics;
 use crate::promql::Engine;
+use crate::replication::hints::HintStore;
 use crate::storage::Storage;
 use crate::tsdb::Tsdb;
 
@@ -34,8 +39,16 @@ use crate::tsdb::Tsdb;
 pub struct NodeServices {
     /// The storage every read and write goes through.
     pub storage: Arc<dyn Storage>,
-    /// The local database, for admin and status endpoints.
+    /// The local database, for admin and status endpoints and the internal endpoints.
     pub tsdb: Tsdb,
+    /// Membership and hints, for the cluster status endpoint.
+    pub cluster: ClusterServices,
+}
+
+/// What the cluster status endpoint reads.
+pub struct ClusterServices {
+    pub membership: MembershipHandle,
+    pub hints: Arc<HintStore>,
 }
 
 /// Static facts about this process for the status endpoints.
@@ -120,6 +133,8 @@ pub fn router(state: AppState) -> Router {
         .merge(query::routes())
         .merge(status::routes())
         .merge(federate::routes())
+        .merge(internal::routes())
+        .merge(cluster_status::routes())
         .with_state(state)
 }
 

@@ -63,11 +63,25 @@ async fn remote_read(State(state): State<AppState>, headers: HeaderMap, body: Bo
         Ok(services) => services.storage.clone(),
         Err(err) => return plain_text(err.status, &err.message),
     };
-    let body = match read_limited(&headers, body, MAX_READ_REQUEST_BYTES).await {
+    answer_read(storage.as_ref(), &headers, body).await
+}
+
+/// `POST /internal/v1/read-local`: remote read of this node's own data only (no
+/// fan-out): the fan-out's internal select, and a debugging aid.
+pub async fn local_read(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Response {
+    let tsdb = match state.services() {
+        Ok(services) => services.tsdb.clone(),
+        Err(err) => return plain_text(err.status, &err.message),
+    };
+    answer_read(&tsdb, &headers, body).await
+}
+
+async fn answer_read(storage: &dyn Storage, headers: &HeaderMap, body: Body) -> Response {
+    let body = match read_limited(headers, body, MAX_READ_REQUEST_BYTES).await {
         Ok(body) => body,
         Err(response) => return response,
     };
-    match answer(storage.as_ref(), body).await {
+    match answer(storage, body).await {
         Ok(response) => response,
         Err(ReadFailure { status, message }) => plain_text(status, &message),
     }

@@ -122,7 +122,7 @@ pub enum MemberState {
 }
 
 impl MemberState {
-    fn label(self) -> &'static str {
+    pub fn label(self) -> &'static str {
         match self {
             MemberState::Alive => "alive",
             MemberState::Suspect => "suspect",

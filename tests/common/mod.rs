@@ -37,28 +37,48 @@ impl Node {
     pub fn start_in(data_dir: &Path, extra_args: &[&str]) -> Node {
         let http_addr = format!("127.0.0.1:{}", free_port());
         let gossip_addr = format!("127.0.0.1:{}", free_port());
+        let node = Node::spawn_at(data_dir, &http_addr, &gossip_addr, extra_args);
+        node.wait_ready(Duration::from_secs(60));
+        node
+    }
+
+    /// Starts a node at given addresses without waiting for readiness.
+    pub fn spawn_at(
+        data_dir: &Path,
+        http_addr: &str,
+        gossip_addr: &str,
+        extra_args: &[&str],
+    ) -> Node {
         let child = Command::new(env!("CARGO_BIN_EXE_timbala"))
             .arg("--data-directory")
             .arg(data_dir)
             .args([
                 "--http-bind-addr",
-                &http_addr,
+                http_addr,
                 "--gossip-bind-addr",
-                &gossip_addr,
+                gossip_addr,
             ])
             .args(["--log-level", "warn"])
             .args(extra_args)
             .stdin(Stdio::null())
             .spawn()
             .expect("spawn timbala");
-        let node = Node {
+        Node {
             child: Some(child),
-            http_addr,
+            http_addr: http_addr.to_string(),
             data_dir: data_dir.to_path_buf(),
             _tmp: None,
-        };
-        node.wait_ready(Duration::from_secs(60));
-        node
+        }
+    }
+
+    /// A handle on a node some other `Node` runs: talks HTTP to it, owns no process.
+    pub fn handle(http_addr: &str) -> Node {
+        Node {
+            child: None,
+            http_addr: http_addr.to_string(),
+            data_dir: PathBuf::new(),
+            _tmp: None,
+        }
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -133,6 +153,19 @@ pub fn try_get(url: &str) -> Result<(u16, Vec<u8>), ureq::Error> {
     agent().get(url).call().map(read_response)
 }
 
+/// GET with one request header; returns the value of one response header.
+pub fn get_response_header(url: &str, header: (&str, &str), wanted: &str) -> Option<String> {
+    let resp = agent()
+        .get(url)
+        .header(header.0, header.1)
+        .call()
+        .unwrap_or_else(|e| panic!("GET {url}: {e}"));
+    resp.headers()
+        .get(wanted)
+        .and_then(|v| v.to_str().ok())
+        .map(String::from)
+}
+
 /// GET returning status and body as text.
 pub fn get(url: &str) -> (u16, String) {
     let (status, body) = try_get(url).unwrap_or_else(|e| panic!("GET {url}: {e}"));
@@ -200,6 +233,147 @@ pub fn ts(labels: &[(&str, &str)], samples: &[(i64, f64)]) -> proto::TimeSeries 
             .collect(),
         ..Default::default()
     }
+}
+
+/// A series as remote read returns it: sorted (name, value) labels and (ms, value) samples.
+pub type ReadSeries = (Vec<(String, String)>, Vec<(i64, f64)>);
+
+/// Remote read (SAMPLES response) of one query at `path` (`/api/v1/read`, or a node's
+/// local-only `/internal/v1/read-local`); series come back as the server orders them.
+pub fn read_samples_at(
+    node: &Node,
+    path: &str,
+    matchers: Vec<proto::LabelMatcher>,
+    start_ms: i64,
+    end_ms: i64,
+) -> Result<Vec<ReadSeries>, String> {
+    use prost::Message;
+    let req = proto::ReadRequest {
+        queries: vec![proto::Query {
+            start_timestamp_ms: start_ms,
+            end_timestamp_ms: end_ms,
+            matchers,
+            hints: None,
+        }],
+        accepted_response_types: vec![proto::ResponseType::Samples as i32],
+    };
+    let (status, body) = post(
+        &node.url(path),
+        &[
+            ("Content-Type", "application/x-protobuf"),
+            ("Content-Encoding", "snappy"),
+            ("X-Prometheus-Remote-Read-Version", "0.1.0"),
+        ],
+        &proto::encode_snappy(&req),
+    );
+    if status != 200 {
+        return Err(format!(
+            "remote read answered {status}: {}",
+            String::from_utf8_lossy(&body)
+        ));
+    }
+    let raw = snap::raw::Decoder::new()
+        .decompress_vec(&body)
+        .map_err(|e| format!("snappy: {e}"))?;
+    let resp = proto::ReadResponse::decode(raw.as_slice()).map_err(|e| format!("protobuf: {e}"))?;
+    let result = resp.results.into_iter().next().ok_or("no query result")?;
+    Ok(result
+        .timeseries
+        .into_iter()
+        .map(|ts| {
+            let labels = ts.labels.into_iter().map(|l| (l.name, l.value)).collect();
+            let samples = ts
+                .samples
+                .into_iter()
+                .map(|s| (s.timestamp, s.value))
+                .collect();
+            (labels, samples)
+        })
+        .collect())
+}
+
+/// An equality matcher for remote read.
+pub fn eq(name: &str, value: &str) -> proto::LabelMatcher {
+    proto::LabelMatcher {
+        r#type: proto::MatcherType::Eq as i32,
+        name: name.into(),
+        value: value.into(),
+    }
+}
+
+/// A cluster member: a node plus the addresses it was started at, so it can be restarted
+/// at the same place.
+pub struct ClusterNode {
+    pub node: Node,
+    pub gossip_addr: String,
+    pub peers: Vec<String>,
+    pub dir: tempfile::TempDir,
+}
+
+impl ClusterNode {
+    fn args(&self) -> Vec<String> {
+        vec![
+            "--peers".into(),
+            self.peers.join(","),
+            "--gossip-profile".into(),
+            "fast".into(),
+        ]
+    }
+
+    /// Starts (or restarts) the process at the same addresses and data directory.
+    pub fn spawn(&mut self) {
+        let args = self.args();
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let http = self.node.http_addr.clone();
+        self.node = Node::spawn_at(
+            &self.dir.path().join("data"),
+            &http,
+            &self.gossip_addr,
+            &args,
+        );
+    }
+}
+
+/// Starts `n` nodes on 127.0.0.1 with fast gossip, each listing the others (and any
+/// `existing` gossip addresses) as peers; waits until all are ready.
+pub fn start_cluster(n: usize, existing: &[String]) -> Vec<ClusterNode> {
+    let addrs: Vec<(String, String)> = (0..n)
+        .map(|_| {
+            (
+                format!("127.0.0.1:{}", free_port()),
+                format!("127.0.0.1:{}", free_port()),
+            )
+        })
+        .collect();
+    let mut nodes = Vec::new();
+    for (i, (http, gossip)) in addrs.iter().enumerate() {
+        let mut peers: Vec<String> = existing.to_vec();
+        peers.extend(
+            addrs
+                .iter()
+                .enumerate()
+                .filter(|(j, _)| *j != i)
+                .map(|(_, (_, g))| g.clone()),
+        );
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut member = ClusterNode {
+            node: Node {
+                child: None,
+                http_addr: http.clone(),
+                data_dir: dir.path().join("data"),
+                _tmp: None,
+            },
+            gossip_addr: gossip.clone(),
+            peers,
+            dir,
+        };
+        member.spawn();
+        nodes.push(member);
+    }
+    for member in &nodes {
+        member.node.wait_ready(Duration::from_secs(60));
+    }
+    nodes
 }
 
 /// Value of an unlabelled metric line (`name value`) or of the first line starting with

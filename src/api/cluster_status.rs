@@ -1,0 +1,115 @@
+//! `GET /api/v1/status/cluster`: members, join order, key-space share and handoff backlog.
+//!
+//! Owns: the JSON shape of the cluster status. The share a node owns is measured by
+//! running 10,000 fixed pseudo-random partition keys through placement: the fraction of
+//! keys of which the node is one of the owners (so shares add up to the replication
+//! factor, 3, with three or more nodes). Calls the membership view, `placement` through
+//! the ring, and the hint store.
+
+use axum::extract::State;
+use axum::response::Response;
+use axum::routing::get;
+use axum::Router;
+use serde::Serialize;
+
+use super::{success, ApiError, AppState};
+use crate::cluster::ring::Ring;
+
+const SHARE_SAMPLE_KEYS: u64 = 10_000;
+
+pub fn routes() -> Router<AppState> {
+    Router::new().route("/api/v1/status/cluster", get(cluster_status))
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ClusterStatus {
+    local: String,
+    members: Vec<MemberStatus>,
+    /// Node ids in join order: jump-hash bucket i is `joinOrder[i]`.
+    join_order: Vec<String>,
+    handoff_backlog: Vec<BacklogStatus>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct MemberStatus {
+    id: String,
+    gossip_addr: String,
+    http_addr: String,
+    state: &'static str,
+    join_seq: Option<u64>,
+    /// Fraction of the partition-key space this node holds a replica of.
+    key_share: f64,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct BacklogStatus {
+    target: String,
+    batches: u64,
+    bytes: u64,
+}
+
+async fn cluster_status(State(state): State<AppState>) -> Result<Response, ApiError> {
+    let cluster = &state.services()?.cluster;
+    let view = cluster.membership.view();
+    let shares = key_shares(&view.ring);
+    let members = view
+        .members
+        .iter()
+        .map(|m| MemberStatus {
+            id: m.identity.id.to_string(),
+            gossip_addr: m.identity.gossip_addr.to_string(),
+            http_addr: m.identity.http_addr.clone(),
+            state: m.state.label(),
+            join_seq: m.identity.join_seq,
+            key_share: view.ring.position(m.identity.id).map_or(0.0, |i| shares[i]),
+        })
+        .collect();
+    let body = ClusterStatus {
+        local: view.local.id.to_string(),
+        members,
+        join_order: view
+            .ring
+            .nodes_in_join_order()
+            .iter()
+            .map(|n| n.id.to_string())
+            .collect(),
+        handoff_backlog: cluster
+            .hints
+            .backlog()
+            .into_iter()
+            .map(|b| BacklogStatus {
+                target: b.target.to_string(),
+                batches: b.batches,
+                bytes: b.bytes,
+            })
+            .collect(),
+    };
+    Ok(success(body, &[], &[]))
+}
+
+/// Per ring position, the fraction of sampled keys it owns a replica of.
+fn key_shares(ring: &Ring) -> Vec<f64> {
+    let mut owned = vec![0u64; ring.len()];
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    for _ in 0..SHARE_SAMPLE_KEYS {
+        let key = splitmix64(&mut state);
+        for position in ring.owner_positions(key) {
+            owned[position] += 1;
+        }
+    }
+    owned
+        .into_iter()
+        .map(|n| n as f64 / SHARE_SAMPLE_KEYS as f64)
+        .collect()
+}
+
+fn splitmix64(state: &mut u64) -> u64 {
+    *state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    let mut z = *state;
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}

@@ -1,0 +1,170 @@
+//! Node-to-node endpoints (`/internal/v1/...`): the receiving side of replication and
+//! fan-out, and local-only reads for tests and debugging.
+//!
+//! Owns: `POST /internal/v1/write` (an already-routed batch: stored in the local TSDB,
+//! never forwarded again; answers the append outcome as JSON), `POST
+//! /internal/v1/read-local` (remote read of this node's data only, SAMPLES answers), and
+//! `POST /internal/v1/{series,labels,label-values}` (JSON, `peer::WireLabelRequest`).
+//! Every handler logs the caller's trace id. Calls `ingest` (decoding), `peer` (wire
+//! shapes), `fanout::labels_to_pairs`, the remote-read helpers of `read`, and the local
+//! `tsdb` through `storage::Storage`.
+
+use axum::body::{Body, Bytes};
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::Router;
+use http_body_util::BodyExt;
+use tracing::Instrument;
+
+use super::AppState;
+use crate::fanout::labels_to_pairs;
+use crate::ingest::{self, DecodeLimits};
+use crate::peer::{self, WireLabelRequest};
+use crate::replication::WireOutcome;
+use crate::storage::{LabelRequest, Storage};
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route(peer::WRITE_PATH, post(internal_write))
+        .route(peer::READ_LOCAL_PATH, post(super::read::local_read))
+        .route(peer::SERIES_PATH, post(internal_series))
+        .route(peer::LABELS_PATH, post(internal_labels))
+        .route(peer::LABEL_VALUES_PATH, post(internal_label_values))
+}
+
+fn trace_id(headers: &HeaderMap) -> String {
+    headers
+        .get(peer::TRACE_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string()
+}
+
+fn error(status: StatusCode, message: impl Into<String>) -> Response {
+    (status, message.into()).into_response()
+}
+
+async fn read_body(body: Body, limit: usize) -> Result<Bytes, Response> {
+    http_body_util::Limited::new(body, limit)
+        .collect()
+        .await
+        .map(|c| c.to_bytes())
+        .map_err(|e| error(StatusCode::BAD_REQUEST, format!("reading body: {e}")))
+}
+
+async fn internal_write(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Response {
+    let span = tracing::info_span!("internal_write", trace_id = %trace_id(&headers));
+    async move {
+        if !headers.contains_key(peer::ROUTED_HEADER) {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "internal writes must be marked as routed",
+            );
+        }
+        let tsdb = match state.services() {
+            Ok(services) => services.tsdb.clone(),
+            Err(e) => return error(e.status, e.message),
+        };
+        let max_body = state.info().max_write_body_bytes;
+        let body = match read_body(body, max_body).await {
+            Ok(b) => b,
+            Err(r) => return r,
+        };
+        let limits = DecodeLimits::for_body_limit(max_body);
+        let decoded = tokio::task::spawn_blocking(move || {
+            ingest::decode_write_request(
+                Some("application/x-protobuf"),
+                Some("snappy"),
+                &body,
+                &limits,
+            )
+        })
+        .await;
+        let decoded = match decoded {
+            Ok(Ok(d)) => d,
+            Ok(Err(e)) => return error(StatusCode::BAD_REQUEST, e.to_string()),
+            Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        };
+        match tsdb.append(decoded.series).await {
+            Ok(outcome) => axum::Json(WireOutcome::from_outcome(&outcome)).into_response(),
+            Err(e) => {
+                tracing::warn!(error = %e, "internal write: local storage failed");
+                error(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
+            }
+        }
+    }
+    .instrument(span)
+    .await
+}
+
+/// Decodes a label request, runs `answer` on the local TSDB and returns JSON.
+async fn label_answer<T, F>(state: AppState, headers: HeaderMap, body: Body, answer: F) -> Response
+where
+    T: serde::Serialize,
+    F: AsyncFnOnce(crate::tsdb::Tsdb, WireLabelRequest, LabelRequest) -> Result<T, String>,
+{
+    let span = tracing::info_span!("internal_labels", trace_id = %trace_id(&headers));
+    async move {
+        let tsdb = match state.services() {
+            Ok(services) => services.tsdb.clone(),
+            Err(e) => return error(e.status, e.message),
+        };
+        let body = match read_body(body, 16 << 20).await {
+            Ok(b) => b,
+            Err(r) => return r,
+        };
+        let wire: WireLabelRequest = match serde_json::from_slice(&body) {
+            Ok(w) => w,
+            Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
+        };
+        let request = match wire.to_request() {
+            Ok(r) => r,
+            Err(e) => return error(StatusCode::BAD_REQUEST, e),
+        };
+        match answer(tsdb, wire, request).await {
+            Ok(value) => axum::Json(value).into_response(),
+            Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e),
+        }
+    }
+    .instrument(span)
+    .await
+}
+
+async fn internal_series(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    label_answer(state, headers, body, async |tsdb, _, req| {
+        let series = tsdb.series(req).await.map_err(|e| e.to_string())?;
+        Ok(series.into_iter().map(labels_to_pairs).collect::<Vec<_>>())
+    })
+    .await
+}
+
+async fn internal_labels(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    label_answer(state, headers, body, async |tsdb, _, req| {
+        tsdb.label_names(req).await.map_err(|e| e.to_string())
+    })
+    .await
+}
+
+async fn internal_label_values(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    label_answer(state, headers, body, async |tsdb, wire, req| {
+        let name = wire.name.ok_or("label-values needs a label name")?;
+        tsdb.label_values(name, req)
+            .await
+            .map_err(|e| e.to_string())
+    })
+    .await
+}

@@ -1,0 +1,349 @@
+//! The node-to-node HTTP client and the internal wire contract both sides share.
+//!
+//! Owns: one pooled hyper client (persistent keep-alive connections per peer), the
+//! internal paths and headers (`X-Timbala-Routed`, `X-Timbala-Trace-Id`), the per-peer
+//! forwarding metrics, and the JSON shapes of the internal label requests. Called by
+//! `replication` (writes, hint replay), `fanout` (reads) and `api::internal` (the
+//! receiving side). Calls hyper and `model`/`storage` types only.
+
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+use serde::{Deserialize, Serialize};
+
+use crate::model::{MatchOp, Matcher};
+use crate::storage::LabelRequest;
+
+pub const WRITE_PATH: &str = "/internal/v1/write";
+pub const READ_LOCAL_PATH: &str = "/internal/v1/read-local";
+pub const SERIES_PATH: &str = "/internal/v1/series";
+pub const LABELS_PATH: &str = "/internal/v1/labels";
+pub const LABEL_VALUES_PATH: &str = "/internal/v1/label-values";
+
+/// Marks a write as already routed: the receiver stores it locally and never forwards.
+pub const ROUTED_HEADER: &str = "x-timbala-routed";
+/// Follows one client request across nodes; logged in every span that handles it.
+pub const TRACE_HEADER: &str = "x-timbala-trace-id";
+
+/// Largest internal response body read into memory.
+const MAX_RESPONSE_BYTES: usize = 1 << 30;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PeerOp {
+    peer: String,
+    op: &'static str,
+}
+
+/// Per-peer request metrics. Labels carry the peer's HTTP address.
+#[derive(Clone)]
+pub struct PeerMetrics {
+    requests: Family<PeerOp, Counter>,
+    errors: Family<PeerOp, Counter>,
+    samples: Family<PeerOp, Counter>,
+    latency: Family<PeerOp, Histogram>,
+}
+
+impl Default for PeerMetrics {
+    fn default() -> Self {
+        PeerMetrics {
+            requests: Family::default(),
+            errors: Family::default(),
+            samples: Family::default(),
+            latency: Family::new_with_constructor(latency_histogram),
+        }
+    }
+}
+
+fn latency_histogram() -> Histogram {
+    Histogram::new([0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0])
+}
+
+impl PeerMetrics {
+    pub fn register(registry: &mut Registry) -> PeerMetrics {
+        let m = PeerMetrics::default();
+        let r = registry.sub_registry_with_prefix("timbala_peer");
+        r.register(
+            "requests",
+            "Internal requests sent to a peer, by operation",
+            m.requests.clone(),
+        );
+        r.register(
+            "errors",
+            "Internal requests to a peer that failed (transport or 5xx)",
+            m.errors.clone(),
+        );
+        r.register(
+            "samples",
+            "Samples sent to a peer in internal writes",
+            m.samples.clone(),
+        );
+        r.register(
+            "request_duration_seconds",
+            "Latency of internal requests to a peer",
+            m.latency.clone(),
+        );
+        m
+    }
+
+    /// Counts samples forwarded to a peer.
+    pub fn add_samples(&self, peer: &str, op: &'static str, n: u64) {
+        let key = PeerOp {
+            peer: peer.to_string(),
+            op,
+        };
+        self.samples.get_or_create(&key).inc_by(n);
+    }
+}
+
+/// A failed internal request: the peer could not be reached, timed out, or answered 5xx.
+#[derive(Debug)]
+pub struct PeerError(pub String);
+
+impl std::fmt::Display for PeerError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A 2xx or 4xx answer (4xx: the peer refused the data; retrying will not help).
+pub struct PeerResponse {
+    pub status: u16,
+    pub body: Bytes,
+}
+
+/// The pooled client. Cheap to clone; connections are shared by all clones.
+#[derive(Clone)]
+pub struct PeerClient {
+    client: Client<HttpConnector, Full<Bytes>>,
+    metrics: PeerMetrics,
+}
+
+impl PeerClient {
+    pub fn new(metrics: PeerMetrics) -> PeerClient {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(Duration::from_secs(2)));
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(90))
+            .pool_max_idle_per_host(16)
+            .build(connector);
+        PeerClient { client, metrics }
+    }
+
+    pub fn metrics(&self) -> &PeerMetrics {
+        &self.metrics
+    }
+
+    /// POSTs `body` to `http://<peer><path>` and reads the answer within `deadline`.
+    pub async fn post(
+        &self,
+        peer: &str,
+        path: &str,
+        op: &'static str,
+        headers: &[(&str, &str)],
+        body: Vec<u8>,
+        deadline: Duration,
+    ) -> Result<PeerResponse, PeerError> {
+        let key = PeerOp {
+            peer: peer.to_string(),
+            op,
+        };
+        self.metrics.requests.get_or_create(&key).inc();
+        let started = Instant::now();
+        let result = tokio::time::timeout(deadline, self.send(peer, path, headers, body))
+            .await
+            .unwrap_or_else(|_| {
+                Err(PeerError(format!(
+                    "{peer}{path}: no answer in {deadline:?}"
+                )))
+            });
+        self.metrics
+            .latency
+            .get_or_create(&key)
+            .observe(started.elapsed().as_secs_f64());
+        if result.is_err() {
+            self.metrics.errors.get_or_create(&key).inc();
+        }
+        result
+    }
+
+    async fn send(
+        &self,
+        peer: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Vec<u8>,
+    ) -> Result<PeerResponse, PeerError> {
+        let mut builder = hyper::Request::post(format!("http://{peer}{path}"));
+        for (name, value) in headers {
+            builder = builder.header(*name, *value);
+        }
+        let request = builder
+            .body(Full::new(Bytes::from(body)))
+            .map_err(|e| PeerError(format!("{peer}{path}: bad request: {e}")))?;
+        let response = self
+            .client
+            .request(request)
+            .await
+            .map_err(|e| PeerError(format!("{peer}{path}: {e}")))?;
+        let status = response.status().as_u16();
+        let body = http_body_util::Limited::new(response.into_body(), MAX_RESPONSE_BYTES)
+            .collect()
+            .await
+            .map_err(|e| PeerError(format!("{peer}{path}: reading the answer: {e}")))?
+            .to_bytes();
+        if status >= 500 {
+            let text = String::from_utf8_lossy(&body[..body.len().min(512)]).into_owned();
+            return Err(PeerError(format!("{peer}{path}: {status}: {text}")));
+        }
+        Ok(PeerResponse { status, body })
+    }
+}
+
+tokio::task_local! {
+    static TRACE_ID: String;
+}
+
+/// The trace id of the request being served (set by `edge_trace`), or a new one.
+pub fn current_trace_id() -> String {
+    TRACE_ID
+        .try_with(String::clone)
+        .unwrap_or_else(|_| new_trace_id())
+}
+
+/// Runs `fut` with `trace_id` as the current trace id (re-enter it after a hop to a
+/// blocking thread or a spawned task, which do not inherit it).
+pub async fn with_trace_id<F: std::future::Future>(trace_id: String, fut: F) -> F::Output {
+    TRACE_ID.scope(trace_id, fut).await
+}
+
+/// Edge middleware: takes the caller's `X-Timbala-Trace-Id` (another node, or a client
+/// that has one) or makes a new one, serves the request inside a span that logs it and
+/// with it as the current trace id, and returns it in the response header.
+pub async fn edge_trace(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use tracing::Instrument;
+    let trace_id = request
+        .headers()
+        .get(TRACE_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty() && v.len() <= 64)
+        .map(str::to_string)
+        .unwrap_or_else(new_trace_id);
+    let span = tracing::info_span!("request", trace_id = %trace_id, path = %request.uri().path());
+    let mut response = with_trace_id(trace_id.clone(), next.run(request))
+        .instrument(span)
+        .await;
+    if let Ok(value) = axum::http::HeaderValue::from_str(&trace_id) {
+        response.headers_mut().insert(TRACE_HEADER, value);
+    }
+    response
+}
+
+/// A new trace id: 16 hex digits, unique per process (a counter mixed with a per-process
+/// random seed, so ids of different nodes do not collide either).
+pub fn new_trace_id() -> String {
+    use rand::{Rng, SeedableRng};
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::OnceLock;
+    static SEED: OnceLock<u64> = OnceLock::new();
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let seed = *SEED.get_or_init(|| rand::rngs::StdRng::from_os_rng().random());
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let mut z = seed ^ n.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    format!("{:016x}", z ^ (z >> 31))
+}
+
+/// A label request on the wire (`/internal/v1/series`, `labels`, `label-values`).
+#[derive(Debug, Serialize, Deserialize)]
+pub struct WireLabelRequest {
+    /// (name, op as in PromQL: `=`, `!=`, `=~`, `!~`, value).
+    pub matchers: Vec<(String, String, String)>,
+    pub mint: i64,
+    pub maxt: i64,
+    /// The label whose values are asked for (`label-values` only).
+    #[serde(default)]
+    pub name: Option<String>,
+}
+
+impl WireLabelRequest {
+    pub fn from_request(req: &LabelRequest, name: Option<String>) -> Self {
+        WireLabelRequest {
+            matchers: req.matchers.iter().map(wire_matcher).collect(),
+            mint: req.mint,
+            maxt: req.maxt,
+            name,
+        }
+    }
+
+    /// Back to a storage request; a bad operator or regex is an error, never a panic.
+    pub fn to_request(&self) -> Result<LabelRequest, String> {
+        Ok(LabelRequest {
+            matchers: self
+                .matchers
+                .iter()
+                .map(|(n, op, v)| matcher_from_wire(n, op, v))
+                .collect::<Result<_, _>>()?,
+            mint: self.mint,
+            maxt: self.maxt,
+        })
+    }
+}
+
+pub fn wire_matcher(m: &Matcher) -> (String, String, String) {
+    (m.name.clone(), m.op.as_str().to_string(), m.value.clone())
+}
+
+pub fn matcher_from_wire(name: &str, op: &str, value: &str) -> Result<Matcher, String> {
+    let op = match op {
+        "=" => MatchOp::Equal,
+        "!=" => MatchOp::NotEqual,
+        "=~" => MatchOp::RegexMatch,
+        "!~" => MatchOp::RegexNoMatch,
+        other => return Err(format!("unknown matcher operator {other:?}")),
+    };
+    Matcher::new(op, name, value).map_err(|e| format!("invalid regex for {name}: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn label_requests_survive_the_wire() {
+        let req = LabelRequest {
+            matchers: vec![
+                Matcher::equal("job", "a"),
+                Matcher::new(MatchOp::RegexNoMatch, "x", "b.*").expect("regex"),
+            ],
+            mint: 5,
+            maxt: 9,
+        };
+        let wire = WireLabelRequest::from_request(&req, Some("job".into()));
+        let json = serde_json::to_vec(&wire).expect("encode");
+        let back: WireLabelRequest = serde_json::from_slice(&json).expect("decode");
+        let again = back.to_request().expect("valid");
+        assert_eq!(again.matchers, req.matchers);
+        assert_eq!((again.mint, again.maxt), (5, 9));
+        assert_eq!(back.name.as_deref(), Some("job"));
+    }
+
+    #[test]
+    fn bad_wire_matchers_are_errors() {
+        assert!(matcher_from_wire("a", "==", "b").is_err());
+        assert!(matcher_from_wire("a", "=~", "(").is_err());
+    }
+}

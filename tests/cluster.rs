@@ -1,0 +1,382 @@
+//! Acceptance tests of a 3-node cluster of real processes on 127.0.0.1: membership
+//! convergence, replicated writes placed on exactly the owners placement names, the same
+//! query answer on every node, a node SIGKILLed during a write stream (no failed write,
+//! complete queries, hinted handoff after restart), and a fourth node joining.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use common::*;
+use timbala::cluster::placement;
+use timbala::model::Labels;
+use timbala::proto;
+
+const LOCAL_READ: &str = "/internal/v1/read-local";
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock")
+        .as_millis() as i64
+}
+
+fn status(node: &Node) -> Option<serde_json::Value> {
+    let (code, body) = try_get(&node.url("/api/v1/status/cluster")).ok()?;
+    if code != 200 {
+        return None;
+    }
+    serde_json::from_slice::<serde_json::Value>(&body)
+        .ok()
+        .map(|v| v["data"].clone())
+}
+
+/// (local id, join order, alive member ids) as one node sees the cluster.
+fn seen(node: &Node) -> Option<(String, Vec<String>, BTreeSet<String>)> {
+    let s = status(node)?;
+    let local = s["local"].as_str()?.to_string();
+    let order = s["joinOrder"]
+        .as_array()?
+        .iter()
+        .filter_map(|v| v.as_str().map(String::from))
+        .collect();
+    let alive = s["members"]
+        .as_array()?
+        .iter()
+        .filter(|m| m["state"] == "alive")
+        .filter_map(|m| m["id"].as_str().map(String::from))
+        .collect();
+    Some((local, order, alive))
+}
+
+/// Waits until every node sees `n` alive members and the same join order of `n`.
+/// Returns the join order.
+fn wait_converged(nodes: &[&Node], n: usize, limit: Duration) -> Vec<String> {
+    let deadline = Instant::now() + limit;
+    loop {
+        let views: Vec<_> = nodes.iter().map(|node| seen(node)).collect();
+        if let Some(Some((_, order, _))) = views.first() {
+            let agree = views.iter().all(|v| {
+                v.as_ref()
+                    .is_some_and(|(_, o, alive)| o == order && o.len() == n && alive.len() == n)
+            });
+            if agree {
+                return order.clone();
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no convergence within {limit:?}: {views:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn labels_of(name: &str, i: usize) -> Vec<(String, String)> {
+    vec![
+        ("__name__".to_string(), name.to_string()),
+        ("i".to_string(), i.to_string()),
+    ]
+}
+
+fn write_request(name: &str, range: std::ops::Range<usize>, t: i64) -> proto::WriteRequest {
+    let timeseries = range
+        .map(|i| {
+            ts(
+                &[("__name__", name), ("i", &i.to_string())],
+                &[(t, i as f64)],
+            )
+        })
+        .collect();
+    proto::WriteRequest {
+        timeseries,
+        metadata: vec![],
+    }
+}
+
+fn write_series(node: &Node, name: &str, range: std::ops::Range<usize>, t: i64) -> (u16, String) {
+    remote_write(node, &write_request(name, range, t))
+}
+
+/// Like `write_series`, with transport errors returned instead of panicking.
+fn try_write_series(
+    node: &Node,
+    name: &str,
+    range: std::ops::Range<usize>,
+    t: i64,
+) -> Result<(u16, String), String> {
+    let body = proto::encode_snappy(&write_request(name, range, t));
+    try_post(
+        &node.url("/api/v1/write"),
+        &[
+            ("Content-Type", "application/x-protobuf"),
+            ("Content-Encoding", "snappy"),
+            ("X-Prometheus-Remote-Write-Version", "0.1.0"),
+        ],
+        &body,
+    )
+    .map(|(code, body)| (code, String::from_utf8_lossy(&body).into_owned()))
+    .map_err(|e| e.to_string())
+}
+
+/// Owner ids of a series, by placement over the join order.
+fn owners(order: &[String], labels: &[(String, String)]) -> BTreeSet<String> {
+    let labels = Labels::from_pairs(labels.iter().map(|(n, v)| (n.as_str(), v.as_str())));
+    placement::owners(placement::partition_key(&labels), order.len(), 3)
+        .into_iter()
+        .map(|i| order[i].clone())
+        .collect()
+}
+
+/// Series (labels -> timestamps) a node holds itself for a metric name.
+fn local_series(node: &Node, name: &str) -> BTreeMap<Vec<(String, String)>, Vec<i64>> {
+    read_samples_at(
+        node,
+        LOCAL_READ,
+        vec![eq("__name__", name)],
+        0,
+        i64::MAX / 2,
+    )
+    .expect("local read")
+    .into_iter()
+    .map(|(labels, samples)| (labels, samples.into_iter().map(|(t, _)| t).collect()))
+    .collect()
+}
+
+fn query_value(node: &Node, q: &str, t_ms: i64) -> Option<f64> {
+    let url = node.url(&format!(
+        "/api/v1/query?query={}&time={}",
+        q.replace(' ', "%20").replace('+', "%2B"),
+        t_ms as f64 / 1000.0
+    ));
+    let (code, body) = get(&url);
+    assert_eq!(code, 200, "{q} on {}: {body}", node.http_addr);
+    let v: serde_json::Value = serde_json::from_str(&body).expect("json");
+    v["data"]["result"][0]["value"][1]
+        .as_str()
+        .and_then(|s| s.parse().ok())
+}
+
+fn id_of(node: &Node) -> String {
+    seen(node).expect("status").0
+}
+
+#[test]
+fn three_nodes_replicate_query_survive_a_kill_and_take_a_fourth() {
+    let started = Instant::now();
+    let mut cluster = start_cluster(3, &[]);
+
+    // Bar 2: convergence on members and join order.
+    let order = {
+        let nodes: Vec<&Node> = cluster.iter().map(|c| &c.node).collect();
+        wait_converged(&nodes, 3, Duration::from_secs(10))
+    };
+    println!("converged after {:?}: {order:?}", started.elapsed());
+
+    // Bar 3: 10,000 series through one node land on exactly their 3 owners.
+    let t = now_ms();
+    for chunk in 0..5 {
+        let (code, body) = write_series(
+            &cluster[0].node,
+            "repl",
+            chunk * 2000..(chunk + 1) * 2000,
+            t,
+        );
+        assert!((200..300).contains(&code), "write: {code} {body}");
+    }
+    for member in &cluster {
+        let id = id_of(&member.node);
+        let held = local_series(&member.node, "repl");
+        let expected: BTreeSet<Vec<(String, String)>> = (0..10_000)
+            .map(|i| labels_of("repl", i))
+            .filter(|l| owners(&order, l).contains(&id))
+            .collect();
+        let got: BTreeSet<_> = held.keys().cloned().collect();
+        assert_eq!(got.len(), expected.len(), "node {id}");
+        assert!(
+            got == expected,
+            "node {id} holds other series than placement names"
+        );
+    }
+    let want_sum: f64 = (0..10_000).map(|i| i as f64).sum();
+    for member in &cluster {
+        assert_eq!(query_value(&member.node, "sum(repl)", t), Some(want_sum));
+        assert_eq!(query_value(&member.node, "count(repl)", t), Some(10_000.0));
+    }
+    println!("replicated 10k series after {:?}", started.elapsed());
+    let trace = get_response_header(
+        &cluster[1].node.url("/api/v1/query?query=count(repl)"),
+        ("X-Timbala-Trace-Id", "feedc0de"),
+        "x-timbala-trace-id",
+    );
+    assert_eq!(
+        trace.as_deref(),
+        Some("feedc0de"),
+        "the caller's trace id is kept"
+    );
+    let made = get_response_header(
+        &cluster[1].node.url("/-/healthy"),
+        ("Accept", "*/*"),
+        "x-timbala-trace-id",
+    );
+    assert!(
+        made.is_some_and(|t| t.len() == 16),
+        "the edge makes a trace id"
+    );
+
+    // Bar 4: SIGKILL one node during a steady write stream.
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer_node = clone_handle(&cluster[0].node);
+    let stream = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut written = Vec::new();
+            let mut t = now_ms();
+            while !stop.load(Ordering::Relaxed) {
+                t += 1000;
+                let mut attempts = 0;
+                loop {
+                    match try_write_series(&writer_node, "stream", 0..100, t) {
+                        Ok((code, _)) if (200..300).contains(&code) => break,
+                        other => {
+                            attempts += 1;
+                            assert!(attempts < 20, "write kept failing: {other:?}");
+                        }
+                    }
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                written.push(t);
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            written
+        })
+    };
+    std::thread::sleep(Duration::from_millis(700));
+    let victim_id = id_of(&cluster[2].node);
+    cluster[2].node.kill();
+    let killed_at = now_ms();
+    std::thread::sleep(Duration::from_secs(3));
+    // Queries on the survivors stay complete.
+    let last = now_ms() + 1000;
+    for member in &cluster[..2] {
+        assert_eq!(query_value(&member.node, "count(repl)", t), Some(10_000.0));
+        let c = query_value(&member.node, "count(stream)", last + 5000);
+        assert_eq!(c, Some(100.0), "stream series on {}", member.node.http_addr);
+    }
+    let (_, metrics) = get(&cluster[0].node.url("/metrics"));
+    assert!(
+        counter(
+            &metrics,
+            "timbala_fanout_requests_total{outcome=\"degraded\"}"
+        ) > 0.0,
+        "degraded fan-outs are counted"
+    );
+    stop.store(true, Ordering::Relaxed);
+    let written = stream.join().expect("writer thread");
+    let while_down: Vec<i64> = written.iter().copied().filter(|&t| t > killed_at).collect();
+    assert!(!while_down.is_empty());
+
+    // Restart: within 60 s it holds the samples written while it was down.
+    cluster[2].spawn();
+    cluster[2].node.wait_ready(Duration::from_secs(30));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mine: Vec<Vec<(String, String)>> = (0..100)
+        .map(|i| labels_of("stream", i))
+        .filter(|l| owners(&order, l).contains(&victim_id))
+        .collect();
+    assert!(!mine.is_empty());
+    loop {
+        let held = local_series(&cluster[2].node, "stream");
+        let complete = mine.iter().all(|l| {
+            held.get(l)
+                .is_some_and(|ts| while_down.iter().all(|t| ts.contains(t)))
+        });
+        if complete {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "hinted samples not delivered within 60 s"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    println!("handoff complete after {:?}", started.elapsed());
+    let (_, metrics) = get(&cluster[0].node.url("/metrics"));
+    let delivered = format!("timbala_handoff_delivered_total{{target=\"{victim_id}\"}}");
+    assert!(
+        counter(&metrics, &delivered) > 0.0,
+        "hint deliveries are counted"
+    );
+    let shares: f64 = status(&cluster[0].node).expect("status")["members"]
+        .as_array()
+        .expect("members")
+        .iter()
+        .filter_map(|m| m["keyShare"].as_f64())
+        .sum();
+    assert!(
+        (shares - 3.0).abs() < 1e-9,
+        "each key has 3 owners: {shares}"
+    );
+
+    // Bar 5: a fourth node joins during a write stream.
+    let peers: Vec<String> = cluster.iter().map(|c| c.gossip_addr.clone()).collect();
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer_node = clone_handle(&cluster[1].node);
+    let stream = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut t = now_ms() + 120_000;
+            while !stop.load(Ordering::Relaxed) {
+                t += 1000;
+                let (code, body) = write_series(&writer_node, "join", 0..100, t);
+                assert!(
+                    (200..300).contains(&code),
+                    "write during join: {code} {body}"
+                );
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        })
+    };
+    let fourth = start_cluster(1, &peers).remove(0);
+    let mut all: Vec<&Node> = cluster.iter().map(|c| &c.node).collect();
+    all.push(&fourth.node);
+    let order4 = wait_converged(&all, 4, Duration::from_secs(15));
+    assert_eq!(
+        &order4[..3],
+        &order[..],
+        "a joining node goes to the end of the list"
+    );
+    stop.store(true, Ordering::Relaxed);
+    stream.join().expect("no write failed during the join");
+
+    // New writes are placed by the 4-node list.
+    let t4 = now_ms() + 600_000;
+    let (code, body) = write_series(&cluster[0].node, "after", 0..500, t4);
+    assert!((200..300).contains(&code), "{code} {body}");
+    for node in &all {
+        let id = id_of(node);
+        let held: BTreeSet<_> = local_series(node, "after").keys().cloned().collect();
+        let expected: BTreeSet<_> = (0..500)
+            .map(|i| labels_of("after", i))
+            .filter(|l| owners(&order4, l).contains(&id))
+            .collect();
+        assert!(held == expected, "node {id}: 4-node placement");
+    }
+    println!("all bars passed after {:?}", started.elapsed());
+}
+
+/// The value of one exact series line in a text exposition (0 when absent).
+fn counter(exposition: &str, series: &str) -> f64 {
+    exposition
+        .lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// A second handle on a running node's address (for writer threads); it owns no process.
+fn clone_handle(node: &Node) -> Node {
+    Node::handle(&node.http_addr)
+}
