@@ -202,6 +202,42 @@ impl PartialEq for Sample {
     }
 }
 
+/// Merges two time-sorted sample lists; at equal timestamps the sample of `a` wins.
+pub fn merge_sorted_samples(a: Vec<Sample>, b: Vec<Sample>) -> Vec<Sample> {
+    if a == b {
+        // Replicas and overlapping blocks usually hold the very same samples.
+        return a;
+    }
+    if b.is_empty() {
+        return a;
+    }
+    if a.is_empty() {
+        return b;
+    }
+    let mut out = Vec::with_capacity(a.len() + b.len());
+    let (mut i, mut j) = (0, 0);
+    while i < a.len() && j < b.len() {
+        match a[i].t.cmp(&b[j].t) {
+            std::cmp::Ordering::Less => {
+                out.push(a[i]);
+                i += 1;
+            }
+            std::cmp::Ordering::Greater => {
+                out.push(b[j]);
+                j += 1;
+            }
+            std::cmp::Ordering::Equal => {
+                out.push(a[i]);
+                i += 1;
+                j += 1;
+            }
+        }
+    }
+    out.extend_from_slice(&a[i..]);
+    out.extend_from_slice(&b[j..]);
+    out
+}
+
 /// A series with its samples in time order.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Series {

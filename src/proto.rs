@@ -2,10 +2,13 @@
 //!
 //! Owns: the protobuf schema (field numbers and types copied from Prometheus's
 //! `prompb/types.proto` and `prompb/remote.proto`), written by hand with prost's derive so
-//! the build needs no `protoc`. Calls nothing else in the crate. Native histograms and
+//! the build needs no `protoc`, and the conversion of `model` series into them. Calls
+//! only `model`. Native histograms and
 //! exemplars are declared so that requests carrying them still decode; they are not stored.
 
 use prost::Message;
+
+use crate::model;
 
 #[derive(Clone, PartialEq, Message)]
 pub struct WriteRequest {
@@ -222,4 +225,31 @@ pub fn encode_snappy<M: Message>(msg: &M) -> Vec<u8> {
     snap::raw::Encoder::new()
         .compress_vec(&raw)
         .expect("snappy block compression of an in-memory buffer cannot fail")
+}
+
+/// The wire form of a label set.
+pub fn labels_to_proto(labels: &model::Labels) -> Vec<Label> {
+    labels
+        .iter()
+        .map(|l| Label {
+            name: l.name.clone(),
+            value: l.value.clone(),
+        })
+        .collect()
+}
+
+/// The wire form of a series with its float samples.
+pub fn series_to_proto(series: &model::Series) -> TimeSeries {
+    TimeSeries {
+        labels: labels_to_proto(&series.labels),
+        samples: series
+            .samples
+            .iter()
+            .map(|s| Sample {
+                value: s.v,
+                timestamp: s.t,
+            })
+            .collect(),
+        ..Default::default()
+    }
 }

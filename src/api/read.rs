@@ -21,7 +21,7 @@ use prost::Message;
 use super::write::{plain_text, read_limited};
 use super::AppState;
 use crate::ingest::decompress_snappy;
-use crate::model::{Labels, MatchOp, Matcher, Series};
+use crate::model::{MatchOp, Matcher, Series};
 use crate::proto;
 use crate::storage::{SelectError, SelectRequest, Storage};
 use crate::tsdb::chunk::XorChunk;
@@ -190,22 +190,12 @@ async fn run_select(
     })
 }
 
-fn proto_labels(labels: &Labels) -> Vec<proto::Label> {
-    labels
-        .iter()
-        .map(|l| proto::Label {
-            name: l.name.clone(),
-            value: l.value.clone(),
-        })
-        .collect()
-}
-
 fn samples_response(results: Vec<Vec<Series>>) -> Response {
     let response = proto::ReadResponse {
         results: results
             .into_iter()
             .map(|series| proto::QueryResult {
-                timeseries: series.iter().map(proto_time_series).collect(),
+                timeseries: series.iter().map(proto::series_to_proto).collect(),
             })
             .collect(),
     };
@@ -218,21 +208,6 @@ fn samples_response(results: Vec<Vec<Series>>) -> Response {
         proto::encode_snappy(&response),
     )
         .into_response()
-}
-
-fn proto_time_series(series: &Series) -> proto::TimeSeries {
-    proto::TimeSeries {
-        labels: proto_labels(&series.labels),
-        samples: series
-            .samples
-            .iter()
-            .map(|s| proto::Sample {
-                value: s.v,
-                timestamp: s.t,
-            })
-            .collect(),
-        ..Default::default()
-    }
 }
 
 fn streamed_response(results: &[Vec<Series>]) -> Response {
@@ -253,7 +228,7 @@ fn streamed_response(results: &[Vec<Series>]) -> Response {
 /// Writes one series as XOR chunks, starting a new frame whenever the current one has
 /// passed `MAX_BYTES_IN_FRAME` (a frame may overshoot by one chunk, as in Prometheus).
 fn write_series_frames(out: &mut Vec<u8>, query_index: i64, series: &Series) {
-    let labels = proto_labels(&series.labels);
+    let labels = proto::labels_to_proto(&series.labels);
     let label_bytes: usize = labels.iter().map(Message::encoded_len).sum();
     let budget = MAX_BYTES_IN_FRAME.saturating_sub(label_bytes);
     let mut chunks = Vec::new();
@@ -301,6 +276,7 @@ fn write_frame(out: &mut Vec<u8>, message: &[u8]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::Labels;
     use crate::model::Sample;
     use crate::tsdb::chunk::decode_xor;
 

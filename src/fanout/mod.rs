@@ -22,7 +22,7 @@ use prost::Message;
 
 use crate::cluster::membership::{MemberState, MembershipHandle};
 use crate::cluster::placement::REPLICATION_FACTOR;
-use crate::model::{Label, Labels, MatchOp, MetricMetadata, Sample, Series};
+use crate::model::{merge_sorted_samples, Label, Labels, MatchOp, MetricMetadata, Sample, Series};
 use crate::peer::{self, PeerClient, WireLabelRequest};
 use crate::proto;
 use crate::storage::{
@@ -345,40 +345,13 @@ pub fn merge_series(mut answers: Vec<Vec<Series>>) -> Vec<Series> {
     for series in all {
         match merged.last_mut() {
             Some(last) if last.labels == series.labels => {
-                last.samples = merge_samples(&last.samples, &series.samples);
+                last.samples =
+                    merge_sorted_samples(std::mem::take(&mut last.samples), series.samples);
             }
             _ => merged.push(series),
         }
     }
     merged
-}
-
-fn merge_samples(a: &[Sample], b: &[Sample]) -> Vec<Sample> {
-    if a == b {
-        return a.to_vec();
-    }
-    let mut out = Vec::with_capacity(a.len().max(b.len()));
-    let (mut i, mut j) = (0, 0);
-    while i < a.len() && j < b.len() {
-        match a[i].t.cmp(&b[j].t) {
-            std::cmp::Ordering::Less => {
-                out.push(a[i]);
-                i += 1;
-            }
-            std::cmp::Ordering::Greater => {
-                out.push(b[j]);
-                j += 1;
-            }
-            std::cmp::Ordering::Equal => {
-                out.push(a[i]);
-                i += 1;
-                j += 1;
-            }
-        }
-    }
-    out.extend_from_slice(&a[i..]);
-    out.extend_from_slice(&b[j..]);
-    out
 }
 
 impl Storage for FanoutStorage {

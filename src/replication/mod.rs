@@ -259,35 +259,10 @@ fn combine_replica_outcomes(total_samples: u64, outcomes: Vec<AppendOutcome>) ->
 /// The body of an internal write: a snappy remote-write 1.0 request.
 pub fn encode_series(series: &[Series]) -> Vec<u8> {
     let request = proto::WriteRequest {
-        timeseries: series.iter().map(to_proto).collect(),
+        timeseries: series.iter().map(proto::series_to_proto).collect(),
         metadata: Vec::new(),
     };
     proto::encode_snappy(&request)
-}
-
-fn to_proto(series: &Series) -> proto::TimeSeries {
-    proto::TimeSeries {
-        labels: proto_labels(&series.labels),
-        samples: series
-            .samples
-            .iter()
-            .map(|s| proto::Sample {
-                value: s.v,
-                timestamp: s.t,
-            })
-            .collect(),
-        ..Default::default()
-    }
-}
-
-fn proto_labels(labels: &Labels) -> Vec<proto::Label> {
-    labels
-        .iter()
-        .map(|l| proto::Label {
-            name: l.name.clone(),
-            value: l.value.clone(),
-        })
-        .collect()
 }
 
 /// An `AppendOutcome` as the internal write answers it (JSON).

@@ -10,8 +10,9 @@ use std::path::Path;
 use std::sync::Arc;
 
 use super::block::{Block, BlockMeta, BlockWriter, ChunkMeta};
-use super::head::{encode_chunks, merge_sorted};
+use super::head::encode_chunks;
 use super::index::{PostingsSource, SeriesRef};
+use crate::model::merge_sorted_samples;
 use crate::model::{Labels, Sample};
 use crate::storage::StorageError;
 
@@ -99,7 +100,7 @@ pub fn merge_blocks(
         for (bi, r, metas) in sources {
             samples.clear();
             blocks[bi].samples(r, &metas, i64::MIN, i64::MAX, &mut samples)?;
-            merged = merge_sorted(merged, std::mem::take(&mut samples));
+            merged = merge_sorted_samples(merged, std::mem::take(&mut samples));
         }
         writer.add_series(labels, &encode_chunks(&merged))?;
     }

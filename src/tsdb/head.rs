@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 
 use super::chunk::{decode_xor, XorChunk};
 use super::index::{MemPostings, SeriesRef};
-use crate::model::{Label, Labels, Sample};
+use crate::model::{merge_sorted_samples, Label, Labels, Sample};
 use crate::storage::RejectReason;
 
 /// Samples per chunk before a new one is started (as Prometheus).
@@ -60,38 +60,6 @@ pub fn encode_chunks(samples: &[Sample]) -> Vec<SealedChunk> {
             SealedChunk::from_chunk(c)
         })
         .collect()
-}
-
-/// Merges two time-sorted sample lists; at equal timestamps the sample of `a` wins.
-pub fn merge_sorted(a: Vec<Sample>, b: Vec<Sample>) -> Vec<Sample> {
-    if b.is_empty() {
-        return a;
-    }
-    if a.is_empty() {
-        return b;
-    }
-    let mut out = Vec::with_capacity(a.len() + b.len());
-    let (mut i, mut j) = (0, 0);
-    while i < a.len() && j < b.len() {
-        match a[i].t.cmp(&b[j].t) {
-            std::cmp::Ordering::Less => {
-                out.push(a[i]);
-                i += 1;
-            }
-            std::cmp::Ordering::Greater => {
-                out.push(b[j]);
-                j += 1;
-            }
-            std::cmp::Ordering::Equal => {
-                out.push(a[i]);
-                i += 1;
-                j += 1;
-            }
-        }
-    }
-    out.extend_from_slice(&a[i..]);
-    out.extend_from_slice(&b[j..]);
-    out
 }
 
 /// The limits an append is checked against.
@@ -315,7 +283,7 @@ impl SeriesData {
         if self.ooo.is_empty() {
             return out;
         }
-        merge_sorted(out, self.ooo.clone())
+        merge_sorted_samples(out, self.ooo.clone())
     }
 
     /// Rebuilds the chunks from time-ordered samples (used after deletions and cuts).
@@ -378,7 +346,7 @@ impl SeriesData {
         }
         let old: Vec<Sample> = self.cutting.iter().flat_map(|c| c.samples()).collect();
         self.cutting.clear();
-        let merged = merge_sorted(self.all_samples(), old);
+        let merged = merge_sorted_samples(self.all_samples(), old);
         self.rebuild_from(&merged);
     }
 }
@@ -738,7 +706,7 @@ mod tests {
     fn merge_prefers_first_on_ties() {
         let a = vec![Sample::new(1, 1.0), Sample::new(3, 3.0)];
         let b = vec![Sample::new(1, 9.0), Sample::new(2, 2.0)];
-        let m = merge_sorted(a, b);
+        let m = merge_sorted_samples(a, b);
         assert_eq!(
             m,
             vec![

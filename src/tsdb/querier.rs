@@ -8,8 +8,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use super::block::Block;
-use super::head::{merge_sorted, Head};
+use super::head::Head;
 use super::index::{select_postings, PostingsSource};
+use crate::model::merge_sorted_samples;
 use crate::model::{Labels, Matcher, Sample, Series};
 use crate::storage::{SelectError, StorageError};
 
@@ -39,7 +40,7 @@ impl Merger {
             }
             Some(existing) => {
                 let before = existing.len();
-                *existing = merge_sorted(std::mem::take(existing), samples);
+                *existing = merge_sorted_samples(std::mem::take(existing), samples);
                 self.total += existing.len() - before;
             }
         }
