@@ -89,18 +89,24 @@ fn matches_everything(m: &Matcher) -> bool {
     m.op == MatchOp::RegexMatch && m.value == ".*"
 }
 
+/// Series whose label `name` has one of the literal `values` (an empty value stands for
+/// an absent label, which has no postings).
+fn postings_for_any_of(src: &dyn PostingsSource, name: &str, values: Vec<&str>) -> Vec<SeriesRef> {
+    union(
+        values
+            .into_iter()
+            .filter(|v| !v.is_empty())
+            .map(|v| src.postings(name, v))
+            .collect(),
+    )
+}
+
 /// Series whose label `m.name` has a value matching `m` (not counting absent labels).
 fn postings_with_matching_value(src: &dyn PostingsSource, m: &Matcher) -> Vec<SeriesRef> {
     match m.op {
         MatchOp::Equal => src.postings(&m.name, &m.value),
         MatchOp::RegexMatch => match literal_alternatives(&m.value) {
-            Some(values) => union(
-                values
-                    .into_iter()
-                    .filter(|v| !v.is_empty())
-                    .map(|v| src.postings(&m.name, v))
-                    .collect(),
-            ),
+            Some(values) => postings_for_any_of(src, &m.name, values),
             // `.+`: any value at all.
             None if m.value == ".+" => src.postings_where(&m.name, &mut |_| true),
             None => src.postings_where(&m.name, &mut |v| m.matches(v)),
@@ -116,13 +122,7 @@ fn postings_with_rejected_value(src: &dyn PostingsSource, m: &Matcher) -> Vec<Se
     match m.op {
         MatchOp::NotEqual => src.postings(&m.name, &m.value),
         MatchOp::RegexNoMatch => match literal_alternatives(&m.value) {
-            Some(values) => union(
-                values
-                    .into_iter()
-                    .filter(|v| !v.is_empty())
-                    .map(|v| src.postings(&m.name, v))
-                    .collect(),
-            ),
+            Some(values) => postings_for_any_of(src, &m.name, values),
             None => src.postings_where(&m.name, &mut |v| !m.matches(v)),
         },
         MatchOp::Equal | MatchOp::RegexMatch => src.postings_where(&m.name, &mut |v| !m.matches(v)),
