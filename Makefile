@@ -1,7 +1,7 @@
 # Timbala: the two commands a fresh clone needs are `make run` and `make test`.
 CARGO ?= cargo
 
-.PHONY: run build test lint unit setup fuzz
+.PHONY: run build test lint unit setup fuzz bench
 
 ## Run one node with its data in ./data (HTTP on :9080).
 run:
@@ -26,3 +26,11 @@ unit:
 ## Deeper fuzzing of the remote-write decoder (cargo-fuzz with nightly, else the stable fuzzer).
 fuzz:
 	bash scripts/fuzz.sh 300
+
+## Timbala (one node, 3-node cluster), Prometheus and VictoriaMetrics side by side on one
+## payload; rewrites the generated region of bench/RESULTS.md and bench/chart.svg.
+BENCH_RUNS ?= 3
+bench:
+	$(CARGO) build --release --bin timbala --example bench_compare
+	bash bench/install-peers.sh
+	target/release/examples/bench_compare --runs $(BENCH_RUNS)

@@ -615,6 +615,7 @@ fn initial_value(kind: &Kind) -> f64 {
 /// `jitter_share` of scrapes that miss the tolerance by a few milliseconds.
 pub struct ScrapeClock {
     rng: SmallRng,
+    start_ms: i64,
     jitter_share: f64,
     jitter_ms: i64,
 }
@@ -623,13 +624,20 @@ impl ScrapeClock {
     pub fn new(seed: u64, jitter_share: f64, jitter_ms: i64) -> Self {
         ScrapeClock {
             rng: SmallRng::seed_from_u64(seed),
+            start_ms: START_MS,
             jitter_share,
             jitter_ms: jitter_ms.max(0),
         }
     }
 
+    /// The same clock with scrape 0 at `start_ms` instead of `START_MS` (the side-by-side
+    /// benchmark ends its data near the wall clock, as live scrapes do).
+    pub fn starting_at(self, start_ms: i64) -> Self {
+        ScrapeClock { start_ms, ..self }
+    }
+
     pub fn time(&mut self, scrape: i64) -> i64 {
-        let on_grid = START_MS + scrape * INTERVAL_MS;
+        let on_grid = self.start_ms + scrape * INTERVAL_MS;
         if self.jitter_ms > 0 && self.rng.random_bool(self.jitter_share.clamp(0.0, 1.0)) {
             on_grid + self.rng.random_range(-self.jitter_ms..=self.jitter_ms)
         } else {

@@ -1,0 +1,363 @@
+//! The four systems under test as processes on 127.0.0.1: how each is started with a fresh
+//! data directory, when it is ready, where it takes writes and queries, how its data is
+//! flushed to its on-disk format, and how it is stopped.
+//!
+//! Owns: command lines, ports, readiness and flush protocols of Timbala (one node and a
+//! 3-node cluster), Prometheus and VictoriaMetrics. Calls `procstat` and `ureq`.
+//!
+//! "Blocks" is each system's flushed, query-ready format with its index: Prometheus's and
+//! Timbala's admin snapshot (which writes the in-memory head as a block, the same writer as
+//! a head cut) and VictoriaMetrics's data directory after `/internal/force_flush`
+//! (VictoriaMetrics has no WAL; its `cache/` is left out). "Whole data dir" is the data
+//! directory before that flush, write-ahead logs included.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::procstat;
+
+const READY_TIMEOUT: Duration = Duration::from_secs(120);
+const STOP_TIMEOUT: Duration = Duration::from_secs(60);
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum SystemKind {
+    Timbala,
+    TimbalaCluster,
+    Prometheus,
+    VictoriaMetrics,
+}
+
+impl SystemKind {
+    pub const ALL: [SystemKind; 4] = [
+        SystemKind::Timbala,
+        SystemKind::TimbalaCluster,
+        SystemKind::Prometheus,
+        SystemKind::VictoriaMetrics,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            SystemKind::Timbala => "Timbala",
+            SystemKind::TimbalaCluster => "Timbala 3-node",
+            SystemKind::Prometheus => "Prometheus",
+            SystemKind::VictoriaMetrics => "VictoriaMetrics",
+        }
+    }
+
+    pub fn slug(self) -> &'static str {
+        match self {
+            SystemKind::Timbala => "timbala",
+            SystemKind::TimbalaCluster => "cluster",
+            SystemKind::Prometheus => "prometheus",
+            SystemKind::VictoriaMetrics => "victoria-metrics",
+        }
+    }
+}
+
+/// One process of a running system.
+struct Proc {
+    child: Child,
+    data_dir: PathBuf,
+    http: String,
+}
+
+pub struct Running {
+    pub kind: SystemKind,
+    procs: Vec<Proc>,
+}
+
+fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(300)))
+        .build()
+        .into()
+}
+
+/// GET or POST `url`; the status and body, or why not.
+pub fn http(method: &str, url: &str) -> Result<(u16, String), String> {
+    let agent = agent();
+    let resp = match method {
+        "POST" => agent.post(url).send_empty(),
+        _ => agent.get(url).call(),
+    }
+    .map_err(|e| format!("{method} {url}: {e}"))?;
+    let status = resp.status().as_u16();
+    let body = resp
+        .into_body()
+        .with_config()
+        .limit(1 << 30)
+        .read_to_string()
+        .map_err(|e| format!("{method} {url}: {e}"))?;
+    Ok((status, body))
+}
+
+fn spawn(program: &Path, args: &[String], log: &Path) -> Result<Child, String> {
+    let out = std::fs::File::create(log).map_err(|e| format!("{}: {e}", log.display()))?;
+    let err = out.try_clone().map_err(|e| e.to_string())?;
+    Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        .spawn()
+        .map_err(|e| format!("starting {}: {e}", program.display()))
+}
+
+fn fresh_dir(dir: &Path) -> Result<(), String> {
+    if dir.exists() {
+        std::fs::remove_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    }
+    std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))
+}
+
+/// Ports of this harness, away from the defaults so a local Prometheus or Timbala is left
+/// alone.
+const TIMBALA_HTTP: u16 = 29080;
+const CLUSTER_HTTP: [u16; 3] = [29081, 29082, 29083];
+const TIMBALA_GOSSIP: u16 = 29946;
+const CLUSTER_GOSSIP: [u16; 3] = [29947, 29948, 29949];
+const PROMETHEUS_HTTP: u16 = 29090;
+const VICTORIA_HTTP: u16 = 29428;
+
+fn timbala_args(data: &Path, http: u16, gossip: u16, peers: &[u16]) -> Vec<String> {
+    let mut args = vec![
+        format!("--data-directory={}", data.display()),
+        format!("--http-bind-addr=127.0.0.1:{http}"),
+        format!("--gossip-bind-addr=127.0.0.1:{gossip}"),
+        "--log-level=warn".to_string(),
+    ];
+    if !peers.is_empty() {
+        let peers: Vec<String> = peers.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+        args.push(format!("--peers={}", peers.join(",")));
+    }
+    args
+}
+
+/// Start commands of one system: (program, args, data dir, HTTP port) per process.
+fn commands(
+    kind: SystemKind,
+    root: &Path,
+    timbala: &Path,
+) -> Vec<(PathBuf, Vec<String>, PathBuf, u16)> {
+    let data = |name: &str| root.join(name);
+    match kind {
+        SystemKind::Timbala => {
+            let d = data("timbala");
+            vec![(
+                timbala.into(),
+                timbala_args(&d, TIMBALA_HTTP, TIMBALA_GOSSIP, &[]),
+                d,
+                TIMBALA_HTTP,
+            )]
+        }
+        SystemKind::TimbalaCluster => (0..3)
+            .map(|n| {
+                let d = data(&format!("cluster-{n}"));
+                let peers: Vec<u16> = (0..3)
+                    .filter(|&p| p != n)
+                    .map(|p| CLUSTER_GOSSIP[p])
+                    .collect();
+                let args = timbala_args(&d, CLUSTER_HTTP[n], CLUSTER_GOSSIP[n], &peers);
+                (timbala.into(), args, d, CLUSTER_HTTP[n])
+            })
+            .collect(),
+        SystemKind::Prometheus => {
+            let d = data("prometheus");
+            let args = vec![
+                format!("--config.file={}", root.join("prometheus.yml").display()),
+                format!("--storage.tsdb.path={}", d.display()),
+                format!("--web.listen-address=127.0.0.1:{PROMETHEUS_HTTP}"),
+                "--web.enable-remote-write-receiver".to_string(),
+                "--web.enable-admin-api".to_string(),
+                "--log.level=warn".to_string(),
+            ];
+            vec![("prometheus".into(), args, d, PROMETHEUS_HTTP)]
+        }
+        SystemKind::VictoriaMetrics => {
+            let d = data("victoria-metrics");
+            let args = vec![
+                format!("-storageDataPath={}", d.display()),
+                format!("-httpListenAddr=127.0.0.1:{VICTORIA_HTTP}"),
+                "-retentionPeriod=10y".to_string(),
+                // Answer queries up to the newest sample and from the data, not a cache,
+                // so that every run measures the same work as the other systems.
+                "-search.latencyOffset=0s".to_string(),
+                "-search.disableCache".to_string(),
+                "-loggerLevel=WARN".to_string(),
+            ];
+            vec![("victoria-metrics".into(), args, d, VICTORIA_HTTP)]
+        }
+    }
+}
+
+fn ready_path(kind: SystemKind) -> &'static str {
+    match kind {
+        SystemKind::VictoriaMetrics => "/health",
+        _ => "/-/ready",
+    }
+}
+
+impl Running {
+    /// Starts `kind` with fresh data directories under `root` and waits until it is ready
+    /// (for the cluster: until every node sees three alive members).
+    pub fn start(kind: SystemKind, root: &Path, timbala: &Path) -> Result<Running, String> {
+        std::fs::write(
+            root.join("prometheus.yml"),
+            "global:\n  scrape_interval: 15s\n",
+        )
+        .map_err(|e| e.to_string())?;
+        let mut running = Running {
+            kind,
+            procs: Vec::new(),
+        };
+        for (program, args, data_dir, port) in commands(kind, root, timbala) {
+            fresh_dir(&data_dir)?;
+            let log = root.join(format!("{}-{port}.log", kind.slug()));
+            let child = spawn(&program, &args, &log)?;
+            running.procs.push(Proc {
+                child,
+                data_dir,
+                http: format!("http://127.0.0.1:{port}"),
+            });
+        }
+        running.wait_ready()?;
+        Ok(running)
+    }
+
+    fn wait_ready(&mut self) -> Result<(), String> {
+        let deadline = Instant::now() + READY_TIMEOUT;
+        let path = ready_path(self.kind);
+        for i in 0..self.procs.len() {
+            let url = format!("{}{path}", self.procs[i].http);
+            while !matches!(http("GET", &url), Ok((200, _))) {
+                if let Ok(Some(status)) = self.procs[i].child.try_wait() {
+                    return Err(format!("{} exited early: {status}", self.kind.name()));
+                }
+                if Instant::now() > deadline {
+                    return Err(format!("{url} not ready within {READY_TIMEOUT:?}"));
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+        if self.kind == SystemKind::TimbalaCluster {
+            self.wait_cluster_converged(deadline)?;
+        }
+        Ok(())
+    }
+
+    fn alive_members(&self, http_base: &str) -> usize {
+        let Ok((200, body)) = http("GET", &format!("{http_base}/api/v1/status/cluster")) else {
+            return 0;
+        };
+        let status: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+        let alive = status["data"]["members"]
+            .as_array()
+            .map_or(0, |m| m.iter().filter(|m| m["state"] == "alive").count());
+        let joined = status["data"]["joinOrder"].as_array().map_or(0, Vec::len);
+        alive.min(joined)
+    }
+
+    fn wait_cluster_converged(&self, deadline: Instant) -> Result<(), String> {
+        let n = self.procs.len();
+        while !self.procs.iter().all(|p| self.alive_members(&p.http) == n) {
+            if Instant::now() > deadline {
+                return Err(format!("cluster did not converge to {n} members"));
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        Ok(())
+    }
+
+    /// Remote-write URLs; a sender spreads its connections over them round-robin.
+    pub fn write_urls(&self) -> Vec<String> {
+        self.procs
+            .iter()
+            .map(|p| format!("{}/api/v1/write", p.http))
+            .collect()
+    }
+
+    /// Where queries go (the first node of a cluster, which fans out).
+    pub fn query_base(&self) -> &str {
+        &self.procs[0].http
+    }
+
+    pub fn pids(&self) -> Vec<u32> {
+        self.procs.iter().map(|p| p.child.id()).collect()
+    }
+
+    /// CPU-seconds used so far, summed over the processes.
+    pub fn cpu_seconds(&self) -> f64 {
+        self.pids()
+            .into_iter()
+            .filter_map(procstat::cpu_seconds)
+            .sum()
+    }
+
+    /// Peak RSS, summed over the processes.
+    pub fn peak_rss_bytes(&self) -> u64 {
+        self.pids()
+            .into_iter()
+            .filter_map(procstat::peak_rss_bytes)
+            .sum()
+    }
+
+    /// Size of the data directories as they are (write-ahead logs included, snapshots and
+    /// VictoriaMetrics's cache not).
+    pub fn data_dir_bytes(&self) -> u64 {
+        self.procs
+            .iter()
+            .map(|p| procstat::dir_size(&p.data_dir, &["snapshots", "cache"]))
+            .sum()
+    }
+
+    /// Writes everything in memory to the system's block format; the bytes of those blocks.
+    pub fn flush_to_blocks(&self) -> Result<u64, String> {
+        let mut total = 0;
+        for p in &self.procs {
+            total += match self.kind {
+                SystemKind::VictoriaMetrics => {
+                    http("GET", &format!("{}/internal/force_flush", p.http))?;
+                    procstat::dir_size(&p.data_dir, &["snapshots", "cache", "flock.lock"])
+                }
+                _ => snapshot_bytes(p)?,
+            };
+        }
+        Ok(total)
+    }
+
+    /// SIGTERM, then SIGKILL if the processes are still there after `STOP_TIMEOUT`.
+    pub fn stop(mut self) {
+        for p in &self.procs {
+            // SAFETY: kill(2) with a pid this harness spawned and still owns (not reaped).
+            unsafe { libc::kill(p.child.id() as libc::pid_t, libc::SIGTERM) };
+        }
+        let deadline = Instant::now() + STOP_TIMEOUT;
+        for p in &mut self.procs {
+            while matches!(p.child.try_wait(), Ok(None)) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            if matches!(p.child.try_wait(), Ok(None)) {
+                let _ = p.child.kill();
+                let _ = p.child.wait();
+            }
+        }
+    }
+}
+
+/// Prometheus's and Timbala's `POST /api/v1/admin/tsdb/snapshot` (head included): the
+/// size of the snapshot it wrote.
+fn snapshot_bytes(p: &Proc) -> Result<u64, String> {
+    let url = format!("{}/api/v1/admin/tsdb/snapshot", p.http);
+    let (status, body) = http("POST", &url)?;
+    let answer: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+    let name = answer["data"]["name"]
+        .as_str()
+        .filter(|_| status == 200)
+        .ok_or_else(|| format!("snapshot failed: {status} {body}"))?;
+    Ok(procstat::dir_size(
+        &p.data_dir.join("snapshots").join(name),
+        &[],
+    ))
+}
