@@ -74,7 +74,7 @@ impl Figure {
     }
 }
 
-fn group_thousands(digits: &str) -> String {
+pub fn group_thousands(digits: &str) -> String {
     let (sign, digits) = digits.strip_prefix('-').map_or(("", digits), |d| ("-", d));
     let mut out = String::new();
     for (i, c) in digits.chars().enumerate() {

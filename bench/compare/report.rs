@@ -229,7 +229,7 @@ sample, i.e. include the 3 replicas. Prometheus: `--web.enable-remote-write-rece
         hist = payload.histogram_series,
         series = payload.series,
         scrapes = spec.scrapes,
-        samples = crate::figures::Figure::WriteErrors.format(payload.samples as f64),
+        samples = crate::figures::group_thousands(&payload.samples.to_string()),
         hours = (spec.scrapes * 15) as f64 / 3600.0,
         share = spec.jitter_share * 100.0,
         jitter = spec.jitter_ms,
