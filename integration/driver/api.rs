@@ -3,15 +3,16 @@
 //!
 //! Owns: endpoint URLs of the published ports, result normalisation (series sorted by
 //! their labels so answers compare as strings), and decoding remote-read responses.
-//! Calls ureq, promtool (a subprocess) and the crate's `proto` types.
+//! Calls ureq, promtool (through `stack::output`) and the crate's `proto` types.
 
 use std::collections::BTreeMap;
-use std::process::Command;
 use std::time::Duration;
 
 use prost::Message;
 use serde_json::Value;
 use timbala::proto;
+
+use crate::stack::output;
 
 /// Prometheus's HTTP API as published on the host.
 pub const PROMETHEUS: &str = "http://127.0.0.1:19090";
@@ -90,21 +91,34 @@ pub fn api_value(base: &str, query: &str) -> Result<f64, String> {
         .map_err(|e| format!("{query} on {base}: {value}: {e}"))
 }
 
+/// The sum of every series of one counter in a server's own `/metrics` exposition
+/// (0 when the counter has no series yet).
+pub fn exposed_sum(base: &str, name: &str) -> Result<f64, String> {
+    let url = format!("{base}/metrics");
+    let resp = agent()
+        .get(&url)
+        .call()
+        .map_err(|e| format!("GET {url}: {e}"))?;
+    let (status, body) = read_body(resp)?;
+    if status != 200 {
+        return Err(format!("GET {url}: status {status}"));
+    }
+    Ok(String::from_utf8_lossy(&body)
+        .lines()
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with(['{', ' ']))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum())
+}
+
 /// What promtool prints for one query, as JSON.
 fn promtool(args: &[&str]) -> Result<Value, String> {
-    let out = Command::new("promtool")
-        .args(["query"])
-        .args(args)
-        .output()
-        .map_err(|e| format!("promtool: {e}"))?;
-    if !out.status.success() {
-        return Err(format!(
-            "promtool query {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        ));
-    }
-    serde_json::from_slice(&out.stdout).map_err(|e| format!("promtool output: {e}"))
+    let mut all = vec!["query"];
+    all.extend_from_slice(args);
+    let out = output("promtool", &all)?;
+    serde_json::from_str(&out).map_err(|e| format!("promtool output: {e}"))
 }
 
 /// `promtool query instant` at `time_s`, normalised (see `canonical`).

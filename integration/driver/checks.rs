@@ -152,6 +152,41 @@ pub fn write_counters() -> Result<WriteCounters, String> {
     })
 }
 
+/// Hinted-handoff counters summed over the nodes, to show a fault made the cluster
+/// store and replay hints.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct HandoffCounters {
+    per_node: [(f64, f64); 3],
+}
+
+pub fn handoff_counters() -> Result<HandoffCounters, String> {
+    let mut counters = HandoffCounters::default();
+    for (slot, (_, base)) in counters.per_node.iter_mut().zip(NODES) {
+        *slot = (
+            api::exposed_sum(base, "timbala_handoff_stored_total")?,
+            api::exposed_sum(base, "timbala_handoff_delivered_total")?,
+        );
+    }
+    Ok(counters)
+}
+
+impl HandoffCounters {
+    /// Batches stored as hints and delivered between `before` and `self`; a node whose
+    /// counters went down was restarted, so it counts from zero.
+    pub fn since(&self, before: &HandoffCounters) -> (f64, f64) {
+        let increase = |now: f64, then: f64| if now < then { now } else { now - then };
+        self.per_node.iter().zip(before.per_node.iter()).fold(
+            (0.0, 0.0),
+            |(stored, delivered), (now, then)| {
+                (
+                    stored + increase(now.0, then.0),
+                    delivered + increase(now.1, then.1),
+                )
+            },
+        )
+    }
+}
+
 /// Compares every query's answer from Prometheus with each node's; returns the number
 /// of (query, node) pairs compared and a description of each disagreement.
 pub fn compare_queries(at_s: f64) -> (usize, Vec<String>) {

@@ -138,6 +138,7 @@ fn run_scenario(stack: &Stack, kind: FaultKind, service: &str) -> Result<Vec<Str
     println!("\n== scenario: {service} {}", kind.describe());
     let name = format!("{service} {kind:?}");
     let before = checks::write_counters()?;
+    let handoff_before = checks::handoff_counters()?;
     let window_start = now_s();
     std::thread::sleep(BEFORE_FAULT);
 
@@ -178,6 +179,8 @@ fn run_scenario(stack: &Stack, kind: FaultKind, service: &str) -> Result<Vec<Str
     let account = settled_account(window_end, range_s)?;
     let after = checks::write_counters()?;
     print_account(&account, range_s, &before, &after);
+    let (stored, delivered) = checks::handoff_counters()?.since(&handoff_before);
+    println!("  hinted handoff during scenario: {stored} batches stored, {delivered} delivered");
 
     let mut failures = Vec::new();
     if !account.clean() {

@@ -4,6 +4,7 @@
 //!
 //! Owns: the compose project name and every docker / docker-compose invocation.
 //! Calls docker-compose 1.x, docker and nsenter as subprocesses; nothing else.
+//! `output` (run a program, keep its stdout) is shared with `api` for promtool.
 
 use std::process::{Child, Command, Stdio};
 
