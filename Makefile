@@ -36,4 +36,4 @@ integration:
 	bash scripts/install-prometheus.sh
 	bash scripts/install-nginx.sh
 	bash integration/build-images.sh
-	target/debug/examples/integration_driver
+	$(CARGO) run --quiet --example integration_driver

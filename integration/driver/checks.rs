@@ -16,7 +16,10 @@ use crate::api::{self, RawSeries, NODES, PROMETHEUS};
 ///
 /// Left out because Debian's Prometheus 2.42 and Timbala (which follows current
 /// Prometheus) legitimately differ: `avg_over_time` (2.42 averages incrementally,
-/// current Prometheus sums with Kahan compensation: last digits differ), `topk`/`bottomk`
+/// current Prometheus sums with Kahan compensation: last digits differ), `sum` over three
+/// or more non-integer values (the same: 2.42 adds naively, current Prometheus with
+/// Kahan compensation; so `sum by` here groups integers or single rates, and
+/// `histogram_quantile` reads each scraped histogram unaggregated), `topk`/`bottomk`
 /// over values that tie (which tied series wins is unspecified). Windows that contain the
 /// first samples of a counter differ too (2.42 caps the extrapolation towards zero
 /// before applying the 1.1-interval threshold, current Prometheus after it), so the
@@ -31,11 +34,11 @@ const INSTANT_QUERIES: &[&str] = &[
     "irate(timbala_http_requests_total[10s])",
     "increase(prometheus_tsdb_head_samples_appended_total[1m])",
     "sum by (job) (scrape_samples_scraped)",
-    "sum by (job) (rate(scrape_duration_seconds[30s]))",
+    "sum by (instance) (rate(scrape_duration_seconds[30s]))",
     "count by (job) (up)",
-    "histogram_quantile(0.9, sum by (le) (rate(prometheus_http_request_duration_seconds_bucket[1m])))",
+    "histogram_quantile(0.9, rate(prometheus_http_request_duration_seconds_bucket[1m]))",
     r#"histogram_quantile(0.5, rate(prometheus_http_request_duration_seconds_bucket{handler="/metrics"}[1m]))"#,
-    "histogram_quantile(0.99, sum by (instance, le) (rate(timbala_http_request_duration_seconds_bucket[1m])))",
+    "histogram_quantile(0.99, rate(timbala_http_request_duration_seconds_bucket[1m]))",
     "topk(3, scrape_duration_seconds)",
     "bottomk(2, scrape_duration_seconds)",
     "up offset 30s",
@@ -53,7 +56,7 @@ const INSTANT_QUERIES: &[&str] = &[
 const RANGE_QUERIES: &[&str] = &[
     "rate(prometheus_http_requests_total[30s])",
     "sum by (job) (up)",
-    "histogram_quantile(0.9, sum by (le) (rate(prometheus_http_request_duration_seconds_bucket[1m])))",
+    "histogram_quantile(0.9, rate(timbala_http_request_duration_seconds_bucket[1m]))",
 ];
 
 const RANGE_SPAN_S: f64 = 30.0;
