@@ -163,7 +163,7 @@ fn emulation_rules() -> [Vec<&'static str>; 2] {
 fn restore_network(stack: &Stack, service: &str, mut delayer: Child) -> Result<(), String> {
     match measured_loss(stack, service) {
         Ok((dropped, total)) => println!(
-            "  emulated loss: dropped {dropped} of {total} egress packets ({:.1}%)",
+            "  emulated loss: dropped {dropped} of {total} egress packets as netfilter counts them ({:.1}%)",
             100.0 * dropped as f64 / total.max(1) as f64
         ),
         Err(e) => println!("  emulated loss: counters unreadable: {e}"),
