@@ -1,7 +1,7 @@
 # Timbala: the two commands a fresh clone needs are `make run` and `make test`.
 CARGO ?= cargo
 
-.PHONY: run build test lint unit setup fuzz bench
+.PHONY: run build test lint unit setup fuzz bench integration
 
 ## Run one node with its data in ./data (HTTP on :9080).
 run:
@@ -34,3 +34,14 @@ bench:
 	$(CARGO) build --release --bin timbala --example bench_compare
 	bash bench/install-peers.sh
 	target/release/examples/bench_compare --runs $(BENCH_RUNS)
+
+## docker-compose integration suite: real Prometheus writing into a 3-node cluster,
+## answers checked with promtool, nodes killed, paused, cut off and degraded. Builds the
+## images locally (nothing is pulled), runs every scenario, always tears the stack down.
+## Needs root (iptables and nsenter in the containers' network namespaces).
+integration:
+	$(CARGO) build --bin timbala --example integration_driver
+	bash scripts/install-prometheus.sh
+	bash scripts/install-nginx.sh
+	bash integration/build-images.sh
+	$(CARGO) run --quiet --example integration_driver

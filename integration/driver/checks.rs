@@ -1,0 +1,349 @@
+//! What the driver checks: that the stack has converged, that PromQL answers from
+//! Prometheus's local storage and from every Timbala node agree, that every sample
+//! Prometheus scraped over a window reached every node, that the replicas hold the same
+//! data, and that Prometheus's remote-write counters show no failed or dropped sample.
+//!
+//! Owns: the query list, the waits (each bounded) and the per-window accounting.
+//! Calls `api` only.
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use crate::api::{self, RawSeries, NODES, PROMETHEUS};
+
+/// Instant queries compared at one evaluation time: selectors, rate, aggregation,
+/// histogram_quantile over scraped histograms, topk/bottomk, offset, *_over_time.
+///
+/// Left out because Debian's Prometheus 2.42 and Timbala (which follows current
+/// Prometheus) legitimately differ: `avg_over_time` (2.42 averages incrementally,
+/// current Prometheus sums with Kahan compensation: last digits differ), `sum` over three
+/// or more non-integer values (the same: 2.42 adds naively, current Prometheus with
+/// Kahan compensation; so `sum by` here groups integers or single rates, and
+/// `histogram_quantile` reads each scraped histogram unaggregated), `topk`/`bottomk`
+/// over values that tie (which tied series wins is unspecified). Windows that contain the
+/// first samples of a counter differ too (2.42 caps the extrapolation towards zero
+/// before applying the 1.1-interval threshold, current Prometheus after it), so the
+/// driver compares only once the stack has run longer than any window reaches back.
+const INSTANT_QUERIES: &[&str] = &[
+    "up",
+    r#"up{job="timbala"}"#,
+    r#"prometheus_http_requests_total{handler="/metrics"}"#,
+    r#"{__name__=~"prometheus_tsdb_head_(series|chunks)"}"#,
+    r#"scrape_samples_scraped{instance=~"timbala-.*"}"#,
+    "rate(prometheus_http_requests_total[30s])",
+    "irate(timbala_http_requests_total[10s])",
+    "increase(prometheus_tsdb_head_samples_appended_total[1m])",
+    "sum by (job) (scrape_samples_scraped)",
+    "sum by (instance) (rate(scrape_duration_seconds[30s]))",
+    "count by (job) (up)",
+    "histogram_quantile(0.9, rate(prometheus_http_request_duration_seconds_bucket[1m]))",
+    r#"histogram_quantile(0.5, rate(prometheus_http_request_duration_seconds_bucket{handler="/metrics"}[1m]))"#,
+    "histogram_quantile(0.99, rate(timbala_http_request_duration_seconds_bucket[1m]))",
+    "topk(3, scrape_duration_seconds)",
+    "bottomk(2, scrape_duration_seconds)",
+    "up offset 30s",
+    "rate(prometheus_http_requests_total[30s] offset 20s)",
+    "min_over_time(scrape_duration_seconds[1m])",
+    "max_over_time(scrape_samples_scraped[1m])",
+    "count_over_time(up[1m])",
+    "delta(prometheus_tsdb_head_series[1m])",
+    "scrape_samples_scraped / scrape_samples_post_metric_relabeling",
+    r#"label_replace(up, "host", "$1", "instance", "(.*):.*")"#,
+    "absent(no_such_metric)",
+];
+
+/// Range queries compared over the 30 s before the evaluation time, step 5 s.
+const RANGE_QUERIES: &[&str] = &[
+    "rate(prometheus_http_requests_total[30s])",
+    "sum by (job) (up)",
+    "histogram_quantile(0.9, rate(timbala_http_request_duration_seconds_bucket[1m]))",
+];
+
+const RANGE_SPAN_S: f64 = 30.0;
+
+/// How far before the evaluation time the compared queries read data: the range span
+/// plus the longest range selector (1m). The first comparison waits for this much data.
+pub const QUERY_REACH_S: f64 = RANGE_SPAN_S + 60.0;
+
+pub fn now_s() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+/// Polls `ready` every 500 ms until it answers Ok(true) or `timeout` passes; the last
+/// reason it was not ready is in the error.
+pub fn wait_for(
+    what: &str,
+    timeout: Duration,
+    mut ready: impl FnMut() -> Result<bool, String>,
+) -> Result<(), String> {
+    let deadline = Instant::now() + timeout;
+    let mut last = String::from("not ready");
+    loop {
+        match ready() {
+            Ok(true) => return Ok(()),
+            Ok(false) => {}
+            Err(e) => last = e,
+        }
+        if Instant::now() >= deadline {
+            return Err(format!(
+                "timed out after {timeout:?} waiting for {what}: {last}"
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+/// Every node sees three alive members and no handoff backlog, and Prometheus scrapes
+/// all four targets.
+pub fn cluster_converged() -> Result<bool, String> {
+    for (name, base) in NODES {
+        let status = api::get_json(&format!("{base}/api/v1/status/cluster"))?;
+        let data = &status["data"];
+        let alive = data["members"]
+            .as_array()
+            .map_or(0, |m| m.iter().filter(|m| m["state"] == "alive").count());
+        if alive != NODES.len() {
+            return Err(format!("{name} sees {alive} alive members"));
+        }
+        let backlog: u64 = data["handoffBacklog"]
+            .as_array()
+            .map_or(0, |b| b.iter().filter_map(|b| b["batches"].as_u64()).sum());
+        if backlog > 0 {
+            return Err(format!("{name} still holds {backlog} hinted batches"));
+        }
+    }
+    let up = api::api_value(PROMETHEUS, "count(up == 1)")?;
+    if up < 4.0 {
+        return Err(format!("{up} of 4 targets up"));
+    }
+    Ok(true)
+}
+
+/// Prometheus has sent every sample up to `t_s` (the remote-write queue's highest sent
+/// timestamp is past it).
+pub fn remote_write_past(t_s: f64) -> Result<bool, String> {
+    let sent = api::api_value(
+        PROMETHEUS,
+        "prometheus_remote_storage_queue_highest_sent_timestamp_seconds",
+    )?;
+    if sent < t_s {
+        return Err(format!(
+            "remote write has sent up to {sent:.3}, need {t_s:.3}"
+        ));
+    }
+    Ok(true)
+}
+
+/// Prometheus's remote-write sample counters at one moment.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct WriteCounters {
+    pub failed: f64,
+    pub dropped: f64,
+    pub retried: f64,
+    pub sent: f64,
+}
+
+pub fn write_counters() -> Result<WriteCounters, String> {
+    let value = |name: &str| api::api_value(PROMETHEUS, &format!("sum({name})"));
+    Ok(WriteCounters {
+        failed: value("prometheus_remote_storage_samples_failed_total")?,
+        dropped: value("prometheus_remote_storage_samples_dropped_total")?,
+        retried: value("prometheus_remote_storage_samples_retried_total")?,
+        sent: value("prometheus_remote_storage_samples_total")?,
+    })
+}
+
+/// Hinted-handoff counters summed over the nodes, to show a fault made the cluster
+/// store and replay hints.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct HandoffCounters {
+    per_node: [(f64, f64); 3],
+}
+
+pub fn handoff_counters() -> Result<HandoffCounters, String> {
+    let mut counters = HandoffCounters::default();
+    for (slot, (_, base)) in counters.per_node.iter_mut().zip(NODES) {
+        *slot = (
+            api::exposed_sum(base, "timbala_handoff_stored_total")?,
+            api::exposed_sum(base, "timbala_handoff_delivered_total")?,
+        );
+    }
+    Ok(counters)
+}
+
+impl HandoffCounters {
+    /// Batches stored as hints and delivered between `before` and `self`; a node whose
+    /// counters went down was restarted, so it counts from zero.
+    pub fn since(&self, before: &HandoffCounters) -> (f64, f64) {
+        let increase = |now: f64, then: f64| if now < then { now } else { now - then };
+        self.per_node.iter().zip(before.per_node.iter()).fold(
+            (0.0, 0.0),
+            |(stored, delivered), (now, then)| {
+                (
+                    stored + increase(now.0, then.0),
+                    delivered + increase(now.1, then.1),
+                )
+            },
+        )
+    }
+}
+
+/// Compares every query's answer from Prometheus with each node's; returns the number
+/// of (query, node) pairs compared and a description of each disagreement.
+pub fn compare_queries(at_s: f64) -> (usize, Vec<String>) {
+    let mut compared = 0;
+    let mut failures = Vec::new();
+    let mut check = |label: &str, answer: &dyn Fn(&str) -> Result<String, String>| {
+        let expected = match answer(PROMETHEUS) {
+            Ok(e) => e,
+            Err(e) => {
+                failures.push(format!("{label}: Prometheus: {e}"));
+                return;
+            }
+        };
+        for (name, base) in NODES {
+            compared += 1;
+            match answer(base) {
+                Ok(got) if got == expected => {}
+                Ok(got) => failures.push(format!(
+                    "{label} on {name}:\n    prometheus: {}\n    timbala:    {}",
+                    clip(&expected),
+                    clip(&got)
+                )),
+                Err(e) => failures.push(format!("{label} on {name}: {e}")),
+            }
+        }
+    };
+    for query in INSTANT_QUERIES {
+        check(query, &|base| api::promtool_instant(base, query, at_s));
+    }
+    for query in RANGE_QUERIES {
+        let label = format!("range {query}");
+        check(&label, &|base| {
+            api::promtool_range(base, query, at_s - RANGE_SPAN_S, at_s, 5)
+        });
+    }
+    (compared, failures)
+}
+
+pub fn query_count() -> usize {
+    INSTANT_QUERIES.len() + RANGE_QUERIES.len()
+}
+
+fn clip(s: &str) -> String {
+    const MAX: usize = 400;
+    match s.char_indices().nth(MAX) {
+        Some((i, _)) => format!("{}...", &s[..i]),
+        None => s.to_string(),
+    }
+}
+
+/// One node's view of a window compared with Prometheus's.
+#[derive(Debug, Default)]
+pub struct NodeAccount {
+    pub name: &'static str,
+    /// Samples a PromQL query on this node returns (fan-out, replicas merged).
+    pub found_query: usize,
+    /// Samples in this node's own storage (its replica of every series).
+    pub found_local: usize,
+    /// Prometheus samples absent from the query answer or from the local replica.
+    pub missing: usize,
+    /// Series whose samples differ from Prometheus's in either view.
+    pub differing_series: usize,
+}
+
+/// Prometheus's samples over a window against every node's.
+#[derive(Debug, Default)]
+pub struct WindowAccount {
+    pub series: usize,
+    pub written: usize,
+    pub nodes: Vec<NodeAccount>,
+    /// Series whose local data is not identical on all three nodes.
+    pub replica_mismatches: usize,
+}
+
+impl WindowAccount {
+    pub fn clean(&self) -> bool {
+        self.replica_mismatches == 0
+            && self
+                .nodes
+                .iter()
+                .all(|n| n.missing == 0 && n.differing_series == 0)
+    }
+}
+
+/// Accounts for every sample in `[end_s - range_s, end_s]`.
+pub fn account_window(end_s: f64, range_s: u64) -> Result<WindowAccount, String> {
+    let end_ms = (end_s * 1000.0).floor() as i64;
+    let end_s = end_ms as f64 / 1000.0;
+    let start_ms = end_ms - i64::try_from(range_s).unwrap_or(0) * 1000;
+    let expected = api::query_raw(PROMETHEUS, range_s, end_s)?;
+    let mut account = WindowAccount {
+        series: expected.len(),
+        written: expected.values().map(Vec::len).sum(),
+        ..WindowAccount::default()
+    };
+    let mut locals = Vec::new();
+    for (name, base) in NODES {
+        let queried = api::query_raw(base, range_s, end_s)?;
+        let local = api::read_local(base, start_ms, end_ms)?;
+        let (missing_q, differing_q) = compare_series(&expected, &queried);
+        let (missing_l, differing_l) = compare_series(&expected, &local);
+        account.nodes.push(NodeAccount {
+            name,
+            found_query: queried.values().map(Vec::len).sum(),
+            found_local: local.values().map(Vec::len).sum(),
+            missing: missing_q.max(missing_l),
+            differing_series: differing_q.max(differing_l),
+        });
+        locals.push(local);
+    }
+    account.replica_mismatches = replica_mismatches(&locals);
+    Ok(account)
+}
+
+/// Samples of `expected` that `got` lacks, and series that are not identical (either
+/// side may have a series the other lacks). NaN payloads are not compared: a query
+/// answer spells every NaN "NaN", while raw storage keeps the scraped bits.
+fn compare_series(expected: &RawSeries, got: &RawSeries) -> (usize, usize) {
+    let mut missing = 0;
+    let mut differing = 0;
+    for (labels, samples) in expected {
+        let ours = canonical_nans(samples);
+        let theirs = canonical_nans(got.get(labels).map_or(&[][..], Vec::as_slice));
+        if theirs != ours {
+            differing += 1;
+            let have: BTreeSet<_> = theirs.iter().collect();
+            missing += ours.iter().filter(|s| !have.contains(s)).count();
+        }
+    }
+    differing += got.keys().filter(|l| !expected.contains_key(*l)).count();
+    (missing, differing)
+}
+
+fn canonical_nans(samples: &[(i64, u64)]) -> Vec<(i64, u64)> {
+    samples
+        .iter()
+        .map(|&(t, bits)| {
+            let bits = if f64::from_bits(bits).is_nan() {
+                f64::NAN.to_bits()
+            } else {
+                bits
+            };
+            (t, bits)
+        })
+        .collect()
+}
+
+/// Series that are not identical (bit for bit) on every replica.
+fn replica_mismatches(replicas: &[RawSeries]) -> usize {
+    let all: BTreeSet<_> = replicas.iter().flat_map(|r| r.keys()).collect();
+    all.into_iter()
+        .filter(|labels| {
+            let first = replicas[0].get(*labels);
+            replicas[1..].iter().any(|r| r.get(*labels) != first)
+        })
+        .count()
+}

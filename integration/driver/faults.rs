@@ -1,0 +1,226 @@
+//! The faults the suite injects into one node while Prometheus keeps writing: kill and
+//! restart, pause and resume, network partition, and degraded network (10% packet loss
+//! plus 100 ms delay on every packet the node sends).
+//!
+//! Owns: how each fault is applied and healed. Network faults are iptables rules in
+//! the container's network namespace, entered from the host. Degraded network uses
+//! `tc netem` when the kernel has sch_netem; otherwise it is emulated: iptables'
+//! `statistic` match drops 10% of egress packets and every other egress packet goes to
+//! an NFQUEUE that integration/netem_delay.py holds for 100 ms before accepting.
+//! Calls `stack` only.
+
+use std::process::Child;
+use std::time::Duration;
+
+use crate::stack::Stack;
+
+/// Netfilter queue number used by the delay emulation.
+const DELAY_QUEUE: &str = "7";
+const DELAY_MS: &str = "100";
+const LOSS_PROBABILITY: &str = "0.1";
+
+#[derive(Clone, Copy, Debug)]
+pub enum FaultKind {
+    KillRestart,
+    PauseResume,
+    Partition,
+    Netem,
+}
+
+impl FaultKind {
+    pub fn describe(self) -> &'static str {
+        match self {
+            FaultKind::KillRestart => "killed (SIGKILL) and restarted",
+            FaultKind::PauseResume => "paused (cgroup freezer) and resumed",
+            FaultKind::Partition => "cut off from the network and reconnected",
+            FaultKind::Netem => "10% egress packet loss and 100 ms egress delay",
+        }
+    }
+}
+
+/// A fault in force on one service; `heal` undoes it.
+pub enum Applied {
+    Killed,
+    Paused,
+    Partitioned,
+    TcNetem,
+    EmulatedNetem { delayer: Child },
+}
+
+const PARTITION_RULES: [[&str; 4]; 2] = [
+    ["INPUT", "-i", "eth0", "DROP"],
+    ["OUTPUT", "-o", "eth0", "DROP"],
+];
+
+pub fn apply(stack: &Stack, service: &str, kind: FaultKind) -> Result<Applied, String> {
+    match kind {
+        FaultKind::KillRestart => stack.kill(service).map(|()| Applied::Killed),
+        FaultKind::PauseResume => stack.pause(service).map(|()| Applied::Paused),
+        FaultKind::Partition => {
+            for [chain, dir, dev, target] in PARTITION_RULES {
+                stack.in_netns(service, &["iptables", "-I", chain, dir, dev, "-j", target])?;
+            }
+            Ok(Applied::Partitioned)
+        }
+        FaultKind::Netem => degrade(stack, service),
+    }
+}
+
+pub fn heal(stack: &Stack, service: &str, applied: Applied) -> Result<(), String> {
+    match applied {
+        Applied::Killed => stack.start(service),
+        Applied::Paused => stack.unpause(service),
+        Applied::Partitioned => {
+            for [chain, dir, dev, target] in PARTITION_RULES {
+                stack.in_netns(service, &["iptables", "-D", chain, dir, dev, "-j", target])?;
+            }
+            Ok(())
+        }
+        Applied::TcNetem => stack
+            .in_netns(service, &["tc", "qdisc", "del", "dev", "eth0", "root"])
+            .map(drop),
+        Applied::EmulatedNetem { delayer } => restore_network(stack, service, delayer),
+    }
+}
+
+/// True when the kernel offers sch_netem (probed by adding and removing a qdisc).
+fn tc_netem_available(stack: &Stack, service: &str) -> bool {
+    let probe = [
+        "tc", "qdisc", "add", "dev", "lo", "root", "netem", "delay", "1ms",
+    ];
+    if stack.in_netns(service, &probe).is_err() {
+        return false;
+    }
+    let _ = stack.in_netns(service, &["tc", "qdisc", "del", "dev", "lo", "root"]);
+    true
+}
+
+fn degrade(stack: &Stack, service: &str) -> Result<Applied, String> {
+    if tc_netem_available(stack, service) {
+        println!("  network: tc netem (kernel has sch_netem)");
+        let netem = ["tc", "qdisc", "add", "dev", "eth0", "root", "netem"];
+        let params = ["delay", "100ms", "loss", "10%"];
+        stack.in_netns(service, &[&netem[..], &params[..]].concat())?;
+        return Ok(Applied::TcNetem);
+    }
+    println!(
+        "  network: kernel lacks sch_netem; emulating netem with iptables statistic \
+         (10% egress drop) + NFQUEUE delayer (100 ms on every egress packet)"
+    );
+    let delayer = stack.spawn_in_netns(
+        service,
+        &[
+            "python3",
+            "integration/netem_delay.py",
+            DELAY_QUEUE,
+            DELAY_MS,
+        ],
+    )?;
+    // The queue must be bound before packets are sent to it.
+    std::thread::sleep(Duration::from_millis(800));
+    for rule in emulation_rules() {
+        let mut args = vec!["iptables", "-A"];
+        args.extend_from_slice(&rule);
+        if let Err(e) = stack.in_netns(service, &args) {
+            let _ = restore_network(stack, service, delayer);
+            return Err(e);
+        }
+    }
+    Ok(Applied::EmulatedNetem { delayer })
+}
+
+/// Drop first (10% of egress), then queue everything that survives for the delay.
+/// `--queue-bypass` lets packets pass undelayed if the delayer is not running.
+fn emulation_rules() -> [Vec<&'static str>; 2] {
+    [
+        vec![
+            "OUTPUT",
+            "-o",
+            "eth0",
+            "-m",
+            "statistic",
+            "--mode",
+            "random",
+            "--probability",
+            LOSS_PROBABILITY,
+            "-j",
+            "DROP",
+        ],
+        vec![
+            "OUTPUT",
+            "-o",
+            "eth0",
+            "-j",
+            "NFQUEUE",
+            "--queue-num",
+            DELAY_QUEUE,
+            "--queue-bypass",
+        ],
+    ]
+}
+
+/// Removes the rules, lets the delayer release what it holds, then stops it.
+fn restore_network(stack: &Stack, service: &str, mut delayer: Child) -> Result<(), String> {
+    match measured_loss(stack, service) {
+        Ok((dropped, total)) => println!(
+            "  emulated loss: dropped {dropped} of {total} egress packets as netfilter counts them ({:.1}%)",
+            100.0 * dropped as f64 / total.max(1) as f64
+        ),
+        Err(e) => println!("  emulated loss: counters unreadable: {e}"),
+    }
+    let mut result = Ok(());
+    for rule in emulation_rules() {
+        let mut args = vec!["iptables", "-D"];
+        args.extend_from_slice(&rule);
+        if let Err(e) = stack.in_netns(service, &args) {
+            result = Err(e);
+        }
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    if let Ok(pid) = i32::try_from(delayer.id()) {
+        // SAFETY: kill(2) on our own child's pid; it has not been reaped yet.
+        unsafe { libc::kill(pid, libc::SIGTERM) };
+    }
+    let _ = delayer.wait();
+    result
+}
+
+/// Packets dropped by the loss rule and all egress packets that reached the rules,
+/// from the rules' packet counters.
+fn measured_loss(stack: &Stack, service: &str) -> Result<(u64, u64), String> {
+    let listing = stack.in_netns(service, &["iptables", "-L", "OUTPUT", "-v", "-x", "-n"])?;
+    let (mut dropped, mut delayed) = (0, 0);
+    for line in listing.lines() {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let (Some(packets), Some(target)) = (fields.first(), fields.get(2)) else {
+            continue;
+        };
+        let Ok(packets) = packets.parse::<u64>() else {
+            continue;
+        };
+        match *target {
+            "DROP" if line.contains("statistic") => dropped += packets,
+            "NFQUEUE" => delayed += packets,
+            _ => {}
+        }
+    }
+    Ok((dropped, dropped + delayed))
+}
+
+/// Median TCP connect time (ms) to `addr` over `tries` attempts; run inside a node's
+/// network namespace by the driver's `connect-rtt` subcommand to show the delay.
+pub fn connect_rtt_ms(addr: &str, tries: usize) -> Result<f64, String> {
+    let target: std::net::SocketAddr = addr.parse().map_err(|e| format!("{addr}: {e}"))?;
+    let mut times = Vec::with_capacity(tries);
+    for _ in 0..tries {
+        let start = std::time::Instant::now();
+        std::net::TcpStream::connect_timeout(&target, Duration::from_secs(5))
+            .map_err(|e| format!("connect {addr}: {e}"))?;
+        times.push(start.elapsed().as_secs_f64() * 1000.0);
+    }
+    times.sort_by(f64::total_cmp);
+    times
+        .get(tries / 2)
+        .copied()
+        .ok_or_else(|| "no attempts".to_string())
+}

@@ -1,0 +1,248 @@
+//! Integration driver (`make integration`): starts the docker-compose stack (a real
+//! Prometheus writing into a three-node Timbala cluster through nginx), checks PromQL
+//! answers with promtool against Prometheus's local storage and every node, then runs
+//! each fault scenario with writes flowing and accounts for every sample. Exits non-zero
+//! when any check fails; the stack is always torn down.
+//!
+//! Owns: the order of the suite, the scenario timeline and the printed report.
+//! Calls `stack` (compose lifecycle), `faults` (inject and heal), `checks` (waits and
+//! comparisons) and `api` (endpoints).
+//!
+//! Subcommand `connect-rtt ADDR`: prints the median TCP connect time to ADDR; the
+//! driver runs it inside a node's network namespace to show the injected delay.
+
+mod api;
+mod checks;
+mod faults;
+mod stack;
+
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use checks::{now_s, wait_for, WindowAccount, WriteCounters};
+use faults::FaultKind;
+use stack::Stack;
+
+/// Writes flowing before a fault, the fault's duration, and writes after healing.
+const BEFORE_FAULT: Duration = Duration::from_secs(5);
+const FAULT_HOLD: Duration = Duration::from_secs(20);
+const AFTER_HEAL: Duration = Duration::from_secs(5);
+/// Margin between the first scrapes and the earliest data a compared query reads.
+const WARM_UP_MARGIN_S: f64 = 15.0;
+/// Queries are compared this long before now, so their data has surely been sent.
+const ANSWER_LAG_S: f64 = 10.0;
+/// Bound on every wait for recovery or convergence.
+const CONVERGENCE_TIMEOUT: Duration = Duration::from_secs(120);
+/// A node's gossip+HTTP address seen from another node, for the RTT probe.
+const RTT_PROBE_TARGET: &str = "10.213.7.11:9080";
+
+const SCENARIOS: [(FaultKind, &str); 4] = [
+    (FaultKind::KillRestart, "timbala-2"),
+    (FaultKind::PauseResume, "timbala-3"),
+    (FaultKind::Partition, "timbala-2"),
+    (FaultKind::Netem, "timbala-3"),
+];
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().collect();
+    if let [_, cmd, addr] = args.as_slice() {
+        if cmd == "connect-rtt" {
+            return match faults::connect_rtt_ms(addr, 11) {
+                Ok(ms) => {
+                    println!("{ms:.2}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("{e}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
+    }
+    let started = Instant::now();
+    let failures = match run_suite() {
+        Ok(failures) => failures,
+        Err(e) => vec![format!("suite aborted: {e}")],
+    };
+    println!(
+        "\nintegration suite took {:.0} s",
+        started.elapsed().as_secs_f64()
+    );
+    if failures.is_empty() {
+        println!("integration suite PASSED");
+        ExitCode::SUCCESS
+    } else {
+        println!("integration suite FAILED:");
+        for f in &failures {
+            println!("  - {f}");
+        }
+        ExitCode::FAILURE
+    }
+}
+
+/// Runs everything against one stack; returns the failed checks.
+fn run_suite() -> Result<Vec<String>, String> {
+    let mut stack = Stack::up()?;
+    let started = Instant::now();
+    let result = run_checks(&stack, started);
+    let failed = !matches!(&result, Ok(f) if f.is_empty());
+    if failed {
+        stack.dump_logs_on_teardown();
+    }
+    drop(stack);
+    result
+}
+
+fn run_checks(stack: &Stack, started: Instant) -> Result<Vec<String>, String> {
+    wait_for(
+        "the cluster to converge",
+        CONVERGENCE_TIMEOUT,
+        checks::cluster_converged,
+    )?;
+    println!("stack up: 3 nodes alive, 4 targets scraped");
+    // No compared query may reach back to the first scrapes (see checks::INSTANT_QUERIES).
+    let warm_up = Duration::from_secs_f64(checks::QUERY_REACH_S + WARM_UP_MARGIN_S + ANSWER_LAG_S);
+    std::thread::sleep(warm_up.saturating_sub(started.elapsed()));
+
+    let mut failures = compare_answers("after warm-up")?;
+    for (kind, service) in SCENARIOS {
+        failures.extend(run_scenario(stack, kind, service)?);
+    }
+    failures.extend(compare_answers("after all faults")?);
+    Ok(failures)
+}
+
+/// The query comparison at a time whose samples have all reached Timbala.
+fn compare_answers(when: &str) -> Result<Vec<String>, String> {
+    let at = now_s() - ANSWER_LAG_S;
+    wait_for("remote write to catch up", CONVERGENCE_TIMEOUT, || {
+        checks::remote_write_past(at + 5.0)
+    })?;
+    let (compared, failures) = checks::compare_queries(at);
+    println!(
+        "\n== PromQL answers {when}: {} queries x {} nodes, {} of {compared} identical to Prometheus's",
+        checks::query_count(),
+        api::NODES.len(),
+        compared - failures.len(),
+    );
+    for f in &failures {
+        println!("  DIFFERS {f}");
+    }
+    Ok(failures
+        .into_iter()
+        .map(|f| format!("query answer {when}: {}", f.lines().next().unwrap_or("")))
+        .collect())
+}
+
+fn run_scenario(stack: &Stack, kind: FaultKind, service: &str) -> Result<Vec<String>, String> {
+    println!("\n== scenario: {service} {}", kind.describe());
+    let name = format!("{service} {kind:?}");
+    let before = checks::write_counters()?;
+    let handoff_before = checks::handoff_counters()?;
+    let window_start = now_s();
+    std::thread::sleep(BEFORE_FAULT);
+
+    let rtt_before = matches!(kind, FaultKind::Netem).then(|| probe_rtt(stack, service));
+    let applied = faults::apply(stack, service, kind)?;
+    println!("  fault applied; holding {FAULT_HOLD:?} with writes flowing");
+    if let Some(before) = rtt_before {
+        std::thread::sleep(Duration::from_secs(2));
+        println!(
+            "  TCP connect RTT {service} -> timbala-1: {before} before, {} under the fault",
+            probe_rtt(stack, service)
+        );
+    }
+    std::thread::sleep(FAULT_HOLD);
+    faults::heal(stack, service, applied)?;
+    let healed = Instant::now();
+    wait_for(
+        "the cluster to converge",
+        CONVERGENCE_TIMEOUT,
+        checks::cluster_converged,
+    )?;
+    println!(
+        "  healed; cluster converged {:.1} s later",
+        healed.elapsed().as_secs_f64()
+    );
+    std::thread::sleep(AFTER_HEAL);
+
+    let window_end = now_s();
+    wait_for("remote write to catch up", CONVERGENCE_TIMEOUT, || {
+        checks::remote_write_past(window_end + 5.0)
+    })?;
+    wait_for(
+        "hinted handoff to drain",
+        CONVERGENCE_TIMEOUT,
+        checks::cluster_converged,
+    )?;
+    let range_s = (window_end - window_start).ceil() as u64;
+    let account = settled_account(window_end, range_s)?;
+    let after = checks::write_counters()?;
+    print_account(&account, range_s, &before, &after);
+    let (stored, delivered) = checks::handoff_counters()?.since(&handoff_before);
+    println!("  hinted handoff during scenario: {stored} batches stored, {delivered} delivered");
+
+    let mut failures = Vec::new();
+    if !account.clean() {
+        failures.push(format!("{name}: samples missing or replicas differ"));
+    }
+    if after.failed > before.failed || after.dropped > before.dropped {
+        failures.push(format!(
+            "{name}: Prometheus remote write failed {} and dropped {} samples",
+            after.failed - before.failed,
+            after.dropped - before.dropped
+        ));
+    }
+    Ok(failures)
+}
+
+/// The window's accounting once it stops changing: retried batches may still be in
+/// flight when the queue's highest sent timestamp has passed the window, so a window
+/// with gaps is accounted again (bounded) before the gaps count as losses.
+fn settled_account(end_s: f64, range_s: u64) -> Result<WindowAccount, String> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let account = checks::account_window(end_s, range_s)?;
+        if account.clean() || Instant::now() >= deadline {
+            return Ok(account);
+        }
+        std::thread::sleep(Duration::from_secs(5));
+    }
+}
+
+/// Median TCP connect time from `service`'s network namespace, run by this binary.
+fn probe_rtt(stack: &Stack, service: &str) -> String {
+    let exe = match std::env::current_exe() {
+        Ok(exe) => exe.to_string_lossy().into_owned(),
+        Err(e) => return format!("unknown ({e})"),
+    };
+    match stack.in_netns(service, &[&exe, "connect-rtt", RTT_PROBE_TARGET]) {
+        Ok(ms) => format!("{} ms", ms.trim()),
+        Err(e) => format!("unknown ({e})"),
+    }
+}
+
+fn print_account(a: &WindowAccount, range_s: u64, before: &WriteCounters, after: &WriteCounters) {
+    println!(
+        "  window {range_s} s: {} series, {} samples written (Prometheus local storage)",
+        a.series, a.written
+    );
+    println!(
+        "  {:<10} {:>14} {:>14} {:>8} {:>17}",
+        "node", "found (query)", "found (local)", "missing", "differing series"
+    );
+    for n in &a.nodes {
+        println!(
+            "  {:<10} {:>14} {:>14} {:>8} {:>17}",
+            n.name, n.found_query, n.found_local, n.missing, n.differing_series
+        );
+    }
+    println!("  replica mismatches: {}", a.replica_mismatches);
+    println!(
+        "  remote write during scenario: {} sent, {} retried, {} failed, {} dropped",
+        after.sent - before.sent,
+        after.retried - before.retried,
+        after.failed - before.failed,
+        after.dropped - before.dropped
+    );
+}
