@@ -26,6 +26,12 @@ pub const REPLICATION_FACTOR: usize = 3;
 /// keeps placement total and deterministic.
 const MAX_ATTEMPTS: u32 = 64;
 
+/// Whether `owners` picks every node for every key: true while the cluster has no more
+/// nodes than replicas, so callers may skip hashing (the order of owners differs).
+pub fn every_node_owns_every_series(node_count: usize) -> bool {
+    node_count <= REPLICATION_FACTOR
+}
+
 /// The partition key of a series: what placement hashes.
 pub fn partition_key(labels: &Labels) -> u64 {
     labels.stable_hash()
@@ -143,6 +149,20 @@ mod tests {
         assert_eq!(jump(0, 1), 0);
         assert_eq!(jump(0xdead_beef, 19), 16);
         assert_eq!(owners(partition_key(&labels), 5, 3), vec![2, 3, 4]);
+    }
+
+    #[test]
+    fn shortcut_agrees_with_owners() {
+        for nodes in 1..=7 {
+            let every_key_on_all = (0..500).all(|i| {
+                owners(partition_key(&series(i)), nodes, REPLICATION_FACTOR).len() == nodes
+            });
+            assert_eq!(
+                every_node_owns_every_series(nodes),
+                every_key_on_all,
+                "{nodes}"
+            );
+        }
     }
 
     #[test]
