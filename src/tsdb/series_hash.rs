@@ -10,7 +10,7 @@
 
 use std::hash::{BuildHasherDefault, Hasher};
 
-use crate::model::Labels;
+use crate::model::{splitmix64_mix, Labels};
 
 const MULTIPLIER: u64 = 0x9e37_79b9_7f4a_7c15;
 
@@ -21,7 +21,7 @@ pub fn label_set_hash(labels: &Labels) -> u64 {
         h = mix_bytes(h, l.name.as_bytes());
         h = mix_bytes(h, l.value.as_bytes());
     }
-    finish(h)
+    splitmix64_mix(h)
 }
 
 /// Mixes the bytes 8 at a time, then their length, so that `("ab", "c")` and
@@ -42,12 +42,6 @@ fn mix_bytes(mut h: u64, bytes: &[u8]) -> u64 {
 
 fn mix(h: u64, word: u64) -> u64 {
     (h.rotate_left(5) ^ word).wrapping_mul(MULTIPLIER)
-}
-
-fn finish(mut z: u64) -> u64 {
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
 }
 
 /// Hashes a `u64` key that is already a `label_set_hash` by passing it through, instead
