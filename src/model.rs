@@ -1,11 +1,20 @@
 //! The data model every box shares: labels, label sets, samples and label matchers.
 //!
 //! Owns: the in-memory representation of a series identity (`Labels`), a float sample,
-//! and `Matcher` with Prometheus's semantics (fully anchored regexes; a missing label
-//! matches as the empty string). Calls nothing else in the crate.
+//! `Matcher` with Prometheus's semantics (fully anchored regexes; a missing label
+//! matches as the empty string), and the label-set hashes' shared mixer. Calls nothing
+//! else in the crate.
 
 use std::fmt;
 use std::sync::Arc;
+
+/// SplitMix64's finalizer: spreads every input bit over all output bits. Placement's
+/// replica key (pinned, ADR 0004) and the head's in-memory label hash finish with it.
+pub fn splitmix64_mix(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
 
 /// The label that carries the metric name.
 pub const METRIC_NAME: &str = "__name__";

@@ -20,8 +20,12 @@
 //! sample each); an append returns after its samples are fsynced. Afterwards the head is
 //! written as a block by `snapshot`, and cut into real blocks by `maintain` when it spans
 //! more than 3 h (e.g. `-- 10000 760`).
+//!
+//! `-- http ADDR PID ...` measures the full write path of a running server instead; see
+//! `http_ingest.rs`.
 
 // Each benchmark uses only part of the shared generator.
+mod http_ingest;
 #[allow(dead_code)]
 #[path = "../common/node_exporter.rs"]
 mod node_exporter;
@@ -379,6 +383,11 @@ fn parse_args() -> Args {
 }
 
 fn main() {
+    let raw: Vec<String> = std::env::args().skip(1).collect();
+    if raw.first().is_some_and(|a| a == "http") {
+        http_ingest::run(&raw[1..]);
+        return;
+    }
     let Args {
         series,
         scrapes,

@@ -17,7 +17,7 @@ use std::hash::{BuildHasher, Hasher};
 
 use jumphash::CustomJumpHasher;
 
-use crate::model::Labels;
+use crate::model::{splitmix64_mix, Labels};
 
 /// Copies of each series the cluster keeps.
 pub const REPLICATION_FACTOR: usize = 3;
@@ -25,6 +25,12 @@ pub const REPLICATION_FACTOR: usize = 3;
 /// More rehash attempts than this is astronomically unlikely; past it a linear probe
 /// keeps placement total and deterministic.
 const MAX_ATTEMPTS: u32 = 64;
+
+/// Whether `owners` picks every node for every key: true while the cluster has no more
+/// nodes than replicas, so callers may skip hashing (the order of owners differs).
+pub fn every_node_owns_every_series(node_count: usize) -> bool {
+    node_count <= REPLICATION_FACTOR
+}
 
 /// The partition key of a series: what placement hashes.
 pub fn partition_key(labels: &Labels) -> u64 {
@@ -40,19 +46,13 @@ fn fnv1a64(bytes: &[u8]) -> u64 {
     h
 }
 
-fn splitmix64_finish(mut z: u64) -> u64 {
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
-}
-
 /// The jump-hash key of one replica placement attempt.
 pub fn replica_key(partition_key: u64, replica: u32, attempt: u32) -> u64 {
     let mut bytes = [0u8; 16];
     bytes[..4].copy_from_slice(&replica.to_le_bytes());
     bytes[4..8].copy_from_slice(&attempt.to_le_bytes());
     bytes[8..].copy_from_slice(&partition_key.to_le_bytes());
-    splitmix64_finish(fnv1a64(&bytes))
+    splitmix64_mix(fnv1a64(&bytes))
 }
 
 /// A `Hasher` that passes a u64 through unchanged, so the `jumphash` crate jumps on the
@@ -143,6 +143,20 @@ mod tests {
         assert_eq!(jump(0, 1), 0);
         assert_eq!(jump(0xdead_beef, 19), 16);
         assert_eq!(owners(partition_key(&labels), 5, 3), vec![2, 3, 4]);
+    }
+
+    #[test]
+    fn shortcut_agrees_with_owners() {
+        for nodes in 1..=7 {
+            let every_key_on_all = (0..500).all(|i| {
+                owners(partition_key(&series(i)), nodes, REPLICATION_FACTOR).len() == nodes
+            });
+            assert_eq!(
+                every_node_owns_every_series(nodes),
+                every_key_on_all,
+                "{nodes}"
+            );
+        }
     }
 
     #[test]

@@ -103,9 +103,10 @@ fn into_series(ts: proto::TimeSeries) -> Series {
             value: l.value,
         })
         .collect();
+    // By value: the conversion then reuses the decoded vector's allocation in place.
     let mut samples: Vec<Sample> = ts
         .samples
-        .iter()
+        .into_iter()
         .map(|s| Sample::new(s.timestamp, s.value))
         .collect();
     if !samples.is_sorted_by_key(|s| s.t) {

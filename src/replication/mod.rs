@@ -199,15 +199,25 @@ fn split_by_owner(
     let ring = &view.ring;
     let mut local = Vec::new();
     let mut remote: HashMap<NodeId, Vec<Series>> = HashMap::new();
+    // With no more nodes than replicas every node owns every series: placement need not
+    // hash each series to find that out (a single node spends most time here otherwise).
+    let everyone_owns_all = placement::every_node_owns_every_series(ring.len());
+    let all_nodes: Vec<NodeId> = ring.nodes_in_join_order().iter().map(|n| n.id).collect();
     for series in batch {
-        let mut owners = ring.owners(placement::partition_key(&series.labels));
+        let placed;
+        let mut owners: &[NodeId] = if everyone_owns_all {
+            &all_nodes
+        } else {
+            placed = ring.owners(placement::partition_key(&series.labels));
+            &placed
+        };
         if owners.is_empty() {
             // Not placed yet (first moments of a node): keep the data here.
-            owners.push(local_id);
+            owners = std::slice::from_ref(&local_id);
         }
         let last = owners.len() - 1;
         let mut series = Some(series);
-        for (i, owner) in owners.into_iter().enumerate() {
+        for (i, &owner) in owners.iter().enumerate() {
             let copy = if i == last {
                 series.take()
             } else {

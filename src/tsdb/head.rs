@@ -1,10 +1,10 @@
 //! The in-memory head: the newest samples of every active series.
 //!
-//! Owns: label interning (symbols), the series map (stable label hash with collision
-//! check, sharded locks), the head postings, and per-series sample storage: sealed XOR
+//! Owns: label interning (symbols), the series map (fast in-memory label hash with
+//! collision check, sharded locks), the head postings, and per-series sample storage: sealed XOR
 //! chunks of at most 120 samples, one open chunk, and a sorted buffer of out-of-order
 //! samples. Enforces the append rules (out-of-order window, too old, duplicates).
-//! Calls `chunk`, `index` and `model`.
+//! Calls `chunk`, `index`, `series_hash` and `model`.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 
 use super::chunk::{decode_xor, XorChunk};
 use super::index::{MemPostings, SeriesRef};
+use super::series_hash::{label_set_hash, PrehashedKey};
 use crate::model::{merge_sorted_samples, Label, Labels, Sample};
 use crate::storage::RejectReason;
 
@@ -386,7 +387,7 @@ impl MemSeries {
     }
 }
 
-type HashBuckets = HashMap<u64, Vec<Arc<MemSeries>>>;
+type HashBuckets = HashMap<u64, Vec<Arc<MemSeries>>, PrehashedKey>;
 type IdMap = HashMap<SeriesRef, Arc<MemSeries>>;
 
 /// The head: all in-memory series with their index.
@@ -419,6 +420,12 @@ impl Default for Head {
     }
 }
 
+/// The `by_hash` shard of a label-set hash: middle bits, because the shard's map
+/// indexes its buckets by the low bits and tags them with the top 7.
+fn hash_shard(hash: u64) -> usize {
+    (hash >> 32) as usize % SHARDS
+}
+
 fn read<T>(l: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
     l.read().unwrap_or_else(PoisonError::into_inner)
 }
@@ -447,8 +454,8 @@ impl Head {
         id: Option<SeriesRef>,
         on_create: &mut dyn FnMut(SeriesRef, &Labels),
     ) -> Arc<MemSeries> {
-        let hash = labels.stable_hash();
-        let mut shard = lock(&self.by_hash[(hash % SHARDS as u64) as usize]);
+        let hash = label_set_hash(labels);
+        let mut shard = lock(&self.by_hash[hash_shard(hash)]);
         let bucket = shard.entry(hash).or_default();
         if let Some(s) = bucket.iter().find(|s| s.has_labels(labels)) {
             return s.clone();

@@ -2,7 +2,8 @@
 //!
 //! Owns: everything on this node's disk. Submodules (one concept each): `chunk` (XOR
 //! chunks, byte-compatible with Prometheus), `index` (postings and matcher evaluation),
-//! `head` (in-memory series, label interning, open chunks), `wal` (segments, checksums,
+//! `head` (in-memory series, label interning, open chunks), `series_hash` (the head's
+//! in-memory label-set hash), `wal` (segments, checksums,
 //! checkpoints, replay), `block` (immutable on-disk blocks), `compact` (merging blocks),
 //! `retention` (time and size limits), `tombstones` (deletions), `querier` (reads across
 //! head and blocks), `metrics` (self-metrics), `db` (the database tying them together).
@@ -23,6 +24,7 @@ pub mod index;
 mod metrics;
 mod querier;
 pub mod retention;
+mod series_hash;
 pub mod tombstones;
 pub mod wal;
 
