@@ -103,6 +103,17 @@ impl Labels {
         &self.0
     }
 
+    /// The address of the shared storage: equal for clones of one label set, so a
+    /// per-query memo can key on it (while it holds a clone, the address is not reused).
+    pub fn identity(&self) -> usize {
+        Arc::as_ptr(&self.0) as usize
+    }
+
+    /// Whether other clones of this label set exist (changing it would copy it first).
+    pub fn is_shared(&self) -> bool {
+        Arc::strong_count(&self.0) > 1
+    }
+
     pub fn into_vec(self) -> Vec<Label> {
         Arc::try_unwrap(self.0).unwrap_or_else(|shared| (*shared).clone())
     }

@@ -198,7 +198,7 @@ fn elem_binop(op: TokenId, l: f64, r: f64) -> (f64, bool) {
 }
 
 fn vector_scalar(
-    ev: &Evaluator<'_>,
+    ev: &mut Evaluator<'_>,
     op: TokenId,
     vector: Vec<InstantSample>,
     scalar: f64,

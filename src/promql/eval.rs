@@ -15,6 +15,7 @@ use promql_parser::parser::{Call, Expr, MatrixSelector, SubqueryExpr, UnaryExpr,
 use crate::model::{is_stale_nan, Labels, Sample, METRIC_NAME};
 
 use super::functions::{self, FnArg, FnCall, FnError, FnOutput};
+use super::memo::LabelMemo;
 use super::plan::{at_ms, duration_ms, offset_ms, LoadedSeries, QueryTimes};
 use super::value::{Annotations, InstantSample, RangeSeries};
 use super::{aggregate, binary, EngineOptions, QueryError};
@@ -42,6 +43,8 @@ pub(crate) struct Evaluator<'a> {
     call_args: HashMap<usize, Vec<Expr>>,
     /// Per subquery node: the inner results of its latest window.
     subquery_windows: HashMap<usize, SubqueryWindow>,
+    /// Label sets without their metric identity, per input label set.
+    identity_removed: LabelMemo<Labels>,
 }
 
 impl<'a> Evaluator<'a> {
@@ -60,6 +63,7 @@ impl<'a> Evaluator<'a> {
             held_samples: 0,
             call_args: HashMap::new(),
             subquery_windows: HashMap::new(),
+            identity_removed: LabelMemo::default(),
         }
     }
 
@@ -93,22 +97,37 @@ impl<'a> Evaluator<'a> {
     }
 
     /// Marks a sample's metric name as dropped; removes it now unless removal is delayed.
-    pub(crate) fn drop_name(&self, s: &mut InstantSample) {
+    pub(crate) fn drop_name(&mut self, s: &mut InstantSample) {
         s.drop_name = true;
         if !self.opts.delayed_name_removal {
-            remove_metric_identity(&mut s.labels);
+            self.remove_identity(&mut s.labels);
         }
+    }
+
+    /// `remove_metric_identity`, memoised per series: the same input label sets come
+    /// back at every step of a range query.
+    pub(crate) fn remove_identity(&mut self, labels: &mut Labels) {
+        if !labels.is_shared() {
+            // Changed in place, no copy: nothing else holds this label set.
+            remove_metric_identity(labels);
+            return;
+        }
+        *labels = self.identity_removed.get_or_derive(labels, |l| {
+            let mut out = l.clone();
+            remove_metric_identity(&mut out);
+            out
+        });
     }
 
     /// Applies `drop_name` flags set by a function (at once unless removal is delayed)
     /// and rejects outputs in which two samples share a label set.
-    pub(crate) fn settle_vector(&self, v: &mut [InstantSample]) -> Result<(), QueryError> {
+    pub(crate) fn settle_vector(&mut self, v: &mut [InstantSample]) -> Result<(), QueryError> {
         if self.opts.delayed_name_removal {
             return Ok(());
         }
         for s in v.iter_mut() {
             if s.drop_name {
-                remove_metric_identity(&mut s.labels);
+                self.remove_identity(&mut s.labels);
             }
         }
         check_unique_labelsets(v)
