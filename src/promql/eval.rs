@@ -17,7 +17,7 @@ use crate::model::{is_stale_nan, Labels, Sample, METRIC_NAME};
 use super::functions::{self, FnArg, FnCall, FnError, FnOutput};
 use super::memo::LabelMemo;
 use super::plan::{at_ms, duration_ms, offset_ms, LoadedSeries, QueryTimes};
-use super::value::{Annotations, InstantSample, RangeSeries};
+use super::value::{Annotations, InstantSample, RangeSeries, SeriesWindow};
 use super::{aggregate, binary, EngineOptions, QueryError};
 
 /// The value of an expression at one step.
@@ -140,11 +140,10 @@ impl<'a> Evaluator<'a> {
             Expr::Paren(p) => self.eval(&p.expr, ts),
             Expr::Unary(u) => self.eval_unary(u, ts),
             Expr::VectorSelector(vs) => Ok(Value::Vector(self.select_instant(vs, ts)?)),
-            Expr::MatrixSelector(ms) => Ok(Value::Matrix(self.select_range(
-                ms,
-                ts,
-                SampleCount::AllSeries,
-            )?)),
+            Expr::MatrixSelector(ms) => {
+                let windows = self.select_range(ms, ts, SampleCount::AllSeries)?;
+                Ok(Value::Matrix(windows.iter().map(owned_series).collect()))
+            }
             Expr::Subquery(sq) => Ok(Value::Matrix(self.eval_subquery(sq, ts)?)),
             Expr::Binary(b) => binary::eval_binary(self, b, ts),
             Expr::Aggregate(a) => aggregate::eval_aggregate(self, a, ts),
@@ -234,37 +233,32 @@ impl<'a> Evaluator<'a> {
         Ok(out)
     }
 
-    /// A range vector selector: per series, the non-stale samples in `(t - range, t]`.
+    /// A range vector selector: per series, the samples in `(t - range, t]`, borrowed
+    /// from the loaded series (`plan` left out the staleness markers of range selectors).
     fn select_range(
         &mut self,
         ms: &MatrixSelector,
         ts: i64,
         count: SampleCount,
-    ) -> Result<Vec<RangeSeries>, QueryError> {
+    ) -> Result<Vec<SeriesWindow<'a>>, QueryError> {
         let t = self.reference_time(&ms.vs.at, &ms.vs.offset, ts);
         let oldest = t.saturating_sub(duration_ms(&ms.range));
+        let data: &'a LoadedSeries = self.data;
         let mut out = Vec::new();
         let mut points_held = 0;
-        for series in self.data.get(&ms.vs) {
+        for series in data.get(&ms.vs) {
             let from = series.samples.partition_point(|s| s.t <= oldest);
             let to = series.samples.partition_point(|s| s.t <= t);
             if from >= to {
                 continue;
             }
-            let points: Vec<Sample> = series.samples[from..to]
-                .iter()
-                .filter(|s| !is_stale_nan(s.v))
-                .copied()
-                .collect();
-            if points.is_empty() {
-                continue;
-            }
+            let points = &series.samples[from..to];
             points_held = match count {
                 SampleCount::AllSeries => points_held + points.len(),
                 SampleCount::OneSeriesAtATime => points_held.max(points.len()),
             };
-            out.push(RangeSeries {
-                labels: series.labels.clone(),
+            out.push(SeriesWindow {
+                labels: &series.labels,
                 points,
                 drop_name: false,
             });
@@ -362,17 +356,23 @@ impl<'a> Evaluator<'a> {
         }
         let mut values = Vec::with_capacity(call.args.args.len());
         let mut window = (ts, ts);
+        // The range-vector argument (at most one): a subquery's series, or the windows
+        // of loaded series.
+        let mut subquery_series: Vec<RangeSeries> = Vec::new();
+        let mut windows: Vec<SeriesWindow<'_>> = Vec::new();
         for arg in &call.args.args {
             let value = match unwrap_parens(arg) {
                 Expr::MatrixSelector(ms) => {
                     let t = self.reference_time(&ms.vs.at, &ms.vs.offset, ts);
                     window = (t.saturating_sub(duration_ms(&ms.range)), t);
-                    Value::Matrix(self.select_range(ms, ts, SampleCount::OneSeriesAtATime)?)
+                    windows = self.select_range(ms, ts, SampleCount::OneSeriesAtATime)?;
+                    Value::Matrix(Vec::new())
                 }
                 Expr::Subquery(sq) => {
                     let t = self.reference_time(&sq.at, &sq.offset, ts);
                     window = (t.saturating_sub(duration_ms(&sq.range)), t);
-                    Value::Matrix(self.eval_subquery(sq, ts)?)
+                    subquery_series = self.eval_subquery(sq, ts)?;
+                    Value::Matrix(Vec::new())
                 }
                 Expr::VectorSelector(_) if name == "timestamp" => self.eval(arg, ts)?,
                 _ => match self.eval(arg, ts)? {
@@ -392,13 +392,17 @@ impl<'a> Evaluator<'a> {
             .call_args
             .entry(key)
             .or_insert_with(|| call.args.args.iter().map(|a| (**a).clone()).collect());
+        if !subquery_series.is_empty() {
+            windows = subquery_series.iter().map(RangeSeries::window).collect();
+        }
         let args = values
             .iter()
             .map(|v| match v {
                 Value::Scalar(f) => FnArg::Scalar(*f),
                 Value::String(s) => FnArg::String(s.as_str()),
                 Value::Vector(v) => FnArg::Vector(v.as_slice()),
-                Value::Matrix(m) => FnArg::Matrix(m.as_slice()),
+                // Only a selector or subquery argument is a range vector.
+                Value::Matrix(_) => FnArg::Matrix(windows.as_slice()),
             })
             .collect();
         let output = functions::call(FnCall {
@@ -520,6 +524,15 @@ impl SubqueryWindow {
                 drop_name: s.drop_name,
             })
             .collect()
+    }
+}
+
+/// A window copied out into a series of its own (a range vector as a query's result).
+fn owned_series(w: &SeriesWindow<'_>) -> RangeSeries {
+    RangeSeries {
+        labels: w.labels.clone(),
+        points: w.points.to_vec(),
+        drop_name: w.drop_name,
     }
 }
 
