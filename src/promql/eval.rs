@@ -6,7 +6,7 @@
 //! sample accounting and timeout checks. Binary operators live in `binary`, aggregations
 //! in `aggregate`. Reads only the series `plan` loaded; never calls storage.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::hash::{DefaultHasher, Hasher};
 use std::time::Instant;
 
@@ -15,7 +15,7 @@ use promql_parser::parser::{Call, Expr, MatrixSelector, SubqueryExpr, UnaryExpr,
 use crate::model::{is_stale_nan, Labels, Sample, METRIC_NAME};
 
 use super::functions::{self, FnArg, FnCall, FnError, FnOutput};
-use super::memo::LabelMemo;
+use super::memo::{BuildWordHasher, LabelMemo};
 use super::plan::{at_ms, duration_ms, offset_ms, LoadedSeries, QueryTimes};
 use super::value::{Annotations, InstantSample, RangeSeries, SeriesWindow};
 use super::{aggregate, binary, EngineOptions, QueryError};
@@ -45,6 +45,9 @@ pub(crate) struct Evaluator<'a> {
     subquery_windows: HashMap<usize, SubqueryWindow>,
     /// Label sets without their metric identity, per input label set.
     identity_removed: LabelMemo<Labels>,
+    /// The hash of each label set's content, for the checks that a vector's label sets
+    /// are unique.
+    content_hashes: LabelMemo<u64>,
 }
 
 impl<'a> Evaluator<'a> {
@@ -64,6 +67,7 @@ impl<'a> Evaluator<'a> {
             call_args: HashMap::new(),
             subquery_windows: HashMap::new(),
             identity_removed: LabelMemo::default(),
+            content_hashes: LabelMemo::default(),
         }
     }
 
@@ -130,7 +134,26 @@ impl<'a> Evaluator<'a> {
                 self.remove_identity(&mut s.labels);
             }
         }
-        check_unique_labelsets(v)
+        self.check_unique(v)
+    }
+
+    /// `check_unique_labelsets` through per-series content hashes: a vector whose
+    /// hashes are all distinct has distinct label sets; on a repeated hash the exact
+    /// check decides.
+    pub(crate) fn check_unique(&mut self, v: &[InstantSample]) -> Result<(), QueryError> {
+        if v.len() < 2 {
+            return Ok(());
+        }
+        let mut seen = HashSet::with_capacity_and_hasher(v.len(), BuildWordHasher::default());
+        for s in v {
+            let hash = self
+                .content_hashes
+                .get_or_derive(&s.labels, |l| hash_labels_where(l, |_| true));
+            if !seen.insert(hash) {
+                return check_unique_labelsets(v);
+            }
+        }
+        Ok(())
     }
 
     pub(crate) fn eval(&mut self, expr: &Expr, ts: i64) -> Result<Value, QueryError> {
@@ -183,7 +206,7 @@ impl<'a> Evaluator<'a> {
                     self.drop_name(s);
                 }
                 if !self.opts.delayed_name_removal {
-                    check_unique_labelsets(&v)?;
+                    self.check_unique(&v)?;
                 }
                 Ok(Value::Vector(v))
             }

@@ -2,7 +2,7 @@
 //!
 //! Owns: `LabelMemo`, a map from a label set's identity (its shared storage, see
 //! `Labels::identity`) to a value derived from it (the label set without its metric
-//! name, an aggregation's group key). A range query meets the same input label sets at
+//! name, the hash of its content). A range query meets the same input label sets at
 //! every step; deriving once per series instead of once per series and step removes a
 //! copy-on-write allocation or a hash of every label per step. Calls only `model`.
 
@@ -17,7 +17,7 @@ use crate::model::Labels;
 /// holds) are memoised: a label set built for one step alone is never met again.
 pub(crate) struct LabelMemo<T> {
     /// identity -> (a clone keeping the identity alive and unique, the derived value)
-    entries: HashMap<usize, (Labels, T), BuildHasherDefault<AddressHasher>>,
+    entries: HashMap<usize, (Labels, T), BuildWordHasher>,
 }
 
 impl<T> Default for LabelMemo<T> {
@@ -46,12 +46,16 @@ impl<T: Clone> LabelMemo<T> {
     }
 }
 
-/// Hashes a heap address: folds a 128-bit product so the always-zero low bits of an
-/// aligned address do not leave the table's low bits constant.
+/// Hashes one word: a heap address or a hash computed beforehand. Folds a 128-bit
+/// product so the always-zero low bits of an aligned address do not leave the table's
+/// low bits constant.
 #[derive(Default)]
-struct AddressHasher(u64);
+pub(crate) struct WordHasher(u64);
 
-impl Hasher for AddressHasher {
+/// A `HashMap`/`HashSet` hasher for word keys (`WordHasher`).
+pub(crate) type BuildWordHasher = BuildHasherDefault<WordHasher>;
+
+impl Hasher for WordHasher {
     fn finish(&self) -> u64 {
         let product = u128::from(self.0).wrapping_mul(0x9e37_79b9_7f4a_7c15);
         (product as u64) ^ ((product >> 64) as u64)
@@ -65,6 +69,10 @@ impl Hasher for AddressHasher {
 
     fn write_usize(&mut self, n: usize) {
         self.0 = n as u64;
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
     }
 }
 
