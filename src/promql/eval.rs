@@ -48,6 +48,8 @@ pub(crate) struct Evaluator<'a> {
     /// The hash of each label set's content, for the checks that a vector's label sets
     /// are unique.
     content_hashes: LabelMemo<u64>,
+    /// Per aggregation node: the group key of each series.
+    group_keys: HashMap<usize, LabelMemo<u64>>,
 }
 
 impl<'a> Evaluator<'a> {
@@ -68,6 +70,7 @@ impl<'a> Evaluator<'a> {
             subquery_windows: HashMap::new(),
             identity_removed: LabelMemo::default(),
             content_hashes: LabelMemo::default(),
+            group_keys: HashMap::new(),
         }
     }
 
@@ -98,6 +101,11 @@ impl<'a> Evaluator<'a> {
             return Err(QueryError::TooManySamples);
         }
         Ok(())
+    }
+
+    /// The memo of group keys of the aggregation node at address `node`.
+    pub(crate) fn group_keys(&mut self, node: usize) -> &mut LabelMemo<u64> {
+        self.group_keys.entry(node).or_default()
     }
 
     /// Marks a sample's metric name as dropped; removes it now unless removal is delayed.
