@@ -14,6 +14,7 @@ use promql_parser::parser::{Call, Expr, MatrixSelector, SubqueryExpr, UnaryExpr,
 
 use crate::model::{is_stale_nan, Labels, Sample, METRIC_NAME};
 
+use super::cursor::{index_after, Cursors};
 use super::functions::{self, FnArg, FnCall, FnError, FnOutput};
 use super::memo::{BuildWordHasher, LabelMemo};
 use super::plan::{at_ms, duration_ms, offset_ms, LoadedSeries, QueryTimes};
@@ -50,6 +51,8 @@ pub(crate) struct Evaluator<'a> {
     content_hashes: LabelMemo<u64>,
     /// Per aggregation node: the group key of each series.
     group_keys: HashMap<usize, LabelMemo<u64>>,
+    /// Per selector: where the previous step's windows ended in each loaded series.
+    cursors: Cursors,
 }
 
 impl<'a> Evaluator<'a> {
@@ -71,6 +74,7 @@ impl<'a> Evaluator<'a> {
             identity_removed: LabelMemo::default(),
             content_hashes: LabelMemo::default(),
             group_keys: HashMap::new(),
+            cursors: Cursors::default(),
         }
     }
 
@@ -244,8 +248,10 @@ impl<'a> Evaluator<'a> {
         let t = self.reference_time(&vs.at, &vs.offset, ts);
         let oldest = t.saturating_sub(self.times.lookback);
         let mut out = Vec::new();
-        for series in self.data.get(vs) {
-            let idx = series.samples.partition_point(|s| s.t <= t);
+        let loaded = self.data.get(vs);
+        let hints = self.cursors.hints(LoadedSeries::key(vs), loaded.len());
+        for (series, hint) in loaded.iter().zip(hints.iter_mut()) {
+            let idx = index_after(&series.samples, t, hint);
             if idx == 0 {
                 continue;
             }
@@ -275,11 +281,15 @@ impl<'a> Evaluator<'a> {
         let t = self.reference_time(&ms.vs.at, &ms.vs.offset, ts);
         let oldest = t.saturating_sub(duration_ms(&ms.range));
         let data: &'a LoadedSeries = self.data;
+        let loaded = data.get(&ms.vs);
+        let hints = self
+            .cursors
+            .hints(LoadedSeries::key(&ms.vs), 2 * loaded.len());
         let mut out = Vec::new();
         let mut points_held = 0;
-        for series in data.get(&ms.vs) {
-            let from = series.samples.partition_point(|s| s.t <= oldest);
-            let to = series.samples.partition_point(|s| s.t <= t);
+        for (series, hint) in loaded.iter().zip(hints.chunks_exact_mut(2)) {
+            let from = index_after(&series.samples, oldest, &mut hint[0]);
+            let to = index_after(&series.samples, t, &mut hint[1]);
             if from >= to {
                 continue;
             }
