@@ -84,7 +84,12 @@ impl Labels {
     }
 
     pub fn metric_name(&self) -> Option<&str> {
-        self.get(METRIC_NAME)
+        // `__name__` sorts before every name that starts with a lower-case letter or
+        // `__[o-z]`, so it is nearly always first: check there before searching.
+        match self.0.first() {
+            Some(l) if l.name == METRIC_NAME => Some(l.value.as_str()),
+            _ => self.get(METRIC_NAME),
+        }
     }
 
     pub fn iter(&self) -> std::slice::Iter<'_, Label> {
@@ -361,6 +366,13 @@ impl fmt::Display for Matcher {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn metric_name_found_when_not_first() {
+        let l = Labels::from_pairs([("Zone", "eu"), ("__a", "1"), ("__name__", "up")]);
+        assert_eq!(l.metric_name(), Some("up"));
+        assert_eq!(Labels::from_pairs([("a", "1")]).metric_name(), None);
+    }
 
     #[test]
     fn labels_sort_and_lookup() {
