@@ -23,7 +23,7 @@ use super::eval::{hash_labels_where, labels_where, type_error, Evaluator, Value}
 use super::functions;
 use super::functions::gofmt::{go_f, go_g};
 use super::functions::stats::kahan_inc;
-use super::memo::BuildWordHasher;
+use super::memo::{BuildWordHasher, LabelMemo};
 use super::value::InstantSample;
 use super::QueryError;
 
@@ -69,32 +69,46 @@ impl<'a> Grouping<'a> {
     }
 }
 
-/// The group of each input sample, groups numbered in order of first appearance.
-struct Groups {
-    of: Vec<usize>,
-    count: usize,
+/// What one aggregation node derives from each series, kept for the whole query.
+#[derive(Default)]
+pub(crate) struct GroupingMemo {
+    keys: LabelMemo<u64>,
+    labels: LabelMemo<Labels>,
 }
 
-/// Assigns each sample to its group. A series' group key is computed once per query
-/// and aggregation node, not at every step.
+/// The group of each input sample, groups numbered in order of first appearance, and
+/// each group's labels.
+struct Groups {
+    of: Vec<usize>,
+    labels: Vec<Labels>,
+}
+
+/// Assigns each sample to its group. A series' group key and group labels are
+/// computed once per query and aggregation node, not at every step.
 fn assign_groups(
     ev: &mut Evaluator<'_>,
     a: &AggregateExpr,
     grouping: &Grouping<'_>,
     input: &[InstantSample],
 ) -> Groups {
-    let keys = ev.group_keys(a as *const AggregateExpr as usize);
+    let memo = ev.grouping_memo(a as *const AggregateExpr as usize);
     let mut index: HashMap<u64, usize, BuildWordHasher> = HashMap::default();
-    let mut of = Vec::with_capacity(input.len());
+    let mut groups = Groups {
+        of: Vec::with_capacity(input.len()),
+        labels: Vec::new(),
+    };
     for s in input {
-        let next = index.len();
-        let key = keys.get_or_derive(&s.labels, |l| grouping.key(l));
-        of.push(*index.entry(key).or_insert(next));
+        let key = memo.keys.get_or_derive(&s.labels, |l| grouping.key(l));
+        let group = *index.entry(key).or_insert_with(|| {
+            let labels = memo
+                .labels
+                .get_or_derive(&s.labels, |l| grouping.group_labels(l));
+            groups.labels.push(labels);
+            groups.labels.len() - 1
+        });
+        groups.of.push(group);
     }
-    Groups {
-        of,
-        count: index.len(),
-    }
+    groups
 }
 
 pub(crate) fn eval_aggregate(
@@ -131,7 +145,7 @@ pub(crate) fn eval_aggregate(
             if op == T_QUANTILE {
                 warn_quantile(ev, param);
             }
-            simple_aggregate(op, &grouping, &groups, param, input, ts)?
+            simple_aggregate(op, &groups, param, input, ts)?
         }
     };
     ev.hold_samples(out.len())?;
@@ -234,13 +248,12 @@ impl Group {
 
 fn simple_aggregate(
     op: TokenId,
-    grouping: &Grouping<'_>,
     assignment: &Groups,
     param: f64,
     input: Vec<InstantSample>,
     ts: i64,
 ) -> Result<Vec<InstantSample>, QueryError> {
-    let mut groups: Vec<Option<Group>> = (0..assignment.count).map(|_| None).collect();
+    let mut groups: Vec<Option<Group>> = (0..assignment.labels.len()).map(|_| None).collect();
     for (s, &g) in input.iter().zip(&assignment.of) {
         match &mut groups[g] {
             Some(group) => {
@@ -251,7 +264,7 @@ fn simple_aggregate(
                 *slot = Some(Group::first(
                     op,
                     s.v,
-                    grouping.group_labels(&s.labels),
+                    assignment.labels[g].clone(),
                     s.drop_name,
                 ))
             }
@@ -358,7 +371,8 @@ fn select_k(
     if k == 0 {
         return Ok(Vec::new());
     }
-    let mut groups: Vec<Vec<InstantSample>> = (0..assignment.count).map(|_| Vec::new()).collect();
+    let mut groups: Vec<Vec<InstantSample>> =
+        (0..assignment.labels.len()).map(|_| Vec::new()).collect();
     for (s, &g) in input.into_iter().zip(&assignment.of) {
         let group = &mut groups[g];
         if group.len() < k {
@@ -460,7 +474,8 @@ fn limit_ratio(
         ));
     }
     let r = ratio.clamp(-1.0, 1.0);
-    let mut groups: Vec<Vec<InstantSample>> = (0..assignment.count).map(|_| Vec::new()).collect();
+    let mut groups: Vec<Vec<InstantSample>> =
+        (0..assignment.labels.len()).map(|_| Vec::new()).collect();
     for (s, &g) in input.into_iter().zip(&assignment.of) {
         let offset = s.labels.stable_hash() as f64 / u64::MAX as f64;
         if (r >= 0.0 && offset < r) || (r < 0.0 && offset >= 1.0 + r) {

@@ -14,6 +14,7 @@ use promql_parser::parser::{Call, Expr, MatrixSelector, SubqueryExpr, UnaryExpr,
 
 use crate::model::{is_stale_nan, Labels, Sample, METRIC_NAME};
 
+use super::aggregate::GroupingMemo;
 use super::cursor::{index_after, Cursors};
 use super::functions::{self, FnArg, FnCall, FnError, FnOutput};
 use super::memo::{BuildWordHasher, LabelMemo};
@@ -49,8 +50,8 @@ pub(crate) struct Evaluator<'a> {
     /// The hash of each label set's content, for the checks that a vector's label sets
     /// are unique.
     content_hashes: LabelMemo<u64>,
-    /// Per aggregation node: the group key of each series.
-    group_keys: HashMap<usize, LabelMemo<u64>>,
+    /// Per aggregation node: the group key and group labels of each series.
+    groupings: HashMap<usize, GroupingMemo>,
     /// Per selector: where the previous step's windows ended in each loaded series.
     cursors: Cursors,
 }
@@ -73,7 +74,7 @@ impl<'a> Evaluator<'a> {
             subquery_windows: HashMap::new(),
             identity_removed: LabelMemo::default(),
             content_hashes: LabelMemo::default(),
-            group_keys: HashMap::new(),
+            groupings: HashMap::new(),
             cursors: Cursors::default(),
         }
     }
@@ -107,9 +108,9 @@ impl<'a> Evaluator<'a> {
         Ok(())
     }
 
-    /// The memo of group keys of the aggregation node at address `node`.
-    pub(crate) fn group_keys(&mut self, node: usize) -> &mut LabelMemo<u64> {
-        self.group_keys.entry(node).or_default()
+    /// What the aggregation node at address `node` derived from each series so far.
+    pub(crate) fn grouping_memo(&mut self, node: usize) -> &mut GroupingMemo {
+        self.groupings.entry(node).or_default()
     }
 
     /// Marks a sample's metric name as dropped; removes it now unless removal is delayed.
