@@ -5,6 +5,11 @@
 //! minus, function calls (through `functions::call`, once per step), `__name__` removal,
 //! sample accounting and timeout checks. Binary operators live in `binary`, aggregations
 //! in `aggregate`. Reads only the series `plan` loaded; never calls storage.
+//!
+//! Keeps state across the steps of one query so per-step work stays small: range
+//! selectors hand functions borrowed windows (`SeriesWindow`), selectors resume from
+//! the previous step's position (`cursor`), and what is derived from a series' labels
+//! (name removal, content hash, group keys) is memoised per label set (`memo`).
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::hash::{DefaultHasher, Hasher};

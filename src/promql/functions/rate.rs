@@ -362,45 +362,29 @@ mod tests {
 
     #[test]
     fn non_counter_names_get_an_info() {
-        let m = [series(
-            &[("__name__", "some_gauge")],
-            &[(0.0, 1.0), (30.0, 2.0)],
-        )];
-        let (out, ann) = eval_with(
-            "rate",
-            vec![FnArg::Matrix(&windows(&m))],
-            &[],
-            MIN,
-            MIN,
-            false,
-        );
+        // `name` over one series called `metric`: its result and annotations.
+        let run = |name: &str, metric: &str| {
+            let m = [series(&[("__name__", metric)], &[(0.0, 1.0), (30.0, 2.0)])];
+            eval_with(
+                name,
+                vec![FnArg::Matrix(&windows(&m))],
+                &[],
+                MIN,
+                MIN,
+                false,
+            )
+        };
+        let (out, ann) = run("rate", "some_gauge");
         assert_eq!(out_values(&out.unwrap()).len(), 1);
         assert!(ann.infos.contains(
             "PromQL info: metric might not be a counter, name does not end in \
              _total/_sum/_count/_bucket: \"some_gauge\""
         ));
         for ok in ["a_total", "a_sum", "a_count", "a_bucket"] {
-            let m = [series(&[("__name__", ok)], &[(0.0, 1.0), (30.0, 2.0)])];
-            let (_, ann) = eval_with(
-                "increase",
-                vec![FnArg::Matrix(&windows(&m))],
-                &[],
-                MIN,
-                MIN,
-                false,
-            );
-            assert!(ann.is_empty(), "{ok}");
+            assert!(run("increase", ok).1.is_empty(), "{ok}");
         }
         // delta is for gauges: no info.
-        let (_, ann) = eval_with(
-            "delta",
-            vec![FnArg::Matrix(&windows(&m))],
-            &[],
-            MIN,
-            MIN,
-            false,
-        );
-        assert!(ann.is_empty());
+        assert!(run("delta", "some_gauge").1.is_empty());
     }
 
     #[test]
