@@ -93,7 +93,12 @@ impl Labels {
     }
 
     pub fn metric_name(&self) -> Option<&str> {
-        self.get(METRIC_NAME)
+        // `__name__` sorts before every name that starts with a lower-case letter or
+        // `__[o-z]`, so it is nearly always first: check there before searching.
+        match self.0.first() {
+            Some(l) if l.name == METRIC_NAME => Some(l.value.as_str()),
+            _ => self.get(METRIC_NAME),
+        }
     }
 
     pub fn iter(&self) -> std::slice::Iter<'_, Label> {
@@ -110,6 +115,17 @@ impl Labels {
 
     pub fn as_slice(&self) -> &[Label] {
         &self.0
+    }
+
+    /// The address of the shared storage: equal for clones of one label set, so a
+    /// per-query memo can key on it (while it holds a clone, the address is not reused).
+    pub fn identity(&self) -> usize {
+        Arc::as_ptr(&self.0) as usize
+    }
+
+    /// Whether other clones of this label set exist (changing it would copy it first).
+    pub fn is_shared(&self) -> bool {
+        Arc::strong_count(&self.0) > 1
     }
 
     pub fn into_vec(self) -> Vec<Label> {
@@ -359,6 +375,13 @@ impl fmt::Display for Matcher {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn metric_name_found_when_not_first() {
+        let l = Labels::from_pairs([("Zone", "eu"), ("__a", "1"), ("__name__", "up")]);
+        assert_eq!(l.metric_name(), Some("up"));
+        assert_eq!(Labels::from_pairs([("a", "1")]).metric_name(), None);
+    }
 
     #[test]
     fn labels_sort_and_lookup() {

@@ -23,6 +23,7 @@ use super::eval::{hash_labels_where, labels_where, type_error, Evaluator, Value}
 use super::functions;
 use super::functions::gofmt::{go_f, go_g};
 use super::functions::stats::kahan_inc;
+use super::memo::{BuildWordHasher, LabelMemo};
 use super::value::InstantSample;
 use super::QueryError;
 
@@ -68,15 +69,46 @@ impl<'a> Grouping<'a> {
     }
 }
 
-/// Assigns each sample to its group, groups numbered in order of first appearance.
-fn assign_groups(grouping: &Grouping<'_>, input: &[InstantSample]) -> (Vec<usize>, usize) {
-    let mut index: HashMap<u64, usize> = HashMap::new();
-    let mut assignment = Vec::with_capacity(input.len());
+/// What one aggregation node derives from each series, kept for the whole query.
+#[derive(Default)]
+pub(crate) struct GroupingMemo {
+    keys: LabelMemo<u64>,
+    labels: LabelMemo<Labels>,
+}
+
+/// The group of each input sample, groups numbered in order of first appearance, and
+/// each group's labels.
+struct Groups {
+    of: Vec<usize>,
+    labels: Vec<Labels>,
+}
+
+/// Assigns each sample to its group. A series' group key and group labels are
+/// computed once per query and aggregation node, not at every step.
+fn assign_groups(
+    ev: &mut Evaluator<'_>,
+    a: &AggregateExpr,
+    grouping: &Grouping<'_>,
+    input: &[InstantSample],
+) -> Groups {
+    let memo = ev.grouping_memo(a as *const AggregateExpr as usize);
+    let mut index: HashMap<u64, usize, BuildWordHasher> = HashMap::default();
+    let mut groups = Groups {
+        of: Vec::with_capacity(input.len()),
+        labels: Vec::new(),
+    };
     for s in input {
-        let next = index.len();
-        assignment.push(*index.entry(grouping.key(&s.labels)).or_insert(next));
+        let key = memo.keys.get_or_derive(&s.labels, |l| grouping.key(l));
+        let group = *index.entry(key).or_insert_with(|| {
+            let labels = memo
+                .labels
+                .get_or_derive(&s.labels, |l| grouping.group_labels(l));
+            groups.labels.push(labels);
+            groups.labels.len() - 1
+        });
+        groups.of.push(group);
     }
-    (assignment, index.len())
+    groups
 }
 
 pub(crate) fn eval_aggregate(
@@ -104,16 +136,16 @@ pub(crate) fn eval_aggregate(
         None => None,
     };
     let input = ev.eval_vector(&a.expr, ts)?;
+    let groups = assign_groups(ev, a, &grouping, &input);
+    let param = param.unwrap_or(f64::NAN);
     let out = match op {
-        T_TOPK | T_BOTTOMK | T_LIMITK => {
-            select_k(op, &grouping, param.unwrap_or(f64::NAN), input, ts)?
-        }
-        T_LIMIT_RATIO => limit_ratio(ev, &grouping, param.unwrap_or(f64::NAN), input, ts)?,
+        T_TOPK | T_BOTTOMK | T_LIMITK => select_k(op, &groups, param, input, ts)?,
+        T_LIMIT_RATIO => limit_ratio(ev, &groups, param, input, ts)?,
         _ => {
             if op == T_QUANTILE {
-                warn_quantile(ev, param.unwrap_or(f64::NAN));
+                warn_quantile(ev, param);
             }
-            simple_aggregate(op, &grouping, param.unwrap_or(f64::NAN), input, ts)?
+            simple_aggregate(op, &groups, param, input, ts)?
         }
     };
     ev.hold_samples(out.len())?;
@@ -216,14 +248,13 @@ impl Group {
 
 fn simple_aggregate(
     op: TokenId,
-    grouping: &Grouping<'_>,
+    assignment: &Groups,
     param: f64,
     input: Vec<InstantSample>,
     ts: i64,
 ) -> Result<Vec<InstantSample>, QueryError> {
-    let (assignment, n) = assign_groups(grouping, &input);
-    let mut groups: Vec<Option<Group>> = (0..n).map(|_| None).collect();
-    for (s, &g) in input.iter().zip(&assignment) {
+    let mut groups: Vec<Option<Group>> = (0..assignment.labels.len()).map(|_| None).collect();
+    for (s, &g) in input.iter().zip(&assignment.of) {
         match &mut groups[g] {
             Some(group) => {
                 group.drop_name |= s.drop_name;
@@ -233,7 +264,7 @@ fn simple_aggregate(
                 *slot = Some(Group::first(
                     op,
                     s.v,
-                    grouping.group_labels(&s.labels),
+                    assignment.labels[g].clone(),
                     s.drop_name,
                 ))
             }
@@ -327,7 +358,7 @@ fn check_k(k: f64) -> Result<(), QueryError> {
 /// topk, bottomk and limitk: at most k samples per group.
 fn select_k(
     op: TokenId,
-    grouping: &Grouping<'_>,
+    assignment: &Groups,
     k: f64,
     input: Vec<InstantSample>,
     ts: i64,
@@ -340,9 +371,9 @@ fn select_k(
     if k == 0 {
         return Ok(Vec::new());
     }
-    let (assignment, n) = assign_groups(grouping, &input);
-    let mut groups: Vec<Vec<InstantSample>> = (0..n).map(|_| Vec::new()).collect();
-    for (s, &g) in input.into_iter().zip(&assignment) {
+    let mut groups: Vec<Vec<InstantSample>> =
+        (0..assignment.labels.len()).map(|_| Vec::new()).collect();
+    for (s, &g) in input.into_iter().zip(&assignment.of) {
         let group = &mut groups[g];
         if group.len() < k {
             group.push(s);
@@ -419,7 +450,7 @@ fn nan_last(a: f64, b: f64, by_value: impl FnOnce() -> Ordering) -> Ordering {
 /// limit_ratio: a deterministic, label-hash based sample of each group.
 fn limit_ratio(
     ev: &mut Evaluator<'_>,
-    grouping: &Grouping<'_>,
+    assignment: &Groups,
     ratio: f64,
     input: Vec<InstantSample>,
     ts: i64,
@@ -443,9 +474,9 @@ fn limit_ratio(
         ));
     }
     let r = ratio.clamp(-1.0, 1.0);
-    let (assignment, n) = assign_groups(grouping, &input);
-    let mut groups: Vec<Vec<InstantSample>> = (0..n).map(|_| Vec::new()).collect();
-    for (s, &g) in input.into_iter().zip(&assignment) {
+    let mut groups: Vec<Vec<InstantSample>> =
+        (0..assignment.labels.len()).map(|_| Vec::new()).collect();
+    for (s, &g) in input.into_iter().zip(&assignment.of) {
         let offset = s.labels.stable_hash() as f64 / u64::MAX as f64;
         if (r >= 0.0 && offset < r) || (r < 0.0 && offset >= 1.0 + r) {
             groups[g].push(s);

@@ -17,8 +17,7 @@ use promql_parser::parser::{BinaryExpr, LabelModifier, VectorMatchCardinality};
 use crate::model::{Labels, METRIC_NAME};
 
 use super::eval::{
-    check_unique_labelsets, hash_labels_where, labels_where, remove_metric_identity, type_error,
-    Evaluator, Value,
+    hash_labels_where, labels_where, remove_metric_identity, type_error, Evaluator, Value,
 };
 use super::value::InstantSample;
 use super::QueryError;
@@ -130,7 +129,7 @@ pub(crate) fn eval_binary(
                 _ => vector_binop(ev, op, &matching, return_bool, l, r, ts)?,
             };
             if !ev.delayed_name_removal() {
-                check_unique_labelsets(&out)?;
+                ev.check_unique(&out)?;
             }
             Ok(Value::Vector(out))
         }
@@ -198,7 +197,7 @@ fn elem_binop(op: TokenId, l: f64, r: f64) -> (f64, bool) {
 }
 
 fn vector_scalar(
-    ev: &Evaluator<'_>,
+    ev: &mut Evaluator<'_>,
     op: TokenId,
     vector: Vec<InstantSample>,
     scalar: f64,

@@ -5,8 +5,13 @@
 //! minus, function calls (through `functions::call`, once per step), `__name__` removal,
 //! sample accounting and timeout checks. Binary operators live in `binary`, aggregations
 //! in `aggregate`. Reads only the series `plan` loaded; never calls storage.
+//!
+//! Keeps state across the steps of one query so per-step work stays small: range
+//! selectors hand functions borrowed windows (`SeriesWindow`), selectors resume from
+//! the previous step's position (`cursor`), and what is derived from a series' labels
+//! (name removal, content hash, group keys) is memoised per label set (`memo`).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::hash::{DefaultHasher, Hasher};
 use std::time::Instant;
 
@@ -14,9 +19,12 @@ use promql_parser::parser::{Call, Expr, MatrixSelector, SubqueryExpr, UnaryExpr,
 
 use crate::model::{is_stale_nan, Labels, Sample, METRIC_NAME};
 
+use super::aggregate::GroupingMemo;
+use super::cursor::{index_after, Cursors};
 use super::functions::{self, FnArg, FnCall, FnError, FnOutput};
+use super::memo::{BuildWordHasher, LabelMemo};
 use super::plan::{at_ms, duration_ms, offset_ms, LoadedSeries, QueryTimes};
-use super::value::{Annotations, InstantSample, RangeSeries};
+use super::value::{Annotations, InstantSample, RangeSeries, SeriesWindow};
 use super::{aggregate, binary, EngineOptions, QueryError};
 
 /// The value of an expression at one step.
@@ -42,6 +50,15 @@ pub(crate) struct Evaluator<'a> {
     call_args: HashMap<usize, Vec<Expr>>,
     /// Per subquery node: the inner results of its latest window.
     subquery_windows: HashMap<usize, SubqueryWindow>,
+    /// Label sets without their metric identity, per input label set.
+    identity_removed: LabelMemo<Labels>,
+    /// The hash of each label set's content, for the checks that a vector's label sets
+    /// are unique.
+    content_hashes: LabelMemo<u64>,
+    /// Per aggregation node: the group key and group labels of each series.
+    groupings: HashMap<usize, GroupingMemo>,
+    /// Per selector: where the previous step's windows ended in each loaded series.
+    cursors: Cursors,
 }
 
 impl<'a> Evaluator<'a> {
@@ -60,6 +77,10 @@ impl<'a> Evaluator<'a> {
             held_samples: 0,
             call_args: HashMap::new(),
             subquery_windows: HashMap::new(),
+            identity_removed: LabelMemo::default(),
+            content_hashes: LabelMemo::default(),
+            groupings: HashMap::new(),
+            cursors: Cursors::default(),
         }
     }
 
@@ -92,26 +113,65 @@ impl<'a> Evaluator<'a> {
         Ok(())
     }
 
+    /// What the aggregation node at address `node` derived from each series so far.
+    pub(crate) fn grouping_memo(&mut self, node: usize) -> &mut GroupingMemo {
+        self.groupings.entry(node).or_default()
+    }
+
     /// Marks a sample's metric name as dropped; removes it now unless removal is delayed.
-    pub(crate) fn drop_name(&self, s: &mut InstantSample) {
+    pub(crate) fn drop_name(&mut self, s: &mut InstantSample) {
         s.drop_name = true;
         if !self.opts.delayed_name_removal {
-            remove_metric_identity(&mut s.labels);
+            self.remove_identity(&mut s.labels);
         }
+    }
+
+    /// `remove_metric_identity`, memoised per series: the same input label sets come
+    /// back at every step of a range query.
+    pub(crate) fn remove_identity(&mut self, labels: &mut Labels) {
+        if !labels.is_shared() {
+            // Changed in place, no copy: nothing else holds this label set.
+            remove_metric_identity(labels);
+            return;
+        }
+        *labels = self.identity_removed.get_or_derive(labels, |l| {
+            let mut out = l.clone();
+            remove_metric_identity(&mut out);
+            out
+        });
     }
 
     /// Applies `drop_name` flags set by a function (at once unless removal is delayed)
     /// and rejects outputs in which two samples share a label set.
-    pub(crate) fn settle_vector(&self, v: &mut [InstantSample]) -> Result<(), QueryError> {
+    pub(crate) fn settle_vector(&mut self, v: &mut [InstantSample]) -> Result<(), QueryError> {
         if self.opts.delayed_name_removal {
             return Ok(());
         }
         for s in v.iter_mut() {
             if s.drop_name {
-                remove_metric_identity(&mut s.labels);
+                self.remove_identity(&mut s.labels);
             }
         }
-        check_unique_labelsets(v)
+        self.check_unique(v)
+    }
+
+    /// `check_unique_labelsets` through per-series content hashes: a vector whose
+    /// hashes are all distinct has distinct label sets; on a repeated hash the exact
+    /// check decides.
+    pub(crate) fn check_unique(&mut self, v: &[InstantSample]) -> Result<(), QueryError> {
+        if v.len() < 2 {
+            return Ok(());
+        }
+        let mut seen = HashSet::with_capacity_and_hasher(v.len(), BuildWordHasher::default());
+        for s in v {
+            let hash = self
+                .content_hashes
+                .get_or_derive(&s.labels, |l| hash_labels_where(l, |_| true));
+            if !seen.insert(hash) {
+                return check_unique_labelsets(v);
+            }
+        }
+        Ok(())
     }
 
     pub(crate) fn eval(&mut self, expr: &Expr, ts: i64) -> Result<Value, QueryError> {
@@ -121,11 +181,10 @@ impl<'a> Evaluator<'a> {
             Expr::Paren(p) => self.eval(&p.expr, ts),
             Expr::Unary(u) => self.eval_unary(u, ts),
             Expr::VectorSelector(vs) => Ok(Value::Vector(self.select_instant(vs, ts)?)),
-            Expr::MatrixSelector(ms) => Ok(Value::Matrix(self.select_range(
-                ms,
-                ts,
-                SampleCount::AllSeries,
-            )?)),
+            Expr::MatrixSelector(ms) => {
+                let windows = self.select_range(ms, ts, SampleCount::AllSeries)?;
+                Ok(Value::Matrix(windows.iter().map(owned_series).collect()))
+            }
             Expr::Subquery(sq) => Ok(Value::Matrix(self.eval_subquery(sq, ts)?)),
             Expr::Binary(b) => binary::eval_binary(self, b, ts),
             Expr::Aggregate(a) => aggregate::eval_aggregate(self, a, ts),
@@ -165,7 +224,7 @@ impl<'a> Evaluator<'a> {
                     self.drop_name(s);
                 }
                 if !self.opts.delayed_name_removal {
-                    check_unique_labelsets(&v)?;
+                    self.check_unique(&v)?;
                 }
                 Ok(Value::Vector(v))
             }
@@ -195,8 +254,10 @@ impl<'a> Evaluator<'a> {
         let t = self.reference_time(&vs.at, &vs.offset, ts);
         let oldest = t.saturating_sub(self.times.lookback);
         let mut out = Vec::new();
-        for series in self.data.get(vs) {
-            let idx = series.samples.partition_point(|s| s.t <= t);
+        let loaded = self.data.get(vs);
+        let hints = self.cursors.hints(LoadedSeries::key(vs), loaded.len());
+        for (series, hint) in loaded.iter().zip(hints.iter_mut()) {
+            let idx = index_after(&series.samples, t, hint);
             if idx == 0 {
                 continue;
             }
@@ -215,37 +276,36 @@ impl<'a> Evaluator<'a> {
         Ok(out)
     }
 
-    /// A range vector selector: per series, the non-stale samples in `(t - range, t]`.
+    /// A range vector selector: per series, the samples in `(t - range, t]`, borrowed
+    /// from the loaded series (`plan` left out the staleness markers of range selectors).
     fn select_range(
         &mut self,
         ms: &MatrixSelector,
         ts: i64,
         count: SampleCount,
-    ) -> Result<Vec<RangeSeries>, QueryError> {
+    ) -> Result<Vec<SeriesWindow<'a>>, QueryError> {
         let t = self.reference_time(&ms.vs.at, &ms.vs.offset, ts);
         let oldest = t.saturating_sub(duration_ms(&ms.range));
+        let data: &'a LoadedSeries = self.data;
+        let loaded = data.get(&ms.vs);
+        let hints = self
+            .cursors
+            .hints(LoadedSeries::key(&ms.vs), 2 * loaded.len());
         let mut out = Vec::new();
         let mut points_held = 0;
-        for series in self.data.get(&ms.vs) {
-            let from = series.samples.partition_point(|s| s.t <= oldest);
-            let to = series.samples.partition_point(|s| s.t <= t);
+        for (series, hint) in loaded.iter().zip(hints.chunks_exact_mut(2)) {
+            let from = index_after(&series.samples, oldest, &mut hint[0]);
+            let to = index_after(&series.samples, t, &mut hint[1]);
             if from >= to {
                 continue;
             }
-            let points: Vec<Sample> = series.samples[from..to]
-                .iter()
-                .filter(|s| !is_stale_nan(s.v))
-                .copied()
-                .collect();
-            if points.is_empty() {
-                continue;
-            }
+            let points = &series.samples[from..to];
             points_held = match count {
                 SampleCount::AllSeries => points_held + points.len(),
                 SampleCount::OneSeriesAtATime => points_held.max(points.len()),
             };
-            out.push(RangeSeries {
-                labels: series.labels.clone(),
+            out.push(SeriesWindow {
+                labels: &series.labels,
                 points,
                 drop_name: false,
             });
@@ -343,17 +403,23 @@ impl<'a> Evaluator<'a> {
         }
         let mut values = Vec::with_capacity(call.args.args.len());
         let mut window = (ts, ts);
+        // The range-vector argument (at most one): a subquery's series, or the windows
+        // of loaded series.
+        let mut subquery_series: Vec<RangeSeries> = Vec::new();
+        let mut windows: Vec<SeriesWindow<'_>> = Vec::new();
         for arg in &call.args.args {
             let value = match unwrap_parens(arg) {
                 Expr::MatrixSelector(ms) => {
                     let t = self.reference_time(&ms.vs.at, &ms.vs.offset, ts);
                     window = (t.saturating_sub(duration_ms(&ms.range)), t);
-                    Value::Matrix(self.select_range(ms, ts, SampleCount::OneSeriesAtATime)?)
+                    windows = self.select_range(ms, ts, SampleCount::OneSeriesAtATime)?;
+                    Value::Matrix(Vec::new())
                 }
                 Expr::Subquery(sq) => {
                     let t = self.reference_time(&sq.at, &sq.offset, ts);
                     window = (t.saturating_sub(duration_ms(&sq.range)), t);
-                    Value::Matrix(self.eval_subquery(sq, ts)?)
+                    subquery_series = self.eval_subquery(sq, ts)?;
+                    Value::Matrix(Vec::new())
                 }
                 Expr::VectorSelector(_) if name == "timestamp" => self.eval(arg, ts)?,
                 _ => match self.eval(arg, ts)? {
@@ -373,13 +439,17 @@ impl<'a> Evaluator<'a> {
             .call_args
             .entry(key)
             .or_insert_with(|| call.args.args.iter().map(|a| (**a).clone()).collect());
+        if !subquery_series.is_empty() {
+            windows = subquery_series.iter().map(RangeSeries::window).collect();
+        }
         let args = values
             .iter()
             .map(|v| match v {
                 Value::Scalar(f) => FnArg::Scalar(*f),
                 Value::String(s) => FnArg::String(s.as_str()),
                 Value::Vector(v) => FnArg::Vector(v.as_slice()),
-                Value::Matrix(m) => FnArg::Matrix(m.as_slice()),
+                // Only a selector or subquery argument is a range vector.
+                Value::Matrix(_) => FnArg::Matrix(windows.as_slice()),
             })
             .collect();
         let output = functions::call(FnCall {
@@ -501,6 +571,15 @@ impl SubqueryWindow {
                 drop_name: s.drop_name,
             })
             .collect()
+    }
+}
+
+/// A window copied out into a series of its own (a range vector as a query's result).
+fn owned_series(w: &SeriesWindow<'_>) -> RangeSeries {
+    RangeSeries {
+        labels: w.labels.clone(),
+        points: w.points.to_vec(),
+        drop_name: w.drop_name,
     }
 }
 

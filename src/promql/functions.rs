@@ -38,7 +38,7 @@ pub mod stats;
 
 use promql_parser::parser::Expr;
 
-use super::value::{Annotations, InstantSample, RangeSeries};
+use super::value::{Annotations, InstantSample, SeriesWindow};
 use crate::model::Labels;
 
 /// One evaluated argument of a function call at one step.
@@ -48,7 +48,7 @@ pub enum FnArg<'a> {
     String(&'a str),
     Vector(&'a [InstantSample]),
     /// For each series, the points inside the window `(window_start, window_end]`.
-    Matrix(&'a [RangeSeries]),
+    Matrix(&'a [SeriesWindow<'a>]),
 }
 
 /// Everything one function call at one step may look at.
@@ -242,7 +242,7 @@ impl<'a> FnCall<'a> {
         }
     }
 
-    fn matrix(&self, i: usize) -> Result<&'a [RangeSeries], FnError> {
+    fn matrix(&self, i: usize) -> Result<&'a [SeriesWindow<'a>], FnError> {
         match self.arg(i)? {
             FnArg::Matrix(m) => Ok(m),
             _ => Err(self.bad_arg(i, "a range vector")),
@@ -301,7 +301,7 @@ fn per_series(
     call: &mut FnCall<'_>,
     i: usize,
     names: NamePolicy,
-    mut f: impl FnMut(&RangeSeries, &mut Annotations) -> Option<f64>,
+    mut f: impl FnMut(&SeriesWindow<'_>, &mut Annotations) -> Option<f64>,
 ) -> Result<FnOutput, FnError> {
     let matrix = call.matrix(i)?;
     let mut out = Vec::with_capacity(matrix.len());
@@ -373,6 +373,7 @@ mod test_support {
 
     use super::*;
     use crate::model::Sample;
+    use crate::promql::value::RangeSeries;
 
     pub fn labels(pairs: &[(&str, &str)]) -> Labels {
         Labels::from_pairs(pairs.iter().copied())
@@ -397,6 +398,11 @@ mod test_support {
                 .collect(),
             drop_name: false,
         }
+    }
+
+    /// The series of a range vector as the windows a function reads.
+    pub fn windows(m: &[RangeSeries]) -> Vec<SeriesWindow<'_>> {
+        m.iter().map(RangeSeries::window).collect()
     }
 
     /// Evaluates `name` at `ts_ms` with a window `(ts_ms - range_ms, ts_ms]`.

@@ -6,7 +6,9 @@
 //! samples each selector needs; loading them), `eval` (one expression at one step:
 //! selectors with lookback and staleness, offset/@, subqueries, function calls),
 //! `binary` (operators and vector matching), `aggregate` (aggregation operators),
-//! `functions` (the function library).
+//! `functions` (the function library), `memo` (per-query memos of what is derived from
+//! a label set, such as the label set without its metric name), `cursor` (where each
+//! selector's previous step ended in its loaded series).
 //! Calls `storage` (through `Arc<dyn Storage>`) to load data; never the TSDB directly.
 //!
 //! Evaluation is step by step: a range query evaluates the whole expression at each
@@ -16,9 +18,11 @@
 
 mod aggregate;
 mod binary;
+mod cursor;
 pub mod engine;
 mod eval;
 pub mod functions;
+mod memo;
 mod plan;
 pub mod value;
 

@@ -3,7 +3,9 @@
 //! Owns: the walk over the AST that computes, for every vector and matrix selector, the
 //! time range it reads (evaluation range, lookback delta, selector range, offset, `@`,
 //! enclosing subqueries), and the `storage.select` calls that fetch those samples before
-//! evaluation starts. Calls `storage` and `model`; the evaluator reads the result.
+//! evaluation starts (range selectors' series without staleness markers, so the
+//! evaluator borrows each step's window as a slice). Calls `storage` and `model`; the
+//! evaluator reads the result.
 
 use std::collections::HashMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -11,7 +13,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use promql_parser::label::MatchOp as ParserMatchOp;
 use promql_parser::parser::{AtModifier, Expr, Offset, VectorSelector};
 
-use crate::model::{MatchOp, Matcher, Series, METRIC_NAME};
+use crate::model::{is_stale_nan, MatchOp, Matcher, Series, METRIC_NAME};
 use crate::storage::{SelectError, SelectRequest, Storage};
 
 use super::QueryError;
@@ -52,6 +54,9 @@ struct SelectorNeed<'a> {
     vs: &'a VectorSelector,
     mint: i64,
     maxt: i64,
+    /// A range selector never returns staleness markers: they are dropped at load, so
+    /// each step's window is a plain slice of the loaded samples.
+    drop_stale: bool,
 }
 
 pub(crate) fn duration_ms(d: &Duration) -> i64 {
@@ -111,6 +116,7 @@ fn collect_needs<'a>(
                 vs,
                 mint: lo.saturating_sub(times.lookback) + 1,
                 maxt: hi,
+                drop_stale: false,
             });
         }
         Expr::MatrixSelector(ms) => {
@@ -119,6 +125,7 @@ fn collect_needs<'a>(
                 vs: &ms.vs,
                 mint: lo.saturating_sub(duration_ms(&ms.range)) + 1,
                 maxt: hi,
+                drop_stale: true,
             });
         }
         Expr::Subquery(sq) => {
@@ -217,6 +224,11 @@ pub(crate) async fn load(
         if several {
             series.sort_by(|a, b| a.labels.cmp(&b.labels));
             series.dedup_by(|a, b| a.labels == b.labels);
+        }
+        if need.drop_stale {
+            for s in &mut series {
+                s.samples.retain(|p| !is_stale_nan(p.v));
+            }
         }
         loaded
             .by_selector

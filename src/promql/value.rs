@@ -1,6 +1,6 @@
 //! Values the PromQL evaluator passes around and returns.
 //!
-//! Owns: instant samples, range series, query results and annotations (warnings and
+//! Owns: instant samples, range series, borrowed series windows, query results and annotations (warnings and
 //! infos). Shared by the evaluator (`engine`), the function library (`functions`) and the
 //! HTTP layer that renders results. Calls only `model`.
 
@@ -26,6 +26,26 @@ pub struct InstantSample {
 pub struct RangeSeries {
     pub labels: Labels,
     pub points: Vec<Sample>,
+    pub drop_name: bool,
+}
+
+impl RangeSeries {
+    /// The whole series as a window a function can read.
+    pub fn window(&self) -> SeriesWindow<'_> {
+        SeriesWindow {
+            labels: &self.labels,
+            points: &self.points,
+            drop_name: self.drop_name,
+        }
+    }
+}
+
+/// One series of a range-vector argument at one step: the points in the window,
+/// borrowed from the loaded series (or a subquery's results) rather than copied.
+#[derive(Clone, Copy, Debug)]
+pub struct SeriesWindow<'a> {
+    pub labels: &'a Labels,
+    pub points: &'a [Sample],
     pub drop_name: bool,
 }
 

@@ -14,7 +14,7 @@ use crate::promql::value::InstantSample;
 
 /// Runs a fold over the values of each series' points (argument 0), dropping the name.
 fn fold_values(call: &mut FnCall<'_>, f: impl Fn(&[Sample]) -> f64) -> Result<FnOutput, FnError> {
-    per_series(call, 0, NamePolicy::Drop, |s, _| Some(f(&s.points)))
+    per_series(call, 0, NamePolicy::Drop, |s, _| Some(f(s.points)))
 }
 
 fn values(points: &[Sample]) -> impl Iterator<Item = f64> + '_ {
@@ -91,7 +91,7 @@ pub fn quantile_over_time(call: &mut FnCall<'_>) -> Result<FnOutput, FnError> {
         if q.is_nan() || !(0.0..=1.0).contains(&q) {
             annotations.warn(annotation::invalid_quantile(q));
         }
-        fill(&mut scratch, &s.points);
+        fill(&mut scratch, s.points);
         Some(quantile(q, &mut scratch))
     })
 }
@@ -103,7 +103,7 @@ pub fn mad_over_time(call: &mut FnCall<'_>) -> Result<FnOutput, FnError> {
         if s.points.iter().any(|p| p.v.is_nan()) {
             return Some(f64::NAN);
         }
-        fill(&mut scratch, &s.points);
+        fill(&mut scratch, s.points);
         let median = quantile(0.5, &mut scratch);
         scratch.iter_mut().for_each(|v| *v = (*v - median).abs());
         Some(quantile(0.5, &mut scratch))
@@ -155,7 +155,12 @@ mod tests {
 
     fn over(name: &str, points: &[(f64, f64)]) -> f64 {
         let m = [series(&[("__name__", "m")], points)];
-        out_values(&eval(name, vec![FnArg::Matrix(&m)], 10 * MIN, 10 * MIN))[0]
+        out_values(&eval(
+            name,
+            vec![FnArg::Matrix(&windows(&m))],
+            10 * MIN,
+            10 * MIN,
+        ))[0]
     }
 
     fn pts(vals: &[f64]) -> Vec<(f64, f64)> {
@@ -211,7 +216,8 @@ mod tests {
     #[test]
     fn quantile_over_time_warns_on_bad_q() {
         let m = [series(&[("__name__", "m")], &pts(&[1.0, 2.0, 3.0, 4.0]))];
-        let args = |q| vec![FnArg::Scalar(q), FnArg::Matrix(&m)];
+        let w = windows(&m);
+        let args = |q| vec![FnArg::Scalar(q), FnArg::Matrix(&w)];
         let (out, ann) = eval_with("quantile_over_time", args(0.5), &[], MIN, MIN, false);
         assert_eq!(out_values(&out.unwrap()), vec![2.5]);
         assert!(ann.is_empty());
@@ -230,17 +236,22 @@ mod tests {
     fn names_dropped_except_first_and_last() {
         let m = [series(&[("__name__", "m")], &pts(&[1.0]))];
         for name in ["avg_over_time", "ts_of_last_over_time", "count_over_time"] {
-            let out = out_vector(eval(name, vec![FnArg::Matrix(&m)], MIN, MIN));
+            let out = out_vector(eval(name, vec![FnArg::Matrix(&windows(&m))], MIN, MIN));
             assert!(out[0].drop_name, "{name}");
         }
         for name in ["first_over_time", "last_over_time"] {
-            let out = out_vector(eval(name, vec![FnArg::Matrix(&m)], MIN, MIN));
+            let out = out_vector(eval(name, vec![FnArg::Matrix(&windows(&m))], MIN, MIN));
             assert!(!out[0].drop_name, "{name}");
         }
         // An input that already drops its name (e.g. from a subquery) keeps doing so.
         let mut m = m;
         m[0].drop_name = true;
-        let out = out_vector(eval("last_over_time", vec![FnArg::Matrix(&m)], MIN, MIN));
+        let out = out_vector(eval(
+            "last_over_time",
+            vec![FnArg::Matrix(&windows(&m))],
+            MIN,
+            MIN,
+        ));
         assert!(out[0].drop_name);
     }
 
@@ -250,7 +261,12 @@ mod tests {
             series(&[("__name__", "a")], &[]),
             series(&[("__name__", "b")], &[(1.0, 2.0)]),
         ];
-        let out = out_vector(eval("sum_over_time", vec![FnArg::Matrix(&m)], MIN, MIN));
+        let out = out_vector(eval(
+            "sum_over_time",
+            vec![FnArg::Matrix(&windows(&m))],
+            MIN,
+            MIN,
+        ));
         assert_eq!(out.len(), 1);
         assert_eq!(out[0].labels.metric_name(), Some("b"));
     }
@@ -261,7 +277,7 @@ mod tests {
         let empty = [series(&[("__name__", "x")], &[])];
         let (out, _) = eval_with(
             "absent_over_time",
-            vec![FnArg::Matrix(&empty)],
+            vec![FnArg::Matrix(&windows(&empty))],
             &exprs,
             MIN,
             MIN,
@@ -274,7 +290,7 @@ mod tests {
         let full = [series(&[("__name__", "x")], &[(1.0, 1.0)])];
         let (out, _) = eval_with(
             "absent_over_time",
-            vec![FnArg::Matrix(&full)],
+            vec![FnArg::Matrix(&windows(&full))],
             &exprs,
             MIN,
             MIN,

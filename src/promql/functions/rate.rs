@@ -43,9 +43,9 @@ fn extrapolated(call: &mut FnCall<'_>, kind: Kind) -> Result<FnOutput, FnError> 
         end: call.window_end,
     };
     per_series(call, 0, NamePolicy::Drop, |series, annotations| {
-        let v = extrapolated_rate(&series.points, window, kind)?;
+        let v = extrapolated_rate(series.points, window, kind)?;
         if kind.is_counter() {
-            if let Some(name) = non_counter_name(&series.labels) {
+            if let Some(name) = non_counter_name(series.labels) {
                 annotations.info(annotation::possible_non_counter(name));
             }
         }
@@ -122,13 +122,13 @@ fn extrapolated_rate(points: &[Sample], window: Window, kind: Kind) -> Option<f6
 
 pub fn irate(call: &mut FnCall<'_>) -> Result<FnOutput, FnError> {
     per_series(call, 0, NamePolicy::Drop, |s, _| {
-        instant_value(&s.points, true)
+        instant_value(s.points, true)
     })
 }
 
 pub fn idelta(call: &mut FnCall<'_>) -> Result<FnOutput, FnError> {
     per_series(call, 0, NamePolicy::Drop, |s, _| {
-        instant_value(&s.points, false)
+        instant_value(s.points, false)
     })
 }
 
@@ -170,7 +170,7 @@ pub fn deriv(call: &mut FnCall<'_>) -> Result<FnOutput, FnError> {
     per_series(call, 0, NamePolicy::Drop, |s, _| {
         // Relative to the first sample's time, to keep the x values small.
         let first = s.points.first()?;
-        (s.points.len() >= 2).then(|| linear_regression(&s.points, first.t).0)
+        (s.points.len() >= 2).then(|| linear_regression(s.points, first.t).0)
     })
 }
 
@@ -179,7 +179,7 @@ pub fn predict_linear(call: &mut FnCall<'_>) -> Result<FnOutput, FnError> {
     let ts = call.ts;
     per_series(call, 0, NamePolicy::Drop, |s, _| {
         (s.points.len() >= 2).then(|| {
-            let (slope, intercept) = linear_regression(&s.points, ts);
+            let (slope, intercept) = linear_regression(s.points, ts);
             slope * seconds_ahead + intercept
         })
     })
@@ -195,7 +195,7 @@ pub fn double_exponential_smoothing(call: &mut FnCall<'_>) -> Result<FnOutput, F
         check_factor("trend factor", "tf", trend)?;
     }
     per_series(call, 0, NamePolicy::Drop, |s, _| {
-        smooth(&s.points, smoothing, trend)
+        smooth(s.points, smoothing, trend)
     })
 }
 
@@ -247,7 +247,7 @@ mod tests {
         range_ms: i64,
     ) -> Option<f64> {
         let m = [series(&[("__name__", metric)], points)];
-        let out = eval(name, vec![FnArg::Matrix(&m)], at_ms, range_ms);
+        let out = eval(name, vec![FnArg::Matrix(&windows(&m))], at_ms, range_ms);
         out_values(&out).first().copied()
     }
 
@@ -362,24 +362,29 @@ mod tests {
 
     #[test]
     fn non_counter_names_get_an_info() {
-        let m = [series(
-            &[("__name__", "some_gauge")],
-            &[(0.0, 1.0), (30.0, 2.0)],
-        )];
-        let (out, ann) = eval_with("rate", vec![FnArg::Matrix(&m)], &[], MIN, MIN, false);
+        // `name` over one series called `metric`: its result and annotations.
+        let run = |name: &str, metric: &str| {
+            let m = [series(&[("__name__", metric)], &[(0.0, 1.0), (30.0, 2.0)])];
+            eval_with(
+                name,
+                vec![FnArg::Matrix(&windows(&m))],
+                &[],
+                MIN,
+                MIN,
+                false,
+            )
+        };
+        let (out, ann) = run("rate", "some_gauge");
         assert_eq!(out_values(&out.unwrap()).len(), 1);
         assert!(ann.infos.contains(
             "PromQL info: metric might not be a counter, name does not end in \
              _total/_sum/_count/_bucket: \"some_gauge\""
         ));
         for ok in ["a_total", "a_sum", "a_count", "a_bucket"] {
-            let m = [series(&[("__name__", ok)], &[(0.0, 1.0), (30.0, 2.0)])];
-            let (_, ann) = eval_with("increase", vec![FnArg::Matrix(&m)], &[], MIN, MIN, false);
-            assert!(ann.is_empty(), "{ok}");
+            assert!(run("increase", ok).1.is_empty(), "{ok}");
         }
         // delta is for gauges: no info.
-        let (_, ann) = eval_with("delta", vec![FnArg::Matrix(&m)], &[], MIN, MIN, false);
-        assert!(ann.is_empty());
+        assert!(run("delta", "some_gauge").1.is_empty());
     }
 
     #[test]
@@ -388,7 +393,7 @@ mod tests {
             &[("__name__", "a_total"), ("job", "x")],
             &[(0.0, 1.0), (30.0, 2.0)],
         )];
-        let out = out_vector(eval("rate", vec![FnArg::Matrix(&m)], MIN, MIN));
+        let out = out_vector(eval("rate", vec![FnArg::Matrix(&windows(&m))], MIN, MIN));
         assert!(out[0].drop_name);
         assert_eq!(out[0].t, MIN);
         assert_eq!(out[0].labels, m[0].labels);
@@ -427,7 +432,7 @@ mod tests {
         let m = [series(&[("__name__", "g")], &pts)];
         let out = eval(
             "predict_linear",
-            vec![FnArg::Matrix(&m), FnArg::Scalar(3600.0)],
+            vec![FnArg::Matrix(&windows(&m)), FnArg::Scalar(3600.0)],
             30 * MIN,
             30 * MIN,
         );
@@ -441,7 +446,11 @@ mod tests {
         let m = [series(&[("__name__", "g")], &pts)];
         let out = eval(
             "double_exponential_smoothing",
-            vec![FnArg::Matrix(&m), FnArg::Scalar(0.5), FnArg::Scalar(0.5)],
+            vec![
+                FnArg::Matrix(&windows(&m)),
+                FnArg::Scalar(0.5),
+                FnArg::Scalar(0.5),
+            ],
             MIN,
             MIN,
         );
@@ -449,7 +458,11 @@ mod tests {
         assert_close(out_values(&out)[0], 4.0);
         let (out, _) = eval_with(
             "double_exponential_smoothing",
-            vec![FnArg::Matrix(&m), FnArg::Scalar(1.0), FnArg::Scalar(0.5)],
+            vec![
+                FnArg::Matrix(&windows(&m)),
+                FnArg::Scalar(1.0),
+                FnArg::Scalar(0.5),
+            ],
             &[],
             MIN,
             MIN,
@@ -463,7 +476,11 @@ mod tests {
         );
         let (out, _) = eval_with(
             "double_exponential_smoothing",
-            vec![FnArg::Matrix(&m), FnArg::Scalar(0.5), FnArg::Scalar(0.0)],
+            vec![
+                FnArg::Matrix(&windows(&m)),
+                FnArg::Scalar(0.5),
+                FnArg::Scalar(0.0),
+            ],
             &[],
             MIN,
             MIN,
