@@ -296,6 +296,23 @@ fn verdict(text: &str, met: Option<bool>, figures: String) -> String {
     format!("| {text} | {mark} | {figures} |\n")
 }
 
+/// A target of the form "Timbala's median is at most Prometheus's".
+fn at_most_prometheus(results: &Results, text: &str, f: Figure, unit: &str) -> String {
+    let t = results.median(SystemKind::Timbala, f);
+    let p = results.median(SystemKind::Prometheus, f);
+    let fmt = |v: Option<f64>| v.map_or("n/a".to_string(), |v| f.format(v));
+    verdict(
+        text,
+        t.zip(p).map(|(t, p)| t <= p),
+        format!(
+            "Timbala {} vs Prometheus {}{unit} ({}x)",
+            fmt(t),
+            fmt(p),
+            ratio(t, p)
+        ),
+    )
+}
+
 fn verdicts(results: &Results) -> String {
     use SystemKind::{Prometheus as P, Timbala as T, TimbalaCluster as C, VictoriaMetrics as V};
     let m = |k, f| results.median(k, f);
@@ -323,30 +340,20 @@ fn verdicts(results: &Results) -> String {
             ratio(t, p)
         ),
     ));
-    let f = Figure::BlockBytesPerSample;
-    let (t, p) = (m(T, f), m(P, f));
-    md.push_str(&verdict(
-        "bytes per sample on disk (flushed blocks) ≤ Prometheus's",
-        both(t, p, |t, p| t <= p),
-        format!(
-            "Timbala {} vs Prometheus {} ({}x)",
-            fmt(f, t),
-            fmt(f, p),
-            ratio(t, p)
+    for (text, f, unit) in [
+        (
+            "bytes per sample on disk (flushed blocks) ≤ Prometheus's",
+            Figure::BlockBytesPerSample,
+            "",
         ),
-    ));
-    let f = Figure::RssPerSeries;
-    let (t, p) = (m(T, f), m(P, f));
-    md.push_str(&verdict(
-        "RSS per active series ≤ Prometheus's",
-        both(t, p, |t, p| t <= p),
-        format!(
-            "Timbala {} vs Prometheus {} bytes ({}x)",
-            fmt(f, t),
-            fmt(f, p),
-            ratio(t, p)
+        (
+            "RSS per active series ≤ Prometheus's",
+            Figure::RssPerSeries,
+            " bytes",
         ),
-    ));
+    ] {
+        md.push_str(&at_most_prometheus(results, text, f, unit));
+    }
     let f = Figure::IngestRate;
     let (c, t) = (m(C, f), m(T, f));
     md.push_str(&verdict(
@@ -359,17 +366,11 @@ fn verdicts(results: &Results) -> String {
             ratio(c, t)
         ),
     ));
-    let f = Figure::QueryP50Ms;
-    let (t, p) = (m(T, f), m(P, f));
-    md.push_str(&verdict(
+    md.push_str(&at_most_prometheus(
+        results,
         "dashboard query p50 ≤ Prometheus's",
-        both(t, p, |t, p| t <= p),
-        format!(
-            "Timbala {} vs Prometheus {} ms ({}x)",
-            fmt(f, t),
-            fmt(f, p),
-            ratio(t, p)
-        ),
+        Figure::QueryP50Ms,
+        " ms",
     ));
     md.push('\n');
     md
