@@ -17,6 +17,9 @@ use crate::stack::output;
 /// Prometheus's HTTP API as published on the host.
 pub const PROMETHEUS: &str = "http://127.0.0.1:19090";
 
+/// The nginx balancer in front of the three nodes, as published on the host.
+pub const BALANCER: &str = "http://127.0.0.1:19080";
+
 /// The Timbala nodes: compose service name and the host URL of its HTTP API.
 pub const NODES: [(&str, &str); 3] = [
     ("timbala-1", "http://127.0.0.1:19081"),
@@ -63,6 +66,26 @@ pub fn get_json(url: &str) -> Result<Value, String> {
         return Err(format!("GET {url}: status {status}"));
     }
     serde_json::from_slice(&body).map_err(|e| format!("GET {url}: {e}"))
+}
+
+/// Posts one remote-write 1.0 request (snappy protobuf), as Prometheus's sender does.
+pub fn remote_write(base: &str, request: &proto::WriteRequest) -> Result<(), String> {
+    let url = format!("{base}/api/v1/write");
+    let resp = agent()
+        .post(&url)
+        .header("Content-Type", "application/x-protobuf")
+        .header("Content-Encoding", "snappy")
+        .header("X-Prometheus-Remote-Write-Version", "0.1.0")
+        .send(&proto::encode_snappy(request)[..])
+        .map_err(|e| format!("POST {url}: {e}"))?;
+    let (status, body) = read_body(resp)?;
+    if !(200..300).contains(&status) {
+        return Err(format!(
+            "POST {url}: status {status}: {}",
+            String::from_utf8_lossy(&body)
+        ));
+    }
+    Ok(())
 }
 
 /// One instant query through Prometheus's HTTP API (for the driver's own bookkeeping;

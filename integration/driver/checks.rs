@@ -228,6 +228,71 @@ pub fn compare_queries(at_s: f64) -> (usize, Vec<String>) {
     (compared, failures)
 }
 
+/// The series the remote-read check writes; Prometheus never scrapes it.
+const REMOTE_READ_PROBE: &str = "timbala_integration_remote_read_probe";
+
+/// Prometheus's `remote_read` from the cluster. A probe series is written to the cluster
+/// (through the balancer) at times before Prometheus's own data starts, so Prometheus can
+/// only answer it through remote read (`read_recent: false` consults the cluster exactly
+/// for such times). Prometheus's answer must hold the probe's samples and equal every
+/// node's answer to the same promtool query. Returns the failed checks.
+pub fn remote_read_through_prometheus(before_local_data_s: f64) -> Result<Vec<String>, String> {
+    let at_s = before_local_data_s.floor();
+    let at_ms = at_s as i64 * 1000;
+    let samples = [(at_ms - 60_000, 1.0), (at_ms - 30_000, 2.0), (at_ms, 3.0)];
+    let probe = timbala::proto::TimeSeries {
+        labels: vec![
+            timbala::proto::Label {
+                name: "__name__".into(),
+                value: REMOTE_READ_PROBE.into(),
+            },
+            timbala::proto::Label {
+                name: "source".into(),
+                value: "integration-driver".into(),
+            },
+        ],
+        samples: samples
+            .iter()
+            .map(|&(timestamp, value)| timbala::proto::Sample { value, timestamp })
+            .collect(),
+        ..Default::default()
+    };
+    let request = timbala::proto::WriteRequest {
+        timeseries: vec![probe],
+        ..Default::default()
+    };
+    api::remote_write(api::BALANCER, &request)?;
+
+    let query = format!("sum_over_time({REMOTE_READ_PROBE}[2m])");
+    let through_prometheus = api::promtool_instant(PROMETHEUS, &query, at_s)?;
+    let mut failures = Vec::new();
+    let expected_sum = samples.iter().map(|(_, v)| v).sum::<f64>().to_string();
+    if !through_prometheus.contains(&format!("\"{expected_sum}\"")) {
+        failures.push(format!(
+            "remote read: Prometheus answered {query} at {at_s} with {through_prometheus}, \
+             expected the probe's sum {expected_sum}"
+        ));
+    }
+    for (name, base) in NODES {
+        let direct = api::promtool_instant(base, &query, at_s)?;
+        if direct != through_prometheus {
+            failures.push(format!(
+                "remote read: {name} answers {direct}, Prometheus through remote read {through_prometheus}"
+            ));
+        }
+    }
+    println!(
+        "\n== remote read: Prometheus answers {query} at {at_s} (before its own data starts) \
+         with {through_prometheus}: {}",
+        if failures.is_empty() {
+            "the probe's samples, same as every node"
+        } else {
+            "WRONG"
+        }
+    );
+    Ok(failures)
+}
+
 pub fn query_count() -> usize {
     INSTANT_QUERIES.len() + RANGE_QUERIES.len()
 }

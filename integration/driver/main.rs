@@ -33,6 +33,9 @@ const WARM_UP_MARGIN_S: f64 = 15.0;
 const ANSWER_LAG_S: f64 = 10.0;
 /// Bound on every wait for recovery or convergence.
 const CONVERGENCE_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long before the stack came up the remote-read probe's samples lie: before
+/// Prometheus's first sample, and well inside Timbala's 1 h out-of-order window.
+const REMOTE_READ_PROBE_AGE_S: f64 = 600.0;
 /// A node's gossip+HTTP address seen from another node, for the RTT probe.
 const RTT_PROBE_TARGET: &str = "10.213.7.11:9080";
 
@@ -94,6 +97,7 @@ fn run_suite() -> Result<Vec<String>, String> {
 }
 
 fn run_checks(stack: &Stack, started: Instant) -> Result<Vec<String>, String> {
+    let suite_started_s = now_s() - started.elapsed().as_secs_f64();
     wait_for(
         "the cluster to converge",
         CONVERGENCE_TIMEOUT,
@@ -105,6 +109,9 @@ fn run_checks(stack: &Stack, started: Instant) -> Result<Vec<String>, String> {
     std::thread::sleep(warm_up.saturating_sub(started.elapsed()));
 
     let mut failures = compare_answers("after warm-up")?;
+    failures.extend(checks::remote_read_through_prometheus(
+        suite_started_s - REMOTE_READ_PROBE_AGE_S,
+    )?);
     for (kind, service) in SCENARIOS {
         failures.extend(run_scenario(stack, kind, service)?);
     }
