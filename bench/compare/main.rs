@@ -19,6 +19,8 @@
 mod node_exporter;
 
 mod figures;
+#[path = "../../tests/support/http_client.rs"]
+mod http_client;
 mod payload;
 mod procstat;
 mod queries;

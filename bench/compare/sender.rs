@@ -47,11 +47,7 @@ enum Outcome {
 }
 
 fn agent() -> ureq::Agent {
-    ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_global(Some(Duration::from_secs(120)))
-        .build()
-        .into()
+    crate::http_client::agent(Duration::from_secs(120))
 }
 
 fn attempt(agent: &ureq::Agent, url: &str, body: &[u8]) -> Outcome {

@@ -68,11 +68,7 @@ pub struct Running {
 }
 
 fn agent() -> ureq::Agent {
-    ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_global(Some(Duration::from_secs(300)))
-        .build()
-        .into()
+    crate::http_client::agent(Duration::from_secs(300))
 }
 
 /// GET or POST `url`; the status and body, or why not.
@@ -83,14 +79,9 @@ pub fn http(method: &str, url: &str) -> Result<(u16, String), String> {
         _ => agent.get(url).call(),
     }
     .map_err(|e| format!("{method} {url}: {e}"))?;
-    let status = resp.status().as_u16();
-    let body = resp
-        .into_body()
-        .with_config()
-        .limit(1 << 30)
-        .read_to_string()
-        .map_err(|e| format!("{method} {url}: {e}"))?;
-    Ok((status, body))
+    let (status, body) =
+        crate::http_client::read_body(resp).map_err(|e| format!("{method} {url}: {e}"))?;
+    Ok((status, String::from_utf8_lossy(&body).into_owned()))
 }
 
 fn spawn(program: &Path, args: &[String], log: &Path) -> Result<Child, String> {

@@ -12,6 +12,7 @@ use prost::Message;
 use serde_json::Value;
 use timbala::proto;
 
+use crate::http_client::read_body;
 use crate::stack::output;
 
 /// Prometheus's HTTP API as published on the host.
@@ -37,22 +38,7 @@ pub type Labels = BTreeMap<String, String>;
 pub type RawSeries = BTreeMap<Labels, Vec<(i64, u64)>>;
 
 fn agent() -> ureq::Agent {
-    ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_global(Some(Duration::from_secs(30)))
-        .build()
-        .into()
-}
-
-fn read_body(resp: ureq::http::Response<ureq::Body>) -> Result<(u16, Vec<u8>), String> {
-    let status = resp.status().as_u16();
-    let body = resp
-        .into_body()
-        .with_config()
-        .limit(1 << 30)
-        .read_to_vec()
-        .map_err(|e| format!("reading body: {e}"))?;
-    Ok((status, body))
+    crate::http_client::agent(Duration::from_secs(30))
 }
 
 /// GET returning a 200 body parsed as JSON.

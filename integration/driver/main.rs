@@ -14,6 +14,8 @@
 mod api;
 mod checks;
 mod faults;
+#[path = "../../tests/support/http_client.rs"]
+mod http_client;
 mod stack;
 
 use std::process::ExitCode;

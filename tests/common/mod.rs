@@ -9,6 +9,9 @@ use std::time::{Duration, Instant};
 
 use timbala::proto;
 
+#[path = "../support/http_client.rs"]
+mod http_client;
+
 /// A running `timbala` process. Killed (SIGKILL) when dropped.
 pub struct Node {
     child: Option<Child>,
@@ -130,23 +133,15 @@ impl Drop for Node {
     }
 }
 
+/// Requests from the tests: bounded, statuses as answers.
 fn agent() -> ureq::Agent {
-    ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_global(Some(Duration::from_secs(60)))
-        .build()
-        .into()
+    http_client::agent(Duration::from_secs(60))
 }
 
+/// Status and body; a body that cannot be read counts as empty (the status decides).
 fn read_response(resp: ureq::http::Response<ureq::Body>) -> (u16, Vec<u8>) {
     let status = resp.status().as_u16();
-    let body = resp
-        .into_body()
-        .with_config()
-        .limit(1 << 30)
-        .read_to_vec()
-        .unwrap_or_default();
-    (status, body)
+    http_client::read_body(resp).unwrap_or((status, Vec::new()))
 }
 
 pub fn try_get(url: &str) -> Result<(u16, Vec<u8>), ureq::Error> {
