@@ -62,6 +62,27 @@ fn test_dir() -> PathBuf {
         .unwrap_or_else(|| manifest.join("..").join(relative))
 }
 
+/// Prometheus's scripts are data that lives beside the repository, not in it: a clone
+/// without them still runs the project's own tests, and says loudly what it skipped.
+/// CI (and anyone who sets `TIMBALA_PROMQLTEST_REQUIRED=1`) must have them.
+fn missing_test_dir(dir: &std::path::Path) -> ExitCode {
+    let required = std::env::var("CI").is_ok_and(|v| v == "true")
+        || std::env::var("TIMBALA_PROMQLTEST_REQUIRED").is_ok_and(|v| v == "1");
+    eprintln!(
+        "promql conformance: Prometheus's test scripts were not found at {}.\n\
+         Put Prometheus's promql/promqltest/testdata/*.test files at ../shared/promqltest/testdata \
+         beside this repository, or point TIMBALA_PROMQLTEST_DIR at them.",
+        dir.display()
+    );
+    if required {
+        eprintln!("promql conformance: FAILED: the scripts are required under CI=true or TIMBALA_PROMQLTEST_REQUIRED=1");
+        ExitCode::FAILURE
+    } else {
+        eprintln!("promql conformance: SKIPPED (set CI=true or TIMBALA_PROMQLTEST_REQUIRED=1 to make this a failure)");
+        ExitCode::SUCCESS
+    }
+}
+
 fn selected_files(dir: &PathBuf, all: bool) -> Result<Vec<(String, PathBuf)>, String> {
     let entries = std::fs::read_dir(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     let mut files: Vec<(String, PathBuf)> = entries
@@ -82,6 +103,9 @@ fn main() -> ExitCode {
     let all = std::env::var("TIMBALA_PROMQLTEST_ALL").is_ok_and(|v| v == "1");
     let filter = std::env::var("TIMBALA_PROMQLTEST_FILTER").ok();
     let dir = test_dir();
+    if !dir.is_dir() {
+        return missing_test_dir(&dir);
+    }
     let files = match selected_files(&dir, all) {
         Ok(f) => f,
         Err(e) => {
