@@ -56,6 +56,18 @@ pub fn get_json(url: &str) -> Result<Value, String> {
 
 /// Posts one remote-write 1.0 request (snappy protobuf), as Prometheus's sender does.
 pub fn remote_write(base: &str, request: &proto::WriteRequest) -> Result<(), String> {
+    let (status, body) = remote_write_answer(base, request)?;
+    if !(200..300).contains(&status) {
+        return Err(format!("POST {base}/api/v1/write: status {status}: {body}"));
+    }
+    Ok(())
+}
+
+/// Posts one remote-write 1.0 request and returns the status and body, whatever they are.
+pub fn remote_write_answer(
+    base: &str,
+    request: &proto::WriteRequest,
+) -> Result<(u16, String), String> {
     let url = format!("{base}/api/v1/write");
     let resp = agent()
         .post(&url)
@@ -65,13 +77,21 @@ pub fn remote_write(base: &str, request: &proto::WriteRequest) -> Result<(), Str
         .send(&proto::encode_snappy(request)[..])
         .map_err(|e| format!("POST {url}: {e}"))?;
     let (status, body) = read_body(resp)?;
-    if !(200..300).contains(&status) {
-        return Err(format!(
-            "POST {url}: status {status}: {}",
-            String::from_utf8_lossy(&body)
-        ));
-    }
-    Ok(())
+    Ok((status, String::from_utf8_lossy(&body).into_owned()))
+}
+
+/// POSTs an HTML form and returns the status and body, whatever they are.
+pub fn post_form(url: &str, fields: &[(&str, &str)]) -> Result<(u16, String), String> {
+    let body: String = form_urlencoded::Serializer::new(String::new())
+        .extend_pairs(fields)
+        .finish();
+    let resp = agent()
+        .post(url)
+        .header("Content-Type", "application/x-www-form-urlencoded")
+        .send(body.as_bytes())
+        .map_err(|e| format!("POST {url}: {e}"))?;
+    let (status, body) = read_body(resp)?;
+    Ok((status, String::from_utf8_lossy(&body).into_owned()))
 }
 
 /// One instant query through Prometheus's HTTP API (for the driver's own bookkeeping;

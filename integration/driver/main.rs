@@ -5,13 +5,14 @@
 //! when any check fails; the stack is always torn down.
 //!
 //! Owns: the order of the suite, the scenario timeline and the printed report.
-//! Calls `stack` (compose lifecycle), `faults` (inject and heal), `checks` (waits and
-//! comparisons) and `api` (endpoints).
+//! Calls `stack` (compose lifecycle), `faults` (inject and heal), `bad_client` (hostile
+//! requests), `checks` (waits and comparisons) and `api` (endpoints).
 //!
 //! Subcommand `connect-rtt ADDR`: prints the median TCP connect time to ADDR; the
 //! driver runs it inside a node's network namespace to show the injected delay.
 
 mod api;
+mod bad_client;
 mod checks;
 mod faults;
 #[path = "../../tests/support/http_client.rs"]
@@ -114,6 +115,8 @@ fn run_checks(stack: &Stack, started: Instant) -> Result<Vec<String>, String> {
     failures.extend(checks::remote_read_through_prometheus(
         suite_started_s - REMOTE_READ_PROBE_AGE_S,
     )?);
+    // Mid-run, before the faults: everything after it is the proof it hurt nothing.
+    failures.extend(bad_client::run()?);
     for (kind, service) in SCENARIOS {
         failures.extend(run_scenario(stack, kind, service)?);
     }
