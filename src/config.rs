@@ -12,6 +12,7 @@ use clap::Parser;
 
 use crate::cluster::membership::MembershipConfig;
 use crate::promql::EngineOptions;
+use crate::storage::{Clock, TimeBounds, CLOCK_SKEW_ALLOWANCE_MS};
 use crate::telemetry::LogFormat;
 use crate::tsdb::TsdbOptions;
 
@@ -81,6 +82,10 @@ pub struct Config {
     /// How far behind a series' newest sample an older sample is still accepted.
     #[arg(long, env = "TIMBALA_OUT_OF_ORDER_WINDOW", default_value = "1h", value_parser = parse_duration)]
     pub out_of_order_window: Duration,
+
+    /// Refuse samples further ahead of this node's clock than this (0s: no limit).
+    #[arg(long, env = "TIMBALA_INGEST_MAX_FUTURE", default_value = "10m", value_parser = parse_duration)]
+    pub ingest_max_future: Duration,
 
     /// Size of one write-ahead-log segment file.
     #[arg(long, env = "TIMBALA_WAL_SEGMENT_SIZE", default_value = "128MiB", value_parser = parse_bytes)]
@@ -185,6 +190,19 @@ impl Config {
             retention_bytes: self.retention_size,
             out_of_order_window_ms: millis(self.out_of_order_window),
             wal_segment_bytes: self.wal_segment_size,
+            // Wider than the edge's by the tolerated clock skew: writes routed here by
+            // another node were checked against that node's clock (ADR 0009).
+            time_bounds: self.ingest_time_bounds().widened(CLOCK_SKEW_ALLOWANCE_MS),
+            clock: Clock::system(),
+        }
+    }
+
+    /// The time bounds applied where a client's write enters (ADR 0009): the future
+    /// limit, and retention as the oldest accepted age.
+    pub fn ingest_time_bounds(&self) -> TimeBounds {
+        TimeBounds {
+            max_future_ms: millis(self.ingest_max_future),
+            max_age_ms: millis(self.retention_time),
         }
     }
 
@@ -255,6 +273,7 @@ impl Config {
             ("retention-size", self.retention_size.to_string()),
             ("block-duration", d(self.block_duration)),
             ("out-of-order-window", d(self.out_of_order_window)),
+            ("ingest-max-future", d(self.ingest_max_future)),
             ("wal-segment-size", self.wal_segment_size.to_string()),
             ("write-max-body-size", self.write_max_body_size.to_string()),
             ("query-timeout", d(self.query_timeout)),
@@ -313,6 +332,28 @@ mod tests {
         assert_eq!(mc.http_advertise_addr, "127.0.0.1:9080");
         let fast = Config::parse_from(["timbala", "--gossip-profile", "fast"]).membership_config();
         assert!(fast.swim.probe_period < mc.swim.probe_period);
+    }
+
+    #[test]
+    fn ingest_time_bounds_follow_the_flags() {
+        let c = Config::parse_from(["timbala"]);
+        let edge = c.ingest_time_bounds();
+        assert_eq!(edge.max_future_ms, 10 * 60_000);
+        assert_eq!(edge.max_age_ms, 15 * 24 * 3_600_000);
+        let tsdb = c.tsdb_options().time_bounds;
+        assert_eq!(
+            tsdb.max_future_ms,
+            edge.max_future_ms + CLOCK_SKEW_ALLOWANCE_MS
+        );
+        let off = Config::parse_from([
+            "timbala",
+            "--ingest-max-future",
+            "0s",
+            "--retention-time",
+            "0s",
+        ]);
+        assert_eq!(off.ingest_time_bounds(), TimeBounds::NONE);
+        assert_eq!(off.tsdb_options().time_bounds, TimeBounds::NONE);
     }
 
     #[test]

@@ -39,6 +39,7 @@ pub async fn run(config: Config) -> Result<(), String> {
         flags: config.flag_values(),
         data_dir: config.data_directory.display().to_string(),
         max_write_body_bytes: usize::try_from(config.write_max_body_size).unwrap_or(usize::MAX),
+        ingest_time_bounds: config.ingest_time_bounds(),
     };
     let state = AppState::new(Engine::new(config.engine_options()), registry, info);
 

@@ -2,8 +2,9 @@
 //!
 //! Owns: the `Storage` trait and its request/answer types. The local TSDB implements it
 //! today; the cluster's fan-out querier and replicating writer implement it later, so the
-//! HTTP layer and the PromQL engine never know whether data is local or remote.
-//! Calls only `model`.
+//! HTTP layer and the PromQL engine never know whether data is local or remote. Also the
+//! wall-clock rule shared by the ingest edge and the TSDB (`TimeBounds`, `Clock`; ADR
+//! 0009). Calls only `model`.
 //!
 //! Methods return boxed futures so the trait stays object safe (`Arc<dyn Storage>`) and a
 //! remote implementation can await the network; the local TSDB answers synchronously
@@ -12,6 +13,8 @@
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::model::{Labels, Matcher, MetricMetadata, Series};
 
@@ -22,18 +25,150 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 pub enum RejectReason {
     /// Older than the newest sample of its series by more than the out-of-order window.
     OutOfOrder,
-    /// Older than what the head still accepts (before the out-of-order window of the head).
+    /// Older than what the head still accepts (before the out-of-order window of the head),
+    /// or older than the retention window measured from the wall clock.
     TooOld,
     /// A different value already stored at the same timestamp.
     DuplicateTimestamp,
+    /// Further ahead of the wall clock than the future limit (ADR 0009).
+    TooFarInFuture,
 }
 
 impl RejectReason {
+    /// Every reason, in the order of `index`.
+    pub const ALL: [RejectReason; 4] = [
+        RejectReason::OutOfOrder,
+        RejectReason::TooOld,
+        RejectReason::DuplicateTimestamp,
+        RejectReason::TooFarInFuture,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             RejectReason::OutOfOrder => "out_of_order",
             RejectReason::TooOld => "too_old",
             RejectReason::DuplicateTimestamp => "duplicate_timestamp",
+            RejectReason::TooFarInFuture => "too_far_in_future",
+        }
+    }
+
+    /// The reason named `name` by `as_str` (a peer's answer), if known.
+    pub fn from_name(name: &str) -> Option<RejectReason> {
+        RejectReason::ALL.into_iter().find(|r| r.as_str() == name)
+    }
+
+    /// Position in `ALL`, for per-reason counter arrays.
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
+    /// The client-facing description of one refused sample, e.g.
+    /// `too old: series up{job="a"}, timestamp 5`.
+    pub fn describe(self, labels: &Labels, t: i64) -> String {
+        format!(
+            "{}: series {labels}, timestamp {t}",
+            self.as_str().replace('_', " ")
+        )
+    }
+}
+
+/// Wall-clock milliseconds since the Unix epoch (negative before it).
+pub fn wall_clock_ms() -> i64 {
+    match SystemTime::now().duration_since(UNIX_EPOCH) {
+        Ok(d) => i64::try_from(d.as_millis()).unwrap_or(i64::MAX),
+        Err(e) => -i64::try_from(e.duration().as_millis()).unwrap_or(i64::MAX),
+    }
+}
+
+/// A source of wall-clock time. The system clock in service; tests substitute one they
+/// can move, to show what a clock jump does.
+#[derive(Clone)]
+pub struct Clock(Arc<dyn Fn() -> i64 + Send + Sync>);
+
+impl Clock {
+    pub fn system() -> Clock {
+        Clock(Arc::new(wall_clock_ms))
+    }
+
+    /// A clock reading whatever `now_ms` returns.
+    pub fn from_fn(now_ms: impl Fn() -> i64 + Send + Sync + 'static) -> Clock {
+        Clock(Arc::new(now_ms))
+    }
+
+    pub fn now_ms(&self) -> i64 {
+        (self.0)()
+    }
+}
+
+impl Default for Clock {
+    fn default() -> Self {
+        Clock::system()
+    }
+}
+
+impl fmt::Debug for Clock {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Clock(now={})", self.now_ms())
+    }
+}
+
+/// How far from the wall clock a sample's timestamp may be to be stored (ADR 0009). The
+/// node where a client's write enters applies these bounds; an owner applies them again,
+/// `widened` by `CLOCK_SKEW_ALLOWANCE_MS`, to every write (routed ones included), so a
+/// sample the entry node accepted is not refused by an owner whose clock differs by
+/// less than that, and nothing far out of bounds is stored whoever sent it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TimeBounds {
+    /// Samples more than this ahead of the wall clock are `TooFarInFuture` (0 = no limit).
+    pub max_future_ms: i64,
+    /// Samples more than this behind the wall clock are `TooOld` (0 = no limit).
+    pub max_age_ms: i64,
+}
+
+/// The clock difference between two nodes that the time bounds tolerate (see
+/// `TimeBounds`). NTP keeps real clusters within milliseconds.
+pub const CLOCK_SKEW_ALLOWANCE_MS: i64 = 60_000;
+
+impl TimeBounds {
+    /// No bounds: every timestamp is accepted.
+    pub const NONE: TimeBounds = TimeBounds {
+        max_future_ms: 0,
+        max_age_ms: 0,
+    };
+
+    /// The newest timestamp accepted at wall-clock time `now_ms`, if there is a limit.
+    pub fn newest_valid(&self, now_ms: i64) -> Option<i64> {
+        (self.max_future_ms > 0).then(|| now_ms.saturating_add(self.max_future_ms))
+    }
+
+    /// The oldest timestamp accepted at wall-clock time `now_ms`, if there is a limit.
+    pub fn oldest_valid(&self, now_ms: i64) -> Option<i64> {
+        (self.max_age_ms > 0).then(|| now_ms.saturating_sub(self.max_age_ms))
+    }
+
+    /// Whether a sample at `t` may be stored at wall-clock time `now_ms`.
+    pub fn check(&self, t: i64, now_ms: i64) -> Result<(), RejectReason> {
+        if self.newest_valid(now_ms).is_some_and(|newest| t > newest) {
+            return Err(RejectReason::TooFarInFuture);
+        }
+        if self.oldest_valid(now_ms).is_some_and(|oldest| t < oldest) {
+            return Err(RejectReason::TooOld);
+        }
+        Ok(())
+    }
+
+    /// These bounds loosened by `by_ms` on each side that has a limit.
+    pub fn widened(self, by_ms: i64) -> TimeBounds {
+        let widen = |limit: i64| {
+            if limit > 0 {
+                limit.saturating_add(by_ms)
+            } else {
+                0
+            }
+        };
+        TimeBounds {
+            max_future_ms: widen(self.max_future_ms),
+            max_age_ms: widen(self.max_age_ms),
         }
     }
 }
@@ -176,4 +311,49 @@ pub trait Storage: Send + Sync + 'static {
         &self,
         metric: Option<String>,
     ) -> BoxFuture<'_, Result<Vec<MetricMetadata>, StorageError>>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn time_bounds_refuse_far_future_and_expired_samples() {
+        let bounds = TimeBounds {
+            max_future_ms: 600_000,
+            max_age_ms: 3_600_000,
+        };
+        let now = 1_800_000_000_000;
+        assert_eq!(bounds.check(now, now), Ok(()));
+        assert_eq!(bounds.check(now + 600_000, now), Ok(()));
+        assert_eq!(
+            bounds.check(now + 600_001, now),
+            Err(RejectReason::TooFarInFuture)
+        );
+        assert_eq!(
+            bounds.check(i64::MAX, now),
+            Err(RejectReason::TooFarInFuture)
+        );
+        assert_eq!(bounds.check(now - 3_600_000, now), Ok(()));
+        assert_eq!(
+            bounds.check(now - 3_600_001, now),
+            Err(RejectReason::TooOld)
+        );
+        assert_eq!(bounds.check(i64::MIN, now), Err(RejectReason::TooOld));
+        for t in [i64::MIN, 0, i64::MAX] {
+            assert_eq!(TimeBounds::NONE.check(t, now), Ok(()));
+        }
+        let wide = bounds.widened(CLOCK_SKEW_ALLOWANCE_MS);
+        assert_eq!(wide.check(now + 600_001, now), Ok(()));
+        assert_eq!(TimeBounds::NONE.widened(1), TimeBounds::NONE);
+    }
+
+    #[test]
+    fn reasons_round_trip_by_name_and_index() {
+        for (i, reason) in RejectReason::ALL.into_iter().enumerate() {
+            assert_eq!(reason.index(), i);
+            assert_eq!(RejectReason::from_name(reason.as_str()), Some(reason));
+        }
+        assert_eq!(RejectReason::from_name("bogus"), None);
+    }
 }

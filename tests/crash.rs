@@ -213,6 +213,9 @@ fn crash_and_recover(name: &str, kill_when: impl Fn(&Path, usize) -> bool) {
         "1m",
         "--out-of-order-window",
         "0s",
+        // The data is from 2023: keep all of it (retention is measured from the clock).
+        "--retention-time",
+        "0s",
     ];
     let mut node = Node::start_in(&data, &flags);
     let writer = Writer::start(node.url("/api/v1/write"));

@@ -8,6 +8,7 @@ mod remote_read;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::LazyLock;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -16,7 +17,20 @@ use remote_read::remote_read;
 use timbala::proto::{self, MatcherType, ResponseType};
 
 const SERIES: usize = 50;
-const BASE_MS: i64 = 1_700_000_000_000;
+/// The first sample's time: an hour before the test started, on the 10 s grid. Samples
+/// are measured against the wall clock (future limit, retention; ADR 0009).
+static BASE_MS: LazyLock<i64> = LazyLock::new(|| on_grid(wall_clock_ms() - 60 * MINUTE_MS));
+
+fn wall_clock_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_millis() as i64
+}
+
+fn on_grid(t: i64) -> i64 {
+    t - t.rem_euclid(INTERVAL_MS)
+}
 const INTERVAL_MS: i64 = 10_000;
 /// 12 minutes of data at a 10 s interval.
 const SAMPLES_PER_SERIES: usize = 72;
@@ -35,7 +49,7 @@ fn write_all(node: &Node, offset_ms: i64) {
         let timeseries = (0..SERIES)
             .map(|s| {
                 let samples: Vec<(i64, f64)> = (minute * 6..minute * 6 + 6)
-                    .map(|i| (BASE_MS + offset_ms + i as i64 * INTERVAL_MS, value(s, i)))
+                    .map(|i| (*BASE_MS + offset_ms + i as i64 * INTERVAL_MS, value(s, i)))
                     .collect();
                 common::ts(
                     &[("__name__", "persist"), ("series", &s.to_string())],
@@ -62,7 +76,7 @@ fn expected(without_series: Option<usize>) -> Stored {
         .filter(|&s| Some(s) != without_series)
         .map(|s| {
             let samples = (0..SAMPLES_PER_SERIES)
-                .map(|i| (BASE_MS + i as i64 * INTERVAL_MS, value(s, i).to_bits()))
+                .map(|i| (*BASE_MS + i as i64 * INTERVAL_MS, value(s, i).to_bits()))
                 .collect();
             (s.to_string(), samples)
         })
@@ -196,21 +210,24 @@ fn blocks_compaction_retention_deletion_and_snapshots_survive_restarts() {
     assert_eq!(read_all(&copy), expected(Some(7)));
     copy.terminate();
 
-    // Retention: with 5m, blocks that ended more than 5m before the newest block's end
-    // go. Write 12 more minutes of data half an hour later so the old blocks fall out.
-    let retained_flags = ["--block-duration", "1m", "--retention-time", "5m"];
+    // Retention: with 30m, blocks that ended more than 30m before the newest block's end
+    // (which is before the wall clock) go. Write 12 more minutes of data starting 20
+    // minutes before now, more than half an hour after the first data, so the old blocks
+    // fall out while the new data is inside the window (older samples would be refused).
+    let retained_flags = ["--block-duration", "1m", "--retention-time", "30m"];
     let node = restart(&mut node, &data, &retained_flags);
-    const LATER_MS: i64 = 30 * MINUTE_MS;
-    write_all(&node, LATER_MS);
+    let later_ms = on_grid(wall_clock_ms() - 20 * MINUTE_MS) - *BASE_MS;
+    assert!(later_ms >= 40 * MINUTE_MS);
+    write_all(&node, later_ms);
     let remaining = wait_for(
         "retention to delete old blocks",
         Duration::from_secs(60),
         || {
             let b = blocks(&data);
             let newest_end = b.iter().map(|b| b.max_time).max()?;
-            let cutoff = newest_end - 5 * MINUTE_MS;
-            let old_data_gone = b.iter().all(|b| b.min_time >= BASE_MS + LATER_MS);
-            (newest_end > BASE_MS + LATER_MS
+            let cutoff = newest_end - 30 * MINUTE_MS;
+            let old_data_gone = b.iter().all(|b| b.min_time >= *BASE_MS + later_ms);
+            (newest_end > *BASE_MS + later_ms
                 && old_data_gone
                 && b.iter().all(|b| b.max_time > cutoff))
             .then_some(b)
@@ -231,12 +248,12 @@ fn blocks_compaction_retention_deletion_and_snapshots_survive_restarts() {
         .min()
         .expect("data remains");
     assert!(
-        first >= BASE_MS + LATER_MS,
+        first >= *BASE_MS + later_ms,
         "samples from before the retention window remain"
     );
     assert_eq!(
         last,
-        BASE_MS + LATER_MS + (SAMPLES_PER_SERIES as i64 - 1) * INTERVAL_MS
+        *BASE_MS + later_ms + (SAMPLES_PER_SERIES as i64 - 1) * INTERVAL_MS
     );
     assert_eq!(stored.len(), SERIES, "every series has its recent data");
 }

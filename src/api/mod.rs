@@ -32,7 +32,7 @@ use crate::cluster::membership::MembershipHandle;
 use crate::ingest::IngestMetrics;
 use crate::promql::Engine;
 use crate::replication::hints::HintStore;
-use crate::storage::Storage;
+use crate::storage::{Storage, TimeBounds};
 use crate::tsdb::Tsdb;
 
 /// What the node serves once its storage is open (after WAL replay).
@@ -59,6 +59,8 @@ pub struct ServerInfo {
     pub data_dir: String,
     /// Largest accepted remote-write body (compressed), in bytes.
     pub max_write_body_bytes: usize,
+    /// Wall-clock bounds on the samples of a client's remote write (ADR 0009).
+    pub ingest_time_bounds: TimeBounds,
 }
 
 /// Shared state of every handler. Cheap to clone.

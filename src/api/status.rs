@@ -307,6 +307,7 @@ mod tests {
                 .collect(),
             data_dir: "data".into(),
             max_write_body_bytes: 0,
+            ingest_time_bounds: crate::storage::TimeBounds::NONE,
         }
     }
 

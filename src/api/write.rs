@@ -6,10 +6,11 @@
 //!
 //! Status codes (what Prometheus's sender does with them): 204 stored; 400/413/415 bad
 //! data, dropped by the sender; 500/503 retried. A request is validated as a whole before
-//! anything is stored. Samples that storage refuses (out of order, too old, duplicate
-//! timestamp with another value) give 400 naming the count and the first one; the other
-//! samples of that request stay stored, so the sender's retry-free drop loses nothing
-//! that was accepted.
+//! anything is stored. Samples outside the wall-clock time bounds (too far in the future,
+//! older than retention; ADR 0009) are taken out before the write is routed; those and
+//! the samples that storage refuses (out of order, too old, duplicate timestamp with
+//! another value) give 400 naming the count and the first one; the other samples of that
+//! request stay stored, so the sender's retry-free drop loses nothing that was accepted.
 
 use axum::body::{Body, Bytes};
 use axum::extract::State;
@@ -21,7 +22,7 @@ use http_body_util::BodyExt;
 
 use super::AppState;
 use crate::ingest::{self, DecodeLimits, IngestError, IngestMetrics, RejectReason};
-use crate::storage::AppendOutcome;
+use crate::storage::{wall_clock_ms, AppendOutcome};
 
 pub fn routes() -> Router<AppState> {
     Router::new().route("/api/v1/write", post(remote_write))
@@ -71,10 +72,20 @@ async fn remote_write(State(state): State<AppState>, headers: HeaderMap, body: B
     if decoded.series.is_empty() {
         return StatusCode::NO_CONTENT.into_response();
     }
-    match storage.append(decoded.series).await {
-        Ok(outcome) => stored(metrics, &outcome),
-        Err(e) => internal_error(metrics, &e.to_string()),
+    // Checked here, where the client's write enters, before it is routed to owners.
+    let mut series = decoded.series;
+    let mut outcome = ingest::enforce_time_bounds(
+        &mut series,
+        &state.info().ingest_time_bounds,
+        wall_clock_ms(),
+    );
+    if !series.is_empty() {
+        match storage.append(series).await {
+            Ok(appended) => outcome.merge(appended),
+            Err(e) => return internal_error(metrics, &e.to_string()),
+        }
     }
+    stored(metrics, &outcome)
 }
 
 /// A storage failure: 500, which Prometheus's sender retries.

@@ -12,13 +12,6 @@ use crate::storage::{self, AppendOutcome};
 
 type ReasonFamily = Family<Vec<(&'static str, &'static str)>, Counter>;
 
-/// Storage-side sample rejections, in a fixed order for indexing.
-const STORAGE_REASONS: [storage::RejectReason; 3] = [
-    storage::RejectReason::OutOfOrder,
-    storage::RejectReason::TooOld,
-    storage::RejectReason::DuplicateTimestamp,
-];
-
 /// Handles to the ingest counters. Cheap to clone; clones share the counters.
 #[derive(Clone, Debug)]
 pub struct IngestMetrics {
@@ -31,7 +24,7 @@ pub struct IngestMetrics {
     /// Requests stored except for samples that storage refused.
     requests_partially_stored: Counter,
     requests_failed: Counter,
-    /// Indexed like `STORAGE_REASONS`.
+    /// Indexed by `storage::RejectReason::index`.
     samples_rejected: Vec<Counter>,
 }
 
@@ -51,7 +44,7 @@ impl IngestMetrics {
                 .collect(),
             requests_partially_stored: reason_counter(&requests_rejected, "samples_rejected"),
             requests_failed: reason_counter(&requests_rejected, "storage_error"),
-            samples_rejected: STORAGE_REASONS
+            samples_rejected: storage::RejectReason::ALL
                 .iter()
                 .map(|r| reason_counter(&samples_rejected, r.as_str()))
                 .collect(),
@@ -83,7 +76,7 @@ impl IngestMetrics {
         );
         registry.register(
             "samples_rejected",
-            "Samples refused by storage in otherwise valid requests, by reason",
+            "Samples refused (by storage, or by the time bounds) in otherwise valid requests, by reason",
             samples_rejected,
         );
         metrics
@@ -107,9 +100,7 @@ impl IngestMetrics {
     pub fn on_stored(&self, outcome: &AppendOutcome) {
         self.samples_stored.inc_by(outcome.appended);
         for &(reason, n) in &outcome.rejected {
-            if let Some(i) = STORAGE_REASONS.iter().position(|r| *r == reason) {
-                self.samples_rejected[i].inc_by(n);
-            }
+            self.samples_rejected[reason.index()].inc_by(n);
         }
         if outcome.rejected_total() > 0 {
             self.requests_partially_stored.inc();

@@ -3,14 +3,17 @@
 //! Owns: the path from an HTTP body (plus its `Content-Type` and `Content-Encoding`) to
 //! validated `model::Series`, and the ingest self-metrics. Submodules: `wire` (header
 //! negotiation and bounded snappy decompression), `validate` (label and sample rules,
-//! protobuf structs to model types), `metrics` (counters under `timbala_ingest_`),
+//! protobuf structs to model types), `bounds` (the wall-clock time bounds applied where a
+//! client's write enters, ADR 0009), `metrics` (counters under `timbala_ingest_`),
 //! `fuzzing` (the invariant-checking entry point of the fuzz targets).
-//! Calls only `model` and `proto`; knows nothing about HTTP servers or storage, so the
-//! same decoder serves the HTTP edge, the fuzz target and (later) peer-to-peer writes.
+//! Calls `model`, `proto`, and `storage` for its shared vocabulary only (reject reasons,
+//! time bounds); knows nothing about HTTP servers or where data is stored, so the same
+//! decoder serves the HTTP edge, the fuzz target and peer-to-peer writes.
 //!
 //! A request is accepted or refused as a whole: one invalid series refuses the request,
 //! so a client never has to guess which part was stored.
 
+mod bounds;
 #[doc(hidden)]
 pub mod fuzzing;
 mod metrics;
@@ -24,6 +27,7 @@ use prost::Message;
 use crate::model::{MetricMetadata, Series};
 use crate::proto;
 
+pub use bounds::enforce_time_bounds;
 pub use metrics::IngestMetrics;
 pub use wire::decompress_snappy;
 

@@ -298,11 +298,7 @@ impl WireOutcome {
 
     /// Unknown reasons (a newer peer) count as out-of-order so they are still reported.
     fn into_outcome(self) -> AppendOutcome {
-        let reason = |name: &str| match name {
-            "too_old" => RejectReason::TooOld,
-            "duplicate_timestamp" => RejectReason::DuplicateTimestamp,
-            _ => RejectReason::OutOfOrder,
-        };
+        let reason = |name: &str| RejectReason::from_name(name).unwrap_or(RejectReason::OutOfOrder);
         let mut outcome = AppendOutcome {
             appended: self.appended,
             ..AppendOutcome::default()
@@ -466,6 +462,7 @@ mod tests {
             rejected: vec![
                 (RejectReason::TooOld, 1),
                 (RejectReason::DuplicateTimestamp, 2),
+                (RejectReason::TooFarInFuture, 3),
             ],
             first_rejection: Some("first".into()),
         };

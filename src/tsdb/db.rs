@@ -16,7 +16,9 @@ use std::time::Instant;
 use super::block::{Block, BlockWriter};
 use super::compact;
 use super::head::{encode_chunks, lock, AppendLimits, Appended, Head, MemSeries};
+use super::index::{PostingsSource, SeriesRef};
 use super::metrics::TsdbMetrics;
+use super::quarantine;
 use super::querier::Querier;
 use super::retention::{self, BlockExtent};
 use super::wal::{self, Record, SamplesRecord, Wal};
@@ -85,8 +87,11 @@ impl Db {
             "TSDB opened"
         );
         head.recompute_time_range();
+        let now = opts.clock.now_ms();
         if let Some(newest) = blocks.iter().map(|b| b.meta.max_time).max() {
-            head.set_min_valid_time(newest.saturating_sub(opts.out_of_order_window_ms));
+            // Never above the wall clock: a block reaching into the future must not
+            // make current samples too old (ADR 0009).
+            head.set_min_valid_time(newest.min(now).saturating_sub(opts.out_of_order_window_ms));
         }
         let db = Db {
             opts,
@@ -98,8 +103,72 @@ impl Db {
             maintenance: Mutex::new(()),
             closed: AtomicBool::new(false),
         };
+        if let Some(newest_valid) = db.opts.time_bounds.newest_valid(now) {
+            db.remove_future_samples(newest_valid)?;
+        }
         db.update_head_gauges();
         Ok(db)
+    }
+
+    /// Start-up recovery (ADR 0009): samples newer than `newest_valid` were stored before
+    /// the future limit existed, or while this node's clock was ahead. Each is copied to
+    /// the quarantine, then removed: from the head with a logged deletion, from blocks
+    /// with tombstones and a rewrite of the block, so no block reaches past the limit.
+    fn remove_future_samples(&self, newest_valid: i64) -> Result<(), StorageError> {
+        let from = newest_valid.saturating_add(1);
+        let mut removed = quarantine::Removed::default();
+        let mut head_ids = Vec::new();
+        for series in self.head.all_series() {
+            let mut samples = Vec::new();
+            series.data().samples_in(from, i64::MAX, &mut samples);
+            if !samples.is_empty() {
+                removed.add(series.labels(), samples);
+                head_ids.push(series.id);
+            }
+        }
+        let blocks = read(&self.blocks).clone();
+        let mut to_rewrite: Vec<(Arc<Block>, Vec<SeriesRef>)> = Vec::new();
+        // `max_time` is exclusive: a block holds a sample at `from` or later iff this.
+        for block in blocks.iter().filter(|b| b.meta.max_time > from) {
+            let mut refs = Vec::new();
+            for r in block.index.all_postings() {
+                let (labels, metas) = block.index.series(r)?;
+                if metas.iter().all(|&(_, chunk_max, _)| chunk_max < from) {
+                    continue;
+                }
+                let mut samples = Vec::new();
+                block.samples(r, &metas, from, i64::MAX, &mut samples)?;
+                removed.add(labels, samples);
+                refs.push(r);
+            }
+            to_rewrite.push((block.clone(), refs));
+        }
+        if removed.is_empty() && to_rewrite.is_empty() {
+            return Ok(());
+        }
+        let summary = removed.summary();
+        let copy = removed.write(&self.opts.dir)?;
+        self.delete_from_head(&head_ids, from, i64::MAX)?;
+        for (block, refs) in &to_rewrite {
+            self.add_tombstones(block, refs, from, i64::MAX)?;
+            self.replace_blocks(std::slice::from_ref(block))?;
+        }
+        self.head.gc();
+        self.head.recompute_time_range();
+        self.metrics.future_samples_removed.inc_by(summary.samples);
+        tracing::warn!(
+            samples = summary.samples,
+            series = summary.series,
+            min_time = summary.min_time,
+            max_time = summary.max_time,
+            newest_valid,
+            blocks_rewritten = to_rewrite.len(),
+            examples = %summary.named,
+            quarantine = %copy.as_ref().map_or(String::new(), |p| p.display().to_string()),
+            "removed samples beyond the future limit (a sender's or this node's clock was \
+             wrong); a copy is kept in the quarantine block"
+        );
+        Ok(())
     }
 
     fn check_open(&self) -> Result<(), StorageError> {
@@ -119,7 +188,11 @@ impl Db {
     /// Appends a batch; returns once every stored sample is fsynced in the WAL.
     pub fn append(&self, batch: &[Series]) -> Result<AppendOutcome, StorageError> {
         self.check_open()?;
-        let limits = self.head.limits(self.opts.out_of_order_window_ms);
+        let limits = self.head.limits(
+            self.opts.out_of_order_window_ms,
+            &self.opts.time_bounds,
+            self.opts.clock.now_ms(),
+        );
         let mut record = SamplesRecord::default();
         let mut tally = Tally::default();
         for series in batch.iter().filter(|s| !s.samples.is_empty()) {
@@ -139,7 +212,7 @@ impl Db {
         self.metrics.head_chunks.inc_by(tally.new_chunks as i64);
         for (i, &n) in tally.rejected.iter().enumerate() {
             if n > 0 {
-                self.metrics.rejected(REASONS[i], n);
+                self.metrics.rejected(RejectReason::ALL[i], n);
             }
         }
         Ok(tally.into_outcome())
@@ -223,34 +296,56 @@ impl Db {
             }
             .head_ids(matchers)
         };
-        if !ids.is_empty() {
-            let mut buf = Vec::new();
-            wal::encode_delete(&mut buf, mint, maxt, &ids);
-            let seq = self.wal.log(&buf);
-            for id in &ids {
-                if let Some(series) = self.head.get(*id) {
-                    series.data().delete_range(mint, maxt);
-                }
-            }
-            self.wal.sync(seq)?;
-        }
+        self.delete_from_head(&ids, mint, maxt)?;
         let blocks = read(&self.blocks).clone();
         for block in blocks.iter().filter(|b| b.overlaps(mint, maxt)) {
-            let refs = Querier::block_refs(block, matchers);
-            if refs.is_empty() {
-                continue;
-            }
-            let mut tombstones = write(&block.tombstones);
-            let mut updated = tombstones.clone();
-            for r in refs {
-                updated.add(r, mint, maxt);
-            }
-            updated.store(&block.dir)?;
-            *tombstones = updated;
+            self.add_tombstones(block, &Querier::block_refs(block, matchers), mint, maxt)?;
         }
         self.head.gc();
         self.head.recompute_time_range();
         self.update_head_gauges();
+        Ok(())
+    }
+
+    /// Deletes `[mint, maxt]` of the head series `ids`, durably (a WAL record).
+    fn delete_from_head(
+        &self,
+        ids: &[SeriesRef],
+        mint: i64,
+        maxt: i64,
+    ) -> Result<(), StorageError> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let mut buf = Vec::new();
+        wal::encode_delete(&mut buf, mint, maxt, ids);
+        let seq = self.wal.log(&buf);
+        for id in ids {
+            if let Some(series) = self.head.get(*id) {
+                series.data().delete_range(mint, maxt);
+            }
+        }
+        self.wal.sync(seq)
+    }
+
+    /// Marks `[mint, maxt]` of the block's series `refs` deleted (durable tombstones).
+    fn add_tombstones(
+        &self,
+        block: &Block,
+        refs: &[SeriesRef],
+        mint: i64,
+        maxt: i64,
+    ) -> Result<(), StorageError> {
+        if refs.is_empty() {
+            return Ok(());
+        }
+        let mut tombstones = write(&block.tombstones);
+        let mut updated = tombstones.clone();
+        for &r in refs {
+            updated.add(r, mint, maxt);
+        }
+        updated.store(&block.dir)?;
+        *tombstones = updated;
         Ok(())
     }
 
@@ -323,9 +418,13 @@ impl Db {
         Ok(())
     }
 
-    /// The end of the block to cut from the head, if the head is due for a cut.
+    /// The end of the block to cut from the head, if the head is due for a cut. The
+    /// head's span is measured up to the wall clock at most, so samples ahead of the
+    /// clock never push the cut (and with it the head's lower bound) past the present
+    /// (ADR 0009).
     fn cut_boundary(&self) -> Option<i64> {
         let (min, max) = self.head.time_range()?;
+        let max = max.min(self.opts.clock.now_ms());
         let duration = self.opts.block_duration_ms.max(1);
         if max.saturating_sub(min) <= duration / 2 * 3 {
             return None;
@@ -488,8 +587,12 @@ impl Db {
                 size_bytes: b.size_bytes,
             })
             .collect();
-        let doomed =
-            retention::expired(&extents, self.opts.retention_ms, self.opts.retention_bytes);
+        let doomed = retention::expired(
+            &extents,
+            self.opts.clock.now_ms(),
+            self.opts.retention_ms,
+            self.opts.retention_bytes,
+        );
         if doomed.is_empty() {
             return Ok(());
         }
@@ -618,17 +721,12 @@ fn top(mut items: Vec<(String, u64)>, limit: usize) -> Vec<(String, u64)> {
     items
 }
 
-const REASONS: [RejectReason; 3] = [
-    RejectReason::OutOfOrder,
-    RejectReason::TooOld,
-    RejectReason::DuplicateTimestamp,
-];
-
 /// Per-batch counters, folded into an `AppendOutcome` and the metrics once.
 struct Tally {
     appended: u64,
     new_chunks: u64,
-    rejected: [u64; 3],
+    /// Indexed by `RejectReason::index`.
+    rejected: [u64; RejectReason::ALL.len()],
     first_rejection: Option<String>,
     mint: i64,
     maxt: i64,
@@ -639,7 +737,7 @@ impl Default for Tally {
         Tally {
             appended: 0,
             new_chunks: 0,
-            rejected: [0; 3],
+            rejected: [0; RejectReason::ALL.len()],
             first_rejection: None,
             mint: i64::MAX,
             maxt: i64::MIN,
@@ -655,20 +753,16 @@ impl Tally {
     }
 
     fn reject(&mut self, reason: RejectReason, labels: &Labels, t: i64) {
-        let i = REASONS.iter().position(|&r| r == reason).unwrap_or(0);
-        self.rejected[i] += 1;
+        self.rejected[reason.index()] += 1;
         if self.first_rejection.is_none() {
-            self.first_rejection = Some(format!(
-                "{}: series {labels}, timestamp {t}",
-                reason.as_str().replace('_', " ")
-            ));
+            self.first_rejection = Some(reason.describe(labels, t));
         }
     }
 
     fn into_outcome(self) -> AppendOutcome {
         AppendOutcome {
             appended: self.appended,
-            rejected: REASONS
+            rejected: RejectReason::ALL
                 .iter()
                 .zip(self.rejected)
                 .filter(|(_, n)| *n > 0)
@@ -689,10 +783,7 @@ struct Replayer<'a> {
 
 impl Replayer<'_> {
     /// Replay accepts everything the log holds: it was accepted once already.
-    const LIMITS: AppendLimits = AppendLimits {
-        min_valid_time: i64::MIN,
-        out_of_order_window_ms: i64::MAX,
-    };
+    const LIMITS: AppendLimits = AppendLimits::NONE;
 
     fn apply(&mut self, rec: Record) {
         match rec {

@@ -3,7 +3,8 @@
 //! Owns: label interning (symbols), the series map (fast in-memory label hash with
 //! collision check, sharded locks), the head postings, and per-series sample storage: sealed XOR
 //! chunks of at most 120 samples, one open chunk, and a sorted buffer of out-of-order
-//! samples. Enforces the append rules (out-of-order window, too old, duplicates).
+//! samples. Enforces the append rules (out-of-order window, too old, too far in the future,
+//! duplicates).
 //! Calls `chunk`, `index`, `series_hash` and `model`.
 
 use std::collections::{HashMap, HashSet};
@@ -14,7 +15,7 @@ use super::chunk::{decode_xor, XorChunk};
 use super::index::{MemPostings, SeriesRef};
 use super::series_hash::{label_set_hash, PrehashedKey};
 use crate::model::{merge_sorted_samples, Label, Labels, Sample};
-use crate::storage::RejectReason;
+use crate::storage::{RejectReason, TimeBounds};
 
 /// Samples per chunk before a new one is started (as Prometheus).
 pub const SAMPLES_PER_CHUNK: usize = 120;
@@ -66,10 +67,27 @@ pub fn encode_chunks(samples: &[Sample]) -> Vec<SealedChunk> {
 /// The limits an append is checked against.
 #[derive(Clone, Copy, Debug)]
 pub struct AppendLimits {
-    /// Samples older than this are `TooOld` (the head's lower bound).
+    /// Samples older than this are `TooOld` (the head's lower bound, or the oldest time
+    /// the wall-clock bounds accept).
     pub min_valid_time: i64,
+    /// Samples newer than this are `TooFarInFuture` (the wall clock plus the future limit).
+    pub max_valid_time: i64,
     /// How far behind the series' newest sample a sample may be.
     pub out_of_order_window_ms: i64,
+    /// The wall clock. The out-of-order window ends at the series' newest sample or at
+    /// this, whichever is earlier, so a sample ahead of the clock cannot close the window
+    /// for the samples that follow it (ADR 0009).
+    pub now_ms: i64,
+}
+
+impl AppendLimits {
+    /// No limits at all (WAL replay: the log holds only what was accepted once).
+    pub const NONE: AppendLimits = AppendLimits {
+        min_valid_time: i64::MIN,
+        max_valid_time: i64::MAX,
+        out_of_order_window_ms: i64::MAX,
+        now_ms: i64::MAX,
+    };
 }
 
 /// What happened to one accepted sample.
@@ -160,6 +178,9 @@ impl SeriesData {
         if t < limits.min_valid_time {
             return Err(RejectReason::TooOld);
         }
+        if t > limits.max_valid_time {
+            return Err(RejectReason::TooFarInFuture);
+        }
         let Some(max_t) = self.max_time() else {
             return self.append_in_order(t, v);
         };
@@ -172,7 +193,7 @@ impl SeriesData {
                 _ => Err(RejectReason::DuplicateTimestamp),
             };
         }
-        if max_t - t > limits.out_of_order_window_ms {
+        if max_t.min(limits.now_ms).saturating_sub(t) > limits.out_of_order_window_ms {
             return Err(RejectReason::OutOfOrder);
         }
         match self.value_bits_at(t) {
@@ -493,10 +514,22 @@ impl Head {
         read(&self.postings)
     }
 
-    pub fn limits(&self, out_of_order_window_ms: i64) -> AppendLimits {
+    /// The limits of appends at wall-clock time `now_ms`: the head's lower bound
+    /// tightened by `bounds`, which also set the upper bound.
+    pub fn limits(
+        &self,
+        out_of_order_window_ms: i64,
+        bounds: &TimeBounds,
+        now_ms: i64,
+    ) -> AppendLimits {
+        let head_bound = self.min_valid_time.load(Ordering::Relaxed);
         AppendLimits {
-            min_valid_time: self.min_valid_time.load(Ordering::Relaxed),
+            min_valid_time: bounds
+                .oldest_valid(now_ms)
+                .map_or(head_bound, |oldest| oldest.max(head_bound)),
+            max_valid_time: bounds.newest_valid(now_ms).unwrap_or(i64::MAX),
             out_of_order_window_ms,
+            now_ms,
         }
     }
 
@@ -594,7 +627,9 @@ mod tests {
 
     const LIMITS: AppendLimits = AppendLimits {
         min_valid_time: 0,
+        max_valid_time: 100_000,
         out_of_order_window_ms: 1_000,
+        now_ms: i64::MAX,
     };
 
     fn collect(d: &SeriesData) -> Vec<(i64, u64)> {
@@ -620,6 +655,10 @@ mod tests {
         );
         assert_eq!(d.append(3_999, 1.0, &LIMITS), Err(RejectReason::OutOfOrder));
         assert_eq!(d.append(-1, 1.0, &LIMITS), Err(RejectReason::TooOld));
+        assert_eq!(
+            d.append(100_001, 1.0, &LIMITS),
+            Err(RejectReason::TooFarInFuture)
+        );
         assert_eq!(d.append(6_000, stale_nan(), &LIMITS), Ok(Appended::Stored));
         assert_eq!(
             collect(&d),
@@ -628,6 +667,24 @@ mod tests {
                 (5_000, 1.0f64.to_bits()),
                 (6_000, stale_nan().to_bits())
             ]
+        );
+    }
+
+    #[test]
+    fn out_of_order_window_ends_at_the_wall_clock() {
+        let now = 50_000;
+        let limits = AppendLimits {
+            now_ms: now,
+            max_valid_time: i64::MAX,
+            ..LIMITS
+        };
+        let mut d = SeriesData::new();
+        d.append(10_000_000, 1.0, &limits).unwrap();
+        assert_eq!(d.append(now, 2.0, &limits), Ok(Appended::Stored));
+        assert_eq!(d.append(now - 1_000, 3.0, &limits), Ok(Appended::Stored));
+        assert_eq!(
+            d.append(now - 1_001, 4.0, &limits),
+            Err(RejectReason::OutOfOrder)
         );
     }
 

@@ -14,12 +14,6 @@ use std::sync::atomic::AtomicU64;
 use super::wal::WalObserver;
 use crate::storage::RejectReason;
 
-const REASONS: [RejectReason; 3] = [
-    RejectReason::OutOfOrder,
-    RejectReason::TooOld,
-    RejectReason::DuplicateTimestamp,
-];
-
 /// The TSDB's self-metrics, registered once at start-up. Cheap to clone.
 #[derive(Clone)]
 pub struct TsdbMetrics {
@@ -27,7 +21,8 @@ pub struct TsdbMetrics {
     pub head_chunks: Gauge,
     pub samples_appended: Counter,
     rejected: Family<Vec<(String, String)>, Counter>,
-    rejected_by_reason: [Counter; 3],
+    /// Indexed by `RejectReason::index`.
+    rejected_by_reason: [Counter; RejectReason::ALL.len()],
     pub wal_fsync_seconds: Histogram,
     pub wal_segments: Gauge,
     pub wal_replay_seconds: Gauge<f64, AtomicU64>,
@@ -37,13 +32,14 @@ pub struct TsdbMetrics {
     pub compactions_failed: Counter,
     pub retention_deletions: Counter,
     pub head_cuts: Counter,
+    pub future_samples_removed: Counter,
 }
 
 impl Default for TsdbMetrics {
     /// Unregistered metrics (tests, tools).
     fn default() -> Self {
         let rejected: Family<Vec<(String, String)>, Counter> = Family::default();
-        let rejected_by_reason = REASONS.map(|r| {
+        let rejected_by_reason = RejectReason::ALL.map(|r| {
             rejected
                 .get_or_create(&vec![("reason".to_string(), r.as_str().to_string())])
                 .clone()
@@ -63,6 +59,7 @@ impl Default for TsdbMetrics {
             compactions_failed: Counter::default(),
             retention_deletions: Counter::default(),
             head_cuts: Counter::default(),
+            future_samples_removed: Counter::default(),
         }
     }
 }
@@ -136,18 +133,21 @@ impl TsdbMetrics {
             "Head cuts into blocks",
             m.head_cuts.clone(),
         );
+        r.register(
+            "timbala_tsdb_future_samples_removed",
+            "Samples beyond the future limit moved to the quarantine at start-up",
+            m.future_samples_removed.clone(),
+        );
         m
     }
 
     /// Counts `n` rejected samples for `reason` (one atomic add).
     pub fn rejected(&self, reason: RejectReason, n: u64) {
-        let i = REASONS.iter().position(|&r| r == reason).unwrap_or(0);
-        self.rejected_by_reason[i].inc_by(n);
+        self.rejected_by_reason[reason.index()].inc_by(n);
     }
 
     pub fn rejected_count(&self, reason: RejectReason) -> u64 {
-        let i = REASONS.iter().position(|&r| r == reason).unwrap_or(0);
-        self.rejected_by_reason[i].get()
+        self.rejected_by_reason[reason.index()].get()
     }
 }
 

@@ -6,14 +6,16 @@
 //! in-memory label-set hash), `wal` (segments, checksums,
 //! checkpoints, replay), `block` (immutable on-disk blocks), `compact` (merging blocks),
 //! `retention` (time and size limits), `tombstones` (deletions), `querier` (reads across
-//! head and blocks), `metrics` (self-metrics), `db` (the database tying them together).
+//! head and blocks), `quarantine` (samples removed at start-up for lying beyond the future
+//! limit), `metrics` (self-metrics), `db` (the database tying them together).
 //! Implements `storage::Storage`; calls only `model` and `storage`.
 //!
 //! This file holds the public handle: it runs the blocking `db::Db` off the async
 //! runtime (`spawn_blocking`) and owns the background maintenance thread.
 //!
 //! Data directory layout: `wal/` (segments and checkpoints, see `wal`), one directory
-//! per block named by its ULID (see `block`), `<ulid>.tmp/` while a block is written.
+//! per block named by its ULID (see `block`), `<ulid>.tmp/` while a block is written,
+//! `quarantine/<ulid>/` for blocks of removed far-future samples (never loaded).
 
 pub mod block;
 pub mod chunk;
@@ -22,6 +24,7 @@ mod db;
 pub mod head;
 pub mod index;
 mod metrics;
+mod quarantine;
 mod querier;
 pub mod retention;
 mod series_hash;
@@ -35,7 +38,8 @@ use std::time::Duration;
 
 use crate::model::{Labels, Matcher, MetricMetadata, Series};
 use crate::storage::{
-    AppendOutcome, BoxFuture, LabelRequest, SelectError, SelectRequest, Storage, StorageError,
+    AppendOutcome, BoxFuture, Clock, LabelRequest, SelectError, SelectRequest, Storage,
+    StorageError, TimeBounds,
 };
 
 pub use metrics::TsdbMetrics;
@@ -46,15 +50,22 @@ pub struct TsdbOptions {
     pub dir: PathBuf,
     /// Span of one head block before it is cut to disk (default 2h).
     pub block_duration_ms: i64,
-    /// Keep blocks whose data is newer than the newest block's end minus this
-    /// (0 = keep forever). Default 15d.
+    /// Keep blocks whose data is newer than this before the wall clock, or before the
+    /// newest block's end if that is earlier (0 = keep forever). Default 15d. ADR 0009.
     pub retention_ms: i64,
     /// Delete the oldest blocks while the total size exceeds this (0 = no limit).
     pub retention_bytes: u64,
-    /// How far behind a series' newest sample a sample may still be accepted (default 1h).
+    /// How far behind a series' newest sample (or the wall clock, if that is earlier) a
+    /// sample may still be accepted (default 1h).
     pub out_of_order_window_ms: i64,
     /// WAL segment size before rolling to a new segment (default 128 MiB).
     pub wal_segment_bytes: u64,
+    /// Wall-clock bounds on appended timestamps; samples beyond the future limit are also
+    /// dropped from the WAL and blocks at start-up (ADR 0009). Default: none, so library
+    /// users and tests may store data of any age; the server sets them from its flags.
+    pub time_bounds: TimeBounds,
+    /// The wall clock the bounds, the head's lower bound and retention are measured on.
+    pub clock: Clock,
 }
 
 impl Default for TsdbOptions {
@@ -66,6 +77,8 @@ impl Default for TsdbOptions {
             retention_bytes: 0,
             out_of_order_window_ms: 3600 * 1000,
             wal_segment_bytes: 128 << 20,
+            time_bounds: TimeBounds::NONE,
+            clock: Clock::system(),
         }
     }
 }
@@ -265,3 +278,5 @@ impl Storage for Tsdb {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_time_bounds;

@@ -14,6 +14,7 @@ fn opts(dir: &std::path::Path) -> TsdbOptions {
         retention_bytes: 0,
         out_of_order_window_ms: 5 * MIN,
         wal_segment_bytes: 64 << 10,
+        ..TsdbOptions::default()
     }
 }
 
