@@ -9,10 +9,15 @@ use timbala::proto;
 #[test]
 fn metrics_endpoint_exposes_ingest_storage_http_and_process_metrics() {
     let node = Node::start(&[]);
+    // Current samples: older than retention or far ahead of the clock would be refused.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_millis() as i64;
     let write = proto::WriteRequest {
         timeseries: vec![ts(
             &[("__name__", "m"), ("job", "a")],
-            &[(1_000, 1.0), (2_000, 2.0), (3_000, 3.0)],
+            &[(now - 2_000, 1.0), (now - 1_000, 2.0), (now, 3.0)],
         )],
         metadata: vec![],
     };

@@ -2,10 +2,11 @@
 //! node's clock or older than retention are refused with 400 naming the reason, current
 //! data (new series too) keeps landing, also 20 s later and after a block cut and a
 //! restart, with every earlier sample bit-exact; an owner refuses a routed far-future
-//! write; with the limit off, far-future samples still cannot age out current data or
-//! history; and a data directory already holding far-future samples (written through the
-//! library as the node did before the limit) starts, keeps its history, moves exactly the
-//! far-future samples to the quarantine, logs it, and accepts current data.
+//! write, and in a cluster no replica stores what the entry node refused; with the limit
+//! off, far-future samples still cannot age out current data or history; and a data
+//! directory already holding far-future samples (written through the library as the node
+//! did before the limit) starts, keeps its history, moves exactly the far-future samples
+//! to the quarantine, logs it, and accepts current data.
 
 mod common;
 #[path = "support/remote_read.rs"]
@@ -317,6 +318,80 @@ fn with_the_limit_off_far_future_samples_cannot_age_out_history() {
     write_ok(&node, &mut expected, "tb_history", &series, &[t]);
     write_ok(&node, &mut expected, "tb_after_restart", &["r"], &[t]);
     assert_same(&read_everything(&node), &expected);
+}
+
+/// Whether `node` sees `n` alive members and a join order of `n`.
+fn sees_cluster_of(node: &Node, n: usize) -> bool {
+    let Ok((200, body)) = common::try_get(&node.url("/api/v1/status/cluster")) else {
+        return false;
+    };
+    let Ok(status) = serde_json::from_slice::<serde_json::Value>(&body) else {
+        return false;
+    };
+    let data = &status["data"];
+    let alive = data["members"]
+        .as_array()
+        .map_or(0, |m| m.iter().filter(|m| m["state"] == "alive").count());
+    let order = data["joinOrder"].as_array().map_or(0, Vec::len);
+    alive == n && order == n
+}
+
+/// In a 3-node cluster the node a write enters takes the far-future samples out before
+/// routing: the client gets one 400 counting each refused sample once, and every replica
+/// holds exactly the current samples (local-only reads).
+#[test]
+fn in_a_cluster_far_future_samples_reach_no_replica() {
+    let cluster = common::start_cluster(3, &[]);
+    wait_for(
+        "a converged 3-node cluster",
+        Duration::from_secs(60),
+        || cluster.iter().all(|c| sees_cluster_of(&c.node, 3)),
+    );
+    let now = now_ms();
+    let current = on_grid(now);
+    let mut timeseries: Vec<proto::TimeSeries> = (0..10)
+        .map(|i| {
+            let s = i.to_string();
+            ts(
+                &[("__name__", "tb_cluster"), ("series", &s)],
+                &[(current, value(&s, current)), (now + DAY, 1.0)],
+            )
+        })
+        .collect();
+    timeseries.push(ts(
+        &[("__name__", "tb_cluster"), ("series", "year")],
+        &[(now + YEAR, 2.0)],
+    ));
+    let (status, body) = remote_write(
+        &cluster[1].node,
+        &proto::WriteRequest {
+            timeseries,
+            metadata: vec![],
+        },
+    );
+    println!("cluster write: {status} {body}");
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body.contains("11 samples rejected (too_far_in_future: 11)"),
+        "{body}"
+    );
+    assert!(body.contains("10 samples stored"), "{body}");
+    for member in &cluster {
+        let held = common::read_samples_at(
+            &member.node,
+            "/internal/v1/read-local",
+            vec![common::eq("__name__", "tb_cluster")],
+            0,
+            i64::MAX / 2,
+        )
+        .expect("local read");
+        assert_eq!(held.len(), 10, "{}: {held:?}", member.node.http_addr);
+        for (labels, samples) in held {
+            let series = &labels.iter().find(|(n, _)| n == "series").expect("label").1;
+            let want = vec![(current, value(series, current))];
+            assert_eq!(samples, want, "{}: {series}", member.node.http_addr);
+        }
+    }
 }
 
 /// A `timbala` process started by this test with its log captured in a file.
