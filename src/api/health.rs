@@ -1,7 +1,9 @@
 //! Liveness, readiness and the self-metrics endpoint.
 //!
 //! `/-/healthy` answers as long as the process serves HTTP; `/-/ready` only once storage
-//! is open (WAL replayed); `/metrics` renders the registry in the text format.
+//! is open (WAL replayed) and while it accepts writes: 503 while the WAL cannot write
+//! (disk full, I/O error), 200 again once it can (ADR 0010); `/metrics` renders the
+//! registry in the text format.
 
 use axum::extract::State;
 use axum::http::{header, StatusCode};
@@ -23,10 +25,18 @@ async fn healthy() -> &'static str {
 }
 
 async fn ready(State(state): State<AppState>) -> Response {
-    if state.is_ready() {
-        (StatusCode::OK, "Timbala is Ready.\n").into_response()
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "Service Unavailable\n").into_response()
+    let Ok(services) = state.services() else {
+        return (StatusCode::SERVICE_UNAVAILABLE, "Service Unavailable\n").into_response();
+    };
+    // A failing WAL gets a recovery attempt here too, so a balancer's probes bring the
+    // node back as soon as the disk takes data again.
+    match services.tsdb.writable().await {
+        Ok(()) => (StatusCode::OK, "Timbala is Ready.\n").into_response(),
+        Err(e) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("Service Unavailable: this node cannot accept writes: {e}\n"),
+        )
+            .into_response(),
     }
 }
 

@@ -5,12 +5,14 @@
 //! `storage` to append; every other rule lives in `ingest`.
 //!
 //! Status codes (what Prometheus's sender does with them): 204 stored; 400/413/415 bad
-//! data, dropped by the sender; 500/503 retried. A request is validated as a whole before
-//! anything is stored. Samples outside the wall-clock time bounds (too far in the future,
-//! older than retention; ADR 0009) are taken out before the write is routed; those and
-//! the samples that storage refuses (out of order, too old, duplicate timestamp with
-//! another value) give 400 naming the count and the first one; the other samples of that
-//! request stay stored, so the sender's retry-free drop loses nothing that was accepted.
+//! data, dropped by the sender; 500/503 retried (503 when storage refuses writes for
+//! now, e.g. a full disk; nothing of such a request is stored). A request is validated
+//! as a whole before anything is stored. Samples outside the wall-clock time bounds (too
+//! far in the future, older than retention; ADR 0009) are taken out before the write is
+//! routed; those and the samples that storage refuses (out of order, too old, duplicate
+//! timestamp with another value) give 400 naming the count and the first one; the other
+//! samples of that request stay stored, so the sender's retry-free drop loses nothing
+//! that was accepted.
 
 use axum::body::{Body, Bytes};
 use axum::extract::State;
@@ -22,7 +24,7 @@ use http_body_util::BodyExt;
 
 use super::AppState;
 use crate::ingest::{self, DecodeLimits, IngestError, IngestMetrics, RejectReason};
-use crate::storage::{wall_clock_ms, AppendOutcome};
+use crate::storage::{wall_clock_ms, AppendOutcome, StorageError};
 
 pub fn routes() -> Router<AppState> {
     Router::new().route("/api/v1/write", post(remote_write))
@@ -61,12 +63,18 @@ async fn remote_write(State(state): State<AppState>, headers: HeaderMap, body: B
     let decoded = match decoded {
         Ok(Ok(decoded)) => decoded,
         Ok(Err(err)) => return refused(metrics, &err),
-        Err(join_err) => return internal_error(metrics, &join_err.to_string()),
+        Err(join_err) => {
+            return server_error(
+                metrics,
+                StatusCode::INTERNAL_SERVER_ERROR,
+                &join_err.to_string(),
+            )
+        }
     };
     metrics.on_decoded(&decoded);
     if !decoded.metadata.is_empty() {
         if let Err(e) = storage.record_metadata(decoded.metadata).await {
-            return internal_error(metrics, &e.to_string());
+            return storage_failed(metrics, &e);
         }
     }
     if decoded.series.is_empty() {
@@ -82,17 +90,27 @@ async fn remote_write(State(state): State<AppState>, headers: HeaderMap, body: B
     if !series.is_empty() {
         match storage.append(series).await {
             Ok(appended) => outcome.merge(appended),
-            Err(e) => return internal_error(metrics, &e.to_string()),
+            Err(e) => return storage_failed(metrics, &e),
         }
     }
     stored(metrics, &outcome)
 }
 
-/// A storage failure: 500, which Prometheus's sender retries.
-fn internal_error(metrics: &IngestMetrics, message: &str) -> Response {
+/// A storage failure: 503 when storage refuses writes for now (full disk, failing
+/// WAL; nothing of the request was stored), else 500.
+fn storage_failed(metrics: &IngestMetrics, error: &StorageError) -> Response {
+    let status = match error {
+        StorageError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    server_error(metrics, status, &error.to_string())
+}
+
+/// A failure that is not the client's fault: a 5xx, which Prometheus's sender retries.
+fn server_error(metrics: &IngestMetrics, status: StatusCode, message: &str) -> Response {
     metrics.on_storage_error();
     tracing::warn!(error = %message, "remote write: storage failed");
-    plain_text(StatusCode::INTERNAL_SERVER_ERROR, message)
+    plain_text(status, message)
 }
 
 /// How much of an oversized body is still read and dropped before answering 413, so a

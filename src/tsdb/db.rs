@@ -9,7 +9,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
 
@@ -42,6 +42,12 @@ pub struct Db {
     metadata: Mutex<BTreeMap<String, MetricMetadata>>,
     /// Serialises maintenance, deletion and snapshots.
     maintenance: Mutex<()>,
+    /// Appenders hold it shared from staging to publishing; taken exclusively to cut
+    /// the WAL for a checkpoint and to log a deletion, so neither can overtake samples
+    /// that are durable but not yet in the head.
+    commit_gate: RwLock<()>,
+    /// Tells apart the staged samples of concurrent appends.
+    next_ticket: AtomicU64,
     closed: AtomicBool,
 }
 
@@ -101,6 +107,8 @@ impl Db {
             blocks: RwLock::new(blocks),
             metadata: Mutex::new(metadata),
             maintenance: Mutex::new(()),
+            commit_gate: RwLock::new(()),
+            next_ticket: AtomicU64::new(0),
             closed: AtomicBool::new(false),
         };
         if let Some(newest_valid) = db.opts.time_bounds.newest_valid(now) {
@@ -186,8 +194,17 @@ impl Db {
     // ---- writes ----
 
     /// Appends a batch; returns once every stored sample is fsynced in the WAL.
+    ///
+    /// Acknowledge and expose in WAL order (ADR 0010): the samples are checked and
+    /// staged in their series (invisible to reads), logged as one record, and stored
+    /// in the head only once that record is durable; when the WAL write fails they
+    /// are dropped and the whole request fails, so nothing of it is ever visible.
     pub fn append(&self, batch: &[Series]) -> Result<AppendOutcome, StorageError> {
         self.check_open()?;
+        // Held until the samples are published, so a checkpoint never covers a WAL
+        // record whose samples are not in the head yet.
+        let _publishing = read(&self.commit_gate);
+        let ticket = self.next_ticket.fetch_add(1, Ordering::Relaxed);
         let limits = self.head.limits(
             self.opts.out_of_order_window_ms,
             &self.opts.time_bounds,
@@ -195,18 +212,27 @@ impl Db {
         );
         let mut record = SamplesRecord::default();
         let mut tally = Tally::default();
+        let mut staged_in = Vec::new();
         for series in batch.iter().filter(|s| !s.samples.is_empty()) {
-            self.append_series(series, &limits, &mut record, &mut tally);
-        }
-        if tally.mint <= tally.maxt {
-            self.head.note_time_range(tally.mint, tally.maxt);
+            if let Some(mem) = self.stage_series(series, &limits, ticket, &mut record, &mut tally) {
+                staged_in.push(mem);
+            }
         }
         if !record.is_empty() {
             let seq = self.wal.log(&record.finish());
-            self.wal.sync(seq)?;
-        } else if tally.appended > 0 {
-            // Only duplicates: the originals may still be waiting for their fsync.
-            self.wal.sync(self.wal.last_seq())?;
+            if let Err(e) = self.wal.sync(seq) {
+                for mem in &staged_in {
+                    mem.data().discard(ticket);
+                }
+                self.metrics.appends_refused.inc();
+                return Err(e);
+            }
+        }
+        for mem in &staged_in {
+            tally.new_chunks += mem.data().publish(ticket);
+        }
+        if tally.mint <= tally.maxt {
+            self.head.note_time_range(tally.mint, tally.maxt);
         }
         self.metrics.samples_appended.inc_by(tally.appended);
         self.metrics.head_chunks.inc_by(tally.new_chunks as i64);
@@ -218,13 +244,16 @@ impl Db {
         Ok(tally.into_outcome())
     }
 
-    fn append_series(
+    /// Stages the samples of one series under `ticket`; returns the series when it
+    /// staged any (those must be published or discarded).
+    fn stage_series(
         &self,
         series: &Series,
         limits: &AppendLimits,
+        ticket: u64,
         record: &mut SamplesRecord,
         tally: &mut Tally,
-    ) {
+    ) -> Option<Arc<MemSeries>> {
         loop {
             let mem = self
                 .head
@@ -238,19 +267,39 @@ impl Db {
             if data.is_removed() {
                 continue; // dropped by head GC between lookup and lock
             }
+            let mut staged = false;
             for s in &series.samples {
-                match data.append(s.t, s.v, limits) {
-                    Ok(stored @ (Appended::Stored | Appended::StoredNewChunk)) => {
+                match data.stage(s.t, s.v, limits, ticket) {
+                    Ok(Appended::Stored | Appended::StoredNewChunk) => {
                         record.push(mem.id, s.t, s.v);
                         tally.stored(s.t);
-                        tally.new_chunks += u64::from(stored == Appended::StoredNewChunk);
+                        staged = true;
                     }
                     Ok(Appended::Duplicate) => tally.appended += 1,
                     Err(reason) => tally.reject(reason, &series.labels, s.t),
                 }
             }
-            return;
+            drop(data);
+            return staged.then_some(mem);
         }
+    }
+
+    /// Ok when the node can take writes; otherwise tries to make the WAL writable
+    /// again (at most once a second) and says why it cannot.
+    pub fn writable(&self) -> Result<(), StorageError> {
+        self.check_open()?;
+        self.wal.try_recover()
+    }
+
+    /// Test hook: fails the next `n` WAL writes or recovery attempts.
+    #[cfg(test)]
+    pub fn inject_wal_failures(&self, n: u32) {
+        self.wal.inject_failures(n);
+    }
+
+    /// Whether writes are refused right now (the WAL is failing). Never blocks.
+    pub fn refusing_writes(&self) -> bool {
+        self.wal.is_failing()
     }
 
     pub fn record_metadata(&self, metadata: Vec<MetricMetadata>) -> Result<(), StorageError> {
@@ -317,6 +366,9 @@ impl Db {
         if ids.is_empty() {
             return Ok(());
         }
+        // No append between staging and publishing: its samples may be logged before
+        // this deletion yet stored in the head after it.
+        let _no_publishing = write(&self.commit_gate);
         let mut buf = Vec::new();
         wal::encode_delete(&mut buf, mint, maxt, ids);
         let seq = self.wal.log(&buf);
@@ -491,7 +543,11 @@ impl Db {
 
     /// Replaces the WAL segments written so far by a checkpoint of the head.
     fn checkpoint(&self) -> Result<(), StorageError> {
-        let upto = self.wal.cut_segment()?;
+        // Every record in the segments it covers has its samples in the head.
+        let upto = {
+            let _no_publishing = write(&self.commit_gate);
+            self.wal.cut_segment()?
+        };
         let mut cp = self.wal.begin_checkpoint(upto)?;
         let mut buf = Vec::new();
         let mut all = self.head.all_series();

@@ -4,7 +4,8 @@
 //! collision check, sharded locks), the head postings, and per-series sample storage: sealed XOR
 //! chunks of at most 120 samples, one open chunk, and a sorted buffer of out-of-order
 //! samples. Enforces the append rules (out-of-order window, too old, too far in the future,
-//! duplicates).
+//! duplicates). Holds the samples of requests whose WAL record is not yet durable apart
+//! (staged), invisible to reads until published (ADR 0010).
 //! Calls `chunk`, `index`, `series_hash` and `model`.
 
 use std::collections::{HashMap, HashSet};
@@ -81,7 +82,8 @@ pub struct AppendLimits {
 }
 
 impl AppendLimits {
-    /// No limits at all (WAL replay: the log holds only what was accepted once).
+    /// No limits at all (WAL replay, publishing staged samples: only what was accepted
+    /// once).
     pub const NONE: AppendLimits = AppendLimits {
         min_valid_time: i64::MIN,
         max_valid_time: i64::MAX,
@@ -100,6 +102,25 @@ pub enum Appended {
     Duplicate,
 }
 
+/// Where `append` puts an accepted sample.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Placement {
+    InOrder,
+    OutOfOrder,
+    /// The same sample is already stored.
+    Duplicate,
+}
+
+/// A sample of a request whose WAL record is not yet durable: invisible to reads, cuts
+/// and checkpoints until `publish`, dropped by `discard` when the WAL write failed.
+#[derive(Clone, Copy, Debug)]
+struct StagedSample {
+    t: i64,
+    v: f64,
+    /// The request that staged it.
+    ticket: u64,
+}
+
 /// The samples of one series held by the head.
 #[derive(Debug)]
 pub struct SeriesData {
@@ -109,6 +130,8 @@ pub struct SeriesData {
     ooo: Vec<Sample>,
     /// Chunks moved out by a head cut whose block is not yet visible to queries.
     cutting: Vec<SealedChunk>,
+    /// Accepted samples waiting for their WAL record, in the order they were staged.
+    staged: Vec<StagedSample>,
     /// Set when the series was dropped from the head; appenders must look it up again.
     removed: bool,
 }
@@ -120,6 +143,7 @@ impl SeriesData {
             open: XorChunk::new(),
             ooo: Vec::new(),
             cutting: Vec::new(),
+            staged: Vec::new(),
             removed: false,
         }
     }
@@ -175,31 +199,10 @@ impl SeriesData {
         v: f64,
         limits: &AppendLimits,
     ) -> Result<Appended, RejectReason> {
-        if t < limits.min_valid_time {
-            return Err(RejectReason::TooOld);
-        }
-        if t > limits.max_valid_time {
-            return Err(RejectReason::TooFarInFuture);
-        }
-        let Some(max_t) = self.max_time() else {
-            return self.append_in_order(t, v);
-        };
-        if t > max_t {
-            return self.append_in_order(t, v);
-        }
-        if t == max_t {
-            return match self.last_value_bits() {
-                Some(bits) if bits == v.to_bits() => Ok(Appended::Duplicate),
-                _ => Err(RejectReason::DuplicateTimestamp),
-            };
-        }
-        if max_t.min(limits.now_ms).saturating_sub(t) > limits.out_of_order_window_ms {
-            return Err(RejectReason::OutOfOrder);
-        }
-        match self.value_bits_at(t) {
-            Some(bits) if bits == v.to_bits() => Ok(Appended::Duplicate),
-            Some(_) => Err(RejectReason::DuplicateTimestamp),
-            None => {
+        match self.placement(t, v, limits)? {
+            Placement::Duplicate => Ok(Appended::Duplicate),
+            Placement::InOrder => Ok(self.append_in_order(t, v)),
+            Placement::OutOfOrder => {
                 let at = self.ooo.partition_point(|s| s.t < t);
                 self.ooo.insert(at, Sample::new(t, v));
                 Ok(Appended::Stored)
@@ -207,26 +210,115 @@ impl SeriesData {
         }
     }
 
-    fn append_in_order(&mut self, t: i64, v: f64) -> Result<Appended, RejectReason> {
+    /// Where the head's rules put `(t, v)`, without storing it.
+    fn placement(&self, t: i64, v: f64, limits: &AppendLimits) -> Result<Placement, RejectReason> {
+        if t < limits.min_valid_time {
+            return Err(RejectReason::TooOld);
+        }
+        if t > limits.max_valid_time {
+            return Err(RejectReason::TooFarInFuture);
+        }
+        let Some(max_t) = self.max_time() else {
+            return self.in_order_placement(t, v);
+        };
+        if t > max_t {
+            return self.in_order_placement(t, v);
+        }
+        if t == max_t {
+            return match self.last_value_bits() {
+                Some(bits) if bits == v.to_bits() => Ok(Placement::Duplicate),
+                _ => Err(RejectReason::DuplicateTimestamp),
+            };
+        }
+        if max_t.min(limits.now_ms).saturating_sub(t) > limits.out_of_order_window_ms {
+            return Err(RejectReason::OutOfOrder);
+        }
+        match self.value_bits_at(t) {
+            Some(bits) if bits == v.to_bits() => Ok(Placement::Duplicate),
+            Some(_) => Err(RejectReason::DuplicateTimestamp),
+            None => Ok(Placement::OutOfOrder),
+        }
+    }
+
+    fn in_order_placement(&self, t: i64, v: f64) -> Result<Placement, RejectReason> {
         // An out-of-order sample may already sit at a newer time than the chunks' end.
         if let Ok(i) = self.ooo.binary_search_by_key(&t, |s| s.t) {
             return if self.ooo[i].v.to_bits() == v.to_bits() {
-                Ok(Appended::Duplicate)
+                Ok(Placement::Duplicate)
             } else {
                 Err(RejectReason::DuplicateTimestamp)
             };
         }
+        Ok(Placement::InOrder)
+    }
+
+    fn append_in_order(&mut self, t: i64, v: f64) -> Appended {
         if self.open.num_samples() >= SAMPLES_PER_CHUNK {
             let full = std::mem::take(&mut self.open);
             self.sealed.push(SealedChunk::from_chunk(full));
         }
         let new_chunk = self.open.num_samples() == 0;
         self.open.append(t, v);
-        Ok(if new_chunk {
+        if new_chunk {
             Appended::StoredNewChunk
         } else {
             Appended::Stored
-        })
+        }
+    }
+
+    /// Checks a sample as `append` would, and also against the samples other requests
+    /// staged, then stages it under `ticket` (invisible until `publish`). `Stored` means
+    /// the caller must log it; `Duplicate` means it is stored already (durable) or
+    /// staged by this same request. A request staging the same sample as another one
+    /// stages its own copy, so its acknowledgement never depends on the other's WAL
+    /// write.
+    pub fn stage(
+        &mut self,
+        t: i64,
+        v: f64,
+        limits: &AppendLimits,
+        ticket: u64,
+    ) -> Result<Appended, RejectReason> {
+        if let Some(other) = self.staged.iter().find(|s| s.t == t) {
+            if other.v.to_bits() != v.to_bits() {
+                return Err(RejectReason::DuplicateTimestamp);
+            }
+            if self.staged.iter().any(|s| s.t == t && s.ticket == ticket) {
+                return Ok(Appended::Duplicate);
+            }
+        } else if self.placement(t, v, limits)? == Placement::Duplicate {
+            return Ok(Appended::Duplicate);
+        }
+        self.staged.push(StagedSample { t, v, ticket });
+        Ok(Appended::Stored)
+    }
+
+    /// Stores the samples staged under `ticket`, now that their WAL record is durable.
+    /// Returns how many head chunks they started.
+    pub fn publish(&mut self, ticket: u64) -> u64 {
+        let mut new_chunks = 0;
+        for s in self.take_staged(ticket) {
+            // Checked when staged; the time limits may have moved since (a head cut).
+            if let Ok(Appended::StoredNewChunk) = self.append(s.t, s.v, &AppendLimits::NONE) {
+                new_chunks += 1;
+            }
+        }
+        new_chunks
+    }
+
+    /// Drops the samples staged under `ticket`: their WAL write failed.
+    pub fn discard(&mut self, ticket: u64) {
+        self.take_staged(ticket);
+    }
+
+    fn take_staged(&mut self, ticket: u64) -> Vec<StagedSample> {
+        let staged = std::mem::take(&mut self.staged);
+        if staged.iter().all(|s| s.ticket == ticket) {
+            return staged;
+        }
+        let (mine, others) = staged.into_iter().partition(|s| s.ticket == ticket);
+        self.staged = others;
+        mine
     }
 
     /// The value bits stored at exactly `t`, looking at every place a sample may live.
@@ -573,7 +665,7 @@ impl Head {
             for bucket in shard.values_mut() {
                 bucket.retain(|s| {
                     let mut data = s.data();
-                    if !data.is_empty() || !data.cutting.is_empty() {
+                    if !data.is_empty() || !data.cutting.is_empty() || !data.staged.is_empty() {
                         return true;
                     }
                     data.removed = true;
@@ -764,6 +856,48 @@ mod tests {
         assert!(a.data().is_removed());
         assert_eq!(head.num_series(), 0);
         assert!(lock(&head.symbols).is_empty() || Arc::strong_count(&a.labels[0].0) > 1);
+    }
+
+    #[test]
+    fn staged_samples_stay_invisible_until_published() {
+        let mut d = SeriesData::new();
+        d.append(1_000, 1.0, &LIMITS).unwrap();
+        let bits = |v: f64| v.to_bits();
+        assert_eq!(d.stage(1_000, 1.0, &LIMITS, 7), Ok(Appended::Duplicate));
+        assert_eq!(
+            d.stage(1_000, 5.0, &LIMITS, 7),
+            Err(RejectReason::DuplicateTimestamp)
+        );
+        assert_eq!(d.stage(2_000, 2.0, &LIMITS, 7), Ok(Appended::Stored));
+        assert_eq!(d.stage(2_000, 2.0, &LIMITS, 7), Ok(Appended::Duplicate));
+        // Another request with the same sample logs its own copy.
+        assert_eq!(d.stage(2_000, 2.0, &LIMITS, 8), Ok(Appended::Stored));
+        assert_eq!(
+            d.stage(2_000, 9.0, &LIMITS, 9),
+            Err(RejectReason::DuplicateTimestamp)
+        );
+        assert_eq!(d.stage(3_000, 3.0, &LIMITS, 8), Ok(Appended::Stored));
+        assert_eq!(collect(&d), vec![(1_000, bits(1.0))]);
+        assert!(!d.overlaps(3_000, 3_000));
+        d.discard(7);
+        assert_eq!(collect(&d), vec![(1_000, bits(1.0))]);
+        assert_eq!(d.publish(8), 0);
+        assert_eq!(
+            collect(&d),
+            vec![(1_000, bits(1.0)), (2_000, bits(2.0)), (3_000, bits(3.0))]
+        );
+        assert!(d.staged.is_empty());
+    }
+
+    #[test]
+    fn gc_keeps_a_series_whose_samples_are_staged() {
+        let head = Head::default();
+        let l = Labels::from_pairs([("__name__", "up")]);
+        let s = head.get_or_create(&l, None, &mut |_, _| {});
+        s.data().stage(1, 1.0, &LIMITS, 1).unwrap();
+        assert_eq!(head.gc(), 0);
+        s.data().discard(1);
+        assert_eq!(head.gc(), 1);
     }
 
     #[test]

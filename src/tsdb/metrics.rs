@@ -27,6 +27,13 @@ pub struct TsdbMetrics {
     pub wal_segments: Gauge,
     pub wal_replay_seconds: Gauge<f64, AtomicU64>,
     pub wal_corruptions: Counter,
+    /// 1 while the WAL refuses writes (a write or fsync failed and no recovery has
+    /// succeeded yet), else 0.
+    pub wal_failing: Gauge,
+    pub wal_write_errors: Counter,
+    pub wal_recoveries: Counter,
+    /// Append requests refused because their WAL write failed.
+    pub appends_refused: Counter,
     pub blocks_loaded: Gauge,
     pub compactions: Counter,
     pub compactions_failed: Counter,
@@ -54,6 +61,10 @@ impl Default for TsdbMetrics {
             wal_segments: Gauge::default(),
             wal_replay_seconds: Gauge::default(),
             wal_corruptions: Counter::default(),
+            wal_failing: Gauge::default(),
+            wal_write_errors: Counter::default(),
+            wal_recoveries: Counter::default(),
+            appends_refused: Counter::default(),
             blocks_loaded: Gauge::default(),
             compactions: Counter::default(),
             compactions_failed: Counter::default(),
@@ -109,6 +120,26 @@ impl TsdbMetrics {
             m.wal_corruptions.clone(),
         );
         r.register(
+            "timbala_tsdb_wal_failing",
+            "1 while the WAL cannot write (disk full, I/O error): writes are refused and /-/ready answers 503",
+            m.wal_failing.clone(),
+        );
+        r.register(
+            "timbala_tsdb_wal_write_errors",
+            "Failed WAL writes, fsyncs, segment rolls and recovery attempts",
+            m.wal_write_errors.clone(),
+        );
+        r.register(
+            "timbala_tsdb_wal_recoveries",
+            "Times the WAL became writable again after a failure, without a restart",
+            m.wal_recoveries.clone(),
+        );
+        r.register(
+            "timbala_tsdb_appends_refused",
+            "Append requests refused because the WAL could not write them (nothing of them was stored)",
+            m.appends_refused.clone(),
+        );
+        r.register(
             "timbala_tsdb_blocks_loaded",
             "On-disk blocks loaded",
             m.blocks_loaded.clone(),
@@ -158,6 +189,17 @@ impl WalObserver for TsdbMetrics {
 
     fn segments(&self, count: u64) {
         self.wal_segments.set(count as i64);
+    }
+
+    fn write_error(&self) {
+        self.wal_write_errors.inc();
+    }
+
+    fn failing(&self, failing: bool) {
+        self.wal_failing.set(i64::from(failing));
+        if !failing {
+            self.wal_recoveries.inc();
+        }
     }
 }
 

@@ -187,6 +187,22 @@ impl Tsdb {
         self.inner.db.maintain()
     }
 
+    /// Ok when the node can take writes. While the WAL is failing (disk full, I/O
+    /// error) this tries to recover it first, off the async runtime and at most once a
+    /// second, and otherwise says why writes are refused.
+    pub async fn writable(&self) -> Result<(), StorageError> {
+        if !self.inner.db.refusing_writes() {
+            return Ok(());
+        }
+        self.blocking(|db| db.writable()).await?
+    }
+
+    /// Test hook: fails the next `n` WAL writes or recovery attempts.
+    #[cfg(test)]
+    fn inject_wal_failures(&self, n: u32) {
+        self.inner.db.inject_wal_failures(n);
+    }
+
     /// Stops maintenance, flushes and closes the WAL. Appends after close fail.
     pub fn close(&self) -> Result<(), StorageError> {
         head::lock(&self.inner.stop_maintenance).take();
@@ -212,6 +228,10 @@ fn run_maintenance(db: Weak<Inner>, stop: mpsc::Receiver<()>, interval: Duration
             Ok(()) | Err(RecvTimeoutError::Disconnected) => return,
         }
         let Some(inner) = db.upgrade() else { return };
+        // Writes recover even when nobody writes or probes readiness.
+        if let Err(e) = inner.db.writable() {
+            tracing::warn!(error = %e, "TSDB still refuses writes");
+        }
         if let Err(e) = inner.db.maintain() {
             tracing::error!(error = %e, "TSDB maintenance failed");
         }

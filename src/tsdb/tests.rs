@@ -472,3 +472,131 @@ async fn appends_racing_maintenance_lose_nothing() {
     let db = Tsdb::open(o, TsdbMetrics::default()).unwrap();
     check(select_all(&db, "up").await);
 }
+
+/// (job, [(t, value bits)]) of every `up` series, for comparing what queries see.
+async fn visible_up(db: &Tsdb) -> Vec<(String, Vec<(i64, u64)>)> {
+    select_all(db, "up")
+        .await
+        .into_iter()
+        .map(|s| {
+            let job = s.labels.get("job").unwrap_or_default().to_string();
+            let samples = s.samples.iter().map(|x| (x.t, x.v.to_bits())).collect();
+            (job, samples)
+        })
+        .collect()
+}
+
+/// Longer than the WAL's pause between recovery attempts in tests.
+const AFTER_RETRY: std::time::Duration = std::time::Duration::from_millis(30);
+
+#[tokio::test]
+async fn a_refused_append_is_never_visible_and_the_wal_recovers() {
+    let dir = tempfile::tempdir().unwrap();
+    let metrics = TsdbMetrics::default();
+    let db = Tsdb::open(opts(dir.path()), metrics.clone()).unwrap();
+    db.append(vec![up("a", &[(1_000, 1.0)])]).await.unwrap();
+    db.inject_wal_failures(1);
+    let err = db
+        .append(vec![up("a", &[(2_000, 2.0)]), up("new", &[(2_000, 2.0)])])
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StorageError::Unavailable(_)), "{err}");
+    assert_eq!(metrics.wal_failing.get(), 1);
+    assert_eq!(metrics.appends_refused.get(), 1);
+    let before = vec![("a".to_string(), vec![(1_000, 1f64.to_bits())])];
+    assert_eq!(visible_up(&db).await, before);
+
+    std::thread::sleep(AFTER_RETRY);
+    db.writable().await.unwrap();
+    assert_eq!(metrics.wal_failing.get(), 0);
+    assert_eq!(metrics.wal_recoveries.get(), 1);
+    // Another value at the refused timestamp is no conflict: the refused one is gone.
+    db.append(vec![up("a", &[(2_000, 2.5)]), up("new", &[(3_000, 3.0)])])
+        .await
+        .unwrap();
+    let after = vec![
+        (
+            "a".to_string(),
+            vec![(1_000, 1f64.to_bits()), (2_000, 2.5f64.to_bits())],
+        ),
+        ("new".to_string(), vec![(3_000, 3f64.to_bits())]),
+    ];
+    assert_eq!(visible_up(&db).await, after);
+    drop(db); // like a kill: only what was fsynced remains
+    let metrics = TsdbMetrics::default();
+    let db = Tsdb::open(opts(dir.path()), metrics.clone()).unwrap();
+    assert_eq!(visible_up(&db).await, after);
+    assert_eq!(metrics.wal_corruptions.get(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_appends_through_wal_failures_expose_exactly_what_was_acknowledged() {
+    use std::collections::BTreeSet;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let dir = tempfile::tempdir().unwrap();
+    let metrics = TsdbMetrics::default();
+    let db = Tsdb::open(opts(dir.path()), metrics.clone()).unwrap();
+    let injecting = Arc::new(AtomicBool::new(true));
+    let writers: Vec<_> = (0..4)
+        .map(|w| {
+            let (db, injecting) = (db.clone(), injecting.clone());
+            tokio::spawn(async move {
+                let mut acked = BTreeSet::new();
+                let mut acked_after_injection = 0;
+                let mut i = 0i64;
+                while acked_after_injection < 20 {
+                    let injection_over = !injecting.load(Ordering::SeqCst);
+                    let t = i * 1_000;
+                    // Every writer also writes one shared series with the same samples,
+                    // so requests stage identical samples concurrently.
+                    let batch = vec![up(&format!("w{w}"), &[(t, 1.0)]), up("shared", &[(t, 1.0)])];
+                    match db.append(batch).await {
+                        Ok(_) => {
+                            acked.insert(t);
+                            acked_after_injection += u32::from(injection_over);
+                        }
+                        // Refused at once until the WAL's next recovery attempt.
+                        Err(StorageError::Unavailable(_)) => {
+                            tokio::time::sleep(std::time::Duration::from_millis(2)).await
+                        }
+                        Err(e) => panic!("{e}"),
+                    }
+                    i += 1;
+                }
+                (format!("w{w}"), acked)
+            })
+        })
+        .collect();
+    for round in 1..=5u64 {
+        db.inject_wal_failures(1);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while metrics.wal_write_errors.get() < round {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no refusal in round {round}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
+    }
+    injecting.store(false, Ordering::SeqCst);
+    let mut expected = Vec::new();
+    let mut shared = BTreeSet::new();
+    for w in writers {
+        let (job, acked) = w.await.unwrap();
+        shared.extend(acked.iter().copied());
+        expected.push((job, acked));
+    }
+    expected.push(("shared".to_string(), shared));
+    expected.sort();
+    let check = |got: Vec<(String, Vec<(i64, u64)>)>| {
+        let got: Vec<(String, BTreeSet<i64>)> = got
+            .into_iter()
+            .map(|(job, samples)| (job, samples.into_iter().map(|(t, _)| t).collect()))
+            .collect();
+        assert_eq!(got, expected);
+    };
+    check(visible_up(&db).await);
+    drop(db);
+    let db = Tsdb::open(opts(dir.path()), TsdbMetrics::default()).unwrap();
+    check(visible_up(&db).await);
+}

@@ -27,13 +27,26 @@
 //! Group commit: appenders add framed records to a shared buffer (memory only, short
 //! lock) and then wait for a sync covering their sequence number; whoever gets the sync
 //! lock first writes and fsyncs everything buffered so far, for all of them.
+//!
+//! Failures (ADR 0010). When a write, fsync or segment roll fails (disk full, I/O
+//! error), every record that write took is lost: each of its waiters gets an error
+//! and must undo what it did in memory. Samples records are dropped; the other records
+//! (series, deletions, metadata), whose effect is already in memory, are carried. The
+//! WAL then refuses writes until a recovery succeeds (tried at most once a second, by
+//! the next sync or `try_recover`): the failed segment is cut back to the length its
+//! last successful fsync covered, through a fresh descriptor (the failed one is never
+//! fsynced again), and a fresh segment is started with an empty metadata record and
+//! the carried records, written and fsynced as proof that the disk takes data again.
+//! Replay therefore never sees the failed write's bytes, except when the process dies
+//! before the cut succeeded: that segment is then still the last one, and replay keeps
+//! whichever complete records of the refused write reached the disk.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Mutex;
-use std::time::Instant;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use super::head::lock;
 use crate::model::{Label, Labels, MetricMetadata};
@@ -383,7 +396,23 @@ pub struct ReplayReport {
 pub trait WalObserver: Send + Sync {
     fn fsync_done(&self, seconds: f64);
     fn segments(&self, count: u64);
+    /// A write, fsync, segment roll or recovery attempt failed.
+    fn write_error(&self);
+    /// The WAL starts (true) or stops (false) refusing writes.
+    fn failing(&self, failing: bool);
 }
+
+/// How long after a failed attempt the WAL waits before it tries to recover again, so
+/// a failing disk is not hammered by every request.
+const RECOVERY_RETRY: Duration = if cfg!(test) {
+    Duration::from_millis(20)
+} else {
+    Duration::from_secs(1)
+};
+
+/// Lost ranges kept for waiters; consecutive losses merge, so this is only reached when
+/// the disk flaps many times while some request still waits.
+const MAX_LOST_RANGES: usize = 1024;
 
 struct Pending {
     bytes: Vec<u8>,
@@ -391,11 +420,33 @@ struct Pending {
     seq: u64,
 }
 
+/// Why the WAL refuses writes, and how far its recovery got.
+struct Fault {
+    error: Arc<str>,
+    /// The failed segment was cut back to its last synced length.
+    trimmed: bool,
+    last_attempt: Instant,
+}
+
 struct SegmentWriter {
     file: File,
     index: u64,
-    size: u64,
+    /// Length of the current segment that its last successful fsync covered.
+    synced_len: u64,
     segments_on_disk: u64,
+    /// Set by a failed write, fsync or roll; cleared by `Wal::recover`.
+    fault: Option<Fault>,
+    /// Records other than samples from writes that failed. What they describe (a new
+    /// series, a deletion, metadata) is already in memory, so they are written first
+    /// into the next segment; samples records are dropped with their requests.
+    carried: Vec<u8>,
+}
+
+/// Records that were logged but never reached the disk; whoever waits for one fails.
+struct LostRange {
+    first: u64,
+    last: u64,
+    error: Arc<str>,
 }
 
 /// An open WAL.
@@ -404,9 +455,16 @@ pub struct Wal {
     segment_bytes: u64,
     pending: Mutex<Pending>,
     writer: Mutex<SegmentWriter>,
-    synced_seq: AtomicU64,
-    failed: AtomicBool,
+    /// Every record up to this sequence number is durable, or lost (then in `lost`).
+    resolved_seq: AtomicU64,
+    lost: Mutex<Vec<LostRange>>,
+    any_lost: AtomicBool,
+    /// Mirrors `SegmentWriter::fault.is_some()` for readers that must not block.
+    failing: AtomicBool,
     observer: Box<dyn WalObserver>,
+    /// Test hook: the number of upcoming writes (or recovery attempts) to fail.
+    #[cfg(test)]
+    injected_failures: std::sync::atomic::AtomicU32,
 }
 
 impl Wal {
@@ -441,12 +499,18 @@ impl Wal {
             writer: Mutex::new(SegmentWriter {
                 file,
                 index,
-                size: 0,
+                synced_len: 0,
                 segments_on_disk: segments.len() as u64 + 1,
+                fault: None,
+                carried: Vec::new(),
             }),
-            synced_seq: AtomicU64::new(0),
-            failed: AtomicBool::new(false),
+            resolved_seq: AtomicU64::new(0),
+            lost: Mutex::new(Vec::new()),
+            any_lost: AtomicBool::new(false),
+            failing: AtomicBool::new(false),
             observer,
+            #[cfg(test)]
+            injected_failures: Default::default(),
         };
         Ok((wal, report))
     }
@@ -459,66 +523,194 @@ impl Wal {
         p.seq
     }
 
-    /// The sequence number of the newest logged record.
-    pub fn last_seq(&self) -> u64 {
-        lock(&self.pending).seq
+    /// Returns once the record `seq` is on disk (write + fdatasync), or fails when it
+    /// never will be: then nothing of it is replayed, and the caller must roll back what
+    /// it did in memory for it.
+    pub fn sync(&self, seq: u64) -> Result<(), StorageError> {
+        if self.resolved_seq.load(Ordering::Acquire) < seq {
+            let mut w = lock(&self.writer);
+            if self.resolved_seq.load(Ordering::Acquire) < seq {
+                self.write_pending(&mut w);
+            }
+        }
+        self.outcome(seq)
     }
 
-    /// Returns once everything logged up to `seq` is on disk (write + fdatasync).
-    pub fn sync(&self, seq: u64) -> Result<(), StorageError> {
-        if self.synced_seq.load(Ordering::Acquire) >= seq {
-            return self.check_failed();
-        }
-        let mut w = lock(&self.writer);
-        if self.synced_seq.load(Ordering::Acquire) >= seq {
-            return self.check_failed();
-        }
-        self.check_failed()?;
-        let (bytes, upto) = {
+    /// Writes and fsyncs everything logged so far, for every waiter (group commit),
+    /// recovering first when an earlier write failed. When that fails, every record
+    /// taken is lost: its waiters fail, and only its non-samples records are carried.
+    fn write_pending(&self, w: &mut SegmentWriter) {
+        let writable = self.recover(w, false);
+        let (bytes, last) = {
             let mut p = lock(&self.pending);
             (std::mem::take(&mut p.bytes), p.seq)
         };
-        if let Err(e) = self.write_and_sync(&mut w, &bytes) {
-            // The buffered records are gone: nothing logged later can be trusted.
-            self.failed.store(true, Ordering::Release);
-            return Err(e.into());
+        let first = self.resolved_seq.load(Ordering::Acquire) + 1;
+        let written = writable.and_then(|()| {
+            self.append_durably(w, &bytes)
+                .map_err(|e| self.fail(w, "WAL write", &e))
+        });
+        if let Err(error) = written {
+            keep_non_sample_records(&bytes, &mut w.carried);
+            self.mark_lost(first, last, error);
         }
-        self.synced_seq.store(upto, Ordering::Release);
-        Ok(())
+        self.resolved_seq.store(last, Ordering::Release);
     }
 
-    fn check_failed(&self) -> Result<(), StorageError> {
-        if self.failed.load(Ordering::Acquire) {
-            return Err(StorageError::Unavailable(
-                "the WAL failed an earlier write; restart to recover".into(),
-            ));
-        }
-        Ok(())
-    }
-
-    fn write_and_sync(&self, w: &mut SegmentWriter, bytes: &[u8]) -> io::Result<()> {
+    /// Appends `bytes` to the current segment, rolling first when it would overflow,
+    /// and fsyncs them.
+    fn append_durably(&self, w: &mut SegmentWriter, bytes: &[u8]) -> io::Result<()> {
         if bytes.is_empty() {
             return Ok(());
         }
-        if w.size > 0 && w.size + bytes.len() as u64 > self.segment_bytes {
+        if w.synced_len > 0 && w.synced_len + bytes.len() as u64 > self.segment_bytes {
             self.roll(w)?;
         }
         w.file.write_all(bytes)?;
+        #[cfg(test)]
+        self.injected_failure()?;
         let started = Instant::now();
         w.file.sync_data()?;
         self.observer.fsync_done(started.elapsed().as_secs_f64());
-        w.size += bytes.len() as u64;
+        w.synced_len += bytes.len() as u64;
         Ok(())
     }
 
     fn roll(&self, w: &mut SegmentWriter) -> io::Result<()> {
         w.file.sync_all()?;
+        w.file = create_segment(&self.dir, w.index + 1)?;
         w.index += 1;
-        w.file = create_segment(&self.dir, w.index)?;
-        w.size = 0;
+        w.synced_len = 0;
         w.segments_on_disk += 1;
         self.observer.segments(w.segments_on_disk);
         Ok(())
+    }
+
+    /// Enters (or stays in) the failing state after an I/O error; returns the reason
+    /// waiters are given.
+    fn fail(&self, w: &mut SegmentWriter, what: &str, e: &io::Error) -> Arc<str> {
+        let error: Arc<str> = format!("{what}: {e}").into();
+        self.observer.write_error();
+        match &mut w.fault {
+            Some(fault) => fault.error = error.clone(),
+            None => {
+                tracing::error!(
+                    segment = w.index, error = %error,
+                    "WAL failed; refusing writes until the disk takes data again"
+                );
+                w.fault = Some(Fault {
+                    error: error.clone(),
+                    trimmed: false,
+                    last_attempt: Instant::now(),
+                });
+                self.failing.store(true, Ordering::Release);
+                self.observer.failing(true);
+            }
+        }
+        error
+    }
+
+    /// Makes a failed writer usable again: cuts the failed segment back to what its
+    /// last successful fsync covered, then starts a fresh segment whose first bytes (an
+    /// empty metadata record, then the carried records) are written and fsynced as the
+    /// proof that the disk takes data again. At most one attempt per `RECOVERY_RETRY`
+    /// unless `force`; Ok at once when nothing failed.
+    fn recover(&self, w: &mut SegmentWriter, force: bool) -> Result<(), Arc<str>> {
+        let Some(fault) = w.fault.as_mut() else {
+            return Ok(());
+        };
+        if !force && fault.last_attempt.elapsed() < RECOVERY_RETRY {
+            return Err(fault.error.clone());
+        }
+        fault.last_attempt = Instant::now();
+        if !fault.trimmed {
+            let failed = self.dir.join(segment_name(w.index));
+            if let Err(e) = trim_segment(&failed, w.synced_len) {
+                return Err(self.fail(w, "cutting the failed WAL segment back", &e));
+            }
+            if let Some(fault) = w.fault.as_mut() {
+                fault.trimmed = true;
+            }
+        }
+        let index = w.index + 1;
+        let mut preamble = Vec::new();
+        frame(&mut preamble, KIND_METADATA, |_| {});
+        preamble.extend_from_slice(&w.carried);
+        #[cfg(test)]
+        if let Err(e) = self.injected_failure() {
+            return Err(self.fail(w, "starting a fresh WAL segment", &e));
+        }
+        let file = match start_recovered_segment(&self.dir, index, &preamble) {
+            Ok(file) => file,
+            Err(e) => return Err(self.fail(w, "starting a fresh WAL segment", &e)),
+        };
+        w.file = file;
+        w.index = index;
+        w.synced_len = preamble.len() as u64;
+        w.segments_on_disk += 1;
+        w.carried.clear();
+        w.fault = None;
+        self.failing.store(false, Ordering::Release);
+        self.observer.segments(w.segments_on_disk);
+        self.observer.failing(false);
+        tracing::warn!(
+            segment = index,
+            "WAL writable again; continuing in a fresh segment"
+        );
+        Ok(())
+    }
+
+    fn mark_lost(&self, first: u64, last: u64, error: Arc<str>) {
+        if first > last {
+            return;
+        }
+        let mut lost = lock(&self.lost);
+        match lost.last_mut() {
+            Some(previous) if previous.last + 1 == first => {
+                previous.last = last;
+                previous.error = error;
+            }
+            _ => lost.push(LostRange { first, last, error }),
+        }
+        if lost.len() > MAX_LOST_RANGES {
+            lost.remove(0);
+        }
+        self.any_lost.store(true, Ordering::Release);
+    }
+
+    /// Whether the resolved record `seq` reached the disk.
+    fn outcome(&self, seq: u64) -> Result<(), StorageError> {
+        if !self.any_lost.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let lost = lock(&self.lost);
+        match lost
+            .iter()
+            .rev()
+            .find(|r| (r.first..=r.last).contains(&seq))
+        {
+            Some(r) => Err(StorageError::Unavailable(format!(
+                "the WAL cannot write ({}); nothing of this request was stored, retry later",
+                r.error
+            ))),
+            None => Ok(()),
+        }
+    }
+
+    /// Whether the WAL refuses writes now (an earlier write failed and no recovery has
+    /// succeeded since). Never blocks.
+    pub fn is_failing(&self) -> bool {
+        self.failing.load(Ordering::Acquire)
+    }
+
+    /// Tries to make a failing WAL writable again (at most once per second; appends try
+    /// too). Ok when the WAL accepts writes.
+    pub fn try_recover(&self) -> Result<(), StorageError> {
+        if !self.failing.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let mut w = lock(&self.writer);
+        self.recover(&mut w, false).map_err(|e| refusal(&e))
     }
 
     /// Flushes what is buffered, then starts a new segment. Returns the index of the
@@ -527,8 +719,11 @@ impl Wal {
         let seq = lock(&self.pending).seq;
         self.sync(seq)?;
         let mut w = lock(&self.writer);
+        self.recover(&mut w, false).map_err(|e| refusal(&e))?;
         let closed = w.index;
-        self.roll(&mut w)?;
+        if let Err(e) = self.roll(&mut w) {
+            return Err(refusal(&self.fail(&mut w, "WAL segment roll", &e)));
+        }
         Ok(closed)
     }
 
@@ -538,8 +733,9 @@ impl Wal {
         Ok(CheckpointWriter {
             wal: self,
             upto,
-            out: BufWriter::new(File::create(&tmp)?),
+            out: Some(BufWriter::new(File::create(&tmp)?)),
             tmp,
+            renamed: false,
         })
     }
 
@@ -560,36 +756,135 @@ impl Wal {
         Ok(())
     }
 
-    /// Writes and fsyncs everything buffered. Later appends still work.
+    /// Writes and fsyncs everything buffered. Later appends still work. A failing WAL
+    /// has nothing acknowledged left to write: what it refused stays refused.
     pub fn flush(&self) -> Result<(), StorageError> {
         let seq = lock(&self.pending).seq;
         self.sync(seq)?;
-        lock(&self.writer).file.sync_all()?;
+        let mut w = lock(&self.writer);
+        if let Some(fault) = &w.fault {
+            tracing::warn!(error = %fault.error, "closing a failing WAL");
+            return Ok(());
+        }
+        if let Err(e) = w.file.sync_all() {
+            return Err(refusal(&self.fail(&mut w, "WAL fsync", &e)));
+        }
         Ok(())
+    }
+
+    /// Test hook: fails the next `n` segment writes (after the bytes were written, as a
+    /// failed fsync would) or recovery attempts.
+    #[cfg(test)]
+    pub(crate) fn inject_failures(&self, n: u32) {
+        self.injected_failures.store(n, Ordering::SeqCst);
+    }
+
+    #[cfg(test)]
+    fn injected_failure(&self) -> io::Result<()> {
+        let left = self.injected_failures.load(Ordering::SeqCst);
+        if left == 0 {
+            return Ok(());
+        }
+        self.injected_failures.store(left - 1, Ordering::SeqCst);
+        Err(io::Error::other("injected I/O error"))
     }
 }
 
-/// Streams framed records into a new checkpoint file.
+/// The error a refused write gets.
+fn refusal(error: &str) -> StorageError {
+    StorageError::Unavailable(format!(
+        "the WAL cannot write ({error}); writes are refused until the disk takes data again"
+    ))
+}
+
+/// Appends to `carried` every framed record of `bytes` that is not a samples record.
+fn keep_non_sample_records(bytes: &[u8], carried: &mut Vec<u8>) {
+    let mut pos = 0;
+    while let Some(header) = bytes.get(pos..pos + FRAME_HEADER) {
+        let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as usize;
+        let end = pos + FRAME_HEADER + len;
+        let Some(framed) = bytes.get(pos..end) else {
+            break;
+        };
+        if !matches!(
+            framed.get(FRAME_HEADER),
+            Some(&KIND_SAMPLES | &KIND_COMPACT_SAMPLES)
+        ) {
+            carried.extend_from_slice(framed);
+        }
+        pos = end;
+    }
+}
+
+/// Cuts a segment whose write or fsync failed back to `len`, the length its last
+/// successful fsync covered. Through a fresh descriptor: after a failed fsync the
+/// kernel may have dropped the dirty pages and a later fsync on the old descriptor can
+/// succeed without writing them (the "fsyncgate" lesson), so nothing past `len` is
+/// trusted, and the old descriptor is never fsynced again.
+fn trim_segment(path: &Path, len: u64) -> io::Result<()> {
+    let file = OpenOptions::new().write(true).open(path)?;
+    file.set_len(len)?;
+    file.sync_all()
+}
+
+/// Creates segment `index` holding exactly `preamble`, durably; removes it on failure.
+fn start_recovered_segment(dir: &Path, index: u64, preamble: &[u8]) -> io::Result<File> {
+    let path = dir.join(segment_name(index));
+    let started = (|| {
+        let mut file = OpenOptions::new()
+            .create(true)
+            .write(true)
+            .truncate(true)
+            .open(&path)?;
+        file.write_all(preamble)?;
+        file.sync_data()?;
+        fsync_dir(dir)?;
+        Ok(file)
+    })();
+    if started.is_err() {
+        let _ = fs::remove_file(&path);
+    }
+    started
+}
+
+/// Streams framed records into a new checkpoint file. Unless committed, the file is
+/// removed when the writer is dropped, so a failed checkpoint leaves nothing behind on
+/// a full disk.
 pub struct CheckpointWriter<'a> {
     wal: &'a Wal,
     upto: u64,
-    out: BufWriter<File>,
+    out: Option<BufWriter<File>>,
     tmp: PathBuf,
+    renamed: bool,
 }
 
 impl CheckpointWriter<'_> {
     pub fn write(&mut self, framed: &[u8]) -> Result<(), StorageError> {
-        self.out.write_all(framed)?;
-        Ok(())
+        match &mut self.out {
+            Some(out) => Ok(out.write_all(framed)?),
+            None => Err(StorageError::Other("checkpoint already committed".into())),
+        }
     }
 
     /// Makes the checkpoint durable and visible, then drops what it covers.
-    pub fn commit(self) -> Result<(), StorageError> {
-        let file = self.out.into_inner().map_err(|e| e.into_error())?;
+    pub fn commit(mut self) -> Result<(), StorageError> {
+        let Some(out) = self.out.take() else {
+            return Err(StorageError::Other("checkpoint already committed".into()));
+        };
+        let file = out.into_inner().map_err(|e| e.into_error())?;
         file.sync_all()?;
         fs::rename(&self.tmp, self.wal.dir.join(checkpoint_name(self.upto)))?;
+        self.renamed = true;
         fsync_dir(&self.wal.dir)?;
         self.wal.drop_covered(self.upto)
+    }
+}
+
+impl Drop for CheckpointWriter<'_> {
+    fn drop(&mut self) {
+        if !self.renamed {
+            let _ = fs::remove_file(&self.tmp);
+        }
     }
 }
 
@@ -678,6 +973,8 @@ mod tests {
     impl WalObserver for NoObserver {
         fn fsync_done(&self, _: f64) {}
         fn segments(&self, _: u64) {}
+        fn write_error(&self) {}
+        fn failing(&self, _: bool) {}
     }
 
     fn open(dir: &Path, seg: u64) -> (Wal, Vec<Record>, ReplayReport) {
@@ -868,6 +1165,108 @@ mod tests {
             decode_record(&legacy),
             Some(Record::Samples(vec![(7, -2, 1.5)]))
         );
+    }
+
+    fn segment_len(dir: &Path, index: u64) -> u64 {
+        fs::metadata(dir.join(segment_name(index))).unwrap().len()
+    }
+
+    fn wait_for_retry() {
+        std::thread::sleep(RECOVERY_RETRY + Duration::from_millis(5));
+    }
+
+    #[test]
+    fn a_failed_write_is_cut_off_and_the_wal_recovers_in_a_fresh_segment() {
+        let dir = tempfile::tempdir().unwrap();
+        let one = Labels::from_pairs([("__name__", "one")]);
+        let two = Labels::from_pairs([("__name__", "two")]);
+        {
+            let (wal, _, _) = open(dir.path(), 1 << 20);
+            let mut buf = Vec::new();
+            encode_series(&mut buf, 1, &one);
+            wal.log(&buf);
+            wal.sync(wal.log(&samples_record(&[(1, 10, 1.0)]))).unwrap();
+            let good_len = segment_len(dir.path(), 1);
+
+            // The fsync of series 2 and its samples fails after the bytes were written.
+            wal.inject_failures(1);
+            buf.clear();
+            encode_series(&mut buf, 2, &two);
+            let series_seq = wal.log(&buf);
+            let lost_seq = wal.log(&samples_record(&[(2, 20, 2.0)]));
+            let err = wal.sync(lost_seq).unwrap_err();
+            assert!(err.to_string().contains("injected I/O error"), "{err}");
+            assert!(
+                wal.sync(series_seq).is_err(),
+                "same group commit, same fate"
+            );
+            assert!(wal.is_failing());
+            assert!(
+                segment_len(dir.path(), 1) > good_len,
+                "failed bytes reached the file"
+            );
+
+            wait_for_retry();
+            wal.try_recover().unwrap();
+            assert!(!wal.is_failing());
+            assert_eq!(
+                segment_len(dir.path(), 1),
+                good_len,
+                "cut back to the last sync"
+            );
+            wal.sync(wal.log(&samples_record(&[(2, 30, 3.0)]))).unwrap();
+        }
+        let (_, recs, report) = open(dir.path(), 1 << 20);
+        assert_eq!(report.corrupt_records, 0);
+        assert!(!report.torn_tail_truncated);
+        assert_eq!(
+            recs,
+            vec![
+                Record::Series { id: 1, labels: one },
+                Record::Samples(vec![(1, 10, 1.0)]),
+                Record::Metadata(vec![]),
+                Record::Series { id: 2, labels: two },
+                Record::Samples(vec![(2, 30, 3.0)]),
+            ],
+            "the refused sample is gone; the series record it carried is kept"
+        );
+    }
+
+    #[test]
+    fn a_failed_recovery_keeps_refusing_and_leaves_no_segment() {
+        let dir = tempfile::tempdir().unwrap();
+        let (wal, _, _) = open(dir.path(), 1 << 20);
+        wal.inject_failures(2);
+        assert!(wal.sync(wal.log(&samples_record(&[(1, 1, 1.0)]))).is_err());
+        wait_for_retry();
+        assert!(wal.try_recover().is_err(), "the injected recovery failure");
+        assert!(wal.is_failing());
+        let (_, segments) = list_dir(dir.path()).unwrap();
+        assert_eq!(segments, vec![1]);
+        wait_for_retry();
+        let later = wal.log(&samples_record(&[(1, 3, 1.0)]));
+        wal.sync(later).unwrap();
+        drop(wal);
+        let (_, recs, _) = open(dir.path(), 1 << 20);
+        assert_eq!(
+            recs,
+            vec![Record::Metadata(vec![]), Record::Samples(vec![(1, 3, 1.0)])]
+        );
+    }
+
+    #[test]
+    fn a_failed_checkpoint_leaves_no_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let (wal, _, _) = open(dir.path(), 1 << 20);
+        let upto = wal.cut_segment().unwrap();
+        let mut cp = wal.begin_checkpoint(upto).unwrap();
+        cp.write(&samples_record(&[(1, 1, 1.0)])).unwrap();
+        drop(cp);
+        let names: Vec<_> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        assert!(names.iter().all(|n| !n.contains("checkpoint")), "{names:?}");
     }
 
     #[test]
