@@ -10,6 +10,7 @@
 pub mod api;
 pub mod cluster;
 pub mod config;
+pub mod dirlock;
 pub mod fanout;
 pub mod ingest;
 pub mod model;

@@ -2,7 +2,8 @@
 //! server, and the orderly shutdown on SIGTERM (leave the cluster, stop accepting,
 //! finish in-flight requests, close the WAL).
 //!
-//! Owns: process lifecycle. Calls every box's constructor; no box calls it.
+//! Owns: process lifecycle, including holding the data directory lock (`dirlock`) for
+//! the whole run. Calls every box's constructor; no box calls it.
 
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -14,6 +15,7 @@ use tokio::sync::watch;
 use crate::api::{self, AppState, ClusterServices, NodeServices, ServerInfo};
 use crate::cluster::membership::{ClusterMetrics, Membership};
 use crate::config::Config;
+use crate::dirlock::DirLock;
 use crate::fanout::{FanoutMetrics, FanoutStorage, Split};
 use crate::peer::{PeerClient, PeerMetrics};
 use crate::promql::Engine;
@@ -25,6 +27,9 @@ use crate::tsdb::{Tsdb, TsdbMetrics};
 
 /// Runs a node until SIGTERM or SIGINT. Returns an error message on a fatal failure.
 pub async fn run(config: Config) -> Result<(), String> {
+    // First of all: nothing in the directory is read or written without the lock.
+    let _data_directory_lock =
+        DirLock::acquire(&config.data_directory).map_err(|e| e.to_string())?;
     let mut registry = Registry::default();
     telemetry::register_process_metrics(&mut registry);
     let http_metrics = HttpMetrics::register(&mut registry);
