@@ -152,14 +152,20 @@ impl HintStore {
         let tmp = dir.join(format!("{name}.tmp"));
         let len = u32::try_from(payload.len())
             .map_err(|_| io::Error::other("hint payload larger than 4 GiB"))?;
-        let mut file = fs::File::create(&tmp)?;
         let mut header = [0u8; HEADER_LEN];
         header[..4].copy_from_slice(MAGIC);
         header[4..8].copy_from_slice(&len.to_le_bytes());
         header[8..].copy_from_slice(&crc32c::crc32c(payload).to_le_bytes());
-        file.write_all(&header)?;
-        file.write_all(payload)?;
-        file.sync_all()?;
+        let written = fs::File::create(&tmp).and_then(|mut file| {
+            file.write_all(&header)?;
+            file.write_all(payload)?;
+            file.sync_all()
+        });
+        if let Err(e) = written {
+            // A full disk must not keep the half-written hint: it holds the space.
+            let _ = fs::remove_file(&tmp);
+            return Err(e);
+        }
         fs::rename(&tmp, dir.join(&name))?;
         fs::File::open(&dir)?.sync_all()?;
         HandoffMetrics::counter(&self.metrics.stored, target).inc();

@@ -97,10 +97,12 @@ pub fn new_block_id() -> String {
 
 // ---- writing ----
 
-/// Writes one block. Series must be added in label order.
+/// Writes one block. Series must be added in label order. A writer dropped before
+/// `finish` succeeded removes its temporary directory, so a failed cut or compaction
+/// leaves nothing behind on a full disk.
 pub struct BlockWriter {
     parent: PathBuf,
-    tmp: PathBuf,
+    tmp: TmpDir,
     ulid: String,
     chunks: BufWriter<File>,
     chunks_len: u64,
@@ -114,9 +116,9 @@ impl BlockWriter {
     /// Starts a block that will become `<parent>/<ulid>` on `finish`.
     pub fn new(parent: &Path) -> Result<BlockWriter, StorageError> {
         let ulid = new_block_id();
-        let tmp = parent.join(format!("{ulid}.tmp"));
-        fs::create_dir_all(&tmp)?;
-        let mut chunks = BufWriter::new(File::create(tmp.join(CHUNKS_FILE))?);
+        let tmp = TmpDir(parent.join(format!("{ulid}.tmp")));
+        fs::create_dir_all(&tmp.0)?;
+        let mut chunks = BufWriter::new(File::create(tmp.0.join(CHUNKS_FILE))?);
         chunks.write_all(CHUNKS_MAGIC)?;
         chunks.write_all(&[VERSION])?;
         Ok(BlockWriter {
@@ -173,12 +175,12 @@ impl BlockWriter {
     ) -> Result<Option<BlockMeta>, StorageError> {
         if self.series.is_empty() {
             drop(self.chunks);
-            fs::remove_dir_all(&self.tmp)?;
+            fs::remove_dir_all(&self.tmp.0)?;
             return Ok(None);
         }
         self.chunks.flush()?;
         self.chunks.get_ref().sync_all()?;
-        write_index(&self.tmp.join(INDEX_FILE), &self.series)?;
+        write_index(&self.tmp.0.join(INDEX_FILE), &self.series)?;
         let meta = BlockMeta {
             ulid: self.ulid.clone(),
             min_time: self.min_time,
@@ -194,11 +196,22 @@ impl BlockWriter {
             },
             version: 1,
         };
-        write_meta(&self.tmp, &meta)?;
-        fsync_dir(&self.tmp)?;
-        fs::rename(&self.tmp, self.parent.join(&self.ulid))?;
+        write_meta(&self.tmp.0, &meta)?;
+        fsync_dir(&self.tmp.0)?;
+        fs::rename(&self.tmp.0, self.parent.join(&self.ulid))?;
         fsync_dir(&self.parent)?;
         Ok(Some(meta))
+    }
+}
+
+/// A block's temporary directory, removed when dropped (a no-op once renamed).
+struct TmpDir(PathBuf);
+
+impl Drop for TmpDir {
+    fn drop(&mut self) {
+        if self.0.exists() {
+            let _ = fs::remove_dir_all(&self.0);
+        }
     }
 }
 
