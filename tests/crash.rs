@@ -38,21 +38,11 @@ fn sample_time(batch: usize, j: usize) -> i64 {
 
 /// One remote-write request of 2,000 samples: 20 consecutive samples of 100 series.
 fn batch_request(batch: usize) -> proto::WriteRequest {
-    let timeseries = (0..SERIES)
-        .map(|s| {
-            let samples: Vec<(i64, f64)> = (0..SAMPLES_PER_SERIES)
-                .map(|j| (sample_time(batch, j), sample_value(batch, j, s)))
-                .collect();
-            common::ts(
-                &[("__name__", "crash_test"), ("series", &s.to_string())],
-                &samples,
-            )
-        })
-        .collect();
-    proto::WriteRequest {
-        timeseries,
-        metadata: vec![],
-    }
+    common::numbered_series_request("crash_test", SERIES, |s| {
+        (0..SAMPLES_PER_SERIES)
+            .map(|j| (sample_time(batch, j), sample_value(batch, j, s)))
+            .collect()
+    })
 }
 
 /// Streams batches until stopped or the node goes away; records acknowledged batches.

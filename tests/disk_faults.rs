@@ -116,21 +116,11 @@ fn sample_value(batch: usize, j: usize, series: usize) -> f64 {
 /// One remote-write request: 10 consecutive samples of 50 series, at times no other
 /// batch uses.
 fn batch_request(batch: usize) -> proto::WriteRequest {
-    let timeseries = (0..SERIES)
-        .map(|s| {
-            let samples: Vec<(i64, f64)> = (0..SAMPLES_PER_SERIES)
-                .map(|j| (sample_time(batch, j), sample_value(batch, j, s)))
-                .collect();
-            ts(
-                &[("__name__", METRIC), ("series", &s.to_string())],
-                &samples,
-            )
-        })
-        .collect();
-    proto::WriteRequest {
-        timeseries,
-        metadata: vec![],
-    }
+    common::numbered_series_request(METRIC, SERIES, |s| {
+        (0..SAMPLES_PER_SERIES)
+            .map(|j| (sample_time(batch, j), sample_value(batch, j, s)))
+            .collect()
+    })
 }
 
 /// What the writes so far were answered.

@@ -230,6 +230,27 @@ pub fn ts(labels: &[(&str, &str)], samples: &[(i64, f64)]) -> proto::TimeSeries 
     }
 }
 
+/// One remote-write request of `series` series of metric `name`, told apart by a
+/// `series` label `0..series`, each holding the samples `samples_of(series)` gives.
+pub fn numbered_series_request(
+    name: &str,
+    series: usize,
+    samples_of: impl Fn(usize) -> Vec<(i64, f64)>,
+) -> proto::WriteRequest {
+    let timeseries = (0..series)
+        .map(|s| {
+            ts(
+                &[("__name__", name), ("series", &s.to_string())],
+                &samples_of(s),
+            )
+        })
+        .collect();
+    proto::WriteRequest {
+        timeseries,
+        metadata: vec![],
+    }
+}
+
 /// A series as remote read returns it: sorted (name, value) labels and (ms, value) samples.
 pub type ReadSeries = (Vec<(String, String)>, Vec<(i64, f64)>);
 
