@@ -36,6 +36,12 @@ impl FaultKind {
             FaultKind::Netem => "10% egress packet loss and 100 ms egress delay",
         }
     }
+
+    /// Whether the node cannot answer at all while the fault holds (a slow network
+    /// still lets it answer).
+    pub fn unreachable(self) -> bool {
+        !matches!(self, FaultKind::Netem)
+    }
 }
 
 /// A fault in force on one service; `heal` undoes it.

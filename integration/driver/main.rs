@@ -164,7 +164,16 @@ fn run_scenario(stack: &Stack, kind: FaultKind, service: &str) -> Result<Vec<Str
             probe_rtt(stack, service)
         );
     }
-    std::thread::sleep(FAULT_HOLD);
+    let mut failures = Vec::new();
+    if kind.unreachable() {
+        // Gossip has declared the node down by mid-hold; queries must not hide that.
+        std::thread::sleep(FAULT_HOLD / 2);
+        let warned = checks::answers_name_unreachable_node(service);
+        failures.extend(warned.into_iter().map(|f| format!("{name}: {f}")));
+        std::thread::sleep(FAULT_HOLD - FAULT_HOLD / 2);
+    } else {
+        std::thread::sleep(FAULT_HOLD);
+    }
     faults::heal(stack, service, applied)?;
     let healed = Instant::now();
     wait_for(
@@ -194,7 +203,6 @@ fn run_scenario(stack: &Stack, kind: FaultKind, service: &str) -> Result<Vec<Str
     let (stored, delivered) = checks::handoff_counters()?.since(&handoff_before);
     println!("  hinted handoff during scenario: {stored} batches stored, {delivered} delivered");
 
-    let mut failures = Vec::new();
     if !account.clean() {
         failures.push(format!("{name}: samples missing or replicas differ"));
     }
