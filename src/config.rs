@@ -11,6 +11,7 @@ use std::time::Duration;
 use clap::Parser;
 
 use crate::cluster::membership::MembershipConfig;
+use crate::fanout::FanoutOptions;
 use crate::promql::EngineOptions;
 use crate::storage::{Clock, TimeBounds, CLOCK_SKEW_ALLOWANCE_MS};
 use crate::telemetry::LogFormat;
@@ -98,6 +99,11 @@ pub struct Config {
     /// Longest a query may run.
     #[arg(long, env = "TIMBALA_QUERY_TIMEOUT", default_value = "2m", value_parser = parse_duration)]
     pub query_timeout: Duration,
+
+    /// How long a query waits for a node that has not answered once the nodes that did
+    /// answer hold every series; then it answers without it, with a warning.
+    #[arg(long, env = "TIMBALA_QUERY_PEER_TIMEOUT", default_value = "2s", value_parser = parse_duration)]
+    pub query_peer_timeout: Duration,
 
     /// Most samples one query may hold in memory.
     #[arg(long, env = "TIMBALA_QUERY_MAX_SAMPLES", default_value = "50000000")]
@@ -216,6 +222,13 @@ impl Config {
         }
     }
 
+    pub fn fanout_options(&self) -> FanoutOptions {
+        FanoutOptions {
+            peer_timeout: self.query_peer_timeout,
+            request_timeout: self.query_timeout,
+        }
+    }
+
     /// Where other nodes reach this node's HTTP API: the advertise flag, else the bind
     /// address, with a wildcard bind replaced by loopback (single-host clusters; set the
     /// flag for multi-host ones).
@@ -251,6 +264,9 @@ impl Config {
         if self.block_duration < Duration::from_secs(60) {
             return Err("--block-duration must be at least 1m".into());
         }
+        if self.query_peer_timeout.is_zero() {
+            return Err("--query-peer-timeout must be positive".into());
+        }
         if self.wal_segment_size < 64 << 10 {
             return Err("--wal-segment-size must be at least 64KiB".into());
         }
@@ -277,6 +293,7 @@ impl Config {
             ("wal-segment-size", self.wal_segment_size.to_string()),
             ("write-max-body-size", self.write_max_body_size.to_string()),
             ("query-timeout", d(self.query_timeout)),
+            ("query-peer-timeout", d(self.query_peer_timeout)),
             ("query-max-samples", self.query_max_samples.to_string()),
             (
                 "query-max-concurrency",

@@ -1,10 +1,13 @@
 //! The node-to-node HTTP client and the internal wire contract both sides share.
 //!
 //! Owns: one pooled hyper client (persistent keep-alive connections per peer), the
-//! internal paths and headers (`X-Timbala-Routed`, `X-Timbala-Trace-Id`), the per-peer
-//! forwarding metrics, and the JSON shapes of the internal label requests. Called by
-//! `replication` (writes, hint replay), `fanout` (reads) and `api::internal` (the
-//! receiving side). Calls hyper and `model`/`storage` types only.
+//! internal paths and headers (`X-Timbala-Routed`, `X-Timbala-Trace-Id`,
+//! `X-Timbala-Hints-Pending`), the per-peer forwarding metrics, and the JSON shapes of
+//! the internal label requests. Every request has a deadline, and dropping its future
+//! cancels it (the connection is closed, never handed back to the pool half-read).
+//! Called by `replication` (writes, hint replay), `fanout` (reads) and `api::internal`
+//! (the receiving side). Calls hyper and `model`/`storage`/`cluster::identity` types
+//! only.
 
 use std::time::{Duration, Instant};
 
@@ -20,6 +23,7 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 use serde::{Deserialize, Serialize};
 
+use crate::cluster::identity::NodeId;
 use crate::model::{MatchOp, Matcher};
 use crate::storage::LabelRequest;
 
@@ -33,6 +37,10 @@ pub const LABEL_VALUES_PATH: &str = "/internal/v1/label-values";
 pub const ROUTED_HEADER: &str = "x-timbala-routed";
 /// Follows one client request across nodes; logged in every span that handles it.
 pub const TRACE_HEADER: &str = "x-timbala-trace-id";
+/// On internal read answers: the hinted write batches the answering node holds for
+/// other nodes (`<node id>=<batches>,...`), so the reader knows which replicas lag
+/// (ADR 0012).
+pub const HINTS_PENDING_HEADER: &str = "x-timbala-hints-pending";
 
 /// Largest internal response body read into memory.
 const MAX_RESPONSE_BYTES: usize = 1 << 30;
@@ -117,7 +125,38 @@ impl std::fmt::Display for PeerError {
 /// A 2xx or 4xx answer (4xx: the peer refused the data; retrying will not help).
 pub struct PeerResponse {
     pub status: u16,
+    pub headers: hyper::HeaderMap,
     pub body: Bytes,
+}
+
+impl PeerResponse {
+    /// The hinted batches the peer said it holds for other nodes (none when absent).
+    pub fn hints_pending(&self) -> Vec<(NodeId, u64)> {
+        self.headers
+            .get(HINTS_PENDING_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .map(decode_hints_pending)
+            .unwrap_or_default()
+    }
+}
+
+/// `X-Timbala-Hints-Pending`'s value: `<node id>=<batches>` joined by commas.
+pub fn encode_hints_pending(pending: &[(NodeId, u64)]) -> String {
+    let entries: Vec<String> = pending.iter().map(|(id, n)| format!("{id}={n}")).collect();
+    entries.join(",")
+}
+
+/// Reads `X-Timbala-Hints-Pending`; malformed entries are skipped (a peer of another
+/// version must not fail a read).
+pub fn decode_hints_pending(value: &str) -> Vec<(NodeId, u64)> {
+    value
+        .split(',')
+        .filter_map(|entry| {
+            let (id, batches) = entry.trim().split_once('=')?;
+            Some((id.parse().ok()?, batches.parse().ok()?))
+        })
+        .filter(|&(_, batches)| batches > 0)
+        .collect()
 }
 
 /// The pooled client. Cheap to clone; connections are shared by all clones.
@@ -144,6 +183,7 @@ impl PeerClient {
     }
 
     /// POSTs `body` to `http://<peer><path>` and reads the answer within `deadline`.
+    /// Dropping the returned future abandons the request and its connection.
     pub async fn post(
         &self,
         peer: &str,
@@ -196,7 +236,8 @@ impl PeerClient {
             .await
             .map_err(|e| PeerError(format!("{peer}{path}: {e}")))?;
         let status = response.status().as_u16();
-        let body = http_body_util::Limited::new(response.into_body(), MAX_RESPONSE_BYTES)
+        let (parts, body) = response.into_parts();
+        let body = http_body_util::Limited::new(body, MAX_RESPONSE_BYTES)
             .collect()
             .await
             .map_err(|e| PeerError(format!("{peer}{path}: reading the answer: {e}")))?
@@ -205,7 +246,11 @@ impl PeerClient {
             let text = String::from_utf8_lossy(&body[..body.len().min(512)]).into_owned();
             return Err(PeerError(format!("{peer}{path}: {status}: {text}")));
         }
-        Ok(PeerResponse { status, body })
+        Ok(PeerResponse {
+            status,
+            headers: parts.headers,
+            body,
+        })
     }
 }
 
@@ -339,6 +384,18 @@ mod tests {
         assert_eq!(again.matchers, req.matchers);
         assert_eq!((again.mint, again.maxt), (5, 9));
         assert_eq!(back.name.as_deref(), Some("job"));
+    }
+
+    #[test]
+    fn hints_pending_survive_the_header() {
+        let a: NodeId = "0000000000000000000000000000000a".parse().expect("id");
+        let b: NodeId = "ffffffffffffffffffffffffffffffff".parse().expect("id");
+        let value = encode_hints_pending(&[(a, 3), (b, 12)]);
+        assert_eq!(decode_hints_pending(&value), [(a, 3), (b, 12)]);
+        assert_eq!(decode_hints_pending(""), []);
+        // Garbage and empty backlogs are skipped, the rest is kept.
+        let mixed = format!("nonsense,{a}=x,{b}=0, {a}=4 ,=5");
+        assert_eq!(decode_hints_pending(&mixed), [(a, 4)]);
     }
 
     #[test]

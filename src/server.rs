@@ -86,7 +86,14 @@ pub async fn run(config: Config) -> Result<(), String> {
         client.clone(),
         hints.clone(),
     );
-    let reads = FanoutStorage::new(local, membership.clone(), client.clone(), fanout_metrics);
+    let reads = FanoutStorage::new(
+        local,
+        membership.clone(),
+        client.clone(),
+        hints.clone(),
+        config.fanout_options(),
+        fanout_metrics,
+    );
     let handoff_task = handoff::spawn(hints.clone(), membership.clone(), client);
     state.set_ready(NodeServices {
         storage: Arc::new(Split {

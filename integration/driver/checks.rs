@@ -1,9 +1,11 @@
 //! What the driver checks: that the stack has converged, that PromQL answers from
 //! Prometheus's local storage and from every Timbala node agree, that every sample
 //! Prometheus scraped over a window reached every node, that the replicas hold the same
-//! data, and that Prometheus's remote-write counters show no failed or dropped sample.
+//! data, that Prometheus's remote-write counters show no failed or dropped sample, and
+//! that answers given while a node is unreachable name it in their warnings.
 //!
-//! Owns: the query list, the waits (each bounded) and the per-window accounting.
+//! Owns: the query list, the waits (each bounded), the per-window accounting and the
+//! warnings expected of answers given while a node is unreachable.
 //! Calls `api` only.
 
 use std::collections::BTreeSet;
@@ -119,6 +121,63 @@ pub fn cluster_converged() -> Result<bool, String> {
         return Err(format!("{up} of 4 targets up"));
     }
     Ok(true)
+}
+
+/// Whether every other node's view shows `service` alive.
+pub fn seen_alive(service: &str) -> Result<bool, String> {
+    let addr = format!("{service}:9080");
+    for (_, base) in NODES.iter().filter(|(name, _)| *name != service) {
+        let status = api::get_json(&format!("{base}/api/v1/status/cluster"))?;
+        let alive = status["data"]["members"].as_array().is_some_and(|members| {
+            members
+                .iter()
+                .any(|m| m["httpAddr"] == addr.as_str() && m["state"] == "alive")
+        });
+        if !alive {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+/// While `service` cannot be reached, an instant query on each other node answers 200
+/// within 5 s and names it in `warnings` (ADR 0012: an answer given without a node says
+/// so). Prints each answer's latency and warnings; returns the failed checks.
+pub fn answers_name_unreachable_node(service: &str) -> Vec<String> {
+    let unreachable = format!("{service}:9080");
+    let mut failures = Vec::new();
+    for (name, base) in NODES.iter().filter(|(name, _)| *name != service) {
+        let url = format!("{base}/api/v1/query?query=count(up)");
+        let started = Instant::now();
+        let answer = match api::get_json(&url) {
+            Ok(answer) => answer,
+            Err(e) => {
+                failures.push(format!("query on {name} during the fault: {e}"));
+                continue;
+            }
+        };
+        let latency = started.elapsed();
+        let warnings: Vec<&str> = answer["warnings"]
+            .as_array()
+            .map(|w| w.iter().filter_map(|w| w.as_str()).collect())
+            .unwrap_or_default();
+        println!(
+            "  query on {name} during the fault: {:.2} s, warnings {warnings:?}",
+            latency.as_secs_f64()
+        );
+        if !warnings.iter().any(|w| w.contains(&unreachable)) {
+            failures.push(format!(
+                "query on {name} during the fault: no warning naming {unreachable}"
+            ));
+        }
+        if latency > Duration::from_secs(5) {
+            failures.push(format!(
+                "query on {name} during the fault took {:.1} s",
+                latency.as_secs_f64()
+            ));
+        }
+    }
+    failures
 }
 
 /// Prometheus has sent every sample up to `t_s` (the remote-write queue's highest sent

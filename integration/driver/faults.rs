@@ -36,6 +36,29 @@ impl FaultKind {
             FaultKind::Netem => "10% egress packet loss and 100 ms egress delay",
         }
     }
+
+    /// Whether the node cannot answer at all while the fault holds (a slow network
+    /// still lets it answer). A pause may not hold: where the kernel's cgroup freezer
+    /// does nothing (seen on the 2-core build machine: a frozen test process kept
+    /// running), `docker-compose pause` leaves the node answering and gossiping.
+    pub fn reach(self) -> Reach {
+        match self {
+            FaultKind::KillRestart | FaultKind::Partition => Reach::Unreachable,
+            FaultKind::PauseResume => Reach::UnlessIneffective,
+            FaultKind::Netem => Reach::Reachable,
+        }
+    }
+}
+
+/// Whether a faulted node can still answer (see `FaultKind::reach`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reach {
+    /// The node cannot answer anything.
+    Unreachable,
+    /// Unreachable if the fault took effect (check the other nodes' views).
+    UnlessIneffective,
+    /// Slow or lossy, but it answers.
+    Reachable,
 }
 
 /// A fault in force on one service; `heal` undoes it.

@@ -23,7 +23,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use checks::{now_s, wait_for, WindowAccount, WriteCounters};
-use faults::FaultKind;
+use faults::{FaultKind, Reach};
 use stack::Stack;
 
 /// Writes flowing before a fault, the fault's duration, and writes after healing.
@@ -164,7 +164,24 @@ fn run_scenario(stack: &Stack, kind: FaultKind, service: &str) -> Result<Vec<Str
             probe_rtt(stack, service)
         );
     }
-    std::thread::sleep(FAULT_HOLD);
+    let mut failures = Vec::new();
+    if kind.reach() == Reach::Reachable {
+        std::thread::sleep(FAULT_HOLD);
+    } else {
+        // Gossip has declared the node down by mid-hold; queries must not hide that.
+        std::thread::sleep(FAULT_HOLD / 2);
+        if kind.reach() == Reach::UnlessIneffective && checks::seen_alive(service).unwrap_or(false)
+        {
+            println!(
+                "  note: {service} is still alive in every other node's view: the fault \
+                 did not take effect on this kernel, so there is nothing to warn about"
+            );
+        } else {
+            let warned = checks::answers_name_unreachable_node(service);
+            failures.extend(warned.into_iter().map(|f| format!("{name}: {f}")));
+        }
+        std::thread::sleep(FAULT_HOLD - FAULT_HOLD / 2);
+    }
     faults::heal(stack, service, applied)?;
     let healed = Instant::now();
     wait_for(
@@ -194,7 +211,6 @@ fn run_scenario(stack: &Stack, kind: FaultKind, service: &str) -> Result<Vec<Str
     let (stored, delivered) = checks::handoff_counters()?.since(&handoff_before);
     println!("  hinted handoff during scenario: {stored} batches stored, {delivered} delivered");
 
-    let mut failures = Vec::new();
     if !account.clean() {
         failures.push(format!("{name}: samples missing or replicas differ"));
     }

@@ -5,13 +5,15 @@
 //! never forwarded again; answers the append outcome as JSON), `POST
 //! /internal/v1/read-local` (remote read of this node's data only, SAMPLES answers), and
 //! `POST /internal/v1/{series,labels,label-values}` (JSON, `peer::WireLabelRequest`).
-//! Every handler logs the caller's trace id. Calls `ingest` (decoding), `peer` (wire
+//! Every read answer carries `X-Timbala-Hints-Pending`: the hinted batches this node
+//! holds for others, so the reader knows which replicas lag (ADR 0012). Every handler
+//! logs the caller's trace id. Calls `ingest` (decoding), `peer` (wire
 //! shapes), `fanout::labels_to_pairs`, the remote-read helpers of `read`, and the local
 //! `tsdb` through `storage::Storage`.
 
 use axum::body::{Body, Bytes};
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::Router;
@@ -19,6 +21,7 @@ use http_body_util::BodyExt;
 use tracing::Instrument;
 
 use super::AppState;
+use crate::cluster::identity::NodeId;
 use crate::fanout::labels_to_pairs;
 use crate::ingest::{self, DecodeLimits};
 use crate::peer::{self, WireLabelRequest};
@@ -28,7 +31,7 @@ use crate::storage::{LabelRequest, Storage};
 pub fn routes() -> Router<AppState> {
     Router::new()
         .route(peer::WRITE_PATH, post(internal_write))
-        .route(peer::READ_LOCAL_PATH, post(super::read::local_read))
+        .route(peer::READ_LOCAL_PATH, post(internal_read_local))
         .route(peer::SERIES_PATH, post(internal_series))
         .route(peer::LABELS_PATH, post(internal_labels))
         .route(peer::LABEL_VALUES_PATH, post(internal_label_values))
@@ -40,6 +43,38 @@ fn trace_id(headers: &HeaderMap) -> String {
         .and_then(|v| v.to_str().ok())
         .unwrap_or("")
         .to_string()
+}
+
+/// This node's hint backlog, taken before a read is answered: a hint delivered while
+/// the read runs is still reported, so the reader errs towards a warning.
+fn hints_pending(state: &AppState) -> Vec<(NodeId, u64)> {
+    state
+        .services()
+        .map(|services| services.cluster.hints.pending_batches())
+        .unwrap_or_default()
+}
+
+/// Adds a hint backlog to a read answer.
+fn with_hints_pending(pending: &[(NodeId, u64)], mut response: Response) -> Response {
+    if pending.is_empty() {
+        return response;
+    }
+    if let Ok(value) = HeaderValue::from_str(&peer::encode_hints_pending(pending)) {
+        response
+            .headers_mut()
+            .insert(peer::HINTS_PENDING_HEADER, value);
+    }
+    response
+}
+
+async fn internal_read_local(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let pending = hints_pending(&state);
+    let response = super::read::local_read(State(state), headers, body).await;
+    with_hints_pending(&pending, response)
 }
 
 fn error(status: StatusCode, message: impl Into<String>) -> Response {
@@ -111,6 +146,7 @@ where
             Ok(services) => services.tsdb.clone(),
             Err(e) => return error(e.status, e.message),
         };
+        let pending = hints_pending(&state);
         let body = match read_body(body, 16 << 20).await {
             Ok(b) => b,
             Err(r) => return r,
@@ -124,7 +160,7 @@ where
             Err(e) => return error(StatusCode::BAD_REQUEST, e),
         };
         match answer(tsdb, wire, request).await {
-            Ok(value) => axum::Json(value).into_response(),
+            Ok(value) => with_hints_pending(&pending, axum::Json(value).into_response()),
             Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e),
         }
     }

@@ -4,7 +4,8 @@
 //! `/api/v1/labels`, `/api/v1/label/<name>/values` and `/api/v1/query_exemplars`, with
 //! Prometheus's parameter order, defaults, limits, error texts and status codes.
 //! Calls `params` (parsing), `json` (rendering), the `promql::Engine` and
-//! `storage::Storage` through `AppState`.
+//! `storage::Storage` through `AppState`, and `fanout::notes` (the warnings of an
+//! answer given without some node, collected around the storage calls; ADR 0012).
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -21,6 +22,7 @@ use super::params::{
     unescape_label_name, FormParams, MAX_TIME_MS, MIN_TIME_MS,
 };
 use super::{json, ApiError, AppState};
+use crate::fanout::notes::{self, ReadNotes};
 use crate::model::{Labels, Matcher};
 use crate::promql::{Annotations, QueryError, QueryOutput, QueryValue};
 use crate::storage::{BoxFuture, LabelRequest, StorageError};
@@ -61,12 +63,15 @@ async fn instant_query(
     reject_per_query_lookback(&params)?;
     let storage = state.services()?.storage.clone();
     let query = params.value("query");
-    let output = state
-        .engine()
-        .instant_query_with_timeout(storage, query, time_ms, timeout)
-        .await
-        .map_err(query_error)?;
-    Ok(render_query_output(output, limit, time_ms))
+    let engine = state.engine();
+    let (output, cluster) =
+        notes::collect(engine.instant_query_with_timeout(storage, query, time_ms, timeout)).await;
+    Ok(render_query_output(
+        output.map_err(query_error)?,
+        cluster,
+        limit,
+        time_ms,
+    ))
 }
 
 async fn range_query(
@@ -88,12 +93,17 @@ async fn range_query(
     reject_per_query_lookback(&params)?;
     let storage = state.services()?.storage.clone();
     let query = params.value("query");
-    let output = state
-        .engine()
-        .range_query_with_timeout(storage, query, start, end, step_ms, timeout)
-        .await
-        .map_err(query_error)?;
-    Ok(render_query_output(output, limit, end))
+    let engine = state.engine();
+    let (output, cluster) = notes::collect(
+        engine.range_query_with_timeout(storage, query, start, end, step_ms, timeout),
+    )
+    .await;
+    Ok(render_query_output(
+        output.map_err(query_error)?,
+        cluster,
+        limit,
+        end,
+    ))
 }
 
 /// The range query step in milliseconds. Steps below a millisecond cannot be evaluated
@@ -155,6 +165,7 @@ fn query_error(err: QueryError) -> ApiError {
             ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "timeout", err.to_string())
         }
         QueryError::Storage(_) => ApiError::internal(err.to_string()),
+        QueryError::Unavailable(_) => ApiError::unavailable(err.to_string()),
     }
 }
 
@@ -168,12 +179,25 @@ fn storage_error(err: StorageError) -> ApiError {
 }
 
 /// Renders a result; `eval_time_ms` stamps vector samples (see `json::write_query_data`).
-fn render_query_output(output: QueryOutput, limit: usize, eval_time_ms: i64) -> Response {
+/// The cluster's notes (nodes answered without, lagging replicas) come first and are
+/// never capped: there are at most a few per node.
+fn render_query_output(
+    output: QueryOutput,
+    cluster: ReadNotes,
+    limit: usize,
+    eval_time_ms: i64,
+) -> Response {
     let QueryOutput {
         mut value,
         annotations,
     } = output;
-    let (mut warnings, infos) = annotation_strings(annotations);
+    let (engine_warnings, engine_infos) = annotation_strings(annotations);
+    let ReadNotes {
+        mut warnings,
+        mut infos,
+    } = cluster;
+    warnings.extend(engine_warnings);
+    infos.extend(engine_infos);
     if truncate_result(&mut value, limit) {
         warnings.push(TRUNCATED_WARNING.to_string());
     }
@@ -266,19 +290,33 @@ fn sorted_union<T: Ord>(mut parts: Vec<Vec<T>>) -> Vec<T> {
 }
 
 /// Asks storage once per `match[]` set (once without matchers when there is none) and
-/// returns the sorted union of the answers.
+/// returns the sorted union of the answers with the cluster's notes about them.
 async fn union_of_answers<'s, T: Ord>(
     sets: Vec<Vec<Matcher>>,
     start: i64,
     end: i64,
     mut ask: impl FnMut(LabelRequest) -> BoxFuture<'s, Result<Vec<T>, StorageError>>,
-) -> Result<Vec<T>, ApiError> {
+) -> Result<(Vec<T>, ReadNotes), ApiError> {
     let requests = label_requests(sets, start, end);
-    let mut parts = Vec::with_capacity(requests.len());
-    for request in requests {
-        parts.push(ask(request).await.map_err(storage_error)?);
-    }
-    Ok(sorted_union(parts))
+    let (parts, cluster) = notes::collect(async {
+        let mut parts = Vec::with_capacity(requests.len());
+        for request in requests {
+            parts.push(ask(request).await?);
+        }
+        Ok(parts)
+    })
+    .await;
+    Ok((sorted_union(parts.map_err(storage_error)?), cluster))
+}
+
+/// The warnings of a metadata answer: the cluster's, then the limit's.
+fn metadata_warnings(cluster: ReadNotes, limited: Vec<String>) -> (Vec<String>, Vec<String>) {
+    let ReadNotes {
+        mut warnings,
+        infos,
+    } = cluster;
+    warnings.extend(limited);
+    (warnings, infos)
 }
 
 async fn series(State(state): State<AppState>, params: FormParams) -> Result<Response, ApiError> {
@@ -290,9 +328,10 @@ async fn series(State(state): State<AppState>, params: FormParams) -> Result<Res
     let (start, end) = metadata_range(&params)?;
     let sets = parse_match_params(selectors).map_err(|e| invalid_param("match[]", e))?;
     let storage = &state.services()?.storage;
-    let mut all: Vec<Labels> = union_of_answers(sets, start, end, |r| storage.series(r)).await?;
-    let warnings = apply_limit(&mut all, limit);
-    Ok(json::success_response(&warnings, &[], |out| {
+    let (mut all, cluster): (Vec<Labels>, _) =
+        union_of_answers(sets, start, end, |r| storage.series(r)).await?;
+    let (warnings, infos) = metadata_warnings(cluster, apply_limit(&mut all, limit));
+    Ok(json::success_response(&warnings, &infos, |out| {
         json::write_label_sets(out, &all)
     }))
 }
@@ -305,9 +344,10 @@ async fn label_names(
     let (start, end) = metadata_range(&params)?;
     let sets = parse_match_params(params.values("match[]")).map_err(ApiError::bad_data)?;
     let storage = &state.services()?.storage;
-    let mut names = union_of_answers(sets, start, end, |r| storage.label_names(r)).await?;
-    let warnings = apply_limit(&mut names, limit);
-    Ok(json::success_response(&warnings, &[], |out| {
+    let (mut names, cluster) =
+        union_of_answers(sets, start, end, |r| storage.label_names(r)).await?;
+    let (warnings, infos) = metadata_warnings(cluster, apply_limit(&mut names, limit));
+    Ok(json::success_response(&warnings, &infos, |out| {
         json::write_string_list(out, &names)
     }))
 }
@@ -326,9 +366,9 @@ async fn label_values(
     let sets = parse_match_params(params.values("match[]")).map_err(ApiError::bad_data)?;
     let storage = &state.services()?.storage;
     let ask = |r| storage.label_values(name.clone(), r);
-    let mut values = union_of_answers(sets, start, end, ask).await?;
-    let warnings = apply_limit(&mut values, limit);
-    Ok(json::success_response(&warnings, &[], |out| {
+    let (mut values, cluster) = union_of_answers(sets, start, end, ask).await?;
+    let (warnings, infos) = metadata_warnings(cluster, apply_limit(&mut values, limit));
+    Ok(json::success_response(&warnings, &infos, |out| {
         json::write_string_list(out, &values)
     }))
 }
@@ -421,6 +461,11 @@ mod tests {
                 "timeout",
             ),
             (QueryError::Storage("disk".into()), 500, "internal"),
+            (
+                QueryError::Unavailable("3 nodes".into()),
+                503,
+                "unavailable",
+            ),
         ];
         for (err, status, kind) in cases {
             let api = query_error(err);

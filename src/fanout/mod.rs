@@ -1,15 +1,20 @@
 //! Fan-out: the read side of the cluster.
 //!
 //! Owns: asking every alive node (itself locally, the others over the internal read
-//! endpoints with a deadline) for the series matching a request, and merging the
-//! replicas' answers so each series appears once with the union of its samples (equal
-//! timestamps deduplicated). Which series a node holds is unknown for a matcher query,
-//! so every node is asked. A query succeeds while at most `REPLICATION_FACTOR - 1` nodes
-//! fail or are down (every series still has a replica that answered; ADR 0007).
+//! endpoints) for the series matching a request, and merging the replicas' answers so
+//! each series appears once with the union of its samples (equal timestamps
+//! deduplicated). Which series a node holds is unknown for a matcher query, so every
+//! node is asked (ADR 0007). Submodules: `gather` (whom to ask, how long to wait, when
+//! to go on without a node or refuse; ADR 0012) and `notes` (the warnings an answer
+//! given without some node carries to the HTTP API).
 //!
 //! Calls `cluster` (membership view), `peer` (internal HTTP client), `proto` (remote
-//! read messages for the internal select) and the local `storage::Storage`. Writes are
-//! not its business: they pass through to the local store.
+//! read messages for the internal select), `replication::hints` (this node's pending
+//! hints, read only) and the local `storage::Storage`. Writes are not its business:
+//! they pass through to the local store.
+
+mod gather;
+pub mod notes;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,17 +25,16 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
 use prost::Message;
 
-use crate::cluster::membership::{MemberState, MembershipHandle};
-use crate::cluster::placement::REPLICATION_FACTOR;
+use crate::cluster::membership::MembershipHandle;
 use crate::model::{merge_sorted_samples, Label, Labels, MatchOp, MetricMetadata, Sample, Series};
 use crate::peer::{self, PeerClient, WireLabelRequest};
 use crate::proto;
+use crate::replication::hints::HintStore;
 use crate::storage::{
     AppendOutcome, BoxFuture, LabelRequest, SelectError, SelectRequest, Storage, StorageError,
 };
-
-/// How long a peer may take to answer one internal read.
-const PEER_DEADLINE: Duration = Duration::from_secs(30);
+pub use gather::FanoutOptions;
+use gather::PeerAnswer;
 
 /// The read side of the cluster as a `Storage`. Cheap to clone.
 #[derive(Clone)]
@@ -42,6 +46,9 @@ struct Inner {
     local: Arc<dyn Storage>,
     membership: MembershipHandle,
     client: PeerClient,
+    /// This node's hint queue: the replicas it knows to lag.
+    hints: Arc<HintStore>,
+    options: FanoutOptions,
     metrics: FanoutMetrics,
 }
 
@@ -50,20 +57,67 @@ struct Outcome {
     outcome: &'static str,
 }
 
-/// Fan-out metrics: requests by outcome (`complete`, `degraded`: answered without some
-/// nodes but complete by replication, `failed`: too many nodes missing).
-#[derive(Clone, Default)]
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CancelReason {
+    reason: &'static str,
+}
+
+/// Fan-out metrics, every series present (zero) from the start.
+#[derive(Clone)]
 pub struct FanoutMetrics {
+    /// Fanned-out reads by outcome: `complete`, `degraded` (answered with warnings:
+    /// without some node, or with lagging replicas), `failed` (refused: too many nodes
+    /// missing).
     requests: Family<Outcome, Counter>,
+    cancelled: Family<CancelReason, Counter>,
+    /// Peers left behind `peer_timeout` after the answers in hand held every series.
+    peer_timeouts: Counter,
+    /// In-flight peer requests cancelled because gossip declared the peer down.
+    cancelled_member_down: Counter,
+    /// In-flight peer requests cancelled because the read ended first (refused, query
+    /// timed out, client gone).
+    cancelled_read_ended: Counter,
+}
+
+impl Default for FanoutMetrics {
+    fn default() -> Self {
+        let requests = Family::<Outcome, Counter>::default();
+        for outcome in ["complete", "degraded", "failed"] {
+            let _ = requests.get_or_create(&Outcome { outcome });
+        }
+        let cancelled = Family::<CancelReason, Counter>::default();
+        let reason = |reason| cancelled.get_or_create(&CancelReason { reason }).clone();
+        FanoutMetrics {
+            requests,
+            peer_timeouts: Counter::default(),
+            cancelled_member_down: reason("member_down"),
+            cancelled_read_ended: reason("read_ended"),
+            cancelled,
+        }
+    }
 }
 
 impl FanoutMetrics {
     pub fn register(registry: &mut Registry) -> FanoutMetrics {
         let m = FanoutMetrics::default();
-        registry.register(
-            "timbala_fanout_requests",
-            "Fanned-out reads by outcome (complete, degraded, failed)",
+        let r = registry.sub_registry_with_prefix("timbala_fanout");
+        r.register(
+            "requests",
+            "Fanned-out reads by outcome (complete; degraded: answered with warnings; \
+             failed: refused, too many nodes missing)",
             m.requests.clone(),
+        );
+        r.register(
+            "peer_timeouts",
+            "Peers a read went on without: no answer --query-peer-timeout after the \
+             other replicas' answers held every series",
+            m.peer_timeouts.clone(),
+        );
+        r.register(
+            "cancelled_requests",
+            "In-flight peer requests cancelled, by reason (member_down: gossip declared \
+             the peer down; read_ended: the read was refused or abandoned first)",
+            m.cancelled.clone(),
         );
         m
     }
@@ -73,19 +127,13 @@ impl FanoutMetrics {
     }
 }
 
-/// The peers to ask and how many nodes already count as failed (down in the view).
-struct Targets {
-    peers: Vec<String>,
-    down: usize,
-    /// Failures tolerated: replicas per series minus one, bounded by the ring size.
-    tolerated: usize,
-}
-
 impl FanoutStorage {
     pub fn new(
         local: Arc<dyn Storage>,
         membership: MembershipHandle,
         client: PeerClient,
+        hints: Arc<HintStore>,
+        options: FanoutOptions,
         metrics: FanoutMetrics,
     ) -> FanoutStorage {
         FanoutStorage {
@@ -93,83 +141,11 @@ impl FanoutStorage {
                 local,
                 membership,
                 client,
+                hints,
+                options,
                 metrics,
             }),
         }
-    }
-
-    fn targets(&self) -> Targets {
-        let view = self.inner.membership.view();
-        let local = view.local.id;
-        let mut peers = Vec::new();
-        let mut down = 0;
-        for node in view.ring.nodes_in_join_order() {
-            if node.id == local {
-                continue;
-            }
-            match view.member(node.id).map(|m| m.state) {
-                Some(MemberState::Alive | MemberState::Suspect) => {
-                    peers.push(node.http_addr.clone())
-                }
-                _ => down += 1,
-            }
-        }
-        let replicas = REPLICATION_FACTOR.min(view.ring.len().max(1));
-        Targets {
-            peers,
-            down,
-            tolerated: replicas - 1,
-        }
-    }
-
-    /// Runs `local` here and `remote` on every alive peer concurrently; returns the
-    /// answers, or an error once more nodes failed than replication tolerates.
-    async fn gather<T, L, R, RF>(&self, local: L, remote: R) -> Result<Vec<T>, StorageError>
-    where
-        T: Send + 'static,
-        L: std::future::Future<Output = Result<T, StorageError>>,
-        R: Fn(PeerClient, String) -> RF,
-        RF: std::future::Future<Output = Result<T, String>> + Send + 'static,
-    {
-        let targets = self.targets();
-        let mut tasks = tokio::task::JoinSet::new();
-        let trace_id = peer::current_trace_id();
-        for peer in targets.peers {
-            let ask = remote(self.inner.client.clone(), peer);
-            tasks.spawn(peer::with_trace_id(trace_id.clone(), ask));
-        }
-        let mut answers = vec![local.await?];
-        let mut failed = targets.down;
-        while let Some(joined) = tasks.join_next().await {
-            match joined {
-                Ok(Ok(answer)) => answers.push(answer),
-                Ok(Err(e)) => {
-                    tracing::warn!(error = %e, "fan-out: a node failed to answer");
-                    failed += 1;
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "fan-out task failed");
-                    failed += 1;
-                }
-            }
-        }
-        if failed > targets.tolerated {
-            self.inner.metrics.count("failed");
-            return Err(StorageError::Unavailable(format!(
-                "{failed} nodes failed or are down; at most {} may be for a complete answer",
-                targets.tolerated
-            )));
-        }
-        if failed > 0 {
-            self.inner.metrics.count("degraded");
-            tracing::warn!(
-                failed,
-                "fan-out answered without some nodes; complete by replication"
-            );
-        } else {
-            self.inner.metrics.count("complete");
-        }
-        Ok(answers)
     }
 
     async fn fan_select(&self, req: SelectRequest) -> Result<Vec<Series>, SelectError> {
@@ -183,9 +159,15 @@ impl FanoutStorage {
             }
         };
         let answers = self
-            .gather(local, move |client, peer| {
+            .gather(local, move |client, peer, deadline| {
                 let body = body.clone();
-                async move { remote_select(&client, &peer, body.to_vec()).await.map(Ok) }
+                async move {
+                    let answer = remote_select(&client, &peer, body.to_vec(), deadline).await?;
+                    Ok(PeerAnswer {
+                        value: Ok(answer.value),
+                        hints_pending: answer.hints_pending,
+                    })
+                }
             })
             .await?;
         let mut all = Vec::new();
@@ -212,9 +194,11 @@ impl FanoutStorage {
         let body =
             Arc::new(serde_json::to_vec(&wire).map_err(|e| StorageError::Other(e.to_string()))?);
         let answers = self
-            .gather(local, move |client, peer| {
+            .gather(local, move |client, peer, deadline| {
                 let body = body.clone();
-                async move { remote_json::<Vec<T>>(&client, &peer, path, body.to_vec()).await }
+                async move {
+                    remote_json::<Vec<T>>(&client, &peer, path, body.to_vec(), deadline).await
+                }
             })
             .await?;
         let mut all: Vec<T> = answers.into_iter().flatten().collect();
@@ -261,7 +245,8 @@ async fn remote_select(
     client: &PeerClient,
     peer: &str,
     body: Vec<u8>,
-) -> Result<Vec<Series>, String> {
+    deadline: Duration,
+) -> Result<PeerAnswer<Vec<Series>>, String> {
     let trace_id = peer::current_trace_id();
     let response = client
         .post(
@@ -270,7 +255,7 @@ async fn remote_select(
             "select",
             &internal_headers(&trace_id),
             body,
-            PEER_DEADLINE,
+            deadline,
         )
         .await
         .map_err(|e| e.to_string())?;
@@ -281,7 +266,10 @@ async fn remote_select(
             String::from_utf8_lossy(&response.body)
         ));
     }
-    decode_read_response(&response.body).map_err(|e| format!("{peer}: {e}"))
+    Ok(PeerAnswer {
+        value: decode_read_response(&response.body).map_err(|e| format!("{peer}: {e}"))?,
+        hints_pending: response.hints_pending(),
+    })
 }
 
 /// Decodes a SAMPLES remote-read answer of one query into series.
@@ -315,20 +303,24 @@ async fn remote_json<T: serde::de::DeserializeOwned>(
     peer: &str,
     path: &'static str,
     body: Vec<u8>,
-) -> Result<T, String> {
+    deadline: Duration,
+) -> Result<PeerAnswer<T>, String> {
     let trace_id = peer::current_trace_id();
     let headers = [
         ("content-type", "application/json"),
         (peer::TRACE_HEADER, trace_id.as_str()),
     ];
     let response = client
-        .post(peer, path, "labels", &headers, body, PEER_DEADLINE)
+        .post(peer, path, "labels", &headers, body, deadline)
         .await
         .map_err(|e| e.to_string())?;
     if response.status != 200 {
         return Err(format!("{peer}{path}: answered {}", response.status));
     }
-    serde_json::from_slice(&response.body).map_err(|e| format!("{peer}{path}: {e}"))
+    Ok(PeerAnswer {
+        value: serde_json::from_slice(&response.body).map_err(|e| format!("{peer}{path}: {e}"))?,
+        hints_pending: response.hints_pending(),
+    })
 }
 
 /// Merges replicas: one series per label set, sorted by labels, with the union of the

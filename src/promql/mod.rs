@@ -86,16 +86,20 @@ pub enum QueryError {
     TooManySamples,
     /// The timeout ran out: `timeout`, 503.
     Timeout(String),
-    /// Storage failed underneath: `internal`, 500 (or `unavailable`, 503).
+    /// Storage failed underneath: `internal`, 500.
     Storage(String),
+    /// Storage cannot give a complete answer now (too many nodes missing): `unavailable`,
+    /// 503.
+    Unavailable(String),
 }
 
 impl fmt::Display for QueryError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            QueryError::BadData(m) | QueryError::Execution(m) | QueryError::Storage(m) => {
-                f.write_str(m)
-            }
+            QueryError::BadData(m)
+            | QueryError::Execution(m)
+            | QueryError::Storage(m)
+            | QueryError::Unavailable(m) => f.write_str(m),
             QueryError::TooManySamples => f.write_str(
                 "query processing would load too many samples into memory in query execution",
             ),

@@ -200,6 +200,22 @@ impl HintStore {
         Ok(files)
     }
 
+    /// Waiting batches per target, from the in-memory backlog gauges (no file is read,
+    /// so every internal read can report it); targets with none are left out.
+    pub fn pending_batches(&self) -> Vec<(NodeId, u64)> {
+        let mut out: Vec<(NodeId, u64)> = self
+            .targets()
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|target| {
+                let batches = u64::try_from(self.metrics.gauge(target).get()).ok()?;
+                (batches > 0).then_some((target, batches))
+            })
+            .collect();
+        out.sort();
+        out
+    }
+
     /// Waiting hints per target (targets with none are left out).
     pub fn backlog(&self) -> Vec<Backlog> {
         let mut out = Vec::new();
@@ -272,6 +288,9 @@ mod tests {
         );
         assert_eq!(store.targets().expect("targets"), vec![target]);
         assert_eq!(store.backlog()[0].batches, 3);
+        assert_eq!(store.pending_batches(), [(target, 3)]);
+        store.metrics().on_delivered(target);
+        assert_eq!(store.pending_batches(), [(target, 2)]);
     }
 
     #[test]

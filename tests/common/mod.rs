@@ -52,7 +52,24 @@ impl Node {
         gossip_addr: &str,
         extra_args: &[&str],
     ) -> Node {
-        let child = Command::new(env!("CARGO_BIN_EXE_timbala"))
+        Node::spawn_as(data_dir, http_addr, gossip_addr, extra_args, None)
+    }
+
+    /// `spawn_at`, with the process running under group `gid` when given (root only):
+    /// tests tell a node's packets apart by it (iptables' owner match).
+    pub fn spawn_as(
+        data_dir: &Path,
+        http_addr: &str,
+        gossip_addr: &str,
+        extra_args: &[&str],
+        gid: Option<u32>,
+    ) -> Node {
+        use std::os::unix::process::CommandExt;
+        let mut command = Command::new(env!("CARGO_BIN_EXE_timbala"));
+        if let Some(gid) = gid {
+            command.gid(gid);
+        }
+        let child = command
             .arg("--data-directory")
             .arg(data_dir)
             .args([
@@ -317,6 +334,15 @@ pub fn eq(name: &str, value: &str) -> proto::LabelMatcher {
     }
 }
 
+/// How one member of a test cluster is started beyond its addresses and peers.
+#[derive(Clone, Debug, Default)]
+pub struct MemberSetup {
+    /// Extra flags; `--gossip-profile fast` is added unless they name a profile.
+    pub args: Vec<String>,
+    /// Group the process runs under (see `Node::spawn_as`).
+    pub gid: Option<u32>,
+}
+
 /// A cluster member: a node plus the addresses it was started at, so it can be restarted
 /// at the same place.
 pub struct ClusterNode {
@@ -324,16 +350,17 @@ pub struct ClusterNode {
     pub gossip_addr: String,
     pub peers: Vec<String>,
     pub dir: tempfile::TempDir,
+    pub setup: MemberSetup,
 }
 
 impl ClusterNode {
     fn args(&self) -> Vec<String> {
-        vec![
-            "--peers".into(),
-            self.peers.join(","),
-            "--gossip-profile".into(),
-            "fast".into(),
-        ]
+        let mut args = vec!["--peers".into(), self.peers.join(",")];
+        if !self.setup.args.iter().any(|a| a == "--gossip-profile") {
+            args.extend(["--gossip-profile".into(), "fast".into()]);
+        }
+        args.extend(self.setup.args.iter().cloned());
+        args
     }
 
     /// Starts (or restarts) the process at the same addresses and data directory.
@@ -341,11 +368,12 @@ impl ClusterNode {
         let args = self.args();
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let http = self.node.http_addr.clone();
-        self.node = Node::spawn_at(
+        self.node = Node::spawn_as(
             &self.dir.path().join("data"),
             &http,
             &self.gossip_addr,
             &args,
+            self.setup.gid,
         );
     }
 }
@@ -353,6 +381,15 @@ impl ClusterNode {
 /// Starts `n` nodes on 127.0.0.1 with fast gossip, each listing the others (and any
 /// `existing` gossip addresses) as peers; waits until all are ready.
 pub fn start_cluster(n: usize, existing: &[String]) -> Vec<ClusterNode> {
+    start_cluster_with(n, existing, |_| MemberSetup::default())
+}
+
+/// `start_cluster` with member `i` started as `setup(i)` says.
+pub fn start_cluster_with(
+    n: usize,
+    existing: &[String],
+    setup: impl Fn(usize) -> MemberSetup,
+) -> Vec<ClusterNode> {
     let addrs: Vec<(String, String)> = (0..n)
         .map(|_| {
             (
@@ -382,6 +419,7 @@ pub fn start_cluster(n: usize, existing: &[String]) -> Vec<ClusterNode> {
             gossip_addr: gossip.clone(),
             peers,
             dir,
+            setup: setup(i),
         };
         member.spawn();
         nodes.push(member);
