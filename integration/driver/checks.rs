@@ -123,23 +123,6 @@ pub fn cluster_converged() -> Result<bool, String> {
     Ok(true)
 }
 
-/// Whether every other node's view shows `service` alive.
-pub fn seen_alive(service: &str) -> Result<bool, String> {
-    let addr = format!("{service}:9080");
-    for (_, base) in NODES.iter().filter(|(name, _)| *name != service) {
-        let status = api::get_json(&format!("{base}/api/v1/status/cluster"))?;
-        let alive = status["data"]["members"].as_array().is_some_and(|members| {
-            members
-                .iter()
-                .any(|m| m["httpAddr"] == addr.as_str() && m["state"] == "alive")
-        });
-        if !alive {
-            return Ok(false);
-        }
-    }
-    Ok(true)
-}
-
 /// While `service` cannot be reached, an instant query on each other node answers 200
 /// within 5 s and names it in `warnings` (ADR 0012: an answer given without a node says
 /// so). Prints each answer's latency and warnings; returns the failed checks.

@@ -31,20 +31,19 @@ impl FaultKind {
     pub fn describe(self) -> &'static str {
         match self {
             FaultKind::KillRestart => "killed (SIGKILL) and restarted",
-            FaultKind::PauseResume => "paused (cgroup freezer) and resumed",
+            FaultKind::PauseResume => "paused (SIGSTOP) and resumed (SIGCONT)",
             FaultKind::Partition => "cut off from the network and reconnected",
             FaultKind::Netem => "10% egress packet loss and 100 ms egress delay",
         }
     }
 
     /// Whether the node cannot answer at all while the fault holds (a slow network
-    /// still lets it answer). A pause may not hold: where the kernel's cgroup freezer
-    /// does nothing (seen on the 2-core build machine: a frozen test process kept
-    /// running), `docker-compose pause` leaves the node answering and gossiping.
+    /// still lets it answer).
     pub fn reach(self) -> Reach {
         match self {
-            FaultKind::KillRestart | FaultKind::Partition => Reach::Unreachable,
-            FaultKind::PauseResume => Reach::UnlessIneffective,
+            FaultKind::KillRestart | FaultKind::PauseResume | FaultKind::Partition => {
+                Reach::Unreachable
+            }
             FaultKind::Netem => Reach::Reachable,
         }
     }
@@ -55,8 +54,6 @@ impl FaultKind {
 pub enum Reach {
     /// The node cannot answer anything.
     Unreachable,
-    /// Unreachable if the fault took effect (check the other nodes' views).
-    UnlessIneffective,
     /// Slow or lossy, but it answers.
     Reachable,
 }

@@ -38,12 +38,28 @@ impl Stack {
         compose(&["start", service])
     }
 
+    /// Stops the service's process with SIGSTOP, sent from the host: a hung node that
+    /// holds its sockets open but never answers. `docker-compose pause` (the cgroup
+    /// freezer) was a no-op on this machine's kernel (a frozen process kept running),
+    /// and SIGSTOP from an ancestor namespace is delivered even to a container's PID 1.
     pub fn pause(&self, service: &str) -> Result<(), String> {
-        compose(&["pause", service])
+        self.signal(service, libc::SIGSTOP)
     }
 
     pub fn unpause(&self, service: &str) -> Result<(), String> {
-        compose(&["unpause", service])
+        self.signal(service, libc::SIGCONT)
+    }
+
+    fn signal(&self, service: &str, signal: libc::c_int) -> Result<(), String> {
+        let pid = self.pid(service)?;
+        // SAFETY: kill(2) with a pid read from docker and a constant signal number.
+        if unsafe { libc::kill(pid as libc::pid_t, signal) } != 0 {
+            return Err(format!(
+                "signal {signal} to {service} (pid {pid}): {}",
+                std::io::Error::last_os_error()
+            ));
+        }
+        Ok(())
     }
 
     /// The host PID of a service's main process, for entering its namespaces.
