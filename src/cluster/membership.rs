@@ -219,8 +219,8 @@ impl MembershipHandle {
     }
 
     /// Removes a node from the ring for good (a tombstone gossiped to every node). Its
-    /// successors move up one place, which moves data: see ADR 0005. False when the node
-    /// is unknown, already removed, or the runtime has stopped.
+    /// slot stays in the numbering, so only its own replicas move (ADR 0015). False when
+    /// the node is unknown, already removed, or the runtime has stopped.
     pub async fn remove_node(&self, id: NodeId) -> bool {
         let (tx, rx) = oneshot::channel();
         if self.commands.send(Command::Remove(id, tx)).await.is_err() {

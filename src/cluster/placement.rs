@@ -6,10 +6,13 @@
 //!   `name 0xFF value 0xFF` (`Labels::stable_hash`).
 //! - Replica key: FNV-1a 64 over `replica: u32 LE || attempt: u32 LE || partition key: u64
 //!   LE`, finished with the SplitMix64 mixer so that nearby keys spread out.
-//! - Replica r lives on bucket `jump(replica key, N)` of the node list in join order.
-//!   When that node already holds an earlier replica, `attempt` counts up and the key is
-//!   hashed again, so replicas land on distinct nodes while jump hash's property holds
-//!   for every attempt: a key only ever moves to a bucket added at the end.
+//! - Replica r lives on bucket `jump(replica key, N)` of the slots in join order, where
+//!   N counts every node ever placed, removed ones included (a removed node's slot is a
+//!   tombstone, ADR 0015). When the bucket is a tombstone or a node that already holds an
+//!   earlier replica, `attempt` counts up and the key is hashed again, so replicas land
+//!   on distinct live nodes while jump hash's property holds for every attempt: a key
+//!   only ever moves to a bucket added at the end, and removing a node moves only the
+//!   replicas it held (each to the next candidate of its own probe sequence).
 //!
 //! Calls only `model`.
 
@@ -88,33 +91,54 @@ pub fn jump(key: u64, buckets: u32) -> u32 {
     CustomJumpHasher::new(PassThrough(0)).slot(&key, buckets)
 }
 
-/// Indices (into the join-ordered node list of `node_count` nodes) of the nodes that own
-/// a series with this partition key: `min(replication, node_count)` distinct indices,
-/// replica 0 first.
+/// Indices (into the join-ordered node list of `node_count` nodes, none removed) of the
+/// nodes that own a series with this partition key: `min(replication, node_count)`
+/// distinct indices, replica 0 first.
 pub fn owners(partition_key: u64, node_count: usize, replication: usize) -> Vec<usize> {
-    let wanted = replication.min(node_count);
-    let buckets = u32::try_from(node_count).unwrap_or(u32::MAX);
+    owners_among_slots(partition_key, node_count, replication, |_| false)
+}
+
+/// Indices (into `slot_count` join-ordered slots, of which those where `is_tombstone`
+/// holds are removed nodes) of the live slots that own a series with this partition key:
+/// `min(replication, live slots)` distinct indices, replica 0 first. Without tombstones
+/// this is exactly `owners`.
+pub fn owners_among_slots(
+    partition_key: u64,
+    slot_count: usize,
+    replication: usize,
+    is_tombstone: impl Fn(usize) -> bool,
+) -> Vec<usize> {
+    let live = (0..slot_count).filter(|&i| !is_tombstone(i)).count();
+    let wanted = replication.min(live);
+    let buckets = u32::try_from(slot_count).unwrap_or(u32::MAX);
     let mut chosen: Vec<usize> = Vec::with_capacity(wanted);
+    let taken = |chosen: &[usize], i: usize| chosen.contains(&i) || is_tombstone(i);
     for replica in 0..wanted as u32 {
         let mut pick = None;
+        let mut last = 0;
         for attempt in 0..MAX_ATTEMPTS {
-            let candidate = jump(replica_key(partition_key, replica, attempt), buckets) as usize;
-            if !chosen.contains(&candidate) {
-                pick = Some(candidate);
+            last = jump(replica_key(partition_key, replica, attempt), buckets) as usize;
+            if !taken(&chosen, last) {
+                pick = Some(last);
                 break;
             }
         }
-        let node = pick.unwrap_or_else(|| first_free_after(&chosen, chosen[0], node_count));
+        // Out of attempts (astronomically rare without tombstones; about
+        // `tombstone share ^ 64` with them): probe linearly from replica 0, or from the
+        // last candidate when replica 0 itself found no live slot.
+        let start = chosen.first().copied().unwrap_or(last);
+        let node =
+            pick.unwrap_or_else(|| first_free_after(start, slot_count, |i| taken(&chosen, i)));
         chosen.push(node);
     }
     chosen
 }
 
-fn first_free_after(chosen: &[usize], start: usize, node_count: usize) -> usize {
-    (1..=node_count)
-        .map(|step| (start + step) % node_count)
-        .find(|i| !chosen.contains(i))
-        .expect("fewer replicas than nodes leaves a free node")
+fn first_free_after(start: usize, slot_count: usize, taken: impl Fn(usize) -> bool) -> usize {
+    (1..=slot_count)
+        .map(|step| (start + step) % slot_count)
+        .find(|&i| !taken(i))
+        .expect("fewer replicas than live slots leaves a free slot")
 }
 
 #[cfg(test)]
@@ -143,6 +167,55 @@ mod tests {
         assert_eq!(jump(0, 1), 0);
         assert_eq!(jump(0xdead_beef, 19), 16);
         assert_eq!(owners(partition_key(&labels), 5, 3), vec![2, 3, 4]);
+    }
+
+    #[test]
+    fn tombstoned_slots_are_pinned() {
+        // Computed by the same independent Python transcription, extended by the
+        // tombstone rule of the module comment (ADR 0015). Changing any of them changes
+        // where data lives once a node was removed.
+        let key = partition_key(&Labels::from_pairs([
+            ("__name__", "up"),
+            ("job", "prometheus"),
+        ]));
+        let among = |slots: usize, tombs: &[usize]| {
+            owners_among_slots(key, slots, 3, |i| tombs.contains(&i))
+        };
+        assert_eq!(
+            among(5, &[]),
+            owners(key, 5, 3),
+            "no tombstone: the plain rule"
+        );
+        assert_eq!(among(5, &[2]), vec![3, 1, 4]);
+        assert_eq!(among(5, &[3]), vec![2, 1, 4]);
+        assert_eq!(among(5, &[0, 4]), vec![2, 3, 1]);
+        assert_eq!(among(5, &[0, 1, 4]), vec![2, 3]);
+        assert_eq!(among(5, &[0, 1, 2, 3, 4]), Vec::<usize>::new());
+        assert_eq!(
+            owners_among_slots(0, 8, 3, |i| i == 1 || i == 5),
+            vec![7, 2, 6]
+        );
+        assert_eq!(owners(0, 8, 3), vec![7, 5, 6]);
+        assert_eq!(owners(0, 6, 3), vec![4, 5, 0]);
+        assert_eq!(owners_among_slots(0, 6, 3, |i| i == 4), vec![3, 5, 0]);
+    }
+
+    #[test]
+    fn every_slot_tombstoned_in_turn_keeps_owners_distinct_and_live() {
+        for slots in 2..=9usize {
+            for tomb in 0..slots {
+                for i in 0..500 {
+                    let key = partition_key(&series(i));
+                    let o = owners_among_slots(key, slots, REPLICATION_FACTOR, |s| s == tomb);
+                    assert_eq!(o.len(), REPLICATION_FACTOR.min(slots - 1));
+                    assert!(!o.contains(&tomb));
+                    let mut sorted = o.clone();
+                    sorted.sort_unstable();
+                    sorted.dedup();
+                    assert_eq!(sorted.len(), o.len(), "duplicate owner in {o:?}");
+                }
+            }
+        }
     }
 
     #[test]

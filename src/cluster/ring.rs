@@ -5,7 +5,8 @@
 //! in any order agree), its file `<data>/ring.json`, and `Ring`, the immutable snapshot
 //! that placement runs on. The order is (join sequence, node id); a node that is down
 //! keeps its place, and only an explicit removal (a tombstone that wins every merge)
-//! takes a node out. See ADR 0005.
+//! takes a node out of ownership. A removed node keeps its slot in the numbering jump
+//! hash uses, so nobody else's bucket changes (ADR 0005, ADR 0015).
 //!
 //! Calls `placement` (jump-hash owners) and `identity` (ids, crash-safe file writes).
 
@@ -32,7 +33,8 @@ pub struct RingEntry {
     pub generation: u64,
     pub gossip_addr: SocketAddr,
     pub http_addr: String,
-    /// Removed for good: no longer in the join order, and never back under this id.
+    /// Removed for good: owns nothing (its slot stays, as a tombstone), and never back
+    /// under this id.
     pub removed: bool,
 }
 
@@ -219,27 +221,23 @@ impl RingState {
         h
     }
 
-    /// The join order as of now.
+    /// The join order as of now: every placed node's slot, removed ones as tombstones.
     pub fn ring(&self) -> Ring {
-        let mut nodes: Vec<RingNode> = self
+        let mut slots: Vec<RingSlot> = self
             .entries
             .values()
-            .filter(|e| !e.removed)
-            .map(|e| RingNode {
-                id: e.id,
-                join_seq: e.join_seq,
-                gossip_addr: e.gossip_addr,
-                http_addr: e.http_addr.clone(),
+            .map(|e| RingSlot {
+                node: RingNode {
+                    id: e.id,
+                    join_seq: e.join_seq,
+                    gossip_addr: e.gossip_addr,
+                    http_addr: e.http_addr.clone(),
+                },
+                removed: e.removed,
             })
             .collect();
-        nodes.sort_by_key(|n| (n.join_seq, n.id));
-        let removed = self
-            .entries
-            .values()
-            .filter(|e| e.removed)
-            .map(|e| e.id)
-            .collect();
-        Ring { nodes, removed }
+        slots.sort_by_key(|s| (s.node.join_seq, s.node.id));
+        Ring::from_slots(slots)
     }
 
     /// Reads `<data_dir>/ring.json`; empty when there is none.
@@ -265,7 +263,7 @@ impl RingState {
 }
 
 /// One node in the join order.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RingNode {
     pub id: NodeId,
     pub join_seq: u64,
@@ -273,17 +271,64 @@ pub struct RingNode {
     pub http_addr: String,
 }
 
+/// One slot of the numbering jump hash uses: a node, live or removed (a tombstone).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RingSlot {
+    pub node: RingNode,
+    pub removed: bool,
+}
+
 /// An immutable snapshot of the join order: what placement runs on.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Ring {
+    /// Every placed node, removed ones included: jump-hash bucket i is `slots[i]`.
+    slots: Vec<RingSlot>,
+    /// The live slots' nodes, in the same order.
     nodes: Vec<RingNode>,
     removed: Vec<NodeId>,
 }
 
 impl Ring {
-    /// Nodes sorted by (join sequence, id): jump-hash bucket i is `nodes_in_join_order()[i]`.
+    /// A ring from its slots, already in join order (as `slots()` gave them).
+    pub fn from_slots(slots: Vec<RingSlot>) -> Ring {
+        let nodes = slots
+            .iter()
+            .filter(|s| !s.removed)
+            .map(|s| s.node.clone())
+            .collect();
+        let removed = slots
+            .iter()
+            .filter(|s| s.removed)
+            .map(|s| s.node.id)
+            .collect();
+        Ring {
+            slots,
+            nodes,
+            removed,
+        }
+    }
+
+    /// True when both rings place every key the same way: the same slots in the same
+    /// order with the same tombstones (addresses may differ).
+    pub fn same_placement(&self, other: &Ring) -> bool {
+        self.slots.len() == other.slots.len()
+            && self
+                .slots
+                .iter()
+                .zip(&other.slots)
+                .all(|(a, b)| a.node.id == b.node.id && a.removed == b.removed)
+    }
+
+    /// The live nodes sorted by (join sequence, id). Not the jump-hash numbering once a
+    /// node was removed: that is `slots()`.
     pub fn nodes_in_join_order(&self) -> &[RingNode] {
         &self.nodes
+    }
+
+    /// Every placed node sorted by (join sequence, id), removed ones kept as tombstones:
+    /// jump-hash bucket i is `slots()[i]` (ADR 0015).
+    pub fn slots(&self) -> &[RingSlot] {
+        &self.slots
     }
 
     /// Nodes removed for good (tombstones).
@@ -291,6 +336,7 @@ impl Ring {
         &self.removed
     }
 
+    /// Live nodes.
     pub fn len(&self) -> usize {
         self.nodes.len()
     }
@@ -299,29 +345,35 @@ impl Ring {
         self.nodes.is_empty()
     }
 
-    /// The bucket of a node, if it is in the ring.
+    /// The slot (jump-hash bucket) of a node, live or removed, if it was ever placed.
     pub fn position(&self, id: NodeId) -> Option<usize> {
-        self.nodes.iter().position(|n| n.id == id)
+        self.slots.iter().position(|s| s.node.id == id)
+    }
+
+    /// A live node by id.
+    pub fn node(&self, id: NodeId) -> Option<&RingNode> {
+        self.nodes.iter().find(|n| n.id == id)
     }
 
     /// The nodes that own a series with this partition key, replica 0 first:
-    /// `min(3, len)` distinct nodes, none when the ring is empty.
+    /// `min(3, live nodes)` distinct live nodes, none when no node is live.
     pub fn owners(&self, partition_key: u64) -> Vec<NodeId> {
         self.owner_positions(partition_key)
             .into_iter()
-            .map(|i| self.nodes[i].id)
+            .map(|i| self.slots[i].node.id)
             .collect()
     }
 
-    /// Like `owners`, as positions into `nodes_in_join_order()`.
+    /// Like `owners`, as positions into `slots()`.
     pub fn owner_positions(&self, partition_key: u64) -> Vec<usize> {
         if self.nodes.is_empty() {
             return Vec::new();
         }
-        placement::owners(
+        placement::owners_among_slots(
             partition_key,
-            self.nodes.len(),
+            self.slots.len(),
             placement::REPLICATION_FACTOR,
+            |i| self.slots[i].removed,
         )
     }
 }
@@ -441,6 +493,14 @@ mod tests {
         assert!(!s.remove(NodeId(42)));
         assert_eq!(order(&s), vec![1, 2]);
         assert_eq!(s.ring().removed(), &[NodeId(3)]);
+        // Its slot stays in the numbering, as a tombstone.
+        let slots: Vec<(u128, bool)> = s
+            .ring()
+            .slots()
+            .iter()
+            .map(|t| (t.node.id.0, t.removed))
+            .collect();
+        assert_eq!(slots, vec![(1, false), (2, false), (3, true)]);
         // A stale live record cannot resurrect it.
         assert!(!s.merge_entry(entry(3, 2)));
         assert_eq!(order(&s), vec![1, 2]);
@@ -469,7 +529,7 @@ mod tests {
             placement::owners(0x6dd8_60b3_99b2_5020, 4, placement::REPLICATION_FACTOR)
         );
         for (p, id) in positions.iter().zip(&owners) {
-            assert_eq!(ring.nodes_in_join_order()[*p].id, *id);
+            assert_eq!(ring.slots()[*p].node.id, *id);
         }
     }
 
@@ -486,6 +546,116 @@ mod tests {
         assert_eq!(
             RingState::load(dir.path()).unwrap_err().kind(),
             io::ErrorKind::InvalidData
+        );
+    }
+
+    fn ring_of(n: u128) -> RingState {
+        (1..=n)
+            .map(|i| entry(i, i as u64))
+            .collect::<Vec<_>>()
+            .into()
+    }
+
+    fn key(i: u64) -> u64 {
+        i.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ 0x5bd1_e995
+    }
+
+    #[test]
+    fn removing_any_node_moves_only_its_replicas_spread_over_the_survivors() {
+        const KEYS: u64 = 20_000;
+        for n in 4..=8u128 {
+            for victim in 1..=n {
+                let before = ring_of(n).ring();
+                let mut state = ring_of(n);
+                assert!(state.remove(NodeId(victim)));
+                let after = state.ring();
+                let mut share = 0usize;
+                let mut received = BTreeMap::<NodeId, usize>::new();
+                for k in (0..KEYS).map(key) {
+                    let old = before.owners(k);
+                    let new = after.owners(k);
+                    assert_eq!(new.len(), 3, "{n} nodes, {victim} removed");
+                    assert!(!new.contains(&NodeId(victim)));
+                    let mut distinct = new.clone();
+                    distinct.sort_unstable();
+                    distinct.dedup();
+                    assert_eq!(distinct.len(), 3, "distinct owners");
+                    let gained: Vec<NodeId> =
+                        new.iter().copied().filter(|o| !old.contains(o)).collect();
+                    if old.contains(&NodeId(victim)) {
+                        share += 1;
+                        // Exactly one new owner takes the removed node's replica.
+                        assert_eq!(gained.len(), 1, "key {k:#x}: {old:?} -> {new:?}");
+                        *received.entry(gained[0]).or_default() += 1;
+                    } else {
+                        assert_eq!(old, new, "key {k:#x} moved without cause");
+                    }
+                }
+                let moved: usize = received.values().sum();
+                assert_eq!(moved, share);
+                // Spread over the survivors: each takes about its fair part.
+                let fair = share as f64 / (n - 1) as f64;
+                assert_eq!(received.len() as u128, n - 1, "every survivor takes some");
+                for (node, got) in &received {
+                    assert!(
+                        (*got as f64 - fair).abs() <= 0.25 * fair,
+                        "{n} nodes, {victim} removed: {node} took {got}, fair {fair:.0}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn removals_then_a_join_keep_the_numbering_and_append() {
+        let mut s = ring_of(6);
+        s.remove(NodeId(2));
+        s.remove(NodeId(5));
+        let before = s.ring();
+        assert_eq!(before.len(), 4);
+        assert_eq!(before.slots().len(), 6);
+        assert_eq!(
+            before.position(NodeId(3)),
+            Some(2),
+            "later nodes keep their bucket"
+        );
+        s.merge_entry(entry(7, s.next_join_seq()));
+        let after = s.ring();
+        assert_eq!(after.position(NodeId(7)), Some(6));
+        let mut extra_moves = 0;
+        for k in (0..10_000).map(key) {
+            let old = before.owners(k);
+            let new = after.owners(k);
+            let gained: Vec<&NodeId> = new.iter().filter(|o| !old.contains(o)).collect();
+            // Keys move to the new node; when a later replica's probe also lands on it
+            // (probability about 1/N^2, as without tombstones, ADR 0004) that replica
+            // probes on to an old node: one extra move, never without the new node.
+            if !gained.is_empty() {
+                assert!(gained.contains(&&NodeId(7)), "{k:#x}: {old:?} -> {new:?}");
+                extra_moves += gained.len() - 1;
+            }
+            assert!(!new.contains(&NodeId(2)) && !new.contains(&NodeId(5)));
+        }
+        assert!(
+            extra_moves < 200,
+            "{extra_moves} extra moves in 10,000 keys"
+        );
+        // Down to fewer live nodes than replicas: every live node owns every key.
+        for id in [1, 3, 4] {
+            s.remove(NodeId(id));
+        }
+        let two = s.ring();
+        assert_eq!(two.len(), 2);
+        for k in (0..1000).map(key) {
+            let mut o = two.owners(k);
+            o.sort_unstable();
+            assert_eq!(o, vec![NodeId(6), NodeId(7)]);
+        }
+        s.remove(NodeId(6));
+        s.remove(NodeId(7));
+        assert!(
+            s.ring().owners(key(1)).is_empty(),
+            "no live node owns nothing"
         );
     }
 }
