@@ -13,6 +13,7 @@ use clap::Parser;
 use crate::cluster::membership::MembershipConfig;
 use crate::fanout::FanoutOptions;
 use crate::promql::EngineOptions;
+use crate::replication::rereplicate::RepairConfig;
 use crate::storage::{Clock, TimeBounds, CLOCK_SKEW_ALLOWANCE_MS};
 use crate::telemetry::LogFormat;
 use crate::tsdb::TsdbOptions;
@@ -112,6 +113,11 @@ pub struct Config {
     /// Queries evaluated at once; more wait.
     #[arg(long, env = "TIMBALA_QUERY_MAX_CONCURRENCY", default_value = "20")]
     pub query_max_concurrency: usize,
+
+    /// Bytes per second a node sends when copying series to new owners after a node was
+    /// removed or joined (re-replication); 0 = unthrottled.
+    #[arg(long, env = "TIMBALA_REPAIR_RATE_LIMIT", default_value = "16MiB", value_parser = parse_bytes)]
+    pub repair_rate_limit: u64,
 
     /// How far back an instant selector looks for a sample.
     #[arg(long, env = "TIMBALA_QUERY_LOOKBACK_DELTA", default_value = "5m", value_parser = parse_duration)]
@@ -259,6 +265,20 @@ impl Config {
         mc
     }
 
+    /// Re-replication settings of this node.
+    pub fn repair_config(&self) -> RepairConfig {
+        RepairConfig {
+            data_dir: self.data_directory.clone(),
+            rate_limit_bytes: self.repair_rate_limit,
+            // Ring changes reach every node within a few gossip rounds, and a forward
+            // gives up after 5 s: past this, new writes go by the new ring everywhere.
+            grace: match self.gossip_profile {
+                GossipProfile::Lan => Duration::from_secs(10),
+                GossipProfile::Fast => Duration::from_secs(6),
+            },
+        }
+    }
+
     /// Rejects combinations that parse but cannot work.
     pub fn validate(&self) -> Result<(), String> {
         if self.block_duration < Duration::from_secs(60) {
@@ -300,6 +320,7 @@ impl Config {
                 self.query_max_concurrency.to_string(),
             ),
             ("query-lookback-delta", d(self.query_lookback_delta)),
+            ("repair-rate-limit", self.repair_rate_limit.to_string()),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_string(), v))

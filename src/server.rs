@@ -20,6 +20,7 @@ use crate::fanout::{FanoutMetrics, FanoutStorage, Split};
 use crate::peer::{PeerClient, PeerMetrics};
 use crate::promql::Engine;
 use crate::replication::hints::{HandoffMetrics, HintStore};
+use crate::replication::rereplicate::{RepairMetrics, RepairProgress, Repairer};
 use crate::replication::{handoff, ReplicatingStorage};
 use crate::storage::Storage;
 use crate::telemetry::{self, http::HttpMetrics};
@@ -38,6 +39,7 @@ pub async fn run(config: Config) -> Result<(), String> {
     let peer_metrics = PeerMetrics::register(&mut registry);
     let handoff_metrics = HandoffMetrics::register(&mut registry);
     let fanout_metrics = FanoutMetrics::register(&mut registry);
+    let repair_metrics = RepairMetrics::register(&mut registry);
 
     let info = ServerInfo {
         start_time: SystemTime::now(),
@@ -94,7 +96,17 @@ pub async fn run(config: Config) -> Result<(), String> {
         config.fanout_options(),
         fanout_metrics,
     );
-    let handoff_task = handoff::spawn(hints.clone(), membership.clone(), client);
+    let handoff_task = handoff::spawn(hints.clone(), membership.clone(), client.clone());
+    let repair = Arc::new(RepairProgress::default());
+    let repair_task = Repairer {
+        config: config.repair_config(),
+        local: Arc::new(tsdb.clone()),
+        membership: membership.clone(),
+        client,
+        metrics: repair_metrics,
+        progress: repair.clone(),
+    }
+    .spawn();
     state.set_ready(NodeServices {
         storage: Arc::new(Split {
             writes: Arc::new(writes),
@@ -104,6 +116,7 @@ pub async fn run(config: Config) -> Result<(), String> {
         cluster: ClusterServices {
             membership: membership.clone(),
             hints,
+            repair,
         },
     });
     tracing::info!(dir = %config.data_directory.display(), "storage open; node ready");
@@ -115,6 +128,7 @@ pub async fn run(config: Config) -> Result<(), String> {
         tracing::warn!(error = %e, "membership task failed");
     }
     handoff_task.abort();
+    repair_task.abort();
     tracing::info!("shutting down: draining HTTP requests");
     let _ = shutdown_tx.send(true);
     match server.await {

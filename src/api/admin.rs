@@ -1,9 +1,10 @@
-//! TSDB admin endpoints and the metadata API, in Prometheus's shapes.
+//! Admin endpoints (TSDB in Prometheus's shapes, cluster) and the metadata API.
 //!
-//! Owns: `POST|PUT /api/v1/admin/tsdb/{delete_series,clean_tombstones,snapshot}` and
+//! Owns: `POST|PUT /api/v1/admin/tsdb/{delete_series,clean_tombstones,snapshot}`,
+//! `POST /api/v1/admin/cluster/remove` (removal of a node for good, ADR 0015) and
 //! `GET /api/v1/metadata`. Parameters (query string and form body) and `match[]`
 //! selectors are read with `params`. Calls the local `tsdb` (on blocking threads: these
-//! do disk work) and `storage` for metadata.
+//! do disk work), `storage` for metadata, and the membership handle for removal.
 //!
 //! Unlike Prometheus, the admin API is always on (there is no `--web.enable-admin-api`).
 
@@ -20,6 +21,7 @@ use super::params::{
     invalid_param, parse_match_params, time_param, FormParams, MAX_TIME_MS, MIN_TIME_MS,
 };
 use super::{success, ApiError, AppState};
+use crate::cluster::membership::MemberState;
 use crate::timeutil::civil_from_days;
 
 pub fn routes() -> Router<AppState> {
@@ -33,6 +35,7 @@ pub fn routes() -> Router<AppState> {
             post(clean_tombstones).put(clean_tombstones),
         )
         .route("/api/v1/admin/tsdb/snapshot", post(snapshot).put(snapshot))
+        .route("/api/v1/admin/cluster/remove", post(remove_node))
         .route("/api/v1/metadata", get(metadata).post(metadata))
 }
 
@@ -80,11 +83,7 @@ struct SnapshotName {
 
 async fn snapshot(State(state): State<AppState>, params: FormParams) -> Result<Response, ApiError> {
     let tsdb = state.services()?.tsdb.clone();
-    let skip_head = match params.value("skip_head") {
-        "" => false,
-        v => parse_bool(v)
-            .ok_or_else(|| invalid_param("skip_head", format!("unable to parse boolean: {v:?}")))?,
-    };
+    let skip_head = bool_param(&params, "skip_head")?;
     let name = snapshot_name(std::time::SystemTime::now(), random_u63());
     let dir = std::path::Path::new(&state.info().data_dir)
         .join("snapshots")
@@ -95,6 +94,90 @@ async fn snapshot(State(state): State<AppState>, params: FormParams) -> Result<R
     })
     .await?;
     Ok(success(SnapshotName { name }, &[], &[]))
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Removal {
+    node: String,
+    gossip_addr: String,
+    /// False when the node had been removed already (the call is idempotent).
+    removed_now: bool,
+}
+
+/// Marks a node removed for good (`node=<id or gossip address>`, `force=true` to remove
+/// one this node sees alive). The tombstone spreads by ring sync; the node's slot stays
+/// in the numbering, so only its replicas move, and re-replication copies them.
+async fn remove_node(
+    State(state): State<AppState>,
+    params: FormParams,
+) -> Result<Response, ApiError> {
+    let membership = &state.services()?.cluster.membership;
+    let wanted = params.value("node").trim();
+    if wanted.is_empty() {
+        return Err(ApiError::bad_data("no node parameter provided"));
+    }
+    let force = bool_param(&params, "force")?;
+    let view = membership.view();
+    let ring = &view.ring;
+    let matching: Vec<_> = ring
+        .slots()
+        .iter()
+        .filter(|s| s.node.id.to_string() == wanted || s.node.gossip_addr.to_string() == wanted)
+        .collect();
+    // A gossip address may name a removed node and the live node that took its place.
+    let slot = matching
+        .iter()
+        .find(|s| !s.removed)
+        .or(matching.first())
+        .ok_or_else(|| {
+            ApiError::not_found(format!(
+                "unknown node {wanted:?}: not a node id or gossip address in the ring"
+            ))
+        })?;
+    let id = slot.node.id;
+    let answer = |removed_now| {
+        success(
+            Removal {
+                node: id.to_string(),
+                gossip_addr: slot.node.gossip_addr.to_string(),
+                removed_now,
+            },
+            &[],
+            &[],
+        )
+    };
+    if slot.removed {
+        return Ok(answer(false));
+    }
+    if id == view.local.id {
+        return Err(ApiError::conflict(format!(
+            "node {id} is the node answering this request; stop it and ask another member"
+        )));
+    }
+    if ring.len() <= 1 {
+        return Err(ApiError::conflict(format!(
+            "node {id} is the last live node of the cluster"
+        )));
+    }
+    let state_now = view.member(id).map(|m| m.state);
+    if !force && state_now.is_some_and(|s| s != MemberState::Down) {
+        return Err(ApiError::conflict(format!(
+            "node {id} is {} in this node's view; stop it first, or pass force=true",
+            state_now.map_or("unknown", MemberState::label)
+        )));
+    }
+    let removed_now = membership.remove_node(id).await;
+    tracing::warn!(node = %id, force, "node removed from the cluster by an operator");
+    Ok(answer(removed_now))
+}
+
+fn bool_param(params: &FormParams, name: &str) -> Result<bool, ApiError> {
+    match params.value(name) {
+        "" => Ok(false),
+        v => parse_bool(v)
+            .ok_or_else(|| invalid_param(name, format!("unable to parse boolean: {v:?}"))),
+    }
 }
 
 #[derive(Serialize, PartialEq, Eq, PartialOrd, Ord)]

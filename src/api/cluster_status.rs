@@ -1,10 +1,11 @@
-//! `GET /api/v1/status/cluster`: members, join order, key-space share and handoff backlog.
+//! `GET /api/v1/status/cluster`: members, join order (with removed nodes' tombstoned
+//! slots), key-space share, handoff backlog and this node's re-replication progress.
 //!
 //! Owns: the JSON shape of the cluster status. The share a node owns is measured by
 //! running 10,000 fixed pseudo-random partition keys through placement: the fraction of
 //! keys of which the node is one of the owners (so shares add up to the replication
 //! factor, 3, with three or more nodes). Calls the membership view, `placement` through
-//! the ring, and the hint store.
+//! the ring, the hint store and the re-replication progress.
 
 use axum::extract::State;
 use axum::response::Response;
@@ -14,6 +15,7 @@ use serde::Serialize;
 
 use super::{success, ApiError, AppState};
 use crate::cluster::ring::Ring;
+use crate::replication::rereplicate::RepairStatus;
 
 const SHARE_SAMPLE_KEYS: u64 = 10_000;
 
@@ -28,7 +30,18 @@ struct ClusterStatus {
     members: Vec<MemberStatus>,
     /// Node ids in join order: jump-hash bucket i is `joinOrder[i]`.
     join_order: Vec<String>,
+    /// Every slot jump hash numbers, removed nodes included (ADR 0015).
+    slots: Vec<SlotStatus>,
     handoff_backlog: Vec<BacklogStatus>,
+    /// This node's re-replication: series and bytes to go, done, rate, time left.
+    repair: RepairStatus,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct SlotStatus {
+    id: String,
+    removed: bool,
 }
 
 #[derive(Serialize)]
@@ -76,6 +89,15 @@ async fn cluster_status(State(state): State<AppState>) -> Result<Response, ApiEr
             .iter()
             .map(|n| n.id.to_string())
             .collect(),
+        slots: view
+            .ring
+            .slots()
+            .iter()
+            .map(|s| SlotStatus {
+                id: s.node.id.to_string(),
+                removed: s.removed,
+            })
+            .collect(),
         handoff_backlog: cluster
             .hints
             .backlog()
@@ -86,13 +108,15 @@ async fn cluster_status(State(state): State<AppState>) -> Result<Response, ApiEr
                 bytes: b.bytes,
             })
             .collect(),
+        repair: cluster.repair.status(),
     };
     Ok(success(body, &[], &[]))
 }
 
-/// Per ring position, the fraction of sampled keys it owns a replica of.
+/// Per ring slot (removed nodes included, at 0), the fraction of sampled keys it owns a
+/// replica of.
 fn key_shares(ring: &Ring) -> Vec<f64> {
-    let mut owned = vec![0u64; ring.len()];
+    let mut owned = vec![0u64; ring.slots().len()];
     let mut state = 0x9e37_79b9_7f4a_7c15u64;
     for _ in 0..SHARE_SAMPLE_KEYS {
         let key = splitmix64(&mut state);

@@ -32,6 +32,7 @@ use crate::cluster::membership::MembershipHandle;
 use crate::ingest::IngestMetrics;
 use crate::promql::Engine;
 use crate::replication::hints::HintStore;
+use crate::replication::rereplicate::RepairProgress;
 use crate::storage::{Storage, TimeBounds};
 use crate::tsdb::Tsdb;
 
@@ -45,10 +46,12 @@ pub struct NodeServices {
     pub cluster: ClusterServices,
 }
 
-/// What the cluster status endpoint reads.
+/// What the cluster status and cluster admin endpoints read.
 pub struct ClusterServices {
     pub membership: MembershipHandle,
     pub hints: Arc<HintStore>,
+    /// Re-replication progress of this node.
+    pub repair: Arc<RepairProgress>,
 }
 
 /// Static facts about this process for the status endpoints.
@@ -167,6 +170,15 @@ impl ApiError {
 
     pub fn internal(message: impl Into<String>) -> Self {
         Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", message)
+    }
+
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, "not_found", message)
+    }
+
+    /// The request is well-formed but the cluster's state forbids it (409).
+    pub fn conflict(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::CONFLICT, "bad_data", message)
     }
 
     pub fn unavailable(message: impl Into<String>) -> Self {

@@ -4,7 +4,8 @@
 //! ring), appending the local share to the local TSDB, forwarding the other owners'
 //! shares to their `POST /internal/v1/write` over persistent connections, and hinted
 //! handoff (`hints`: a durable queue per owner that was down or failed; `handoff`: the
-//! task that replays it when gossip shows the owner alive). The acknowledgement rule is
+//! task that replays it when gossip shows the owner alive), and re-replication
+//! (`rereplicate`: after a ring change, copying series to the owners they gained). The acknowledgement rule is
 //! ADR 0006: a batch is acknowledged once every series has a durable copy, or a durable
 //! hint, for each of its owners; otherwise the write fails with a storage error (5xx).
 //!
@@ -14,6 +15,7 @@
 
 pub mod handoff;
 pub mod hints;
+pub mod rereplicate;
 
 use std::collections::HashMap;
 use std::sync::Arc;
