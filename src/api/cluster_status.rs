@@ -108,7 +108,7 @@ async fn cluster_status(State(state): State<AppState>) -> Result<Response, ApiEr
                 bytes: b.bytes,
             })
             .collect(),
-        repair: cluster.repair.status(),
+        repair: cluster.repair.status(&view.ring),
     };
     Ok(success(body, &[], &[]))
 }

@@ -140,14 +140,20 @@ pub struct RepairStatus {
 pub struct RepairProgress {
     status: Mutex<RepairStatus>,
     started: Mutex<Option<Instant>>,
+    /// The ring the last finished pass ran for; `None` before the task has one.
+    base: Mutex<Option<Ring>>,
 }
 
 impl RepairProgress {
-    /// A snapshot with rate and time left computed now.
-    pub fn status(&self) -> RepairStatus {
+    /// A snapshot with rate and time left computed now. `idle` only when the last
+    /// finished pass ran for a ring that places keys as `current` does; else `waiting`.
+    pub fn status(&self, current: &Ring) -> RepairStatus {
         let mut s = lock(&self.status).clone();
-        if s.state.is_empty() {
-            s.state = "idle";
+        if s.state.is_empty() || s.state == "idle" {
+            let caught_up = lock(&self.base)
+                .as_ref()
+                .is_some_and(|b| b.same_placement(current));
+            s.state = if caught_up { "idle" } else { "waiting" };
         }
         s.series_to_go = s.series_total.saturating_sub(s.series_done);
         if s.series_done > 0 {
@@ -176,6 +182,10 @@ impl RepairProgress {
                 ..RepairStatus::default()
             }
         });
+    }
+
+    fn set_base(&self, ring: &Ring) {
+        *lock(&self.base) = Some(ring.clone());
     }
 
     fn finish(&self) {
@@ -287,6 +297,7 @@ impl Repairer {
                 return;
             }
         };
+        self.progress.set_base(&base);
         loop {
             if base.same_placement(&self.membership.ring()) {
                 if views.changed().await.is_err() {
@@ -300,6 +311,7 @@ impl Repairer {
             match self.pass(&base, &target, &mut views).await {
                 Ok(()) => {
                     self.store_base(&target);
+                    self.progress.set_base(&target);
                     base = target;
                     self.metrics.passes.inc();
                     self.progress.finish();
@@ -692,16 +704,22 @@ mod tests {
     #[test]
     fn progress_estimates_what_is_left() {
         let p = RepairProgress::default();
-        assert_eq!(p.status().state, "idle");
+        let ring = Ring::default();
+        assert_eq!(p.status(&ring).state, "waiting", "no base yet");
+        p.set_base(&ring);
+        assert_eq!(p.status(&ring).state, "idle");
         p.begin(10);
         p.update(|s| {
             s.series_done = 4;
             s.bytes_done = 400;
         });
-        let s = p.status();
+        let s = p.status(&ring);
         assert_eq!((s.series_to_go, s.bytes_to_go), (6, 600));
         assert!(s.estimated_seconds_left.is_some());
         p.finish();
-        assert_eq!(p.status().state, "idle");
+        assert_eq!(p.status(&ring).state, "idle");
+        let mut moved = RingState::default();
+        moved.merge_entry(RingEntry::from_identity(&identity(1)).expect("placed"));
+        assert_eq!(p.status(&moved.ring()).state, "waiting", "ring moved on");
     }
 }
