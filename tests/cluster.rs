@@ -57,18 +57,7 @@ fn try_write_series(
     range: std::ops::Range<usize>,
     t: i64,
 ) -> Result<(u16, String), String> {
-    let body = proto::encode_snappy(&write_request(name, range, t));
-    try_post(
-        &node.url("/api/v1/write"),
-        &[
-            ("Content-Type", "application/x-protobuf"),
-            ("Content-Encoding", "snappy"),
-            ("X-Prometheus-Remote-Write-Version", "0.1.0"),
-        ],
-        &body,
-    )
-    .map(|(code, body)| (code, String::from_utf8_lossy(&body).into_owned()))
-    .map_err(|e| e.to_string())
+    try_remote_write(node, &write_request(name, range, t))
 }
 
 /// Owner ids of a series, by placement over the join order.

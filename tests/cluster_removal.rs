@@ -65,18 +65,7 @@ fn write_request(range: std::ops::Range<usize>, times: &[i64]) -> proto::WriteRe
 }
 
 fn write(node: &Node, range: std::ops::Range<usize>, times: &[i64]) -> Result<u16, String> {
-    let body = proto::encode_snappy(&write_request(range, times));
-    try_post(
-        &node.url("/api/v1/write"),
-        &[
-            ("Content-Type", "application/x-protobuf"),
-            ("Content-Encoding", "snappy"),
-            ("X-Prometheus-Remote-Write-Version", "0.1.0"),
-        ],
-        &body,
-    )
-    .map(|(code, _)| code)
-    .map_err(|e| e.to_string())
+    try_remote_write(node, &write_request(range, times)).map(|(code, _)| code)
 }
 
 fn remove(node: &Node, form: &[(&str, &str)]) -> (u16, serde_json::Value) {

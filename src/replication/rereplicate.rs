@@ -156,8 +156,8 @@ impl RepairProgress {
             s.state = if caught_up { "idle" } else { "waiting" };
         }
         s.series_to_go = s.series_total.saturating_sub(s.series_done);
-        if s.series_done > 0 {
-            s.bytes_to_go = s.bytes_done / s.series_done * s.series_to_go;
+        if let Some(per_series) = s.bytes_done.checked_div(s.series_done) {
+            s.bytes_to_go = per_series * s.series_to_go;
         }
         if let Some(started) = *lock(&self.started) {
             let secs = started.elapsed().as_secs_f64();

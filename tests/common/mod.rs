@@ -215,8 +215,13 @@ pub fn post_form(url: &str, form: &[(&str, &str)]) -> (u16, String) {
 
 /// Sends a remote-write 1.0 request the way Prometheus does; returns status and text.
 pub fn remote_write(node: &Node, req: &proto::WriteRequest) -> (u16, String) {
+    try_remote_write(node, req).unwrap_or_else(|e| panic!("POST to {}: {e}", node.http_addr))
+}
+
+/// Like `remote_write`, with transport errors returned instead of panicking.
+pub fn try_remote_write(node: &Node, req: &proto::WriteRequest) -> Result<(u16, String), String> {
     let body = proto::encode_snappy(req);
-    let (status, body) = post(
+    try_post(
         &node.url("/api/v1/write"),
         &[
             ("Content-Type", "application/x-protobuf"),
@@ -224,8 +229,9 @@ pub fn remote_write(node: &Node, req: &proto::WriteRequest) -> (u16, String) {
             ("X-Prometheus-Remote-Write-Version", "0.1.0"),
         ],
         &body,
-    );
-    (status, String::from_utf8_lossy(&body).into_owned())
+    )
+    .map(|(code, body)| (code, String::from_utf8_lossy(&body).into_owned()))
+    .map_err(|e| e.to_string())
 }
 
 /// Builds one remote-write series from label pairs and (timestamp ms, value) samples.
