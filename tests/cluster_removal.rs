@@ -145,6 +145,12 @@ fn remove_and_heal(n: usize, victim_slot: usize) {
         .iter()
         .map(|c| seen(&c.node).expect("status").0)
         .collect();
+    // Settled: every node finished the passes of the joins (nothing to send, no data
+    // yet), so all repair from the same base ring (ADR 0015, consequences).
+    let all: Vec<&Node> = cluster.iter().map(|c| &c.node).collect();
+    wait_until("join passes idle", Duration::from_secs(60), || {
+        repair_idle(&all)
+    });
     let victim_id = order[victim_slot].clone();
     let victim = ids.iter().position(|id| *id == victim_id).expect("victim");
     let survivors: Vec<usize> = (0..n).filter(|&i| i != victim).collect();
@@ -244,7 +250,8 @@ fn remove_and_heal(n: usize, victim_slot: usize) {
                 .iter()
                 .map(|n| status(n).map(|s| s["repair"].clone()))
                 .collect();
-            println!("{total} copies; repair {progress:?}");
+            let slots: Vec<_> = live.iter().map(|n| slots_of(n)).collect();
+            println!("{total} copies; repair {progress:?}; slots {slots:?}");
         }
         total == 3 * SERIES
     });
@@ -301,19 +308,8 @@ fn remove_and_heal(n: usize, victim_slot: usize) {
             .count();
     }
     let sent = metric_sum(&live, "timbala_repair_copies_sent_total");
-    for node in &live {
-        let m = get(&node.url("/metrics")).1;
-        let v = |name| metric_value(&m, name).unwrap_or(0.0);
-        println!(
-            "  {}: passes {}, series planned {}, copies sent {}, bytes sent {}",
-            node.http_addr,
-            v("timbala_repair_passes_total"),
-            v("timbala_repair_series_planned_total"),
-            v("timbala_repair_copies_sent_total"),
-            v("timbala_repair_sent_bytes_total"),
-        );
-    }
-    let failed = failures.load(Ordering::Relaxed);
+    print_repair_metrics(&live);
+    let (failed, share, moved, sent) = (failures.load(Ordering::Relaxed), share, moved, sent);
     println!(
         "{n} nodes, slot {victim_slot} removed: moved {moved} series copies, removed node's \
          share {share} ({:.3}x); copies sent by repair {sent}; healed {:?} after removal; \
@@ -332,6 +328,21 @@ fn remove_and_heal(n: usize, victim_slot: usize) {
         "the repair counters count the copies"
     );
     assert_eq!(failed, 0, "writes failed during the removal");
+}
+
+fn print_repair_metrics(nodes: &[&Node]) {
+    for node in nodes {
+        let m = get(&node.url("/metrics")).1;
+        let v = |name| metric_value(&m, name).unwrap_or(0.0);
+        println!(
+            "  {}: passes {}, series planned {}, copies sent {}, bytes sent {}",
+            node.http_addr,
+            v("timbala_repair_passes_total"),
+            v("timbala_repair_series_planned_total"),
+            v("timbala_repair_copies_sent_total"),
+            v("timbala_repair_sent_bytes_total"),
+        );
+    }
 }
 
 #[test]
