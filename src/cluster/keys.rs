@@ -3,8 +3,10 @@
 //! Owns: the key file format (`--cluster-key-file`: base64 keys of 32 bytes, one a line,
 //! the first one primary), the derivation of one independent sub-key per use (gossip
 //! sealing, node-to-node HTTP) from each key, the allowed clock skew, and the
-//! node-to-node HTTP credential (`X-Timbala-Cluster-Auth`: an HMAC-SHA256 over the
-//! method, path, a timestamp and the SHA-256 of the body). Pure apart from `load`, which
+//! node-to-node HTTP credential (`X-Timbala-Cluster-Auth: v1 <unix ms> <tag>,<tag>..`:
+//! one HMAC-SHA256 per configured key over the method, path, the stamp and the SHA-256
+//! of the body, so a receiver that holds any one of the sender's keys accepts it, which
+//! lets keys rotate by rolling restart). Pure apart from `load`, which
 //! reads the file. Called by `membership` (gossip keys), `peer` (signs every internal
 //! request) and `api::internal` (verifies them). Calls RustCrypto's `hmac`/`sha2` and
 //! `base64`.
@@ -160,7 +162,8 @@ impl ClusterKeys {
         &self.keys
     }
 
-    /// The credential header value of an internal request sent at `now_ms`.
+    /// The credential header value of an internal request sent at `now_ms`: one tag
+    /// per configured key, primary first.
     pub fn sign_request(
         &self,
         method: &str,
@@ -169,11 +172,17 @@ impl ClusterKeys {
         now_ms: u64,
     ) -> String {
         let body_hash = Sha256::digest(body);
-        let tag = request_mac(self.primary(), method, path_and_query, now_ms, &body_hash)
-            .finalize()
-            .into_bytes();
-        let tag = base64::engine::general_purpose::STANDARD.encode(tag);
-        format!("{HTTP_CREDENTIAL_VERSION} {now_ms} {tag}")
+        let tags: Vec<String> = self
+            .keys
+            .iter()
+            .map(|key| {
+                let tag = request_mac(key, method, path_and_query, now_ms, &body_hash)
+                    .finalize()
+                    .into_bytes();
+                base64::engine::general_purpose::STANDARD.encode(tag)
+            })
+            .collect();
+        format!("{HTTP_CREDENTIAL_VERSION} {now_ms} {}", tags.join(","))
     }
 
     /// Checks an internal request's credential against every key.
@@ -187,23 +196,29 @@ impl ClusterKeys {
     ) -> Result<(), CredentialError> {
         let header = header.ok_or(CredentialError::Missing)?;
         let mut fields = header.split(' ');
-        let (Some(HTTP_CREDENTIAL_VERSION), Some(stamp), Some(tag), None) =
+        let (Some(HTTP_CREDENTIAL_VERSION), Some(stamp), Some(tags), None) =
             (fields.next(), fields.next(), fields.next(), fields.next())
         else {
             return Err(CredentialError::Malformed);
         };
         let stamp: u64 = stamp.parse().map_err(|_| CredentialError::Malformed)?;
-        let tag = base64::engine::general_purpose::STANDARD
-            .decode(tag)
+        let tags = tags
+            .split(',')
+            .take(MAX_KEYS + 1)
+            .map(|tag| base64::engine::general_purpose::STANDARD.decode(tag))
+            .collect::<Result<Vec<_>, _>>()
             .map_err(|_| CredentialError::Malformed)?;
+        if tags.len() > MAX_KEYS {
+            return Err(CredentialError::Malformed);
+        }
         if !within_skew(stamp, now_ms) {
             return Err(CredentialError::OutsideWindow);
         }
         let body_hash = Sha256::digest(body);
         let valid = self.keys.iter().any(|key| {
-            request_mac(key, method, path_and_query, stamp, &body_hash)
-                .verify_slice(&tag)
-                .is_ok()
+            let expected = request_mac(key, method, path_and_query, stamp, &body_hash);
+            tags.iter()
+                .any(|tag| expected.clone().verify_slice(tag).is_ok())
         });
         if valid {
             Ok(())
@@ -428,18 +443,17 @@ mod tests {
         let now = 1_800_000_000_000u64;
         let signed_old = old.sign_request("POST", "/p", b"", now);
         let signed_new = new_and_old.sign_request("POST", "/p", b"", now);
-        assert!(new_and_old
-            .verify_request(Some(&signed_old), "POST", "/p", b"", now)
-            .is_ok());
-        assert!(old
-            .verify_request(Some(&signed_new), "POST", "/p", b"", now)
-            .is_err());
-        assert!(new
-            .verify_request(Some(&signed_new), "POST", "/p", b"", now)
-            .is_ok());
-        assert!(new
-            .verify_request(Some(&signed_old), "POST", "/p", b"", now)
-            .is_err());
+        let accepts = |receiver: &ClusterKeys, credential: &str| {
+            receiver
+                .verify_request(Some(credential), "POST", "/p", b"", now)
+                .is_ok()
+        };
+        // Mid-rotation every pair that shares a key accepts each other.
+        assert!(accepts(&new_and_old, &signed_old));
+        assert!(accepts(&old, &signed_new));
+        assert!(accepts(&new, &signed_new));
+        // Pairs that share none do not.
+        assert!(!accepts(&new, &signed_old));
         assert_eq!(
             other.verify_request(Some(&signed_new), "POST", "/p", b"", now),
             Err(CredentialError::Invalid)

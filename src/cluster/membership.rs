@@ -892,7 +892,7 @@ impl Runtime {
 
     fn on_datagram(&mut self, received: &[u8], from: SocketAddr) {
         let opened = match &mut self.sealer {
-            Some(sealer) => sealer.open(received, unix_millis_now()).map(Some),
+            Some(sealer) => sealer.open(received, from, unix_millis_now()).map(Some),
             None if received.first() == Some(&SEALED_MARKER) => Err(Rejection::SealedWithoutKey),
             None => Ok(None),
         };
@@ -1098,7 +1098,7 @@ impl Runtime {
                 let mut nonce = [0u8; NONCE_BYTES];
                 rand::RngCore::fill_bytes(&mut self.nonce_rng, &mut nonce);
                 self.seal_buf.clear();
-                sealer.seal(datagram, unix_millis_now(), nonce, &mut self.seal_buf);
+                sealer.seal(datagram, to, unix_millis_now(), nonce, &mut self.seal_buf);
                 &self.seal_buf[..]
             }
             None => datagram,

@@ -3,14 +3,17 @@
 //!
 //! Owns: the sealed frame `[SEALED_MARKER, nonce (24), ciphertext, tag (16)]`, whose
 //! plaintext is `[sender's unix ms (8, LE), inner datagram]` and whose associated data is
-//! the marker byte; XChaCha20-Poly1305 with the primary key's gossip sub-key on the way
-//! out and every configured key on the way in; the replay guard (a stamp outside
+//! the marker byte; XChaCha20-Poly1305 with every configured key's gossip sub-key tried
+//! on the way in, and on the way out the primary key, or for a peer last heard sealing
+//! with another configured key, that key (so a node that already has the next key
+//! still talks to peers that do not yet: rotation by rolling restart); the replay guard (a stamp outside
 //! `MAX_CLOCK_SKEW` is refused, and so is a nonce already seen within that window); and
 //! the reasons a datagram is refused, as metric labels. I/O-free: the caller passes the
 //! clock and the random nonce. Called by `membership`; calls `keys` and RustCrypto's
 //! `chacha20poly1305`.
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 
 use chacha20poly1305::{AeadInOut, Key, KeyInit, Tag, XChaCha20Poly1305, XNonce};
 
@@ -28,6 +31,9 @@ pub const SEAL_OVERHEAD: usize = 1 + NONCE_BYTES + STAMP_BYTES + TAG_BYTES;
 /// members can fill it: at this size, over 8,000 datagrams a second within the window.
 /// A full guard refuses datagrams rather than forgetting nonces still in the window.
 const MAX_REMEMBERED_NONCES: usize = 1 << 19;
+/// Most peers whose key is remembered; past it the memory starts afresh (peers then get
+/// the primary key until they are heard from again).
+const MAX_REMEMBERED_PEERS: usize = 4096;
 
 /// Why a datagram was dropped before being parsed; `label()` is the metric label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -77,6 +83,9 @@ pub struct Sealer {
     /// Primary first.
     ciphers: Vec<XChaCha20Poly1305>,
     guard: ReplayGuard,
+    /// Per peer address, the index of the key its last authenticated datagram opened
+    /// with: the key it is known to hold.
+    peer_keys: HashMap<SocketAddr, usize>,
 }
 
 impl Sealer {
@@ -88,17 +97,27 @@ impl Sealer {
                 .map(|k| XChaCha20Poly1305::new(&Key::from(*k.gossip_key())))
                 .collect(),
             guard: ReplayGuard::default(),
+            peer_keys: HashMap::new(),
         }
     }
 
-    /// Appends the sealed form of `inner`, stamped `now_ms`, to `out`.
-    pub fn seal(&self, inner: &[u8], now_ms: u64, nonce: [u8; NONCE_BYTES], out: &mut Vec<u8>) {
+    /// Appends the sealed form of `inner` for the peer at `to`, stamped `now_ms`, to
+    /// `out`: sealed with the key the peer was last heard using, else the primary.
+    pub fn seal(
+        &self,
+        inner: &[u8],
+        to: SocketAddr,
+        now_ms: u64,
+        nonce: [u8; NONCE_BYTES],
+        out: &mut Vec<u8>,
+    ) {
+        let key = self.peer_keys.get(&to).copied().unwrap_or(0);
         out.push(SEALED_MARKER);
         out.extend_from_slice(&nonce);
         let body_start = out.len();
         out.extend_from_slice(&now_ms.to_le_bytes());
         out.extend_from_slice(inner);
-        let tag = self.ciphers[0]
+        let tag = self.ciphers[key]
             .encrypt_inout_detached(
                 &XNonce::from(nonce),
                 &[SEALED_MARKER],
@@ -109,9 +128,14 @@ impl Sealer {
         out.extend_from_slice(&tag);
     }
 
-    /// Authenticates, decrypts and checks freshness; the inner datagram on success.
-    /// Nothing of a refused datagram is parsed.
-    pub fn open(&mut self, datagram: &[u8], now_ms: u64) -> Result<Vec<u8>, Rejection> {
+    /// Authenticates, decrypts and checks freshness of a datagram from `from`; the inner
+    /// datagram on success. Nothing of a refused datagram is parsed.
+    pub fn open(
+        &mut self,
+        datagram: &[u8],
+        from: SocketAddr,
+        now_ms: u64,
+    ) -> Result<Vec<u8>, Rejection> {
         let rest = match datagram.split_first() {
             Some((&SEALED_MARKER, rest)) => rest,
             _ => return Err(Rejection::Unsealed),
@@ -125,7 +149,7 @@ impl Sealer {
         let tag = Tag::try_from(tag).map_err(|_| Rejection::Truncated)?;
         let xnonce = XNonce::from(nonce);
         let mut plain = Vec::with_capacity(ciphertext.len());
-        let opened = self.ciphers.iter().any(|cipher| {
+        let opened_with = self.ciphers.iter().position(|cipher| {
             plain.clear();
             plain.extend_from_slice(ciphertext);
             cipher
@@ -137,12 +161,16 @@ impl Sealer {
                 )
                 .is_ok()
         });
-        if !opened {
+        let Some(key) = opened_with else {
             return Err(Rejection::Unauthenticated);
-        }
+        };
         let (stamp, inner) = plain.split_at(STAMP_BYTES);
         let stamp = u64::from_le_bytes(stamp.try_into().map_err(|_| Rejection::Truncated)?);
         self.guard.admit(nonce, stamp, now_ms)?;
+        if self.peer_keys.len() >= MAX_REMEMBERED_PEERS && !self.peer_keys.contains_key(&from) {
+            self.peer_keys.clear();
+        }
+        self.peer_keys.insert(from, key);
         Ok(inner.to_vec())
     }
 }
@@ -205,10 +233,24 @@ mod tests {
 
     const NOW: u64 = 1_800_000_000_000;
 
+    fn addr(port: u16) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], port))
+    }
+
+    /// Sealed for a peer this sealer has not heard from.
     fn sealed(sealer: &Sealer, inner: &[u8], at: u64, nonce: u8) -> Vec<u8> {
         let mut out = Vec::new();
-        sealer.seal(inner, at, [nonce; NONCE_BYTES], &mut out);
+        sealer.seal(inner, addr(1), at, [nonce; NONCE_BYTES], &mut out);
         out
+    }
+
+    trait OpenFrom {
+        fn open_at(&mut self, d: &[u8], at: u64) -> Result<Vec<u8>, Rejection>;
+    }
+    impl OpenFrom for Sealer {
+        fn open_at(&mut self, d: &[u8], at: u64) -> Result<Vec<u8>, Rejection> {
+            self.open(d, addr(2), at)
+        }
     }
 
     #[test]
@@ -223,10 +265,10 @@ mod tests {
             !d.windows(8).any(|w| w == b"ring syn"),
             "plaintext visible in the sealed datagram"
         );
-        assert_eq!(receiver.open(&d, NOW + 5), Ok(inner.clone()));
-        assert_eq!(receiver.open(&d, NOW + 6), Err(Rejection::Replayed));
+        assert_eq!(receiver.open_at(&d, NOW + 5), Ok(inner.clone()));
+        assert_eq!(receiver.open_at(&d, NOW + 6), Err(Rejection::Replayed));
         // The sender's own guard is separate: it never saw this nonce.
-        assert_eq!(sender.open(&d, NOW), Ok(inner));
+        assert_eq!(sender.open_at(&d, NOW), Ok(inner));
     }
 
     #[test]
@@ -242,30 +284,30 @@ mod tests {
             } else {
                 Rejection::Unauthenticated
             };
-            assert_eq!(receiver.open(&flipped, NOW), Err(expected), "byte {at}");
+            assert_eq!(receiver.open_at(&flipped, NOW), Err(expected), "byte {at}");
         }
         for len in 0..SEAL_OVERHEAD {
-            let refused = receiver.open(&d[..len], NOW).unwrap_err();
+            let refused = receiver.open_at(&d[..len], NOW).unwrap_err();
             assert!(
                 matches!(refused, Rejection::Truncated | Rejection::Unsealed),
                 "{len}: {refused:?}"
             );
         }
         assert_eq!(
-            receiver.open(&d[..d.len() - 1], NOW),
+            receiver.open_at(&d[..d.len() - 1], NOW),
             Err(Rejection::Unauthenticated)
         );
         assert_eq!(
-            receiver.open(b"\x01\x00plain", NOW),
+            receiver.open_at(b"\x01\x00plain", NOW),
             Err(Rejection::Unsealed)
         );
         let wrong = Sealer::new(&keys(&[[2; 32]]));
         assert_eq!(
-            receiver.open(&sealed(&wrong, b"x", NOW, 3), NOW),
+            receiver.open_at(&sealed(&wrong, b"x", NOW, 3), NOW),
             Err(Rejection::Unauthenticated)
         );
         // None of the refusals used up the genuine datagram's nonce.
-        assert!(receiver.open(&d, NOW).is_ok());
+        assert!(receiver.open_at(&d, NOW).is_ok());
     }
 
     #[test]
@@ -274,18 +316,18 @@ mod tests {
         let mut receiver = Sealer::new(&keys(&[[1; 32]]));
         let skew = MAX_CLOCK_SKEW.as_millis() as u64;
         assert_eq!(
-            receiver.open(&sealed(&sender, b"x", NOW - skew - 1, 4), NOW),
+            receiver.open_at(&sealed(&sender, b"x", NOW - skew - 1, 4), NOW),
             Err(Rejection::OutsideWindow)
         );
         assert_eq!(
-            receiver.open(&sealed(&sender, b"x", NOW + skew + 1, 5), NOW),
+            receiver.open_at(&sealed(&sender, b"x", NOW + skew + 1, 5), NOW),
             Err(Rejection::OutsideWindow)
         );
         assert!(receiver
-            .open(&sealed(&sender, b"x", NOW - skew, 6), NOW)
+            .open_at(&sealed(&sender, b"x", NOW - skew, 6), NOW)
             .is_ok());
         assert!(receiver
-            .open(&sealed(&sender, b"x", NOW + skew, 7), NOW)
+            .open_at(&sealed(&sender, b"x", NOW + skew, 7), NOW)
             .is_ok());
     }
 
@@ -295,15 +337,15 @@ mod tests {
         let mut receiver = Sealer::new(&keys(&[[1; 32]]));
         let skew = MAX_CLOCK_SKEW.as_millis() as u64;
         let d = sealed(&sender, b"x", NOW, 8);
-        assert!(receiver.open(&d, NOW).is_ok());
-        assert_eq!(receiver.open(&d, NOW + skew), Err(Rejection::Replayed));
+        assert!(receiver.open_at(&d, NOW).is_ok());
+        assert_eq!(receiver.open_at(&d, NOW + skew), Err(Rejection::Replayed));
         assert_eq!(
-            receiver.open(&d, NOW + skew + 1),
+            receiver.open_at(&d, NOW + skew + 1),
             Err(Rejection::OutsideWindow)
         );
         // Another datagram later prunes the old nonce.
         assert!(receiver
-            .open(
+            .open_at(
                 &sealed(&sender, b"y", NOW + skew + 2_000, 9),
                 NOW + skew + 2_000
             )
@@ -317,15 +359,15 @@ mod tests {
         let mut both = Sealer::new(&keys(&[[2; 32], [1; 32]]));
         let mut new = Sealer::new(&keys(&[[2; 32]]));
         let mut old_receiver = Sealer::new(&keys(&[[1; 32]]));
-        assert!(both.open(&sealed(&old, b"a", NOW, 10), NOW).is_ok());
+        assert!(both.open_at(&sealed(&old, b"a", NOW, 10), NOW).is_ok());
         let from_both = sealed(&both, b"b", NOW, 11);
-        assert!(new.open(&from_both, NOW).is_ok());
+        assert!(new.open_at(&from_both, NOW).is_ok());
         assert_eq!(
-            old_receiver.open(&from_both, NOW),
+            old_receiver.open_at(&from_both, NOW),
             Err(Rejection::Unauthenticated)
         );
         assert_eq!(
-            new.open(&sealed(&old, b"c", NOW, 12), NOW),
+            new.open_at(&sealed(&old, b"c", NOW, 12), NOW),
             Err(Rejection::Unauthenticated)
         );
     }
@@ -346,7 +388,34 @@ mod tests {
             if let Some(first) = bytes.first_mut() {
                 *first = SEALED_MARKER;
             }
-            assert!(receiver.open(&bytes, NOW).is_err());
+            assert!(receiver.open_at(&bytes, NOW).is_err());
         }
+    }
+
+    #[test]
+    fn a_node_answers_each_peer_with_the_key_that_peer_uses() {
+        // Mid-rotation: `both` already seals with `new`, `old_only` has only `old`.
+        let mut both = Sealer::new(&keys(&[[2; 32], [1; 32]]));
+        let mut old_only = Sealer::new(&keys(&[[1; 32]]));
+        let mut out = Vec::new();
+        both.seal(b"announce", addr(7), NOW, [1; NONCE_BYTES], &mut out);
+        assert_eq!(
+            old_only.open(&out, addr(8), NOW),
+            Err(Rejection::Unauthenticated)
+        );
+        // Once `old_only` has been heard from, `both` answers it with `old`.
+        out.clear();
+        old_only.seal(b"ping", addr(8), NOW, [2; NONCE_BYTES], &mut out);
+        assert!(both.open(&out, addr(7), NOW).is_ok());
+        out.clear();
+        both.seal(b"ack", addr(7), NOW, [3; NONCE_BYTES], &mut out);
+        assert_eq!(old_only.open(&out, addr(8), NOW), Ok(b"ack".to_vec()));
+        // Other peers still get the primary key.
+        out.clear();
+        both.seal(b"x", addr(9), NOW, [4; NONCE_BYTES], &mut out);
+        assert_eq!(
+            old_only.open(&out, addr(8), NOW),
+            Err(Rejection::Unauthenticated)
+        );
     }
 }
