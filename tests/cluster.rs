@@ -24,57 +24,6 @@ fn now_ms() -> i64 {
         .as_millis() as i64
 }
 
-fn status(node: &Node) -> Option<serde_json::Value> {
-    let (code, body) = try_get(&node.url("/api/v1/status/cluster")).ok()?;
-    if code != 200 {
-        return None;
-    }
-    serde_json::from_slice::<serde_json::Value>(&body)
-        .ok()
-        .map(|v| v["data"].clone())
-}
-
-/// (local id, join order, alive member ids) as one node sees the cluster.
-fn seen(node: &Node) -> Option<(String, Vec<String>, BTreeSet<String>)> {
-    let s = status(node)?;
-    let local = s["local"].as_str()?.to_string();
-    let order = s["joinOrder"]
-        .as_array()?
-        .iter()
-        .filter_map(|v| v.as_str().map(String::from))
-        .collect();
-    let alive = s["members"]
-        .as_array()?
-        .iter()
-        .filter(|m| m["state"] == "alive")
-        .filter_map(|m| m["id"].as_str().map(String::from))
-        .collect();
-    Some((local, order, alive))
-}
-
-/// Waits until every node sees `n` alive members and the same join order of `n`.
-/// Returns the join order.
-fn wait_converged(nodes: &[&Node], n: usize, limit: Duration) -> Vec<String> {
-    let deadline = Instant::now() + limit;
-    loop {
-        let views: Vec<_> = nodes.iter().map(|node| seen(node)).collect();
-        if let Some(Some((_, order, _))) = views.first() {
-            let agree = views.iter().all(|v| {
-                v.as_ref()
-                    .is_some_and(|(_, o, alive)| o == order && o.len() == n && alive.len() == n)
-            });
-            if agree {
-                return order.clone();
-            }
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no convergence within {limit:?}: {views:?}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 fn labels_of(name: &str, i: usize) -> Vec<(String, String)> {
     vec![
         ("__name__".to_string(), name.to_string()),

@@ -2,11 +2,13 @@
 //! ports with its own data directory, wait for readiness, and talk HTTP to it.
 #![allow(dead_code)]
 
+use std::collections::BTreeSet;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use timbala::cluster::keys::{unix_millis_now, ClusterKeys, CLUSTER_AUTH_HEADER};
 use timbala::proto;
 
 #[path = "../support/http_client.rs"]
@@ -280,6 +282,25 @@ pub fn read_samples_at(
     start_ms: i64,
     end_ms: i64,
 ) -> Result<Vec<ReadSeries>, String> {
+    read_samples_as(node, None, path, matchers, start_ms, end_ms)
+}
+
+/// The cluster credential header of an internal POST of `body` to `path`.
+pub fn cluster_credential(keys: &ClusterKeys, path: &str, body: &[u8]) -> (String, String) {
+    let value = keys.sign_request("POST", path, body, unix_millis_now());
+    (CLUSTER_AUTH_HEADER.to_string(), value)
+}
+
+/// Like `read_samples_at`, with the cluster credential of `keys` (for
+/// `/internal/v1/read-local` on a node with a cluster key).
+pub fn read_samples_as(
+    node: &Node,
+    keys: Option<&ClusterKeys>,
+    path: &str,
+    matchers: Vec<proto::LabelMatcher>,
+    start_ms: i64,
+    end_ms: i64,
+) -> Result<Vec<ReadSeries>, String> {
     use prost::Message;
     let req = proto::ReadRequest {
         queries: vec![proto::Query {
@@ -290,15 +311,17 @@ pub fn read_samples_at(
         }],
         accepted_response_types: vec![proto::ResponseType::Samples as i32],
     };
-    let (status, body) = post(
-        &node.url(path),
-        &[
-            ("Content-Type", "application/x-protobuf"),
-            ("Content-Encoding", "snappy"),
-            ("X-Prometheus-Remote-Read-Version", "0.1.0"),
-        ],
-        &proto::encode_snappy(&req),
-    );
+    let body = proto::encode_snappy(&req);
+    let credential = keys.map(|k| cluster_credential(k, path, &body));
+    let mut headers = vec![
+        ("Content-Type", "application/x-protobuf"),
+        ("Content-Encoding", "snappy"),
+        ("X-Prometheus-Remote-Read-Version", "0.1.0"),
+    ];
+    if let Some((name, value)) = &credential {
+        headers.push((name.as_str(), value.as_str()));
+    }
+    let (status, body) = post(&node.url(path), &headers, &body);
     if status != 200 {
         return Err(format!(
             "remote read answered {status}: {}",
@@ -439,4 +462,56 @@ pub fn metric_value(exposition: &str, prefix: &str) -> Option<f64> {
         .find(|l| l.starts_with(prefix) && l[prefix.len()..].starts_with([' ', '{']))
         .and_then(|l| l.rsplit(' ').next())
         .and_then(|v| v.parse().ok())
+}
+
+/// The `data` of a node's `/api/v1/status/cluster`, or None while it does not answer.
+pub fn status(node: &Node) -> Option<serde_json::Value> {
+    let (code, body) = try_get(&node.url("/api/v1/status/cluster")).ok()?;
+    if code != 200 {
+        return None;
+    }
+    serde_json::from_slice::<serde_json::Value>(&body)
+        .ok()
+        .map(|v| v["data"].clone())
+}
+
+/// (local id, join order, alive member ids) as one node sees the cluster.
+pub fn seen(node: &Node) -> Option<(String, Vec<String>, BTreeSet<String>)> {
+    let s = status(node)?;
+    let local = s["local"].as_str()?.to_string();
+    let order = s["joinOrder"]
+        .as_array()?
+        .iter()
+        .filter_map(|v| v.as_str().map(String::from))
+        .collect();
+    let alive = s["members"]
+        .as_array()?
+        .iter()
+        .filter(|m| m["state"] == "alive")
+        .filter_map(|m| m["id"].as_str().map(String::from))
+        .collect();
+    Some((local, order, alive))
+}
+
+/// Waits until every node sees `n` alive members and the same join order of `n`.
+/// Returns the join order.
+pub fn wait_converged(nodes: &[&Node], n: usize, limit: Duration) -> Vec<String> {
+    let deadline = Instant::now() + limit;
+    loop {
+        let views: Vec<_> = nodes.iter().map(|node| seen(node)).collect();
+        if let Some(Some((_, order, _))) = views.first() {
+            let agree = views.iter().all(|v| {
+                v.as_ref()
+                    .is_some_and(|(_, o, alive)| o == order && o.len() == n && alive.len() == n)
+            });
+            if agree {
+                return order.clone();
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no convergence within {limit:?}: {views:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
