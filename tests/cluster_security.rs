@@ -698,3 +698,155 @@ fn keys_rotate_by_rolling_restart_without_losing_members_or_writes() {
         }
     }
 }
+
+/// The fenced `sh` blocks of the README section "Securing a cluster", in order.
+fn readme_key_blocks() -> Vec<Vec<String>> {
+    let readme = include_str!("../README.md");
+    let section = readme
+        .split("\n## Securing a cluster\n")
+        .nth(1)
+        .expect("README has a 'Securing a cluster' section");
+    let section = section.split("\n## ").next().unwrap_or(section);
+    let mut blocks = Vec::new();
+    let mut current: Option<Vec<String>> = None;
+    for line in section.lines() {
+        match (&mut current, line.trim()) {
+            (None, "```sh") => current = Some(Vec::new()),
+            (Some(_), "```") => blocks.extend(current.take()),
+            (Some(block), text) => block.push(text.to_string()),
+            (None, _) => {}
+        }
+    }
+    blocks
+}
+
+/// A node the README's own command line started (`sh -c 'exec <line>'`).
+struct ReadmeNode {
+    line: String,
+    child: Option<std::process::Child>,
+    http: String,
+}
+
+impl ReadmeNode {
+    fn start(line: &str, dir: &Path) -> ReadmeNode {
+        let command = line.trim_end_matches('&').trim().to_string();
+        let http = command
+            .split_whitespace()
+            .skip_while(|w| *w != "--http-bind-addr")
+            .nth(1)
+            .expect("--http-bind-addr in the README line")
+            .to_string();
+        let bin_dir = Path::new(env!("CARGO_BIN_EXE_timbala")).parent().unwrap();
+        let path = format!(
+            "{}:{}",
+            bin_dir.display(),
+            std::env::var("PATH").unwrap_or_default()
+        );
+        let child = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "exec {command} --gossip-profile fast --log-level warn"
+            ))
+            .current_dir(dir)
+            .env("PATH", path)
+            .spawn()
+            .expect("start the README's timbala line");
+        let node = ReadmeNode {
+            line: line.to_string(),
+            child: Some(child),
+            http,
+        };
+        Node::handle(&node.http).wait_ready(Duration::from_secs(60));
+        node
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            // SAFETY: plain kill(2) on our own child's pid.
+            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for ReadmeNode {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn run_shell(line: &str, dir: &Path) {
+    let status = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(line)
+        .current_dir(dir)
+        .status()
+        .expect("sh");
+    assert!(status.success(), "README command failed: {line}");
+}
+
+#[test]
+fn the_readme_cluster_key_commands_work_as_written() {
+    let blocks = readme_key_blocks();
+    assert_eq!(blocks.len(), 2, "start and rotation blocks: {blocks:?}");
+    let dir = tempfile::tempdir().unwrap();
+    // Start: commands run as written; `timbala` lines (the extra flags only speed up
+    // gossip and quiet the logs) are started one by one so the test can restart them.
+    let mut nodes = Vec::new();
+    for line in &blocks[0] {
+        if line.starts_with("timbala ") {
+            nodes.push(ReadmeNode::start(line, dir.path()));
+        } else if !line.starts_with('#') && !line.is_empty() {
+            run_shell(line, dir.path());
+        }
+    }
+    assert_eq!(nodes.len(), 3);
+    let key_file = dir.path().join("cluster.key");
+    let original = std::fs::read_to_string(&key_file).unwrap();
+    assert_eq!(ClusterKeys::load(&key_file).unwrap().all().len(), 1);
+    let handles: Vec<Node> = nodes.iter().map(|n| Node::handle(&n.http)).collect();
+    let members: Vec<&Node> = handles.iter().collect();
+    wait_converged(&members, 3, Duration::from_secs(30));
+    let (code, _) = remote_write(
+        &handles[0],
+        &write_request("readme", 0..20, unix_millis_now() as i64),
+    );
+    assert!(code == 200 || code == 204);
+    // Rotation: each "now restart" comment is a rolling restart.
+    let mut rolling_restarts = 0;
+    for line in &blocks[1] {
+        if line.starts_with("# now restart") {
+            for node in nodes.iter_mut() {
+                node.stop();
+                *node = ReadmeNode::start(&node.line.clone(), dir.path());
+                wait_converged(&members, 3, Duration::from_secs(30));
+            }
+            rolling_restarts += 1;
+            let keys = std::fs::read_to_string(&key_file).unwrap();
+            let count = ClusterKeys::load(&key_file).unwrap().all().len();
+            if rolling_restarts == 1 {
+                assert_eq!(count, 2);
+                assert!(keys.ends_with(&original), "old key kept second: {keys}");
+            } else {
+                assert_eq!(count, 1);
+                assert_ne!(keys, original);
+            }
+        } else if !line.starts_with('#') && !line.is_empty() {
+            run_shell(line, dir.path());
+        }
+    }
+    assert_eq!(rolling_restarts, 2);
+    // The cluster still answers with everything written before the rotation.
+    let series = read_samples_at(
+        &handles[2],
+        "/api/v1/read",
+        vec![eq("__name__", "readme")],
+        0,
+        i64::MAX,
+    )
+    .expect("remote read");
+    assert_eq!(series.len(), 20);
+}
