@@ -358,41 +358,13 @@ mod tests {
         let verify = |h: Option<&str>, method: &str, path: &str, body: &[u8], at: u64| {
             keys.verify_request(h, method, path, body, at)
         };
-        assert_eq!(
-            verify(Some(&header), "POST", "/internal/v1/write", &body, now),
-            Ok(())
-        );
+        let at = |when: u64| verify(Some(&header), "POST", "/internal/v1/write", &body, when);
+        assert_eq!(at(now), Ok(()));
         // Clock skew within the window is fine, beyond it is not.
-        assert_eq!(
-            verify(
-                Some(&header),
-                "POST",
-                "/internal/v1/write",
-                &body,
-                now + 59_000
-            ),
-            Ok(())
-        );
-        assert_eq!(
-            verify(
-                Some(&header),
-                "POST",
-                "/internal/v1/write",
-                &body,
-                now + 61_000
-            ),
-            Err(CredentialError::OutsideWindow)
-        );
-        assert_eq!(
-            verify(
-                Some(&header),
-                "POST",
-                "/internal/v1/write",
-                &body,
-                now - 61_000
-            ),
-            Err(CredentialError::OutsideWindow)
-        );
+        assert_eq!(at(now + 59_000), Ok(()));
+        assert_eq!(at(now - 59_000), Ok(()));
+        assert_eq!(at(now + 61_000), Err(CredentialError::OutsideWindow));
+        assert_eq!(at(now - 61_000), Err(CredentialError::OutsideWindow));
         // Another body, path or method: refused.
         assert_eq!(
             verify(Some(&header), "POST", "/internal/v1/write", b"batcH", now),
