@@ -25,8 +25,8 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 use serde::{Deserialize, Serialize};
 
-use crate::cluster::identity::NodeId;
-use crate::cluster::keys::{unix_millis_now, ClusterKeys, CLUSTER_AUTH_HEADER};
+use crate::cluster::identity::{unix_millis, NodeId};
+use crate::cluster::keys::{ClusterKeys, CLUSTER_AUTH_HEADER};
 use crate::model::{MatchOp, Matcher};
 use crate::storage::LabelRequest;
 
@@ -238,7 +238,7 @@ impl PeerClient {
         }
         if let Some(keys) = &self.keys {
             // Signed per attempt, so a retried hint carries a fresh stamp.
-            let credential = keys.sign_request("POST", path, &body, unix_millis_now());
+            let credential = keys.sign_request("POST", path, &body, unix_millis());
             builder = builder.header(CLUSTER_AUTH_HEADER, credential);
         }
         let request = builder

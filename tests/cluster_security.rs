@@ -16,8 +16,8 @@ use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use common::*;
-use timbala::cluster::identity::NodeId;
-use timbala::cluster::keys::{unix_millis_now, ClusterKeys, CLUSTER_AUTH_HEADER};
+use timbala::cluster::identity::{unix_millis, NodeId};
+use timbala::cluster::keys::{ClusterKeys, CLUSTER_AUTH_HEADER};
 use timbala::cluster::membership::{decode_datagram, encode_ring_sync, Datagram};
 use timbala::cluster::ring::{RingEntry, RingState};
 use timbala::cluster::seal::{Sealer, NONCE_BYTES};
@@ -189,7 +189,7 @@ fn nodes_without_the_cluster_key_cannot_join_or_receive_data() {
         assert_eq!(member_ids(rogue).expect("rogue status").len(), 1);
     }
     // Writes through the cluster reach every owner (3 nodes: all) and no rogue.
-    let now = unix_millis_now() as i64;
+    let now = unix_millis() as i64;
     for (i, node) in members.iter().enumerate() {
         let (code, body) =
             remote_write(node, &write_request("secured", i * 100..(i + 1) * 100, now));
@@ -236,7 +236,7 @@ fn harmful_ring_sync((victim, victim_seq): (NodeId, u64)) -> Vec<u8> {
     let phantom = RingEntry {
         id: NodeId(1),
         join_seq: 0,
-        generation: unix_millis_now(),
+        generation: unix_millis(),
         gossip_addr: "127.0.0.1:9".parse().unwrap(),
         http_addr: "127.0.0.1:9".into(),
         removed: false,
@@ -244,7 +244,7 @@ fn harmful_ring_sync((victim, victim_seq): (NodeId, u64)) -> Vec<u8> {
     let tombstone = RingEntry {
         id: victim,
         join_seq: victim_seq,
-        generation: unix_millis_now(),
+        generation: unix_millis(),
         gossip_addr: "127.0.0.1:9".parse().unwrap(),
         http_addr: "127.0.0.1:9".into(),
         removed: true,
@@ -288,7 +288,7 @@ fn forged_replayed_altered_and_wrongly_keyed_datagrams_change_nothing() {
     let harmful = harmful_ring_sync(victim);
     let right = Sealer::new(&keys);
     let wrong = Sealer::new(&ClusterKeys::parse(&new_key()).unwrap());
-    let now = unix_millis_now();
+    let now = unix_millis();
     let mut altered = seal_at(&right, &harmful, now);
     let middle = altered.len() / 2;
     altered[middle] ^= 0x20;
@@ -312,7 +312,7 @@ fn forged_replayed_altered_and_wrongly_keyed_datagrams_change_nothing() {
     // then replay its answer to every node twice.
     let ask = encode_ring_sync(&RingState::default(), true).remove(0);
     socket
-        .send_to(&seal_at(&right, &ask, unix_millis_now()), targets[0])
+        .send_to(&seal_at(&right, &ask, unix_millis()), targets[0])
         .unwrap();
     let mut buf = vec![0u8; 65_536];
     let (len, from) = socket
@@ -322,7 +322,7 @@ fn forged_replayed_altered_and_wrongly_keyed_datagrams_change_nothing() {
     let captured = buf[..len].to_vec();
     let mut opener = Sealer::new(&keys);
     let inner = opener
-        .open(&captured, from, unix_millis_now())
+        .open(&captured, from, unix_millis())
         .expect("a real sealed datagram");
     match decode_datagram(&inner) {
         Ok(Datagram::Ring(sync)) => assert_eq!(sync.entries.len(), 3),
@@ -438,7 +438,7 @@ fn internal_routes_refuse_requests_without_a_valid_cluster_credential() {
         .to_string();
     let node = Node::start(&["--cluster-key-file", &file]);
     let other_keys = ClusterKeys::parse(&new_key()).unwrap();
-    let now = unix_millis_now() as i64;
+    let now = unix_millis() as i64;
     let write_body = proto::encode_snappy(&write_request("forged", 0..5, now));
     let label_body =
         br#"{"matchers":[["__name__","=","forged"]],"mint":0,"maxt":9999999999999,"name":"i"}"#;
@@ -461,7 +461,7 @@ fn internal_routes_refuse_requests_without_a_valid_cluster_credential() {
     let stale = |path: &str, body: &[u8]| {
         (
             CLUSTER_AUTH_HEADER.to_string(),
-            keys.sign_request("POST", path, body, unix_millis_now() - 120_000),
+            keys.sign_request("POST", path, body, unix_millis() - 120_000),
         )
     };
     for (path, body) in routes {
@@ -544,7 +544,7 @@ fn keys_rotate_by_rolling_restart_without_losing_members_or_writes() {
         let stop = stop.clone();
         let addrs = addrs.clone();
         std::thread::spawn(move || {
-            let base = unix_millis_now() as i64;
+            let base = unix_millis() as i64;
             let mut acked = Vec::new();
             let mut batch = 0i64;
             while !stop.load(Ordering::Relaxed) {
@@ -812,7 +812,7 @@ fn the_readme_cluster_key_commands_work_as_written() {
     wait_converged(&members, 3, Duration::from_secs(30));
     let (code, _) = remote_write(
         &handles[0],
-        &write_request("readme", 0..20, unix_millis_now() as i64),
+        &write_request("readme", 0..20, unix_millis() as i64),
     );
     assert!(code == 200 || code == 204);
     // Rotation: each "now restart" comment is a rolling restart.

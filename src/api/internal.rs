@@ -24,8 +24,8 @@ use http_body_util::BodyExt;
 use tracing::Instrument;
 
 use super::{ApiError, AppState};
-use crate::cluster::identity::NodeId;
-use crate::cluster::keys::{unix_millis_now, CredentialError, CLUSTER_AUTH_HEADER};
+use crate::cluster::identity::{unix_millis, NodeId};
+use crate::cluster::keys::{CredentialError, CLUSTER_AUTH_HEADER};
 use crate::fanout::labels_to_pairs;
 use crate::ingest::{self, DecodeLimits};
 use crate::peer::{self, WireLabelRequest};
@@ -84,13 +84,8 @@ pub async fn require_cluster_credential(
         .uri
         .path_and_query()
         .map_or(parts.uri.path(), |p| p.as_str());
-    if let Err(why) = keys.verify_request(
-        header,
-        parts.method.as_str(),
-        path,
-        &body,
-        unix_millis_now(),
-    ) {
+    if let Err(why) = keys.verify_request(header, parts.method.as_str(), path, &body, unix_millis())
+    {
         return refuse(why);
     }
     next.run(Request::from_parts(parts, Body::from(body))).await

@@ -290,13 +290,6 @@ impl fmt::Display for CredentialError {
     }
 }
 
-/// Milliseconds since the Unix epoch (0 if the clock is before it).
-pub fn unix_millis_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -41,8 +41,8 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use crate::cluster::identity::{self, NodeId, NodeIdentity};
-use crate::cluster::keys::{unix_millis_now, ClusterKeys};
+use crate::cluster::identity::{self, unix_millis, NodeId, NodeIdentity};
+use crate::cluster::keys::ClusterKeys;
 use crate::cluster::ring::{Admission, Refusal, Ring, RingEntry, RingNode, RingState};
 use crate::cluster::seal::{Rejection, Sealer, NONCE_BYTES, SEALED_MARKER, SEAL_OVERHEAD};
 
@@ -892,7 +892,7 @@ impl Runtime {
 
     fn on_datagram(&mut self, received: &[u8], from: SocketAddr) {
         let opened = match &mut self.sealer {
-            Some(sealer) => sealer.open(received, from, unix_millis_now()).map(Some),
+            Some(sealer) => sealer.open(received, from, unix_millis()).map(Some),
             None if received.first() == Some(&SEALED_MARKER) => Err(Rejection::SealedWithoutKey),
             None => Ok(None),
         };
@@ -949,7 +949,8 @@ impl Runtime {
     fn learn(&mut self, entries: impl IntoIterator<Item = RingEntry>, source: Source) {
         let placed = self.identity().join_seq.is_some();
         let own = (self.identity().id, self.identity().generation);
-        let now_ms = unix_millis_now();
+        let now_ms = unix_millis();
+        let live: Vec<NodeId> = self.swim.iter_members().map(|m| m.id().id).collect();
         let mut changed = false;
         for entry in entries {
             let authenticated = match source {
@@ -957,7 +958,6 @@ impl Runtime {
                 // SWIM saw this identity itself (and under keys, in a sealed datagram).
                 Source::Swim => true,
             };
-            let live: Vec<NodeId> = self.swim.iter_members().map(|m| m.id().id).collect();
             match self.ring.admit(
                 &entry,
                 own,
@@ -1098,7 +1098,7 @@ impl Runtime {
                 let mut nonce = [0u8; NONCE_BYTES];
                 rand::RngCore::fill_bytes(&mut self.nonce_rng, &mut nonce);
                 self.seal_buf.clear();
-                sealer.seal(datagram, to, unix_millis_now(), nonce, &mut self.seal_buf);
+                sealer.seal(datagram, to, unix_millis(), nonce, &mut self.seal_buf);
                 &self.seal_buf[..]
             }
             None => datagram,

@@ -8,7 +8,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use timbala::cluster::keys::{unix_millis_now, ClusterKeys, CLUSTER_AUTH_HEADER};
+use timbala::cluster::identity::unix_millis;
+use timbala::cluster::keys::{ClusterKeys, CLUSTER_AUTH_HEADER};
 use timbala::proto;
 
 #[path = "../support/http_client.rs"]
@@ -287,7 +288,7 @@ pub fn read_samples_at(
 
 /// The cluster credential header of an internal POST of `body` to `path`.
 pub fn cluster_credential(keys: &ClusterKeys, path: &str, body: &[u8]) -> (String, String) {
-    let value = keys.sign_request("POST", path, body, unix_millis_now());
+    let value = keys.sign_request("POST", path, body, unix_millis());
     (CLUSTER_AUTH_HEADER.to_string(), value)
 }
 
