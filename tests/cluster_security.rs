@@ -612,9 +612,21 @@ fn keys_rotate_by_rolling_restart_without_losing_members_or_writes() {
             member.spawn();
             member.node.wait_ready(Duration::from_secs(60));
             wait_converged(&nodes(&cluster), 3, Duration::from_secs(30));
-            restarts.push((i, began, Instant::now()));
-            // Steady state between restarts, watched by the monitor.
-            std::thread::sleep(Duration::from_secs(1));
+            let ended = Instant::now();
+            restarts.push((i, began, ended));
+            // Steady state between restarts: until the monitor has asked every node
+            // twice since this restart ended.
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while (0..addrs.len()).any(|n| {
+                let log = seen_log.lock().unwrap();
+                log.iter()
+                    .filter(|s| s.node == n && s.asked > ended)
+                    .count()
+                    < 2
+            }) {
+                assert!(Instant::now() < deadline, "the monitor stalled");
+                std::thread::sleep(Duration::from_millis(50));
+            }
         }
     }
     std::thread::sleep(Duration::from_secs(1));
