@@ -50,6 +50,11 @@ pub struct Config {
     #[arg(long, env = "TIMBALA_PEERS", value_delimiter = ',')]
     pub peers: Vec<String>,
 
+    /// File of cluster keys (base64, 32 bytes each, one a line): the first seals gossip
+    /// and signs node-to-node requests, all are accepted. None: an open cluster.
+    #[arg(long, env = "TIMBALA_CLUSTER_KEY_FILE")]
+    pub cluster_key_file: Option<PathBuf>,
+
     /// Gossip timing: `lan` (production) or `fast` (tests: failures detected in about a
     /// second). Hidden: operators never need it.
     #[arg(
@@ -304,6 +309,13 @@ impl Config {
             ("gossip-bind-addr", self.gossip_bind_addr.to_string()),
             ("gossip-advertise-addr", opt(&self.gossip_advertise_addr)),
             ("peers", self.peers.join(",")),
+            (
+                "cluster-key-file",
+                self.cluster_key_file
+                    .as_ref()
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_default(),
+            ),
             ("log-level", self.log_level.clone()),
             ("retention-time", d(self.retention_time)),
             ("retention-size", self.retention_size.to_string()),

@@ -2,13 +2,15 @@
 //!
 //! Owns: one pooled hyper client (persistent keep-alive connections per peer), the
 //! internal paths and headers (`X-Timbala-Routed`, `X-Timbala-Trace-Id`,
-//! `X-Timbala-Hints-Pending`), the per-peer forwarding metrics, and the JSON shapes of
-//! the internal label requests. Every request has a deadline, and dropping its future
-//! cancels it (the connection is closed, never handed back to the pool half-read).
-//! Called by `replication` (writes, hint replay), `fanout` (reads) and `api::internal`
-//! (the receiving side). Calls hyper and `model`/`storage`/`cluster::identity` types
-//! only.
+//! `X-Timbala-Hints-Pending`), the cluster credential on every request it sends when
+//! the node has cluster keys (ADR 0014), the per-peer forwarding metrics, and the JSON
+//! shapes of the internal label requests. Every request has a deadline, and dropping its
+//! future cancels it (the connection is closed, never handed back to the pool
+//! half-read). Called by `replication` (writes, hint replay), `fanout` (reads) and
+//! `api::internal` (the receiving side). Calls hyper, `cluster::keys` and
+//! `model`/`storage`/`cluster::identity` types only.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
@@ -23,7 +25,8 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 use serde::{Deserialize, Serialize};
 
-use crate::cluster::identity::NodeId;
+use crate::cluster::identity::{unix_millis, NodeId};
+use crate::cluster::keys::{ClusterKeys, CLUSTER_AUTH_HEADER};
 use crate::model::{MatchOp, Matcher};
 use crate::storage::LabelRequest;
 
@@ -164,10 +167,12 @@ pub fn decode_hints_pending(value: &str) -> Vec<(NodeId, u64)> {
 pub struct PeerClient {
     client: Client<HttpConnector, Full<Bytes>>,
     metrics: PeerMetrics,
+    /// Signs every request when the cluster has keys.
+    keys: Option<Arc<ClusterKeys>>,
 }
 
 impl PeerClient {
-    pub fn new(metrics: PeerMetrics) -> PeerClient {
+    pub fn new(metrics: PeerMetrics, keys: Option<ClusterKeys>) -> PeerClient {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(Duration::from_secs(2)));
@@ -175,7 +180,11 @@ impl PeerClient {
             .pool_idle_timeout(Duration::from_secs(90))
             .pool_max_idle_per_host(16)
             .build(connector);
-        PeerClient { client, metrics }
+        PeerClient {
+            client,
+            metrics,
+            keys: keys.map(Arc::new),
+        }
     }
 
     pub fn metrics(&self) -> &PeerMetrics {
@@ -226,6 +235,11 @@ impl PeerClient {
         let mut builder = hyper::Request::post(format!("http://{peer}{path}"));
         for (name, value) in headers {
             builder = builder.header(*name, *value);
+        }
+        if let Some(keys) = &self.keys {
+            // Signed per attempt, so a retried hint carries a fresh stamp.
+            let credential = keys.sign_request("POST", path, &body, unix_millis());
+            builder = builder.header(CLUSTER_AUTH_HEADER, credential);
         }
         let request = builder
             .body(Full::new(Bytes::from(body)))

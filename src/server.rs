@@ -13,6 +13,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::api::{self, AppState, ClusterServices, NodeServices, ServerInfo};
+use crate::cluster::keys::ClusterKeys;
 use crate::cluster::membership::{ClusterMetrics, Membership};
 use crate::config::Config;
 use crate::dirlock::DirLock;
@@ -41,12 +42,20 @@ pub async fn run(config: Config) -> Result<(), String> {
     let fanout_metrics = FanoutMetrics::register(&mut registry);
     let repair_metrics = RepairMetrics::register(&mut registry);
 
+    let cluster_keys = match &config.cluster_key_file {
+        Some(path) => Some(
+            ClusterKeys::load(path)
+                .map_err(|e| format!("--cluster-key-file {}: {e}", path.display()))?,
+        ),
+        None => None,
+    };
     let info = ServerInfo {
         start_time: SystemTime::now(),
         flags: config.flag_values(),
         data_dir: config.data_directory.display().to_string(),
         max_write_body_bytes: usize::try_from(config.write_max_body_size).unwrap_or(usize::MAX),
         ingest_time_bounds: config.ingest_time_bounds(),
+        cluster_keys: cluster_keys.clone(),
     };
     let state = AppState::new(Engine::new(config.engine_options()), registry, info);
 
@@ -74,13 +83,14 @@ pub async fn run(config: Config) -> Result<(), String> {
     let tsdb = open_storage(&config, tsdb_metrics).await?;
     let mut membership_config = config.membership_config();
     membership_config.metrics = cluster_metrics;
+    membership_config.keys = cluster_keys.clone();
     let (membership, membership_task) = Membership::start(membership_config)
         .await
         .map_err(|e| format!("cannot start cluster membership: {e}"))?;
     let hints = HintStore::open(&config.data_directory, handoff_metrics)
         .map_err(|e| format!("cannot open the hint directory: {e}"))?;
     let hints = Arc::new(hints);
-    let client = PeerClient::new(peer_metrics);
+    let client = PeerClient::new(peer_metrics, cluster_keys);
     let local: Arc<dyn Storage> = Arc::new(tsdb.clone());
     let writes = ReplicatingStorage::new(
         local.clone(),

@@ -7,21 +7,25 @@
 //! `POST /internal/v1/{series,labels,label-values}` (JSON, `peer::WireLabelRequest`).
 //! Every read answer carries `X-Timbala-Hints-Pending`: the hinted batches this node
 //! holds for others, so the reader knows which replicas lag (ADR 0012). Every handler
-//! logs the caller's trace id. Calls `ingest` (decoding), `peer` (wire
-//! shapes), `fanout::labels_to_pairs`, the remote-read helpers of `read`, and the local
-//! `tsdb` through `storage::Storage`.
+//! logs the caller's trace id. With cluster keys, `require_cluster_credential` guards
+//! every route: a request without a valid `X-Timbala-Cluster-Auth` is answered 401
+//! before any handler runs (ADR 0014). Calls `ingest` (decoding), `peer` (wire shapes),
+//! `cluster::keys` (the credential), `fanout::labels_to_pairs`, the remote-read helpers
+//! of `read`, and the local `tsdb` through `storage::Storage`.
 
 use axum::body::{Body, Bytes};
-use axum::extract::State;
+use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::Router;
 use http_body_util::BodyExt;
 use tracing::Instrument;
 
-use super::AppState;
-use crate::cluster::identity::NodeId;
+use super::{ApiError, AppState};
+use crate::cluster::identity::{unix_millis, NodeId};
+use crate::cluster::keys::{CredentialError, CLUSTER_AUTH_HEADER};
 use crate::fanout::labels_to_pairs;
 use crate::ingest::{self, DecodeLimits};
 use crate::peer::{self, WireLabelRequest};
@@ -35,6 +39,56 @@ pub fn routes() -> Router<AppState> {
         .route(peer::SERIES_PATH, post(internal_series))
         .route(peer::LABELS_PATH, post(internal_labels))
         .route(peer::LABEL_VALUES_PATH, post(internal_label_values))
+}
+
+/// Largest internal request body the credential check reads (the body is part of what
+/// the credential covers): the larger of the remote-write limit and the remote-read one.
+const MIN_CHECKED_BODY_BYTES: usize = 32 << 20;
+
+/// Middleware on the internal routes: with cluster keys, checks the request's cluster
+/// credential (method, path, stamp and body hash) against every configured key and
+/// answers 401 in Prometheus's error format when it is missing, stale or wrong; without
+/// keys every request passes, as in an open cluster.
+pub async fn require_cluster_credential(
+    State(state): State<AppState>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let Some(keys) = state.info().cluster_keys.as_ref() else {
+        return next.run(request).await;
+    };
+    let (parts, body) = request.into_parts();
+    let header = parts
+        .headers
+        .get(CLUSTER_AUTH_HEADER)
+        .map(|v| v.to_str().unwrap_or("\u{0}"));
+    let refuse = |why: CredentialError| {
+        tracing::debug!(path = %parts.uri.path(), reason = why.label(), "internal request refused");
+        ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", why.to_string()).into_response()
+    };
+    if header.is_none() {
+        // Refused before reading the body.
+        return refuse(CredentialError::Missing);
+    }
+    let limit = state
+        .info()
+        .max_write_body_bytes
+        .max(MIN_CHECKED_BODY_BYTES);
+    let body = match http_body_util::Limited::new(body, limit).collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(e) => {
+            return ApiError::bad_data(format!("reading body: {e}")).into_response();
+        }
+    };
+    let path = parts
+        .uri
+        .path_and_query()
+        .map_or(parts.uri.path(), |p| p.as_str());
+    if let Err(why) = keys.verify_request(header, parts.method.as_str(), path, &body, unix_millis())
+    {
+        return refuse(why);
+    }
+    next.run(Request::from_parts(parts, Body::from(body))).await
 }
 
 fn trace_id(headers: &HeaderMap) -> String {

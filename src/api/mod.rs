@@ -28,6 +28,7 @@ use axum::Router;
 use prometheus_client::registry::Registry;
 use serde::Serialize;
 
+use crate::cluster::keys::ClusterKeys;
 use crate::cluster::membership::MembershipHandle;
 use crate::ingest::IngestMetrics;
 use crate::promql::Engine;
@@ -64,6 +65,9 @@ pub struct ServerInfo {
     pub max_write_body_bytes: usize,
     /// Wall-clock bounds on the samples of a client's remote write (ADR 0009).
     pub ingest_time_bounds: TimeBounds,
+    /// Cluster keys: `/internal/v1/*` requires a credential made with one of them.
+    /// None: an open cluster.
+    pub cluster_keys: Option<ClusterKeys>,
 }
 
 /// Shared state of every handler. Cheap to clone.
@@ -138,7 +142,12 @@ pub fn router(state: AppState) -> Router {
         .merge(query::routes())
         .merge(status::routes())
         .merge(federate::routes())
-        .merge(internal::routes())
+        .merge(
+            internal::routes().route_layer(axum::middleware::from_fn_with_state(
+                state.clone(),
+                internal::require_cluster_credential,
+            )),
+        )
         .merge(cluster_status::routes())
         .with_state(state)
 }

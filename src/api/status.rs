@@ -308,6 +308,7 @@ mod tests {
             data_dir: "data".into(),
             max_write_body_bytes: 0,
             ingest_time_bounds: crate::storage::TimeBounds::NONE,
+            cluster_keys: None,
         }
     }
 

@@ -247,7 +247,9 @@ pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> io::Result<()> {
     fs::File::open(dir)?.sync_all()
 }
 
-fn unix_millis() -> u64 {
+/// Milliseconds since the Unix epoch (0 if the clock is before it): generations, and the
+/// stamps of sealed datagrams and signed requests.
+pub fn unix_millis() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))

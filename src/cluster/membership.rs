@@ -12,7 +12,10 @@
 //! `MembershipHandle`.
 //!
 //! Datagram framing: `[PROTOCOL_VERSION, kind, payload..]`, kind `KIND_SWIM` (a foca
-//! packet) or `KIND_RING` (a postcard-encoded `RingSync`).
+//! packet) or `KIND_RING` (a postcard-encoded `RingSync`). With cluster keys every
+//! datagram travels sealed (`seal`), and one that does not open is dropped and counted
+//! before any of it is parsed; ring records are admitted by `RingState::admit` (a node
+//! refutes its own removal; ADR 0014).
 
 use std::cmp::{Ordering, Reverse};
 use std::collections::{BinaryHeap, HashMap};
@@ -38,8 +41,10 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use crate::cluster::identity::{self, NodeId, NodeIdentity};
-use crate::cluster::ring::{Ring, RingEntry, RingNode, RingState};
+use crate::cluster::identity::{self, unix_millis, NodeId, NodeIdentity};
+use crate::cluster::keys::ClusterKeys;
+use crate::cluster::ring::{Admission, Refusal, Ring, RingEntry, RingNode, RingState};
+use crate::cluster::seal::{Rejection, Sealer, NONCE_BYTES, SEALED_MARKER, SEAL_OVERHEAD};
 
 /// First byte of every datagram; a node drops datagrams of another version.
 pub const PROTOCOL_VERSION: u8 = 1;
@@ -82,6 +87,9 @@ pub struct MembershipConfig {
     pub announce_backoff_max: Duration,
     /// How often a node announces to one ring node it does not see as active.
     pub reconnect_interval: Duration,
+    /// Cluster keys: when set, every datagram is sealed and only sealed ones are
+    /// accepted. None: an open cluster (any sender is believed).
+    pub keys: Option<ClusterKeys>,
     pub metrics: ClusterMetrics,
 }
 
@@ -106,6 +114,7 @@ impl MembershipConfig {
             ring_sync_interval: Duration::from_secs(1),
             announce_backoff_max: Duration::from_secs(5),
             reconnect_interval: Duration::from_secs(10),
+            keys: None,
             metrics: ClusterMetrics::default(),
         }
     }
@@ -219,8 +228,10 @@ impl MembershipHandle {
     }
 
     /// Removes a node from the ring for good (a tombstone gossiped to every node). Its
-    /// slot stays in the numbering, so only its own replicas move (ADR 0015). False when
-    /// the node is unknown, already removed, or the runtime has stopped.
+    /// slot stays in the numbering, so only its own replicas move (ADR 0015). A node that
+    /// is still running refutes its removal, and one that comes back with its data
+    /// directory takes its place again (ADR 0014): stop a node before removing it. False
+    /// when the node is this one, unknown, already removed, or the runtime has stopped.
     pub async fn remove_node(&self, id: NodeId) -> bool {
         let (tx, rx) = oneshot::channel();
         if self.commands.send(Command::Remove(id, tx)).await.is_err() {
@@ -267,6 +278,18 @@ pub struct ClusterMetrics {
     bytes_received: Counter,
     invalid_messages: Counter,
     out_of_order_joins: Counter,
+    /// Indexed like `Rejection::ALL`.
+    rejected_by_reason: [Counter; Rejection::ALL.len()],
+    rejected: Family<ReasonLabels, Counter>,
+    /// Indexed like `Refusal::ALL`.
+    refused_by_reason: [Counter; Refusal::ALL.len()],
+    ring_refused: Family<ReasonLabels, Counter>,
+    own_removals_refuted: Counter,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -288,7 +311,17 @@ impl Default for ClusterMetrics {
         let child = |family: &Family<KindLabels, Counter>, kind: &'static str| {
             family.get_or_create(&KindLabels { kind }).clone()
         };
+        let rejected = Family::<ReasonLabels, Counter>::default();
+        let ring_refused = Family::<ReasonLabels, Counter>::default();
+        let by_reason = |family: &Family<ReasonLabels, Counter>, reason: &'static str| {
+            family.get_or_create(&ReasonLabels { reason }).clone()
+        };
         ClusterMetrics {
+            rejected_by_reason: Rejection::ALL.map(|r| by_reason(&rejected, r.label())),
+            refused_by_reason: Refusal::ALL.map(|r| by_reason(&ring_refused, r.label())),
+            rejected,
+            ring_refused,
+            own_removals_refuted: Counter::default(),
             members: Family::default(),
             ring_nodes: Gauge::default(),
             sent_by_kind: KIND_NAMES.map(|k| child(&messages_sent, k)),
@@ -348,7 +381,37 @@ impl ClusterMetrics {
              (concurrent joins or merged clusters: some data changes owner, ADR 0005)",
             m.out_of_order_joins.clone(),
         );
+        registry.register(
+            "timbala_cluster_gossip_datagrams_rejected",
+            "Gossip datagrams dropped unparsed because they failed the cluster-key check, by \
+             reason (unsealed, sealed_without_key, truncated, unauthenticated, \
+             outside_window, replayed, replay_guard_full)",
+            m.rejected.clone(),
+        );
+        registry.register(
+            "timbala_cluster_ring_changes_refused",
+            "Ring records another node sent that this node refused, by reason \
+             (unverified_order_change, future_tombstone)",
+            m.ring_refused.clone(),
+        );
+        registry.register(
+            "timbala_cluster_own_removals_refuted",
+            "Removals of this live node that it refuted with a newer generation",
+            m.own_removals_refuted.clone(),
+        );
         m
+    }
+
+    fn rejected(&self, reason: Rejection) {
+        if let Some(i) = Rejection::ALL.iter().position(|r| *r == reason) {
+            self.rejected_by_reason[i].inc();
+        }
+    }
+
+    fn refused(&self, reason: Refusal) {
+        if let Some(i) = Refusal::ALL.iter().position(|r| *r == reason) {
+            self.refused_by_reason[i].inc();
+        }
     }
 
     fn sent(&self, kind: u8, bytes: usize) {
@@ -465,11 +528,25 @@ impl Membership {
         )
         .map_err(MembershipError::Storage)?;
         let mut ring = RingState::load(&config.data_directory).map_err(MembershipError::Storage)?;
+        let was_removed = ring.get(identity.id).is_some_and(|e| e.removed);
         if ring.observe(&identity) {
             ring.save(&config.data_directory)
                 .map_err(MembershipError::Storage)?;
         }
-        log_if_removed(&ring, identity.id);
+        if was_removed && identity.join_seq.is_some() {
+            // Its start generation is newer than the tombstone: it is back (ADR 0014).
+            tracing::warn!(
+                node = %identity.id,
+                "this node had been removed from the cluster and takes its old place again; \
+                 wipe its data directory to join as a new node instead"
+            );
+        }
+        if config.keys.is_none() {
+            tracing::warn!(
+                "no cluster key (--cluster-key-file): the cluster is open; anyone who can \
+                 reach the gossip port can join it, and /internal/v1/* is unauthenticated"
+            );
+        }
         tracing::info!(
             node = %identity.id,
             generation = identity.generation,
@@ -482,6 +559,16 @@ impl Membership {
 
         let mut config = config;
         config.peers = peers_other_than(config.peers, &[gossip_addr, bound]).await;
+        if config.keys.is_some() {
+            // The seal must fit in the same datagram size as an unsealed packet.
+            let limit = config
+                .swim
+                .max_packet_size
+                .get()
+                .saturating_sub(SEAL_OVERHEAD);
+            config.swim.max_packet_size =
+                std::num::NonZeroUsize::new(limit).unwrap_or(config.swim.max_packet_size);
+        }
         let (commands_tx, commands_rx) = mpsc::channel(16);
         let mut runtime = Runtime::new(config, socket, identity, ring);
         runtime.place_alone_if_no_one_to_ask();
@@ -551,15 +638,6 @@ async fn peers_other_than(peers: Vec<String>, own: &[SocketAddr]) -> Vec<String>
         }
     }
     others
-}
-
-fn log_if_removed(ring: &RingState, own: NodeId) {
-    if ring.get(own).is_some_and(|e| e.removed) {
-        tracing::error!(
-            node = %own,
-            "this node was removed from the cluster; wipe its data directory to rejoin as a new node"
-        );
-    }
 }
 
 fn own_hostname() -> Option<String> {
@@ -653,6 +731,14 @@ struct Runtime {
     next_reconnect: Instant,
     /// Set once `leave` started: the runtime is about to stop.
     leaving: bool,
+    /// Seals and opens datagrams when the cluster has keys.
+    sealer: Option<Sealer>,
+    /// Draws seal nonces (a CSPRNG: nonces must not repeat).
+    nonce_rng: rand::rngs::StdRng,
+    /// Sealing buffer, reused.
+    seal_buf: Vec<u8>,
+    /// Rejection reasons already logged at warn level (later ones log at debug).
+    warned: std::collections::HashSet<Rejection>,
 }
 
 impl Runtime {
@@ -666,7 +752,12 @@ impl Runtime {
         let swim_rng = rand_foca::rngs::SmallRng::seed_from_u64(rand::Rng::random(&mut seed));
         let swim = Foca::new(identity, config.swim.clone(), swim_rng, PostcardCodec);
         let now = Instant::now();
+        let sealer = config.keys.as_ref().map(Sealer::new);
         Runtime {
+            sealer,
+            nonce_rng: rand::rngs::StdRng::from_rng(&mut seed),
+            seal_buf: Vec::new(),
+            warned: std::collections::HashSet::new(),
             config,
             socket,
             swim,
@@ -799,7 +890,21 @@ impl Runtime {
         self.announce_backoff = (self.announce_backoff * 2).min(self.config.announce_backoff_max);
     }
 
-    fn on_datagram(&mut self, bytes: &[u8], from: SocketAddr) {
+    fn on_datagram(&mut self, received: &[u8], from: SocketAddr) {
+        let opened = match &mut self.sealer {
+            Some(sealer) => sealer.open(received, from, unix_millis()).map(Some),
+            None if received.first() == Some(&SEALED_MARKER) => Err(Rejection::SealedWithoutKey),
+            None => Ok(None),
+        };
+        let opened = match opened {
+            Ok(opened) => opened,
+            Err(reason) => {
+                self.on_rejected(reason, from, received.len());
+                return;
+            }
+        };
+        let authenticated = opened.is_some();
+        let bytes = opened.as_deref().unwrap_or(received);
         let result = decode_datagram(bytes).and_then(|datagram| match datagram {
             Datagram::Swim(packet) => {
                 self.config.metrics.received(KIND_SWIM, bytes.len());
@@ -809,7 +914,7 @@ impl Runtime {
             }
             Datagram::Ring(sync) => {
                 self.config.metrics.received(KIND_RING, bytes.len());
-                self.on_ring_sync(sync, from);
+                self.on_ring_sync(sync, from, authenticated);
                 Ok(())
             }
         });
@@ -819,19 +924,66 @@ impl Runtime {
         }
     }
 
-    fn on_ring_sync(&mut self, sync: RingSync, from: SocketAddr) {
-        self.learn(sync.entries);
+    /// Counts a datagram dropped by the cluster-key check; the first of each reason is
+    /// logged as a warning (a misconfigured node or an attacker), the rest at debug.
+    fn on_rejected(&mut self, reason: Rejection, from: SocketAddr, len: usize) {
+        self.config.metrics.rejected(reason);
+        if self.warned.insert(reason) {
+            tracing::warn!(%from, len, reason = reason.label(),
+                "gossip datagram rejected by the cluster-key check (further ones are logged at debug level)");
+        } else {
+            tracing::debug!(%from, len, reason = reason.label(), "gossip datagram rejected");
+        }
+    }
+
+    fn on_ring_sync(&mut self, sync: RingSync, from: SocketAddr, authenticated: bool) {
+        self.learn(sync.entries, Source::RingSync { authenticated });
         if sync.want_reply && sync.digest != self.ring.digest() {
             self.send_ring(from, false);
         }
     }
 
-    /// Merges ring records (from ring sync or from identities seen in gossip), flags
-    /// joins that did not append, and persists the ring when it changed.
-    fn learn(&mut self, entries: impl IntoIterator<Item = RingEntry>) {
+    /// Merges ring records (from ring sync or from identities seen in gossip) that
+    /// `RingState::admit` lets in, refutes this node's own removal, flags joins that did
+    /// not append, and persists the ring when it changed.
+    fn learn(&mut self, entries: impl IntoIterator<Item = RingEntry>, source: Source) {
         let placed = self.identity().join_seq.is_some();
+        let own = (self.identity().id, self.identity().generation);
+        let now_ms = unix_millis();
+        let live: Vec<NodeId> = self.swim.iter_members().map(|m| m.id().id).collect();
         let mut changed = false;
         for entry in entries {
+            let authenticated = match source {
+                Source::RingSync { authenticated } => authenticated,
+                // SWIM saw this identity itself (and under keys, in a sealed datagram).
+                Source::Swim => true,
+            };
+            match self.ring.admit(
+                &entry,
+                own,
+                placed,
+                authenticated,
+                |id| live.contains(&id),
+                now_ms,
+            ) {
+                Admission::Merge => {}
+                Admission::Ignore => continue,
+                Admission::RefuteOwnRemoval => {
+                    self.refute_own_removal(entry.generation);
+                    continue;
+                }
+                Admission::Refuse(reason) => {
+                    self.config.metrics.refused(reason);
+                    tracing::warn!(
+                        node = %entry.id,
+                        join_seq = entry.join_seq,
+                        removed = entry.removed,
+                        reason = reason.label(),
+                        "ring record refused"
+                    );
+                    continue;
+                }
+            }
             // Only a placed node knew every node placed before it, so only its view can
             // tell an out-of-order join from plain catching up.
             if placed && self.ring.sorts_before_known(&entry) {
@@ -852,7 +1004,42 @@ impl Runtime {
 
     /// Records a placed identity seen in gossip.
     fn learn_identity(&mut self, identity: &NodeIdentity) {
-        self.learn(RingEntry::from_identity(identity));
+        self.learn(RingEntry::from_identity(identity), Source::Swim);
+    }
+
+    /// Another node removed this live node as of `tombstone_generation`: take a newer
+    /// generation, whose live record wins over the tombstone on every node (ADR 0014),
+    /// and tell the cluster at once.
+    fn refute_own_removal(&mut self, tombstone_generation: u64) {
+        let current = self.identity().clone();
+        let generation = current
+            .generation
+            .saturating_add(1)
+            .max(tombstone_generation.saturating_add(1));
+        let renewed = NodeIdentity {
+            generation,
+            ..current
+        };
+        self.config.metrics.own_removals_refuted.inc();
+        tracing::warn!(
+            node = %renewed.id,
+            tombstone_generation,
+            generation,
+            "another node removed this live node; refuting with a newer generation \
+             (stop a node before removing it)"
+        );
+        self.persist_identity(&renewed);
+        if let Err(e) = self
+            .swim
+            .change_identity(renewed.clone(), &mut self.effects)
+        {
+            tracing::warn!(error = %e, "cannot change identity");
+        }
+        self.learn_identity(&renewed);
+        self.dirty = true;
+        for to in self.active_addrs() {
+            self.send_ring(to, false);
+        }
     }
 
     fn on_ring_changed(&mut self) {
@@ -861,7 +1048,6 @@ impl Runtime {
         if let Err(e) = self.ring.save(&self.config.data_directory) {
             tracing::error!(error = %e, "cannot persist the ring");
         }
-        log_if_removed(&self.ring, self.identity().id);
     }
 
     fn fire_due_timers(&mut self) {
@@ -905,9 +1091,20 @@ impl Runtime {
         }
     }
 
-    async fn send(&self, kind: u8, datagram: &[u8], to: SocketAddr) {
-        match self.socket.send_to(datagram, to).await {
-            Ok(_) => self.config.metrics.sent(kind, datagram.len()),
+    /// Sends one datagram, sealed when the cluster has keys.
+    async fn send(&mut self, kind: u8, datagram: &[u8], to: SocketAddr) {
+        let wire = match &self.sealer {
+            Some(sealer) => {
+                let mut nonce = [0u8; NONCE_BYTES];
+                rand::RngCore::fill_bytes(&mut self.nonce_rng, &mut nonce);
+                self.seal_buf.clear();
+                sealer.seal(datagram, to, unix_millis(), nonce, &mut self.seal_buf);
+                &self.seal_buf[..]
+            }
+            None => datagram,
+        };
+        match self.socket.send_to(wire, to).await {
+            Ok(_) => self.config.metrics.sent(kind, wire.len()),
             Err(e) => tracing::debug!(%to, error = %e, "gossip send failed"),
         }
     }
@@ -1077,7 +1274,9 @@ impl Runtime {
     }
 
     fn remove(&mut self, id: NodeId) -> bool {
-        if !self.ring.remove(id) {
+        // A running node does not remove itself: it would refute it on every other node's
+        // behalf anyway (ADR 0014). Stop it, then remove it from another node.
+        if id == self.identity().id || !self.ring.remove(id) {
             return false;
         }
         tracing::warn!(node = %id, "node removed from the ring");
@@ -1158,6 +1357,15 @@ impl Runtime {
             http_addr: node.http_addr.clone(),
         }
     }
+}
+
+/// Where ring records came from, for `RingState::admit`.
+#[derive(Clone, Copy)]
+enum Source {
+    /// A ring-sync datagram; authenticated when it was sealed with a cluster key.
+    RingSync { authenticated: bool },
+    /// An identity foca reported (member up, renamed, our own).
+    Swim,
 }
 
 async fn sleep_until_some(deadline: Option<Instant>) {

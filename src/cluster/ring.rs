@@ -78,11 +78,13 @@ impl RingEntry {
         })
     }
 
-    /// The join of two records of one node: removal is forever, the earliest claimed
-    /// sequence stands (a node claims exactly one, so this only matters after a bug),
-    /// and the addresses of the newest generation win.
+    /// The join of two records of one node: the earliest claimed sequence stands (a node
+    /// claims exactly one, so this only matters after a bug), and the record of the
+    /// newest generation decides the addresses and whether the node is removed; at one
+    /// generation a removal wins. So a tombstone removes a node as of the generation the
+    /// remover knew, and the node can refute it with a newer generation (ADR 0014).
     fn merged(&self, other: &RingEntry) -> RingEntry {
-        let newest = if address_rank(other) > address_rank(self) {
+        let newest = if record_rank(other) > record_rank(self) {
             other
         } else {
             self
@@ -93,13 +95,15 @@ impl RingEntry {
             generation: newest.generation,
             gossip_addr: newest.gossip_addr,
             http_addr: newest.http_addr.clone(),
-            removed: self.removed || other.removed,
+            removed: newest.removed,
         }
     }
 }
 
-fn address_rank(e: &RingEntry) -> (u64, SocketAddr, &str) {
-    (e.generation, e.gossip_addr, &e.http_addr)
+/// The total order of one node's records: a join-semilattice (with the minimum of the
+/// join sequences), so merging stays commutative, associative and idempotent.
+fn record_rank(e: &RingEntry) -> (u64, bool, SocketAddr, &str) {
+    (e.generation, e.removed, e.gossip_addr, &e.http_addr)
 }
 
 /// Every node this node has learned of, placed or removed, by id. Stored and sent as a
@@ -163,6 +167,50 @@ impl RingState {
                 .entries
                 .values()
                 .any(|e| !e.removed && (e.join_seq, e.id) > (entry.join_seq, entry.id))
+    }
+
+    /// Whether a record sent by another node may be merged (ADR 0014). `own` is this
+    /// node's id and generation; `placed` whether it has its place; `authenticated`
+    /// whether the record came in a datagram sealed with a cluster key;
+    /// `is_live_member` whether SWIM currently sees the record's node alive.
+    pub fn admit(
+        &self,
+        entry: &RingEntry,
+        own: (NodeId, u64),
+        placed: bool,
+        authenticated: bool,
+        is_live_member: impl Fn(NodeId) -> bool,
+        now_ms: u64,
+    ) -> Admission {
+        if entry.removed {
+            if entry.id == own.0 {
+                // Never merged: this node is alive to say otherwise. A tombstone of an
+                // older generation loses to the live record anyway.
+                return if entry.generation >= own.1 {
+                    Admission::RefuteOwnRemoval
+                } else {
+                    Admission::Ignore
+                };
+            }
+            // A generation is the node's clock at a start (or one more): a tombstone
+            // from the future could not be refuted by the node it names.
+            if entry.generation > now_ms.saturating_add(MAX_FUTURE_GENERATION_MS) {
+                return Admission::Refuse(Refusal::FutureTombstone);
+            }
+        }
+        if !authenticated {
+            let lowers_known_seq = self
+                .entries
+                .get(&entry.id)
+                .is_some_and(|known| entry.join_seq < known.join_seq);
+            if lowers_known_seq {
+                return Admission::Refuse(Refusal::UnverifiedOrderChange);
+            }
+            if placed && self.sorts_before_known(entry) && !is_live_member(entry.id) {
+                return Admission::Refuse(Refusal::UnverifiedOrderChange);
+            }
+        }
+        Admission::Merge
     }
 
     /// Marks a node removed for good; false when it is unknown or already removed.
@@ -259,6 +307,43 @@ impl RingState {
     pub fn save(&self, data_dir: &Path) -> io::Result<()> {
         let bytes = serde_json::to_vec_pretty(self).map_err(io::Error::other)?;
         write_atomically(&data_dir.join(RING_FILE), &bytes)
+    }
+}
+
+/// A tombstone's generation may be at most this far ahead of the receiver's clock
+/// (the allowed clock skew).
+const MAX_FUTURE_GENERATION_MS: u64 = 60_000;
+
+/// What to do with a record another node sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admission {
+    Merge,
+    /// A tombstone for this running node: answer with a newer generation.
+    RefuteOwnRemoval,
+    /// A stale tombstone for this node: nothing to do.
+    Ignore,
+    Refuse(Refusal),
+}
+
+/// Why a record was refused; `label()` is the metric label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// From an unauthenticated source (an open cluster), a record that would move known
+    /// nodes in the join order: a lower sequence for a known node, or a new node placed
+    /// before known ones that SWIM does not see alive.
+    UnverifiedOrderChange,
+    /// A tombstone whose generation is further ahead than any clock could be.
+    FutureTombstone,
+}
+
+impl Refusal {
+    pub const ALL: [Refusal; 2] = [Refusal::UnverifiedOrderChange, Refusal::FutureTombstone];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Refusal::UnverifiedOrderChange => "unverified_order_change",
+            Refusal::FutureTombstone => "future_tombstone",
+        }
     }
 }
 
@@ -511,6 +596,79 @@ mod tests {
         other.merge([entry(1, 0), entry(2, 1), entry(3, 2)]);
         other.merge(s.entries().cloned());
         assert_eq!(other, s);
+    }
+
+    #[test]
+    fn a_tombstone_loses_to_a_newer_generation_of_the_node() {
+        let mut s = RingState::default();
+        s.merge([entry(1, 0), entry(2, 1)]);
+        assert!(s.remove(NodeId(2)));
+        let tombstone = s.get(NodeId(2)).unwrap().clone();
+        // The node refutes (or restarts) with a newer generation: it is back, in place.
+        let refuted = RingEntry {
+            generation: tombstone.generation + 1,
+            ..entry(2, 1)
+        };
+        assert!(s.merge_entry(refuted.clone()));
+        assert_eq!(order(&s), vec![1, 2]);
+        // Any order of learning gives the same state (still a CRDT).
+        let mut other = RingState::default();
+        other.merge([refuted, tombstone, entry(1, 0)]);
+        assert_eq!(other, s);
+    }
+
+    #[test]
+    fn admission_refutes_own_removal_and_refuses_unverified_order_changes() {
+        let mut s = RingState::default();
+        s.merge([entry(1, 0), entry(2, 1), entry(3, 2)]);
+        let now = 1_800_000_000_000u64;
+        let own = (NodeId(2), 5u64);
+        let nobody_live = |_: NodeId| false;
+        let admit = |s: &RingState, e: &RingEntry, authenticated: bool| {
+            s.admit(e, own, true, authenticated, nobody_live, now)
+        };
+        let tombstone = |id: u128, generation: u64| RingEntry {
+            removed: true,
+            generation,
+            ..entry(id, id as u64 - 1)
+        };
+        // Our own removal is refuted, whoever sends it; an outdated one is ignored.
+        for authenticated in [true, false] {
+            assert_eq!(
+                admit(&s, &tombstone(2, 5), authenticated),
+                Admission::RefuteOwnRemoval
+            );
+            assert_eq!(
+                admit(&s, &tombstone(2, 4), authenticated),
+                Admission::Ignore
+            );
+        }
+        // Another node's removal is merged, unless its generation is from the future.
+        assert_eq!(admit(&s, &tombstone(3, 1), false), Admission::Merge);
+        assert_eq!(
+            admit(&s, &tombstone(3, now + 3_600_000), true),
+            Admission::Refuse(Refusal::FutureTombstone)
+        );
+        // A phantom placed first, or a known node moved forward: only from an
+        // authenticated source, or (the phantom) when SWIM sees it alive.
+        let phantom = entry(0, 0);
+        assert_eq!(
+            admit(&s, &phantom, false),
+            Admission::Refuse(Refusal::UnverifiedOrderChange)
+        );
+        assert_eq!(admit(&s, &phantom, true), Admission::Merge);
+        assert_eq!(
+            s.admit(&phantom, own, true, false, |id| id == NodeId(0), now),
+            Admission::Merge
+        );
+        let moved_forward = entry(3, 0);
+        assert_eq!(
+            admit(&s, &moved_forward, false),
+            Admission::Refuse(Refusal::UnverifiedOrderChange)
+        );
+        assert_eq!(admit(&s, &moved_forward, true), Admission::Merge);
+        // A node appended at the end is an ordinary join.
+        assert_eq!(admit(&s, &entry(9, 3), false), Admission::Merge);
     }
 
     #[test]

@@ -8,6 +8,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use timbala::cluster::identity::unix_millis;
+use timbala::cluster::keys::{ClusterKeys, CLUSTER_AUTH_HEADER};
 use timbala::proto;
 
 #[path = "../support/http_client.rs"]
@@ -287,6 +289,25 @@ pub fn read_samples_at(
     start_ms: i64,
     end_ms: i64,
 ) -> Result<Vec<ReadSeries>, String> {
+    read_samples_as(node, None, path, matchers, start_ms, end_ms)
+}
+
+/// The cluster credential header of an internal POST of `body` to `path`.
+pub fn cluster_credential(keys: &ClusterKeys, path: &str, body: &[u8]) -> (String, String) {
+    let value = keys.sign_request("POST", path, body, unix_millis());
+    (CLUSTER_AUTH_HEADER.to_string(), value)
+}
+
+/// Like `read_samples_at`, with the cluster credential of `keys` (for
+/// `/internal/v1/read-local` on a node with a cluster key).
+pub fn read_samples_as(
+    node: &Node,
+    keys: Option<&ClusterKeys>,
+    path: &str,
+    matchers: Vec<proto::LabelMatcher>,
+    start_ms: i64,
+    end_ms: i64,
+) -> Result<Vec<ReadSeries>, String> {
     use prost::Message;
     let req = proto::ReadRequest {
         queries: vec![proto::Query {
@@ -297,15 +318,17 @@ pub fn read_samples_at(
         }],
         accepted_response_types: vec![proto::ResponseType::Samples as i32],
     };
-    let (status, body) = post(
-        &node.url(path),
-        &[
-            ("Content-Type", "application/x-protobuf"),
-            ("Content-Encoding", "snappy"),
-            ("X-Prometheus-Remote-Read-Version", "0.1.0"),
-        ],
-        &proto::encode_snappy(&req),
-    );
+    let body = proto::encode_snappy(&req);
+    let credential = keys.map(|k| cluster_credential(k, path, &body));
+    let mut headers = vec![
+        ("Content-Type", "application/x-protobuf"),
+        ("Content-Encoding", "snappy"),
+        ("X-Prometheus-Remote-Read-Version", "0.1.0"),
+    ];
+    if let Some((name, value)) = &credential {
+        headers.push((name.as_str(), value.as_str()));
+    }
+    let (status, body) = post(&node.url(path), &headers, &body);
     if status != 200 {
         return Err(format!(
             "remote read answered {status}: {}",
