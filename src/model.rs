@@ -227,7 +227,24 @@ impl PartialEq for Sample {
     }
 }
 
-/// Merges two time-sorted sample lists; at equal timestamps the sample of `a` wins.
+/// The conflict rule (ADR 0011): which of two values stored for one series and timestamp
+/// is kept. A real value beats a staleness marker; otherwise the larger IEEE-754 bit
+/// pattern (read as `u64`) wins. It is a total order on bit patterns, so every replica
+/// and every merge keeps the same value whatever order the values arrived in.
+pub fn conflict_winner(a: f64, b: f64) -> f64 {
+    /// The rank the rule compares: (not a staleness marker, bit pattern).
+    fn rank(v: f64) -> (bool, u64) {
+        (!is_stale_nan(v), v.to_bits())
+    }
+    if rank(b) > rank(a) {
+        b
+    } else {
+        a
+    }
+}
+
+/// Merges two time-sorted sample lists; at equal timestamps the value chosen by
+/// `conflict_winner` is kept, so the result does not depend on which list is `a`.
 pub fn merge_sorted_samples(a: Vec<Sample>, b: Vec<Sample>) -> Vec<Sample> {
     if a == b {
         // Replicas and overlapping blocks usually hold the very same samples.
@@ -252,7 +269,7 @@ pub fn merge_sorted_samples(a: Vec<Sample>, b: Vec<Sample>) -> Vec<Sample> {
                 j += 1;
             }
             std::cmp::Ordering::Equal => {
-                out.push(a[i]);
+                out.push(Sample::new(a[i].t, conflict_winner(a[i].v, b[j].v)));
                 i += 1;
                 j += 1;
             }
@@ -427,5 +444,66 @@ mod tests {
         assert!(is_stale_nan(stale_nan()));
         assert!(!is_stale_nan(f64::NAN));
         assert_ne!(Sample::new(1, stale_nan()), Sample::new(1, f64::NAN));
+    }
+
+    #[test]
+    fn conflict_rule_is_a_total_order_independent_of_arrival() {
+        let values = [
+            0.0,
+            -0.0,
+            1.0,
+            2.0,
+            -1.0,
+            f64::INFINITY,
+            f64::NEG_INFINITY,
+            f64::NAN,
+            f64::from_bits(0x7ff8_0000_0000_0001), // Prometheus's NaN
+            f64::from_bits(u64::MAX),
+            stale_nan(),
+        ];
+        for &a in &values {
+            for &b in &values {
+                let ab = conflict_winner(a, b).to_bits();
+                assert_eq!(ab, conflict_winner(b, a).to_bits(), "{a} vs {b}");
+                assert!(ab == a.to_bits() || ab == b.to_bits());
+                for &c in &values {
+                    let left = conflict_winner(conflict_winner(a, b), c).to_bits();
+                    let right = conflict_winner(a, conflict_winner(b, c)).to_bits();
+                    assert_eq!(left, right, "associative for {a}, {b}, {c}");
+                }
+            }
+        }
+        // Positive values: the larger wins; a negative value's sign bit outranks them.
+        assert_eq!(conflict_winner(1.0, 2.0), 2.0);
+        assert_eq!(conflict_winner(2.0, -1.0), -1.0);
+        // A real value, even 0 or a plain NaN, beats a staleness marker.
+        assert_eq!(
+            conflict_winner(stale_nan(), 0.0).to_bits(),
+            0.0f64.to_bits()
+        );
+        assert!(!is_stale_nan(conflict_winner(f64::NAN, stale_nan())));
+        assert!(is_stale_nan(conflict_winner(stale_nan(), stale_nan())));
+    }
+
+    #[test]
+    fn merge_resolves_equal_timestamps_by_the_conflict_rule() {
+        let a = vec![
+            Sample::new(1, 1.0),
+            Sample::new(3, 3.0),
+            Sample::new(4, 7.0),
+        ];
+        let b = vec![
+            Sample::new(1, 9.0),
+            Sample::new(2, 2.0),
+            Sample::new(4, 5.0),
+        ];
+        let want = vec![
+            Sample::new(1, 9.0),
+            Sample::new(2, 2.0),
+            Sample::new(3, 3.0),
+            Sample::new(4, 7.0),
+        ];
+        assert_eq!(merge_sorted_samples(a.clone(), b.clone()), want);
+        assert_eq!(merge_sorted_samples(b, a), want);
     }
 }

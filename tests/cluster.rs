@@ -318,3 +318,159 @@ fn counter(exposition: &str, series: &str) -> f64 {
 fn clone_handle(node: &Node) -> Node {
     Node::handle(&node.http_addr)
 }
+
+/// Bar 5 of issue 10 (ADR 0011): two clients write different values for the same 100
+/// series and timestamps at the same time, each through its own node. Whatever order
+/// each replica saw them in, every replica ends up bit-identical, holding the conflict
+/// rule's winners, and a sum over them has one answer on every node.
+#[test]
+fn concurrent_conflicting_writes_converge_on_every_replica() {
+    const SERIES: usize = 100;
+    const STEPS: i64 = 10;
+    let cluster = start_cluster(3, &[]);
+    let nodes: Vec<&Node> = cluster.iter().map(|c| &c.node).collect();
+    wait_converged(&nodes, 3, Duration::from_secs(30));
+    let t0 = now_ms() / 1000 * 1000 - 60_000;
+    let times: Vec<i64> = (0..STEPS).map(|s| t0 + s * 1000).collect();
+    // Writer 1's value is one above or below writer 0's, so each wins half the samples.
+    let value = |writer: usize, i: usize, step: usize| -> f64 {
+        let base = (i * 100 + step) as f64 + 0.25;
+        match (writer, (i + step) % 2) {
+            (0, _) => base,
+            (_, 0) => base + 1.0,
+            _ => base - 1.0,
+        }
+    };
+    let start = Arc::new(std::sync::Barrier::new(2));
+    let writers: Vec<_> = [0, 1]
+        .into_iter()
+        .map(|writer| {
+            let node = clone_handle(&cluster[writer].node);
+            let start = start.clone();
+            let times = times.clone();
+            std::thread::spawn(move || {
+                start.wait();
+                let mut conflicts = 0;
+                for (step, &t) in times.iter().enumerate() {
+                    let timeseries = (0..SERIES)
+                        .map(|i| {
+                            ts(
+                                &[("__name__", "conflict"), ("i", &i.to_string())],
+                                &[(t, value(writer, i, step))],
+                            )
+                        })
+                        .collect();
+                    let req = proto::WriteRequest {
+                        timeseries,
+                        metadata: vec![],
+                    };
+                    let (code, body) = remote_write(&node, &req);
+                    // 400 is the Prometheus answer to the samples that met another value.
+                    match code {
+                        204 => {}
+                        400 if body.contains("duplicate_timestamp") => conflicts += 1,
+                        _ => panic!("writer {writer}: {code} {body}"),
+                    }
+                }
+                conflicts
+            })
+        })
+        .collect();
+    let conflicts: Vec<usize> = writers
+        .into_iter()
+        .map(|w| w.join().expect("writer"))
+        .collect();
+    println!("requests answered with a conflict, per writer: {conflicts:?}");
+    assert!(
+        conflicts.iter().sum::<usize>() >= STEPS as usize,
+        "every timestamp was written twice, so at least one write of each met the other"
+    );
+
+    let expected: BTreeMap<String, Vec<(i64, u64)>> = (0..SERIES)
+        .map(|i| {
+            let samples = times
+                .iter()
+                .enumerate()
+                .map(|(step, &t)| {
+                    let kept =
+                        timbala::model::conflict_winner(value(0, i, step), value(1, i, step));
+                    (t, kept.to_bits())
+                })
+                .collect();
+            (i.to_string(), samples)
+        })
+        .collect();
+    let local_copy = |node: &Node| -> BTreeMap<String, Vec<(i64, u64)>> {
+        read_samples_at(
+            node,
+            LOCAL_READ,
+            vec![eq("__name__", "conflict")],
+            t0,
+            t0 + STEPS * 1000,
+        )
+        .expect("local read")
+        .into_iter()
+        .map(|(labels, samples)| {
+            let i = labels.into_iter().find(|(n, _)| n == "i").map(|(_, v)| v);
+            let bits = samples.into_iter().map(|(t, v)| (t, v.to_bits())).collect();
+            (i.unwrap_or_default(), bits)
+        })
+        .collect()
+    };
+    // Acknowledged writes are on every owner already, unless a forward fell back to a
+    // hint: then its replay is waited for.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for member in &cluster {
+        loop {
+            let copy = local_copy(&member.node);
+            let differing = expected
+                .iter()
+                .filter(|(i, s)| copy.get(*i) != Some(s))
+                .count();
+            if differing == 0 {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "node {} differs from the rule's winners in {differing} of {SERIES} series",
+                member.node.http_addr
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    // One answer per query, every time, on every node: the sum of the winners.
+    let query = "sum(sum_over_time(conflict[30s]))";
+    let at = format!("{}", (t0 + (STEPS - 1) * 1000) as f64 / 1000.0);
+    let want: f64 = expected
+        .values()
+        .flatten()
+        .map(|&(_, v)| f64::from_bits(v))
+        .sum();
+    let mut answers = BTreeSet::new();
+    for member in &cluster {
+        for _ in 0..30 {
+            let (code, body) = post_form(
+                &member.node.url("/api/v1/query"),
+                &[("query", query), ("time", &at)],
+            );
+            assert_eq!(code, 200, "{body}");
+            let v: serde_json::Value = serde_json::from_str(&body).expect("json");
+            answers.insert(
+                v["data"]["result"][0]["value"][1]
+                    .as_str()
+                    .expect("a sum")
+                    .to_string(),
+            );
+        }
+    }
+    assert_eq!(answers.len(), 1, "different sums: {answers:?}");
+    let got: f64 = answers
+        .first()
+        .and_then(|a| a.parse().ok())
+        .expect("a number");
+    assert!(
+        (got - want).abs() < 1e-6 * want.abs(),
+        "sum {got}, winners sum to {want}"
+    );
+}

@@ -258,6 +258,117 @@ fn blocks_compaction_retention_deletion_and_snapshots_survive_restarts() {
     assert_eq!(stored.len(), SERIES, "every series has its recent data");
 }
 
+/// Conflicts on one node (ADR 0011): (case, first value, second value, value kept).
+/// 3.0 outranks 1.0 (larger bit pattern), and a real value outranks a staleness marker.
+fn conflict_cases() -> [(&'static str, f64, f64, f64); 4] {
+    let stale = f64::from_bits(timbala::model::STALE_NAN_BITS);
+    [
+        ("rising", 1.0, 3.0, 3.0),
+        ("falling", 3.0, 1.0, 3.0),
+        ("stale_first", stale, 0.0, 0.0),
+        ("stale_last", 0.0, stale, 0.0),
+    ]
+}
+
+fn write_case(node: &Node, case: &str, samples: &[(i64, f64)]) -> (u16, String) {
+    let series = common::ts(&[("__name__", "conflict"), ("case", case)], samples);
+    remote_write(
+        node,
+        &proto::WriteRequest {
+            timeseries: vec![series],
+            metadata: vec![],
+        },
+    )
+}
+
+/// case -> value bits stored at `t`.
+fn values_at(node: &Node, t: i64) -> BTreeMap<String, u64> {
+    let matchers = [(MatcherType::Eq, "__name__", "conflict")];
+    remote_read(node, &matchers, t, t, ResponseType::Samples)
+        .into_iter()
+        .filter_map(|read| {
+            let case = read.labels.into_iter().find(|(n, _)| n == "case")?.1;
+            let (_, bits) = read.samples.into_iter().find(|&(st, _)| st == t)?;
+            Some((case, bits))
+        })
+        .collect()
+}
+
+#[test]
+fn conflicting_writes_are_refused_and_resolved_by_the_rule_through_restart_and_compaction() {
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let data = tmp.path().join("data");
+    let flags = ["--block-duration", "1m"];
+    let mut node = Node::start_in(&data, &flags);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_millis() as i64;
+    // Mid-minute, ten minutes back: well inside the out-of-order window (1h).
+    let t0 = (now - 10 * MINUTE_MS) / MINUTE_MS * MINUTE_MS + MINUTE_MS / 2;
+
+    // As in Prometheus: an identical duplicate is harmless, a different value is a 400
+    // conflict, whether or not the rule then keeps it.
+    for (case, first, second, _) in conflict_cases() {
+        assert_eq!(write_case(&node, case, &[(t0, first)]).0, 204, "{case}");
+        assert_eq!(write_case(&node, case, &[(t0, first)]).0, 204, "{case}");
+        let (status, body) = write_case(&node, case, &[(t0, second)]);
+        assert_eq!(status, 400, "{case}: {body}");
+        assert!(body.contains("duplicate_timestamp"), "{case}: {body}");
+    }
+    let mut kept: BTreeMap<String, u64> = conflict_cases()
+        .iter()
+        .map(|&(case, _, _, kept)| (case.to_string(), kept.to_bits()))
+        .collect();
+    assert_eq!(values_at(&node, t0), kept, "in the head");
+
+    // The WAL replays to the same values after a SIGKILL.
+    node.kill();
+    let node = Node::start_in(&data, &flags);
+    assert_eq!(values_at(&node, t0), kept, "after WAL replay");
+
+    // Nine more minutes of samples: the head is cut into 1m blocks and compacted.
+    let later: Vec<(i64, f64)> = (1..=54).map(|i| (t0 + i * INTERVAL_MS, 1.0)).collect();
+    for (case, ..) in conflict_cases() {
+        assert_eq!(write_case(&node, case, &later).0, 204, "{case}");
+    }
+    wait_for("a block holding t0", Duration::from_secs(60), || {
+        blocks(&data)
+            .iter()
+            .any(|b| b.min_time <= t0 && t0 < b.max_time)
+            .then_some(())
+    });
+    assert_eq!(values_at(&node, t0), kept, "from a block");
+
+    // The head cannot see the block's values, so (as in Prometheus) these are accepted;
+    // reads merge head and block by the rule: 5.0 outranks 3.0, 2.0 does not.
+    assert_eq!(write_case(&node, "rising", &[(t0, 2.0)]).0, 204);
+    assert_eq!(write_case(&node, "falling", &[(t0, 5.0)]).0, 204);
+    kept.insert("falling".to_string(), 5.0f64.to_bits());
+    assert_eq!(values_at(&node, t0), kept, "head merged with a block");
+
+    // The next cut writes them into a block overlapping the first; compaction merges
+    // the two by the same rule.
+    wait_for(
+        "the late samples cut and compacted",
+        Duration::from_secs(60),
+        || {
+            let (_, status) = get(&node.url("/api/v1/status/tsdb"));
+            let status: serde_json::Value = serde_json::from_str(&status).ok()?;
+            let head_min = status["data"]["headStats"]["minTime"].as_i64()?;
+            let holding_t0 = blocks(&data)
+                .into_iter()
+                .filter(|b| b.min_time <= t0 && t0 < b.max_time)
+                .count();
+            (head_min > t0 && holding_t0 == 1).then_some(())
+        },
+    );
+    assert_eq!(values_at(&node, t0), kept, "after compaction");
+    let mut node = node;
+    let node = restart(&mut node, &data, &flags);
+    assert_eq!(values_at(&node, t0), kept, "after compaction and a restart");
+}
+
 fn copy_recursively(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).expect("create copy dir");
     for entry in std::fs::read_dir(from).expect("read snapshot dir") {

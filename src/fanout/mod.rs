@@ -324,8 +324,9 @@ async fn remote_json<T: serde::de::DeserializeOwned>(
 }
 
 /// Merges replicas: one series per label set, sorted by labels, with the union of the
-/// replicas' samples in time order; a timestamp present on several replicas is kept once
-/// (the first replica's value: replicas hold the same sample).
+/// replicas' samples in time order; a timestamp present on several replicas is kept once,
+/// with the value `model::conflict_winner` picks (replicas that have not converged yet
+/// give the answer they will converge to, whichever replica answered first).
 pub fn merge_series(mut answers: Vec<Vec<Series>>) -> Vec<Series> {
     if answers.len() == 1 {
         // One node (a cluster of one): its answer is already sorted and unique.

@@ -2,7 +2,8 @@
 //!
 //! Owns: choosing which blocks to merge (`plan`) and merging them into one new block
 //! (`merge_blocks`), which also drops tombstoned samples and deduplicates samples that
-//! overlapping blocks share. Ranges grow exponentially like Prometheus's: the block
+//! overlapping blocks share (a timestamp with two values keeps the conflict rule's
+//! winner, ADR 0011). Ranges grow exponentially like Prometheus's: the block
 //! duration times 3, 9, 27, ... Calls `block`, `head` (chunk encoding), `tombstones`.
 
 use std::collections::BTreeMap;

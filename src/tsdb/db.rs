@@ -276,6 +276,14 @@ impl Db {
                         staged = true;
                     }
                     Ok(Appended::Duplicate) => tally.appended += 1,
+                    Ok(Appended::Conflicting) => {
+                        // Logged and published like a stored sample, so the conflict rule
+                        // decides what is kept, on replay too; answered as a conflict.
+                        record.push(mem.id, s.t, s.v);
+                        tally.widen(s.t);
+                        tally.reject(RejectReason::DuplicateTimestamp, &series.labels, s.t);
+                        staged = true;
+                    }
                     Err(reason) => tally.reject(reason, &series.labels, s.t),
                 }
             }
@@ -804,6 +812,11 @@ impl Default for Tally {
 impl Tally {
     fn stored(&mut self, t: i64) {
         self.appended += 1;
+        self.widen(t);
+    }
+
+    /// Widens the batch's time range to `t`.
+    fn widen(&mut self, t: i64) {
         self.mint = self.mint.min(t);
         self.maxt = self.maxt.max(t);
     }
@@ -838,7 +851,8 @@ struct Replayer<'a> {
 }
 
 impl Replayer<'_> {
-    /// Replay accepts everything the log holds: it was accepted once already.
+    /// Replay accepts everything the log holds: it was accepted once already. Conflicting
+    /// values resolve by the same rule as live appends, in any order (ADR 0011).
     const LIMITS: AppendLimits = AppendLimits::NONE;
 
     fn apply(&mut self, rec: Record) {

@@ -4,8 +4,9 @@
 //! collision check, sharded locks), the head postings, and per-series sample storage: sealed XOR
 //! chunks of at most 120 samples, one open chunk, and a sorted buffer of out-of-order
 //! samples. Enforces the append rules (out-of-order window, too old, too far in the future,
-//! duplicates). Holds the samples of requests whose WAL record is not yet durable apart
-//! (staged), invisible to reads until published (ADR 0010).
+//! duplicates) and resolves a conflicting value at a stored timestamp by
+//! `model::conflict_winner` (ADR 0011). Holds the samples of requests whose WAL record is
+//! not yet durable apart (staged), invisible to reads until published (ADR 0010).
 //! Calls `chunk`, `index`, `series_hash` and `model`.
 
 use std::collections::{HashMap, HashSet};
@@ -15,7 +16,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 use super::chunk::{decode_xor, XorChunk};
 use super::index::{MemPostings, SeriesRef};
 use super::series_hash::{label_set_hash, PrehashedKey};
-use crate::model::{merge_sorted_samples, Label, Labels, Sample};
+use crate::model::{conflict_winner, merge_sorted_samples, Label, Labels, Sample};
 use crate::storage::{RejectReason, TimeBounds};
 
 /// Samples per chunk before a new one is started (as Prometheus).
@@ -51,18 +52,30 @@ impl SealedChunk {
     }
 }
 
+/// Encodes time-ordered samples into one chunk (callers keep it to `SAMPLES_PER_CHUNK`).
+fn encode_chunk(samples: impl IntoIterator<Item = Sample>) -> XorChunk {
+    let mut c = XorChunk::new();
+    for s in samples {
+        c.append(s.t, s.v);
+    }
+    c
+}
+
 /// Encodes time-ordered samples into chunks of at most `SAMPLES_PER_CHUNK`.
 pub fn encode_chunks(samples: &[Sample]) -> Vec<SealedChunk> {
     samples
         .chunks(SAMPLES_PER_CHUNK)
-        .map(|part| {
-            let mut c = XorChunk::new();
-            for s in part {
-                c.append(s.t, s.v);
-            }
-            SealedChunk::from_chunk(c)
-        })
+        .map(|part| SealedChunk::from_chunk(encode_chunk(part.iter().copied())))
         .collect()
+}
+
+/// `samples` with the value at `t` replaced by `v`.
+fn with_value_at(
+    samples: impl Iterator<Item = Sample>,
+    t: i64,
+    v: f64,
+) -> impl Iterator<Item = Sample> {
+    samples.map(move |s| if s.t == t { Sample::new(t, v) } else { s })
 }
 
 /// The limits an append is checked against.
@@ -100,6 +113,11 @@ pub enum Appended {
     StoredNewChunk,
     /// The same sample was already stored; nothing changed.
     Duplicate,
+    /// A different value is stored (or staged by another request) at that timestamp:
+    /// this one is stored too and the conflict rule decides which is kept, so it must be
+    /// logged; the write is still answered as a `DuplicateTimestamp` conflict, as
+    /// Prometheus answers it (ADR 0011).
+    Conflicting,
 }
 
 /// Where `append` puts an accepted sample.
@@ -109,6 +127,8 @@ enum Placement {
     OutOfOrder,
     /// The same sample is already stored.
     Duplicate,
+    /// A different value is stored at that time and the conflict rule ranks this higher.
+    Replace,
 }
 
 /// A sample of a request whose WAL record is not yet durable: invisible to reads, cuts
@@ -201,6 +221,10 @@ impl SeriesData {
     ) -> Result<Appended, RejectReason> {
         match self.placement(t, v, limits)? {
             Placement::Duplicate => Ok(Appended::Duplicate),
+            Placement::Replace => {
+                self.replace_value(t, v);
+                Ok(Appended::Conflicting)
+            }
             Placement::InOrder => Ok(self.append_in_order(t, v)),
             Placement::OutOfOrder => {
                 let at = self.ooo.partition_point(|s| s.t < t);
@@ -226,16 +250,15 @@ impl SeriesData {
         }
         if t == max_t {
             return match self.last_value_bits() {
-                Some(bits) if bits == v.to_bits() => Ok(Placement::Duplicate),
-                _ => Err(RejectReason::DuplicateTimestamp),
+                Some(bits) => conflict_placement(f64::from_bits(bits), v),
+                None => Err(RejectReason::DuplicateTimestamp),
             };
         }
         if max_t.min(limits.now_ms).saturating_sub(t) > limits.out_of_order_window_ms {
             return Err(RejectReason::OutOfOrder);
         }
         match self.value_bits_at(t) {
-            Some(bits) if bits == v.to_bits() => Ok(Placement::Duplicate),
-            Some(_) => Err(RejectReason::DuplicateTimestamp),
+            Some(bits) => conflict_placement(f64::from_bits(bits), v),
             None => Ok(Placement::OutOfOrder),
         }
     }
@@ -243,11 +266,7 @@ impl SeriesData {
     fn in_order_placement(&self, t: i64, v: f64) -> Result<Placement, RejectReason> {
         // An out-of-order sample may already sit at a newer time than the chunks' end.
         if let Ok(i) = self.ooo.binary_search_by_key(&t, |s| s.t) {
-            return if self.ooo[i].v.to_bits() == v.to_bits() {
-                Ok(Placement::Duplicate)
-            } else {
-                Err(RejectReason::DuplicateTimestamp)
-            };
+            return conflict_placement(self.ooo[i].v, v);
         }
         Ok(Placement::InOrder)
     }
@@ -267,11 +286,13 @@ impl SeriesData {
     }
 
     /// Checks a sample as `append` would, and also against the samples other requests
-    /// staged, then stages it under `ticket` (invisible until `publish`). `Stored` means
-    /// the caller must log it; `Duplicate` means it is stored already (durable) or
-    /// staged by this same request. A request staging the same sample as another one
-    /// stages its own copy, so its acknowledgement never depends on the other's WAL
-    /// write.
+    /// staged, then stages it under `ticket` (invisible until `publish`). `Stored` and
+    /// `Conflicting` mean the caller must log it; `Duplicate` means it is stored already
+    /// (durable) or staged by this same request. A request staging the same sample as
+    /// another one stages its own copy, so its acknowledgement never depends on the
+    /// other's WAL write. A different value staged by another request is a conflict; this
+    /// one is staged anyway when it could change what is durable (the other's WAL write
+    /// may fail), and `publish` applies the conflict rule.
     pub fn stage(
         &mut self,
         t: i64,
@@ -279,18 +300,27 @@ impl SeriesData {
         limits: &AppendLimits,
         ticket: u64,
     ) -> Result<Appended, RejectReason> {
-        if let Some(other) = self.staged.iter().find(|s| s.t == t) {
-            if other.v.to_bits() != v.to_bits() {
-                return Err(RejectReason::DuplicateTimestamp);
-            }
-            if self.staged.iter().any(|s| s.t == t && s.ticket == ticket) {
+        let mut in_flight_conflict = false;
+        for s in self.staged.iter().filter(|s| s.t == t) {
+            if s.v.to_bits() != v.to_bits() {
+                in_flight_conflict = true;
+            } else if s.ticket == ticket {
                 return Ok(Appended::Duplicate);
             }
-        } else if self.placement(t, v, limits)? == Placement::Duplicate {
-            return Ok(Appended::Duplicate);
         }
-        self.staged.push(StagedSample { t, v, ticket });
-        Ok(Appended::Stored)
+        match self.placement(t, v, limits)? {
+            Placement::Duplicate if in_flight_conflict => Err(RejectReason::DuplicateTimestamp),
+            Placement::Duplicate => Ok(Appended::Duplicate),
+            placement => {
+                self.staged.push(StagedSample { t, v, ticket });
+                let conflict = in_flight_conflict || placement == Placement::Replace;
+                Ok(if conflict {
+                    Appended::Conflicting
+                } else {
+                    Appended::Stored
+                })
+            }
+        }
     }
 
     /// Stores the samples staged under `ticket`, now that their WAL record is durable.
@@ -319,6 +349,32 @@ impl SeriesData {
         let (mine, others) = staged.into_iter().partition(|s| s.ticket == ticket);
         self.staged = others;
         mine
+    }
+
+    /// Replaces the value stored at `t` (which exists) by `v`. Only conflicts take this
+    /// path, so re-encoding one chunk of at most 120 samples is affordable.
+    fn replace_value(&mut self, t: i64, v: f64) {
+        if let Ok(i) = self.ooo.binary_search_by_key(&t, |s| s.t) {
+            self.ooo[i].v = v;
+            return;
+        }
+        if !self.open.is_empty() && self.open.min_time() <= t && t <= self.open.max_time() {
+            self.open = encode_chunk(with_value_at(self.open.iter(), t, v));
+            return;
+        }
+        if let Some(c) = self
+            .sealed
+            .iter_mut()
+            .find(|c| c.min_t <= t && t <= c.max_t)
+        {
+            *c = SealedChunk::from_chunk(encode_chunk(with_value_at(c.samples(), t, v)));
+            return;
+        }
+        // The stored sample is in a chunk being cut into a block, which is already
+        // written: keep the winner as an out-of-order sample (no chunk holds `t` any
+        // more), and reads and compaction resolve the two copies by the same rule.
+        let at = self.ooo.partition_point(|s| s.t < t);
+        self.ooo.insert(at, Sample::new(t, v));
     }
 
     /// The value bits stored at exactly `t`, looking at every place a sample may live.
@@ -382,10 +438,16 @@ impl SeriesData {
         out.extend(self.ooo.iter().filter(|s| s.t >= mint && s.t <= maxt));
         if !self.ooo.is_empty() || !self.cutting.is_empty() {
             // A sample appended while its time range was being cut may repeat one in
-            // `cutting`; the sort is stable, so the older copy wins.
+            // `cutting` with another value: the conflict rule picks the one kept.
             let mut mine = out.split_off(start);
             mine.sort_by_key(|s| s.t);
-            mine.dedup_by_key(|s| s.t);
+            mine.dedup_by(|later, kept| {
+                let same_time = later.t == kept.t;
+                if same_time {
+                    kept.v = conflict_winner(kept.v, later.v);
+                }
+                same_time
+            });
             out.extend(mine);
         }
     }
@@ -405,9 +467,7 @@ impl SeriesData {
         let mut chunks = encode_chunks(samples);
         self.open = XorChunk::new();
         if let Some(last) = chunks.pop() {
-            for s in decode_xor(&last.bytes).map_while(Result::ok) {
-                self.open.append(s.t, s.v);
-            }
+            self.open = encode_chunk(last.samples());
         }
         self.sealed = chunks;
         self.ooo.clear();
@@ -462,6 +522,18 @@ impl SeriesData {
         self.cutting.clear();
         let merged = merge_sorted_samples(self.all_samples(), old);
         self.rebuild_from(&merged);
+    }
+}
+
+/// A write of `v` where `stored` is kept: identical is a harmless duplicate; a different
+/// value is a conflict, placed as a replacement when the conflict rule ranks it higher.
+fn conflict_placement(stored: f64, v: f64) -> Result<Placement, RejectReason> {
+    if stored.to_bits() == v.to_bits() {
+        Ok(Placement::Duplicate)
+    } else if conflict_winner(stored, v).to_bits() == stored.to_bits() {
+        Err(RejectReason::DuplicateTimestamp)
+    } else {
+        Ok(Placement::Replace)
     }
 }
 
@@ -723,6 +795,7 @@ mod tests {
         out_of_order_window_ms: 1_000,
         now_ms: i64::MAX,
     };
+    const ANY_TIME: AppendLimits = AppendLimits::NONE;
 
     fn collect(d: &SeriesData) -> Vec<(i64, u64)> {
         let mut out = Vec::new();
@@ -735,14 +808,15 @@ mod tests {
         let mut d = SeriesData::new();
         assert_eq!(d.append(5_000, 1.0, &LIMITS), Ok(Appended::StoredNewChunk));
         assert_eq!(d.append(5_000, 1.0, &LIMITS), Ok(Appended::Duplicate));
+        // A different value the conflict rule ranks lower (see the conflict tests).
         assert_eq!(
-            d.append(5_000, 2.0, &LIMITS),
+            d.append(5_000, 0.5, &LIMITS),
             Err(RejectReason::DuplicateTimestamp)
         );
         assert_eq!(d.append(4_500, 0.5, &LIMITS), Ok(Appended::Stored));
         assert_eq!(d.append(4_500, 0.5, &LIMITS), Ok(Appended::Duplicate));
         assert_eq!(
-            d.append(4_500, 0.7, &LIMITS),
+            d.append(4_500, 0.3, &LIMITS),
             Err(RejectReason::DuplicateTimestamp)
         );
         assert_eq!(d.append(3_999, 1.0, &LIMITS), Err(RejectReason::OutOfOrder));
@@ -865,17 +939,16 @@ mod tests {
         let bits = |v: f64| v.to_bits();
         assert_eq!(d.stage(1_000, 1.0, &LIMITS, 7), Ok(Appended::Duplicate));
         assert_eq!(
-            d.stage(1_000, 5.0, &LIMITS, 7),
+            d.stage(1_000, 0.5, &LIMITS, 7),
             Err(RejectReason::DuplicateTimestamp)
         );
         assert_eq!(d.stage(2_000, 2.0, &LIMITS, 7), Ok(Appended::Stored));
         assert_eq!(d.stage(2_000, 2.0, &LIMITS, 7), Ok(Appended::Duplicate));
         // Another request with the same sample logs its own copy.
         assert_eq!(d.stage(2_000, 2.0, &LIMITS, 8), Ok(Appended::Stored));
-        assert_eq!(
-            d.stage(2_000, 9.0, &LIMITS, 9),
-            Err(RejectReason::DuplicateTimestamp)
-        );
+        // A different value in flight is a conflict; staged too, the rule decides later.
+        assert_eq!(d.stage(2_000, 9.0, &LIMITS, 9), Ok(Appended::Conflicting));
+        d.discard(9);
         assert_eq!(d.stage(3_000, 3.0, &LIMITS, 8), Ok(Appended::Stored));
         assert_eq!(collect(&d), vec![(1_000, bits(1.0))]);
         assert!(!d.overlaps(3_000, 3_000));
@@ -890,6 +963,40 @@ mod tests {
     }
 
     #[test]
+    fn conflicting_staged_values_publish_to_the_rules_winner() {
+        let bits = |v: f64| v.to_bits();
+        for first in [1, 2] {
+            let mut d = SeriesData::new();
+            assert_eq!(d.stage(1_000, 1.0, &LIMITS, 1), Ok(Appended::Stored));
+            assert_eq!(d.stage(1_000, 3.0, &LIMITS, 2), Ok(Appended::Conflicting));
+            d.publish(first);
+            d.publish(3 - first);
+            assert_eq!(
+                collect(&d),
+                vec![(1_000, bits(3.0))],
+                "published {first} first"
+            );
+        }
+        // The winner's WAL write failed: the other value is kept.
+        let mut d = SeriesData::new();
+        d.stage(1_000, 1.0, &LIMITS, 1).unwrap();
+        d.stage(1_000, 3.0, &LIMITS, 2).unwrap();
+        d.discard(2);
+        d.publish(1);
+        assert_eq!(collect(&d), vec![(1_000, bits(1.0))]);
+        // The durable value again while a higher one is in flight: a conflict, and
+        // nothing to log.
+        assert_eq!(d.stage(1_000, 5.0, &LIMITS, 3), Ok(Appended::Conflicting));
+        assert_eq!(
+            d.stage(1_000, 1.0, &LIMITS, 4),
+            Err(RejectReason::DuplicateTimestamp)
+        );
+        d.publish(3);
+        assert_eq!(collect(&d), vec![(1_000, bits(5.0))]);
+        assert!(d.staged.is_empty());
+    }
+
+    #[test]
     fn gc_keeps_a_series_whose_samples_are_staged() {
         let head = Head::default();
         let l = Labels::from_pairs([("__name__", "up")]);
@@ -900,18 +1007,102 @@ mod tests {
         assert_eq!(head.gc(), 1);
     }
 
+    type Answers = Vec<Result<Appended, RejectReason>>;
+
+    /// Appends `values` at `t` in order to a series that holds `base` first; returns
+    /// the answers and the stored samples.
+    fn conflicts(base: &[(i64, f64)], t: i64, values: &[f64]) -> (Answers, Vec<(i64, u64)>) {
+        let mut d = SeriesData::new();
+        for &(bt, bv) in base {
+            d.append(bt, bv, &LIMITS).unwrap();
+        }
+        let answers = values.iter().map(|&v| d.append(t, v, &LIMITS)).collect();
+        (answers, collect(&d))
+    }
+
     #[test]
-    fn merge_prefers_first_on_ties() {
-        let a = vec![Sample::new(1, 1.0), Sample::new(3, 3.0)];
-        let b = vec![Sample::new(1, 9.0), Sample::new(2, 2.0)];
-        let m = merge_sorted_samples(a, b);
-        assert_eq!(
-            m,
-            vec![
-                Sample::new(1, 1.0),
-                Sample::new(2, 2.0),
-                Sample::new(3, 3.0)
-            ]
-        );
+    fn conflicting_values_keep_the_rules_winner_in_any_order() {
+        use Appended::{Conflicting, Duplicate};
+        let dup = Err(RejectReason::DuplicateTimestamp);
+        // 1.0 < 2.0 by bits; -1.0 has the sign bit and outranks both.
+        for (values, answers) in [
+            (
+                vec![1.0, 2.0, 2.0, 1.0],
+                vec![Ok(Conflicting), Ok(Duplicate), dup],
+            ),
+            (vec![2.0, 1.0, -1.0], vec![dup, Ok(Conflicting)]),
+        ] {
+            let (got, stored) = conflicts(&[], 5_000, &values);
+            assert_eq!(got[1..], answers[..], "{values:?}");
+            let winner = values.iter().copied().reduce(conflict_winner).unwrap();
+            assert_eq!(stored, vec![(5_000, winner.to_bits())], "{values:?}");
+        }
+        // A real value beats a staleness marker whichever came first.
+        let stale_first = conflicts(&[], 5_000, &[stale_nan(), 0.0]);
+        let real_first = conflicts(&[], 5_000, &[0.0, stale_nan()]);
+        assert_eq!(stale_first.0[1], Ok(Conflicting));
+        assert_eq!(real_first.0[1], dup);
+        assert_eq!(stale_first.1, vec![(5_000, 0.0f64.to_bits())]);
+        assert_eq!(stale_first.1, real_first.1);
+    }
+
+    #[test]
+    fn conflicts_resolve_inside_sealed_open_and_out_of_order_samples() {
+        let base: Vec<(i64, f64)> = (0..250).map(|i| (i * 10, i as f64)).collect();
+        let mut expected: Vec<(i64, u64)> = base.iter().map(|&(t, v)| (t, v.to_bits())).collect();
+        let mut d = SeriesData::new();
+        for &(t, v) in &base {
+            d.append(t, v, &ANY_TIME).unwrap();
+        }
+        d.append(2_485, 7.0, &ANY_TIME).unwrap(); // out of order, between two samples
+        expected.insert(249, (2_485, 7.0f64.to_bits()));
+        // A sealed chunk's middle, the open chunk's middle and end, the OOO buffer.
+        for (t, winner, loser) in [
+            (500, 1e9, 0.0),
+            (2_450, 1e9, 0.5),
+            (2_490, 1e9, 3.0),
+            (2_485, 8.0, 6.0),
+        ] {
+            let dup = Err(RejectReason::DuplicateTimestamp);
+            assert_eq!(d.append(t, loser, &ANY_TIME), dup, "{t}");
+            assert_eq!(d.append(t, winner, &ANY_TIME), Ok(Appended::Conflicting));
+            assert_eq!(d.append(t, winner, &ANY_TIME), Ok(Appended::Duplicate));
+            let at = expected.iter().position(|&(et, _)| et == t).unwrap();
+            expected[at].1 = winner.to_bits();
+        }
+        assert_eq!(collect(&d), expected);
+        assert_eq!(d.num_chunks(), 3);
+        // Appending goes on normally after a rewritten open chunk.
+        d.append(2_500, 1.0, &ANY_TIME).unwrap();
+        assert_eq!(collect(&d).len(), expected.len() + 1);
+    }
+
+    #[test]
+    fn a_conflict_with_a_sample_being_cut_is_resolved_when_read() {
+        for finish in [true, false] {
+            let mut d = SeriesData::new();
+            for i in 0..200 {
+                d.append(i * 10, i as f64, &LIMITS).unwrap();
+            }
+            let cut = d.start_cut(1_000);
+            assert_eq!(cut.iter().map(|c| c.samples().count()).sum::<usize>(), 100);
+            // 990 holds 99.0 in a chunk being cut; -1.0 outranks it, 2.0 does not.
+            assert_eq!(d.append(990, -1.0, &LIMITS), Ok(Appended::Conflicting));
+            assert_eq!(
+                d.append(990, 2.0, &LIMITS),
+                Err(RejectReason::DuplicateTimestamp)
+            );
+            let read = collect(&d);
+            assert_eq!(read.len(), 200);
+            assert_eq!(read[99], (990, (-1.0f64).to_bits()));
+            if finish {
+                // The block holds 99.0 at 990; the head keeps the winner to merge with it.
+                d.finish_cut();
+                assert_eq!(collect(&d)[0], (990, (-1.0f64).to_bits()));
+            } else {
+                d.abort_cut();
+                assert_eq!(collect(&d), read);
+            }
+        }
     }
 }

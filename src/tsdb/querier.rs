@@ -2,7 +2,7 @@
 //!
 //! Owns: gathering matching series from every source that overlaps the time range and
 //! merging them so each series appears once, its samples in time order with identical
-//! timestamps deduplicated. Calls `head`, `block`, `index` and `storage` types.
+//! timestamps deduplicated (the value kept is the conflict rule's, ADR 0011). Calls `head`, `block`, `index` and `storage` types.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;

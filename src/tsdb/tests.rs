@@ -424,6 +424,81 @@ async fn out_of_order_data_behind_a_cut_is_merged_by_compaction() {
     assert!(got[1].samples.iter().any(|s| s.t == late && s.v == -1.0));
 }
 
+/// (timestamp, value bits) of one `up` series.
+async fn stored_bits(db: &Tsdb, job: &str) -> Vec<(i64, u64)> {
+    let got = db
+        .select(select_req(
+            vec![Matcher::equal("job", job)],
+            i64::MIN,
+            i64::MAX,
+        ))
+        .await
+        .unwrap();
+    got.iter()
+        .flat_map(|s| s.samples.iter().map(|x| (x.t, x.v.to_bits())))
+        .collect()
+}
+
+#[tokio::test]
+async fn conflicts_resolve_one_way_in_head_wal_blocks_and_compaction() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Tsdb::open(opts(dir.path()), TsdbMetrics::default()).unwrap();
+    let at = 20 * MIN;
+    // The same two values in both orders: 3.0 outranks 1.0 (ADR 0011). Each second
+    // write is a conflict (counted as rejected) whether or not it won.
+    for (job, first, second) in [("x", 1.0, 3.0), ("y", 3.0, 1.0)] {
+        db.append(vec![up(job, &[(at, first)])]).await.unwrap();
+        let out = db.append(vec![up(job, &[(at, second)])]).await.unwrap();
+        assert_eq!(out.rejected, vec![(RejectReason::DuplicateTimestamp, 1)]);
+        assert_eq!(out.appended, 0);
+        let same = db.append(vec![up(job, &[(at, 3.0)])]).await.unwrap();
+        assert_eq!((same.appended, same.rejected_total()), (1, 0));
+    }
+    let winner = vec![(at, 3.0f64.to_bits())];
+    assert_eq!(stored_bits(&db, "x").await, winner);
+    assert_eq!(stored_bits(&db, "y").await, winner);
+    // Dropped without close: the WAL replays the conflicts to the same state.
+    drop(db);
+    let db = Tsdb::open(opts(dir.path()), TsdbMetrics::default()).unwrap();
+    assert_eq!(stored_bits(&db, "x").await, winner);
+    assert_eq!(stored_bits(&db, "y").await, winner);
+
+    // Into a block: the cut at 10m puts z's samples up to 9m45s on disk.
+    db.append(vec![regular("a", 0, 25 * MIN), regular("z", 0, 12 * MIN)])
+        .await
+        .unwrap();
+    db.maintain().unwrap();
+    assert_eq!(db.blocks().len(), 1);
+    // The head cannot see the block's values (as in Prometheus these writes are
+    // accepted); head and block are merged by the rule when read: 1e6 outranks the
+    // block's 540 at 9m, and 0.0 does not outrank its 525 at 8m45s.
+    let (win_t, lose_t) = (9 * MIN, 9 * MIN - 15_000);
+    let out = db
+        .append(vec![up("z", &[(win_t, 1e6), (lose_t, 0.0)])])
+        .await
+        .unwrap();
+    assert_eq!(out.appended, 2, "{out:?}");
+    let check = |got: Vec<(i64, u64)>| {
+        assert_eq!(got.len(), 48);
+        assert!(got.windows(2).all(|w| w[0].0 < w[1].0));
+        let value_at = |t| got.iter().find(|s| s.0 == t).map(|s| f64::from_bits(s.1));
+        assert_eq!(value_at(win_t), Some(1e6));
+        assert_eq!(value_at(lose_t), Some(525.0));
+    };
+    check(stored_bits(&db, "z").await);
+    // The next cut writes the head's copies into an overlapping block; compaction
+    // merges the two by the same rule.
+    db.maintain().unwrap();
+    let blocks = db.blocks();
+    assert_eq!(blocks.len(), 1, "overlapping blocks compacted: {blocks:?}");
+    assert_eq!(blocks[0].compaction_level, 2);
+    check(stored_bits(&db, "z").await);
+    drop(db);
+    let db = Tsdb::open(opts(dir.path()), TsdbMetrics::default()).unwrap();
+    check(stored_bits(&db, "z").await);
+    assert_eq!(stored_bits(&db, "x").await, winner);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn appends_racing_maintenance_lose_nothing() {
     let dir = tempfile::tempdir().unwrap();
