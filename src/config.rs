@@ -17,6 +17,7 @@ use crate::replication::rereplicate::RepairConfig;
 use crate::storage::{Clock, TimeBounds, CLOCK_SKEW_ALLOWANCE_MS};
 use crate::telemetry::LogFormat;
 use crate::tsdb::TsdbOptions;
+use crate::web::WebOptions;
 
 #[derive(Clone, Debug, Parser)]
 #[command(
@@ -127,6 +128,26 @@ pub struct Config {
     /// How far back an instant selector looks for a sample.
     #[arg(long, env = "TIMBALA_QUERY_LOOKBACK_DELTA", default_value = "5m", value_parser = parse_duration)]
     pub query_lookback_delta: Duration,
+
+    /// Prometheus's web configuration file (TLS, basic auth, headers); re-read when it
+    /// changes and on SIGHUP. None: plain HTTP without authentication.
+    #[arg(long, env = "TIMBALA_WEB_CONFIG_FILE")]
+    pub web_config_file: Option<PathBuf>,
+
+    /// How often the web config file and the files it names are checked for changes
+    /// (0s: only on SIGHUP).
+    #[arg(long, env = "TIMBALA_WEB_CONFIG_RELOAD_INTERVAL", default_value = "2s", value_parser = parse_duration)]
+    pub web_config_reload_interval: Duration,
+
+    /// CA certificates (PEM) that peers' HTTPS certificates are verified against when the
+    /// web config enables TLS (default: the web config's client CA).
+    #[arg(long, env = "TIMBALA_PEER_CA_FILE")]
+    pub peer_ca_file: Option<PathBuf>,
+
+    /// Enable the admin endpoints (delete_series, clean_tombstones, snapshot). Off, they
+    /// answer 503 "admin APIs disabled", as in Prometheus.
+    #[arg(long, env = "TIMBALA_WEB_ENABLE_ADMIN_API")]
+    pub web_enable_admin_api: bool,
 }
 
 /// SWIM timing presets.
@@ -284,6 +305,16 @@ impl Config {
         }
     }
 
+    /// Settings of the web layer (TLS, authentication, peer TLS).
+    pub fn web_options(&self) -> WebOptions {
+        WebOptions {
+            config_file: self.web_config_file.clone(),
+            peer_ca_file: self.peer_ca_file.clone(),
+            reload_interval: self.web_config_reload_interval,
+            has_peers: !self.peers.is_empty(),
+        }
+    }
+
     /// Rejects combinations that parse but cannot work.
     pub fn validate(&self) -> Result<(), String> {
         if self.block_duration < Duration::from_secs(60) {
@@ -302,6 +333,11 @@ impl Config {
     pub fn flag_values(&self) -> Vec<(String, String)> {
         let d = |d: Duration| promql_parser::util::display_duration(&d);
         let opt = |o: &Option<String>| o.clone().unwrap_or_default();
+        let path = |p: &Option<PathBuf>| {
+            p.as_ref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default()
+        };
         [
             ("data-directory", self.data_directory.display().to_string()),
             ("http-bind-addr", self.http_bind_addr.to_string()),
@@ -333,6 +369,16 @@ impl Config {
             ),
             ("query-lookback-delta", d(self.query_lookback_delta)),
             ("repair-rate-limit", self.repair_rate_limit.to_string()),
+            ("web-config-file", path(&self.web_config_file)),
+            (
+                "web-config-reload-interval",
+                d(self.web_config_reload_interval),
+            ),
+            ("peer-ca-file", path(&self.peer_ca_file)),
+            (
+                "web-enable-admin-api",
+                self.web_enable_admin_api.to_string(),
+            ),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_string(), v))
@@ -404,6 +450,35 @@ mod tests {
         ]);
         assert_eq!(off.ingest_time_bounds(), TimeBounds::NONE);
         assert_eq!(off.tsdb_options().time_bounds, TimeBounds::NONE);
+    }
+
+    #[test]
+    fn web_security_flags() {
+        let c = Config::parse_from(["timbala"]);
+        assert!(!c.web_enable_admin_api);
+        let web = c.web_options();
+        assert_eq!(web.config_file, None);
+        assert_eq!(web.reload_interval, Duration::from_secs(2));
+        let c = Config::parse_from([
+            "timbala",
+            "--web-config-file",
+            "/etc/timbala/web.yml",
+            "--peer-ca-file",
+            "ca.crt",
+            "--web-enable-admin-api",
+            "--web-config-reload-interval",
+            "0s",
+            "--peers",
+            "a:7946",
+        ]);
+        assert!(c.web_enable_admin_api);
+        let web = c.web_options();
+        assert_eq!(web.config_file, Some(PathBuf::from("/etc/timbala/web.yml")));
+        assert_eq!(web.peer_ca_file, Some(PathBuf::from("ca.crt")));
+        assert!(web.reload_interval.is_zero() && web.has_peers);
+        let flags = c.flag_values();
+        assert!(flags.contains(&("web-enable-admin-api".into(), "true".into())));
+        assert!(flags.contains(&("web-config-file".into(), "/etc/timbala/web.yml".into())));
     }
 
     #[test]

@@ -6,6 +6,8 @@
 //! (parse, evaluate) -> `fanout` (every alive node's local data, replicas merged) ->
 //! `tsdb` and peers. Both meet at `storage::Storage`. `model` and `proto` are shared
 //! vocabulary; `telemetry` is self-monitoring that every box may register metrics with.
+//! `web` secures the HTTP edge (TLS, basic auth, Prometheus's web config file) and the
+//! peer client's TLS.
 
 pub mod api;
 pub mod cluster;
@@ -23,3 +25,4 @@ pub mod storage;
 pub mod telemetry;
 pub mod timeutil;
 pub mod tsdb;
+pub mod web;

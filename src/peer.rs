@@ -7,7 +7,9 @@
 //! shapes of the internal label requests. Every request has a deadline, and dropping its
 //! future cancels it (the connection is closed, never handed back to the pool
 //! half-read). Called by `replication` (writes, hint replay), `fanout` (reads) and
-//! `api::internal` (the receiving side). Calls hyper, `cluster::keys` and
+//! `api::internal` (the receiving side). Calls hyper (with hyper-rustls: https to peers
+//! when the web config enables TLS, with the TLS settings `web` gives it),
+//! `cluster::keys` and
 //! `model`/`storage`/`cluster::identity` types only.
 
 use std::sync::Arc;
@@ -15,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
 use http_body_util::{BodyExt, Full};
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
@@ -165,23 +168,52 @@ pub fn decode_hints_pending(value: &str) -> Vec<(NodeId, u64)> {
 /// The pooled client. Cheap to clone; connections are shared by all clones.
 #[derive(Clone)]
 pub struct PeerClient {
-    client: Client<HttpConnector, Full<Bytes>>,
+    client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
+    /// `https` when the listener (and so every peer's) uses TLS, else `http`.
+    scheme: &'static str,
     metrics: PeerMetrics,
     /// Signs every request when the cluster has keys.
     keys: Option<Arc<ClusterKeys>>,
 }
 
 impl PeerClient {
-    pub fn new(metrics: PeerMetrics, keys: Option<ClusterKeys>) -> PeerClient {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(Duration::from_secs(2)));
+    /// `keys`: the cluster keys requests are signed with (None: an open cluster). `tls`:
+    /// the TLS client settings when the cluster's HTTP uses TLS (then only https is
+    /// spoken to peers); None: plain http.
+    pub fn new(
+        metrics: PeerMetrics,
+        keys: Option<ClusterKeys>,
+        tls: Option<rustls::ClientConfig>,
+    ) -> PeerClient {
+        let mut http = HttpConnector::new();
+        http.set_nodelay(true);
+        http.set_connect_timeout(Some(Duration::from_secs(2)));
+        http.enforce_http(false);
+        let (scheme, connector) = match tls {
+            Some(config) => (
+                "https",
+                hyper_rustls::HttpsConnectorBuilder::new()
+                    .with_tls_config(config)
+                    .https_only()
+                    .enable_http1()
+                    .wrap_connector(http),
+            ),
+            None => (
+                "http",
+                hyper_rustls::HttpsConnectorBuilder::new()
+                    .with_tls_config(plain_only_tls_config())
+                    .https_or_http()
+                    .enable_http1()
+                    .wrap_connector(http),
+            ),
+        };
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(90))
             .pool_max_idle_per_host(16)
             .build(connector);
         PeerClient {
             client,
+            scheme,
             metrics,
             keys: keys.map(Arc::new),
         }
@@ -191,7 +223,7 @@ impl PeerClient {
         &self.metrics
     }
 
-    /// POSTs `body` to `http://<peer><path>` and reads the answer within `deadline`.
+    /// POSTs `body` to `<scheme>://<peer><path>` and reads the answer within `deadline`.
     /// Dropping the returned future abandons the request and its connection.
     pub async fn post(
         &self,
@@ -232,7 +264,7 @@ impl PeerClient {
         headers: &[(&str, &str)],
         body: Vec<u8>,
     ) -> Result<PeerResponse, PeerError> {
-        let mut builder = hyper::Request::post(format!("http://{peer}{path}"));
+        let mut builder = hyper::Request::post(format!("{}://{peer}{path}", self.scheme));
         for (name, value) in headers {
             builder = builder.header(*name, *value);
         }
@@ -266,6 +298,18 @@ impl PeerClient {
             body,
         })
     }
+}
+
+/// A TLS configuration that trusts nobody, for the plain-http client (it never makes a
+/// TLS connection: every URL it is given is http).
+fn plain_only_tls_config() -> rustls::ClientConfig {
+    rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap_or_else(|_| unreachable!("ring supports the default protocol versions"))
+    .with_root_certificates(rustls::RootCertStore::empty())
+    .with_no_client_auth()
 }
 
 tokio::task_local! {

@@ -1,6 +1,7 @@
-//! Wiring of one node: metrics registry, storage, cluster membership, engine and HTTP
-//! server, and the orderly shutdown on SIGTERM (leave the cluster, stop accepting,
-//! finish in-flight requests, close the WAL).
+//! Wiring of one node: metrics registry, web security, storage, cluster membership,
+//! engine and HTTP server (public routes behind the web config's guard, internal ones
+//! beside them; ADR 0013), and the orderly shutdown on SIGTERM (leave the cluster, stop
+//! accepting, finish in-flight requests, close the WAL).
 //!
 //! Owns: process lifecycle, including holding the data directory lock (`dirlock`) for
 //! the whole run. Calls every box's constructor; no box calls it.
@@ -12,6 +13,7 @@ use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use crate::api::admin::AdminApi;
 use crate::api::{self, AppState, ClusterServices, NodeServices, ServerInfo};
 use crate::cluster::keys::ClusterKeys;
 use crate::cluster::membership::{ClusterMetrics, Membership};
@@ -26,6 +28,7 @@ use crate::replication::{handoff, ReplicatingStorage};
 use crate::storage::Storage;
 use crate::telemetry::{self, http::HttpMetrics};
 use crate::tsdb::{Tsdb, TsdbMetrics};
+use crate::web::{self, WebSecurity};
 
 /// Runs a node until SIGTERM or SIGINT. Returns an error message on a fatal failure.
 pub async fn run(config: Config) -> Result<(), String> {
@@ -41,6 +44,8 @@ pub async fn run(config: Config) -> Result<(), String> {
     let handoff_metrics = HandoffMetrics::register(&mut registry);
     let fanout_metrics = FanoutMetrics::register(&mut registry);
     let repair_metrics = RepairMetrics::register(&mut registry);
+    let web_security = WebSecurity::load(config.web_options(), &mut registry)
+        .map_err(|e| format!("--web-config-file: {e}"))?;
 
     let cluster_keys = match &config.cluster_key_file {
         Some(path) => Some(
@@ -57,28 +62,27 @@ pub async fn run(config: Config) -> Result<(), String> {
         ingest_time_bounds: config.ingest_time_bounds(),
         cluster_keys: cluster_keys.clone(),
     };
-    let state = AppState::new(Engine::new(config.engine_options()), registry, info);
+    let admin = AdminApi::new(config.web_enable_admin_api);
+    let state = AppState::new(Engine::new(config.engine_options()), registry, info, admin);
 
     let listener = TcpListener::bind(config.http_bind_addr)
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", config.http_bind_addr))?;
-    tracing::info!(addr = %config.http_bind_addr, "HTTP API listening");
+    tracing::info!(
+        addr = %config.http_bind_addr,
+        tls = web_security.tls_enabled(),
+        "HTTP API listening"
+    );
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
-    let app = api::router(state.clone())
-        .layer(axum::middleware::from_fn(crate::peer::edge_trace))
-        .layer(axum::middleware::from_fn_with_state(
-            http_metrics,
-            telemetry::http::track,
-        ));
-    let server = tokio::spawn(async move {
-        let mut rx = shutdown_rx;
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async move {
-                let _ = rx.wait_for(|stop| *stop).await;
-            })
-            .await
-    });
+    let app = http_app(state.clone(), &web_security, http_metrics);
+    let server = tokio::spawn(web::listener::serve(
+        listener,
+        app,
+        web_security.clone(),
+        shutdown_rx,
+    ));
+    let reload_task = web_security.spawn_reloader();
 
     let tsdb = open_storage(&config, tsdb_metrics).await?;
     let mut membership_config = config.membership_config();
@@ -90,7 +94,11 @@ pub async fn run(config: Config) -> Result<(), String> {
     let hints = HintStore::open(&config.data_directory, handoff_metrics)
         .map_err(|e| format!("cannot open the hint directory: {e}"))?;
     let hints = Arc::new(hints);
-    let client = PeerClient::new(peer_metrics, cluster_keys);
+    let client = PeerClient::new(
+        peer_metrics,
+        cluster_keys,
+        web_security.peer_client_tls(),
+    );
     let local: Arc<dyn Storage> = Arc::new(tsdb.clone());
     let writes = ReplicatingStorage::new(
         local.clone(),
@@ -139,14 +147,35 @@ pub async fn run(config: Config) -> Result<(), String> {
     }
     handoff_task.abort();
     repair_task.abort();
+    if let Some(task) = reload_task {
+        task.abort();
+    }
     tracing::info!("shutting down: draining HTTP requests");
     let _ = shutdown_tx.send(true);
-    match server.await {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => tracing::error!(error = %e, "HTTP server stopped with an error"),
-        Err(e) => tracing::error!(error = %e, "HTTP server task failed"),
+    if let Err(e) = server.await {
+        tracing::error!(error = %e, "HTTP server task failed");
     }
     close_storage(tsdb).await
+}
+
+/// The HTTP application: the public routes behind the web config's guard (rate limit,
+/// basic auth), the internal routes beside them (guarded by the cluster credential, not
+/// users' passwords), configured headers on every answer, then trace ids and metrics.
+fn http_app(state: AppState, web_security: &WebSecurity, metrics: HttpMetrics) -> axum::Router {
+    use axum::middleware::{from_fn, from_fn_with_state};
+    let api::ApiRouters { public, internal } = api::routers(state);
+    public
+        .layer(from_fn_with_state(
+            web_security.clone(),
+            web::auth::guard_public,
+        ))
+        .merge(internal)
+        .layer(from_fn_with_state(
+            web_security.clone(),
+            web::auth::add_headers,
+        ))
+        .layer(from_fn(crate::peer::edge_trace))
+        .layer(from_fn_with_state(metrics, telemetry::http::track))
 }
 
 async fn open_storage(config: &Config, metrics: TsdbMetrics) -> Result<Tsdb, String> {

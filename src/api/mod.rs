@@ -2,9 +2,11 @@
 //!
 //! Owns: routing, request parsing, response and error formats. Submodules by endpoint
 //! family: `health` (/-/healthy, /-/ready, /metrics), `write` (remote write), `read`
-//! (remote read), `admin` (TSDB admin), `query` (PromQL and series/labels endpoints),
-//! `status` (build, runtime, flags, tsdb, cluster), `federate`, `internal` (node-to-node).
-//! Calls `ingest`, `promql`,
+//! (remote read), `admin` (TSDB admin, off unless enabled), `query` (PromQL and
+//! series/labels endpoints), `status` (build, runtime, flags, tsdb, cluster),
+//! `federate`, `internal` (node-to-node). The routes come in two routers that are guarded
+//! differently (ADR 0013): `public` (everything users and Prometheus call) and `internal`
+//! (`/internal/v1/*`, node to node). Calls `ingest`, `promql`,
 //! `storage` (and the local `tsdb` for admin and status) — never the other way round.
 
 pub mod admin;
@@ -82,11 +84,17 @@ struct Shared {
     registry: Registry,
     info: ServerInfo,
     ingest_metrics: IngestMetrics,
+    admin: admin::AdminApi,
 }
 
 impl AppState {
     /// Registers the HTTP edge's own metrics (ingest) into `registry` before keeping it.
-    pub fn new(engine: Engine, mut registry: Registry, info: ServerInfo) -> Self {
+    pub fn new(
+        engine: Engine,
+        mut registry: Registry,
+        info: ServerInfo,
+        admin: admin::AdminApi,
+    ) -> Self {
         let ingest_metrics = IngestMetrics::register(&mut registry);
         AppState {
             shared: Arc::new(Shared {
@@ -95,6 +103,7 @@ impl AppState {
                 registry,
                 info,
                 ingest_metrics,
+                admin,
             }),
         }
     }
@@ -130,11 +139,25 @@ impl AppState {
     pub fn ingest_metrics(&self) -> &IngestMetrics {
         &self.shared.ingest_metrics
     }
+
+    pub fn admin(&self) -> &admin::AdminApi {
+        &self.shared.admin
+    }
+}
+
+/// The HTTP API as two routers that the server guards differently (ADR 0013).
+pub struct ApiRouters {
+    /// Every endpoint users, Prometheus and Grafana call, plus the fallback for unknown
+    /// paths (so that a guard layered on this router also covers them).
+    pub public: Router,
+    /// `/internal/v1/*`: node-to-node traffic, guarded by the cluster credential rather
+    /// than users' passwords.
+    pub internal: Router,
 }
 
 /// The whole HTTP API.
-pub fn router(state: AppState) -> Router {
-    Router::new()
+pub fn routers(state: AppState) -> ApiRouters {
+    let public = Router::new()
         .merge(health::routes())
         .merge(write::routes())
         .merge(read::routes())
@@ -142,14 +165,21 @@ pub fn router(state: AppState) -> Router {
         .merge(query::routes())
         .merge(status::routes())
         .merge(federate::routes())
-        .merge(
-            internal::routes().route_layer(axum::middleware::from_fn_with_state(
-                state.clone(),
-                internal::require_cluster_credential,
-            )),
-        )
         .merge(cluster_status::routes())
-        .with_state(state)
+        .fallback(not_found)
+        .with_state(state.clone());
+    let internal = internal::routes()
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            internal::require_cluster_credential,
+        ))
+        .with_state(state);
+    ApiRouters { public, internal }
+}
+
+/// Unknown paths: 404 with an empty body, as axum's default fallback.
+async fn not_found() -> StatusCode {
+    StatusCode::NOT_FOUND
 }
 
 /// An error in Prometheus's JSON format: `{"status":"error","errorType":..,"error":..}`.
