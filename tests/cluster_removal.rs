@@ -136,7 +136,11 @@ fn remove_and_heal(n: usize, victim_slot: usize) {
         .lock()
         .unwrap_or_else(|e| e.into_inner());
     let started = Instant::now();
-    let mut cluster = start_cluster(n, &[]);
+    // Removal is an admin endpoint.
+    let mut cluster = start_cluster_with(n, &[], |_| MemberSetup {
+        args: vec!["--web-enable-admin-api".into()],
+        ..MemberSetup::default()
+    });
     let order = {
         let nodes: Vec<&Node> = cluster.iter().map(|c| &c.node).collect();
         wait_converged(&nodes, n, Duration::from_secs(20))

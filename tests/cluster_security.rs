@@ -711,7 +711,8 @@ fn keys_rotate_by_rolling_restart_without_losing_members_or_writes() {
     }
 }
 
-/// The fenced `sh` blocks of the README section "Securing a cluster", in order.
+/// The fenced `sh` blocks of the README's "Securing a cluster" subsection on the cluster
+/// key, in order (the HTTPS subsection's blocks are run by tests/web_security.rs).
 fn readme_key_blocks() -> Vec<Vec<String>> {
     let readme = include_str!("../README.md");
     let section = readme
@@ -719,6 +720,11 @@ fn readme_key_blocks() -> Vec<Vec<String>> {
         .nth(1)
         .expect("README has a 'Securing a cluster' section");
     let section = section.split("\n## ").next().unwrap_or(section);
+    let section = section
+        .split("\n### Cluster key")
+        .nth(1)
+        .expect("README has a 'Cluster key' subsection");
+    let section = section.split("\n### ").next().unwrap_or(section);
     let mut blocks = Vec::new();
     let mut current: Option<Vec<String>> = None;
     for line in section.lines() {

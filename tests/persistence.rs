@@ -152,7 +152,13 @@ fn restart(node: &mut Node, data: &Path, flags: &[&str]) -> Node {
 fn blocks_compaction_retention_deletion_and_snapshots_survive_restarts() {
     let tmp = tempfile::tempdir().expect("temp dir");
     let data = tmp.path().join("data");
-    let flags = ["--block-duration", "1m", "--retention-time", "0s"];
+    let flags = [
+        "--block-duration",
+        "1m",
+        "--retention-time",
+        "0s",
+        "--web-enable-admin-api",
+    ];
     let mut node = Node::start_in(&data, &flags);
     write_all(&node, 0);
 

@@ -8,7 +8,6 @@
 #[rustfmt::skip]
 mod common;
 
-use std::io::Write as _;
 use std::process::Command;
 
 use common::{remote_write, ts, Node};
@@ -20,25 +19,7 @@ const POINTS: i64 = 9;
 
 /// Whether promtool can be run; panics under CI when it cannot.
 fn promtool_available() -> bool {
-    let found = Command::new("promtool")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if found {
-        return true;
-    }
-    let under_ci = std::env::var_os("CI").is_some_and(|v| !v.is_empty() && v != "false");
-    assert!(
-        !under_ci,
-        "promtool is missing under CI: scripts/install-prometheus.sh should have installed it"
-    );
-    // Written to the process's stderr directly: the test harness captures `eprintln!`
-    // of passing tests, and a skip must be visible.
-    let _ = writeln!(
-        std::io::stderr(),
-        "SKIPPED tests/promtool.rs: promtool not found (install with scripts/install-prometheus.sh)"
-    );
-    false
+    common::tool_available("promtool", "scripts/install-prometheus.sh")
 }
 
 /// Runs `promtool query <args>` and returns its standard output; panics on failure.

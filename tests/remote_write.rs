@@ -194,7 +194,7 @@ fn written_samples_read_back_bit_identical_with_every_matcher_type() {
 
 #[test]
 fn metadata_deletion_and_snapshot_endpoints() {
-    let node = Node::start(&[]);
+    let node = Node::start(&["--web-enable-admin-api"]);
     let t = start_ms();
     let req = proto::WriteRequest {
         timeseries: vec![

@@ -118,6 +118,8 @@ fn timbala_args(data: &Path, http: u16, gossip: u16, peers: &[u16]) -> Vec<Strin
         format!("--http-bind-addr=127.0.0.1:{http}"),
         format!("--gossip-bind-addr=127.0.0.1:{gossip}"),
         "--log-level=warn".to_string(),
+        // The flushed-blocks figure takes a snapshot, an admin endpoint.
+        "--web-enable-admin-api".to_string(),
     ];
     if !peers.is_empty() {
         let peers: Vec<String> = peers.iter().map(|p| format!("127.0.0.1:{p}")).collect();

@@ -218,10 +218,8 @@ fn client_verifier(
         let Some(ca) = &settings.client_ca else {
             return Err(WebConfigError::Invalid("client_ca_file is required".into()));
         };
-        let builder = WebPkiClientVerifier::builder_with_provider(
-            root_store(ca, "client_ca_file")?,
-            provider.clone(),
-        );
+        let roots = root_store(ca, "client_ca_file")?;
+        let builder = WebPkiClientVerifier::builder_with_provider(roots, provider.clone());
         let builder = if optional {
             builder.allow_unauthenticated()
         } else {
@@ -229,51 +227,91 @@ fn client_verifier(
         };
         builder.build().map_err(|e| tls_error("client_ca_file", e))
     };
-    let inner: Arc<dyn ClientCertVerifier> = match settings.client_auth {
+    let client_auth = settings.client_auth;
+    let chain = match client_auth {
         ClientAuth::NoClientCert => return Ok(WebPkiClientVerifier::no_client_auth()),
-        ClientAuth::RequestClientCert => Arc::new(UnverifiedClientCert::new(false, provider)),
-        ClientAuth::RequireAnyClientCert => Arc::new(UnverifiedClientCert::new(true, provider)),
-        ClientAuth::VerifyClientCertIfGiven => webpki(true)?,
-        ClientAuth::RequireAndVerifyClientCert => webpki(false)?,
+        ClientAuth::RequestClientCert | ClientAuth::RequireAnyClientCert => None,
+        ClientAuth::VerifyClientCertIfGiven => Some(webpki(true)?),
+        ClientAuth::RequireAndVerifyClientCert => Some(webpki(false)?),
     };
-    match &settings.client_allowed_sans {
-        None => Ok(inner),
-        Some(allowed) => Ok(Arc::new(AllowedSans::new(inner, allowed)?)),
+    if let (Some(chain), None) = (&chain, &settings.client_allowed_sans) {
+        return Ok(chain.clone());
     }
+    let allowed_sans = settings
+        .client_allowed_sans
+        .as_deref()
+        .map(allowed_names)
+        .transpose()?;
+    Ok(Arc::new(ClientPolicy {
+        chain,
+        mandatory: client_auth.requires_certificate(),
+        allowed_sans,
+        signatures: Signatures(provider.clone()),
+    }))
 }
 
-/// Go's `RequestClientCert` and `RequireAnyClientCert`: a client certificate's chain is
-/// not checked, only that the client holds its key (the handshake signature).
+/// `client_allowed_sans` as names rustls can match: DNS names and IP addresses.
+fn allowed_names(names: &[String]) -> Result<Vec<ServerName<'static>>, WebConfigError> {
+    names
+        .iter()
+        .map(|name| {
+            ServerName::try_from(name.clone()).map_err(|_| {
+                WebConfigError::Invalid(format!(
+                    "client_allowed_sans: {name:?} is not a DNS name or IP address \
+                     (e-mail and URI names are not supported)"
+                ))
+            })
+        })
+        .collect()
+}
+
+/// Go's client-certificate policies that WebPKI alone does not express:
+/// `RequestClientCert` and `RequireAnyClientCert` (the chain is not checked, only that
+/// the client holds the certificate's key) and `client_allowed_sans` (the certificate
+/// must be valid for one of the names, by the certificate name rules: a wildcard
+/// certificate matches a name it covers; Go's e-mail and URI entries are refused when
+/// the file is loaded).
 #[derive(Debug)]
-struct UnverifiedClientCert {
+struct ClientPolicy {
+    /// WebPKI chain verification against the client CA; None: not checked.
+    chain: Option<Arc<dyn ClientCertVerifier>>,
     mandatory: bool,
-    provider: Arc<CryptoProvider>,
+    allowed_sans: Option<Vec<ServerName<'static>>>,
+    signatures: Signatures,
 }
 
-impl UnverifiedClientCert {
-    fn new(mandatory: bool, provider: &Arc<CryptoProvider>) -> Self {
-        UnverifiedClientCert {
-            mandatory,
-            provider: provider.clone(),
-        }
-    }
-}
-
-impl ClientCertVerifier for UnverifiedClientCert {
+impl ClientCertVerifier for ClientPolicy {
     fn client_auth_mandatory(&self) -> bool {
         self.mandatory
     }
 
     fn root_hint_subjects(&self) -> &[DistinguishedName] {
-        &[]
+        match &self.chain {
+            Some(chain) => chain.root_hint_subjects(),
+            None => &[],
+        }
     }
 
     fn verify_client_cert(
         &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _now: UnixTime,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
+        if let Some(chain) = &self.chain {
+            chain.verify_client_cert(end_entity, intermediates, now)?;
+        }
+        if let Some(allowed) = &self.allowed_sans {
+            let parsed = ParsedCertificate::try_from(end_entity)?;
+            let named = allowed
+                .iter()
+                .any(|name| rustls::client::verify_server_name(&parsed, name).is_ok());
+            if !named {
+                return Err(rustls::Error::General(
+                    "client certificate has none of the allowed SANs".into(),
+                ));
+            }
+        }
         Ok(ClientCertVerified::assertion())
     }
 
@@ -283,111 +321,50 @@ impl ClientCertVerifier for UnverifiedClientCert {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        let algorithms = &self.provider.signature_verification_algorithms;
+        self.signatures.tls12(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.signatures.tls13(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.signatures.schemes()
+    }
+}
+
+/// Handshake-signature checks with a provider's algorithms.
+#[derive(Debug)]
+struct Signatures(Arc<CryptoProvider>);
+
+impl Signatures {
+    fn tls12(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        let algorithms = &self.0.signature_verification_algorithms;
         rustls::crypto::verify_tls12_signature(message, cert, dss, algorithms)
     }
 
-    fn verify_tls13_signature(
+    fn tls13(
         &self,
         message: &[u8],
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        let algorithms = &self.provider.signature_verification_algorithms;
+        let algorithms = &self.0.signature_verification_algorithms;
         rustls::crypto::verify_tls13_signature(message, cert, dss, algorithms)
     }
 
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
-    }
-}
-
-/// `client_allowed_sans`: after the policy's own checks, the client certificate must be
-/// valid for one of the listed names. Names are DNS names or IP addresses, matched by
-/// the certificate name rules (a wildcard certificate matches a name it covers); Go's
-/// exporter-toolkit also accepts e-mail and URI entries, which rustls cannot match, so
-/// those are refused when the file is loaded.
-#[derive(Debug)]
-struct AllowedSans {
-    inner: Arc<dyn ClientCertVerifier>,
-    allowed: Vec<ServerName<'static>>,
-}
-
-impl AllowedSans {
-    fn new(inner: Arc<dyn ClientCertVerifier>, names: &[String]) -> Result<Self, WebConfigError> {
-        let allowed = names
-            .iter()
-            .map(|name| {
-                ServerName::try_from(name.clone()).map_err(|_| {
-                    WebConfigError::Invalid(format!(
-                        "client_allowed_sans: {name:?} is not a DNS name or IP address \
-                         (e-mail and URI names are not supported)"
-                    ))
-                })
-            })
-            .collect::<Result<_, _>>()?;
-        Ok(AllowedSans { inner, allowed })
-    }
-}
-
-impl ClientCertVerifier for AllowedSans {
-    fn offer_client_auth(&self) -> bool {
-        self.inner.offer_client_auth()
-    }
-
-    fn client_auth_mandatory(&self) -> bool {
-        self.inner.client_auth_mandatory()
-    }
-
-    fn root_hint_subjects(&self) -> &[DistinguishedName] {
-        self.inner.root_hint_subjects()
-    }
-
-    fn verify_client_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        now: UnixTime,
-    ) -> Result<ClientCertVerified, rustls::Error> {
-        let verified = self
-            .inner
-            .verify_client_cert(end_entity, intermediates, now)?;
-        let parsed = ParsedCertificate::try_from(end_entity)?;
-        let allowed = self
-            .allowed
-            .iter()
-            .any(|name| rustls::client::verify_server_name(&parsed, name).is_ok());
-        if allowed {
-            Ok(verified)
-        } else {
-            Err(rustls::Error::General(
-                "client certificate has none of the allowed SANs".into(),
-            ))
-        }
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls12_signature(message, cert, dss)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls13_signature(message, cert, dss)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.inner.supported_verify_schemes()
+    fn schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
     }
 }
 
@@ -400,28 +377,27 @@ pub trait PeerMaterialSource: Send + Sync + std::fmt::Debug {
 
 /// The peer client's TLS configuration: peers are verified against the current peer CA
 /// (by name: the certificate must be valid for the address the peer advertises), and the
-/// node presents its own certificate when a peer asks for one.
+/// node presents its own certificate when a peer asks for one. ALPN is left to the
+/// connector (hyper-rustls sets it from the HTTP versions it enables).
 pub fn peer_client_config(source: Arc<dyn PeerMaterialSource>) -> rustls::ClientConfig {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let verifier = Arc::new(LivePeerVerifier {
         source: source.clone(),
-        provider: provider.clone(),
+        signatures: Signatures(provider.clone()),
     });
-    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+    rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .unwrap_or_else(|_| unreachable!("ring supports the default protocol versions"))
         .dangerous()
         .with_custom_certificate_verifier(verifier)
-        .with_client_cert_resolver(Arc::new(LiveOwnKey { source }));
-    config.alpn_protocols = vec![HTTP11.to_vec()];
-    config
+        .with_client_cert_resolver(Arc::new(LiveOwnKey { source }))
 }
 
 /// Delegates to the peer verifier of the moment (WebPKI chain and name checks).
 #[derive(Debug)]
 struct LivePeerVerifier {
     source: Arc<dyn PeerMaterialSource>,
-    provider: Arc<CryptoProvider>,
+    signatures: Signatures,
 }
 
 impl LivePeerVerifier {
@@ -458,8 +434,7 @@ impl ServerCertVerifier for LivePeerVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        let algorithms = &self.provider.signature_verification_algorithms;
-        rustls::crypto::verify_tls12_signature(message, cert, dss, algorithms)
+        self.signatures.tls12(message, cert, dss)
     }
 
     fn verify_tls13_signature(
@@ -468,14 +443,11 @@ impl ServerCertVerifier for LivePeerVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        let algorithms = &self.provider.signature_verification_algorithms;
-        rustls::crypto::verify_tls13_signature(message, cert, dss, algorithms)
+        self.signatures.tls13(message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
+        self.signatures.schemes()
     }
 }
 
@@ -496,5 +468,102 @@ impl ResolvesClientCert for LiveOwnKey {
 
     fn has_certs(&self) -> bool {
         true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::PathBuf;
+
+    fn settings() -> TlsSettings {
+        TlsSettings {
+            cert: PemSource::File(PathBuf::from("node.crt")),
+            key: PemSource::File(PathBuf::from("node.key")),
+            client_ca: None,
+            client_auth: ClientAuth::NoClientCert,
+            client_allowed_sans: None,
+            min_version: TlsVersion::Tls12,
+            max_version: TlsVersion::Tls13,
+            cipher_suites: Vec::new(),
+            prefer_server_cipher_suites: true,
+            curve_preferences: Vec::new(),
+        }
+    }
+
+    fn versions(min: TlsVersion, max: TlsVersion) -> Result<Vec<u16>, WebConfigError> {
+        let s = TlsSettings {
+            min_version: min,
+            max_version: max,
+            ..settings()
+        };
+        protocol_versions(&s).map(|v| v.iter().map(|v| u16::from(v.version)).collect())
+    }
+
+    #[test]
+    fn versions_map_to_tls12_and_tls13() {
+        use TlsVersion::*;
+        assert_eq!(versions(Tls12, Tls13), Ok(vec![0x0303, 0x0304]));
+        assert_eq!(versions(Tls10, Tls13), Ok(vec![0x0303, 0x0304]));
+        assert_eq!(versions(Tls13, Tls13), Ok(vec![0x0304]));
+        assert_eq!(versions(Tls10, Tls12), Ok(vec![0x0303]));
+        assert!(versions(Tls10, Tls11).is_err());
+    }
+
+    fn suites(names: &[&str]) -> Result<Vec<String>, WebConfigError> {
+        let s = TlsSettings {
+            cipher_suites: names.iter().map(|n| n.to_string()).collect(),
+            ..settings()
+        };
+        provider_for(&s).map(|p| {
+            p.cipher_suites
+                .iter()
+                .filter_map(|s| s.suite().as_str().map(String::from))
+                .collect()
+        })
+    }
+
+    #[test]
+    fn go_cipher_suite_names_restrict_tls12_only() {
+        let got = suites(&[
+            "TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384",
+            "TLS_ECDHE_RSA_WITH_AES_128_CBC_SHA",
+            "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256",
+        ])
+        .expect("valid");
+        // The file's order first (the CBC suite skipped), then TLS 1.3's suites.
+        assert_eq!(got[0], "TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384");
+        assert_eq!(got[1], "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256");
+        assert!(got[2..].iter().all(|s| s.starts_with("TLS13_")), "{got:?}");
+        assert!(suites(&["TLS_MADE_UP"]).is_err());
+        assert!(suites(&["TLS_RSA_WITH_AES_128_CBC_SHA"]).is_err());
+    }
+
+    fn curves(names: &[&str]) -> Result<Vec<NamedGroup>, WebConfigError> {
+        let s = TlsSettings {
+            curve_preferences: names.iter().map(|n| n.to_string()).collect(),
+            ..settings()
+        };
+        provider_for(&s).map(|p| p.kx_groups.iter().map(|g| g.name()).collect())
+    }
+
+    #[test]
+    fn go_curve_names() {
+        assert_eq!(
+            curves(&["CurveP384", "X25519"]),
+            Ok(vec![NamedGroup::secp384r1, NamedGroup::X25519])
+        );
+        // P-521 is not offered by ring: the defaults stay.
+        let defaults = curves(&[]).expect("defaults");
+        assert_eq!(curves(&["CurveP521"]), Ok(defaults));
+        assert!(curves(&["CurveP1024"]).is_err());
+    }
+
+    #[test]
+    fn allowed_sans_are_dns_names_or_addresses() {
+        let names = ["node-1.example.com".to_string(), "10.0.0.1".to_string()];
+        assert_eq!(allowed_names(&names).map(|n| n.len()), Ok(2));
+        assert!(allowed_names(&["ops@example.com".to_string()]).is_err());
+        assert!(allowed_names(&["spiffe://cluster/node".to_string()]).is_err());
     }
 }

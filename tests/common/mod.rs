@@ -460,6 +460,34 @@ pub fn start_cluster_with(
     nodes
 }
 
+/// Whether the program `name` (from a Debian package that `install_script` installs) can
+/// be run. Under CI (`CI` set) its absence fails the test; elsewhere the test is skipped
+/// with a message on stderr.
+pub fn tool_available(name: &str, install_script: &str) -> bool {
+    use std::io::Write as _;
+    let found = Command::new(name)
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if found {
+        return true;
+    }
+    let under_ci = std::env::var_os("CI").is_some_and(|v| !v.is_empty() && v != "false");
+    assert!(
+        !under_ci,
+        "{name} is missing under CI: {install_script} should have installed it"
+    );
+    // Written to the process's stderr directly: the test harness captures `eprintln!`
+    // of passing tests, and a skip must be visible.
+    let _ = writeln!(
+        std::io::stderr(),
+        "SKIPPED: {name} not found (install with {install_script})"
+    );
+    false
+}
+
 /// Value of an unlabelled metric line (`name value`) or of the first line starting with
 /// `prefix` in a text exposition.
 pub fn metric_value(exposition: &str, prefix: &str) -> Option<f64> {
