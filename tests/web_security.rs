@@ -300,8 +300,8 @@ impl SecureNode {
 }
 
 /// Starts three nodes on 127.0.0.1 with fast gossip, each listing the others as peers
-/// and advertising `host:port` to them, and waits until `client` sees every node ready
-/// and three alive members from each.
+/// and advertising `host:port` to them, and waits until `client` sees every node ready,
+/// with three alive members and all three in its join order.
 fn start_secure_cluster(host: &str, args: &[&str], client: &Client) -> Vec<SecureNode> {
     let addrs: Vec<(u16, String)> = (0..3)
         .map(|_| (free_port(), format!("127.0.0.1:{}", free_port())))
@@ -327,7 +327,7 @@ fn start_secure_cluster(host: &str, args: &[&str], client: &Client) -> Vec<Secur
     }
     wait_for(
         Duration::from_secs(60),
-        "3 alive members everywhere",
+        "3 members in every node's join order",
         || {
             nodes.iter().all(|node| {
                 client
@@ -335,8 +335,11 @@ fn start_secure_cluster(host: &str, args: &[&str], client: &Client) -> Vec<Secur
                     .ok()
                     .and_then(|a| serde_json::from_str::<serde_json::Value>(&a.body).ok())
                     .and_then(|v| {
-                        let members = v["data"]["members"].as_array()?.clone();
-                        Some(members.iter().filter(|m| m["state"] == "alive").count() == 3)
+                        // Placement follows the join order: until every node has all
+                        // three in it, a write may be placed on fewer owners.
+                        let members = v["data"]["members"].as_array()?;
+                        let alive = members.iter().filter(|m| m["state"] == "alive").count();
+                        Some(alive == 3 && v["data"]["joinOrder"].as_array()?.len() == 3)
                     })
                     .unwrap_or(false)
             })
@@ -751,9 +754,23 @@ fn cluster_forwards_writes_over_mutual_tls() {
     }
     // With 3 nodes every series has 3 owners: the other two nodes hold all of them
     // locally, which only forwarding over TLS can have put there.
+    let peer_metrics = |node: &SecureNode| -> String {
+        let metrics = client.get(&node.url("/metrics")).expect("metrics").body;
+        let peer_lines = metrics.lines().filter(|l| l.starts_with("timbala_peer_"));
+        peer_lines.collect::<Vec<_>>().join("\n")
+    };
     for node in &nodes[1..] {
         let local = local_series(&client, node, "mtls_series");
-        assert_eq!(local.len(), SERIES, "{}", node.https);
+        let status = client
+            .get(&node.url("/api/v1/status/cluster"))
+            .map(|a| a.body);
+        assert_eq!(
+            local.len(),
+            SERIES,
+            "{}: {status:?}\nnode 0: {}",
+            node.https,
+            peer_metrics(&nodes[0])
+        );
     }
     let metrics = client.get(&nodes[0].url("/metrics")).expect("metrics").body;
     let forwarded: f64 = metrics
