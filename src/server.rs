@@ -94,11 +94,7 @@ pub async fn run(config: Config) -> Result<(), String> {
     let hints = HintStore::open(&config.data_directory, handoff_metrics)
         .map_err(|e| format!("cannot open the hint directory: {e}"))?;
     let hints = Arc::new(hints);
-    let client = PeerClient::new(
-        peer_metrics,
-        cluster_keys,
-        web_security.peer_client_tls(),
-    );
+    let client = PeerClient::new(peer_metrics, cluster_keys, web_security.peer_client_tls());
     let local: Arc<dyn Storage> = Arc::new(tsdb.clone());
     let writes = ReplicatingStorage::new(
         local.clone(),
