@@ -5,7 +5,9 @@
 //! fractions, rounded to milliseconds), durations (float seconds or `1h30m`), `limit`,
 //! `match[]` selectors turned into `model::Matcher`s, and label-name unescaping (`U__`).
 //! Error texts are Prometheus's, so clients see the same messages.
-//! Calls `model`, `timeutil` and `promql_parser`; used by the `query`, `status` and `federate` routers.
+//! Calls `model`, `timeutil`, `promql::limits` (every selector is parsed within the
+//! query size and nesting limits) and `promql_parser`; used by the `query`, `admin`,
+//! `status` and `federate` routers.
 
 use axum::body::Bytes;
 use axum::extract::{FromRequest, Request};
@@ -15,6 +17,7 @@ use promql_parser::parser::Expr;
 
 use super::ApiError;
 use crate::model::{MatchOp, Matcher, METRIC_NAME};
+use crate::promql::limits;
 use crate::timeutil::{days_from_civil, days_in_month};
 
 /// Default start of optional time ranges, in milliseconds: Prometheus's `MinTime`
@@ -291,9 +294,9 @@ pub fn limit_param(params: &FormParams) -> Result<usize, ApiError> {
 
 /// Parses one series selector (`up{job="api"}`, `{__name__=~"x.*"}`) into matchers.
 /// Anything but a plain vector selector is rejected, as Prometheus's
-/// `ParseMetricSelector` does.
+/// `ParseMetricSelector` does; text over the query limits is refused before parsing.
 pub fn parse_match_param(selector: &str) -> Result<Vec<Matcher>, String> {
-    let expr = promql_parser::parser::parse(selector)?;
+    let expr = limits::parse(selector)?;
     let Expr::VectorSelector(vs) = expr else {
         return Err(format!(
             "parse error: expected a series selector, got {selector:?}"

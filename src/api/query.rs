@@ -24,7 +24,7 @@ use super::params::{
 use super::{json, ApiError, AppState};
 use crate::fanout::notes::{self, ReadNotes};
 use crate::model::{Labels, Matcher};
-use crate::promql::{Annotations, QueryError, QueryOutput, QueryValue};
+use crate::promql::{limits, Annotations, QueryError, QueryOutput, QueryValue};
 use crate::storage::{BoxFuture, LabelRequest, StorageError};
 
 /// Most points a range query may return per series (Prometheus's fixed limit).
@@ -386,7 +386,7 @@ async fn query_exemplars(
             "end timestamp must not be before start timestamp",
         ));
     }
-    let expr = promql_parser::parser::parse(params.value("query")).map_err(ApiError::bad_data)?;
+    let expr = limits::parse(params.value("query")).map_err(ApiError::bad_data)?;
     state.services()?;
     if !has_selector(&expr) {
         return Ok(StatusCode::NO_CONTENT.into_response());

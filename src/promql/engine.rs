@@ -80,7 +80,7 @@ pub(crate) async fn execute(
 
 /// Parses `query` and rejects features the options leave disabled.
 pub(crate) fn parse(query: &str, opts: &EngineOptions) -> Result<Expr, QueryError> {
-    let expr = promql_parser::parser::parse(query).map_err(QueryError::BadData)?;
+    let expr = super::limits::parse(query).map_err(QueryError::BadData)?;
     if let Some(literal) = non_utf8_string_argument(query) {
         return Err(QueryError::Execution(format!(
             "invalid label name {literal}"

@@ -8,7 +8,9 @@
 //! `binary` (operators and vector matching), `aggregate` (aggregation operators),
 //! `functions` (the function library), `memo` (per-query memos of what is derived from
 //! a label set, such as the label set without its metric name), `cursor` (where each
-//! selector's previous step ended in its loaded series).
+//! selector's previous step ended in its loaded series), `limits` (the size and nesting
+//! limits every PromQL text is checked against before it is parsed, used by the API's
+//! selector parsing too).
 //! Calls `storage` (through `Arc<dyn Storage>`) to load data; never the TSDB directly.
 //!
 //! Evaluation is step by step: a range query evaluates the whole expression at each
@@ -22,6 +24,7 @@ mod cursor;
 pub mod engine;
 mod eval;
 pub mod functions;
+pub mod limits;
 mod memo;
 mod plan;
 pub mod value;
