@@ -1,14 +1,20 @@
 //! Running one query: parse, validate, plan and load, then evaluate every step.
 //!
 //! Owns: the query pipeline behind `Engine::instant_query`/`range_query`: parsing with
-//! `promql-parser`, feature checks (experimental functions), loading data through
-//! `plan`, evaluating on a blocking thread with `eval::Evaluator`, assembling range
-//! results into a matrix, and the final `__name__` cleanup (delayed name removal).
-//! Calls `plan`, `eval`, `storage` (through `plan`) and `value`.
+//! `promql-parser` behind the `limits` check, feature checks (experimental functions),
+//! loading data through `plan`, evaluating on a blocking thread with `eval::Evaluator`,
+//! assembling range results into a matrix, the final `__name__` cleanup (delayed name
+//! removal), and stopping: the answer is a timeout as soon as the deadline passes, and
+//! the evaluation thread is told to stop (`StopFlag`) then and when the caller's future
+//! is dropped (the HTTP client went away).
+//! Calls `limits`, `plan`, `eval`, `storage` (through `plan`) and `value`.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
+
+use tokio::sync::OwnedSemaphorePermit;
 
 use promql_parser::parser::token::{T_BOTTOMK, T_LIMITK, T_LIMIT_RATIO, T_TOPK};
 use promql_parser::parser::value::ValueType;
@@ -21,6 +27,7 @@ use super::eval::{
     check_unique_labelsets, remove_metric_identity, unwrap_parens, Evaluator, Value,
     DUPLICATE_LABELSET,
 };
+use super::limits;
 use super::plan::{self, QueryTimes};
 use super::value::{InstantSample, QueryValue, RangeSeries};
 use super::{EngineOptions, QueryError, QueryOutput};
@@ -37,13 +44,45 @@ pub(crate) struct QueryRequest<'q> {
 /// Loads generously above the evaluation limit: loaded samples are not held all at once.
 const LOAD_LIMIT_FACTOR: usize = 10;
 
+/// Tells an evaluation on a blocking thread to stop. The evaluator reads it where it
+/// checks its deadline and between nodes and series (an atomic load, cheap enough for
+/// the hot loops); `execute` raises it.
+#[derive(Clone, Debug, Default)]
+pub struct StopFlag(Arc<AtomicBool>);
+
+impl StopFlag {
+    pub fn is_raised(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
+
+    fn raise(&self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Raises the flag when dropped: when `execute` returns (the deadline passed while the
+/// evaluation ran on) and when its future is dropped unfinished (the client went away).
+struct RaiseOnDrop(StopFlag);
+
+impl Drop for RaiseOnDrop {
+    fn drop(&mut self) {
+        self.0.raise();
+    }
+}
+
+/// Runs one query holding `slot` of the engine's concurrency gate; the slot is released
+/// only when the evaluation thread has stopped, so abandoned evaluations still count.
 pub(crate) async fn execute(
     opts: &EngineOptions,
     storage: Arc<dyn Storage>,
     req: QueryRequest<'_>,
+    slot: OwnedSemaphorePermit,
 ) -> Result<QueryOutput, QueryError> {
+    let stop = StopFlag::default();
+    let _stop_when_done = RaiseOnDrop(stop.clone());
+    let (expr, depth) = parse(req.query, opts)?;
     // Boxed so selector addresses (the plan's keys) survive moving it to another thread.
-    let expr = Box::new(parse(req.query, opts)?);
+    let expr = Box::new(expr);
     let is_range = req.start != req.end || req.step > 0;
     if is_range {
         check_range_query_type(&expr)?;
@@ -62,8 +101,9 @@ pub(crate) async fn execute(
         .map_err(|_| QueryError::Timeout("query preparation".into()))??;
     let opts = opts.clone();
     let (step, deadline) = (req.step.max(1), req.deadline);
-    tokio::task::spawn_blocking(move || {
-        let mut ev = Evaluator::new(&loaded, times, &opts, deadline);
+    let evaluation = run_blocking(depth, move || {
+        let _slot = slot;
+        let mut ev = Evaluator::new(&loaded, times, &opts, deadline, stop);
         let value = if is_range {
             evaluate_range(&mut ev, &expr, step)?
         } else {
@@ -73,14 +113,52 @@ pub(crate) async fn execute(
             value,
             annotations: ev.annotations,
         })
-    })
-    .await
-    .map_err(|e| QueryError::Execution(format!("query evaluation failed: {e}")))?
+    });
+    // The answer does not wait for the evaluation to notice the deadline.
+    tokio::time::timeout_at(deadline.into(), evaluation)
+        .await
+        .map_err(|_| QueryError::Timeout("expression evaluation".into()))?
 }
 
-/// Parses `query` and rejects features the options leave disabled.
-pub(crate) fn parse(query: &str, opts: &EngineOptions) -> Result<Expr, QueryError> {
-    let expr = super::limits::parse(query).map_err(QueryError::BadData)?;
+/// Tree depth up to which evaluation runs on tokio's blocking pool, whose threads have
+/// 2 MiB stacks: a level of evaluation takes at most ~7 KiB of stack in a debug build
+/// (nested subqueries; about 2 KiB optimised), so this leaves a wide margin.
+const POOL_EVAL_MAX_DEPTH: usize = 64;
+/// Stack per level, and beyond the levels, of a thread evaluating a deeper query.
+const DEEP_EVAL_STACK_PER_LEVEL: usize = 32 << 10;
+const DEEP_EVAL_STACK_BASE: usize = 1 << 20;
+
+/// Runs `work` (an evaluation, which recurses once per level of a tree at most `depth`
+/// deep) where its stack suffices: on the blocking pool, or for deep trees on a thread
+/// of its own with a stack sized for `depth` (only address space until touched).
+async fn run_blocking<T: Send + 'static>(
+    depth: usize,
+    work: impl FnOnce() -> Result<T, QueryError> + Send + 'static,
+) -> Result<T, QueryError> {
+    let failed =
+        |e: &dyn std::fmt::Display| QueryError::Execution(format!("query evaluation failed: {e}"));
+    if depth <= POOL_EVAL_MAX_DEPTH {
+        return tokio::task::spawn_blocking(work)
+            .await
+            .map_err(|e| failed(&e))?;
+    }
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("promql-deep-eval".into())
+        .stack_size(DEEP_EVAL_STACK_BASE + depth * DEEP_EVAL_STACK_PER_LEVEL)
+        .spawn(move || {
+            // The receiver is gone when the query was abandoned: nothing to tell.
+            let _ = tx.send(work());
+        })
+        .map_err(|e| failed(&e))?;
+    rx.await
+        .map_err(|_| failed(&"the evaluation thread panicked"))?
+}
+
+/// Parses `query` (within the `limits`) and rejects features the options leave disabled.
+/// Returns the tree and a bound of its depth.
+pub(crate) fn parse(query: &str, opts: &EngineOptions) -> Result<(Expr, usize), QueryError> {
+    let (expr, depth) = limits::parse_with_depth(query).map_err(QueryError::BadData)?;
     if let Some(literal) = non_utf8_string_argument(query) {
         return Err(QueryError::Execution(format!(
             "invalid label name {literal}"
@@ -89,7 +167,7 @@ pub(crate) fn parse(query: &str, opts: &EngineOptions) -> Result<Expr, QueryErro
     if !opts.experimental_functions {
         check_no_experimental(&expr)?;
     }
-    Ok(expr)
+    Ok((expr, depth))
 }
 
 /// A quoted string argument (not a matcher value) whose escapes spell bytes that are not
@@ -208,6 +286,7 @@ fn check_range_query_type(expr: &Expr) -> Result<(), QueryError> {
 
 fn evaluate_instant(ev: &mut Evaluator<'_>, expr: &Expr) -> Result<QueryValue, QueryError> {
     let t = ev.times.start;
+    ev.check_deadline()?;
     ev.set_held_samples(0);
     Ok(match ev.eval(expr, t)? {
         Value::Scalar(v) => QueryValue::Scalar { t, v },
@@ -338,7 +417,7 @@ mod tests {
     use prometheus_client::registry::Registry;
 
     use crate::model::{stale_nan, Labels, Sample, Series};
-    use crate::promql::{Engine, EngineOptions, QueryError, QueryValue};
+    use crate::promql::{limits, Engine, EngineOptions, QueryError, QueryValue};
     use crate::storage::Storage;
     use crate::tsdb::{Tsdb, TsdbMetrics, TsdbOptions};
 
@@ -457,13 +536,172 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn an_expired_timeout_always_times_out() {
+        let (_dir, s) = storage(1).await;
+        let e = engine(1000);
+        for _ in 0..20 {
+            for query in ["m", "1"] {
+                let err = e
+                    .instant_query_with_timeout(
+                        Arc::clone(&s),
+                        query,
+                        60_000,
+                        Duration::from_nanos(1),
+                    )
+                    .await
+                    .expect_err("deadline already passed");
+                assert!(matches!(err, QueryError::Timeout(_)), "{err:?}");
+            }
+        }
+    }
+
+    /// A range query that would evaluate a 60,000-step subquery window at each of 11,000
+    /// steps (hours of work) while holding only one window of samples.
+    const ENDLESS_RANGE: (&str, i64, i64, i64) = (
+        "count_over_time(vector(1)[1m:1ms])",
+        0,
+        11_000 * 60_000,
+        60_000,
+    );
+
+    /// An engine that evaluates one query at a time.
+    fn one_slot_engine(timeout: Duration) -> Engine {
+        Engine::new(EngineOptions {
+            max_concurrent: 1,
+            timeout,
+            ..EngineOptions::default()
+        })
+    }
+
+    /// The engine's only slot is freed within 2 s: the last evaluation thread stopped.
+    async fn assert_evaluation_stops(engine: &Engine) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(2);
+        while engine.gate.available_permits() == 0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "evaluation still running"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn a_timed_out_evaluation_answers_at_the_deadline_and_stops() {
+        let (_dir, s) = storage(1).await;
+        let e = one_slot_engine(Duration::from_millis(300));
+        let (query, start, end, step) = ENDLESS_RANGE;
+        let began = std::time::Instant::now();
+        let err = e
+            .range_query(Arc::clone(&s), query, start, end, step)
+            .await
+            .expect_err("endless");
+        let answered = began.elapsed();
+        assert!(matches!(err, QueryError::Timeout(_)), "{err:?}");
+        assert!(
+            answered < Duration::from_secs(2),
+            "answered after {answered:?}"
+        );
+        assert_evaluation_stops(&e).await;
+    }
+
+    #[tokio::test]
+    async fn a_dropped_query_stops_its_evaluation() {
+        let (_dir, s) = storage(1).await;
+        let e = Arc::new(one_slot_engine(Duration::from_secs(120)));
+        let (query, start, end, step) = ENDLESS_RANGE;
+        let running = {
+            let (e, s) = (Arc::clone(&e), Arc::clone(&s));
+            tokio::spawn(async move { e.range_query(s, query, start, end, step).await })
+        };
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(e.gate.available_permits(), 0, "the query is evaluating");
+        running.abort();
+        assert_evaluation_stops(&e).await;
+    }
+
+    #[tokio::test]
+    async fn subquery_windows_count_against_the_sample_limit() {
+        let (_dir, s) = storage(1).await;
+        let err = engine(100_000)
+            .instant_query(s, "count_over_time(vector(1)[1d:1ms])", 0)
+            .await
+            .expect_err("86,400,000 points");
+        assert_eq!(err, QueryError::TooManySamples);
+    }
+
+    /// Queries of every recursive shape at nesting `n` around `m`.
+    fn nested_queries(n: usize) -> Vec<String> {
+        let wrap = |open: &str, close: &str| format!("{}m{}", open.repeat(n), close.repeat(n));
+        vec![
+            wrap("(", ")"),
+            wrap("abs(", ")"),
+            wrap("sum(", ")"),
+            wrap("sum by (i) (", ")"),
+            wrap("topk(1, ", ")"),
+            wrap("vector(scalar(", "))"),
+            wrap("label_replace(", ", \"a\", \"b\", \"c\", \"d\")"),
+            wrap("max_over_time((", ")[2m:1m])"),
+            wrap("-(", ")"),
+            vec!["m"; n].join(" + "),
+            vec!["m"; n].join(" ^ "),
+            vec!["m"; n].join(" and "),
+            vec!["1"; n].join(" + "),
+        ]
+    }
+
+    /// The deepest nesting of `query_at(n)` the limits accept, with its depth bound.
+    fn deepest_accepted(query_at: impl Fn(usize) -> String) -> (String, usize) {
+        (1..=limits::MAX_DEPTH)
+            .rev()
+            .find_map(|n| {
+                let q = query_at(n);
+                limits::check_text(&q).ok().map(|depth| (q, depth))
+            })
+            .expect("some nesting is accepted")
+    }
+
+    #[tokio::test]
+    async fn the_deepest_accepted_queries_evaluate_on_either_thread() {
+        let (_dir, s) = storage(2).await;
+        let e = engine(1_000_000);
+        for kind in 0..nested_queries(1).len() {
+            // The deepest on the blocking pool, and the deepest of all (own thread).
+            let on_pool = deepest_accepted(|n| {
+                let q = nested_queries(n).swap_remove(kind);
+                let fits = limits::check_text(&q).is_ok_and(|d| d <= super::POOL_EVAL_MAX_DEPTH);
+                if fits {
+                    q
+                } else {
+                    "(".repeat(limits::MAX_DEPTH + 1)
+                }
+            });
+            let deepest = deepest_accepted(|n| nested_queries(n).swap_remove(kind));
+            assert!(
+                on_pool.1 <= super::POOL_EVAL_MAX_DEPTH && deepest.1 > super::POOL_EVAL_MAX_DEPTH
+            );
+            for (query, _) in [on_pool, deepest] {
+                let instant = e.instant_query(Arc::clone(&s), &query, 300_000).await;
+                let range = e
+                    .range_query(Arc::clone(&s), &query, 0, 300_000, 60_000)
+                    .await;
+                for result in [instant, range] {
+                    if let Err(err) = result {
+                        // Some shapes are type errors (scalar `and`); none may fail otherwise.
+                        assert!(
+                            matches!(err, QueryError::BadData(_) | QueryError::Execution(_)),
+                            "{query:.40}: {err:?}"
+                        );
+                        assert!(!err.to_string().contains("panicked"), "{err}");
+                    }
+                }
+            }
+        }
+    }
+
+    #[tokio::test]
     async fn queries_wait_for_a_concurrency_slot() {
         let (_dir, s) = storage(1).await;
-        let engine = Engine::new(EngineOptions {
-            max_concurrent: 1,
-            timeout: Duration::from_millis(50),
-            ..EngineOptions::default()
-        });
+        let engine = one_slot_engine(Duration::from_millis(50));
         let held = engine.gate.acquire().await.expect("permit");
         let err = engine
             .instant_query(Arc::clone(&s), "m", 0)

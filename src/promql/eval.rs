@@ -21,6 +21,7 @@ use crate::model::{is_stale_nan, Labels, Sample, METRIC_NAME};
 
 use super::aggregate::GroupingMemo;
 use super::cursor::{index_after, Cursors};
+use super::engine::StopFlag;
 use super::functions::{self, FnArg, FnCall, FnError, FnOutput};
 use super::memo::{BuildWordHasher, LabelMemo};
 use super::plan::{at_ms, duration_ms, offset_ms, LoadedSeries, QueryTimes};
@@ -44,10 +45,10 @@ pub(crate) struct Evaluator<'a> {
     opts: &'a EngineOptions,
     pub(crate) annotations: Annotations,
     deadline: Instant,
+    /// Raised when the query's answer no longer matters (deadline passed, client gone).
+    stop: StopFlag,
     /// Samples currently held by the evaluation (Prometheus's `currentSamples`).
     held_samples: usize,
-    /// Per `Call` node: its arguments as a slice (the contract hands functions `&[Expr]`).
-    call_args: HashMap<usize, Vec<Expr>>,
     /// Per subquery node: the inner results of its latest window.
     subquery_windows: HashMap<usize, SubqueryWindow>,
     /// Label sets without their metric identity, per input label set.
@@ -67,6 +68,7 @@ impl<'a> Evaluator<'a> {
         times: QueryTimes,
         opts: &'a EngineOptions,
         deadline: Instant,
+        stop: StopFlag,
     ) -> Self {
         Evaluator {
             data,
@@ -74,8 +76,8 @@ impl<'a> Evaluator<'a> {
             opts,
             annotations: Annotations::default(),
             deadline,
+            stop,
             held_samples: 0,
-            call_args: HashMap::new(),
             subquery_windows: HashMap::new(),
             identity_removed: LabelMemo::default(),
             content_hashes: LabelMemo::default(),
@@ -92,11 +94,19 @@ impl<'a> Evaluator<'a> {
         self.times.start != self.times.end
     }
 
+    /// Fails once the deadline has passed or the query was stopped. Reads the clock:
+    /// called once per step (of the query or of a subquery).
     pub(crate) fn check_deadline(&self) -> Result<(), QueryError> {
         if Instant::now() >= self.deadline {
             return Err(QueryError::Timeout("expression evaluation".into()));
         }
-        Ok(())
+        self.check_stop()
+    }
+
+    /// Fails once the query was stopped (raised at the deadline and when the client
+    /// went away). One relaxed atomic load: called per node and per series.
+    pub(crate) fn check_stop(&self) -> Result<(), QueryError> {
+        check_stop(&self.stop)
     }
 
     /// Resets the held-sample count (at the start of a top-level step).
@@ -175,6 +185,7 @@ impl<'a> Evaluator<'a> {
     }
 
     pub(crate) fn eval(&mut self, expr: &Expr, ts: i64) -> Result<Value, QueryError> {
+        self.check_stop()?;
         match expr {
             Expr::NumberLiteral(n) => Ok(Value::Scalar(n.val)),
             Expr::StringLiteral(s) => Ok(Value::String(s.val.clone())),
@@ -257,6 +268,7 @@ impl<'a> Evaluator<'a> {
         let loaded = self.data.get(vs);
         let hints = self.cursors.hints(LoadedSeries::key(vs), loaded.len());
         for (series, hint) in loaded.iter().zip(hints.iter_mut()) {
+            check_stop(&self.stop)?;
             let idx = index_after(&series.samples, t, hint);
             if idx == 0 {
                 continue;
@@ -294,6 +306,7 @@ impl<'a> Evaluator<'a> {
         let mut out = Vec::new();
         let mut points_held = 0;
         for (series, hint) in loaded.iter().zip(hints.chunks_exact_mut(2)) {
+            check_stop(&self.stop)?;
             let from = index_after(&series.samples, oldest, &mut hint[0]);
             let to = index_after(&series.samples, t, &mut hint[1]);
             if from >= to {
@@ -369,14 +382,18 @@ impl<'a> Evaluator<'a> {
                 Value::Vector(v) => v,
                 other => return Err(type_error("scalar or instant vector", &other)),
             };
-            self.held_samples = held_before;
             window.push_step(inner_t, samples);
+            // The window's points are held until the subquery's parent consumes them:
+            // a long window at a fine step must hit the sample limit, not memory.
+            self.held_samples = held_before;
+            self.hold_samples(window.points)?;
             match inner_t.checked_add(step) {
                 Some(next) => inner_t = next,
                 None => break,
             }
         }
         window.next_step = Some(inner_t);
+        self.held_samples = held_before;
         Ok(())
     }
 
@@ -434,11 +451,6 @@ impl<'a> Evaluator<'a> {
             values.push(value);
         }
         self.annotate_call(name);
-        let key = call as *const Call as usize;
-        let arg_exprs = self
-            .call_args
-            .entry(key)
-            .or_insert_with(|| call.args.args.iter().map(|a| (**a).clone()).collect());
         if !subquery_series.is_empty() {
             windows = subquery_series.iter().map(RangeSeries::window).collect();
         }
@@ -455,15 +467,17 @@ impl<'a> Evaluator<'a> {
         let output = functions::call(FnCall {
             name,
             args,
-            arg_exprs: arg_exprs.as_slice(),
+            arg_exprs: call.args.args.as_slice(),
             ts,
             window_start: window.0,
             window_end: window.1,
             delayed_name_removal: self.opts.delayed_name_removal,
             annotations: &mut self.annotations,
+            stop: &self.stop,
         })
         .map_err(|e| match e {
             FnError::Unsupported(m) | FnError::Execution(m) => QueryError::Execution(m),
+            FnError::Stopped => QueryError::Timeout("expression evaluation".into()),
         })?;
         match output {
             FnOutput::Scalar(v) => Ok(Value::Scalar(v)),
@@ -511,6 +525,8 @@ struct SubqueryWindow {
     next_step: Option<i64>,
     series: Vec<WindowSeries>,
     index: HashMap<Labels, usize>,
+    /// Points in all of `series`.
+    points: usize,
 }
 
 struct WindowSeries {
@@ -529,6 +545,7 @@ impl SubqueryWindow {
                 for s in &mut self.series {
                     while s.points.front().is_some_and(|p| p.t < first) {
                         s.points.pop_front();
+                        self.points -= 1;
                     }
                 }
                 self.covered_from = first;
@@ -538,6 +555,7 @@ impl SubqueryWindow {
                 for s in &mut self.series {
                     s.points.clear();
                 }
+                self.points = 0;
                 self.covered_from = first;
                 first
             }
@@ -545,6 +563,7 @@ impl SubqueryWindow {
     }
 
     fn push_step(&mut self, t: i64, samples: Vec<InstantSample>) {
+        self.points += samples.len();
         for s in samples {
             let point = Sample::new(t, s.v);
             match self.index.get(&s.labels) {
@@ -572,6 +591,14 @@ impl SubqueryWindow {
             })
             .collect()
     }
+}
+
+/// `Evaluator::check_stop` for loops that hold a borrow of another evaluator field.
+fn check_stop(stop: &StopFlag) -> Result<(), QueryError> {
+    if stop.is_raised() {
+        return Err(QueryError::Timeout("expression evaluation".into()));
+    }
+    Ok(())
 }
 
 /// A window copied out into a series of its own (a range vector as a query's result).

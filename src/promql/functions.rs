@@ -4,7 +4,8 @@
 //! evaluates the arguments, cuts range-vector windows, applies offset and `@`, and calls
 //! `call` once per step. Functions never remove `__name__` themselves: they set
 //! `drop_name` and the evaluator applies it. Calls only `value` and `model` (plus
-//! promql-parser's AST, read by absent(), and the regex crate for label_replace).
+//! promql-parser's AST, read by absent(), the regex crate for label_replace, and the
+//! engine's `StopFlag`, which `per_series` reads between series).
 //!
 //! Layout: this file holds the contract, the dispatch table (name -> implementation) and
 //! the two output skeletons every family shares (`map_floats` for element-wise functions
@@ -38,6 +39,7 @@ pub mod stats;
 
 use promql_parser::parser::Expr;
 
+use super::engine::StopFlag;
 use super::value::{Annotations, InstantSample, SeriesWindow};
 use crate::model::Labels;
 
@@ -59,7 +61,7 @@ pub struct FnCall<'a> {
     /// `Matrix` holding only the window's points.
     pub args: Vec<FnArg<'a>>,
     /// The unevaluated argument expressions (absent() derives labels from matchers).
-    pub arg_exprs: &'a [Expr],
+    pub arg_exprs: &'a [Box<Expr>],
     /// Evaluation time of this step, in milliseconds.
     pub ts: i64,
     /// For a range-vector argument: the window's bounds after offset and `@`, in ms.
@@ -70,6 +72,8 @@ pub struct FnCall<'a> {
     /// Some annotations name the metric only in that mode, as Prometheus does.
     pub delayed_name_removal: bool,
     pub annotations: &'a mut Annotations,
+    /// Raised when the query's answer is no longer wanted; per-series work stops.
+    pub stop: &'a StopFlag,
 }
 
 /// What a function returns for one step.
@@ -85,6 +89,8 @@ pub enum FnError {
     Unsupported(String),
     /// A runtime error Prometheus reports as `execution` (e.g. label_replace bad regex).
     Execution(String),
+    /// The query was stopped (`FnCall::stop`) before the function finished.
+    Stopped,
 }
 
 /// Evaluates function `call.name` for one step.
@@ -306,6 +312,10 @@ fn per_series(
     let matrix = call.matrix(i)?;
     let mut out = Vec::with_capacity(matrix.len());
     for series in matrix.iter().filter(|s| !s.points.is_empty()) {
+        // One relaxed load per series: less than the label clone below.
+        if call.stop.is_raised() {
+            return Err(FnError::Stopped);
+        }
         if let Some(v) = f(series, call.annotations) {
             out.push(InstantSample {
                 labels: series.labels.clone(),
@@ -409,7 +419,7 @@ mod test_support {
     pub fn eval_with(
         name: &str,
         args: Vec<FnArg<'_>>,
-        arg_exprs: &[Expr],
+        arg_exprs: &[Box<Expr>],
         ts_ms: i64,
         range_ms: i64,
         delayed_name_removal: bool,
@@ -424,6 +434,7 @@ mod test_support {
             window_end: ts_ms,
             delayed_name_removal,
             annotations: &mut annotations,
+            stop: &StopFlag::default(),
         });
         (out, annotations)
     }

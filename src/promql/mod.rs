@@ -117,8 +117,9 @@ impl std::error::Error for QueryError {}
 pub struct Engine {
     opts: EngineOptions,
     /// At most `max_concurrent` queries evaluate at once; the rest wait their turn
-    /// (the wait counts against their timeout, as Prometheus's query queue).
-    gate: Semaphore,
+    /// (the wait counts against their timeout, as Prometheus's query queue). A query
+    /// keeps its slot until its evaluation thread has really stopped.
+    gate: Arc<Semaphore>,
 }
 
 impl Engine {
@@ -126,7 +127,7 @@ impl Engine {
         let permits = opts.max_concurrent.clamp(1, Semaphore::MAX_PERMITS);
         Engine {
             opts,
-            gate: Semaphore::new(permits),
+            gate: Arc::new(Semaphore::new(permits)),
         }
     }
 
@@ -140,10 +141,15 @@ impl Engine {
         timeout: Duration,
     ) -> Result<QueryOutput, QueryError> {
         let deadline = Instant::now() + timeout.min(self.opts.timeout);
-        let _permit = tokio::time::timeout_at(deadline.into(), self.gate.acquire())
+        let permit = tokio::time::timeout_at(deadline.into(), self.gate.clone().acquire_owned())
             .await
             .map_err(|_| QueryError::Timeout("query queue".into()))?
             .map_err(|_| QueryError::Execution("query engine is shutting down".into()))?;
+        // A free slot is taken without waiting, so a deadline that has already passed
+        // (`timeout=1ns`) is noticed here, not by chance later.
+        if Instant::now() >= deadline {
+            return Err(QueryError::Timeout("query queue".into()));
+        }
         let req = engine::QueryRequest {
             query,
             start: start_ms,
@@ -151,7 +157,7 @@ impl Engine {
             step: step_ms,
             deadline,
         };
-        engine::execute(&self.opts, storage, req).await
+        engine::execute(&self.opts, storage, req, permit).await
     }
 
     pub fn options(&self) -> &EngineOptions {

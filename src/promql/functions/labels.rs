@@ -22,7 +22,7 @@ pub fn absent(call: &mut FnCall<'_>) -> Result<FnOutput, FnError> {
         return Ok(FnOutput::Vector(Vec::new()));
     }
     Ok(FnOutput::Vector(vec![InstantSample {
-        labels: absent_labels(call.arg_exprs.first()),
+        labels: absent_labels(call.arg_exprs.first().map(|e| &**e)),
         t: call.ts,
         v: 1.0,
         drop_name: false,
@@ -326,7 +326,9 @@ mod tests {
 
     #[test]
     fn absent_only_for_empty_input() {
-        let expr = [promql_parser::parser::parse(r#"x{a="b"}"#).unwrap()];
+        let expr = [Box::new(
+            promql_parser::parser::parse(r#"x{a="b"}"#).unwrap(),
+        )];
         let (out, _) = eval_with("absent", vec![FnArg::Vector(&[])], &expr, 0, 0, false);
         let out = out_vector(out.unwrap());
         assert_eq!(out[0].labels, labels(&[("a", "b")]));

@@ -117,7 +117,7 @@ pub fn absent_over_time(call: &mut FnCall<'_>) -> Result<FnOutput, FnError> {
         return Ok(FnOutput::Vector(Vec::new()));
     }
     Ok(FnOutput::Vector(vec![InstantSample {
-        labels: absent_labels(call.arg_exprs.first()),
+        labels: absent_labels(call.arg_exprs.first().map(|e| &**e)),
         t: call.ts,
         v: 1.0,
         drop_name: true,
@@ -273,7 +273,9 @@ mod tests {
 
     #[test]
     fn absent_over_time_only_without_points() {
-        let exprs = [promql_parser::parser::parse(r#"x{job="a", i!="b"}[5m]"#).unwrap()];
+        let exprs = [Box::new(
+            promql_parser::parser::parse(r#"x{job="a", i!="b"}[5m]"#).unwrap(),
+        )];
         let empty = [series(&[("__name__", "x")], &[])];
         let (out, _) = eval_with(
             "absent_over_time",
