@@ -741,6 +741,9 @@ mod tests {
             "max_over_time(m[1000000000000000w])",
             "sum_over_time(m[5m:1m] @ 9223372036854775)",
             "m @ -9223372036854775",
+            // Found by the fuzzer: the pinned time minus the offset overflowed in planning.
+            "m @ -9223372036854775 offset 1y",
+            "rate(m[5m] @ 9223372036854775 offset -1y)",
         ] {
             // Either an answer or an error; never a panic (which would surface as a
             // failed evaluation task).

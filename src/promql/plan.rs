@@ -98,7 +98,7 @@ fn reference_range(
 ) -> (i64, i64) {
     let off = offset_ms(offset);
     match at_ms(at, times) {
-        Some(t) => (t - off, t - off),
+        Some(t) => (t.saturating_sub(off), t.saturating_sub(off)),
         None => (eval.0.saturating_sub(off), eval.1.saturating_sub(off)),
     }
 }
