@@ -23,7 +23,8 @@ lint:
 unit:
 	bash scripts/test.sh
 
-## Deeper fuzzing of the remote-write decoder (cargo-fuzz with nightly, else the stable fuzzer).
+## Deeper fuzzing of the remote-write decoder and the PromQL entry points, 300 s each
+## (cargo-fuzz with nightly, else the stable fuzzers).
 fuzz:
 	bash scripts/fuzz.sh 300
 

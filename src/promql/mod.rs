@@ -10,7 +10,8 @@
 //! a label set, such as the label set without its metric name), `cursor` (where each
 //! selector's previous step ended in its loaded series), `limits` (the size and nesting
 //! limits every PromQL text is checked against before it is parsed, used by the API's
-//! selector parsing too).
+//! selector parsing too), `fuzzing` (the fuzz harness: a tiny TSDB and the promises every
+//! input must keep).
 //! Calls `storage` (through `Arc<dyn Storage>`) to load data; never the TSDB directly.
 //!
 //! Evaluation is step by step: a range query evaluates the whole expression at each
@@ -24,6 +25,7 @@ mod cursor;
 pub mod engine;
 mod eval;
 pub mod functions;
+pub mod fuzzing;
 pub mod limits;
 mod memo;
 mod plan;
