@@ -5,10 +5,13 @@
 //! evaluation on a tiny TSDB) and the HTTP API's series-selector parser; any broken
 //! promise panics. Complements the libFuzzer target in `fuzz/` (nightly).
 
-use std::time::{Duration, Instant};
+#[path = "support/fuzz_input.rs"]
+mod fuzz_input;
+
+use std::time::Instant;
 
 use rand::rngs::SmallRng;
-use rand::{Rng, SeedableRng};
+use rand::Rng;
 use timbala::api::params::parse_match_param;
 use timbala::promql::fuzzing::{Harness, Outcome};
 use timbala::promql::limits::MAX_DEPTH;
@@ -190,31 +193,7 @@ fn mutate_pieces(rng: &mut SmallRng, text: &str) -> String {
 
 fn mutate_bytes(rng: &mut SmallRng, text: &str) -> String {
     let mut bytes = text.as_bytes().to_vec();
-    for _ in 0..rng.random_range(1..4) {
-        if bytes.is_empty() {
-            bytes.push(rng.random());
-            continue;
-        }
-        let at = rng.random_range(0..bytes.len());
-        match rng.random_range(0..5) {
-            0 => bytes[at] ^= 1 << rng.random_range(0..8),
-            1 => {
-                let interesting = b"()[]{}\"'`\\,:@#~!=<>+-*/%^ 0x.e\n\xff";
-                bytes.insert(at, interesting[rng.random_range(0..interesting.len())]);
-            }
-            2 => {
-                let end = (at + rng.random_range(1..8)).min(bytes.len());
-                bytes.drain(at..end);
-            }
-            3 => bytes.truncate(at),
-            _ => {
-                let end = (at + rng.random_range(1..16)).min(bytes.len());
-                let copy = bytes[at..end].to_vec();
-                let to = rng.random_range(0..bytes.len());
-                bytes.splice(to..to, copy);
-            }
-        }
-    }
+    fuzz_input::mutate_bytes(rng, &mut bytes, b"()[]{}\"'`\\,:@#~!=<>+-*/%^ 0x.e\n\xff");
     String::from_utf8_lossy(&bytes).into_owned()
 }
 
@@ -309,21 +288,13 @@ fn generate(rng: &mut SmallRng, seeds: &[&str]) -> String {
 
 #[test]
 fn promql_entry_points_survive_mutated_queries() {
-    let seconds = std::env::var("TIMBALA_FUZZ_SECONDS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(2);
-    let seed_value = std::env::var("TIMBALA_FUZZ_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| SmallRng::from_os_rng().random());
-    println!("fuzz seed {seed_value} (TIMBALA_FUZZ_SEED to replay)");
-    let mut rng = SmallRng::seed_from_u64(seed_value);
+    let run_for = fuzz_input::duration();
+    let mut rng = fuzz_input::rng();
     let seeds: Vec<&str> = SEEDS.lines().filter(|l| !l.trim().is_empty()).collect();
     let harness = Harness::new();
     // Every seed first: each must keep the promises as written.
     let mut inputs: Vec<String> = seeds.iter().map(|s| s.to_string()).collect();
-    let deadline = Instant::now() + Duration::from_secs(seconds);
+    let deadline = Instant::now() + run_for;
     let (mut runs, mut over_limits, mut invalid, mut answered) = (0u64, 0u64, 0u64, 0u64);
     while Instant::now() < deadline || !inputs.is_empty() {
         let text = inputs.pop().unwrap_or_else(|| generate(&mut rng, &seeds));
@@ -353,7 +324,7 @@ fn promql_entry_points_survive_mutated_queries() {
     );
     assert!(
         runs > seeds.len() as u64,
-        "too few inputs in {seconds}s: {runs}"
+        "too few inputs in {run_for:?}: {runs}"
     );
     assert!(
         over_limits > 0 && invalid > 0 && answered > 0,

@@ -3,11 +3,14 @@
 //! each run through `timbala::ingest::fuzzing::decode_and_check`, which panics on any
 //! broken invariant. Complements the libFuzzer target in `fuzz/` (nightly).
 
-use std::time::{Duration, Instant};
+#[path = "support/fuzz_input.rs"]
+mod fuzz_input;
+
+use std::time::Instant;
 
 use prost::Message;
 use rand::rngs::SmallRng;
-use rand::{Rng, SeedableRng};
+use rand::Rng;
 use timbala::ingest::fuzzing::decode_and_check;
 use timbala::model::stale_nan;
 use timbala::proto;
@@ -18,6 +21,10 @@ fn label(name: &str, value: &str) -> proto::Label {
         value: value.into(),
     }
 }
+
+/// Bytes that mean something to protobuf and snappy (ends, varint continuation, the
+/// tags of the first fields, newline).
+const INTERESTING_BYTES: &[u8] = &[0x00, 0x7f, 0x80, 0xff, 0x0a, 0x12];
 
 /// A valid request of a few series, the starting point of every mutation.
 fn seed(rng: &mut SmallRng) -> proto::WriteRequest {
@@ -75,46 +82,11 @@ fn mutate_structure(rng: &mut SmallRng, req: &mut proto::WriteRequest) {
     }
 }
 
-/// Byte-level damage: flips, interesting bytes, insertions, deletions, truncation, copies.
-fn mutate_bytes(rng: &mut SmallRng, bytes: &mut Vec<u8>) {
-    for _ in 0..rng.random_range(1..4) {
-        if bytes.is_empty() {
-            bytes.push(rng.random());
-            continue;
-        }
-        let at = rng.random_range(0..bytes.len());
-        match rng.random_range(0..6) {
-            0 => bytes[at] ^= 1 << rng.random_range(0..8),
-            1 => bytes[at] = [0x00, 0x7f, 0x80, 0xff, 0x0a, 0x12][rng.random_range(0..6)],
-            2 => bytes.insert(at, rng.random()),
-            3 => {
-                let end = (at + rng.random_range(1..8)).min(bytes.len());
-                bytes.drain(at..end);
-            }
-            4 => bytes.truncate(at),
-            _ => {
-                let end = (at + rng.random_range(1..16)).min(bytes.len());
-                let copy = bytes[at..end].to_vec();
-                let to = rng.random_range(0..bytes.len());
-                bytes.splice(to..to, copy);
-            }
-        }
-    }
-}
-
 #[test]
 fn decoder_survives_mutated_requests() {
-    let seconds = std::env::var("TIMBALA_FUZZ_SECONDS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(2);
-    let deadline = Instant::now() + Duration::from_secs(seconds);
-    let seed_value = std::env::var("TIMBALA_FUZZ_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| SmallRng::from_os_rng().random());
-    println!("fuzz seed {seed_value} (TIMBALA_FUZZ_SEED to replay)");
-    let mut rng = SmallRng::seed_from_u64(seed_value);
+    let run_for = fuzz_input::duration();
+    let deadline = Instant::now() + run_for;
+    let mut rng = fuzz_input::rng();
     let (mut runs, mut accepted) = (0u64, 0u64);
     while Instant::now() < deadline {
         let mut req = seed(&mut rng);
@@ -124,14 +96,14 @@ fn decoder_survives_mutated_requests() {
         let mut raw = req.encode_to_vec();
         let layer = rng.random_range(0..3);
         if layer == 1 {
-            mutate_bytes(&mut rng, &mut raw);
+            fuzz_input::mutate_bytes(&mut rng, &mut raw, INTERESTING_BYTES);
         }
         // Mode byte: odd = raw protobuf (compressed by the harness), even = HTTP body.
         let input: Vec<u8> = if layer == 2 {
             let mut body = snap::raw::Encoder::new()
                 .compress_vec(&raw)
                 .expect("compress");
-            mutate_bytes(&mut rng, &mut body);
+            fuzz_input::mutate_bytes(&mut rng, &mut body, INTERESTING_BYTES);
             std::iter::once(0).chain(body).collect()
         } else {
             std::iter::once(1).chain(raw).collect()
@@ -140,7 +112,7 @@ fn decoder_survives_mutated_requests() {
         runs += 1;
     }
     println!("{runs} inputs, {accepted} accepted");
-    assert!(runs > 100, "too few inputs in {seconds}s: {runs}");
+    assert!(runs > 100, "too few inputs in {run_for:?}: {runs}");
     assert!(
         accepted > 0 && accepted < runs,
         "mutations must produce both outcomes"
