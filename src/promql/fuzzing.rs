@@ -9,9 +9,10 @@
 //! engine as `server` wires a node).
 //!
 //! Promises checked: nothing panics (a panic in evaluation surfaces as a failed
-//! evaluation task); text the limits refuse is refused by the engine with the limit's
-//! bad_data message; a parsed tree is never deeper than the limits' bound; an answer has
-//! unique label sets, and a range answer's points lie on its steps in order.
+//! evaluation task, one in the parser as `limits::parse`'s "parser failed"); text the
+//! limits refuse is refused by the engine with the limit's bad_data message; a parsed
+//! tree is never deeper than the limits' bound; an answer has unique label sets, and a
+//! range answer's points lie on its steps in order.
 
 use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
@@ -109,12 +110,20 @@ impl Harness {
             }
             Ok(bound) => bound,
         };
-        let Ok(expr) = promql_parser::parser::parse(text) else {
-            assert!(
-                matches!(instant, Err(QueryError::BadData(_))),
-                "{text:.200}: unparsable text gave {instant:?}"
-            );
-            return Outcome::Invalid;
+        let expr = match limits::parse(text) {
+            Ok(expr) => expr,
+            Err(message) => {
+                // A panic the limits' checks did not foresee is a finding, though caught.
+                assert!(
+                    !message.contains("parser failed"),
+                    "{text:.200}: the parser panicked"
+                );
+                assert!(
+                    matches!(instant, Err(QueryError::BadData(_))),
+                    "{text:.200}: unparsable text gave {instant:?}"
+                );
+                return Outcome::Invalid;
+            }
         };
         let depth = limits::tree_depth(&expr);
         assert!(

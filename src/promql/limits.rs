@@ -2,10 +2,10 @@
 //!
 //! Owns: the two limits (`MAX_DEPTH`, `MAX_TOKENS`), `check_text` (one iterative pass
 //! over the text that counts its tokens and bounds the depth of the expression tree the
-//! parser would build from it), `parse` (promql-parser guarded by that check; every
-//! entry point that parses PromQL or a series selector goes through it) and `tree_depth`
-//! (the real depth of a parsed tree, counted without recursion). Calls only
-//! `promql_parser`.
+//! parser would build from it), `parse` (promql-parser guarded by that check and by a
+//! check of numbers written as durations, which the parser panics on; every entry point
+//! that parses PromQL or a series selector goes through it) and `tree_depth` (the real
+//! depth of a parsed tree, counted without recursion). Calls only `promql_parser`.
 //!
 //! Why before parsing: promql-parser's grammar is table-driven, but its type checks
 //! (`value_type` inside `check_ast`, run at every reduction), the AST's `Drop` and our
@@ -37,7 +37,12 @@ pub fn parse(text: &str) -> Result<Expr, String> {
 /// `parse`, also returning `check_text`'s bound of the tree's depth.
 pub fn parse_with_depth(text: &str) -> Result<(Expr, usize), String> {
     let depth = check_text(text)?;
-    Ok((promql_parser::parser::parse(text)?, depth))
+    check_number_durations(text)?;
+    // A panic of the parser on some input is its bug, not the request's: refuse the text
+    // (the panic is still logged) rather than drop the connection.
+    let parsed = std::panic::catch_unwind(|| promql_parser::parser::parse(text))
+        .map_err(|_| "parse error: the PromQL parser failed on this input".to_string())?;
+    Ok((parsed?, depth))
 }
 
 /// Checks `text` against `MAX_DEPTH` and `MAX_TOKENS` without parsing it. Returns a
@@ -240,6 +245,117 @@ fn scan_token(bytes: &[u8], i: usize) -> (Token, usize) {
     }
 }
 
+/// Refuses a number written where a duration goes (`x[1e309]`, `x offset Inf`, the
+/// step of a subquery) that is not a finite, non-negative count of seconds below 2^64:
+/// promql-parser converts it with `Duration::from_secs_f64`, which panics on those.
+/// Scans like the lexer: a duration number follows `[`, a `:` inside brackets, or
+/// `offset` (and an optional sign).
+fn check_number_durations(text: &str) -> Result<(), String> {
+    let bytes = text.as_bytes();
+    let (mut in_brackets, mut expecting) = (false, false);
+    let mut i = 0;
+    while i < bytes.len() {
+        let c = bytes[i];
+        let starts_number =
+            c.is_ascii_digit() || (c == b'.' && bytes.get(i + 1).is_some_and(u8::is_ascii_digit));
+        if starts_number {
+            let end = number_end(bytes, i);
+            // Followed by a unit, it is a duration such as `1h30m` (parsed with checks).
+            let unit = bytes[end..]
+                .iter()
+                .take_while(|b| b.is_ascii_alphanumeric())
+                .count();
+            if expecting && unit == 0 {
+                check_seconds(&text[i..end])?;
+            }
+            expecting = false;
+            i = end + unit;
+            continue;
+        }
+        match c {
+            b'"' | b'\'' | b'`' => {
+                i = skip_string(bytes, i);
+                expecting = false;
+                continue;
+            }
+            b'#' if !in_brackets => {
+                i = bytes[i..]
+                    .iter()
+                    .position(|&b| b == b'\n')
+                    .map_or(bytes.len(), |p| i + p);
+                continue;
+            }
+            b'[' => (in_brackets, expecting) = (true, true),
+            b']' => (in_brackets, expecting) = (false, false),
+            b':' if in_brackets => expecting = true,
+            b'+' | b'-' if expecting && !in_brackets => {}
+            c if c.is_ascii_whitespace() => {}
+            c if c.is_ascii_alphabetic() || c == b'_' => {
+                let len = bytes[i..]
+                    .iter()
+                    .take_while(|&&b| {
+                        b.is_ascii_alphanumeric() || b == b'_' || (b == b':' && !in_brackets)
+                    })
+                    .count();
+                let word = &text[i..i + len];
+                if expecting
+                    && (word.eq_ignore_ascii_case("inf") || word.eq_ignore_ascii_case("nan"))
+                {
+                    return Err(duration_out_of_range(word));
+                }
+                expecting = !in_brackets && word.eq_ignore_ascii_case("offset");
+                i += len;
+                continue;
+            }
+            _ => expecting = false,
+        }
+        i += 1;
+    }
+    Ok(())
+}
+
+/// The end of the number the lexer scans from `start`: `0x` hex digits, or digits with
+/// an optional fraction and exponent (with its sign).
+fn number_end(bytes: &[u8], start: usize) -> usize {
+    let digits_from = |mut i: usize, hex: bool| {
+        while bytes
+            .get(i)
+            .is_some_and(|b| b.is_ascii_digit() || (hex && b.is_ascii_hexdigit()))
+        {
+            i += 1;
+        }
+        i
+    };
+    let hex = bytes[start] == b'0' && matches!(bytes.get(start + 1), Some(b'x' | b'X'));
+    let mut i = digits_from(if hex { start + 2 } else { start }, hex);
+    if bytes.get(i) == Some(&b'.') {
+        i = digits_from(i + 1, hex);
+    }
+    if !hex && matches!(bytes.get(i), Some(b'e' | b'E')) {
+        i += 1;
+        if matches!(bytes.get(i), Some(b'+' | b'-')) {
+            i += 1;
+        }
+        i = digits_from(i, false);
+    }
+    i
+}
+
+/// Whether `Duration::from_secs_f64` takes the number (hex and octal numbers, which
+/// the parser reads as integers below 2^63, always fit).
+fn check_seconds(number: &str) -> Result<(), String> {
+    match number.parse::<f64>() {
+        Ok(seconds) if !(seconds.is_finite() && (0.0..1.8e19).contains(&seconds)) => {
+            Err(duration_out_of_range(number))
+        }
+        _ => Ok(()),
+    }
+}
+
+fn duration_out_of_range(number: &str) -> String {
+    format!("parse error: duration out of range: {number}")
+}
+
 /// The index after the string literal starting at `bytes[start]` (the end of the text
 /// if it is not closed). Backslash escapes apply except in backquoted strings.
 fn skip_string(bytes: &[u8], start: usize) -> usize {
@@ -337,6 +453,43 @@ mod tests {
             balanced = format!("({balanced}+{balanced})");
         }
         assert_eq!(check_text(&balanced), Err(too_large(MAX_TOKENS)));
+    }
+
+    #[test]
+    fn numbers_as_durations_out_of_range_are_refused() {
+        // Each of these panicked inside promql-parser (Duration::from_secs_f64).
+        for q in [
+            "x[1e309]",
+            "x[1e+309]",
+            "x[1e308]",
+            "x[18446744073709551616]",
+            "x[5m:1e309]",
+            "sum_over_time(x[1m:1e309])",
+            "x offset Inf",
+            "x offset -NaN",
+            "x offset 1e309",
+            "x offset -1e309",
+            "x offset .5e400",
+        ] {
+            let err = parse(q).expect_err(q);
+            assert!(
+                err.starts_with("parse error: duration out of range"),
+                "{q}: {err}"
+            );
+        }
+        for q in [
+            "x[1e19]",
+            "x[300]",
+            "x[5m:30]",
+            "x offset 1.5",
+            "x[0x10]",
+            "x{a=\"[1e309]\"}",
+            "1e309 + x",
+            "x offset 5m + 1e309",
+            "# x[1e309]\nx",
+        ] {
+            assert!(parse(q).is_ok(), "{q}: {:?}", parse(q).err());
+        }
     }
 
     #[test]
