@@ -15,7 +15,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
-use common::{free_port, metric_value, ts, Node};
+use common::{cluster_credential, free_port, metric_value, ts, Node};
+use timbala::cluster::keys::ClusterKeys;
 use timbala::proto;
 
 // ---------------------------------------------------------------------------------------
@@ -348,13 +349,25 @@ fn start_secure_cluster(host: &str, args: &[&str], client: &Client) -> Vec<Secur
     nodes
 }
 
-/// The series a node holds itself (`/internal/v1/series`), as label-pair lists.
-fn local_series(client: &Client, node: &SecureNode, metric: &str) -> Vec<serde_json::Value> {
+/// The series a node holds itself (`/internal/v1/series`), as label-pair lists; signed
+/// with the cluster key when the cluster has one (internal routes require it).
+fn local_series(
+    client: &Client,
+    node: &SecureNode,
+    keys: Option<&ClusterKeys>,
+    metric: &str,
+) -> Vec<serde_json::Value> {
+    let path = "/internal/v1/series";
     let body = format!(
         r#"{{"matchers":[["__name__","=","{metric}"]],"mint":0,"maxt":9223372036854775807}}"#
     );
+    let credential = keys.map(|keys| cluster_credential(keys, path, body.as_bytes()));
+    let headers: Vec<(&str, &str)> = credential
+        .iter()
+        .map(|(name, value)| (name.as_str(), value.as_str()))
+        .collect();
     let answer = client
-        .post(&node.url("/internal/v1/series"), &[], body.as_bytes())
+        .post(&node.url(path), &headers, body.as_bytes())
         .expect("local series");
     assert_eq!(answer.status, 200, "{}", answer.body);
     serde_json::from_str::<Vec<serde_json::Value>>(&answer.body).expect("JSON list")
@@ -760,7 +773,7 @@ fn cluster_forwards_writes_over_mutual_tls() {
         peer_lines.collect::<Vec<_>>().join("\n")
     };
     for node in &nodes[1..] {
-        let local = local_series(&client, node, "mtls_series");
+        let local = local_series(&client, node, None, "mtls_series");
         let status = client
             .get(&node.url("/api/v1/status/cluster"))
             .map(|a| a.body);
@@ -911,6 +924,7 @@ fn readme_securing_a_cluster_commands_work() {
     let readme =
         std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).expect("README");
     for flag in [
+        "--cluster-key-file /etc/timbala/cluster.key",
         "--web-config-file /etc/timbala/web-config.yml",
         "--peer-ca-file /etc/timbala/ca.crt",
     ] {
@@ -940,8 +954,19 @@ fn readme_securing_a_cluster_commands_work() {
     // their certificate).
     let web_config = etc.join("web-config.yml");
     let ca = etc.join("ca.crt");
+    // The cluster key, made as the README's "Cluster key" part makes it.
+    let key = etc.join("cluster.key");
+    let made = Command::new("bash")
+        .args(["-c", "head -c 32 /dev/urandom | base64 > cluster.key"])
+        .current_dir(&etc)
+        .status()
+        .expect("run bash");
+    assert!(made.success(), "making the cluster key failed");
+    let keys = ClusterKeys::load(&key).expect("the cluster key the README's command made");
     let client = Client::new(&ca, None).basic_auth("prometheus", &password);
     let flags = [
+        "--cluster-key-file",
+        key.to_str().expect("utf-8"),
         "--web-config-file",
         web_config.to_str().expect("utf-8"),
         "--peer-ca-file",
@@ -969,7 +994,7 @@ fn readme_securing_a_cluster_commands_work() {
     }
     // Every node stores them (3 owners of 3 nodes): forwarded from node 1 over TLS.
     for node in &nodes[1..] {
-        let local = local_series(&client, node, "up");
+        let local = local_series(&client, node, Some(&keys), "up");
         assert!(
             local
                 .iter()
