@@ -8,11 +8,11 @@ use timbala::config::Config;
 fn main() -> ExitCode {
     let config = Config::parse();
     if let Err(e) = timbala::telemetry::init_logging(&config.log_level, config.log_format) {
-        eprintln!("timbala: {e}");
+        report_before_logging(&e);
         return ExitCode::from(2);
     }
     if let Err(e) = config.validate() {
-        eprintln!("timbala: {e}");
+        report_before_logging(&e);
         return ExitCode::from(2);
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -21,16 +21,23 @@ fn main() -> ExitCode {
     {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("timbala: cannot start the async runtime: {e}");
+            tracing::error!("cannot start the async runtime: {e}");
             return ExitCode::FAILURE;
         }
     };
     match runtime.block_on(timbala::server::run(config)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
+            // Once, through the logger: it writes to stderr in the operator's format.
             tracing::error!("{e}");
-            eprintln!("timbala: {e}");
             ExitCode::FAILURE
         }
     }
+}
+
+/// An error from before the logger exists. A closed stderr is ignored: `eprintln!`
+/// would panic on it.
+fn report_before_logging(error: &dyn std::fmt::Display) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "timbala: {error}");
 }

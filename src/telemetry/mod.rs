@@ -22,10 +22,16 @@ pub fn register_process_metrics(registry: &mut Registry) {
         .get_or_create(&vec![
             ("version".to_string(), VERSION.to_string()),
             (
+                "revision".to_string(),
+                env!("TIMBALA_BUILD_REVISION").to_string(),
+            ),
+            (
+                "branch".to_string(),
+                env!("TIMBALA_BUILD_BRANCH").to_string(),
+            ),
+            (
                 "rustc".to_string(),
-                option_env!("TIMBALA_RUSTC_VERSION")
-                    .unwrap_or("unknown")
-                    .to_string(),
+                env!("TIMBALA_BUILD_RUSTC_VERSION").to_string(),
             ),
         ])
         .set(1);
@@ -35,6 +41,23 @@ pub fn register_process_metrics(registry: &mut Registry) {
         build_info,
     );
     registry.register_collector(Box::new(process::ProcessCollector::new()));
+}
+
+/// Stderr for the logger, where a failed write counts as written. tracing-subscriber
+/// reports a failed write with `eprintln!`, which panics once stderr is closed (the
+/// reader of the log pipe went away); a node must carry on without its log.
+struct LossyStderr;
+
+impl std::io::Write for LossyStderr {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let _ = std::io::stderr().write_all(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        let _ = std::io::stderr().flush();
+        Ok(())
+    }
 }
 
 /// Log output format.
@@ -55,7 +78,7 @@ pub fn init_logging(level: &str, format: LogFormat) -> Result<(), String> {
     .map_err(|e| format!("invalid log level {level:?}: {e}"))?;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(|| LossyStderr);
     let result = match format {
         LogFormat::Text => builder.with_ansi(false).try_init(),
         LogFormat::Json => builder.json().try_init(),
