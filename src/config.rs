@@ -13,6 +13,7 @@ use clap::Parser;
 use crate::cluster::membership::MembershipConfig;
 use crate::fanout::FanoutOptions;
 use crate::promql::EngineOptions;
+use crate::replication::hint_window::HintLimits;
 use crate::replication::rereplicate::RepairConfig;
 use crate::storage::{Clock, TimeBounds, CLOCK_SKEW_ALLOWANCE_MS};
 use crate::telemetry::LogFormat;
@@ -124,6 +125,17 @@ pub struct Config {
     /// removed or joined (re-replication); 0 = unthrottled.
     #[arg(long, env = "TIMBALA_REPAIR_RATE_LIMIT", default_value = "16MiB", value_parser = parse_bytes)]
     pub repair_rate_limit: u64,
+
+    /// How long after an owner first missed a write hints are still written for it
+    /// (Cassandra's max_hint_window); past it the owner's copy is left to anti-entropy
+    /// and writes need a majority of real copies. 0s: no hints at all.
+    #[arg(long, env = "TIMBALA_HINT_WINDOW", default_value = "3h", value_parser = parse_duration)]
+    pub hint_window: Duration,
+
+    /// Most disk space hints for one owner may take; past it, as past the window.
+    /// 0: no hints at all.
+    #[arg(long, env = "TIMBALA_HINT_MAX_BYTES_PER_TARGET", default_value = "1GiB", value_parser = parse_bytes)]
+    pub hint_max_bytes_per_target: u64,
 
     /// How far back an instant selector looks for a sample.
     #[arg(long, env = "TIMBALA_QUERY_LOOKBACK_DELTA", default_value = "5m", value_parser = parse_duration)]
@@ -305,6 +317,14 @@ impl Config {
         }
     }
 
+    /// The hint window and disk cap of hinted handoff.
+    pub fn hint_limits(&self) -> HintLimits {
+        HintLimits {
+            window: self.hint_window,
+            max_bytes_per_target: self.hint_max_bytes_per_target,
+        }
+    }
+
     /// Settings of the web layer (TLS, authentication, peer TLS).
     pub fn web_options(&self) -> WebOptions {
         WebOptions {
@@ -369,6 +389,11 @@ impl Config {
             ),
             ("query-lookback-delta", d(self.query_lookback_delta)),
             ("repair-rate-limit", self.repair_rate_limit.to_string()),
+            ("hint-window", d(self.hint_window)),
+            (
+                "hint-max-bytes-per-target",
+                self.hint_max_bytes_per_target.to_string(),
+            ),
             ("web-config-file", path(&self.web_config_file)),
             (
                 "web-config-reload-interval",
@@ -479,6 +504,31 @@ mod tests {
         let flags = c.flag_values();
         assert!(flags.contains(&("web-enable-admin-api".into(), "true".into())));
         assert!(flags.contains(&("web-config-file".into(), "/etc/timbala/web.yml".into())));
+    }
+
+    #[test]
+    fn hint_limits_default_to_three_hours_and_one_gibibyte() {
+        let c = Config::parse_from(["timbala"]);
+        assert_eq!(c.hint_limits(), HintLimits::DEFAULT);
+        let c = Config::parse_from([
+            "timbala",
+            "--hint-window",
+            "5s",
+            "--hint-max-bytes-per-target",
+            "64KiB",
+        ]);
+        assert_eq!(
+            c.hint_limits(),
+            HintLimits {
+                window: Duration::from_secs(5),
+                max_bytes_per_target: 64 << 10,
+            }
+        );
+        assert!(c
+            .flag_values()
+            .contains(&("hint-max-bytes-per-target".into(), "65536".into())));
+        assert!(Config::try_parse_from(["timbala", "--hint-window", "soon"]).is_err());
+        assert!(Config::try_parse_from(["timbala", "--hint-max-bytes-per-target", "-1"]).is_err());
     }
 
     #[test]

@@ -24,7 +24,8 @@ use crate::peer::{PeerClient, PeerMetrics};
 use crate::promql::Engine;
 use crate::replication::hints::{HandoffMetrics, HintStore};
 use crate::replication::rereplicate::{RepairMetrics, RepairProgress, Repairer};
-use crate::replication::{handoff, ReplicatingStorage};
+use crate::replication::handoff::Handoff;
+use crate::replication::ReplicatingStorage;
 use crate::storage::Storage;
 use crate::telemetry::{self, http::HttpMetrics};
 use crate::tsdb::{Tsdb, TsdbMetrics};
@@ -91,7 +92,11 @@ pub async fn run(config: Config) -> Result<(), String> {
     let (membership, membership_task) = Membership::start(membership_config)
         .await
         .map_err(|e| format!("cannot start cluster membership: {e}"))?;
-    let hints = HintStore::open(&config.data_directory, handoff_metrics)
+    let hints = HintStore::open(
+        &config.data_directory,
+        handoff_metrics,
+        config.hint_limits(),
+    )
         .map_err(|e| format!("cannot open the hint directory: {e}"))?;
     let hints = Arc::new(hints);
     let client = PeerClient::new(peer_metrics, cluster_keys, web_security.peer_client_tls());
@@ -110,7 +115,13 @@ pub async fn run(config: Config) -> Result<(), String> {
         config.fanout_options(),
         fanout_metrics,
     );
-    let handoff_task = handoff::spawn(hints.clone(), membership.clone(), client.clone());
+    let handoff_task = Handoff {
+        hints: hints.clone(),
+        membership: membership.clone(),
+        client: client.clone(),
+        local: Arc::new(tsdb.clone()),
+    }
+    .spawn();
     let repair = Arc::new(RepairProgress::default());
     let repair_task = Repairer {
         config: config.repair_config(),

@@ -1,11 +1,13 @@
 //! `GET /api/v1/status/cluster`: members, join order (with removed nodes' tombstoned
-//! slots), key-space share, handoff backlog and this node's re-replication progress.
+//! slots), key-space share, handoff backlog per target (files, bytes, oldest hint age,
+//! window/cap exceeded; ADR 0017) with the hint limits, and this node's re-replication
+//! progress.
 //!
 //! Owns: the JSON shape of the cluster status. The share a node owns is measured by
 //! running 10,000 fixed pseudo-random partition keys through placement: the fraction of
 //! keys of which the node is one of the owners (so shares add up to the replication
 //! factor, 3, with three or more nodes). Calls the membership view, `placement` through
-//! the ring, the hint store and the re-replication progress.
+//! the ring, the hint store (its in-memory backlog) and the re-replication progress.
 
 use axum::extract::State;
 use axum::response::Response;
@@ -15,6 +17,8 @@ use serde::Serialize;
 
 use super::{success, ApiError, AppState};
 use crate::cluster::ring::Ring;
+use crate::replication::hint_window::Limit;
+use crate::replication::hints::now_ms;
 use crate::replication::rereplicate::RepairStatus;
 
 const SHARE_SAMPLE_KEYS: u64 = 10_000;
@@ -32,7 +36,9 @@ struct ClusterStatus {
     join_order: Vec<String>,
     /// Every slot jump hash numbers, removed nodes included (ADR 0015).
     slots: Vec<SlotStatus>,
+    /// Hints this node holds, per target with hints queued or a limit exceeded.
     handoff_backlog: Vec<BacklogStatus>,
+    hint_limits: HintLimitsStatus,
     /// This node's re-replication: series and bytes to go, done, rate, time left.
     repair: RepairStatus,
 }
@@ -60,14 +66,31 @@ struct MemberStatus {
 #[serde(rename_all = "camelCase")]
 struct BacklogStatus {
     target: String,
+    /// Hint files queued.
     batches: u64,
     bytes: u64,
+    oldest_hint_age_seconds: Option<u64>,
+    /// How long since the target first missed a write of the current episode.
+    missing_for_seconds: Option<u64>,
+    window_exceeded: bool,
+    cap_exceeded: bool,
+    /// The target was removed from the ring: its hints go to the new owners.
+    removed: bool,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct HintLimitsStatus {
+    window_seconds: u64,
+    max_bytes_per_target: u64,
 }
 
 async fn cluster_status(State(state): State<AppState>) -> Result<Response, ApiError> {
     let cluster = &state.services()?.cluster;
     let view = cluster.membership.view();
     let shares = key_shares(&view.ring);
+    let now = now_ms();
+    let limits = cluster.hints.limits();
     let members = view
         .members
         .iter()
@@ -106,8 +129,19 @@ async fn cluster_status(State(state): State<AppState>) -> Result<Response, ApiEr
                 target: b.target.to_string(),
                 batches: b.batches,
                 bytes: b.bytes,
+                oldest_hint_age_seconds: b.oldest_age_seconds,
+                missing_for_seconds: b
+                    .episode_start_ms
+                    .map(|start| now.saturating_sub(start) / 1000),
+                window_exceeded: b.exceeded == Some(Limit::Window),
+                cap_exceeded: b.exceeded == Some(Limit::Cap),
+                removed: view.ring.removed().contains(&b.target),
             })
             .collect(),
+        hint_limits: HintLimitsStatus {
+            window_seconds: limits.window.as_secs(),
+            max_bytes_per_target: limits.max_bytes_per_target,
+        },
         repair: cluster.repair.status(&view.ring),
     };
     Ok(success(body, &[], &[]))

@@ -1,93 +1,351 @@
-//! Hint replay: delivers queued hints to their owners once gossip shows them alive.
+//! Hint replay: delivers queued hints to their owners once gossip shows them alive, and
+//! re-routes the hints of a node removed from the ring to the series' new owners.
 //!
 //! Owns: the background task that, on every membership change and at least once a
 //! second, sends each alive owner its hints oldest first over the internal write, and
-//! deletes a hint once the owner acknowledged it. A failed delivery stops that owner's
-//! replay until the next round; a hint the owner refuses (4xx) or that fails its checksum
-//! is dropped and counted. Calls `hints`, `peer` and the membership view.
+//! deletes a hint once the owner acknowledged it; a failed delivery stops that owner's
+//! replay until the next round; a hint the owner refuses (4xx) or that fails its
+//! checksum is dropped and counted. When an alive owner's queue is empty its episode
+//! ends (`HintStore::end_episode_if_drained`: the window/cap warning's recovery). A
+//! target the ring shows removed (a tombstone, ADR 0015) never comes back: each of its
+//! hints is decoded, each series routed by the current ring to the owners that took the
+//! removed node's replica (`reroute_plan`, pure), delivered (locally when this node is
+//! one), and the hint deleted once all of them acknowledged (ADR 0017). Calls `hints`,
+//! `peer`, `ingest` (decoding), the local `storage::Storage` and the membership view.
 
+use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use crate::cluster::identity::NodeId;
-use crate::cluster::membership::{MemberState, MembershipHandle};
+use crate::cluster::membership::{ClusterView, MemberState, MembershipHandle};
+use crate::cluster::placement;
+use crate::cluster::ring::{Ring, RingSlot};
+use crate::ingest::{self, DecodeLimits};
+use crate::model::Series;
 use crate::peer::PeerClient;
+use crate::storage::Storage;
 
-use super::hints::{read_hint, HintStore};
+use super::hints::{now_ms, read_hint, HintStore, Removal};
 
 const REPLAY_INTERVAL: Duration = Duration::from_secs(1);
 
-/// Starts the replay task; it ends when membership stops publishing views.
-pub fn spawn(
-    hints: Arc<HintStore>,
-    membership: MembershipHandle,
-    client: PeerClient,
-) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        let mut views = membership.subscribe();
-        loop {
-            replay_round(&hints, &membership, &client).await;
-            tokio::select! {
-                changed = views.changed() => if changed.is_err() { return },
-                _ = tokio::time::sleep(REPLAY_INTERVAL) => {}
+/// What the task works with.
+pub struct Handoff {
+    pub hints: Arc<HintStore>,
+    pub membership: MembershipHandle,
+    pub client: PeerClient,
+    /// This node's own TSDB: where re-routed series go when this node is a new owner.
+    pub local: Arc<dyn Storage>,
+}
+
+impl Handoff {
+    /// Starts the replay task; it ends when membership stops publishing views.
+    pub fn spawn(self) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(async move {
+            let mut views = self.membership.subscribe();
+            loop {
+                self.round().await;
+                tokio::select! {
+                    changed = views.changed() => if changed.is_err() { return },
+                    _ = tokio::time::sleep(REPLAY_INTERVAL) => {}
+                }
             }
-        }
-    })
-}
-
-async fn replay_round(hints: &HintStore, membership: &MembershipHandle, client: &PeerClient) {
-    let view = membership.view();
-    let Ok(targets) = hints.targets() else { return };
-    for target in targets {
-        let alive = view
-            .member(target)
-            .is_some_and(|m| m.state == MemberState::Alive);
-        let addr = view
-            .ring
-            .nodes_in_join_order()
-            .iter()
-            .find(|n| n.id == target)
-            .map(|n| n.http_addr.clone());
-        if let (true, Some(addr)) = (alive, addr) {
-            replay_target(hints, client, target, &addr).await;
-        }
+        })
     }
-}
 
-async fn replay_target(hints: &HintStore, client: &PeerClient, target: NodeId, addr: &str) {
-    let files = match hints.pending(target) {
-        Ok(files) => files,
-        Err(e) => {
-            tracing::warn!(target_node = %target, error = %e, "cannot list hints");
+    async fn round(&self) {
+        let view = self.membership.view();
+        let Ok(targets) = self.hints.targets() else {
             return;
-        }
-    };
-    for file in files {
-        let body = match read_hint(&file) {
-            Ok(body) => body,
-            Err(e) => {
-                tracing::error!(target_node = %target, error = %e, "dropping a corrupt hint");
-                remove(&file);
-                hints.metrics().on_dropped(target);
+        };
+        for target in targets {
+            if view.ring.removed().contains(&target) {
+                self.reroute_target(&view, target).await;
                 continue;
             }
-        };
-        match super::forward(client, addr, body, 0).await {
-            Ok(_) => {
-                remove(&file);
-                hints.metrics().on_delivered(target);
+            let alive = view
+                .member(target)
+                .is_some_and(|m| m.state == MemberState::Alive);
+            let addr = view.ring.node(target).map(|n| n.http_addr.clone());
+            if let (true, Some(addr)) = (alive, addr) {
+                if self.replay_target(target, &addr).await {
+                    self.hints.end_episode_if_drained(target);
+                }
             }
-            Err(e) => {
-                tracing::debug!(target_node = %target, error = %e, "hint delivery failed; retrying later");
-                hints.metrics().on_failed_attempt(target);
+        }
+        self.hints.refresh_gauges(now_ms());
+    }
+
+    /// Replays a target's hints oldest first; true when every listed hint left the queue.
+    async fn replay_target(&self, target: NodeId, addr: &str) -> bool {
+        let Some(files) = self.pending(target) else {
+            return false;
+        };
+        for (i, file) in files.iter().enumerate() {
+            let next = files.get(i + 1).cloned();
+            let body = match read_hint(file) {
+                Ok(body) => body,
+                Err(e) => {
+                    tracing::error!(target_node = %target, error = %e, "dropping a corrupt hint");
+                    self.remove(target, file, next, Removal::Dropped).await;
+                    continue;
+                }
+            };
+            match super::forward(&self.client, addr, body, 0).await {
+                Ok(_) => self.remove(target, file, next, Removal::Delivered).await,
+                Err(e) => {
+                    tracing::debug!(target_node = %target, error = %e, "hint delivery failed; retrying later");
+                    self.hints.metrics().on_failed_attempt(target);
+                    return false;
+                }
+            }
+        }
+        true
+    }
+
+    /// Delivers a removed target's hints to the series' new owners, oldest first; a hint
+    /// is deleted once every new owner of its series acknowledged. A failure stops until
+    /// the next round (redelivery is a duplicate the owners ignore).
+    async fn reroute_target(&self, view: &ClusterView, target: NodeId) {
+        let Some(files) = self.pending(target) else {
+            return;
+        };
+        for (i, file) in files.iter().enumerate() {
+            let next = files.get(i + 1).cloned();
+            let series = match read_hint(file).and_then(|body| decode_hint_body(&body)) {
+                Ok(series) => series,
+                Err(e) => {
+                    tracing::error!(target_node = %target, error = %e, "dropping a corrupt hint of a removed node");
+                    self.remove(target, file, next, Removal::Dropped).await;
+                    continue;
+                }
+            };
+            let count = series.len() as u64;
+            let plan = reroute_plan(series, &view.ring, target);
+            if let Err(e) = self.deliver_plan(view, plan).await {
+                tracing::debug!(target_node = %target, error = %e, "re-routing a hint failed; retrying later");
+                self.hints.metrics().on_failed_attempt(target);
                 return;
             }
+            self.remove(target, file, next, Removal::Rerouted { series: count })
+                .await;
+        }
+        if self.pending(target).is_some_and(|left| left.is_empty()) {
+            tracing::info!(target_node = %target, "hints of a removed node re-routed to the new owners");
+            self.hints.forget_if_drained(target);
+        }
+    }
+
+    async fn deliver_plan(
+        &self,
+        view: &ClusterView,
+        plan: BTreeMap<NodeId, Vec<Series>>,
+    ) -> Result<(), String> {
+        for (owner, series) in plan {
+            if owner == view.local.id {
+                self.local
+                    .append(series)
+                    .await
+                    .map_err(|e| format!("local append: {e}"))?;
+                continue;
+            }
+            let addr = view
+                .ring
+                .node(owner)
+                .map(|n| n.http_addr.clone())
+                .ok_or_else(|| format!("owner {owner} left the ring"))?;
+            if view.member(owner).is_some_and(|m| m.state == MemberState::Down) {
+                return Err(format!("owner {owner} is down"));
+            }
+            let samples = series.iter().map(|s| s.samples.len() as u64).sum();
+            super::forward(&self.client, &addr, super::encode_series(&series), samples)
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+        Ok(())
+    }
+
+    fn pending(&self, target: NodeId) -> Option<Vec<PathBuf>> {
+        match self.hints.pending(target) {
+            Ok(files) => Some(files),
+            Err(e) => {
+                tracing::warn!(target_node = %target, error = %e, "cannot list hints");
+                None
+            }
+        }
+    }
+
+    async fn remove(&self, target: NodeId, file: &PathBuf, next: Option<PathBuf>, why: Removal) {
+        let hints = self.hints.clone();
+        let file = file.clone();
+        let removed = tokio::task::spawn_blocking(move || {
+            hints
+                .remove(target, &file, next.as_deref(), why)
+                .map_err(|e| format!("{}: {e}", file.display()))
+        })
+        .await
+        .map_err(|e| e.to_string())
+        .and_then(|r| r);
+        if let Err(e) = removed {
+            tracing::warn!(target_node = %target, error = %e, "cannot remove a hint");
         }
     }
 }
 
-fn remove(file: &std::path::Path) {
-    if let Err(e) = std::fs::remove_file(file) {
-        tracing::warn!(file = %file.display(), error = %e, "cannot remove a delivered hint");
+/// The series of a hint's payload (an internal-write body).
+fn decode_hint_body(body: &[u8]) -> Result<Vec<Series>, String> {
+    ingest::decode_write_request(
+        Some("application/x-protobuf"),
+        Some("snappy"),
+        body,
+        &DecodeLimits::for_body_limit(body.len()),
+    )
+    .map(|decoded| decoded.series)
+    .map_err(|e| e.to_string())
+}
+
+/// Where the series of a hint for `removed` go now: to the owners each series gained
+/// when `removed` became a tombstone (its owners under `current` that it did not have
+/// with `removed` still live), grouped by owner. A series `removed` did not own under
+/// that ring (the hint predates a later placement change) goes to all its current
+/// owners: a copy too many is a duplicate they ignore, a copy too few a lost sample.
+pub fn reroute_plan(
+    series: Vec<Series>,
+    current: &Ring,
+    removed: NodeId,
+) -> BTreeMap<NodeId, Vec<Series>> {
+    let before = ring_with_live(current, removed);
+    let mut plan: BTreeMap<NodeId, Vec<Series>> = BTreeMap::new();
+    for s in series {
+        let key = placement::partition_key(&s.labels);
+        let now = current.owners(key);
+        let old = before.owners(key);
+        let gained: Vec<NodeId> = if old.contains(&removed) {
+            now.iter().copied().filter(|o| !old.contains(o)).collect()
+        } else {
+            now
+        };
+        for owner in gained {
+            plan.entry(owner).or_default().push(s.clone());
+        }
+    }
+    plan
+}
+
+/// `ring` with `node`'s tombstone lifted: placement as it was before its removal.
+fn ring_with_live(ring: &Ring, node: NodeId) -> Ring {
+    Ring::from_slots(
+        ring.slots()
+            .iter()
+            .map(|s| RingSlot {
+                node: s.node.clone(),
+                removed: s.removed && s.node.id != node,
+            })
+            .collect(),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cluster::identity::NodeIdentity;
+    use crate::cluster::ring::{RingEntry, RingState};
+    use crate::model::{Labels, Sample};
+
+    fn state_of(n: u128) -> RingState {
+        (1..=n)
+            .map(|i| {
+                RingEntry::from_identity(&NodeIdentity {
+                    id: NodeId(i),
+                    generation: 1,
+                    join_seq: Some(i as u64),
+                    gossip_addr: format!("127.0.0.1:{}", 7000 + i).parse().expect("addr"),
+                    http_addr: format!("127.0.0.1:{}", 9000 + i),
+                })
+                .expect("placed")
+            })
+            .collect::<Vec<_>>()
+            .into()
+    }
+
+    fn series(n: usize) -> Vec<Series> {
+        (0..n)
+            .map(|i| Series {
+                labels: Labels::from_pairs([("__name__", "m".to_string()), ("i", i.to_string())]),
+                samples: vec![Sample::new(i as i64, 1.0)],
+            })
+            .collect()
+    }
+
+    /// Each series of a removed node's hint goes to exactly the one survivor that took
+    /// its replica, never to an owner that already had it, never to the removed node.
+    #[test]
+    fn hints_of_a_removed_node_go_to_the_owner_that_took_its_replica() {
+        for n in 4..=6u128 {
+            for victim in 1..=n {
+                let before = state_of(n).ring();
+                let mut s = state_of(n);
+                s.remove(NodeId(victim));
+                let after = s.ring();
+                // The hint holds what the victim owned (what a coordinator hinted for it).
+                let hinted: Vec<Series> = series(2000)
+                    .into_iter()
+                    .filter(|s| {
+                        before
+                            .owners(placement::partition_key(&s.labels))
+                            .contains(&NodeId(victim))
+                    })
+                    .collect();
+                let plan = reroute_plan(hinted.clone(), &after, NodeId(victim));
+                assert!(!plan.contains_key(&NodeId(victim)));
+                let routed: usize = plan.values().map(Vec::len).sum();
+                assert_eq!(routed, hinted.len(), "{n} nodes, {victim} removed");
+                for (owner, list) in &plan {
+                    for s in list {
+                        let key = placement::partition_key(&s.labels);
+                        assert!(after.owners(key).contains(owner));
+                        assert!(!before.owners(key).contains(owner));
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_series_the_removed_node_did_not_own_goes_to_every_current_owner() {
+        let mut s = state_of(5);
+        s.remove(NodeId(5));
+        let after = s.ring();
+        let before = state_of(5).ring();
+        let stray: Vec<Series> = series(500)
+            .into_iter()
+            .filter(|s| {
+                !before
+                    .owners(placement::partition_key(&s.labels))
+                    .contains(&NodeId(5))
+            })
+            .take(10)
+            .collect();
+        assert_eq!(stray.len(), 10);
+        let plan = reroute_plan(stray, &after, NodeId(5));
+        assert_eq!(plan.values().map(Vec::len).sum::<usize>(), 30);
+    }
+
+    #[test]
+    fn lifting_a_tombstone_restores_the_old_placement() {
+        let mut s = state_of(4);
+        s.remove(NodeId(2));
+        let restored = ring_with_live(&s.ring(), NodeId(2));
+        assert!(restored.same_placement(&state_of(4).ring()));
+    }
+
+    #[test]
+    fn hint_bodies_decode_back_to_their_series() {
+        let original = series(3);
+        let body = super::super::encode_series(&original);
+        assert_eq!(decode_hint_body(&body).expect("decode"), original);
+        assert!(decode_hint_body(b"not snappy").is_err());
     }
 }

@@ -2,22 +2,29 @@
 //!
 //! Owns: routing each series of a batch to its owners (placement over the join-ordered
 //! ring), appending the local share to the local TSDB, forwarding the other owners'
-//! shares to their `POST /internal/v1/write` over persistent connections, and hinted
-//! handoff (`hints`: a durable queue per owner that was down or failed; `handoff`: the
-//! task that replays it when gossip shows the owner alive), and re-replication
-//! (`rereplicate`: after a ring change, copying series to the owners they gained). The acknowledgement rule is
-//! ADR 0006: a batch is acknowledged once every series has a durable copy, or a durable
-//! hint, for each of its owners; otherwise the write fails with a storage error (5xx).
+//! shares to their `POST /internal/v1/write` over persistent connections, hinted
+//! handoff (`hints`: a durable queue per owner that was down or failed, bounded per
+//! target by `hint_window`'s window and disk cap; `handoff`: the task that replays it
+//! when gossip shows the owner alive, and re-routes the hints of a removed owner to the
+//! series' new owners), and re-replication (`rereplicate`: after a ring change, copying
+//! series to the owners they gained). The acknowledgement rule is ADR 0006 as amended by
+//! ADR 0017: a batch is acknowledged once every series has a durable copy, or a durable
+//! hint, for each of its owners; an owner whose hint window or cap is exceeded gets no
+//! hint, and a series with such an owner is acknowledged only when a majority of its
+//! owners stored it for real (`check_acknowledgement`); otherwise the write fails with
+//! a storage error (5xx).
 //!
 //! Calls `cluster` (membership view, placement), `peer` (internal HTTP client), `proto`
-//! (the internal write body is a snappy remote-write 1.0 request) and the local
-//! `storage::Storage`. Reads are not its business: they pass through to the local store.
+//! (the internal write body is a snappy remote-write 1.0 request), `ingest` (to decode a
+//! hint being re-routed) and the local `storage::Storage`. Reads are not its business:
+//! they pass through to the local store.
 
 pub mod handoff;
+pub mod hint_window;
 pub mod hints;
 pub mod rereplicate;
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -33,7 +40,8 @@ use crate::storage::{
     AppendOutcome, BoxFuture, LabelRequest, RejectReason, SelectError, SelectRequest, Storage,
     StorageError,
 };
-use hints::HintStore;
+use hint_window::Limit;
+use hints::{HintStore, Hinted};
 
 /// How long a forward may take before the owner's share is stored as a hint instead.
 const FORWARD_TIMEOUT: Duration = Duration::from_secs(5);
@@ -80,17 +88,19 @@ impl ReplicatingStorage {
         let view = self.inner.membership.view();
         let local_id = view.local.id;
         let total_samples: u64 = batch.iter().map(|s| s.samples.len() as u64).sum();
-        let (local_share, remote_shares) = split_by_owner(batch, &view, local_id);
-        if remote_shares.is_empty() {
-            return self.inner.local.append(local_share).await;
+        let split = split_by_owner(batch, &view, local_id);
+        if split.remote.is_empty() {
+            return self.inner.local.append(split.local).await;
         }
         let mut tasks = tokio::task::JoinSet::new();
         let trace_id = peer::current_trace_id();
-        for share in remote_shares {
+        for share in split.remote {
             let inner = self.inner.clone();
-            let deliver = async move { inner.deliver(share).await };
+            let target = share.target;
+            let deliver = async move { (target, inner.deliver(share).await) };
             tasks.spawn(peer::with_trace_id(trace_id.clone(), deliver));
         }
+        let local_share = split.local;
         let local = async {
             if local_share.is_empty() {
                 Ok(AppendOutcome::default())
@@ -101,34 +111,136 @@ impl ReplicatingStorage {
         let local_outcome = local.await;
         let mut outcomes = Vec::new();
         let mut failure = None;
+        let mut copies = ShareResults::default();
         match local_outcome {
-            Ok(o) => outcomes.push(o),
+            Ok(o) => {
+                copies.stored.insert(local_id);
+                outcomes.push(o);
+            }
             Err(e) => failure = Some(e),
         }
         while let Some(joined) = tasks.join_next().await {
             match joined {
-                Ok(Ok(o)) => outcomes.push(o),
-                Ok(Err(e)) => failure = Some(e),
+                Ok((target, Ok(delivery))) => match delivery {
+                    Delivery::Forwarded(o) => {
+                        copies.stored.insert(target);
+                        outcomes.push(o);
+                    }
+                    Delivery::Hinted => {}
+                    Delivery::NoHint(limit) => {
+                        copies.written_off.insert(target, limit);
+                    }
+                },
+                Ok((_, Err(e))) => failure = Some(e),
                 Err(e) => failure = Some(StorageError::Other(format!("forward task: {e}"))),
             }
         }
-        match failure {
-            Some(e) => Err(e),
-            None => Ok(combine_replica_outcomes(total_samples, outcomes)),
+        if let Some(e) = failure {
+            return Err(e);
+        }
+        check_acknowledgement(&split.owner_sets, &copies).map_err(|e| {
+            tracing::warn!(error = %e, "write not acknowledged");
+            StorageError::Unavailable(e.to_string())
+        })?;
+        Ok(combine_replica_outcomes(total_samples, outcomes))
+    }
+}
+
+/// What became of one owner's share.
+enum Delivery {
+    /// The owner stored it (or refused it with a 4xx, like a rejected sample).
+    Forwarded(AppendOutcome),
+    /// It is in a durable hint for the owner.
+    Hinted,
+    /// The owner was unreachable and its window or cap is exceeded: no copy, no hint.
+    NoHint(Limit),
+}
+
+/// Per owner of a batch: who stored its share for real, who got neither copy nor hint.
+#[derive(Debug, Default)]
+pub struct ShareResults {
+    pub stored: HashSet<NodeId>,
+    pub written_off: HashMap<NodeId, Limit>,
+}
+
+/// Why a batch is not acknowledged although nothing failed outright.
+#[derive(Debug, PartialEq, Eq)]
+pub struct NoMajority {
+    pub owners: usize,
+    pub stored: usize,
+    pub written_off: Vec<(NodeId, Limit)>,
+}
+
+impl std::fmt::Display for NoMajority {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let nodes: Vec<String> = self
+            .written_off
+            .iter()
+            .map(|(n, l)| format!("{n} (hint {} exceeded)", l.label()))
+            .collect();
+        write!(
+            f,
+            "only {} of {} owners stored a series and {} got no hint; \
+             a majority ({}) of real copies is needed",
+            self.stored,
+            self.owners,
+            nodes.join(", "),
+            majority(self.owners)
+        )
+    }
+}
+
+fn majority(owners: usize) -> usize {
+    owners / 2 + 1
+}
+
+/// The acknowledgement rule (ADR 0006 as amended by ADR 0017), given the owner sets of
+/// the batch's series. An owner either stored its share, holds a hint (else the write
+/// already failed), or is written off (window or cap exceeded: neither). A series none
+/// of whose owners is written off is acknowledged (every owner has a copy or a hint); a
+/// series with a written-off owner needs real copies on a majority of its owners, so an
+/// acknowledged sample is never on fewer than `R / 2 + 1` disks while hints cover less.
+pub fn check_acknowledgement(
+    owner_sets: &BTreeSet<Vec<NodeId>>,
+    results: &ShareResults,
+) -> Result<(), NoMajority> {
+    if results.written_off.is_empty() {
+        return Ok(());
+    }
+    for owners in owner_sets {
+        let written_off: Vec<(NodeId, Limit)> = owners
+            .iter()
+            .filter_map(|o| results.written_off.get(o).map(|&l| (*o, l)))
+            .collect();
+        if written_off.is_empty() {
+            continue;
+        }
+        let stored = owners
+            .iter()
+            .filter(|o| results.stored.contains(o))
+            .count();
+        if stored < majority(owners.len()) {
+            return Err(NoMajority {
+                owners: owners.len(),
+                stored,
+                written_off,
+            });
         }
     }
+    Ok(())
 }
 
 impl Inner {
     /// Forwards a share to its owner, or stores it as a hint when the owner is down or
-    /// the forward fails. Errors only when neither worked: then the batch is not durable.
-    async fn deliver(&self, share: Share) -> Result<AppendOutcome, StorageError> {
+    /// the forward fails, unless the owner's hint window or cap is exceeded. Errors only
+    /// when neither worked for a reason other than the limits (an I/O error).
+    async fn deliver(&self, share: Share) -> Result<Delivery, StorageError> {
         let samples: u64 = share.series.iter().map(|s| s.samples.len() as u64).sum();
         let body = encode_series(&share.series);
         drop(share.series);
         if share.state != MemberState::Down {
             match forward(&self.client, &share.http_addr, body.clone(), samples).await {
-                Ok(outcome) => return Ok(outcome),
+                Ok(outcome) => return Ok(Delivery::Forwarded(outcome)),
                 Err(e) => tracing::warn!(
                     target_node = %share.target, error = %e,
                     "forward failed; storing a hint"
@@ -137,7 +249,7 @@ impl Inner {
         }
         let hints = self.hints.clone();
         let target = share.target;
-        tokio::task::spawn_blocking(move || hints.store(target, &body))
+        let hinted = tokio::task::spawn_blocking(move || hints.store(target, &body))
             .await
             .map_err(|e| StorageError::Other(format!("hint writer: {e}")))?
             .map_err(|e| {
@@ -145,10 +257,10 @@ impl Inner {
                     "owner {target} unreachable and its hint could not be stored: {e}"
                 ))
             })?;
-        // The owner will store these samples when the hint is replayed.
-        Ok(AppendOutcome {
-            appended: samples,
-            ..AppendOutcome::default()
+        // A stored hint: the owner will store these samples when it is replayed.
+        Ok(match hinted {
+            Hinted::Stored => Delivery::Hinted,
+            Hinted::Refused(limit) => Delivery::NoHint(limit),
         })
     }
 }
@@ -192,15 +304,26 @@ pub async fn forward(
         .map_err(|e| peer::PeerError(format!("{http_addr}: bad write answer: {e}")))
 }
 
+/// A batch split by owner.
+struct SplitBatch {
+    /// This node's share.
+    local: Vec<Series>,
+    /// The other owners' shares.
+    remote: Vec<Share>,
+    /// Every distinct owner set of the batch's series (for the acknowledgement rule).
+    owner_sets: BTreeSet<Vec<NodeId>>,
+}
+
 /// Splits a batch into this node's share and the other owners' shares.
 fn split_by_owner(
     batch: Vec<Series>,
     view: &crate::cluster::membership::ClusterView,
     local_id: NodeId,
-) -> (Vec<Series>, Vec<Share>) {
+) -> SplitBatch {
     let ring = &view.ring;
     let mut local = Vec::new();
     let mut remote: HashMap<NodeId, Vec<Series>> = HashMap::new();
+    let mut owner_sets = BTreeSet::new();
     // With no more nodes than replicas every node owns every series: placement need not
     // hash each series to find that out (a single node spends most time here otherwise).
     let everyone_owns_all = placement::every_node_owns_every_series(ring.len());
@@ -216,6 +339,9 @@ fn split_by_owner(
         if owners.is_empty() {
             // Not placed yet (first moments of a node): keep the data here.
             owners = std::slice::from_ref(&local_id);
+        }
+        if !owner_sets.contains(owners) {
+            owner_sets.insert(owners.to_vec());
         }
         let last = owners.len() - 1;
         let mut series = Some(series);
@@ -233,7 +359,7 @@ fn split_by_owner(
             }
         }
     }
-    let shares = remote
+    let remote = remote
         .into_iter()
         .map(|(target, series)| {
             let node = ring.nodes_in_join_order().iter().find(|n| n.id == target);
@@ -245,7 +371,11 @@ fn split_by_owner(
             }
         })
         .collect();
-    (local, shares)
+    SplitBatch {
+        local,
+        remote,
+        owner_sets,
+    }
 }
 
 /// What the client is told about a batch stored on several replicas: a sample refused by
@@ -412,10 +542,15 @@ mod tests {
     #[test]
     fn every_series_goes_to_exactly_its_owners() {
         let view = view_of(5, 3);
-        let (local, shares) = split_by_owner(batch(500), &view, NodeId(1));
+        let split = split_by_owner(batch(500), &view, NodeId(1));
         let mut held: HashMap<NodeId, Vec<Labels>> = HashMap::new();
-        held.insert(NodeId(1), local.into_iter().map(|s| s.labels).collect());
-        for share in shares {
+        held.insert(NodeId(1), split.local.into_iter().map(|s| s.labels).collect());
+        let expected_sets: BTreeSet<Vec<NodeId>> = batch(500)
+            .iter()
+            .map(|s| view.ring.owners(placement::partition_key(&s.labels)))
+            .collect();
+        assert_eq!(split.owner_sets, expected_sets);
+        for share in split.remote {
             assert_eq!(
                 share.http_addr,
                 format!("127.0.0.1:{}", 9000 + share.target.0)
@@ -455,6 +590,73 @@ mod tests {
         assert_eq!(combined.appended, 8);
         assert_eq!(combined.rejected, vec![(RejectReason::OutOfOrder, 2)]);
         assert_eq!(combined.first_rejection.as_deref(), Some("x"));
+    }
+
+    fn results(stored: &[u128], written_off: &[(u128, Limit)]) -> ShareResults {
+        ShareResults {
+            stored: stored.iter().map(|&i| NodeId(i)).collect(),
+            written_off: written_off.iter().map(|&(i, l)| (NodeId(i), l)).collect(),
+        }
+    }
+
+    fn sets(sets: &[&[u128]]) -> BTreeSet<Vec<NodeId>> {
+        sets.iter()
+            .map(|s| s.iter().map(|&i| NodeId(i)).collect())
+            .collect()
+    }
+
+    #[test]
+    fn hints_count_as_copies_while_no_owner_is_written_off() {
+        // Owner 3 hinted, 2 hinted: one real copy, acknowledged as before (ADR 0006).
+        assert_eq!(check_acknowledgement(&sets(&[&[1, 2, 3]]), &results(&[1], &[])), Ok(()));
+    }
+
+    #[test]
+    fn a_written_off_owner_needs_a_majority_of_real_copies() {
+        let all = sets(&[&[1, 2, 3]]);
+        // 3 past its window, 1 and 2 stored: two real copies of three, acknowledged.
+        assert_eq!(
+            check_acknowledgement(&all, &results(&[1, 2], &[(3, Limit::Window)])),
+            Ok(())
+        );
+        // 3 past its window and 2 only hinted: one real copy, refused.
+        let refused = check_acknowledgement(&all, &results(&[1], &[(3, Limit::Cap)]));
+        assert_eq!(
+            refused,
+            Err(NoMajority {
+                owners: 3,
+                stored: 1,
+                written_off: vec![(NodeId(3), Limit::Cap)],
+            })
+        );
+        let message = refused.expect_err("refused").to_string();
+        assert!(message.contains("hint cap exceeded"), "{message}");
+        // Two written off: refused whatever else happened.
+        assert!(check_acknowledgement(
+            &all,
+            &results(&[1], &[(2, Limit::Window), (3, Limit::Window)])
+        )
+        .is_err());
+        // Two replicas (two nodes): both must store, a written-off one means refusal.
+        assert!(check_acknowledgement(&sets(&[&[1, 2]]), &results(&[1], &[(2, Limit::Window)]))
+            .is_err());
+    }
+
+    #[test]
+    fn only_series_owned_by_a_written_off_node_need_the_majority() {
+        // 5 nodes: series on {1,2,3} lack a majority (3 hinted, 2 written off) but series
+        // on {1,4,5} do not involve node 2: the batch still fails as a whole, because one
+        // of its series would be acknowledged with a single real copy.
+        let batch_sets = sets(&[&[1, 4, 5], &[1, 2, 3]]);
+        let r = results(&[1, 4, 5], &[(2, Limit::Window)]);
+        assert!(check_acknowledgement(&batch_sets, &r).is_err());
+        let r = results(&[1, 3, 4, 5], &[(2, Limit::Window)]);
+        assert_eq!(check_acknowledgement(&batch_sets, &r), Ok(()));
+        assert_eq!(
+            check_acknowledgement(&sets(&[&[1, 4, 5]]), &results(&[1], &[(2, Limit::Window)])),
+            Ok(()),
+            "a written-off node that owns none of the batch changes nothing"
+        );
     }
 
     #[test]
