@@ -67,10 +67,30 @@ impl Node {
         extra_args: &[&str],
         gid: Option<u32>,
     ) -> Node {
+        Node::spawn_logged(data_dir, http_addr, gossip_addr, extra_args, gid, None)
+    }
+
+    /// `spawn_as`, with the process's stderr (its log) appended to `log_file` when given.
+    pub fn spawn_logged(
+        data_dir: &Path,
+        http_addr: &str,
+        gossip_addr: &str,
+        extra_args: &[&str],
+        gid: Option<u32>,
+        log_file: Option<&Path>,
+    ) -> Node {
         use std::os::unix::process::CommandExt;
         let mut command = Command::new(env!("CARGO_BIN_EXE_timbala"));
         if let Some(gid) = gid {
             command.gid(gid);
+        }
+        if let Some(path) = log_file {
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .expect("open the node's log file");
+            command.stderr(file);
         }
         let child = command
             .arg("--data-directory")
@@ -381,6 +401,8 @@ pub struct ClusterNode {
     pub peers: Vec<String>,
     pub dir: tempfile::TempDir,
     pub setup: MemberSetup,
+    /// Where the process's stderr goes (`start_cluster_logged`); None: inherited.
+    pub log_file: Option<PathBuf>,
 }
 
 impl ClusterNode {
@@ -398,13 +420,22 @@ impl ClusterNode {
         let args = self.args();
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let http = self.node.http_addr.clone();
-        self.node = Node::spawn_as(
+        self.node = Node::spawn_logged(
             &self.dir.path().join("data"),
             &http,
             &self.gossip_addr,
             &args,
             self.setup.gid,
+            self.log_file.as_deref(),
         );
+    }
+
+    /// What the process logged so far (empty unless started by `start_cluster_logged`).
+    pub fn log(&self) -> String {
+        self.log_file
+            .as_ref()
+            .and_then(|p| std::fs::read_to_string(p).ok())
+            .unwrap_or_default()
     }
 }
 
@@ -419,6 +450,25 @@ pub fn start_cluster_with(
     n: usize,
     existing: &[String],
     setup: impl Fn(usize) -> MemberSetup,
+) -> Vec<ClusterNode> {
+    start_members(n, existing, setup, false)
+}
+
+/// `start_cluster_with`, each member's log (stderr) kept in `<its dir>/timbala.log` for
+/// `ClusterNode::log`.
+pub fn start_cluster_logged(
+    n: usize,
+    existing: &[String],
+    setup: impl Fn(usize) -> MemberSetup,
+) -> Vec<ClusterNode> {
+    start_members(n, existing, setup, true)
+}
+
+fn start_members(
+    n: usize,
+    existing: &[String],
+    setup: impl Fn(usize) -> MemberSetup,
+    logged: bool,
 ) -> Vec<ClusterNode> {
     let addrs: Vec<(String, String)> = (0..n)
         .map(|_| {
@@ -448,6 +498,7 @@ pub fn start_cluster_with(
             },
             gossip_addr: gossip.clone(),
             peers,
+            log_file: logged.then(|| dir.path().join("timbala.log")),
             dir,
             setup: setup(i),
         };
