@@ -22,9 +22,9 @@ use crate::dirlock::DirLock;
 use crate::fanout::{FanoutMetrics, FanoutStorage, Split};
 use crate::peer::{PeerClient, PeerMetrics};
 use crate::promql::Engine;
+use crate::replication::handoff::Handoff;
 use crate::replication::hints::{HandoffMetrics, HintStore};
 use crate::replication::rereplicate::{RepairMetrics, RepairProgress, Repairer};
-use crate::replication::handoff::Handoff;
 use crate::replication::ReplicatingStorage;
 use crate::storage::Storage;
 use crate::telemetry::{self, http::HttpMetrics};
@@ -97,7 +97,7 @@ pub async fn run(config: Config) -> Result<(), String> {
         handoff_metrics,
         config.hint_limits(),
     )
-        .map_err(|e| format!("cannot open the hint directory: {e}"))?;
+    .map_err(|e| format!("cannot open the hint directory: {e}"))?;
     let hints = Arc::new(hints);
     let client = PeerClient::new(peer_metrics, cluster_keys, web_security.peer_client_tls());
     let local: Arc<dyn Storage> = Arc::new(tsdb.clone());

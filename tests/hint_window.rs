@@ -262,16 +262,28 @@ fn hints_stop_at_the_limit(args: &[&str], limit: &str, warning: &str, cap: Optio
     );
     // What the returned node holds now: the hinted writes, not those after the limit
     // (anti-entropy's part); reported, not asserted.
-    let held = read_samples_at(&cluster[2].node, LOCAL_READ, vec![eq("__name__", "hw")], 0, i64::MAX / 2)
-        .expect("local read")
-        .iter()
-        .map(|(_, s)| s.len())
-        .sum::<usize>();
-    let all = read_samples_at(&cluster[0].node, LOCAL_READ, vec![eq("__name__", "hw")], 0, i64::MAX / 2)
-        .expect("local read")
-        .iter()
-        .map(|(_, s)| s.len())
-        .sum::<usize>();
+    let held = read_samples_at(
+        &cluster[2].node,
+        LOCAL_READ,
+        vec![eq("__name__", "hw")],
+        0,
+        i64::MAX / 2,
+    )
+    .expect("local read")
+    .iter()
+    .map(|(_, s)| s.len())
+    .sum::<usize>();
+    let all = read_samples_at(
+        &cluster[0].node,
+        LOCAL_READ,
+        vec![eq("__name__", "hw")],
+        0,
+        i64::MAX / 2,
+    )
+    .expect("local read")
+    .iter()
+    .map(|(_, s)| s.len())
+    .sum::<usize>();
     eprintln!(
         "returned node: hints replayed {:.1} s after restart ({files_at_limit} files, delivered); \
          recovery: {}; it holds {held} of the {all} samples its peer holds",
@@ -289,7 +301,12 @@ fn hints_stop_at_the_window_with_one_warning() {
 fn hints_stop_at_the_disk_cap_with_one_warning() {
     const CAP: u64 = 64 << 10;
     hints_stop_at_the_limit(
-        &["--hint-window", "1h", "--hint-max-bytes-per-target", "64KiB"],
+        &[
+            "--hint-window",
+            "1h",
+            "--hint-max-bytes-per-target",
+            "64KiB",
+        ],
         "cap",
         CAP_WARNING,
         Some(CAP),
@@ -349,14 +366,20 @@ fn hints_of_a_removed_node_are_rerouted_to_the_new_owners() {
     for chunk in 0..SERIES / 200 {
         let request = proto::WriteRequest {
             timeseries: (chunk * 200..(chunk + 1) * 200)
-                .map(|i| ts(&[("__name__", METRIC), ("i", &i.to_string())], &[(t, i as f64)]))
+                .map(|i| {
+                    ts(
+                        &[("__name__", METRIC), ("i", &i.to_string())],
+                        &[(t, i as f64)],
+                    )
+                })
                 .collect(),
             metadata: vec![],
         };
         let (code, body) = remote_write(&cluster[0].node, &request);
         assert!((200..300).contains(&code), "{code} {body}");
     }
-    let labels_of = |i: usize| Labels::from_pairs([("__name__", METRIC.to_string()), ("i", i.to_string())]);
+    let labels_of =
+        |i: usize| Labels::from_pairs([("__name__", METRIC.to_string()), ("i", i.to_string())]);
     let hinted: Vec<usize> = (0..SERIES)
         .filter(|&i| owners_by_slots(&slots_before, &labels_of(i)).contains(&victim_id))
         .collect();
@@ -380,7 +403,13 @@ fn hints_of_a_removed_node_are_rerouted_to_the_new_owners() {
     let survivors: Vec<&Node> = cluster[..3].iter().map(|m| &m.node).collect();
     let repair_sent: f64 = survivors
         .iter()
-        .map(|n| metric_value(&get(&n.url("/metrics")).1, "timbala_repair_copies_sent_total").unwrap_or(0.0))
+        .map(|n| {
+            metric_value(
+                &get(&n.url("/metrics")).1,
+                "timbala_repair_copies_sent_total",
+            )
+            .unwrap_or(0.0)
+        })
         .sum();
     let target = [("target", victim_id.as_str())];
     let node0 = &cluster[0].node;
@@ -397,8 +426,14 @@ fn hints_of_a_removed_node_are_rerouted_to_the_new_owners() {
     let slots_after = slots_of(node0);
     let mut held: BTreeMap<String, BTreeMap<String, Vec<(i64, f64)>>> = BTreeMap::new();
     for node in &survivors {
-        let copies = read_samples_at(node, LOCAL_READ, vec![eq("__name__", METRIC)], 0, i64::MAX / 2)
-            .expect("local read");
+        let copies = read_samples_at(
+            node,
+            LOCAL_READ,
+            vec![eq("__name__", METRIC)],
+            0,
+            i64::MAX / 2,
+        )
+        .expect("local read");
         let by_i = copies
             .into_iter()
             .map(|(labels, samples)| {
@@ -420,7 +455,12 @@ fn hints_of_a_removed_node_are_rerouted_to_the_new_owners() {
         let gained: Vec<&String> = new.difference(&old).collect();
         assert_eq!(gained.len(), 1, "series {i}: {old:?} -> {new:?}");
         let samples = held[gained[0]].get(&i.to_string());
-        assert_eq!(samples, Some(&vec![(t, i as f64)]), "series {i} on {}", gained[0]);
+        assert_eq!(
+            samples,
+            Some(&vec![(t, i as f64)]),
+            "series {i} on {}",
+            gained[0]
+        );
         checked += 1;
     }
     eprintln!(

@@ -14,7 +14,7 @@
 //! `peer`, `ingest` (decoding), the local `storage::Storage` and the membership view.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -156,7 +156,10 @@ impl Handoff {
                 .node(owner)
                 .map(|n| n.http_addr.clone())
                 .ok_or_else(|| format!("owner {owner} left the ring"))?;
-            if view.member(owner).is_some_and(|m| m.state == MemberState::Down) {
+            if view
+                .member(owner)
+                .is_some_and(|m| m.state == MemberState::Down)
+            {
                 return Err(format!("owner {owner} is down"));
             }
             let samples = series.iter().map(|s| s.samples.len() as u64).sum();
@@ -177,9 +180,9 @@ impl Handoff {
         }
     }
 
-    async fn remove(&self, target: NodeId, file: &PathBuf, next: Option<PathBuf>, why: Removal) {
+    async fn remove(&self, target: NodeId, file: &Path, next: Option<PathBuf>, why: Removal) {
         let hints = self.hints.clone();
-        let file = file.clone();
+        let file = file.to_path_buf();
         let removed = tokio::task::spawn_blocking(move || {
             hints
                 .remove(target, &file, next.as_deref(), why)

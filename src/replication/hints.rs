@@ -86,12 +86,12 @@ impl HandoffMetrics {
             m.failed.clone(),
         );
         let r = registry.sub_registry_with_prefix("timbala_hints");
+        r.register("files", "Hint files queued for a target", m.backlog.clone());
         r.register(
-            "files",
-            "Hint files queued for a target",
-            m.backlog.clone(),
+            "bytes",
+            "Bytes of hint files queued for a target",
+            m.bytes.clone(),
         );
-        r.register("bytes", "Bytes of hint files queued for a target", m.bytes.clone());
         r.register(
             "oldest_age_seconds",
             "Age of the oldest hint queued for a target (0 when none)",
@@ -232,6 +232,7 @@ impl HintStore {
         };
         let mut max_seq = 0;
         for target in store.hint_dirs()? {
+            remove_unfinished(&store.dir(target))?;
             let pending = store.pending(target)?;
             let mut bytes = 0;
             for file in &pending {
@@ -239,7 +240,9 @@ impl HintStore {
             }
             let oldest_ms = pending.first().and_then(|f| written_ms(f));
             let queue = TargetQueue::recovered(pending.len() as u64, bytes, oldest_ms);
-            store.lock().insert(target, TargetState { queue, oldest_ms });
+            store
+                .lock()
+                .insert(target, TargetState { queue, oldest_ms });
             if let Some(seq) = pending.last().and_then(|p| seq_of(p)) {
                 max_seq = max_seq.max(seq + 1);
             }
@@ -502,10 +505,25 @@ impl HintStore {
             let age = state
                 .oldest_ms
                 .map_or(0, |ms| now_ms.saturating_sub(ms) / 1000);
-            self.metrics
-                .show(*target, &state.queue, i64::try_from(age).unwrap_or(i64::MAX));
+            self.metrics.show(
+                *target,
+                &state.queue,
+                i64::try_from(age).unwrap_or(i64::MAX),
+            );
         }
     }
+}
+
+/// Deletes the temporary files of hints whose write a crash interrupted: they were
+/// never acknowledged, and they would take disk the cap does not count.
+fn remove_unfinished(dir: &Path) -> io::Result<()> {
+    for entry in fs::read_dir(dir)? {
+        let path = entry?.path();
+        if path.extension().is_some_and(|e| e == "tmp") {
+            fs::remove_file(&path)?;
+        }
+    }
+    Ok(())
 }
 
 /// Now as Unix milliseconds.
@@ -560,7 +578,10 @@ mod tests {
         let tmp = tempfile::tempdir().expect("tmp");
         let target = NodeId(42);
         let store = open(tmp.path(), HintLimits::DEFAULT);
-        assert_eq!(store.store(target, b"first").expect("store"), Hinted::Stored);
+        assert_eq!(
+            store.store(target, b"first").expect("store"),
+            Hinted::Stored
+        );
         store.store(target, b"second").expect("store");
         drop(store);
         let store = open(tmp.path(), HintLimits::DEFAULT);
@@ -578,7 +599,12 @@ mod tests {
         assert!(backlog.oldest_age_seconds.is_some());
         assert_eq!(store.pending_batches(), [(target, 3)]);
         store
-            .remove(target, &files[0], files.get(1).map(PathBuf::as_path), Removal::Delivered)
+            .remove(
+                target,
+                &files[0],
+                files.get(1).map(PathBuf::as_path),
+                Removal::Delivered,
+            )
             .expect("remove");
         assert_eq!(store.pending_batches(), [(target, 2)]);
         assert_eq!(store.backlog()[0].bytes, (2 * HEADER_LEN + 6 + 5) as u64);
@@ -622,13 +648,21 @@ mod tests {
             store.end_episode_if_drained(target);
             assert_eq!(store.backlog()[0].exceeded, Some(Limit::Cap), "not drained");
             store
-                .remove(target, f, files.get(i + 1).map(PathBuf::as_path), Removal::Delivered)
+                .remove(
+                    target,
+                    f,
+                    files.get(i + 1).map(PathBuf::as_path),
+                    Removal::Delivered,
+                )
                 .expect("remove");
         }
         store.end_episode_if_drained(target);
         assert!(store.backlog().is_empty());
         assert!(store.pending_batches().is_empty());
-        assert_eq!(store.store(target, &payload).expect("again"), Hinted::Stored);
+        assert_eq!(
+            store.store(target, &payload).expect("again"),
+            Hinted::Stored
+        );
     }
 
     #[test]
@@ -648,6 +682,23 @@ mod tests {
         assert_eq!(store.targets().expect("targets"), [NodeId(3)]);
         store.forget_if_drained(NodeId(3));
         assert!(store.targets().expect("targets").is_empty());
+    }
+
+    #[test]
+    fn unfinished_hints_are_removed_at_start() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let store = open(tmp.path(), HintLimits::DEFAULT);
+        store.store(NodeId(5), b"done").expect("store");
+        let dir = store.dir(NodeId(5));
+        fs::write(dir.join("00000000000000000009.hint.tmp"), b"TBH1half").expect("tmp");
+        drop(store);
+        let store = open(tmp.path(), HintLimits::DEFAULT);
+        let names: Vec<_> = fs::read_dir(&dir)
+            .expect("dir")
+            .map(|e| e.expect("entry").file_name())
+            .collect();
+        assert_eq!(names.len(), 1, "{names:?}");
+        assert_eq!(store.backlog()[0].bytes, (HEADER_LEN + 4) as u64);
     }
 
     #[test]

@@ -215,10 +215,7 @@ pub fn check_acknowledgement(
         if written_off.is_empty() {
             continue;
         }
-        let stored = owners
-            .iter()
-            .filter(|o| results.stored.contains(o))
-            .count();
+        let stored = owners.iter().filter(|o| results.stored.contains(o)).count();
         if stored < majority(owners.len()) {
             return Err(NoMajority {
                 owners: owners.len(),
@@ -544,7 +541,10 @@ mod tests {
         let view = view_of(5, 3);
         let split = split_by_owner(batch(500), &view, NodeId(1));
         let mut held: HashMap<NodeId, Vec<Labels>> = HashMap::new();
-        held.insert(NodeId(1), split.local.into_iter().map(|s| s.labels).collect());
+        held.insert(
+            NodeId(1),
+            split.local.into_iter().map(|s| s.labels).collect(),
+        );
         let expected_sets: BTreeSet<Vec<NodeId>> = batch(500)
             .iter()
             .map(|s| view.ring.owners(placement::partition_key(&s.labels)))
@@ -608,7 +608,10 @@ mod tests {
     #[test]
     fn hints_count_as_copies_while_no_owner_is_written_off() {
         // Owner 3 hinted, 2 hinted: one real copy, acknowledged as before (ADR 0006).
-        assert_eq!(check_acknowledgement(&sets(&[&[1, 2, 3]]), &results(&[1], &[])), Ok(()));
+        assert_eq!(
+            check_acknowledgement(&sets(&[&[1, 2, 3]]), &results(&[1], &[])),
+            Ok(())
+        );
     }
 
     #[test]
@@ -638,8 +641,10 @@ mod tests {
         )
         .is_err());
         // Two replicas (two nodes): both must store, a written-off one means refusal.
-        assert!(check_acknowledgement(&sets(&[&[1, 2]]), &results(&[1], &[(2, Limit::Window)]))
-            .is_err());
+        assert!(
+            check_acknowledgement(&sets(&[&[1, 2]]), &results(&[1], &[(2, Limit::Window)]))
+                .is_err()
+        );
     }
 
     #[test]
