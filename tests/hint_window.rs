@@ -144,6 +144,25 @@ fn hints_stop_at_the_limit(args: &[&str], limit: &str, warning: &str, cap: Optio
     let victim_id = local_id(&cluster[2].node);
     let helper_id = local_id(&cluster[1].node);
     let coordinator_dir = cluster[0].node.data_dir.clone();
+    // Every peer's hint series exist, at 0, before any outage.
+    let idle = [("target", victim_id.as_str())];
+    wait_until("hint series of the peers", Duration::from_secs(30), || {
+        labelled_metric(&cluster[0].node, "timbala_hints_bytes", &idle) == Some(0.0)
+    });
+    for name in [
+        "timbala_hints_files",
+        "timbala_hints_oldest_age_seconds",
+        "timbala_hints_exceeded",
+        "timbala_hints_refused_total",
+        "timbala_hints_rerouted_files_total",
+        "timbala_hints_rerouted_series_total",
+    ] {
+        assert_eq!(
+            labelled_metric(&cluster[0].node, name, &idle),
+            Some(0.0),
+            "{name}"
+        );
+    }
     cluster[2].node.kill();
     let killed = Instant::now();
     wait_until("victim down", Duration::from_secs(30), || {
@@ -471,4 +490,35 @@ fn hints_of_a_removed_node_are_rerouted_to_the_new_owners() {
         took.as_secs_f64(),
         hinted.len()
     );
+}
+
+/// The limits are visible on a node before any hint exists, and a limit that does not
+/// parse keeps the node from starting.
+#[test]
+fn hint_limits_are_visible_and_bad_ones_refused() {
+    let node = Node::start(&[
+        "--hint-window",
+        "90m",
+        "--hint-max-bytes-per-target",
+        "2MiB",
+    ]);
+    let s = status(&node).expect("status");
+    assert_eq!(s["hintLimits"]["windowSeconds"], 5400);
+    assert_eq!(s["hintLimits"]["maxBytesPerTarget"], 2 << 20);
+    assert_eq!(s["handoffBacklog"], serde_json::json!([]));
+    let (_, flags) = get(&node.url("/api/v1/status/flags"));
+    assert!(flags.contains("\"hint-window\":\"1h30m\""), "{flags}");
+
+    for bad in [
+        ["--hint-window", "soon"],
+        ["--hint-max-bytes-per-target", "lots"],
+    ] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_timbala"))
+            .args(bad)
+            .output()
+            .expect("run timbala");
+        assert!(!out.status.success(), "{bad:?} accepted");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(bad[0]), "{bad:?}: {stderr}");
+    }
 }

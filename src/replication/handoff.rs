@@ -6,7 +6,8 @@
 //! deletes a hint once the owner acknowledged it; a failed delivery stops that owner's
 //! replay until the next round; a hint the owner refuses (4xx) or that fails its
 //! checksum is dropped and counted. When an alive owner's queue is empty its episode
-//! ends (`HintStore::end_episode_if_drained`: the window/cap warning's recovery). A
+//! ends (`HintStore::end_episode_if_drained`: the window/cap warning's recovery); each
+//! round also refreshes the `timbala_hints_*` series of every peer. A
 //! target the ring shows removed (a tombstone, ADR 0015) never comes back: each of its
 //! hints is decoded, each series routed by the current ring to the owners that took the
 //! removed node's replica (`reroute_plan`, pure), delivered (locally when this node is
@@ -75,7 +76,14 @@ impl Handoff {
                 }
             }
         }
-        self.hints.refresh_gauges(now_ms());
+        let peers: Vec<NodeId> = view
+            .ring
+            .nodes_in_join_order()
+            .iter()
+            .map(|n| n.id)
+            .filter(|&id| id != view.local.id)
+            .collect();
+        self.hints.refresh_gauges(now_ms(), &peers);
     }
 
     /// Replays a target's hints oldest first; true when every listed hint left the queue.

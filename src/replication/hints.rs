@@ -157,6 +157,22 @@ impl HandoffMetrics {
         }
     }
 
+    /// Creates a peer's counters at 0.
+    fn touch_counters(&self, target: NodeId) {
+        for family in [
+            &self.stored,
+            &self.delivered,
+            &self.failed,
+            &self.rerouted_files,
+            &self.rerouted_series,
+        ] {
+            Self::counter(family, target);
+        }
+        for limit in [Limit::Window, Limit::Cap] {
+            let _ = self.refused.get_or_create(&Self::with_limit(target, limit));
+        }
+    }
+
     /// A delivery attempt failed; the hint stays queued.
     pub fn on_failed_attempt(&self, target: NodeId) {
         Self::counter(&self.failed, target).inc();
@@ -248,7 +264,7 @@ impl HintStore {
             }
         }
         store.next_seq.store(max_seq, Ordering::Relaxed);
-        store.refresh_gauges(now_ms());
+        store.refresh_gauges(now_ms(), &[]);
         Ok(store)
     }
 
@@ -498,10 +514,12 @@ impl HintStore {
             .collect()
     }
 
-    /// Sets the `timbala_hints_*` gauges of every known target (the oldest age moves
-    /// with time; the handoff task calls this every round).
-    pub fn refresh_gauges(&self, now_ms: u64) {
-        for (target, state) in self.lock().iter() {
+    /// Sets the `timbala_hints_*` series of every known target and of every `peer` (at 0
+    /// for a peer never hinted, so they exist before the first outage). The oldest age
+    /// moves with time: the handoff task calls this every round.
+    pub fn refresh_gauges(&self, now_ms: u64, peers: &[NodeId]) {
+        let targets = self.lock();
+        for (target, state) in targets.iter() {
             let age = state
                 .oldest_ms
                 .map_or(0, |ms| now_ms.saturating_sub(ms) / 1000);
@@ -510,6 +528,10 @@ impl HintStore {
                 &state.queue,
                 i64::try_from(age).unwrap_or(i64::MAX),
             );
+        }
+        for peer in peers.iter().filter(|p| !targets.contains_key(p)) {
+            self.metrics.show(*peer, &TargetQueue::default(), 0);
+            self.metrics.touch_counters(*peer);
         }
     }
 }
