@@ -63,3 +63,31 @@ fn metrics_endpoint_exposes_ingest_storage_http_and_process_metrics() {
     assert!(value("process_resident_memory_bytes") > 1e6);
     assert!(value("process_open_fds") >= 3.0);
 }
+
+/// Alerts and dashboards need every family before its first event (an absent series
+/// makes `rate()` and `absent()` rules lie): a node of one, untouched, shows the handoff,
+/// fan-out and repair families at 0.
+#[test]
+fn families_exist_from_start() {
+    let node = Node::start(&[]);
+    let started = std::time::Instant::now();
+    let text = loop {
+        let (status, text) = get(&node.url("/metrics"));
+        assert_eq!(status, 200);
+        // The handoff task's first round runs within a second of start.
+        if metric_value(&text, "timbala_handoff_rounds_total").is_some_and(|v| v >= 1.0)
+            || started.elapsed() > std::time::Duration::from_secs(10)
+        {
+            break text;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    };
+    let value = |name: &str| {
+        metric_value(&text, name).unwrap_or_else(|| panic!("{name} missing from /metrics"))
+    };
+    assert!(value("timbala_handoff_rounds_total") >= 1.0);
+    assert_eq!(value("timbala_handoff_targets_pending"), 0.0);
+    assert_eq!(value("timbala_fanout_requests_total"), 0.0);
+    assert_eq!(value("timbala_fanout_peer_timeouts_total"), 0.0);
+    assert_eq!(value("timbala_repair_passes_total"), 0.0);
+}

@@ -46,9 +46,13 @@ struct TargetLimit {
     limit: String,
 }
 
-/// Handoff metrics, labelled by the target node's id. The families exist from start.
+/// Handoff metrics, labelled by the target node's id; a labelled family shows in
+/// `/metrics` once it has a peer, so two unlabelled ones exist from start on every node
+/// (a node of one too): the targets with hints queued, and the replay rounds run.
 #[derive(Clone, Default)]
 pub struct HandoffMetrics {
+    targets_pending: Gauge,
+    rounds: Counter,
     backlog: Family<Target, Gauge>,
     stored: Family<Target, Counter>,
     delivered: Family<Target, Counter>,
@@ -65,6 +69,16 @@ impl HandoffMetrics {
     pub fn register(registry: &mut Registry) -> HandoffMetrics {
         let m = HandoffMetrics::default();
         let r = registry.sub_registry_with_prefix("timbala_handoff");
+        r.register(
+            "targets_pending",
+            "Nodes this node holds hints for (0 when every owner has its copy)",
+            m.targets_pending.clone(),
+        );
+        r.register(
+            "rounds",
+            "Hinted-handoff rounds run (replay, re-route, gauges), about one a second",
+            m.rounds.clone(),
+        );
         r.register(
             "backlog_batches",
             "Hinted batches waiting for their owner",
@@ -519,6 +533,11 @@ impl HintStore {
     /// moves with time: the handoff task calls this every round.
     pub fn refresh_gauges(&self, now_ms: u64, peers: &[NodeId]) {
         let targets = self.lock();
+        let pending = targets.values().filter(|s| s.queue.files > 0).count();
+        self.metrics
+            .targets_pending
+            .set(i64::try_from(pending).unwrap_or(i64::MAX));
+        self.metrics.rounds.inc();
         for (target, state) in targets.iter() {
             let age = state
                 .oldest_ms
