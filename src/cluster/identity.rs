@@ -176,32 +176,49 @@ impl foca::Identity for NodeIdentity {
     }
 }
 
-/// Loads this node's identity from `data_dir`, or creates one, for a new start: the
-/// generation becomes higher than any earlier start's and the addresses are today's.
-/// The result is persisted before it is returned.
+/// Loads this node's identity from `data_dir`, or creates one, for a new start (see
+/// `for_start`). The result is persisted before it is returned.
 pub fn load_for_start(
     data_dir: &Path,
     gossip_addr: SocketAddr,
     http_addr: &str,
 ) -> io::Result<NodeIdentity> {
-    let start_generation = unix_millis();
-    let identity = match load(data_dir)? {
+    let identity = for_start(
+        load(data_dir)?,
+        unix_millis(),
+        gossip_addr,
+        http_addr,
+        NodeId::random,
+    );
+    save(data_dir, &identity)?;
+    Ok(identity)
+}
+
+/// The identity of a start at wall-clock `now_ms`: the previous one with a generation
+/// higher than any earlier start's and today's addresses, or a new one (id from
+/// `new_id`) still choosing its place. Pure, so the simulator starts nodes the same way.
+pub fn for_start(
+    previous: Option<NodeIdentity>,
+    now_ms: u64,
+    gossip_addr: SocketAddr,
+    http_addr: &str,
+    new_id: impl FnOnce() -> NodeId,
+) -> NodeIdentity {
+    match previous {
         Some(previous) => NodeIdentity {
-            generation: start_generation.max(previous.generation.saturating_add(1)),
+            generation: now_ms.max(previous.generation.saturating_add(1)),
             gossip_addr,
             http_addr: http_addr.to_string(),
             ..previous
         },
         None => NodeIdentity {
-            id: NodeId::random(),
-            generation: start_generation,
+            id: new_id(),
+            generation: now_ms,
             join_seq: None,
             gossip_addr,
             http_addr: http_addr.to_string(),
         },
-    };
-    save(data_dir, &identity)?;
-    Ok(identity)
+    }
 }
 
 /// Reads `<data_dir>/node.json`; `None` when the file does not exist. A file that exists

@@ -7,6 +7,13 @@
 //! 0005), graceful leave, the `timbala_cluster_*` metrics, and the published
 //! `ClusterView`. Everything runs on one task that owns all state: no locks.
 //!
+//! Sans-I/O (ADR 0019): all of that logic lives in `MembershipCore`, a state machine fed
+//! `(now, event)` (a datagram, a due timer, a ring-sync tick, an announce, a command)
+//! that queues datagrams, keeps foca's timers, persists through a `Host` and returns
+//! views. `Runtime` drives it with tokio and a UDP socket (and resolves peer names);
+//! the simulator in tests/sim drives the very same core over a virtual network and
+//! clock.
+//!
 //! Calls `identity` (load and persist who we are), `ring` (merge and persist the join
 //! order) and foca. Nothing here calls the storage or HTTP layers: they read
 //! `MembershipHandle`.
@@ -61,6 +68,9 @@ const DNS_TIMEOUT: Duration = Duration::from_secs(2);
 /// A new node defers to a new node with a smaller id for at most this many settle
 /// periods (that node may be stuck).
 const PENDING_PATIENCE: u32 = 10;
+/// A member suspect for this many suspicion timeouts is declared down by this node (see
+/// `MembershipCore::expire_stale_suspicions`).
+const STALE_SUSPICION_FACTOR: u32 = 3;
 
 /// Settings of one node's membership.
 #[derive(Clone)]
@@ -527,54 +537,32 @@ impl Membership {
             &config.http_advertise_addr,
         )
         .map_err(MembershipError::Storage)?;
-        let mut ring = RingState::load(&config.data_directory).map_err(MembershipError::Storage)?;
-        let was_removed = ring.get(identity.id).is_some_and(|e| e.removed);
-        if ring.observe(&identity) {
-            ring.save(&config.data_directory)
-                .map_err(MembershipError::Storage)?;
-        }
-        if was_removed && identity.join_seq.is_some() {
-            // Its start generation is newer than the tombstone: it is back (ADR 0014).
-            tracing::warn!(
-                node = %identity.id,
-                "this node had been removed from the cluster and takes its old place again; \
-                 wipe its data directory to join as a new node instead"
-            );
-        }
+        let ring = RingState::load(&config.data_directory).map_err(MembershipError::Storage)?;
         if config.keys.is_none() {
             tracing::warn!(
                 "no cluster key (--cluster-key-file): the cluster is open; anyone who can \
                  reach the gossip port can join it, and /internal/v1/* is unauthenticated"
             );
         }
-        tracing::info!(
-            node = %identity.id,
-            generation = identity.generation,
-            join_seq = ?identity.join_seq,
-            gossip = %identity.gossip_addr,
-            http = %identity.http_addr,
-            ring_nodes = ring.len(),
-            "cluster membership starting"
-        );
-
         let mut config = config;
         config.peers = peers_other_than(config.peers, &[gossip_addr, bound]).await;
-        if config.keys.is_some() {
-            // The seal must fit in the same datagram size as an unsealed packet.
-            let limit = config
-                .swim
-                .max_packet_size
-                .get()
-                .saturating_sub(SEAL_OVERHEAD);
-            config.swim.max_packet_size =
-                std::num::NonZeroUsize::new(limit).unwrap_or(config.swim.max_packet_size);
-        }
+        let host = DiskHost {
+            data_directory: config.data_directory.clone(),
+        };
         let (commands_tx, commands_rx) = mpsc::channel(16);
-        let mut runtime = Runtime::new(config, socket, identity, ring);
-        runtime.place_alone_if_no_one_to_ask();
-        let view = runtime.view();
-        runtime.config.metrics.publish_view(&view);
+        let core = MembershipCore::start(
+            config,
+            identity,
+            ring,
+            host,
+            rand::rngs::StdRng::from_os_rng(),
+            Instant::now(),
+        )
+        .map_err(MembershipError::Storage)?;
+        let view = core.view();
+        core.config.metrics.publish_view(&view);
         let (view_tx, view_rx) = watch::channel(Arc::new(view));
+        let runtime = Runtime { core, socket };
         let task = tokio::spawn(runtime.run(commands_rx, view_tx));
         Ok((
             MembershipHandle {
@@ -705,10 +693,56 @@ impl Ord for Scheduled {
 
 type Swim = Foca<NodeIdentity, PostcardCodec, rand_foca::rngs::SmallRng, NoCustomBroadcast>;
 
-/// All state of the membership task.
-struct Runtime {
+/// What the membership core needs from outside besides datagrams and the monotonic
+/// clock: the wall clock (generations, seal stamps, the tombstone check) and durable
+/// storage for this node's identity and the ring. The tokio runtime uses the data
+/// directory (`DiskHost`); the simulator keeps them in memory across simulated crashes.
+pub trait Host {
+    /// Milliseconds since the Unix epoch.
+    fn unix_millis(&self) -> u64;
+    /// Persists this node's identity; returns once it is durable.
+    fn save_identity(&mut self, identity: &NodeIdentity) -> io::Result<()>;
+    /// Persists the ring; returns once it is durable.
+    fn save_ring(&mut self, ring: &RingState) -> io::Result<()>;
+}
+
+/// The production host: `node.json` and `ring.json` in the data directory.
+pub struct DiskHost {
+    pub data_directory: PathBuf,
+}
+
+impl Host for DiskHost {
+    fn unix_millis(&self) -> u64 {
+        unix_millis()
+    }
+
+    fn save_identity(&mut self, identity: &NodeIdentity) -> io::Result<()> {
+        identity::save(&self.data_directory, identity)
+    }
+
+    fn save_ring(&mut self, ring: &RingState) -> io::Result<()> {
+        ring.save(&self.data_directory)
+    }
+}
+
+/// A datagram the core wants sent (already framed, and sealed when the cluster has
+/// keys). `kind` is `KIND_SWIM` or `KIND_RING`, for the sent-messages metric.
+#[derive(Debug)]
+pub struct Outgoing {
+    pub to: SocketAddr,
+    pub kind: u8,
+    pub bytes: Vec<u8>,
+}
+
+/// All state of one node's membership, free of I/O (ADR 0019): fed events with the
+/// current instant (a datagram arrived, a timer is due, a ring-sync tick, a command), it
+/// queues datagrams (`take_outbox`), keeps foca's timers (`next_timer`), persists
+/// through its `Host` before anything that depends on it is sent, and publishes views
+/// (`flush`). The tokio `Runtime` drives it with a UDP socket; the simulator
+/// (tests/sim) drives the same code with a virtual network and clock.
+pub struct MembershipCore<H: Host> {
     config: MembershipConfig,
-    socket: UdpSocket,
+    host: H,
     swim: Swim,
     effects: AccumulatingRuntime<NodeIdentity>,
     timers: BinaryHeap<Reverse<Scheduled>>,
@@ -719,7 +753,13 @@ struct Runtime {
     last_change: Instant,
     next_announce: Instant,
     announce_backoff: Duration,
-    /// Ring-sync datagrams queued by synchronous handlers, sent with foca's packets.
+    /// Members seen suspect, by identity and incarnation, since when.
+    suspect_since: HashMap<(NodeIdentity, u16), Instant>,
+    /// The configured peers as last resolved (by `announce`), for `reconnect_if_due`.
+    peer_addrs: Vec<SocketAddr>,
+    /// Datagrams to send, in order: foca's packets, then ring syncs.
+    outbox: Vec<Outgoing>,
+    /// Ring-sync datagrams queued by synchronous handlers, sent after foca's packets.
     outbox_ring: Vec<(SocketAddr, Vec<u8>)>,
     send_buf: Vec<u8>,
     /// Set when something the view shows may have changed.
@@ -741,25 +781,61 @@ struct Runtime {
     warned: std::collections::HashSet<Rejection>,
 }
 
-impl Runtime {
-    fn new(
-        config: MembershipConfig,
-        socket: UdpSocket,
+impl<H: Host> MembershipCore<H> {
+    /// A node starting with `identity` (as `identity::for_start` made it) and the ring it
+    /// persisted. `seed` feeds foca's randomness, the ring-sync target choice and the
+    /// seal nonces (the operating system's randomness in production, a seed in the
+    /// simulator). Records this node in its ring (persisted), and a new node with no one
+    /// to ask takes the first place at once.
+    pub fn start(
+        mut config: MembershipConfig,
         identity: NodeIdentity,
-        ring: RingState,
-    ) -> Runtime {
-        let mut seed = rand::rngs::StdRng::from_os_rng();
+        mut ring: RingState,
+        mut host: H,
+        mut seed: rand::rngs::StdRng,
+        now: Instant,
+    ) -> io::Result<MembershipCore<H>> {
+        let was_removed = ring.get(identity.id).is_some_and(|e| e.removed);
+        if ring.observe(&identity) {
+            host.save_ring(&ring)?;
+        }
+        if was_removed && identity.join_seq.is_some() {
+            // Its start generation is newer than the tombstone: it is back (ADR 0014).
+            tracing::warn!(
+                node = %identity.id,
+                "this node had been removed from the cluster and takes its old place again; \
+                 wipe its data directory to join as a new node instead"
+            );
+        }
+        tracing::info!(
+            node = %identity.id,
+            generation = identity.generation,
+            join_seq = ?identity.join_seq,
+            gossip = %identity.gossip_addr,
+            http = %identity.http_addr,
+            ring_nodes = ring.len(),
+            "cluster membership starting"
+        );
+        if config.keys.is_some() {
+            // The seal must fit in the same datagram size as an unsealed packet.
+            let limit = config
+                .swim
+                .max_packet_size
+                .get()
+                .saturating_sub(SEAL_OVERHEAD);
+            config.swim.max_packet_size =
+                std::num::NonZeroUsize::new(limit).unwrap_or(config.swim.max_packet_size);
+        }
         let swim_rng = rand_foca::rngs::SmallRng::seed_from_u64(rand::Rng::random(&mut seed));
         let swim = Foca::new(identity, config.swim.clone(), swim_rng, PostcardCodec);
-        let now = Instant::now();
         let sealer = config.keys.as_ref().map(Sealer::new);
-        Runtime {
+        let mut core = MembershipCore {
             sealer,
             nonce_rng: rand::rngs::StdRng::from_rng(&mut seed),
             seal_buf: Vec::new(),
             warned: std::collections::HashSet::new(),
             config,
-            socket,
+            host,
             swim,
             effects: AccumulatingRuntime::new(),
             timers: BinaryHeap::new(),
@@ -769,6 +845,9 @@ impl Runtime {
             last_change: now,
             next_announce: now,
             announce_backoff: ANNOUNCE_BACKOFF_START,
+            suspect_since: HashMap::new(),
+            peer_addrs: Vec::new(),
+            outbox: Vec::new(),
             outbox_ring: Vec::new(),
             send_buf: Vec::new(),
             dirty: true,
@@ -776,83 +855,47 @@ impl Runtime {
             swim_fingerprint: 0,
             next_reconnect: now,
             leaving: false,
-        }
+        };
+        core.place_alone_if_no_one_to_ask(now);
+        Ok(core)
     }
 
-    async fn run(
-        mut self,
-        mut commands: mpsc::Receiver<Command>,
-        view_tx: watch::Sender<Arc<ClusterView>>,
-    ) {
-        let mut buf = vec![0u8; MAX_DATAGRAM + 1];
-        let mut ring_tick = tokio::time::interval(self.config.ring_sync_interval);
-        ring_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            let next_timer = self.timers.peek().map(|Reverse(s)| s.at);
-            tokio::select! {
-                command = commands.recv() => match command {
-                    Some(Command::Leave(done)) => {
-                        self.leave().await;
-                        let _ = done.send(());
-                        break;
-                    }
-                    Some(Command::Remove(id, done)) => {
-                        let _ = done.send(self.remove(id));
-                    }
-                    None => {
-                        self.leave().await;
-                        break;
-                    }
-                },
-                received = self.socket.recv_from(&mut buf) => match received {
-                    Ok((len, from)) => self.on_datagram(&buf[..len], from),
-                    Err(e) => tracing::warn!(error = %e, "gossip socket receive failed"),
-                },
-                _ = sleep_until_some(next_timer) => self.fire_due_timers(),
-                _ = tokio::time::sleep_until(self.next_announce), if self.needs_announce() => {
-                    self.announce().await;
-                }
-                _ = ring_tick.tick() => {
-                    self.push_ring_to_random_member(true);
-                    self.place_if_settled();
-                    self.reconnect_if_due();
-                }
-            }
-            self.apply_effects().await;
-            // Foca does not notify suspicion or refutation: compare a fingerprint.
-            let fingerprint = self.swim_fingerprint();
-            if fingerprint != self.swim_fingerprint {
-                self.swim_fingerprint = fingerprint;
-                self.dirty = true;
-            }
-            if self.dirty {
-                self.dirty = false;
-                let view = self.view();
-                self.config.metrics.publish_view(&view);
-                view_tx.send_if_modified(|current| {
-                    let changed = **current != view;
-                    if changed {
-                        *current = Arc::new(view);
-                    }
-                    changed
-                });
-            }
-        }
-        self.apply_effects().await;
-        let _ = view_tx;
+    pub fn config(&self) -> &MembershipConfig {
+        &self.config
     }
 
-    fn identity(&self) -> &NodeIdentity {
+    pub fn identity(&self) -> &NodeIdentity {
         self.swim.identity()
+    }
+
+    /// The ring as this node knows it.
+    pub fn ring_state(&self) -> &RingState {
+        &self.ring
+    }
+
+    /// When the earliest of foca's timers is due.
+    pub fn next_timer(&self) -> Option<Instant> {
+        self.timers.peek().map(|Reverse(s)| s.at)
+    }
+
+    /// When the next announce is due, while one is needed.
+    pub fn next_announce(&self) -> Option<Instant> {
+        self.needs_announce().then_some(self.next_announce)
+    }
+
+    /// The datagrams queued since the last call, in sending order.
+    pub fn take_outbox(&mut self) -> Vec<Outgoing> {
+        std::mem::take(&mut self.outbox)
     }
 
     /// True while no other node is active: keep announcing to the peers we know of.
     fn needs_announce(&self) -> bool {
-        self.swim.num_members() == 0 && !self.announce_targets_static().is_empty()
+        self.swim.num_members() == 0 && !self.announce_targets().is_empty()
     }
 
-    /// Peers from the configuration plus every ring node's last gossip address.
-    fn announce_targets_static(&self) -> Vec<String> {
+    /// Peers from the configuration plus every ring node's last gossip address, to be
+    /// resolved by the driver and passed to `announce`.
+    pub fn announce_targets(&self) -> Vec<String> {
         let own = self.identity().id;
         let mut targets = self.config.peers.clone();
         targets.extend(
@@ -864,21 +907,23 @@ impl Runtime {
         targets
     }
 
-    async fn announce(&mut self) {
+    /// Announces to the resolved `announce_targets` and backs off until the next try.
+    pub fn announce(&mut self, resolved: &[SocketAddr], now: Instant) {
         let own = self.identity().gossip_addr;
+        self.peer_addrs = resolved.iter().copied().filter(|&a| a != own).collect();
+        self.peer_addrs.sort_unstable();
+        self.peer_addrs.dedup();
         let mut announced = 0usize;
-        for target in self.announce_targets_static() {
-            for addr in resolve(&target).await {
-                if addr == own {
-                    continue;
-                }
-                announced += 1;
-                if let Err(e) = self
-                    .swim
-                    .announce(NodeIdentity::placeholder(addr), &mut self.effects)
-                {
-                    tracing::warn!(peer = %addr, error = %e, "announce failed");
-                }
+        for &addr in resolved {
+            if addr == own {
+                continue;
+            }
+            announced += 1;
+            if let Err(e) = self
+                .swim
+                .announce(NodeIdentity::placeholder(addr), &mut self.effects)
+            {
+                tracing::warn!(peer = %addr, error = %e, "announce failed");
             }
         }
         if self.announce_backoff >= self.config.announce_backoff_max {
@@ -886,13 +931,16 @@ impl Runtime {
         } else {
             tracing::debug!(announced, backoff = ?self.announce_backoff, "announced to peers");
         }
-        self.next_announce = Instant::now() + self.announce_backoff;
+        self.next_announce = now + self.announce_backoff;
         self.announce_backoff = (self.announce_backoff * 2).min(self.config.announce_backoff_max);
     }
 
-    fn on_datagram(&mut self, received: &[u8], from: SocketAddr) {
+    /// A datagram arrived from `from`.
+    pub fn on_datagram(&mut self, received: &[u8], from: SocketAddr, now: Instant) {
         let opened = match &mut self.sealer {
-            Some(sealer) => sealer.open(received, from, unix_millis()).map(Some),
+            Some(sealer) => sealer
+                .open(received, from, self.host.unix_millis())
+                .map(Some),
             None if received.first() == Some(&SEALED_MARKER) => Err(Rejection::SealedWithoutKey),
             None => Ok(None),
         };
@@ -914,7 +962,7 @@ impl Runtime {
             }
             Datagram::Ring(sync) => {
                 self.config.metrics.received(KIND_RING, bytes.len());
-                self.on_ring_sync(sync, from, authenticated);
+                self.on_ring_sync(sync, from, authenticated, now);
                 Ok(())
             }
         });
@@ -936,8 +984,14 @@ impl Runtime {
         }
     }
 
-    fn on_ring_sync(&mut self, sync: RingSync, from: SocketAddr, authenticated: bool) {
-        self.learn(sync.entries, Source::RingSync { authenticated });
+    fn on_ring_sync(
+        &mut self,
+        sync: RingSync,
+        from: SocketAddr,
+        authenticated: bool,
+        now: Instant,
+    ) {
+        self.learn(sync.entries, Source::RingSync { authenticated }, now);
         if sync.want_reply && sync.digest != self.ring.digest() {
             self.send_ring(from, false);
         }
@@ -946,10 +1000,15 @@ impl Runtime {
     /// Merges ring records (from ring sync or from identities seen in gossip) that
     /// `RingState::admit` lets in, refutes this node's own removal, flags joins that did
     /// not append, and persists the ring when it changed.
-    fn learn(&mut self, entries: impl IntoIterator<Item = RingEntry>, source: Source) {
+    fn learn(
+        &mut self,
+        entries: impl IntoIterator<Item = RingEntry>,
+        source: Source,
+        now: Instant,
+    ) {
         let placed = self.identity().join_seq.is_some();
         let own = (self.identity().id, self.identity().generation);
-        let now_ms = unix_millis();
+        let now_ms = self.host.unix_millis();
         let live: Vec<NodeId> = self.swim.iter_members().map(|m| m.id().id).collect();
         let mut changed = false;
         for entry in entries {
@@ -969,7 +1028,7 @@ impl Runtime {
                 Admission::Merge => {}
                 Admission::Ignore => continue,
                 Admission::RefuteOwnRemoval => {
-                    self.refute_own_removal(entry.generation);
+                    self.refute_own_removal(entry.generation, now);
                     continue;
                 }
                 Admission::Refuse(reason) => {
@@ -998,19 +1057,19 @@ impl Runtime {
             changed |= self.ring.merge_entry(entry);
         }
         if changed {
-            self.on_ring_changed();
+            self.on_ring_changed(now);
         }
     }
 
     /// Records a placed identity seen in gossip.
-    fn learn_identity(&mut self, identity: &NodeIdentity) {
-        self.learn(RingEntry::from_identity(identity), Source::Swim);
+    fn learn_identity(&mut self, identity: &NodeIdentity, now: Instant) {
+        self.learn(RingEntry::from_identity(identity), Source::Swim, now);
     }
 
     /// Another node removed this live node as of `tombstone_generation`: take a newer
     /// generation, whose live record wins over the tombstone on every node (ADR 0014),
     /// and tell the cluster at once.
-    fn refute_own_removal(&mut self, tombstone_generation: u64) {
+    fn refute_own_removal(&mut self, tombstone_generation: u64, now: Instant) {
         let current = self.identity().clone();
         let generation = current
             .generation
@@ -1035,23 +1094,23 @@ impl Runtime {
         {
             tracing::warn!(error = %e, "cannot change identity");
         }
-        self.learn_identity(&renewed);
+        self.learn_identity(&renewed, now);
         self.dirty = true;
         for to in self.active_addrs() {
             self.send_ring(to, false);
         }
     }
 
-    fn on_ring_changed(&mut self) {
-        self.last_change = Instant::now();
+    fn on_ring_changed(&mut self, now: Instant) {
+        self.last_change = now;
         self.dirty = true;
-        if let Err(e) = self.ring.save(&self.config.data_directory) {
+        if let Err(e) = self.host.save_ring(&self.ring) {
             tracing::error!(error = %e, "cannot persist the ring");
         }
     }
 
-    fn fire_due_timers(&mut self) {
-        let now = Instant::now();
+    /// Hands foca every timer due by `now`.
+    pub fn fire_due_timers(&mut self, now: Instant) {
         while self.timers.peek().is_some_and(|Reverse(s)| s.at <= now) {
             let Some(Reverse(due)) = self.timers.pop() else {
                 break;
@@ -1062,60 +1121,128 @@ impl Runtime {
         }
     }
 
-    /// Sends what foca produced, schedules its timers and reacts to its notifications.
-    async fn apply_effects(&mut self) {
+    /// The periodic ring-sync round: pushes the ring to a random member, takes this
+    /// node's place once the cluster settled, and reconnects to missing ring nodes.
+    pub fn ring_tick(&mut self, now: Instant) {
+        self.push_ring_to_random_member(true);
+        self.place_if_settled(now);
+        self.reconnect_if_due(now);
+        self.expire_stale_suspicions(now);
+    }
+
+    /// Declares down a member that stayed suspect for `STALE_SUSPICION_FACTOR` times the
+    /// suspicion timeout. Foca only times out suspicions this node raised itself, and
+    /// forgets even those when it was cut off from every member meanwhile; a suspicion
+    /// learned by gossip whose few retransmissions never reached the suspect (so it never
+    /// refuted) would otherwise stay forever, and a suspect member gets no hints
+    /// replayed. Down is what the prober's timer would have decided: the member hears
+    /// it, rejoins with a new generation and is alive again (found by the simulation,
+    /// ADR 0019).
+    fn expire_stale_suspicions(&mut self, now: Instant) {
+        let limit = self.config.swim.suspect_to_down_after * STALE_SUSPICION_FACTOR;
+        let suspects: Vec<(NodeIdentity, u16)> = self
+            .swim
+            .iter_membership_state()
+            .filter(|m| m.state() == foca::State::Suspect)
+            .map(|m| (m.id().clone(), m.incarnation()))
+            .collect();
+        self.suspect_since
+            .retain(|key, _| suspects.iter().any(|s| s == key));
+        let mut stale = Vec::new();
+        for suspect in suspects {
+            let since = *self.suspect_since.entry(suspect.clone()).or_insert(now);
+            if now.saturating_duration_since(since) >= limit {
+                stale.push(suspect);
+            }
+        }
+        for (id, incarnation) in stale {
+            tracing::info!(node = %id.id, "suspicion outlived its timeout; declaring the member down");
+            self.suspect_since.remove(&(id.clone(), incarnation));
+            let down = foca::Member::new(id, incarnation, foca::State::Down);
+            if let Err(e) = self
+                .swim
+                .apply_many(std::iter::once(down), true, &mut self.effects)
+            {
+                tracing::warn!(error = %e, "cannot declare a stale suspect down");
+            }
+        }
+    }
+
+    /// Ends the handling of one event: queues what foca produced and reacts to its
+    /// notifications, then returns the new view when something it shows may have changed
+    /// (the caller publishes it).
+    pub fn flush(&mut self, now: Instant) -> Option<ClusterView> {
+        self.apply_effects(now);
+        // Foca does not notify suspicion or refutation: compare a fingerprint.
+        let fingerprint = self.swim_fingerprint();
+        if fingerprint != self.swim_fingerprint {
+            self.swim_fingerprint = fingerprint;
+            self.dirty = true;
+        }
+        if !self.dirty {
+            return None;
+        }
+        self.dirty = false;
+        Some(self.view())
+    }
+
+    /// Queues what foca produced, schedules its timers and reacts to its notifications.
+    fn apply_effects(&mut self, now: Instant) {
         // One framing buffer for all of foca's packets.
         let mut framed = std::mem::take(&mut self.send_buf);
         while let Some((to, data)) = self.effects.to_send() {
             framed.clear();
             framed.extend_from_slice(&[PROTOCOL_VERSION, KIND_SWIM]);
             framed.extend_from_slice(&data);
-            self.send(KIND_SWIM, &framed, to.gossip_addr).await;
+            self.queue(KIND_SWIM, &framed, to.gossip_addr);
         }
         self.send_buf = framed;
         while let Some((after, timer)) = self.effects.to_schedule() {
             self.timer_seq += 1;
             self.timers.push(Reverse(Scheduled {
-                at: Instant::now() + after,
+                at: now + after,
                 seq: self.timer_seq,
                 timer,
             }));
         }
         while let Some(notification) = self.effects.to_notify() {
-            self.on_notification(notification);
+            self.on_notification(notification, now);
         }
         // Notifications may have queued ring datagrams.
         let outbox = std::mem::take(&mut self.outbox_ring);
         for (to, datagram) in outbox {
-            self.send(KIND_RING, &datagram, to).await;
+            self.queue(KIND_RING, &datagram, to);
         }
     }
 
-    /// Sends one datagram, sealed when the cluster has keys.
-    async fn send(&mut self, kind: u8, datagram: &[u8], to: SocketAddr) {
-        let wire = match &self.sealer {
+    /// Queues one datagram, sealed when the cluster has keys.
+    fn queue(&mut self, kind: u8, datagram: &[u8], to: SocketAddr) {
+        let bytes = match &self.sealer {
             Some(sealer) => {
                 let mut nonce = [0u8; NONCE_BYTES];
                 rand::RngCore::fill_bytes(&mut self.nonce_rng, &mut nonce);
                 self.seal_buf.clear();
-                sealer.seal(datagram, to, unix_millis(), nonce, &mut self.seal_buf);
-                &self.seal_buf[..]
+                sealer.seal(
+                    datagram,
+                    to,
+                    self.host.unix_millis(),
+                    nonce,
+                    &mut self.seal_buf,
+                );
+                self.seal_buf.clone()
             }
-            None => datagram,
+            None => datagram.to_vec(),
         };
-        match self.socket.send_to(wire, to).await {
-            Ok(_) => self.config.metrics.sent(kind, wire.len()),
-            Err(e) => tracing::debug!(%to, error = %e, "gossip send failed"),
-        }
+        self.outbox.push(Outgoing { to, kind, bytes });
     }
 
-    fn on_notification(&mut self, notification: OwnedNotification<NodeIdentity>) {
+    fn on_notification(&mut self, notification: OwnedNotification<NodeIdentity>, now: Instant) {
         self.dirty = true;
-        self.last_change = Instant::now();
+        self.last_change = now;
         match notification {
             OwnedNotification::MemberUp(member) => {
                 tracing::info!(node = %member.id, gossip = %member.gossip_addr, join_seq = ?member.join_seq, "member up");
-                self.learn_identity(&member);
+                self.learn_identity(&member, now);
                 // A member we just learned of may know nodes we do not (or the reverse).
                 self.send_ring(member.gossip_addr, true);
             }
@@ -1124,7 +1251,7 @@ impl Runtime {
             }
             OwnedNotification::Rename(old, new) => {
                 tracing::info!(node = %new.id, old_generation = old.generation, generation = new.generation, join_seq = ?new.join_seq, "member renamed");
-                self.learn_identity(&new);
+                self.learn_identity(&new, now);
             }
             OwnedNotification::Rejoin(renewed) => {
                 tracing::warn!(
@@ -1132,13 +1259,13 @@ impl Runtime {
                     "declared down by the cluster; rejoined with a new generation"
                 );
                 self.persist_identity(&renewed);
-                self.learn_identity(&renewed);
+                self.learn_identity(&renewed, now);
             }
             OwnedNotification::Active => tracing::info!("cluster membership active"),
             OwnedNotification::Idle => {
                 tracing::warn!("no other active member; announcing to peers again");
                 self.announce_backoff = ANNOUNCE_BACKOFF_START;
-                self.next_announce = Instant::now();
+                self.next_announce = now;
             }
             // Foca goes defunct after our own leave; otherwise `renew` rejoins first.
             OwnedNotification::Defunct if self.leaving => {}
@@ -1148,8 +1275,8 @@ impl Runtime {
         }
     }
 
-    fn persist_identity(&self, identity: &NodeIdentity) {
-        if let Err(e) = identity::save(&self.config.data_directory, identity) {
+    fn persist_identity(&mut self, identity: &NodeIdentity) {
+        if let Err(e) = self.host.save_identity(identity) {
             tracing::error!(error = %e, "cannot persist this node's identity");
         }
     }
@@ -1168,23 +1295,30 @@ impl Runtime {
         }
     }
 
-    /// Every `reconnect_interval`, announce to one ring node foca does not count as
-    /// active: heals partitions that outlasted foca's memory of down members, and finds
-    /// nodes that came back at an address nobody is probing.
-    fn reconnect_if_due(&mut self) {
-        let now = Instant::now();
+    /// Every `reconnect_interval`, announce to one ring node or configured peer foca
+    /// does not count as active: heals partitions that outlasted foca's memory of down
+    /// members, finds nodes that came back at an address nobody is probing, and merges
+    /// two clusters that formed apart (new nodes cut off from the founders during a
+    /// partition place themselves after `PENDING_PATIENCE`; found by the simulation,
+    /// ADR 0019).
+    fn reconnect_if_due(&mut self, now: Instant) {
         if now < self.next_reconnect || self.swim.num_members() == 0 {
             return;
         }
         self.next_reconnect = now + self.config.reconnect_interval;
         let own = self.identity().id;
+        let own_addr = self.identity().gossip_addr;
         let active = self.active_addrs();
-        let missing: Vec<SocketAddr> = self
+        let mut missing: Vec<SocketAddr> = self
             .ring
             .entries()
-            .filter(|e| e.id != own && !e.removed && !active.contains(&e.gossip_addr))
+            .filter(|e| e.id != own && !e.removed)
             .map(|e| e.gossip_addr)
+            .chain(self.peer_addrs.iter().copied())
+            .filter(|a| *a != own_addr && !active.contains(a))
             .collect();
+        missing.sort_unstable();
+        missing.dedup();
         if let Some(&to) = missing.choose(&mut self.rng) {
             tracing::debug!(peer = %to, "announcing to a ring node that is not active");
             if let Err(e) = self
@@ -1213,9 +1347,9 @@ impl Runtime {
     }
 
     /// A new node with no one to ask is the first node of its cluster.
-    fn place_alone_if_no_one_to_ask(&mut self) {
-        if self.identity().join_seq.is_none() && self.announce_targets_static().is_empty() {
-            self.take_join_seq();
+    fn place_alone_if_no_one_to_ask(&mut self, now: Instant) {
+        if self.identity().join_seq.is_none() && self.announce_targets().is_empty() {
+            self.take_join_seq(now);
         }
     }
 
@@ -1223,11 +1357,11 @@ impl Runtime {
     /// quiet for `settle`; among new nodes that see each other, the smallest id goes
     /// first, so concurrent joiners take distinct sequences instead of tying (ADR 0005).
     /// A node that waited `PENDING_PATIENCE` settle periods goes anyway.
-    fn place_if_settled(&mut self) {
+    fn place_if_settled(&mut self, now: Instant) {
         if self.identity().join_seq.is_some() || self.swim.num_members() == 0 {
             return;
         }
-        if self.last_change.elapsed() < self.config.settle {
+        if now.saturating_duration_since(self.last_change) < self.config.settle {
             return;
         }
         let own = self.identity().id;
@@ -1238,14 +1372,14 @@ impl Runtime {
             .map(|m| m.id().id);
         let patience = self.config.settle * PENDING_PATIENCE;
         match smaller_pending {
-            Some(first) if self.started.elapsed() < patience => {
+            Some(first) if now.saturating_duration_since(self.started) < patience => {
                 tracing::debug!(waiting_for = %first, "another new node takes its place first");
             }
-            _ => self.take_join_seq(),
+            _ => self.take_join_seq(now),
         }
     }
 
-    fn take_join_seq(&mut self) {
+    fn take_join_seq(&mut self, now: Instant) {
         let join_seq = self.ring.next_join_seq();
         let placed = NodeIdentity {
             join_seq: Some(join_seq),
@@ -1259,7 +1393,7 @@ impl Runtime {
         if let Err(e) = self.swim.change_identity(placed.clone(), &mut self.effects) {
             tracing::warn!(error = %e, "cannot change identity");
         }
-        self.learn_identity(&placed);
+        self.learn_identity(&placed, now);
         self.dirty = true;
         for to in self.active_addrs() {
             self.send_ring(to, false);
@@ -1273,31 +1407,33 @@ impl Runtime {
             .collect()
     }
 
-    fn remove(&mut self, id: NodeId) -> bool {
+    /// Removes a node from the ring for good (see `MembershipHandle::remove_node`).
+    pub fn remove(&mut self, id: NodeId, now: Instant) -> bool {
         // A running node does not remove itself: it would refute it on every other node's
         // behalf anyway (ADR 0014). Stop it, then remove it from another node.
         if id == self.identity().id || !self.ring.remove(id) {
             return false;
         }
         tracing::warn!(node = %id, "node removed from the ring");
-        self.on_ring_changed();
+        self.on_ring_changed(now);
         for to in self.active_addrs() {
             self.send_ring(to, false);
         }
         true
     }
 
-    async fn leave(&mut self) {
+    /// Leaves the cluster gracefully; the leave datagrams are in the outbox.
+    pub fn leave(&mut self, now: Instant) {
         tracing::info!(node = %self.identity().id, "leaving the cluster");
         self.leaving = true;
         if let Err(e) = self.swim.leave_cluster(&mut self.effects) {
             tracing::warn!(error = %e, "leave failed");
         }
-        self.apply_effects().await;
+        self.apply_effects(now);
     }
 
     /// The snapshot published to handles.
-    fn view(&self) -> ClusterView {
+    pub fn view(&self) -> ClusterView {
         let local = self.identity().clone();
         // Foca may know several identities of one node (old gossip addresses, old
         // generations): the newest generation speaks for it.
@@ -1355,6 +1491,84 @@ impl Runtime {
             join_seq: Some(node.join_seq),
             gossip_addr: node.gossip_addr,
             http_addr: node.http_addr.clone(),
+        }
+    }
+}
+
+/// The tokio driver of a `MembershipCore`: one task owning the core and the UDP socket.
+struct Runtime {
+    core: MembershipCore<DiskHost>,
+    socket: UdpSocket,
+}
+
+impl Runtime {
+    async fn run(
+        mut self,
+        mut commands: mpsc::Receiver<Command>,
+        view_tx: watch::Sender<Arc<ClusterView>>,
+    ) {
+        let mut buf = vec![0u8; MAX_DATAGRAM + 1];
+        let mut ring_tick = tokio::time::interval(self.core.config.ring_sync_interval);
+        ring_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let next_timer = self.core.next_timer();
+            let next_announce = self.core.next_announce();
+            tokio::select! {
+                command = commands.recv() => match command {
+                    Some(Command::Leave(done)) => {
+                        self.core.leave(Instant::now());
+                        self.send_outbox().await;
+                        let _ = done.send(());
+                        break;
+                    }
+                    Some(Command::Remove(id, done)) => {
+                        let _ = done.send(self.core.remove(id, Instant::now()));
+                    }
+                    None => {
+                        self.core.leave(Instant::now());
+                        self.send_outbox().await;
+                        break;
+                    }
+                },
+                received = self.socket.recv_from(&mut buf) => match received {
+                    Ok((len, from)) => self.core.on_datagram(&buf[..len], from, Instant::now()),
+                    Err(e) => tracing::warn!(error = %e, "gossip socket receive failed"),
+                },
+                _ = sleep_until_some(next_timer) => self.core.fire_due_timers(Instant::now()),
+                _ = sleep_until_some(next_announce) => {
+                    let mut resolved = Vec::new();
+                    for target in self.core.announce_targets() {
+                        resolved.extend(resolve(&target).await);
+                    }
+                    self.core.announce(&resolved, Instant::now());
+                }
+                _ = ring_tick.tick() => self.core.ring_tick(Instant::now()),
+            }
+            let view = self.core.flush(Instant::now());
+            self.send_outbox().await;
+            if let Some(view) = view {
+                self.core.config.metrics.publish_view(&view);
+                view_tx.send_if_modified(|current| {
+                    let changed = **current != view;
+                    if changed {
+                        *current = Arc::new(view);
+                    }
+                    changed
+                });
+            }
+        }
+        let _ = self.core.flush(Instant::now());
+        self.send_outbox().await;
+        let _ = view_tx;
+    }
+
+    /// Sends what the core queued.
+    async fn send_outbox(&mut self) {
+        for out in self.core.take_outbox() {
+            match self.socket.send_to(&out.bytes, out.to).await {
+                Ok(_) => self.core.config.metrics.sent(out.kind, out.bytes.len()),
+                Err(e) => tracing::debug!(to = %out.to, error = %e, "gossip send failed"),
+            }
         }
     }
 }

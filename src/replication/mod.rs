@@ -86,6 +86,14 @@ impl ReplicatingStorage {
 
     async fn replicate(&self, batch: Vec<Series>) -> Result<AppendOutcome, StorageError> {
         let view = self.inner.membership.view();
+        if view.ring.is_empty() {
+            // A node that has met no placed node yet cannot know the owners; data kept
+            // here would never reach them (re-replication only sends from owners), so
+            // the client retries instead (found by the simulation, ADR 0019).
+            return Err(StorageError::Unavailable(
+                "this node has not joined its cluster yet (no peer answered)".to_string(),
+            ));
+        }
         let local_id = view.local.id;
         let total_samples: u64 = batch.iter().map(|s| s.samples.len() as u64).sum();
         let split = split_by_owner(batch, &view, local_id);
@@ -334,7 +342,7 @@ fn split_by_owner(
             &placed
         };
         if owners.is_empty() {
-            // Not placed yet (first moments of a node): keep the data here.
+            // Only with an empty ring, which `replicate` refuses before splitting.
             owners = std::slice::from_ref(&local_id);
         }
         if !owner_sets.contains(owners) {
