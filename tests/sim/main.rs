@@ -128,3 +128,13 @@ fn regression_seeds_of_fixed_bugs_pass() {
         }
     }
 }
+
+/// A seed replays exactly: the same trace and the same counts, datagram for datagram.
+#[test]
+fn a_seed_replays_exactly() {
+    for seed in [3, 42] {
+        let first = run_seed(seed).map(|(stats, trace)| (format!("{stats:?}"), trace));
+        let second = run_seed(seed).map(|(stats, trace)| (format!("{stats:?}"), trace));
+        assert_eq!(first, second, "seed {seed} ran differently twice");
+    }
+}

@@ -71,6 +71,12 @@ pub struct Stats {
     pub samples_only_in_hints_for_removed_nodes: u64,
     pub owner_copies_missing_samples: u64,
     pub samples_missing_on_owners: u64,
+    /// Of those: written by a ring that did not make this node an owner, and not moved
+    /// to it by re-replication.
+    pub missing_written_by_a_ring_without_the_owner: u64,
+    /// Of those: written with this node among the owners (a copy or hint that never
+    /// arrived).
+    pub missing_written_to_the_owner: u64,
     pub series_with_differing_replicas: u64,
     pub virtual_seconds: u64,
 }
@@ -105,6 +111,8 @@ impl Stats {
             samples_only_in_hints_for_removed_nodes,
             owner_copies_missing_samples,
             samples_missing_on_owners,
+            missing_written_by_a_ring_without_the_owner,
+            missing_written_to_the_owner,
             series_with_differing_replicas,
             virtual_seconds
         );
@@ -216,6 +224,8 @@ struct Acked {
     series: usize,
     ts: i64,
     holders: BTreeSet<usize>,
+    /// The owners by the coordinator's ring at the write.
+    intended: BTreeSet<usize>,
 }
 
 pub struct World {
@@ -720,6 +730,7 @@ impl World {
             ring.owners(placement::partition_key(&self.labels[series]))
         };
         let mut holders = BTreeSet::new();
+        let intended: BTreeSet<usize> = owners.iter().filter_map(|o| self.index_of(*o)).collect();
         for owner in owners {
             if owner == local {
                 self.store(coordinator, series, [ts]);
@@ -755,6 +766,7 @@ impl World {
             series,
             ts,
             holders,
+            intended,
         });
     }
 
@@ -1073,6 +1085,18 @@ impl World {
                     .cloned()
                     .unwrap_or_default();
                 let missing = samples.difference(&held).count() as u64;
+                for ts in samples.difference(&held) {
+                    let routed_elsewhere = self
+                        .acked
+                        .iter()
+                        .find(|a| a.ts == *ts)
+                        .is_some_and(|a| !a.intended.contains(&i));
+                    if routed_elsewhere {
+                        self.stats.missing_written_by_a_ring_without_the_owner += 1;
+                    } else {
+                        self.stats.missing_written_to_the_owner += 1;
+                    }
+                }
                 if missing > 0 {
                     self.stats.owner_copies_missing_samples += 1;
                     self.stats.samples_missing_on_owners += missing;
