@@ -1411,7 +1411,8 @@ impl<H: Host> MembershipCore<H> {
     pub fn remove(&mut self, id: NodeId, now: Instant) -> bool {
         // A running node does not remove itself: it would refute it on every other node's
         // behalf anyway (ADR 0014). Stop it, then remove it from another node.
-        if id == self.identity().id || !self.ring.remove(id) {
+        let now_ms = self.host.unix_millis();
+        if id == self.identity().id || !self.ring.remove_as_of(id, now_ms) {
             return false;
         }
         tracing::warn!(node = %id, "node removed from the ring");

@@ -81,8 +81,9 @@ impl RingEntry {
     /// The join of two records of one node: the earliest claimed sequence stands (a node
     /// claims exactly one, so this only matters after a bug), and the record of the
     /// newest generation decides the addresses and whether the node is removed; at one
-    /// generation a removal wins. So a tombstone removes a node as of the generation the
-    /// remover knew, and the node can refute it with a newer generation (ADR 0014).
+    /// generation a removal wins. So a tombstone removes a node as of its generation (the
+    /// remover's clock, `remove_as_of`), and the node can refute it with a newer one
+    /// (ADR 0014).
     fn merged(&self, other: &RingEntry) -> RingEntry {
         let newest = if record_rank(other) > record_rank(self) {
             other
@@ -213,11 +214,24 @@ impl RingState {
         Admission::Merge
     }
 
-    /// Marks a node removed for good; false when it is unknown or already removed.
+    /// Marks a node removed for good, as of the generation this node knows; false when
+    /// it is unknown or already removed. See `remove_as_of` for an operator's removal.
     pub fn remove(&mut self, id: NodeId) -> bool {
+        self.remove_as_of(id, 0)
+    }
+
+    /// Marks a node removed for good as of wall-clock `now_ms` (the tombstone's
+    /// generation is at least that): it wins over every record of a start before the
+    /// removal, including one this node never heard of (a dead node restarted once more
+    /// before it died, known only to a node across a partition, would otherwise undo
+    /// the removal when that record arrives; found by the simulation, ADR 0019). A
+    /// node that is alive refutes with a newer generation, and one started after the
+    /// removal takes its place again (ADR 0014). False when unknown or already removed.
+    pub fn remove_as_of(&mut self, id: NodeId, now_ms: u64) -> bool {
         match self.entries.get_mut(&id) {
             Some(e) if !e.removed => {
                 e.removed = true;
+                e.generation = e.generation.max(now_ms);
                 true
             }
             _ => false,
@@ -596,6 +610,36 @@ mod tests {
         other.merge([entry(1, 0), entry(2, 1), entry(3, 2)]);
         other.merge(s.entries().cloned());
         assert_eq!(other, s);
+    }
+
+    #[test]
+    fn a_removal_wins_over_starts_before_it_even_unheard_of_ones() {
+        let mut s = RingState::default();
+        // Node 2 as the remover knows it: first started at generation 1.
+        s.merge([entry(1, 0), entry(2, 1)]);
+        let removed_at = 1_000;
+        assert!(s.remove_as_of(NodeId(2), removed_at));
+        assert_eq!(s.get(NodeId(2)).unwrap().generation, removed_at);
+        // A record of a later start the remover never heard of, from before the removal,
+        // arrives: the node stays removed.
+        let restarted_before = RingEntry {
+            generation: 900,
+            ..entry(2, 1)
+        };
+        assert!(!s.merge_entry(restarted_before));
+        assert_eq!(order(&s), vec![1]);
+        // A start after the removal takes its place again (ADR 0014).
+        let restarted_after = RingEntry {
+            generation: 1_001,
+            ..entry(2, 1)
+        };
+        assert!(s.merge_entry(restarted_after));
+        assert_eq!(order(&s), vec![1, 2]);
+        // A tombstone never moves a known generation back.
+        let mut t = RingState::default();
+        t.merge([entry(1, 0), entry(2, 1)]);
+        assert!(t.remove_as_of(NodeId(2), 0));
+        assert_eq!(t.get(NodeId(2)).unwrap().generation, 1);
     }
 
     #[test]

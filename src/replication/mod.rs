@@ -12,7 +12,8 @@
 //! hint, for each of its owners; an owner whose hint window or cap is exceeded gets no
 //! hint, and a series with such an owner is acknowledged only when a majority of its
 //! owners stored it for real (`check_acknowledgement`); otherwise the write fails with
-//! a storage error (5xx).
+//! a storage error (5xx). A node whose ring holds no live node (it has met no placed node
+//! yet) refuses writes with 503: it cannot know the owners (ADR 0019).
 //!
 //! Calls `cluster` (membership view, placement), `peer` (internal HTTP client), `proto`
 //! (the internal write body is a snappy remote-write 1.0 request), `ingest` (to decode a

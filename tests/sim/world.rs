@@ -226,6 +226,8 @@ struct Acked {
     holders: BTreeSet<usize>,
     /// The owners by the coordinator's ring at the write.
     intended: BTreeSet<usize>,
+    /// Every copy and hint was on a node when it was lost for good.
+    lost: bool,
 }
 
 pub struct World {
@@ -448,6 +450,7 @@ impl World {
                 }
             }
             Event::KillForGood(i) => {
+                self.mark_lost_with(i);
                 self.nodes[i].killed_for_good = true;
                 self.nodes[i].up = None;
                 self.stats.kills_for_good += 1;
@@ -488,6 +491,25 @@ impl World {
                         self.start(i);
                     }
                 }
+            }
+        }
+    }
+
+    /// Marks the acknowledged samples whose every copy and hint is on node `i`, about
+    /// to be lost for good with its disk.
+    fn mark_lost_with(&mut self, i: usize) {
+        let elsewhere = |nodes: &[Node], series: usize, ts: i64| {
+            nodes.iter().enumerate().any(|(j, n)| {
+                let disk = n.disk.borrow();
+                j != i
+                    && !n.killed_for_good
+                    && (disk.samples.get(&series).is_some_and(|s| s.contains(&ts))
+                        || disk.hints.values().any(|h| h.contains(&(series, ts))))
+            })
+        };
+        for a in &mut self.acked {
+            if !a.lost && !elsewhere(&self.nodes, a.series, a.ts) {
+                a.lost = true;
             }
         }
     }
@@ -767,6 +789,7 @@ impl World {
             ts,
             holders,
             intended,
+            lost: false,
         });
     }
 
@@ -1001,9 +1024,10 @@ impl World {
             .collect();
         let mut required: BTreeMap<usize, BTreeSet<i64>> = BTreeMap::new();
         for a in &self.acked {
-            if a.holders.iter().all(|h| lost.contains(h)) {
+            if a.lost || a.holders.iter().all(|h| lost.contains(h)) {
                 // Every copy and hint was on the node lost for good (its disk with it):
-                // gone, as ADR 0006 allows for an acknowledgement by hint.
+                // gone, as ADR 0006 allows (an acknowledgement by hint, or by a ring
+                // that knew fewer nodes).
                 self.stats.samples_lost_with_dead_nodes += 1;
                 continue;
             }
