@@ -27,7 +27,8 @@ use timbala::cluster::membership::{
 };
 use timbala::cluster::placement;
 use timbala::cluster::ring::{Ring, RingState};
-use timbala::model::Labels;
+use timbala::model::{Labels, Sample, Series};
+use timbala::replication::handoff::reroute_plan;
 use timbala::replication::rereplicate::targets_for;
 
 /// Wall clock of the simulation's start (generations are wall-clock milliseconds).
@@ -65,10 +66,10 @@ pub struct Stats {
     pub writes_refused: u64,
     pub hints_stored: u64,
     pub hints_replayed: u64,
+    pub hints_rerouted: u64,
     pub repair_copies: u64,
     pub samples_lost_with_dead_nodes: u64,
     pub runs_with_replica_gaps: u64,
-    pub samples_only_in_hints_for_removed_nodes: u64,
     pub owner_copies_missing_samples: u64,
     pub samples_missing_on_owners: u64,
     /// Of those: written by a ring that did not make this node an owner, and not moved
@@ -105,10 +106,10 @@ impl Stats {
             writes_refused,
             hints_stored,
             hints_replayed,
+            hints_rerouted,
             repair_copies,
             samples_lost_with_dead_nodes,
             runs_with_replica_gaps,
-            samples_only_in_hints_for_removed_nodes,
             owner_copies_missing_samples,
             samples_missing_on_owners,
             missing_written_by_a_ring_without_the_owner,
@@ -794,11 +795,17 @@ impl World {
     }
 
     /// Hinted handoff as `replication::handoff`: each owner alive in this node's view and
-    /// in its ring gets its hints; a failed delivery waits for the next round.
+    /// in its ring gets its hints; the hints of an owner the ring shows removed go to the
+    /// owners its series gained (`handoff::reroute_plan`); a failed delivery waits for
+    /// the next round.
     fn replay_hints(&mut self, i: usize) {
         let view = self.up(i).view.clone();
         let targets: Vec<NodeId> = self.nodes[i].disk.borrow().hints.keys().copied().collect();
         for target in targets {
+            if view.ring.removed().contains(&target) {
+                self.reroute_hints(i, &view, target);
+                continue;
+            }
             let alive = view
                 .member(target)
                 .is_some_and(|m| m.state == MemberState::Alive);
@@ -813,6 +820,40 @@ impl World {
                 self.store(t, series, [ts]);
                 self.stats.hints_replayed += 1;
             }
+        }
+    }
+
+    fn reroute_hints(&mut self, i: usize, view: &ClusterView, removed: NodeId) {
+        let hinted = self.nodes[i]
+            .disk
+            .borrow()
+            .hints
+            .get(&removed)
+            .cloned()
+            .unwrap_or_default();
+        let mut delivered = 0;
+        'hints: for &(series, ts) in &hinted {
+            let hint = Series {
+                labels: self.labels[series].clone(),
+                samples: vec![Sample::new(ts, ts as f64)],
+            };
+            for owner in reroute_plan(vec![hint], &view.ring, removed).into_keys() {
+                let Some(o) = self.index_of(owner) else {
+                    continue;
+                };
+                if o != i && !self.request(i, o) {
+                    break 'hints;
+                }
+                self.store(o, series, [ts]);
+            }
+            delivered += 1;
+            self.stats.hints_rerouted += 1;
+        }
+        let mut disk = self.nodes[i].disk.borrow_mut();
+        if delivered == hinted.len() {
+            disk.hints.remove(&removed);
+        } else if let Some(left) = disk.hints.get_mut(&removed) {
+            left.drain(..delivered);
         }
     }
 
@@ -967,11 +1008,7 @@ impl World {
                 }
             }
             let disk = self.nodes[i].disk.borrow();
-            if let Some((t, _)) = disk
-                .hints
-                .iter()
-                .find(|(t, h)| !h.is_empty() && !ring.removed().contains(t))
-            {
+            if let Some((t, _)) = disk.hints.iter().find(|(_, h)| !h.is_empty()) {
                 return Err(format!("node {i} still holds hints for {t}"));
             }
             if !disk
@@ -1056,24 +1093,7 @@ impl World {
                         .unwrap_or_default()
                 })
                 .collect();
-            let removed_ids = ring.removed().to_vec();
-            let unreadable: Vec<i64> = samples.difference(&readable).copied().collect();
-            let mut stranded = 0u64;
-            for ts in &unreadable {
-                // Held only as a hint for a removed node: main never replays those; the
-                // bounded-handoff work re-routes them to the new owners (issue 12).
-                let in_dead_hints = running.iter().any(|&n| {
-                    self.nodes[n]
-                        .disk
-                        .borrow()
-                        .hints
-                        .iter()
-                        .any(|(t, h)| removed_ids.contains(t) && h.contains(&(series, *ts)))
-                });
-                if in_dead_hints {
-                    stranded += 1;
-                    continue;
-                }
+            if let Some(ts) = samples.difference(&readable).next() {
                 let holders = self
                     .acked
                     .iter()
@@ -1083,13 +1103,6 @@ impl World {
                 return Err(format!(
                     "series {series}: acknowledged sample {ts} (copies or hints on nodes \
                      {holders:?} at the acknowledgement) is on no running node"
-                ));
-            }
-            if stranded > 0 {
-                self.stats.samples_only_in_hints_for_removed_nodes += stranded;
-                self.replica_gaps.push(format!(
-                    "series {series}: {stranded} acknowledged samples only in hints for a \
-                     removed node"
                 ));
             }
             // Replicas: every owner holds every acknowledged sample, and the owners'
