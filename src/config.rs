@@ -274,17 +274,12 @@ impl Config {
     }
 
     /// Where other nodes reach this node's HTTP API: the advertise flag, else the bind
-    /// address, with a wildcard bind replaced by loopback (single-host clusters; set the
-    /// flag for multi-host ones).
+    /// address. Membership replaces a wildcard bind's IP with the address it gossips
+    /// from (`membership::http_advertise_for`).
     pub fn http_advertise(&self) -> String {
-        if let Some(addr) = &self.http_advertise_addr {
-            return addr.clone();
-        }
-        let bind = self.http_bind_addr;
-        if bind.ip().is_unspecified() {
-            format!("127.0.0.1:{}", bind.port())
-        } else {
-            bind.to_string()
+        match &self.http_advertise_addr {
+            Some(addr) => addr.clone(),
+            None => self.http_bind_addr.to_string(),
         }
     }
 
@@ -435,9 +430,9 @@ mod tests {
     }
 
     #[test]
-    fn http_advertise_defaults_to_a_reachable_bind_address() {
+    fn http_advertise_defaults_to_the_bind_address() {
         let c = Config::parse_from(["timbala"]);
-        assert_eq!(c.http_advertise(), "127.0.0.1:9080");
+        assert_eq!(c.http_advertise(), "0.0.0.0:9080");
         let c = Config::parse_from(["timbala", "--http-bind-addr", "10.1.2.3:9000"]);
         assert_eq!(c.http_advertise(), "10.1.2.3:9000");
         let c = Config::parse_from(["timbala", "--http-advertise-addr", "node-a:9080"]);
@@ -450,7 +445,7 @@ mod tests {
         assert!(c.validate().is_ok());
         let mc = c.membership_config();
         assert_eq!(mc.peers, vec!["a:7946".to_string(), "b:7946".to_string()]);
-        assert_eq!(mc.http_advertise_addr, "127.0.0.1:9080");
+        assert_eq!(mc.http_advertise_addr, "0.0.0.0:9080");
         let fast = Config::parse_from(["timbala", "--gossip-profile", "fast"]).membership_config();
         assert!(fast.swim.probe_period < mc.swim.probe_period);
     }

@@ -80,10 +80,12 @@ pub struct MembershipConfig {
     /// UDP address the gossip socket binds.
     pub bind_addr: SocketAddr,
     /// Address other nodes send gossip to (`host:port`, resolved once at start). By
-    /// default the bind address, or when that is a wildcard, the local address of the
-    /// route towards the first peer.
+    /// default the bind address, or when that is a wildcard, `choose_advertise_ip`'s
+    /// pick (the route towards a peer, the host name's, an interface's). Loopback is
+    /// refused while a peer is on another host (`check_reachable`).
     pub advertise_addr: Option<String>,
-    /// Where other nodes reach this node's HTTP API; carried in gossip.
+    /// Where other nodes reach this node's HTTP API; carried in gossip. A wildcard IP
+    /// is replaced by the gossip advertise IP at start (`http_advertise_for`).
     pub http_advertise_addr: String,
     /// Gossip addresses (`host:port`) to announce to until one answers.
     pub peers: Vec<String>,
@@ -266,7 +268,7 @@ impl std::fmt::Display for MembershipError {
         match self {
             MembershipError::Storage(e) => write!(f, "cluster state: {e}"),
             MembershipError::Bind(addr, e) => write!(f, "cannot bind gossip socket {addr}: {e}"),
-            MembershipError::Advertise(why) => write!(f, "gossip advertise address: {why}"),
+            MembershipError::Advertise(why) => write!(f, "{why}"),
         }
     }
 }
@@ -530,7 +532,13 @@ impl Membership {
         let bound = socket
             .local_addr()
             .map_err(|e| MembershipError::Bind(config.bind_addr, e))?;
-        let gossip_addr = advertise_addr(&config, bound).await?;
+        let (gossip_addr, peer_ips) = advertise_addr(&config, bound).await?;
+        let mut config = config;
+        config.http_advertise_addr =
+            http_advertise_for(&config.http_advertise_addr, gossip_addr.ip());
+        if let Ok(http) = config.http_advertise_addr.parse::<SocketAddr>() {
+            check_reachable("http", http.ip(), &peer_ips).map_err(MembershipError::Advertise)?;
+        }
         let identity = identity::load_for_start(
             &config.data_directory,
             gossip_addr,
@@ -544,7 +552,6 @@ impl Membership {
                  reach the gossip port can join it, and /internal/v1/* is unauthenticated"
             );
         }
-        let mut config = config;
         config.peers = peers_other_than(config.peers, &[gossip_addr, bound]).await;
         let host = DiskHost {
             data_directory: config.data_directory.clone(),
@@ -574,42 +581,150 @@ impl Membership {
     }
 }
 
-/// The address this node gossips as (see `MembershipConfig::advertise_addr`).
+/// The address this node gossips as (see `MembershipConfig::advertise_addr`), and the
+/// peers' addresses it was checked against.
 async fn advertise_addr(
     config: &MembershipConfig,
     bound: SocketAddr,
-) -> Result<SocketAddr, MembershipError> {
-    if let Some(text) = &config.advertise_addr {
-        return resolve(text)
-            .await
-            .first()
-            .copied()
-            .ok_or_else(|| MembershipError::Advertise(format!("{text:?} does not resolve")));
-    }
-    if !bound.ip().is_unspecified() {
-        return Ok(bound);
-    }
+) -> Result<(SocketAddr, Vec<IpAddr>), MembershipError> {
+    let mut peer_addrs = Vec::new();
     for peer in &config.peers {
-        for addr in resolve(peer).await {
-            if let Some(ip) = local_ip_towards(addr) {
-                return Ok(SocketAddr::new(ip, bound.port()));
+        peer_addrs.extend(resolve(peer).await);
+    }
+    let advertised = if let Some(text) = &config.advertise_addr {
+        resolve(text).await.first().copied().ok_or_else(|| {
+            MembershipError::Advertise(format!(
+                "the gossip advertise address {text:?} does not resolve"
+            ))
+        })?
+    } else if !bound.ip().is_unspecified() {
+        bound
+    } else {
+        let mut host_addrs = Vec::new();
+        if let Some(host) = own_hostname() {
+            host_addrs.extend(resolve(&format!("{host}:0")).await.iter().map(|a| a.ip()));
+        }
+        let facts = AddressFacts {
+            routes_to_peers: peer_addrs.iter().map(|&p| local_ip_towards(p)).collect(),
+            host_addrs,
+            interface_addrs: interface_addrs(),
+        };
+        let (ip, source) = choose_advertise_ip(&facts);
+        if source == AdvertiseSource::Loopback {
+            tracing::warn!(
+                %ip,
+                "gossip binds a wildcard address and no other address was found: \
+                 advertising loopback; set the gossip advertise address for a multi-host cluster"
+            );
+        }
+        SocketAddr::new(ip, bound.port())
+    };
+    let peer_ips: Vec<IpAddr> = peer_addrs.iter().map(|a| a.ip()).collect();
+    check_reachable("gossip", advertised.ip(), &peer_ips).map_err(MembershipError::Advertise)?;
+    Ok((advertised, peer_ips))
+}
+
+/// The HTTP address carried in gossip: `--http-advertise-addr` as given, else the bind
+/// address, where a wildcard bind (`0.0.0.0:9080`) takes the IP this node gossips from,
+/// so peers on other hosts reach it (loopback would send them to themselves).
+pub fn http_advertise_for(http: &str, gossip_ip: IpAddr) -> String {
+    match http.parse::<SocketAddr>() {
+        Ok(addr) if addr.ip().is_unspecified() => {
+            SocketAddr::new(gossip_ip, addr.port()).to_string()
+        }
+        _ => http.to_string(),
+    }
+}
+
+/// What a node can learn about its own addresses when it binds a wildcard address.
+#[derive(Debug, Default)]
+pub struct AddressFacts {
+    /// For each resolved peer, the local address of the route towards it (None: no route).
+    pub routes_to_peers: Vec<Option<IpAddr>>,
+    /// The addresses the host name resolves to (in a container: the one peers use).
+    pub host_addrs: Vec<IpAddr>,
+    /// The addresses of the machine's interfaces, in the kernel's order.
+    pub interface_addrs: Vec<IpAddr>,
+}
+
+/// Where the advertised address came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AdvertiseSource {
+    RouteToPeer,
+    HostName,
+    Interface,
+    Loopback,
+}
+
+/// The address to advertise for a wildcard bind: the route towards the first peer that
+/// has one, else a non-loopback address of the host name, else the first non-loopback
+/// interface address, else loopback (a node alone on a machine).
+pub fn choose_advertise_ip(facts: &AddressFacts) -> (IpAddr, AdvertiseSource) {
+    if let Some(ip) = facts
+        .routes_to_peers
+        .iter()
+        .flatten()
+        .find(|ip| !ip.is_unspecified())
+    {
+        return (*ip, AdvertiseSource::RouteToPeer);
+    }
+    let usable = |ip: &&IpAddr| !ip.is_loopback() && !ip.is_unspecified();
+    if let Some(ip) = facts.host_addrs.iter().find(usable) {
+        return (*ip, AdvertiseSource::HostName);
+    }
+    if let Some(ip) = facts.interface_addrs.iter().find(usable) {
+        return (*ip, AdvertiseSource::Interface);
+    }
+    (IpAddr::V4(Ipv4Addr::LOCALHOST), AdvertiseSource::Loopback)
+}
+
+/// Refuses to advertise loopback to peers that are not on loopback: they would send
+/// this node's traffic to themselves, and the cluster would look formed but never be.
+pub fn check_reachable(what: &str, advertised: IpAddr, peers: &[IpAddr]) -> Result<(), String> {
+    if !advertised.is_loopback() {
+        return Ok(());
+    }
+    match peers.iter().find(|p| !p.is_loopback()) {
+        Some(peer) => Err(format!(
+            "the {what} advertise address {advertised} is loopback but peer {peer} is on \
+             another host: set --{what}-advertise-addr to an address that host reaches"
+        )),
+        None => Ok(()),
+    }
+}
+
+/// The machine's interface addresses (getifaddrs), IPv4 and IPv6.
+fn interface_addrs() -> Vec<IpAddr> {
+    let mut list: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: getifaddrs fills `list` with a linked list we free below.
+    if unsafe { libc::getifaddrs(&mut list) } != 0 {
+        return Vec::new();
+    }
+    let mut addrs = Vec::new();
+    let mut cursor = list;
+    while !cursor.is_null() {
+        // SAFETY: `cursor` is a node of the list getifaddrs returned, not yet freed.
+        let entry = unsafe { &*cursor };
+        if !entry.ifa_addr.is_null() {
+            // SAFETY: `ifa_addr` points to a sockaddr whose family says its real type.
+            let family = i32::from(unsafe { (*entry.ifa_addr).sa_family });
+            if family == libc::AF_INET {
+                // SAFETY: an AF_INET sockaddr is a sockaddr_in.
+                let sin = unsafe { &*(entry.ifa_addr as *const libc::sockaddr_in) };
+                addrs.push(IpAddr::V4(Ipv4Addr::from(u32::from_be(
+                    sin.sin_addr.s_addr,
+                ))));
+            } else if family == libc::AF_INET6 {
+                // SAFETY: an AF_INET6 sockaddr is a sockaddr_in6.
+                let sin6 = unsafe { &*(entry.ifa_addr as *const libc::sockaddr_in6) };
+                addrs.push(IpAddr::V6(std::net::Ipv6Addr::from(sin6.sin6_addr.s6_addr)));
             }
         }
+        cursor = entry.ifa_next;
     }
-    // In a container the host name resolves to the address peers reach us at.
-    if let Some(host) = own_hostname() {
-        let candidates = resolve(&format!("{host}:{}", bound.port())).await;
-        if let Some(addr) = candidates.into_iter().find(|a| !a.ip().is_loopback()) {
-            return Ok(addr);
-        }
-    }
-    let fallback = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), bound.port());
-    tracing::warn!(
-        %fallback,
-        "gossip binds a wildcard address and no peer resolves: advertising loopback; \
-         set the gossip advertise address for a multi-host cluster"
-    );
-    Ok(fallback)
+    // SAFETY: `list` came from getifaddrs and is freed once.
+    unsafe { libc::freeifaddrs(list) };
+    addrs
 }
 
 /// Drops the peers that name this node itself (one peer list shared by every node of a
@@ -1587,6 +1702,87 @@ async fn sleep_until_some(deadline: Option<Instant>) {
     match deadline {
         Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod advertise_tests {
+    use super::*;
+
+    fn ip(text: &str) -> IpAddr {
+        text.parse().unwrap()
+    }
+
+    #[test]
+    fn a_wildcard_bind_advertises_the_route_to_a_peer_first() {
+        let facts = AddressFacts {
+            routes_to_peers: vec![None, Some(ip("10.0.0.5"))],
+            host_addrs: vec![ip("172.17.0.2")],
+            interface_addrs: vec![ip("127.0.0.1"), ip("192.168.1.9")],
+        };
+        assert_eq!(
+            choose_advertise_ip(&facts),
+            (ip("10.0.0.5"), AdvertiseSource::RouteToPeer)
+        );
+    }
+
+    #[test]
+    fn without_peers_the_host_name_then_an_interface_then_loopback() {
+        let mut facts = AddressFacts {
+            routes_to_peers: vec![],
+            host_addrs: vec![ip("127.0.1.1"), ip("172.17.0.2")],
+            interface_addrs: vec![ip("127.0.0.1"), ip("192.168.1.9")],
+        };
+        assert_eq!(
+            choose_advertise_ip(&facts),
+            (ip("172.17.0.2"), AdvertiseSource::HostName)
+        );
+        facts.host_addrs = vec![ip("127.0.1.1")];
+        assert_eq!(
+            choose_advertise_ip(&facts),
+            (ip("192.168.1.9"), AdvertiseSource::Interface)
+        );
+        facts.interface_addrs = vec![ip("127.0.0.1"), ip("::1")];
+        assert_eq!(
+            choose_advertise_ip(&facts),
+            (ip("127.0.0.1"), AdvertiseSource::Loopback)
+        );
+    }
+
+    #[test]
+    fn loopback_is_refused_only_when_a_peer_is_on_another_host() {
+        assert!(check_reachable("gossip", ip("127.0.0.1"), &[ip("127.0.0.1")]).is_ok());
+        assert!(check_reachable("gossip", ip("127.0.0.1"), &[]).is_ok());
+        assert!(check_reachable("gossip", ip("10.0.0.5"), &[ip("10.0.0.6")]).is_ok());
+        let refused = check_reachable("http", ip("127.0.0.1"), &[ip("127.0.0.1"), ip("10.0.0.6")])
+            .unwrap_err();
+        assert!(refused.contains("--http-advertise-addr"), "{refused}");
+        assert!(refused.contains("10.0.0.6"), "{refused}");
+    }
+
+    #[test]
+    fn a_wildcard_http_bind_takes_the_gossip_ip() {
+        assert_eq!(
+            http_advertise_for("0.0.0.0:9080", ip("10.0.0.5")),
+            "10.0.0.5:9080"
+        );
+        assert_eq!(
+            http_advertise_for("[::]:9080", ip("10.0.0.5")),
+            "10.0.0.5:9080"
+        );
+        assert_eq!(
+            http_advertise_for("10.1.1.1:9080", ip("10.0.0.5")),
+            "10.1.1.1:9080"
+        );
+        assert_eq!(
+            http_advertise_for("node-a:9080", ip("10.0.0.5")),
+            "node-a:9080"
+        );
+    }
+
+    #[test]
+    fn the_interface_list_holds_loopback() {
+        assert!(interface_addrs().iter().any(|a| a.is_loopback()));
     }
 }
 
