@@ -4,7 +4,7 @@
 //! family: `health` (/-/healthy, /-/ready, /metrics), `write` (remote write), `read`
 //! (remote read), `admin` (TSDB admin, off unless enabled), `query` (PromQL and
 //! series/labels endpoints), `status` (build, runtime, flags, tsdb, cluster),
-//! `federate`, `internal` (node-to-node). The routes come in two routers that are guarded
+//! `federate`, `ui` (the built-in web pages), `internal` (node-to-node). The routes come in two routers that are guarded
 //! differently (ADR 0013): `public` (everything users and Prometheus call) and `internal`
 //! (`/internal/v1/*`, node to node). Calls `ingest`, `promql`,
 //! `storage` (and the local `tsdb` for admin and status) — never the other way round.
@@ -19,6 +19,7 @@ pub mod params;
 pub mod query;
 pub mod read;
 pub mod status;
+pub mod ui;
 pub mod write;
 
 use std::sync::{Arc, OnceLock};
@@ -166,6 +167,7 @@ pub fn routers(state: AppState) -> ApiRouters {
         .merge(status::routes())
         .merge(federate::routes())
         .merge(cluster_status::routes())
+        .merge(ui::routes())
         .fallback(not_found)
         .with_state(state.clone());
     let internal = internal::routes()
