@@ -22,6 +22,9 @@ const JOBS: [(&str, f64); 3] = [("api", 1.0), ("db", 2.5), ("web", 4.0)];
 const GAUGE: &str = "ui_queue_depth";
 /// How an error starts on the page (the `<noscript>` one aside).
 const ERROR_ALERT: &str = "<div class=\"alert alert-danger\">Error";
+/// A series whose label value is markup: the page must show it as text.
+const HOSTILE: &str = "ui_hostile";
+const HOSTILE_JOB: &str = "<img src=x onerror=\"document.title='owned'\">";
 const CHROMIUM: &str = "chromium";
 const INSTALL_SCRIPT: &str = "scripts/install-chromium.sh";
 
@@ -57,6 +60,7 @@ fn write_test_data(node: &Node, end_s: i64) {
     }
     let gauge: Vec<(i64, f64)> = times.iter().map(|&t| (t, (t % 7) as f64)).collect();
     timeseries.push(ts(&[("__name__", GAUGE), ("job", "api")], &gauge));
+    timeseries.push(ts(&[("__name__", HOSTILE), ("job", HOSTILE_JOB)], &gauge));
     let (code, body) = remote_write(
         node,
         &proto::WriteRequest {
@@ -375,6 +379,21 @@ fn pages_render_in_headless_chromium() {
     );
     assert!(!dom.contains(ERROR_ALERT), "{dom}");
     assert_eq!(table_rows(&dom).len(), 1, "{dom}");
+
+    // Markup in a label value is text on the page, never an element.
+    let url = viewer.url(&format!(
+        "/graph?{}",
+        query_string(&[("g0.expr", HOSTILE), ("g0.tab", "1")])
+    ));
+    let dom = chromium(&url, None);
+    let shown = format!(
+        "{HOSTILE}{{job={}}}",
+        serde_json::to_string(HOSTILE_JOB).expect("json")
+    );
+    assert_eq!(table_rows(&dom).len(), 1, "{dom}");
+    assert_eq!(table_rows(&dom)[0].0, html_text(&shown), "{dom}");
+    assert!(!dom.contains("<img"), "{dom}");
+    assert!(dom.contains("<title>Query - Timbala</title>"), "{dom}");
 
     // Cluster page: every member, alive, in join order.
     let dom = load_page(&viewer.url("/cluster"), "cluster");

@@ -162,7 +162,7 @@
   function dataTable(headers, rows, numericColumns) {
     const numeric = new Set(numericColumns || []);
     return el('table', { class: 'data' },
-      el('thead', {}, el('tr', {}, headers.map((h) => el('th', {}, h)))),
+      el('thead', {}, el('tr', {}, headers.map((h, i) => el('th', { class: numeric.has(i) ? 'num' : null }, h)))),
       el('tbody', {}, rows.map((row) => el('tr', {},
         row.map((cell, i) => el('td', { class: numeric.has(i) ? 'num' : null }, cell))))));
   }
@@ -322,16 +322,19 @@
         el('span', { class: 'series-name' }, seriesName(s.metric))))));
   }
 
-  // Round tick values for [min, max]: about `count` of them at 1, 2 or 5 times a power
-  // of ten.
+  // Round tick values covering [min, max] (the first at or below min, the last at or
+  // above max): about `count` of them at 1, 2 or 5 times a power of ten.
   function niceTicks(min, max, count) {
     const span = max - min || Math.abs(max) || 1;
     const raw = span / count;
     const power = Math.pow(10, Math.floor(Math.log10(raw)));
     const step = [1, 2, 5, 10].map((m) => m * power).find((s) => s >= raw);
+    const first = Math.floor(min / step);
+    const last = Math.ceil(max / step);
     const ticks = [];
-    for (let v = Math.ceil(min / step) * step; v <= max + step * 1e-9; v += step) {
-      ticks.push(Math.abs(v) < step * 1e-9 ? 0 : v);
+    for (let i = first; i <= last; i += 1) {
+      // From integers, so that 0.1 + 0.2 never prints as 0.30000000000000004.
+      ticks.push(Number((i * step).toPrecision(12)));
     }
     return ticks;
   }
@@ -360,8 +363,8 @@
     if (min === Infinity) { min = 0; max = 1; }
     if (min === max) { min -= Math.abs(min) * 0.1 || 1; max += Math.abs(max) * 0.1 || 1; }
     const yTicks = niceTicks(min, max, 6);
-    min = Math.min(min, yTicks[0]);
-    max = Math.max(max, yTicks[yTicks.length - 1]);
+    min = yTicks[0];
+    max = yTicks[yTicks.length - 1];
     // Pixel positions, rounded to a tenth: enough for the eye, short in the DOM.
     const round = (p) => Math.round(p * 10) / 10;
     const x = (t) => round(margin.left + ((t - start) / (end - start || 1)) * plotW);
