@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the tests need on a fresh machine: the Rust components used by
-# `make lint`, and promtool (Debian's `prometheus` package) for the client tests.
+# `make lint`, and the Debian packages of scripts/install-*.sh (promtool, openssl,
+# htpasswd, iptables, nginx, chromium for the web UI test).
 # Idempotent: does nothing that is already in place.
 set -euo pipefail
 cd "$(dirname "$0")/.."
