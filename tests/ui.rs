@@ -3,8 +3,9 @@
 //! The PromQL page draws `sum by (job)(rate(...[5m]))` as one SVG path and one legend
 //! entry per job, its table shows the API's values, errors and infos appear as
 //! Prometheus's UI shows them, the cluster page lists every member of a 3-node cluster
-//! with its state, and the cardinality page lists the top metric; all behind basic auth
-//! too. Screenshots go to target/ui-screenshots/ (a test artifact, not asserted on).
+//! with its state, and the cardinality page lists the top metric; once a node is killed
+//! the fan-out warning naming it, its `down` state and the hints held for it show; and
+//! the pages work behind basic auth. Screenshots go to target/ui-screenshots/ (a test artifact, not asserted on).
 //! Without chromium the browser tests are skipped with a message (failed under CI).
 
 mod common;
@@ -13,7 +14,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use common::{remote_write, start_cluster, tool_available, ts, wait_converged, Node};
+use common::{
+    remote_write, start_cluster_with, tool_available, ts, wait_converged, MemberSetup, Node,
+};
 use timbala::proto;
 
 const COUNTER: &str = "ui_http_requests_total";
@@ -258,7 +261,16 @@ fn pages_render_in_headless_chromium() {
     if !tool_available(CHROMIUM, INSTALL_SCRIPT) {
         return;
     }
-    let cluster = start_cluster(3, &[]);
+    // A cluster key of its own: on a machine running other clusters' tests, no node of
+    // theirs that reuses a port ours had can join ours.
+    let keys_dir = tempfile::tempdir().expect("temp dir");
+    let key_file = keys_dir.path().join("cluster.key");
+    std::fs::write(&key_file, format!("{}\n", random_key())).expect("write the key");
+    let key_arg = key_file.display().to_string();
+    let mut cluster = start_cluster_with(3, &[], |_| MemberSetup {
+        args: vec!["--cluster-key-file".into(), key_arg.clone()],
+        ..MemberSetup::default()
+    });
     let nodes: Vec<&Node> = cluster.iter().map(|m| &m.node).collect();
     let join_order = wait_converged(&nodes, 3, Duration::from_secs(60));
     let end_s = now_s();
@@ -435,6 +447,89 @@ fn pages_render_in_headless_chromium() {
         pairs.contains(&format!("<td>__name__={COUNTER}</td>")),
         "{pairs}"
     );
+
+    // A node dies: the API's warning naming it is on the table, and the cluster page
+    // shows it as no longer alive.
+    let dead_addr = cluster[2].node.http_addr.clone();
+    let dead_id = common::status(&cluster[2].node).expect("status")["local"]
+        .as_str()
+        .expect("local id")
+        .to_string();
+    cluster[2].node.kill();
+    let viewer = &cluster[1].node;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let answer = api_data(viewer, &format!("/api/v1/query?query={COUNTER}"));
+        let warned = answer["warnings"].as_array().is_some_and(|w| {
+            w.iter()
+                .any(|w| w.as_str().is_some_and(|w| w.contains(&dead_addr)))
+        });
+        let listed_down = common::status(viewer).is_some_and(|s| {
+            s["members"].as_array().is_some_and(|m| {
+                m.iter()
+                    .any(|m| m["id"] == dead_id.as_str() && m["state"] != "alive")
+            })
+        });
+        if warned && listed_down {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no warning naming {dead_addr} and no state change within 60 s: {answer}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    // A write through the viewer while a replica is down leaves hints for it there.
+    let (code, body) = remote_write(
+        viewer,
+        &proto::WriteRequest {
+            timeseries: vec![ts(
+                &[("__name__", "ui_after_the_death"), ("job", "api")],
+                &[(now_s() * 1000, 1.0)],
+            )],
+            metadata: vec![],
+        },
+    );
+    assert_eq!(code, 204, "write with a replica down: {body}");
+    let url = viewer.url(&format!(
+        "/graph?{}",
+        query_string(&[("g0.expr", COUNTER), ("g0.tab", "1")])
+    ));
+    let dom = load_page(&url, "warning");
+    let warning = regex::Regex::new(r#"<div class="alert alert-warning">Warning: ([^<]*)</div>"#)
+        .expect("regex");
+    let shown: Vec<String> = warning
+        .captures_iter(&dom)
+        .map(|c| c[1].to_string())
+        .collect();
+    assert!(shown.iter().any(|w| w.contains(&dead_addr)), "{dom}");
+    assert_eq!(table_rows(&dom).len(), 6, "{dom}");
+    let dom = load_page(&viewer.url("/cluster"), "cluster-node-down");
+    let members = element(&dom, "members").unwrap_or_else(|| panic!("no members: {dom}"));
+    let row = members
+        .split("<tr>")
+        .find(|r| r.contains(dead_id.as_str()))
+        .unwrap_or_else(|| panic!("dead member not listed: {members}"));
+    assert!(
+        row.contains("badge state-suspect") || row.contains("badge state-down"),
+        "{row}"
+    );
+    let backlog = element(&dom, "backlog").unwrap_or_else(|| panic!("no backlog: {dom}"));
+    assert!(
+        backlog.contains(&format!("<td>{dead_id}</td>")),
+        "no hints listed for {dead_id}: {backlog}"
+    );
+}
+
+/// A fresh random cluster key, base64, as `head -c 32 /dev/urandom | base64` makes one.
+fn random_key() -> String {
+    use base64::Engine as _;
+    use std::io::Read as _;
+    let mut bytes = [0u8; 32];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut bytes))
+        .expect("read /dev/urandom");
+    base64::engine::general_purpose::STANDARD.encode(bytes)
 }
 
 /// The UI behind the web config's basic auth: pages, assets and the API calls the page

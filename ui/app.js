@@ -442,7 +442,7 @@
     const order = el('ol', { start: 0, id: 'join-order' }, s.slots.map((slot) => el('li', {},
       slot.id, slot.removed ? [' ', badge('removed')] : null)));
     const backlog = s.handoffBacklog.length === 0
-      ? el('div', { class: 'muted' }, 'No hints queued.')
+      ? el('div', { class: 'muted', id: 'backlog' }, 'No hints queued.')
       : dataTable(['Target', 'Batches', 'Bytes', 'Oldest hint', 'Missing for', 'Limit exceeded', 'Removed'],
         s.handoffBacklog.map((b) => [
           b.target, b.batches, formatBytes(b.bytes),
@@ -451,6 +451,7 @@
           b.windowExceeded ? 'window' : b.capExceeded ? 'size cap' : 'no',
           b.removed ? 'yes' : 'no',
         ]), [1, 2]);
+    backlog.id = 'backlog';
     const r = s.repair;
     const repair = dataTable(['State', 'Series done', 'Series to go', 'Bytes done', 'Bytes to go', 'Rate', 'Time left', 'Last error'], [[
       badge(r.state), r.seriesDone + ' / ' + r.seriesTotal, r.seriesToGo, formatBytes(r.bytesDone),
