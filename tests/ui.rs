@@ -5,7 +5,9 @@
 //! Prometheus's UI shows them, the cluster page lists every member of a 3-node cluster
 //! with its state, and the cardinality page lists the top metric; once a node is killed
 //! the fan-out warning naming it, its `down` state and the hints held for it show; and
-//! the pages work behind basic auth. Screenshots go to target/ui-screenshots/ (a test artifact, not asserted on).
+//! the pages work behind basic auth. prometheus-api-client's
+//! `check_prometheus_connection()` (PyPI, in a venv under target/ made by
+//! scripts/install-prometheus-api-client.sh) is true, and false without the password. Screenshots go to target/ui-screenshots/ (a test artifact, not asserted on).
 //! Without chromium the browser tests are skipped with a message (failed under CI).
 
 mod common;
@@ -29,6 +31,7 @@ const ERROR_ALERT: &str = "<div class=\"alert alert-danger\">Error";
 const HOSTILE: &str = "ui_hostile";
 const HOSTILE_JOB: &str = "<img src=x onerror=\"document.title='owned'\">";
 const CHROMIUM: &str = "chromium";
+const PYTHON_CLIENT_SCRIPT: &str = "scripts/install-prometheus-api-client.sh";
 const INSTALL_SCRIPT: &str = "scripts/install-chromium.sh";
 
 fn now_s() -> i64 {
@@ -252,6 +255,11 @@ fn root_redirects_to_the_graph_page_and_assets_are_served() {
     ] {
         let resp = no_redirects.get(&node.url(path)).call().expect("GET");
         assert_eq!(resp.status(), 404, "{path}");
+    }
+
+    // The Python client itself.
+    if let Some(connected) = python_client_connects(&node.url(""), None) {
+        assert!(connected, "check_prometheus_connection() is false");
     }
 }
 
@@ -563,6 +571,14 @@ fn pages_work_behind_basic_auth() {
         let (code, _) = common::get(&node.url(path));
         assert_eq!(code, 401, "{path} without a password");
     }
+    if let Some(connected) = python_client_connects(&node.url(""), None) {
+        assert!(
+            !connected,
+            "check_prometheus_connection() without the password"
+        );
+        let with_password = python_client_connects(&node.url(""), Some(("alice", "wonderland")));
+        assert_eq!(with_password, Some(true), "with the password");
+    }
     if !tool_available(CHROMIUM, INSTALL_SCRIPT) {
         return;
     }
@@ -578,6 +594,53 @@ fn pages_work_behind_basic_auth() {
         vec![("{}".to_string(), "42".to_string())],
         "{dom}"
     );
+}
+
+/// prometheus-api-client's `check_prometheus_connection()` on `url` (with basic auth
+/// when given), or None when the client could not be installed (the test is then skipped
+/// with a message, or failed under CI).
+fn python_client_connects(url: &str, auth: Option<(&str, &str)>) -> Option<bool> {
+    static PYTHON: std::sync::OnceLock<Option<PathBuf>> = std::sync::OnceLock::new();
+    // Installed once per test binary: the tests run in parallel and share the venv.
+    let python = PYTHON.get_or_init(|| {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let output = Command::new("bash")
+            .arg(root.join(PYTHON_CLIENT_SCRIPT))
+            .stderr(Stdio::inherit())
+            .output()
+            .ok()?;
+        let path = String::from_utf8_lossy(&output.stdout).trim().to_string();
+        (output.status.success() && !path.is_empty()).then(|| root.join(path))
+    });
+    let name = python
+        .as_ref()
+        .map_or("prometheus-api-client".to_string(), |p| {
+            p.display().to_string()
+        });
+    if !tool_available(&name, PYTHON_CLIENT_SCRIPT) {
+        return None;
+    }
+    let check = "import sys\n\
+        from prometheus_api_client import PrometheusConnect\n\
+        auth = (sys.argv[2], sys.argv[3]) if len(sys.argv) > 3 else None\n\
+        print(PrometheusConnect(url=sys.argv[1], auth=auth).check_prometheus_connection())\n";
+    let mut command = Command::new(&name);
+    command.args(["-c", check, url]);
+    if let Some((user, password)) = auth {
+        command.args([user, password]);
+    }
+    let output = command.output().expect("run python");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "python failed: {stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    match stdout.trim() {
+        "True" => Some(true),
+        "False" => Some(false),
+        other => panic!("check_prometheus_connection() printed {other:?}"),
+    }
 }
 
 /// Status of `/-/ready` with alice's password, None while the node does not answer.
