@@ -27,7 +27,7 @@ const APP_CSS: &str = include_str!("../../ui/app.css");
 /// Scripts, styles, images and fetches from this origin only; no inline script or
 /// style, no framing, no plugins, forms and `<base>` to this origin only.
 const CONTENT_SECURITY_POLICY: &str = "default-src 'self'; script-src 'self'; \
-     style-src 'self'; img-src 'self' data:; connect-src 'self'; object-src 'none'; \
+     style-src 'self'; img-src 'self'; connect-src 'self'; object-src 'none'; \
      base-uri 'self'; form-action 'self'; frame-ancestors 'none'";
 
 /// The pages of the UI: path, the name `app.js` draws it by, and the title.
