@@ -233,6 +233,7 @@ fn root_redirects_to_the_graph_page_and_assets_are_served() {
 
     for (path, content_type) in [
         ("/graph", "text/html; charset=utf-8"),
+        ("/query", "text/html; charset=utf-8"),
         ("/cluster", "text/html; charset=utf-8"),
         ("/tsdb-status", "text/html; charset=utf-8"),
         ("/static/app.js", "text/javascript; charset=utf-8"),
@@ -582,10 +583,11 @@ fn pages_work_behind_basic_auth() {
     if !tool_available(CHROMIUM, INSTALL_SCRIPT) {
         return;
     }
+    // Prometheus 3.x's path and tab name.
     let url = format!(
-        "http://alice:wonderland@{}/graph?{}",
+        "http://alice:wonderland@{}/query?{}",
         node.http_addr,
-        query_string(&[("g0.expr", "vector(42)"), ("g0.tab", "1")])
+        query_string(&[("g0.expr", "vector(42)"), ("g0.tab", "table")])
     );
     let dom = load_page(&url, "basic-auth");
     assert!(!dom.contains(ERROR_ALERT), "{dom}");

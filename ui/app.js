@@ -172,13 +172,15 @@
   const GRAPH_TAB = '0';
   const TABLE_TAB = '1';
 
-  // The first panel's options from Prometheus's URL parameters (g0.*). Prometheus's
-  // default tab is the table; g0.tab=0 is the graph.
+  // The first panel's options from Prometheus's URL parameters (g0.*). Prometheus 2.x's
+  // default tab is the table and g0.tab=0 the graph; Prometheus 3.x writes "graph" and
+  // "table".
   function panelFromUrl() {
     const p = new URLSearchParams(window.location.search);
+    const tab = p.get('g0.tab');
     return {
       expr: p.get('g0.expr') || '',
-      tab: p.get('g0.tab') === GRAPH_TAB ? GRAPH_TAB : TABLE_TAB,
+      tab: tab === GRAPH_TAB || tab === 'graph' ? GRAPH_TAB : TABLE_TAB,
       range: p.get('g0.range_input') || '1h',
       end: p.get('g0.end_input') || '',
       moment: p.get('g0.moment_input') || '',

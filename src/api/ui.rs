@@ -1,6 +1,6 @@
-//! The built-in web UI, in the look of Prometheus's own: the PromQL page (`/graph`: query
-//! box, Table and Graph tabs, a query in the URL with Prometheus's `g0.*` parameters runs
-//! on load), the cluster page (`/cluster`, from `/api/v1/status/cluster`) and the
+//! The built-in web UI, in the look of Prometheus's own: the PromQL page (`/graph`, and
+//! `/query` as in Prometheus 3.x: query box, Table and Graph tabs, a query in the URL
+//! with Prometheus's `g0.*` parameters runs on load), the cluster page (`/cluster`, from `/api/v1/status/cluster`) and the
 //! cardinality page (`/tsdb-status`, from `/api/v1/status/tsdb`). `GET /` redirects to
 //! `/graph` keeping its query string, so that `/?g0.expr=...` links open a graph and
 //! clients that probe the root (prometheus-api-client) find a 200 page.
@@ -30,9 +30,11 @@ const CONTENT_SECURITY_POLICY: &str = "default-src 'self'; script-src 'self'; \
      style-src 'self'; img-src 'self'; connect-src 'self'; object-src 'none'; \
      base-uri 'self'; form-action 'self'; frame-ancestors 'none'";
 
-/// The pages of the UI: path, the name `app.js` draws it by, and the title.
-const PAGES: [(&str, &str, &str); 3] = [
+/// The pages of the UI: path, the name `app.js` draws it by, and the title. `/query` is
+/// Prometheus 3.x's path of the PromQL page, for its links.
+const PAGES: [(&str, &str, &str); 4] = [
     ("/graph", "graph", "Query"),
+    ("/query", "graph", "Query"),
     ("/cluster", "cluster", "Cluster"),
     ("/tsdb-status", "tsdb-status", "Cardinality"),
 ];
