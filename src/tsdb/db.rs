@@ -15,6 +15,7 @@ use std::time::Instant;
 
 use super::block::{Block, BlockWriter};
 use super::compact;
+use super::digest::{self, DigestCache, DigestReport};
 use super::head::{encode_chunks, lock, AppendLimits, Appended, Head, MemSeries};
 use super::index::{PostingsSource, SeriesRef};
 use super::metrics::TsdbMetrics;
@@ -23,7 +24,7 @@ use super::querier::Querier;
 use super::retention::{self, BlockExtent};
 use super::wal::{self, Record, SamplesRecord, Wal};
 use super::{BlockInfo, TsdbOptions, TsdbStats};
-use crate::model::{Labels, Matcher, MetricMetadata, Series, METRIC_NAME};
+use crate::model::{conflict_winner, Labels, Matcher, MetricMetadata, Sample, Series, METRIC_NAME};
 use crate::storage::{AppendOutcome, RejectReason, SelectError, StorageError};
 
 /// Compaction levels (block duration x 1, 3, 9, 27, 81).
@@ -49,6 +50,8 @@ pub struct Db {
     /// Tells apart the staged samples of concurrent appends.
     next_ticket: AtomicU64,
     closed: AtomicBool,
+    /// Window digests of immutable blocks (anti-entropy).
+    digests: DigestCache,
 }
 
 fn read<T>(l: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
@@ -110,6 +113,7 @@ impl Db {
             commit_gate: RwLock::new(()),
             next_ticket: AtomicU64::new(0),
             closed: AtomicBool::new(false),
+            digests: DigestCache::default(),
         };
         if let Some(newest_valid) = db.opts.time_bounds.newest_valid(now) {
             db.remove_future_samples(newest_valid)?;
@@ -242,6 +246,192 @@ impl Db {
             }
         }
         Ok(tally.into_outcome())
+    }
+
+    /// Stores samples a replica has and this node lacks (repair, anti-entropy; ADR 0016),
+    /// including samples the head refuses as too old. Returns once every stored sample
+    /// is durable.
+    ///
+    /// Per series: samples beyond the wall-clock bounds (ADR 0009) or below retention
+    /// are refused as usual; samples this node already holds (same value, or a value
+    /// that wins the conflict rule over the offered one, ADR 0011) are counted as
+    /// appended and not written again; of the rest, those the head accepts (not below
+    /// its lower bound nor behind the series' out-of-order window) take the normal head
+    /// path (WAL), and the older ones are written as new blocks, fsynced before this
+    /// returns, one per aligned window of the largest compaction range. Such a block
+    /// overlaps blocks already there; compaction merges overlapping blocks first, with
+    /// the conflict rule, and reads merge them meanwhile.
+    pub fn backfill(&self, batch: &[Series]) -> Result<Backfilled, StorageError> {
+        self.check_open()?;
+        // No head cut or compaction between reading what is here and writing the rest.
+        let _serial = lock(&self.maintenance);
+        let now = self.opts.clock.now_ms();
+        let limits = self.head.limits(
+            self.opts.out_of_order_window_ms,
+            &self.opts.time_bounds,
+            now,
+        );
+        let retention_floor = (self.opts.retention_ms > 0)
+            .then(|| now.saturating_sub(self.opts.retention_ms))
+            .unwrap_or(i64::MIN);
+        let mut outcome = AppendOutcome::default();
+        let mut tally = Tally::default();
+        let mut to_head: Vec<Series> = Vec::new();
+        let mut to_blocks: Vec<Series> = Vec::new();
+        let mut new_series = 0u64;
+        for series in batch.iter().filter(|s| !s.samples.is_empty()) {
+            let mut offered: Vec<Sample> = Vec::with_capacity(series.samples.len());
+            for s in &series.samples {
+                if s.t > limits.max_valid_time {
+                    tally.reject(RejectReason::TooFarInFuture, &series.labels, s.t);
+                } else if s.t < retention_floor
+                    || self
+                        .opts
+                        .time_bounds
+                        .oldest_valid(now)
+                        .is_some_and(|oldest| s.t < oldest)
+                {
+                    tally.reject(RejectReason::TooOld, &series.labels, s.t);
+                } else {
+                    offered.push(*s);
+                }
+            }
+            if offered.is_empty() {
+                continue;
+            }
+            offered.sort_by_key(|s| s.t);
+            offered.dedup_by(|later, earlier| {
+                if later.t == earlier.t {
+                    earlier.v = conflict_winner(earlier.v, later.v);
+                    true
+                } else {
+                    false
+                }
+            });
+            let first = offered[0].t;
+            let held = self.held_samples(&series.labels, first)?;
+            let missing = samples_missing(&held, &offered);
+            tally.appended += (offered.len() - missing.len()) as u64;
+            if missing.is_empty() {
+                continue;
+            }
+            new_series += 1;
+            // What the head would take: not below its bound, not behind the series'
+            // out-of-order window (measured like the head does, ADR 0009).
+            let newest_held = held.last().map_or(i64::MIN, |s| s.t);
+            let head_floor = limits.min_valid_time.max(
+                newest_held
+                    .min(now)
+                    .saturating_sub(self.opts.out_of_order_window_ms),
+            );
+            let (old, recent): (Vec<Sample>, Vec<Sample>) =
+                missing.into_iter().partition(|s| s.t < head_floor);
+            if !recent.is_empty() {
+                to_head.push(Series {
+                    labels: series.labels.clone(),
+                    samples: recent,
+                });
+            }
+            if !old.is_empty() {
+                to_blocks.push(Series {
+                    labels: series.labels.clone(),
+                    samples: old,
+                });
+            }
+        }
+        let block_samples: u64 = to_blocks.iter().map(|s| s.samples.len() as u64).sum();
+        self.write_backfill_blocks(to_blocks)?;
+        tally.appended += block_samples;
+        self.metrics.samples_backfilled.inc_by(block_samples);
+        self.metrics.samples_appended.inc_by(block_samples);
+        for (i, &n) in tally.rejected.iter().enumerate() {
+            if n > 0 {
+                self.metrics.rejected(RejectReason::ALL[i], n);
+            }
+        }
+        outcome.merge(tally.into_outcome());
+        let mut new_samples = block_samples;
+        if !to_head.is_empty() {
+            let offered: u64 = to_head.iter().map(|s| s.samples.len() as u64).sum();
+            let head = self.append(&to_head)?;
+            // A conflict the offered value wins is stored, though answered as a conflict.
+            let refused: u64 = head
+                .rejected
+                .iter()
+                .filter(|(r, _)| *r != RejectReason::DuplicateTimestamp)
+                .map(|(_, n)| n)
+                .sum();
+            new_samples += offered.saturating_sub(refused);
+            outcome.merge(head);
+        }
+        Ok(Backfilled {
+            outcome,
+            new_samples,
+            new_series,
+        })
+    }
+
+    /// The samples this node holds for exactly `labels` from `from` on (head and blocks,
+    /// merged).
+    fn held_samples(&self, labels: &Labels, from: i64) -> Result<Vec<Sample>, StorageError> {
+        let matchers: Vec<Matcher> = labels
+            .iter()
+            .map(|l| Matcher::equal(&l.name, &l.value))
+            .collect();
+        let found = self
+            .select(&matchers, from, i64::MAX, 0)
+            .map_err(|e| match e {
+                SelectError::Storage(e) => e,
+                SelectError::TooManySamples => StorageError::Other("too many samples".into()),
+            })?;
+        // Equality matchers also match series with more labels: keep the exact one.
+        Ok(found
+            .into_iter()
+            .find(|s| &s.labels == labels)
+            .map(|s| s.samples)
+            .unwrap_or_default())
+    }
+
+    /// Writes backfilled series as new level-1 blocks, one per aligned window of the
+    /// largest compaction range (so compaction sees them like any other block), each
+    /// fsynced and renamed into place before it becomes visible.
+    fn write_backfill_blocks(&self, series: Vec<Series>) -> Result<(), StorageError> {
+        if series.is_empty() {
+            return Ok(());
+        }
+        let range = *compact::ranges(
+            self.opts.block_duration_ms,
+            self.opts.retention_ms,
+            COMPACTION_LEVELS,
+        )
+        .last()
+        .unwrap_or(&self.opts.block_duration_ms.max(1));
+        let mut windows: BTreeMap<i64, BTreeMap<Labels, Vec<Sample>>> = BTreeMap::new();
+        for s in series {
+            for sample in s.samples {
+                windows
+                    .entry(sample.t.div_euclid(range))
+                    .or_default()
+                    .entry(s.labels.clone())
+                    .or_default()
+                    .push(sample);
+            }
+        }
+        let mut opened = Vec::new();
+        for (_, by_labels) in windows {
+            let mut writer = BlockWriter::new(&self.opts.dir)?;
+            for (labels, samples) in by_labels {
+                writer.add_series(labels, &encode_chunks(&samples))?;
+            }
+            if let Some(meta) = writer.finish(1, Vec::new())? {
+                opened.push(Arc::new(Block::open(&self.opts.dir.join(&meta.ulid))?));
+            }
+        }
+        let mut blocks = write(&self.blocks);
+        blocks.extend(opened);
+        blocks.sort_by_key(|b| b.meta.min_time);
+        self.metrics.blocks_loaded.set(blocks.len() as i64);
+        Ok(())
     }
 
     /// Stages the samples of one series under `ticket`; returns the series when it
@@ -455,6 +645,19 @@ impl Db {
         maxt: i64,
     ) -> Result<Vec<String>, StorageError> {
         self.with_querier(|q| q.label_values(name, matchers, mint, maxt))
+    }
+
+    /// Window digests of the series `include` accepts over samples at or before `upto`
+    /// (anti-entropy; see `digest`).
+    pub fn series_digests(
+        &self,
+        window_ms: i64,
+        upto: i64,
+        include: &mut dyn FnMut(&Labels) -> bool,
+    ) -> Result<DigestReport, StorageError> {
+        self.check_open()?;
+        let blocks = read(&self.blocks).clone();
+        digest::compute(&blocks, &self.head, &self.digests, window_ms, upto, include)
     }
 
     // ---- maintenance ----
@@ -778,6 +981,17 @@ impl Db {
     }
 }
 
+/// What a backfill did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Backfilled {
+    /// As an append answers: samples already held count as appended.
+    pub outcome: AppendOutcome,
+    /// Samples this node did not hold and stored now.
+    pub new_samples: u64,
+    /// Series that received such samples.
+    pub new_series: u64,
+}
+
 /// Largest first (ties by name), at most `limit` entries.
 fn top(mut items: Vec<(String, u64)>, limit: usize) -> Vec<(String, u64)> {
     items.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
@@ -924,4 +1138,27 @@ fn link_dir(src: &Path, dst: &Path) -> Result<(), StorageError> {
     }
     wal::fsync_dir(dst)?;
     Ok(())
+}
+
+/// Of `offered` (sorted, one sample per timestamp), the samples `held` (sorted) lacks:
+/// timestamps it has no sample at, and those where the offered value wins the conflict
+/// rule over the held one (ADR 0011), so a repair converges on the value every replica
+/// keeps.
+pub(crate) fn samples_missing(held: &[Sample], offered: &[Sample]) -> Vec<Sample> {
+    let mut out = Vec::new();
+    let mut i = 0;
+    for s in offered {
+        while i < held.len() && held[i].t < s.t {
+            i += 1;
+        }
+        match held.get(i) {
+            Some(h) if h.t == s.t => {
+                if conflict_winner(h.v, s.v).to_bits() != h.v.to_bits() {
+                    out.push(*s);
+                }
+            }
+            _ => out.push(*s),
+        }
+    }
+    out
 }

@@ -40,6 +40,8 @@ pub struct TsdbMetrics {
     pub retention_deletions: Counter,
     pub head_cuts: Counter,
     pub future_samples_removed: Counter,
+    /// Samples stored by backfill as new blocks (too old for the head).
+    pub samples_backfilled: Counter,
 }
 
 impl Default for TsdbMetrics {
@@ -71,6 +73,7 @@ impl Default for TsdbMetrics {
             retention_deletions: Counter::default(),
             head_cuts: Counter::default(),
             future_samples_removed: Counter::default(),
+            samples_backfilled: Counter::default(),
         }
     }
 }
@@ -168,6 +171,11 @@ impl TsdbMetrics {
             "timbala_tsdb_future_samples_removed",
             "Samples beyond the future limit moved to the quarantine at start-up",
             m.future_samples_removed.clone(),
+        );
+        r.register(
+            "timbala_tsdb_samples_backfilled",
+            "Samples a repair stored as new blocks because the head refuses them as too old",
+            m.samples_backfilled.clone(),
         );
         m
     }

@@ -4,7 +4,8 @@
 //! chunks, byte-compatible with Prometheus), `index` (postings and matcher evaluation),
 //! `head` (in-memory series, label interning, open chunks), `series_hash` (the head's
 //! in-memory label-set hash), `wal` (segments, checksums,
-//! checkpoints, replay), `block` (immutable on-disk blocks), `compact` (merging blocks),
+//! checkpoints, replay), `block` (immutable on-disk blocks), `compact` (merging blocks), `digest` (per-window digests
+//! of stored samples for comparing replicas, cached per block),
 //! `retention` (time and size limits), `tombstones` (deletions), `querier` (reads across
 //! head and blocks), `quarantine` (samples removed at start-up for lying beyond the future
 //! limit), `metrics` (self-metrics), `db` (the database tying them together).
@@ -21,6 +22,7 @@ pub mod block;
 pub mod chunk;
 pub mod compact;
 mod db;
+pub mod digest;
 pub mod head;
 pub mod index;
 mod metrics;
@@ -42,6 +44,7 @@ use crate::storage::{
     StorageError, TimeBounds,
 };
 
+pub use db::Backfilled;
 pub use metrics::TsdbMetrics;
 
 /// Settings of one TSDB. `Default` gives the server defaults.
@@ -148,6 +151,24 @@ impl Tsdb {
             .name("tsdb-maintenance".into())
             .spawn(move || run_maintenance(weak, stopped, interval))?;
         Ok(Tsdb { inner })
+    }
+
+    /// Stores samples a replica has and this node lacks, old ones included (as new
+    /// blocks when the head refuses them as too old). See `db::Db::backfill`.
+    pub async fn backfill(&self, batch: Vec<Series>) -> Result<Backfilled, StorageError> {
+        self.blocking(move |db| db.backfill(&batch)).await?
+    }
+
+    /// Window digests of the series `include` accepts, over samples at or before
+    /// `upto`; immutable blocks' digests are cached (see `digest`).
+    pub async fn series_digests(
+        &self,
+        window_ms: i64,
+        upto: i64,
+        mut include: Box<dyn FnMut(&Labels) -> bool + Send>,
+    ) -> Result<digest::DigestReport, StorageError> {
+        self.blocking(move |db| db.series_digests(window_ms, upto, &mut *include))
+            .await?
     }
 
     /// Deletes samples of matching series within `[mint, maxt]` (tombstones; durable).
@@ -298,5 +319,7 @@ impl Storage for Tsdb {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_backfill;
 #[cfg(test)]
 mod tests_time_bounds;
