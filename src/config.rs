@@ -13,6 +13,7 @@ use clap::Parser;
 use crate::cluster::membership::MembershipConfig;
 use crate::fanout::FanoutOptions;
 use crate::promql::EngineOptions;
+use crate::replication::antientropy::AntiEntropyConfig;
 use crate::replication::hint_window::HintLimits;
 use crate::replication::rereplicate::RepairConfig;
 use crate::storage::{Clock, TimeBounds, CLOCK_SKEW_ALLOWANCE_MS};
@@ -136,6 +137,10 @@ pub struct Config {
     /// 0: no hints at all.
     #[arg(long, env = "TIMBALA_HINT_MAX_BYTES_PER_TARGET", default_value = "1GiB", value_parser = parse_bytes)]
     pub hint_max_bytes_per_target: u64,
+    /// How often this node compares the series it owns with their other owners and
+    /// pulls what it lacks (anti-entropy; 0s: off). A first pass runs soon after start.
+    #[arg(long, env = "TIMBALA_ANTI_ENTROPY_INTERVAL", default_value = "5m", value_parser = parse_duration)]
+    pub anti_entropy_interval: Duration,
 
     /// How far back an instant selector looks for a sample.
     #[arg(long, env = "TIMBALA_QUERY_LOOKBACK_DELTA", default_value = "5m", value_parser = parse_duration)]
@@ -320,6 +325,23 @@ impl Config {
         }
     }
 
+    /// Anti-entropy settings of this node (ADR 0016).
+    pub fn anti_entropy_config(&self) -> AntiEntropyConfig {
+        AntiEntropyConfig {
+            interval: self.anti_entropy_interval,
+            // Soon after start (a node rebuilt from its replicas starts pulling at once),
+            // but after gossip has shown it the other members.
+            first_delay: self.anti_entropy_interval.min(match self.gossip_profile {
+                GossipProfile::Lan => Duration::from_secs(15),
+                GossipProfile::Fast => Duration::from_secs(3),
+            }),
+            // Windows of at least an hour: few cells for long retention, and every block
+            // (cut at the block duration) lies within one window.
+            window_ms: millis(self.block_duration).max(3_600_000),
+            rate_limit_bytes: self.repair_rate_limit,
+        }
+    }
+
     /// Settings of the web layer (TLS, authentication, peer TLS).
     pub fn web_options(&self) -> WebOptions {
         WebOptions {
@@ -389,6 +411,7 @@ impl Config {
                 "hint-max-bytes-per-target",
                 self.hint_max_bytes_per_target.to_string(),
             ),
+            ("anti-entropy-interval", d(self.anti_entropy_interval)),
             ("web-config-file", path(&self.web_config_file)),
             (
                 "web-config-reload-interval",

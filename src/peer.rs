@@ -34,6 +34,13 @@ use crate::model::{MatchOp, Matcher};
 use crate::storage::LabelRequest;
 
 pub const WRITE_PATH: &str = "/internal/v1/write";
+/// A repair write: stored like `WRITE_PATH`, but samples too old for the head are
+/// backfilled as blocks (ADR 0016).
+pub const BACKFILL_PATH: &str = "/internal/v1/backfill";
+/// Anti-entropy digests of the series two nodes both own (ADR 0016).
+pub const DIGESTS_PATH: &str = "/internal/v1/anti-entropy/digests";
+/// Anti-entropy pull: this node's samples of named series in time ranges.
+pub const PULL_PATH: &str = "/internal/v1/anti-entropy/pull";
 pub const READ_LOCAL_PATH: &str = "/internal/v1/read-local";
 pub const SERIES_PATH: &str = "/internal/v1/series";
 pub const LABELS_PATH: &str = "/internal/v1/labels";

@@ -22,6 +22,7 @@ use crate::dirlock::DirLock;
 use crate::fanout::{FanoutMetrics, FanoutStorage, Split};
 use crate::peer::{PeerClient, PeerMetrics};
 use crate::promql::Engine;
+use crate::replication::antientropy::{AntiEntropy, AntiEntropyMetrics, AntiEntropyProgress};
 use crate::replication::handoff::Handoff;
 use crate::replication::hints::{HandoffMetrics, HintStore};
 use crate::replication::rereplicate::{RepairMetrics, RepairProgress, Repairer};
@@ -45,6 +46,7 @@ pub async fn run(config: Config) -> Result<(), String> {
     let handoff_metrics = HandoffMetrics::register(&mut registry);
     let fanout_metrics = FanoutMetrics::register(&mut registry);
     let repair_metrics = RepairMetrics::register(&mut registry);
+    let anti_entropy_metrics = AntiEntropyMetrics::register(&mut registry);
     let web_security = WebSecurity::load(config.web_options(), &mut registry)
         .map_err(|e| format!("--web-config-file: {e}"))?;
 
@@ -127,9 +129,19 @@ pub async fn run(config: Config) -> Result<(), String> {
         config: config.repair_config(),
         local: Arc::new(tsdb.clone()),
         membership: membership.clone(),
-        client,
+        client: client.clone(),
         metrics: repair_metrics,
         progress: repair.clone(),
+    }
+    .spawn();
+    let anti_entropy = Arc::new(AntiEntropyProgress::default());
+    let anti_entropy_task = AntiEntropy {
+        config: config.anti_entropy_config(),
+        tsdb: tsdb.clone(),
+        membership: membership.clone(),
+        client,
+        metrics: anti_entropy_metrics.clone(),
+        progress: anti_entropy.clone(),
     }
     .spawn();
     state.set_ready(NodeServices {
@@ -142,6 +154,8 @@ pub async fn run(config: Config) -> Result<(), String> {
             membership: membership.clone(),
             hints,
             repair,
+            anti_entropy,
+            anti_entropy_metrics,
         },
     });
     tracing::info!(dir = %config.data_directory.display(), "storage open; node ready");
@@ -154,6 +168,9 @@ pub async fn run(config: Config) -> Result<(), String> {
     }
     handoff_task.abort();
     repair_task.abort();
+    if let Some(task) = anti_entropy_task {
+        task.abort();
+    }
     if let Some(task) = reload_task {
         task.abort();
     }

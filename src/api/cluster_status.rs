@@ -17,6 +17,7 @@ use serde::Serialize;
 
 use super::{success, ApiError, AppState};
 use crate::cluster::ring::Ring;
+use crate::replication::antientropy::AntiEntropyStatus;
 use crate::replication::hint_window::Limit;
 use crate::replication::hints::now_ms;
 use crate::replication::rereplicate::RepairStatus;
@@ -41,6 +42,8 @@ struct ClusterStatus {
     hint_limits: HintLimitsStatus,
     /// This node's re-replication: series and bytes to go, done, rate, time left.
     repair: RepairStatus,
+    /// This node's last anti-entropy pass (ADR 0016).
+    anti_entropy: AntiEntropyStatus,
 }
 
 #[derive(Serialize)]
@@ -143,6 +146,7 @@ async fn cluster_status(State(state): State<AppState>) -> Result<Response, ApiEr
             max_bytes_per_target: limits.max_bytes_per_target,
         },
         repair: cluster.repair.status(&view.ring),
+        anti_entropy: cluster.anti_entropy.status(),
     };
     Ok(success(body, &[], &[]))
 }

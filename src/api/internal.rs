@@ -3,6 +3,10 @@
 //!
 //! Owns: `POST /internal/v1/write` (an already-routed batch: stored in the local TSDB,
 //! never forwarded again; answers the append outcome as JSON), `POST
+//! /internal/v1/backfill` (the same for repairs: `Tsdb::backfill`, which also stores
+//! samples too old for the head, ADR 0016), `POST /internal/v1/anti-entropy/{digests,
+//! pull}` (JSON requests answered by `replication::antientropy`: digests of the series
+//! both nodes own, and samples as a snappy remote-write body), `POST
 //! /internal/v1/read-local` (remote read of this node's data only, SAMPLES answers), and
 //! `POST /internal/v1/{series,labels,label-values}` (JSON, `peer::WireLabelRequest`).
 //! Every read answer carries `X-Timbala-Hints-Pending`: the hinted batches this node
@@ -29,12 +33,16 @@ use crate::cluster::keys::{CredentialError, CLUSTER_AUTH_HEADER};
 use crate::fanout::labels_to_pairs;
 use crate::ingest::{self, DecodeLimits};
 use crate::peer::{self, WireLabelRequest};
+use crate::replication::antientropy::{self, AntiEntropyError};
 use crate::replication::WireOutcome;
 use crate::storage::{LabelRequest, Storage};
 
 pub fn routes() -> Router<AppState> {
     Router::new()
         .route(peer::WRITE_PATH, post(internal_write))
+        .route(peer::BACKFILL_PATH, post(internal_backfill))
+        .route(peer::DIGESTS_PATH, post(internal_anti_entropy_digests))
+        .route(peer::PULL_PATH, post(internal_anti_entropy_pull))
         .route(peer::READ_LOCAL_PATH, post(internal_read_local))
         .route(peer::SERIES_PATH, post(internal_series))
         .route(peer::LABELS_PATH, post(internal_labels))
@@ -143,7 +151,30 @@ async fn read_body(body: Body, limit: usize) -> Result<Bytes, Response> {
         .map_err(|e| error(StatusCode::BAD_REQUEST, format!("reading body: {e}")))
 }
 
-async fn internal_write(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Response {
+/// How an internal write is stored.
+#[derive(Clone, Copy)]
+enum WriteMode {
+    /// The head's rules (replication, hint replay).
+    Head,
+    /// Repair: samples already held are skipped, those too old for the head become
+    /// blocks (`Tsdb::backfill`, ADR 0016).
+    Backfill,
+}
+
+async fn internal_write(state: State<AppState>, headers: HeaderMap, body: Body) -> Response {
+    stored_write(state, headers, body, WriteMode::Head).await
+}
+
+async fn internal_backfill(state: State<AppState>, headers: HeaderMap, body: Body) -> Response {
+    stored_write(state, headers, body, WriteMode::Backfill).await
+}
+
+async fn stored_write(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Body,
+    mode: WriteMode,
+) -> Response {
     let span = tracing::info_span!("internal_write", trace_id = %trace_id(&headers));
     async move {
         if !headers.contains_key(peer::ROUTED_HEADER) {
@@ -176,7 +207,11 @@ async fn internal_write(State(state): State<AppState>, headers: HeaderMap, body:
             Ok(Err(e)) => return error(StatusCode::BAD_REQUEST, e.to_string()),
             Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
         };
-        match tsdb.append(decoded.series).await {
+        let stored = match mode {
+            WriteMode::Head => tsdb.append(decoded.series).await,
+            WriteMode::Backfill => tsdb.backfill(decoded.series).await.map(|b| b.outcome),
+        };
+        match stored {
             Ok(outcome) => axum::Json(WireOutcome::from_outcome(&outcome)).into_response(),
             Err(e) => {
                 tracing::warn!(error = %e, "internal write: local storage failed");
@@ -256,5 +291,95 @@ async fn internal_label_values(
             .await
             .map_err(|e| e.to_string())
     })
+    .await
+}
+
+/// Largest anti-entropy request body (digest and pull requests are JSON lists bounded
+/// by `antientropy`'s limits; this bounds the bytes read before parsing).
+const MAX_ANTI_ENTROPY_BODY: usize = 16 << 20;
+
+fn anti_entropy_error(e: AntiEntropyError) -> Response {
+    match e {
+        AntiEntropyError::BadRequest(m) => ApiError::bad_data(m).into_response(),
+        AntiEntropyError::Storage(e) => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+    }
+}
+
+/// Reads and parses an anti-entropy request, refusing bad input with 400.
+async fn anti_entropy_request<T: serde::de::DeserializeOwned>(
+    body: Body,
+) -> Result<(T, usize), Response> {
+    let body = read_body(body, MAX_ANTI_ENTROPY_BODY).await?;
+    serde_json::from_slice(&body)
+        .map(|request| (request, body.len()))
+        .map_err(|e| ApiError::bad_data(format!("bad anti-entropy request: {e}")).into_response())
+}
+
+async fn internal_anti_entropy_digests(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let span = tracing::info_span!("anti_entropy_digests", trace_id = %trace_id(&headers));
+    async move {
+        let services = match state.services() {
+            Ok(services) => services,
+            Err(e) => return error(e.status, e.message),
+        };
+        let (request, request_bytes) = match anti_entropy_request(body).await {
+            Ok(r) => r,
+            Err(r) => return r,
+        };
+        let view = services.cluster.membership.view();
+        let metrics = &services.cluster.anti_entropy_metrics;
+        match antientropy::answer_digests(&services.tsdb, &view, request, metrics).await {
+            Ok(answer) => match serde_json::to_vec(&answer) {
+                Ok(bytes) => {
+                    metrics.answered(request_bytes, bytes.len());
+                    ([("content-type", "application/json")], bytes).into_response()
+                }
+                Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+            },
+            Err(e) => anti_entropy_error(e),
+        }
+    }
+    .instrument(span)
+    .await
+}
+
+async fn internal_anti_entropy_pull(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let span = tracing::info_span!("anti_entropy_pull", trace_id = %trace_id(&headers));
+    async move {
+        let services = match state.services() {
+            Ok(services) => services,
+            Err(e) => return error(e.status, e.message),
+        };
+        let (request, request_bytes) = match anti_entropy_request(body).await {
+            Ok(r) => r,
+            Err(r) => return r,
+        };
+        match antientropy::answer_pull(&services.tsdb, request).await {
+            Ok(bytes) => {
+                services
+                    .cluster
+                    .anti_entropy_metrics
+                    .answered(request_bytes, bytes.len());
+                (
+                    [
+                        ("content-type", "application/x-protobuf"),
+                        ("content-encoding", "snappy"),
+                    ],
+                    bytes,
+                )
+                    .into_response()
+            }
+            Err(e) => anti_entropy_error(e),
+        }
+    }
+    .instrument(span)
     .await
 }

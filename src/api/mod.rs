@@ -35,6 +35,7 @@ use crate::cluster::keys::ClusterKeys;
 use crate::cluster::membership::MembershipHandle;
 use crate::ingest::IngestMetrics;
 use crate::promql::Engine;
+use crate::replication::antientropy::{AntiEntropyMetrics, AntiEntropyProgress};
 use crate::replication::hints::HintStore;
 use crate::replication::rereplicate::RepairProgress;
 use crate::storage::{Storage, TimeBounds};
@@ -56,6 +57,9 @@ pub struct ClusterServices {
     pub hints: Arc<HintStore>,
     /// Re-replication progress of this node.
     pub repair: Arc<RepairProgress>,
+    /// Anti-entropy: the last pass, and the metrics the answering side counts in.
+    pub anti_entropy: Arc<AntiEntropyProgress>,
+    pub anti_entropy_metrics: AntiEntropyMetrics,
 }
 
 /// Static facts about this process for the status endpoints.

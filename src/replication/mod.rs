@@ -6,8 +6,10 @@
 //! handoff (`hints`: a durable queue per owner that was down or failed, bounded per
 //! target by `hint_window`'s window and disk cap; `handoff`: the task that replays it
 //! when gossip shows the owner alive, and re-routes the hints of a removed owner to the
-//! series' new owners), and re-replication (`rereplicate`: after a ring change, copying
-//! series to the owners they gained). The acknowledgement rule is ADR 0006 as amended by
+//! series' new owners), re-replication (`rereplicate`: after a ring change, copying
+//! series to the owners they gained), and anti-entropy (`antientropy`: comparing digests
+//! with the other owners on a schedule and pulling what this node lacks; ADR 0016). The
+//! acknowledgement rule is ADR 0006 as amended by
 //! ADR 0017: a batch is acknowledged once every series has a durable copy, or a durable
 //! hint, for each of its owners; an owner whose hint window or cap is exceeded gets no
 //! hint, and a series with such an owner is acknowledged only when a majority of its
@@ -20,6 +22,7 @@
 //! hint being re-routed) and the local `storage::Storage`. Reads are not its business:
 //! they pass through to the local store.
 
+pub mod antientropy;
 pub mod handoff;
 pub mod hint_window;
 pub mod hints;
@@ -279,6 +282,19 @@ pub async fn forward(
     body: Vec<u8>,
     samples: u64,
 ) -> Result<AppendOutcome, peer::PeerError> {
+    send_write(client, http_addr, peer::WRITE_PATH, "write", body, samples).await
+}
+
+/// Sends an internal write to `path`: the ordinary write, or the repair write
+/// (`peer::BACKFILL_PATH`) that also stores samples too old for the receiver's head.
+pub async fn send_write(
+    client: &PeerClient,
+    http_addr: &str,
+    path: &str,
+    op: &'static str,
+    body: Vec<u8>,
+    samples: u64,
+) -> Result<AppendOutcome, peer::PeerError> {
     let trace_id = peer::current_trace_id();
     let headers = [
         ("content-type", "application/x-protobuf"),
@@ -287,16 +303,9 @@ pub async fn forward(
         (peer::TRACE_HEADER, trace_id.as_str()),
     ];
     let response = client
-        .post(
-            http_addr,
-            peer::WRITE_PATH,
-            "write",
-            &headers,
-            body,
-            FORWARD_TIMEOUT,
-        )
+        .post(http_addr, path, op, &headers, body, FORWARD_TIMEOUT)
         .await?;
-    client.metrics().add_samples(http_addr, "write", samples);
+    client.metrics().add_samples(http_addr, op, samples);
     if response.status >= 400 {
         tracing::error!(
             peer = http_addr, status = response.status, trace_id = %trace_id,

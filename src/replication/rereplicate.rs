@@ -4,7 +4,8 @@
 //! Owns: the background task that compares the ring this node last finished repairing
 //! for (the *base*, kept in `<data>/repair.json`) with the current ring; for each local
 //! series whose owner set changed it sends the series, read whole from blocks and head,
-//! to every new owner over the internal write, when this node is the series' *sender*:
+//! to every new owner over the internal repair write (`/internal/v1/backfill`, which also
+//! stores samples too old for the receiver's head, ADR 0016), when this node is the series' *sender*:
 //! the first of the old owners, in replica order, that is still in the ring and alive in
 //! this node's view (so each copy is sent once, not three times). It throttles to the
 //! configured bytes per second, retries a failed target with backoff, starts over when
@@ -451,7 +452,17 @@ impl Repairer {
                 return Err(Interrupted::RingChanged);
             };
             throttle.wait_for(body.len() as u64).await;
-            match super::forward(&self.client, &addr, body.clone(), samples).await {
+            // The repair write: samples older than the new owner's head are backfilled
+            // as blocks instead of refused (ADR 0016).
+            let sent = super::send_write(
+                &self.client,
+                &addr,
+                crate::peer::BACKFILL_PATH,
+                "backfill",
+                body.clone(),
+                samples,
+            );
+            match sent.await {
                 Ok(outcome) => {
                     let bytes = body.len() as u64;
                     self.metrics.bytes_sent.inc_by(bytes);
@@ -519,14 +530,14 @@ fn pieces(series: Vec<Series>) -> Vec<Vec<Series>> {
 
 /// Paces sends to a byte rate: before sending n bytes, sleeps until the bytes sent so
 /// far fit the rate since the start.
-struct Throttle {
+pub(crate) struct Throttle {
     bytes_per_second: u64,
     started: Instant,
     sent: AtomicU64,
 }
 
 impl Throttle {
-    fn new(bytes_per_second: u64) -> Throttle {
+    pub(crate) fn new(bytes_per_second: u64) -> Throttle {
         Throttle {
             bytes_per_second,
             started: Instant::now(),
@@ -534,7 +545,7 @@ impl Throttle {
         }
     }
 
-    async fn wait_for(&self, bytes: u64) {
+    pub(crate) async fn wait_for(&self, bytes: u64) {
         if self.bytes_per_second == 0 {
             return;
         }
