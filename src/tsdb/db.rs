@@ -256,8 +256,9 @@ impl Db {
     /// are refused as usual; samples this node already holds (same value, or a value
     /// that wins the conflict rule over the offered one, ADR 0011) are counted as
     /// appended and not written again; of the rest, those the head accepts (not below
-    /// its lower bound nor behind the series' out-of-order window) take the normal head
-    /// path (WAL), and the older ones are written as new blocks, fsynced before this
+    /// its lower bound, nor behind the series' out-of-order window, nor older than the
+    /// out-of-order window before the wall clock) take the normal head path (WAL), and
+    /// the older ones are written as new blocks, fsynced before this
     /// returns, one per aligned window of the largest compaction range. Such a block
     /// overlaps blocks already there; compaction merges overlapping blocks first, with
     /// the conflict rule, and reads merge them meanwhile.
@@ -317,13 +318,21 @@ impl Db {
             }
             new_series += 1;
             // What the head would take: not below its bound, not behind the series'
-            // out-of-order window (measured like the head does, ADR 0009).
+            // out-of-order window (measured like the head does, ADR 0009), and not older
+            // than the out-of-order window before the wall clock: that is where the next
+            // cut puts the head's bound, so older samples would only pass through the WAL
+            // and the head to be cut again (an empty head, as after a wiped data
+            // directory, would otherwise take years of a rebuild and cut them one block
+            // duration at a time, holding maintenance for all of it).
             let newest_held = held.last().map_or(i64::MIN, |s| s.t);
-            let head_floor = limits.min_valid_time.max(
-                newest_held
-                    .min(now)
-                    .saturating_sub(self.opts.out_of_order_window_ms),
-            );
+            let head_floor = limits
+                .min_valid_time
+                .max(
+                    newest_held
+                        .min(now)
+                        .saturating_sub(self.opts.out_of_order_window_ms),
+                )
+                .max(now.saturating_sub(self.opts.out_of_order_window_ms));
             let (old, recent): (Vec<Sample>, Vec<Sample>) =
                 missing.into_iter().partition(|s| s.t < head_floor);
             if !recent.is_empty() {
