@@ -451,8 +451,13 @@ fn internal_routes_refuse_requests_without_a_valid_cluster_credential() {
         }],
         accepted_response_types: vec![proto::ResponseType::Samples as i32],
     });
-    let routes: [(&str, &[u8]); 5] = [
+    let digest_body = br#"{"requester":"00000000000000000000000000000001","windowMs":3600000,"upto":0,"buckets":64,"level":{"level":"buckets"}}"#;
+    let pull_body = br#"{"ranges":[{"labels":[["__name__","forged"]],"mint":0,"maxt":1}]}"#;
+    let routes: [(&str, &[u8]); 8] = [
         ("/internal/v1/write", &write_body),
+        ("/internal/v1/backfill", &write_body),
+        ("/internal/v1/anti-entropy/digests", digest_body),
+        ("/internal/v1/anti-entropy/pull", pull_body),
         ("/internal/v1/read-local", &read_body),
         ("/internal/v1/series", label_body),
         ("/internal/v1/labels", label_body),

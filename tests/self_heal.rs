@@ -458,3 +458,161 @@ fn nodes_are_rebuilt_from_their_replicas_and_anti_entropy_repairs_lost_blocks() 
     let _ = replaced;
     drop(fresh.pop());
 }
+
+/// The repair endpoints on one node with a cluster key: a signed backfill stores samples
+/// far older than the head accepts (the ordinary internal write refuses them), and
+/// malformed or out-of-bounds anti-entropy requests are refused with Prometheus's 400
+/// error JSON, without storing or answering anything.
+#[test]
+fn repair_endpoints_backfill_old_samples_and_refuse_hostile_requests() {
+    use base64::Engine as _;
+    use timbala::cluster::keys::ClusterKeys;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let key = base64::engine::general_purpose::STANDARD.encode([7u8; 32]);
+    let key_file = dir.path().join("cluster.key");
+    std::fs::write(&key_file, format!("{key}\n")).expect("key file");
+    let keys = ClusterKeys::parse(&key).expect("key");
+    let node = Node::start(&[
+        "--cluster-key-file",
+        key_file.to_str().expect("path"),
+        "--block-duration",
+        "1m",
+    ]);
+    let signed_post = |path: &str, headers: &[(&str, &str)], body: &[u8]| {
+        let (name, value) = cluster_credential(&keys, path, body);
+        let mut all = headers.to_vec();
+        all.push((name.as_str(), value.as_str()));
+        post(&node.url(path), &all, body)
+    };
+    // Current samples first, so the head is cut and refuses anything 2 hours old.
+    let now = now_ms() / MINUTE * MINUTE;
+    let current: Vec<i64> = (0..5).map(|k| now - k * MINUTE).rev().collect();
+    write(&node, 0..3, &current);
+    wait_until("a head cut", Duration::from_secs(60), || {
+        metric(&node, "timbala_tsdb_head_cuts_total") > 0.0
+    });
+    let old: Vec<i64> = (0..30)
+        .map(|k| now - 120 * MINUTE - k * MINUTE)
+        .rev()
+        .collect();
+    let request = proto::WriteRequest {
+        timeseries: (0..3)
+            .map(|i| {
+                let samples: Vec<(i64, f64)> = old.iter().map(|&t| (t, i as f64)).collect();
+                ts(&[("__name__", METRIC), ("i", &i.to_string())], &samples)
+            })
+            .collect(),
+        metadata: vec![],
+    };
+    let body = proto::encode_snappy(&request);
+    let routed = [
+        ("X-Timbala-Routed", "1"),
+        ("Content-Type", "application/x-protobuf"),
+        ("Content-Encoding", "snappy"),
+    ];
+    let (code, answer) = signed_post("/internal/v1/write", &routed, &body);
+    assert_eq!(code, 200);
+    let outcome: serde_json::Value = serde_json::from_slice(&answer).expect("JSON");
+    assert_eq!(outcome["appended"], 0, "the head refuses: {outcome}");
+    let (code, answer) = signed_post("/internal/v1/backfill", &routed, &body);
+    assert_eq!(code, 200);
+    let outcome: serde_json::Value = serde_json::from_slice(&answer).expect("JSON");
+    assert_eq!(outcome["appended"], 90, "backfilled: {outcome}");
+    assert_eq!(outcome["rejected"], serde_json::json!([]));
+    let held = local_copies_as(&node, &keys);
+    assert_eq!(held.len(), 3);
+    assert!(held.values().all(|s| s.len() == 35), "{held:?}");
+    assert_eq!(metric(&node, "timbala_tsdb_samples_backfilled_total"), 90.0);
+    // A backfill that is not a remote-write body is refused.
+    let (code, _) = signed_post("/internal/v1/backfill", &routed, b"not snappy");
+    assert_eq!(code, 400);
+
+    let id = id_of(&node);
+    let hostile: Vec<(&str, String)> = vec![
+        ("/internal/v1/anti-entropy/digests", "{".into()),
+        ("/internal/v1/anti-entropy/digests", "[]".into()),
+        (
+            "/internal/v1/anti-entropy/digests",
+            format!(r#"{{"requester":"{id}","windowMs":1,"upto":0,"buckets":64,"level":{{"level":"buckets"}}}}"#),
+        ),
+        (
+            "/internal/v1/anti-entropy/digests",
+            format!(r#"{{"requester":"{id}","windowMs":3600000,"upto":0,"buckets":0,"level":{{"level":"buckets"}}}}"#),
+        ),
+        (
+            "/internal/v1/anti-entropy/digests",
+            r#"{"requester":"0000000000000000000000000000dead","windowMs":3600000,"upto":0,"buckets":64,"level":{"level":"buckets"}}"#.into(),
+        ),
+        (
+            "/internal/v1/anti-entropy/digests",
+            format!(r#"{{"requester":"{id}","windowMs":3600000,"upto":0,"buckets":64,"level":{{"level":"everything"}}}}"#),
+        ),
+        ("/internal/v1/anti-entropy/pull", r#"{"ranges":[{"labels":[],"mint":0,"maxt":1}]}"#.into()),
+        (
+            "/internal/v1/anti-entropy/pull",
+            r#"{"ranges":[{"labels":[["a","1"],["a","2"]],"mint":0,"maxt":1}]}"#.into(),
+        ),
+        (
+            "/internal/v1/anti-entropy/pull",
+            r#"{"ranges":[{"labels":[["a","1"]],"mint":5,"maxt":1}]}"#.into(),
+        ),
+        (
+            "/internal/v1/anti-entropy/pull",
+            format!(
+                r#"{{"ranges":[{}]}}"#,
+                vec![r#"{"labels":[["a","1"]],"mint":0,"maxt":1}"#; 1001].join(",")
+            ),
+        ),
+    ];
+    let json = [("Content-Type", "application/json")];
+    for (path, body) in &hostile {
+        let (code, answer) = signed_post(path, &json, body.as_bytes());
+        assert_eq!(
+            code,
+            400,
+            "{path} {body:.120}: {}",
+            String::from_utf8_lossy(&answer)
+        );
+        let error: serde_json::Value = serde_json::from_slice(&answer).expect("error JSON");
+        assert_eq!(error["errorType"], "bad_data", "{path} {body:.120}");
+    }
+    // A well-formed exchange answers: one node owns everything it holds.
+    let (code, answer) = signed_post(
+        "/internal/v1/anti-entropy/digests",
+        &json,
+        format!(r#"{{"requester":"{id}","windowMs":3600000,"upto":{now},"buckets":64,"level":{{"level":"buckets"}}}}"#).as_bytes(),
+    );
+    assert_eq!(code, 200);
+    let digests: serde_json::Value = serde_json::from_slice(&answer).expect("JSON");
+    let buckets = digests["buckets"].as_array().expect("buckets").len();
+    assert!((1..=3).contains(&buckets), "{digests}");
+    let (code, answer) = signed_post(
+        "/internal/v1/anti-entropy/pull",
+        &json,
+        format!(r#"{{"ranges":[{{"labels":[["__name__","{METRIC}"],["i","1"]],"mint":0,"maxt":{now}}}]}}"#).as_bytes(),
+    );
+    assert_eq!(code, 200);
+    let decoded = timbala::ingest::decode_write_request(
+        Some("application/x-protobuf"),
+        Some("snappy"),
+        &answer,
+        &timbala::ingest::DecodeLimits::for_body_limit(1 << 20),
+    )
+    .expect("a remote-write body");
+    assert_eq!(decoded.series.len(), 1);
+    assert_eq!(decoded.series[0].samples.len(), 35);
+}
+
+fn local_copies_as(node: &Node, keys: &timbala::cluster::keys::ClusterKeys) -> Copies {
+    read_samples_as(
+        node,
+        Some(keys),
+        LOCAL_READ,
+        vec![eq("__name__", METRIC)],
+        0,
+        i64::MAX / 2,
+    )
+    .expect("local read")
+    .into_iter()
+    .collect()
+}
