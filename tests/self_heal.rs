@@ -616,3 +616,80 @@ fn local_copies_as(node: &Node, keys: &timbala::cluster::keys::ClusterKeys) -> C
     .into_iter()
     .collect()
 }
+
+/// Bar 5, anti-entropy's half: a node down while writes for it were acknowledged with
+/// hints, and the hints gone before it returns (what a hint window or disk cap does;
+/// here the hint directories are deleted while their nodes are stopped). After it
+/// returns, anti-entropy alone completes its copy: its local-only reads hold every
+/// sample the other owners hold.
+#[test]
+fn a_node_whose_hints_were_given_up_gets_its_copy_from_anti_entropy() {
+    let flags = |_| MemberSetup {
+        args: ["--block-duration", "1m", "--anti-entropy-interval", "5s"]
+            .map(String::from)
+            .to_vec(),
+        ..MemberSetup::default()
+    };
+    let mut cluster = start_cluster_with(3, &[], flags);
+    {
+        let nodes: Vec<&Node> = cluster.iter().map(|c| &c.node).collect();
+        wait_converged(&nodes, 3, Duration::from_secs(30));
+    }
+    let victim = 2;
+    cluster[victim].node.terminate();
+    wait_until("the victim seen down", Duration::from_secs(30), || {
+        seen(&cluster[0].node).is_some_and(|(_, _, alive)| alive.len() == 2)
+    });
+    // Settled samples (older than the 1-minute compare bound), one request each: ten
+    // minutes of 200 series, acknowledged with hints for the victim.
+    let t_end = now_ms() - 2 * MINUTE;
+    let times: Vec<i64> = (0..10).map(|k| t_end - k * MINUTE).rev().collect();
+    write(&cluster[0].node, 0..200, &times);
+    write(&cluster[1].node, 200..400, &times);
+    let hinted: f64 = (0..2)
+        .map(|i| metric(&cluster[i].node, "timbala_handoff_stored_total"))
+        .sum();
+    println!("hinted batches stored for the victim: {hinted}");
+    assert!(hinted > 0.0, "the writes were acknowledged with hints");
+    // The hints are given up while their nodes are stopped.
+    for i in 0..2 {
+        cluster[i].node.terminate();
+        let hints = cluster[i].dir.path().join("data").join("hints");
+        if hints.exists() {
+            std::fs::remove_dir_all(&hints).expect("remove hints");
+        }
+        cluster[i].spawn();
+        cluster[i].node.wait_ready(Duration::from_secs(60));
+    }
+    let want = union(&[
+        local_copies(&cluster[0].node),
+        local_copies(&cluster[1].node),
+    ]);
+    assert_eq!(want.len(), 400);
+    assert!(want.values().all(|s| s.len() == times.len()));
+    let restarted = Instant::now();
+    cluster[victim].spawn();
+    cluster[victim].node.wait_ready(Duration::from_secs(60));
+    assert!(
+        local_copies(&cluster[victim].node).is_empty(),
+        "nothing replayed"
+    );
+    let took = wait_until("the copy completed", Duration::from_secs(600), || {
+        local_copies(&cluster[victim].node) == want
+    });
+    let v = &cluster[victim].node;
+    println!(
+        "bar 5 (anti-entropy half): {} series, {} samples pulled {:.1} s after the restart \
+         ({:.1} s after ready); samples repaired {}, repaired bytes {}",
+        want.len(),
+        want.values().map(Vec::len).sum::<usize>(),
+        restarted.elapsed().as_secs_f64(),
+        took.as_secs_f64(),
+        metric(v, "timbala_antientropy_samples_repaired_total"),
+        metric(v, "timbala_antientropy_repaired_bytes_total"),
+    );
+    assert_eq!(
+        metric(v, "timbala_antientropy_samples_repaired_total") as usize,
+        want.values().map(Vec::len).sum::<usize>()
+    );
+}
