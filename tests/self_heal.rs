@@ -368,6 +368,13 @@ fn nodes_are_rebuilt_from_their_replicas_and_anti_entropy_repairs_lost_blocks() 
         (sent1 - sent0) / passes.max(1.0) * 12.0,
     );
     assert!(passes >= 4.0, "passes ran while idle");
+    for n in &nodes {
+        let s = status(n).expect("status");
+        let ae = &s["antiEntropy"];
+        assert!(ae["passes"].as_u64().is_some_and(|p| p > 0), "{ae}");
+        assert_eq!(ae["lastSamplesRepaired"], 0, "{ae}");
+        assert!(ae["lastError"].is_null(), "{ae}");
+    }
     assert_eq!(
         sum("timbala_antientropy_samples_repaired_total"),
         repaired_before,

@@ -186,19 +186,18 @@ pub fn compute(
             }
         }
     }
-    for &w in &merged_windows {
-        if w > upto {
+    // Adjacent merged windows are read in one sweep over the sources.
+    for (first, last) in runs(&merged_windows, window_ms) {
+        if first > upto {
             break;
         }
-        let end = w.saturating_add(window_ms - 1).min(upto);
-        let (samples, bytes) = merged_samples(blocks, head, w, end, &mut *include)?;
+        let end = last.saturating_add(window_ms - 1).min(upto);
+        let (samples, bytes) = merged_samples(blocks, head, first, end, &mut *include)?;
         report.bytes_read += bytes;
         for (labels, samples) in samples {
+            let entry = by_series.entry(labels).or_default();
             for d in window_digests(&samples, window_ms) {
-                by_series
-                    .entry(labels.clone())
-                    .or_default()
-                    .insert(d.window, d);
+                entry.insert(d.window, d);
             }
         }
     }
@@ -210,6 +209,18 @@ pub fn compute(
         })
         .collect();
     Ok(report)
+}
+
+/// The runs of consecutive windows in `windows`, as (first start, last start).
+fn runs(windows: &BTreeSet<i64>, window_ms: i64) -> Vec<(i64, i64)> {
+    let mut out: Vec<(i64, i64)> = Vec::new();
+    for &w in windows {
+        match out.last_mut() {
+            Some((_, last)) if last.saturating_add(window_ms) == w => *last = w,
+            _ => out.push((w, w)),
+        }
+    }
+    out
 }
 
 /// Digests of every series of one block (no tombstones), and the chunk bytes read.
@@ -327,6 +338,13 @@ mod tests {
         // Swapped values at two times differ too (a plain XOR of parts would not).
         let swapped = vec![s(0, 2.0), s(10, 1.0), s(20, 3.0)];
         assert_ne!(window_digests(&swapped, 100)[0].digest, d);
+    }
+
+    #[test]
+    fn adjacent_windows_are_read_in_one_run() {
+        let set: BTreeSet<i64> = [0, 100, 200, 500, 700, 800].into_iter().collect();
+        assert_eq!(runs(&set, 100), vec![(0, 200), (500, 500), (700, 800)]);
+        assert!(runs(&BTreeSet::new(), 100).is_empty());
     }
 
     #[test]
