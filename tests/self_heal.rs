@@ -659,14 +659,14 @@ fn a_node_whose_hints_were_given_up_gets_its_copy_from_anti_entropy() {
     println!("hinted batches stored for the victim: {hinted}");
     assert!(hinted > 0.0, "the writes were acknowledged with hints");
     // The hints are given up while their nodes are stopped.
-    for i in 0..2 {
-        cluster[i].node.terminate();
-        let hints = cluster[i].dir.path().join("data").join("hints");
+    for member in cluster.iter_mut().take(2) {
+        member.node.terminate();
+        let hints = member.dir.path().join("data").join("hints");
         if hints.exists() {
             std::fs::remove_dir_all(&hints).expect("remove hints");
         }
-        cluster[i].spawn();
-        cluster[i].node.wait_ready(Duration::from_secs(60));
+        member.spawn();
+        member.node.wait_ready(Duration::from_secs(60));
     }
     let want = union(&[
         local_copies(&cluster[0].node),

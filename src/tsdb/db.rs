@@ -272,9 +272,11 @@ impl Db {
             &self.opts.time_bounds,
             now,
         );
-        let retention_floor = (self.opts.retention_ms > 0)
-            .then(|| now.saturating_sub(self.opts.retention_ms))
-            .unwrap_or(i64::MIN);
+        let retention_floor = if self.opts.retention_ms > 0 {
+            now.saturating_sub(self.opts.retention_ms)
+        } else {
+            i64::MIN
+        };
         let mut outcome = AppendOutcome::default();
         let mut tally = Tally::default();
         let mut to_head: Vec<Series> = Vec::new();

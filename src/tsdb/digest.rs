@@ -87,7 +87,9 @@ fn windows_of(min_t: i64, max_t: i64, window_ms: i64) -> impl Iterator<Item = i6
     (first..=last).map(move |w| w.saturating_mul(window_ms))
 }
 
-type BlockDigests = Arc<Vec<(Labels, Vec<WindowDigest>)>>;
+/// Every series of a block with its window digests.
+type SeriesWindows = Vec<(Labels, Vec<WindowDigest>)>;
+type BlockDigests = Arc<SeriesWindows>;
 
 /// Window digests of immutable blocks, by (block ULID, window width).
 #[derive(Default)]
@@ -224,10 +226,7 @@ fn runs(windows: &BTreeSet<i64>, window_ms: i64) -> Vec<(i64, i64)> {
 }
 
 /// Digests of every series of one block (no tombstones), and the chunk bytes read.
-fn block_digests(
-    block: &Block,
-    window_ms: i64,
-) -> Result<(Vec<(Labels, Vec<WindowDigest>)>, u64), StorageError> {
+fn block_digests(block: &Block, window_ms: i64) -> Result<(SeriesWindows, u64), StorageError> {
     let mut out = Vec::new();
     let mut bytes = 0u64;
     let mut samples = Vec::new();
