@@ -1,13 +1,14 @@
 //! `GET /api/v1/status/cluster`: members, join order (with removed nodes' tombstoned
 //! slots), key-space share, handoff backlog per target (files, bytes, oldest hint age,
-//! window/cap exceeded; ADR 0017) with the hint limits, and this node's re-replication
-//! progress.
+//! window/cap exceeded; ADR 0017) with the hint limits, this node's re-replication
+//! progress and its last anti-entropy pass.
 //!
 //! Owns: the JSON shape of the cluster status. The share a node owns is measured by
 //! running 10,000 fixed pseudo-random partition keys through placement: the fraction of
 //! keys of which the node is one of the owners (so shares add up to the replication
 //! factor, 3, with three or more nodes). Calls the membership view, `placement` through
-//! the ring, the hint store (its in-memory backlog) and the re-replication progress.
+//! the ring, the hint store (its in-memory backlog), the re-replication progress and the
+//! anti-entropy progress.
 
 use axum::extract::State;
 use axum::response::Response;

@@ -15,7 +15,8 @@
 //! every route: a request without a valid `X-Timbala-Cluster-Auth` is answered 401
 //! before any handler runs (ADR 0014). Calls `ingest` (decoding), `peer` (wire shapes),
 //! `cluster::keys` (the credential), `fanout::labels_to_pairs`, the remote-read helpers
-//! of `read`, and the local `tsdb` through `storage::Storage`.
+//! of `read`, the local `tsdb` through `storage::Storage` (and `Tsdb::backfill`), and
+//! `replication::antientropy` for the anti-entropy answers.
 
 use axum::body::{Body, Bytes};
 use axum::extract::{Request, State};

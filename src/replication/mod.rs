@@ -7,7 +7,7 @@
 //! target by `hint_window`'s window and disk cap; `handoff`: the task that replays it
 //! when gossip shows the owner alive, and re-routes the hints of a removed owner to the
 //! series' new owners), re-replication (`rereplicate`: after a ring change, copying
-//! series to the owners they gained), and anti-entropy (`antientropy`: comparing digests
+//! series to the owners they gained, over the repair write), and anti-entropy (`antientropy`: comparing digests
 //! with the other owners on a schedule and pulling what this node lacks; ADR 0016). The
 //! acknowledgement rule is ADR 0006 as amended by
 //! ADR 0017: a batch is acknowledged once every series has a durable copy, or a durable
@@ -19,8 +19,9 @@
 //!
 //! Calls `cluster` (membership view, placement), `peer` (internal HTTP client), `proto`
 //! (the internal write body is a snappy remote-write 1.0 request), `ingest` (to decode a
-//! hint being re-routed) and the local `storage::Storage`. Reads are not its business:
-//! they pass through to the local store.
+//! hint being re-routed; anti-entropy: pulled samples) and the local `storage::Storage`;
+//! anti-entropy also calls the local `tsdb::Tsdb` (digests, backfill). Reads are not its
+//! business: they pass through to the local store.
 
 pub mod antientropy;
 pub mod handoff;

@@ -3,12 +3,13 @@
 //! Owns: everything on this node's disk. Submodules (one concept each): `chunk` (XOR
 //! chunks, byte-compatible with Prometheus), `index` (postings and matcher evaluation),
 //! `head` (in-memory series, label interning, open chunks), `series_hash` (the head's
-//! in-memory label-set hash), `wal` (segments, checksums,
-//! checkpoints, replay), `block` (immutable on-disk blocks), `compact` (merging blocks), `digest` (per-window digests
-//! of stored samples for comparing replicas, cached per block),
-//! `retention` (time and size limits), `tombstones` (deletions), `querier` (reads across
-//! head and blocks), `quarantine` (samples removed at start-up for lying beyond the future
-//! limit), `metrics` (self-metrics), `db` (the database tying them together).
+//! in-memory label-set hash), `wal` (segments, checksums, checkpoints, replay), `block`
+//! (immutable on-disk blocks), `compact` (merging blocks), `digest` (per-window digests
+//! of stored samples for comparing replicas, cached per block), `retention` (time and
+//! size limits), `tombstones` (deletions), `querier` (reads across head and blocks),
+//! `quarantine` (samples removed at start-up for lying beyond the future limit),
+//! `metrics` (self-metrics), `db` (the database tying them together, including
+//! `backfill`: repairs' samples too old for the head stored as new blocks, ADR 0016).
 //! Implements `storage::Storage`; calls only `model` and `storage`.
 //!
 //! This file holds the public handle: it runs the blocking `db::Db` off the async
