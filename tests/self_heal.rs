@@ -485,6 +485,24 @@ fn repair_endpoints_backfill_old_samples_and_refuse_hostile_requests() {
         "--block-duration",
         "1m",
     ]);
+    // Every anti-entropy metric exists from start.
+    let exposition = get(&node.url("/metrics")).1;
+    for name in [
+        "passes",
+        "failed_exchanges",
+        "buckets_compared",
+        "buckets_differing",
+        "series_repaired",
+        "samples_repaired",
+        "repaired_bytes",
+        "sent_bytes",
+        "received_bytes",
+        "digest_read_bytes",
+    ] {
+        let full = format!("timbala_antientropy_{name}_total");
+        assert!(metric_value(&exposition, &full).is_some(), "{full} missing");
+    }
+    assert!(metric_value(&exposition, "timbala_tsdb_samples_backfilled_total").is_some());
     let signed_post = |path: &str, headers: &[(&str, &str)], body: &[u8]| {
         let (name, value) = cluster_credential(&keys, path, body);
         let mut all = headers.to_vec();
