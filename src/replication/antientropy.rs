@@ -163,6 +163,25 @@ pub fn pulls(
     out
 }
 
+/// Of a pull answer, only the asked series' samples within the asked ranges: a peer's
+/// answer is untrusted, and this node stores nothing it did not ask for.
+pub fn only_asked(ranges: &[PullRange], answer: Vec<Series>) -> Vec<Series> {
+    let asked: BTreeMap<&Labels, Vec<(i64, i64)>> =
+        ranges.iter().fold(BTreeMap::new(), |mut m, r| {
+            m.entry(&r.labels).or_default().push((r.mint, r.maxt));
+            m
+        });
+    answer
+        .into_iter()
+        .filter_map(|mut s| {
+            let spans = asked.get(&s.labels)?;
+            s.samples
+                .retain(|x| spans.iter().any(|&(a, z)| x.t >= a && x.t <= z));
+            (!s.samples.is_empty()).then_some(s)
+        })
+        .collect()
+}
+
 /// Whether `node` and `other` both own the series with this key.
 fn both_own(ring: &Ring, key: u64, node: NodeId, other: NodeId) -> bool {
     if placement::every_node_owns_every_series(ring.len()) {
@@ -803,22 +822,7 @@ impl Exchange<'_> {
         .await
         .map_err(|e| e.to_string())?
         .map_err(|e| format!("bad pull answer: {e}"))?;
-        // Only the asked series and ranges are stored, whatever the peer sent.
-        let asked: BTreeMap<&Labels, Vec<(i64, i64)>> =
-            ranges.iter().fold(BTreeMap::new(), |mut m, r| {
-                m.entry(&r.labels).or_default().push((r.mint, r.maxt));
-                m
-            });
-        let series: Vec<Series> = decoded
-            .series
-            .into_iter()
-            .filter_map(|mut s| {
-                let spans = asked.get(&s.labels)?;
-                s.samples
-                    .retain(|x| spans.iter().any(|&(a, z)| x.t >= a && x.t <= z));
-                (!s.samples.is_empty()).then_some(s)
-            })
-            .collect();
+        let series = only_asked(ranges, decoded.series);
         let repaired = self
             .task
             .tsdb
@@ -913,6 +917,39 @@ mod tests {
         let b = vec![series("x", &[(10, 2.0)]), series("y", &[(10, 1.0)])];
         // Both series may share a bucket: one bucket count forces it.
         assert_ne!(cells_of(&a, 1), cells_of(&b, 1));
+    }
+
+    #[test]
+    fn a_pull_answer_is_cut_to_what_was_asked() {
+        let labels = |job: &str| Labels::from_pairs([("__name__", "up"), ("job", job)]);
+        let asked = vec![
+            PullRange {
+                labels: labels("a"),
+                mint: 10,
+                maxt: 20,
+            },
+            PullRange {
+                labels: labels("a"),
+                mint: 40,
+                maxt: 50,
+            },
+        ];
+        let answer = vec![
+            Series {
+                labels: labels("a"),
+                samples: [5, 10, 20, 30, 45, 60]
+                    .map(|t| Sample::new(t, 1.0))
+                    .to_vec(),
+            },
+            Series {
+                labels: labels("smuggled"),
+                samples: vec![Sample::new(15, 1.0)],
+            },
+        ];
+        let kept = only_asked(&asked, answer);
+        assert_eq!(kept.len(), 1);
+        let times: Vec<i64> = kept[0].samples.iter().map(|s| s.t).collect();
+        assert_eq!(times, vec![10, 20, 45]);
     }
 
     #[test]
