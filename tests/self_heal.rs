@@ -16,7 +16,8 @@
 //!   fresh node holds all of its series' samples, old ones included, and no repair
 //!   sample was refused (bar 3, second half).
 //!
-//! Wall-clock figures are printed, not asserted.
+//! Wall-clock figures are printed, not asserted. The cluster tests take a lock so their
+//! clusters do not run at the same time.
 
 mod common;
 
@@ -37,6 +38,16 @@ const MINUTE: i64 = 60_000;
 const OLD_MINUTES: i64 = 180;
 
 type Copies = BTreeMap<Vec<(String, String)>, Vec<(i64, f64)>>;
+
+/// The cluster tests take it so their clusters do not run at the same time (the loaded
+/// 2-core machine otherwise starves their gossip and readiness).
+static ONE_CLUSTER_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn one_cluster_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    ONE_CLUSTER_AT_A_TIME
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+}
 
 fn now_ms() -> i64 {
     SystemTime::now()
@@ -82,6 +93,17 @@ fn wait_until(what: &str, limit: Duration, mut ok: impl FnMut() -> bool) -> Dura
         std::thread::sleep(Duration::from_millis(500));
     }
     started.elapsed()
+}
+
+/// The sum of every series of a metric family (any labels).
+fn metric_total(node: &Node, name: &str) -> f64 {
+    get(&node.url("/metrics"))
+        .1
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
 }
 
 fn metric(node: &Node, name: &str) -> f64 {
@@ -188,6 +210,7 @@ fn id_of(node: &Node) -> String {
 
 #[test]
 fn nodes_are_rebuilt_from_their_replicas_and_anti_entropy_repairs_lost_blocks() {
+    let _one = one_cluster_at_a_time();
     let started = Instant::now();
     let flags = |_| MemberSetup {
         args: [
@@ -649,6 +672,7 @@ fn local_copies_as(node: &Node, keys: &timbala::cluster::keys::ClusterKeys) -> C
 /// sample the other owners hold.
 #[test]
 fn a_node_whose_hints_were_given_up_gets_its_copy_from_anti_entropy() {
+    let _one = one_cluster_at_a_time();
     let flags = |_| MemberSetup {
         args: ["--block-duration", "1m", "--anti-entropy-interval", "5s"]
             .map(String::from)
@@ -672,7 +696,7 @@ fn a_node_whose_hints_were_given_up_gets_its_copy_from_anti_entropy() {
     write(&cluster[0].node, 0..200, &times);
     write(&cluster[1].node, 200..400, &times);
     let hinted: f64 = (0..2)
-        .map(|i| metric(&cluster[i].node, "timbala_handoff_stored_total"))
+        .map(|i| metric_total(&cluster[i].node, "timbala_handoff_stored_total"))
         .sum();
     println!("hinted batches stored for the victim: {hinted}");
     assert!(hinted > 0.0, "the writes were acknowledged with hints");
