@@ -1,12 +1,13 @@
-//! Acceptance tests of bounded hinted handoff (issue 12, bar 5, hints half; ADR 0017)
-//! with real processes on 127.0.0.1.
+//! Acceptance tests of bounded hinted handoff (issue 12, bar 5; ADRs 0017 and 0016) with
+//! real processes on 127.0.0.1.
 //!
 //! - A node of three SIGKILLed while writes go on through another: its hints stop at a
 //!   short `--hint-window` (first case) or a small `--hint-max-bytes-per-target` (second
 //!   case), the coordinator logs exactly one warning, the hint directory stops growing
 //!   (and never passes the cap), writes keep being acknowledged while two real copies
 //!   are made, a write with only one real copy is refused (503), and when the node comes
-//!   back its queued hints are replayed and one recovery line is logged.
+//!   back its queued hints are replayed and one recovery line is logged; anti-entropy
+//!   then completes its copy (every node's local samples identical).
 //! - A node of four SIGKILLed, written around, then removed through the admin endpoint:
 //!   its hints are re-routed to the series' new owners, the hint directory empties and
 //!   the new owners hold the samples (local-only reads).
@@ -305,41 +306,63 @@ fn hints_stop_at_the_limit(args: &[&str], limit: &str, warning: &str, cap: Optio
         labelled_metric(node0, "timbala_hints_exceeded", &with_limit),
         Some(0.0)
     );
-    // What the returned node holds now: the hinted writes, not those after the limit
-    // (anti-entropy's part); reported, not asserted.
-    let held = read_samples_at(
-        &cluster[2].node,
-        LOCAL_READ,
-        vec![eq("__name__", "hw")],
-        0,
-        i64::MAX / 2,
-    )
-    .expect("local read")
-    .iter()
-    .map(|(_, s)| s.len())
-    .sum::<usize>();
-    let all = read_samples_at(
-        &cluster[0].node,
-        LOCAL_READ,
-        vec![eq("__name__", "hw")],
-        0,
-        i64::MAX / 2,
-    )
-    .expect("local read")
-    .iter()
-    .map(|(_, s)| s.len())
-    .sum::<usize>();
+    // What the returned node holds now: the hinted writes, not those after the limit.
+    let local_samples = |node: &Node| {
+        read_samples_at(
+            node,
+            LOCAL_READ,
+            vec![eq("__name__", "hw")],
+            0,
+            i64::MAX / 2,
+        )
+        .expect("local read")
+        .into_iter()
+        .map(|(labels, samples)| (format!("{labels:?}"), samples))
+        .collect::<BTreeMap<String, Vec<(i64, f64)>>>()
+    };
+    let count = |m: &BTreeMap<String, Vec<(i64, f64)>>| m.values().map(Vec::len).sum::<usize>();
+    let held = count(&local_samples(&cluster[2].node));
+    let all = count(&local_samples(&cluster[0].node));
     eprintln!(
         "returned node: hints replayed {:.1} s after restart ({files_at_limit} files, delivered); \
          recovery: {}; it holds {held} of the {all} samples its peer holds",
         replayed.as_secs_f64(),
         recovered[0]
     );
+    // Anti-entropy completes the copy the hints gave up on (bar 5): with 3 nodes every
+    // node owns every series, so the returned node ends sample-identical to its peers
+    // once the last write is older than anti-entropy's settle time (60 s).
+    let healed = wait_until(
+        "anti-entropy completes the copy",
+        Duration::from_secs(300),
+        || {
+            let theirs = local_samples(&cluster[0].node);
+            let mine = local_samples(&cluster[2].node);
+            mine == theirs && local_samples(&cluster[1].node) == theirs
+        },
+    );
+    let pulled = common::metric_value(
+        &get(&cluster[2].node.url("/metrics")).1,
+        "timbala_antientropy_samples_repaired_total",
+    )
+    .unwrap_or(0.0);
+    eprintln!(
+        "anti-entropy: the returned node holds all {} samples, identical on the 3 nodes, {:.1} s \
+         after the hints were replayed; it pulled {pulled} samples",
+        count(&local_samples(&cluster[2].node)),
+        healed.as_secs_f64()
+    );
+    assert!(pulled > 0.0, "the copy came from anti-entropy");
 }
 
 #[test]
 fn hints_stop_at_the_window_with_one_warning() {
-    hints_stop_at_the_limit(&["--hint-window", "5s"], "window", WINDOW_WARNING, None);
+    hints_stop_at_the_limit(
+        &["--hint-window", "5s", "--anti-entropy-interval", "5s"],
+        "window",
+        WINDOW_WARNING,
+        None,
+    );
 }
 
 #[test]
@@ -351,6 +374,8 @@ fn hints_stop_at_the_disk_cap_with_one_warning() {
             "1h",
             "--hint-max-bytes-per-target",
             "64KiB",
+            "--anti-entropy-interval",
+            "5s",
         ],
         "cap",
         CAP_WARNING,
