@@ -288,7 +288,8 @@ pub struct Series {
 }
 
 /// Metric metadata carried by remote write (type, help, unit) for one metric family.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// Ordered by family, then type, help and unit: the order the metadata API lists them in.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct MetricMetadata {
     pub metric_family: String,
     pub metric_type: String,

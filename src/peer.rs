@@ -4,9 +4,9 @@
 //! internal paths and headers (`X-Timbala-Routed`, `X-Timbala-Trace-Id`,
 //! `X-Timbala-Hints-Pending`), the cluster credential on every request it sends when
 //! the node has cluster keys (ADR 0014), the per-peer forwarding metrics, and the JSON
-//! shapes of the internal label requests. Every request has a deadline, and dropping its
-//! future cancels it (the connection is closed, never handed back to the pool
-//! half-read). Called by `replication` (writes, hint replay), `fanout` (reads) and
+//! shapes of the internal label and metadata requests. Every request has a deadline,
+//! and dropping its future cancels it (the connection is closed, never handed back to
+//! the pool half-read). Called by `replication` (writes, hint replay), `fanout` (reads) and
 //! `api::internal` (the receiving side). Calls hyper (with hyper-rustls: https to peers
 //! when the web config enables TLS, with the TLS settings `web` gives it),
 //! `cluster::keys` and
@@ -30,7 +30,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::cluster::identity::{unix_millis, NodeId};
 use crate::cluster::keys::{ClusterKeys, CLUSTER_AUTH_HEADER};
-use crate::model::{MatchOp, Matcher};
+use crate::model::{MatchOp, Matcher, MetricMetadata};
 use crate::storage::LabelRequest;
 
 pub const WRITE_PATH: &str = "/internal/v1/write";
@@ -45,6 +45,7 @@ pub const READ_LOCAL_PATH: &str = "/internal/v1/read-local";
 pub const SERIES_PATH: &str = "/internal/v1/series";
 pub const LABELS_PATH: &str = "/internal/v1/labels";
 pub const LABEL_VALUES_PATH: &str = "/internal/v1/label-values";
+pub const METADATA_PATH: &str = "/internal/v1/metadata";
 
 /// Marks a write as already routed: the receiver stores it locally and never forwards.
 pub const ROUTED_HEADER: &str = "x-timbala-routed";
@@ -410,6 +411,31 @@ impl WireLabelRequest {
             mint: self.mint,
             maxt: self.maxt,
         })
+    }
+}
+
+/// The body of an internal metadata read: one metric family, or all when `None`.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct WireMetadataRequest {
+    #[serde(default)]
+    pub metric: Option<String>,
+}
+
+/// One metric family's metadata on the wire: (family, type, help, unit).
+pub type WireMetadata = (String, String, String, String);
+
+pub fn metadata_to_wire(m: MetricMetadata) -> WireMetadata {
+    (m.metric_family, m.metric_type, m.help, m.unit)
+}
+
+pub fn metadata_from_wire(
+    (metric_family, metric_type, help, unit): WireMetadata,
+) -> MetricMetadata {
+    MetricMetadata {
+        metric_family,
+        metric_type,
+        help,
+        unit,
     }
 }
 

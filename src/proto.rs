@@ -103,6 +103,23 @@ impl MetricType {
             MetricType::Stateset => "stateset",
         }
     }
+
+    /// The type `api_name` names; `Unknown` for any other name.
+    pub fn from_api_name(name: &str) -> MetricType {
+        const ALL: [MetricType; 8] = [
+            MetricType::Unknown,
+            MetricType::Counter,
+            MetricType::Gauge,
+            MetricType::Histogram,
+            MetricType::Gaugehistogram,
+            MetricType::Summary,
+            MetricType::Info,
+            MetricType::Stateset,
+        ];
+        ALL.into_iter()
+            .find(|t| t.api_name() == name)
+            .unwrap_or(MetricType::Unknown)
+    }
 }
 
 #[derive(Clone, PartialEq, Message)]
@@ -239,6 +256,16 @@ pub fn labels_to_proto(labels: &model::Labels) -> Vec<Label> {
 }
 
 /// The wire form of a series with its float samples.
+/// Metadata as remote write carries it (the type by its enum number).
+pub fn metadata_to_proto(metadata: &model::MetricMetadata) -> MetricMetadata {
+    MetricMetadata {
+        r#type: MetricType::from_api_name(&metadata.metric_type) as i32,
+        metric_family_name: metadata.metric_family.clone(),
+        help: metadata.help.clone(),
+        unit: metadata.unit.clone(),
+    }
+}
+
 pub fn series_to_proto(series: &model::Series) -> TimeSeries {
     TimeSeries {
         labels: labels_to_proto(&series.labels),

@@ -2,9 +2,11 @@
 //!
 //! Owns: `POST|PUT /api/v1/admin/tsdb/{delete_series,clean_tombstones,snapshot}`,
 //! `POST /api/v1/admin/cluster/remove` (removal of a node for good, ADR 0015) and
-//! `GET /api/v1/metadata`. Parameters (query string and form body) and `match[]`
-//! selectors are read with `params`. Calls the local `tsdb` (on blocking threads: these
-//! do disk work), `storage` for metadata, and the membership handle for removal.
+//! `GET /api/v1/metadata` (cluster-wide through the fan-out storage, with its warnings
+//! about nodes answered without; ADR 0018). Parameters (query string and form body) and
+//! `match[]` selectors are read with `params`. Calls the local `tsdb` (on blocking
+//! threads: these do disk work), `storage` for metadata, `fanout::notes` for the
+//! metadata answer's warnings, and the membership handle for removal.
 //!
 //! As in Prometheus, the admin endpoints (cluster removal included) are off unless
 //! `--web-enable-admin-api`: they then answer 503 `unavailable` "admin APIs disabled"
@@ -25,6 +27,8 @@ use super::params::{
 };
 use super::{success, ApiError, AppState};
 use crate::cluster::membership::MemberState;
+use crate::fanout::notes;
+use crate::storage::StorageError;
 use crate::timeutil::civil_from_days;
 
 /// Whether the admin endpoints are on, and the one-snapshot-at-a-time gate.
@@ -235,10 +239,11 @@ async fn metadata(State(state): State<AppState>, params: FormParams) -> Result<R
     let metric = Some(params.value("metric"))
         .filter(|m| !m.is_empty())
         .map(str::to_string);
-    let known = storage
-        .metadata(metric)
-        .await
-        .map_err(|e| ApiError::internal(e.to_string()))?;
+    let (known, cluster) = notes::collect(storage.metadata(metric)).await;
+    let known = known.map_err(|e| match e {
+        StorageError::Unavailable(_) => ApiError::unavailable(e.to_string()),
+        other => ApiError::internal(other.to_string()),
+    })?;
     let mut by_metric: BTreeMap<String, Vec<MetadataEntry>> = BTreeMap::new();
     for m in known {
         let entries = by_metric.entry(m.metric_family).or_default();
@@ -255,7 +260,7 @@ async fn metadata(State(state): State<AppState>, params: FormParams) -> Result<R
     if let Some(limit) = limit.filter(|l| *l >= 0) {
         by_metric = by_metric.into_iter().take(limit as usize).collect();
     }
-    Ok(success(by_metric, &[], &[]))
+    Ok(success(by_metric, &cluster.warnings, &cluster.infos))
 }
 
 fn int_param(params: &FormParams, name: &str) -> Result<Option<i64>, ApiError> {

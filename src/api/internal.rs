@@ -1,14 +1,16 @@
 //! Node-to-node endpoints (`/internal/v1/...`): the receiving side of replication and
 //! fan-out, and local-only reads for tests and debugging.
 //!
-//! Owns: `POST /internal/v1/write` (an already-routed batch: stored in the local TSDB,
-//! never forwarded again; answers the append outcome as JSON), `POST
-//! /internal/v1/backfill` (the same for repairs: `Tsdb::backfill`, which also stores
-//! samples too old for the head, ADR 0016), `POST /internal/v1/anti-entropy/{digests,
-//! pull}` (JSON requests answered by `replication::antientropy`: digests of the series
-//! both nodes own, and samples as a snappy remote-write body), `POST
-//! /internal/v1/read-local` (remote read of this node's data only, SAMPLES answers), and
-//! `POST /internal/v1/{series,labels,label-values}` (JSON, `peer::WireLabelRequest`).
+//! Owns: `POST /internal/v1/write` (an already-routed batch of series and metric
+//! metadata: stored in the local TSDB, never forwarded again; answers the append outcome
+//! as JSON), `POST /internal/v1/backfill` (the same for repairs: `Tsdb::backfill`, which
+//! also stores samples too old for the head, ADR 0016), `POST
+//! /internal/v1/anti-entropy/{digests,pull}` (JSON requests answered by
+//! `replication::antientropy`: digests of the series both nodes own, and samples as a
+//! snappy remote-write body), `POST /internal/v1/read-local` (remote read of this node's
+//! data only, SAMPLES answers), `POST /internal/v1/{series,labels,label-values}` (JSON,
+//! `peer::WireLabelRequest`) and `POST /internal/v1/metadata` (JSON,
+//! `peer::WireMetadataRequest`: this node's metadata, ADR 0018).
 //! Every read answer carries `X-Timbala-Hints-Pending`: the hinted batches this node
 //! holds for others, so the reader knows which replicas lag (ADR 0012). Every handler
 //! logs the caller's trace id. With cluster keys, `require_cluster_credential` guards
@@ -33,7 +35,7 @@ use crate::cluster::identity::{unix_millis, NodeId};
 use crate::cluster::keys::{CredentialError, CLUSTER_AUTH_HEADER};
 use crate::fanout::labels_to_pairs;
 use crate::ingest::{self, DecodeLimits};
-use crate::peer::{self, WireLabelRequest};
+use crate::peer::{self, WireLabelRequest, WireMetadataRequest};
 use crate::replication::antientropy::{self, AntiEntropyError};
 use crate::replication::WireOutcome;
 use crate::storage::{LabelRequest, Storage};
@@ -48,6 +50,7 @@ pub fn routes() -> Router<AppState> {
         .route(peer::SERIES_PATH, post(internal_series))
         .route(peer::LABELS_PATH, post(internal_labels))
         .route(peer::LABEL_VALUES_PATH, post(internal_label_values))
+        .route(peer::METADATA_PATH, post(internal_metadata))
 }
 
 /// Largest internal request body the credential check reads (the body is part of what
@@ -208,11 +211,19 @@ async fn stored_write(
             Ok(Err(e)) => return error(StatusCode::BAD_REQUEST, e.to_string()),
             Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
         };
-        let stored = match mode {
-            WriteMode::Head => tsdb.append(decoded.series).await,
-            WriteMode::Backfill => tsdb.backfill(decoded.series).await.map(|b| b.outcome),
+        let stored = async {
+            if !decoded.metadata.is_empty() {
+                tsdb.record_metadata(decoded.metadata).await?;
+            }
+            if decoded.series.is_empty() {
+                return Ok(Default::default());
+            }
+            match mode {
+                WriteMode::Head => tsdb.append(decoded.series).await,
+                WriteMode::Backfill => tsdb.backfill(decoded.series).await.map(|b| b.outcome),
+            }
         };
-        match stored {
+        match stored.await {
             Ok(outcome) => axum::Json(WireOutcome::from_outcome(&outcome)).into_response(),
             Err(e) => {
                 tracing::warn!(error = %e, "internal write: local storage failed");
@@ -224,13 +235,20 @@ async fn stored_write(
     .await
 }
 
-/// Decodes a label request, runs `answer` on the local TSDB and returns JSON.
-async fn label_answer<T, F>(state: AppState, headers: HeaderMap, body: Body, answer: F) -> Response
+/// Decodes a JSON request of type `W`, runs `answer` on the local TSDB and returns JSON
+/// with this node's hint backlog.
+async fn json_answer<W, T, F>(
+    state: AppState,
+    headers: HeaderMap,
+    body: Body,
+    answer: F,
+) -> Response
 where
+    W: serde::de::DeserializeOwned,
     T: serde::Serialize,
-    F: AsyncFnOnce(crate::tsdb::Tsdb, WireLabelRequest, LabelRequest) -> Result<T, String>,
+    F: AsyncFnOnce(crate::tsdb::Tsdb, W) -> Result<T, InternalReadError>,
 {
-    let span = tracing::info_span!("internal_labels", trace_id = %trace_id(&headers));
+    let span = tracing::info_span!("internal_read", trace_id = %trace_id(&headers));
     async move {
         let tsdb = match state.services() {
             Ok(services) => services.tsdb.clone(),
@@ -241,20 +259,51 @@ where
             Ok(b) => b,
             Err(r) => return r,
         };
-        let wire: WireLabelRequest = match serde_json::from_slice(&body) {
+        let wire: W = match serde_json::from_slice(&body) {
             Ok(w) => w,
             Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
         };
-        let request = match wire.to_request() {
-            Ok(r) => r,
-            Err(e) => return error(StatusCode::BAD_REQUEST, e),
-        };
-        match answer(tsdb, wire, request).await {
+        match answer(tsdb, wire).await {
             Ok(value) => with_hints_pending(&pending, axum::Json(value).into_response()),
-            Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e),
+            Err(InternalReadError::BadRequest(e)) => error(StatusCode::BAD_REQUEST, e),
+            Err(InternalReadError::Storage(e)) => error(StatusCode::SERVICE_UNAVAILABLE, e),
         }
     }
     .instrument(span)
+    .await
+}
+
+/// Why an internal read was not answered: the request (400) or the local store (503).
+enum InternalReadError {
+    BadRequest(String),
+    Storage(String),
+}
+
+impl From<crate::storage::StorageError> for InternalReadError {
+    fn from(e: crate::storage::StorageError) -> Self {
+        InternalReadError::Storage(e.to_string())
+    }
+}
+
+/// `json_answer` for the label requests (`peer::WireLabelRequest`).
+async fn label_answer<T, F>(state: AppState, headers: HeaderMap, body: Body, answer: F) -> Response
+where
+    T: serde::Serialize,
+    F: AsyncFnOnce(
+        crate::tsdb::Tsdb,
+        WireLabelRequest,
+        LabelRequest,
+    ) -> Result<T, InternalReadError>,
+{
+    json_answer(
+        state,
+        headers,
+        body,
+        async |tsdb, wire: WireLabelRequest| {
+            let request = wire.to_request().map_err(InternalReadError::BadRequest)?;
+            answer(tsdb, wire, request).await
+        },
+    )
     .await
 }
 
@@ -264,7 +313,7 @@ async fn internal_series(
     body: Body,
 ) -> Response {
     label_answer(state, headers, body, async |tsdb, _, req| {
-        let series = tsdb.series(req).await.map_err(|e| e.to_string())?;
+        let series = tsdb.series(req).await?;
         Ok(series.into_iter().map(labels_to_pairs).collect::<Vec<_>>())
     })
     .await
@@ -276,7 +325,7 @@ async fn internal_labels(
     body: Body,
 ) -> Response {
     label_answer(state, headers, body, async |tsdb, _, req| {
-        tsdb.label_names(req).await.map_err(|e| e.to_string())
+        Ok(tsdb.label_names(req).await?)
     })
     .await
 }
@@ -287,10 +336,10 @@ async fn internal_label_values(
     body: Body,
 ) -> Response {
     label_answer(state, headers, body, async |tsdb, wire, req| {
-        let name = wire.name.ok_or("label-values needs a label name")?;
-        tsdb.label_values(name, req)
-            .await
-            .map_err(|e| e.to_string())
+        let name = wire.name.ok_or(InternalReadError::BadRequest(
+            "label-values needs a label name".into(),
+        ))?;
+        Ok(tsdb.label_values(name, req).await?)
     })
     .await
 }
@@ -382,5 +431,26 @@ async fn internal_anti_entropy_pull(
         }
     }
     .instrument(span)
+    .await
+}
+
+/// This node's metric metadata (one family, or all), as `peer::WireMetadata` tuples.
+async fn internal_metadata(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    json_answer(
+        state,
+        headers,
+        body,
+        async |tsdb, wire: WireMetadataRequest| {
+            let known = tsdb.metadata(wire.metric).await?;
+            Ok(known
+                .into_iter()
+                .map(peer::metadata_to_wire)
+                .collect::<Vec<_>>())
+        },
+    )
     .await
 }

@@ -4,6 +4,8 @@
 //!
 //! - Partition key: FNV-1a 64 over the series' labels in name order, each as
 //!   `name 0xFF value 0xFF` (`Labels::stable_hash`).
+//! - Metric metadata (per metric family, not per series) is placed like the series
+//!   `{__name__="<family>"}`: its key is `__name__ 0xFF <family> 0xFF` (ADR 0018).
 //! - Replica key: FNV-1a 64 over `replica: u32 LE || attempt: u32 LE || partition key: u64
 //!   LE`, finished with the SplitMix64 mixer so that nearby keys spread out.
 //! - Replica r lives on bucket `jump(replica key, N)` of the slots in join order, where
@@ -38,6 +40,15 @@ pub fn every_node_owns_every_series(node_count: usize) -> bool {
 /// The partition key of a series: what placement hashes.
 pub fn partition_key(labels: &Labels) -> u64 {
     labels.stable_hash()
+}
+
+/// The partition key of a metric family's metadata: that of the series whose only label
+/// is the family's name, so the owners are computed exactly as for series (ADR 0018).
+pub fn metadata_partition_key(metric_family: &str) -> u64 {
+    partition_key(&Labels::from_pairs([(
+        crate::model::METRIC_NAME,
+        metric_family,
+    )]))
 }
 
 fn fnv1a64(bytes: &[u8]) -> u64 {
@@ -167,6 +178,7 @@ mod tests {
         assert_eq!(jump(0, 1), 0);
         assert_eq!(jump(0xdead_beef, 19), 16);
         assert_eq!(owners(partition_key(&labels), 5, 3), vec![2, 3, 4]);
+        assert_eq!(metadata_partition_key("up"), 0xa6a0_cb87_086e_c65b);
     }
 
     #[test]

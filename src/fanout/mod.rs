@@ -4,7 +4,7 @@
 //! endpoints) for the series matching a request, and merging the replicas' answers so
 //! each series appears once with the union of its samples (equal timestamps
 //! deduplicated). Which series a node holds is unknown for a matcher query, so every
-//! node is asked (ADR 0007). Submodules: `gather` (whom to ask, how long to wait, when
+//! node is asked (ADR 0007). Metric metadata is read the same way (ADR 0018). Submodules: `gather` (whom to ask, how long to wait, when
 //! to go on without a node or refuse; ADR 0012) and `notes` (the warnings an answer
 //! given without some node carries to the HTTP API).
 //!
@@ -27,7 +27,7 @@ use prost::Message;
 
 use crate::cluster::membership::MembershipHandle;
 use crate::model::{merge_sorted_samples, Label, Labels, MatchOp, MetricMetadata, Sample, Series};
-use crate::peer::{self, PeerClient, WireLabelRequest};
+use crate::peer::{self, PeerClient, WireLabelRequest, WireMetadata, WireMetadataRequest};
 use crate::proto;
 use crate::replication::hints::HintStore;
 use crate::storage::{
@@ -182,11 +182,13 @@ impl FanoutStorage {
         Ok(merged)
     }
 
+    /// Asks every node over one of the internal JSON reads (`wire` is the request
+    /// body) and returns the sorted, deduplicated union of the answers.
     async fn fan_labels<T>(
         &self,
         path: &'static str,
         local: BoxFuture<'_, Result<Vec<T>, StorageError>>,
-        wire: WireLabelRequest,
+        wire: impl serde::Serialize,
     ) -> Result<Vec<T>, StorageError>
     where
         T: Ord + Send + serde::de::DeserializeOwned + 'static,
@@ -310,8 +312,13 @@ async fn remote_json<T: serde::de::DeserializeOwned>(
         ("content-type", "application/json"),
         (peer::TRACE_HEADER, trace_id.as_str()),
     ];
+    let op = if path == peer::METADATA_PATH {
+        "metadata"
+    } else {
+        "labels"
+    };
     let response = client
-        .post(peer, path, "labels", &headers, body, deadline)
+        .post(peer, path, op, &headers, body, deadline)
         .await
         .map_err(|e| e.to_string())?;
     if response.status != 200 {
@@ -397,12 +404,23 @@ impl Storage for FanoutStorage {
         self.inner.local.record_metadata(metadata)
     }
 
-    /// Metadata stays on the node that received it; answered locally (a known gap).
+    /// Metadata lives on the owners of its family name (ADR 0018), so every node is
+    /// asked as for series; the answer is the sorted union, each entry once.
     fn metadata(
         &self,
         metric: Option<String>,
     ) -> BoxFuture<'_, Result<Vec<MetricMetadata>, StorageError>> {
-        self.inner.local.metadata(metric)
+        Box::pin(async move {
+            let wire = WireMetadataRequest {
+                metric: metric.clone(),
+            };
+            let local = Box::pin(async move {
+                let known = self.inner.local.metadata(metric).await?;
+                Ok(known.into_iter().map(peer::metadata_to_wire).collect())
+            });
+            let all: Vec<WireMetadata> = self.fan_labels(peer::METADATA_PATH, local, wire).await?;
+            Ok(all.into_iter().map(peer::metadata_from_wire).collect())
+        })
     }
 }
 

@@ -1,7 +1,8 @@
 //! Replication: the write side of the cluster.
 //!
 //! Owns: routing each series of a batch to its owners (placement over the join-ordered
-//! ring), appending the local share to the local TSDB, forwarding the other owners'
+//! ring), and each metric family's metadata to the owners of its family name (ADR
+//! 0018), appending the local share to the local TSDB, forwarding the other owners'
 //! shares to their `POST /internal/v1/write` over persistent connections, hinted
 //! handoff (`hints`: a durable queue per owner that was down or failed, bounded per
 //! target by `hint_window`'s window and disk cap; `handoff`: the task that replays it
@@ -64,12 +65,13 @@ struct Inner {
     hints: Arc<HintStore>,
 }
 
-/// One owner's share of a batch.
+/// One owner's share of a batch: series, or metric metadata (placed by family name).
 struct Share {
     target: NodeId,
     http_addr: String,
     state: MemberState,
     series: Vec<Series>,
+    metadata: Vec<MetricMetadata>,
 }
 
 impl ReplicatingStorage {
@@ -101,17 +103,15 @@ impl ReplicatingStorage {
         }
         let local_id = view.local.id;
         let total_samples: u64 = batch.iter().map(|s| s.samples.len() as u64).sum();
-        let split = split_by_owner(batch, &view, local_id);
+        let split = split_by_owner(
+            batch,
+            &view,
+            local_id,
+            |s: &Series| placement::partition_key(&s.labels),
+            |share, series| share.series = series,
+        );
         if split.remote.is_empty() {
             return self.inner.local.append(split.local).await;
-        }
-        let mut tasks = tokio::task::JoinSet::new();
-        let trace_id = peer::current_trace_id();
-        for share in split.remote {
-            let inner = self.inner.clone();
-            let target = share.target;
-            let deliver = async move { (target, inner.deliver(share).await) };
-            tasks.spawn(peer::with_trace_id(trace_id.clone(), deliver));
         }
         let local_share = split.local;
         let local = async {
@@ -121,6 +121,52 @@ impl ReplicatingStorage {
                 self.inner.local.append(local_share).await
             }
         };
+        let outcomes = self
+            .deliver_all(local_id, local, split.remote, &split.owner_sets)
+            .await?;
+        Ok(combine_replica_outcomes(total_samples, outcomes))
+    }
+
+    /// Stores each family's metadata on the owners of its family name (ADR 0018), with
+    /// the acknowledgement rule of series.
+    async fn replicate_metadata(&self, metadata: Vec<MetricMetadata>) -> Result<(), StorageError> {
+        let view = self.inner.membership.view();
+        let split = split_by_owner(
+            metadata,
+            &view,
+            view.local.id,
+            |m: &MetricMetadata| placement::metadata_partition_key(&m.metric_family),
+            |share, metadata| share.metadata = metadata,
+        );
+        let local_share = split.local;
+        let local = async {
+            if !local_share.is_empty() {
+                self.inner.local.record_metadata(local_share).await?;
+            }
+            Ok(AppendOutcome::default())
+        };
+        self.deliver_all(view.local.id, local, split.remote, &split.owner_sets)
+            .await
+            .map(drop)
+    }
+
+    /// Runs the local store's part and every remote share's delivery concurrently, then
+    /// applies the acknowledgement rule; every outcome, or the failure.
+    async fn deliver_all(
+        &self,
+        local_id: NodeId,
+        local: impl std::future::Future<Output = Result<AppendOutcome, StorageError>>,
+        remote: Vec<Share>,
+        owner_sets: &BTreeSet<Vec<NodeId>>,
+    ) -> Result<Vec<AppendOutcome>, StorageError> {
+        let mut tasks = tokio::task::JoinSet::new();
+        let trace_id = peer::current_trace_id();
+        for share in remote {
+            let inner = self.inner.clone();
+            let target = share.target;
+            let deliver = async move { (target, inner.deliver(share).await) };
+            tasks.spawn(peer::with_trace_id(trace_id.clone(), deliver));
+        }
         let local_outcome = local.await;
         let mut outcomes = Vec::new();
         let mut failure = None;
@@ -151,11 +197,11 @@ impl ReplicatingStorage {
         if let Some(e) = failure {
             return Err(e);
         }
-        check_acknowledgement(&split.owner_sets, &copies).map_err(|e| {
+        check_acknowledgement(owner_sets, &copies).map_err(|e| {
             tracing::warn!(error = %e, "write not acknowledged");
             StorageError::Unavailable(e.to_string())
         })?;
-        Ok(combine_replica_outcomes(total_samples, outcomes))
+        Ok(outcomes)
     }
 }
 
@@ -246,7 +292,7 @@ impl Inner {
     /// when neither worked for a reason other than the limits (an I/O error).
     async fn deliver(&self, share: Share) -> Result<Delivery, StorageError> {
         let samples: u64 = share.series.iter().map(|s| s.samples.len() as u64).sum();
-        let body = encode_series(&share.series);
+        let body = encode_write(&share.series, &share.metadata);
         drop(share.series);
         if share.state != MemberState::Down {
             match forward(&self.client, &share.http_addr, body.clone(), samples).await {
@@ -320,36 +366,40 @@ pub async fn send_write(
         .map_err(|e| peer::PeerError(format!("{http_addr}: bad write answer: {e}")))
 }
 
-/// A batch split by owner.
-struct SplitBatch {
+/// A batch (of series, or of metadata) split by owner.
+struct SplitBatch<T> {
     /// This node's share.
-    local: Vec<Series>,
+    local: Vec<T>,
     /// The other owners' shares.
     remote: Vec<Share>,
     /// Every distinct owner set of the batch's series (for the acknowledgement rule).
     owner_sets: BTreeSet<Vec<NodeId>>,
 }
 
-/// Splits a batch into this node's share and the other owners' shares.
-fn split_by_owner(
-    batch: Vec<Series>,
+/// Splits items (series, or metadata) into this node's share and the other owners'
+/// shares, each item placed by the partition key `key` gives it; `fill` puts a share's
+/// items into its `Share`.
+fn split_by_owner<T: Clone>(
+    items: Vec<T>,
     view: &crate::cluster::membership::ClusterView,
     local_id: NodeId,
-) -> SplitBatch {
+    key: impl Fn(&T) -> u64,
+    fill: impl Fn(&mut Share, Vec<T>),
+) -> SplitBatch<T> {
     let ring = &view.ring;
     let mut local = Vec::new();
-    let mut remote: HashMap<NodeId, Vec<Series>> = HashMap::new();
+    let mut remote: HashMap<NodeId, Vec<T>> = HashMap::new();
     let mut owner_sets = BTreeSet::new();
     // With no more nodes than replicas every node owns every series: placement need not
     // hash each series to find that out (a single node spends most time here otherwise).
     let everyone_owns_all = placement::every_node_owns_every_series(ring.len());
     let all_nodes: Vec<NodeId> = ring.nodes_in_join_order().iter().map(|n| n.id).collect();
-    for series in batch {
+    for item in items {
         let placed;
         let mut owners: &[NodeId] = if everyone_owns_all {
             &all_nodes
         } else {
-            placed = ring.owners(placement::partition_key(&series.labels));
+            placed = ring.owners(key(&item));
             &placed
         };
         if owners.is_empty() {
@@ -360,13 +410,9 @@ fn split_by_owner(
             owner_sets.insert(owners.to_vec());
         }
         let last = owners.len() - 1;
-        let mut series = Some(series);
+        let mut item = Some(item);
         for (i, &owner) in owners.iter().enumerate() {
-            let copy = if i == last {
-                series.take()
-            } else {
-                series.clone()
-            };
+            let copy = if i == last { item.take() } else { item.clone() };
             let Some(copy) = copy else { break };
             if owner == local_id {
                 local.push(copy);
@@ -377,14 +423,17 @@ fn split_by_owner(
     }
     let remote = remote
         .into_iter()
-        .map(|(target, series)| {
+        .map(|(target, items)| {
             let node = ring.nodes_in_join_order().iter().find(|n| n.id == target);
-            Share {
+            let mut share = Share {
                 target,
                 http_addr: node.map(|n| n.http_addr.clone()).unwrap_or_default(),
                 state: view.member(target).map_or(MemberState::Down, |m| m.state),
-                series,
-            }
+                series: Vec::new(),
+                metadata: Vec::new(),
+            };
+            fill(&mut share, items);
+            share
         })
         .collect();
     SplitBatch {
@@ -414,11 +463,16 @@ fn combine_replica_outcomes(total_samples: u64, outcomes: Vec<AppendOutcome>) ->
     combined
 }
 
-/// The body of an internal write: a snappy remote-write 1.0 request.
+/// The body of an internal write of series: a snappy remote-write 1.0 request.
 pub fn encode_series(series: &[Series]) -> Vec<u8> {
+    encode_write(series, &[])
+}
+
+/// The body of an internal write of series and metric metadata.
+pub fn encode_write(series: &[Series], metadata: &[MetricMetadata]) -> Vec<u8> {
     let request = proto::WriteRequest {
         timeseries: series.iter().map(proto::series_to_proto).collect(),
-        metadata: Vec::new(),
+        metadata: metadata.iter().map(proto::metadata_to_proto).collect(),
     };
     proto::encode_snappy(&request)
 }
@@ -487,12 +541,11 @@ impl Storage for ReplicatingStorage {
         self.inner.local.label_values(name, req)
     }
 
-    /// Metadata is kept on the node that received it (not replicated; a known gap).
     fn record_metadata(
         &self,
         metadata: Vec<MetricMetadata>,
     ) -> BoxFuture<'_, Result<(), StorageError>> {
-        self.inner.local.record_metadata(metadata)
+        Box::pin(self.replicate_metadata(metadata))
     }
 
     fn metadata(
@@ -558,7 +611,13 @@ mod tests {
     #[test]
     fn every_series_goes_to_exactly_its_owners() {
         let view = view_of(5, 3);
-        let split = split_by_owner(batch(500), &view, NodeId(1));
+        let split = split_by_owner(
+            batch(500),
+            &view,
+            NodeId(1),
+            |s: &Series| placement::partition_key(&s.labels),
+            |share, series| share.series = series,
+        );
         let mut held: HashMap<NodeId, Vec<Labels>> = HashMap::new();
         held.insert(
             NodeId(1),
@@ -596,6 +655,64 @@ mod tests {
                 );
             }
         }
+    }
+
+    fn family(i: usize) -> MetricMetadata {
+        MetricMetadata {
+            metric_family: format!("family_{i}"),
+            metric_type: ["counter", "gauge", "histogram", "unknown"][i % 4].to_string(),
+            help: format!("help {i}"),
+            unit: if i % 2 == 0 { "seconds" } else { "" }.to_string(),
+        }
+    }
+
+    #[test]
+    fn metadata_goes_to_the_owners_of_its_family_name() {
+        let view = view_of(5, 0);
+        let families: Vec<MetricMetadata> = (0..200).map(family).collect();
+        let split = split_by_owner(
+            families.clone(),
+            &view,
+            NodeId(1),
+            |m: &MetricMetadata| placement::metadata_partition_key(&m.metric_family),
+            |share, metadata| share.metadata = metadata,
+        );
+        let mut held: HashMap<NodeId, Vec<MetricMetadata>> = HashMap::new();
+        held.insert(NodeId(1), split.local);
+        for share in split.remote {
+            assert!(share.series.is_empty());
+            held.insert(share.target, share.metadata);
+        }
+        let mut spread = HashMap::<NodeId, usize>::new();
+        for m in &families {
+            let owners = view
+                .ring
+                .owners(placement::metadata_partition_key(&m.metric_family));
+            assert_eq!(owners.len(), 3);
+            for id in 1..=5u128 {
+                let has = held.get(&NodeId(id)).is_some_and(|v| v.contains(m));
+                assert_eq!(has, owners.contains(&NodeId(id)), "{m:?} on {id}");
+                *spread.entry(NodeId(id)).or_default() += usize::from(has);
+            }
+        }
+        // Families spread over every node, not all on the same three.
+        assert_eq!(spread.len(), 5);
+        assert!(spread.values().all(|&n| n > 60), "{spread:?}");
+    }
+
+    #[test]
+    fn internal_write_bodies_carry_metadata_unchanged() {
+        let metadata: Vec<MetricMetadata> = (0..8).map(family).collect();
+        let body = encode_write(&batch(2), &metadata);
+        let decoded = crate::ingest::decode_write_request(
+            Some("application/x-protobuf"),
+            Some("snappy"),
+            &body,
+            &crate::ingest::DecodeLimits::for_body_limit(1 << 20),
+        )
+        .expect("decodes");
+        assert_eq!(decoded.metadata, metadata);
+        assert_eq!(decoded.series, batch(2));
     }
 
     #[test]

@@ -10,7 +10,8 @@
 //! this node's view (so each copy is sent once, not three times). It throttles to the
 //! configured bytes per second, retries a failed target with backoff, starts over when
 //! the ring changes again, and only then moves the base forward (so a restart mid-way
-//! re-sends: samples are idempotent, the copy is a union). It never deletes: a node
+//! re-sends: samples are idempotent, the copy is a union). Metric metadata follows its
+//! family name's owners the same way (ADR 0018). It never deletes: a node
 //! keeps series it no longer owns. Also owns the repair progress (`RepairProgress`, read
 //! by the cluster status endpoint) and the `timbala_repair_*` metrics.
 //!
@@ -32,7 +33,7 @@ use crate::cluster::identity::{write_atomically, NodeId};
 use crate::cluster::membership::{ClusterView, MemberState, MembershipHandle};
 use crate::cluster::placement;
 use crate::cluster::ring::{Ring, RingSlot};
-use crate::model::{Labels, Matcher, Series};
+use crate::model::{Labels, Matcher, MetricMetadata, Series};
 use crate::peer::PeerClient;
 use crate::storage::{LabelRequest, SelectRequest, Storage};
 
@@ -236,6 +237,25 @@ pub fn targets_for(
     }
 }
 
+/// The metric metadata this node must send to each owner its family name gained from
+/// `base` to `current` (placed by `placement::metadata_partition_key`).
+pub fn metadata_transfers(
+    known: Vec<MetricMetadata>,
+    base: &Ring,
+    current: &Ring,
+    view: &ClusterView,
+    local: NodeId,
+) -> BTreeMap<NodeId, Vec<MetricMetadata>> {
+    let mut by_target: BTreeMap<NodeId, Vec<MetricMetadata>> = BTreeMap::new();
+    for m in known {
+        let key = placement::metadata_partition_key(&m.metric_family);
+        for node in targets_for(key, base, current, view, local) {
+            by_target.entry(node).or_default().push(m.clone());
+        }
+    }
+    by_target
+}
+
 /// The ring this node last finished repairing for; `None` when it never stored one.
 pub fn load_base(data_dir: &Path) -> std::io::Result<Option<Ring>> {
     match std::fs::read(data_dir.join(REPAIR_FILE)) {
@@ -379,6 +399,31 @@ impl Repairer {
                 }
             }
         }
+        self.copy_metadata(base, target, views, &throttle).await
+    }
+
+    /// Sends each metric family's metadata to the owners its family name gained, by
+    /// the series' sender rule (ADR 0018). Metadata is small: one write per target.
+    async fn copy_metadata(
+        &self,
+        base: &Ring,
+        target: &Ring,
+        views: &mut tokio::sync::watch::Receiver<Arc<ClusterView>>,
+        throttle: &Throttle,
+    ) -> Result<(), Interrupted> {
+        let known = match self.local.metadata(None).await {
+            Ok(known) => known,
+            Err(e) => {
+                tracing::error!(error = %e, "re-replication cannot list local metadata");
+                return Ok(());
+            }
+        };
+        let view = self.membership.view();
+        for (node, metadata) in metadata_transfers(known, base, target, &view, view.local.id) {
+            let body = super::encode_write(&[], &metadata);
+            self.send_body(node, body, 0, target, views, throttle)
+                .await?;
+        }
         Ok(())
     }
 
@@ -441,6 +486,21 @@ impl Repairer {
     ) -> Result<(), Interrupted> {
         let body = super::encode_series(series);
         let samples: u64 = series.iter().map(|s| s.samples.len() as u64).sum();
+        self.send_body(node, body, samples, target, views, throttle)
+            .await
+    }
+
+    /// Sends one encoded internal write to one new owner, retrying with backoff until
+    /// it is stored or the ring moves on.
+    async fn send_body(
+        &self,
+        node: NodeId,
+        body: Vec<u8>,
+        samples: u64,
+        target: &Ring,
+        views: &mut tokio::sync::watch::Receiver<Arc<ClusterView>>,
+        throttle: &Throttle,
+    ) -> Result<(), Interrupted> {
         let mut backoff = RETRY_FIRST;
         loop {
             let Some(addr) = self
@@ -638,6 +698,46 @@ mod tests {
                 assert_eq!(sent, share, "{n} nodes, {victim} removed");
             }
         }
+    }
+
+    #[test]
+    fn metadata_reaches_the_owners_its_family_gained_once() {
+        let known: Vec<MetricMetadata> = (0..300)
+            .map(|i| MetricMetadata {
+                metric_family: format!("family_{i}"),
+                metric_type: "gauge".into(),
+                help: String::new(),
+                unit: String::new(),
+            })
+            .collect();
+        let base = state_of(5).ring();
+        let mut s = state_of(5);
+        s.remove(NodeId(2));
+        let current = s.ring();
+        let mut received: BTreeMap<NodeId, Vec<MetricMetadata>> = BTreeMap::new();
+        for local in [1, 3, 4, 5] {
+            let v = view(local, &current, &[2]);
+            for (node, sent) in
+                metadata_transfers(known.clone(), &base, &current, &v, NodeId(local))
+            {
+                received.entry(node).or_default().extend(sent);
+            }
+        }
+        let mut moved = 0;
+        for m in &known {
+            let key = placement::metadata_partition_key(&m.metric_family);
+            let (old, new) = (base.owners(key), current.owners(key));
+            for node in [1, 3, 4, 5].map(NodeId) {
+                let got = received
+                    .get(&node)
+                    .map_or(0, |v| v.iter().filter(|x| *x == m).count());
+                let gained = new.contains(&node) && !old.contains(&node);
+                assert_eq!(got, usize::from(gained), "{m:?} to {node}");
+                moved += got;
+            }
+        }
+        // Only the removed node's families move: about 3/5 of them.
+        assert!((120..=240).contains(&moved), "{moved} copies moved");
     }
 
     #[test]
