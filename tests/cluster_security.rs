@@ -453,7 +453,8 @@ fn internal_routes_refuse_requests_without_a_valid_cluster_credential() {
     });
     let digest_body = br#"{"requester":"00000000000000000000000000000001","windowMs":3600000,"upto":0,"buckets":64,"level":{"level":"buckets"}}"#;
     let pull_body = br#"{"ranges":[{"labels":[["__name__","forged"]],"mint":0,"maxt":1}]}"#;
-    let routes: [(&str, &[u8]); 8] = [
+    let metadata_body = br#"{"metric":null}"#;
+    let routes: [(&str, &[u8]); 9] = [
         ("/internal/v1/write", &write_body),
         ("/internal/v1/backfill", &write_body),
         ("/internal/v1/anti-entropy/digests", digest_body),
@@ -462,6 +463,7 @@ fn internal_routes_refuse_requests_without_a_valid_cluster_credential() {
         ("/internal/v1/series", label_body),
         ("/internal/v1/labels", label_body),
         ("/internal/v1/label-values", label_body),
+        ("/internal/v1/metadata", metadata_body),
     ];
     let stale = |path: &str, body: &[u8]| {
         (
@@ -517,6 +519,13 @@ fn internal_routes_refuse_requests_without_a_valid_cluster_credential() {
     );
     assert_eq!(code, 200);
     assert_eq!(local_series(&node, Some(&keys), "forged"), 5);
+    let (name, value) = cluster_credential(&keys, "/internal/v1/metadata", metadata_body);
+    let (code, answer) = post(
+        &node.url("/internal/v1/metadata"),
+        &[("Content-Type", "application/json"), (&name, &value)],
+        metadata_body,
+    );
+    assert_eq!(code, 200, "{}", String::from_utf8_lossy(&answer));
 }
 
 /// One observation of the membership monitor.
