@@ -28,6 +28,24 @@ pub const NODES: [(&str, &str); 3] = [
     ("timbala-3", "http://127.0.0.1:19083"),
 ];
 
+/// The host URL of a node's HTTP API by its compose service name.
+pub fn node_url(service: &str) -> Result<&'static str, String> {
+    NODES
+        .iter()
+        .find(|(name, _)| *name == service)
+        .map(|(_, base)| *base)
+        .ok_or_else(|| format!("{service} is not a Timbala node"))
+}
+
+/// A node's identity (`local` of its `/api/v1/status/cluster`).
+pub fn node_id(base: &str) -> Result<String, String> {
+    let status = get_json(&format!("{base}/api/v1/status/cluster"))?;
+    status["data"]["local"]
+        .as_str()
+        .map(String::from)
+        .ok_or_else(|| format!("{base}: no local node id in the cluster status"))
+}
+
 /// Prometheus marks a series stale with this NaN; queries skip it, raw reads keep it.
 const STALE_NAN_BITS: u64 = 0x7ff0_0000_0000_0002;
 

@@ -2,7 +2,8 @@
 //! Prometheus's local storage and from every Timbala node agree, that every sample
 //! Prometheus scraped over a window reached every node, that the replicas hold the same
 //! data, that Prometheus's remote-write counters show no failed or dropped sample, and
-//! that answers given while a node is unreachable name it in their warnings.
+//! that answers given while a node is unreachable name it in their warnings, and that
+//! re-replication has finished after a node was replaced.
 //!
 //! Owns: the query list, the waits (each bounded), the per-window accounting and the
 //! warnings expected of answers given while a node is unreachable.
@@ -97,8 +98,31 @@ pub fn wait_for(
     }
 }
 
-/// Every node sees three alive members and no handoff backlog, and Prometheus scrapes
-/// all four targets.
+/// Hinted batches a node's cluster status lists: (for ring members, for removed nodes).
+/// Hints for a removed node are never replayed to it (ADR 0006/0015): the new owners get
+/// those samples from the surviving replicas by re-replication instead.
+fn backlog_of(data: &serde_json::Value) -> (u64, u64) {
+    let removed: BTreeSet<&str> = data["slots"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|s| s["removed"] == true)
+        .filter_map(|s| s["id"].as_str())
+        .collect();
+    let mut backlog = (0, 0);
+    for b in data["handoffBacklog"].as_array().into_iter().flatten() {
+        let batches = b["batches"].as_u64().unwrap_or(0);
+        if b["target"].as_str().is_some_and(|t| removed.contains(t)) {
+            backlog.1 += batches;
+        } else {
+            backlog.0 += batches;
+        }
+    }
+    backlog
+}
+
+/// Every node sees three alive members and no handoff backlog for a ring member, and
+/// Prometheus scrapes all four targets.
 pub fn cluster_converged() -> Result<bool, String> {
     for (name, base) in NODES {
         let status = api::get_json(&format!("{base}/api/v1/status/cluster"))?;
@@ -109,9 +133,7 @@ pub fn cluster_converged() -> Result<bool, String> {
         if alive != NODES.len() {
             return Err(format!("{name} sees {alive} alive members"));
         }
-        let backlog: u64 = data["handoffBacklog"]
-            .as_array()
-            .map_or(0, |b| b.iter().filter_map(|b| b["batches"].as_u64()).sum());
+        let (backlog, _) = backlog_of(data);
         if backlog > 0 {
             return Err(format!("{name} still holds {backlog} hinted batches"));
         }
@@ -121,6 +143,38 @@ pub fn cluster_converged() -> Result<bool, String> {
         return Err(format!("{up} of 4 targets up"));
     }
     Ok(true)
+}
+
+/// Every node's re-replication is idle: its last finished pass ran for the ring it sees
+/// now (ADR 0015).
+pub fn repair_idle() -> Result<bool, String> {
+    for (name, base) in NODES {
+        let status = api::get_json(&format!("{base}/api/v1/status/cluster"))?;
+        let repair = &status["data"]["repair"];
+        if repair["state"] != "idle" {
+            return Err(format!("{name} re-replication: {repair}"));
+        }
+    }
+    Ok(true)
+}
+
+/// What a replacement left: per node, (re-replicated series copies sent, hinted batches
+/// still held for removed nodes), and whether every node lists `old_id` as removed.
+pub fn replacement_report(old_id: &str) -> Result<(Vec<(String, f64, u64)>, bool), String> {
+    let mut per_node = Vec::new();
+    let mut removed_everywhere = true;
+    for (name, base) in NODES {
+        let status = api::get_json(&format!("{base}/api/v1/status/cluster"))?;
+        let data = &status["data"];
+        removed_everywhere &= data["slots"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|s| s["id"] == old_id && s["removed"] == true);
+        let copies = api::exposed_sum(base, "timbala_repair_copies_sent_total")?;
+        per_node.push((name.to_string(), copies, backlog_of(data).1));
+    }
+    Ok((per_node, removed_everywhere))
 }
 
 /// While `service` cannot be reached, an instant query on each other node answers 200

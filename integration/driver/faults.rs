@@ -1,17 +1,20 @@
 //! The faults the suite injects into one node while Prometheus keeps writing: kill and
-//! restart, pause and resume, network partition, and degraded network (10% packet loss
-//! plus 100 ms delay on every packet the node sends).
+//! restart, pause and resume, network partition, degraded network (10% packet loss
+//! plus 100 ms delay on every packet the node sends), and replacement (the node
+//! destroyed with its volume, removed from the cluster through the admin API, and a
+//! fresh node with an empty volume, so a new identity, started in its place).
 //!
 //! Owns: how each fault is applied and healed. Network faults are iptables rules in
 //! the container's network namespace, entered from the host. Degraded network uses
 //! `tc netem` when the kernel has sch_netem; otherwise it is emulated: iptables'
 //! `statistic` match drops 10% of egress packets and every other egress packet goes to
 //! an NFQUEUE that integration/netem_delay.py holds for 100 ms before accepting.
-//! Calls `stack` only.
+//! Calls `stack`, and `api` for a node's identity and the removal endpoint.
 
 use std::process::Child;
 use std::time::Duration;
 
+use crate::api;
 use crate::stack::Stack;
 
 /// Netfilter queue number used by the delay emulation.
@@ -25,6 +28,7 @@ pub enum FaultKind {
     PauseResume,
     Partition,
     Netem,
+    Replace,
 }
 
 impl FaultKind {
@@ -34,6 +38,10 @@ impl FaultKind {
             FaultKind::PauseResume => "paused (SIGSTOP) and resumed (SIGCONT)",
             FaultKind::Partition => "cut off from the network and reconnected",
             FaultKind::Netem => "10% egress packet loss and 100 ms egress delay",
+            FaultKind::Replace => {
+                "destroyed (container and volume removed), removed from the cluster, \
+                 replaced by a fresh node"
+            }
         }
     }
 
@@ -41,9 +49,10 @@ impl FaultKind {
     /// still lets it answer).
     pub fn reach(self) -> Reach {
         match self {
-            FaultKind::KillRestart | FaultKind::PauseResume | FaultKind::Partition => {
-                Reach::Unreachable
-            }
+            FaultKind::KillRestart
+            | FaultKind::PauseResume
+            | FaultKind::Partition
+            | FaultKind::Replace => Reach::Unreachable,
             FaultKind::Netem => Reach::Reachable,
         }
     }
@@ -64,7 +73,13 @@ pub enum Applied {
     Paused,
     Partitioned,
     TcNetem,
-    EmulatedNetem { delayer: Child },
+    EmulatedNetem {
+        delayer: Child,
+    },
+    /// Destroyed; `old_id` is the identity that died with its volume.
+    Destroyed {
+        old_id: String,
+    },
 }
 
 const PARTITION_RULES: [[&str; 4]; 2] = [
@@ -83,6 +98,12 @@ pub fn apply(stack: &Stack, service: &str, kind: FaultKind) -> Result<Applied, S
             Ok(Applied::Partitioned)
         }
         FaultKind::Netem => degrade(stack, service),
+        FaultKind::Replace => {
+            let old_id = api::node_id(api::node_url(service)?)?;
+            stack.destroy(service)?;
+            println!("  destroyed {service} (node {old_id}): container and volume removed");
+            Ok(Applied::Destroyed { old_id })
+        }
     }
 }
 
@@ -100,6 +121,37 @@ pub fn heal(stack: &Stack, service: &str, applied: Applied) -> Result<(), String
             .in_netns(service, &["tc", "qdisc", "del", "dev", "eth0", "root"])
             .map(drop),
         Applied::EmulatedNetem { delayer } => restore_network(stack, service, delayer),
+        Applied::Destroyed { old_id } => {
+            remove_from_cluster(service, &old_id)?;
+            stack.recreate(service)
+        }
+    }
+}
+
+/// How long removal is retried while the other nodes still see the dead node as
+/// suspect (the endpoint refuses a node not down in the answering node's view).
+const REMOVAL_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// `POST /api/v1/admin/cluster/remove` on another node until it answers 200.
+fn remove_from_cluster(service: &str, old_id: &str) -> Result<(), String> {
+    let (asked, base) = api::NODES
+        .iter()
+        .find(|(name, _)| *name != service)
+        .ok_or("no other node to ask")?;
+    let url = format!("{base}/api/v1/admin/cluster/remove");
+    let deadline = std::time::Instant::now() + REMOVAL_TIMEOUT;
+    loop {
+        let (status, body) = api::post_form(&url, &[("node", old_id)])?;
+        if status == 200 {
+            println!("  removed node {old_id} through {asked}: {body}");
+            return Ok(());
+        }
+        if status != 409 || std::time::Instant::now() >= deadline {
+            return Err(format!(
+                "removing {old_id} through {asked}: {status} {body}"
+            ));
+        }
+        std::thread::sleep(Duration::from_secs(1));
     }
 }
 

@@ -1,7 +1,8 @@
 //! Integration driver (`make integration`): starts the docker-compose stack (a real
 //! Prometheus writing into a three-node Timbala cluster through nginx), checks PromQL
 //! answers with promtool against Prometheus's local storage and every node, then runs
-//! each fault scenario with writes flowing and accounts for every sample. Exits non-zero
+//! each fault scenario with writes flowing and accounts for every sample (after the
+//! last one, a node replaced by a fresh one, over the whole run). Exits non-zero
 //! when any check fails; the stack is always torn down.
 //!
 //! Owns: the order of the suite, the scenario timeline and the printed report.
@@ -42,11 +43,12 @@ const REMOTE_READ_PROBE_AGE_S: f64 = 600.0;
 /// A node's gossip+HTTP address seen from another node, for the RTT probe.
 const RTT_PROBE_TARGET: &str = "10.213.7.11:9080";
 
-const SCENARIOS: [(FaultKind, &str); 4] = [
+const SCENARIOS: [(FaultKind, &str); 5] = [
     (FaultKind::KillRestart, "timbala-2"),
     (FaultKind::PauseResume, "timbala-3"),
     (FaultKind::Partition, "timbala-2"),
     (FaultKind::Netem, "timbala-3"),
+    (FaultKind::Replace, "timbala-2"),
 ];
 
 fn main() -> ExitCode {
@@ -107,6 +109,9 @@ fn run_checks(stack: &Stack, started: Instant) -> Result<Vec<String>, String> {
         checks::cluster_converged,
     )?;
     println!("stack up: 3 nodes alive, 4 targets scraped");
+    // Every sample from here on is on all three nodes at the end (checked after the
+    // replacement scenario, whose new node must hold the whole history).
+    let history_start_s = now_s();
     // No compared query may reach back to the first scrapes (see checks::INSTANT_QUERIES).
     let warm_up = Duration::from_secs_f64(checks::QUERY_REACH_S + WARM_UP_MARGIN_S + ANSWER_LAG_S);
     std::thread::sleep(warm_up.saturating_sub(started.elapsed()));
@@ -118,7 +123,7 @@ fn run_checks(stack: &Stack, started: Instant) -> Result<Vec<String>, String> {
     // Mid-run, before the faults: everything after it is the proof it hurt nothing.
     failures.extend(bad_client::run()?);
     for (kind, service) in SCENARIOS {
-        failures.extend(run_scenario(stack, kind, service)?);
+        failures.extend(run_scenario(stack, kind, service, history_start_s)?);
     }
     failures.extend(compare_answers("after all faults")?);
     Ok(failures)
@@ -146,7 +151,12 @@ fn compare_answers(when: &str) -> Result<Vec<String>, String> {
         .collect())
 }
 
-fn run_scenario(stack: &Stack, kind: FaultKind, service: &str) -> Result<Vec<String>, String> {
+fn run_scenario(
+    stack: &Stack,
+    kind: FaultKind,
+    service: &str,
+    history_start_s: f64,
+) -> Result<Vec<String>, String> {
     println!("\n== scenario: {service} {}", kind.describe());
     let name = format!("{service} {kind:?}");
     let before = checks::write_counters()?;
@@ -174,6 +184,10 @@ fn run_scenario(stack: &Stack, kind: FaultKind, service: &str) -> Result<Vec<Str
         failures.extend(warned.into_iter().map(|f| format!("{name}: {f}")));
         std::thread::sleep(FAULT_HOLD - FAULT_HOLD / 2);
     }
+    let replaced = match &applied {
+        faults::Applied::Destroyed { old_id } => Some(old_id.clone()),
+        _ => None,
+    };
     faults::heal(stack, service, applied)?;
     let healed = Instant::now();
     wait_for(
@@ -196,6 +210,9 @@ fn run_scenario(stack: &Stack, kind: FaultKind, service: &str) -> Result<Vec<Str
         CONVERGENCE_TIMEOUT,
         checks::cluster_converged,
     )?;
+    if let Some(old_id) = &replaced {
+        failures.extend(check_replacement(service, old_id, healed)?);
+    }
     let range_s = (window_end - window_start).ceil() as u64;
     let account = settled_account(window_end, range_s)?;
     let after = checks::write_counters()?;
@@ -206,11 +223,59 @@ fn run_scenario(stack: &Stack, kind: FaultKind, service: &str) -> Result<Vec<Str
     if !account.clean() {
         failures.push(format!("{name}: samples missing or replicas differ"));
     }
+    if replaced.is_some() {
+        // The new node holds the whole history, not only the scenario's window.
+        let range_s = (window_end - history_start_s).ceil() as u64;
+        let history = settled_account(window_end, range_s)?;
+        println!("  whole history since the stack converged:");
+        print_account(&history, range_s, &before, &after);
+        if !history.clean() {
+            failures.push(format!(
+                "{name}: history samples missing or replicas differ"
+            ));
+        }
+    }
     if after.failed > before.failed || after.dropped > before.dropped {
         failures.push(format!(
             "{name}: Prometheus remote write failed {} and dropped {} samples",
             after.failed - before.failed,
             after.dropped - before.dropped
+        ));
+    }
+    Ok(failures)
+}
+
+/// After a node was replaced: the new node has a new identity, every node lists the
+/// old one as removed, and re-replication has finished everywhere. Prints what the
+/// re-replication sent and the hints left for the removed node; returns failed checks.
+fn check_replacement(service: &str, old_id: &str, healed: Instant) -> Result<Vec<String>, String> {
+    let mut failures = Vec::new();
+    let new_id = api::node_id(api::node_url(service)?)?;
+    println!("  {service} rejoined as node {new_id} (was {old_id})");
+    if new_id == old_id {
+        failures.push(format!(
+            "{service} replaced: the fresh node kept the old identity {old_id}"
+        ));
+    }
+    wait_for(
+        "re-replication to finish",
+        CONVERGENCE_TIMEOUT,
+        checks::repair_idle,
+    )?;
+    println!(
+        "  re-replication idle on every node {:.1} s after the replacement started",
+        healed.elapsed().as_secs_f64()
+    );
+    let (per_node, removed_everywhere) = checks::replacement_report(old_id)?;
+    for (name, copies, hints) in &per_node {
+        println!(
+            "  {name}: {copies} series copies re-replicated; {hints} hinted batches left for \
+             removed nodes"
+        );
+    }
+    if !removed_everywhere {
+        failures.push(format!(
+            "{service} replaced: not every node lists {old_id} as removed"
         ));
     }
     Ok(failures)

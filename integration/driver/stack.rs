@@ -1,6 +1,7 @@
 //! The compose stack's lifecycle: up, down (always, via `Drop`), container logs,
-//! killing, starting, pausing and resuming one service, and running a command on the
-//! host inside a container's network namespace (`nsenter -t <pid> -n`).
+//! killing, starting, pausing and resuming one service, destroying one (container and
+//! volume) and creating it afresh, and running a command on the host inside a
+//! container's network namespace (`nsenter -t <pid> -n`).
 //!
 //! Owns: the compose project name and every docker / docker-compose invocation.
 //! Calls docker-compose 1.x, docker and nsenter as subprocesses; nothing else.
@@ -36,6 +37,39 @@ impl Stack {
 
     pub fn start(&self, service: &str) -> Result<(), String> {
         compose(&["start", service])
+    }
+
+    /// Destroys a service for good: SIGKILL, container removed, and its named volume
+    /// (the node's data directory, identity included) removed.
+    pub fn destroy(&self, service: &str) -> Result<(), String> {
+        compose(&["kill", "-s", "SIGKILL", service])?;
+        compose(&["rm", "-f", "-s", service])?;
+        let volumes = output(
+            "docker",
+            &[
+                "volume",
+                "ls",
+                "-q",
+                "--filter",
+                &format!("label=com.docker.compose.project={PROJECT}"),
+                "--filter",
+                &format!("label=com.docker.compose.volume={service}"),
+            ],
+        )?;
+        let volumes: Vec<&str> = volumes.split_whitespace().collect();
+        if volumes.is_empty() {
+            return Err(format!("no volume of {service} to remove"));
+        }
+        for volume in volumes {
+            output("docker", &["volume", "rm", volume])?;
+        }
+        Ok(())
+    }
+
+    /// Creates and starts a new container for a destroyed service (with a new, empty
+    /// volume), leaving every other service as it is.
+    pub fn recreate(&self, service: &str) -> Result<(), String> {
+        compose(&["up", "-d", "--no-build", "--no-deps", service])
     }
 
     /// Stops the service's process with SIGSTOP, sent from the host: a hung node that
