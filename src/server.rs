@@ -25,6 +25,7 @@ use crate::promql::Engine;
 use crate::replication::antientropy::{AntiEntropy, AntiEntropyMetrics, AntiEntropyProgress};
 use crate::replication::handoff::Handoff;
 use crate::replication::hints::{HandoffMetrics, HintStore};
+use crate::replication::read_repair::{ReadRepair, ReadRepairMetrics};
 use crate::replication::rereplicate::{RepairMetrics, RepairProgress, Repairer};
 use crate::replication::ReplicatingStorage;
 use crate::storage::Storage;
@@ -47,6 +48,7 @@ pub async fn run(config: Config) -> Result<(), String> {
     let fanout_metrics = FanoutMetrics::register(&mut registry);
     let repair_metrics = RepairMetrics::register(&mut registry);
     let anti_entropy_metrics = AntiEntropyMetrics::register(&mut registry);
+    let read_repair_metrics = ReadRepairMetrics::register(&mut registry);
     let web_security = WebSecurity::load(config.web_options(), &mut registry)
         .map_err(|e| format!("--web-config-file: {e}"))?;
 
@@ -109,11 +111,13 @@ pub async fn run(config: Config) -> Result<(), String> {
         client.clone(),
         hints.clone(),
     );
+    let read_repair = ReadRepair::start(membership.clone(), client.clone(), read_repair_metrics);
     let reads = FanoutStorage::new(
         local,
         membership.clone(),
         client.clone(),
         hints.clone(),
+        read_repair,
         config.fanout_options(),
         fanout_metrics,
     );

@@ -189,14 +189,15 @@ fn record_lags(
 
 impl FanoutStorage {
     /// Runs `local` here and `remote` on every alive peer concurrently and returns the
-    /// answers once they hold every series (see the module comment), leaving the read's
-    /// notes in the enclosing collector; or a storage error (`Unavailable`) once as many
-    /// nodes are missing as a series has replicas.
+    /// answers, each with the node that gave it, once they hold every series (see the
+    /// module comment), leaving the read's notes in the enclosing collector; or a
+    /// storage error (`Unavailable`) once as many nodes are missing as a series has
+    /// replicas.
     pub(super) async fn gather<T, L, R, RF>(
         &self,
         local: L,
         remote: R,
-    ) -> Result<Vec<T>, StorageError>
+    ) -> Result<Vec<(NodeId, T)>, StorageError>
     where
         T: Send + 'static,
         L: Future<Output = Result<T, StorageError>>,
@@ -252,7 +253,7 @@ impl FanoutStorage {
             );
             flight.spawn(peer::with_trace_id(trace_id.clone(), ask));
         }
-        let mut answers = vec![local.await?];
+        let mut answers = vec![(local_id, local.await?)];
         // When the answers in hand first held every series; stragglers are waited for
         // `peer_timeout` from then.
         let mut complete_since: Option<Instant> = None;
@@ -280,7 +281,7 @@ impl FanoutStorage {
             tokio::select! {
                 outcome = flight.next() => match outcome {
                     Some((index, Ok(answer))) => {
-                        answers.push(answer.value);
+                        answers.push((asked[index].id, answer.value));
                         let latest = views.borrow().clone();
                         record_lags(&mut report, &latest, &asked[index].addr, answer.hints_pending);
                     }

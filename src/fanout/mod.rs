@@ -4,16 +4,21 @@
 //! endpoints) for the series matching a request, and merging the replicas' answers so
 //! each series appears once with the union of its samples (equal timestamps
 //! deduplicated). Which series a node holds is unknown for a matcher query, so every
-//! node is asked (ADR 0007). Metric metadata is read the same way (ADR 0018). Submodules: `gather` (whom to ask, how long to wait, when
-//! to go on without a node or refuse; ADR 0012) and `notes` (the warnings an answer
-//! given without some node carries to the HTTP API).
+//! node is asked (ADR 0007). Metric metadata is read the same way (ADR 0018).
+//! Submodules: `gather` (whom to ask, how long to wait, when to go on without a node or
+//! refuse; ADR 0012), `lagging` (the merge, noting owners that answered without samples
+//! another replica returned) and `notes` (the warnings an answer given without some
+//! node carries to the HTTP API).
 //!
-//! Calls `cluster` (membership view), `peer` (internal HTTP client), `proto` (remote
-//! read messages for the internal select), `replication::hints` (this node's pending
-//! hints, read only) and the local `storage::Storage`. Writes are not its business:
-//! they pass through to the local store.
+//! Calls `cluster` (membership view, placement), `peer` (internal HTTP client), `proto`
+//! (remote read messages for the internal select), `replication::hints` (this node's
+//! pending hints, read only), `replication::read_repair` (offered the lags a select
+//! found; it writes them back in the background, never slowing the read) and the local
+//! `storage::Storage`. Writes are otherwise not its business: they pass through to the
+//! local store.
 
 mod gather;
+pub mod lagging;
 pub mod notes;
 
 use std::sync::Arc;
@@ -25,11 +30,14 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
 use prost::Message;
 
+use crate::cluster::identity::NodeId;
 use crate::cluster::membership::MembershipHandle;
-use crate::model::{merge_sorted_samples, Label, Labels, MatchOp, MetricMetadata, Sample, Series};
+use crate::cluster::placement;
+use crate::model::{Label, Labels, MatchOp, MetricMetadata, Sample, Series};
 use crate::peer::{self, PeerClient, WireLabelRequest, WireMetadata, WireMetadataRequest};
 use crate::proto;
 use crate::replication::hints::HintStore;
+use crate::replication::read_repair::ReadRepair;
 use crate::storage::{
     AppendOutcome, BoxFuture, LabelRequest, SelectError, SelectRequest, Storage, StorageError,
 };
@@ -48,6 +56,8 @@ struct Inner {
     client: PeerClient,
     /// This node's hint queue: the replicas it knows to lag.
     hints: Arc<HintStore>,
+    /// Where the replicas a read finds lagging are written back.
+    read_repair: Arc<ReadRepair>,
     options: FanoutOptions,
     metrics: FanoutMetrics,
 }
@@ -133,6 +143,7 @@ impl FanoutStorage {
         membership: MembershipHandle,
         client: PeerClient,
         hints: Arc<HintStore>,
+        read_repair: Arc<ReadRepair>,
         options: FanoutOptions,
         metrics: FanoutMetrics,
     ) -> FanoutStorage {
@@ -142,6 +153,7 @@ impl FanoutStorage {
                 membership,
                 client,
                 hints,
+                read_repair,
                 options,
                 metrics,
             }),
@@ -171,10 +183,16 @@ impl FanoutStorage {
             })
             .await?;
         let mut all = Vec::new();
-        for answer in answers {
-            all.push(answer.map_err(|()| SelectError::TooManySamples)?);
+        for (node, answer) in answers {
+            all.push((node, answer.map_err(|()| SelectError::TooManySamples)?));
         }
-        let merged = merge_series(all);
+        let view = self.inner.membership.view();
+        let (merged, lags) =
+            lagging::merge_and_find_lags(all, |labels| series_owners(&view.ring, labels));
+        if !lags.is_empty() {
+            let lags = lags.into_iter().map(|l| (l.target, l.series)).collect();
+            self.inner.read_repair.offer(lags);
+        }
         let total: usize = merged.iter().map(|s| s.samples.len()).sum();
         if max_samples > 0 && total > max_samples {
             return Err(SelectError::TooManySamples);
@@ -203,7 +221,7 @@ impl FanoutStorage {
                 }
             })
             .await?;
-        let mut all: Vec<T> = answers.into_iter().flatten().collect();
+        let mut all: Vec<T> = answers.into_iter().flat_map(|(_, a)| a).collect();
         all.sort();
         all.dedup();
         Ok(all)
@@ -330,28 +348,23 @@ async fn remote_json<T: serde::de::DeserializeOwned>(
     })
 }
 
+/// The owners of a series in `ring` (placement, ADR 0004/0015).
+fn series_owners(ring: &crate::cluster::ring::Ring, labels: &Labels) -> Vec<NodeId> {
+    ring.owners(placement::partition_key(labels))
+}
+
 /// Merges replicas: one series per label set, sorted by labels, with the union of the
 /// replicas' samples in time order; a timestamp present on several replicas is kept once,
 /// with the value `model::conflict_winner` picks (replicas that have not converged yet
-/// give the answer they will converge to, whichever replica answered first).
-pub fn merge_series(mut answers: Vec<Vec<Series>>) -> Vec<Series> {
-    if answers.len() == 1 {
-        // One node (a cluster of one): its answer is already sorted and unique.
-        return answers.pop().unwrap_or_default();
-    }
-    let mut all: Vec<Series> = answers.into_iter().flatten().collect();
-    all.sort_by(|a, b| a.labels.cmp(&b.labels));
-    let mut merged: Vec<Series> = Vec::with_capacity(all.len());
-    for series in all {
-        match merged.last_mut() {
-            Some(last) if last.labels == series.labels => {
-                last.samples =
-                    merge_sorted_samples(std::mem::take(&mut last.samples), series.samples);
-            }
-            _ => merged.push(series),
-        }
-    }
-    merged
+/// give the answer they will converge to, whichever replica answered first). The rule
+/// is `lagging::merge_and_find_lags`'s, without looking for lagging owners.
+pub fn merge_series(answers: Vec<Vec<Series>>) -> Vec<Series> {
+    let numbered = answers
+        .into_iter()
+        .enumerate()
+        .map(|(i, a)| (NodeId(i as u128), a))
+        .collect();
+    lagging::merge_and_find_lags(numbered, |_| Vec::new()).0
 }
 
 impl Storage for FanoutStorage {

@@ -8,9 +8,10 @@
 //! target by `hint_window`'s window and disk cap; `handoff`: the task that replays it
 //! when gossip shows the owner alive, and re-routes the hints of a removed owner to the
 //! series' new owners), re-replication (`rereplicate`: after a ring change, copying
-//! series to the owners they gained, over the repair write), and anti-entropy (`antientropy`: comparing digests
-//! with the other owners on a schedule and pulling what this node lacks; ADR 0016). The
-//! acknowledgement rule is ADR 0006 as amended by
+//! series to the owners they gained, over the repair write), anti-entropy
+//! (`antientropy`: comparing digests with the other owners on a schedule and pulling
+//! what this node lacks; ADR 0016), and read repair (`read_repair`: writing back what a
+//! read found an owner lacking). The acknowledgement rule is ADR 0006 as amended by
 //! ADR 0017: a batch is acknowledged once every series has a durable copy, or a durable
 //! hint, for each of its owners; an owner whose hint window or cap is exceeded gets no
 //! hint, and a series with such an owner is acknowledged only when a majority of its
@@ -28,6 +29,7 @@ pub mod antientropy;
 pub mod handoff;
 pub mod hint_window;
 pub mod hints;
+pub mod read_repair;
 pub mod rereplicate;
 
 use std::collections::{BTreeSet, HashMap, HashSet};

@@ -382,7 +382,7 @@ impl Repairer {
             }
             for (node, series) in by_target {
                 let copies = series.len() as u64;
-                for piece in pieces(series) {
+                for piece in pieces(series, SAMPLES_PER_BATCH) {
                     self.send(node, &piece, target, views, &throttle).await?;
                 }
                 self.metrics.copies_sent.inc_by(copies);
@@ -563,15 +563,16 @@ impl Repairer {
     }
 }
 
-/// Splits a target's series into internal writes of bounded sample count (a series
-/// longer than the bound is split into several writes of its own).
-fn pieces(series: Vec<Series>) -> Vec<Vec<Series>> {
+/// Splits a target's series into internal writes of at most `max_samples` samples (a
+/// series longer than the bound is split into several writes of its own). Also used by
+/// read repair.
+pub(super) fn pieces(series: Vec<Series>, max_samples: usize) -> Vec<Vec<Series>> {
     let mut out: Vec<Vec<Series>> = Vec::new();
     let mut current: Vec<Series> = Vec::new();
     let mut samples = 0usize;
     for s in series {
-        for part in s.samples.chunks(SAMPLES_PER_BATCH) {
-            if samples + part.len() > SAMPLES_PER_BATCH && !current.is_empty() {
+        for part in s.samples.chunks(max_samples.max(1)) {
+            if samples + part.len() > max_samples && !current.is_empty() {
                 out.push(std::mem::take(&mut current));
                 samples = 0;
             }
@@ -804,7 +805,7 @@ mod tests {
             labels: Labels::from_pairs([("__name__", "b")]),
             samples: vec![Sample::new(1, 2.0)],
         };
-        let out = pieces(vec![short.clone(), long.clone()]);
+        let out = pieces(vec![short.clone(), long.clone()], SAMPLES_PER_BATCH);
         assert!(out
             .iter()
             .all(|p| p.iter().map(|s| s.samples.len()).sum::<usize>() <= SAMPLES_PER_BATCH));
