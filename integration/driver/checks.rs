@@ -158,23 +158,36 @@ pub fn repair_idle() -> Result<bool, String> {
     Ok(true)
 }
 
-/// What a replacement left: per node, (re-replicated series copies sent, hinted batches
-/// still held for removed nodes), and whether every node lists `old_id` as removed.
-pub fn replacement_report(old_id: &str) -> Result<(Vec<(String, f64, u64)>, bool), String> {
-    let mut per_node = Vec::new();
-    let mut removed_everywhere = true;
+/// What a replacement left on one node.
+pub struct ReplacementNode {
+    pub name: &'static str,
+    /// Series copies its re-replication sent (`timbala_repair_copies_sent_total`).
+    pub copies_sent: f64,
+    /// Hinted batches it still holds for removed nodes.
+    pub hints_for_removed: u64,
+    /// Whether it lists the replaced node's old identity as removed.
+    pub lists_old_as_removed: bool,
+}
+
+/// Every node's `ReplacementNode` after `old_id` was replaced.
+pub fn replacement_report(old_id: &str) -> Result<Vec<ReplacementNode>, String> {
+    let mut report = Vec::new();
     for (name, base) in NODES {
         let status = api::get_json(&format!("{base}/api/v1/status/cluster"))?;
         let data = &status["data"];
-        removed_everywhere &= data["slots"]
+        let lists_old_as_removed = data["slots"]
             .as_array()
             .into_iter()
             .flatten()
             .any(|s| s["id"] == old_id && s["removed"] == true);
-        let copies = api::exposed_sum(base, "timbala_repair_copies_sent_total")?;
-        per_node.push((name.to_string(), copies, backlog_of(data).1));
+        report.push(ReplacementNode {
+            name,
+            copies_sent: api::exposed_sum(base, "timbala_repair_copies_sent_total")?,
+            hints_for_removed: backlog_of(data).1,
+            lists_old_as_removed,
+        });
     }
-    Ok((per_node, removed_everywhere))
+    Ok(report)
 }
 
 /// While `service` cannot be reached, an instant query on each other node answers 200

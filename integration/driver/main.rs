@@ -266,17 +266,17 @@ fn check_replacement(service: &str, old_id: &str, healed: Instant) -> Result<Vec
         "  re-replication idle on every node {:.1} s after the replacement started",
         healed.elapsed().as_secs_f64()
     );
-    let (per_node, removed_everywhere) = checks::replacement_report(old_id)?;
-    for (name, copies, hints) in &per_node {
+    for node in checks::replacement_report(old_id)? {
         println!(
-            "  {name}: {copies} series copies re-replicated; {hints} hinted batches left for \
-             removed nodes"
+            "  {}: {} series copies re-replicated; {} hinted batches left for removed nodes",
+            node.name, node.copies_sent, node.hints_for_removed
         );
-    }
-    if !removed_everywhere {
-        failures.push(format!(
-            "{service} replaced: not every node lists {old_id} as removed"
-        ));
+        if !node.lists_old_as_removed {
+            failures.push(format!(
+                "{service} replaced: {} does not list {old_id} as removed",
+                node.name
+            ));
+        }
     }
     Ok(failures)
 }
