@@ -1,4 +1,4 @@
-//! Acceptance tests of cluster-wide metric metadata (issue 12, bar 7; ADR 0018) with
+//! Acceptance tests of cluster-wide metric metadata (issue 12, bar 7; ADR 0020) with
 //! real processes on 127.0.0.1: metadata remote-written to one node is stored on the
 //! owners of each family name (local-only reads on every node), `/api/v1/metadata`
 //! gives the same answer on every node with Prometheus's `metric`, `limit` and
@@ -346,7 +346,7 @@ fn metadata_lives_on_its_family_owners_and_follows_a_removal() {
     }
 
     // The second node of the join order dies and is removed: the families it held move
-    // to their new owners (re-replication, ADR 0015/0018), nothing else moves.
+    // to their new owners (re-replication, ADR 0015/0020), nothing else moves.
     let victim_id = order[1].clone();
     let victim = ids.iter().position(|id| *id == victim_id).expect("victim");
     drop(nodes);

@@ -3,7 +3,7 @@
 //! Owns: `POST|PUT /api/v1/admin/tsdb/{delete_series,clean_tombstones,snapshot}`,
 //! `POST /api/v1/admin/cluster/remove` (removal of a node for good, ADR 0015) and
 //! `GET /api/v1/metadata` (cluster-wide through the fan-out storage, with its warnings
-//! about nodes answered without; ADR 0018). Parameters (query string and form body) and
+//! about nodes answered without; ADR 0020). Parameters (query string and form body) and
 //! `match[]` selectors are read with `params`. Calls the local `tsdb` (on blocking
 //! threads: these do disk work), `storage` for metadata, `fanout::notes` for the
 //! metadata answer's warnings, and the membership handle for removal.

@@ -10,7 +10,7 @@
 //! snappy remote-write body), `POST /internal/v1/read-local` (remote read of this node's
 //! data only, SAMPLES answers), `POST /internal/v1/{series,labels,label-values}` (JSON,
 //! `peer::WireLabelRequest`) and `POST /internal/v1/metadata` (JSON,
-//! `peer::WireMetadataRequest`: this node's metadata, ADR 0018).
+//! `peer::WireMetadataRequest`: this node's metadata, ADR 0020).
 //! Every read answer carries `X-Timbala-Hints-Pending`: the hinted batches this node
 //! holds for others, so the reader knows which replicas lag (ADR 0012). Every handler
 //! logs the caller's trace id. With cluster keys, `require_cluster_credential` guards

@@ -5,7 +5,7 @@
 //! - Partition key: FNV-1a 64 over the series' labels in name order, each as
 //!   `name 0xFF value 0xFF` (`Labels::stable_hash`).
 //! - Metric metadata (per metric family, not per series) is placed like the series
-//!   `{__name__="<family>"}`: its key is `__name__ 0xFF <family> 0xFF` (ADR 0018).
+//!   `{__name__="<family>"}`: its key is `__name__ 0xFF <family> 0xFF` (ADR 0020).
 //! - Replica key: FNV-1a 64 over `replica: u32 LE || attempt: u32 LE || partition key: u64
 //!   LE`, finished with the SplitMix64 mixer so that nearby keys spread out.
 //! - Replica r lives on bucket `jump(replica key, N)` of the slots in join order, where
@@ -43,7 +43,7 @@ pub fn partition_key(labels: &Labels) -> u64 {
 }
 
 /// The partition key of a metric family's metadata: that of the series whose only label
-/// is the family's name, so the owners are computed exactly as for series (ADR 0018).
+/// is the family's name, so the owners are computed exactly as for series (ADR 0020).
 pub fn metadata_partition_key(metric_family: &str) -> u64 {
     partition_key(&Labels::from_pairs([(
         crate::model::METRIC_NAME,

@@ -4,7 +4,7 @@
 //! endpoints) for the series matching a request, and merging the replicas' answers so
 //! each series appears once with the union of its samples (equal timestamps
 //! deduplicated). Which series a node holds is unknown for a matcher query, so every
-//! node is asked (ADR 0007). Metric metadata is read the same way (ADR 0018).
+//! node is asked (ADR 0007). Metric metadata is read the same way (ADR 0020).
 //! Submodules: `gather` (whom to ask, how long to wait, when to go on without a node or
 //! refuse; ADR 0012), `lagging` (the merge, noting owners that answered without samples
 //! another replica returned) and `notes` (the warnings an answer given without some
@@ -417,7 +417,7 @@ impl Storage for FanoutStorage {
         self.inner.local.record_metadata(metadata)
     }
 
-    /// Metadata lives on the owners of its family name (ADR 0018), so every node is
+    /// Metadata lives on the owners of its family name (ADR 0020), so every node is
     /// asked as for series; the answer is the sorted union, each entry once.
     fn metadata(
         &self,

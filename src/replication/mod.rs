@@ -2,7 +2,7 @@
 //!
 //! Owns: routing each series of a batch to its owners (placement over the join-ordered
 //! ring), and each metric family's metadata to the owners of its family name (ADR
-//! 0018), appending the local share to the local TSDB, forwarding the other owners'
+//! 0020), appending the local share to the local TSDB, forwarding the other owners'
 //! shares to their `POST /internal/v1/write` over persistent connections, hinted
 //! handoff (`hints`: a durable queue per owner that was down or failed, bounded per
 //! target by `hint_window`'s window and disk cap; `handoff`: the task that replays it
@@ -129,7 +129,7 @@ impl ReplicatingStorage {
         Ok(combine_replica_outcomes(total_samples, outcomes))
     }
 
-    /// Stores each family's metadata on the owners of its family name (ADR 0018), with
+    /// Stores each family's metadata on the owners of its family name (ADR 0020), with
     /// the acknowledgement rule of series.
     async fn replicate_metadata(&self, metadata: Vec<MetricMetadata>) -> Result<(), StorageError> {
         let view = self.inner.membership.view();

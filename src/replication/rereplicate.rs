@@ -11,7 +11,7 @@
 //! configured bytes per second, retries a failed target with backoff, starts over when
 //! the ring changes again, and only then moves the base forward (so a restart mid-way
 //! re-sends: samples are idempotent, the copy is a union). Metric metadata follows its
-//! family name's owners the same way (ADR 0018). It never deletes: a node
+//! family name's owners the same way (ADR 0020). It never deletes: a node
 //! keeps series it no longer owns. Also owns the repair progress (`RepairProgress`, read
 //! by the cluster status endpoint) and the `timbala_repair_*` metrics.
 //!
@@ -403,7 +403,7 @@ impl Repairer {
     }
 
     /// Sends each metric family's metadata to the owners its family name gained, by
-    /// the series' sender rule (ADR 0018). Metadata is small: one write per target.
+    /// the series' sender rule (ADR 0020). Metadata is small: one write per target.
     async fn copy_metadata(
         &self,
         base: &Ring,
