@@ -4,11 +4,12 @@
 //! Owns: the bounded queue the fan-out offers lags to (`offer` never waits: past
 //! `MAX_QUEUED_SAMPLES` samples or `MAX_QUEUED_WRITES` writes a lag is dropped and
 //! counted, so a query is never slowed by repair), the one task that sends each queued
-//! write to its target over the internal write (`replication::forward`) when gossip
-//! shows the target alive, and the `timbala_read_repair_*` metrics. No retry: a lag
+//! write to its target over the internal repair write (`/internal/v1/backfill`, so
+//! samples older than the target's head are stored too; ADR 0016) when gossip shows the
+//! target alive, and the `timbala_read_repair_*` metrics. No retry: a lag
 //! still there is found again by the next read that sees it (or by anti-entropy).
 //! Finding lags is the fan-out's (`fanout::lagging`). Calls the membership view (the
-//! target's address and state), `peer` through `replication::forward`, and
+//! target's address and state), `peer` through `replication::send_write`, and
 //! `rereplicate::pieces` (writes of bounded size).
 
 use std::collections::BTreeMap;
@@ -208,7 +209,15 @@ impl Sender {
             return;
         };
         let body = super::encode_series(&write.series);
-        match super::forward(&self.client, &addr, body, write.samples).await {
+        let sent = super::send_write(
+            &self.client,
+            &addr,
+            crate::peer::BACKFILL_PATH,
+            "backfill",
+            body,
+            write.samples,
+        );
+        match sent.await {
             Ok(outcome) => {
                 let rejected = outcome.rejected_total();
                 self.metrics.add("rejected", rejected);
