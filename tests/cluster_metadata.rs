@@ -12,7 +12,7 @@ mod common;
 
 use std::collections::BTreeSet;
 use std::sync::Mutex;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use common::*;
 use serde_json::{json, Value};
@@ -93,22 +93,6 @@ fn local_families(node: &Node) -> BTreeSet<String> {
     let held: Vec<(String, String, String, String)> =
         serde_json::from_slice(&body).expect("local metadata JSON");
     held.into_iter().map(|(family, ..)| family).collect()
-}
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .expect("clock")
-        .as_millis() as i64
-}
-
-fn wait_until(what: &str, limit: Duration, mut ok: impl FnMut() -> bool) -> Duration {
-    let started = Instant::now();
-    while !ok() {
-        assert!(started.elapsed() < limit, "{what}: not within {limit:?}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    started.elapsed()
 }
 
 #[test]
@@ -266,36 +250,6 @@ fn family_owners(slots: &[(String, bool)], family: &str) -> BTreeSet<String> {
     .into_iter()
     .map(|i| slots[i].0.clone())
     .collect()
-}
-
-/// (id, removed) of every slot in join order, as a node reports them.
-fn slots_of(node: &Node) -> Vec<(String, bool)> {
-    status(node).expect("status")["slots"]
-        .as_array()
-        .expect("slots")
-        .iter()
-        .map(|s| {
-            (
-                s["id"].as_str().expect("id").to_string(),
-                s["removed"].as_bool().expect("removed"),
-            )
-        })
-        .collect()
-}
-
-/// A member's state (`alive`, `suspect`, `down`) in a node's view.
-fn member_state(node: &Node, id: &str) -> Option<String> {
-    status(node)?["members"]
-        .as_array()?
-        .iter()
-        .find(|m| m["id"] == id)
-        .and_then(|m| m["state"].as_str().map(String::from))
-}
-
-fn repair_idle(nodes: &[&Node]) -> bool {
-    nodes
-        .iter()
-        .all(|n| status(n).is_some_and(|s| s["repair"]["state"] == "idle"))
 }
 
 /// Every node holds exactly the families whose owners it is among.

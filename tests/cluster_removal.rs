@@ -13,11 +13,9 @@ mod common;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use common::*;
-use timbala::cluster::placement;
-use timbala::model::Labels;
 use timbala::proto;
 
 const LOCAL_READ: &str = "/internal/v1/read-local";
@@ -27,13 +25,6 @@ const METRIC: &str = "heal";
 const STREAMED: usize = 200;
 
 static ONE_CLUSTER_AT_A_TIME: Mutex<()> = Mutex::new(());
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .expect("clock")
-        .as_millis() as i64
-}
 
 type Copies = BTreeMap<Vec<(String, String)>, Vec<(i64, f64)>>;
 
@@ -72,54 +63,6 @@ fn remove(node: &Node, form: &[(&str, &str)]) -> (u16, serde_json::Value) {
     let (code, body) = post_form(&node.url("/api/v1/admin/cluster/remove"), form);
     let json = serde_json::from_str(&body).unwrap_or_else(|_| panic!("not JSON: {body}"));
     (code, json)
-}
-
-fn member_state(node: &Node, id: &str) -> Option<String> {
-    status(node)?["members"]
-        .as_array()?
-        .iter()
-        .find(|m| m["id"] == id)
-        .and_then(|m| m["state"].as_str().map(String::from))
-}
-
-fn wait_until(what: &str, limit: Duration, mut ok: impl FnMut() -> bool) -> Duration {
-    let started = Instant::now();
-    while !ok() {
-        assert!(started.elapsed() < limit, "{what}: not within {limit:?}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    started.elapsed()
-}
-
-/// Owner ids of a series by placement over the slots a node reports (tombstones kept).
-fn owners_by_slots(slots: &[(String, bool)], labels: &[(String, String)]) -> BTreeSet<String> {
-    let labels = Labels::from_pairs(labels.iter().map(|(n, v)| (n.as_str(), v.as_str())));
-    placement::owners_among_slots(placement::partition_key(&labels), slots.len(), 3, |i| {
-        slots[i].1
-    })
-    .into_iter()
-    .map(|i| slots[i].0.clone())
-    .collect()
-}
-
-fn slots_of(node: &Node) -> Vec<(String, bool)> {
-    status(node).expect("status")["slots"]
-        .as_array()
-        .expect("slots")
-        .iter()
-        .map(|s| {
-            (
-                s["id"].as_str().expect("id").to_string(),
-                s["removed"].as_bool().expect("removed"),
-            )
-        })
-        .collect()
-}
-
-fn repair_idle(nodes: &[&Node]) -> bool {
-    nodes
-        .iter()
-        .all(|n| status(n).is_some_and(|s| s["repair"]["state"] == "idle"))
 }
 
 fn metric_sum(nodes: &[&Node], name: &str) -> f64 {
@@ -287,7 +230,7 @@ fn remove_and_heal(n: usize, victim_slot: usize) {
     assert_eq!(holders.len(), SERIES);
     for (labels, on) in &holders {
         assert_eq!(on.len(), 3, "{labels:?} on {on:?}");
-        let want = owners_by_slots(&slots, labels);
+        let want = owners_by_slots(&slots, &labels_from_pairs(labels));
         let got: BTreeSet<String> = on.iter().map(|&k| ids[survivors[k]].clone()).collect();
         assert_eq!(got, want, "{labels:?}: held where placement says");
         let first = &after[on[0]][*labels];

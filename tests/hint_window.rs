@@ -16,13 +16,12 @@
 
 mod common;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Mutex;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use common::*;
-use timbala::cluster::placement;
 use timbala::model::Labels;
 use timbala::proto;
 
@@ -32,13 +31,6 @@ const CAP_WARNING: &str = "hint disk cap exceeded: no new hints";
 const RECOVERED: &str = "hinted handoff recovered";
 
 static ONE_CLUSTER_AT_A_TIME: Mutex<()> = Mutex::new(());
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .expect("clock")
-        .as_millis() as i64
-}
 
 fn write_request(metric: &str, series: usize, t: i64) -> proto::WriteRequest {
     proto::WriteRequest {
@@ -62,36 +54,6 @@ fn hint_dir_usage(data_dir: &Path, target: &str) -> (u64, u64) {
     dir.filter_map(Result::ok)
         .filter_map(|e| e.metadata().ok())
         .fold((0, 0), |(n, b), m| (n + 1, b + m.len()))
-}
-
-fn wait_until(what: &str, limit: Duration, mut ok: impl FnMut() -> bool) -> Duration {
-    let started = Instant::now();
-    while !ok() {
-        assert!(started.elapsed() < limit, "{what}: not within {limit:?}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    started.elapsed()
-}
-
-fn local_id(node: &Node) -> String {
-    status(node).expect("status")["local"]
-        .as_str()
-        .expect("local id")
-        .to_string()
-}
-
-fn member_state(node: &Node, id: &str) -> Option<String> {
-    status(node)?["members"]
-        .as_array()?
-        .iter()
-        .find(|m| m["id"] == id)
-        .and_then(|m| m["state"].as_str().map(String::from))
-}
-
-fn repair_idle(nodes: &[&Node]) -> bool {
-    nodes
-        .iter()
-        .all(|n| status(n).is_some_and(|s| s["repair"]["state"] == "idle"))
 }
 
 /// The `handoffBacklog` entry of `target` on `node`.
@@ -381,30 +343,6 @@ fn hints_stop_at_the_disk_cap_with_one_warning() {
         CAP_WARNING,
         Some(CAP),
     );
-}
-
-/// Owner ids of a series by placement over slots (id, removed).
-fn owners_by_slots(slots: &[(String, bool)], labels: &Labels) -> BTreeSet<String> {
-    placement::owners_among_slots(placement::partition_key(labels), slots.len(), 3, |i| {
-        slots[i].1
-    })
-    .into_iter()
-    .map(|i| slots[i].0.clone())
-    .collect()
-}
-
-fn slots_of(node: &Node) -> Vec<(String, bool)> {
-    status(node).expect("status")["slots"]
-        .as_array()
-        .expect("slots")
-        .iter()
-        .map(|s| {
-            (
-                s["id"].as_str().expect("id").to_string(),
-                s["removed"].as_bool().expect("removed"),
-            )
-        })
-        .collect()
 }
 
 #[test]

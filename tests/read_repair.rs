@@ -7,7 +7,7 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use common::*;
 use timbala::model::{Labels, Sample, Series};
@@ -18,13 +18,6 @@ const SERIES: usize = 40;
 /// Series whose odd-second samples one replica never got.
 const GAPPY: usize = 10;
 const SECONDS: i64 = 30;
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .expect("clock")
-        .as_millis() as i64
-}
 
 fn labels(i: usize) -> Labels {
     Labels::from_pairs([("__name__", METRIC.to_string()), ("i", i.to_string())])

@@ -21,13 +21,11 @@
 
 mod common;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::path::Path;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use common::*;
-use timbala::cluster::placement;
-use timbala::model::Labels;
 use timbala::proto;
 
 const LOCAL_READ: &str = "/internal/v1/read-local";
@@ -47,13 +45,6 @@ fn one_cluster_at_a_time() -> std::sync::MutexGuard<'static, ()> {
     ONE_CLUSTER_AT_A_TIME
         .lock()
         .unwrap_or_else(|e| e.into_inner())
-}
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .expect("clock")
-        .as_millis() as i64
 }
 
 fn local_copies(node: &Node) -> Copies {
@@ -84,15 +75,6 @@ fn write(node: &Node, range: std::ops::Range<usize>, times: &[i64]) {
     };
     let (code, body) = remote_write(node, &request);
     assert!((200..300).contains(&code), "write: {code} {body}");
-}
-
-fn wait_until(what: &str, limit: Duration, mut ok: impl FnMut() -> bool) -> Duration {
-    let started = Instant::now();
-    while !ok() {
-        assert!(started.elapsed() < limit, "{what}: not within {limit:?}");
-        std::thread::sleep(Duration::from_millis(500));
-    }
-    started.elapsed()
 }
 
 /// The sum of every series of a metric family (any labels).
@@ -144,31 +126,6 @@ fn wipe_except_identity(data: &Path) {
     }
 }
 
-/// Owner ids of a series by placement over the slots a node reports.
-fn owners(slots: &[(String, bool)], labels: &[(String, String)]) -> BTreeSet<String> {
-    let labels = Labels::from_pairs(labels.iter().map(|(n, v)| (n.as_str(), v.as_str())));
-    placement::owners_among_slots(placement::partition_key(&labels), slots.len(), 3, |i| {
-        slots[i].1
-    })
-    .into_iter()
-    .map(|i| slots[i].0.clone())
-    .collect()
-}
-
-fn slots_of(node: &Node) -> Vec<(String, bool)> {
-    status(node).expect("status")["slots"]
-        .as_array()
-        .expect("slots")
-        .iter()
-        .map(|s| {
-            (
-                s["id"].as_str().expect("id").to_string(),
-                s["removed"].as_bool().expect("removed"),
-            )
-        })
-        .collect()
-}
-
 /// The union of every node's copies: what each owner must hold.
 fn union(copies: &[Copies]) -> Copies {
     let mut all = Copies::new();
@@ -186,7 +143,7 @@ fn union(copies: &[Copies]) -> Copies {
 /// What a node with id `id` must hold: every series it owns, with every sample.
 fn expected_for(id: &str, slots: &[(String, bool)], all: &Copies) -> Copies {
     all.iter()
-        .filter(|(labels, _)| owners(slots, labels).contains(id))
+        .filter(|(labels, _)| owners_by_slots(slots, &labels_from_pairs(labels)).contains(id))
         .map(|(l, s)| (l.clone(), s.clone()))
         .collect()
 }
@@ -481,7 +438,7 @@ fn nodes_are_rebuilt_from_their_replicas_and_anti_entropy_repairs_lost_blocks() 
         let have = local_copies(n);
         copies += have
             .keys()
-            .filter(|l| owners(&slots, l).contains(&id))
+            .filter(|l| owners_by_slots(&slots, &labels_from_pairs(l)).contains(&id))
             .count();
     }
     assert_eq!(copies, 3 * SERIES);

@@ -601,3 +601,77 @@ pub fn wait_converged(nodes: &[&Node], n: usize, limit: Duration) -> Vec<String>
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+// ---- cluster checks shared by the self-healing tests ----
+
+/// Now as Unix milliseconds (sample timestamps).
+pub fn now_ms() -> i64 {
+    unix_millis() as i64
+}
+
+/// Polls `ok` every 200 ms until it holds; panics naming `what` after `limit`. Returns
+/// how long it took (reported by the tests, never asserted).
+pub fn wait_until(what: &str, limit: Duration, mut ok: impl FnMut() -> bool) -> Duration {
+    let started = Instant::now();
+    while !ok() {
+        assert!(started.elapsed() < limit, "{what}: not within {limit:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    started.elapsed()
+}
+
+/// The node id a node reports for itself.
+pub fn local_id(node: &Node) -> String {
+    status(node).expect("status")["local"]
+        .as_str()
+        .expect("local id")
+        .to_string()
+}
+
+/// The state (`alive`, `suspect`, `down`) `node` sees member `id` in.
+pub fn member_state(node: &Node, id: &str) -> Option<String> {
+    status(node)?["members"]
+        .as_array()?
+        .iter()
+        .find(|m| m["id"] == id)
+        .and_then(|m| m["state"].as_str().map(String::from))
+}
+
+/// Whether every node's last re-replication pass ran for the ring it sees now.
+pub fn repair_idle(nodes: &[&Node]) -> bool {
+    nodes
+        .iter()
+        .all(|n| status(n).is_some_and(|s| s["repair"]["state"] == "idle"))
+}
+
+/// The numbering jump hash uses, as a node reports it: (node id, removed) per slot.
+pub fn slots_of(node: &Node) -> Vec<(String, bool)> {
+    status(node).expect("status")["slots"]
+        .as_array()
+        .expect("slots")
+        .iter()
+        .map(|s| {
+            (
+                s["id"].as_str().expect("id").to_string(),
+                s["removed"].as_bool().expect("removed"),
+            )
+        })
+        .collect()
+}
+
+/// Owner ids of a series by placement over reported slots (tombstones kept), 3 replicas.
+pub fn owners_by_slots(
+    slots: &[(String, bool)],
+    labels: &timbala::model::Labels,
+) -> BTreeSet<String> {
+    let key = timbala::cluster::placement::partition_key(labels);
+    timbala::cluster::placement::owners_among_slots(key, slots.len(), 3, |i| slots[i].1)
+        .into_iter()
+        .map(|i| slots[i].0.clone())
+        .collect()
+}
+
+/// Labels from the (name, value) pairs a read answers with.
+pub fn labels_from_pairs(pairs: &[(String, String)]) -> timbala::model::Labels {
+    timbala::model::Labels::from_pairs(pairs.iter().map(|(n, v)| (n.as_str(), v.as_str())))
+}
