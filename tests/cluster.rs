@@ -15,8 +15,6 @@ use timbala::cluster::placement;
 use timbala::model::Labels;
 use timbala::proto;
 
-const LOCAL_READ: &str = "/internal/v1/read-local";
-
 fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -242,12 +240,14 @@ fn three_nodes_replicate_query_survive_a_kill_and_take_a_fourth() {
         std::thread::sleep(Duration::from_millis(250));
     }
     println!("handoff complete after {:?}", started.elapsed());
-    let (_, metrics) = get(&cluster[0].node.url("/metrics"));
+    // The delivery is counted once the hint file is gone, a moment after the samples
+    // reached the node (the directory fsync in between): poll, don't race it.
     let delivered = format!("timbala_handoff_delivered_total{{target=\"{victim_id}\"}}");
-    assert!(
-        counter(&metrics, &delivered) > 0.0,
-        "hint deliveries are counted"
-    );
+    let counted_by = Instant::now() + Duration::from_secs(30);
+    while counter(&get(&cluster[0].node.url("/metrics")).1, &delivered) == 0.0 {
+        assert!(Instant::now() < counted_by, "hint deliveries are counted");
+        std::thread::sleep(Duration::from_millis(100));
+    }
     let shares: f64 = status(&cluster[0].node).expect("status")["members"]
         .as_array()
         .expect("members")

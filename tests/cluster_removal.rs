@@ -18,29 +18,12 @@ use std::time::{Duration, Instant};
 use common::*;
 use timbala::proto;
 
-const LOCAL_READ: &str = "/internal/v1/read-local";
 const SERIES: usize = 10_000;
 const METRIC: &str = "heal";
 /// Series the writer keeps writing to during the removal (a subset of the 10,000).
 const STREAMED: usize = 200;
 
 static ONE_CLUSTER_AT_A_TIME: Mutex<()> = Mutex::new(());
-
-type Copies = BTreeMap<Vec<(String, String)>, Vec<(i64, f64)>>;
-
-/// Every `heal` series a node holds itself, with its samples.
-fn local_copies(node: &Node) -> Copies {
-    read_samples_at(
-        node,
-        LOCAL_READ,
-        vec![eq("__name__", METRIC)],
-        0,
-        i64::MAX / 2,
-    )
-    .expect("local read")
-    .into_iter()
-    .collect()
-}
 
 fn write_request(range: std::ops::Range<usize>, times: &[i64]) -> proto::WriteRequest {
     proto::WriteRequest {
@@ -114,7 +97,10 @@ fn remove_and_heal(n: usize, victim_slot: usize) {
         let code = write(entry, chunk * 2000..(chunk + 1) * 2000, &times).expect("write");
         assert!((200..300).contains(&code), "initial write: {code}");
     }
-    let before: Vec<Copies> = cluster.iter().map(|c| local_copies(&c.node)).collect();
+    let before: Vec<Copies> = cluster
+        .iter()
+        .map(|c| local_copies_of(&c.node, None, METRIC))
+        .collect();
     let total: usize = before.iter().map(BTreeMap::len).sum();
     assert_eq!(total, 3 * SERIES, "3 replicas before the removal");
     let share = before[victim].len();
@@ -190,7 +176,10 @@ fn remove_and_heal(n: usize, victim_slot: usize) {
     let mut polls = 0;
     let heal_time = wait_until("re-replication", Duration::from_secs(300), || {
         polls += 1;
-        let copies: Vec<Copies> = live.iter().map(|n| local_copies(n)).collect();
+        let copies: Vec<Copies> = live
+            .iter()
+            .map(|n| local_copies_of(n, None, METRIC))
+            .collect();
         let total = copies.iter().map(BTreeMap::len).sum::<usize>();
         if total != 3 * SERIES && polls % 10 == 0 {
             let progress: Vec<_> = live
@@ -215,7 +204,10 @@ fn remove_and_heal(n: usize, victim_slot: usize) {
         repair_idle(&live)
     });
 
-    let after: Vec<Copies> = live.iter().map(|n| local_copies(n)).collect();
+    let after: Vec<Copies> = live
+        .iter()
+        .map(|n| local_copies_of(n, None, METRIC))
+        .collect();
     let slots = slots_of(live[0]);
     assert_eq!(slots.len(), n, "the removed node keeps its slot");
     assert!(slots

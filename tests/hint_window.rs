@@ -25,7 +25,6 @@ use common::*;
 use timbala::model::Labels;
 use timbala::proto;
 
-const LOCAL_READ: &str = "/internal/v1/read-local";
 const WINDOW_WARNING: &str = "hint window exceeded: no new hints";
 const CAP_WARNING: &str = "hint disk cap exceeded: no new hints";
 const RECOVERED: &str = "hinted handoff recovered";

@@ -12,7 +12,6 @@ use std::time::{Duration, Instant};
 use common::*;
 use timbala::model::{Labels, Sample, Series};
 
-const LOCAL_READ: &str = "/internal/v1/read-local";
 const METRIC: &str = "repaired";
 const SERIES: usize = 40;
 /// Series whose odd-second samples one replica never got.

@@ -28,14 +28,11 @@ use std::time::{Duration, Instant};
 use common::*;
 use timbala::proto;
 
-const LOCAL_READ: &str = "/internal/v1/read-local";
 const METRIC: &str = "rebuild";
 const SERIES: usize = 600;
 const MINUTE: i64 = 60_000;
 /// Old samples: one a minute over three hours, ending 20 minutes ago (blocks only).
 const OLD_MINUTES: i64 = 180;
-
-type Copies = BTreeMap<Vec<(String, String)>, Vec<(i64, f64)>>;
 
 /// The cluster tests take it so their clusters do not run at the same time (the loaded
 /// 2-core machine otherwise starves their gossip and readiness).
@@ -45,19 +42,6 @@ fn one_cluster_at_a_time() -> std::sync::MutexGuard<'static, ()> {
     ONE_CLUSTER_AT_A_TIME
         .lock()
         .unwrap_or_else(|e| e.into_inner())
-}
-
-fn local_copies(node: &Node) -> Copies {
-    read_samples_at(
-        node,
-        LOCAL_READ,
-        vec![eq("__name__", METRIC)],
-        0,
-        i64::MAX / 2,
-    )
-    .expect("local read")
-    .into_iter()
-    .collect()
 }
 
 fn write(node: &Node, range: std::ops::Range<usize>, times: &[i64]) {
@@ -204,7 +188,7 @@ fn nodes_are_rebuilt_from_their_replicas_and_anti_entropy_repairs_lost_blocks() 
             cluster.iter().all(|c| {
                 let b = blocks(&c.node.data_dir);
                 !b.is_empty()
-                    && local_copies(&c.node)
+                    && local_copies_of(&c.node, None, METRIC)
                         .values()
                         .all(|s| s.len() as i64 >= OLD_MINUTES)
             }) && cluster
@@ -216,7 +200,10 @@ fn nodes_are_rebuilt_from_their_replicas_and_anti_entropy_repairs_lost_blocks() 
     // once older than the settled bound (1 minute).
     let recent = [now_ms() - 10_000, now_ms() - 5_000];
     write(&cluster[1].node, 0..SERIES, &recent);
-    let before: Vec<Copies> = cluster.iter().map(|c| local_copies(&c.node)).collect();
+    let before: Vec<Copies> = cluster
+        .iter()
+        .map(|c| local_copies_of(&c.node, None, METRIC))
+        .collect();
     let total: usize = before.iter().map(BTreeMap::len).sum();
     assert_eq!(total, 3 * SERIES, "3 replicas");
     let all = union(&before);
@@ -244,7 +231,7 @@ fn nodes_are_rebuilt_from_their_replicas_and_anti_entropy_repairs_lost_blocks() 
     cluster[victim].node.wait_ready(Duration::from_secs(60));
     let want = before[victim].clone();
     let took = wait_until("wiped node rebuilt", Duration::from_secs(600), || {
-        local_copies(&cluster[victim].node) == want
+        local_copies_of(&cluster[victim].node, None, METRIC) == want
     });
     let v = &cluster[victim].node;
     println!(
@@ -264,7 +251,7 @@ fn nodes_are_rebuilt_from_their_replicas_and_anti_entropy_repairs_lost_blocks() 
     // The other owners did not change, and all copies are identical.
     for (i, c) in cluster.iter().enumerate() {
         assert_eq!(
-            local_copies(&c.node),
+            local_copies_of(&c.node, None, METRIC),
             before[i],
             "node {i} after the rebuild"
         );
@@ -283,14 +270,14 @@ fn nodes_are_rebuilt_from_their_replicas_and_anti_entropy_repairs_lost_blocks() 
     cluster[victim].spawn();
     cluster[victim].node.wait_ready(Duration::from_secs(60));
     let missing = before[victim].values().map(Vec::len).sum::<usize>()
-        - local_copies(&cluster[victim].node)
+        - local_copies_of(&cluster[victim].node, None, METRIC)
             .values()
             .map(Vec::len)
             .sum::<usize>();
     assert!(missing > 0, "the deleted block held samples");
     let want = before[victim].clone();
     let took = wait_until("deleted block repaired", Duration::from_secs(600), || {
-        local_copies(&cluster[victim].node) == want
+        local_copies_of(&cluster[victim].node, None, METRIC) == want
     });
     let v = &cluster[victim].node;
     let repaired_bytes = metric(v, "timbala_antientropy_repaired_bytes_total");
@@ -395,18 +382,18 @@ fn nodes_are_rebuilt_from_their_replicas_and_anti_entropy_repairs_lost_blocks() 
             }
             live.iter().all(|n| {
                 let id = id_of(n);
-                local_copies(n) == expected_for(&id, &slots, &all)
+                local_copies_of(n, None, METRIC) == expected_for(&id, &slots, &all)
                     || (id != fresh_id && {
                         // Old owners may keep series they no longer own (ADR 0015).
                         let mine = expected_for(&id, &slots, &all);
-                        let have = local_copies(n);
+                        let have = local_copies_of(n, None, METRIC);
                         mine.iter().all(|(l, s)| have.get(l) == Some(s))
                     })
             })
         },
     );
     let f = &fresh[0].node;
-    let fresh_held = local_copies(f);
+    let fresh_held = local_copies_of(f, None, METRIC);
     println!(
         "bar 3 (fresh node): {} series, {} samples on the fresh node {:.1} s after the \
          removal; re-replication sent {} bytes, rejected {} samples; anti-entropy on the \
@@ -435,7 +422,7 @@ fn nodes_are_rebuilt_from_their_replicas_and_anti_entropy_repairs_lost_blocks() 
     let mut copies = 0usize;
     for n in &live {
         let id = id_of(n);
-        let have = local_copies(n);
+        let have = local_copies_of(n, None, METRIC);
         copies += have
             .keys()
             .filter(|l| owners_by_slots(&slots, &labels_from_pairs(l)).contains(&id))
@@ -524,7 +511,7 @@ fn repair_endpoints_backfill_old_samples_and_refuse_hostile_requests() {
     let outcome: serde_json::Value = serde_json::from_slice(&answer).expect("JSON");
     assert_eq!(outcome["appended"], 90, "backfilled: {outcome}");
     assert_eq!(outcome["rejected"], serde_json::json!([]));
-    let held = local_copies_as(&node, &keys);
+    let held = local_copies_of(&node, Some(&keys), METRIC);
     assert_eq!(held.len(), 3);
     assert!(held.values().all(|s| s.len() == 35), "{held:?}");
     assert_eq!(metric(&node, "timbala_tsdb_samples_backfilled_total"), 90.0);
@@ -608,20 +595,6 @@ fn repair_endpoints_backfill_old_samples_and_refuse_hostile_requests() {
     assert_eq!(decoded.series[0].samples.len(), 35);
 }
 
-fn local_copies_as(node: &Node, keys: &timbala::cluster::keys::ClusterKeys) -> Copies {
-    read_samples_as(
-        node,
-        Some(keys),
-        LOCAL_READ,
-        vec![eq("__name__", METRIC)],
-        0,
-        i64::MAX / 2,
-    )
-    .expect("local read")
-    .into_iter()
-    .collect()
-}
-
 /// Bar 5, anti-entropy's half: a node down while writes for it were acknowledged with
 /// hints, and the hints gone before it returns (what a hint window or disk cap does;
 /// here the hint directories are deleted while their nodes are stopped). After it
@@ -668,8 +641,8 @@ fn a_node_whose_hints_were_given_up_gets_its_copy_from_anti_entropy() {
         member.node.wait_ready(Duration::from_secs(60));
     }
     let want = union(&[
-        local_copies(&cluster[0].node),
-        local_copies(&cluster[1].node),
+        local_copies_of(&cluster[0].node, None, METRIC),
+        local_copies_of(&cluster[1].node, None, METRIC),
     ]);
     assert_eq!(want.len(), 400);
     assert!(want.values().all(|s| s.len() == times.len()));
@@ -677,11 +650,11 @@ fn a_node_whose_hints_were_given_up_gets_its_copy_from_anti_entropy() {
     cluster[victim].spawn();
     cluster[victim].node.wait_ready(Duration::from_secs(60));
     assert!(
-        local_copies(&cluster[victim].node).is_empty(),
+        local_copies_of(&cluster[victim].node, None, METRIC).is_empty(),
         "nothing replayed"
     );
     let took = wait_until("the copy completed", Duration::from_secs(600), || {
-        local_copies(&cluster[victim].node) == want
+        local_copies_of(&cluster[victim].node, None, METRIC) == want
     });
     let v = &cluster[victim].node;
     println!(

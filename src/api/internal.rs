@@ -30,7 +30,7 @@ use axum::Router;
 use http_body_util::BodyExt;
 use tracing::Instrument;
 
-use super::{ApiError, AppState};
+use super::{ApiError, AppState, NodeServices};
 use crate::cluster::identity::{unix_millis, NodeId};
 use crate::cluster::keys::{CredentialError, CLUSTER_AUTH_HEADER};
 use crate::fanout::labels_to_pairs;
@@ -355,13 +355,16 @@ fn anti_entropy_error(e: AntiEntropyError) -> Response {
     }
 }
 
-/// Reads and parses an anti-entropy request, refusing bad input with 400.
-async fn anti_entropy_request<T: serde::de::DeserializeOwned>(
+/// The node's services and an anti-entropy request read and parsed (with its size in
+/// bytes); a node not ready yet answers 503, bad input 400.
+async fn anti_entropy_input<T: serde::de::DeserializeOwned>(
+    state: &AppState,
     body: Body,
-) -> Result<(T, usize), Response> {
+) -> Result<(&NodeServices, T, usize), Response> {
+    let services = state.services().map_err(|e| error(e.status, e.message))?;
     let body = read_body(body, MAX_ANTI_ENTROPY_BODY).await?;
     serde_json::from_slice(&body)
-        .map(|request| (request, body.len()))
+        .map(|request| (services, request, body.len()))
         .map_err(|e| ApiError::bad_data(format!("bad anti-entropy request: {e}")).into_response())
 }
 
@@ -372,13 +375,9 @@ async fn internal_anti_entropy_digests(
 ) -> Response {
     let span = tracing::info_span!("anti_entropy_digests", trace_id = %trace_id(&headers));
     async move {
-        let services = match state.services() {
-            Ok(services) => services,
-            Err(e) => return error(e.status, e.message),
-        };
-        let (request, request_bytes) = match anti_entropy_request(body).await {
-            Ok(r) => r,
-            Err(r) => return r,
+        let (services, request, request_bytes) = match anti_entropy_input(&state, body).await {
+            Ok(input) => input,
+            Err(refused) => return refused,
         };
         let view = services.cluster.membership.view();
         let metrics = &services.cluster.anti_entropy_metrics;
@@ -404,13 +403,9 @@ async fn internal_anti_entropy_pull(
 ) -> Response {
     let span = tracing::info_span!("anti_entropy_pull", trace_id = %trace_id(&headers));
     async move {
-        let services = match state.services() {
-            Ok(services) => services,
-            Err(e) => return error(e.status, e.message),
-        };
-        let (request, request_bytes) = match anti_entropy_request(body).await {
-            Ok(r) => r,
-            Err(r) => return r,
+        let (services, request, request_bytes) = match anti_entropy_input(&state, body).await {
+            Ok(input) => input,
+            Err(refused) => return refused,
         };
         match antientropy::answer_pull(&services.tsdb, request).await {
             Ok(bytes) => {

@@ -675,3 +675,25 @@ pub fn owners_by_slots(
 pub fn labels_from_pairs(pairs: &[(String, String)]) -> timbala::model::Labels {
     timbala::model::Labels::from_pairs(pairs.iter().map(|(n, v)| (n.as_str(), v.as_str())))
 }
+
+/// The internal read of a node's own copies only (no fan-out).
+pub const LOCAL_READ: &str = "/internal/v1/read-local";
+
+/// A node's own copies of one metric's series, by label pairs.
+pub type Copies = std::collections::BTreeMap<Vec<(String, String)>, Vec<(i64, f64)>>;
+
+/// Every series of `metric` a node holds itself, with all its samples; signed with
+/// `keys` when the cluster has them.
+pub fn local_copies_of(node: &Node, keys: Option<&ClusterKeys>, metric: &str) -> Copies {
+    read_samples_as(
+        node,
+        keys,
+        LOCAL_READ,
+        vec![eq("__name__", metric)],
+        0,
+        i64::MAX / 2,
+    )
+    .expect("local read")
+    .into_iter()
+    .collect()
+}
