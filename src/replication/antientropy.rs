@@ -16,8 +16,9 @@
 //! the series both nodes own, the samples of named series), the wire shapes, their
 //! validation (untrusted input), and the `timbala_antientropy_*` metrics.
 //!
-//! Pure planning (`bucket_of`, `cells_of`, `bucket_digests`, `differing`, `pulls`) is
-//! separate from I/O so a simulation can drive it. Calls the local TSDB (`tsdb::Tsdb`:
+//! Pure planning (`bucket_of`, `both_own`, `cells_of`, `bucket_digests`, `differing`,
+//! `series_in_cells`, `pulls`, `only_asked`) is separate from I/O: the deterministic
+//! simulation (tests/sim, ADR 0019) drives it over simulated nodes and network. Calls the local TSDB (`tsdb::Tsdb`:
 //! digests, select, backfill), the membership view and ring (placement), `peer` (the
 //! signed internal client), `ingest` (decoding pulled samples) and `rereplicate`'s
 //! throttle (`--repair-rate-limit`).
@@ -182,8 +183,9 @@ pub fn only_asked(ranges: &[PullRange], answer: Vec<Series>) -> Vec<Series> {
         .collect()
 }
 
-/// Whether `node` and `other` both own the series with this key.
-fn both_own(ring: &Ring, key: u64, node: NodeId, other: NodeId) -> bool {
+/// Whether `node` and `other` both own the series with this key (by `ring`, the view of
+/// whichever side computes it).
+pub fn both_own(ring: &Ring, key: u64, node: NodeId, other: NodeId) -> bool {
     if placement::every_node_owns_every_series(ring.len()) {
         return true;
     }
@@ -487,7 +489,7 @@ pub async fn answer_digests(
 }
 
 /// The series digests restricted to the windows of `cells`.
-fn series_in_cells(
+pub fn series_in_cells(
     series: &[SeriesDigests],
     cells: &BTreeSet<Cell>,
     buckets: u32,
