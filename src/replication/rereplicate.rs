@@ -6,8 +6,10 @@
 //! series whose owner set changed it sends the series, read whole from blocks and head,
 //! to every new owner over the internal repair write (`/internal/v1/backfill`, which also
 //! stores samples too old for the receiver's head, ADR 0016), when this node is the series' *sender*:
-//! the first of the old owners, in replica order, that is still in the ring and alive in
-//! this node's view (so each copy is sent once, not three times). It throttles to the
+//! each old owner that loses the series and is still in the ring (it may hold samples
+//! the other owners lack), or else the first of the old owners, in replica order, that
+//! is still in the ring and alive in this node's view (so each copy is sent once, not
+//! three times). It throttles to the
 //! configured bytes per second, retries a failed target with backoff, starts over when
 //! the ring changes again, and only then moves the base forward (so a restart mid-way
 //! re-sends: samples are idempotent, the copy is a union). Metric metadata follows its
@@ -211,8 +213,14 @@ pub struct Transfer {
 }
 
 /// The new owners a series gained from `base` to `current` that this node must send it
-/// to: empty unless this node is the sender, the first old owner (replica order) still
-/// in `current` and not down in `view`.
+/// to. Every old owner that loses the series and is still in `current` sends it: it may
+/// hold samples no other owner has (a write routed to it by a ring that did not name the
+/// others), and once it no longer owns the series nothing compares them; a new owner
+/// gets them, and anti-entropy spreads them over the owners (ADR 0015, ADR 0019). When
+/// no such node is in `current` and not down in `view` (a removal: the loser is the
+/// removed node), the sender is the first old owner (replica order) still in `current`
+/// and not down. A join replaces one owner per moved series, so each copy is still sent
+/// once.
 pub fn targets_for(
     partition_key: u64,
     base: &Ring,
@@ -226,10 +234,18 @@ pub fn targets_for(
     if gained.is_empty() {
         return gained;
     }
-    let sender = old.iter().copied().find(|&o| {
+    let can_send = |o: NodeId| {
         current.node(o).is_some()
             && (o == local || view.member(o).is_some_and(|m| m.state != MemberState::Down))
-    });
+    };
+    let loses = |o: &NodeId| !new.contains(o);
+    if old.contains(&local) && loses(&local) && can_send(local) {
+        return gained;
+    }
+    if old.iter().any(|&o| loses(&o) && can_send(o)) {
+        return Vec::new();
+    }
+    let sender = old.iter().copied().find(|&o| can_send(o));
     if sender == Some(local) {
         gained
     } else {
@@ -776,6 +792,41 @@ mod tests {
             assert!(all.len() <= 2);
             if !all.is_empty() {
                 assert!(all.contains(&NodeId(5)));
+            }
+        }
+    }
+
+    /// On a join the owner a series loses sends it (it may hold samples written to it
+    /// alone), once per gained copy; after a jump from one node to several, every owner
+    /// that lost a series sends it.
+    #[test]
+    fn the_owner_that_loses_a_series_sends_it() {
+        for (from, to) in [(4u128, 5u128), (5, 6), (1, 4), (2, 6)] {
+            let base = state_of(from).ring();
+            let current = state_of(to).ring();
+            for k in (0..2000).map(key) {
+                let old = base.owners(k);
+                let new = current.owners(k);
+                let losers: Vec<NodeId> =
+                    old.iter().copied().filter(|o| !new.contains(o)).collect();
+                let gained: Vec<NodeId> =
+                    new.iter().copied().filter(|o| !old.contains(o)).collect();
+                for local in 1..=from {
+                    let v = view(local, &current, &[]);
+                    let targets = targets_for(k, &base, &current, &v, NodeId(local));
+                    if gained.is_empty() {
+                        assert!(targets.is_empty());
+                    } else if losers.is_empty() {
+                        // Only owners gained (a ring of fewer nodes than replicas grew):
+                        // the first old owner sends.
+                        assert_eq!(!targets.is_empty(), old[0] == NodeId(local));
+                    } else {
+                        assert_eq!(!targets.is_empty(), losers.contains(&NodeId(local)));
+                    }
+                    if !targets.is_empty() {
+                        assert_eq!(targets, gained, "{from} -> {to} nodes, key {k:#x}");
+                    }
+                }
             }
         }
     }
