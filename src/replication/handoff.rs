@@ -5,7 +5,12 @@
 //! second, sends each alive owner its hints oldest first over the internal write, and
 //! deletes a hint once the owner acknowledged it; a failed delivery stops that owner's
 //! replay until the next round; a hint the owner refuses (4xx) or that fails its
-//! checksum is dropped and counted. When an alive owner's queue is empty its episode
+//! checksum is dropped and counted. A hint names the owner by the coordinator's ring at
+//! the write; when this node's current ring no longer makes the target an owner of a
+//! hinted series, that series goes to its current owners instead (`replay_plan`, pure):
+//! delivered to a node that no longer owns it, nothing would ever compare it or move it
+//! on (re-replication sends only what an old owner holds at its pass, anti-entropy
+//! compares only what both sides own). When an alive owner's queue is empty its episode
 //! ends (`HintStore::end_episode_if_drained`: the window/cap warning's recovery); each
 //! round also refreshes the `timbala_hints_*` series of every peer. A
 //! target the ring shows removed (a tombstone, ADR 0015) never comes back: each of its
@@ -71,7 +76,7 @@ impl Handoff {
                 .is_some_and(|m| m.state == MemberState::Alive);
             let addr = view.ring.node(target).map(|n| n.http_addr.clone());
             if let (true, Some(addr)) = (alive, addr) {
-                if self.replay_target(target, &addr).await {
+                if self.replay_target(&view, target, &addr).await {
                     self.hints.end_episode_if_drained(target);
                 }
             }
@@ -87,7 +92,7 @@ impl Handoff {
     }
 
     /// Replays a target's hints oldest first; true when every listed hint left the queue.
-    async fn replay_target(&self, target: NodeId, addr: &str) -> bool {
+    async fn replay_target(&self, view: &ClusterView, target: NodeId, addr: &str) -> bool {
         let Some(files) = self.pending(target) else {
             return false;
         };
@@ -101,8 +106,21 @@ impl Handoff {
                     continue;
                 }
             };
-            match super::forward(&self.client, addr, body, 0).await {
-                Ok(_) => self.remove(target, file, next, Removal::Delivered).await,
+            // Decoded only to route: a hint whose series the target still owns (nearly
+            // every one) is forwarded as it was written.
+            let delivered = match decode_hint_body(&body)
+                .map(|series| replay_plan(series, &view.ring, target))
+            {
+                Ok(plan) if plan.keys().any(|&owner| owner != target) => {
+                    self.deliver_plan(view, plan).await
+                }
+                _ => super::forward(&self.client, addr, body, 0)
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| e.to_string()),
+            };
+            match delivered {
+                Ok(()) => self.remove(target, file, next, Removal::Delivered).await,
                 Err(e) => {
                     tracing::debug!(target_node = %target, error = %e, "hint delivery failed; retrying later");
                     self.hints.metrics().on_failed_attempt(target);
@@ -245,6 +263,28 @@ pub fn reroute_plan(
     plan
 }
 
+/// Where the series of a hint for `target` (alive, in the ring) go: to `target` when
+/// `current` still makes it an owner, otherwise to every current owner of the series (a
+/// copy too many is a duplicate they ignore).
+pub fn replay_plan(
+    series: Vec<Series>,
+    current: &Ring,
+    target: NodeId,
+) -> BTreeMap<NodeId, Vec<Series>> {
+    let mut plan: BTreeMap<NodeId, Vec<Series>> = BTreeMap::new();
+    for s in series {
+        let owners = current.owners(placement::partition_key(&s.labels));
+        if owners.contains(&target) {
+            plan.entry(target).or_default().push(s);
+            continue;
+        }
+        for owner in owners {
+            plan.entry(owner).or_default().push(s.clone());
+        }
+    }
+    plan
+}
+
 /// `ring` with `node`'s tombstone lifted: placement as it was before its removal.
 fn ring_with_live(ring: &Ring, node: NodeId) -> Ring {
     Ring::from_slots(
@@ -288,6 +328,49 @@ mod tests {
                 samples: vec![Sample::new(i as i64, 1.0)],
             })
             .collect()
+    }
+
+    /// A hint for a live node goes to it for the series it still owns, and to the
+    /// current owners (never to it) for the series a join took from it since the write.
+    #[test]
+    fn a_hint_for_an_owner_that_lost_the_series_goes_to_the_current_owners() {
+        for n in 3..=6u128 {
+            let before = state_of(n).ring();
+            let after = state_of(n + 1).ring();
+            for target in (1..=n).map(NodeId) {
+                let hinted: Vec<Series> = series(500)
+                    .into_iter()
+                    .filter(|s| {
+                        before
+                            .owners(placement::partition_key(&s.labels))
+                            .contains(&target)
+                    })
+                    .collect();
+                let plan = replay_plan(hinted.clone(), &after, target);
+                let mut moved = 0;
+                for s in &hinted {
+                    let now = after.owners(placement::partition_key(&s.labels));
+                    let to: Vec<NodeId> = plan
+                        .iter()
+                        .filter(|(_, v)| v.contains(s))
+                        .map(|(&o, _)| o)
+                        .collect();
+                    if now.contains(&target) {
+                        assert_eq!(to, vec![target]);
+                    } else {
+                        moved += 1;
+                        let mut want = now.clone();
+                        want.sort();
+                        assert_eq!(to, want);
+                    }
+                }
+                // A join moves some of a node's series away, never all of them.
+                assert!(
+                    moved > 0 && moved < hinted.len(),
+                    "{n} nodes, target {target}"
+                );
+            }
+        }
     }
 
     /// Each series of a removed node's hint goes to exactly the one survivor that took
