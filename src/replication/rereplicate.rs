@@ -6,10 +6,10 @@
 //! series whose owner set changed it sends the series, read whole from blocks and head,
 //! to every new owner over the internal repair write (`/internal/v1/backfill`, which also
 //! stores samples too old for the receiver's head, ADR 0016), when this node is the series' *sender*:
-//! each old owner that loses the series and is still in the ring (it may hold samples
-//! the other owners lack), or else the first of the old owners, in replica order, that
-//! is still in the ring and alive in this node's view (so each copy is sent once, not
-//! three times). It throttles to the
+//! an old owner that loses the series and is still in the ring and alive (it may hold
+//! samples the other owners lack; the gained owners are dealt among such losers), or
+//! else the first of the old owners, in replica order, that is still in the ring and
+//! alive in this node's view (so each copy is sent once, not three times). It throttles to the
 //! configured bytes per second, retries a failed target with backoff, starts over when
 //! the ring changes again, and only then moves the base forward (so a restart mid-way
 //! re-sends: samples are idempotent, the copy is a union). Metric metadata follows its
@@ -213,14 +213,14 @@ pub struct Transfer {
 }
 
 /// The new owners a series gained from `base` to `current` that this node must send it
-/// to. Every old owner that loses the series and is still in `current` sends it: it may
-/// hold samples no other owner has (a write routed to it by a ring that did not name the
-/// others), and once it no longer owns the series nothing compares them; a new owner
-/// gets them, and anti-entropy spreads them over the owners (ADR 0015, ADR 0019). When
-/// no such node is in `current` and not down in `view` (a removal: the loser is the
-/// removed node), the sender is the first old owner (replica order) still in `current`
-/// and not down. A join replaces one owner per moved series, so each copy is still sent
-/// once.
+/// to. The old owners that lose the series, are still in `current` and not down in
+/// `view` (the *losers*) send it, the gained owners dealt among them in replica order:
+/// a loser may hold samples no other owner has (a write routed to it by a ring that did
+/// not name the others), and once it no longer owns the series nothing compares them;
+/// sent to a new owner, anti-entropy spreads them over the owners (ADR 0015, ADR 0019).
+/// When there is no loser (a removal: the loser is the removed node), the sender is the
+/// first old owner (replica order) still in `current` and not down. Either way each
+/// gained copy is sent once.
 pub fn targets_for(
     partition_key: u64,
     base: &Ring,
@@ -238,12 +238,21 @@ pub fn targets_for(
         current.node(o).is_some()
             && (o == local || view.member(o).is_some_and(|m| m.state != MemberState::Down))
     };
-    let loses = |o: &NodeId| !new.contains(o);
-    if old.contains(&local) && loses(&local) && can_send(local) {
-        return gained;
-    }
-    if old.iter().any(|&o| loses(&o) && can_send(o)) {
-        return Vec::new();
+    let losers: Vec<NodeId> = old
+        .iter()
+        .copied()
+        .filter(|o| !new.contains(o) && can_send(*o))
+        .collect();
+    if !losers.is_empty() {
+        let Some(mine) = losers.iter().position(|&o| o == local) else {
+            return Vec::new();
+        };
+        return gained
+            .into_iter()
+            .enumerate()
+            .filter(|(j, _)| j % losers.len() == mine)
+            .map(|(_, o)| o)
+            .collect();
     }
     let sender = old.iter().copied().find(|&o| can_send(o));
     if sender == Some(local) {
@@ -796,9 +805,8 @@ mod tests {
         }
     }
 
-    /// On a join the owner a series loses sends it (it may hold samples written to it
-    /// alone), once per gained copy; after a jump from one node to several, every owner
-    /// that lost a series sends it.
+    /// On a join every owner a series loses sends it to at least one new owner (it may
+    /// hold samples written to it alone), and each gained copy is sent exactly once.
     #[test]
     fn the_owner_that_loses_a_series_sends_it() {
         for (from, to) in [(4u128, 5u128), (5, 6), (1, 4), (2, 6)] {
@@ -811,6 +819,7 @@ mod tests {
                     old.iter().copied().filter(|o| !new.contains(o)).collect();
                 let gained: Vec<NodeId> =
                     new.iter().copied().filter(|o| !old.contains(o)).collect();
+                let mut received: Vec<NodeId> = Vec::new();
                 for local in 1..=from {
                     let v = view(local, &current, &[]);
                     let targets = targets_for(k, &base, &current, &v, NodeId(local));
@@ -823,10 +832,12 @@ mod tests {
                     } else {
                         assert_eq!(!targets.is_empty(), losers.contains(&NodeId(local)));
                     }
-                    if !targets.is_empty() {
-                        assert_eq!(targets, gained, "{from} -> {to} nodes, key {k:#x}");
-                    }
+                    received.extend(targets);
                 }
+                received.sort();
+                let mut want = gained.clone();
+                want.sort();
+                assert_eq!(received, want, "{from} -> {to} nodes, key {k:#x}");
             }
         }
     }
