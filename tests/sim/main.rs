@@ -1,16 +1,18 @@
 //! Deterministic simulation of the distributed logic (ADR 0019): hundreds of seeded runs
 //! of 3 to 7 nodes whose membership is the production `MembershipCore`, under joins at
 //! random times, partitions that heal, message loss, delays and reordering, crashes and
-//! restarts (what a node persists survives), and a node killed for good and removed.
-//! After the faults stop and the cluster converges, every run checks: the join order is
-//! identical on all nodes; every series has exactly min(3, N) distinct live owners; every
-//! acknowledged sample is on every owner and readable through every node; the replicas
-//! of a series are identical.
+//! restarts (what a node persists survives), and a node killed for good and removed;
+//! hinted handoff, re-replication and active anti-entropy run with their production
+//! planning functions. After the faults stop, the cluster converges (membership, hints,
+//! re-replication) and then every node completes an anti-entropy pass whose settled
+//! bound is past the last write; every run then checks: the join order is identical on
+//! all nodes; every series has exactly min(3, N) distinct live owners; every acknowledged
+//! sample is on every owner and readable through every node; the replicas of a series
+//! are identical. Every check is fatal.
 //!
 //! `SIM_SEEDS=k` runs seeds 0..k (default 300); `SIM_SEED=n` runs one seed and prints its
-//! trace. A failure names its seed and prints the fault trace. Replica completeness
-//! (every owner holds every acknowledged sample) needs anti-entropy on main, so it is
-//! counted and reported, and fatal only with `SIM_STRICT=1` (ADR 0019).
+//! trace (`SIM_TRACE_WRITES=1` adds every write). A failure names its seed and prints the
+//! fault trace (ADR 0019).
 
 mod world;
 
