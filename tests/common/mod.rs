@@ -23,10 +23,23 @@ pub struct Node {
     _tmp: Option<tempfile::TempDir>,
 }
 
-/// A port that was free a moment ago on 127.0.0.1.
+/// A port that was free a moment ago on 127.0.0.1, for TCP and UDP alike (a node binds
+/// both on its gossip port), and never handed out before in this test process: tests run
+/// side by side, and a port one test released may otherwise reach another while the first
+/// test's node is about to bind it (a node then fails to start, or joins a stranger's
+/// cluster).
 pub fn free_port() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
-    l.local_addr().expect("local addr").port()
+    static HANDED_OUT: std::sync::Mutex<BTreeSet<u16>> = std::sync::Mutex::new(BTreeSet::new());
+    loop {
+        let l = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
+        let port = l.local_addr().expect("local addr").port();
+        if std::net::UdpSocket::bind(("127.0.0.1", port)).is_err() {
+            continue;
+        }
+        if HANDED_OUT.lock().expect("port set").insert(port) {
+            return port;
+        }
+    }
 }
 
 impl Node {
@@ -39,13 +52,25 @@ impl Node {
         node
     }
 
-    /// Starts a node on an existing (or new) data directory; the caller keeps it.
+    /// Starts a node on an existing (or new) data directory; the caller keeps it. A node
+    /// that exits before it is ready (a port taken by something outside this process
+    /// between the choice and the bind) is started again on other ports, a few times.
     pub fn start_in(data_dir: &Path, extra_args: &[&str]) -> Node {
-        let http_addr = format!("127.0.0.1:{}", free_port());
-        let gossip_addr = format!("127.0.0.1:{}", free_port());
-        let node = Node::spawn_at(data_dir, &http_addr, &gossip_addr, extra_args);
-        node.wait_ready(Duration::from_secs(60));
-        node
+        const ATTEMPTS: usize = 3;
+        let mut attempt = 1;
+        loop {
+            let http_addr = format!("127.0.0.1:{}", free_port());
+            let gossip_addr = format!("127.0.0.1:{}", free_port());
+            let mut node = Node::spawn_at(data_dir, &http_addr, &gossip_addr, extra_args);
+            match node.wait_ready_or_exit(Duration::from_secs(60)) {
+                Ok(()) => return node,
+                Err(status) if attempt < ATTEMPTS => eprintln!(
+                    "node at {http_addr} exited before it was ready ({status}); starting it again on other ports"
+                ),
+                Err(status) => panic!("node at {http_addr} exited before it was ready ({status})"),
+            }
+            attempt += 1;
+        }
     }
 
     /// Starts a node at given addresses without waiting for readiness.
@@ -138,6 +163,34 @@ impl Node {
             std::thread::sleep(Duration::from_millis(50));
         }
         panic!("node {} not ready within {timeout:?}", self.http_addr);
+    }
+
+    /// `wait_ready`, but returns the exit status if the process ends first.
+    fn wait_ready_or_exit(&mut self, timeout: Duration) -> Result<(), std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Ok((200, _)) = try_get(&self.url("/-/ready")) {
+                return Ok(());
+            }
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                self.child = None;
+                return Err(status);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let running = self
+            .child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)));
+        panic!(
+            "node {} not ready within {timeout:?} (process {})",
+            self.http_addr,
+            if running { "still running" } else { "gone" }
+        );
     }
 
     pub fn pid(&self) -> u32 {
