@@ -19,6 +19,12 @@ pub fn splitmix64_mix(mut z: u64) -> u64 {
 /// The label that carries the metric name.
 pub const METRIC_NAME: &str = "__name__";
 
+/// Most labels one series may have. Ingest refuses more, and the node-to-node series
+/// transfers (anti-entropy) accept no more, so every stored series can be repaired.
+pub const MAX_LABELS_PER_SERIES: usize = 256;
+/// Most bytes of label names and values one series may have (same reason).
+pub const MAX_LABEL_BYTES_PER_SERIES: usize = 16 << 10;
+
 /// The bit pattern Prometheus uses for a staleness marker (a special NaN).
 pub const STALE_NAN_BITS: u64 = 0x7ff0_0000_0000_0002;
 

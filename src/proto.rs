@@ -5,6 +5,9 @@
 //! the build needs no `protoc`, and the conversion of `model` series into them. Calls
 //! only `model`. Native histograms and
 //! exemplars are declared so that requests carrying them still decode; they are not stored.
+//! `otlp`: OpenTelemetry's OTLP metrics export messages, in the same hand-written style.
+
+pub mod otlp;
 
 use prost::Message;
 

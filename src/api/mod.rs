@@ -1,7 +1,8 @@
 //! The HTTP edge: axum routers in Prometheus's API shapes.
 //!
 //! Owns: routing, request parsing, response and error formats. Submodules by endpoint
-//! family: `health` (/-/healthy, /-/ready, /metrics), `write` (remote write), `read`
+//! family: `health` (/-/healthy, /-/ready, /metrics), `write` (remote write), `otlp`
+//! (OpenTelemetry OTLP/HTTP metrics, stored through remote write's path), `read`
 //! (remote read), `admin` (TSDB admin, off unless enabled), `query` (PromQL and
 //! series/labels endpoints), `status` (build, runtime, flags, tsdb, cluster),
 //! `federate`, `ui` (the built-in web pages), `internal` (node-to-node). The routes come in two routers that are guarded
@@ -15,6 +16,7 @@ pub mod federate;
 pub mod health;
 pub mod internal;
 pub mod json;
+pub mod otlp;
 pub mod params;
 pub mod query;
 pub mod read;
@@ -165,6 +167,7 @@ pub fn routers(state: AppState) -> ApiRouters {
     let public = Router::new()
         .merge(health::routes())
         .merge(write::routes())
+        .merge(otlp::routes())
         .merge(read::routes())
         .merge(admin::routes())
         .merge(query::routes())

@@ -79,7 +79,7 @@ pub async fn local_read(State(state): State<AppState>, headers: HeaderMap, body:
 async fn answer_read(storage: &dyn Storage, headers: &HeaderMap, body: Body) -> Response {
     let body = match read_limited(headers, body, MAX_READ_REQUEST_BYTES).await {
         Ok(body) => body,
-        Err(response) => return response,
+        Err(err) => return plain_text(err.status, &err.message),
     };
     match answer(storage, body).await {
         Ok(response) => response,

@@ -22,9 +22,11 @@ use axum::routing::post;
 use axum::Router;
 use http_body_util::BodyExt;
 
+use std::sync::Arc;
+
 use super::AppState;
-use crate::ingest::{self, DecodeLimits, IngestError, IngestMetrics, RejectReason};
-use crate::storage::{wall_clock_ms, AppendOutcome, StorageError};
+use crate::ingest::{self, DecodeLimits, DecodedWrite, IngestError, IngestMetrics, RejectReason};
+use crate::storage::{wall_clock_ms, AppendOutcome, Storage, StorageError};
 
 pub fn routes() -> Router<AppState> {
     Router::new().route("/api/v1/write", post(remote_write))
@@ -40,9 +42,11 @@ async fn remote_write(State(state): State<AppState>, headers: HeaderMap, body: B
     let max_body = state.info().max_write_body_bytes;
     let body = match read_limited(&headers, body, max_body).await {
         Ok(body) => body,
-        Err(response) => {
-            metrics.on_refused(RejectReason::TooLarge);
-            return response;
+        Err(err) => {
+            if err.status == StatusCode::PAYLOAD_TOO_LARGE {
+                metrics.on_refused(RejectReason::TooLarge);
+            }
+            return plain_text(err.status, &err.message);
         }
     };
     let content_type = header_text(&headers, header::CONTENT_TYPE);
@@ -72,15 +76,24 @@ async fn remote_write(State(state): State<AppState>, headers: HeaderMap, body: B
         }
     };
     metrics.on_decoded(&decoded);
+    match store_decoded(&state, &storage, decoded).await {
+        Ok(outcome) => stored(metrics, &outcome),
+        Err(e) => storage_failed(metrics, &e),
+    }
+}
+
+/// Stores a validated write where a client's write enters: its metadata, then its
+/// samples within the wall-clock time bounds (ADR 0009; the samples outside them are
+/// reported as refused), routed by `storage` to their owners. Shared by remote write and
+/// OTLP, so both store the same way.
+pub(super) async fn store_decoded(
+    state: &AppState,
+    storage: &Arc<dyn Storage>,
+    decoded: DecodedWrite,
+) -> Result<AppendOutcome, StorageError> {
     if !decoded.metadata.is_empty() {
-        if let Err(e) = storage.record_metadata(decoded.metadata).await {
-            return storage_failed(metrics, &e);
-        }
+        storage.record_metadata(decoded.metadata).await?;
     }
-    if decoded.series.is_empty() {
-        return StatusCode::NO_CONTENT.into_response();
-    }
-    // Checked here, where the client's write enters, before it is routed to owners.
     let mut series = decoded.series;
     let mut outcome = ingest::enforce_time_bounds(
         &mut series,
@@ -88,22 +101,25 @@ async fn remote_write(State(state): State<AppState>, headers: HeaderMap, body: B
         wall_clock_ms(),
     );
     if !series.is_empty() {
-        match storage.append(series).await {
-            Ok(appended) => outcome.merge(appended),
-            Err(e) => return storage_failed(metrics, &e),
-        }
+        outcome.merge(storage.append(series).await?);
     }
-    stored(metrics, &outcome)
+    Ok(outcome)
+}
+
+/// The status a storage failure is answered with: 503 when storage refuses writes for
+/// now (full disk, failing WAL, a cluster that cannot reach enough owners; nothing of the
+/// request was stored), else 500.
+pub(super) fn storage_failure_status(error: &StorageError) -> StatusCode {
+    match error {
+        StorageError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
+    }
 }
 
 /// A storage failure: 503 when storage refuses writes for now (full disk, failing
 /// WAL; nothing of the request was stored), else 500.
 fn storage_failed(metrics: &IngestMetrics, error: &StorageError) -> Response {
-    let status = match error {
-        StorageError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
-        _ => StatusCode::INTERNAL_SERVER_ERROR,
-    };
-    server_error(metrics, status, &error.to_string())
+    server_error(metrics, storage_failure_status(error), &error.to_string())
 }
 
 /// A failure that is not the client's fault: a 5xx, which Prometheus's sender retries.
@@ -118,17 +134,21 @@ fn server_error(metrics: &IngestMetrics, status: StatusCode, message: &str) -> R
 /// broken pipe (Go's HTTP server drains 256 KiB for the same reason).
 const OVERSIZE_DRAIN_BYTES: u64 = 4 << 20;
 
-/// Reads the body, answering 413 once it is known to exceed `max` bytes.
+/// Why a body could not be read: 413 over the limit, 400 for a broken stream.
+pub(super) struct BodyError {
+    pub status: StatusCode,
+    pub message: String,
+}
+
+/// Reads the body, refusing with 413 once it is known to exceed `max` bytes.
 pub(super) async fn read_limited(
     headers: &HeaderMap,
     mut body: Body,
     max: usize,
-) -> Result<Bytes, Response> {
-    let too_large = || {
-        plain_text(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            &format!("request body too large: the limit is {max} bytes (snappy-compressed)"),
-        )
+) -> Result<Bytes, BodyError> {
+    let too_large = || BodyError {
+        status: StatusCode::PAYLOAD_TOO_LARGE,
+        message: format!("request body too large: the limit is {max} bytes (compressed)"),
     };
     let max = max as u64;
     let declared = header_text(headers, header::CONTENT_LENGTH).and_then(|v| v.parse::<u64>().ok());
@@ -138,11 +158,9 @@ pub(super) async fn read_limited(
     let mut buf = Vec::with_capacity(declared.unwrap_or(0).min(max) as usize);
     let mut seen: u64 = 0;
     while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|e| {
-            plain_text(
-                StatusCode::BAD_REQUEST,
-                &format!("error reading request body: {e}"),
-            )
+        let frame = frame.map_err(|e| BodyError {
+            status: StatusCode::BAD_REQUEST,
+            message: format!("error reading request body: {e}"),
         })?;
         let Ok(data) = frame.into_data() else {
             continue; // trailers
@@ -171,7 +189,7 @@ fn stored(metrics: &IngestMetrics, outcome: &AppendOutcome) -> Response {
 }
 
 /// "3 samples rejected (out_of_order: 2, duplicate_timestamp: 1); 10 stored; first: ..."
-fn describe_rejections(outcome: &AppendOutcome) -> String {
+pub(super) fn describe_rejections(outcome: &AppendOutcome) -> String {
     let by_reason: Vec<String> = outcome
         .rejected
         .iter()
@@ -198,7 +216,7 @@ fn refused(metrics: &IngestMetrics, err: &IngestError) -> Response {
 }
 
 /// A header as text; non-ASCII bytes are kept lossily so errors can still show them.
-fn header_text(headers: &HeaderMap, name: header::HeaderName) -> Option<String> {
+pub(super) fn header_text(headers: &HeaderMap, name: header::HeaderName) -> Option<String> {
     headers
         .get(name)
         .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())

@@ -7,6 +7,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
 
+use super::otlp::{DecodedOtlp, DropReason};
 use super::{DecodedWrite, RejectReason};
 use crate::storage::{self, AppendOutcome};
 
@@ -26,6 +27,10 @@ pub struct IngestMetrics {
     requests_failed: Counter,
     /// Indexed by `storage::RejectReason::index`.
     samples_rejected: Vec<Counter>,
+    /// OTLP data points translated into samples.
+    otlp_points_accepted: Counter,
+    /// Indexed by `otlp::DropReason::index`.
+    otlp_points_rejected: Vec<Counter>,
 }
 
 impl IngestMetrics {
@@ -33,6 +38,7 @@ impl IngestMetrics {
         let registry = registry.sub_registry_with_prefix("timbala_ingest");
         let requests_rejected = ReasonFamily::default();
         let samples_rejected = ReasonFamily::default();
+        let otlp_points_rejected = ReasonFamily::default();
         let metrics = IngestMetrics {
             requests_received: Counter::default(),
             samples_received: Counter::default(),
@@ -48,15 +54,20 @@ impl IngestMetrics {
                 .iter()
                 .map(|r| reason_counter(&samples_rejected, r.as_str()))
                 .collect(),
+            otlp_points_accepted: Counter::default(),
+            otlp_points_rejected: DropReason::ALL
+                .iter()
+                .map(|r| reason_counter(&otlp_points_rejected, r.as_str()))
+                .collect(),
         };
         registry.register(
             "requests_received",
-            "Remote-write requests received",
+            "Write requests received (remote write and OTLP)",
             metrics.requests_received.clone(),
         );
         registry.register(
             "samples_received",
-            "Float samples received in valid remote-write requests",
+            "Float samples received in valid write requests (remote write and OTLP)",
             metrics.samples_received.clone(),
         );
         registry.register(
@@ -71,13 +82,23 @@ impl IngestMetrics {
         );
         registry.register(
             "requests_rejected",
-            "Remote-write requests answered with an error, by reason",
+            "Write requests (remote write and OTLP) answered with an error, by reason",
             requests_rejected,
         );
         registry.register(
             "samples_rejected",
             "Samples refused (by storage, or by the time bounds) in otherwise valid requests, by reason",
             samples_rejected,
+        );
+        registry.register(
+            "otlp_data_points_accepted",
+            "OTLP data points translated into samples",
+            metrics.otlp_points_accepted.clone(),
+        );
+        registry.register(
+            "otlp_data_points_rejected",
+            "OTLP data points dropped while translating (the rest of their request is stored), by reason",
+            otlp_points_rejected,
         );
         metrics
     }
@@ -94,6 +115,17 @@ impl IngestMetrics {
         self.samples_received.inc_by(decoded.num_samples);
         if decoded.exemplars_dropped > 0 {
             self.exemplars_dropped.inc_by(decoded.exemplars_dropped);
+        }
+    }
+
+    /// An OTLP request translated: its points accepted and dropped, and its samples.
+    pub fn on_otlp_decoded(&self, decoded: &DecodedOtlp) {
+        self.on_decoded(&decoded.write);
+        self.otlp_points_accepted.inc_by(decoded.accepted_points());
+        for (counter, n) in self.otlp_points_rejected.iter().zip(decoded.dropped.counts) {
+            if n > 0 {
+                counter.inc_by(n);
+            }
         }
     }
 
@@ -142,5 +174,10 @@ mod tests {
         assert!(text.contains(r#"timbala_ingest_samples_rejected_total{reason="out_of_order"} 2"#));
         assert!(text.contains("timbala_ingest_samples_stored_total 5"));
         assert!(text.contains(r#"{reason="samples_rejected"} 1"#));
+        // OTLP families exist before the first OTLP request.
+        assert!(text.contains("timbala_ingest_otlp_data_points_accepted_total 0"));
+        assert!(text.contains(
+            r#"timbala_ingest_otlp_data_points_rejected_total{reason="delta_temporality"} 0"#
+        ));
     }
 }

@@ -1,7 +1,8 @@
-//! Ingest: decoding and validating Prometheus remote-write requests.
+//! Ingest: decoding and validating Prometheus remote-write and OTLP metrics requests.
 //!
 //! Owns: the path from an HTTP body (plus its `Content-Type` and `Content-Encoding`) to
-//! validated `model::Series`, and the ingest self-metrics. Submodules: `wire` (header
+//! validated `model::Series`, and the ingest self-metrics. Submodules: `otlp` (OTLP/HTTP
+//! metrics translated into remote-write series, then validated like them), `wire` (header
 //! negotiation and bounded snappy decompression), `validate` (label and sample rules,
 //! protobuf structs to model types), `bounds` (the wall-clock time bounds applied where a
 //! client's write enters, ADR 0009), `metrics` (counters under `timbala_ingest_`),
@@ -17,6 +18,7 @@ mod bounds;
 #[doc(hidden)]
 pub mod fuzzing;
 mod metrics;
+pub mod otlp;
 mod validate;
 mod wire;
 
@@ -42,7 +44,9 @@ pub enum RejectReason {
     TooLarge,
     /// Not valid snappy block format (400).
     BadSnappy,
-    /// Not a valid `prometheus.WriteRequest` (400).
+    /// Not valid gzip (OTLP; 400).
+    BadGzip,
+    /// Not a valid `prometheus.WriteRequest` or OTLP export request (400).
     BadProtobuf,
     /// A label name or value is not valid UTF-8 (400).
     InvalidUtf8,
@@ -53,11 +57,12 @@ pub enum RejectReason {
 }
 
 impl RejectReason {
-    pub const ALL: [RejectReason; 8] = [
+    pub const ALL: [RejectReason; 9] = [
         RejectReason::UnsupportedContentType,
         RejectReason::UnsupportedEncoding,
         RejectReason::TooLarge,
         RejectReason::BadSnappy,
+        RejectReason::BadGzip,
         RejectReason::BadProtobuf,
         RejectReason::InvalidUtf8,
         RejectReason::InvalidLabels,
@@ -71,6 +76,7 @@ impl RejectReason {
             RejectReason::UnsupportedEncoding => "unsupported_encoding",
             RejectReason::TooLarge => "too_large",
             RejectReason::BadSnappy => "bad_snappy",
+            RejectReason::BadGzip => "bad_gzip",
             RejectReason::BadProtobuf => "bad_protobuf",
             RejectReason::InvalidUtf8 => "invalid_utf8",
             RejectReason::InvalidLabels => "invalid_labels",
@@ -84,6 +90,7 @@ impl RejectReason {
             RejectReason::UnsupportedContentType | RejectReason::UnsupportedEncoding => 415,
             RejectReason::TooLarge => 413,
             RejectReason::BadSnappy
+            | RejectReason::BadGzip
             | RejectReason::BadProtobuf
             | RejectReason::InvalidUtf8
             | RejectReason::InvalidLabels

@@ -7,6 +7,9 @@
 //!   unsorted set would silently become a different series identity if we sorted it);
 //! - names and values are UTF-8 (enforced by prost while decoding);
 //! - labels with an empty value are dropped: Prometheus treats them as absent;
+//! - at most `MAX_LABELS_PER_SERIES` labels of at most `MAX_LABEL_BYTES_PER_SERIES` bytes
+//!   together (the bounds of the node-to-node repair transfers, so every stored series can
+//!   be repaired);
 //! - native histograms are refused (not stored yet), exemplars are dropped;
 //! - samples are put in time order when the sender did not (storage wants time order;
 //!   the out-of-order window decides what is kept).
@@ -14,7 +17,10 @@
 use std::fmt::Write as _;
 
 use super::{DecodedWrite, IngestError, RejectReason};
-use crate::model::{self, Labels, MetricMetadata, Sample, Series, METRIC_NAME};
+use crate::model::{
+    self, Labels, MetricMetadata, Sample, Series, MAX_LABELS_PER_SERIES,
+    MAX_LABEL_BYTES_PER_SERIES, METRIC_NAME,
+};
 use crate::proto;
 
 /// Longest label description put into an error message.
@@ -88,6 +94,20 @@ fn check_labels(labels: &[proto::Label]) -> Result<(), String> {
     }
     if !has_metric_name {
         return Err(format!("missing metric name (label {METRIC_NAME})"));
+    }
+    let stored = labels.iter().filter(|l| !l.value.is_empty());
+    let (count, bytes) = stored.fold((0, 0), |(n, b), l| {
+        (n + 1, b + l.name.len() + l.value.len())
+    });
+    if count > MAX_LABELS_PER_SERIES {
+        return Err(format!(
+            "{count} labels, more than the limit of {MAX_LABELS_PER_SERIES} per series"
+        ));
+    }
+    if bytes > MAX_LABEL_BYTES_PER_SERIES {
+        return Err(format!(
+            "labels of {bytes} bytes, more than the limit of {MAX_LABEL_BYTES_PER_SERIES} bytes per series"
+        ));
     }
     Ok(())
 }
@@ -196,6 +216,14 @@ mod tests {
         assert!(problem(&[("", "x"), ("__name__", "up")]).contains("empty"));
         assert!(problem(&[("__name__", "up"), ("b", "1"), ("a", "2")]).contains("not sorted"));
         assert!(problem(&[("__name__", "up"), ("a", "1"), ("a", "2")]).contains("duplicate"));
+        let names: Vec<String> = (0..MAX_LABELS_PER_SERIES)
+            .map(|i| format!("l{i:03}"))
+            .collect();
+        let mut wide: Vec<(&str, &str)> = vec![("__name__", "up")];
+        wide.extend(names.iter().map(|n| (n.as_str(), "v")));
+        assert!(problem(&wide).contains("more than the limit of 256"));
+        let long = "x".repeat(MAX_LABEL_BYTES_PER_SERIES);
+        assert!(problem(&[("__name__", "up"), ("a", &long)]).contains("bytes per series"));
     }
 
     #[test]

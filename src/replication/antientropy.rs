@@ -56,8 +56,9 @@ const RANGES_PER_PULL: usize = 100;
 /// Bounds on what a peer may ask (untrusted input).
 const MAX_CELLS: usize = 65_536;
 const MAX_RANGES: usize = 1_000;
-const MAX_LABELS: usize = 256;
-const MAX_LABEL_BYTES: usize = 16 << 10;
+use crate::model::{
+    MAX_LABELS_PER_SERIES as MAX_LABELS, MAX_LABEL_BYTES_PER_SERIES as MAX_LABEL_BYTES,
+};
 const MIN_WINDOW_MS: i64 = 60_000;
 const MAX_WINDOW_MS: i64 = 31 * 24 * 3_600_000;
 /// Most samples one pull answer carries.
