@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what the tests need on a fresh machine: the Rust components used by
 # `make lint`, and the Debian packages of scripts/install-*.sh (promtool, openssl,
-# htpasswd, iptables, nginx, chromium for the web UI test).
+# htpasswd, iptables, nginx, chromium for the web UI test) and the Python packages the
+# tests drive (prometheus-api-client, the OpenTelemetry SDK) in venvs under target/.
 # Idempotent: does nothing that is already in place.
 set -euo pipefail
 cd "$(dirname "$0")/.."
