@@ -23,7 +23,7 @@ lint:
 unit:
 	bash scripts/test.sh
 
-## Deeper fuzzing of the remote-write decoder and the PromQL entry points, 300 s each
+## Deeper fuzzing of the remote-write and OTLP decoders and the PromQL entry points, 300 s each
 ## (cargo-fuzz with nightly, else the stable fuzzers).
 fuzz:
 	bash scripts/fuzz.sh 300

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Fuzzes the remote-write decoder and the PromQL entry points.
+# Fuzzes the remote-write and OTLP decoders and the PromQL entry points.
 #
-#   scripts/fuzz.sh [SECONDS] [TARGET...]   (default 60 s each; targets remote_write promql)
+#   scripts/fuzz.sh [SECONDS] [TARGET...]   (default 60 s each; targets remote_write otlp promql)
 #
 # With a nightly toolchain: cargo-fuzz (libFuzzer + AddressSanitizer) on
 # fuzz/fuzz_targets/<target>.rs, installing cargo-fuzz first if it is missing; the
@@ -14,7 +14,7 @@ seconds="${1:-60}"
 shift || true
 targets=("$@")
 if [ ${#targets[@]} -eq 0 ]; then
-    targets=(remote_write promql)
+    targets=(remote_write otlp promql)
 fi
 
 if cargo +nightly --version >/dev/null 2>&1; then

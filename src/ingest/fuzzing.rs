@@ -1,13 +1,17 @@
-//! Fuzzing entry point shared by the cargo-fuzz target (`fuzz/`) and the stable,
-//! time-bounded mutation test (`tests/fuzz_remote_write.rs`). Calls only `ingest`.
+//! Fuzzing entry points shared by the cargo-fuzz targets (`fuzz/`) and the stable,
+//! time-bounded mutation tests (`tests/fuzz_remote_write.rs`, `tests/fuzz_otlp.rs`).
+//! Calls only `ingest`.
 //!
 //! The first input byte picks the layer under test: even means the rest is an HTTP body
 //! (exercises snappy), odd means the rest is a raw protobuf that is compressed first
 //! (reaches prost and validation far more often). Any panic is a bug; an accepted request
 //! must satisfy every promise `DecodedWrite` makes to storage.
 
+use std::io::Write as _;
+
+use super::otlp::decode_otlp_request;
 use super::{decode_write_request, DecodeLimits, DecodedWrite};
-use crate::model::METRIC_NAME;
+use crate::model::{MAX_LABELS_PER_SERIES, MAX_LABEL_BYTES_PER_SERIES, METRIC_NAME};
 
 /// Small enough that a fuzzer's "decompression bomb" inputs stay cheap.
 const FUZZ_LIMITS: DecodeLimits = DecodeLimits {
@@ -40,6 +44,79 @@ pub fn decode_and_check(data: &[u8]) -> bool {
     ) {
         Ok(decoded) => {
             assert_invariants(&decoded);
+            true
+        }
+        Err(err) => {
+            assert!(!err.message.is_empty(), "a refusal must say why");
+            false
+        }
+    }
+}
+
+/// Decodes `data` as an OTLP/HTTP metrics body and panics if an accepted request breaks
+/// an invariant (remote write's, plus Prometheus-valid names and a consistent count of
+/// data points). The first byte picks the layer: 0 mod 3, the rest is the body as sent
+/// uncompressed; 1, the rest is gzipped first (reaches prost and the translation); 2,
+/// the rest is a gzip body as sent (exercises decompression). Returns whether the
+/// request was accepted.
+pub fn otlp_decode_and_check(data: &[u8]) -> bool {
+    let Some((&mode, rest)) = data.split_first() else {
+        return false;
+    };
+    let gzipped;
+    let (body, encoding) = match mode % 3 {
+        0 => (rest, None),
+        1 => {
+            let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+            if gz.write_all(rest).is_err() {
+                return false;
+            }
+            gzipped = match gz.finish() {
+                Ok(g) => g,
+                Err(_) => return false,
+            };
+            (gzipped.as_slice(), Some("gzip"))
+        }
+        _ => (rest, Some("gzip")),
+    };
+    match decode_otlp_request(Some("application/x-protobuf"), encoding, body, &FUZZ_LIMITS) {
+        Ok(decoded) => {
+            assert_invariants(&decoded.write);
+            assert!(decoded.dropped.total() <= decoded.data_points);
+            assert_eq!(
+                decoded.dropped.first.is_some(),
+                decoded.dropped.total() > 0,
+                "dropped points must be described"
+            );
+            for series in &decoded.write.series {
+                assert!(series.labels.len() <= MAX_LABELS_PER_SERIES);
+                let bytes: usize = series
+                    .labels
+                    .iter()
+                    .map(|l| l.name.len() + l.value.len())
+                    .sum();
+                assert!(bytes <= MAX_LABEL_BYTES_PER_SERIES);
+                for label in series.labels.iter() {
+                    let first_ok = |c: char| c.is_ascii_alphabetic() || c == '_';
+                    assert!(
+                        label.name.starts_with(first_ok)
+                            && label
+                                .name
+                                .chars()
+                                .all(|c| c.is_ascii_alphanumeric() || c == '_'),
+                        "label name {:?} is not a Prometheus name",
+                        label.name
+                    );
+                }
+                let name = series.labels.get(METRIC_NAME).unwrap_or_default();
+                assert!(
+                    name.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_' || c == ':')
+                        && name
+                            .chars()
+                            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':'),
+                    "metric name {name:?} is not a Prometheus name"
+                );
+            }
             true
         }
         Err(err) => {
