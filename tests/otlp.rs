@@ -4,7 +4,8 @@
 //! Prometheus 3.x names, values, `job`/`instance` and `target_info` read from another, on
 //! every owner; and hand-built protobuf requests for every metric type, delta and
 //! exponential histograms (partial success), gzip, bad bodies, oversize bodies, refused
-//! samples, a node that cannot take writes, and the OTLP counters in /metrics.
+//! samples, a node that cannot take writes, the web config's basic auth, and the OTLP
+//! counters in /metrics.
 //! Without Python or PyPI the SDK test is skipped with a message (failed under CI).
 
 mod common;
@@ -536,4 +537,40 @@ fn a_node_that_cannot_take_writes_answers_503() {
     let status = status_of(code, &body);
     assert_eq!(status.code, 14);
     assert!(status.message.contains("not joined"), "{}", status.message);
+}
+
+#[test]
+fn basic_auth_of_the_web_config_guards_otlp() {
+    use base64::Engine as _;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = dir.path().join("web-config.yml");
+    let hash = bcrypt::hash("wonderland", 4).expect("bcrypt");
+    std::fs::write(&config, format!("basic_auth_users:\n  alice: {hash}\n")).expect("write");
+    let node = Node::spawn_at(
+        &dir.path().join("data"),
+        &format!("127.0.0.1:{}", free_port()),
+        &format!("127.0.0.1:{}", free_port()),
+        &["--web-config-file", &config.display().to_string()],
+    );
+    let credentials = format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode("alice:wonderland")
+    );
+    let auth = ("Authorization", credentials.as_str());
+    // Ready once an empty export with the password is stored (200, not 503 or refused).
+    wait_until("the node takes writes", Duration::from_secs(60), || {
+        try_post(&node.url(PATH), &[PROTOBUF, auth], b"").is_ok_and(|(code, _)| code == 200)
+    });
+    let body = export_request(
+        "api",
+        vec![metric(
+            "guarded",
+            "",
+            gauge(vec![point(&[], now_nanos(), 1.0)]),
+        )],
+    );
+    let (code, _) = export(&node, &[PROTOBUF], &body);
+    assert_eq!(code, 401);
+    let (code, answer) = export(&node, &[PROTOBUF, auth], &body);
+    assert_eq!((code, answer.len()), (200, 0), "{answer:?}");
 }

@@ -511,7 +511,7 @@ fn deeply_nested_values_are_a_decode_error_not_a_crash() {
                 key: "deep".into(),
                 value: Some(value),
             }];
-            let body = request(vec![resource(
+            request(vec![resource(
                 &[],
                 vec![metric(
                     "m",
@@ -520,8 +520,7 @@ fn deeply_nested_values_are_a_decode_error_not_a_crash() {
                         data_points: vec![point],
                     }),
                 )],
-            )]);
-            body
+            )])
         })
         .unwrap()
         .join()
