@@ -90,4 +90,9 @@ fn families_exist_from_start() {
     assert_eq!(value("timbala_fanout_requests_total"), 0.0);
     assert_eq!(value("timbala_fanout_peer_timeouts_total"), 0.0);
     assert_eq!(value("timbala_repair_passes_total"), 0.0);
+    assert_eq!(value("timbala_ingest_otlp_data_points_accepted_total"), 0.0);
+    assert_eq!(
+        value(r#"timbala_ingest_otlp_data_points_rejected_total{reason="exponential_histogram"}"#),
+        0.0
+    );
 }
