@@ -392,17 +392,23 @@ fn every_metric_type_is_stored_and_delta_is_a_partial_success() {
     assert!(metadata.contains(r#""type":"counter""#), "{metadata}");
 
     // A gzip body as exporters send it; a clean request answers with an empty response.
+    // The gauge's point says "no recorded value": a staleness marker ends its series.
     let later = now + 1_000_000_000;
+    let mut gone = point(&[("core", "0")], later, 0.0);
+    gone.flags = FLAG_NO_RECORDED_VALUE;
     let body = export_request(
         "api",
-        vec![metric(
-            "jobs.done",
-            "",
-            sum(
-                vec![point(&[], later, 13.0)],
-                AggregationTemporality::Cumulative,
+        vec![
+            metric(
+                "jobs.done",
+                "",
+                sum(
+                    vec![point(&[], later, 13.0)],
+                    AggregationTemporality::Cumulative,
+                ),
             ),
-        )],
+            metric("cpu.temperature", "Cel", gauge(vec![gone])),
+        ],
     );
     let (code, answer) = export(
         &node,
@@ -410,13 +416,19 @@ fn every_metric_type_is_stored_and_delta_is_a_partial_success() {
         &gzip(&body),
     );
     assert_eq!((code, answer.len()), (200, 0), "{answer:?}");
-    assert_eq!(single(&node, "jobs_done_total", now_ms() + 2_000), 13.0);
+    let after = (later / 1_000_000) as i64 + 1_000;
+    assert_eq!(single(&node, "jobs_done_total", after), 13.0);
+    let stale = instant(&node, "cpu_temperature_celsius", after);
+    assert!(
+        stale.is_empty(),
+        "a stale series is not returned: {stale:?}"
+    );
 
-    // Points, not samples: gauge, sum, histogram and summary, then the second sum.
+    // Points, not samples: gauge, sum, histogram and summary, then the sum and the gauge.
     let (_, text) = get(&node.url("/metrics"));
     assert_eq!(
         metric_value(&text, "timbala_ingest_otlp_data_points_accepted_total"),
-        Some(5.0),
+        Some(6.0),
         "{text}"
     );
     assert!(
