@@ -14,6 +14,8 @@
 //! samples of that request stay stored, so the sender's retry-free drop loses nothing
 //! that was accepted.
 
+use std::sync::Arc;
+
 use axum::body::{Body, Bytes};
 use axum::extract::State;
 use axum::http::{header, HeaderMap, StatusCode};
@@ -21,8 +23,6 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::Router;
 use http_body_util::BodyExt;
-
-use std::sync::Arc;
 
 use super::AppState;
 use crate::ingest::{self, DecodeLimits, DecodedWrite, IngestError, IngestMetrics, RejectReason};
@@ -116,8 +116,7 @@ pub(super) fn storage_failure_status(error: &StorageError) -> StatusCode {
     }
 }
 
-/// A storage failure: 503 when storage refuses writes for now (full disk, failing
-/// WAL; nothing of the request was stored), else 500.
+/// A storage failure, answered in plain text with `storage_failure_status`.
 fn storage_failed(metrics: &IngestMetrics, error: &StorageError) -> Response {
     server_error(metrics, storage_failure_status(error), &error.to_string())
 }
