@@ -15,7 +15,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
-use common::{cluster_credential, free_port, metric_value, ts, Node};
+use common::{
+    cluster_credential, free_port, metric_value, prometheus_available, readme_blocks,
+    start_prometheus, ts, Node,
+};
 use timbala::cluster::keys::ClusterKeys;
 use timbala::proto;
 
@@ -802,47 +805,6 @@ fn cluster_forwards_writes_over_mutual_tls() {
     assert!(!errors, "peer errors: {metrics}");
 }
 
-/// Prometheus must be installed (scripts/install-prometheus.sh); under CI its absence
-/// is a failure, elsewhere the test is skipped with a message.
-fn prometheus_available() -> bool {
-    common::tool_available("prometheus", "scripts/install-prometheus.sh")
-}
-
-/// A Prometheus process, killed when dropped.
-struct Prometheus {
-    child: std::process::Child,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for Prometheus {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Starts Prometheus with `config` (written into `config_dir`, where relative paths in it
-/// resolve), scraping itself every second.
-fn start_prometheus(config_dir: &Path, remote_write: &str) -> Prometheus {
-    let port = free_port();
-    let config = format!(
-        "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: self\n    \
-         static_configs:\n      - targets: ['127.0.0.1:{port}']\n{remote_write}"
-    );
-    let path = config_dir.join("prometheus.yml");
-    std::fs::write(&path, config).expect("write prometheus.yml");
-    let data = tempfile::tempdir().expect("temp dir");
-    let child = Command::new("prometheus")
-        .arg(format!("--config.file={}", path.display()))
-        .arg(format!("--storage.tsdb.path={}", data.path().display()))
-        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-        .arg("--log.level=warn")
-        .stdin(Stdio::null())
-        .spawn()
-        .expect("start prometheus");
-    Prometheus { child, _dir: data }
-}
-
 /// Bar 1 (Prometheus): Prometheus 2.42 writes through `remote_write` with `basic_auth`
 /// and `tls_config` (ca_file) into a node, and its samples are queryable.
 #[test]
@@ -889,23 +851,6 @@ const README_PROMETHEUS_MARK: &str =
 /// The README's node names; the test reaches its nodes as `localhost` instead.
 const README_NODES: &str = r#"NODES="node-1.example.com node-2.example.com node-3.example.com""#;
 const README_NODE_ADDR: &str = "node-1.example.com:9080";
-
-/// The fenced blocks that follow `mark` in the README, in order.
-fn readme_blocks(mark: &str) -> Vec<String> {
-    let readme =
-        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).expect("README");
-    let mut blocks = Vec::new();
-    let mut rest = readme.as_str();
-    while let Some(at) = rest.find(mark) {
-        rest = &rest[at + mark.len()..];
-        let open = rest.find("```").expect("a fenced block after the mark");
-        let body_start = open + rest[open..].find('\n').expect("fence line") + 1;
-        let close = rest[body_start..].find("\n```").expect("closing fence");
-        blocks.push(rest[body_start..body_start + close + 1].to_string());
-        rest = &rest[body_start + close..];
-    }
-    blocks
-}
 
 #[test]
 fn readme_securing_a_cluster_commands_work() {

@@ -568,9 +568,15 @@ fn start_members(
 /// be run. Under CI (`CI` set) its absence fails the test; elsewhere the test is skipped
 /// with a message on stderr.
 pub fn tool_available(name: &str, install_script: &str) -> bool {
+    tool_with_flag_available(name, "--version", install_script)
+}
+
+/// `tool_available` for a program that reports its version with `version_flag` (nginx:
+/// `-v`) and fails on `--version`.
+pub fn tool_with_flag_available(name: &str, version_flag: &str, install_script: &str) -> bool {
     use std::io::Write as _;
     let found = Command::new(name)
-        .arg("--version")
+        .arg(version_flag)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .status()
@@ -590,6 +596,60 @@ pub fn tool_available(name: &str, install_script: &str) -> bool {
         "SKIPPED: {name} not found (install with {install_script})"
     );
     false
+}
+
+/// Prometheus must be installed (scripts/install-prometheus.sh); under CI its absence
+/// is a failure, elsewhere the test is skipped with a message.
+pub fn prometheus_available() -> bool {
+    tool_available("prometheus", "scripts/install-prometheus.sh")
+}
+
+/// A Prometheus server (Debian's `prometheus`) on 127.0.0.1, killed when dropped.
+pub struct Prometheus {
+    child: Child,
+    /// Its HTTP port: its API, and its own metrics at `/metrics`.
+    pub port: u16,
+    _data: tempfile::TempDir,
+}
+
+impl Prometheus {
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{}", self.port, path)
+    }
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts Prometheus with a `prometheus.yml` written into `config_dir` (where relative
+/// paths in it resolve): scraping itself every second as job `self`, followed by
+/// `remote_config` (its `remote_write`/`remote_read` sections).
+pub fn start_prometheus(config_dir: &Path, remote_config: &str) -> Prometheus {
+    let port = free_port();
+    let config = format!(
+        "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: self\n    \
+         static_configs:\n      - targets: ['127.0.0.1:{port}']\n{remote_config}"
+    );
+    let path = config_dir.join("prometheus.yml");
+    std::fs::write(&path, config).expect("write prometheus.yml");
+    let data = tempfile::tempdir().expect("temp dir");
+    let child = Command::new("prometheus")
+        .arg(format!("--config.file={}", path.display()))
+        .arg(format!("--storage.tsdb.path={}", data.path().display()))
+        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+        .arg("--log.level=warn")
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("start prometheus");
+    Prometheus {
+        child,
+        port,
+        _data: data,
+    }
 }
 
 /// Value of an unlabelled metric line (`name value`) or of the first line starting with
@@ -749,4 +809,23 @@ pub fn local_copies_of(node: &Node, keys: Option<&ClusterKeys>, metric: &str) ->
     .expect("local read")
     .into_iter()
     .collect()
+}
+
+/// The fenced blocks that follow `mark` (an HTML comment naming the test) in the
+/// README, in order: the commands and configuration the README shows, for tests that
+/// run them as written.
+pub fn readme_blocks(mark: &str) -> Vec<String> {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).expect("README");
+    let mut blocks = Vec::new();
+    let mut rest = readme.as_str();
+    while let Some(at) = rest.find(mark) {
+        rest = &rest[at + mark.len()..];
+        let open = rest.find("```").expect("a fenced block after the mark");
+        let body_start = open + rest[open..].find('\n').expect("fence line") + 1;
+        let close = rest[body_start..].find("\n```").expect("closing fence");
+        blocks.push(rest[body_start..body_start + close + 1].to_string());
+        rest = &rest[body_start + close..];
+    }
+    blocks
 }
