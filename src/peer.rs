@@ -4,7 +4,7 @@
 //! internal paths and headers (`X-Timbala-Routed`, `X-Timbala-Trace-Id`,
 //! `X-Timbala-Hints-Pending`), the cluster credential on every request it sends when
 //! the node has cluster keys (ADR 0014), the per-peer forwarding metrics, and the JSON
-//! shapes of the internal label and metadata requests. Every request has a deadline,
+//! shapes of the internal label, metadata and head-statistics requests. Every request has a deadline,
 //! and dropping its future cancels it (the connection is closed, never handed back to
 //! the pool half-read). Called by `replication` (writes, hint replay), `fanout` (reads) and
 //! `api::internal` (the receiving side). Calls hyper (with hyper-rustls: https to peers
@@ -46,6 +46,8 @@ pub const SERIES_PATH: &str = "/internal/v1/series";
 pub const LABELS_PATH: &str = "/internal/v1/labels";
 pub const LABEL_VALUES_PATH: &str = "/internal/v1/label-values";
 pub const METADATA_PATH: &str = "/internal/v1/metadata";
+/// A node's part of the cluster's head statistics (`/api/v1/status/tsdb`, ADR 0022).
+pub const CARDINALITY_PATH: &str = "/internal/v1/tsdb-status";
 
 /// Marks a write as already routed: the receiver stores it locally and never forwards.
 pub const ROUTED_HEADER: &str = "x-timbala-routed";
@@ -419,6 +421,15 @@ impl WireLabelRequest {
 pub struct WireMetadataRequest {
     #[serde(default)]
     pub metric: Option<String>,
+}
+
+/// The body of an internal head-statistics read: the nodes the asker asked (itself
+/// included), in join order. The answering node counts each series whose first owner
+/// (placement order) among them is itself, so every series is counted by one node
+/// (ADR 0022). The answer is a `tsdb::HeadCardinality` as JSON.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct WireCardinalityRequest {
+    pub counters: Vec<NodeId>,
 }
 
 /// One metric family's metadata on the wire: (family, type, help, unit).

@@ -151,8 +151,9 @@ pub async fn run(config: Config) -> Result<(), String> {
     state.set_ready(NodeServices {
         storage: Arc::new(Split {
             writes: Arc::new(writes),
-            reads: Arc::new(reads),
+            reads: Arc::new(reads.clone()),
         }),
+        fanout: reads,
         tsdb: tsdb.clone(),
         cluster: ClusterServices {
             membership: membership.clone(),

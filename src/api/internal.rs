@@ -10,7 +10,9 @@
 //! snappy remote-write body), `POST /internal/v1/read-local` (remote read of this node's
 //! data only, SAMPLES answers), `POST /internal/v1/{series,labels,label-values}` (JSON,
 //! `peer::WireLabelRequest`) and `POST /internal/v1/metadata` (JSON,
-//! `peer::WireMetadataRequest`: this node's metadata, ADR 0020).
+//! `peer::WireMetadataRequest`: this node's metadata, ADR 0020) and `POST
+//! /internal/v1/tsdb-status` (JSON, `peer::WireCardinalityRequest`: this node's part of
+//! the cluster's head statistics, ADR 0022).
 //! Every read answer carries `X-Timbala-Hints-Pending`: the hinted batches this node
 //! holds for others, so the reader knows which replicas lag (ADR 0012). Every handler
 //! logs the caller's trace id. With cluster keys, `require_cluster_credential` guards
@@ -33,9 +35,9 @@ use tracing::Instrument;
 use super::{ApiError, AppState, NodeServices};
 use crate::cluster::identity::{unix_millis, NodeId};
 use crate::cluster::keys::{CredentialError, CLUSTER_AUTH_HEADER};
-use crate::fanout::labels_to_pairs;
+use crate::fanout::{counts_series, labels_to_pairs};
 use crate::ingest::{self, DecodeLimits};
-use crate::peer::{self, WireLabelRequest, WireMetadataRequest};
+use crate::peer::{self, WireCardinalityRequest, WireLabelRequest, WireMetadataRequest};
 use crate::replication::antientropy::{self, AntiEntropyError};
 use crate::replication::WireOutcome;
 use crate::storage::{LabelRequest, Storage};
@@ -51,6 +53,7 @@ pub fn routes() -> Router<AppState> {
         .route(peer::LABELS_PATH, post(internal_labels))
         .route(peer::LABEL_VALUES_PATH, post(internal_label_values))
         .route(peer::METADATA_PATH, post(internal_metadata))
+        .route(peer::CARDINALITY_PATH, post(internal_cardinality))
 }
 
 /// Largest internal request body the credential check reads (the body is part of what
@@ -445,6 +448,36 @@ async fn internal_metadata(
                 .into_iter()
                 .map(peer::metadata_to_wire)
                 .collect::<Vec<_>>())
+        },
+    )
+    .await
+}
+
+/// This node's part of the cluster's head statistics: the series whose first owner
+/// among the asker's counting nodes is this node (ADR 0022), as a `HeadCardinality`.
+async fn internal_cardinality(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let membership = match state.services() {
+        Ok(services) => services.cluster.membership.clone(),
+        Err(e) => return error(e.status, e.message),
+    };
+    json_answer(
+        state,
+        headers,
+        body,
+        async move |tsdb, wire: WireCardinalityRequest| {
+            let view = membership.view();
+            let me = view.local.id;
+            tokio::task::spawn_blocking(move || {
+                tsdb.head_cardinality(&|labels| {
+                    counts_series(&view.ring, &wire.counters, me, labels)
+                })
+            })
+            .await
+            .map_err(|e| InternalReadError::Storage(format!("counting the head failed: {e}")))
         },
     )
     .await

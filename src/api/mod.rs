@@ -35,6 +35,7 @@ use serde::Serialize;
 
 use crate::cluster::keys::ClusterKeys;
 use crate::cluster::membership::MembershipHandle;
+use crate::fanout::FanoutStorage;
 use crate::ingest::IngestMetrics;
 use crate::promql::Engine;
 use crate::replication::antientropy::{AntiEntropyMetrics, AntiEntropyProgress};
@@ -49,6 +50,9 @@ pub struct NodeServices {
     pub storage: Arc<dyn Storage>,
     /// The local database, for admin and status endpoints and the internal endpoints.
     pub tsdb: Tsdb,
+    /// The read side of the cluster, for the status endpoints that count the cluster
+    /// (`/api/v1/status/tsdb`, ADR 0022).
+    pub fanout: FanoutStorage,
     /// Membership and hints, for the cluster status endpoint.
     pub cluster: ClusterServices,
 }

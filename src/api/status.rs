@@ -3,8 +3,9 @@
 //! Owns: `/api/v1/status/buildinfo`, `/api/v1/status/runtimeinfo`,
 //! `/api/v1/status/flags`, `/api/v1/status/tsdb`, and the rule endpoints `/api/v1/rules`
 //! and `/api/v1/alerts` (Timbala evaluates no rules, so their lists are empty).
-//! Calls `AppState` (server info, the local `tsdb` for cardinality statistics) and
-//! `json` for time formatting.
+//! Calls `AppState` (server info; the fan-out storage, which counts the cluster's
+//! head for `tsdb`, and `tsdb::cardinality` to merge the counts, ADR 0022), `fanout::notes`
+//! for that answer's warnings, and `json` for time formatting.
 
 use std::collections::BTreeMap;
 
@@ -16,7 +17,9 @@ use serde::Serialize;
 
 use super::params::FormParams;
 use super::{json, success, ApiError, AppState, ServerInfo};
-use crate::tsdb::TsdbStats;
+use crate::fanout::notes;
+use crate::storage::StorageError;
+use crate::tsdb::{cardinality, TsdbStats};
 
 /// Default length of each `/api/v1/status/tsdb` top list, and the largest allowed.
 const DEFAULT_TSDB_LIMIT: usize = 10;
@@ -254,17 +257,32 @@ fn tsdb_limit(params: &FormParams) -> Result<usize, ApiError> {
     }
 }
 
+/// The cluster's head statistics: every live node counts the series it is the first
+/// live owner of (ADR 0022) and the parts are merged, so each series counts once. A node
+/// that did not answer is named in `warnings` (its series are not counted); with as
+/// many nodes missing as a series has replicas the answer is 503 `unavailable`.
 async fn tsdb_status(
     State(state): State<AppState>,
     params: FormParams,
 ) -> Result<Response, ApiError> {
     let limit = tsdb_limit(&params)?;
-    let tsdb = state.services()?.tsdb.clone();
-    // Statistics walk the whole index: keep that off the async workers.
-    let stats = tokio::task::spawn_blocking(move || tsdb.stats(limit))
+    let services = state.services()?;
+    let (tsdb, fanout) = (services.tsdb.clone(), services.fanout.clone());
+    let (counted, notes) = notes::collect(fanout.cardinality(tsdb)).await;
+    let counted = counted.map_err(|e| match e {
+        StorageError::Unavailable(_) => ApiError::unavailable(e.to_string()),
+        other => ApiError::internal(format!("error gathering TSDB statistics: {other}")),
+    })?;
+    let mut warnings = notes.warnings;
+    warnings.extend(counted.not_counted.iter().map(|node| {
+        format!("partial statistics: node {node} did not answer; the series it counts are missing")
+    }));
+    // Merging walks every label pair of the cluster: keep that off the async workers.
+    let parts = counted.parts;
+    let stats = tokio::task::spawn_blocking(move || cardinality::merge(parts, limit))
         .await
         .map_err(|e| ApiError::internal(format!("error gathering TSDB statistics: {e}")))?;
-    Ok(success(TsdbStatus::from(stats), &[], &[]))
+    Ok(success(TsdbStatus::from(stats), &warnings, &notes.infos))
 }
 
 #[derive(Serialize)]

@@ -152,7 +152,7 @@ async fn sleep_until_some(at: Option<Instant>) {
     }
 }
 
-fn is_down(view: &ClusterView, id: NodeId) -> bool {
+pub(super) fn is_down(view: &ClusterView, id: NodeId) -> bool {
     !matches!(
         view.member(id).map(|m| m.state),
         Some(MemberState::Alive | MemberState::Suspect)

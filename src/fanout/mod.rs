@@ -4,7 +4,9 @@
 //! endpoints) for the series matching a request, and merging the replicas' answers so
 //! each series appears once with the union of its samples (equal timestamps
 //! deduplicated). Which series a node holds is unknown for a matcher query, so every
-//! node is asked (ADR 0007). Metric metadata is read the same way (ADR 0020).
+//! node is asked (ADR 0007). Metric metadata is read the same way (ADR 0020), and so
+//! are the head statistics of `/api/v1/status/tsdb`, each series counted by its first
+//! owner among the nodes asked (ADR 0022).
 //! Submodules: `gather` (whom to ask, how long to wait, when to go on without a node or
 //! refuse; ADR 0012), `lagging` (the merge, noting owners that answered without samples
 //! another replica returned) and `notes` (the warnings an answer given without some
@@ -14,7 +16,7 @@
 //! (remote read messages for the internal select), `replication::hints` (this node's
 //! pending hints, read only), `replication::read_repair` (offered the lags a select
 //! found; it writes them back in the background, never slowing the read) and the local
-//! `storage::Storage`. Writes are otherwise not its business: they pass through to the
+//! `storage::Storage` (and the local `tsdb` for head statistics). Writes are otherwise not its business: they pass through to the
 //! local store.
 
 mod gather;
@@ -34,13 +36,16 @@ use crate::cluster::identity::NodeId;
 use crate::cluster::membership::MembershipHandle;
 use crate::cluster::placement;
 use crate::model::{Label, Labels, MatchOp, MetricMetadata, Sample, Series};
-use crate::peer::{self, PeerClient, WireLabelRequest, WireMetadata, WireMetadataRequest};
+use crate::peer::{
+    self, PeerClient, WireCardinalityRequest, WireLabelRequest, WireMetadata, WireMetadataRequest,
+};
 use crate::proto;
 use crate::replication::hints::HintStore;
 use crate::replication::read_repair::ReadRepair;
 use crate::storage::{
     AppendOutcome, BoxFuture, LabelRequest, SelectError, SelectRequest, Storage, StorageError,
 };
+use crate::tsdb::{HeadCardinality, Tsdb};
 pub use gather::FanoutOptions;
 use gather::PeerAnswer;
 
@@ -228,6 +233,90 @@ impl FanoutStorage {
     }
 }
 
+/// The head statistics of the nodes that answered a cluster-wide count.
+pub struct ClusterCardinality {
+    /// One part per node that answered; no series is in two parts.
+    pub parts: Vec<HeadCardinality>,
+    /// Nodes that were to count series but did not answer ("<id> (<address>)"): the
+    /// series they are the first live owner of are not counted.
+    pub not_counted: Vec<String>,
+}
+
+impl FanoutStorage {
+    /// Counts the cluster's head (`/api/v1/status/tsdb`, ADR 0022): every node alive in
+    /// this node's view counts the series it is the first owner of among those nodes,
+    /// so a series held by three replicas is counted once, by one of them. Asked like
+    /// any read (`gather`): a node that does not answer is left out with a warning, and
+    /// the count is refused once a series could have no counter at all.
+    pub async fn cardinality(&self, tsdb: Tsdb) -> Result<ClusterCardinality, StorageError> {
+        let view = self.inner.membership.view();
+        let me = view.local.id;
+        let counters: Vec<NodeId> = view
+            .ring
+            .nodes_in_join_order()
+            .iter()
+            .filter(|n| n.id == me || !gather::is_down(&view, n.id))
+            .map(|n| n.id)
+            .collect();
+        let wire = WireCardinalityRequest {
+            counters: counters.clone(),
+        };
+        let body =
+            Arc::new(serde_json::to_vec(&wire).map_err(|e| StorageError::Other(e.to_string()))?);
+        let ring = view.ring.clone();
+        let local_counters = counters.clone();
+        let local = async move {
+            tokio::task::spawn_blocking(move || {
+                tsdb.head_cardinality(&|labels| counts_series(&ring, &local_counters, me, labels))
+            })
+            .await
+            .map_err(|e| StorageError::Other(format!("counting the head failed: {e}")))
+        };
+        let answers = self
+            .gather(local, move |client, peer, deadline| {
+                let body = body.clone();
+                async move {
+                    remote_json::<HeadCardinality>(
+                        &client,
+                        &peer,
+                        peer::CARDINALITY_PATH,
+                        body.to_vec(),
+                        deadline,
+                    )
+                    .await
+                }
+            })
+            .await?;
+        let not_counted = view
+            .ring
+            .nodes_in_join_order()
+            .iter()
+            .filter(|n| counters.contains(&n.id) && !answers.iter().any(|(id, _)| *id == n.id))
+            .map(|n| format!("{} ({})", n.id, n.http_addr))
+            .collect();
+        Ok(ClusterCardinality {
+            parts: answers.into_iter().map(|(_, part)| part).collect(),
+            not_counted,
+        })
+    }
+}
+
+/// Whether node `me` counts the series `labels` in the cluster's head statistics: it is
+/// the first of the series' owners (placement order over `ring`) among `counters`,
+/// the nodes asked (ADR 0022). Every node applies it to the same ring and list, so each
+/// series has exactly one counter among them.
+pub fn counts_series(
+    ring: &crate::cluster::ring::Ring,
+    counters: &[NodeId],
+    me: NodeId,
+    labels: &Labels,
+) -> bool {
+    series_owners(ring, labels)
+        .into_iter()
+        .find(|owner| counters.contains(owner))
+        == Some(me)
+}
+
 fn read_request(req: &SelectRequest) -> proto::ReadRequest {
     let matchers = req
         .matchers
@@ -330,10 +419,10 @@ async fn remote_json<T: serde::de::DeserializeOwned>(
         ("content-type", "application/json"),
         (peer::TRACE_HEADER, trace_id.as_str()),
     ];
-    let op = if path == peer::METADATA_PATH {
-        "metadata"
-    } else {
-        "labels"
+    let op = match path {
+        peer::METADATA_PATH => "metadata",
+        peer::CARDINALITY_PATH => "tsdb_status",
+        _ => "labels",
     };
     let response = client
         .post(peer, path, op, &headers, body, deadline)

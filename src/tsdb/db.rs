@@ -14,6 +14,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
 
 use super::block::{Block, BlockWriter};
+use super::cardinality::{HeadCardinality, PairCounter};
 use super::compact;
 use super::digest::{self, DigestCache, DigestReport};
 use super::head::{encode_chunks, lock, AppendLimits, Appended, Head, MemSeries};
@@ -23,8 +24,8 @@ use super::quarantine;
 use super::querier::Querier;
 use super::retention::{self, BlockExtent};
 use super::wal::{self, Record, SamplesRecord, Wal};
-use super::{BlockInfo, TsdbOptions, TsdbStats};
-use crate::model::{conflict_winner, Labels, Matcher, MetricMetadata, Sample, Series, METRIC_NAME};
+use super::{BlockInfo, TsdbOptions};
+use crate::model::{conflict_winner, Labels, Matcher, MetricMetadata, Sample, Series};
 use crate::storage::{AppendOutcome, RejectReason, SelectError, StorageError};
 
 /// Compaction levels (block duration x 1, 3, 9, 27, 81).
@@ -944,42 +945,23 @@ impl Db {
             .collect()
     }
 
-    /// Head cardinality statistics, like Prometheus's `/api/v1/status/tsdb`.
-    pub fn stats(&self, limit: usize) -> TsdbStats {
-        let (min_time, max_time) = self.head.time_range().unwrap_or((0, 0));
-        let chunk_count = self.head.num_chunks() as u64;
-        let postings = self.head.postings();
-        let mut by_metric = Vec::new();
-        let mut values_per_name = Vec::new();
-        let mut bytes_per_name = Vec::new();
-        let mut pairs = Vec::new();
-        let mut num_label_pairs = 0u64;
-        for name in postings.label_names() {
-            let mut distinct = 0u64;
-            let mut bytes = 0u64;
-            for (value, count) in postings.label_values(name) {
-                distinct += 1;
-                bytes += (value.len() * count) as u64;
-                pairs.push((format!("{name}={value}"), count as u64));
-                if name == METRIC_NAME {
-                    by_metric.push((value.to_string(), count as u64));
+    /// Head cardinality over the series `counts` accepts (`/api/v1/status/tsdb`;
+    /// the cluster gives each series to one node, ADR 0022).
+    pub fn head_cardinality(&self, counts: &dyn Fn(&Labels) -> bool) -> HeadCardinality {
+        let mut counter = PairCounter::default();
+        for series in self.head.all_series() {
+            let chunks = {
+                let data = series.data();
+                if data.is_removed() {
+                    continue;
                 }
+                data.num_chunks()
+            };
+            if counts(&series.labels()) {
+                counter.count(series.interned_labels(), chunks);
             }
-            num_label_pairs += distinct;
-            values_per_name.push((name.to_string(), distinct));
-            bytes_per_name.push((name.to_string(), bytes));
         }
-        TsdbStats {
-            num_series: postings.num_series() as u64,
-            num_label_pairs,
-            chunk_count,
-            min_time,
-            max_time,
-            series_count_by_metric_name: top(by_metric, limit),
-            label_value_count_by_label_name: top(values_per_name, limit),
-            memory_in_bytes_by_label_name: top(bytes_per_name, limit),
-            series_count_by_label_value_pair: top(pairs, limit),
-        }
+        counter.finish(self.head.time_range())
     }
 
     /// Flushes and fsyncs the WAL and refuses further writes.
@@ -1001,13 +983,6 @@ pub struct Backfilled {
     pub new_samples: u64,
     /// Series that received such samples.
     pub new_series: u64,
-}
-
-/// Largest first (ties by name), at most `limit` entries.
-fn top(mut items: Vec<(String, u64)>, limit: usize) -> Vec<(String, u64)> {
-    items.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
-    items.truncate(limit);
-    items
 }
 
 /// Per-batch counters, folded into an `AppendOutcome` and the metrics once.
