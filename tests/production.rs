@@ -20,8 +20,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{
-    eq, free_port, get, now_ms, prometheus_available, read_samples_as, readme_blocks, remote_write,
-    start_prometheus, tool_with_flag_available, ts, wait_converged, wait_until, Node, LOCAL_READ,
+    eq, free_port, get, local_id, now_ms, prometheus_available, read_samples_as, readme_blocks,
+    remote_write, start_prometheus, tool_with_flag_available, ts, wait_converged, wait_until, Node,
+    LOCAL_READ,
 };
 use timbala::cluster::keys::ClusterKeys;
 use timbala::proto;
@@ -496,4 +497,32 @@ fn readme_production_setup_keeps_writes_flowing_through_a_node_restart() {
     assert!(sent > 0.0);
     assert_eq!(failed, 0.0, "Prometheus failed samples");
     assert_eq!(dropped, 0.0, "Prometheus dropped samples");
+
+    // Writes went on while the node was down, so the others hinted them for it, and
+    // the log line that says they were all delivered names the node it is about.
+    assert!(
+        hinted > 0.0 && delivered > 0.0,
+        "hints for the restarted node"
+    );
+    let restarted_id = local_id(&nodes[1]);
+    let drained = node_index
+        .iter()
+        .filter(|&&i| i != restarted)
+        .flat_map(|&i| {
+            let log = started[i].log();
+            log.lines()
+                .filter(|l| l.contains("hinted handoff: every queued hint delivered"))
+                .map(String::from)
+                .collect::<Vec<_>>()
+        })
+        .collect::<Vec<_>>();
+    assert!(!drained.is_empty(), "no node logged delivering its hints");
+    for line in &drained {
+        assert!(
+            line.contains(&format!("target_node={restarted_id}"))
+                && line.contains(&format!("peer={}", ports.http(1))),
+            "the handoff line names the node it is about: {line}"
+        );
+    }
+    println!("{}", drained[0]);
 }

@@ -583,6 +583,8 @@ pub struct AntiEntropy {
 struct PassTally {
     buckets_differing: u64,
     samples_repaired: u64,
+    /// "<node id> (<address>)" of each peer samples were pulled from.
+    repaired_from: Vec<String>,
     errors: Vec<String>,
 }
 
@@ -616,7 +618,8 @@ impl AntiEntropy {
                     seconds,
                     buckets_differing = tally.buckets_differing,
                     samples_repaired = tally.samples_repaired,
-                    errors = tally.errors.len(),
+                    repaired_from = ?tally.repaired_from,
+                    errors = ?tally.errors,
                     "anti-entropy pass"
                 );
             }
@@ -676,10 +679,18 @@ impl AntiEntropy {
                 upto,
                 throttle: &throttle,
             };
+            let repaired_before = tally.samples_repaired;
             if let Err(e) = exchange.run(&shared, &mut tally).await {
                 self.metrics.failed_exchanges.inc();
-                tracing::warn!(peer = %node.http_addr, error = %e, "anti-entropy exchange failed");
-                tally.errors.push(format!("{}: {e}", node.http_addr));
+                tracing::warn!(peer_node = %node.id, peer = %node.http_addr, error = %e, "anti-entropy exchange failed");
+                tally
+                    .errors
+                    .push(format!("{} ({}): {e}", node.id, node.http_addr));
+            }
+            if tally.samples_repaired > repaired_before {
+                tally
+                    .repaired_from
+                    .push(format!("{} ({})", node.id, node.http_addr));
             }
         }
         tally

@@ -101,7 +101,7 @@ impl Handoff {
             let body = match read_hint(file) {
                 Ok(body) => body,
                 Err(e) => {
-                    tracing::error!(target_node = %target, error = %e, "dropping a corrupt hint");
+                    tracing::error!(target_node = %target, peer = %addr, error = %e, "dropping a corrupt hint");
                     self.remove(target, file, next, Removal::Dropped).await;
                     continue;
                 }
@@ -122,11 +122,17 @@ impl Handoff {
             match delivered {
                 Ok(()) => self.remove(target, file, next, Removal::Delivered).await,
                 Err(e) => {
-                    tracing::debug!(target_node = %target, error = %e, "hint delivery failed; retrying later");
+                    tracing::debug!(target_node = %target, peer = %addr, error = %e, "hint delivery failed; retrying later");
                     self.hints.metrics().on_failed_attempt(target);
                     return false;
                 }
             }
+        }
+        if !files.is_empty() {
+            tracing::info!(
+                target_node = %target, peer = %addr, hints = files.len(),
+                "hinted handoff: every queued hint delivered"
+            );
         }
         true
     }

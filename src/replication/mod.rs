@@ -300,7 +300,7 @@ impl Inner {
             match forward(&self.client, &share.http_addr, body.clone(), samples).await {
                 Ok(outcome) => return Ok(Delivery::Forwarded(outcome)),
                 Err(e) => tracing::warn!(
-                    target_node = %share.target, error = %e,
+                    target_node = %share.target, peer = %share.http_addr, error = %e,
                     "forward failed; storing a hint"
                 ),
             }

@@ -225,7 +225,7 @@ impl Sender {
                     .add("written", write.samples.saturating_sub(rejected));
             }
             Err(e) => {
-                tracing::debug!(target_node = %write.target, error = %e, "read repair write failed");
+                tracing::debug!(target_node = %write.target, peer = %addr, error = %e, "read repair write failed");
                 self.metrics.add("failed", write.samples);
             }
         }

@@ -387,8 +387,19 @@ impl Repairer {
     ) -> Result<(), Interrupted> {
         let plan = self.plan(base, target).await;
         let series_total = plan.len() as u64;
+        let mut per_owner: BTreeMap<String, u64> = BTreeMap::new();
+        for transfer in &plan {
+            for owner in &transfer.targets {
+                let name = target.node(*owner).map_or_else(
+                    || owner.to_string(),
+                    |n| format!("{owner} ({})", n.http_addr),
+                );
+                *per_owner.entry(name).or_default() += 1;
+            }
+        }
         tracing::info!(
             series = series_total,
+            new_owners = ?per_owner,
             "re-replication: sending series to their new owners"
         );
         self.metrics.series_planned.inc_by(series_total);
