@@ -1042,7 +1042,7 @@ impl<H: Host> MembershipCore<H> {
             }
         }
         if self.announce_backoff >= self.config.announce_backoff_max {
-            tracing::warn!(announced, "no peer has answered yet; still announcing");
+            tracing::warn!(announced, peers = ?self.peer_addrs, "no peer has answered yet; still announcing");
         } else {
             tracing::debug!(announced, backoff = ?self.announce_backoff, "announced to peers");
         }
@@ -1271,7 +1271,7 @@ impl<H: Host> MembershipCore<H> {
             }
         }
         for (id, incarnation) in stale {
-            tracing::info!(node = %id.id, "suspicion outlived its timeout; declaring the member down");
+            tracing::info!(node = %id.id, gossip = %id.gossip_addr, http = %id.http_addr, "suspicion outlived its timeout; declaring the member down");
             self.suspect_since.remove(&(id.clone(), incarnation));
             let down = foca::Member::new(id, incarnation, foca::State::Down);
             if let Err(e) = self
@@ -1527,10 +1527,11 @@ impl<H: Host> MembershipCore<H> {
         // A running node does not remove itself: it would refute it on every other node's
         // behalf anyway (ADR 0014). Stop it, then remove it from another node.
         let now_ms = self.host.unix_millis();
+        let http = self.ring.get(id).map(|e| e.http_addr.clone());
         if id == self.identity().id || !self.ring.remove_as_of(id, now_ms) {
             return false;
         }
-        tracing::warn!(node = %id, "node removed from the ring");
+        tracing::warn!(node = %id, http = ?http, "node removed from the ring");
         self.on_ring_changed(now);
         for to in self.active_addrs() {
             self.send_ring(to, false);
