@@ -27,6 +27,7 @@ pub mod digest;
 pub mod head;
 pub mod index;
 mod metrics;
+pub mod packed;
 mod quarantine;
 mod querier;
 pub mod retention;
