@@ -1,8 +1,9 @@
 //! Immutable on-disk blocks: the series, chunks and index of one time range.
 //!
 //! Owns: the block directory format, writing a block (temporary directory, fsync,
-//! rename) and reading it through memory maps. Calls `chunk`, `index`, `tombstones`,
-//! `head` (for the sealed-chunk type) and `model`.
+//! rename) and reading it through memory maps. Calls `chunk` (version-1 blocks and the
+//! head's chunks), `packed` (version-2 columns), `index`, `tombstones`, `head` (for the
+//! sealed-chunk type) and `model`.
 //!
 //! A block is a directory named by a ULID holding:
 //! - `meta.json`: `{"ulid", "minTime" (inclusive), "maxTime" (exclusive), "stats":
