@@ -283,8 +283,9 @@ impl Rule {
     /// The mantissa of `v` at `scale` if it gives back exactly `v`'s bits.
     fn mantissa(self, v: f64, scale: usize) -> Option<i64> {
         let x = v * POW10[scale];
-        // Beyond 2^62 the mantissa would not survive `as i64` (and is not exact anyway).
-        if !(x.abs() < 4.6e18) {
+        // Beyond 2^62 the mantissa would not survive `as i64` (and is not exact anyway);
+        // NaN and infinities have no mantissa.
+        if !x.is_finite() || x.abs() >= 4.6e18 {
             return None;
         }
         let m = x.round() as i64;
