@@ -57,7 +57,7 @@ pub struct Payload {
 }
 
 /// Every series of the payload, with the index of the target that scrapes it.
-fn catalogue(spec: &PayloadSpec) -> Vec<(usize, SeriesSpec)> {
+pub fn catalogue(spec: &PayloadSpec) -> Vec<(usize, SeriesSpec)> {
     let hosts = (0..spec.hosts).map(node_exporter_target);
     let services = (0..spec.services).map(|s| http_service_target(s, s * HISTOGRAMS_PER_SERVICE));
     hosts
@@ -116,7 +116,6 @@ impl RequestBuilder {
 /// Generates and encodes the whole payload. Deterministic for a given spec.
 pub fn build(spec: &PayloadSpec) -> Payload {
     let series = catalogue(spec);
-    let targets = spec.hosts + spec.services;
     let labels: Vec<Vec<Label>> = series
         .iter()
         .map(|(_, s)| labels_to_proto(&s.labels))
@@ -129,43 +128,15 @@ pub fn build(spec: &PayloadSpec) -> Payload {
                 .is_some_and(|n| n.starts_with("http_request_duration"))
         })
         .count();
-    let target_of: Vec<usize> = series.iter().map(|(t, _)| *t).collect();
-    let mut values = Generator::new(
-        series.into_iter().map(|(_, s)| s.kind).collect(),
-        VALUE_SEED,
-    );
-    // Targets are scraped at fixed offsets spread over the interval, as Prometheus does,
-    // each with its own jitter.
-    let mut phase_rng = SmallRng::seed_from_u64(PHASE_SEED);
-    let phases: Vec<i64> = (0..targets)
-        .map(|_| phase_rng.random_range(0..INTERVAL_MS))
-        .collect();
-    let mut clocks: Vec<ScrapeClock> = (0..targets)
-        .map(|t| {
-            ScrapeClock::new(1_000 + t as u64, spec.jitter_share, spec.jitter_ms)
-                .starting_at(spec.start_ms)
-        })
-        .collect();
     let mut builders: Vec<RequestBuilder> = (0..spec.connections)
         .map(|_| RequestBuilder::new())
         .collect();
     let mut max_t = i64::MIN;
-    for scrape in 0..spec.scrapes {
-        values.scrape();
-        let times: Vec<i64> = clocks
-            .iter_mut()
-            .zip(&phases)
-            .map(|(clock, phase)| clock.time(scrape) - phase)
-            .collect();
-        max_t = max_t.max(*times.iter().max().unwrap_or(&i64::MIN));
-        for (i, series_labels) in labels.iter().enumerate() {
-            let sample = Sample {
-                value: values.value(i),
-                timestamp: times[target_of[i]],
-            };
-            builders[i % spec.connections].push(scrape, series_labels, sample);
-        }
-    }
+    generate(spec, &series, |scrape, i, timestamp, value| {
+        max_t = max_t.max(timestamp);
+        let sample = Sample { value, timestamp };
+        builders[i % spec.connections].push(scrape, &labels[i], sample);
+    });
     let connections: Vec<Vec<Request>> = builders
         .into_iter()
         .map(|mut b| {
@@ -186,5 +157,40 @@ pub fn build(spec: &PayloadSpec) -> Payload {
         histogram_series,
         encoded_bytes,
         connections,
+    }
+}
+
+/// Calls `visit(scrape, series index, timestamp, value)` for every sample of the
+/// payload's `series` (from `catalogue`), scrape by scrape. Deterministic for a spec.
+pub fn generate(
+    spec: &PayloadSpec,
+    series: &[(usize, SeriesSpec)],
+    mut visit: impl FnMut(i64, usize, i64, f64),
+) {
+    let targets = spec.hosts + spec.services;
+    let target_of: Vec<usize> = series.iter().map(|(t, _)| *t).collect();
+    let mut values = Generator::new(series.iter().map(|(_, s)| s.kind).collect(), VALUE_SEED);
+    // Targets are scraped at fixed offsets spread over the interval, as Prometheus does,
+    // each with its own jitter.
+    let mut phase_rng = SmallRng::seed_from_u64(PHASE_SEED);
+    let phases: Vec<i64> = (0..targets)
+        .map(|_| phase_rng.random_range(0..INTERVAL_MS))
+        .collect();
+    let mut clocks: Vec<ScrapeClock> = (0..targets)
+        .map(|t| {
+            ScrapeClock::new(1_000 + t as u64, spec.jitter_share, spec.jitter_ms)
+                .starting_at(spec.start_ms)
+        })
+        .collect();
+    for scrape in 0..spec.scrapes {
+        values.scrape();
+        let times: Vec<i64> = clocks
+            .iter_mut()
+            .zip(&phases)
+            .map(|(clock, phase)| clock.time(scrape) - phase)
+            .collect();
+        for i in 0..series.len() {
+            visit(scrape, i, times[target_of[i]], values.value(i));
+        }
     }
 }

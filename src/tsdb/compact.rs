@@ -4,14 +4,13 @@
 //! (`merge_blocks`), which also drops tombstoned samples and deduplicates samples that
 //! overlapping blocks share (a timestamp with two values keeps the conflict rule's
 //! winner, ADR 0011). Ranges grow exponentially like Prometheus's: the block
-//! duration times 3, 9, 27, ... Calls `block`, `head` (chunk encoding), `tombstones`.
+//! duration times 3, 9, 27, ... Calls `block` (which encodes the merged samples), `tombstones`.
 
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 
 use super::block::{Block, BlockMeta, BlockWriter, ChunkMeta};
-use super::head::encode_chunks;
 use super::index::{PostingsSource, SeriesRef};
 use crate::model::merge_sorted_samples;
 use crate::model::{Labels, Sample};
@@ -103,7 +102,7 @@ pub fn merge_blocks(
             blocks[bi].samples(r, &metas, i64::MIN, i64::MAX, &mut samples)?;
             merged = merge_sorted_samples(merged, std::mem::take(&mut samples));
         }
-        writer.add_series(labels, &encode_chunks(&merged))?;
+        writer.add_series_samples(labels, &merged)?;
     }
     let level = blocks
         .iter()

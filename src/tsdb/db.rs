@@ -17,7 +17,7 @@ use super::block::{Block, BlockWriter};
 use super::cardinality::{HeadCardinality, PairCounter};
 use super::compact;
 use super::digest::{self, DigestCache, DigestReport};
-use super::head::{encode_chunks, lock, AppendLimits, Appended, Head, MemSeries};
+use super::head::{lock, AppendLimits, Appended, Head, MemSeries};
 use super::index::{PostingsSource, SeriesRef};
 use super::metrics::TsdbMetrics;
 use super::quarantine;
@@ -433,7 +433,7 @@ impl Db {
         for (_, by_labels) in windows {
             let mut writer = BlockWriter::new(&self.opts.dir)?;
             for (labels, samples) in by_labels {
-                writer.add_series(labels, &encode_chunks(&samples))?;
+                writer.add_series_samples(labels, &samples)?;
             }
             if let Some(meta) = writer.finish(1, Vec::new())? {
                 opened.push(Arc::new(Block::open(&self.opts.dir.join(&meta.ulid))?));
@@ -924,7 +924,7 @@ impl Db {
         for (labels, mem) in series {
             samples.clear();
             mem.data().samples_in(i64::MIN, i64::MAX, &mut samples);
-            writer.add_series(labels, &encode_chunks(&samples))?;
+            writer.add_series_samples(labels, &samples)?;
         }
         writer.finish(1, Vec::new())?;
         Ok(())

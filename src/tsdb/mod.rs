@@ -1,7 +1,8 @@
 //! The local time-series database of one node.
 //!
 //! Owns: everything on this node's disk. Submodules (one concept each): `chunk` (XOR
-//! chunks, byte-compatible with Prometheus), `index` (postings and matcher evaluation),
+//! chunks, byte-compatible with Prometheus: the head's and remote read's), `packed`
+//! (the timestamp and value columns of sealed blocks, ADR 0026), `index` (postings and matcher evaluation),
 //! `head` (in-memory series, label interning, open chunks), `series_hash` (the head's
 //! in-memory label-set hash), `wal` (segments, checksums, checkpoints, replay), `block`
 //! (immutable on-disk blocks), `compact` (merging blocks), `digest` (per-window digests
@@ -29,6 +30,7 @@ pub mod digest;
 pub mod head;
 pub mod index;
 mod metrics;
+pub mod packed;
 mod quarantine;
 mod querier;
 pub mod retention;

@@ -6,14 +6,13 @@
 //! removes a sample from the head or a block only after its copy here is durable, so a
 //! node whose own clock was behind at start-up loses nothing: with the node stopped and
 //! its clock right, moving a block from `quarantine/` into the data directory brings the
-//! samples back. Calls `block`, `head` (chunk encoding) and `model`.
+//! samples back. Calls `block` and `model`.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 use super::block::BlockWriter;
-use super::head::encode_chunks;
 use crate::model::{merge_sorted_samples, Labels, Sample};
 use crate::storage::StorageError;
 
@@ -82,7 +81,7 @@ impl Removed {
         let parent = data_dir.join(DIR_NAME);
         let mut writer = BlockWriter::new(&parent)?;
         for (labels, samples) in &self.by_series {
-            writer.add_series(labels.clone(), &encode_chunks(samples))?;
+            writer.add_series_samples(labels.clone(), samples)?;
         }
         Ok(writer
             .finish(1, Vec::new())?
