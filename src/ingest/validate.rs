@@ -1,11 +1,15 @@
-//! Remote-write validation: turns a decoded `proto::WriteRequest` into model series,
-//! refusing the whole request when any series breaks the rules. Calls `model`, `proto`.
+//! Remote-write validation: turns a decoded request into model series, refusing the
+//! whole request when any series breaks the rules. Calls `model`, `proto`.
+//!
+//! Two inputs share every rule: the hand-written decoder's `RawWrite` (labels borrowed
+//! from the body; the path every request takes, ADR 0025) and prost's
+//! `proto::WriteRequest` (the reference the differential fuzz test compares it with).
 //!
 //! Rules (remote write 1.0 spec and Prometheus 3's receiver with UTF-8 names):
 //! - a series has at least one label and a non-empty `__name__`;
 //! - label names are non-empty, unique and sorted (the spec requires sorted names; an
 //!   unsorted set would silently become a different series identity if we sorted it);
-//! - names and values are UTF-8 (enforced by prost while decoding);
+//! - names and values are UTF-8 (enforced while decoding);
 //! - labels with an empty value are dropped: Prometheus treats them as absent;
 //! - at most `MAX_LABELS_PER_SERIES` labels of at most `MAX_LABEL_BYTES_PER_SERIES` bytes
 //!   together (the bounds of the node-to-node repair transfers, so every stored series can
@@ -16,6 +20,8 @@
 
 use std::fmt::Write as _;
 
+use super::decode::{RawLabel, RawWrite};
+use super::label_cache::LabelSetCache;
 use super::{DecodedWrite, IngestError, RejectReason};
 use crate::model::{
     self, Labels, MetricMetadata, Sample, Series, MAX_LABELS_PER_SERIES,
@@ -26,6 +32,59 @@ use crate::proto;
 /// Longest label description put into an error message.
 const MAX_DESCRIBED_LEN: usize = 256;
 
+/// A label as the validation rules see it, whichever decoder produced it.
+trait LabelPair {
+    fn name(&self) -> &str;
+    fn value(&self) -> &str;
+}
+
+impl LabelPair for proto::Label {
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn value(&self) -> &str {
+        &self.value
+    }
+}
+
+impl LabelPair for RawLabel<'_> {
+    fn name(&self) -> &str {
+        self.name
+    }
+    fn value(&self) -> &str {
+        self.value
+    }
+}
+
+/// Validates a request from the hand-written decoder; label sets come from `cache`.
+pub(super) fn raw_into_decoded_write(
+    req: RawWrite<'_>,
+    cache: &LabelSetCache,
+) -> Result<DecodedWrite, IngestError> {
+    let mut decoded = DecodedWrite {
+        series: Vec::with_capacity(req.series.len()),
+        metadata: Vec::new(),
+        ..DecodedWrite::default()
+    };
+    for (index, ts) in req.series.iter().enumerate() {
+        check_series(index, req.labels_of(ts), ts.histograms > 0)?;
+    }
+    decoded.metadata = req.metadata.into_iter().filter_map(into_metadata).collect();
+    for ts in req.series.iter() {
+        decoded.exemplars_dropped += ts.exemplars;
+    }
+    for ts in req.series.into_iter().filter(|ts| !ts.samples.is_empty()) {
+        let labels = cache.labels(&req.labels[ts.labels.clone()]);
+        decoded.num_samples += ts.samples.len() as u64;
+        decoded.series.push(Series {
+            labels,
+            samples: time_ordered(ts.samples),
+        });
+    }
+    Ok(decoded)
+}
+
+/// Validates a request decoded by prost (the reference decoder).
 pub(super) fn into_decoded_write(req: proto::WriteRequest) -> Result<DecodedWrite, IngestError> {
     let mut decoded = DecodedWrite {
         series: Vec::with_capacity(req.timeseries.len()),
@@ -33,7 +92,7 @@ pub(super) fn into_decoded_write(req: proto::WriteRequest) -> Result<DecodedWrit
         ..DecodedWrite::default()
     };
     for (index, ts) in req.timeseries.into_iter().enumerate() {
-        check_series(index, &ts)?;
+        check_series(index, &ts.labels, !ts.histograms.is_empty())?;
         decoded.exemplars_dropped += ts.exemplars.len() as u64;
         if ts.samples.is_empty() {
             continue;
@@ -45,36 +104,40 @@ pub(super) fn into_decoded_write(req: proto::WriteRequest) -> Result<DecodedWrit
     Ok(decoded)
 }
 
-fn check_series(index: usize, ts: &proto::TimeSeries) -> Result<(), IngestError> {
-    if !ts.histograms.is_empty() {
+fn check_series(
+    index: usize,
+    labels: &[impl LabelPair],
+    has_histograms: bool,
+) -> Result<(), IngestError> {
+    if has_histograms {
         return Err(IngestError::new(
             RejectReason::NativeHistograms,
             format!(
                 "series #{index} {}: native histograms are not supported yet; \
                  set send_native_histograms: false in the sender's remote_write config",
-                describe(&ts.labels)
+                describe(labels)
             ),
         ));
     }
-    check_labels(&ts.labels).map_err(|problem| {
+    check_labels(labels).map_err(|problem| {
         IngestError::new(
             RejectReason::InvalidLabels,
             format!(
                 "invalid series #{index} {}: {problem}",
-                describe(&ts.labels)
+                describe(labels)
             ),
         )
     })
 }
 
-fn check_labels(labels: &[proto::Label]) -> Result<(), String> {
+fn check_labels(labels: &[impl LabelPair]) -> Result<(), String> {
     if labels.is_empty() {
         return Err("series has no labels".into());
     }
     let mut previous: Option<&str> = None;
     let mut has_metric_name = false;
     for label in labels {
-        let name = label.name.as_str();
+        let name = label.name();
         if name.is_empty() {
             return Err("label name is empty".into());
         }
@@ -90,14 +153,14 @@ fn check_labels(labels: &[proto::Label]) -> Result<(), String> {
             }
         }
         previous = Some(name);
-        has_metric_name |= name == METRIC_NAME && !label.value.is_empty();
+        has_metric_name |= name == METRIC_NAME && !label.value().is_empty();
     }
     if !has_metric_name {
         return Err(format!("missing metric name (label {METRIC_NAME})"));
     }
-    let stored = labels.iter().filter(|l| !l.value.is_empty());
+    let stored = labels.iter().filter(|l| !l.value().is_empty());
     let (count, bytes) = stored.fold((0, 0), |(n, b), l| {
-        (n + 1, b + l.name.len() + l.value.len())
+        (n + 1, b + l.name().len() + l.value().len())
     });
     if count > MAX_LABELS_PER_SERIES {
         return Err(format!(
@@ -124,19 +187,23 @@ fn into_series(ts: proto::TimeSeries) -> Series {
         })
         .collect();
     // By value: the conversion then reuses the decoded vector's allocation in place.
-    let mut samples: Vec<Sample> = ts
+    let samples: Vec<Sample> = ts
         .samples
         .into_iter()
         .map(|s| Sample::new(s.timestamp, s.value))
         .collect();
-    if !samples.is_sorted_by_key(|s| s.t) {
-        // Stable, so samples at one timestamp keep the sender's order.
-        samples.sort_by_key(|s| s.t);
-    }
     Series {
         labels: Labels::from_sorted(labels),
-        samples,
+        samples: time_ordered(samples),
     }
+}
+
+/// The samples in time order; stable, so samples at one timestamp keep the sender's order.
+fn time_ordered(mut samples: Vec<Sample>) -> Vec<Sample> {
+    if !samples.is_sorted_by_key(|s| s.t) {
+        samples.sort_by_key(|s| s.t);
+    }
+    samples
 }
 
 fn into_metadata(m: proto::MetricMetadata) -> Option<MetricMetadata> {
@@ -153,13 +220,13 @@ fn into_metadata(m: proto::MetricMetadata) -> Option<MetricMetadata> {
 }
 
 /// The labels as sent, `{a="1", b="2"}`, cut to a readable length.
-fn describe(labels: &[proto::Label]) -> String {
+fn describe(labels: &[impl LabelPair]) -> String {
     let mut out = String::from("{");
     for (i, l) in labels.iter().enumerate() {
         if i > 0 {
             out.push_str(", ");
         }
-        let _ = write!(out, "{}={:?}", l.name, l.value);
+        let _ = write!(out, "{}={:?}", l.name(), l.value());
         if out.len() > MAX_DESCRIBED_LEN {
             let mut cut = MAX_DESCRIBED_LEN;
             while !out.is_char_boundary(cut) {
@@ -195,11 +262,18 @@ mod tests {
         }
     }
 
+    /// Validates through both decoders and checks that they agree.
     fn validate(ts: Vec<proto::TimeSeries>) -> Result<DecodedWrite, IngestError> {
-        into_decoded_write(proto::WriteRequest {
+        let request = proto::WriteRequest {
             timeseries: ts,
             metadata: vec![],
-        })
+        };
+        let body = prost::Message::encode_to_vec(&request);
+        let raw = super::super::decode::decode_write_request(&body).unwrap();
+        let ours = raw_into_decoded_write(raw, &LabelSetCache::default());
+        let reference = into_decoded_write(request);
+        assert_eq!(ours, reference);
+        reference
     }
 
     fn problem(pairs: &[(&str, &str)]) -> String {

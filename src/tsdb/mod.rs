@@ -2,8 +2,8 @@
 //!
 //! Owns: everything on this node's disk. Submodules (one concept each): `chunk` (XOR
 //! chunks, byte-compatible with Prometheus), `index` (postings and matcher evaluation),
-//! `head` (in-memory series, label interning, open chunks), `series_hash` (the head's
-//! in-memory label-set hash), `wal` (segments, checksums, checkpoints, replay), `block`
+//! `head` (in-memory series, label interning, open chunks; its label-set hash is
+//! `model::label_hash`), `wal` (segments, checksums, checkpoints, replay), `block`
 //! (immutable on-disk blocks), `compact` (merging blocks), `digest` (per-window digests
 //! of stored samples for comparing replicas, cached per block), `retention` (time and
 //! size limits), `tombstones` (deletions), `querier` (reads across head and blocks),
@@ -30,7 +30,6 @@ mod metrics;
 mod quarantine;
 mod querier;
 pub mod retention;
-mod series_hash;
 pub mod tombstones;
 pub mod wal;
 
