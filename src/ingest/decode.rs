@@ -11,6 +11,12 @@
 //! with prost's recursion limit of 100; the last occurrence of a scalar field wins;
 //! every string, exemplar labels and metadata included, must be UTF-8.
 //!
+//! The UTF-8 check of series labels is left to the caller (`RawWrite::first_non_utf8`):
+//! a label set found byte for byte in the label-set cache is known to be UTF-8, so only
+//! new ones need checking. To keep prost's order of refusals, a structural error found
+//! after a label that is not UTF-8 is reported as the UTF-8 error prost would have
+//! stopped at first.
+//!
 //! Exemplars and native histograms are decoded for validity and counted, not kept.
 
 use std::fmt;
@@ -82,11 +88,17 @@ impl fmt::Display for WireError {
     }
 }
 
-/// A label as sent, borrowed from the body.
+/// A label as sent, borrowed from the body; not yet checked for UTF-8.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) struct RawLabel<'a> {
-    pub name: &'a str,
-    pub value: &'a str,
+    pub name: &'a [u8],
+    pub value: &'a [u8],
+}
+
+impl RawLabel<'_> {
+    pub fn is_utf8(&self) -> bool {
+        std::str::from_utf8(self.name).is_ok() && std::str::from_utf8(self.value).is_ok()
+    }
 }
 
 /// One `TimeSeries` of the request.
@@ -114,10 +126,38 @@ impl<'a> RawWrite<'a> {
     }
 }
 
-/// Decodes `body`, a serialized `prometheus.WriteRequest`.
+/// The error for labels that are not UTF-8 (prost names the field; so do we, roughly).
+pub(super) fn not_utf8() -> WireError {
+    WireError::NotUtf8 {
+        field: "TimeSeries.labels",
+    }
+}
+
+/// `new`, once `old` (the string it replaces) is known to be UTF-8.
+fn replace_checked<'a>(old: &[u8], new: &'a [u8]) -> Result<&'a [u8], WireError> {
+    match std::str::from_utf8(old) {
+        Ok(_) => Ok(new),
+        Err(_) => Err(not_utf8()),
+    }
+}
+
+/// Decodes `body`, a serialized `prometheus.WriteRequest`. Series labels are not yet
+/// checked for UTF-8 (see the module comment); everything else is.
 pub(super) fn decode_write_request(body: &[u8]) -> Result<RawWrite<'_>, WireError> {
-    let mut reader = Reader { buf: body, pos: 0 };
     let mut write = RawWrite::default();
+    match decode_into(body, &mut write) {
+        Ok(()) => Ok(write),
+        // prost checks each string as it reads it, so it would have stopped at a label
+        // read before this error.
+        Err(err) if !err.is_utf8() && !write.labels.iter().all(RawLabel::is_utf8) => {
+            Err(not_utf8())
+        }
+        Err(err) => Err(err),
+    }
+}
+
+fn decode_into<'a>(body: &'a [u8], write: &mut RawWrite<'a>) -> Result<(), WireError> {
+    let mut reader = Reader { buf: body, pos: 0 };
     while reader.pos < body.len() {
         let (tag, wire) = reader.key()?;
         match tag {
@@ -134,7 +174,7 @@ pub(super) fn decode_write_request(body: &[u8]) -> Result<RawWrite<'_>, WireErro
             _ => reader.skip(wire, tag, RECURSION_LIMIT)?,
         }
     }
-    Ok(write)
+    Ok(())
 }
 
 /// A cursor over the whole body. Reads are bounded by the body, not by the enclosing
@@ -305,7 +345,7 @@ impl<'a> Reader<'a> {
             match tag {
                 1 => {
                     let label_end = self.enter("TimeSeries.labels", wire, depth)?;
-                    labels.push(self.label(label_end, depth - 1)?);
+                    labels.push(self.series_label(label_end, depth - 1)?);
                 }
                 2 => {
                     let sample_end = self.enter("TimeSeries.samples", wire, depth)?;
@@ -329,21 +369,59 @@ impl<'a> Reader<'a> {
         Ok(series)
     }
 
-    fn label(&mut self, end: usize, depth: u32) -> Result<RawLabel<'a>, WireError> {
+    /// A series label; its strings are checked for UTF-8 later, or now when the label
+    /// is malformed (prost would have checked the strings read before the error).
+    fn series_label(&mut self, end: usize, depth: u32) -> Result<RawLabel<'a>, WireError> {
         let mut label = RawLabel {
-            name: "",
-            value: "",
+            name: b"",
+            value: b"",
         };
+        self.label_fields(&mut label, end, depth).map_err(|err| {
+            if err.is_utf8() || label.is_utf8() {
+                err
+            } else {
+                not_utf8()
+            }
+        })?;
+        Ok(label)
+    }
+
+    fn label_fields(
+        &mut self,
+        label: &mut RawLabel<'a>,
+        end: usize,
+        depth: u32,
+    ) -> Result<(), WireError> {
         while self.pos < end {
             let (tag, wire) = self.key()?;
+            // A repeated field replaces the string read before, which prost checked
+            // for UTF-8 when it read it: check it now, before it is gone.
             match tag {
-                1 => label.name = self.string("Label.name", wire)?,
-                2 => label.value = self.string("Label.value", wire)?,
+                1 => label.name = replace_checked(label.name, self.bytes("Label.name", wire)?)?,
+                2 => {
+                    label.value = replace_checked(label.value, self.bytes("Label.value", wire)?)?
+                }
                 _ => self.skip(wire, tag, depth)?,
             }
         }
-        self.leave(end)?;
-        Ok(label)
+        self.leave(end)
+    }
+
+    /// An exemplar's label, checked for UTF-8 at once (exemplars are rare and dropped).
+    fn checked_label(&mut self, end: usize, depth: u32) -> Result<(), WireError> {
+        while self.pos < end {
+            let (tag, wire) = self.key()?;
+            match tag {
+                1 => {
+                    self.string("Label.name", wire)?;
+                }
+                2 => {
+                    self.string("Label.value", wire)?;
+                }
+                _ => self.skip(wire, tag, depth)?,
+            }
+        }
+        self.leave(end)
     }
 
     fn sample(&mut self, end: usize, depth: u32) -> Result<Sample, WireError> {
@@ -366,7 +444,7 @@ impl<'a> Reader<'a> {
             match tag {
                 1 => {
                     let label_end = self.enter("Exemplar.labels", wire, depth)?;
-                    self.label(label_end, depth - 1)?;
+                    self.checked_label(label_end, depth - 1)?;
                 }
                 2 => {
                     self.double("Exemplar.value", wire)?;
@@ -476,12 +554,12 @@ mod tests {
             got.labels_of(&got.series[0]),
             &[
                 RawLabel {
-                    name: "__name__",
-                    value: "up"
+                    name: b"__name__",
+                    value: b"up"
                 },
                 RawLabel {
-                    name: "job",
-                    value: "ünï"
+                    name: b"job",
+                    value: "ünï".as_bytes()
                 }
             ]
         );
@@ -531,6 +609,32 @@ mod tests {
         let group: &[u8] = &[0x2b, 0x08, 0x01, 0x2c];
         assert!(proto::WriteRequest::decode(group).is_ok());
         assert!(decode_write_request(group).unwrap().series.is_empty());
+    }
+
+    #[test]
+    fn invalid_utf8_labels_are_left_to_the_caller_unless_an_error_follows() {
+        // TimeSeries{labels: [{name: "a", value: 0xff}]}: decoded, the caller checks.
+        let body: &[u8] = &[0x0a, 0x08, 0x0a, 0x06, 0x0a, 0x01, b'a', 0x12, 0x01, 0xff];
+        assert!(proto::WriteRequest::decode(body).is_err());
+        let got = decode_write_request(body).unwrap();
+        assert!(!got.labels.iter().all(RawLabel::is_utf8));
+        // The same followed by a truncated field: prost stops at the label; so do we.
+        let mut truncated = body.to_vec();
+        truncated.extend_from_slice(&[0x0a, 0x05]);
+        let prost = proto::WriteRequest::decode(truncated.as_slice()).unwrap_err();
+        assert!(prost.to_string().contains("UTF-8"), "{prost}");
+        assert!(decode_write_request(&truncated).unwrap_err().is_utf8());
+    }
+
+    #[test]
+    fn a_replaced_string_that_is_not_utf8_is_refused() {
+        // Label {name: 0xff, name: "a"} then a bad wire type: prost stops at the first name.
+        let body: &[u8] = &[
+            0x0a, 0x0b, 0x0a, 0x09, 0x0a, 0x01, 0xff, 0x0a, 0x01, b'a', 0x12, 0x01, b'v',
+        ];
+        let prost = proto::WriteRequest::decode(body).unwrap_err();
+        assert!(prost.to_string().contains("UTF-8"), "{prost}");
+        assert!(decode_write_request(body).unwrap_err().is_utf8());
     }
 
     #[test]

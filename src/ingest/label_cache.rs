@@ -5,15 +5,16 @@
 //! a comparison and a reference-count increment instead of a `String` per name and value
 //! (and their frees after the append). Calls `model`.
 //!
-//! Keyed by `label_pairs_hash` of the labels that are kept (empty values dropped); a hit
-//! is compared label by label, so a hash collision only costs a rebuild. Bounded: each
+//! Keyed by `label_pairs_hash` of the label bytes as sent; a hit is compared byte for
+//! byte, so a hash collision only costs a rebuild, and a hit proves the labels are
+//! UTF-8 and follow the label rules (they were checked when the set was inserted). Bounded: each
 //! shard keeps two generations of at most `GENERATION_CAPACITY / SHARDS` sets; when the
 //! current one is full it becomes the previous one and the older is dropped, so memory
 //! stays bounded under series churn while active series (found in either generation and
 //! moved to the current one) stay cached.
 
 use std::collections::HashMap;
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use super::decode::RawLabel;
 use crate::model::label_hash::{label_pairs_hash, PrehashedKey};
@@ -43,16 +44,17 @@ impl Default for LabelSetCache {
     }
 }
 
-/// Whether `labels` (as sent) without their empty-valued labels equal `cached`.
+/// Whether `cached` holds exactly `labels`, byte for byte.
 fn same_labels(cached: &Labels, labels: &[RawLabel<'_>]) -> bool {
-    let mut cached = cached.iter();
-    for l in labels.iter().filter(|l| !l.value.is_empty()) {
-        match cached.next() {
-            Some(c) if c.name == l.name && c.value == l.value => {}
-            _ => return false,
-        }
-    }
-    cached.next().is_none()
+    cached.len() == labels.len()
+        && cached
+            .iter()
+            .zip(labels)
+            .all(|(c, l)| c.name.as_bytes() == l.name && c.value.as_bytes() == l.value)
+}
+
+fn pairs<'a>(labels: &'a [RawLabel<'a>]) -> impl Iterator<Item = (&'a [u8], &'a [u8])> {
+    labels.iter().map(|l| (l.name, l.value))
 }
 
 impl LabelSetCache {
@@ -64,35 +66,53 @@ impl LabelSetCache {
         }
     }
 
-    /// The label set of a checked series: its labels as sent (names sorted and unique)
-    /// without those with an empty value.
-    pub fn labels(&self, labels: &[RawLabel<'_>]) -> Labels {
-        let kept = || {
-            labels
-                .iter()
-                .filter(|l| !l.value.is_empty())
-                .map(|l| (l.name, l.value))
-        };
-        let hash = label_pairs_hash(kept());
-        let mut shard = self.shards[(hash >> 40) as usize % SHARDS]
+    fn shard(&self, hash: u64) -> MutexGuard<'_, Shard> {
+        self.shards[(hash >> 40) as usize % SHARDS]
             .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        if let Some(cached) = shard.current.get(&hash) {
-            if same_labels(cached, labels) {
-                return cached.clone();
-            }
-        } else if let Some(cached) = shard.previous.remove(&hash) {
-            if same_labels(&cached, labels) {
-                self.insert(&mut shard, hash, cached.clone());
-                return cached;
-            }
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The cached label set equal to `labels` as sent, byte for byte. Such a set was
+    /// checked when it was inserted: it is UTF-8 and follows the label rules. Labels
+    /// with an empty value are never found (they are dropped when a set is built, so
+    /// the sent labels must be checked to know they are valid).
+    pub fn get(&self, labels: &[RawLabel<'_>]) -> Option<Labels> {
+        if labels.iter().any(|l| l.value.is_empty()) {
+            return None;
         }
-        let built = Labels::from_sorted(kept().map(|(n, v)| Label::new(n, v)).collect());
-        self.insert(&mut shard, hash, built.clone());
+        let hash = label_pairs_hash(pairs(labels));
+        let mut shard = self.shard(hash);
+        if let Some(cached) = shard.current.get(&hash) {
+            return same_labels(cached, labels).then(|| cached.clone());
+        }
+        let cached = shard.previous.remove(&hash)?;
+        if !same_labels(&cached, labels) {
+            return None;
+        }
+        self.insert_into(&mut shard, hash, cached.clone());
+        Some(cached)
+    }
+
+    /// Builds the label set of a checked series (labels UTF-8, names sorted and unique)
+    /// without its empty-valued labels, and caches it.
+    pub fn insert(&self, labels: &[RawLabel<'_>]) -> Labels {
+        let kept: Vec<RawLabel<'_>> = labels
+            .iter()
+            .filter(|l| !l.value.is_empty())
+            .copied()
+            .collect();
+        let hash = label_pairs_hash(pairs(&kept));
+        let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
+        let built = Labels::from_sorted(
+            kept.iter()
+                .map(|l| Label::new(text(l.name), text(l.value)))
+                .collect(),
+        );
+        self.insert_into(&mut self.shard(hash), hash, built.clone());
         built
     }
 
-    fn insert(&self, shard: &mut Shard, hash: u64, labels: Labels) {
+    fn insert_into(&self, shard: &mut Shard, hash: u64, labels: Labels) {
         if shard.current.len() >= self.per_shard && !shard.current.contains_key(&hash) {
             shard.previous = std::mem::take(&mut shard.current);
         }
@@ -118,37 +138,41 @@ mod tests {
     fn raw<'a>(pairs: &[(&'a str, &'a str)]) -> Vec<RawLabel<'a>> {
         pairs
             .iter()
-            .map(|&(name, value)| RawLabel { name, value })
+            .map(|&(name, value)| RawLabel {
+                name: name.as_bytes(),
+                value: value.as_bytes(),
+            })
             .collect()
     }
 
     #[test]
     fn hits_share_the_label_set_and_empty_values_are_dropped() {
         let cache = LabelSetCache::default();
-        let first = cache.labels(&raw(&[("__name__", "up"), ("a", ""), ("job", "x")]));
+        let first = cache.insert(&raw(&[("__name__", "up"), ("a", ""), ("job", "x")]));
         assert_eq!(first, Labels::from_pairs([("__name__", "up"), ("job", "x")]));
-        let again = cache.labels(&raw(&[("__name__", "up"), ("job", "x")]));
+        let again = cache.get(&raw(&[("__name__", "up"), ("job", "x")])).unwrap();
         assert_eq!(again.identity(), first.identity());
-        let other = cache.labels(&raw(&[("__name__", "up"), ("job", "y")]));
-        assert_eq!(other, Labels::from_pairs([("__name__", "up"), ("job", "y")]));
+        // Sent with an empty value, a set is never taken from the cache unchecked.
+        assert!(cache
+            .get(&raw(&[("__name__", "up"), ("a", ""), ("job", "x")]))
+            .is_none());
+        assert!(cache.get(&raw(&[("__name__", "up"), ("job", "y")])).is_none());
     }
 
     #[test]
     fn a_colliding_entry_is_never_returned_for_other_labels() {
         let cache = LabelSetCache::default();
         let wanted = raw(&[("__name__", "up"), ("job", "x")]);
-        let hash = label_pairs_hash(wanted.iter().map(|l| (l.name, l.value)));
+        let hash = label_pairs_hash(pairs(&wanted));
         // Plant a different label set under the same hash, as a collision would.
         let planted = Labels::from_pairs([("__name__", "impostor")]);
-        cache.shards[(hash >> 40) as usize % SHARDS]
-            .lock()
-            .unwrap()
-            .current
-            .insert(hash, planted);
+        cache.shard(hash).current.insert(hash, planted);
+        assert!(cache.get(&wanted).is_none());
         assert_eq!(
-            cache.labels(&wanted),
+            cache.insert(&wanted),
             Labels::from_pairs([("__name__", "up"), ("job", "x")])
         );
+        assert!(cache.get(&wanted).is_some());
     }
 
     #[test]
@@ -156,11 +180,12 @@ mod tests {
         let cache = LabelSetCache::with_capacity(64);
         let names: Vec<String> = (0..1000).map(|i| format!("m{i}")).collect();
         for name in &names {
-            cache.labels(&raw(&[("__name__", name)]));
+            cache.insert(&raw(&[("__name__", name)]));
         }
         assert!(cache.len() <= 2 * 64 + 2 * SHARDS, "{}", cache.len());
-        let recent = cache.labels(&raw(&[("__name__", "m999")]));
-        let again = cache.labels(&raw(&[("__name__", "m999")]));
+        let recent = cache.get(&raw(&[("__name__", "m999")])).unwrap();
+        let again = cache.get(&raw(&[("__name__", "m999")])).unwrap();
         assert_eq!(recent.identity(), again.identity());
+        assert!(cache.get(&raw(&[("__name__", "m0")])).is_none());
     }
 }

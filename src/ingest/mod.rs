@@ -220,7 +220,7 @@ fn protobuf_error(err: prost::DecodeError) -> IngestError {
     }
 }
 
-fn utf8_error(detail: &str) -> IngestError {
+pub(super) fn utf8_error(detail: &str) -> IngestError {
     IngestError::new(
         RejectReason::InvalidUtf8,
         format!("label names and values must be valid UTF-8: {detail}"),

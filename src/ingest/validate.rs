@@ -20,7 +20,7 @@
 
 use std::fmt::Write as _;
 
-use super::decode::{RawLabel, RawWrite};
+use super::decode::{self, RawLabel, RawWrite};
 use super::label_cache::LabelSetCache;
 use super::{DecodedWrite, IngestError, RejectReason};
 use crate::model::{
@@ -32,49 +32,76 @@ use crate::proto;
 /// Longest label description put into an error message.
 const MAX_DESCRIBED_LEN: usize = 256;
 
-/// A label as the validation rules see it, whichever decoder produced it.
+/// A label as the validation rules see it, whichever decoder produced it. Bytes: the
+/// hand-written decoder's labels are checked for UTF-8 before the rules run, and the
+/// rules compare bytes (a `str` sorts by its bytes too).
 trait LabelPair {
-    fn name(&self) -> &str;
-    fn value(&self) -> &str;
+    fn name(&self) -> &[u8];
+    fn value(&self) -> &[u8];
 }
 
 impl LabelPair for proto::Label {
-    fn name(&self) -> &str {
-        &self.name
+    fn name(&self) -> &[u8] {
+        self.name.as_bytes()
     }
-    fn value(&self) -> &str {
-        &self.value
+    fn value(&self) -> &[u8] {
+        self.value.as_bytes()
     }
 }
 
 impl LabelPair for RawLabel<'_> {
-    fn name(&self) -> &str {
+    fn name(&self) -> &[u8] {
         self.name
     }
-    fn value(&self) -> &str {
+    fn value(&self) -> &[u8] {
         self.value
     }
 }
 
 /// Validates a request from the hand-written decoder; label sets come from `cache`.
+///
+/// A label set found in the cache byte for byte was checked when it was first seen (it
+/// is UTF-8 and follows the label rules), so only the other sets are checked: for UTF-8
+/// first, over the whole request (prost refuses non-UTF-8 while decoding, before any
+/// rule runs), then for the rules, series by series.
 pub(super) fn raw_into_decoded_write(
     req: RawWrite<'_>,
     cache: &LabelSetCache,
 ) -> Result<DecodedWrite, IngestError> {
+    let known: Vec<Option<Labels>> = req
+        .series
+        .iter()
+        .map(|ts| cache.get(req.labels_of(ts)))
+        .collect();
+    let unchecked = || {
+        req.series
+            .iter()
+            .zip(&known)
+            .filter(|(_, known)| known.is_none())
+            .map(|(ts, _)| req.labels_of(ts))
+    };
+    if !unchecked().flatten().all(RawLabel::is_utf8) {
+        return Err(super::utf8_error(&decode::not_utf8().to_string()));
+    }
+    for (index, (ts, known)) in req.series.iter().zip(&known).enumerate() {
+        check_series(
+            index,
+            req.labels_of(ts),
+            ts.histograms > 0,
+            known.is_none(),
+        )?;
+    }
     let mut decoded = DecodedWrite {
         series: Vec::with_capacity(req.series.len()),
-        metadata: Vec::new(),
+        metadata: req.metadata.into_iter().filter_map(into_metadata).collect(),
+        exemplars_dropped: req.series.iter().map(|ts| ts.exemplars).sum(),
         ..DecodedWrite::default()
     };
-    for (index, ts) in req.series.iter().enumerate() {
-        check_series(index, req.labels_of(ts), ts.histograms > 0)?;
-    }
-    decoded.metadata = req.metadata.into_iter().filter_map(into_metadata).collect();
-    for ts in req.series.iter() {
-        decoded.exemplars_dropped += ts.exemplars;
-    }
-    for ts in req.series.into_iter().filter(|ts| !ts.samples.is_empty()) {
-        let labels = cache.labels(&req.labels[ts.labels.clone()]);
+    for (ts, known) in req.series.into_iter().zip(known) {
+        if ts.samples.is_empty() {
+            continue;
+        }
+        let labels = known.unwrap_or_else(|| cache.insert(&req.labels[ts.labels.clone()]));
         decoded.num_samples += ts.samples.len() as u64;
         decoded.series.push(Series {
             labels,
@@ -92,7 +119,7 @@ pub(super) fn into_decoded_write(req: proto::WriteRequest) -> Result<DecodedWrit
         ..DecodedWrite::default()
     };
     for (index, ts) in req.timeseries.into_iter().enumerate() {
-        check_series(index, &ts.labels, !ts.histograms.is_empty())?;
+        check_series(index, &ts.labels, !ts.histograms.is_empty(), true)?;
         decoded.exemplars_dropped += ts.exemplars.len() as u64;
         if ts.samples.is_empty() {
             continue;
@@ -104,10 +131,13 @@ pub(super) fn into_decoded_write(req: proto::WriteRequest) -> Result<DecodedWrit
     Ok(decoded)
 }
 
+/// Refuses native histograms, and labels that break the rules unless `check_labels`
+/// is false (a label set known to follow them).
 fn check_series(
     index: usize,
     labels: &[impl LabelPair],
     has_histograms: bool,
+    check_rules: bool,
 ) -> Result<(), IngestError> {
     if has_histograms {
         return Err(IngestError::new(
@@ -118,6 +148,9 @@ fn check_series(
                 describe(labels)
             ),
         ));
+    }
+    if !check_rules {
+        return Ok(());
     }
     check_labels(labels).map_err(|problem| {
         IngestError::new(
@@ -134,7 +167,7 @@ fn check_labels(labels: &[impl LabelPair]) -> Result<(), String> {
     if labels.is_empty() {
         return Err("series has no labels".into());
     }
-    let mut previous: Option<&str> = None;
+    let mut previous: Option<&[u8]> = None;
     let mut has_metric_name = false;
     for label in labels {
         let name = label.name();
@@ -143,17 +176,19 @@ fn check_labels(labels: &[impl LabelPair]) -> Result<(), String> {
         }
         if let Some(previous) = previous {
             if name == previous {
-                return Err(format!("duplicate label name {name:?}"));
+                return Err(format!("duplicate label name {:?}", text(name)));
             }
             if name < previous {
                 return Err(format!(
-                    "label names are not sorted ({previous:?} comes before {name:?}); \
-                     remote write requires labels sorted by name"
+                    "label names are not sorted ({:?} comes before {:?}); \
+                     remote write requires labels sorted by name",
+                    text(previous),
+                    text(name)
                 ));
             }
         }
         previous = Some(name);
-        has_metric_name |= name == METRIC_NAME && !label.value().is_empty();
+        has_metric_name |= name == METRIC_NAME.as_bytes() && !label.value().is_empty();
     }
     if !has_metric_name {
         return Err(format!("missing metric name (label {METRIC_NAME})"));
@@ -173,6 +208,11 @@ fn check_labels(labels: &[impl LabelPair]) -> Result<(), String> {
         ));
     }
     Ok(())
+}
+
+/// Label bytes for a message (they are UTF-8 by the time a rule is checked).
+fn text(bytes: &[u8]) -> std::borrow::Cow<'_, str> {
+    String::from_utf8_lossy(bytes)
 }
 
 /// Moves a checked series into the model; its label names are sorted and unique.
@@ -226,7 +266,7 @@ fn describe(labels: &[impl LabelPair]) -> String {
         if i > 0 {
             out.push_str(", ");
         }
-        let _ = write!(out, "{}={:?}", l.name(), l.value());
+        let _ = write!(out, "{}={:?}", text(l.name()), text(l.value()));
         if out.len() > MAX_DESCRIBED_LEN {
             let mut cut = MAX_DESCRIBED_LEN;
             while !out.is_char_boundary(cut) {
@@ -298,6 +338,32 @@ mod tests {
         assert!(problem(&wide).contains("more than the limit of 256"));
         let long = "x".repeat(MAX_LABEL_BYTES_PER_SERIES);
         assert!(problem(&[("__name__", "up"), ("a", &long)]).contains("bytes per series"));
+    }
+
+    #[test]
+    fn a_known_label_set_does_not_excuse_what_the_cache_key_leaves_out() {
+        let cache = LabelSetCache::default();
+        let decode = |ts: Vec<proto::TimeSeries>| {
+            let body = prost::Message::encode_to_vec(&proto::WriteRequest {
+                timeseries: ts,
+                metadata: vec![],
+            });
+            let raw = super::super::decode::decode_write_request(&body).unwrap();
+            raw_into_decoded_write(raw, &cache)
+        };
+        let good = series(&[("__name__", "up"), ("job", "x")], &[(1, 1.0)]);
+        assert!(decode(vec![good.clone()]).is_ok());
+        // Same kept labels (the empty value is dropped), but a duplicate name.
+        let hidden = series(&[("__name__", "up"), ("job", ""), ("job", "x")], &[(1, 1.0)]);
+        let err = decode(vec![hidden]).unwrap_err();
+        assert!(err.message.contains("duplicate"), "{}", err.message);
+        // A known set still refuses native histograms.
+        let mut with_histogram = good;
+        with_histogram
+            .histograms
+            .push(proto::Histogram { timestamp: 1 });
+        let err = decode(vec![with_histogram]).unwrap_err();
+        assert_eq!(err.reason, RejectReason::NativeHistograms);
     }
 
     #[test]

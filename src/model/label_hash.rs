@@ -18,15 +18,20 @@ const MULTIPLIER: u64 = 0x9e37_79b9_7f4a_7c15;
 
 /// A 64-bit hash of the label set, good in its high and low bits.
 pub fn label_set_hash(labels: &Labels) -> u64 {
-    label_pairs_hash(labels.iter().map(|l| (l.name.as_str(), l.value.as_str())))
+    label_pairs_hash(
+        labels
+            .iter()
+            .map(|l| (l.name.as_bytes(), l.value.as_bytes())),
+    )
 }
 
-/// `label_set_hash` of the label set made of these (name, value) pairs, in order.
-pub fn label_pairs_hash<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> u64 {
+/// `label_set_hash` of the label set made of these (name, value) pairs, in order, as
+/// bytes: a decoder may hash labels before it has checked that they are UTF-8.
+pub fn label_pairs_hash<'a>(pairs: impl IntoIterator<Item = (&'a [u8], &'a [u8])>) -> u64 {
     let mut h = 0u64;
     for (name, value) in pairs {
-        h = mix_bytes(h, name.as_bytes());
-        h = mix_bytes(h, value.as_bytes());
+        h = mix_bytes(h, name);
+        h = mix_bytes(h, value);
     }
     splitmix64_mix(h)
 }
@@ -105,7 +110,7 @@ mod tests {
         assert_ne!(label_set_hash(&l1), label_set_hash(&l3));
         assert_eq!(
             label_set_hash(&l1),
-            label_pairs_hash([("__name__", "up"), ("job", long.as_str())])
+            label_pairs_hash([(&b"__name__"[..], &b"up"[..]), (b"job", long.as_bytes())])
         );
     }
 }
