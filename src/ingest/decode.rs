@@ -82,7 +82,10 @@ impl fmt::Display for WireError {
             }
             WireError::RecursionLimit => f.write_str("messages or groups nested too deeply"),
             WireError::NotUtf8 { field } => {
-                write!(f, "{field}: invalid string value: data is not UTF-8 encoded")
+                write!(
+                    f,
+                    "{field}: invalid string value: data is not UTF-8 encoded"
+                )
             }
         }
     }
@@ -398,9 +401,7 @@ impl<'a> Reader<'a> {
             // for UTF-8 when it read it: check it now, before it is gone.
             match tag {
                 1 => label.name = replace_checked(label.name, self.bytes("Label.name", wire)?)?,
-                2 => {
-                    label.value = replace_checked(label.value, self.bytes("Label.value", wire)?)?
-                }
+                2 => label.value = replace_checked(label.value, self.bytes("Label.value", wire)?)?,
                 _ => self.skip(wire, tag, depth)?,
             }
         }
@@ -565,7 +566,10 @@ mod tests {
         );
         assert_eq!(
             got.series[0].samples,
-            vec![Sample::new(-5, stale_nan()), Sample::new(1_700_000_000_000, 1.5)]
+            vec![
+                Sample::new(-5, stale_nan()),
+                Sample::new(1_700_000_000_000, 1.5)
+            ]
         );
         assert_eq!(got.series[0].exemplars, 1);
         assert_eq!(got.series[1].histograms, 1);
@@ -589,9 +593,13 @@ mod tests {
             // timeseries sent as a varint
             &[0x08, 0x01],
             // an 11-byte varint
-            &[0x08, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01],
+            &[
+                0x08, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01,
+            ],
             // a tenth varint byte above 1
-            &[0x08, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x02],
+            &[
+                0x08, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x02,
+            ],
             // a group of unknown field 5 closed by field 6
             &[0x2b, 0x34],
             // a group where the metadata message belongs

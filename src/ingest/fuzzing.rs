@@ -15,8 +15,7 @@ use std::io::Write as _;
 
 use super::otlp::decode_otlp_request;
 use super::{
-    decode_protobuf, decode_write_request, reference_decode_protobuf, DecodeLimits,
-    DecodedWrite,
+    decode_protobuf, decode_write_request, reference_decode_protobuf, DecodeLimits, DecodedWrite,
 };
 use crate::model::{MAX_LABELS_PER_SERIES, MAX_LABEL_BYTES_PER_SERIES, METRIC_NAME};
 

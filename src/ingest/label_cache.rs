@@ -149,14 +149,21 @@ mod tests {
     fn hits_share_the_label_set_and_empty_values_are_dropped() {
         let cache = LabelSetCache::default();
         let first = cache.insert(&raw(&[("__name__", "up"), ("a", ""), ("job", "x")]));
-        assert_eq!(first, Labels::from_pairs([("__name__", "up"), ("job", "x")]));
-        let again = cache.get(&raw(&[("__name__", "up"), ("job", "x")])).unwrap();
+        assert_eq!(
+            first,
+            Labels::from_pairs([("__name__", "up"), ("job", "x")])
+        );
+        let again = cache
+            .get(&raw(&[("__name__", "up"), ("job", "x")]))
+            .unwrap();
         assert_eq!(again.identity(), first.identity());
         // Sent with an empty value, a set is never taken from the cache unchecked.
         assert!(cache
             .get(&raw(&[("__name__", "up"), ("a", ""), ("job", "x")]))
             .is_none());
-        assert!(cache.get(&raw(&[("__name__", "up"), ("job", "y")])).is_none());
+        assert!(cache
+            .get(&raw(&[("__name__", "up"), ("job", "y")]))
+            .is_none());
     }
 
     #[test]

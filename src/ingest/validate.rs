@@ -84,12 +84,7 @@ pub(super) fn raw_into_decoded_write(
         return Err(super::utf8_error(&decode::not_utf8().to_string()));
     }
     for (index, (ts, known)) in req.series.iter().zip(&known).enumerate() {
-        check_series(
-            index,
-            req.labels_of(ts),
-            ts.histograms > 0,
-            known.is_none(),
-        )?;
+        check_series(index, req.labels_of(ts), ts.histograms > 0, known.is_none())?;
     }
     let mut decoded = DecodedWrite {
         series: Vec::with_capacity(req.series.len()),
@@ -155,10 +150,7 @@ fn check_series(
     check_labels(labels).map_err(|problem| {
         IngestError::new(
             RejectReason::InvalidLabels,
-            format!(
-                "invalid series #{index} {}: {problem}",
-                describe(labels)
-            ),
+            format!("invalid series #{index} {}: {problem}", describe(labels)),
         )
     })
 }
@@ -354,7 +346,10 @@ mod tests {
         let good = series(&[("__name__", "up"), ("job", "x")], &[(1, 1.0)]);
         assert!(decode(vec![good.clone()]).is_ok());
         // Same kept labels (the empty value is dropped), but a duplicate name.
-        let hidden = series(&[("__name__", "up"), ("job", ""), ("job", "x")], &[(1, 1.0)]);
+        let hidden = series(
+            &[("__name__", "up"), ("job", ""), ("job", "x")],
+            &[(1, 1.0)],
+        );
         let err = decode(vec![hidden]).unwrap_err();
         assert!(err.message.contains("duplicate"), "{}", err.message);
         // A known set still refuses native histograms.
