@@ -5,6 +5,8 @@
 //! matches as the empty string), and the label-set hashes' shared mixer. Calls nothing
 //! else in the crate.
 
+pub mod label_hash;
+
 use std::fmt;
 use std::sync::Arc;
 

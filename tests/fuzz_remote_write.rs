@@ -1,7 +1,10 @@
 //! Stable-toolchain fuzzing of the remote-write decoder: structured and byte-level
 //! mutations of valid requests for a bounded time (TIMBALA_FUZZ_SECONDS, default 2),
 //! each run through `timbala::ingest::fuzzing::decode_and_check`, which panics on any
-//! broken invariant. Complements the libFuzzer target in `fuzz/` (nightly).
+//! broken invariant, and differential fuzzing of the hand-written protobuf decoder
+//! against prost (`decode_matches_reference`: same accept/refuse, same reason, same
+//! series; ADR 0025) on mutated requests and on random bytes. Complements the libFuzzer
+//! target in `fuzz/` (nightly).
 
 #[path = "support/fuzz_input.rs"]
 mod fuzz_input;
@@ -11,7 +14,7 @@ use std::time::Instant;
 use prost::Message;
 use rand::rngs::SmallRng;
 use rand::Rng;
-use timbala::ingest::fuzzing::decode_and_check;
+use timbala::ingest::fuzzing::{decode_and_check, decode_matches_reference};
 use timbala::model::stale_nan;
 use timbala::proto;
 
@@ -25,6 +28,13 @@ fn label(name: &str, value: &str) -> proto::Label {
 /// Bytes that mean something to protobuf and snappy (ends, varint continuation, the
 /// tags of the first fields, newline).
 const INTERESTING_BYTES: &[u8] = &[0x00, 0x7f, 0x80, 0xff, 0x0a, 0x12];
+
+/// Field keys (tag and wire type) of every message of the request, valid and not, and
+/// the group wire types, which a byte mutation rarely produces on its own.
+const PROTOBUF_KEYS: &[u8] = &[
+    0x08, 0x09, 0x0a, 0x0b, 0x0c, 0x0d, 0x0e, 0x10, 0x11, 0x12, 0x13, 0x14, 0x15, 0x18, 0x1a, 0x1b,
+    0x1c, 0x20, 0x22, 0x23, 0x24, 0x2a, 0x78, 0x7a, 0x80, 0x01, 0xff,
+];
 
 /// A valid request of a few series, the starting point of every mutation.
 fn seed(rng: &mut SmallRng) -> proto::WriteRequest {
@@ -116,5 +126,79 @@ fn decoder_survives_mutated_requests() {
     assert!(
         accepted > 0 && accepted < runs,
         "mutations must produce both outcomes"
+    );
+}
+
+/// One input for the differential test: a mutated valid request (most inputs), random
+/// protobuf-ish bytes, or a request with unknown fields, groups and exemplars spliced in.
+fn differential_input(rng: &mut SmallRng) -> Vec<u8> {
+    match rng.random_range(0..4) {
+        0 => (0..rng.random_range(0..64))
+            .map(|_| {
+                if rng.random_bool(0.5) {
+                    PROTOBUF_KEYS[rng.random_range(0..PROTOBUF_KEYS.len())]
+                } else {
+                    rng.random()
+                }
+            })
+            .collect(),
+        1 => {
+            let mut req = seed(rng);
+            let ts = &mut req.timeseries[0];
+            ts.exemplars.push(proto::Exemplar {
+                labels: vec![label("trace_id", "t")],
+                value: 1.0,
+                timestamp: 2,
+            });
+            let mut raw = req.encode_to_vec();
+            // An unknown field 9 holding a group (field 5) with a varint inside.
+            let at = if raw.is_empty() {
+                0
+            } else {
+                rng.random_range(0..raw.len())
+            };
+            for (i, b) in [0x4a, 0x04, 0x2b, 0x08, 0x01, 0x2c].into_iter().enumerate() {
+                raw.insert(at + i, b);
+            }
+            if rng.random_bool(0.5) {
+                fuzz_input::mutate_bytes(rng, &mut raw, PROTOBUF_KEYS);
+            }
+            raw
+        }
+        _ => {
+            let mut req = seed(rng);
+            for _ in 0..rng.random_range(0..3) {
+                mutate_structure(rng, &mut req);
+            }
+            let mut raw = req.encode_to_vec();
+            if rng.random_bool(0.7) {
+                let interesting = if rng.random_bool(0.5) {
+                    INTERESTING_BYTES
+                } else {
+                    PROTOBUF_KEYS
+                };
+                fuzz_input::mutate_bytes(rng, &mut raw, interesting);
+            }
+            raw
+        }
+    }
+}
+
+#[test]
+fn hand_written_decoder_matches_prost() {
+    let run_for = fuzz_input::duration();
+    let deadline = Instant::now() + run_for;
+    let mut rng = fuzz_input::rng();
+    let (mut runs, mut accepted) = (0u64, 0u64);
+    while Instant::now() < deadline {
+        let raw = differential_input(&mut rng);
+        accepted += u64::from(decode_matches_reference(&raw));
+        runs += 1;
+    }
+    println!("{runs} inputs, {accepted} accepted by both decoders");
+    assert!(runs > 100, "too few inputs in {run_for:?}: {runs}");
+    assert!(
+        accepted > 0 && accepted < runs,
+        "inputs must produce both outcomes"
     );
 }

@@ -6,11 +6,17 @@
 //! (exercises snappy), odd means the rest is a raw protobuf that is compressed first
 //! (reaches prost and validation far more often). Any panic is a bug; an accepted request
 //! must satisfy every promise `DecodedWrite` makes to storage.
+//!
+//! `decode_matches_reference` is the differential check (ADR 0025): the hand-written
+//! remote-write decoder must accept and refuse exactly what prost's decoding does, with
+//! the same reason, and produce the same series and metadata.
 
 use std::io::Write as _;
 
 use super::otlp::decode_otlp_request;
-use super::{decode_write_request, DecodeLimits, DecodedWrite};
+use super::{
+    decode_protobuf, decode_write_request, reference_decode_protobuf, DecodeLimits, DecodedWrite,
+};
 use crate::model::{MAX_LABELS_PER_SERIES, MAX_LABEL_BYTES_PER_SERIES, METRIC_NAME};
 
 /// Small enough that a fuzzer's "decompression bomb" inputs stay cheap.
@@ -123,6 +129,33 @@ pub fn otlp_decode_and_check(data: &[u8]) -> bool {
             assert!(!err.message.is_empty(), "a refusal must say why");
             false
         }
+    }
+}
+
+/// Decodes the serialized `WriteRequest` `raw` with the hand-written decoder and with
+/// prost (the reference), and panics unless both accept with equal results or both
+/// refuse for the same reason. Returns whether it was accepted.
+pub fn decode_matches_reference(raw: &[u8]) -> bool {
+    let ours = decode_protobuf(raw);
+    let reference = reference_decode_protobuf(raw);
+    match (ours, reference) {
+        (Ok(ours), Ok(reference)) => {
+            assert_eq!(ours, reference, "decoders disagree on {raw:?}");
+            assert_invariants(&ours);
+            true
+        }
+        (Err(ours), Err(reference)) => {
+            assert_eq!(
+                ours.reason, reference.reason,
+                "refused for other reasons: {ours} vs prost's {reference} on {raw:?}"
+            );
+            false
+        }
+        (ours, reference) => panic!(
+            "only one decoder accepted {raw:?}: ours {:?}, prost {:?}",
+            ours.map(|d| d.num_samples),
+            reference.map(|d| d.num_samples)
+        ),
     }
 }
 

@@ -3,8 +3,11 @@
 //! Owns: the path from an HTTP body (plus its `Content-Type` and `Content-Encoding`) to
 //! validated `model::Series`, and the ingest self-metrics. Submodules: `otlp` (OTLP/HTTP
 //! metrics translated into remote-write series, then validated like them), `wire` (header
-//! negotiation and bounded snappy decompression), `validate` (label and sample rules,
-//! protobuf structs to model types), `bounds` (the wall-clock time bounds applied where a
+//! negotiation and bounded snappy decompression), `decode` (hand-written protobuf
+//! decoding of remote write that borrows label strings from the body, ADR 0025),
+//! `label_cache` (decoded labels to shared `Labels`, allocating only for label sets not
+//! seen recently), `validate` (label and sample rules, decoded requests to model types),
+//! `bounds` (the wall-clock time bounds applied where a
 //! client's write enters, ADR 0009), `metrics` (counters under `timbala_ingest_`),
 //! `fuzzing` (the invariant-checking entry point of the fuzz targets).
 //! Calls `model`, `proto`, and `storage` for its shared vocabulary only (reject reasons,
@@ -15,14 +18,17 @@
 //! so a client never has to guess which part was stored.
 
 mod bounds;
+mod decode;
 #[doc(hidden)]
 pub mod fuzzing;
+mod label_cache;
 mod metrics;
 pub mod otlp;
 mod validate;
 mod wire;
 
 use std::fmt;
+use std::sync::LazyLock;
 
 use prost::Message;
 
@@ -161,6 +167,11 @@ impl DecodeLimits {
     }
 }
 
+/// The label sets of recently decoded series, shared by every decoder in the process
+/// (the HTTP edge, peers' forwarded writes, hint replay): a pure memo of immutable
+/// values, bounded in size (see `label_cache`).
+static LABEL_SETS: LazyLock<label_cache::LabelSetCache> = LazyLock::new(Default::default);
+
 /// Decodes and validates one remote-write request.
 ///
 /// `content_type` and `content_encoding` are the raw header values (None when absent).
@@ -175,7 +186,26 @@ pub fn decode_write_request(
     wire::check_content_type(content_type)?;
     wire::check_content_encoding(content_encoding)?;
     let raw = decompress_snappy(body, limits.max_decompressed_bytes)?;
-    let request = proto::WriteRequest::decode(raw.as_slice()).map_err(protobuf_error)?;
+    decode_protobuf(&raw)
+}
+
+/// Decodes and validates a decompressed `prometheus.WriteRequest`.
+fn decode_protobuf(raw: &[u8]) -> Result<DecodedWrite, IngestError> {
+    let request = decode::decode_write_request(raw).map_err(|err| {
+        let detail = err.to_string();
+        if err.is_utf8() {
+            utf8_error(&detail)
+        } else {
+            bad_protobuf(&detail)
+        }
+    })?;
+    validate::raw_into_decoded_write(request, &LABEL_SETS)
+}
+
+/// `decode_protobuf` done with prost and owned strings: the reference that the
+/// differential fuzz test holds the hand-written decoder to (`fuzzing`).
+fn reference_decode_protobuf(raw: &[u8]) -> Result<DecodedWrite, IngestError> {
+    let request = proto::WriteRequest::decode(raw).map_err(protobuf_error)?;
     validate::into_decoded_write(request)
 }
 
@@ -184,16 +214,24 @@ pub fn decode_write_request(
 fn protobuf_error(err: prost::DecodeError) -> IngestError {
     let detail = err.to_string();
     if detail.contains("UTF-8") {
-        IngestError::new(
-            RejectReason::InvalidUtf8,
-            format!("label names and values must be valid UTF-8: {detail}"),
-        )
+        utf8_error(&detail)
     } else {
-        IngestError::new(
-            RejectReason::BadProtobuf,
-            format!("body is not a valid prometheus.WriteRequest protobuf: {detail}"),
-        )
+        bad_protobuf(&detail)
     }
+}
+
+pub(super) fn utf8_error(detail: &str) -> IngestError {
+    IngestError::new(
+        RejectReason::InvalidUtf8,
+        format!("label names and values must be valid UTF-8: {detail}"),
+    )
+}
+
+fn bad_protobuf(detail: &str) -> IngestError {
+    IngestError::new(
+        RejectReason::BadProtobuf,
+        format!("body is not a valid prometheus.WriteRequest protobuf: {detail}"),
+    )
 }
 
 #[cfg(test)]

@@ -1,11 +1,15 @@
-//! Remote-write validation: turns a decoded `proto::WriteRequest` into model series,
-//! refusing the whole request when any series breaks the rules. Calls `model`, `proto`.
+//! Remote-write validation: turns a decoded request into model series, refusing the
+//! whole request when any series breaks the rules. Calls `model`, `proto`.
+//!
+//! Two inputs share every rule: the hand-written decoder's `RawWrite` (labels borrowed
+//! from the body; the path every request takes, ADR 0025) and prost's
+//! `proto::WriteRequest` (the reference the differential fuzz test compares it with).
 //!
 //! Rules (remote write 1.0 spec and Prometheus 3's receiver with UTF-8 names):
 //! - a series has at least one label and a non-empty `__name__`;
 //! - label names are non-empty, unique and sorted (the spec requires sorted names; an
 //!   unsorted set would silently become a different series identity if we sorted it);
-//! - names and values are UTF-8 (enforced by prost while decoding);
+//! - names and values are UTF-8 (enforced while decoding);
 //! - labels with an empty value are dropped: Prometheus treats them as absent;
 //! - at most `MAX_LABELS_PER_SERIES` labels of at most `MAX_LABEL_BYTES_PER_SERIES` bytes
 //!   together (the bounds of the node-to-node repair transfers, so every stored series can
@@ -16,6 +20,8 @@
 
 use std::fmt::Write as _;
 
+use super::decode::{self, RawLabel, RawWrite};
+use super::label_cache::LabelSetCache;
 use super::{DecodedWrite, IngestError, RejectReason};
 use crate::model::{
     self, Labels, MetricMetadata, Sample, Series, MAX_LABELS_PER_SERIES,
@@ -26,6 +32,81 @@ use crate::proto;
 /// Longest label description put into an error message.
 const MAX_DESCRIBED_LEN: usize = 256;
 
+/// A label as the validation rules see it, whichever decoder produced it. Bytes: the
+/// hand-written decoder's labels are checked for UTF-8 before the rules run, and the
+/// rules compare bytes (a `str` sorts by its bytes too).
+trait LabelPair {
+    fn name(&self) -> &[u8];
+    fn value(&self) -> &[u8];
+}
+
+impl LabelPair for proto::Label {
+    fn name(&self) -> &[u8] {
+        self.name.as_bytes()
+    }
+    fn value(&self) -> &[u8] {
+        self.value.as_bytes()
+    }
+}
+
+impl LabelPair for RawLabel<'_> {
+    fn name(&self) -> &[u8] {
+        self.name
+    }
+    fn value(&self) -> &[u8] {
+        self.value
+    }
+}
+
+/// Validates a request from the hand-written decoder; label sets come from `cache`.
+///
+/// A label set found in the cache byte for byte was checked when it was first seen (it
+/// is UTF-8 and follows the label rules), so only the other sets are checked: for UTF-8
+/// first, over the whole request (prost refuses non-UTF-8 while decoding, before any
+/// rule runs), then for the rules, series by series.
+pub(super) fn raw_into_decoded_write(
+    req: RawWrite<'_>,
+    cache: &LabelSetCache,
+) -> Result<DecodedWrite, IngestError> {
+    let known: Vec<Option<Labels>> = req
+        .series
+        .iter()
+        .map(|ts| cache.get(req.labels_of(ts)))
+        .collect();
+    let unchecked = || {
+        req.series
+            .iter()
+            .zip(&known)
+            .filter(|(_, known)| known.is_none())
+            .map(|(ts, _)| req.labels_of(ts))
+    };
+    if !unchecked().flatten().all(RawLabel::is_utf8) {
+        return Err(super::utf8_error(&decode::not_utf8().to_string()));
+    }
+    for (index, (ts, known)) in req.series.iter().zip(&known).enumerate() {
+        check_series(index, req.labels_of(ts), ts.histograms > 0, known.is_none())?;
+    }
+    let mut decoded = DecodedWrite {
+        series: Vec::with_capacity(req.series.len()),
+        metadata: req.metadata.into_iter().filter_map(into_metadata).collect(),
+        exemplars_dropped: req.series.iter().map(|ts| ts.exemplars).sum(),
+        ..DecodedWrite::default()
+    };
+    for (ts, known) in req.series.into_iter().zip(known) {
+        if ts.samples.is_empty() {
+            continue;
+        }
+        let labels = known.unwrap_or_else(|| cache.insert(&req.labels[ts.labels.clone()]));
+        decoded.num_samples += ts.samples.len() as u64;
+        decoded.series.push(Series {
+            labels,
+            samples: time_ordered(ts.samples),
+        });
+    }
+    Ok(decoded)
+}
+
+/// Validates a request decoded by prost (the reference decoder).
 pub(super) fn into_decoded_write(req: proto::WriteRequest) -> Result<DecodedWrite, IngestError> {
     let mut decoded = DecodedWrite {
         series: Vec::with_capacity(req.timeseries.len()),
@@ -33,7 +114,7 @@ pub(super) fn into_decoded_write(req: proto::WriteRequest) -> Result<DecodedWrit
         ..DecodedWrite::default()
     };
     for (index, ts) in req.timeseries.into_iter().enumerate() {
-        check_series(index, &ts)?;
+        check_series(index, &ts.labels, !ts.histograms.is_empty(), true)?;
         decoded.exemplars_dropped += ts.exemplars.len() as u64;
         if ts.samples.is_empty() {
             continue;
@@ -45,59 +126,68 @@ pub(super) fn into_decoded_write(req: proto::WriteRequest) -> Result<DecodedWrit
     Ok(decoded)
 }
 
-fn check_series(index: usize, ts: &proto::TimeSeries) -> Result<(), IngestError> {
-    if !ts.histograms.is_empty() {
+/// Refuses native histograms, and labels that break the rules unless `check_labels`
+/// is false (a label set known to follow them).
+fn check_series(
+    index: usize,
+    labels: &[impl LabelPair],
+    has_histograms: bool,
+    check_rules: bool,
+) -> Result<(), IngestError> {
+    if has_histograms {
         return Err(IngestError::new(
             RejectReason::NativeHistograms,
             format!(
                 "series #{index} {}: native histograms are not supported yet; \
                  set send_native_histograms: false in the sender's remote_write config",
-                describe(&ts.labels)
+                describe(labels)
             ),
         ));
     }
-    check_labels(&ts.labels).map_err(|problem| {
+    if !check_rules {
+        return Ok(());
+    }
+    check_labels(labels).map_err(|problem| {
         IngestError::new(
             RejectReason::InvalidLabels,
-            format!(
-                "invalid series #{index} {}: {problem}",
-                describe(&ts.labels)
-            ),
+            format!("invalid series #{index} {}: {problem}", describe(labels)),
         )
     })
 }
 
-fn check_labels(labels: &[proto::Label]) -> Result<(), String> {
+fn check_labels(labels: &[impl LabelPair]) -> Result<(), String> {
     if labels.is_empty() {
         return Err("series has no labels".into());
     }
-    let mut previous: Option<&str> = None;
+    let mut previous: Option<&[u8]> = None;
     let mut has_metric_name = false;
     for label in labels {
-        let name = label.name.as_str();
+        let name = label.name();
         if name.is_empty() {
             return Err("label name is empty".into());
         }
         if let Some(previous) = previous {
             if name == previous {
-                return Err(format!("duplicate label name {name:?}"));
+                return Err(format!("duplicate label name {:?}", text(name)));
             }
             if name < previous {
                 return Err(format!(
-                    "label names are not sorted ({previous:?} comes before {name:?}); \
-                     remote write requires labels sorted by name"
+                    "label names are not sorted ({:?} comes before {:?}); \
+                     remote write requires labels sorted by name",
+                    text(previous),
+                    text(name)
                 ));
             }
         }
         previous = Some(name);
-        has_metric_name |= name == METRIC_NAME && !label.value.is_empty();
+        has_metric_name |= name == METRIC_NAME.as_bytes() && !label.value().is_empty();
     }
     if !has_metric_name {
         return Err(format!("missing metric name (label {METRIC_NAME})"));
     }
-    let stored = labels.iter().filter(|l| !l.value.is_empty());
+    let stored = labels.iter().filter(|l| !l.value().is_empty());
     let (count, bytes) = stored.fold((0, 0), |(n, b), l| {
-        (n + 1, b + l.name.len() + l.value.len())
+        (n + 1, b + l.name().len() + l.value().len())
     });
     if count > MAX_LABELS_PER_SERIES {
         return Err(format!(
@@ -112,6 +202,11 @@ fn check_labels(labels: &[proto::Label]) -> Result<(), String> {
     Ok(())
 }
 
+/// Label bytes for a message (they are UTF-8 by the time a rule is checked).
+fn text(bytes: &[u8]) -> std::borrow::Cow<'_, str> {
+    String::from_utf8_lossy(bytes)
+}
+
 /// Moves a checked series into the model; its label names are sorted and unique.
 fn into_series(ts: proto::TimeSeries) -> Series {
     let labels: Vec<model::Label> = ts
@@ -124,19 +219,23 @@ fn into_series(ts: proto::TimeSeries) -> Series {
         })
         .collect();
     // By value: the conversion then reuses the decoded vector's allocation in place.
-    let mut samples: Vec<Sample> = ts
+    let samples: Vec<Sample> = ts
         .samples
         .into_iter()
         .map(|s| Sample::new(s.timestamp, s.value))
         .collect();
-    if !samples.is_sorted_by_key(|s| s.t) {
-        // Stable, so samples at one timestamp keep the sender's order.
-        samples.sort_by_key(|s| s.t);
-    }
     Series {
         labels: Labels::from_sorted(labels),
-        samples,
+        samples: time_ordered(samples),
     }
+}
+
+/// The samples in time order; stable, so samples at one timestamp keep the sender's order.
+fn time_ordered(mut samples: Vec<Sample>) -> Vec<Sample> {
+    if !samples.is_sorted_by_key(|s| s.t) {
+        samples.sort_by_key(|s| s.t);
+    }
+    samples
 }
 
 fn into_metadata(m: proto::MetricMetadata) -> Option<MetricMetadata> {
@@ -153,13 +252,13 @@ fn into_metadata(m: proto::MetricMetadata) -> Option<MetricMetadata> {
 }
 
 /// The labels as sent, `{a="1", b="2"}`, cut to a readable length.
-fn describe(labels: &[proto::Label]) -> String {
+fn describe(labels: &[impl LabelPair]) -> String {
     let mut out = String::from("{");
     for (i, l) in labels.iter().enumerate() {
         if i > 0 {
             out.push_str(", ");
         }
-        let _ = write!(out, "{}={:?}", l.name, l.value);
+        let _ = write!(out, "{}={:?}", text(l.name()), text(l.value()));
         if out.len() > MAX_DESCRIBED_LEN {
             let mut cut = MAX_DESCRIBED_LEN;
             while !out.is_char_boundary(cut) {
@@ -195,11 +294,18 @@ mod tests {
         }
     }
 
+    /// Validates through both decoders and checks that they agree.
     fn validate(ts: Vec<proto::TimeSeries>) -> Result<DecodedWrite, IngestError> {
-        into_decoded_write(proto::WriteRequest {
+        let request = proto::WriteRequest {
             timeseries: ts,
             metadata: vec![],
-        })
+        };
+        let body = prost::Message::encode_to_vec(&request);
+        let raw = super::super::decode::decode_write_request(&body).unwrap();
+        let ours = raw_into_decoded_write(raw, &LabelSetCache::default());
+        let reference = into_decoded_write(request);
+        assert_eq!(ours, reference);
+        reference
     }
 
     fn problem(pairs: &[(&str, &str)]) -> String {
@@ -224,6 +330,35 @@ mod tests {
         assert!(problem(&wide).contains("more than the limit of 256"));
         let long = "x".repeat(MAX_LABEL_BYTES_PER_SERIES);
         assert!(problem(&[("__name__", "up"), ("a", &long)]).contains("bytes per series"));
+    }
+
+    #[test]
+    fn a_known_label_set_does_not_excuse_what_the_cache_key_leaves_out() {
+        let cache = LabelSetCache::default();
+        let decode = |ts: Vec<proto::TimeSeries>| {
+            let body = prost::Message::encode_to_vec(&proto::WriteRequest {
+                timeseries: ts,
+                metadata: vec![],
+            });
+            let raw = super::super::decode::decode_write_request(&body).unwrap();
+            raw_into_decoded_write(raw, &cache)
+        };
+        let good = series(&[("__name__", "up"), ("job", "x")], &[(1, 1.0)]);
+        assert!(decode(vec![good.clone()]).is_ok());
+        // Same kept labels (the empty value is dropped), but a duplicate name.
+        let hidden = series(
+            &[("__name__", "up"), ("job", ""), ("job", "x")],
+            &[(1, 1.0)],
+        );
+        let err = decode(vec![hidden]).unwrap_err();
+        assert!(err.message.contains("duplicate"), "{}", err.message);
+        // A known set still refuses native histograms.
+        let mut with_histogram = good;
+        with_histogram
+            .histograms
+            .push(proto::Histogram { timestamp: 1 });
+        let err = decode(vec![with_histogram]).unwrap_err();
+        assert_eq!(err.reason, RejectReason::NativeHistograms);
     }
 
     #[test]

@@ -7,7 +7,7 @@
 //! duplicates) and resolves a conflicting value at a stored timestamp by
 //! `model::conflict_winner` (ADR 0011). Holds the samples of requests whose WAL record is
 //! not yet durable apart (staged), invisible to reads until published (ADR 0010).
-//! Calls `chunk`, `index`, `series_hash` and `model`.
+//! Calls `chunk`, `index` and `model` (including `model::label_hash`).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 
 use super::chunk::{decode_xor, XorChunk};
 use super::index::{MemPostings, SeriesRef};
-use super::series_hash::{label_set_hash, PrehashedKey};
+use crate::model::label_hash::{label_set_hash, PrehashedKey};
 use crate::model::{conflict_winner, merge_sorted_samples, Label, Labels, Sample};
 use crate::storage::{RejectReason, TimeBounds};
 

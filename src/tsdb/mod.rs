@@ -2,9 +2,10 @@
 //!
 //! Owns: everything on this node's disk. Submodules (one concept each): `chunk` (XOR
 //! chunks, byte-compatible with Prometheus: the head's and remote read's), `packed`
-//! (the timestamp and value columns of sealed blocks, ADR 0026), `index` (postings and matcher evaluation),
-//! `head` (in-memory series, label interning, open chunks), `series_hash` (the head's
-//! in-memory label-set hash), `wal` (segments, checksums, checkpoints, replay), `block`
+//! (the timestamp and value columns of sealed blocks, ADR 0026), `index` (postings and
+//! matcher evaluation), `head` (in-memory series, label interning, open chunks; its
+//! label-set hash is `model::label_hash`), `wal` (segments, checksums, checkpoints,
+//! replay), `block`
 //! (immutable on-disk blocks), `compact` (merging blocks), `digest` (per-window digests
 //! of stored samples for comparing replicas, cached per block), `retention` (time and
 //! size limits), `tombstones` (deletions), `querier` (reads across head and blocks),
@@ -34,7 +35,6 @@ pub mod packed;
 mod quarantine;
 mod querier;
 pub mod retention;
-mod series_hash;
 pub mod tombstones;
 pub mod wal;
 

@@ -1,12 +1,14 @@
-//! Fast hashing of label sets for the head's in-memory series map.
+//! Fast hashing of label sets for in-memory maps: the head's series map and the
+//! remote-write decoder's label-set cache (`ingest`, ADR 0025).
 //!
 //! Owns: `label_set_hash` (a word-at-a-time multiply-rotate hash with a SplitMix64
-//! finish) and `PrehashedKey`, the map hasher for keys that already are such a hash.
-//! The head looks a series up once per appended series, so this sits on the hot write
-//! path; FNV-1a over single bytes (`Labels::stable_hash`) cost several times more.
-//! These values live only in memory and may change between versions: anything persisted
-//! or sent to peers (placement, ADR 0004) keeps using `Labels::stable_hash`.
-//! Calls only `model`.
+//! finish), `label_pairs_hash` (the same hash over borrowed name/value pairs, so a
+//! decoder can hash labels it has not copied) and `PrehashedKey`, the map hasher for
+//! keys that already are such a hash. Both maps look a series up once per series of a
+//! request, so this sits on the hot write path; FNV-1a over single bytes
+//! (`Labels::stable_hash`) cost several times more. These values live only in memory
+//! and may change between versions: anything persisted or sent to peers (placement, ADR
+//! 0004) keeps using `Labels::stable_hash`. Calls only `model`.
 
 use std::hash::{BuildHasherDefault, Hasher};
 
@@ -16,10 +18,20 @@ const MULTIPLIER: u64 = 0x9e37_79b9_7f4a_7c15;
 
 /// A 64-bit hash of the label set, good in its high and low bits.
 pub fn label_set_hash(labels: &Labels) -> u64 {
+    label_pairs_hash(
+        labels
+            .iter()
+            .map(|l| (l.name.as_bytes(), l.value.as_bytes())),
+    )
+}
+
+/// `label_set_hash` of the label set made of these (name, value) pairs, in order, as
+/// bytes: a decoder may hash labels before it has checked that they are UTF-8.
+pub fn label_pairs_hash<'a>(pairs: impl IntoIterator<Item = (&'a [u8], &'a [u8])>) -> u64 {
     let mut h = 0u64;
-    for l in labels {
-        h = mix_bytes(h, l.name.as_bytes());
-        h = mix_bytes(h, l.value.as_bytes());
+    for (name, value) in pairs {
+        h = mix_bytes(h, name);
+        h = mix_bytes(h, value);
     }
     splitmix64_mix(h)
 }
@@ -96,5 +108,9 @@ mod tests {
         let changed = format!("{}y", &long[..39]);
         let l3 = Labels::from_pairs([("__name__", "up"), ("job", changed.as_str())]);
         assert_ne!(label_set_hash(&l1), label_set_hash(&l3));
+        assert_eq!(
+            label_set_hash(&l1),
+            label_pairs_hash([(&b"__name__"[..], &b"up"[..]), (b"job", long.as_bytes())])
+        );
     }
 }
