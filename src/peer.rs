@@ -46,6 +46,8 @@ pub const SERIES_PATH: &str = "/internal/v1/series";
 pub const LABELS_PATH: &str = "/internal/v1/labels";
 pub const LABEL_VALUES_PATH: &str = "/internal/v1/label-values";
 pub const METADATA_PATH: &str = "/internal/v1/metadata";
+/// This node's changes to old data since a mark (`storage::ChangeMark`, ADR 0024).
+pub const CHANGES_PATH: &str = "/internal/v1/changes";
 
 /// Marks a write as already routed: the receiver stores it locally and never forwards.
 pub const ROUTED_HEADER: &str = "x-timbala-routed";

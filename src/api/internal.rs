@@ -10,7 +10,9 @@
 //! snappy remote-write body), `POST /internal/v1/read-local` (remote read of this node's
 //! data only, SAMPLES answers), `POST /internal/v1/{series,labels,label-values}` (JSON,
 //! `peer::WireLabelRequest`) and `POST /internal/v1/metadata` (JSON,
-//! `peer::WireMetadataRequest`: this node's metadata, ADR 0020).
+//! `peer::WireMetadataRequest`: this node's metadata, ADR 0020) and `POST
+//! /internal/v1/changes` (JSON: a `storage::ChangeMark` or null, answered with this
+//! node's `storage::Changes` since it; the query result cache polls it, ADR 0024).
 //! Every read answer carries `X-Timbala-Hints-Pending`: the hinted batches this node
 //! holds for others, so the reader knows which replicas lag (ADR 0012). Every handler
 //! logs the caller's trace id. With cluster keys, `require_cluster_credential` guards
@@ -51,6 +53,7 @@ pub fn routes() -> Router<AppState> {
         .route(peer::LABELS_PATH, post(internal_labels))
         .route(peer::LABEL_VALUES_PATH, post(internal_label_values))
         .route(peer::METADATA_PATH, post(internal_metadata))
+        .route(peer::CHANGES_PATH, post(internal_changes))
 }
 
 /// Largest internal request body the credential check reads (the body is part of what
@@ -446,6 +449,21 @@ async fn internal_metadata(
                 .map(peer::metadata_to_wire)
                 .collect::<Vec<_>>())
         },
+    )
+    .await
+}
+
+/// This node's changes to old data since the caller's mark (ADR 0024).
+async fn internal_changes(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    json_answer(
+        state,
+        headers,
+        body,
+        async |tsdb, since: Option<crate::storage::ChangeMark>| Ok(tsdb.changes_since(since)),
     )
     .await
 }

@@ -39,6 +39,10 @@ pub(crate) struct QueryRequest<'q> {
     pub end: i64,
     pub step: i64,
     pub deadline: Instant,
+    /// Result points of earlier steps of the same range query that are already held
+    /// elsewhere (a cache's prefix): they count against the sample limit as they would
+    /// if those steps were evaluated here (ADR 0024).
+    pub points_before: usize,
 }
 
 /// Loads generously above the evaluation limit: loaded samples are not held all at once.
@@ -100,12 +104,12 @@ pub(crate) async fn execute(
         .await
         .map_err(|_| QueryError::Timeout("query preparation".into()))??;
     let opts = opts.clone();
-    let (step, deadline) = (req.step.max(1), req.deadline);
+    let (step, deadline, points_before) = (req.step.max(1), req.deadline, req.points_before);
     let evaluation = run_blocking(depth, move || {
         let _slot = slot;
         let mut ev = Evaluator::new(&loaded, times, &opts, deadline, stop);
         let value = if is_range {
-            evaluate_range(&mut ev, &expr, step)?
+            evaluate_range(&mut ev, &expr, step, points_before)?
         } else {
             evaluate_instant(&mut ev, &expr)?
         };
@@ -332,11 +336,12 @@ fn evaluate_range(
     ev: &mut Evaluator<'_>,
     expr: &Expr,
     step: i64,
+    points_before: usize,
 ) -> Result<QueryValue, QueryError> {
     let mut series: Vec<RangeSeries> = Vec::new();
     // Per label set: its series and the last step it received a point at.
     let mut index: HashMap<Labels, (usize, i64)> = HashMap::new();
-    let mut retained = 0usize;
+    let mut retained = points_before;
     let mut ts = ev.times.start;
     while ts <= ev.times.end {
         ev.check_deadline()?;

@@ -1,0 +1,218 @@
+//! Range queries through the result cache (ADR 0024).
+//!
+//! Owns: the order of one cached range query: check storage's changes to old data on
+//! every node (invalidating what they touched), take the cached prefix of the window,
+//! evaluate only the steps after it (with the prefix's points counted against the
+//! sample limit), join, and store the settled steps back when the answer is clean (no
+//! engine annotations, no cluster warnings or infos, no invalidation meanwhile). A
+//! query that cannot be checked (a node did not answer the change poll) or cached
+//! (`promql::cache::cache_key`) is evaluated as without a cache. `nocache=1` skips it.
+//! Calls `promql` (the engine and the cache store), `storage` (the change poll) and
+//! `fanout::notes` (the cluster's notes of the evaluated part).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::fanout::notes::{self, ReadNotes};
+use crate::promql::cache::{self, CacheKey, ResultCache, SETTLE_MS};
+use crate::promql::{Annotations, Engine, QueryError, QueryOutput, QueryValue};
+use crate::storage::{ChangeMark, SourceId, Storage};
+
+/// The cache of one node: the result store and the change marks it is valid at.
+pub struct QueryCache {
+    results: ResultCache,
+    /// Every store's change mark the cached results have been checked against. Held
+    /// across a poll so two polls never apply their answers out of order.
+    marks: tokio::sync::Mutex<BTreeMap<SourceId, ChangeMark>>,
+}
+
+/// One range query, validated by the HTTP layer.
+pub struct RangeQuery<'q> {
+    pub query: &'q str,
+    pub start: i64,
+    pub end: i64,
+    pub step: i64,
+    pub timeout: Duration,
+    /// Wall-clock milliseconds when the query arrived: steps after this minus
+    /// `SETTLE_MS` are not stored.
+    pub now: i64,
+}
+
+type Answer = (Result<QueryOutput, QueryError>, ReadNotes);
+
+impl QueryCache {
+    pub fn new(results: ResultCache) -> QueryCache {
+        QueryCache {
+            results,
+            marks: tokio::sync::Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    /// Answers `q` exactly as `Engine::range_query_with_timeout` would, using and
+    /// filling the cache unless `use_cache` is false.
+    pub async fn range_query(
+        &self,
+        engine: &Engine,
+        storage: Arc<dyn Storage>,
+        q: RangeQuery<'_>,
+        use_cache: bool,
+    ) -> Answer {
+        let key = match self.usable_key(engine, &q, use_cache) {
+            Some(key) => key,
+            None => return self.uncached(engine, storage, &q).await,
+        };
+        let Some(generation) = self.check_changes(storage.as_ref(), q.timeout).await else {
+            return self.uncached(engine, storage, &q).await;
+        };
+        let metrics = self.results.metrics();
+        let prefix = self.results.lookup(&key, q.start, q.end);
+        let last = cache::last_step(q.start, q.end, q.step);
+        let tail_start = prefix.as_ref().map_or(q.start, |p| p.last + q.step);
+        let prefix_points = prefix.as_ref().map_or(0, |p| p.points());
+        match &prefix {
+            Some(p) => {
+                metrics.hits.inc();
+                metrics
+                    .steps_cached
+                    .inc_by(steps_between(q.start, p.last, q.step));
+            }
+            None => {
+                metrics.misses.inc();
+            }
+        }
+        let (tail, cluster) = if tail_start <= q.end {
+            metrics
+                .steps_evaluated
+                .inc_by(steps_between(tail_start, last, q.step));
+            let evaluation = engine.range_query_after(
+                storage,
+                q.query,
+                tail_start,
+                q.end,
+                q.step,
+                q.timeout,
+                prefix_points,
+            );
+            let (output, cluster) = notes::collect(evaluation).await;
+            match output {
+                Ok(output) => (output, cluster),
+                Err(e) => return (Err(e), cluster),
+            }
+        } else {
+            if prefix_points > engine.options().max_samples {
+                return (Err(QueryError::TooManySamples), ReadNotes::default());
+            }
+            let empty = QueryOutput {
+                value: QueryValue::Matrix(Vec::new()),
+                annotations: Annotations::default(),
+            };
+            (empty, ReadNotes::default())
+        };
+        let QueryOutput { value, annotations } = tail;
+        let QueryValue::Matrix(tail_series) = value else {
+            // A range evaluation always answers a matrix; anything else is passed on.
+            return (Ok(QueryOutput { value, annotations }), cluster);
+        };
+        let series = match prefix {
+            Some(p) => cache::join(p.series, tail_series),
+            None => tail_series,
+        };
+        let clean = annotations.is_empty() && cluster.warnings.is_empty() && cluster.infos.is_empty();
+        if clean {
+            let settled = settled_step(q.start, q.step, q.now).min(last);
+            self.results
+                .store(key, q.start, settled, &series, generation);
+        }
+        let output = QueryOutput {
+            value: QueryValue::Matrix(series),
+            annotations,
+        };
+        (Ok(output), cluster)
+    }
+
+    /// The query's cache key, or None (counted as bypassed) when the cache is not to
+    /// be used for it. A query that does not parse is left to the engine's own error.
+    fn usable_key(&self, engine: &Engine, q: &RangeQuery<'_>, use_cache: bool) -> Option<CacheKey> {
+        let key = if use_cache && self.results.enabled() {
+            cache::cache_key(q.query, engine.options(), q.start, q.step)
+                .ok()
+                .and_then(Result::ok)
+        } else {
+            None
+        };
+        if key.is_none() {
+            self.results.metrics().bypassed.inc();
+        }
+        key
+    }
+
+    /// Polls every store's changes to old data since the cache's marks and drops the
+    /// cached steps they touched. Returns the cache generation the query may store at,
+    /// or None when some store could not be checked (the query must not use the cache).
+    async fn check_changes(&self, storage: &dyn Storage, timeout: Duration) -> Option<u64> {
+        let mut marks = self.marks.lock().await;
+        // Read after any query that started before this poll read its own clock.
+        let now = super::query::now_ms();
+        let poll = tokio::time::timeout(timeout, storage.changes_since(marks.clone())).await;
+        let report = match poll {
+            Ok(Ok(report)) if report.complete => report,
+            Ok(Ok(_)) | Err(_) => {
+                self.results.metrics().bypassed.inc();
+                return None;
+            }
+            Ok(Err(error)) => {
+                tracing::debug!(%error, "query cache: the change poll failed");
+                self.results.metrics().bypassed.inc();
+                return None;
+            }
+        };
+        if let Some(earliest) = report.earliest {
+            self.results.invalidate_from(earliest, now);
+        }
+        *marks = report.marks;
+        Some(self.results.generation())
+    }
+
+    async fn uncached(&self, engine: &Engine, storage: Arc<dyn Storage>, q: &RangeQuery<'_>) -> Answer {
+        notes::collect(engine.range_query_with_timeout(
+            storage, q.query, q.start, q.end, q.step, q.timeout,
+        ))
+        .await
+    }
+}
+
+/// The last step of the grid through `start` that is settled at `now`.
+fn settled_step(start: i64, step: i64, now: i64) -> i64 {
+    let settled = now.saturating_sub(SETTLE_MS);
+    if settled < start {
+        return start - step;
+    }
+    cache::last_step(start, settled, step)
+}
+
+/// Steps from `from` to `to` inclusive on a grid of `step`.
+fn steps_between(from: i64, to: i64, step: i64) -> u64 {
+    if to < from {
+        return 0;
+    }
+    u64::try_from((to - from) / step + 1).unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn settled_steps_stay_on_the_grid_and_behind_the_settle_window() {
+        let now = 10_000_000;
+        let step = 30_000;
+        let start = 1_000;
+        let settled = settled_step(start, step, now);
+        assert_eq!((settled - start) % step, 0);
+        assert!(settled <= now - SETTLE_MS && settled + step > now - SETTLE_MS);
+        assert!(settled_step(now, step, now) < now, "nothing settled yet");
+        assert_eq!(steps_between(0, 90, 30), 4);
+        assert_eq!(steps_between(30, 0, 30), 0);
+    }
+}
