@@ -280,7 +280,7 @@ fn a_late_write_on_another_node_reaches_the_coordinators_cached_answer() {
     let key_file = keys_dir.path().join("cluster.key");
     std::fs::write(&key_file, format!("{key}\n")).expect("key file");
     let keys = ClusterKeys::load(&key_file).expect("keys");
-    let members = start_cluster_with(3, &[], |_| MemberSetup {
+    let mut members = start_cluster_with(3, &[], |_| MemberSetup {
         args: vec![
             "--cluster-key-file".into(),
             key_file.display().to_string(),
@@ -310,6 +310,35 @@ fn a_late_write_on_another_node_reaches_the_coordinators_cached_answer() {
     let next = cached_equals_uncached(coordinator, DASHBOARD, dashboard_window(end, 8));
     assert!(jobs(&next).contains(&"late".to_string()));
     assert_eq!(cache_metric(coordinator, "hits_total"), hits + 1.0);
+    drop(nodes);
+
+    // A node dies: its changes cannot be checked, so the cache is neither used nor
+    // filled, and the degraded answer says so.
+    members[1].node.kill();
+    let coordinator = &members[2].node;
+    let (hits, bypassed) = (
+        cache_metric(coordinator, "hits_total"),
+        cache_metric(coordinator, "bypassed_total"),
+    );
+    for back in [7, 6] {
+        let (degraded, _) = range_query(coordinator, DASHBOARD, dashboard_window(end, back), false);
+        assert!(degraded["warnings"].as_array().is_some_and(|w| !w.is_empty()), "{degraded}");
+    }
+    assert_eq!(cache_metric(coordinator, "hits_total"), hits);
+    assert_eq!(cache_metric(coordinator, "bypassed_total"), bypassed + 2.0);
+
+    // Back (a new process: a new change-log epoch), the cache starts over and answers
+    // completely again.
+    members[1].spawn();
+    members[1].node.wait_ready(Duration::from_secs(60));
+    let nodes: Vec<&Node> = members.iter().map(|m| &m.node).collect();
+    wait_converged(&nodes, 3, Duration::from_secs(60));
+    let coordinator = nodes[2];
+    for back in [6, 5] {
+        let answer = cached_equals_uncached(coordinator, DASHBOARD, dashboard_window(end, back));
+        assert!(answer.get("warnings").is_none(), "{answer}");
+        assert!(jobs(&answer).contains(&"late".to_string()));
+    }
 }
 
 #[test]
