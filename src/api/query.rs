@@ -212,6 +212,7 @@ fn render_query_output(
     let QueryOutput {
         mut value,
         annotations,
+        ..
     } = output;
     let (engine_warnings, engine_infos) = annotation_strings(annotations);
     let ReadNotes {

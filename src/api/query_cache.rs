@@ -3,8 +3,9 @@
 //! Owns: the order of one cached range query: check storage's changes to old data on
 //! every node (invalidating what they touched), take the cached prefix of the window,
 //! evaluate only the steps after it (with the prefix's points counted against the
-//! sample limit), join, and store the settled steps back when the answer is clean (no
-//! engine annotations, no cluster warnings or infos, no invalidation meanwhile). A
+//! sample limit), join (the prefix bringing the annotations its steps raised), and
+//! store the settled steps back unless the cluster added warnings or infos (a node
+//! missing, a lagging replica) or an invalidation happened meanwhile. A
 //! query that cannot be checked (a node did not answer the change poll) or cached
 //! (`promql::cache::cache_key`) is evaluated as without a cache. `nocache=1` skips it.
 //! Calls `promql` (the engine and the cache store), `storage` (the change poll) and
@@ -16,7 +17,7 @@ use std::time::Duration;
 
 use crate::fanout::notes::{self, ReadNotes};
 use crate::promql::cache::{self, CacheKey, ResultCache, SETTLE_MS};
-use crate::promql::{Annotations, Engine, QueryError, QueryOutput, QueryValue};
+use crate::promql::{Annotations, Engine, QueryError, QueryOutput, QueryValue, StepAnnotations};
 use crate::storage::{ChangeMark, SourceId, Storage};
 
 /// The cache of one node: the result store and the change marks it is valid at.
@@ -106,27 +107,49 @@ impl QueryCache {
             let empty = QueryOutput {
                 value: QueryValue::Matrix(Vec::new()),
                 annotations: Annotations::default(),
+                step_annotations: StepAnnotations::default(),
             };
             (empty, ReadNotes::default())
         };
-        let QueryOutput { value, annotations } = tail;
+        let QueryOutput {
+            value,
+            mut annotations,
+            step_annotations: tail_steps,
+        } = tail;
         let QueryValue::Matrix(tail_series) = value else {
             // A range evaluation always answers a matrix; anything else is passed on.
-            return (Ok(QueryOutput { value, annotations }), cluster);
+            let output = QueryOutput {
+                value,
+                annotations,
+                step_annotations: tail_steps,
+            };
+            return (Ok(output), cluster);
         };
-        let series = match prefix {
-            Some(p) => cache::join(p.series, tail_series),
-            None => tail_series,
+        // The prefix's annotations are those its steps raised (ADR 0024).
+        let (series, step_annotations) = match prefix {
+            Some(p) => {
+                annotations.merge(p.annotations.within(q.start, p.last));
+                let mut steps = p.annotations;
+                steps.extend(tail_steps);
+                (cache::join(p.series, tail_series), steps)
+            }
+            None => (tail_series, tail_steps),
         };
-        let clean = annotations.is_empty() && cluster.warnings.is_empty() && cluster.infos.is_empty();
-        if clean {
+        // A degraded or lagging cluster's answer is served, never stored.
+        if cluster.warnings.is_empty() && cluster.infos.is_empty() {
             let settled = settled_step(q.start, q.step, q.now).min(last);
-            self.results
-                .store(key, q.start, settled, &series, generation);
+            self.results.store(
+                key,
+                (q.start, settled),
+                &series,
+                &step_annotations,
+                generation,
+            );
         }
         let output = QueryOutput {
             value: QueryValue::Matrix(series),
             annotations,
+            step_annotations,
         };
         (Ok(output), cluster)
     }

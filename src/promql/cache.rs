@@ -25,7 +25,7 @@ use prometheus_client::registry::Registry;
 use promql_parser::parser::{Expr, Offset};
 
 use super::engine;
-use super::value::RangeSeries;
+use super::value::{RangeSeries, StepAnnotations};
 use super::{EngineOptions, QueryError};
 use crate::model::Sample;
 
@@ -158,6 +158,8 @@ struct Entry {
     last: i64,
     step: i64,
     series: Vec<RangeSeries>,
+    /// Which of the steps raised which annotations.
+    annotations: StepAnnotations,
     bytes: usize,
     last_used: u64,
 }
@@ -168,6 +170,7 @@ struct Entry {
 pub struct CachedPrefix {
     pub last: i64,
     pub series: Vec<RangeSeries>,
+    pub annotations: StepAnnotations,
 }
 
 impl CachedPrefix {
@@ -318,7 +321,8 @@ impl ResultCache {
                 }
                 entry.series.retain(|s| !s.points.is_empty());
                 entry.last = kept_last;
-                let bytes = entry_bytes(&entry.series);
+                entry.annotations = entry.annotations.clipped(entry.first, kept_last);
+                let bytes = entry_bytes(&entry.series) + entry.annotations.bytes();
                 freed += entry.bytes - bytes.min(entry.bytes);
                 entry.bytes = bytes;
             }
@@ -353,18 +357,24 @@ impl ResultCache {
                 })
             })
             .collect();
-        Some(CachedPrefix { last, series })
+        let annotations = entry.annotations.clipped(start, last);
+        Some(CachedPrefix {
+            last,
+            series,
+            annotations,
+        })
     }
 
-    /// Stores the steps `start..=last` of `result` (a whole answer from `start` on),
-    /// joined with the key's entry when they meet, unless an invalidation happened
-    /// since `generation` (what was evaluated may predate it).
+    /// Stores the steps `start..=last` of `result` (a whole answer from `start` on,
+    /// with the steps its annotations came from), joined with the key's entry when they
+    /// meet, unless an invalidation happened since `generation` (what was evaluated may
+    /// predate it).
     pub fn store(
         &self,
         key: CacheKey,
-        start: i64,
-        last: i64,
+        (start, last): (i64, i64),
         result: &[RangeSeries],
+        annotations: &StepAnnotations,
         generation: u64,
     ) {
         if !self.enabled() || last < start {
@@ -386,10 +396,14 @@ impl ResultCache {
             return;
         }
         let mut first = start;
+        let mut annotations = annotations.clipped(start, last);
         if let Some(old) = state.entries.get(&key) {
             // Keep the older steps of an entry this window continues.
             if old.first < start && start <= old.last.saturating_add(key.step) {
                 series = join(prefix_before(&old.series, start), series);
+                let mut older = old.annotations.clipped(old.first, start - 1);
+                older.extend(annotations);
+                annotations = older;
                 first = old.first;
             }
         }
@@ -401,8 +415,9 @@ impl ResultCache {
                 s.points.drain(..cut);
             }
             series.retain(|s| !s.points.is_empty());
+            annotations = annotations.clipped(first, last);
         }
-        let bytes = entry_bytes(&series) + key.expr.len();
+        let bytes = entry_bytes(&series) + annotations.bytes() + key.expr.len();
         if bytes > self.max_bytes / 2 {
             // One query may not flush the whole cache.
             if let Some(old) = state.entries.remove(&key) {
@@ -417,6 +432,7 @@ impl ResultCache {
             last,
             step: key.step,
             series,
+            annotations,
             bytes,
             last_used: state.tick,
         };
@@ -538,6 +554,10 @@ mod tests {
         }
     }
 
+    fn none() -> StepAnnotations {
+        StepAnnotations::default()
+    }
+
     fn cache() -> ResultCache {
         ResultCache::new(1 << 20, CacheMetrics::default())
     }
@@ -595,7 +615,7 @@ mod tests {
             series("a", &[(0, 1.0), (30_000, 2.0), (60_000, 3.0)]),
             series("b", &[(30_000, 5.0)]),
         ];
-        c.store(k.clone(), 0, 60_000, &first, c.generation());
+        c.store(k.clone(), (0, 60_000), &first, &none(), c.generation());
         // The window shifted by one step: steps 30s and 60s are cached.
         let prefix = c.lookup(&k, 30_000, 90_000).expect("cached");
         assert_eq!(prefix.last, 60_000);
@@ -611,7 +631,7 @@ mod tests {
             ]
         );
         // Storing the joined answer extends the entry, keeping its older steps.
-        c.store(k.clone(), 30_000, 90_000, &joined, c.generation());
+        c.store(k.clone(), (30_000, 90_000), &joined, &none(), c.generation());
         let all = c.lookup(&k, 0, 90_000).expect("cached");
         assert_eq!(all.last, 90_000);
         assert_eq!(all.points(), 6);
@@ -621,11 +641,32 @@ mod tests {
     }
 
     #[test]
+    fn a_cached_window_brings_the_annotations_its_steps_raised() {
+        let c = cache();
+        let k = key("x").expect("ok");
+        let mut raised = StepAnnotations::default();
+        let mut info = crate::promql::Annotations::default();
+        info.info("only at the first two steps");
+        raised.record(0, 30_000, &info);
+        raised.record(30_000, 30_000, &info);
+        let points: Vec<(i64, f64)> = (0..4).map(|i| (i * 30_000, 1.0)).collect();
+        c.store(k.clone(), (0, 90_000), &[series("a", &points)], &raised, c.generation());
+        let from_start = c.lookup(&k, 0, 90_000).expect("cached");
+        assert_eq!(from_start.annotations.within(0, 90_000).infos.len(), 1);
+        let later = c.lookup(&k, 60_000, 90_000).expect("cached");
+        assert!(later.annotations.within(60_000, 90_000).is_empty());
+        // Truncated by an invalidation, the runs are clipped with the steps.
+        c.invalidate_from(30_000, 10_000_000);
+        let kept = c.lookup(&k, 0, 90_000).expect("first step kept");
+        assert_eq!(kept.annotations.infos["only at the first two steps"], [(0, 0)]);
+    }
+
+    #[test]
     fn invalidation_drops_steps_at_and_after_the_change() {
         let c = cache();
         let k = key("x").expect("ok");
         let points: Vec<(i64, f64)> = (0..10).map(|i| (i * 30_000, i as f64)).collect();
-        c.store(k.clone(), 0, 270_000, &[series("a", &points)], c.generation());
+        c.store(k.clone(), (0, 270_000), &[series("a", &points)], &none(), c.generation());
         let now = 10_000_000;
         let generation = c.generation();
         // Too recent to touch any cached step: nothing happens.
@@ -637,7 +678,7 @@ mod tests {
         assert_eq!(kept.last, 90_000);
         assert_eq!(kept.points(), 4);
         // A query that read before the invalidation stores nothing.
-        c.store(k.clone(), 0, 270_000, &[series("a", &points)], generation);
+        c.store(k.clone(), (0, 270_000), &[series("a", &points)], &none(), generation);
         assert_eq!(c.lookup(&k, 0, 270_000).expect("kept").last, 90_000);
         c.invalidate_from(i64::MIN, now);
         assert!(c.lookup(&k, 0, 270_000).is_none());
@@ -652,7 +693,7 @@ mod tests {
         let result = [series("a", &points)];
         for i in 0..10 {
             let k = key(&format!("x{i}")).expect("ok");
-            c.store(k, 0, 99 * 30_000, &result, c.generation());
+            c.store(k, (0, 99 * 30_000), &result, &none(), c.generation());
             // Keep x0 in use.
             c.lookup(&key("x0").expect("ok"), 0, 0);
         }
@@ -663,11 +704,11 @@ mod tests {
         // Larger than half the cache: not stored at all.
         let huge: Vec<(i64, f64)> = (0..1000).map(|i| (i * 30_000, 1.0)).collect();
         let k = key("huge").expect("ok");
-        c.store(k.clone(), 0, 999 * 30_000, &[series("a", &huge)], c.generation());
+        c.store(k.clone(), (0, 999 * 30_000), &[series("a", &huge)], &none(), c.generation());
         assert!(c.lookup(&k, 0, 0).is_none());
         // Disabled: nothing is stored.
         let off = ResultCache::new(0, CacheMetrics::default());
-        off.store(k.clone(), 0, 0, &[series("a", &[(0, 1.0)])], off.generation());
+        off.store(k.clone(), (0, 0), &[series("a", &[(0, 1.0)])], &none(), off.generation());
         assert!(off.lookup(&k, 0, 0).is_none());
     }
 }

@@ -29,7 +29,7 @@ use super::eval::{
 };
 use super::limits;
 use super::plan::{self, QueryTimes};
-use super::value::{InstantSample, QueryValue, RangeSeries};
+use super::value::{InstantSample, QueryValue, RangeSeries, StepAnnotations};
 use super::{EngineOptions, QueryError, QueryOutput};
 
 /// One query to run: `[start, end]` with `step` (an instant query has start == end).
@@ -108,14 +108,16 @@ pub(crate) async fn execute(
     let evaluation = run_blocking(depth, move || {
         let _slot = slot;
         let mut ev = Evaluator::new(&loaded, times, &opts, deadline, stop);
+        let mut step_annotations = StepAnnotations::default();
         let value = if is_range {
-            evaluate_range(&mut ev, &expr, step, points_before)?
+            evaluate_range(&mut ev, &expr, step, points_before, &mut step_annotations)?
         } else {
             evaluate_instant(&mut ev, &expr)?
         };
         Ok(QueryOutput {
             value,
             annotations: ev.annotations,
+            step_annotations,
         })
     });
     // The answer does not wait for the evaluation to notice the deadline.
@@ -337,6 +339,7 @@ fn evaluate_range(
     expr: &Expr,
     step: i64,
     points_before: usize,
+    step_annotations: &mut StepAnnotations,
 ) -> Result<QueryValue, QueryError> {
     let mut series: Vec<RangeSeries> = Vec::new();
     // Per label set: its series and the last step it received a point at.
@@ -346,7 +349,15 @@ fn evaluate_range(
     while ts <= ev.times.end {
         ev.check_deadline()?;
         ev.set_held_samples(retained);
-        let samples = match ev.eval(expr, ts)? {
+        // This step's annotations apart, to note which steps raised what.
+        let earlier = std::mem::take(&mut ev.annotations);
+        let value = ev.eval(expr, ts);
+        let raised = std::mem::replace(&mut ev.annotations, earlier);
+        if !raised.is_empty() {
+            step_annotations.record(ts, step, &raised);
+            ev.annotations.merge(raised);
+        }
+        let samples = match value? {
             Value::Scalar(v) => vec![InstantSample {
                 labels: Labels::empty(),
                 t: ts,

@@ -40,7 +40,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
 
 use crate::storage::Storage;
-pub use value::{Annotations, InstantSample, QueryValue, RangeSeries};
+pub use value::{Annotations, InstantSample, QueryValue, RangeSeries, StepAnnotations};
 
 /// Engine settings. `Default` gives Prometheus's server defaults.
 #[derive(Clone, Debug)]
@@ -80,6 +80,8 @@ impl Default for EngineOptions {
 pub struct QueryOutput {
     pub value: QueryValue,
     pub annotations: Annotations,
+    /// Range queries: which steps raised each annotation (the result cache keeps it).
+    pub step_annotations: StepAnnotations,
 }
 
 /// Why a query failed, mapped by the HTTP layer to Prometheus's `errorType` and status.
