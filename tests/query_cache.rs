@@ -25,7 +25,10 @@ const DASHBOARD: &str = "sum by (job)(rate(x[5m]))";
 /// from two hours before `now` to `now`, written in batches.
 fn write_counters(node: &Node, series: usize, now: i64) {
     let first = (now - 2 * HOUR_MS) / SCRAPE_MS * SCRAPE_MS;
-    let times: Vec<i64> = (0..).map(|k| first + k * SCRAPE_MS).take_while(|&t| t <= now).collect();
+    let times: Vec<i64> = (0..)
+        .map(|k| first + k * SCRAPE_MS)
+        .take_while(|&t| t <= now)
+        .collect();
     for batch in (0..series).collect::<Vec<_>>().chunks(100) {
         let timeseries = batch
             .iter()
@@ -96,9 +99,8 @@ fn cached_equals_uncached(node: &Node, query: &str, window: (i64, i64, i64)) -> 
 
 fn cache_metric(node: &Node, name: &str) -> f64 {
     let exposition = get(&node.url("/metrics")).1;
-    metric_value(&exposition, &format!("timbala_query_cache_{name}")).unwrap_or_else(|| {
-        panic!("timbala_query_cache_{name} missing from /metrics")
-    })
+    metric_value(&exposition, &format!("timbala_query_cache_{name}"))
+        .unwrap_or_else(|| panic!("timbala_query_cache_{name} missing from /metrics"))
 }
 
 /// The `job` labels of a matrix answer.
@@ -149,7 +151,12 @@ fn a_shifted_dashboard_window_reuses_cached_steps() {
     assert_eq!(jobs(&first).len(), 6, "one series per job");
     // `x` does not look like a counter's name: every step raises Prometheus's info,
     // which cached steps must bring along.
-    assert!(first["infos"].to_string().contains("might not be a counter"), "{first}");
+    assert!(
+        first["infos"]
+            .to_string()
+            .contains("might not be a counter"),
+        "{first}"
+    );
     let hits_before = cache_metric(&node, "hits_total");
     let mut repeats = Vec::new();
     for back in (0..shifts).rev() {
@@ -188,11 +195,7 @@ fn a_shifted_dashboard_window_reuses_cached_steps() {
 /// `Series` of `x{job="late"}` with samples every 15 s in `[from, to]`.
 fn late_series(from: i64, to: i64) -> Series {
     Series {
-        labels: Labels::from_pairs([
-            ("__name__", "x"),
-            ("job", "late"),
-            ("instance", "l"),
-        ]),
+        labels: Labels::from_pairs([("__name__", "x"), ("job", "late"), ("instance", "l")]),
         samples: (0..)
             .map(|k| from + k * SCRAPE_MS)
             .take_while(|&t| t <= to)
@@ -284,10 +287,7 @@ fn a_late_write_on_another_node_reaches_the_coordinators_cached_answer() {
     std::fs::write(&key_file, format!("{key}\n")).expect("key file");
     let keys = ClusterKeys::load(&key_file).expect("keys");
     let mut members = start_cluster_with(3, &[], |_| MemberSetup {
-        args: vec![
-            "--cluster-key-file".into(),
-            key_file.display().to_string(),
-        ],
+        args: vec!["--cluster-key-file".into(), key_file.display().to_string()],
         ..MemberSetup::default()
     });
     let nodes: Vec<&Node> = members.iter().map(|m| &m.node).collect();
@@ -325,7 +325,12 @@ fn a_late_write_on_another_node_reaches_the_coordinators_cached_answer() {
     );
     for back in [7, 6] {
         let (degraded, _) = range_query(coordinator, DASHBOARD, dashboard_window(end, back), false);
-        assert!(degraded["warnings"].as_array().is_some_and(|w| !w.is_empty()), "{degraded}");
+        assert!(
+            degraded["warnings"]
+                .as_array()
+                .is_some_and(|w| !w.is_empty()),
+            "{degraded}"
+        );
     }
     assert_eq!(cache_metric(coordinator, "hits_total"), hits);
     assert_eq!(cache_metric(coordinator, "bypassed_total"), bypassed + 2.0);

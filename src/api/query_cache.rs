@@ -197,10 +197,15 @@ impl QueryCache {
         Some(self.results.generation())
     }
 
-    async fn uncached(&self, engine: &Engine, storage: Arc<dyn Storage>, q: &RangeQuery<'_>) -> Answer {
-        notes::collect(engine.range_query_with_timeout(
-            storage, q.query, q.start, q.end, q.step, q.timeout,
-        ))
+    async fn uncached(
+        &self,
+        engine: &Engine,
+        storage: Arc<dyn Storage>,
+        q: &RangeQuery<'_>,
+    ) -> Answer {
+        notes::collect(
+            engine.range_query_with_timeout(storage, q.query, q.start, q.end, q.step, q.timeout),
+        )
         .await
     }
 }

@@ -259,7 +259,8 @@ impl FanoutStorage {
                 continue;
             }
             let since = marks.get(&node.id.0).copied();
-            let body = serde_json::to_vec(&since).map_err(|e| StorageError::Other(e.to_string()))?;
+            let body =
+                serde_json::to_vec(&since).map_err(|e| StorageError::Other(e.to_string()))?;
             let client = inner.client.clone();
             let addr = node.http_addr.clone();
             let deadline = inner.options.peer_timeout;

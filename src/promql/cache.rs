@@ -102,8 +102,7 @@ fn normalised(query: &str, expr: &Expr) -> String {
 
 /// Ok when the value of `expr` at a step depends only on samples at or before it.
 fn step_local(expr: &Expr) -> Result<(), Uncacheable> {
-    let check_time = |at: &Option<promql_parser::parser::AtModifier>,
-                      offset: &Option<Offset>| {
+    let check_time = |at: &Option<promql_parser::parser::AtModifier>, offset: &Option<Offset>| {
         if at.is_some() {
             return Err(Uncacheable::AtModifier);
         }
@@ -599,7 +598,10 @@ mod tests {
             ("x @ 100", Uncacheable::AtModifier),
             ("rate(x[5m] @ end())", Uncacheable::AtModifier),
             ("sum(x offset -5m)", Uncacheable::NegativeOffset),
-            ("max_over_time(x[5m:1m] offset -1m)", Uncacheable::NegativeOffset),
+            (
+                "max_over_time(x[5m:1m] offset -1m)",
+                Uncacheable::NegativeOffset,
+            ),
             ("sort(x)", Uncacheable::SortFunction),
         ] {
             assert_eq!(key(bad), Err(why), "{bad}");
@@ -631,7 +633,13 @@ mod tests {
             ]
         );
         // Storing the joined answer extends the entry, keeping its older steps.
-        c.store(k.clone(), (30_000, 90_000), &joined, &none(), c.generation());
+        c.store(
+            k.clone(),
+            (30_000, 90_000),
+            &joined,
+            &none(),
+            c.generation(),
+        );
         let all = c.lookup(&k, 0, 90_000).expect("cached");
         assert_eq!(all.last, 90_000);
         assert_eq!(all.points(), 6);
@@ -650,7 +658,13 @@ mod tests {
         raised.record(0, 30_000, &info);
         raised.record(30_000, 30_000, &info);
         let points: Vec<(i64, f64)> = (0..4).map(|i| (i * 30_000, 1.0)).collect();
-        c.store(k.clone(), (0, 90_000), &[series("a", &points)], &raised, c.generation());
+        c.store(
+            k.clone(),
+            (0, 90_000),
+            &[series("a", &points)],
+            &raised,
+            c.generation(),
+        );
         let from_start = c.lookup(&k, 0, 90_000).expect("cached");
         assert_eq!(from_start.annotations.within(0, 90_000).infos.len(), 1);
         let later = c.lookup(&k, 60_000, 90_000).expect("cached");
@@ -658,7 +672,10 @@ mod tests {
         // Truncated by an invalidation, the runs are clipped with the steps.
         c.invalidate_from(30_000, 10_000_000);
         let kept = c.lookup(&k, 0, 90_000).expect("first step kept");
-        assert_eq!(kept.annotations.infos["only at the first two steps"], [(0, 0)]);
+        assert_eq!(
+            kept.annotations.infos["only at the first two steps"],
+            [(0, 0)]
+        );
     }
 
     #[test]
@@ -666,7 +683,13 @@ mod tests {
         let c = cache();
         let k = key("x").expect("ok");
         let points: Vec<(i64, f64)> = (0..10).map(|i| (i * 30_000, i as f64)).collect();
-        c.store(k.clone(), (0, 270_000), &[series("a", &points)], &none(), c.generation());
+        c.store(
+            k.clone(),
+            (0, 270_000),
+            &[series("a", &points)],
+            &none(),
+            c.generation(),
+        );
         let now = 10_000_000;
         let generation = c.generation();
         // Too recent to touch any cached step: nothing happens.
@@ -678,7 +701,13 @@ mod tests {
         assert_eq!(kept.last, 90_000);
         assert_eq!(kept.points(), 4);
         // A query that read before the invalidation stores nothing.
-        c.store(k.clone(), (0, 270_000), &[series("a", &points)], &none(), generation);
+        c.store(
+            k.clone(),
+            (0, 270_000),
+            &[series("a", &points)],
+            &none(),
+            generation,
+        );
         assert_eq!(c.lookup(&k, 0, 270_000).expect("kept").last, 90_000);
         c.invalidate_from(i64::MIN, now);
         assert!(c.lookup(&k, 0, 270_000).is_none());
@@ -704,11 +733,23 @@ mod tests {
         // Larger than half the cache: not stored at all.
         let huge: Vec<(i64, f64)> = (0..1000).map(|i| (i * 30_000, 1.0)).collect();
         let k = key("huge").expect("ok");
-        c.store(k.clone(), (0, 999 * 30_000), &[series("a", &huge)], &none(), c.generation());
+        c.store(
+            k.clone(),
+            (0, 999 * 30_000),
+            &[series("a", &huge)],
+            &none(),
+            c.generation(),
+        );
         assert!(c.lookup(&k, 0, 0).is_none());
         // Disabled: nothing is stored.
         let off = ResultCache::new(0, CacheMetrics::default());
-        off.store(k.clone(), (0, 0), &[series("a", &[(0, 1.0)])], &none(), off.generation());
+        off.store(
+            k.clone(),
+            (0, 0),
+            &[series("a", &[(0, 1.0)])],
+            &none(),
+            off.generation(),
+        );
         assert!(off.lookup(&k, 0, 0).is_none());
     }
 }

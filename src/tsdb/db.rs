@@ -27,8 +27,7 @@ use super::wal::{self, Record, SamplesRecord, Wal};
 use super::{BlockInfo, TsdbOptions, TsdbStats};
 use crate::model::{conflict_winner, Labels, Matcher, MetricMetadata, Sample, Series, METRIC_NAME};
 use crate::storage::{
-    AppendOutcome, ChangeMark, Changes, RejectReason, SelectError, StorageError,
-    LATE_WRITE_AGE_MS,
+    AppendOutcome, ChangeMark, Changes, RejectReason, SelectError, StorageError, LATE_WRITE_AGE_MS,
 };
 
 /// Compaction levels (block duration x 1, 3, 9, 27, 81).

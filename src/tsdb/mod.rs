@@ -43,8 +43,8 @@ use std::time::Duration;
 
 use crate::model::{Labels, Matcher, MetricMetadata, Series};
 use crate::storage::{
-    AppendOutcome, BoxFuture, ChangeMark, ChangeReport, Changes, Clock, LabelRequest,
-    SelectError, SelectRequest, SourceId, Storage, StorageError, TimeBounds, LOCAL_SOURCE,
+    AppendOutcome, BoxFuture, ChangeMark, ChangeReport, Changes, Clock, LabelRequest, SelectError,
+    SelectRequest, SourceId, Storage, StorageError, TimeBounds, LOCAL_SOURCE,
 };
 
 pub use db::Backfilled;
@@ -330,7 +330,10 @@ impl Storage for Tsdb {
         &self,
         marks: std::collections::BTreeMap<SourceId, ChangeMark>,
     ) -> BoxFuture<'_, Result<ChangeReport, StorageError>> {
-        let changes = self.inner.db.changes_since(marks.get(&LOCAL_SOURCE).copied());
+        let changes = self
+            .inner
+            .db
+            .changes_since(marks.get(&LOCAL_SOURCE).copied());
         Box::pin(async move {
             Ok(ChangeReport {
                 marks: [(LOCAL_SOURCE, changes.mark)].into(),
