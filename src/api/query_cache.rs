@@ -12,20 +12,22 @@
 //! `fanout::notes` (the cluster's notes of the evaluated part).
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use crate::fanout::notes::{self, ReadNotes};
 use crate::promql::cache::{self, CacheKey, ResultCache, SETTLE_MS};
 use crate::promql::{Annotations, Engine, QueryError, QueryOutput, QueryValue, StepAnnotations};
-use crate::storage::{ChangeMark, SourceId, Storage};
+use crate::storage::{ChangeMark, ChangeReport, SourceId, Storage};
 
 /// The cache of one node: the result store and the change marks it is valid at.
 pub struct QueryCache {
     results: ResultCache,
-    /// Every store's change mark the cached results have been checked against. Held
-    /// across a poll so two polls never apply their answers out of order.
-    marks: tokio::sync::Mutex<BTreeMap<SourceId, ChangeMark>>,
+    /// Every store's change mark the cached results have been checked against. Not
+    /// held across a poll (a slow node must not serialise queries): concurrent polls
+    /// each apply what they found, which is never less than what changed since the
+    /// marks they started from (see `apply`).
+    marks: Mutex<BTreeMap<SourceId, ChangeMark>>,
 }
 
 /// One range query, validated by the HTTP layer.
@@ -46,7 +48,7 @@ impl QueryCache {
     pub fn new(results: ResultCache) -> QueryCache {
         QueryCache {
             results,
-            marks: tokio::sync::Mutex::new(BTreeMap::new()),
+            marks: Mutex::new(BTreeMap::new()),
         }
     }
 
@@ -174,10 +176,10 @@ impl QueryCache {
     /// cached steps they touched. Returns the cache generation the query may store at,
     /// or None when some store could not be checked (the query must not use the cache).
     async fn check_changes(&self, storage: &dyn Storage, timeout: Duration) -> Option<u64> {
-        let mut marks = self.marks.lock().await;
         // Read after any query that started before this poll read its own clock.
         let now = super::query::now_ms();
-        let poll = tokio::time::timeout(timeout, storage.changes_since(marks.clone())).await;
+        let since = self.marks().clone();
+        let poll = tokio::time::timeout(timeout, storage.changes_since(since)).await;
         let report = match poll {
             Ok(Ok(report)) if report.complete => report,
             Ok(Ok(_)) | Err(_) => {
@@ -190,11 +192,32 @@ impl QueryCache {
                 return None;
             }
         };
+        Some(self.apply(report, now))
+    }
+
+    fn marks(&self) -> MutexGuard<'_, BTreeMap<SourceId, ChangeMark>> {
+        self.marks.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Applies one poll's report: drops what it says changed and advances the marks,
+    /// under the marks' lock so the generation read last is after this invalidation.
+    /// Out of order with a concurrent poll is safe: each invalidates everything since
+    /// the marks it started from (which are never ahead of the marks here), a mark only
+    /// moves forward within an epoch, and an epoch or membership mix-up only costs an
+    /// extra invalidation of everything at the next poll.
+    fn apply(&self, report: ChangeReport, now: i64) -> u64 {
+        let mut marks = self.marks();
         if let Some(earliest) = report.earliest {
             self.results.invalidate_from(earliest, now);
         }
-        *marks = report.marks;
-        Some(self.results.generation())
+        marks.retain(|source, _| report.marks.contains_key(source));
+        for (source, mark) in report.marks {
+            let current = marks.entry(source).or_insert(mark);
+            if current.epoch != mark.epoch || current.seq < mark.seq {
+                *current = mark;
+            }
+        }
+        self.results.generation()
     }
 
     async fn uncached(
