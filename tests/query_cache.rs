@@ -190,6 +190,27 @@ fn a_shifted_dashboard_window_reuses_cached_steps() {
     assert_eq!(code, 400, "{body}");
     assert!(body.contains("\"errorType\":\"bad_data\""), "{body}");
     assert!(body.contains("nocache"), "{body}");
+
+    // Windows at the ends of time answer as without the cache (and nothing panics).
+    for (start, end, step) in [
+        ("-292273086-05-16T16:47:06Z", "292277026596-12-04T15:30:07Z", "1000000000000000w"),
+        ("-9000000000000", "-8999999999000", "1000"),
+        ("9000000000000", "9000000000060", "30"),
+    ] {
+        let ask = |nocache: &str| {
+            let form = [
+                ("query", "vector(1) + sum(x)"),
+                ("start", start),
+                ("end", end),
+                ("step", step),
+                ("nocache", nocache),
+            ];
+            post_form(&node.url("/api/v1/query_range"), &form)
+        };
+        let cached = ask("0");
+        assert_eq!(cached, ask("0"), "{start}..{end}");
+        assert_eq!(cached, ask("1"), "{start}..{end}");
+    }
 }
 
 /// `Series` of `x{job="late"}` with samples every 15 s in `[from, to]`.

@@ -159,7 +159,7 @@ impl QueryCache {
     /// The query's cache key, or None (counted as bypassed) when the cache is not to
     /// be used for it. A query that does not parse is left to the engine's own error.
     fn usable_key(&self, engine: &Engine, q: &RangeQuery<'_>, use_cache: bool) -> Option<CacheKey> {
-        let key = if use_cache && self.results.enabled() {
+        let key = if use_cache && self.results.enabled() && ordinary_times(q) {
             cache::cache_key(q.query, engine.options(), q.start, q.step)
                 .ok()
                 .and_then(Result::ok)
@@ -231,6 +231,17 @@ impl QueryCache {
         )
         .await
     }
+}
+
+/// Largest timestamp or step (in milliseconds, about 285,000 years) of a cached query:
+/// beyond it the step arithmetic could overflow, and such windows are evaluated
+/// without the cache.
+const MAX_CACHED_TIME_MS: i64 = 1 << 53;
+
+fn ordinary_times(q: &RangeQuery<'_>) -> bool {
+    [q.start, q.end, q.step, q.now]
+        .iter()
+        .all(|t| t.unsigned_abs() <= MAX_CACHED_TIME_MS as u64)
 }
 
 /// The last step of the grid through `start` that is settled at `now`.
