@@ -193,7 +193,11 @@ fn a_shifted_dashboard_window_reuses_cached_steps() {
 
     // Windows at the ends of time answer as without the cache (and nothing panics).
     for (start, end, step) in [
-        ("-292273086-05-16T16:47:06Z", "292277026596-12-04T15:30:07Z", "1000000000000000w"),
+        (
+            "-292273086-05-16T16:47:06Z",
+            "292277026596-12-04T15:30:07Z",
+            "1000000000000000w",
+        ),
         ("-9000000000000", "-8999999999000", "1000"),
         ("9000000000000", "9000000000060", "30"),
     ] {
