@@ -122,6 +122,11 @@ pub struct Config {
     #[arg(long, env = "TIMBALA_QUERY_MAX_CONCURRENCY", default_value = "20")]
     pub query_max_concurrency: usize,
 
+    /// Memory for cached range query results, reused when a query is repeated with a
+    /// shifted window (0: no cache; ADR 0024).
+    #[arg(long, env = "TIMBALA_QUERY_CACHE_MAX_BYTES", default_value = "64MiB", value_parser = parse_bytes)]
+    pub query_cache_max_bytes: u64,
+
     /// Bytes per second a node sends when copying series to new owners after a node was
     /// removed or joined (re-replication); 0 = unthrottled.
     #[arg(long, env = "TIMBALA_REPAIR_RATE_LIMIT", default_value = "16MiB", value_parser = parse_bytes)]
@@ -405,6 +410,10 @@ impl Config {
                 self.query_max_concurrency.to_string(),
             ),
             ("query-lookback-delta", d(self.query_lookback_delta)),
+            (
+                "query-cache-max-bytes",
+                self.query_cache_max_bytes.to_string(),
+            ),
             ("repair-rate-limit", self.repair_rate_limit.to_string()),
             ("hint-window", d(self.hint_window)),
             (

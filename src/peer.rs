@@ -48,6 +48,8 @@ pub const LABEL_VALUES_PATH: &str = "/internal/v1/label-values";
 pub const METADATA_PATH: &str = "/internal/v1/metadata";
 /// A node's part of the cluster's head statistics (`/api/v1/status/tsdb`, ADR 0022).
 pub const CARDINALITY_PATH: &str = "/internal/v1/tsdb-status";
+/// This node's changes to old data since a mark (`storage::ChangeMark`, ADR 0024).
+pub const CHANGES_PATH: &str = "/internal/v1/changes";
 
 /// Marks a write as already routed: the receiver stores it locally and never forwards.
 pub const ROUTED_HEADER: &str = "x-timbala-routed";

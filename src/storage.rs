@@ -10,6 +10,7 @@
 //! remote implementation can await the network; the local TSDB answers synchronously
 //! inside the future.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
@@ -277,6 +278,48 @@ pub struct LabelRequest {
     pub maxt: i64,
 }
 
+/// A sample older than this behind the storing node's wall clock is a late write: the
+/// store logs it as a change to old data (`ChangeMark`), so cached query results that
+/// may lack it are dropped (ADR 0024). Samples newer than this are ordinary ingest
+/// (remote write delivers within seconds), which no cached step may depend on: the
+/// cache keeps only steps older than this plus `CLOCK_SKEW_ALLOWANCE_MS` and a margin.
+pub const LATE_WRITE_AGE_MS: i64 = 30_000;
+
+/// Where one store's log of changes to old data stood when it was read: `epoch` names
+/// the process run (a restarted store starts a new log), `seq` counts the changes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ChangeMark {
+    pub epoch: u64,
+    pub seq: u64,
+}
+
+/// One store's changes to old data since a mark: its mark now, and the earliest
+/// timestamp any of them touched (`None`: nothing changed; `i64::MIN`: anything may
+/// have, e.g. the mark was of another epoch or retention dropped blocks).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Changes {
+    pub mark: ChangeMark,
+    pub earliest: Option<i64>,
+}
+
+/// Identifies a store in a `ChangeReport`: a node id in a cluster, `LOCAL_SOURCE` for a
+/// store that is not part of one.
+pub type SourceId = u128;
+pub const LOCAL_SOURCE: SourceId = 0;
+
+/// The changes to old data behind a read, across every store it reads from.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ChangeReport {
+    /// Each store's mark now; the next poll passes them back.
+    pub marks: BTreeMap<SourceId, ChangeMark>,
+    /// The earliest timestamp changed since the marks passed in (`i64::MIN` when a
+    /// store appeared, vanished or restarted).
+    pub earliest: Option<i64>,
+    /// False when some store did not answer (or the storage keeps no change log): then
+    /// nothing may be cached or served from a cache.
+    pub complete: bool,
+}
+
 /// The storage interface. Implementations must be cheap to share (`Arc<dyn Storage>`).
 pub trait Storage: Send + Sync + 'static {
     /// Appends a batch of series. Returns once every accepted sample is durable.
@@ -311,6 +354,17 @@ pub trait Storage: Send + Sync + 'static {
         &self,
         metric: Option<String>,
     ) -> BoxFuture<'_, Result<Vec<MetricMetadata>, StorageError>>;
+
+    /// The changes to old data (late writes, repairs, deletions, retention) since
+    /// `marks`, for caches of query results (ADR 0024). A store without a change log
+    /// answers an incomplete report, which disables such caches.
+    fn changes_since(
+        &self,
+        marks: BTreeMap<SourceId, ChangeMark>,
+    ) -> BoxFuture<'_, Result<ChangeReport, StorageError>> {
+        let _ = marks;
+        Box::pin(async { Ok(ChangeReport::default()) })
+    }
 }
 
 #[cfg(test)]

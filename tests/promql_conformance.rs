@@ -1087,6 +1087,7 @@ async fn check_range_mode(
         })
         .collect();
     let output = QueryOutput {
+        step_annotations: Default::default(),
         value: if is_scalar {
             let v = at_step.first().map_or(f64::NAN, |(_, v)| *v);
             QueryValue::Scalar { t: at, v }

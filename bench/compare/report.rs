@@ -213,7 +213,7 @@ p50/p99 over all timed queries. *Cluster*: 3 `timbala` processes on 127.0.0.1, e
 series stored on all 3 (replication factor 3 with 3 nodes); sender connections spread \
 round-robin over the 3 nodes, queries sent to node 1; bytes per sample are per payload \
 sample, i.e. include the 3 replicas. Timbala: `--web-enable-admin-api` (for the \
-snapshot). Prometheus: `--web.enable-remote-write-receiver --web.enable-admin-api`, no \
+snapshot), `--query-cache-max-bytes=0` (no result cache). Prometheus: `--web.enable-remote-write-receiver --web.enable-admin-api`, no \
 scrape jobs. VictoriaMetrics: `-retentionPeriod=10y \
 -search.latencyOffset=0s -search.disableCache`.\n\n",
         started = ctx.started_utc,

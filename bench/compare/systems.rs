@@ -120,6 +120,9 @@ fn timbala_args(data: &Path, http: u16, gossip: u16, peers: &[u16]) -> Vec<Strin
         "--log-level=warn".to_string(),
         // The flushed-blocks figure takes a snapshot, an admin endpoint.
         "--web-enable-admin-api".to_string(),
+        // Answer from the data, not the result cache (ADR 0024), like the others: the
+        // dashboard passes repeat identical windows.
+        "--query-cache-max-bytes=0".to_string(),
     ];
     if !peers.is_empty() {
         let peers: Vec<String> = peers.iter().map(|p| format!("127.0.0.1:{p}")).collect();

@@ -12,7 +12,9 @@
 //! `peer::WireLabelRequest`) and `POST /internal/v1/metadata` (JSON,
 //! `peer::WireMetadataRequest`: this node's metadata, ADR 0020) and `POST
 //! /internal/v1/tsdb-status` (JSON, `peer::WireCardinalityRequest`: this node's part of
-//! the cluster's head statistics, ADR 0022).
+//! the cluster's head statistics, ADR 0022) and `POST /internal/v1/changes` (JSON: a
+//! `storage::ChangeMark` or null, answered with this node's `storage::Changes` since it;
+//! the query result cache polls it, ADR 0024).
 //! Every read answer carries `X-Timbala-Hints-Pending`: the hinted batches this node
 //! holds for others, so the reader knows which replicas lag (ADR 0012). Every handler
 //! logs the caller's trace id. With cluster keys, `require_cluster_credential` guards
@@ -54,6 +56,7 @@ pub fn routes() -> Router<AppState> {
         .route(peer::LABEL_VALUES_PATH, post(internal_label_values))
         .route(peer::METADATA_PATH, post(internal_metadata))
         .route(peer::CARDINALITY_PATH, post(internal_cardinality))
+        .route(peer::CHANGES_PATH, post(internal_changes))
 }
 
 /// Largest internal request body the credential check reads (the body is part of what
@@ -479,6 +482,21 @@ async fn internal_cardinality(
             .await
             .map_err(|e| InternalReadError::Storage(format!("counting the head failed: {e}")))
         },
+    )
+    .await
+}
+
+/// This node's changes to old data since the caller's mark (ADR 0024).
+async fn internal_changes(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    json_answer(
+        state,
+        headers,
+        body,
+        async |tsdb, since: Option<crate::storage::ChangeMark>| Ok(tsdb.changes_since(since)),
     )
     .await
 }

@@ -4,7 +4,7 @@
 //! family: `health` (/-/healthy, /-/ready, /metrics), `write` (remote write), `otlp`
 //! (OpenTelemetry OTLP/HTTP metrics, stored through remote write's path), `read`
 //! (remote read), `admin` (TSDB admin, off unless enabled), `query` (PromQL and
-//! series/labels endpoints), `status` (build, runtime, flags, tsdb, cluster),
+//! series/labels endpoints) with `query_cache` (range query result cache, ADR 0024), `status` (build, runtime, flags, tsdb, cluster),
 //! `federate`, `ui` (the built-in web pages), `internal` (node-to-node). The routes come in two routers that are guarded
 //! differently (ADR 0013): `public` (everything users and Prometheus call) and `internal`
 //! (`/internal/v1/*`, node to node). Calls `ingest`, `promql`,
@@ -19,6 +19,7 @@ pub mod json;
 pub mod otlp;
 pub mod params;
 pub mod query;
+pub mod query_cache;
 pub mod read;
 pub mod status;
 pub mod ui;
@@ -37,6 +38,7 @@ use crate::cluster::keys::ClusterKeys;
 use crate::cluster::membership::MembershipHandle;
 use crate::fanout::FanoutStorage;
 use crate::ingest::IngestMetrics;
+use crate::promql::cache::{CacheMetrics, ResultCache};
 use crate::promql::Engine;
 use crate::replication::antientropy::{AntiEntropyMetrics, AntiEntropyProgress};
 use crate::replication::hints::HintStore;
@@ -81,6 +83,8 @@ pub struct ServerInfo {
     /// Cluster keys: `/internal/v1/*` requires a credential made with one of them.
     /// None: an open cluster.
     pub cluster_keys: Option<ClusterKeys>,
+    /// Memory for cached range query results (0: no cache; ADR 0024).
+    pub query_cache_max_bytes: usize,
 }
 
 /// Shared state of every handler. Cheap to clone.
@@ -96,6 +100,7 @@ struct Shared {
     info: ServerInfo,
     ingest_metrics: IngestMetrics,
     admin: admin::AdminApi,
+    query_cache: query_cache::QueryCache,
 }
 
 impl AppState {
@@ -107,6 +112,10 @@ impl AppState {
         admin: admin::AdminApi,
     ) -> Self {
         let ingest_metrics = IngestMetrics::register(&mut registry);
+        let query_cache = query_cache::QueryCache::new(ResultCache::new(
+            info.query_cache_max_bytes,
+            CacheMetrics::register(&mut registry),
+        ));
         AppState {
             shared: Arc::new(Shared {
                 services: OnceLock::new(),
@@ -115,6 +124,7 @@ impl AppState {
                 info,
                 ingest_metrics,
                 admin,
+                query_cache,
             }),
         }
     }
@@ -153,6 +163,10 @@ impl AppState {
 
     pub fn admin(&self) -> &admin::AdminApi {
         &self.shared.admin
+    }
+
+    pub fn query_cache(&self) -> &query_cache::QueryCache {
+        &self.shared.query_cache
     }
 }
 

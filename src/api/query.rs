@@ -4,8 +4,9 @@
 //! `/api/v1/labels`, `/api/v1/label/<name>/values` and `/api/v1/query_exemplars`, with
 //! Prometheus's parameter order, defaults, limits, error texts and status codes.
 //! Calls `params` (parsing), `json` (rendering), the `promql::Engine` and
-//! `storage::Storage` through `AppState`, and `fanout::notes` (the warnings of an
-//! answer given without some node, collected around the storage calls; ADR 0012).
+//! `storage::Storage` through `AppState`, `fanout::notes` (the warnings of an
+//! answer given without some node, collected around the storage calls; ADR 0012), and
+//! `query_cache` for range queries (`nocache=1` bypasses it; ADR 0024).
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -21,6 +22,7 @@ use super::params::{
     invalid_param, limit_param, parse_duration, parse_match_params, parse_time, time_param,
     unescape_label_name, FormParams, MAX_TIME_MS, MIN_TIME_MS,
 };
+use super::query_cache::RangeQuery;
 use super::{json, ApiError, AppState};
 use crate::fanout::notes::{self, ReadNotes};
 use crate::model::{Labels, Matcher};
@@ -91,19 +93,39 @@ async fn range_query(
     check_resolution(start, end, step_ms)?;
     let timeout = timeout_param(&params, &state)?;
     reject_per_query_lookback(&params)?;
+    let use_cache = !bool_param(&params, "nocache")?;
     let storage = state.services()?.storage.clone();
-    let query = params.value("query");
-    let engine = state.engine();
-    let (output, cluster) = notes::collect(
-        engine.range_query_with_timeout(storage, query, start, end, step_ms, timeout),
-    )
-    .await;
+    let query = RangeQuery {
+        query: params.value("query"),
+        start,
+        end,
+        step: step_ms,
+        timeout,
+        now: now_ms(),
+    };
+    let (output, cluster) = state
+        .query_cache()
+        .range_query(state.engine(), storage, query, use_cache)
+        .await;
     Ok(render_query_output(
         output.map_err(query_error)?,
         cluster,
         limit,
         end,
     ))
+}
+
+/// A flag parameter such as VictoriaMetrics's `nocache`: `1`/`true` set, absent, empty,
+/// `0` or `false` unset, anything else refused.
+fn bool_param(params: &FormParams, name: &str) -> Result<bool, ApiError> {
+    match params.value(name) {
+        "1" | "true" => Ok(true),
+        "" | "0" | "false" => Ok(false),
+        other => Err(invalid_param(
+            name,
+            format!("cannot parse {other:?} as a boolean (1, 0, true or false)"),
+        )),
+    }
 }
 
 /// The range query step in milliseconds. Steps below a millisecond cannot be evaluated
@@ -190,6 +212,7 @@ fn render_query_output(
     let QueryOutput {
         mut value,
         annotations,
+        ..
     } = output;
     let (engine_warnings, engine_infos) = annotation_strings(annotations);
     let ReadNotes {

@@ -320,6 +320,7 @@ mod tests {
             max_write_body_bytes: 0,
             ingest_time_bounds: crate::storage::TimeBounds::NONE,
             cluster_keys: None,
+            query_cache_max_bytes: 0,
         }
     }
 

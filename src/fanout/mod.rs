@@ -6,7 +6,8 @@
 //! deduplicated). Which series a node holds is unknown for a matcher query, so every
 //! node is asked (ADR 0007). Metric metadata is read the same way (ADR 0020), and so
 //! are the head statistics of `/api/v1/status/tsdb`, each series counted by its first
-//! owner among the nodes asked (ADR 0022).
+//! owner among the nodes asked (ADR 0022), and so is every node's log of changes to old data, which the query result cache polls
+//! (`changes_since`, ADR 0024).
 //! Submodules: `gather` (whom to ask, how long to wait, when to go on without a node or
 //! refuse; ADR 0012), `lagging` (the merge, noting owners that answered without samples
 //! another replica returned) and `notes` (the warnings an answer given without some
@@ -23,6 +24,7 @@ mod gather;
 pub mod lagging;
 pub mod notes;
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -33,7 +35,7 @@ use prometheus_client::registry::Registry;
 use prost::Message;
 
 use crate::cluster::identity::NodeId;
-use crate::cluster::membership::MembershipHandle;
+use crate::cluster::membership::{MemberState, MembershipHandle};
 use crate::cluster::placement;
 use crate::model::{Label, Labels, MatchOp, MetricMetadata, Sample, Series};
 use crate::peer::{
@@ -43,7 +45,8 @@ use crate::proto;
 use crate::replication::hints::HintStore;
 use crate::replication::read_repair::ReadRepair;
 use crate::storage::{
-    AppendOutcome, BoxFuture, LabelRequest, SelectError, SelectRequest, Storage, StorageError,
+    AppendOutcome, BoxFuture, ChangeMark, ChangeReport, Changes, LabelRequest, SelectError,
+    SelectRequest, SourceId, Storage, StorageError, LOCAL_SOURCE,
 };
 use crate::tsdb::{HeadCardinality, Tsdb};
 pub use gather::FanoutOptions;
@@ -315,6 +318,89 @@ pub fn counts_series(
         .into_iter()
         .find(|owner| counters.contains(owner))
         == Some(me)
+impl FanoutStorage {
+    /// Every node's changes to old data since `marks` (ADR 0024): this node's own log
+    /// and every ring node's over `CHANGES_PATH`, asked at once. Complete only when
+    /// every ring node answered within the peer timeout; a node that appeared, vanished
+    /// or restarted since `marks` counts as a change of everything.
+    async fn poll_changes(
+        &self,
+        marks: BTreeMap<SourceId, ChangeMark>,
+    ) -> Result<ChangeReport, StorageError> {
+        let inner = &self.inner;
+        let view = inner.membership.view();
+        let local_id = view.local.id;
+        let mut asked = tokio::task::JoinSet::new();
+        let mut complete = true;
+        for node in view.ring.nodes_in_join_order() {
+            if node.id == local_id {
+                continue;
+            }
+            let alive = matches!(
+                view.member(node.id).map(|m| m.state),
+                Some(MemberState::Alive | MemberState::Suspect)
+            );
+            if !alive {
+                complete = false;
+                continue;
+            }
+            let since = marks.get(&node.id.0).copied();
+            let body =
+                serde_json::to_vec(&since).map_err(|e| StorageError::Other(e.to_string()))?;
+            let client = inner.client.clone();
+            let addr = node.http_addr.clone();
+            let deadline = inner.options.peer_timeout;
+            let id = node.id;
+            asked.spawn(peer::with_trace_id(peer::current_trace_id(), async move {
+                let answer =
+                    remote_json::<Changes>(&client, &addr, peer::CHANGES_PATH, body, deadline)
+                        .await;
+                (id, answer.map(|a| a.value))
+            }));
+        }
+        let local_since = marks.get(&local_id.0).copied();
+        let local = inner
+            .local
+            .changes_since(local_since.map(|m| (LOCAL_SOURCE, m)).into_iter().collect())
+            .await?;
+        let mut report = ChangeReport {
+            marks: BTreeMap::new(),
+            earliest: local.earliest,
+            complete: complete && local.complete,
+        };
+        if let Some(mark) = local.marks.get(&LOCAL_SOURCE) {
+            report.marks.insert(local_id.0, *mark);
+        }
+        while let Some(joined) = asked.join_next().await {
+            let Ok((id, answer)) = joined else {
+                report.complete = false;
+                continue;
+            };
+            match answer {
+                Ok(changes) => {
+                    report.marks.insert(id.0, changes.mark);
+                    report.earliest = earlier(report.earliest, changes.earliest);
+                }
+                Err(error) => {
+                    tracing::debug!(%error, "change poll: a node did not answer");
+                    report.complete = false;
+                }
+            }
+        }
+        if marks.keys().any(|id| !report.marks.contains_key(id)) {
+            // A node whose data the marks covered is gone from the reads.
+            report.earliest = Some(i64::MIN);
+        }
+        Ok(report)
+    }
+}
+
+/// The earlier of two "earliest change" answers (`None`: no change).
+fn earlier(a: Option<i64>, b: Option<i64>) -> Option<i64> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
 }
 
 fn read_request(req: &SelectRequest) -> proto::ReadRequest {
@@ -524,6 +610,13 @@ impl Storage for FanoutStorage {
             Ok(all.into_iter().map(peer::metadata_from_wire).collect())
         })
     }
+
+    fn changes_since(
+        &self,
+        marks: BTreeMap<SourceId, ChangeMark>,
+    ) -> BoxFuture<'_, Result<ChangeReport, StorageError>> {
+        Box::pin(self.poll_changes(marks))
+    }
 }
 
 /// Labels as (name, value) pairs, the internal series answer's shape.
@@ -577,6 +670,12 @@ impl Storage for Split {
         metric: Option<String>,
     ) -> BoxFuture<'_, Result<Vec<MetricMetadata>, StorageError>> {
         self.reads.metadata(metric)
+    }
+    fn changes_since(
+        &self,
+        marks: BTreeMap<SourceId, ChangeMark>,
+    ) -> BoxFuture<'_, Result<ChangeReport, StorageError>> {
+        self.reads.changes_since(marks)
     }
 }
 

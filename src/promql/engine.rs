@@ -29,7 +29,7 @@ use super::eval::{
 };
 use super::limits;
 use super::plan::{self, QueryTimes};
-use super::value::{InstantSample, QueryValue, RangeSeries};
+use super::value::{InstantSample, QueryValue, RangeSeries, StepAnnotations};
 use super::{EngineOptions, QueryError, QueryOutput};
 
 /// One query to run: `[start, end]` with `step` (an instant query has start == end).
@@ -39,6 +39,10 @@ pub(crate) struct QueryRequest<'q> {
     pub end: i64,
     pub step: i64,
     pub deadline: Instant,
+    /// Result points of earlier steps of the same range query that are already held
+    /// elsewhere (a cache's prefix): they count against the sample limit as they would
+    /// if those steps were evaluated here (ADR 0024).
+    pub points_before: usize,
 }
 
 /// Loads generously above the evaluation limit: loaded samples are not held all at once.
@@ -100,18 +104,20 @@ pub(crate) async fn execute(
         .await
         .map_err(|_| QueryError::Timeout("query preparation".into()))??;
     let opts = opts.clone();
-    let (step, deadline) = (req.step.max(1), req.deadline);
+    let (step, deadline, points_before) = (req.step.max(1), req.deadline, req.points_before);
     let evaluation = run_blocking(depth, move || {
         let _slot = slot;
         let mut ev = Evaluator::new(&loaded, times, &opts, deadline, stop);
+        let mut step_annotations = StepAnnotations::default();
         let value = if is_range {
-            evaluate_range(&mut ev, &expr, step)?
+            evaluate_range(&mut ev, &expr, step, points_before, &mut step_annotations)?
         } else {
             evaluate_instant(&mut ev, &expr)?
         };
         Ok(QueryOutput {
             value,
             annotations: ev.annotations,
+            step_annotations,
         })
     });
     // The answer does not wait for the evaluation to notice the deadline.
@@ -332,16 +338,26 @@ fn evaluate_range(
     ev: &mut Evaluator<'_>,
     expr: &Expr,
     step: i64,
+    points_before: usize,
+    step_annotations: &mut StepAnnotations,
 ) -> Result<QueryValue, QueryError> {
     let mut series: Vec<RangeSeries> = Vec::new();
     // Per label set: its series and the last step it received a point at.
     let mut index: HashMap<Labels, (usize, i64)> = HashMap::new();
-    let mut retained = 0usize;
+    let mut retained = points_before;
     let mut ts = ev.times.start;
     while ts <= ev.times.end {
         ev.check_deadline()?;
         ev.set_held_samples(retained);
-        let samples = match ev.eval(expr, ts)? {
+        // This step's annotations apart, to note which steps raised what.
+        let earlier = std::mem::take(&mut ev.annotations);
+        let value = ev.eval(expr, ts);
+        let raised = std::mem::replace(&mut ev.annotations, earlier);
+        if !raised.is_empty() {
+            step_annotations.record(ts, step, &raised);
+            ev.annotations.merge(raised);
+        }
+        let samples = match value? {
             Value::Scalar(v) => vec![InstantSample {
                 labels: Labels::empty(),
                 t: ts,

@@ -10,7 +10,8 @@
 //! a label set, such as the label set without its metric name), `cursor` (where each
 //! selector's previous step ended in its loaded series), `limits` (the size and nesting
 //! limits every PromQL text is checked against before it is parsed, used by the API's
-//! selector parsing too), `fuzzing` (the fuzz harness: a tiny TSDB and the promises every
+//! selector parsing too), `cache` (the range query result store, which queries may be
+//! cached and under which key; ADR 0024), `fuzzing` (the fuzz harness: a tiny TSDB and the promises every
 //! input must keep).
 //! Calls `storage` (through `Arc<dyn Storage>`) to load data; never the TSDB directly.
 //!
@@ -21,6 +22,7 @@
 
 mod aggregate;
 mod binary;
+pub mod cache;
 mod cursor;
 pub mod engine;
 mod eval;
@@ -38,7 +40,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
 
 use crate::storage::Storage;
-pub use value::{Annotations, InstantSample, QueryValue, RangeSeries};
+pub use value::{Annotations, InstantSample, QueryValue, RangeSeries, StepAnnotations};
 
 /// Engine settings. `Default` gives Prometheus's server defaults.
 #[derive(Clone, Debug)]
@@ -78,6 +80,8 @@ impl Default for EngineOptions {
 pub struct QueryOutput {
     pub value: QueryValue,
     pub annotations: Annotations,
+    /// Range queries: which steps raised each annotation (the result cache keeps it).
+    pub step_annotations: StepAnnotations,
 }
 
 /// Why a query failed, mapped by the HTTP layer to Prometheus's `errorType` and status.
@@ -133,6 +137,7 @@ impl Engine {
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     async fn run(
         &self,
         storage: Arc<dyn Storage>,
@@ -141,6 +146,7 @@ impl Engine {
         end_ms: i64,
         step_ms: i64,
         timeout: Duration,
+        points_before: usize,
     ) -> Result<QueryOutput, QueryError> {
         let deadline = Instant::now() + timeout.min(self.opts.timeout);
         let permit = tokio::time::timeout_at(deadline.into(), self.gate.clone().acquire_owned())
@@ -158,6 +164,7 @@ impl Engine {
             end: end_ms,
             step: step_ms,
             deadline,
+            points_before,
         };
         engine::execute(&self.opts, storage, req, permit).await
     }
@@ -173,7 +180,7 @@ impl Engine {
         query: &str,
         time_ms: i64,
     ) -> Result<QueryOutput, QueryError> {
-        self.run(storage, query, time_ms, time_ms, 0, self.opts.timeout)
+        self.run(storage, query, time_ms, time_ms, 0, self.opts.timeout, 0)
             .await
     }
 
@@ -186,7 +193,8 @@ impl Engine {
         time_ms: i64,
         timeout: Duration,
     ) -> Result<QueryOutput, QueryError> {
-        self.run(storage, query, time_ms, time_ms, 0, timeout).await
+        self.run(storage, query, time_ms, time_ms, 0, timeout, 0)
+            .await
     }
 
     /// Evaluates `query` at every step from `start_ms` to `end_ms` inclusive.
@@ -213,6 +221,24 @@ impl Engine {
         step_ms: i64,
         timeout: Duration,
     ) -> Result<QueryOutput, QueryError> {
+        self.range_query_after(storage, query, start_ms, end_ms, step_ms, timeout, 0)
+            .await
+    }
+
+    /// The steps `start_ms..=end_ms` of a range query whose earlier steps, holding
+    /// `points_before` result points, were answered elsewhere (the result cache, ADR
+    /// 0024): those points count against the sample limit as if evaluated here.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn range_query_after(
+        &self,
+        storage: Arc<dyn Storage>,
+        query: &str,
+        start_ms: i64,
+        end_ms: i64,
+        step_ms: i64,
+        timeout: Duration,
+        points_before: usize,
+    ) -> Result<QueryOutput, QueryError> {
         if step_ms <= 0 {
             return Err(QueryError::BadData(
                 "zero or negative query resolution step widths are not accepted. Try a positive integer".into(),
@@ -223,7 +249,15 @@ impl Engine {
                 "end timestamp must not be before start time".into(),
             ));
         }
-        self.run(storage, query, start_ms, end_ms, step_ms, timeout)
-            .await
+        self.run(
+            storage,
+            query,
+            start_ms,
+            end_ms,
+            step_ms,
+            timeout,
+            points_before,
+        )
+        .await
     }
 }

@@ -4,7 +4,7 @@
 //! infos). Shared by the evaluator (`engine`), the function library (`functions`) and the
 //! HTTP layer that renders results. Calls only `model`.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use crate::model::{Labels, Sample};
 
@@ -93,5 +93,91 @@ impl Annotations {
 
     pub fn is_empty(&self) -> bool {
         self.warnings.is_empty() && self.infos.is_empty()
+    }
+}
+
+/// Which steps of a range query raised each annotation, as inclusive runs of steps in
+/// time order: what the result cache keeps so that a window of cached steps carries
+/// exactly the annotations its steps raised (ADR 0024).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct StepAnnotations {
+    pub warnings: BTreeMap<String, Vec<(i64, i64)>>,
+    pub infos: BTreeMap<String, Vec<(i64, i64)>>,
+}
+
+impl StepAnnotations {
+    /// Notes that the step at `t` (steps `step` apart) raised `raised`.
+    pub fn record(&mut self, t: i64, step: i64, raised: &Annotations) {
+        for (into, from) in [
+            (&mut self.warnings, &raised.warnings),
+            (&mut self.infos, &raised.infos),
+        ] {
+            for message in from {
+                let runs = into.entry(message.clone()).or_default();
+                match runs.last_mut() {
+                    Some(run) if run.1.checked_add(step) == Some(t) => run.1 = t,
+                    _ => runs.push((t, t)),
+                }
+            }
+        }
+    }
+
+    /// The annotations raised by any step in `[from, to]`.
+    pub fn within(&self, from: i64, to: i64) -> Annotations {
+        let pick = |m: &BTreeMap<String, Vec<(i64, i64)>>| {
+            m.iter()
+                .filter(|(_, runs)| runs.iter().any(|&(a, b)| a <= to && b >= from))
+                .map(|(message, _)| message.clone())
+                .collect()
+        };
+        Annotations {
+            warnings: pick(&self.warnings),
+            infos: pick(&self.infos),
+        }
+    }
+
+    /// The runs clipped to `[from, to]`.
+    pub fn clipped(&self, from: i64, to: i64) -> StepAnnotations {
+        let clip = |m: &BTreeMap<String, Vec<(i64, i64)>>| {
+            m.iter()
+                .filter_map(|(message, runs)| {
+                    let kept: Vec<(i64, i64)> = runs
+                        .iter()
+                        .filter(|&&(a, b)| a <= to && b >= from)
+                        .map(|&(a, b)| (a.max(from), b.min(to)))
+                        .collect();
+                    (!kept.is_empty()).then(|| (message.clone(), kept))
+                })
+                .collect()
+        };
+        StepAnnotations {
+            warnings: clip(&self.warnings),
+            infos: clip(&self.infos),
+        }
+    }
+
+    /// Appends the runs of `later`, whose steps all follow this one's.
+    pub fn extend(&mut self, later: StepAnnotations) {
+        for (into, from) in [
+            (&mut self.warnings, later.warnings),
+            (&mut self.infos, later.infos),
+        ] {
+            for (message, runs) in from {
+                into.entry(message).or_default().extend(runs);
+            }
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.warnings.is_empty() && self.infos.is_empty()
+    }
+
+    /// Estimated heap bytes, for the cache's budget.
+    pub fn bytes(&self) -> usize {
+        self.warnings
+            .iter()
+            .chain(self.infos.iter())
+            .map(|(m, runs)| m.len() + 64 + runs.len() * 16)
+            .sum()
     }
 }

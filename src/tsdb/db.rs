@@ -15,6 +15,7 @@ use std::time::Instant;
 
 use super::block::{Block, BlockWriter};
 use super::cardinality::{HeadCardinality, PairCounter};
+use super::changes::ChangeLog;
 use super::compact;
 use super::digest::{self, DigestCache, DigestReport};
 use super::head::{lock, AppendLimits, Appended, Head, MemSeries};
@@ -24,9 +25,11 @@ use super::quarantine;
 use super::querier::Querier;
 use super::retention::{self, BlockExtent};
 use super::wal::{self, Record, SamplesRecord, Wal};
-use super::{BlockInfo, TsdbOptions};
-use crate::model::{conflict_winner, Labels, Matcher, MetricMetadata, Sample, Series};
-use crate::storage::{AppendOutcome, RejectReason, SelectError, StorageError};
+use super::{BlockInfo, TsdbOptions, TsdbStats};
+use crate::model::{conflict_winner, Labels, Matcher, MetricMetadata, Sample, Series, METRIC_NAME};
+use crate::storage::{
+    AppendOutcome, ChangeMark, Changes, RejectReason, SelectError, StorageError, LATE_WRITE_AGE_MS,
+};
 
 /// Compaction levels (block duration x 1, 3, 9, 27, 81).
 const COMPACTION_LEVELS: usize = 5;
@@ -53,6 +56,8 @@ pub struct Db {
     closed: AtomicBool,
     /// Window digests of immutable blocks (anti-entropy).
     digests: DigestCache,
+    /// Changes to old data, for caches of query results (ADR 0024).
+    changes: ChangeLog,
 }
 
 fn read<T>(l: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
@@ -115,6 +120,7 @@ impl Db {
             next_ticket: AtomicU64::new(0),
             closed: AtomicBool::new(false),
             digests: DigestCache::default(),
+            changes: ChangeLog::new(),
         };
         if let Some(newest_valid) = db.opts.time_bounds.newest_valid(now) {
             db.remove_future_samples(newest_valid)?;
@@ -238,6 +244,7 @@ impl Db {
         }
         if tally.mint <= tally.maxt {
             self.head.note_time_range(tally.mint, tally.maxt);
+            self.note_if_late(tally.mint);
         }
         self.metrics.samples_appended.inc_by(tally.appended);
         self.metrics.head_chunks.inc_by(tally.new_chunks as i64);
@@ -352,7 +359,15 @@ impl Db {
             }
         }
         let block_samples: u64 = to_blocks.iter().map(|s| s.samples.len() as u64).sum();
+        let oldest_to_blocks = to_blocks
+            .iter()
+            .filter_map(|s| s.samples.first().map(|x| x.t))
+            .min();
         self.write_backfill_blocks(to_blocks)?;
+        // Visible now; the samples for the head are noted by `append`.
+        if let Some(oldest) = oldest_to_blocks {
+            self.note_if_late(oldest);
+        }
         tally.appended += block_samples;
         self.metrics.samples_backfilled.inc_by(block_samples);
         self.metrics.samples_appended.inc_by(block_samples);
@@ -563,7 +578,23 @@ impl Db {
         self.head.gc();
         self.head.recompute_time_range();
         self.update_head_gauges();
+        self.changes.record(mint);
         Ok(())
+    }
+
+    /// Logs a change to old data (ADR 0024) when `earliest`, the oldest timestamp just
+    /// made visible, is a late write by the clock read now, after it became visible: a
+    /// query that started before and missed it cannot have cached the steps it touches
+    /// unless the change is logged.
+    fn note_if_late(&self, earliest: i64) {
+        if earliest < self.opts.clock.now_ms().saturating_sub(LATE_WRITE_AGE_MS) {
+            self.changes.record(earliest);
+        }
+    }
+
+    /// Changes to old data since `since` (ADR 0024).
+    pub fn changes_since(&self, since: Option<ChangeMark>) -> Changes {
+        self.changes.since(since)
     }
 
     /// Deletes `[mint, maxt]` of the head series `ids`, durably (a WAL record).
@@ -881,7 +912,10 @@ impl Db {
             .collect();
         self.metrics.retention_deletions.inc_by(old.len() as u64);
         tracing::info!(blocks = ?doomed, "retention deletes blocks");
-        self.swap_blocks(&old, None)
+        let swapped = self.swap_blocks(&old, None);
+        // Reads of any step may have reached into the dropped blocks.
+        self.changes.record(i64::MIN);
+        swapped
     }
 
     pub fn clean_tombstones(&self) -> Result<(), StorageError> {

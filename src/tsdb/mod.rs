@@ -12,6 +12,8 @@
 //! `quarantine` (samples removed at start-up for lying beyond the future limit),
 //! `metrics` (self-metrics), `cardinality` (head statistics of one node and their
 //! merge across nodes), `db` (the database tying them together, including
+//! `metrics` (self-metrics), `changes` (the log of changes to old data that caches of
+//! query results poll, ADR 0024), `db` (the database tying them together, including
 //! `backfill`: repairs' samples too old for the head stored as new blocks, ADR 0016).
 //! Implements `storage::Storage`; calls only `model` and `storage`.
 //!
@@ -24,6 +26,7 @@
 
 pub mod block;
 pub mod cardinality;
+mod changes;
 pub mod chunk;
 pub mod compact;
 mod db;
@@ -45,8 +48,8 @@ use std::time::Duration;
 
 use crate::model::{Labels, Matcher, MetricMetadata, Series};
 use crate::storage::{
-    AppendOutcome, BoxFuture, Clock, LabelRequest, SelectError, SelectRequest, Storage,
-    StorageError, TimeBounds,
+    AppendOutcome, BoxFuture, ChangeMark, ChangeReport, Changes, Clock, LabelRequest, SelectError,
+    SelectRequest, SourceId, Storage, StorageError, TimeBounds, LOCAL_SOURCE,
 };
 pub use cardinality::HeadCardinality;
 
@@ -175,6 +178,12 @@ impl Tsdb {
     ) -> Result<digest::DigestReport, StorageError> {
         self.blocking(move |db| db.series_digests(window_ms, upto, &mut *include))
             .await?
+    }
+
+    /// Changes to old data since `since`: late writes, repairs, deletions, retention
+    /// (ADR 0024).
+    pub fn changes_since(&self, since: Option<ChangeMark>) -> Changes {
+        self.inner.db.changes_since(since)
     }
 
     /// Deletes samples of matching series within `[mint, maxt]` (tombstones; durable).
@@ -327,6 +336,24 @@ impl Storage for Tsdb {
         Box::pin(async move {
             self.blocking(move |db| Ok(db.metadata(metric.as_deref())))
                 .await?
+        })
+    }
+
+    /// One store: its own log, as `LOCAL_SOURCE`.
+    fn changes_since(
+        &self,
+        marks: std::collections::BTreeMap<SourceId, ChangeMark>,
+    ) -> BoxFuture<'_, Result<ChangeReport, StorageError>> {
+        let changes = self
+            .inner
+            .db
+            .changes_since(marks.get(&LOCAL_SOURCE).copied());
+        Box::pin(async move {
+            Ok(ChangeReport {
+                marks: [(LOCAL_SOURCE, changes.mark)].into(),
+                earliest: changes.earliest,
+                complete: true,
+            })
         })
     }
 }

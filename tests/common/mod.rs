@@ -23,6 +23,15 @@ pub struct Node {
     _tmp: Option<tempfile::TempDir>,
 }
 
+/// The `timbala` binary the tests start: cargo's build of this crate, or the one
+/// `TIMBALA_TEST_BINARY` names (a release build, to print release timings; see
+/// bench/RESULTS.md).
+pub fn binary_under_test() -> PathBuf {
+    std::env::var_os("TIMBALA_TEST_BINARY")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_timbala")))
+}
+
 /// A port that was free a moment ago on 127.0.0.1, for TCP and UDP alike (a node binds
 /// both on its gossip port), and never handed out before in this test process: tests run
 /// side by side, and a port one test released may otherwise reach another while the first
@@ -105,7 +114,7 @@ impl Node {
         log_file: Option<&Path>,
     ) -> Node {
         use std::os::unix::process::CommandExt;
-        let mut command = Command::new(env!("CARGO_BIN_EXE_timbala"));
+        let mut command = Command::new(binary_under_test());
         if let Some(gid) = gid {
             command.gid(gid);
         }
