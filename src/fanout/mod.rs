@@ -318,6 +318,8 @@ pub fn counts_series(
         .into_iter()
         .find(|owner| counters.contains(owner))
         == Some(me)
+}
+
 impl FanoutStorage {
     /// Every node's changes to old data since `marks` (ADR 0024): this node's own log
     /// and every ring node's over `CHANGES_PATH`, asked at once. Complete only when

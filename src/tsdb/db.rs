@@ -25,8 +25,8 @@ use super::quarantine;
 use super::querier::Querier;
 use super::retention::{self, BlockExtent};
 use super::wal::{self, Record, SamplesRecord, Wal};
-use super::{BlockInfo, TsdbOptions, TsdbStats};
-use crate::model::{conflict_winner, Labels, Matcher, MetricMetadata, Sample, Series, METRIC_NAME};
+use super::{BlockInfo, TsdbOptions};
+use crate::model::{conflict_winner, Labels, Matcher, MetricMetadata, Sample, Series};
 use crate::storage::{
     AppendOutcome, ChangeMark, Changes, RejectReason, SelectError, StorageError, LATE_WRITE_AGE_MS,
 };
