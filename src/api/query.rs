@@ -24,7 +24,7 @@ use super::params::{
 use super::{json, ApiError, AppState};
 use crate::fanout::notes::{self, ReadNotes};
 use crate::model::{Labels, Matcher};
-use crate::promql::{limits, Annotations, QueryError, QueryOutput, QueryValue};
+use crate::promql::{limits, Annotations, QueryOutput, QueryValue};
 use crate::storage::{BoxFuture, LabelRequest, StorageError};
 
 /// Most points a range query may return per series (Prometheus's fixed limit).
@@ -66,12 +66,7 @@ async fn instant_query(
     let engine = state.engine();
     let (output, cluster) =
         notes::collect(engine.instant_query_with_timeout(storage, query, time_ms, timeout)).await;
-    Ok(render_query_output(
-        output.map_err(query_error)?,
-        cluster,
-        limit,
-        time_ms,
-    ))
+    Ok(render_query_output(output?, cluster, limit, time_ms))
 }
 
 async fn range_query(
@@ -98,12 +93,7 @@ async fn range_query(
         engine.range_query_with_timeout(storage, query, start, end, step_ms, timeout),
     )
     .await;
-    Ok(render_query_output(
-        output.map_err(query_error)?,
-        cluster,
-        limit,
-        end,
-    ))
+    Ok(render_query_output(output?, cluster, limit, end))
 }
 
 /// The range query step in milliseconds. Steps below a millisecond cannot be evaluated
@@ -152,30 +142,6 @@ fn reject_per_query_lookback(params: &FormParams) -> Result<(), ApiError> {
     Err(ApiError::bad_data(
         "error parsing lookback delta duration: a per-query lookback_delta is not supported; the server-wide --query-lookback-delta applies",
     ))
-}
-
-/// Maps engine errors to Prometheus's error types and status codes.
-fn query_error(err: QueryError) -> ApiError {
-    match &err {
-        QueryError::BadData(message) => invalid_param("query", message),
-        QueryError::Execution(_) | QueryError::TooManySamples => {
-            ApiError::execution(err.to_string())
-        }
-        QueryError::Timeout(_) => {
-            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "timeout", err.to_string())
-        }
-        QueryError::Storage(_) => ApiError::internal(err.to_string()),
-        QueryError::Unavailable(_) => ApiError::unavailable(err.to_string()),
-    }
-}
-
-/// Storage failures of the metadata endpoints: 503 while unavailable, otherwise
-/// `execution` as Prometheus answers querier errors there.
-fn storage_error(err: StorageError) -> ApiError {
-    match err {
-        StorageError::Unavailable(_) => ApiError::unavailable(err.to_string()),
-        other => ApiError::execution(other.to_string()),
-    }
 }
 
 /// Renders a result; `eval_time_ms` stamps vector samples (see `json::write_query_data`).
@@ -303,10 +269,10 @@ async fn union_of_answers<'s, T: Ord>(
         for request in requests {
             parts.push(ask(request).await?);
         }
-        Ok(parts)
+        Ok::<_, StorageError>(parts)
     })
     .await;
-    Ok((sorted_union(parts.map_err(storage_error)?), cluster))
+    Ok((sorted_union(parts?), cluster))
 }
 
 /// The warnings of a metadata answer: the cluster's, then the limit's.
@@ -443,42 +409,6 @@ mod tests {
         assert!(err
             .message
             .starts_with("exceeded maximum resolution of 11,000 points"));
-    }
-
-    #[test]
-    fn engine_errors_map_to_prometheus_types() {
-        let cases = [
-            (
-                QueryError::BadData("1:1: parse error: x".into()),
-                400,
-                "bad_data",
-            ),
-            (QueryError::Execution("boom".into()), 422, "execution"),
-            (QueryError::TooManySamples, 422, "execution"),
-            (
-                QueryError::Timeout("expression evaluation".into()),
-                503,
-                "timeout",
-            ),
-            (QueryError::Storage("disk".into()), 500, "internal"),
-            (
-                QueryError::Unavailable("3 nodes".into()),
-                503,
-                "unavailable",
-            ),
-        ];
-        for (err, status, kind) in cases {
-            let api = query_error(err);
-            assert_eq!((api.status.as_u16(), api.error_type), (status, kind));
-        }
-        assert_eq!(
-            query_error(QueryError::BadData("1:1: parse error: x".into())).message,
-            "invalid parameter \"query\": 1:1: parse error: x"
-        );
-        assert_eq!(
-            query_error(QueryError::Timeout("expression evaluation".into())).message,
-            "query timed out in expression evaluation"
-        );
     }
 
     #[test]

@@ -75,6 +75,8 @@ pub(super) enum Absence {
     DeclaredDown,
     /// It answered with an error, or could not be reached.
     Failed(String),
+    /// The node doing the read: its own store failed (disk, corruption).
+    LocalStoreFailed(String),
 }
 
 impl std::fmt::Display for Absence {
@@ -87,6 +89,9 @@ impl std::fmt::Display for Absence {
             ),
             Absence::DeclaredDown => f.write_str("declared down while the read waited for it"),
             Absence::Failed(error) => write!(f, "failed: {error}"),
+            Absence::LocalStoreFailed(error) => {
+                write!(f, "the answering node's own store failed: {error}")
+            }
         }
     }
 }

@@ -37,7 +37,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::Semaphore;
 
-use crate::storage::Storage;
+use crate::storage::{Storage, StorageError};
 pub use value::{Annotations, InstantSample, QueryValue, RangeSeries};
 
 /// Engine settings. `Default` gives Prometheus's server defaults.
@@ -91,20 +91,17 @@ pub enum QueryError {
     TooManySamples,
     /// The timeout ran out: `timeout`, 503.
     Timeout(String),
-    /// Storage failed underneath: `internal`, 500.
-    Storage(String),
-    /// Storage cannot give a complete answer now (too many nodes missing): `unavailable`,
-    /// 503.
-    Unavailable(String),
+    /// Storage failed underneath, kept typed so the HTTP edge maps it like every other
+    /// endpoint's storage failure (ADR 0023): `unavailable`, 503, when too many nodes
+    /// are missing for a complete answer; `internal`, 500, otherwise.
+    Storage(StorageError),
 }
 
 impl fmt::Display for QueryError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            QueryError::BadData(m)
-            | QueryError::Execution(m)
-            | QueryError::Storage(m)
-            | QueryError::Unavailable(m) => f.write_str(m),
+            QueryError::BadData(m) | QueryError::Execution(m) => f.write_str(m),
+            QueryError::Storage(e) => e.fmt(f),
             QueryError::TooManySamples => f.write_str(
                 "query processing would load too many samples into memory in query execution",
             ),

@@ -14,7 +14,7 @@ use promql_parser::label::MatchOp as ParserMatchOp;
 use promql_parser::parser::{AtModifier, Expr, Offset, VectorSelector};
 
 use crate::model::{is_stale_nan, MatchOp, Matcher, Series, METRIC_NAME};
-use crate::storage::{SelectError, SelectRequest, Storage, StorageError};
+use crate::storage::{SelectError, SelectRequest, Storage};
 
 use super::QueryError;
 
@@ -217,10 +217,7 @@ pub(crate) async fn load(
             };
             let found = storage.select(req).await.map_err(|e| match e {
                 SelectError::TooManySamples => QueryError::TooManySamples,
-                SelectError::Storage(e @ StorageError::Unavailable(_)) => {
-                    QueryError::Unavailable(e.to_string())
-                }
-                SelectError::Storage(e) => QueryError::Storage(e.to_string()),
+                SelectError::Storage(e) => QueryError::Storage(e),
             })?;
             series.extend(found);
         }
