@@ -143,7 +143,7 @@ pub async fn run(config: Config) -> Result<(), String> {
         config: config.anti_entropy_config(),
         tsdb: tsdb.clone(),
         membership: membership.clone(),
-        client,
+        client: client.clone(),
         metrics: anti_entropy_metrics.clone(),
         progress: anti_entropy.clone(),
     }
@@ -160,6 +160,7 @@ pub async fn run(config: Config) -> Result<(), String> {
             repair,
             anti_entropy,
             anti_entropy_metrics,
+            client,
         },
     });
     tracing::info!(dir = %config.data_directory.display(), "storage open; node ready");

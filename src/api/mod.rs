@@ -36,6 +36,7 @@ use serde::Serialize;
 use crate::cluster::keys::ClusterKeys;
 use crate::cluster::membership::MembershipHandle;
 use crate::ingest::IngestMetrics;
+use crate::peer::PeerClient;
 use crate::promql::{Engine, QueryError};
 use crate::replication::antientropy::{AntiEntropyMetrics, AntiEntropyProgress};
 use crate::replication::hints::HintStore;
@@ -53,7 +54,7 @@ pub struct NodeServices {
     pub cluster: ClusterServices,
 }
 
-/// What the cluster status and cluster admin endpoints read.
+/// What the cluster status and cluster admin endpoints read and use.
 pub struct ClusterServices {
     pub membership: MembershipHandle,
     pub hints: Arc<HintStore>,
@@ -62,6 +63,8 @@ pub struct ClusterServices {
     /// Anti-entropy: the last pass, and the metrics the answering side counts in.
     pub anti_entropy: Arc<AntiEntropyProgress>,
     pub anti_entropy_metrics: AntiEntropyMetrics,
+    /// The internal client, for cluster-wide admin requests (ADR 0023).
+    pub client: PeerClient,
 }
 
 /// Static facts about this process for the status endpoints.

@@ -768,15 +768,7 @@ impl KeyedCluster {
 /// `n` nodes sharing a fresh random cluster key, each started with `args` too; waits
 /// until every node sees all `n` alive in one join order.
 pub fn start_keyed_cluster(n: usize, args: &[&str]) -> KeyedCluster {
-    use base64::Engine as _;
-    use rand::{RngCore, SeedableRng};
-    let mut key = [0u8; 32];
-    rand::rngs::StdRng::from_os_rng().fill_bytes(&mut key);
-    let key = base64::engine::general_purpose::STANDARD.encode(key);
-    let key_dir = tempfile::tempdir().expect("temp dir");
-    let key_file = key_dir.path().join("cluster.key");
-    std::fs::write(&key_file, format!("{key}\n")).expect("key file");
-    let keys = ClusterKeys::parse(&key).expect("key");
+    let (key_dir, key_file, keys) = new_cluster_key();
     let mut member_args = vec![
         "--cluster-key-file".to_string(),
         key_file.display().to_string(),
@@ -793,4 +785,17 @@ pub fn start_keyed_cluster(n: usize, args: &[&str]) -> KeyedCluster {
     };
     wait_converged(&cluster.nodes(), n, Duration::from_secs(60));
     cluster
+}
+
+/// A fresh random cluster key: its file in a new directory, and the parsed keys.
+pub fn new_cluster_key() -> (tempfile::TempDir, PathBuf, ClusterKeys) {
+    use base64::Engine as _;
+    use rand::{RngCore, SeedableRng};
+    let mut key = [0u8; 32];
+    rand::rngs::StdRng::from_os_rng().fill_bytes(&mut key);
+    let key = base64::engine::general_purpose::STANDARD.encode(key);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("cluster.key");
+    std::fs::write(&file, format!("{key}\n")).expect("key file");
+    (dir, file, ClusterKeys::parse(&key).expect("key"))
 }
