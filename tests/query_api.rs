@@ -611,3 +611,80 @@ fn federation_serves_latest_samples_as_text() {
     assert_eq!(status, 400);
     assert!(body.ends_with('\n') && !body.starts_with('{'), "{body}");
 }
+
+/// `stats` on query and query_range: Prometheus's `data.stats` shape (timings in
+/// seconds, sample counts), present for any non-empty value, absent otherwise, with
+/// Prometheus's deprecation warning for values other than `true` and `all`.
+#[test]
+fn query_stats_in_prometheus_shape() {
+    let f = Fixture::start(&[]);
+    let time = secs(f.last());
+    // Two series of 13 samples, all inside the 10m window: each counted once.
+    let query = [
+        ("query", "count_over_time(http_requests_total[10m])"),
+        ("time", time.as_str()),
+    ];
+    let plain = f.ok("/api/v1/query", &query);
+    assert!(plain["data"].get("stats").is_none(), "{plain}");
+
+    let check_shape = |stats: &Value| {
+        let timings = stats["timings"].as_object().expect("timings");
+        let names = [
+            "evalTotalTime",
+            "resultSortTime",
+            "queryPreparationTime",
+            "innerEvalTime",
+            "execQueueTime",
+            "execTotalTime",
+        ];
+        assert_eq!(timings.len(), names.len(), "{stats}");
+        for name in names {
+            let seconds = timings[name].as_f64().expect(name);
+            assert!((0.0..60.0).contains(&seconds), "{name}: {stats}");
+        }
+        let total = timings["execTotalTime"].as_f64().unwrap_or(0.0);
+        assert!(total >= timings["evalTotalTime"].as_f64().unwrap_or(f64::MAX));
+        let samples = stats["samples"].as_object().expect("samples");
+        assert_eq!(samples.len(), 3, "{stats}");
+    };
+    let with_stats = [query[0], query[1], ("stats", "all")];
+    let body = f.ok("/api/v1/query", &with_stats);
+    assert_eq!(body["data"]["result"][0]["value"][1], "13", "{body}");
+    let stats = &body["data"]["stats"];
+    check_shape(stats);
+    assert_eq!(
+        stats["samples"]["totalQueryableSamples"],
+        2 * POINTS,
+        "{stats}"
+    );
+    assert_eq!(stats["samples"]["samplesRead"], 2 * POINTS, "{stats}");
+    let peak = stats["samples"]["peakSamples"].as_i64().expect("peak");
+    assert!((POINTS..=2 * POINTS).contains(&peak), "{stats}");
+    assert!(body.get("warnings").is_none(), "{body}");
+
+    // A range query: the instant selector reads one sample per series per step.
+    let (start, end) = (secs(f.base + 60_000), secs(f.last()));
+    let range = [
+        ("query", "http_requests_total"),
+        ("start", start.as_str()),
+        ("end", end.as_str()),
+        ("step", "15s"),
+        ("stats", "true"),
+    ];
+    let body = f.ok("/api/v1/query_range", &range);
+    let stats = &body["data"]["stats"];
+    check_shape(stats);
+    assert_eq!(stats["samples"]["totalQueryableSamples"], 2 * 9, "{stats}");
+
+    // Any other value: stats, and Prometheus's warning.
+    let odd = [query[0], query[1], ("stats", "yes please")];
+    let body = f.ok("/api/v1/query", &odd);
+    check_shape(&body["data"]["stats"]);
+    let warnings = body["warnings"].as_array().expect("warnings");
+    assert!(
+        warnings.iter().any(|w| w.as_str().is_some_and(
+            |w| w.starts_with("value \"yes please\" for parameter \"stats\" is deprecated")
+        )),
+        "{body}"
+    );
+}

@@ -66,7 +66,10 @@ async fn instant_query(
     let engine = state.engine();
     let (output, cluster) =
         notes::collect(engine.instant_query_with_timeout(storage, query, time_ms, timeout)).await;
-    Ok(render_query_output(output?, cluster, limit, time_ms))
+    let stats = StatsParam::of(&params);
+    Ok(render_query_output(
+        output?, cluster, limit, time_ms, &stats,
+    ))
 }
 
 async fn range_query(
@@ -93,7 +96,8 @@ async fn range_query(
         engine.range_query_with_timeout(storage, query, start, end, step_ms, timeout),
     )
     .await;
-    Ok(render_query_output(output?, cluster, limit, end))
+    let stats = StatsParam::of(&params);
+    Ok(render_query_output(output?, cluster, limit, end, &stats))
 }
 
 /// The range query step in milliseconds. Steps below a millisecond cannot be evaluated
@@ -152,10 +156,12 @@ fn render_query_output(
     cluster: ReadNotes,
     limit: usize,
     eval_time_ms: i64,
+    stats_param: &StatsParam,
 ) -> Response {
     let QueryOutput {
         mut value,
         annotations,
+        stats,
     } = output;
     let (engine_warnings, engine_infos) = annotation_strings(annotations);
     let ReadNotes {
@@ -167,9 +173,34 @@ fn render_query_output(
     if truncate_result(&mut value, limit) {
         warnings.push(TRUNCATED_WARNING.to_string());
     }
+    warnings.extend(stats_param.warning.clone());
+    let stats = stats_param.wanted.then_some(&stats);
     json::success_response(&warnings, &infos, |out| {
-        json::write_query_data(out, &value, eval_time_ms)
+        json::write_query_data_with_stats(out, &value, eval_time_ms, stats)
     })
+}
+
+/// The `stats` parameter of query and query_range, read as Prometheus does: any
+/// non-empty value adds `data.stats`; values other than `true` and `all` also get
+/// Prometheus's deprecation warning.
+struct StatsParam {
+    wanted: bool,
+    warning: Option<String>,
+}
+
+impl StatsParam {
+    fn of(params: &FormParams) -> StatsParam {
+        let value = params.value("stats");
+        let warning = (!matches!(value, "" | "true" | "all")).then(|| {
+            format!(
+                "value {value:?} for parameter \"stats\" is deprecated and will be rejected in the next major release, use \"true\" or \"all\""
+            )
+        });
+        StatsParam {
+            wanted: !value.is_empty(),
+            warning,
+        }
+    }
 }
 
 /// Warnings and infos as Prometheus lists them: at most ten each, then a count of the

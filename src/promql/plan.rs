@@ -30,6 +30,15 @@ impl LoadedSeries {
         vs as *const VectorSelector as usize
     }
 
+    /// Samples loaded for every selector, each series' once per selector.
+    pub(crate) fn samples(&self) -> u64 {
+        self.by_selector
+            .values()
+            .flatten()
+            .map(|s| s.samples.len() as u64)
+            .sum()
+    }
+
     pub(crate) fn get(&self, vs: &VectorSelector) -> &[Series] {
         self.by_selector
             .get(&Self::key(vs))
