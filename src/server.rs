@@ -66,6 +66,7 @@ pub async fn run(config: Config) -> Result<(), String> {
         max_write_body_bytes: usize::try_from(config.write_max_body_size).unwrap_or(usize::MAX),
         ingest_time_bounds: config.ingest_time_bounds(),
         cluster_keys: cluster_keys.clone(),
+        query_log_slow: Some(config.query_log_slow).filter(|d| !d.is_zero()),
     };
     let admin = AdminApi::new(config.web_enable_admin_api);
     let state = AppState::new(Engine::new(config.engine_options()), registry, info, admin);

@@ -688,3 +688,69 @@ fn query_stats_in_prometheus_shape() {
         "{body}"
     );
 }
+
+/// `--query-log-slow`: a query over the threshold is logged as one JSON line (with
+/// `--log-format json`) naming the query, its duration, samples and the nodes asked.
+#[test]
+fn slow_queries_are_logged_as_json_lines() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let log = dir.path().join("timbala.log");
+    let http = format!("127.0.0.1:{}", common::free_port());
+    let gossip = format!("127.0.0.1:{}", common::free_port());
+    let node = Node::spawn_logged(
+        &dir.path().join("data"),
+        &http,
+        &gossip,
+        &["--query-log-slow", "1ms", "--log-format", "json"],
+        None,
+        Some(&log),
+    );
+    node.wait_ready(std::time::Duration::from_secs(60));
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_millis() as i64;
+    let samples: Vec<(i64, f64)> = (1..=20).map(|i| (now_ms - i * 15_000, 1.0)).collect();
+    let request = proto::WriteRequest {
+        timeseries: vec![ts(&[("__name__", "slow_probe")], &samples)],
+        ..Default::default()
+    };
+    let (status, body) = remote_write(&node, &request);
+    assert!(
+        (200..300).contains(&status),
+        "remote write: {status} {body}"
+    );
+    // 10,001 steps of a one-hour subquery at 1 s: far more than a millisecond of work.
+    let query = "count_over_time(slow_probe[1h:1s])";
+    let (start, end) = (secs(now_ms - 10_000_000), secs(now_ms));
+    let url = node.url(&format!(
+        "/api/v1/query_range?{}",
+        encode(&[
+            ("query", query),
+            ("start", start.as_str()),
+            ("end", end.as_str()),
+            ("step", "1s")
+        ])
+    ));
+    let (status, body) = get(&url);
+    assert_eq!(status, 200, "{body}");
+    let logged = std::fs::read_to_string(&log).expect("log file");
+    let line = logged
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .find(|l| l["fields"]["message"] == "slow query")
+        .unwrap_or_else(|| panic!("no slow-query line in {logged}"));
+    assert_eq!(line["target"], "timbala::slow_query", "{line}");
+    let fields = &line["fields"];
+    assert_eq!(fields["query"], query, "{line}");
+    assert_eq!(fields["endpoint"], "query_range", "{line}");
+    assert_eq!(fields["outcome"], "ok", "{line}");
+    assert_eq!(fields["nodes_asked"], http.as_str(), "{line}");
+    assert!(
+        fields["duration_seconds"]
+            .as_f64()
+            .is_some_and(|d| d >= 0.001),
+        "{line}"
+    );
+    assert!(fields["samples"].as_u64().is_some_and(|s| s > 0), "{line}");
+}

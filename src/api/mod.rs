@@ -5,7 +5,9 @@
 //! (OpenTelemetry OTLP/HTTP metrics, stored through remote write's path), `read`
 //! (remote read), `admin` (TSDB admin, off unless enabled), `query` (PromQL and
 //! series/labels endpoints), `status` (build, runtime, flags, tsdb, cluster),
-//! `federate`, `ui` (the built-in web pages), `internal` (node-to-node). The routes come in two routers that are guarded
+//! `federate`, `ui` (the built-in web pages), `internal` (node-to-node), `slow_query`
+//! (the `--query-log-slow` line). Storage and query failures map to answers in one
+//! place, `ApiError`'s `From` impls (ADR 0023). The routes come in two routers that are guarded
 //! differently (ADR 0013): `public` (everything users and Prometheus call) and `internal`
 //! (`/internal/v1/*`, node to node). Calls `ingest`, `promql`,
 //! `storage` (and the local `tsdb` for admin and status) — never the other way round.
@@ -20,6 +22,7 @@ pub mod otlp;
 pub mod params;
 pub mod query;
 pub mod read;
+pub mod slow_query;
 pub mod status;
 pub mod ui;
 pub mod write;
@@ -80,6 +83,8 @@ pub struct ServerInfo {
     /// Cluster keys: `/internal/v1/*` requires a credential made with one of them.
     /// None: an open cluster.
     pub cluster_keys: Option<ClusterKeys>,
+    /// Queries taking at least this long are logged (`slow_query`); None: off.
+    pub query_log_slow: Option<std::time::Duration>,
 }
 
 /// Shared state of every handler. Cheap to clone.

@@ -7,7 +7,7 @@
 //! `storage::Storage` through `AppState`, and `fanout::notes` (the warnings of an
 //! answer given without some node, collected around the storage calls; ADR 0012).
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -21,6 +21,7 @@ use super::params::{
     invalid_param, limit_param, parse_duration, parse_match_params, parse_time, time_param,
     unescape_label_name, FormParams, MAX_TIME_MS, MIN_TIME_MS,
 };
+use super::slow_query::{self, SlowQuery};
 use super::{json, ApiError, AppState};
 use crate::fanout::notes::{self, ReadNotes};
 use crate::model::{Labels, Matcher};
@@ -64,8 +65,18 @@ async fn instant_query(
     let storage = state.services()?.storage.clone();
     let query = params.value("query");
     let engine = state.engine();
+    let started = Instant::now();
     let (output, cluster) =
         notes::collect(engine.instant_query_with_timeout(storage, query, time_ms, timeout)).await;
+    let request = SlowQuery {
+        endpoint: "query",
+        query,
+        start_ms: time_ms,
+        end_ms: time_ms,
+        step_ms: 0,
+    };
+    let threshold = state.info().query_log_slow;
+    slow_query::log_if_slow(threshold, request, started.elapsed(), &output, &cluster);
     let stats = StatsParam::of(&params);
     Ok(render_query_output(
         output?, cluster, limit, time_ms, &stats,
@@ -92,10 +103,20 @@ async fn range_query(
     let storage = state.services()?.storage.clone();
     let query = params.value("query");
     let engine = state.engine();
+    let started = Instant::now();
     let (output, cluster) = notes::collect(
         engine.range_query_with_timeout(storage, query, start, end, step_ms, timeout),
     )
     .await;
+    let request = SlowQuery {
+        endpoint: "query_range",
+        query,
+        start_ms: start,
+        end_ms: end,
+        step_ms,
+    };
+    let threshold = state.info().query_log_slow;
+    slow_query::log_if_slow(threshold, request, started.elapsed(), &output, &cluster);
     let stats = StatsParam::of(&params);
     Ok(render_query_output(output?, cluster, limit, end, &stats))
 }
@@ -167,6 +188,7 @@ fn render_query_output(
     let ReadNotes {
         mut warnings,
         mut infos,
+        ..
     } = cluster;
     warnings.extend(engine_warnings);
     infos.extend(engine_infos);
@@ -311,6 +333,7 @@ fn metadata_warnings(cluster: ReadNotes, limited: Vec<String>) -> (Vec<String>, 
     let ReadNotes {
         mut warnings,
         infos,
+        ..
     } = cluster;
     warnings.extend(limited);
     (warnings, infos)

@@ -302,6 +302,7 @@ mod tests {
             max_write_body_bytes: 0,
             ingest_time_bounds: crate::storage::TimeBounds::NONE,
             cluster_keys: None,
+            query_log_slow: None,
         }
     }
 

@@ -333,7 +333,10 @@ impl FanoutStorage {
             }
         }
 
-        let notes = report.notes();
+        let mut notes = report.notes();
+        notes.nodes_asked = std::iter::once(view.local.http_addr.clone())
+            .chain(asked.iter().map(|peer| peer.addr.clone()))
+            .collect();
         if notes.warnings.is_empty() {
             metrics.count("complete");
         } else {

@@ -21,6 +21,9 @@ use crate::cluster::identity::NodeId;
 pub struct ReadNotes {
     pub warnings: Vec<String>,
     pub infos: Vec<String>,
+    /// The HTTP addresses of the nodes the reads asked (this node included), for the
+    /// slow-query log; never shown in an answer.
+    pub nodes_asked: Vec<String>,
 }
 
 impl ReadNotes {
@@ -28,6 +31,7 @@ impl ReadNotes {
         for (into, from) in [
             (&mut self.warnings, other.warnings),
             (&mut self.infos, other.infos),
+            (&mut self.nodes_asked, other.nodes_asked),
         ] {
             for note in from {
                 if !into.contains(&note) {
