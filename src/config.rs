@@ -114,6 +114,11 @@ pub struct Config {
     #[arg(long, env = "TIMBALA_QUERY_PEER_TIMEOUT", default_value = "2s", value_parser = parse_duration)]
     pub query_peer_timeout: Duration,
 
+    /// Queries (query, query_range) that take at least this long are logged, one line
+    /// each with the query, its duration, samples and the nodes asked (0s: off).
+    #[arg(long, env = "TIMBALA_QUERY_LOG_SLOW", default_value = "0s", value_parser = parse_duration)]
+    pub query_log_slow: Duration,
+
     /// Most samples one query may hold in memory.
     #[arg(long, env = "TIMBALA_QUERY_MAX_SAMPLES", default_value = "50000000")]
     pub query_max_samples: usize,
@@ -404,6 +409,7 @@ impl Config {
             ("write-max-body-size", self.write_max_body_size.to_string()),
             ("query-timeout", d(self.query_timeout)),
             ("query-peer-timeout", d(self.query_peer_timeout)),
+            ("query-log-slow", d(self.query_log_slow)),
             ("query-max-samples", self.query_max_samples.to_string()),
             (
                 "query-max-concurrency",

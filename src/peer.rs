@@ -50,6 +50,10 @@ pub const METADATA_PATH: &str = "/internal/v1/metadata";
 pub const CARDINALITY_PATH: &str = "/internal/v1/tsdb-status";
 /// This node's changes to old data since a mark (`storage::ChangeMark`, ADR 0024).
 pub const CHANGES_PATH: &str = "/internal/v1/changes";
+/// Cluster-wide admin (ADR 0023): a deletion, or tombstone cleaning, applied to the
+/// receiving node's own data, sent by the node an operator asked.
+pub const ADMIN_DELETE_SERIES_PATH: &str = "/internal/v1/admin/delete-series";
+pub const ADMIN_CLEAN_TOMBSTONES_PATH: &str = "/internal/v1/admin/clean-tombstones";
 
 /// Marks a write as already routed: the receiver stores it locally and never forwards.
 pub const ROUTED_HEADER: &str = "x-timbala-routed";
@@ -415,6 +419,40 @@ impl WireLabelRequest {
             mint: self.mint,
             maxt: self.maxt,
         })
+    }
+}
+
+/// The body of an internal deletion: series matching any selector (each a list of
+/// matchers as in `WireLabelRequest`), their samples in `[start, end]` (ms).
+#[derive(Debug, Serialize, Deserialize)]
+pub struct WireDeleteRequest {
+    pub selectors: Vec<Vec<(String, String, String)>>,
+    pub start: i64,
+    pub end: i64,
+}
+
+impl WireDeleteRequest {
+    pub fn new(selectors: &[Vec<Matcher>], start: i64, end: i64) -> Self {
+        WireDeleteRequest {
+            selectors: selectors
+                .iter()
+                .map(|set| set.iter().map(wire_matcher).collect())
+                .collect(),
+            start,
+            end,
+        }
+    }
+
+    /// The selectors as matchers; a bad operator or regex is an error, never a panic.
+    pub fn matcher_sets(&self) -> Result<Vec<Vec<Matcher>>, String> {
+        self.selectors
+            .iter()
+            .map(|set| {
+                set.iter()
+                    .map(|(n, op, v)| matcher_from_wire(n, op, v))
+                    .collect()
+            })
+            .collect()
     }
 }
 

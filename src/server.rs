@@ -67,6 +67,7 @@ pub async fn run(config: Config) -> Result<(), String> {
         ingest_time_bounds: config.ingest_time_bounds(),
         cluster_keys: cluster_keys.clone(),
         query_cache_max_bytes: usize::try_from(config.query_cache_max_bytes).unwrap_or(usize::MAX),
+        query_log_slow: Some(config.query_log_slow).filter(|d| !d.is_zero()),
     };
     let admin = AdminApi::new(config.web_enable_admin_api);
     let state = AppState::new(Engine::new(config.engine_options()), registry, info, admin);
@@ -144,7 +145,7 @@ pub async fn run(config: Config) -> Result<(), String> {
         config: config.anti_entropy_config(),
         tsdb: tsdb.clone(),
         membership: membership.clone(),
-        client,
+        client: client.clone(),
         metrics: anti_entropy_metrics.clone(),
         progress: anti_entropy.clone(),
     }
@@ -162,6 +163,7 @@ pub async fn run(config: Config) -> Result<(), String> {
             repair,
             anti_entropy,
             anti_entropy_metrics,
+            client,
         },
     });
     tracing::info!(dir = %config.data_directory.display(), "storage open; node ready");

@@ -205,13 +205,18 @@ impl AppendOutcome {
     }
 }
 
-/// A storage failure: not the client's fault, retrying may help.
-#[derive(Debug)]
+/// A storage failure: not the client's fault. Typed all the way to the HTTP edge, where
+/// one mapping (`api::ApiError::from`, ADR 0023) turns each kind into Prometheus's
+/// status and `errorType`: `Unavailable` is 503 `unavailable` (retrying may help: nodes
+/// are missing or the store is not ready), everything else is 500 `internal`.
+/// Cloneable (the i/o error is shared) so that query errors carrying it stay cloneable.
+#[derive(Clone, Debug)]
 pub enum StorageError {
-    Io(std::io::Error),
+    Io(Arc<std::io::Error>),
     /// Data on disk failed a checksum or could not be decoded.
     Corruption(String),
-    /// The store is shutting down or not ready.
+    /// The store is shutting down or not ready, or too few nodes answered a read for
+    /// its answer to be complete.
     Unavailable(String),
     /// Anything else, described.
     Other(String),
@@ -228,11 +233,27 @@ impl fmt::Display for StorageError {
     }
 }
 
+/// Two errors are equal when they are of the same kind with the same description (an
+/// i/o error by its kind and text: `io::Error` has no equality of its own).
+impl PartialEq for StorageError {
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (StorageError::Io(a), StorageError::Io(b)) => {
+                a.kind() == b.kind() && a.to_string() == b.to_string()
+            }
+            (StorageError::Corruption(a), StorageError::Corruption(b))
+            | (StorageError::Unavailable(a), StorageError::Unavailable(b))
+            | (StorageError::Other(a), StorageError::Other(b)) => a == b,
+            _ => false,
+        }
+    }
+}
+
 impl std::error::Error for StorageError {}
 
 impl From<std::io::Error> for StorageError {
     fn from(e: std::io::Error) -> Self {
-        StorageError::Io(e)
+        StorageError::Io(Arc::new(e))
     }
 }
 

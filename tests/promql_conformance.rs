@@ -1105,6 +1105,7 @@ async fn check_range_mode(
             )
         },
         annotations: ranged.annotations,
+        stats: ranged.stats,
     };
     check_value(eval, &output).map_err(|e| format!("range mode: {e}"))
 }

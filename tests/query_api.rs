@@ -611,3 +611,146 @@ fn federation_serves_latest_samples_as_text() {
     assert_eq!(status, 400);
     assert!(body.ends_with('\n') && !body.starts_with('{'), "{body}");
 }
+
+/// `stats` on query and query_range: Prometheus's `data.stats` shape (timings in
+/// seconds, sample counts), present for any non-empty value, absent otherwise, with
+/// Prometheus's deprecation warning for values other than `true` and `all`.
+#[test]
+fn query_stats_in_prometheus_shape() {
+    let f = Fixture::start(&[]);
+    let time = secs(f.last());
+    // Two series of 13 samples, all inside the 10m window: each counted once.
+    let query = [
+        ("query", "count_over_time(http_requests_total[10m])"),
+        ("time", time.as_str()),
+    ];
+    let plain = f.ok("/api/v1/query", &query);
+    assert!(plain["data"].get("stats").is_none(), "{plain}");
+
+    let check_shape = |stats: &Value| {
+        let timings = stats["timings"].as_object().expect("timings");
+        let names = [
+            "evalTotalTime",
+            "resultSortTime",
+            "queryPreparationTime",
+            "innerEvalTime",
+            "execQueueTime",
+            "execTotalTime",
+        ];
+        assert_eq!(timings.len(), names.len(), "{stats}");
+        for name in names {
+            let seconds = timings[name].as_f64().expect(name);
+            assert!((0.0..60.0).contains(&seconds), "{name}: {stats}");
+        }
+        let total = timings["execTotalTime"].as_f64().unwrap_or(0.0);
+        assert!(total >= timings["evalTotalTime"].as_f64().unwrap_or(f64::MAX));
+        let samples = stats["samples"].as_object().expect("samples");
+        assert_eq!(samples.len(), 3, "{stats}");
+    };
+    let with_stats = [query[0], query[1], ("stats", "all")];
+    let body = f.ok("/api/v1/query", &with_stats);
+    assert_eq!(body["data"]["result"][0]["value"][1], "13", "{body}");
+    let stats = &body["data"]["stats"];
+    check_shape(stats);
+    assert_eq!(
+        stats["samples"]["totalQueryableSamples"],
+        2 * POINTS,
+        "{stats}"
+    );
+    assert_eq!(stats["samples"]["samplesRead"], 2 * POINTS, "{stats}");
+    let peak = stats["samples"]["peakSamples"].as_i64().expect("peak");
+    assert!((POINTS..=2 * POINTS).contains(&peak), "{stats}");
+    assert!(body.get("warnings").is_none(), "{body}");
+
+    // A range query: the instant selector reads one sample per series per step.
+    let (start, end) = (secs(f.base + 60_000), secs(f.last()));
+    let range = [
+        ("query", "http_requests_total"),
+        ("start", start.as_str()),
+        ("end", end.as_str()),
+        ("step", "15s"),
+        ("stats", "true"),
+    ];
+    let body = f.ok("/api/v1/query_range", &range);
+    let stats = &body["data"]["stats"];
+    check_shape(stats);
+    assert_eq!(stats["samples"]["totalQueryableSamples"], 2 * 9, "{stats}");
+
+    // Any other value: stats, and Prometheus's warning.
+    let odd = [query[0], query[1], ("stats", "yes please")];
+    let body = f.ok("/api/v1/query", &odd);
+    check_shape(&body["data"]["stats"]);
+    let warnings = body["warnings"].as_array().expect("warnings");
+    assert!(
+        warnings.iter().any(|w| w.as_str().is_some_and(
+            |w| w.starts_with("value \"yes please\" for parameter \"stats\" is deprecated")
+        )),
+        "{body}"
+    );
+}
+
+/// `--query-log-slow`: a query over the threshold is logged as one JSON line (with
+/// `--log-format json`) naming the query, its duration, samples and the nodes asked.
+#[test]
+fn slow_queries_are_logged_as_json_lines() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let log = dir.path().join("timbala.log");
+    let http = format!("127.0.0.1:{}", common::free_port());
+    let gossip = format!("127.0.0.1:{}", common::free_port());
+    let node = Node::spawn_logged(
+        &dir.path().join("data"),
+        &http,
+        &gossip,
+        &["--query-log-slow", "1ms", "--log-format", "json"],
+        None,
+        Some(&log),
+    );
+    node.wait_ready(std::time::Duration::from_secs(60));
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_millis() as i64;
+    let samples: Vec<(i64, f64)> = (1..=20).map(|i| (now_ms - i * 15_000, 1.0)).collect();
+    let request = proto::WriteRequest {
+        timeseries: vec![ts(&[("__name__", "slow_probe")], &samples)],
+        ..Default::default()
+    };
+    let (status, body) = remote_write(&node, &request);
+    assert!(
+        (200..300).contains(&status),
+        "remote write: {status} {body}"
+    );
+    // 10,001 steps of a one-hour subquery at 1 s: far more than a millisecond of work.
+    let query = "count_over_time(slow_probe[1h:1s])";
+    let (start, end) = (secs(now_ms - 10_000_000), secs(now_ms));
+    let url = node.url(&format!(
+        "/api/v1/query_range?{}",
+        encode(&[
+            ("query", query),
+            ("start", start.as_str()),
+            ("end", end.as_str()),
+            ("step", "1s")
+        ])
+    ));
+    let (status, body) = get(&url);
+    assert_eq!(status, 200, "{body}");
+    let logged = std::fs::read_to_string(&log).expect("log file");
+    let line = logged
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .find(|l| l["fields"]["message"] == "slow query")
+        .unwrap_or_else(|| panic!("no slow-query line in {logged}"));
+    assert_eq!(line["target"], "timbala::slow_query", "{line}");
+    let fields = &line["fields"];
+    assert_eq!(fields["query"], query, "{line}");
+    assert_eq!(fields["endpoint"], "query_range", "{line}");
+    assert_eq!(fields["outcome"], "ok", "{line}");
+    assert_eq!(fields["nodes_asked"], http.as_str(), "{line}");
+    assert!(
+        fields["duration_seconds"]
+            .as_f64()
+            .is_some_and(|d| d >= 0.001),
+        "{line}"
+    );
+    assert!(fields["samples"].as_u64().is_some_and(|s| s > 0), "{line}");
+}

@@ -251,5 +251,18 @@ fn metadata_deletion_and_snapshot_endpoints() {
     let json: serde_json::Value = serde_json::from_str(&body).expect("snapshot JSON");
     assert_eq!(json["status"], "success");
     let name = json["data"]["name"].as_str().expect("snapshot name");
+    // Which node took it, and that it holds this node's data only (ADR 0023).
+    assert!(
+        json["data"]["node"]
+            .as_str()
+            .is_some_and(|n| n.starts_with(&node.http_addr)),
+        "{json}"
+    );
+    assert!(
+        json["data"]["scope"]
+            .as_str()
+            .is_some_and(|s| s.starts_with("this node's data only")),
+        "{json}"
+    );
     assert!(node.data_dir.join("snapshots").join(name).is_dir());
 }

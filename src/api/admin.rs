@@ -6,7 +6,13 @@
 //! about nodes answered without; ADR 0020). Parameters (query string and form body) and
 //! `match[]` selectors are read with `params`. Calls the local `tsdb` (on blocking
 //! threads: these do disk work), `storage` for metadata, `fanout::notes` for the
-//! metadata answer's warnings, and the membership handle for removal.
+//! metadata answer's warnings, the membership handle for removal, and `peer` (the
+//! internal client) for the cluster-wide admin requests.
+//!
+//! `delete_series` and `clean_tombstones` apply on every member (ADR 0023): here, and
+//! through `/internal/v1/admin/*` on the others (`api::internal` answers those); they
+//! are refused while a member is down. A snapshot stays on the node asked, and its
+//! answer says so.
 //!
 //! As in Prometheus, the admin endpoints (cluster removal included) are off unless
 //! `--web-enable-admin-api`: they then answer 503 `unavailable` "admin APIs disabled"
@@ -14,6 +20,7 @@
 //! meanwhile gets 503.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -25,11 +32,14 @@ use serde::Serialize;
 use super::params::{
     invalid_param, parse_match_params, time_param, FormParams, MAX_TIME_MS, MIN_TIME_MS,
 };
-use super::{success, ApiError, AppState};
+use super::{success, ApiError, AppState, NodeServices};
 use crate::cluster::membership::MemberState;
 use crate::fanout::notes;
+use crate::model::Matcher;
+use crate::peer::{self, WireDeleteRequest};
 use crate::storage::StorageError;
 use crate::timeutil::civil_from_days;
+use crate::tsdb::Tsdb;
 
 /// Whether the admin endpoints are on, and the one-snapshot-at-a-time gate.
 pub struct AdminApi {
@@ -45,8 +55,9 @@ impl AdminApi {
         }
     }
 
-    /// Prometheus's answer when the admin API is off.
-    fn check_enabled(&self) -> Result<(), ApiError> {
+    /// Prometheus's answer when the admin API is off. Also guards the internal admin
+    /// routes: a node with the admin API off applies no peer's admin request either.
+    pub(super) fn check_enabled(&self) -> Result<(), ApiError> {
         if self.enabled {
             Ok(())
         } else {
@@ -70,22 +81,31 @@ pub fn routes() -> Router<AppState> {
         .route("/api/v1/metadata", get(metadata).post(metadata))
 }
 
-/// Runs blocking TSDB work on a blocking thread, mapping failures to 500.
+/// Runs blocking TSDB work on a blocking thread; failures map as every storage error.
 async fn blocking<T: Send + 'static>(
-    work: impl FnOnce() -> Result<T, crate::storage::StorageError> + Send + 'static,
+    work: impl FnOnce() -> Result<T, StorageError> + Send + 'static,
 ) -> Result<T, ApiError> {
     tokio::task::spawn_blocking(work)
         .await
         .map_err(|e| ApiError::internal(format!("admin task failed: {e}")))?
-        .map_err(|e| ApiError::internal(e.to_string()))
+        .map_err(ApiError::from)
 }
 
+/// How long a peer may take to apply a cluster-wide admin request: cleaning tombstones
+/// rewrites every block that has some.
+const ADMIN_PEER_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// Deletes the matching series' samples in `[start, end]` on every member of the
+/// cluster (ADR 0023): each replica deletes its own copies, so neither the fan-out nor
+/// anti-entropy brings them back. Refused (503, nothing deleted) while a member is
+/// down; 503 naming the members that failed when some did (the request is idempotent:
+/// the operator retries it).
 async fn delete_series(
     State(state): State<AppState>,
     params: FormParams,
 ) -> Result<Response, ApiError> {
     state.admin().check_enabled()?;
-    let tsdb = state.services()?.tsdb.clone();
+    let services = state.services()?;
     if params.values("match[]").next().is_none() {
         return Err(ApiError::bad_data("no match[] parameter provided"));
     }
@@ -93,26 +113,188 @@ async fn delete_series(
         parse_match_params(params.values("match[]")).map_err(|e| invalid_param("match[]", e))?;
     let start = time_param(&params, "start", MIN_TIME_MS)?;
     let end = time_param(&params, "end", MAX_TIME_MS)?;
-    blocking(move || {
-        selectors
-            .iter()
-            .try_for_each(|matchers| tsdb.delete_series(matchers, start, end))
-    })
+    let wire = WireDeleteRequest::new(&selectors, start, end);
+    let body = serde_json::to_vec(&wire).map_err(|e| ApiError::internal(e.to_string()))?;
+    let tsdb = services.tsdb.clone();
+    on_every_member(
+        services,
+        "delete_series",
+        peer::ADMIN_DELETE_SERIES_PATH,
+        body,
+        move || delete_locally(&tsdb, &selectors, start, end),
+    )
     .await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
+/// This node's part of a deletion (also run for a peer's internal request).
+pub(super) fn delete_locally(
+    tsdb: &Tsdb,
+    selectors: &[Vec<Matcher>],
+    start: i64,
+    end: i64,
+) -> Result<(), StorageError> {
+    selectors
+        .iter()
+        .try_for_each(|matchers| tsdb.delete_series(matchers, start, end))
+}
+
+/// Rewrites the blocks with tombstones on every member (ADR 0023), with
+/// `delete_series`'s rules for members that are down or fail.
 async fn clean_tombstones(State(state): State<AppState>) -> Result<Response, ApiError> {
     state.admin().check_enabled()?;
-    let tsdb = state.services()?.tsdb.clone();
-    blocking(move || tsdb.clean_tombstones()).await?;
+    let services = state.services()?;
+    let tsdb = services.tsdb.clone();
+    on_every_member(
+        services,
+        "clean_tombstones",
+        peer::ADMIN_CLEAN_TOMBSTONES_PATH,
+        Vec::new(),
+        move || tsdb.clean_tombstones(),
+    )
+    .await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
+/// Runs an admin operation on every member of the cluster: `local` here (on a blocking
+/// thread), `body` POSTed to `path` on every other member not removed, all at once.
+/// Before anything runs, a member down in this node's view refuses the request: it
+/// holds replicas too, and applying the operation elsewhere only would let its copies
+/// come back (ADR 0023). Afterwards, members that failed are named in a 503; a failure
+/// of this node alone is answered as its storage error.
+async fn on_every_member(
+    services: &NodeServices,
+    what: &str,
+    path: &'static str,
+    body: Vec<u8>,
+    local: impl FnOnce() -> Result<(), StorageError> + Send + 'static,
+) -> Result<(), ApiError> {
+    let view = services.cluster.membership.view();
+    let others: Vec<_> = view
+        .members
+        .iter()
+        .filter(|m| m.identity.id != view.local.id)
+        .collect();
+    let down: Vec<String> = others
+        .iter()
+        .filter(|m| !matches!(m.state, MemberState::Alive | MemberState::Suspect))
+        .map(|m| format!("{} ({})", m.identity.http_addr, m.identity.id))
+        .collect();
+    if !down.is_empty() {
+        return Err(ApiError::unavailable(format!(
+            "{what} was not applied on any node: {} down in this node's view, and every \
+             node holding replicas must apply it or their copies come back; start them \
+             again, or remove them for good (/api/v1/admin/cluster/remove), then retry",
+            down.join(", ")
+        )));
+    }
+    let mut asked = tokio::task::JoinSet::new();
+    for member in others {
+        let client = services.cluster.client.clone();
+        let addr = member.identity.http_addr.clone();
+        let id = member.identity.id;
+        let body = body.clone();
+        let trace_id = peer::current_trace_id();
+        asked.spawn(async move {
+            let headers = [
+                ("content-type", "application/json"),
+                (peer::TRACE_HEADER, trace_id.as_str()),
+            ];
+            let outcome = match client
+                .post(&addr, path, "admin", &headers, body, ADMIN_PEER_TIMEOUT)
+                .await
+            {
+                Ok(r) if (200..300).contains(&r.status) => Ok(()),
+                Ok(r) => Err(format!(
+                    "answered {}: {}",
+                    r.status,
+                    String::from_utf8_lossy(&r.body[..r.body.len().min(512)])
+                )),
+                Err(e) => Err(e.to_string()),
+            };
+            (format!("{addr} ({id})"), outcome)
+        });
+    }
+    let local_outcome = blocking_storage(local).await;
+    let mut applied = vec![format!("{} ({})", view.local.http_addr, view.local.id)];
+    let mut failed = Vec::new();
+    while let Some(joined) = asked.join_next().await {
+        match joined {
+            Ok((member, Ok(()))) => applied.push(member),
+            Ok((member, Err(e))) => failed.push(format!("{member}: {e}")),
+            Err(e) => failed.push(format!("a request task failed: {e}")),
+        }
+    }
+    match local_outcome {
+        Err(e) if failed.is_empty() => {
+            let mut err = ApiError::from(e);
+            err.message = format!(
+                "{what} failed on this node (the others applied it): {}",
+                err.message
+            );
+            Err(err)
+        }
+        Err(e) => {
+            applied.remove(0);
+            failed.insert(
+                0,
+                format!("{} ({}): {e}", view.local.http_addr, view.local.id),
+            );
+            Err(partly_applied(what, &applied, &failed))
+        }
+        Ok(()) if !failed.is_empty() => Err(partly_applied(what, &applied, &failed)),
+        Ok(()) => {
+            tracing::info!(
+                operation = what,
+                members = applied.len(),
+                "cluster-wide admin request applied on every member"
+            );
+            Ok(())
+        }
+    }
+}
+
+fn partly_applied(what: &str, applied: &[String], failed: &[String]) -> ApiError {
+    tracing::warn!(
+        operation = what,
+        ?applied,
+        ?failed,
+        "cluster-wide admin request failed on some members"
+    );
+    ApiError::unavailable(format!(
+        "{what} was not applied on every node: failed on {}; applied on {}; it is \
+         idempotent: retry it",
+        failed.join("; "),
+        if applied.is_empty() {
+            "none".to_string()
+        } else {
+            applied.join(", ")
+        }
+    ))
+}
+
+/// Runs blocking TSDB work on a blocking thread, keeping its storage error.
+async fn blocking_storage<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, StorageError> + Send + 'static,
+) -> Result<T, StorageError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .unwrap_or_else(|e| Err(StorageError::Other(format!("admin task failed: {e}"))))
+}
+
+/// A snapshot's answer: Prometheus's `name`, and which node took it. A snapshot stays
+/// on the node asked (ADR 0023): `scope` says so, and a backup of the cluster takes one
+/// on every node.
 #[derive(Serialize)]
 struct SnapshotName {
     name: String,
+    node: String,
+    scope: &'static str,
 }
+
+/// The snapshot answer's `scope`.
+const SNAPSHOT_SCOPE: &str =
+    "this node's data only: a cluster backup takes a snapshot on every node";
 
 async fn snapshot(State(state): State<AppState>, params: FormParams) -> Result<Response, ApiError> {
     state.admin().check_enabled()?;
@@ -136,7 +318,14 @@ async fn snapshot(State(state): State<AppState>, params: FormParams) -> Result<R
         tsdb.snapshot(&dir, !skip_head)
     })
     .await?;
-    Ok(success(SnapshotName { name }, &[], &[]))
+    let local = &state.services()?.cluster.membership.view().local;
+    let node = format!("{} ({})", local.http_addr, local.id);
+    let answer = SnapshotName {
+        name,
+        node,
+        scope: SNAPSHOT_SCOPE,
+    };
+    Ok(success(answer, &[], &[]))
 }
 
 #[derive(Serialize)]
@@ -240,10 +429,7 @@ async fn metadata(State(state): State<AppState>, params: FormParams) -> Result<R
         .filter(|m| !m.is_empty())
         .map(str::to_string);
     let (known, cluster) = notes::collect(storage.metadata(metric)).await;
-    let known = known.map_err(|e| match e {
-        StorageError::Unavailable(_) => ApiError::unavailable(e.to_string()),
-        other => ApiError::internal(other.to_string()),
-    })?;
+    let known = known?;
     let mut by_metric: BTreeMap<String, Vec<MetadataEntry>> = BTreeMap::new();
     for m in known {
         let entries = by_metric.entry(m.metric_family).or_default();

@@ -17,7 +17,7 @@ use axum::Router;
 use super::json::{append_go_float, GoFloat};
 use super::params::{parse_match_param, FormParams};
 use super::query::now_ms;
-use super::AppState;
+use super::{ApiError, AppState};
 use crate::model::{is_stale_nan, Labels, Matcher, Sample, METRIC_NAME};
 use crate::storage::{SelectError, SelectRequest, Storage};
 
@@ -49,7 +49,10 @@ async fn federate(State(state): State<AppState>, RawQuery(query): RawQuery) -> R
     let mint = maxt.saturating_sub(state.engine().options().lookback_delta_ms);
     let latest = match latest_samples(services.storage.as_ref(), sets, mint, maxt).await {
         Ok(latest) => latest,
-        Err(e) => return plain_error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+        Err(e) => {
+            let e = ApiError::from(e);
+            return plain_error(e.status, &e.message);
+        }
     };
     let mut body = Vec::with_capacity(latest.len() * 64);
     write_text_exposition(&mut body, &latest);

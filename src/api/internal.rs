@@ -10,11 +10,14 @@
 //! snappy remote-write body), `POST /internal/v1/read-local` (remote read of this node's
 //! data only, SAMPLES answers), `POST /internal/v1/{series,labels,label-values}` (JSON,
 //! `peer::WireLabelRequest`) and `POST /internal/v1/metadata` (JSON,
-//! `peer::WireMetadataRequest`: this node's metadata, ADR 0020) and `POST
+//! `peer::WireMetadataRequest`: this node's metadata, ADR 0020), `POST
 //! /internal/v1/tsdb-status` (JSON, `peer::WireCardinalityRequest`: this node's part of
-//! the cluster's head statistics, ADR 0022) and `POST /internal/v1/changes` (JSON: a
+//! the cluster's head statistics, ADR 0022), `POST /internal/v1/changes` (JSON: a
 //! `storage::ChangeMark` or null, answered with this node's `storage::Changes` since it;
-//! the query result cache polls it, ADR 0024).
+//! the query result cache polls it, ADR 0024), and `POST
+//! /internal/v1/admin/{delete-series,clean-tombstones}` (a peer's share of a
+//! cluster-wide admin request, applied to this node's data when its own admin API is
+//! enabled; ADR 0023).
 //! Every read answer carries `X-Timbala-Hints-Pending`: the hinted batches this node
 //! holds for others, so the reader knows which replicas lag (ADR 0012). Every handler
 //! logs the caller's trace id. With cluster keys, `require_cluster_credential` guards
@@ -39,7 +42,9 @@ use crate::cluster::identity::{unix_millis, NodeId};
 use crate::cluster::keys::{CredentialError, CLUSTER_AUTH_HEADER};
 use crate::fanout::{counts_series, labels_to_pairs};
 use crate::ingest::{self, DecodeLimits};
-use crate::peer::{self, WireCardinalityRequest, WireLabelRequest, WireMetadataRequest};
+use crate::peer::{
+    self, WireCardinalityRequest, WireDeleteRequest, WireLabelRequest, WireMetadataRequest,
+};
 use crate::replication::antientropy::{self, AntiEntropyError};
 use crate::replication::WireOutcome;
 use crate::storage::{LabelRequest, Storage};
@@ -57,6 +62,11 @@ pub fn routes() -> Router<AppState> {
         .route(peer::METADATA_PATH, post(internal_metadata))
         .route(peer::CARDINALITY_PATH, post(internal_cardinality))
         .route(peer::CHANGES_PATH, post(internal_changes))
+        .route(peer::ADMIN_DELETE_SERIES_PATH, post(internal_delete_series))
+        .route(
+            peer::ADMIN_CLEAN_TOMBSTONES_PATH,
+            post(internal_clean_tombstones),
+        )
 }
 
 /// Largest internal request body the credential check reads (the body is part of what
@@ -498,5 +508,61 @@ async fn internal_changes(
         body,
         async |tsdb, since: Option<crate::storage::ChangeMark>| Ok(tsdb.changes_since(since)),
     )
+    .await
+}
+
+/// A peer's share of a cluster-wide deletion (ADR 0023): this node deletes its own
+/// copies. Refused unless this node's admin API is enabled too, so that in an open
+/// cluster (no key) the internal route opens nothing the public one keeps closed.
+async fn internal_delete_series(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let span = tracing::info_span!("internal_delete_series", trace_id = %trace_id(&headers));
+    async move {
+        state.admin().check_enabled()?;
+        let tsdb = state.services()?.tsdb.clone();
+        let body = read_body(body, 16 << 20)
+            .await
+            .map_err(|_| ApiError::bad_data("reading the deletion request failed"))?;
+        let wire: WireDeleteRequest = serde_json::from_slice(&body)
+            .map_err(|e| ApiError::bad_data(format!("bad deletion request: {e}")))?;
+        let selectors = wire.matcher_sets().map_err(ApiError::bad_data)?;
+        if selectors.is_empty() {
+            return Err(ApiError::bad_data("a deletion needs at least one selector"));
+        }
+        let (start, end) = (wire.start, wire.end);
+        tokio::task::spawn_blocking(move || {
+            super::admin::delete_locally(&tsdb, &selectors, start, end)
+        })
+        .await
+        .map_err(|e| ApiError::internal(format!("deletion task failed: {e}")))??;
+        tracing::info!(
+            start,
+            end,
+            "deleted series as a peer asked (cluster-wide delete_series)"
+        );
+        Ok(StatusCode::NO_CONTENT.into_response())
+    }
+    .instrument(span)
+    .await
+}
+
+/// A peer's share of a cluster-wide `clean_tombstones`; guarded as the deletion.
+async fn internal_clean_tombstones(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let span = tracing::info_span!("internal_clean_tombstones", trace_id = %trace_id(&headers));
+    async move {
+        state.admin().check_enabled()?;
+        let tsdb = state.services()?.tsdb.clone();
+        tokio::task::spawn_blocking(move || tsdb.clean_tombstones())
+            .await
+            .map_err(|e| ApiError::internal(format!("tombstone cleaning task failed: {e}")))??;
+        Ok(StatusCode::NO_CONTENT.into_response())
+    }
+    .instrument(span)
     .await
 }

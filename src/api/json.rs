@@ -17,7 +17,7 @@ use axum::response::{IntoResponse, Response};
 pub use crate::promql::functions::gofmt::{append_go_float, GoFloat};
 
 use crate::model::Labels;
-use crate::promql::QueryValue;
+use crate::promql::{QueryStats, QueryValue};
 use crate::timeutil::civil_from_days;
 
 /// A float sample value as Prometheus's JSON renders it: a string, 'f' format except
@@ -146,6 +146,50 @@ pub fn write_label_sets(out: &mut Vec<u8>, sets: &[Labels]) {
 /// engine keeps a selected sample's own timestamp in `InstantSample::t` for
 /// `timestamp()`, which is not what the API reports.
 pub fn write_query_data(out: &mut Vec<u8>, value: &QueryValue, eval_time_ms: i64) {
+    write_query_data_with_stats(out, value, eval_time_ms, None);
+}
+
+/// `write_query_data`, with Prometheus's `stats` member when `stats` is given:
+/// `{"timings":{"evalTotalTime",...} (seconds),"samples":{"totalQueryableSamples",
+/// "samplesRead","peakSamples"}}` (Prometheus's `util/stats` shape, without the
+/// per-step lists it adds only behind a feature flag).
+pub fn write_query_data_with_stats(
+    out: &mut Vec<u8>,
+    value: &QueryValue,
+    eval_time_ms: i64,
+    stats: Option<&QueryStats>,
+) {
+    write_query_value(out, value, eval_time_ms);
+    if let Some(stats) = stats {
+        out.pop(); // the closing brace of the data object
+        out.extend_from_slice(b",\"stats\":{\"timings\":{");
+        let timings = [
+            ("evalTotalTime", stats.eval_total),
+            ("resultSortTime", stats.result_sort),
+            ("queryPreparationTime", stats.preparation),
+            ("innerEvalTime", stats.inner_eval),
+            ("execQueueTime", stats.exec_queue),
+            ("execTotalTime", stats.exec_total),
+        ];
+        for (i, (name, duration)) in timings.into_iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            write_str(out, name);
+            out.push(b':');
+            out.extend_from_slice(format!("{}", duration.as_secs_f64()).as_bytes());
+        }
+        out.extend_from_slice(
+            format!(
+                "}},\"samples\":{{\"totalQueryableSamples\":{},\"samplesRead\":{},\"peakSamples\":{}}}}}}}",
+                stats.total_queryable_samples, stats.samples_read, stats.peak_samples
+            )
+            .as_bytes(),
+        );
+    }
+}
+
+fn write_query_value(out: &mut Vec<u8>, value: &QueryValue, eval_time_ms: i64) {
     out.extend_from_slice(b"{\"resultType\":");
     write_str(out, value.type_name());
     out.extend_from_slice(b",\"result\":");

@@ -4,8 +4,11 @@
 //! family: `health` (/-/healthy, /-/ready, /metrics), `write` (remote write), `otlp`
 //! (OpenTelemetry OTLP/HTTP metrics, stored through remote write's path), `read`
 //! (remote read), `admin` (TSDB admin, off unless enabled), `query` (PromQL and
-//! series/labels endpoints) with `query_cache` (range query result cache, ADR 0024), `status` (build, runtime, flags, tsdb, cluster),
-//! `federate`, `ui` (the built-in web pages), `internal` (node-to-node). The routes come in two routers that are guarded
+//! series/labels endpoints) with `query_cache` (range query result cache, ADR 0024),
+//! `status` (build, runtime, flags, tsdb, cluster), `federate`, `ui` (the built-in web
+//! pages), `internal` (node-to-node), `slow_query` (the `--query-log-slow` line).
+//! Storage and query failures map to answers in one place, `ApiError`'s `From` impls
+//! (ADR 0023). The routes come in two routers that are guarded
 //! differently (ADR 0013): `public` (everything users and Prometheus call) and `internal`
 //! (`/internal/v1/*`, node to node). Calls `ingest`, `promql`,
 //! `storage` (and the local `tsdb` for admin and status) — never the other way round.
@@ -21,6 +24,7 @@ pub mod params;
 pub mod query;
 pub mod query_cache;
 pub mod read;
+pub mod slow_query;
 pub mod status;
 pub mod ui;
 pub mod write;
@@ -38,12 +42,13 @@ use crate::cluster::keys::ClusterKeys;
 use crate::cluster::membership::MembershipHandle;
 use crate::fanout::FanoutStorage;
 use crate::ingest::IngestMetrics;
+use crate::peer::PeerClient;
 use crate::promql::cache::{CacheMetrics, ResultCache};
-use crate::promql::Engine;
+use crate::promql::{Engine, QueryError};
 use crate::replication::antientropy::{AntiEntropyMetrics, AntiEntropyProgress};
 use crate::replication::hints::HintStore;
 use crate::replication::rereplicate::RepairProgress;
-use crate::storage::{Storage, TimeBounds};
+use crate::storage::{SelectError, Storage, StorageError, TimeBounds};
 use crate::tsdb::Tsdb;
 
 /// What the node serves once its storage is open (after WAL replay).
@@ -59,7 +64,7 @@ pub struct NodeServices {
     pub cluster: ClusterServices,
 }
 
-/// What the cluster status and cluster admin endpoints read.
+/// What the cluster status and cluster admin endpoints read and use.
 pub struct ClusterServices {
     pub membership: MembershipHandle,
     pub hints: Arc<HintStore>,
@@ -68,6 +73,8 @@ pub struct ClusterServices {
     /// Anti-entropy: the last pass, and the metrics the answering side counts in.
     pub anti_entropy: Arc<AntiEntropyProgress>,
     pub anti_entropy_metrics: AntiEntropyMetrics,
+    /// The internal client, for cluster-wide admin requests (ADR 0023).
+    pub client: PeerClient,
 }
 
 /// Static facts about this process for the status endpoints.
@@ -85,6 +92,8 @@ pub struct ServerInfo {
     pub cluster_keys: Option<ClusterKeys>,
     /// Memory for cached range query results (0: no cache; ADR 0024).
     pub query_cache_max_bytes: usize,
+    /// Queries taking at least this long are logged (`slow_query`); None: off.
+    pub query_log_slow: Option<std::time::Duration>,
 }
 
 /// Shared state of every handler. Cheap to clone.
@@ -256,6 +265,50 @@ impl ApiError {
     }
 }
 
+/// The one mapping of storage failures to answers, used by every endpoint that reads
+/// or changes data (ADR 0023): too few nodes for a complete answer, or a store not
+/// ready, is 503 `unavailable`; anything else (i/o, corruption, a bug) is 500
+/// `internal`, as Prometheus answers a PromQL storage error.
+impl From<StorageError> for ApiError {
+    fn from(err: StorageError) -> Self {
+        match err {
+            StorageError::Unavailable(_) => ApiError::unavailable(err.to_string()),
+            StorageError::Io(_) | StorageError::Corruption(_) | StorageError::Other(_) => {
+                ApiError::internal(err.to_string())
+            }
+        }
+    }
+}
+
+/// A select's failure: the sample limit is 422 `execution` with Prometheus's message
+/// (its limits are execution errors), the rest as `StorageError`.
+impl From<SelectError> for ApiError {
+    fn from(err: SelectError) -> Self {
+        match err {
+            SelectError::TooManySamples => ApiError::from(QueryError::TooManySamples),
+            SelectError::Storage(e) => ApiError::from(e),
+        }
+    }
+}
+
+/// A PromQL query's failure, in Prometheus's types: the query's own faults are 400
+/// `bad_data` (named as the `query` parameter's), limits and evaluation errors 422
+/// `execution`, the timeout 503 `timeout`, storage failures as `StorageError`.
+impl From<QueryError> for ApiError {
+    fn from(err: QueryError) -> Self {
+        match err {
+            QueryError::BadData(message) => params::invalid_param("query", message),
+            QueryError::Execution(_) | QueryError::TooManySamples => {
+                ApiError::execution(err.to_string())
+            }
+            QueryError::Timeout(_) => {
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "timeout", err.to_string())
+            }
+            QueryError::Storage(e) => ApiError::from(e),
+        }
+    }
+}
+
 #[derive(Serialize)]
 struct ErrorBody<'a> {
     status: &'static str,
@@ -294,4 +347,76 @@ pub fn success<T: Serialize>(data: T, warnings: &[String], infos: &[String]) -> 
         infos,
     })
     .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every failure kind and the status and `errorType` it is answered with (ADR 0023).
+    #[test]
+    fn one_mapping_for_every_failure() {
+        let io = || StorageError::from(std::io::Error::other("disk gone"));
+        let cases: [(ApiError, u16, &str); 10] = [
+            (
+                QueryError::BadData("1:1: parse error: x".into()).into(),
+                400,
+                "bad_data",
+            ),
+            (
+                QueryError::Execution("boom".into()).into(),
+                422,
+                "execution",
+            ),
+            (QueryError::TooManySamples.into(), 422, "execution"),
+            (SelectError::TooManySamples.into(), 422, "execution"),
+            (
+                QueryError::Timeout("expression evaluation".into()).into(),
+                503,
+                "timeout",
+            ),
+            (
+                QueryError::Storage(StorageError::Unavailable("3 nodes".into())).into(),
+                503,
+                "unavailable",
+            ),
+            (
+                SelectError::Storage(StorageError::Unavailable("3 nodes".into())).into(),
+                503,
+                "unavailable",
+            ),
+            (QueryError::Storage(io()).into(), 500, "internal"),
+            (
+                StorageError::Corruption("chunk".into()).into(),
+                500,
+                "internal",
+            ),
+            (StorageError::Other("bug".into()).into(), 500, "internal"),
+        ];
+        for (api, status, kind) in cases {
+            assert_eq!(
+                (api.status.as_u16(), api.error_type),
+                (status, kind),
+                "{}",
+                api.message
+            );
+        }
+        let bad = ApiError::from(QueryError::BadData("1:1: parse error: x".into()));
+        assert_eq!(
+            bad.message,
+            "invalid parameter \"query\": 1:1: parse error: x"
+        );
+        let timeout = ApiError::from(QueryError::Timeout("expression evaluation".into()));
+        assert_eq!(timeout.message, "query timed out in expression evaluation");
+        let limit = ApiError::from(SelectError::TooManySamples);
+        assert_eq!(
+            limit.message,
+            "query processing would load too many samples into memory in query execution"
+        );
+        assert_eq!(
+            ApiError::from(io()).message,
+            "i/o error: disk gone",
+            "the storage error's own text"
+        );
+    }
 }

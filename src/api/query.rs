@@ -8,7 +8,7 @@
 //! answer given without some node, collected around the storage calls; ADR 0012), and
 //! `query_cache` for range queries (`nocache=1` bypasses it; ADR 0024).
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -23,10 +23,11 @@ use super::params::{
     unescape_label_name, FormParams, MAX_TIME_MS, MIN_TIME_MS,
 };
 use super::query_cache::RangeQuery;
+use super::slow_query::{self, SlowQuery};
 use super::{json, ApiError, AppState};
 use crate::fanout::notes::{self, ReadNotes};
 use crate::model::{Labels, Matcher};
-use crate::promql::{limits, Annotations, QueryError, QueryOutput, QueryValue};
+use crate::promql::{limits, Annotations, QueryOutput, QueryValue};
 use crate::storage::{BoxFuture, LabelRequest, StorageError};
 
 /// Most points a range query may return per series (Prometheus's fixed limit).
@@ -66,13 +67,21 @@ async fn instant_query(
     let storage = state.services()?.storage.clone();
     let query = params.value("query");
     let engine = state.engine();
+    let started = Instant::now();
     let (output, cluster) =
         notes::collect(engine.instant_query_with_timeout(storage, query, time_ms, timeout)).await;
+    let request = SlowQuery {
+        endpoint: "query",
+        query,
+        start_ms: time_ms,
+        end_ms: time_ms,
+        step_ms: 0,
+    };
+    let threshold = state.info().query_log_slow;
+    slow_query::log_if_slow(threshold, request, started.elapsed(), &output, &cluster);
+    let stats = StatsParam::of(&params);
     Ok(render_query_output(
-        output.map_err(query_error)?,
-        cluster,
-        limit,
-        time_ms,
+        output?, cluster, limit, time_ms, &stats,
     ))
 }
 
@@ -95,8 +104,10 @@ async fn range_query(
     reject_per_query_lookback(&params)?;
     let use_cache = !bool_param(&params, "nocache")?;
     let storage = state.services()?.storage.clone();
+    let query_text = params.value("query");
+    let started = Instant::now();
     let query = RangeQuery {
-        query: params.value("query"),
+        query: query_text,
         start,
         end,
         step: step_ms,
@@ -107,12 +118,17 @@ async fn range_query(
         .query_cache()
         .range_query(state.engine(), storage, query, use_cache)
         .await;
-    Ok(render_query_output(
-        output.map_err(query_error)?,
-        cluster,
-        limit,
-        end,
-    ))
+    let request = SlowQuery {
+        endpoint: "query_range",
+        query: query_text,
+        start_ms: start,
+        end_ms: end,
+        step_ms,
+    };
+    let threshold = state.info().query_log_slow;
+    slow_query::log_if_slow(threshold, request, started.elapsed(), &output, &cluster);
+    let stats = StatsParam::of(&params);
+    Ok(render_query_output(output?, cluster, limit, end, &stats))
 }
 
 /// A flag parameter such as VictoriaMetrics's `nocache`: `1`/`true` set, absent, empty,
@@ -176,30 +192,6 @@ fn reject_per_query_lookback(params: &FormParams) -> Result<(), ApiError> {
     ))
 }
 
-/// Maps engine errors to Prometheus's error types and status codes.
-fn query_error(err: QueryError) -> ApiError {
-    match &err {
-        QueryError::BadData(message) => invalid_param("query", message),
-        QueryError::Execution(_) | QueryError::TooManySamples => {
-            ApiError::execution(err.to_string())
-        }
-        QueryError::Timeout(_) => {
-            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "timeout", err.to_string())
-        }
-        QueryError::Storage(_) => ApiError::internal(err.to_string()),
-        QueryError::Unavailable(_) => ApiError::unavailable(err.to_string()),
-    }
-}
-
-/// Storage failures of the metadata endpoints: 503 while unavailable, otherwise
-/// `execution` as Prometheus answers querier errors there.
-fn storage_error(err: StorageError) -> ApiError {
-    match err {
-        StorageError::Unavailable(_) => ApiError::unavailable(err.to_string()),
-        other => ApiError::execution(other.to_string()),
-    }
-}
-
 /// Renders a result; `eval_time_ms` stamps vector samples (see `json::write_query_data`).
 /// The cluster's notes (nodes answered without, lagging replicas) come first and are
 /// never capped: there are at most a few per node.
@@ -208,25 +200,53 @@ fn render_query_output(
     cluster: ReadNotes,
     limit: usize,
     eval_time_ms: i64,
+    stats_param: &StatsParam,
 ) -> Response {
     let QueryOutput {
         mut value,
         annotations,
+        stats,
         ..
     } = output;
     let (engine_warnings, engine_infos) = annotation_strings(annotations);
     let ReadNotes {
         mut warnings,
         mut infos,
+        ..
     } = cluster;
     warnings.extend(engine_warnings);
     infos.extend(engine_infos);
     if truncate_result(&mut value, limit) {
         warnings.push(TRUNCATED_WARNING.to_string());
     }
+    warnings.extend(stats_param.warning.clone());
+    let stats = stats_param.wanted.then_some(&stats);
     json::success_response(&warnings, &infos, |out| {
-        json::write_query_data(out, &value, eval_time_ms)
+        json::write_query_data_with_stats(out, &value, eval_time_ms, stats)
     })
+}
+
+/// The `stats` parameter of query and query_range, read as Prometheus does: any
+/// non-empty value adds `data.stats`; values other than `true` and `all` also get
+/// Prometheus's deprecation warning.
+struct StatsParam {
+    wanted: bool,
+    warning: Option<String>,
+}
+
+impl StatsParam {
+    fn of(params: &FormParams) -> StatsParam {
+        let value = params.value("stats");
+        let warning = (!matches!(value, "" | "true" | "all")).then(|| {
+            format!(
+                "value {value:?} for parameter \"stats\" is deprecated and will be rejected in the next major release, use \"true\" or \"all\""
+            )
+        });
+        StatsParam {
+            wanted: !value.is_empty(),
+            warning,
+        }
+    }
 }
 
 /// Warnings and infos as Prometheus lists them: at most ten each, then a count of the
@@ -326,10 +346,10 @@ async fn union_of_answers<'s, T: Ord>(
         for request in requests {
             parts.push(ask(request).await?);
         }
-        Ok(parts)
+        Ok::<_, StorageError>(parts)
     })
     .await;
-    Ok((sorted_union(parts.map_err(storage_error)?), cluster))
+    Ok((sorted_union(parts?), cluster))
 }
 
 /// The warnings of a metadata answer: the cluster's, then the limit's.
@@ -337,6 +357,7 @@ fn metadata_warnings(cluster: ReadNotes, limited: Vec<String>) -> (Vec<String>, 
     let ReadNotes {
         mut warnings,
         infos,
+        ..
     } = cluster;
     warnings.extend(limited);
     (warnings, infos)
@@ -466,42 +487,6 @@ mod tests {
         assert!(err
             .message
             .starts_with("exceeded maximum resolution of 11,000 points"));
-    }
-
-    #[test]
-    fn engine_errors_map_to_prometheus_types() {
-        let cases = [
-            (
-                QueryError::BadData("1:1: parse error: x".into()),
-                400,
-                "bad_data",
-            ),
-            (QueryError::Execution("boom".into()), 422, "execution"),
-            (QueryError::TooManySamples, 422, "execution"),
-            (
-                QueryError::Timeout("expression evaluation".into()),
-                503,
-                "timeout",
-            ),
-            (QueryError::Storage("disk".into()), 500, "internal"),
-            (
-                QueryError::Unavailable("3 nodes".into()),
-                503,
-                "unavailable",
-            ),
-        ];
-        for (err, status, kind) in cases {
-            let api = query_error(err);
-            assert_eq!((api.status.as_u16(), api.error_type), (status, kind));
-        }
-        assert_eq!(
-            query_error(QueryError::BadData("1:1: parse error: x".into())).message,
-            "invalid parameter \"query\": 1:1: parse error: x"
-        );
-        assert_eq!(
-            query_error(QueryError::Timeout("expression evaluation".into())).message,
-            "query timed out in expression evaluation"
-        );
     }
 
     #[test]

@@ -17,7 +17,9 @@ use std::time::Duration;
 
 use crate::fanout::notes::{self, ReadNotes};
 use crate::promql::cache::{self, CacheKey, ResultCache, SETTLE_MS};
-use crate::promql::{Annotations, Engine, QueryError, QueryOutput, QueryValue, StepAnnotations};
+use crate::promql::{
+    Annotations, Engine, QueryError, QueryOutput, QueryStats, QueryValue, StepAnnotations,
+};
 use crate::storage::{ChangeMark, ChangeReport, SourceId, Storage};
 
 /// The cache of one node: the result store and the change marks it is valid at.
@@ -110,6 +112,7 @@ impl QueryCache {
                 value: QueryValue::Matrix(Vec::new()),
                 annotations: Annotations::default(),
                 step_annotations: StepAnnotations::default(),
+                stats: QueryStats::default(),
             };
             (empty, ReadNotes::default())
         };
@@ -117,6 +120,7 @@ impl QueryCache {
             value,
             mut annotations,
             step_annotations: tail_steps,
+            stats,
         } = tail;
         let QueryValue::Matrix(tail_series) = value else {
             // A range evaluation always answers a matrix; anything else is passed on.
@@ -124,6 +128,7 @@ impl QueryCache {
                 value,
                 annotations,
                 step_annotations: tail_steps,
+                stats,
             };
             return (Ok(output), cluster);
         };
@@ -152,6 +157,8 @@ impl QueryCache {
             value: QueryValue::Matrix(series),
             annotations,
             step_annotations,
+            // What this request evaluated: the tail; cached steps cost no samples.
+            stats,
         };
         (Ok(output), cluster)
     }

@@ -19,7 +19,7 @@ use axum::Router;
 use prost::Message;
 
 use super::write::{plain_text, read_limited};
-use super::AppState;
+use super::{ApiError, AppState};
 use crate::ingest::decompress_snappy;
 use crate::model::{MatchOp, Matcher, Series};
 use crate::proto;
@@ -183,10 +183,13 @@ async fn run_select(
         SelectError::TooManySamples => {
             ReadFailure::bad_request(format!("exceeded sample limit ({SAMPLE_LIMIT})"))
         }
-        SelectError::Storage(e) => ReadFailure {
-            status: StatusCode::INTERNAL_SERVER_ERROR,
-            message: e.to_string(),
-        },
+        SelectError::Storage(e) => {
+            let e = ApiError::from(e);
+            ReadFailure {
+                status: e.status,
+                message: e.message,
+            }
+        }
     })
 }
 

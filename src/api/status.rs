@@ -321,6 +321,7 @@ mod tests {
             ingest_time_bounds: crate::storage::TimeBounds::NONE,
             cluster_keys: None,
             query_cache_max_bytes: 0,
+            query_log_slow: None,
         }
     }
 

@@ -5,7 +5,8 @@
 //! count as missing), how long it waits (everyone, until the answers in hand hold every
 //! series; then stragglers get `peer_timeout` more and are left behind), cancelling the
 //! request to a node gossip declares down while the read waits for it, refusing a read
-//! once as many nodes are missing as a series has replicas, and the fan-out's metrics
+//! once as many nodes are missing as a series has replicas (this node counts as one
+//! when its own store fails: the replicas answer for it), and the fan-out's metrics
 //! for all of this. Calls `cluster` (the membership view and its watch), `peer` (the
 //! client, trace ids), the local hint store (this node's own pending hints) and
 //! `notes` (what the answer says about itself).
@@ -236,7 +237,7 @@ impl FanoutStorage {
             inner.hints.pending_batches(),
         );
         if report.refused() {
-            return Err(self.refuse(&report));
+            return Err(self.refuse(&report, None));
         }
 
         let mut flight = InFlight {
@@ -253,7 +254,25 @@ impl FanoutStorage {
             );
             flight.spawn(peer::with_trace_id(trace_id.clone(), ask));
         }
-        let mut answers = vec![(local_id, local.await?)];
+        // This node's own store failing is one missing node like any other: the
+        // replicas answer for it while enough of them do (ADR 0023).
+        let mut answers = Vec::with_capacity(asked.len() + 1);
+        let mut local_failure = None;
+        match local.await {
+            Ok(value) => answers.push((local_id, value)),
+            Err(error) => {
+                tracing::warn!(%error, "fan-out: this node's own store failed; answering from the other replicas");
+                report.missing.push(Missing {
+                    id: local_id,
+                    addr: view.local.http_addr.clone(),
+                    why: Absence::LocalStoreFailed(error.to_string()),
+                });
+                local_failure = Some(error);
+            }
+        }
+        if report.refused() {
+            return Err(self.refuse(&report, local_failure));
+        }
         // When the answers in hand first held every series; stragglers are waited for
         // `peer_timeout` from then.
         let mut complete_since: Option<Instant> = None;
@@ -310,11 +329,14 @@ impl FanoutStorage {
                 }
             }
             if report.refused() {
-                return Err(self.refuse(&report));
+                return Err(self.refuse(&report, local_failure));
             }
         }
 
-        let notes = report.notes();
+        let mut notes = report.notes();
+        notes.nodes_asked = std::iter::once(view.local.http_addr.clone())
+            .chain(asked.iter().map(|peer| peer.addr.clone()))
+            .collect();
         if notes.warnings.is_empty() {
             metrics.count("complete");
         } else {
@@ -325,8 +347,15 @@ impl FanoutStorage {
         Ok(answers)
     }
 
-    fn refuse(&self, report: &ReadReport) -> StorageError {
+    /// The error of a refused read: `Unavailable`, naming the missing nodes; or, when
+    /// this node's own store failed and the peers alone would not have been too few
+    /// (a one-node cluster), that store's own error, which says more.
+    fn refuse(&self, report: &ReadReport, local_failure: Option<StorageError>) -> StorageError {
         self.inner.metrics.count("failed");
+        if let Some(error) = local_failure.filter(|_| report.missing.len() - 1 < report.replicas) {
+            tracing::warn!(%error, "fan-out failed: this node's own store failed");
+            return error;
+        }
         let why = report.refusal();
         tracing::warn!(%why, "fan-out refused a read");
         StorageError::Unavailable(why)

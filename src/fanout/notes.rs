@@ -21,6 +21,9 @@ use crate::cluster::identity::NodeId;
 pub struct ReadNotes {
     pub warnings: Vec<String>,
     pub infos: Vec<String>,
+    /// The HTTP addresses of the nodes the reads asked (this node included), for the
+    /// slow-query log; never shown in an answer.
+    pub nodes_asked: Vec<String>,
 }
 
 impl ReadNotes {
@@ -28,6 +31,7 @@ impl ReadNotes {
         for (into, from) in [
             (&mut self.warnings, other.warnings),
             (&mut self.infos, other.infos),
+            (&mut self.nodes_asked, other.nodes_asked),
         ] {
             for note in from {
                 if !into.contains(&note) {
@@ -75,6 +79,8 @@ pub(super) enum Absence {
     DeclaredDown,
     /// It answered with an error, or could not be reached.
     Failed(String),
+    /// The node doing the read: its own store failed (disk, corruption).
+    LocalStoreFailed(String),
 }
 
 impl std::fmt::Display for Absence {
@@ -87,6 +93,9 @@ impl std::fmt::Display for Absence {
             ),
             Absence::DeclaredDown => f.write_str("declared down while the read waited for it"),
             Absence::Failed(error) => write!(f, "failed: {error}"),
+            Absence::LocalStoreFailed(error) => {
+                write!(f, "the answering node's own store failed: {error}")
+            }
         }
     }
 }

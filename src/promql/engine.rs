@@ -30,7 +30,7 @@ use super::eval::{
 use super::limits;
 use super::plan::{self, QueryTimes};
 use super::value::{InstantSample, QueryValue, RangeSeries, StepAnnotations};
-use super::{EngineOptions, QueryError, QueryOutput};
+use super::{EngineOptions, QueryError, QueryOutput, QueryStats};
 
 /// One query to run: `[start, end]` with `step` (an instant query has start == end).
 pub(crate) struct QueryRequest<'q> {
@@ -84,6 +84,7 @@ pub(crate) async fn execute(
 ) -> Result<QueryOutput, QueryError> {
     let stop = StopFlag::default();
     let _stop_when_done = RaiseOnDrop(stop.clone());
+    let preparing = Instant::now();
     let (expr, depth) = parse(req.query, opts)?;
     // Boxed so selector addresses (the plan's keys) survive moving it to another thread.
     let expr = Box::new(expr);
@@ -103,21 +104,33 @@ pub(crate) async fn execute(
     let loaded = tokio::time::timeout_at(req.deadline.into(), loading)
         .await
         .map_err(|_| QueryError::Timeout("query preparation".into()))??;
+    let preparation = preparing.elapsed();
     let opts = opts.clone();
     let (step, deadline, points_before) = (req.step.max(1), req.deadline, req.points_before);
     let evaluation = run_blocking(depth, move || {
         let _slot = slot;
         let mut ev = Evaluator::new(&loaded, times, &opts, deadline, stop);
         let mut step_annotations = StepAnnotations::default();
+        let evaluating = Instant::now();
         let value = if is_range {
             evaluate_range(&mut ev, &expr, step, points_before, &mut step_annotations)?
         } else {
             evaluate_instant(&mut ev, &expr)?
         };
+        let stats = QueryStats {
+            preparation,
+            inner_eval: evaluating.elapsed().saturating_sub(ev.counters.result_sort),
+            result_sort: ev.counters.result_sort,
+            total_queryable_samples: ev.counters.queryable_samples,
+            samples_read: loaded.samples(),
+            peak_samples: ev.counters.peak_samples,
+            ..QueryStats::default()
+        };
         Ok(QueryOutput {
             value,
             annotations: ev.annotations,
             step_annotations,
+            stats,
         })
     });
     // The answer does not wait for the evaluation to notice the deadline.
@@ -304,11 +317,18 @@ fn evaluate_instant(ev: &mut Evaluator<'_>, expr: &Expr) -> Result<QueryValue, Q
             }
             check_unique_labelsets(&v)?;
             if !defines_order(expr) {
+                let sorting = Instant::now();
                 v.sort_by(|a, b| a.labels.cmp(&b.labels));
+                ev.counters.result_sort += sorting.elapsed();
             }
             QueryValue::Vector(v)
         }
-        Value::Matrix(m) => QueryValue::Matrix(finish_matrix(m)?),
+        Value::Matrix(m) => {
+            let sorting = Instant::now();
+            let m = finish_matrix(m)?;
+            ev.counters.result_sort += sorting.elapsed();
+            QueryValue::Matrix(m)
+        }
     })
 }
 
@@ -399,7 +419,10 @@ fn evaluate_range(
             None => break,
         };
     }
-    Ok(QueryValue::Matrix(finish_matrix(series)?))
+    let sorting = Instant::now();
+    let series = finish_matrix(series)?;
+    ev.counters.result_sort += sorting.elapsed();
+    Ok(QueryValue::Matrix(series))
 }
 
 /// Removes dropped metric names, merges series that became identical (their points

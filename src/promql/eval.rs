@@ -39,6 +39,17 @@ pub(crate) enum Value {
 
 pub(crate) const DUPLICATE_LABELSET: &str = "vector cannot contain metrics with the same labelset";
 
+/// An evaluation's contribution to `QueryStats`.
+#[derive(Default)]
+pub(crate) struct EvalCounters {
+    /// Samples the selectors read, summed over every step.
+    pub queryable_samples: u64,
+    /// The most samples held at once.
+    pub peak_samples: usize,
+    /// Time spent sorting the result.
+    pub result_sort: std::time::Duration,
+}
+
 pub(crate) struct Evaluator<'a> {
     data: &'a LoadedSeries,
     pub(crate) times: QueryTimes,
@@ -49,6 +60,8 @@ pub(crate) struct Evaluator<'a> {
     stop: StopFlag,
     /// Samples currently held by the evaluation (Prometheus's `currentSamples`).
     held_samples: usize,
+    /// What the evaluation counted for the query's statistics.
+    pub(crate) counters: EvalCounters,
     /// Per subquery node: the inner results of its latest window.
     subquery_windows: HashMap<usize, SubqueryWindow>,
     /// Label sets without their metric identity, per input label set.
@@ -78,6 +91,7 @@ impl<'a> Evaluator<'a> {
             deadline,
             stop,
             held_samples: 0,
+            counters: EvalCounters::default(),
             subquery_windows: HashMap::new(),
             identity_removed: LabelMemo::default(),
             content_hashes: LabelMemo::default(),
@@ -117,6 +131,7 @@ impl<'a> Evaluator<'a> {
     /// Records `n` more samples held in memory; fails past the query's limit.
     pub(crate) fn hold_samples(&mut self, n: usize) -> Result<(), QueryError> {
         self.held_samples = self.held_samples.saturating_add(n);
+        self.counters.peak_samples = self.counters.peak_samples.max(self.held_samples);
         if self.held_samples > self.opts.max_samples {
             return Err(QueryError::TooManySamples);
         }
@@ -284,6 +299,7 @@ impl<'a> Evaluator<'a> {
                 drop_name: false,
             });
         }
+        self.counters.queryable_samples += out.len() as u64;
         self.hold_samples(out.len())?;
         Ok(out)
     }
@@ -313,6 +329,7 @@ impl<'a> Evaluator<'a> {
                 continue;
             }
             let points = &series.samples[from..to];
+            self.counters.queryable_samples += points.len() as u64;
             points_held = match count {
                 SampleCount::AllSeries => points_held + points.len(),
                 SampleCount::OneSeriesAtATime => points_held.max(points.len()),

@@ -150,7 +150,7 @@ impl Harness {
                 }
                 Err(QueryError::BadData(_) | QueryError::TooManySamples) => {}
                 Err(QueryError::Timeout(_)) => {}
-                Err(QueryError::Storage(m) | QueryError::Unavailable(m)) => {
+                Err(QueryError::Storage(m)) => {
                     panic!("{text:.200}: storage failed: {m}")
                 }
             }

@@ -39,7 +39,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::Semaphore;
 
-use crate::storage::Storage;
+use crate::storage::{Storage, StorageError};
 pub use value::{Annotations, InstantSample, QueryValue, RangeSeries, StepAnnotations};
 
 /// Engine settings. `Default` gives Prometheus's server defaults.
@@ -75,13 +75,40 @@ impl Default for EngineOptions {
     }
 }
 
-/// A query's answer with the annotations Prometheus would return beside it.
+/// A query's answer with the annotations Prometheus would return beside it, and what
+/// it cost.
 #[derive(Clone, Debug, PartialEq)]
 pub struct QueryOutput {
     pub value: QueryValue,
     pub annotations: Annotations,
     /// Range queries: which steps raised each annotation (the result cache keeps it).
     pub step_annotations: StepAnnotations,
+    pub stats: QueryStats,
+}
+
+/// What one query cost, in the terms of Prometheus's query statistics (`stats=all` on
+/// the HTTP API, the slow-query log).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct QueryStats {
+    /// Waiting for a slot of the concurrency gate.
+    pub exec_queue: Duration,
+    /// From the slot to the answer: preparation, evaluation and sorting.
+    pub eval_total: Duration,
+    /// Parsing and loading the selected series (the cluster's fan-out included).
+    pub preparation: Duration,
+    /// Evaluating the expression at every step.
+    pub inner_eval: Duration,
+    /// Sorting the result.
+    pub result_sort: Duration,
+    /// Queue and evaluation together.
+    pub exec_total: Duration,
+    /// Samples the selectors read, summed over every step (a sample in the window of
+    /// ten steps counts ten times), as Prometheus's `totalQueryableSamples`.
+    pub total_queryable_samples: u64,
+    /// Samples loaded from storage for the query, each once.
+    pub samples_read: u64,
+    /// Most samples held at once (what `--query-max-samples` limits).
+    pub peak_samples: usize,
 }
 
 /// Why a query failed, mapped by the HTTP layer to Prometheus's `errorType` and status.
@@ -95,20 +122,17 @@ pub enum QueryError {
     TooManySamples,
     /// The timeout ran out: `timeout`, 503.
     Timeout(String),
-    /// Storage failed underneath: `internal`, 500.
-    Storage(String),
-    /// Storage cannot give a complete answer now (too many nodes missing): `unavailable`,
-    /// 503.
-    Unavailable(String),
+    /// Storage failed underneath, kept typed so the HTTP edge maps it like every other
+    /// endpoint's storage failure (ADR 0023): `unavailable`, 503, when too many nodes
+    /// are missing for a complete answer; `internal`, 500, otherwise.
+    Storage(StorageError),
 }
 
 impl fmt::Display for QueryError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            QueryError::BadData(m)
-            | QueryError::Execution(m)
-            | QueryError::Storage(m)
-            | QueryError::Unavailable(m) => f.write_str(m),
+            QueryError::BadData(m) | QueryError::Execution(m) => f.write_str(m),
+            QueryError::Storage(e) => e.fmt(f),
             QueryError::TooManySamples => f.write_str(
                 "query processing would load too many samples into memory in query execution",
             ),
@@ -148,11 +172,13 @@ impl Engine {
         timeout: Duration,
         points_before: usize,
     ) -> Result<QueryOutput, QueryError> {
-        let deadline = Instant::now() + timeout.min(self.opts.timeout);
+        let started = Instant::now();
+        let deadline = started + timeout.min(self.opts.timeout);
         let permit = tokio::time::timeout_at(deadline.into(), self.gate.clone().acquire_owned())
             .await
             .map_err(|_| QueryError::Timeout("query queue".into()))?
             .map_err(|_| QueryError::Execution("query engine is shutting down".into()))?;
+        let queued = started.elapsed();
         // A free slot is taken without waiting, so a deadline that has already passed
         // (`timeout=1ns`) is noticed here, not by chance later.
         if Instant::now() >= deadline {
@@ -166,7 +192,11 @@ impl Engine {
             deadline,
             points_before,
         };
-        engine::execute(&self.opts, storage, req, permit).await
+        let mut output = engine::execute(&self.opts, storage, req, permit).await?;
+        output.stats.exec_queue = queued;
+        output.stats.exec_total = started.elapsed();
+        output.stats.eval_total = output.stats.exec_total.saturating_sub(queued);
+        Ok(output)
     }
 
     pub fn options(&self) -> &EngineOptions {

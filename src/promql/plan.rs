@@ -14,7 +14,7 @@ use promql_parser::label::MatchOp as ParserMatchOp;
 use promql_parser::parser::{AtModifier, Expr, Offset, VectorSelector};
 
 use crate::model::{is_stale_nan, MatchOp, Matcher, Series, METRIC_NAME};
-use crate::storage::{SelectError, SelectRequest, Storage, StorageError};
+use crate::storage::{SelectError, SelectRequest, Storage};
 
 use super::QueryError;
 
@@ -28,6 +28,15 @@ pub(crate) struct LoadedSeries {
 impl LoadedSeries {
     pub(crate) fn key(vs: &VectorSelector) -> usize {
         vs as *const VectorSelector as usize
+    }
+
+    /// Samples loaded for every selector, each series' once per selector.
+    pub(crate) fn samples(&self) -> u64 {
+        self.by_selector
+            .values()
+            .flatten()
+            .map(|s| s.samples.len() as u64)
+            .sum()
     }
 
     pub(crate) fn get(&self, vs: &VectorSelector) -> &[Series] {
@@ -217,10 +226,7 @@ pub(crate) async fn load(
             };
             let found = storage.select(req).await.map_err(|e| match e {
                 SelectError::TooManySamples => QueryError::TooManySamples,
-                SelectError::Storage(e @ StorageError::Unavailable(_)) => {
-                    QueryError::Unavailable(e.to_string())
-                }
-                SelectError::Storage(e) => QueryError::Storage(e.to_string()),
+                SelectError::Storage(e) => QueryError::Storage(e),
             })?;
             series.extend(found);
         }

@@ -838,3 +838,52 @@ pub fn readme_blocks(mark: &str) -> Vec<String> {
     }
     blocks
 }
+
+/// A cluster whose members all hold one cluster key, with the keys (to sign internal
+/// requests such as `LOCAL_READ`) and the directory holding the key file.
+pub struct KeyedCluster {
+    pub members: Vec<ClusterNode>,
+    pub keys: ClusterKeys,
+    pub key_dir: tempfile::TempDir,
+}
+
+impl KeyedCluster {
+    pub fn nodes(&self) -> Vec<&Node> {
+        self.members.iter().map(|m| &m.node).collect()
+    }
+}
+
+/// `n` nodes sharing a fresh random cluster key, each started with `args` too; waits
+/// until every node sees all `n` alive in one join order.
+pub fn start_keyed_cluster(n: usize, args: &[&str]) -> KeyedCluster {
+    let (key_dir, key_file, keys) = new_cluster_key();
+    let mut member_args = vec![
+        "--cluster-key-file".to_string(),
+        key_file.display().to_string(),
+    ];
+    member_args.extend(args.iter().map(|a| a.to_string()));
+    let members = start_cluster_with(n, &[], |_| MemberSetup {
+        args: member_args.clone(),
+        ..MemberSetup::default()
+    });
+    let cluster = KeyedCluster {
+        members,
+        keys,
+        key_dir,
+    };
+    wait_converged(&cluster.nodes(), n, Duration::from_secs(60));
+    cluster
+}
+
+/// A fresh random cluster key: its file in a new directory, and the parsed keys.
+pub fn new_cluster_key() -> (tempfile::TempDir, PathBuf, ClusterKeys) {
+    use base64::Engine as _;
+    use rand::{RngCore, SeedableRng};
+    let mut key = [0u8; 32];
+    rand::rngs::StdRng::from_os_rng().fill_bytes(&mut key);
+    let key = base64::engine::general_purpose::STANDARD.encode(key);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("cluster.key");
+    std::fs::write(&file, format!("{key}\n")).expect("key file");
+    (dir, file, ClusterKeys::parse(&key).expect("key"))
+}
