@@ -45,17 +45,6 @@ fn get_json(node: &Node, path: &str) -> (u16, serde_json::Value, Duration) {
     (status, json, elapsed)
 }
 
-fn strings(value: &serde_json::Value) -> Vec<String> {
-    value
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(|v| v.as_str().map(String::from))
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
 /// Member states by HTTP address, as `node` sees the cluster.
 fn states(node: &Node) -> Vec<(String, String)> {
     let Ok((200, body)) = try_get(&node.url("/api/v1/status/cluster")) else {

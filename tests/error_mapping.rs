@@ -33,17 +33,6 @@ fn write(node: &Node, series: Vec<proto::TimeSeries>) {
     assert_eq!(status, 204, "remote write: {body}");
 }
 
-fn strings(value: &serde_json::Value) -> Vec<String> {
-    value
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(|v| v.as_str().map(String::from))
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
 #[test]
 fn three_of_four_nodes_down_every_read_endpoint_answers_503_unavailable() {
     let mut cluster = start_keyed_cluster(4, &[]);

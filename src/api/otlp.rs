@@ -27,12 +27,12 @@ use axum::Router;
 use prost::Message;
 
 use super::write::{
-    describe_rejections, header_text, plain_text, read_limited, storage_failure_status,
-    store_decoded,
+    accept_ingest_request, describe_rejections, plain_text, storage_failure_status, store_decoded,
+    IngestRequest,
 };
 use super::AppState;
 use crate::ingest::otlp::{decode_otlp_request, DecodedOtlp};
-use crate::ingest::{DecodeLimits, IngestMetrics, RejectReason};
+use crate::ingest::IngestMetrics;
 use crate::proto::otlp as wire;
 
 pub const OTLP_METRICS_PATH: &str = "/api/v1/otlp/v1/metrics";
@@ -44,24 +44,16 @@ pub fn routes() -> Router<AppState> {
 
 async fn export_metrics(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Response {
     let metrics = state.ingest_metrics();
-    metrics.on_request();
-    let storage = match state.services() {
-        Ok(services) => services.storage.clone(),
-        Err(err) => return status_answer(err.status, &err.message),
+    let IngestRequest {
+        storage,
+        body,
+        content_type,
+        content_encoding,
+        limits,
+    } = match accept_ingest_request(&state, &headers, body, status_answer).await {
+        Ok(request) => request,
+        Err(answer) => return answer,
     };
-    let max_body = state.info().max_write_body_bytes;
-    let body = match read_limited(&headers, body, max_body).await {
-        Ok(body) => body,
-        Err(err) => {
-            if err.status == StatusCode::PAYLOAD_TOO_LARGE {
-                metrics.on_refused(RejectReason::TooLarge);
-            }
-            return status_answer(err.status, &err.message);
-        }
-    };
-    let content_type = header_text(&headers, header::CONTENT_TYPE);
-    let content_encoding = header_text(&headers, header::CONTENT_ENCODING);
-    let limits = DecodeLimits::for_body_limit(max_body);
     // Decompression, decoding and translation are CPU work: off the runtime workers.
     let decoded = tokio::task::spawn_blocking(move || {
         decode_otlp_request(

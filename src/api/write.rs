@@ -34,24 +34,16 @@ pub fn routes() -> Router<AppState> {
 
 async fn remote_write(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Response {
     let metrics = state.ingest_metrics();
-    metrics.on_request();
-    let storage = match state.services() {
-        Ok(services) => services.storage.clone(),
-        Err(err) => return plain_text(err.status, &err.message),
+    let IngestRequest {
+        storage,
+        body,
+        content_type,
+        content_encoding,
+        limits,
+    } = match accept_ingest_request(&state, &headers, body, plain_text).await {
+        Ok(request) => request,
+        Err(answer) => return answer,
     };
-    let max_body = state.info().max_write_body_bytes;
-    let body = match read_limited(&headers, body, max_body).await {
-        Ok(body) => body,
-        Err(err) => {
-            if err.status == StatusCode::PAYLOAD_TOO_LARGE {
-                metrics.on_refused(RejectReason::TooLarge);
-            }
-            return plain_text(err.status, &err.message);
-        }
-    };
-    let content_type = header_text(&headers, header::CONTENT_TYPE);
-    let content_encoding = header_text(&headers, header::CONTENT_ENCODING);
-    let limits = DecodeLimits::for_body_limit(max_body);
 
     // Decoding is CPU work: keep it off the runtime workers. Storage futures do their
     // own blocking work on the blocking pool (the local TSDB) or the network.
@@ -80,6 +72,50 @@ async fn remote_write(State(state): State<AppState>, headers: HeaderMap, body: B
         Ok(outcome) => stored(metrics, &outcome),
         Err(e) => storage_failed(metrics, &e),
     }
+}
+
+/// An ingest request read and ready to decode.
+pub(super) struct IngestRequest {
+    pub storage: Arc<dyn Storage>,
+    pub body: Bytes,
+    pub content_type: Option<String>,
+    pub content_encoding: Option<String>,
+    pub limits: DecodeLimits,
+}
+
+/// What every ingest endpoint (remote write, OTLP) does before decoding: counts the
+/// request, finds the storage, and reads the body within `--write-max-body-size`
+/// (counting an oversize body as refused). A failure is answered by `answer`, in the
+/// endpoint's own error format.
+pub(super) async fn accept_ingest_request(
+    state: &AppState,
+    headers: &HeaderMap,
+    body: Body,
+    answer: fn(StatusCode, &str) -> Response,
+) -> Result<IngestRequest, Response> {
+    let metrics = state.ingest_metrics();
+    metrics.on_request();
+    let storage = match state.services() {
+        Ok(services) => services.storage.clone(),
+        Err(err) => return Err(answer(err.status, &err.message)),
+    };
+    let max_body = state.info().max_write_body_bytes;
+    let body = match read_limited(headers, body, max_body).await {
+        Ok(body) => body,
+        Err(err) => {
+            if err.status == StatusCode::PAYLOAD_TOO_LARGE {
+                metrics.on_refused(RejectReason::TooLarge);
+            }
+            return Err(answer(err.status, &err.message));
+        }
+    };
+    Ok(IngestRequest {
+        storage,
+        body,
+        content_type: header_text(headers, header::CONTENT_TYPE),
+        content_encoding: header_text(headers, header::CONTENT_ENCODING),
+        limits: DecodeLimits::for_body_limit(max_body),
+    })
 }
 
 /// Stores a validated write where a client's write enters: its metadata, then its

@@ -160,11 +160,13 @@ fn put_uvarint(w: &mut BitWriter, mut x: u64) {
     w.write_byte(x as u8);
 }
 
-fn zigzag(x: i64) -> u64 {
+/// Zig-zag mapping of signed to unsigned integers (small magnitudes stay small); the
+/// packed block columns use it too.
+pub(super) fn zigzag(x: i64) -> u64 {
     ((x << 1) ^ (x >> 63)) as u64
 }
 
-fn unzigzag(u: u64) -> i64 {
+pub(super) fn unzigzag(u: u64) -> i64 {
     ((u >> 1) as i64) ^ -((u & 1) as i64)
 }
 

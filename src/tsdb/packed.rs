@@ -4,7 +4,7 @@
 //! that is smaller, so identical timestamp columns (every series of one scrape target)
 //! can be stored once per block.
 //!
-//! Owns: encoding and decoding the timestamp and value columns. Calls only zstd.
+//! Owns: encoding and decoding the timestamp and value columns. Calls zstd, and `chunk` for the zig-zag mapping.
 //!
 //! Bit-exactness is the contract: every value decodes to the bits it was given (NaN
 //! payloads, stale markers, -0.0, infinities, subnormals). Values are written as
@@ -27,6 +27,8 @@
 //! every read is checked, giving a `PackedError`.
 
 use std::fmt;
+
+use super::chunk::{unzigzag, zigzag};
 
 /// Most samples one column may hold (a block chunk holds far fewer; the bound keeps a
 /// damaged length from allocating without limit).
@@ -99,14 +101,6 @@ fn put_uvarint(buf: &mut Vec<u8>, mut x: u64) {
         x >>= 7;
     }
     buf.push(x as u8);
-}
-
-fn zigzag(x: i64) -> u64 {
-    ((x << 1) ^ (x >> 63)) as u64
-}
-
-fn unzigzag(u: u64) -> i64 {
-    ((u >> 1) as i64) ^ -((u & 1) as i64)
 }
 
 fn uvarint_len(x: u64) -> usize {

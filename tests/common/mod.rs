@@ -887,3 +887,15 @@ pub fn new_cluster_key() -> (tempfile::TempDir, PathBuf, ClusterKeys) {
     std::fs::write(&file, format!("{key}\n")).expect("key file");
     (dir, file, ClusterKeys::parse(&key).expect("key"))
 }
+
+/// The strings of a JSON array (warnings, infos, label values); empty for anything else.
+pub fn strings(value: &serde_json::Value) -> Vec<String> {
+    value
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|v| v.as_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default()
+}
