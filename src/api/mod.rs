@@ -6,13 +6,15 @@
 //! (remote read), `admin` (TSDB admin, off unless enabled), `query` (PromQL and
 //! series/labels endpoints) with `query_cache` (range query result cache, ADR 0024),
 //! `status` (build, runtime, flags, tsdb, cluster), `federate`, `ui` (the built-in web
-//! pages), `internal` (node-to-node), `slow_query` (the `--query-log-slow` line).
+//! pages), `internal` (node-to-node), `slow_query` (the `--query-log-slow` line),
+//! `active_queries` (the queries this node evaluates now).
 //! Storage and query failures map to answers in one place, `ApiError`'s `From` impls
 //! (ADR 0023). The routes come in two routers that are guarded
 //! differently (ADR 0013): `public` (everything users and Prometheus call) and `internal`
 //! (`/internal/v1/*`, node to node). Calls `ingest`, `promql`,
 //! `storage` (and the local `tsdb` for admin and status) — never the other way round.
 
+pub mod active_queries;
 pub mod admin;
 pub mod cluster_status;
 pub mod federate;
@@ -110,6 +112,7 @@ struct Shared {
     ingest_metrics: IngestMetrics,
     admin: admin::AdminApi,
     query_cache: query_cache::QueryCache,
+    active_queries: active_queries::ActiveQueries,
 }
 
 impl AppState {
@@ -134,6 +137,7 @@ impl AppState {
                 ingest_metrics,
                 admin,
                 query_cache,
+                active_queries: active_queries::ActiveQueries::default(),
             }),
         }
     }
@@ -177,6 +181,11 @@ impl AppState {
     pub fn query_cache(&self) -> &query_cache::QueryCache {
         &self.shared.query_cache
     }
+
+    /// The queries this node is evaluating now.
+    pub fn active_queries(&self) -> &active_queries::ActiveQueries {
+        &self.shared.active_queries
+    }
 }
 
 /// The HTTP API as two routers that the server guards differently (ADR 0013).
@@ -199,6 +208,7 @@ pub fn routers(state: AppState) -> ApiRouters {
         .merge(admin::routes())
         .merge(query::routes())
         .merge(status::routes())
+        .merge(active_queries::routes())
         .merge(federate::routes())
         .merge(cluster_status::routes())
         .merge(ui::routes())

@@ -6,7 +6,8 @@
 //! Calls `params` (parsing), `json` (rendering), the `promql::Engine` and
 //! `storage::Storage` through `AppState`, `fanout::notes` (the warnings of an
 //! answer given without some node, collected around the storage calls; ADR 0012), and
-//! `query_cache` for range queries (`nocache=1` bypasses it; ADR 0024).
+//! `query_cache` for range queries (`nocache=1` bypasses it; ADR 0024), and
+//! `active_queries`, which lists each query while it is evaluated.
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -18,6 +19,7 @@ use axum::Router;
 use promql_parser::parser::Expr;
 use promql_parser::util::{walk_expr, ExprVisitor};
 
+use super::active_queries::QueryDescription;
 use super::params::{
     invalid_param, limit_param, parse_duration, parse_match_params, parse_time, time_param,
     unescape_label_name, FormParams, MAX_TIME_MS, MIN_TIME_MS,
@@ -68,6 +70,13 @@ async fn instant_query(
     let query = params.value("query");
     let engine = state.engine();
     let started = Instant::now();
+    let _listed = state.active_queries().register(QueryDescription {
+        endpoint: "query",
+        query: query.to_string(),
+        start_ms: time_ms,
+        end_ms: time_ms,
+        step_ms: 0,
+    });
     let (output, cluster) =
         notes::collect(engine.instant_query_with_timeout(storage, query, time_ms, timeout)).await;
     let request = SlowQuery {
@@ -114,6 +123,13 @@ async fn range_query(
         timeout,
         now: now_ms(),
     };
+    let _listed = state.active_queries().register(QueryDescription {
+        endpoint: "query_range",
+        query: query_text.to_string(),
+        start_ms: start,
+        end_ms: end,
+        step_ms,
+    });
     let (output, cluster) = state
         .query_cache()
         .range_query(state.engine(), storage, query, use_cache)
