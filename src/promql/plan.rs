@@ -3,18 +3,19 @@
 //! Owns: the walk over the AST that computes, for every vector and matrix selector, the
 //! time range it reads (evaluation range, lookback delta, selector range, offset, `@`,
 //! enclosing subqueries), and the `storage.select` calls that fetch those samples before
-//! evaluation starts (range selectors' series without staleness markers, so the
-//! evaluator borrows each step's window as a slice). Calls `storage` and `model`; the
+//! evaluation starts, all started at once and awaited together (range selectors' series
+//! without staleness markers, so the evaluator borrows each step's window as a slice). Calls `storage` and `model`; the
 //! evaluator reads the result.
 
 use std::collections::HashMap;
+use std::task::Poll;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use promql_parser::label::MatchOp as ParserMatchOp;
 use promql_parser::parser::{AtModifier, Expr, Offset, VectorSelector};
 
 use crate::model::{is_stale_nan, MatchOp, Matcher, Series, METRIC_NAME};
-use crate::storage::{SelectError, SelectRequest, Storage};
+use crate::storage::{BoxFuture, SelectError, SelectRequest, Storage};
 
 use super::QueryError;
 
@@ -204,6 +205,11 @@ fn matcher_sets(vs: &VectorSelector) -> Result<Vec<Vec<Matcher>>, QueryError> {
 
 /// Loads, for every selector in `expr`, the samples evaluation over `[start, end]` needs.
 /// `max_samples` bounds what one select may return (0 = unbounded).
+///
+/// Every select is started at once and awaited together: in a cluster each is a fan-out
+/// with its own round trips, so a query with several selectors waits for the slowest
+/// select rather than for the sum of them. The first error ends the load (the other
+/// selects are dropped, which cancels their requests).
 pub(crate) async fn load(
     storage: &dyn Storage,
     expr: &Expr,
@@ -212,25 +218,32 @@ pub(crate) async fn load(
 ) -> Result<LoadedSeries, QueryError> {
     let mut needs = Vec::new();
     collect_needs(expr, (times.start, times.end), times, &mut needs);
-    let mut loaded = LoadedSeries::default();
-    for need in needs {
-        let mut series = Vec::new();
-        let sets = matcher_sets(need.vs)?;
-        let several = sets.len() > 1;
-        for matchers in sets {
+    let mut selects = Vec::new();
+    for (index, need) in needs.iter().enumerate() {
+        for matchers in matcher_sets(need.vs)? {
             let req = SelectRequest {
                 matchers,
                 mint: need.mint,
                 maxt: need.maxt,
                 max_samples,
             };
-            let found = storage.select(req).await.map_err(|e| match e {
-                SelectError::TooManySamples => QueryError::TooManySamples,
-                SelectError::Storage(e) => QueryError::Storage(e),
-            })?;
-            series.extend(found);
+            selects.push((index, storage.select(req)));
         }
-        if several {
+    }
+    let (owners, futures): (Vec<usize>, Vec<_>) = selects.into_iter().unzip();
+    let answers = join_all(futures).await.map_err(|e| match e {
+        SelectError::TooManySamples => QueryError::TooManySamples,
+        SelectError::Storage(e) => QueryError::Storage(e),
+    })?;
+    let mut per_need: Vec<Vec<Series>> = needs.iter().map(|_| Vec::new()).collect();
+    let mut selects_per_need = vec![0usize; needs.len()];
+    for (index, found) in owners.into_iter().zip(answers) {
+        per_need[index].extend(found);
+        selects_per_need[index] += 1;
+    }
+    let mut loaded = LoadedSeries::default();
+    for ((need, mut series), selects) in needs.iter().zip(per_need).zip(selects_per_need) {
+        if selects > 1 {
             series.sort_by(|a, b| a.labels.cmp(&b.labels));
             series.dedup_by(|a, b| a.labels == b.labels);
         }
@@ -244,4 +257,65 @@ pub(crate) async fn load(
             .insert(LoadedSeries::key(need.vs), series);
     }
     Ok(loaded)
+}
+
+/// Awaits every future, answering their outputs in order or the first error (the rest
+/// are dropped unfinished). Polls only the futures not yet done.
+async fn join_all<T, E>(futures: Vec<BoxFuture<'_, Result<T, E>>>) -> Result<Vec<T>, E> {
+    let mut pending: Vec<Option<BoxFuture<'_, Result<T, E>>>> =
+        futures.into_iter().map(Some).collect();
+    let mut outputs: Vec<Option<T>> = pending.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut all_done = true;
+        for (slot, output) in pending.iter_mut().zip(outputs.iter_mut()) {
+            let Some(future) = slot else { continue };
+            match future.as_mut().poll(cx) {
+                Poll::Ready(Ok(value)) => {
+                    *output = Some(value);
+                    *slot = None;
+                }
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => all_done = false,
+            }
+        }
+        if all_done {
+            Poll::Ready(Ok(()))
+        } else {
+            Poll::Pending
+        }
+    })
+    .await?;
+    Ok(outputs.into_iter().flatten().collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn selects_run_concurrently_and_answer_in_order() {
+        // The first future finishes only once the second has run: awaiting them one
+        // after the other would never finish.
+        let (tx, rx) = tokio::sync::oneshot::channel::<u32>();
+        let first: BoxFuture<'_, Result<u32, ()>> =
+            Box::pin(async move { Ok(rx.await.unwrap() + 1) });
+        let second: BoxFuture<'_, Result<u32, ()>> = Box::pin(async move {
+            tx.send(41).unwrap();
+            Ok(7)
+        });
+        let joined = tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            join_all(vec![first, second]),
+        )
+        .await
+        .expect("both selects finish together");
+        assert_eq!(joined, Ok(vec![42, 7]));
+    }
+
+    #[tokio::test]
+    async fn the_first_error_ends_the_load() {
+        let never: BoxFuture<'_, Result<u32, &str>> = Box::pin(std::future::pending());
+        let failing: BoxFuture<'_, Result<u32, &str>> = Box::pin(async { Err("too many") });
+        assert_eq!(join_all(vec![never, failing]).await, Err("too many"));
+    }
 }
