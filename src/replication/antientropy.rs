@@ -636,6 +636,21 @@ impl AntiEntropy {
             .unwrap_or(i64::MAX)
             .saturating_sub(SETTLE.as_millis() as i64);
         let ring = view.ring.clone();
+        let peers: Vec<_> = ring
+            .nodes_in_join_order()
+            .into_iter()
+            .filter(|node| {
+                node.id != me
+                    && view
+                        .member(node.id)
+                        .is_some_and(|m| m.state != MemberState::Down)
+            })
+            .collect();
+        if peers.is_empty() {
+            // Nobody to compare with (a single node, or every peer down): reading every
+            // digest would cost a pass over the head and change nothing.
+            return tally;
+        }
         let include = {
             let ring = ring.clone();
             Box::new(move |labels: &Labels| {
@@ -659,14 +674,7 @@ impl AntiEntropy {
             }
         };
         let throttle = Throttle::new(self.config.rate_limit_bytes);
-        for node in ring.nodes_in_join_order() {
-            if node.id == me
-                || view
-                    .member(node.id)
-                    .is_none_or(|m| m.state == MemberState::Down)
-            {
-                continue;
-            }
+        for node in peers {
             let shared: Vec<SeriesDigests> = mine
                 .iter()
                 .filter(|s| both_own(&ring, placement::partition_key(&s.labels), me, node.id))

@@ -14,9 +14,9 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 
-use super::block::Block;
-use super::head::{lock, Head};
-use super::index::PostingsSource;
+use super::block::{Block, ChunkMeta};
+use super::head::{lock, Head, MemSeries};
+use super::index::{PostingsSource, SeriesRef};
 use crate::model::{merge_sorted_samples, Labels, Sample};
 use crate::storage::StorageError;
 
@@ -194,14 +194,14 @@ pub fn compute(
             break;
         }
         let end = last.saturating_add(window_ms - 1).min(upto);
-        let (samples, bytes) = merged_samples(blocks, head, first, end, &mut *include)?;
-        report.bytes_read += bytes;
-        for (labels, samples) in samples {
-            let entry = by_series.entry(labels).or_default();
-            for d in window_digests(&samples, window_ms) {
-                entry.insert(d.window, d);
-            }
-        }
+        report.bytes_read += merged_digests(
+            blocks,
+            head,
+            (first, end),
+            window_ms,
+            &mut *include,
+            &mut by_series,
+        )?;
     }
     report.series = by_series
         .into_iter()
@@ -242,52 +242,85 @@ fn block_digests(block: &Block, window_ms: i64) -> Result<(SeriesWindows, u64), 
     Ok((out, bytes))
 }
 
-/// Samples in `[mint, maxt]` of the included series, merged over blocks and head.
-type MergedSamples = (BTreeMap<Labels, Vec<Sample>>, u64);
+/// Where one series' samples sit: chunks of blocks, and the head.
+#[derive(Default)]
+struct SeriesSources {
+    blocks: Vec<(usize, SeriesRef, Vec<ChunkMeta>)>,
+    head: Option<Arc<MemSeries>>,
+}
 
-fn merged_samples(
+/// Window digests over `[mint, maxt]` of the included series, each computed from its
+/// samples merged over blocks and head, put into `by_series`; answers the bytes read.
+///
+/// Series by series: first every source of every included series is noted (labels and
+/// chunk references, no samples), then each series' samples are read, merged, digested
+/// and dropped before the next. A pass over the whole head therefore holds one series'
+/// samples at a time, not the head decoded at 16 bytes a sample (which made a single
+/// node's peak memory follow its head size, bench/RESULTS.md).
+fn merged_digests(
     blocks: &[Arc<Block>],
     head: &Head,
-    mint: i64,
-    maxt: i64,
+    (mint, maxt): (i64, i64),
+    window_ms: i64,
     include: &mut dyn FnMut(&Labels) -> bool,
-) -> Result<MergedSamples, StorageError> {
-    fn add(out: &mut BTreeMap<Labels, Vec<Sample>>, labels: Labels, s: Vec<Sample>) {
-        if s.is_empty() {
-            return;
-        }
-        let slot = out.entry(labels).or_default();
-        *slot = merge_sorted_samples(std::mem::take(slot), s);
-    }
-    let mut out: BTreeMap<Labels, Vec<Sample>> = BTreeMap::new();
+    by_series: &mut BTreeMap<Labels, BTreeMap<i64, WindowDigest>>,
+) -> Result<u64, StorageError> {
+    let mut sources: BTreeMap<Labels, SeriesSources> = BTreeMap::new();
     let mut bytes = 0u64;
-    for b in blocks.iter().filter(|b| b.overlaps(mint, maxt)) {
+    for (i, b) in blocks.iter().enumerate() {
+        if !b.overlaps(mint, maxt) {
+            continue;
+        }
         for r in b.index.all_postings() {
             let (labels, metas) = b.index.series(r)?;
             if !metas.iter().any(|&(a, z, _)| z >= mint && a <= maxt) || !include(&labels) {
                 continue;
             }
-            for &(a, z, off) in &metas {
+            sources
+                .entry(labels)
+                .or_default()
+                .blocks
+                .push((i, r, metas));
+        }
+    }
+    for series in head.all_series() {
+        if !series.data().overlaps(mint, maxt) {
+            continue;
+        }
+        let labels = series.labels();
+        if include(&labels) {
+            sources.entry(labels).or_default().head = Some(series);
+        }
+    }
+    let mut samples = Vec::new();
+    for (labels, found) in sources {
+        samples.clear();
+        for (i, r, metas) in &found.blocks {
+            let b = &blocks[*i];
+            for &(a, z, off) in metas {
                 if z >= mint && a <= maxt {
                     bytes += b.chunk(off)?.len() as u64;
                 }
             }
-            let mut s = Vec::new();
-            b.samples(r, &metas, mint, maxt, &mut s)?;
-            add(&mut out, labels, s);
+            let mut from_block = Vec::new();
+            b.samples(*r, metas, mint, maxt, &mut from_block)?;
+            samples = merge_sorted_samples(std::mem::take(&mut samples), from_block);
         }
-    }
-    for series in head.all_series() {
-        let labels = series.labels();
-        let mut s = Vec::new();
-        series.data().samples_in(mint, maxt, &mut s);
-        if s.is_empty() || !include(&labels) {
+        if let Some(series) = &found.head {
+            let mut from_head = Vec::new();
+            series.data().samples_in(mint, maxt, &mut from_head);
+            bytes += 16 * from_head.len() as u64;
+            samples = merge_sorted_samples(std::mem::take(&mut samples), from_head);
+        }
+        if samples.is_empty() {
             continue;
         }
-        bytes += 16 * s.len() as u64;
-        add(&mut out, labels, s);
+        let entry = by_series.entry(labels).or_default();
+        for d in window_digests(&samples, window_ms) {
+            entry.insert(d.window, d);
+        }
     }
-    Ok((out, bytes))
+    Ok(bytes)
 }
 
 #[cfg(test)]
