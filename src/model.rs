@@ -40,6 +40,34 @@ pub fn stale_nan() -> f64 {
     f64::from_bits(STALE_NAN_BITS)
 }
 
+/// A reserved NaN that never reaches disk: in a write batch it asks the owner of the
+/// series to store 0 at that timestamp only if the series holds nothing at or after it
+/// (the zero sample of a created or start timestamp, ADR 0027). Only the remote-write
+/// 2.0 decoder puts it into a batch; the client-facing decoders turn the same bits sent
+/// by a client into an ordinary NaN (`plain_value`), so a client cannot forge it. It
+/// travels between nodes inside the internal write, whose floats keep their bits.
+pub const CREATED_ZERO_BITS: u64 = 0x7ff0_0000_0000_0003;
+
+/// Returns true when `v` is the created-timestamp zero request, not a value.
+pub fn is_created_zero(v: f64) -> bool {
+    v.to_bits() == CREATED_ZERO_BITS
+}
+
+/// The created-timestamp zero request (see `CREATED_ZERO_BITS`).
+pub fn created_zero() -> f64 {
+    f64::from_bits(CREATED_ZERO_BITS)
+}
+
+/// A client's value as it may be stored: the reserved `CREATED_ZERO_BITS` become
+/// Prometheus's ordinary NaN (`0x7ff8_0000_0000_0001`); every other value keeps its bits.
+pub fn plain_value(v: f64) -> f64 {
+    if is_created_zero(v) {
+        f64::from_bits(0x7ff8_0000_0000_0001)
+    } else {
+        v
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Label {
     pub name: String,

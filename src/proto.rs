@@ -6,8 +6,10 @@
 //! only `model`. Native histograms and
 //! exemplars are declared so that requests carrying them still decode; they are not stored.
 //! `otlp`: OpenTelemetry's OTLP metrics export messages, in the same hand-written style.
+//! `write_v2`: remote write 2.0 (`io.prometheus.write.v2.Request`), in the same style.
 
 pub mod otlp;
+pub mod write_v2;
 
 use prost::Message;
 

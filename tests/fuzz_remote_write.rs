@@ -3,8 +3,10 @@
 //! each run through `timbala::ingest::fuzzing::decode_and_check`, which panics on any
 //! broken invariant, and differential fuzzing of the hand-written protobuf decoder
 //! against prost (`decode_matches_reference`: same accept/refuse, same reason, same
-//! series; ADR 0025) on mutated requests and on random bytes. Complements the libFuzzer
-//! target in `fuzz/` (nightly).
+//! series; ADR 0025) on mutated requests and on random bytes; the same for the remote
+//! write 2.0 decoder (`decode_v2_matches_reference`, ADR 0027) on mutated 2.0 requests
+//! (broken symbol references, unsorted and duplicate labels, histograms, start
+//! timestamps, exemplars). Complements the libFuzzer target in `fuzz/` (nightly).
 
 #[path = "support/fuzz_input.rs"]
 mod fuzz_input;
@@ -14,9 +16,11 @@ use std::time::Instant;
 use prost::Message;
 use rand::rngs::SmallRng;
 use rand::Rng;
-use timbala::ingest::fuzzing::{decode_and_check, decode_matches_reference};
+use timbala::ingest::fuzzing::{
+    decode_and_check, decode_matches_reference, decode_v2_matches_reference,
+};
 use timbala::model::stale_nan;
-use timbala::proto;
+use timbala::proto::{self, write_v2};
 
 fn label(name: &str, value: &str) -> proto::Label {
     proto::Label {
@@ -193,6 +197,178 @@ fn hand_written_decoder_matches_prost() {
     while Instant::now() < deadline {
         let raw = differential_input(&mut rng);
         accepted += u64::from(decode_matches_reference(&raw));
+        runs += 1;
+    }
+    println!("{runs} inputs, {accepted} accepted by both decoders");
+    assert!(runs > 100, "too few inputs in {run_for:?}: {runs}");
+    assert!(
+        accepted > 0 && accepted < runs,
+        "inputs must produce both outcomes"
+    );
+}
+
+/// Field keys of the 2.0 messages: `Request` (symbols, timeseries), `TimeSeries`
+/// (label references packed and not, samples, histograms, exemplars, metadata, created
+/// timestamp), `Sample`, `Metadata`, `Histogram` (fields 15 and 17), groups.
+const V2_KEYS: &[u8] = &[
+    0x22, 0x2a, 0x08, 0x0a, 0x12, 0x1a, 0x30, 0x09, 0x10, 0x18, 0x20, 0x78, 0x88, 0x01, 0x2b, 0x2c,
+    0x0b, 0x0c, 0xff,
+];
+
+/// A valid 2.0 request of a few series, the starting point of every 2.0 mutation.
+fn seed_v2(rng: &mut SmallRng) -> write_v2::Request {
+    let mut symbols = write_v2::SymbolTable::default();
+    let series = rng.random_range(1..6);
+    let timeseries = (0..series)
+        .map(|s| {
+            let name = format!("metric_{s}_total");
+            let job = if s % 2 == 0 { "node" } else { "api" };
+            let labels_refs = symbols.symbolize_labels([
+                ("__name__", name.as_str()),
+                ("instance", "host:9100"),
+                ("job", job),
+            ]);
+            let start = if rng.random_bool(0.5) {
+                1_699_999_000_000
+            } else {
+                0
+            };
+            write_v2::TimeSeries {
+                labels_refs,
+                samples: (0..rng.random_range(1..20))
+                    .map(|i| write_v2::Sample {
+                        value: if i == 3 {
+                            stale_nan()
+                        } else {
+                            rng.random::<f64>() * 1e3
+                        },
+                        timestamp: 1_700_000_000_000 + i * 15_000,
+                        start_timestamp: start,
+                    })
+                    .collect(),
+                metadata: Some(write_v2::Metadata {
+                    r#type: rng.random_range(-1..9),
+                    help_ref: symbols.symbolize("help"),
+                    unit_ref: 0,
+                }),
+                ..Default::default()
+            }
+        })
+        .collect();
+    write_v2::Request {
+        symbols: symbols.into_symbols(),
+        timeseries,
+    }
+}
+
+/// Breaks a 2.0 request in one of the ways a sender (or an attacker) could.
+fn mutate_structure_v2(rng: &mut SmallRng, req: &mut write_v2::Request) {
+    let n = req.timeseries.len();
+    let symbols = req.symbols.len() as u32;
+    let ts = &mut req.timeseries[rng.random_range(0..n)];
+    let refs = ts.labels_refs.len();
+    match rng.random_range(0..14) {
+        0 if refs >= 4 => ts.labels_refs.swap(0, 2),
+        1 if refs >= 2 => {
+            let pair = [ts.labels_refs[0], ts.labels_refs[1]];
+            ts.labels_refs.extend(pair);
+        }
+        2 if refs >= 1 => ts.labels_refs[0] = 0,
+        3 if refs >= 2 => ts.labels_refs[1] = 0,
+        4 => ts.labels_refs.push(1),
+        5 if refs >= 1 => ts.labels_refs[refs - 1] = symbols + rng.random_range(0..3),
+        6 => req.symbols[0] = "x".into(),
+        7 => ts.histograms.push(write_v2::Histogram {
+            timestamp: 1,
+            start_timestamp: 0,
+        }),
+        8 => ts.exemplars.push(write_v2::Exemplar {
+            labels_refs: vec![1, rng.random_range(0..symbols + 2)],
+            value: 1.0,
+            timestamp: 2,
+        }),
+        9 => ts.created_timestamp = rng.random_range(-5..1_800_000_000_000),
+        10 => {
+            if let Some(m) = ts.metadata.as_mut() {
+                m.help_ref = rng.random_range(0..symbols + 2);
+            }
+        }
+        11 => ts.samples.reverse(),
+        12 => ts.samples.clear(),
+        _ => req.symbols.push("\u{fc}n\u{ef}c\u{f8}d\u{e9}".into()),
+    }
+}
+
+#[test]
+fn v2_decoder_survives_mutated_requests() {
+    let run_for = fuzz_input::duration();
+    let deadline = Instant::now() + run_for;
+    let mut rng = fuzz_input::rng();
+    let (mut runs, mut accepted) = (0u64, 0u64);
+    while Instant::now() < deadline {
+        let mut req = seed_v2(&mut rng);
+        for _ in 0..rng.random_range(0..3) {
+            mutate_structure_v2(&mut rng, &mut req);
+        }
+        let mut raw = req.encode_to_vec();
+        let layer = rng.random_range(0..3);
+        if layer == 1 {
+            fuzz_input::mutate_bytes(&mut rng, &mut raw, V2_KEYS);
+        }
+        // Mode byte with bit 1 set (remote write 2.0): 3 = raw protobuf, 2 = HTTP body.
+        let input: Vec<u8> = if layer == 2 {
+            let mut body = snap::raw::Encoder::new()
+                .compress_vec(&raw)
+                .expect("compress");
+            fuzz_input::mutate_bytes(&mut rng, &mut body, INTERESTING_BYTES);
+            std::iter::once(2).chain(body).collect()
+        } else {
+            std::iter::once(3).chain(raw).collect()
+        };
+        accepted += u64::from(decode_and_check(&input));
+        runs += 1;
+    }
+    println!("{runs} inputs, {accepted} accepted");
+    assert!(runs > 100, "too few inputs in {run_for:?}: {runs}");
+    assert!(
+        accepted > 0 && accepted < runs,
+        "mutations must produce both outcomes"
+    );
+}
+
+#[test]
+fn hand_written_v2_decoder_matches_prost() {
+    let run_for = fuzz_input::duration();
+    let deadline = Instant::now() + run_for;
+    let mut rng = fuzz_input::rng();
+    let (mut runs, mut accepted) = (0u64, 0u64);
+    while Instant::now() < deadline {
+        let raw = match rng.random_range(0..4) {
+            // Random bytes made mostly of 2.0 field keys.
+            0 => (0..rng.random_range(0..64))
+                .map(|_| {
+                    if rng.random_bool(0.5) {
+                        V2_KEYS[rng.random_range(0..V2_KEYS.len())]
+                    } else {
+                        rng.random()
+                    }
+                })
+                .collect(),
+            // A 1.0 request read as 2.0.
+            1 => seed(&mut rng).encode_to_vec(),
+            _ => {
+                let mut req = seed_v2(&mut rng);
+                for _ in 0..rng.random_range(0..3) {
+                    mutate_structure_v2(&mut rng, &mut req);
+                }
+                let mut raw = req.encode_to_vec();
+                if rng.random_bool(0.6) {
+                    fuzz_input::mutate_bytes(&mut rng, &mut raw, V2_KEYS);
+                }
+                raw
+            }
+        };
+        accepted += u64::from(decode_v2_matches_reference(&raw));
         runs += 1;
     }
     println!("{runs} inputs, {accepted} accepted by both decoders");

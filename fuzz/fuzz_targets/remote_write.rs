@@ -1,4 +1,5 @@
-//! libFuzzer target: remote-write bodies (or raw protobufs, by the first byte) through
+//! libFuzzer target: remote-write 1.0 and 2.0 bodies (or raw protobufs; the first byte
+//! picks the layer and, by its bit 1, the protocol) through
 //! Timbala's decoder and validator; see `timbala::ingest::fuzzing`.
 #![no_main]
 

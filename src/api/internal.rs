@@ -214,12 +214,7 @@ async fn stored_write(
         };
         let limits = DecodeLimits::for_body_limit(max_body);
         let decoded = tokio::task::spawn_blocking(move || {
-            ingest::decode_write_request(
-                Some("application/x-protobuf"),
-                Some("snappy"),
-                &body,
-                &limits,
-            )
+            ingest::decode_internal_write_request(&body, &limits)
         })
         .await;
         let decoded = match decoded {

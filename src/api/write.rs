@@ -1,8 +1,9 @@
-//! `POST /api/v1/write`: Prometheus remote write 1.0.
+//! `POST /api/v1/write`: Prometheus remote write 1.0 and 2.0.
 //!
 //! Owns: the HTTP side of remote write — body size limit, status codes, plain-text error
-//! bodies as Prometheus's receiver writes them. Calls `ingest` to decode and validate and
-//! `storage` to append; every other rule lives in `ingest`.
+//! bodies as Prometheus's receiver writes them, and remote write 2.0's
+//! `X-Prometheus-Remote-Write-*-Written` headers. Calls `ingest` to decode and validate
+//! and `storage` to append; every other rule lives in `ingest`.
 //!
 //! Status codes (what Prometheus's sender does with them): 204 stored; 400/413/415 bad
 //! data, dropped by the sender; 500/503 retried (503 when storage refuses writes for
@@ -12,27 +13,77 @@
 //! routed; those and the samples that storage refuses (out of order, too old, duplicate
 //! timestamp with another value) give 400 naming the count and the first one; the other
 //! samples of that request stay stored, so the sender's retry-free drop loses nothing
-//! that was accepted.
+//! that was accepted. A 2.0 request's native histograms are refused the same way: the
+//! rest is stored and the answer is 400 naming them (ADR 0027).
+//!
+//! Every answer to a 2.0 request carries the three written headers, counting exactly what
+//! was stored: samples as sent (not the zero samples of created timestamps), histograms
+//! (0 until they are storable), exemplars (0: not stored). A 2.0 sender reads a 2xx whose
+//! headers say nothing was written as a failure, so they are never left out.
 
 use std::sync::Arc;
 
 use axum::body::{Body, Bytes};
 use axum::extract::State;
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::Router;
 use http_body_util::BodyExt;
 
 use super::AppState;
-use crate::ingest::{self, DecodeLimits, DecodedWrite, IngestError, IngestMetrics, RejectReason};
+use crate::ingest::{
+    self, DecodeLimits, DecodedWrite, IngestError, IngestMetrics, Protocol, RefusedHistograms,
+    RejectReason,
+};
 use crate::storage::{wall_clock_ms, AppendOutcome, Storage, StorageError};
 
 pub fn routes() -> Router<AppState> {
     Router::new().route("/api/v1/write", post(remote_write))
 }
 
+pub const SAMPLES_WRITTEN_HEADER: &str = "X-Prometheus-Remote-Write-Samples-Written";
+pub const HISTOGRAMS_WRITTEN_HEADER: &str = "X-Prometheus-Remote-Write-Histograms-Written";
+pub const EXEMPLARS_WRITTEN_HEADER: &str = "X-Prometheus-Remote-Write-Exemplars-Written";
+
+/// What a request stored, for remote write 2.0's written headers.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Written {
+    samples: u64,
+    histograms: u64,
+    exemplars: u64,
+}
+
+impl Written {
+    fn add_headers(self, response: &mut Response) {
+        let headers = response.headers_mut();
+        for (name, n) in [
+            (SAMPLES_WRITTEN_HEADER, self.samples),
+            (HISTOGRAMS_WRITTEN_HEADER, self.histograms),
+            (EXEMPLARS_WRITTEN_HEADER, self.exemplars),
+        ] {
+            headers.insert(name, HeaderValue::from(n));
+        }
+    }
+}
+
 async fn remote_write(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Response {
+    let protocol = ingest::write_protocol(header_text(&headers, header::CONTENT_TYPE).as_deref());
+    let mut written = Written::default();
+    let mut response = write(&state, &headers, body, &mut written).await;
+    if protocol == Ok(Protocol::V2) {
+        written.add_headers(&mut response);
+    }
+    response
+}
+
+/// Decodes and stores one request, noting in `written` what was stored.
+async fn write(
+    state: &AppState,
+    headers: &HeaderMap,
+    body: Body,
+    written: &mut Written,
+) -> Response {
     let metrics = state.ingest_metrics();
     let IngestRequest {
         storage,
@@ -40,7 +91,7 @@ async fn remote_write(State(state): State<AppState>, headers: HeaderMap, body: B
         content_type,
         content_encoding,
         limits,
-    } = match accept_ingest_request(&state, &headers, body, plain_text).await {
+    } = match accept_ingest_request(state, headers, body, plain_text).await {
         Ok(request) => request,
         Err(answer) => return answer,
     };
@@ -56,7 +107,7 @@ async fn remote_write(State(state): State<AppState>, headers: HeaderMap, body: B
         )
     })
     .await;
-    let decoded = match decoded {
+    let mut decoded = match decoded {
         Ok(Ok(decoded)) => decoded,
         Ok(Err(err)) => return refused(metrics, &err),
         Err(join_err) => {
@@ -68,8 +119,16 @@ async fn remote_write(State(state): State<AppState>, headers: HeaderMap, body: B
         }
     };
     metrics.on_decoded(&decoded);
-    match store_decoded(&state, &storage, decoded).await {
-        Ok(outcome) => stored(metrics, &outcome),
+    let samples = decoded.num_samples;
+    let histograms = std::mem::take(&mut decoded.histograms_refused);
+    match store_decoded(state, &storage, decoded).await {
+        Ok(mut outcome) => {
+            // Every sample sent was stored or refused; the count of stored ones leaves
+            // out created-timestamp zero samples, which are not the client's (ADR 0027).
+            outcome.appended = samples.saturating_sub(outcome.rejected_total());
+            written.samples = outcome.appended;
+            stored(metrics, &outcome, &histograms)
+        }
         Err(e) => storage_failed(metrics, &e),
     }
 }
@@ -214,13 +273,26 @@ pub(super) async fn read_limited(
     Ok(Bytes::from(buf))
 }
 
-fn stored(metrics: &IngestMetrics, outcome: &AppendOutcome) -> Response {
+/// The answer to a stored request: 204, or 400 naming the samples refused one by one
+/// and the native histograms refused (their request's rest is stored either way).
+fn stored(
+    metrics: &IngestMetrics,
+    outcome: &AppendOutcome,
+    histograms: &RefusedHistograms,
+) -> Response {
     metrics.on_stored(outcome);
-    let rejected = outcome.rejected_total();
-    if rejected == 0 {
+    let mut problems = Vec::new();
+    if outcome.rejected_total() > 0 {
+        problems.push(describe_rejections(outcome));
+    }
+    if !histograms.is_empty() {
+        metrics.on_refused(RejectReason::NativeHistograms);
+        problems.push(histograms.describe());
+    }
+    if problems.is_empty() {
         return StatusCode::NO_CONTENT.into_response();
     }
-    plain_text(StatusCode::BAD_REQUEST, &describe_rejections(outcome))
+    plain_text(StatusCode::BAD_REQUEST, &problems.join("; "))
 }
 
 /// "3 samples rejected (out_of_order: 2, duplicate_timestamp: 1); 10 stored; first: ..."

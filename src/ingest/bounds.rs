@@ -2,14 +2,16 @@
 //! node's clock or older than retention are taken out of a write before it is routed,
 //! so no owner ever receives them. Calls `model` and `storage` (the shared rule).
 
-use crate::model::Series;
+use crate::model::{self, Series};
 use crate::storage::{AppendOutcome, RejectReason, TimeBounds};
 
 /// Removes the samples outside `bounds` at wall-clock time `now_ms` from `series`
 /// (dropping series left without samples) and reports them the way storage reports the
 /// samples it refuses (ADR 0003): the rest of the write is stored, and the answer is 400
 /// counting the refused samples by reason and naming the first. Each series' samples
-/// must be in time order, as `decode_write_request` leaves them.
+/// must be in time order, as `decode_write_request` leaves them. Created-timestamp zero
+/// requests (ADR 0027) outside the bounds are dropped without being counted, and a
+/// series left with nothing else is dropped.
 pub fn enforce_time_bounds(
     series: &mut Vec<Series>,
     bounds: &TimeBounds,
@@ -32,6 +34,9 @@ pub fn enforce_time_bounds(
         s.samples
             .retain(|sample| match bounds.check(sample.t, now_ms) {
                 Ok(()) => true,
+                // A created-timestamp zero request is not the client's sample: it goes
+                // quietly, as Prometheus ignores a zero sample it cannot store.
+                Err(_) if model::is_created_zero(sample.v) => false,
                 Err(reason) => {
                     counts[reason.index()] += 1;
                     if refused.first_rejection.is_none() {
@@ -40,7 +45,9 @@ pub fn enforce_time_bounds(
                     false
                 }
             });
-        !s.samples.is_empty()
+        s.samples
+            .iter()
+            .any(|sample| !model::is_created_zero(sample.v))
     });
     refused.rejected = RejectReason::ALL
         .into_iter()
@@ -91,6 +98,34 @@ mod tests {
         );
         let first = refused.first_rejection.expect("first named");
         assert!(first.starts_with("too old: series mixed"), "{first}");
+    }
+
+    #[test]
+    fn created_zeros_out_of_bounds_go_quietly() {
+        let bounds = TimeBounds {
+            max_future_ms: 10 * MINUTE,
+            max_age_ms: 15 * DAY,
+        };
+        let zero = |t: i64| Sample::new(t, model::created_zero());
+        let mut batch = vec![
+            Series {
+                labels: Labels::from_pairs([("__name__", "kept")]),
+                samples: vec![
+                    zero(NOW - 20 * DAY),
+                    zero(NOW - MINUTE),
+                    Sample::new(NOW, 1.0),
+                ],
+            },
+            Series {
+                labels: Labels::from_pairs([("__name__", "gone")]),
+                samples: vec![zero(NOW - 20 * DAY), Sample::new(NOW + DAY, 1.0)],
+            },
+        ];
+        let refused = enforce_time_bounds(&mut batch, &bounds, NOW);
+        assert_eq!(refused.rejected, vec![(RejectReason::TooFarInFuture, 1)]);
+        assert_eq!(batch.len(), 1);
+        assert_eq!(batch[0].samples.len(), 2);
+        assert!(model::is_created_zero(batch[0].samples[0].v));
     }
 
     #[test]

@@ -18,6 +18,7 @@
 //! stopped at first.
 //!
 //! Exemplars and native histograms are decoded for validity and counted, not kept.
+//! `Reader`, the wire cursor, is shared with the 2.0 decoder (`decode_v2`).
 
 use std::fmt;
 use std::ops::Range;
@@ -26,7 +27,7 @@ use crate::model::Sample;
 use crate::proto;
 
 /// prost's recursion limit: how deeply messages and groups may nest.
-const RECURSION_LIMIT: u32 = 100;
+pub(super) const RECURSION_LIMIT: u32 = 100;
 
 const WIRE_VARINT: u8 = 0;
 const WIRE_FIXED64: u8 = 1;
@@ -110,6 +111,9 @@ pub(super) struct RawSeries {
     /// Its labels, in the order sent: a range of `RawWrite::labels`.
     pub labels: Range<usize>,
     pub samples: Vec<Sample>,
+    /// How many of `samples` are created-timestamp zero requests (`model::created_zero`;
+    /// only the 2.0 decoder adds them), which are not counted as samples received.
+    pub created_zeros: usize,
     pub exemplars: u64,
     pub histograms: u64,
 }
@@ -160,7 +164,7 @@ pub(super) fn decode_write_request(body: &[u8]) -> Result<RawWrite<'_>, WireErro
 }
 
 fn decode_into<'a>(body: &'a [u8], write: &mut RawWrite<'a>) -> Result<(), WireError> {
-    let mut reader = Reader { buf: body, pos: 0 };
+    let mut reader = Reader::new(body);
     while reader.pos < body.len() {
         let (tag, wire) = reader.key()?;
         match tag {
@@ -183,17 +187,26 @@ fn decode_into<'a>(body: &'a [u8], write: &mut RawWrite<'a>) -> Result<(), WireE
 /// A cursor over the whole body. Reads are bounded by the body, not by the enclosing
 /// message: each message checks that it ended exactly where its length said (prost's
 /// order of checks).
-struct Reader<'a> {
+pub(super) struct Reader<'a> {
     buf: &'a [u8],
     pos: usize,
 }
 
 impl<'a> Reader<'a> {
-    fn remaining(&self) -> usize {
+    pub(super) fn new(buf: &'a [u8]) -> Self {
+        Reader { buf, pos: 0 }
+    }
+
+    /// Whether the cursor is before `end`.
+    pub(super) fn before(&self, end: usize) -> bool {
+        self.pos < end
+    }
+
+    pub(super) fn remaining(&self) -> usize {
         self.buf.len() - self.pos
     }
 
-    fn varint(&mut self) -> Result<u64, WireError> {
+    pub(super) fn varint(&mut self) -> Result<u64, WireError> {
         let mut value = 0u64;
         for count in 0..10 {
             let Some(&byte) = self.buf.get(self.pos) else {
@@ -212,7 +225,7 @@ impl<'a> Reader<'a> {
         Err(WireError::InvalidVarint)
     }
 
-    fn key(&mut self) -> Result<(u32, u8), WireError> {
+    pub(super) fn key(&mut self) -> Result<(u32, u8), WireError> {
         let key = self.varint()?;
         if key > u64::from(u32::MAX) {
             return Err(WireError::InvalidKey(key));
@@ -241,7 +254,12 @@ impl<'a> Reader<'a> {
     }
 
     /// Starts an embedded message field at nesting budget `depth`; returns where it ends.
-    fn enter(&mut self, field: &'static str, wire: u8, depth: u32) -> Result<usize, WireError> {
+    pub(super) fn enter(
+        &mut self,
+        field: &'static str,
+        wire: u8,
+        depth: u32,
+    ) -> Result<usize, WireError> {
         Self::expect_wire(field, wire, WIRE_LEN)?;
         if depth == 0 {
             return Err(WireError::RecursionLimit);
@@ -254,7 +272,7 @@ impl<'a> Reader<'a> {
     }
 
     /// Ends an embedded message: its fields must have stopped exactly at `end`.
-    fn leave(&self, end: usize) -> Result<(), WireError> {
+    pub(super) fn leave(&self, end: usize) -> Result<(), WireError> {
         if self.pos == end {
             Ok(())
         } else {
@@ -262,7 +280,7 @@ impl<'a> Reader<'a> {
         }
     }
 
-    fn bytes(&mut self, field: &'static str, wire: u8) -> Result<&'a [u8], WireError> {
+    pub(super) fn bytes(&mut self, field: &'static str, wire: u8) -> Result<&'a [u8], WireError> {
         Self::expect_wire(field, wire, WIRE_LEN)?;
         let len = self.varint()?;
         if len > self.remaining() as u64 {
@@ -273,12 +291,12 @@ impl<'a> Reader<'a> {
         Ok(&self.buf[start..self.pos])
     }
 
-    fn string(&mut self, field: &'static str, wire: u8) -> Result<&'a str, WireError> {
+    pub(super) fn string(&mut self, field: &'static str, wire: u8) -> Result<&'a str, WireError> {
         let bytes = self.bytes(field, wire)?;
         std::str::from_utf8(bytes).map_err(|_| WireError::NotUtf8 { field })
     }
 
-    fn double(&mut self, field: &'static str, wire: u8) -> Result<f64, WireError> {
+    pub(super) fn double(&mut self, field: &'static str, wire: u8) -> Result<f64, WireError> {
         Self::expect_wire(field, wire, WIRE_FIXED64)?;
         let Some(bytes) = self.buf.get(self.pos..self.pos + 8) else {
             return Err(WireError::BufferUnderflow);
@@ -290,14 +308,39 @@ impl<'a> Reader<'a> {
     }
 
     /// An `int64` (or, truncated by the caller, `int32`/enum) field.
-    fn int64(&mut self, field: &'static str, wire: u8) -> Result<i64, WireError> {
+    pub(super) fn int64(&mut self, field: &'static str, wire: u8) -> Result<i64, WireError> {
         Self::expect_wire(field, wire, WIRE_VARINT)?;
         Ok(self.varint()? as i64)
     }
 
+    /// A `repeated uint32` field, packed or not (a decoder must accept both), appended to
+    /// `out`. Values are truncated to 32 bits as prost does; a packed run is bounded by
+    /// its length the way a message is (read past, then refused).
+    pub(super) fn uint32s(
+        &mut self,
+        field: &'static str,
+        wire: u8,
+        out: &mut Vec<u32>,
+    ) -> Result<(), WireError> {
+        if wire != WIRE_LEN {
+            Self::expect_wire(field, wire, WIRE_VARINT)?;
+            out.push(self.varint()? as u32);
+            return Ok(());
+        }
+        let len = self.varint()?;
+        if len > self.remaining() as u64 {
+            return Err(WireError::BufferUnderflow);
+        }
+        let end = self.pos + len as usize;
+        while self.pos < end {
+            out.push(self.varint()? as u32);
+        }
+        self.leave(end)
+    }
+
     /// Skips an unknown field as prost does, groups included (each nested group level
     /// spends one unit of the recursion budget).
-    fn skip(&mut self, wire: u8, tag: u32, depth: u32) -> Result<(), WireError> {
+    pub(super) fn skip(&mut self, wire: u8, tag: u32, depth: u32) -> Result<(), WireError> {
         if depth == 0 {
             return Err(WireError::RecursionLimit);
         }
@@ -340,6 +383,7 @@ impl<'a> Reader<'a> {
         let mut series = RawSeries {
             labels: first_label..first_label,
             samples: Vec::new(),
+            created_zeros: 0,
             exemplars: 0,
             histograms: 0,
         };
@@ -425,7 +469,7 @@ impl<'a> Reader<'a> {
         self.leave(end)
     }
 
-    fn sample(&mut self, end: usize, depth: u32) -> Result<Sample, WireError> {
+    pub(super) fn sample(&mut self, end: usize, depth: u32) -> Result<Sample, WireError> {
         let mut sample = Sample::new(0, 0.0);
         while self.pos < end {
             let (tag, wire) = self.key()?;

@@ -4,20 +4,27 @@
 //!
 //! The first input byte picks the layer under test: even means the rest is an HTTP body
 //! (exercises snappy), odd means the rest is a raw protobuf that is compressed first
-//! (reaches prost and validation far more often). Any panic is a bug; an accepted request
-//! must satisfy every promise `DecodedWrite` makes to storage.
+//! (reaches prost and validation far more often); bit 1 picks the protocol (set: remote
+//! write 2.0). Any panic is a bug; an accepted request must satisfy every promise
+//! `DecodedWrite` makes to storage.
 //!
-//! `decode_matches_reference` is the differential check (ADR 0025): the hand-written
-//! remote-write decoder must accept and refuse exactly what prost's decoding does, with
-//! the same reason, and produce the same series and metadata.
+//! `decode_matches_reference` and `decode_v2_matches_reference` are the differential
+//! checks (ADR 0025, 0027): the hand-written remote-write decoders must accept and refuse
+//! exactly what prost's decoding does, with the same reason, and produce the same series
+//! and metadata.
 
 use std::io::Write as _;
 
 use super::otlp::decode_otlp_request;
+use super::validate;
 use super::{
-    decode_protobuf, decode_write_request, reference_decode_protobuf, DecodeLimits, DecodedWrite,
+    decode_protobuf, decode_protobuf_v2, decode_write_request, reference_decode_protobuf,
+    reference_decode_protobuf_v2, DecodeLimits, DecodedWrite, IngestError,
 };
-use crate::model::{MAX_LABELS_PER_SERIES, MAX_LABEL_BYTES_PER_SERIES, METRIC_NAME};
+use crate::model::{self, MAX_LABELS_PER_SERIES, MAX_LABEL_BYTES_PER_SERIES, METRIC_NAME};
+
+const RW1_CONTENT_TYPE: &str = "application/x-protobuf";
+const RW2_CONTENT_TYPE: &str = "application/x-protobuf;proto=io.prometheus.write.v2.Request";
 
 /// Small enough that a fuzzer's "decompression bomb" inputs stay cheap.
 const FUZZ_LIMITS: DecodeLimits = DecodeLimits {
@@ -42,14 +49,23 @@ pub fn decode_and_check(data: &[u8]) -> bool {
             Err(_) => return false,
         }
     };
-    match decode_write_request(
-        Some("application/x-protobuf"),
-        Some("snappy"),
-        body,
-        &FUZZ_LIMITS,
-    ) {
+    let content_type = if mode & 2 == 0 {
+        RW1_CONTENT_TYPE
+    } else {
+        RW2_CONTENT_TYPE
+    };
+    match decode_write_request(Some(content_type), Some("snappy"), body, &FUZZ_LIMITS) {
         Ok(decoded) => {
             assert_invariants(&decoded);
+            // What a client sends never carries a created-zero request unless the 2.0
+            // decoder put it there, and then only before a sample of its series.
+            for series in &decoded.series {
+                let zeros = series
+                    .samples
+                    .iter()
+                    .filter(|s| model::is_created_zero(s.v));
+                assert!(mode & 2 != 0 || zeros.count() == 0);
+            }
             true
         }
         Err(err) => {
@@ -136,12 +152,40 @@ pub fn otlp_decode_and_check(data: &[u8]) -> bool {
 /// prost (the reference), and panics unless both accept with equal results or both
 /// refuse for the same reason. Returns whether it was accepted.
 pub fn decode_matches_reference(raw: &[u8]) -> bool {
-    let ours = decode_protobuf(raw);
-    let reference = reference_decode_protobuf(raw);
+    same_outcome(
+        raw,
+        decode_protobuf(raw),
+        reference_decode_protobuf(raw),
+        true,
+    )
+}
+
+/// `decode_matches_reference` for a serialized `io.prometheus.write.v2.Request`.
+pub fn decode_v2_matches_reference(raw: &[u8]) -> bool {
+    same_outcome(
+        raw,
+        decode_protobuf_v2(raw),
+        reference_decode_protobuf_v2(raw),
+        false,
+    )
+}
+
+fn same_outcome(
+    raw: &[u8],
+    ours: Result<DecodedWrite, IngestError>,
+    reference: Result<DecodedWrite, IngestError>,
+    peers_decoder: bool,
+) -> bool {
     match (ours, reference) {
         (Ok(ours), Ok(reference)) => {
             assert_eq!(ours, reference, "decoders disagree on {raw:?}");
-            assert_invariants(&ours);
+            // The 1.0 decoder here is the one peers' writes take, whose created-zero
+            // bits are requests counted as samples; check it as a client's edge sees it.
+            let mut checked = ours;
+            if peers_decoder {
+                validate::make_values_plain(&mut checked.series);
+            }
+            assert_invariants(&checked);
             true
         }
         (Err(ours), Err(reference)) => {
@@ -175,7 +219,20 @@ fn assert_invariants(decoded: &DecodedWrite) {
         assert!(series.labels.get(METRIC_NAME).is_some(), "no metric name");
         assert!(!series.samples.is_empty(), "series without samples");
         assert!(series.samples.windows(2).all(|w| w[0].t <= w[1].t));
-        samples += series.samples.len() as u64;
+        let sent = series
+            .samples
+            .iter()
+            .filter(|s| !model::is_created_zero(s.v));
+        let sent = sent.count() as u64;
+        assert!(sent > 0, "series with only created-zero requests");
+        samples += sent;
     }
     assert_eq!(samples, decoded.num_samples);
+    assert_eq!(
+        decoded.histograms_refused.named.len() as u64,
+        decoded
+            .histograms_refused
+            .series
+            .min(super::RefusedHistograms::MAX_NAMED as u64)
+    );
 }

@@ -1,10 +1,13 @@
-//! Ingest: decoding and validating Prometheus remote-write and OTLP metrics requests.
+//! Ingest: decoding and validating Prometheus remote-write (1.0 and 2.0) and OTLP metrics
+//! requests.
 //!
 //! Owns: the path from an HTTP body (plus its `Content-Type` and `Content-Encoding`) to
 //! validated `model::Series`, and the ingest self-metrics. Submodules: `otlp` (OTLP/HTTP
 //! metrics translated into remote-write series, then validated like them), `wire` (header
-//! negotiation and bounded snappy decompression), `decode` (hand-written protobuf
-//! decoding of remote write that borrows label strings from the body, ADR 0025),
+//! negotiation, which picks the protocol version, and bounded snappy decompression),
+//! `decode` (hand-written protobuf decoding of remote write 1.0 that borrows label
+//! strings from the body, ADR 0025), `decode_v2` (the same for remote write 2.0, whose
+//! symbol table resolves into 1.0's decoded shape so both meet one validation, ADR 0027),
 //! `label_cache` (decoded labels to shared `Labels`, allocating only for label sets not
 //! seen recently), `validate` (label and sample rules, decoded requests to model types),
 //! `bounds` (the wall-clock time bounds applied where a
@@ -15,10 +18,18 @@
 //! decoder serves the HTTP edge, the fuzz target and peer-to-peer writes.
 //!
 //! A request is accepted or refused as a whole: one invalid series refuses the request,
-//! so a client never has to guess which part was stored.
+//! so a client never has to guess which part was stored. The one exception is remote
+//! write 2.0's native histograms, which are not storable yet: they are refused and named
+//! while the rest of their request is stored (`DecodedWrite::histograms_refused`).
+//!
+//! Two entry points decode remote write: `decode_write_request` for what clients send,
+//! and `decode_internal_write_request` for the internal write between nodes, which may
+//! carry the created-timestamp zero requests (`model::created_zero`) that a client's
+//! request must not (the client-facing decoders turn those bits into a plain NaN).
 
 mod bounds;
 mod decode;
+mod decode_v2;
 #[doc(hidden)]
 pub mod fuzzing;
 mod label_cache;
@@ -37,7 +48,7 @@ use crate::proto;
 
 pub use bounds::enforce_time_bounds;
 pub use metrics::IngestMetrics;
-pub use wire::decompress_snappy;
+pub use wire::{decompress_snappy, Protocol};
 
 /// Why a request was refused. Each reason maps to one HTTP status and one metric label.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -60,10 +71,13 @@ pub enum RejectReason {
     InvalidLabels,
     /// A series carries native histograms, which Timbala does not store yet (400).
     NativeHistograms,
+    /// Remote write 2.0 symbol references that do not resolve: `symbols[0]` not empty,
+    /// an odd number of label references, a reference past the symbol table (400).
+    InvalidSymbolRefs,
 }
 
 impl RejectReason {
-    pub const ALL: [RejectReason; 9] = [
+    pub const ALL: [RejectReason; 10] = [
         RejectReason::UnsupportedContentType,
         RejectReason::UnsupportedEncoding,
         RejectReason::TooLarge,
@@ -73,6 +87,7 @@ impl RejectReason {
         RejectReason::InvalidUtf8,
         RejectReason::InvalidLabels,
         RejectReason::NativeHistograms,
+        RejectReason::InvalidSymbolRefs,
     ];
 
     /// The value of the `reason` label on the rejection metrics.
@@ -87,6 +102,7 @@ impl RejectReason {
             RejectReason::InvalidUtf8 => "invalid_utf8",
             RejectReason::InvalidLabels => "invalid_labels",
             RejectReason::NativeHistograms => "native_histograms",
+            RejectReason::InvalidSymbolRefs => "invalid_symbol_refs",
         }
     }
 
@@ -100,7 +116,8 @@ impl RejectReason {
             | RejectReason::BadProtobuf
             | RejectReason::InvalidUtf8
             | RejectReason::InvalidLabels
-            | RejectReason::NativeHistograms => 400,
+            | RejectReason::NativeHistograms
+            | RejectReason::InvalidSymbolRefs => 400,
         }
     }
 
@@ -143,10 +160,57 @@ pub struct DecodedWrite {
     /// Series with at least one sample, labels sorted and unique, samples in time order.
     pub series: Vec<Series>,
     pub metadata: Vec<MetricMetadata>,
-    /// Float samples in `series`.
+    /// Float samples in `series` as sent; the created-timestamp zero requests among
+    /// them (`model::created_zero`, remote write 2.0) are not counted.
     pub num_samples: u64,
     /// Exemplars carried by the request and dropped (Timbala does not store exemplars).
     pub exemplars_dropped: u64,
+    /// Remote write 2.0's native histograms, refused while the rest is stored.
+    pub histograms_refused: RefusedHistograms,
+}
+
+/// The native histograms of a remote-write 2.0 request, which Timbala cannot store yet
+/// (ADR 0027): counted and named for the 400 that answers the request.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RefusedHistograms {
+    /// Histogram samples refused.
+    pub histograms: u64,
+    /// Series that carried them.
+    pub series: u64,
+    /// The first `MAX_NAMED` of those series, described as sent.
+    pub named: Vec<String>,
+}
+
+impl RefusedHistograms {
+    /// Series named in an answer; the rest are counted.
+    pub const MAX_NAMED: usize = 5;
+
+    pub fn is_empty(&self) -> bool {
+        self.histograms == 0
+    }
+
+    /// The client's explanation: counts, the series named, and what to do.
+    pub fn describe(&self) -> String {
+        let mut message = format!(
+            "{} native histogram samples in {} series refused: Timbala does not store native \
+             histograms yet (the request's float samples, exemplars and metadata were \
+             processed); series: {}",
+            self.histograms,
+            self.series,
+            self.named.join(", ")
+        );
+        if self.series > self.named.len() as u64 {
+            message.push_str(&format!(
+                " and {} more",
+                self.series - self.named.len() as u64
+            ));
+        }
+        message.push_str(
+            "; set send_native_histograms: false in the sender's remote_write config \
+             to send classic histograms instead",
+        );
+        message
+    }
 }
 
 /// How large a request may get. The compressed body limit is enforced by the caller
@@ -172,7 +236,14 @@ impl DecodeLimits {
 /// values, bounded in size (see `label_cache`).
 static LABEL_SETS: LazyLock<label_cache::LabelSetCache> = LazyLock::new(Default::default);
 
-/// Decodes and validates one remote-write request.
+/// The protocol version of a client's remote-write request, from its `Content-Type`
+/// (absent: 1.0, as Prometheus's receiver reads old senders); `Err` is the 415.
+pub fn write_protocol(content_type: Option<&str>) -> Result<Protocol, IngestError> {
+    wire::check_content_type(content_type)
+}
+
+/// Decodes and validates one remote-write request from a client, 1.0 or 2.0 by its
+/// `Content-Type` (`write_protocol`).
 ///
 /// `content_type` and `content_encoding` are the raw header values (None when absent).
 /// Absent headers are read as remote write 1.0 with snappy, as Prometheus's receiver
@@ -183,23 +254,55 @@ pub fn decode_write_request(
     body: &[u8],
     limits: &DecodeLimits,
 ) -> Result<DecodedWrite, IngestError> {
-    wire::check_content_type(content_type)?;
+    let protocol = wire::check_content_type(content_type)?;
     wire::check_content_encoding(content_encoding)?;
+    let raw = decompress_snappy(body, limits.max_decompressed_bytes)?;
+    match protocol {
+        Protocol::V1 => {
+            let mut decoded = decode_protobuf(&raw)?;
+            validate::make_values_plain(&mut decoded.series);
+            Ok(decoded)
+        }
+        Protocol::V2 => decode_protobuf_v2(&raw),
+    }
+}
+
+/// Decodes and validates the internal write between nodes: a snappy remote-write 1.0
+/// body whose samples may be created-timestamp zero requests (`model::created_zero`),
+/// kept as they are for the owner's TSDB.
+pub fn decode_internal_write_request(
+    body: &[u8],
+    limits: &DecodeLimits,
+) -> Result<DecodedWrite, IngestError> {
     let raw = decompress_snappy(body, limits.max_decompressed_bytes)?;
     decode_protobuf(&raw)
 }
 
+fn wire_error(err: decode::WireError, message: &str) -> IngestError {
+    let detail = err.to_string();
+    if err.is_utf8() {
+        utf8_error(&detail)
+    } else {
+        IngestError::new(
+            RejectReason::BadProtobuf,
+            format!("body is not a valid {message} protobuf: {detail}"),
+        )
+    }
+}
+
 /// Decodes and validates a decompressed `prometheus.WriteRequest`.
 fn decode_protobuf(raw: &[u8]) -> Result<DecodedWrite, IngestError> {
-    let request = decode::decode_write_request(raw).map_err(|err| {
-        let detail = err.to_string();
-        if err.is_utf8() {
-            utf8_error(&detail)
-        } else {
-            bad_protobuf(&detail)
-        }
-    })?;
-    validate::raw_into_decoded_write(request, &LABEL_SETS)
+    let request = decode::decode_write_request(raw)
+        .map_err(|err| wire_error(err, "prometheus.WriteRequest"))?;
+    validate::raw_into_decoded_write(request, &LABEL_SETS, validate::Histograms::RefuseRequest)
+}
+
+/// Decodes and validates a decompressed `io.prometheus.write.v2.Request`.
+fn decode_protobuf_v2(raw: &[u8]) -> Result<DecodedWrite, IngestError> {
+    let request = decode_v2::decode_request(raw)
+        .map_err(|err| wire_error(err, "io.prometheus.write.v2.Request"))?;
+    let request = decode_v2::into_raw_write(request)?;
+    validate::raw_into_decoded_write(request, &LABEL_SETS, validate::Histograms::RefuseSeries)
 }
 
 /// `decode_protobuf` done with prost and owned strings: the reference that the
@@ -207,6 +310,18 @@ fn decode_protobuf(raw: &[u8]) -> Result<DecodedWrite, IngestError> {
 fn reference_decode_protobuf(raw: &[u8]) -> Result<DecodedWrite, IngestError> {
     let request = proto::WriteRequest::decode(raw).map_err(protobuf_error)?;
     validate::into_decoded_write(request)
+}
+
+/// `decode_protobuf_v2` with prost's decoding (the reference for `fuzzing`); the steps
+/// after decoding are shared, so the comparison is about the wire decoding.
+fn reference_decode_protobuf_v2(raw: &[u8]) -> Result<DecodedWrite, IngestError> {
+    let request = proto::write_v2::Request::decode(raw).map_err(protobuf_error)?;
+    let request = decode_v2::into_raw_write(decode_v2::from_reference(&request))?;
+    validate::raw_into_decoded_write(
+        request,
+        &label_cache::LabelSetCache::default(),
+        validate::Histograms::RefuseSeries,
+    )
 }
 
 /// Describes a prost decode error for the client. prost rejects invalid UTF-8 in string

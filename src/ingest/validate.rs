@@ -1,8 +1,8 @@
 //! Remote-write validation: turns a decoded request into model series, refusing the
 //! whole request when any series breaks the rules. Calls `model`, `proto`.
 //!
-//! Two inputs share every rule: the hand-written decoder's `RawWrite` (labels borrowed
-//! from the body; the path every request takes, ADR 0025) and prost's
+//! Two inputs share every rule: the hand-written decoders' `RawWrite` (labels borrowed
+//! from the body; the path every request takes, 1.0 and 2.0 alike, ADR 0025) and prost's
 //! `proto::WriteRequest` (the reference the differential fuzz test compares it with).
 //!
 //! Rules (remote write 1.0 spec and Prometheus 3's receiver with UTF-8 names):
@@ -14,7 +14,8 @@
 //! - at most `MAX_LABELS_PER_SERIES` labels of at most `MAX_LABEL_BYTES_PER_SERIES` bytes
 //!   together (the bounds of the node-to-node repair transfers, so every stored series can
 //!   be repaired);
-//! - native histograms are refused (not stored yet), exemplars are dropped;
+//! - native histograms are refused (not stored yet): with the whole request in remote
+//!   write 1.0, alone in 2.0 (ADR 0027); exemplars are dropped;
 //! - samples are put in time order when the sender did not (storage wants time order;
 //!   the out-of-order window decides what is kept).
 
@@ -22,7 +23,7 @@ use std::fmt::Write as _;
 
 use super::decode::{self, RawLabel, RawWrite};
 use super::label_cache::LabelSetCache;
-use super::{DecodedWrite, IngestError, RejectReason};
+use super::{DecodedWrite, IngestError, RefusedHistograms, RejectReason};
 use crate::model::{
     self, Labels, MetricMetadata, Sample, Series, MAX_LABELS_PER_SERIES,
     MAX_LABEL_BYTES_PER_SERIES, METRIC_NAME,
@@ -58,6 +59,25 @@ impl LabelPair for RawLabel<'_> {
     }
 }
 
+/// What native histograms do to a request: Timbala does not store them yet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Histograms {
+    /// Remote write 1.0: the request is refused (ADR 0003).
+    RefuseRequest,
+    /// Remote write 2.0: they are refused and named, the rest is stored (ADR 0027).
+    RefuseSeries,
+}
+
+/// Turns a client's values into storable ones (`model::plain_value`), so that no client
+/// request carries a created-timestamp zero request.
+pub(super) fn make_values_plain(series: &mut [Series]) {
+    for s in series {
+        for sample in &mut s.samples {
+            sample.v = model::plain_value(sample.v);
+        }
+    }
+}
+
 /// Validates a request from the hand-written decoder; label sets come from `cache`.
 ///
 /// A label set found in the cache byte for byte was checked when it was first seen (it
@@ -67,6 +87,7 @@ impl LabelPair for RawLabel<'_> {
 pub(super) fn raw_into_decoded_write(
     req: RawWrite<'_>,
     cache: &LabelSetCache,
+    histograms: Histograms,
 ) -> Result<DecodedWrite, IngestError> {
     let known: Vec<Option<Labels>> = req
         .series
@@ -83,8 +104,10 @@ pub(super) fn raw_into_decoded_write(
     if !unchecked().flatten().all(RawLabel::is_utf8) {
         return Err(super::utf8_error(&decode::not_utf8().to_string()));
     }
+    let refuse_request = histograms == Histograms::RefuseRequest;
     for (index, (ts, known)) in req.series.iter().zip(&known).enumerate() {
-        check_series(index, req.labels_of(ts), ts.histograms > 0, known.is_none())?;
+        let refused = refuse_request && ts.histograms > 0;
+        check_series(index, req.labels_of(ts), refused, known.is_none())?;
     }
     let mut decoded = DecodedWrite {
         series: Vec::with_capacity(req.series.len()),
@@ -92,18 +115,39 @@ pub(super) fn raw_into_decoded_write(
         exemplars_dropped: req.series.iter().map(|ts| ts.exemplars).sum(),
         ..DecodedWrite::default()
     };
-    for (ts, known) in req.series.into_iter().zip(known) {
+    for (index, (ts, known)) in req.series.into_iter().zip(known).enumerate() {
+        if ts.histograms > 0 {
+            note_refused(
+                &mut decoded.histograms_refused,
+                index,
+                &req.labels[ts.labels.clone()],
+                ts.histograms,
+            );
+        }
         if ts.samples.is_empty() {
             continue;
         }
         let labels = known.unwrap_or_else(|| cache.insert(&req.labels[ts.labels.clone()]));
-        decoded.num_samples += ts.samples.len() as u64;
+        decoded.num_samples += (ts.samples.len() - ts.created_zeros) as u64;
         decoded.series.push(Series {
             labels,
             samples: time_ordered(ts.samples),
         });
     }
     Ok(decoded)
+}
+
+fn note_refused(
+    refused: &mut RefusedHistograms,
+    index: usize,
+    labels: &[impl LabelPair],
+    histograms: u64,
+) {
+    refused.histograms += histograms;
+    refused.series += 1;
+    if refused.named.len() < RefusedHistograms::MAX_NAMED {
+        refused.named.push(format!("#{index} {}", describe(labels)));
+    }
 }
 
 /// Validates a request decoded by prost (the reference decoder).
@@ -126,8 +170,8 @@ pub(super) fn into_decoded_write(req: proto::WriteRequest) -> Result<DecodedWrit
     Ok(decoded)
 }
 
-/// Refuses native histograms, and labels that break the rules unless `check_labels`
-/// is false (a label set known to follow them).
+/// Refuses native histograms when `has_histograms`, and labels that break the rules
+/// unless `check_rules` is false (a label set known to follow them).
 fn check_series(
     index: usize,
     labels: &[impl LabelPair],
@@ -302,7 +346,8 @@ mod tests {
         };
         let body = prost::Message::encode_to_vec(&request);
         let raw = super::super::decode::decode_write_request(&body).unwrap();
-        let ours = raw_into_decoded_write(raw, &LabelSetCache::default());
+        let ours =
+            raw_into_decoded_write(raw, &LabelSetCache::default(), Histograms::RefuseRequest);
         let reference = into_decoded_write(request);
         assert_eq!(ours, reference);
         reference
@@ -341,7 +386,7 @@ mod tests {
                 metadata: vec![],
             });
             let raw = super::super::decode::decode_write_request(&body).unwrap();
-            raw_into_decoded_write(raw, &cache)
+            raw_into_decoded_write(raw, &cache, Histograms::RefuseRequest)
         };
         let good = series(&[("__name__", "up"), ("job", "x")], &[(1, 1.0)]);
         assert!(decode(vec![good.clone()]).is_ok());

@@ -1,5 +1,6 @@
-//! The wire envelope of remote write: `Content-Type`/`Content-Encoding` negotiation and
-//! bounded snappy (block format) decompression. Calls nothing else in the crate.
+//! The wire envelope of remote write: `Content-Type`/`Content-Encoding` negotiation (which
+//! also picks the protocol version, 1.0 or 2.0) and bounded snappy (block format)
+//! decompression. Calls nothing else in the crate.
 
 use super::{IngestError, RejectReason};
 
@@ -7,11 +8,21 @@ const PROTOBUF_MEDIA_TYPE: &str = "application/x-protobuf";
 const RW1_MESSAGE: &str = "prometheus.WriteRequest";
 const RW2_MESSAGE: &str = "io.prometheus.write.v2.Request";
 
-/// Accepts remote write 1.0: `application/x-protobuf`, optionally with
-/// `proto=prometheus.WriteRequest`. An absent header is 1.0, as in Prometheus.
-pub(super) fn check_content_type(content_type: Option<&str>) -> Result<(), IngestError> {
+/// The remote-write protocol version a request is sent in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Protocol {
+    /// `prometheus.WriteRequest`.
+    V1,
+    /// `io.prometheus.write.v2.Request` (ADR 0027).
+    V2,
+}
+
+/// Picks the protocol: `application/x-protobuf` is 1.0 unless its `proto=` parameter
+/// names the 2.0 message; any other media type or message is 415. An absent header is
+/// 1.0, as in Prometheus.
+pub(super) fn check_content_type(content_type: Option<&str>) -> Result<Protocol, IngestError> {
     let Some(content_type) = content_type.filter(|v| !v.trim().is_empty()) else {
-        return Ok(());
+        return Ok(Protocol::V1);
     };
     let mut parts = content_type.split(';');
     let media_type = parts.next().unwrap_or_default().trim();
@@ -20,6 +31,7 @@ pub(super) fn check_content_type(content_type: Option<&str>) -> Result<(), Inges
             "unsupported Content-Type {content_type:?}: remote write expects {PROTOBUF_MEDIA_TYPE}"
         )));
     }
+    let mut protocol = Protocol::V1;
     for param in parts {
         let Some((key, value)) = param.split_once('=') else {
             continue;
@@ -27,23 +39,18 @@ pub(super) fn check_content_type(content_type: Option<&str>) -> Result<(), Inges
         if !key.trim().eq_ignore_ascii_case("proto") {
             continue;
         }
-        match value.trim().trim_matches('"') {
-            RW1_MESSAGE => {}
-            RW2_MESSAGE => {
-                return Err(unsupported_type(format!(
-                    "remote write 2.0 ({RW2_MESSAGE}) is not supported yet; \
-                     configure the sender with protobuf_message: {RW1_MESSAGE}"
-                )))
-            }
+        protocol = match value.trim().trim_matches('"') {
+            RW1_MESSAGE => Protocol::V1,
+            RW2_MESSAGE => Protocol::V2,
             other => {
                 return Err(unsupported_type(format!(
                     "unsupported protobuf message {other:?} in Content-Type; \
-                     this server accepts {RW1_MESSAGE}"
+                     this server accepts {RW1_MESSAGE} and {RW2_MESSAGE}"
                 )))
             }
-        }
+        };
     }
-    Ok(())
+    Ok(protocol)
 }
 
 fn unsupported_type(message: String) -> IngestError {
@@ -94,18 +101,35 @@ mod tests {
 
     #[test]
     fn content_types() {
-        assert!(check_content_type(None).is_ok());
-        assert!(check_content_type(Some("application/x-protobuf")).is_ok());
-        assert!(check_content_type(Some(
-            "application/x-protobuf; proto=prometheus.WriteRequest"
-        ))
-        .is_ok());
-        let v2 = check_content_type(Some(
-            "application/x-protobuf;proto=io.prometheus.write.v2.Request",
+        assert_eq!(check_content_type(None), Ok(Protocol::V1));
+        assert_eq!(
+            check_content_type(Some("application/x-protobuf")),
+            Ok(Protocol::V1)
+        );
+        assert_eq!(
+            check_content_type(Some(
+                "application/x-protobuf; proto=prometheus.WriteRequest"
+            )),
+            Ok(Protocol::V1)
+        );
+        assert_eq!(
+            check_content_type(Some(
+                "application/x-protobuf;proto=io.prometheus.write.v2.Request"
+            )),
+            Ok(Protocol::V2)
+        );
+        assert_eq!(
+            check_content_type(Some(
+                "Application/X-Protobuf; proto=\"io.prometheus.write.v2.Request\""
+            )),
+            Ok(Protocol::V2)
+        );
+        let unknown = check_content_type(Some(
+            "application/x-protobuf;proto=io.prometheus.write.v3.Request",
         ))
         .unwrap_err();
-        assert_eq!(v2.http_status(), 415);
-        assert!(v2.message.contains("2.0"), "{}", v2.message);
+        assert_eq!(unknown.http_status(), 415);
+        assert!(unknown.message.contains("v3"), "{}", unknown.message);
         assert_eq!(
             check_content_type(Some("application/json"))
                 .unwrap_err()

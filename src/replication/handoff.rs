@@ -231,14 +231,9 @@ impl Handoff {
 
 /// The series of a hint's payload (an internal-write body).
 fn decode_hint_body(body: &[u8]) -> Result<Vec<Series>, String> {
-    ingest::decode_write_request(
-        Some("application/x-protobuf"),
-        Some("snappy"),
-        body,
-        &DecodeLimits::for_body_limit(body.len()),
-    )
-    .map(|decoded| decoded.series)
-    .map_err(|e| e.to_string())
+    ingest::decode_internal_write_request(body, &DecodeLimits::for_body_limit(body.len()))
+        .map(|decoded| decoded.series)
+        .map_err(|e| e.to_string())
 }
 
 /// Where the series of a hint for `removed` go now: to the owners each series gained

@@ -26,7 +26,7 @@ use super::querier::Querier;
 use super::retention::{self, BlockExtent};
 use super::wal::{self, Record, SamplesRecord, Wal};
 use super::{BlockInfo, TsdbOptions};
-use crate::model::{conflict_winner, Labels, Matcher, MetricMetadata, Sample, Series};
+use crate::model::{self, conflict_winner, Labels, Matcher, MetricMetadata, Sample, Series};
 use crate::storage::{
     AppendOutcome, ChangeMark, Changes, RejectReason, SelectError, StorageError, LATE_WRITE_AGE_MS,
 };
@@ -486,6 +486,21 @@ impl Db {
             }
             let mut staged = false;
             for s in &series.samples {
+                if model::is_created_zero(s.v) {
+                    // The zero of a created timestamp (ADR 0027): stored only before
+                    // everything the series holds, never counted, never refused.
+                    if !data.has_sample_since(s.t)
+                        && matches!(
+                            data.stage(s.t, 0.0, limits, ticket),
+                            Ok(Appended::Stored | Appended::StoredNewChunk)
+                        )
+                    {
+                        record.push(mem.id, s.t, 0.0);
+                        tally.widen(s.t);
+                        staged = true;
+                    }
+                    continue;
+                }
                 match data.stage(s.t, s.v, limits, ticket) {
                     Ok(Appended::Stored | Appended::StoredNewChunk) => {
                         record.push(mem.id, s.t, s.v);

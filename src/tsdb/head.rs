@@ -181,6 +181,14 @@ impl SeriesData {
         }
     }
 
+    /// Whether the series holds or has staged a sample at or after `t` (the test of a
+    /// created-timestamp zero request, ADR 0027).
+    pub fn has_sample_since(&self, t: i64) -> bool {
+        self.max_time().is_some_and(|max| max >= t)
+            || self.ooo.last().is_some_and(|s| s.t >= t)
+            || self.staged.iter().any(|s| s.t >= t)
+    }
+
     fn last_value_bits(&self) -> Option<u64> {
         if !self.open.is_empty() {
             return Some(self.open.last_value().to_bits());

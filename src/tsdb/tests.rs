@@ -151,6 +151,47 @@ async fn append_rules_and_rejections() {
 }
 
 #[tokio::test]
+async fn created_zero_is_stored_only_before_everything_the_series_holds() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Tsdb::open(opts(dir.path()), TsdbMetrics::default()).unwrap();
+    let zero = crate::model::created_zero();
+    // A new series: the zero lands at the created time, and is not counted.
+    let out = db
+        .append(vec![up("a", &[(10 * MIN, zero), (11 * MIN, 4.0)])])
+        .await
+        .unwrap();
+    assert_eq!((out.appended, out.rejected_total()), (1, 0));
+    // The same created time again, and an older one within the out-of-order window:
+    // the series holds later samples, so neither is stored, and neither is refused.
+    let out = db
+        .append(vec![up(
+            "a",
+            &[(9 * MIN, zero), (10 * MIN, zero), (12 * MIN, 6.0)],
+        )])
+        .await
+        .unwrap();
+    assert_eq!((out.appended, out.rejected_total()), (1, 0));
+    // A restart of the counter: its new created time is after what the series holds.
+    let out = db
+        .append(vec![up("a", &[(13 * MIN, zero), (14 * MIN, 1.0)])])
+        .await
+        .unwrap();
+    assert_eq!((out.appended, out.rejected_total()), (1, 0));
+    let got = select_all(&db, "up").await;
+    let a: Vec<(i64, f64)> = got[0].samples.iter().map(|s| (s.t, s.v)).collect();
+    assert_eq!(
+        a,
+        vec![
+            (10 * MIN, 0.0),
+            (11 * MIN, 4.0),
+            (12 * MIN, 6.0),
+            (13 * MIN, 0.0),
+            (14 * MIN, 1.0)
+        ]
+    );
+}
+
+#[tokio::test]
 async fn acknowledged_samples_survive_a_crash() {
     let dir = tempfile::tempdir().unwrap();
     {
