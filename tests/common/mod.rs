@@ -287,6 +287,36 @@ pub fn post(url: &str, headers: &[(&str, &str)], body: &[u8]) -> (u16, Vec<u8>) 
     try_post(url, headers, body).unwrap_or_else(|e| panic!("POST {url}: {e}"))
 }
 
+/// POST with explicit headers; returns status, body as text and the response headers
+/// (names lower-case, as `http` keeps them).
+pub fn post_with_response_headers(
+    url: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> (u16, String, Vec<(String, String)>) {
+    let mut req = agent().post(url);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let resp = req.send(body).unwrap_or_else(|e| panic!("POST {url}: {e}"));
+    let response_headers = resp
+        .headers()
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.as_str().to_string(),
+                String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            )
+        })
+        .collect();
+    let (status, body) = read_response(resp);
+    (
+        status,
+        String::from_utf8_lossy(&body).into_owned(),
+        response_headers,
+    )
+}
+
 /// POST an application/x-www-form-urlencoded body; returns status and text.
 pub fn post_form(url: &str, form: &[(&str, &str)]) -> (u16, String) {
     let resp = agent()

@@ -75,6 +75,7 @@ pub fn decode_otlp_request(
     })?;
     let translated = translate::translate(request, limits.max_decompressed_bytes)?;
     let mut write = validate::into_decoded_write(translated.request)?;
+    validate::make_values_plain(&mut write.series);
     write.exemplars_dropped += translated.exemplars;
     Ok(DecodedOtlp {
         write,

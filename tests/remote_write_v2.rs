@@ -1,0 +1,593 @@
+//! Acceptance: Prometheus remote write 2.0 (`io.prometheus.write.v2.Request`, ADR 0027)
+//! into the real binary, requests built here with a symbol table as Prometheus 3.x
+//! builds them.
+//!
+//! - Samples, per-series metadata and start timestamps are stored and read back through
+//!   `/api/v1/query`, `/api/v1/series` and `/api/v1/metadata`; a start timestamp gives
+//!   one zero sample before the first sample of a counter, and only then; the
+//!   `X-Prometheus-Remote-Write-*-Written` headers count exactly what was stored.
+//! - Native histograms are refused with 400 naming their series, while the rest of the
+//!   request is stored and counted.
+//! - Malformed requests are each refused with 400 and a message, and nothing of them is
+//!   visible afterwards; an unknown `proto=` is 415; remote write 1.0 is unchanged.
+//! - In a cluster of three, a 2.0 write to one node is answered by every node, and every
+//!   series (with its created-timestamp zero) is on three nodes.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use prost::Message;
+use serde_json::Value;
+use timbala::proto::{self, write_v2};
+
+const RW2_CONTENT_TYPE: &str = "application/x-protobuf;proto=io.prometheus.write.v2.Request";
+
+/// The answer to a 2.0 write: status, body and the three written headers.
+#[derive(Debug)]
+struct Answer {
+    status: u16,
+    body: String,
+    samples: Option<u64>,
+    histograms: Option<u64>,
+    exemplars: Option<u64>,
+}
+
+fn send_raw(node: &Node, content_type: &str, raw: &[u8]) -> Answer {
+    let body = snap::raw::Encoder::new()
+        .compress_vec(raw)
+        .expect("compress");
+    let (status, body, headers) = post_with_response_headers(
+        &node.url("/api/v1/write"),
+        &[
+            ("Content-Type", content_type),
+            ("Content-Encoding", "snappy"),
+            ("X-Prometheus-Remote-Write-Version", "2.0.0"),
+        ],
+        &body,
+    );
+    let header = |name: &str| {
+        headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.parse::<u64>().expect("a count"))
+    };
+    Answer {
+        status,
+        body,
+        samples: header("X-Prometheus-Remote-Write-Samples-Written"),
+        histograms: header("X-Prometheus-Remote-Write-Histograms-Written"),
+        exemplars: header("X-Prometheus-Remote-Write-Exemplars-Written"),
+    }
+}
+
+fn send(node: &Node, request: &write_v2::Request) -> Answer {
+    send_raw(node, RW2_CONTENT_TYPE, &request.encode_to_vec())
+}
+
+/// Builds a 2.0 request series by series over one symbol table.
+#[derive(Default)]
+struct Builder {
+    symbols: write_v2::SymbolTable,
+    series: Vec<write_v2::TimeSeries>,
+}
+
+impl Builder {
+    /// A series with float samples `(t, v)`, each with `start` as its start timestamp
+    /// (0: none), and metadata when `metadata` is given: (type, help, unit).
+    fn series(
+        &mut self,
+        labels: &[(&str, &str)],
+        samples: &[(i64, f64)],
+        start: i64,
+        metadata: Option<(proto::MetricType, &str, &str)>,
+    ) -> &mut write_v2::TimeSeries {
+        let mut labels = labels.to_vec();
+        labels.sort();
+        let labels_refs = self.symbols.symbolize_labels(labels);
+        let metadata = metadata.map(|(t, help, unit)| write_v2::Metadata {
+            r#type: t as i32,
+            help_ref: self.symbols.symbolize(help),
+            unit_ref: self.symbols.symbolize(unit),
+        });
+        self.series.push(write_v2::TimeSeries {
+            labels_refs,
+            samples: samples
+                .iter()
+                .map(|&(timestamp, value)| write_v2::Sample {
+                    value,
+                    timestamp,
+                    start_timestamp: start,
+                })
+                .collect(),
+            metadata,
+            ..Default::default()
+        });
+        self.series.last_mut().expect("just pushed")
+    }
+
+    fn build(self) -> write_v2::Request {
+        write_v2::Request {
+            symbols: self.symbols.into_symbols(),
+            timeseries: self.series,
+        }
+    }
+}
+
+/// A recent start on a whole second, so every sample falls inside the head.
+fn base_ms() -> i64 {
+    let now = now_ms();
+    now - now % 1_000 - 10 * 60_000
+}
+
+fn api(node: &Node, path_and_query: &str) -> Value {
+    let (code, body) = get(&node.url(path_and_query));
+    assert_eq!(code, 200, "{path_and_query}: {body}");
+    serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body}"))
+}
+
+fn encode(query: &str) -> String {
+    query
+        .bytes()
+        .map(|b| match b {
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'_' | b'.' | b'-' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// The samples of the one series `selector[range]` selects at `at_ms`: (ms, value).
+fn range_samples(node: &Node, selector: &str, range: &str, at_ms: i64) -> Vec<(i64, f64)> {
+    let query = encode(&format!("{selector}[{range}]"));
+    let answer = api(
+        node,
+        &format!("/api/v1/query?query={query}&time={}", at_ms as f64 / 1000.0),
+    );
+    let result = answer["data"]["result"].as_array().expect("result");
+    assert_eq!(result.len(), 1, "{selector}: {answer}");
+    result[0]["values"]
+        .as_array()
+        .expect("values")
+        .iter()
+        .map(|p| {
+            let t = (p[0].as_f64().expect("time") * 1000.0).round() as i64;
+            let v: f64 = p[1].as_str().expect("value").parse().expect("float");
+            (t, v)
+        })
+        .collect()
+}
+
+/// The label sets of the series matching `selector`, as `name=value` strings.
+fn series_of(node: &Node, selector: &str) -> Vec<String> {
+    let answer = api(
+        node,
+        &format!("/api/v1/series?match[]={}", encode(selector)),
+    );
+    let mut out: Vec<String> = answer["data"]
+        .as_array()
+        .expect("data")
+        .iter()
+        .map(|labels| {
+            let mut pairs: Vec<String> = labels
+                .as_object()
+                .expect("labels")
+                .iter()
+                .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
+                .collect();
+            pairs.sort();
+            pairs.join(",")
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+#[test]
+fn samples_metadata_and_start_timestamps_are_stored_and_counted() {
+    let node = Node::start(&[]);
+    let t0 = base_ms();
+    let counter = [("__name__", "rw2_requests_total"), ("job", "api")];
+    let mut b = Builder::default();
+    b.series(
+        &counter,
+        &[(t0 + 15_000, 5.0), (t0 + 30_000, 7.0)],
+        t0,
+        Some((proto::MetricType::Counter, "Requests served.", "")),
+    );
+    b.series(
+        &[("__name__", "rw2_temperature_celsius"), ("room", "ünï")],
+        &[(t0 + 15_000, 21.5)],
+        0,
+        Some((proto::MetricType::Gauge, "Room temperature.", "celsius")),
+    );
+    b.series(
+        &[("__name__", "rw2_latency_seconds_bucket"), ("le", "+Inf")],
+        &[(t0 + 15_000, 3.0), (t0 + 30_000, 4.0)],
+        t0 + 1_000,
+        Some((proto::MetricType::Histogram, "Latency.", "seconds")),
+    );
+    b.series(
+        &[("__name__", "rw2_latency_seconds_count"), ("le", "")],
+        &[(t0 + 15_000, 3.0)],
+        t0 + 1_000,
+        Some((proto::MetricType::Histogram, "Latency.", "seconds")),
+    );
+    let request = b.build();
+    let answer = send(&node, &request);
+    assert_eq!(answer.status, 204, "{answer:?}");
+    assert_eq!(
+        (answer.samples, answer.histograms, answer.exemplars),
+        (Some(6), Some(0), Some(0)),
+        "the zero samples of start timestamps are not the client's samples"
+    );
+
+    // The counter: a zero at its start, then its samples.
+    let at = t0 + 30_000;
+    assert_eq!(
+        range_samples(&node, "rw2_requests_total", "1m", at),
+        vec![(t0, 0.0), (t0 + 15_000, 5.0), (t0 + 30_000, 7.0)]
+    );
+    // A gauge sent without a start timestamp gets no zero.
+    assert_eq!(
+        range_samples(&node, "rw2_temperature_celsius", "1m", at),
+        vec![(t0 + 15_000, 21.5)]
+    );
+    assert_eq!(
+        range_samples(&node, "rw2_latency_seconds_bucket", "1m", at),
+        vec![(t0 + 1_000, 0.0), (t0 + 15_000, 3.0), (t0 + 30_000, 4.0)]
+    );
+    assert_eq!(
+        series_of(&node, r#"{__name__=~"rw2_.*"}"#),
+        vec![
+            "__name__=rw2_latency_seconds_bucket,le=+Inf",
+            "__name__=rw2_latency_seconds_count",
+            "__name__=rw2_requests_total,job=api",
+            "__name__=rw2_temperature_celsius,room=ünï",
+        ]
+    );
+
+    // Metadata, by metric family.
+    let metadata = api(&node, "/api/v1/metadata")["data"].clone();
+    assert_eq!(
+        metadata["rw2_requests_total"],
+        serde_json::json!([{"type": "counter", "help": "Requests served.", "unit": ""}])
+    );
+    assert_eq!(
+        metadata["rw2_temperature_celsius"],
+        serde_json::json!([{"type": "gauge", "help": "Room temperature.", "unit": "celsius"}])
+    );
+    assert_eq!(
+        metadata["rw2_latency_seconds"],
+        serde_json::json!([{"type": "histogram", "help": "Latency.", "unit": "seconds"}])
+    );
+
+    // The same request again (a retry): samples count as written, no second zero.
+    let again = send(&node, &request);
+    assert_eq!((again.status, again.samples), (204, Some(6)), "{again:?}");
+    // The next request of the same counter carries the same start: no new zero.
+    let mut b = Builder::default();
+    b.series(&counter, &[(t0 + 45_000, 9.0)], t0, None);
+    let next = send(&node, &b.build());
+    assert_eq!((next.status, next.samples), (204, Some(1)), "{next:?}");
+    // A counter reset: the new start is after everything held, so a zero goes there.
+    let mut b = Builder::default();
+    b.series(&counter, &[(t0 + 75_000, 1.0)], t0 + 60_000, None);
+    let reset = send(&node, &b.build());
+    assert_eq!((reset.status, reset.samples), (204, Some(1)), "{reset:?}");
+    assert_eq!(
+        range_samples(&node, "rw2_requests_total", "2m", t0 + 75_000),
+        vec![
+            (t0, 0.0),
+            (t0 + 15_000, 5.0),
+            (t0 + 30_000, 7.0),
+            (t0 + 45_000, 9.0),
+            (t0 + 60_000, 0.0),
+            (t0 + 75_000, 1.0)
+        ]
+    );
+    // Samples refused by storage are left out of the count: a different value at a
+    // stored timestamp is a conflict (400), the new sample next to it is stored.
+    let mut b = Builder::default();
+    b.series(&counter, &[(t0 + 75_000, 2.0), (t0 + 90_000, 3.0)], 0, None);
+    let partial = send(&node, &b.build());
+    assert_eq!(partial.status, 400, "{partial:?}");
+    assert_eq!(partial.samples, Some(1), "{partial:?}");
+    assert!(partial.body.contains("duplicate_timestamp"), "{partial:?}");
+}
+
+#[test]
+fn native_histograms_are_refused_by_name_and_the_rest_is_stored() {
+    let node = Node::start(&[]);
+    let t0 = base_ms();
+    let mut b = Builder::default();
+    b.series(
+        &[("__name__", "rw2_hist_floats"), ("job", "a")],
+        &[(t0, 1.0), (t0 + 15_000, 2.0)],
+        0,
+        Some((proto::MetricType::Gauge, "Floats.", "")),
+    );
+    b.series(
+        &[("__name__", "rw2_native_seconds"), ("job", "a")],
+        &[],
+        0,
+        None,
+    )
+    .histograms = vec![
+        write_v2::Histogram {
+            timestamp: t0,
+            start_timestamp: 0,
+        },
+        write_v2::Histogram {
+            timestamp: t0 + 15_000,
+            start_timestamp: 0,
+        },
+    ];
+    // A series with floats and a histogram: the floats are stored.
+    b.series(
+        &[("__name__", "rw2_mixed"), ("job", "a")],
+        &[(t0, 5.0)],
+        0,
+        None,
+    )
+    .histograms = vec![write_v2::Histogram {
+        timestamp: t0,
+        start_timestamp: 0,
+    }];
+    let answer = send(&node, &b.build());
+    assert_eq!(answer.status, 400, "{answer:?}");
+    assert_eq!(
+        (answer.samples, answer.histograms, answer.exemplars),
+        (Some(3), Some(0), Some(0)),
+        "{answer:?}"
+    );
+    for fragment in [
+        "3 native histogram samples in 2 series refused",
+        r#"__name__="rw2_native_seconds""#,
+        r#"__name__="rw2_mixed""#,
+        "send_native_histograms: false",
+    ] {
+        assert!(
+            answer.body.contains(fragment),
+            "{fragment}: {}",
+            answer.body
+        );
+    }
+    assert_eq!(
+        series_of(&node, r#"{__name__=~"rw2_.*"}"#),
+        vec!["__name__=rw2_hist_floats,job=a", "__name__=rw2_mixed,job=a"]
+    );
+    assert_eq!(
+        range_samples(&node, "rw2_mixed", "1m", t0 + 15_000),
+        vec![(t0, 5.0)]
+    );
+    let metrics = get(&node.url("/metrics")).1;
+    assert!(
+        metrics.contains(r#"timbala_ingest_requests_rejected_total{reason="native_histograms"} 1"#),
+        "{metrics}"
+    );
+}
+
+/// A valid series to put next to a malformed one: it must not become visible.
+fn valid_neighbour(b: &mut Builder, case: usize, t: i64) {
+    b.series(
+        &[("__name__", &format!("rw2_bad_{case}")), ("job", "a")],
+        &[(t, 1.0)],
+        t - 1_000,
+        Some((proto::MetricType::Counter, "Never stored.", "")),
+    );
+}
+
+#[test]
+fn malformed_requests_are_refused_whole_and_leave_nothing() {
+    let node = Node::start(&[]);
+    let t = base_ms();
+    type Break = fn(&mut write_v2::Request);
+    let cases: Vec<(&str, Break)> = vec![
+        ("symbols[0] must be the empty string", |r| {
+            r.symbols[0] = "x".into()
+        }),
+        ("odd number", |r| {
+            r.timeseries[1].labels_refs.pop();
+        }),
+        ("outside the symbol table", |r| {
+            r.timeseries[1].labels_refs[1] = 1_000
+        }),
+        ("label name is empty", |r| {
+            r.timeseries[1].labels_refs[2] = 0
+        }),
+        ("not sorted", |r| r.timeseries[1].labels_refs.swap(0, 2)),
+        ("duplicate label name", |r| {
+            let (n, v) = (
+                r.timeseries[1].labels_refs[2],
+                r.timeseries[1].labels_refs[3],
+            );
+            r.timeseries[1].labels_refs.extend([n, v]);
+        }),
+        ("missing metric name", |r| {
+            r.timeseries[1].labels_refs.drain(0..2);
+        }),
+        ("exemplar labels_refs", |r| {
+            r.timeseries[1].exemplars.push(write_v2::Exemplar {
+                labels_refs: vec![1, 9_999],
+                value: 1.0,
+                timestamp: 1,
+            })
+        }),
+        ("metadata help_ref", |r| {
+            r.timeseries[1].metadata = Some(write_v2::Metadata {
+                r#type: 1,
+                help_ref: 9_999,
+                unit_ref: 0,
+            })
+        }),
+    ];
+    for (case, (message, break_it)) in cases.iter().enumerate() {
+        let mut b = Builder::default();
+        valid_neighbour(&mut b, case, t);
+        b.series(
+            &[("__name__", "rw2_broken"), ("zone", "z")],
+            &[(t, 2.0)],
+            0,
+            None,
+        );
+        let mut request = b.build();
+        break_it(&mut request);
+        let answer = send(&node, &request);
+        assert_eq!(answer.status, 400, "case {case}: {answer:?}");
+        assert!(
+            answer.body.contains(message),
+            "case {case}: wanted {message:?} in {:?}",
+            answer.body
+        );
+        assert_eq!(
+            (answer.samples, answer.histograms, answer.exemplars),
+            (Some(0), Some(0), Some(0)),
+            "case {case}"
+        );
+    }
+    // Bytes that are not a 2.0 request, and a symbol that is not UTF-8.
+    let garbage = send_raw(&node, RW2_CONTENT_TYPE, b"\x2a\x05\x0a");
+    assert_eq!(garbage.status, 400, "{garbage:?}");
+    assert!(garbage.body.contains("io.prometheus.write.v2.Request"));
+    assert_eq!(garbage.samples, Some(0));
+    let not_utf8 = send_raw(&node, RW2_CONTENT_TYPE, b"\x22\x00\x22\x02\xff\xfe");
+    assert_eq!(not_utf8.status, 400, "{not_utf8:?}");
+    assert!(not_utf8.body.contains("UTF-8"), "{not_utf8:?}");
+
+    assert!(series_of(&node, r#"{__name__=~"rw2_.*"}"#).is_empty());
+    let metadata = api(&node, "/api/v1/metadata")["data"].clone();
+    assert!(
+        metadata.as_object().expect("object").is_empty(),
+        "{metadata}"
+    );
+    let metrics = get(&node.url("/metrics")).1;
+    assert!(
+        metrics
+            .contains(r#"timbala_ingest_requests_rejected_total{reason="invalid_symbol_refs"} 5"#),
+        "{metrics}"
+    );
+
+    // An unknown message in Content-Type is 415, and no 2.0 headers are promised.
+    let mut b = Builder::default();
+    valid_neighbour(&mut b, 99, t);
+    let raw = b.build().encode_to_vec();
+    let unknown = send_raw(
+        &node,
+        "application/x-protobuf;proto=io.prometheus.write.v3.Request",
+        &raw,
+    );
+    assert_eq!(unknown.status, 415, "{unknown:?}");
+    assert!(unknown.body.contains("v3"), "{unknown:?}");
+    assert!(series_of(&node, r#"{__name__=~"rw2_.*"}"#).is_empty());
+}
+
+#[test]
+fn remote_write_1_is_unchanged() {
+    let node = Node::start(&[]);
+    let t = base_ms();
+    let (status, body, headers) = post_with_response_headers(
+        &node.url("/api/v1/write"),
+        &[
+            ("Content-Type", "application/x-protobuf"),
+            ("Content-Encoding", "snappy"),
+        ],
+        &proto::encode_snappy(&proto::WriteRequest {
+            timeseries: vec![ts(&[("__name__", "rw1_up"), ("job", "a")], &[(t, 1.0)])],
+            metadata: vec![],
+        }),
+    );
+    assert_eq!(status, 204, "{body}");
+    assert!(
+        !headers
+            .iter()
+            .any(|(k, _)| k.starts_with("x-prometheus-remote-write")),
+        "{headers:?}"
+    );
+    // A 1.0 request with a native histogram is still refused whole.
+    let mut with_histogram = ts(&[("__name__", "rw1_h")], &[(t, 1.0)]);
+    with_histogram
+        .histograms
+        .push(proto::Histogram { timestamp: t });
+    let (status, body) = remote_write(
+        &node,
+        &proto::WriteRequest {
+            timeseries: vec![with_histogram],
+            metadata: vec![],
+        },
+    );
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(
+        series_of(&node, r#"{__name__=~"rw1_.*"}"#),
+        vec!["__name__=rw1_up,job=a"]
+    );
+    assert_eq!(range_samples(&node, "rw1_up", "1m", t), vec![(t, 1.0)]);
+}
+
+#[test]
+fn a_cluster_answers_remote_write_2_from_every_node() {
+    let cluster = start_cluster(3, &[]);
+    let nodes: Vec<&Node> = cluster.iter().map(|c| &c.node).collect();
+    wait_converged(&nodes, 3, Duration::from_secs(30));
+    let t0 = base_ms();
+    const SERIES: usize = 24;
+    let mut b = Builder::default();
+    for i in 0..SERIES {
+        b.series(
+            &[
+                ("__name__", "rw2_cluster_total"),
+                ("instance", &format!("host-{i:02}")),
+            ],
+            &[(t0 + 15_000, i as f64 + 1.0), (t0 + 30_000, i as f64 + 2.0)],
+            t0,
+            Some((proto::MetricType::Counter, "Cluster counter.", "")),
+        );
+    }
+    let answer = send(nodes[1], &b.build());
+    assert_eq!(answer.status, 204, "{answer:?}");
+    assert_eq!(answer.samples, Some(2 * SERIES as u64), "{answer:?}");
+
+    for node in &nodes {
+        let count = api(
+            node,
+            &format!(
+                "/api/v1/query?query={}&time={}",
+                encode("count(count_over_time(rw2_cluster_total[1m]) == 3)"),
+                (t0 + 30_000) as f64 / 1000.0
+            ),
+        );
+        assert_eq!(
+            count["data"]["result"][0]["value"][1].as_str(),
+            Some(SERIES.to_string().as_str()),
+            "{}: {count}",
+            node.http_addr
+        );
+        assert_eq!(
+            range_samples(
+                node,
+                r#"rw2_cluster_total{instance="host-07"}"#,
+                "1m",
+                t0 + 30_000
+            ),
+            vec![(t0, 0.0), (t0 + 15_000, 8.0), (t0 + 30_000, 9.0)]
+        );
+        let metadata = api(node, "/api/v1/metadata?metric=rw2_cluster_total");
+        assert_eq!(
+            metadata["data"]["rw2_cluster_total"],
+            serde_json::json!([{"type": "counter", "help": "Cluster counter.", "unit": ""}]),
+            "{}",
+            node.http_addr
+        );
+    }
+    // Every series, its created zero included, is stored on three nodes.
+    let mut copies: std::collections::BTreeMap<Vec<(String, String)>, usize> = Default::default();
+    for node in &nodes {
+        for (labels, samples) in local_copies_of(node, None, "rw2_cluster_total") {
+            assert_eq!(samples.first(), Some(&(t0, 0.0)), "{labels:?}");
+            assert_eq!(samples.len(), 3, "{labels:?}");
+            *copies.entry(labels).or_default() += 1;
+        }
+    }
+    assert_eq!(copies.len(), SERIES);
+    assert!(copies.values().all(|&n| n == 3), "{copies:?}");
+}
