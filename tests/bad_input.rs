@@ -230,20 +230,20 @@ fn bad_requests_are_refused_and_leave_no_trace() {
         "Content-Type",
     );
     expect(
-        "remote write 2.0",
+        "unknown protobuf message",
         post_write(
             &node,
             &[
                 (
                     "Content-Type",
-                    "application/x-protobuf;proto=io.prometheus.write.v2.Request",
+                    "application/x-protobuf;proto=io.prometheus.write.v3.Request",
                 ),
                 ("Content-Encoding", "snappy"),
             ],
             &valid,
         ),
         415,
-        "2.0",
+        "io.prometheus.write.v3.Request",
     );
     expect(
         "wrong encoding",
