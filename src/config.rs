@@ -93,6 +93,11 @@ pub struct Config {
     #[arg(long, env = "TIMBALA_OUT_OF_ORDER_WINDOW", default_value = "1h", value_parser = parse_duration)]
     pub out_of_order_window: Duration,
 
+    /// Most exemplars kept in memory on this node, all series together; the oldest
+    /// make room for new ones (0: exemplars are not stored). Not kept across restarts.
+    #[arg(long, env = "TIMBALA_EXEMPLARS_LIMIT", default_value_t = 100_000)]
+    pub exemplars_limit: usize,
+
     /// Refuse samples further ahead of this node's clock than this (0s: no limit).
     #[arg(long, env = "TIMBALA_INGEST_MAX_FUTURE", default_value = "10m", value_parser = parse_duration)]
     pub ingest_max_future: Duration,
@@ -259,6 +264,7 @@ impl Config {
             // another node were checked against that node's clock (ADR 0009).
             time_bounds: self.ingest_time_bounds().widened(CLOCK_SKEW_ALLOWANCE_MS),
             clock: Clock::system(),
+            exemplars_limit: self.exemplars_limit,
         }
     }
 
@@ -405,6 +411,7 @@ impl Config {
             ("block-duration", d(self.block_duration)),
             ("out-of-order-window", d(self.out_of_order_window)),
             ("ingest-max-future", d(self.ingest_max_future)),
+            ("exemplars-limit", self.exemplars_limit.to_string()),
             ("wal-segment-size", self.wal_segment_size.to_string()),
             ("write-max-body-size", self.write_max_body_size.to_string()),
             ("query-timeout", d(self.query_timeout)),

@@ -323,6 +323,25 @@ pub struct Series {
     pub samples: Vec<Sample>,
 }
 
+/// An exemplar: one traced observation (labels such as `trace_id`) of a series.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Exemplar {
+    pub labels: Labels,
+    pub value: f64,
+    pub t: i64,
+}
+
+/// Exemplars of one series.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SeriesExemplars {
+    pub series: Labels,
+    pub exemplars: Vec<Exemplar>,
+}
+
+/// Most characters (Unicode scalar values) of an exemplar's label names and values
+/// together, as Prometheus's `exemplar.ExemplarMaxLabelSetLength`.
+pub const MAX_EXEMPLAR_LABEL_CHARS: usize = 128;
+
 /// Metric metadata carried by remote write (type, help, unit) for one metric family.
 /// Ordered by family, then type, help and unit: the order the metadata API lists them in.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]

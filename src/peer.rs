@@ -4,7 +4,7 @@
 //! internal paths and headers (`X-Timbala-Routed`, `X-Timbala-Trace-Id`,
 //! `X-Timbala-Hints-Pending`), the cluster credential on every request it sends when
 //! the node has cluster keys (ADR 0014), the per-peer forwarding metrics, and the JSON
-//! shapes of the internal label, metadata and head-statistics requests. Every request has a deadline,
+//! shapes of the internal label, metadata, exemplar and head-statistics requests. Every request has a deadline,
 //! and dropping its future cancels it (the connection is closed, never handed back to
 //! the pool half-read). Called by `replication` (writes, hint replay), `fanout` (reads) and
 //! `api::internal` (the receiving side). Calls hyper (with hyper-rustls: https to peers
@@ -30,7 +30,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::cluster::identity::{unix_millis, NodeId};
 use crate::cluster::keys::{ClusterKeys, CLUSTER_AUTH_HEADER};
-use crate::model::{MatchOp, Matcher, MetricMetadata};
+use crate::model::{Exemplar, Labels, MatchOp, Matcher, MetricMetadata, SeriesExemplars};
 use crate::storage::LabelRequest;
 
 pub const WRITE_PATH: &str = "/internal/v1/write";
@@ -54,6 +54,8 @@ pub const CHANGES_PATH: &str = "/internal/v1/changes";
 /// receiving node's own data, sent by the node an operator asked.
 pub const ADMIN_DELETE_SERIES_PATH: &str = "/internal/v1/admin/delete-series";
 pub const ADMIN_CLEAN_TOMBSTONES_PATH: &str = "/internal/v1/admin/clean-tombstones";
+/// This node's exemplars of the series some selectors match (ADR 0027).
+pub const EXEMPLARS_PATH: &str = "/internal/v1/exemplars";
 
 /// Marks a write as already routed: the receiver stores it locally and never forwards.
 pub const ROUTED_HEADER: &str = "x-timbala-routed";
@@ -454,6 +456,60 @@ impl WireDeleteRequest {
             })
             .collect()
     }
+}
+
+/// The body of an internal exemplar read: selectors and a time range, as a deletion's.
+pub type WireExemplarRequest = WireDeleteRequest;
+
+/// One exemplar on the wire: (series labels, exemplar labels, timestamp, value bits).
+/// Compared and ordered whole, so the copies that replicas return are merged into one.
+pub type WireExemplar = (Vec<(String, String)>, Vec<(String, String)>, i64, u64);
+
+fn label_pairs(labels: &Labels) -> Vec<(String, String)> {
+    labels
+        .iter()
+        .map(|l| (l.name.clone(), l.value.clone()))
+        .collect()
+}
+
+pub fn exemplars_to_wire(found: Vec<SeriesExemplars>) -> Vec<WireExemplar> {
+    let mut wire = Vec::new();
+    for series in found {
+        let pairs = label_pairs(&series.series);
+        for e in series.exemplars {
+            wire.push((
+                pairs.clone(),
+                label_pairs(&e.labels),
+                e.t,
+                e.value.to_bits(),
+            ));
+        }
+    }
+    wire
+}
+
+/// Exemplars from the wire, sorted (as `fan_labels` leaves them): by series, each
+/// series' in time order.
+pub fn exemplars_from_wire(wire: Vec<WireExemplar>) -> Vec<SeriesExemplars> {
+    let mut found: Vec<SeriesExemplars> = Vec::new();
+    for (series, labels, t, bits) in wire {
+        let exemplar = Exemplar {
+            labels: Labels::from_pairs(labels),
+            value: f64::from_bits(bits),
+            t,
+        };
+        match found.last_mut() {
+            Some(last) if label_pairs(&last.series) == series => last.exemplars.push(exemplar),
+            _ => found.push(SeriesExemplars {
+                series: Labels::from_pairs(series),
+                exemplars: vec![exemplar],
+            }),
+        }
+    }
+    for series in &mut found {
+        series.exemplars.sort_by_key(|e| e.t);
+    }
+    found
 }
 
 /// The body of an internal metadata read: one metric family, or all when `None`.

@@ -3,8 +3,8 @@
 //! Owns: the protobuf schema (field numbers and types copied from Prometheus's
 //! `prompb/types.proto` and `prompb/remote.proto`), written by hand with prost's derive so
 //! the build needs no `protoc`, and the conversion of `model` series into them. Calls
-//! only `model`. Native histograms and
-//! exemplars are declared so that requests carrying them still decode; they are not stored.
+//! only `model`. Native histograms are declared so that requests carrying them still
+//! decode; they are not stored. Exemplars are stored (ADR 0027).
 //! `otlp`: OpenTelemetry's OTLP metrics export messages, in the same hand-written style.
 //! `write_v2`: remote write 2.0 (`io.prometheus.write.v2.Request`), in the same style.
 
@@ -268,6 +268,23 @@ pub fn metadata_to_proto(metadata: &model::MetricMetadata) -> MetricMetadata {
         metric_family_name: metadata.metric_family.clone(),
         help: metadata.help.clone(),
         unit: metadata.unit.clone(),
+    }
+}
+
+/// The wire form of a series' exemplars: a `TimeSeries` without samples.
+pub fn exemplars_to_proto(series: &model::SeriesExemplars) -> TimeSeries {
+    TimeSeries {
+        labels: labels_to_proto(&series.series),
+        exemplars: series
+            .exemplars
+            .iter()
+            .map(|e| Exemplar {
+                labels: labels_to_proto(&e.labels),
+                value: e.value,
+                timestamp: e.t,
+            })
+            .collect(),
+        ..Default::default()
     }
 }
 

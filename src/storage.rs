@@ -17,7 +17,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use crate::model::{Labels, Matcher, MetricMetadata, Series};
+use crate::model::{Labels, Matcher, MetricMetadata, Series, SeriesExemplars};
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
@@ -299,6 +299,15 @@ pub struct LabelRequest {
     pub maxt: i64,
 }
 
+/// Which exemplars `/api/v1/query_exemplars` asks for: those of series matching any of
+/// the matcher sets (one per selector of the query), in `[start, end]`.
+#[derive(Clone, Debug, Default)]
+pub struct ExemplarRequest {
+    pub matcher_sets: Vec<Vec<Matcher>>,
+    pub start: i64,
+    pub end: i64,
+}
+
 /// A sample older than this behind the storing node's wall clock is a late write: the
 /// store logs it as a change to old data (`ChangeMark`), so cached query results that
 /// may lack it are dropped (ADR 0024). Samples newer than this are ordinary ingest
@@ -375,6 +384,20 @@ pub trait Storage: Send + Sync + 'static {
         &self,
         metric: Option<String>,
     ) -> BoxFuture<'_, Result<Vec<MetricMetadata>, StorageError>>;
+
+    /// Stores exemplars of series (in memory and bounded on each node that owns the
+    /// series; ADR 0027). Returns how many are held now, repeats of held ones included:
+    /// all of them, unless the store keeps none (`--exemplars-limit 0`).
+    fn append_exemplars(
+        &self,
+        batch: Vec<SeriesExemplars>,
+    ) -> BoxFuture<'_, Result<u64, StorageError>>;
+
+    /// Exemplars `req` selects, by series sorted by labels, each series' in time order.
+    fn exemplars(
+        &self,
+        req: ExemplarRequest,
+    ) -> BoxFuture<'_, Result<Vec<SeriesExemplars>, StorageError>>;
 
     /// The changes to old data (late writes, repairs, deletions, retention) since
     /// `marks`, for caches of query results (ADR 0024). A store without a change log

@@ -10,8 +10,12 @@
 //!   request is stored and counted.
 //! - Malformed requests are each refused with 400 and a message, and nothing of them is
 //!   visible afterwards; an unknown `proto=` is 415; remote write 1.0 is unchanged.
-//! - In a cluster of three, a 2.0 write to one node is answered by every node, and every
-//!   series (with its created-timestamp zero) is on three nodes.
+//! - Exemplars (2.0 and 1.0) are stored in a bounded per-node store and answered by
+//!   `/api/v1/query_exemplars` in Prometheus's shape; the oldest make room for new ones;
+//!   they do not survive a restart.
+//! - In a cluster of four, a 2.0 write to one node is answered by every node, samples, metadata
+//!   and exemplars alike, and every series (with its created-timestamp zero) is on three
+//!   nodes.
 
 mod common;
 
@@ -107,6 +111,18 @@ impl Builder {
         self.series.last_mut().expect("just pushed")
     }
 
+    /// Adds an exemplar with one label, `trace_id`, to the last series.
+    fn exemplar(&mut self, trace_id: &str, value: f64, t: i64) -> &mut Self {
+        let labels_refs = self.symbols.symbolize_labels([("trace_id", trace_id)]);
+        let series = self.series.last_mut().expect("a series first");
+        series.exemplars.push(write_v2::Exemplar {
+            labels_refs,
+            value,
+            timestamp: t,
+        });
+        self
+    }
+
     fn build(self) -> write_v2::Request {
         write_v2::Request {
             symbols: self.symbols.into_symbols(),
@@ -183,6 +199,21 @@ fn series_of(node: &Node, selector: &str) -> Vec<String> {
     out
 }
 
+/// The `data` of `/api/v1/query_exemplars` for `query` over `[start, end]` (ms).
+fn exemplars(node: &Node, query: &str, start: i64, end: i64) -> Value {
+    let answer = api(
+        node,
+        &format!(
+            "/api/v1/query_exemplars?query={}&start={}&end={}",
+            encode(query),
+            start as f64 / 1000.0,
+            end as f64 / 1000.0
+        ),
+    );
+    assert_eq!(answer["status"], "success", "{answer}");
+    answer["data"].clone()
+}
+
 #[test]
 fn samples_metadata_and_start_timestamps_are_stored_and_counted() {
     let node = Node::start(&[]);
@@ -195,6 +226,8 @@ fn samples_metadata_and_start_timestamps_are_stored_and_counted() {
         t0,
         Some((proto::MetricType::Counter, "Requests served.", "")),
     );
+    b.exemplar("trace-b", 2.0, t0 + 29_500)
+        .exemplar("trace-a", 1.5, t0 + 14_250);
     b.series(
         &[("__name__", "rw2_temperature_celsius"), ("room", "ünï")],
         &[(t0 + 15_000, 21.5)],
@@ -218,8 +251,30 @@ fn samples_metadata_and_start_timestamps_are_stored_and_counted() {
     assert_eq!(answer.status, 204, "{answer:?}");
     assert_eq!(
         (answer.samples, answer.histograms, answer.exemplars),
-        (Some(6), Some(0), Some(0)),
+        (Some(6), Some(0), Some(2)),
         "the zero samples of start timestamps are not the client's samples"
+    );
+    // The exemplars, in Prometheus's shape (value as a string, time in seconds).
+    let data = exemplars(&node, "rate(rw2_requests_total[5m])", t0, t0 + 60_000);
+    let seconds = |ms: i64| serde_json::Number::from_f64(ms as f64 / 1000.0).expect("finite");
+    assert_eq!(
+        data,
+        serde_json::json!([{
+            "seriesLabels": {"__name__": "rw2_requests_total", "job": "api"},
+            "exemplars": [
+                {"labels": {"trace_id": "trace-a"}, "value": "1.5", "timestamp": seconds(t0 + 14_250)},
+                {"labels": {"trace_id": "trace-b"}, "value": "2", "timestamp": seconds(t0 + 29_500)}
+            ]
+        }])
+    );
+    // Outside the time range, or another series: nothing.
+    assert_eq!(
+        exemplars(&node, "rw2_requests_total", t0 + 30_000, t0 + 60_000),
+        serde_json::json!([])
+    );
+    assert_eq!(
+        exemplars(&node, "rw2_temperature_celsius", t0, t0 + 60_000),
+        serde_json::json!([])
     );
 
     // The counter: a zero at its start, then its samples.
@@ -262,9 +317,20 @@ fn samples_metadata_and_start_timestamps_are_stored_and_counted() {
         serde_json::json!([{"type": "histogram", "help": "Latency.", "unit": "seconds"}])
     );
 
-    // The same request again (a retry): samples count as written, no second zero.
+    // The same request again (a retry): samples and exemplars count as written, and
+    // neither a second zero nor a second copy of an exemplar is stored.
     let again = send(&node, &request);
-    assert_eq!((again.status, again.samples), (204, Some(6)), "{again:?}");
+    assert_eq!(
+        (again.status, again.samples, again.exemplars),
+        (204, Some(6), Some(2)),
+        "{again:?}"
+    );
+    assert_eq!(
+        exemplars(&node, "rw2_requests_total", t0, t0 + 60_000)[0]["exemplars"]
+            .as_array()
+            .map(Vec::len),
+        Some(2)
+    );
     // The next request of the same counter carries the same start: no new zero.
     let mut b = Builder::default();
     b.series(&counter, &[(t0 + 45_000, 9.0)], t0, None);
@@ -483,9 +549,18 @@ fn malformed_requests_are_refused_whole_and_leave_nothing() {
 }
 
 #[test]
-fn remote_write_1_is_unchanged() {
+fn remote_write_1_is_unchanged_and_its_exemplars_are_stored() {
     let node = Node::start(&[]);
     let t = base_ms();
+    let mut with_exemplar = ts(&[("__name__", "rw1_up"), ("job", "a")], &[(t, 1.0)]);
+    with_exemplar.exemplars.push(proto::Exemplar {
+        labels: vec![proto::Label {
+            name: "trace_id".into(),
+            value: "rw1".into(),
+        }],
+        value: 0.25,
+        timestamp: t,
+    });
     let (status, body, headers) = post_with_response_headers(
         &node.url("/api/v1/write"),
         &[
@@ -493,7 +568,7 @@ fn remote_write_1_is_unchanged() {
             ("Content-Encoding", "snappy"),
         ],
         &proto::encode_snappy(&proto::WriteRequest {
-            timeseries: vec![ts(&[("__name__", "rw1_up"), ("job", "a")], &[(t, 1.0)])],
+            timeseries: vec![with_exemplar],
             metadata: vec![],
         }),
     );
@@ -522,13 +597,74 @@ fn remote_write_1_is_unchanged() {
         vec!["__name__=rw1_up,job=a"]
     );
     assert_eq!(range_samples(&node, "rw1_up", "1m", t), vec![(t, 1.0)]);
+    let found = exemplars(&node, "rw1_up", t - 1_000, t);
+    assert_eq!(
+        found[0]["exemplars"][0]["labels"]["trace_id"], "rw1",
+        "{found}"
+    );
+    assert_eq!(found[0]["exemplars"][0]["value"], "0.25", "{found}");
+}
+
+#[test]
+fn exemplars_are_bounded_per_node_and_invalid_ones_dropped() {
+    let node = Node::start(&["--exemplars-limit", "3"]);
+    let t0 = base_ms();
+    let mut b = Builder::default();
+    b.series(
+        &[("__name__", "rw2_bounded_total"), ("job", "a")],
+        &[(t0 + 10_000, 1.0)],
+        0,
+        None,
+    );
+    for i in 1..=5 {
+        b.exemplar(&format!("trace-{i}"), i as f64, t0 + i * 1_000);
+    }
+    // Prometheus's limit: 128 characters of exemplar labels.
+    b.exemplar(&"x".repeat(121), 9.0, t0 + 6_000);
+    let answer = send(&node, &b.build());
+    assert_eq!(answer.status, 204, "{answer:?}");
+    assert_eq!(answer.exemplars, Some(5), "{answer:?}");
+    let found = exemplars(&node, "rw2_bounded_total", t0, t0 + 10_000);
+    let traces: Vec<&str> = found[0]["exemplars"]
+        .as_array()
+        .expect("exemplars")
+        .iter()
+        .map(|e| e["labels"]["trace_id"].as_str().expect("trace"))
+        .collect();
+    assert_eq!(
+        traces,
+        ["trace-3", "trace-4", "trace-5"],
+        "the newest three"
+    );
+    let metrics = get(&node.url("/metrics")).1;
+    for line in [
+        "timbala_ingest_exemplars_stored_total 5",
+        "timbala_ingest_exemplars_dropped_total 1",
+    ] {
+        assert!(metrics.contains(line), "{line} in {metrics}");
+    }
+    // Not kept across a restart (memory only; ADR 0027).
+    let dir = node.data_dir.clone();
+    let mut node = node;
+    let _tmp = node.take_tempdir();
+    node.terminate();
+    let node = Node::start_in(&dir, &["--exemplars-limit", "3"]);
+    assert_eq!(
+        exemplars(&node, "rw2_bounded_total", t0, t0 + 10_000),
+        serde_json::json!([])
+    );
+    assert_eq!(
+        range_samples(&node, "rw2_bounded_total", "1m", t0 + 10_000).len(),
+        1
+    );
 }
 
 #[test]
 fn a_cluster_answers_remote_write_2_from_every_node() {
-    let cluster = start_cluster(3, &[]);
+    // Four nodes: each series on three of them, so most writes are forwarded.
+    let cluster = start_cluster(4, &[]);
     let nodes: Vec<&Node> = cluster.iter().map(|c| &c.node).collect();
-    wait_converged(&nodes, 3, Duration::from_secs(30));
+    wait_converged(&nodes, 4, Duration::from_secs(30));
     let t0 = base_ms();
     const SERIES: usize = 24;
     let mut b = Builder::default();
@@ -542,10 +678,12 @@ fn a_cluster_answers_remote_write_2_from_every_node() {
             t0,
             Some((proto::MetricType::Counter, "Cluster counter.", "")),
         );
+        b.exemplar(&format!("trace-{i:02}"), i as f64, t0 + 20_000);
     }
     let answer = send(nodes[1], &b.build());
     assert_eq!(answer.status, 204, "{answer:?}");
     assert_eq!(answer.samples, Some(2 * SERIES as u64), "{answer:?}");
+    assert_eq!(answer.exemplars, Some(SERIES as u64), "{answer:?}");
 
     for node in &nodes {
         let count = api(
@@ -571,6 +709,17 @@ fn a_cluster_answers_remote_write_2_from_every_node() {
             ),
             vec![(t0, 0.0), (t0 + 15_000, 8.0), (t0 + 30_000, 9.0)]
         );
+        // Every exemplar once, though each is held by three nodes.
+        let found = exemplars(node, "rw2_cluster_total", t0, t0 + 30_000);
+        let found = found.as_array().expect("series");
+        assert_eq!(found.len(), SERIES, "{}", node.http_addr);
+        for series in found {
+            assert_eq!(
+                series["exemplars"].as_array().map(Vec::len),
+                Some(1),
+                "{series}"
+            );
+        }
         let metadata = api(node, "/api/v1/metadata?metric=rw2_cluster_total");
         assert_eq!(
             metadata["data"]["rw2_cluster_total"],
@@ -590,4 +739,9 @@ fn a_cluster_answers_remote_write_2_from_every_node() {
     }
     assert_eq!(copies.len(), SERIES);
     assert!(copies.values().all(|&n| n == 3), "{copies:?}");
+    // Each node holds a share, not everything: the series were routed.
+    for node in &nodes {
+        let held = local_copies_of(node, None, "rw2_cluster_total").len();
+        assert!(held < SERIES, "{}: {held}", node.http_addr);
+    }
 }

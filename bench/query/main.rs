@@ -23,10 +23,11 @@ use node_exporter::{
     http_service_target, node_exporter_target, Generator, SeriesSpec, HISTOGRAMS_PER_SERVICE,
     INTERVAL_MS, START_MS,
 };
-use timbala::model::{Labels, MetricMetadata, Sample, Series};
+use timbala::model::{Labels, MetricMetadata, Sample, Series, SeriesExemplars};
 use timbala::promql::{Engine, EngineOptions, QueryValue};
 use timbala::storage::{
-    AppendOutcome, BoxFuture, LabelRequest, SelectError, SelectRequest, Storage, StorageError,
+    AppendOutcome, BoxFuture, ExemplarRequest, LabelRequest, SelectError, SelectRequest, Storage,
+    StorageError,
 };
 use timbala::tsdb::{Tsdb, TsdbMetrics, TsdbOptions};
 
@@ -96,6 +97,20 @@ impl Storage for CountingStorage {
         metric: Option<String>,
     ) -> BoxFuture<'_, Result<Vec<MetricMetadata>, StorageError>> {
         self.inner.metadata(metric)
+    }
+
+    fn append_exemplars(
+        &self,
+        batch: Vec<SeriesExemplars>,
+    ) -> BoxFuture<'_, Result<u64, StorageError>> {
+        self.inner.append_exemplars(batch)
+    }
+
+    fn exemplars(
+        &self,
+        req: ExemplarRequest,
+    ) -> BoxFuture<'_, Result<Vec<SeriesExemplars>, StorageError>> {
+        self.inner.exemplars(req)
     }
 }
 

@@ -1,9 +1,9 @@
 //! Node-to-node endpoints (`/internal/v1/...`): the receiving side of replication and
 //! fan-out, and local-only reads for tests and debugging.
 //!
-//! Owns: `POST /internal/v1/write` (an already-routed batch of series and metric
-//! metadata: stored in the local TSDB, never forwarded again; answers the append outcome
-//! as JSON), `POST /internal/v1/backfill` (the same for repairs: `Tsdb::backfill`, which
+//! Owns: `POST /internal/v1/write` (an already-routed batch of series, metric metadata
+//! and exemplars: stored in the local TSDB, never forwarded again; answers the append
+//! outcome as JSON), `POST /internal/v1/backfill` (the same for repairs: `Tsdb::backfill`, which
 //! also stores samples too old for the head, ADR 0016), `POST
 //! /internal/v1/anti-entropy/{digests,pull}` (JSON requests answered by
 //! `replication::antientropy`: digests of the series both nodes own, and samples as a
@@ -11,6 +11,8 @@
 //! data only, SAMPLES answers), `POST /internal/v1/{series,labels,label-values}` (JSON,
 //! `peer::WireLabelRequest`) and `POST /internal/v1/metadata` (JSON,
 //! `peer::WireMetadataRequest`: this node's metadata, ADR 0020), `POST
+//! /internal/v1/exemplars` (JSON, `peer::WireExemplarRequest`: this node's exemplars,
+//! ADR 0027), `POST
 //! /internal/v1/tsdb-status` (JSON, `peer::WireCardinalityRequest`: this node's part of
 //! the cluster's head statistics, ADR 0022), `POST /internal/v1/changes` (JSON: a
 //! `storage::ChangeMark` or null, answered with this node's `storage::Changes` since it;
@@ -43,11 +45,12 @@ use crate::cluster::keys::{CredentialError, CLUSTER_AUTH_HEADER};
 use crate::fanout::{counts_series, labels_to_pairs};
 use crate::ingest::{self, DecodeLimits};
 use crate::peer::{
-    self, WireCardinalityRequest, WireDeleteRequest, WireLabelRequest, WireMetadataRequest,
+    self, WireCardinalityRequest, WireDeleteRequest, WireExemplarRequest, WireLabelRequest,
+    WireMetadataRequest,
 };
 use crate::replication::antientropy::{self, AntiEntropyError};
 use crate::replication::WireOutcome;
-use crate::storage::{LabelRequest, Storage};
+use crate::storage::{AppendOutcome, ExemplarRequest, LabelRequest, Storage};
 
 pub fn routes() -> Router<AppState> {
     Router::new()
@@ -60,6 +63,7 @@ pub fn routes() -> Router<AppState> {
         .route(peer::LABELS_PATH, post(internal_labels))
         .route(peer::LABEL_VALUES_PATH, post(internal_label_values))
         .route(peer::METADATA_PATH, post(internal_metadata))
+        .route(peer::EXEMPLARS_PATH, post(internal_exemplars))
         .route(peer::CARDINALITY_PATH, post(internal_cardinality))
         .route(peer::CHANGES_PATH, post(internal_changes))
         .route(peer::ADMIN_DELETE_SERIES_PATH, post(internal_delete_series))
@@ -226,13 +230,24 @@ async fn stored_write(
             if !decoded.metadata.is_empty() {
                 tsdb.record_metadata(decoded.metadata).await?;
             }
-            if decoded.series.is_empty() {
-                return Ok(Default::default());
+            // Replication sends exemplars apart from samples (ADR 0027): an answer
+            // counts one or the other.
+            let mut exemplars_held = 0;
+            if !decoded.exemplars.is_empty() {
+                exemplars_held = tsdb.append_exemplars(decoded.exemplars).await?;
             }
-            match mode {
+            if decoded.series.is_empty() {
+                return Ok(AppendOutcome {
+                    appended: exemplars_held,
+                    ..AppendOutcome::default()
+                });
+            }
+            let mut outcome = match mode {
                 WriteMode::Head => tsdb.append(decoded.series).await,
                 WriteMode::Backfill => tsdb.backfill(decoded.series).await.map(|b| b.outcome),
-            }
+            }?;
+            outcome.appended += exemplars_held;
+            Ok::<_, crate::storage::StorageError>(outcome)
         };
         match stored.await {
             Ok(outcome) => axum::Json(WireOutcome::from_outcome(&outcome)).into_response(),
@@ -456,6 +471,31 @@ async fn internal_metadata(
                 .into_iter()
                 .map(peer::metadata_to_wire)
                 .collect::<Vec<_>>())
+        },
+    )
+    .await
+}
+
+/// This node's exemplars of the series the selectors match, as `peer::WireExemplar`s.
+async fn internal_exemplars(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    json_answer(
+        state,
+        headers,
+        body,
+        async |tsdb, wire: WireExemplarRequest| {
+            let matcher_sets = wire.matcher_sets().map_err(InternalReadError::BadRequest)?;
+            let found = tsdb
+                .exemplars(ExemplarRequest {
+                    matcher_sets,
+                    start: wire.start,
+                    end: wire.end,
+                })
+                .await?;
+            Ok(peer::exemplars_to_wire(found))
         },
     )
     .await

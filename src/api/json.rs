@@ -1,7 +1,7 @@
 //! Rendering of API answers byte for byte as Prometheus renders them.
 //!
 //! Owns: the JSON success envelope, query results (vector, matrix, scalar, string),
-//! label sets and string lists, Go-compatible string escaping (HTML-safe, as Go's
+//! label sets, string lists and exemplars, Go-compatible string escaping (HTML-safe, as Go's
 //! encoding), and the choice of Go float format (`promql::functions::gofmt` does the formatting,
 //! re-exported here for the text exposition of `/federate`).
 //! Writes straight into a byte buffer: no allocation per sample.
@@ -16,7 +16,7 @@ use axum::response::{IntoResponse, Response};
 
 pub use crate::promql::functions::gofmt::{append_go_float, GoFloat};
 
-use crate::model::Labels;
+use crate::model::{Labels, SeriesExemplars};
 use crate::promql::{QueryStats, QueryValue};
 use crate::timeutil::civil_from_days;
 
@@ -137,6 +137,34 @@ pub fn write_label_sets(out: &mut Vec<u8>, sets: &[Labels]) {
             out.push(b',');
         }
         write_labels(out, labels);
+    }
+    out.push(b']');
+}
+
+/// The data of `/api/v1/query_exemplars`, as Prometheus writes it:
+/// `[{"seriesLabels":{...},"exemplars":[{"labels":{...},"value":"6","timestamp":1600096945.479}]}]`.
+pub fn write_exemplars(out: &mut Vec<u8>, found: &[SeriesExemplars]) {
+    out.push(b'[');
+    for (i, series) in found.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(b"{\"seriesLabels\":");
+        write_labels(out, &series.series);
+        out.extend_from_slice(b",\"exemplars\":[");
+        for (j, e) in series.exemplars.iter().enumerate() {
+            if j > 0 {
+                out.push(b',');
+            }
+            out.extend_from_slice(b"{\"labels\":");
+            write_labels(out, &e.labels);
+            out.extend_from_slice(b",\"value\":");
+            write_sample_value(out, e.value);
+            out.extend_from_slice(b",\"timestamp\":");
+            write_timestamp(out, e.t);
+            out.push(b'}');
+        }
+        out.extend_from_slice(b"]}");
     }
     out.push(b']');
 }

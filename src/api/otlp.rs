@@ -86,7 +86,7 @@ async fn export_metrics(State(state): State<AppState>, headers: HeaderMap, body:
     metrics.on_otlp_decoded(&decoded);
     let DecodedOtlp { write, dropped, .. } = decoded;
     let outcome = match store_decoded(&state, &storage, write).await {
-        Ok(outcome) => outcome,
+        Ok(stored) => stored.samples,
         Err(e) => return failed(metrics, storage_failure_status(&e), &e.to_string()),
     };
     metrics.on_stored(&outcome);

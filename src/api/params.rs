@@ -307,18 +307,26 @@ pub fn parse_match_param(selector: &str) -> Result<Vec<Matcher>, String> {
             "parse error: a series selector takes only label matchers, got {selector:?}"
         ));
     }
-    let mut matchers = Vec::with_capacity(vs.matchers.matchers.len() + 1);
-    if let Some(name) = vs.name {
+    selector_matchers(vs.name.as_deref(), &vs.matchers.matchers)
+}
+
+/// A selector's metric name and label matchers (parsed by promql-parser) as matchers.
+pub fn selector_matchers(
+    name: Option<&str>,
+    parsed: &[promql_parser::label::Matcher],
+) -> Result<Vec<Matcher>, String> {
+    let mut matchers = Vec::with_capacity(parsed.len() + 1);
+    if let Some(name) = name {
         matchers.push(Matcher::equal(METRIC_NAME, name));
     }
-    for m in vs.matchers.matchers {
+    for m in parsed {
         let op = match m.op {
             ParserMatchOp::Equal => MatchOp::Equal,
             ParserMatchOp::NotEqual => MatchOp::NotEqual,
             ParserMatchOp::Re(_) => MatchOp::RegexMatch,
             ParserMatchOp::NotRe(_) => MatchOp::RegexNoMatch,
         };
-        let matcher = Matcher::new(op, m.name, m.value)
+        let matcher = Matcher::new(op, m.name.clone(), m.value.clone())
             .map_err(|e| format!("parse error: invalid regular expression: {e}"))?;
         matchers.push(matcher);
     }

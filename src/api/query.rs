@@ -21,8 +21,8 @@ use promql_parser::util::{walk_expr, ExprVisitor};
 
 use super::active_queries::QueryDescription;
 use super::params::{
-    invalid_param, limit_param, parse_duration, parse_match_params, parse_time, time_param,
-    unescape_label_name, FormParams, MAX_TIME_MS, MIN_TIME_MS,
+    invalid_param, limit_param, parse_duration, parse_match_params, parse_time, selector_matchers,
+    time_param, unescape_label_name, FormParams, MAX_TIME_MS, MIN_TIME_MS,
 };
 use super::query_cache::RangeQuery;
 use super::slow_query::{self, SlowQuery};
@@ -30,7 +30,7 @@ use super::{json, ApiError, AppState};
 use crate::fanout::notes::{self, ReadNotes};
 use crate::model::{Labels, Matcher};
 use crate::promql::{limits, Annotations, QueryOutput, QueryValue};
-use crate::storage::{BoxFuture, LabelRequest, StorageError};
+use crate::storage::{BoxFuture, ExemplarRequest, LabelRequest, StorageError};
 
 /// Most points a range query may return per series (Prometheus's fixed limit).
 const MAX_POINTS_PER_SERIES: i128 = 11_000;
@@ -433,8 +433,9 @@ async fn label_values(
     }))
 }
 
-/// Exemplars are not stored (remote write 1.0 exemplars are dropped at ingest), so a
-/// valid request has no exemplars; Prometheus answers 204 when the query selects nothing.
+/// The exemplars of the series the query's selectors select, in `[start, end]`, from
+/// every node's exemplar store (ADR 0027), in Prometheus's shape; a query without a
+/// selector is answered 204, as Prometheus does.
 async fn query_exemplars(
     State(state): State<AppState>,
     params: FormParams,
@@ -447,28 +448,51 @@ async fn query_exemplars(
         ));
     }
     let expr = limits::parse(params.value("query")).map_err(ApiError::bad_data)?;
-    state.services()?;
-    if !has_selector(&expr) {
+    let storage = state.services()?.storage.clone();
+    let matcher_sets = selector_matcher_sets(&expr).map_err(ApiError::bad_data)?;
+    if matcher_sets.is_empty() {
         return Ok(StatusCode::NO_CONTENT.into_response());
     }
-    Ok(json::success_response(&[], &[], |out| {
-        out.extend_from_slice(b"[]")
-    }))
+    let request = ExemplarRequest {
+        matcher_sets,
+        start,
+        end,
+    };
+    let (found, cluster) = notes::collect(storage.exemplars(request)).await;
+    let found = found?;
+    Ok(json::success_response(
+        &cluster.warnings,
+        &cluster.infos,
+        |out| json::write_exemplars(out, &found),
+    ))
 }
 
-/// Whether an expression selects any series (a vector or matrix selector anywhere).
-fn has_selector(expr: &Expr) -> bool {
-    struct FindSelector(bool);
-    impl ExprVisitor for FindSelector {
+/// The matchers of every selector of an expression (vector and matrix selectors; each
+/// `or` alternative of a selector is a set of its own), as Prometheus's
+/// `parser.ExtractSelectors`.
+fn selector_matcher_sets(expr: &Expr) -> Result<Vec<Vec<Matcher>>, String> {
+    struct Selectors(Vec<Result<Vec<Matcher>, String>>);
+    impl ExprVisitor for Selectors {
         type Error = std::convert::Infallible;
         fn pre_visit(&mut self, expr: &Expr) -> Result<bool, Self::Error> {
-            self.0 |= matches!(expr, Expr::VectorSelector(_) | Expr::MatrixSelector(_));
-            Ok(!self.0)
+            let vs = match expr {
+                Expr::VectorSelector(vs) => vs,
+                Expr::MatrixSelector(ms) => &ms.vs,
+                _ => return Ok(true),
+            };
+            let name = vs.name.as_deref();
+            if vs.matchers.or_matchers.is_empty() {
+                self.0.push(selector_matchers(name, &vs.matchers.matchers));
+            }
+            for alternative in &vs.matchers.or_matchers {
+                self.0.push(selector_matchers(name, alternative));
+            }
+            Ok(true)
         }
     }
-    let mut finder = FindSelector(false);
-    let _ = walk_expr(&mut finder, expr);
-    finder.0
+    let mut selectors = Selectors(Vec::new());
+    let _ = walk_expr(&mut selectors, expr);
+    selectors.0.into_iter().collect()
 }
 
 #[cfg(test)]
@@ -543,10 +567,26 @@ mod tests {
     }
 
     #[test]
-    fn exemplar_queries_need_a_selector() {
-        let parse = |q| promql_parser::parser::parse(q).unwrap();
-        assert!(has_selector(&parse("rate(up[5m]) * 2")));
-        assert!(has_selector(&parse("sum(up)")));
-        assert!(!has_selector(&parse("1 + 2")));
+    fn exemplar_queries_select_by_every_selector() {
+        let sets = |q| {
+            let sets = selector_matcher_sets(&promql_parser::parser::parse(q).unwrap()).unwrap();
+            sets.iter()
+                .map(|set| {
+                    set.iter()
+                        .map(|m| m.to_string())
+                        .collect::<Vec<_>>()
+                        .join(",")
+                })
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            sets(r#"rate(a{job="x"}[5m]) / b"#),
+            vec![r#"__name__="a",job="x""#, r#"__name__="b""#]
+        );
+        assert_eq!(
+            sets(r#"{job="x" or job=~"y.*"}"#),
+            vec![r#"job="x""#, r#"job=~"y.*""#]
+        );
+        assert!(sets("1 + 2").is_empty());
     }
 }

@@ -18,8 +18,9 @@
 //!
 //! Every answer to a 2.0 request carries the three written headers, counting exactly what
 //! was stored: samples as sent (not the zero samples of created timestamps), histograms
-//! (0 until they are storable), exemplars (0: not stored). A 2.0 sender reads a 2xx whose
-//! headers say nothing was written as a failure, so they are never left out.
+//! (0 until they are storable), exemplars (held by the owners' exemplar stores). A 2.0
+//! sender reads a 2xx whose headers say nothing was written as a failure, so they are
+//! never left out.
 
 use std::sync::Arc;
 
@@ -122,15 +123,28 @@ async fn write(
     let samples = decoded.num_samples;
     let histograms = std::mem::take(&mut decoded.histograms_refused);
     match store_decoded(state, &storage, decoded).await {
-        Ok(mut outcome) => {
+        Ok(Stored {
+            samples: mut outcome,
+            exemplars,
+        }) => {
             // Every sample sent was stored or refused; the count of stored ones leaves
             // out created-timestamp zero samples, which are not the client's (ADR 0027).
             outcome.appended = samples.saturating_sub(outcome.rejected_total());
             written.samples = outcome.appended;
+            written.exemplars = exemplars;
             stored(metrics, &outcome, &histograms)
         }
         Err(e) => storage_failed(metrics, &e),
     }
+}
+
+/// What `store_decoded` stored.
+pub(super) struct Stored {
+    /// The samples' outcome (`appended` counts created-timestamp zeros stored on a
+    /// single node; the HTTP edge counts the client's samples itself).
+    pub samples: AppendOutcome,
+    /// Exemplars held now.
+    pub exemplars: u64,
 }
 
 /// An ingest request read and ready to decode.
@@ -179,13 +193,13 @@ pub(super) async fn accept_ingest_request(
 
 /// Stores a validated write where a client's write enters: its metadata, then its
 /// samples within the wall-clock time bounds (ADR 0009; the samples outside them are
-/// reported as refused), routed by `storage` to their owners. Shared by remote write and
-/// OTLP, so both store the same way.
+/// reported as refused), then its exemplars, routed by `storage` to their owners.
+/// Shared by remote write and OTLP, so both store the same way.
 pub(super) async fn store_decoded(
     state: &AppState,
     storage: &Arc<dyn Storage>,
     decoded: DecodedWrite,
-) -> Result<AppendOutcome, StorageError> {
+) -> Result<Stored, StorageError> {
     if !decoded.metadata.is_empty() {
         storage.record_metadata(decoded.metadata).await?;
     }
@@ -198,7 +212,17 @@ pub(super) async fn store_decoded(
     if !series.is_empty() {
         outcome.merge(storage.append(series).await?);
     }
-    Ok(outcome)
+    let mut exemplars = 0;
+    if !decoded.exemplars.is_empty() {
+        exemplars = storage.append_exemplars(decoded.exemplars).await?;
+        state
+            .ingest_metrics()
+            .on_exemplars_stored(exemplars, decoded.num_exemplars);
+    }
+    Ok(Stored {
+        samples: outcome,
+        exemplars,
+    })
 }
 
 /// The status a storage failure is answered with: 503 when storage refuses writes for

@@ -4,7 +4,8 @@
 //! endpoints) for the series matching a request, and merging the replicas' answers so
 //! each series appears once with the union of its samples (equal timestamps
 //! deduplicated). Which series a node holds is unknown for a matcher query, so every
-//! node is asked (ADR 0007). Metric metadata is read the same way (ADR 0020), and so
+//! node is asked (ADR 0007). Metric metadata is read the same way (ADR 0020), so are
+//! exemplars (ADR 0027), and so
 //! are the head statistics of `/api/v1/status/tsdb`, each series counted by its first
 //! owner among the nodes asked (ADR 0022), and so is every node's log of changes to old data, which the query result cache polls
 //! (`changes_since`, ADR 0024).
@@ -37,16 +38,17 @@ use prost::Message;
 use crate::cluster::identity::NodeId;
 use crate::cluster::membership::{MemberState, MembershipHandle};
 use crate::cluster::placement;
-use crate::model::{Label, Labels, MatchOp, MetricMetadata, Sample, Series};
+use crate::model::{Label, Labels, MatchOp, MetricMetadata, Sample, Series, SeriesExemplars};
 use crate::peer::{
-    self, PeerClient, WireCardinalityRequest, WireLabelRequest, WireMetadata, WireMetadataRequest,
+    self, PeerClient, WireCardinalityRequest, WireExemplar, WireExemplarRequest, WireLabelRequest,
+    WireMetadata, WireMetadataRequest,
 };
 use crate::proto;
 use crate::replication::hints::HintStore;
 use crate::replication::read_repair::ReadRepair;
 use crate::storage::{
-    AppendOutcome, BoxFuture, ChangeMark, ChangeReport, Changes, LabelRequest, SelectError,
-    SelectRequest, SourceId, Storage, StorageError, LOCAL_SOURCE,
+    AppendOutcome, BoxFuture, ChangeMark, ChangeReport, Changes, ExemplarRequest, LabelRequest,
+    SelectError, SelectRequest, SourceId, Storage, StorageError, LOCAL_SOURCE,
 };
 use crate::tsdb::{HeadCardinality, Tsdb};
 pub use gather::FanoutOptions;
@@ -509,6 +511,7 @@ async fn remote_json<T: serde::de::DeserializeOwned>(
     ];
     let op = match path {
         peer::METADATA_PATH => "metadata",
+        peer::EXEMPLARS_PATH => "exemplars",
         peer::CARDINALITY_PATH => "tsdb_status",
         _ => "labels",
     };
@@ -613,6 +616,30 @@ impl Storage for FanoutStorage {
         })
     }
 
+    fn append_exemplars(
+        &self,
+        batch: Vec<SeriesExemplars>,
+    ) -> BoxFuture<'_, Result<u64, StorageError>> {
+        self.inner.local.append_exemplars(batch)
+    }
+
+    /// Exemplars live on the owners of their series (ADR 0027), so every node is asked,
+    /// and the replicas' copies are merged.
+    fn exemplars(
+        &self,
+        req: ExemplarRequest,
+    ) -> BoxFuture<'_, Result<Vec<SeriesExemplars>, StorageError>> {
+        Box::pin(async move {
+            let wire = WireExemplarRequest::new(&req.matcher_sets, req.start, req.end);
+            let local = Box::pin(async move {
+                let found = self.inner.local.exemplars(req).await?;
+                Ok(peer::exemplars_to_wire(found))
+            });
+            let all: Vec<WireExemplar> = self.fan_labels(peer::EXEMPLARS_PATH, local, wire).await?;
+            Ok(peer::exemplars_from_wire(all))
+        })
+    }
+
     fn changes_since(
         &self,
         marks: BTreeMap<SourceId, ChangeMark>,
@@ -672,6 +699,18 @@ impl Storage for Split {
         metric: Option<String>,
     ) -> BoxFuture<'_, Result<Vec<MetricMetadata>, StorageError>> {
         self.reads.metadata(metric)
+    }
+    fn append_exemplars(
+        &self,
+        batch: Vec<SeriesExemplars>,
+    ) -> BoxFuture<'_, Result<u64, StorageError>> {
+        self.writes.append_exemplars(batch)
+    }
+    fn exemplars(
+        &self,
+        req: ExemplarRequest,
+    ) -> BoxFuture<'_, Result<Vec<SeriesExemplars>, StorageError>> {
+        self.reads.exemplars(req)
     }
     fn changes_since(
         &self,

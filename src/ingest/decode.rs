@@ -17,7 +17,8 @@
 //! after a label that is not UTF-8 is reported as the UTF-8 error prost would have
 //! stopped at first.
 //!
-//! Exemplars and native histograms are decoded for validity and counted, not kept.
+//! Native histograms are decoded for validity and counted, not kept; exemplars are kept
+//! (their labels borrowed too).
 //! `Reader`, the wire cursor, is shared with the 2.0 decoder (`decode_v2`).
 
 use std::fmt;
@@ -105,6 +106,14 @@ impl RawLabel<'_> {
     }
 }
 
+/// One exemplar as sent: its labels are a range of `RawWrite::exemplar_labels`.
+#[derive(Clone, Debug, PartialEq)]
+pub(super) struct RawExemplar {
+    pub labels: Range<usize>,
+    pub value: f64,
+    pub timestamp: i64,
+}
+
 /// One `TimeSeries` of the request.
 #[derive(Debug)]
 pub(super) struct RawSeries {
@@ -114,7 +123,7 @@ pub(super) struct RawSeries {
     /// How many of `samples` are created-timestamp zero requests (`model::created_zero`;
     /// only the 2.0 decoder adds them), which are not counted as samples received.
     pub created_zeros: usize,
-    pub exemplars: u64,
+    pub exemplars: Vec<RawExemplar>,
     pub histograms: u64,
 }
 
@@ -123,6 +132,8 @@ pub(super) struct RawSeries {
 pub(super) struct RawWrite<'a> {
     /// The labels of every series, one series' labels after the other.
     pub labels: Vec<RawLabel<'a>>,
+    /// The labels of every exemplar (UTF-8 checked), likewise.
+    pub exemplar_labels: Vec<RawLabel<'a>>,
     pub series: Vec<RawSeries>,
     pub metadata: Vec<proto::MetricMetadata>,
 }
@@ -170,7 +181,12 @@ fn decode_into<'a>(body: &'a [u8], write: &mut RawWrite<'a>) -> Result<(), WireE
         match tag {
             1 => {
                 let end = reader.enter("WriteRequest.timeseries", wire, RECURSION_LIMIT)?;
-                let series = reader.time_series(end, RECURSION_LIMIT - 1, &mut write.labels)?;
+                let series = reader.time_series(
+                    end,
+                    RECURSION_LIMIT - 1,
+                    &mut write.labels,
+                    &mut write.exemplar_labels,
+                )?;
                 write.series.push(series);
             }
             3 => {
@@ -372,19 +388,21 @@ impl<'a> Reader<'a> {
         Ok(())
     }
 
-    /// The fields of a `TimeSeries` up to `end`; its labels are appended to `labels`.
+    /// The fields of a `TimeSeries` up to `end`; its labels are appended to `labels`,
+    /// its exemplars' to `exemplar_labels`.
     fn time_series(
         &mut self,
         end: usize,
         depth: u32,
         labels: &mut Vec<RawLabel<'a>>,
+        exemplar_labels: &mut Vec<RawLabel<'a>>,
     ) -> Result<RawSeries, WireError> {
         let first_label = labels.len();
         let mut series = RawSeries {
             labels: first_label..first_label,
             samples: Vec::new(),
             created_zeros: 0,
-            exemplars: 0,
+            exemplars: Vec::new(),
             histograms: 0,
         };
         while self.pos < end {
@@ -400,8 +418,8 @@ impl<'a> Reader<'a> {
                 }
                 3 => {
                     let exemplar_end = self.enter("TimeSeries.exemplars", wire, depth)?;
-                    self.exemplar(exemplar_end, depth - 1)?;
-                    series.exemplars += 1;
+                    let exemplar = self.exemplar(exemplar_end, depth - 1, exemplar_labels)?;
+                    series.exemplars.push(exemplar);
                 }
                 4 => {
                     let histogram_end = self.enter("TimeSeries.histograms", wire, depth)?;
@@ -452,21 +470,22 @@ impl<'a> Reader<'a> {
         self.leave(end)
     }
 
-    /// An exemplar's label, checked for UTF-8 at once (exemplars are rare and dropped).
-    fn checked_label(&mut self, end: usize, depth: u32) -> Result<(), WireError> {
+    /// An exemplar's label, checked for UTF-8 at once (exemplars are few).
+    fn checked_label(&mut self, end: usize, depth: u32) -> Result<RawLabel<'a>, WireError> {
+        let (mut name, mut value): (&'a str, &'a str) = ("", "");
         while self.pos < end {
             let (tag, wire) = self.key()?;
             match tag {
-                1 => {
-                    self.string("Label.name", wire)?;
-                }
-                2 => {
-                    self.string("Label.value", wire)?;
-                }
+                1 => name = self.string("Label.name", wire)?,
+                2 => value = self.string("Label.value", wire)?,
                 _ => self.skip(wire, tag, depth)?,
             }
         }
-        self.leave(end)
+        self.leave(end)?;
+        Ok(RawLabel {
+            name: name.as_bytes(),
+            value: value.as_bytes(),
+        })
     }
 
     pub(super) fn sample(&mut self, end: usize, depth: u32) -> Result<Sample, WireError> {
@@ -483,24 +502,32 @@ impl<'a> Reader<'a> {
         Ok(sample)
     }
 
-    fn exemplar(&mut self, end: usize, depth: u32) -> Result<(), WireError> {
+    fn exemplar(
+        &mut self,
+        end: usize,
+        depth: u32,
+        labels: &mut Vec<RawLabel<'a>>,
+    ) -> Result<RawExemplar, WireError> {
+        let mut exemplar = RawExemplar {
+            labels: labels.len()..labels.len(),
+            value: 0.0,
+            timestamp: 0,
+        };
         while self.pos < end {
             let (tag, wire) = self.key()?;
             match tag {
                 1 => {
                     let label_end = self.enter("Exemplar.labels", wire, depth)?;
-                    self.checked_label(label_end, depth - 1)?;
+                    labels.push(self.checked_label(label_end, depth - 1)?);
                 }
-                2 => {
-                    self.double("Exemplar.value", wire)?;
-                }
-                3 => {
-                    self.int64("Exemplar.timestamp", wire)?;
-                }
+                2 => exemplar.value = self.double("Exemplar.value", wire)?,
+                3 => exemplar.timestamp = self.int64("Exemplar.timestamp", wire)?,
                 _ => self.skip(wire, tag, depth)?,
             }
         }
-        self.leave(end)
+        self.leave(end)?;
+        exemplar.labels.end = labels.len();
+        Ok(exemplar)
     }
 
     /// A native histogram: only its timestamp field is declared (`proto::Histogram`);
@@ -615,7 +642,15 @@ mod tests {
                 Sample::new(1_700_000_000_000, 1.5)
             ]
         );
-        assert_eq!(got.series[0].exemplars, 1);
+        assert_eq!(got.series[0].exemplars.len(), 1);
+        assert_eq!(got.series[0].exemplars[0].timestamp, 3);
+        assert_eq!(
+            got.exemplar_labels,
+            vec![RawLabel {
+                name: b"trace_id",
+                value: b"abc"
+            }]
+        );
         assert_eq!(got.series[1].histograms, 1);
         assert_eq!(got.labels_of(&got.series[1]).len(), 1);
         assert_eq!(got.metadata, request.metadata);

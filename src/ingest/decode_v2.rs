@@ -21,14 +21,16 @@
 use std::collections::HashSet;
 use std::ops::Range;
 
-use super::decode::{RawLabel, RawSeries, RawWrite, Reader, WireError, RECURSION_LIMIT};
+use super::decode::{
+    RawExemplar, RawLabel, RawSeries, RawWrite, Reader, WireError, RECURSION_LIMIT,
+};
 use super::{IngestError, RejectReason};
 use crate::model::{self, Sample, METRIC_NAME};
 use crate::proto::{self, write_v2};
 
 /// One exemplar: its labels are a range of `RawV2::exemplar_refs`.
 #[derive(Clone, Debug, PartialEq)]
-pub(super) struct RawExemplar {
+pub(super) struct RefExemplar {
     pub labels: Range<usize>,
     pub value: f64,
     pub timestamp: i64,
@@ -53,7 +55,7 @@ pub(super) struct RawV2Series {
     /// The series-level created timestamp of Prometheus 3.0 to 3.4 (field 6), or 0.
     pub created_timestamp: i64,
     pub histograms: u64,
-    pub exemplars: Vec<RawExemplar>,
+    pub exemplars: Vec<RefExemplar>,
     pub metadata: RawMetadata,
 }
 
@@ -165,7 +167,7 @@ fn exemplar(
     end: usize,
     depth: u32,
     refs: &mut Vec<u32>,
-) -> Result<RawExemplar, WireError> {
+) -> Result<RefExemplar, WireError> {
     let start = refs.len();
     let (mut value, mut timestamp) = (0.0, 0);
     while reader.before(end) {
@@ -178,7 +180,7 @@ fn exemplar(
         }
     }
     reader.leave(end)?;
-    Ok(RawExemplar {
+    Ok(RefExemplar {
         labels: start..refs.len(),
         value,
         timestamp,
@@ -245,7 +247,7 @@ pub(super) fn from_reference(request: &write_v2::Request) -> RawV2<'_> {
         for e in &ts.exemplars {
             let start = raw.exemplar_refs.len();
             raw.exemplar_refs.extend_from_slice(&e.labels_refs);
-            series.exemplars.push(RawExemplar {
+            series.exemplars.push(RefExemplar {
                 labels: start..raw.exemplar_refs.len(),
                 value: e.value,
                 timestamp: e.timestamp,
@@ -306,8 +308,13 @@ pub(super) fn into_raw_write(request: RawV2<'_>) -> Result<RawWrite<'_>, IngestE
 
     let mut write = RawWrite {
         labels: Vec::with_capacity(refs.len() / 2),
+        exemplar_labels: Vec::with_capacity(exemplar_refs.len() / 2),
         series: Vec::with_capacity(series.len()),
         metadata: Vec::new(),
+    };
+    let label = |pair: &[u32]| RawLabel {
+        name: symbols[pair[0] as usize].as_bytes(),
+        value: symbols[pair[1] as usize].as_bytes(),
     };
     let mut families = HashSet::new();
     for (index, ts) in series.into_iter().enumerate() {
@@ -347,11 +354,25 @@ pub(super) fn into_raw_write(request: RawV2<'_>) -> Result<RawWrite<'_>, IngestE
         }
         let (samples, created_zeros) =
             with_created_zeros(ts.samples, &ts.starts, ts.created_timestamp);
+        let exemplars = ts
+            .exemplars
+            .iter()
+            .map(|e| {
+                let first = write.exemplar_labels.len();
+                let pairs = exemplar_refs[e.labels.clone()].chunks_exact(2);
+                write.exemplar_labels.extend(pairs.map(label));
+                RawExemplar {
+                    labels: first..write.exemplar_labels.len(),
+                    value: e.value,
+                    timestamp: e.timestamp,
+                }
+            })
+            .collect();
         write.series.push(RawSeries {
             labels: first_label..write.labels.len(),
             samples,
             created_zeros,
-            exemplars: ts.exemplars.len() as u64,
+            exemplars,
             histograms: ts.histograms,
         });
     }

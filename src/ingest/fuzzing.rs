@@ -228,6 +228,24 @@ fn assert_invariants(decoded: &DecodedWrite) {
         samples += sent;
     }
     assert_eq!(samples, decoded.num_samples);
+    let mut exemplars = 0;
+    for series in &decoded.exemplars {
+        assert!(series.exemplars.windows(2).all(|w| w[0].t <= w[1].t));
+        for e in &series.exemplars {
+            let chars: usize = e
+                .labels
+                .iter()
+                .map(|l| l.name.chars().count() + l.value.chars().count())
+                .sum();
+            assert!(chars <= model::MAX_EXEMPLAR_LABEL_CHARS);
+            assert!(e
+                .labels
+                .iter()
+                .all(|l| !l.name.is_empty() && !l.value.is_empty()));
+        }
+        exemplars += series.exemplars.len() as u64;
+    }
+    assert_eq!(exemplars, decoded.num_exemplars);
     assert_eq!(
         decoded.histograms_refused.named.len() as u64,
         decoded

@@ -19,6 +19,7 @@ pub struct IngestMetrics {
     requests_received: Counter,
     samples_received: Counter,
     samples_stored: Counter,
+    exemplars_stored: Counter,
     exemplars_dropped: Counter,
     /// Indexed by `RejectReason as usize`.
     requests_refused: Vec<Counter>,
@@ -43,6 +44,7 @@ impl IngestMetrics {
             requests_received: Counter::default(),
             samples_received: Counter::default(),
             samples_stored: Counter::default(),
+            exemplars_stored: Counter::default(),
             exemplars_dropped: Counter::default(),
             requests_refused: RejectReason::ALL
                 .iter()
@@ -76,8 +78,13 @@ impl IngestMetrics {
             metrics.samples_stored.clone(),
         );
         registry.register(
+            "exemplars_stored",
+            "Exemplars held by the exemplar stores of their series' owners",
+            metrics.exemplars_stored.clone(),
+        );
+        registry.register(
             "exemplars_dropped",
-            "Exemplars received and dropped (not stored)",
+            "Exemplars received and not stored (invalid labels, OTLP exemplars, or --exemplars-limit 0)",
             metrics.exemplars_dropped.clone(),
         );
         registry.register(
@@ -115,6 +122,14 @@ impl IngestMetrics {
         self.samples_received.inc_by(decoded.num_samples);
         if decoded.exemplars_dropped > 0 {
             self.exemplars_dropped.inc_by(decoded.exemplars_dropped);
+        }
+    }
+
+    /// `held` of a request's `valid` exemplars were stored (all, unless the store is off).
+    pub fn on_exemplars_stored(&self, held: u64, valid: u64) {
+        self.exemplars_stored.inc_by(held);
+        if valid > held {
+            self.exemplars_dropped.inc_by(valid - held);
         }
     }
 

@@ -43,7 +43,7 @@ use std::sync::LazyLock;
 
 use prost::Message;
 
-use crate::model::{MetricMetadata, Series};
+use crate::model::{MetricMetadata, Series, SeriesExemplars};
 use crate::proto;
 
 pub use bounds::enforce_time_bounds;
@@ -163,7 +163,12 @@ pub struct DecodedWrite {
     /// Float samples in `series` as sent; the created-timestamp zero requests among
     /// them (`model::created_zero`, remote write 2.0) are not counted.
     pub num_samples: u64,
-    /// Exemplars carried by the request and dropped (Timbala does not store exemplars).
+    /// Exemplars by series (series without samples included), each series' in time
+    /// order.
+    pub exemplars: Vec<SeriesExemplars>,
+    /// Exemplars in `exemplars`.
+    pub num_exemplars: u64,
+    /// Exemplars carried by the request and dropped: their labels break the rules.
     pub exemplars_dropped: u64,
     /// Remote write 2.0's native histograms, refused while the rest is stored.
     pub histograms_refused: RefusedHistograms,

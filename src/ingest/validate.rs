@@ -15,7 +15,9 @@
 //!   together (the bounds of the node-to-node repair transfers, so every stored series can
 //!   be repaired);
 //! - native histograms are refused (not stored yet): with the whole request in remote
-//!   write 1.0, alone in 2.0 (ADR 0027); exemplars are dropped;
+//!   write 1.0, alone in 2.0 (ADR 0027); exemplars are kept (those whose labels break
+//!   Prometheus's exemplar rules are dropped and counted), also for series without
+//!   samples;
 //! - samples are put in time order when the sender did not (storage wants time order;
 //!   the out-of-order window decides what is kept).
 
@@ -25,7 +27,7 @@ use super::decode::{self, RawLabel, RawWrite};
 use super::label_cache::LabelSetCache;
 use super::{DecodedWrite, IngestError, RefusedHistograms, RejectReason};
 use crate::model::{
-    self, Labels, MetricMetadata, Sample, Series, MAX_LABELS_PER_SERIES,
+    self, Labels, MetricMetadata, Sample, Series, MAX_EXEMPLAR_LABEL_CHARS, MAX_LABELS_PER_SERIES,
     MAX_LABEL_BYTES_PER_SERIES, METRIC_NAME,
 };
 use crate::proto;
@@ -112,7 +114,6 @@ pub(super) fn raw_into_decoded_write(
     let mut decoded = DecodedWrite {
         series: Vec::with_capacity(req.series.len()),
         metadata: req.metadata.into_iter().filter_map(into_metadata).collect(),
-        exemplars_dropped: req.series.iter().map(|ts| ts.exemplars).sum(),
         ..DecodedWrite::default()
     };
     for (index, (ts, known)) in req.series.into_iter().zip(known).enumerate() {
@@ -124,10 +125,18 @@ pub(super) fn raw_into_decoded_write(
                 ts.histograms,
             );
         }
-        if ts.samples.is_empty() {
+        if ts.samples.is_empty() && ts.exemplars.is_empty() {
             continue;
         }
         let labels = known.unwrap_or_else(|| cache.insert(&req.labels[ts.labels.clone()]));
+        let exemplars = ts.exemplars.iter().map(|e| {
+            let labels = &req.exemplar_labels[e.labels.clone()];
+            (labels, e.value, e.timestamp)
+        });
+        add_exemplars(&mut decoded, &labels, exemplars);
+        if ts.samples.is_empty() {
+            continue;
+        }
         decoded.num_samples += (ts.samples.len() - ts.created_zeros) as u64;
         decoded.series.push(Series {
             labels,
@@ -135,6 +144,53 @@ pub(super) fn raw_into_decoded_write(
         });
     }
     Ok(decoded)
+}
+
+/// Adds the exemplars of the series `series`, in time order, to the request; an
+/// exemplar whose labels break the rules (an empty or repeated name, more than
+/// `MAX_EXEMPLAR_LABEL_CHARS` characters) is dropped and counted, not a reason to refuse
+/// the request, as in Prometheus. Labels with an empty value are dropped.
+fn add_exemplars<'l, L: LabelPair + 'l>(
+    decoded: &mut DecodedWrite,
+    series: &Labels,
+    sent: impl Iterator<Item = (&'l [L], f64, i64)>,
+) {
+    let mut kept = Vec::new();
+    for (labels, value, t) in sent {
+        if !exemplar_labels_ok(labels) {
+            decoded.exemplars_dropped += 1;
+            continue;
+        }
+        let pairs = labels
+            .iter()
+            .filter(|l| !l.value().is_empty())
+            .map(|l| (text(l.name()).into_owned(), text(l.value()).into_owned()));
+        kept.push(model::Exemplar {
+            labels: Labels::from_pairs(pairs),
+            value,
+            t,
+        });
+    }
+    if kept.is_empty() {
+        return;
+    }
+    kept.sort_by_key(|e| e.t);
+    decoded.num_exemplars += kept.len() as u64;
+    decoded.exemplars.push(model::SeriesExemplars {
+        series: series.clone(),
+        exemplars: kept,
+    });
+}
+
+fn exemplar_labels_ok(labels: &[impl LabelPair]) -> bool {
+    let mut chars = 0;
+    for (i, label) in labels.iter().enumerate() {
+        if label.name().is_empty() || labels[..i].iter().any(|l| l.name() == label.name()) {
+            return false;
+        }
+        chars += text(label.name()).chars().count() + text(label.value()).chars().count();
+    }
+    chars <= MAX_EXEMPLAR_LABEL_CHARS
 }
 
 fn note_refused(
@@ -157,13 +213,20 @@ pub(super) fn into_decoded_write(req: proto::WriteRequest) -> Result<DecodedWrit
         metadata: req.metadata.into_iter().filter_map(into_metadata).collect(),
         ..DecodedWrite::default()
     };
-    for (index, ts) in req.timeseries.into_iter().enumerate() {
+    for (index, mut ts) in req.timeseries.into_iter().enumerate() {
         check_series(index, &ts.labels, !ts.histograms.is_empty(), true)?;
-        decoded.exemplars_dropped += ts.exemplars.len() as u64;
-        if ts.samples.is_empty() {
+        let exemplars = std::mem::take(&mut ts.exemplars);
+        if ts.samples.is_empty() && exemplars.is_empty() {
             continue;
         }
         let series = into_series(ts);
+        let sent = exemplars
+            .iter()
+            .map(|e| (e.labels.as_slice(), e.value, e.timestamp));
+        add_exemplars(&mut decoded, &series.labels, sent);
+        if series.samples.is_empty() {
+            continue;
+        }
         decoded.num_samples += series.samples.len() as u64;
         decoded.series.push(series);
     }
@@ -430,7 +493,7 @@ mod tests {
     }
 
     #[test]
-    fn histograms_refused_exemplars_dropped_empty_series_skipped() {
+    fn histograms_refused_exemplars_kept_empty_series_skipped() {
         let mut with_histogram = series(&[("__name__", "h")], &[]);
         with_histogram
             .histograms
@@ -438,12 +501,43 @@ mod tests {
         let err = validate(vec![with_histogram]).unwrap_err();
         assert_eq!(err.reason, RejectReason::NativeHistograms);
 
+        let exemplar = |pairs: &[(&str, &str)], t: i64| proto::Exemplar {
+            labels: series(pairs, &[]).labels,
+            value: 0.5,
+            timestamp: t,
+        };
         let mut with_exemplar = series(&[("__name__", "c")], &[(1, 1.0)]);
-        with_exemplar.exemplars.push(proto::Exemplar::default());
-        let got = validate(vec![with_exemplar, series(&[("__name__", "empty")], &[])]).unwrap();
-        assert_eq!(got.exemplars_dropped, 1);
+        with_exemplar.exemplars = vec![
+            exemplar(&[("trace_id", "b")], 9),
+            exemplar(&[("trace_id", "a"), ("span", "")], 2),
+            exemplar(&[("", "x")], 3),
+            exemplar(&[("a", "1"), ("a", "2")], 4),
+            exemplar(&[("trace_id", &"x".repeat(121))], 5),
+        ];
+        // Exemplars of a series without samples are kept too.
+        let mut only_exemplar = series(&[("__name__", "e")], &[]);
+        only_exemplar.exemplars = vec![exemplar(&[("trace_id", "ü".repeat(120).as_str())], 1)];
+        let got = validate(vec![
+            with_exemplar,
+            series(&[("__name__", "empty")], &[]),
+            only_exemplar,
+        ])
+        .unwrap();
+        assert_eq!((got.num_exemplars, got.exemplars_dropped), (3, 3));
         assert_eq!(got.series.len(), 1);
         assert_eq!(got.num_samples, 1);
+        let kept = &got.exemplars[0];
+        assert_eq!(kept.series, Labels::from_pairs([("__name__", "c")]));
+        let times: Vec<i64> = kept.exemplars.iter().map(|e| e.t).collect();
+        assert_eq!(times, vec![2, 9]);
+        assert_eq!(
+            kept.exemplars[0].labels,
+            Labels::from_pairs([("trace_id", "a")])
+        );
+        assert_eq!(
+            got.exemplars[1].series,
+            Labels::from_pairs([("__name__", "e")])
+        );
     }
 
     #[test]

@@ -1,8 +1,8 @@
 //! Replication: the write side of the cluster.
 //!
 //! Owns: routing each series of a batch to its owners (placement over the join-ordered
-//! ring), and each metric family's metadata to the owners of its family name (ADR
-//! 0020), appending the local share to the local TSDB, forwarding the other owners'
+//! ring), each metric family's metadata to the owners of its family name (ADR
+//! 0020), and each series' exemplars to the series' owners (ADR 0027), appending the local share to the local TSDB, forwarding the other owners'
 //! shares to their `POST /internal/v1/write` over persistent connections, hinted
 //! handoff (`hints`: a durable queue per owner that was down or failed, bounded per
 //! target by `hint_window`'s window and disk cap; `handoff`: the task that replays it
@@ -41,12 +41,12 @@ use serde::{Deserialize, Serialize};
 use crate::cluster::identity::NodeId;
 use crate::cluster::membership::{MemberState, MembershipHandle};
 use crate::cluster::placement;
-use crate::model::{Labels, MetricMetadata, Series};
+use crate::model::{Labels, MetricMetadata, Series, SeriesExemplars};
 use crate::peer::{self, PeerClient};
 use crate::proto;
 use crate::storage::{
-    AppendOutcome, BoxFuture, LabelRequest, RejectReason, SelectError, SelectRequest, Storage,
-    StorageError,
+    AppendOutcome, BoxFuture, ExemplarRequest, LabelRequest, RejectReason, SelectError,
+    SelectRequest, Storage, StorageError,
 };
 use hint_window::Limit;
 use hints::{HintStore, Hinted};
@@ -67,13 +67,15 @@ struct Inner {
     hints: Arc<HintStore>,
 }
 
-/// One owner's share of a batch: series, or metric metadata (placed by family name).
+/// One owner's share of a batch: series, metric metadata (placed by family name), or
+/// exemplars (placed with their series).
 struct Share {
     target: NodeId,
     http_addr: String,
     state: MemberState,
     series: Vec<Series>,
     metadata: Vec<MetricMetadata>,
+    exemplars: Vec<SeriesExemplars>,
 }
 
 impl ReplicatingStorage {
@@ -150,6 +152,45 @@ impl ReplicatingStorage {
         self.deliver_all(view.local.id, local, split.remote, &split.owner_sets)
             .await
             .map(drop)
+    }
+
+    /// Stores each series' exemplars on the series' owners, with the acknowledgement
+    /// rule of series (a down owner gets them in its hints). Answers how many are held:
+    /// all of them once the write is acknowledged, or none when no owner that answered
+    /// keeps exemplars (`--exemplars-limit 0`, a setting meant to be the same on every
+    /// node).
+    async fn replicate_exemplars(&self, batch: Vec<SeriesExemplars>) -> Result<u64, StorageError> {
+        let view = self.inner.membership.view();
+        if view.ring.is_empty() {
+            return Err(StorageError::Unavailable(
+                "this node has not joined its cluster yet (no peer answered)".to_string(),
+            ));
+        }
+        let total: u64 = batch.iter().map(|s| s.exemplars.len() as u64).sum();
+        let split = split_by_owner(
+            batch,
+            &view,
+            view.local.id,
+            |s: &SeriesExemplars| placement::partition_key(&s.series),
+            |share, exemplars| share.exemplars = exemplars,
+        );
+        let local_share = split.local;
+        let local = async {
+            let held = if local_share.is_empty() {
+                0
+            } else {
+                self.inner.local.append_exemplars(local_share).await?
+            };
+            Ok(AppendOutcome {
+                appended: held,
+                ..AppendOutcome::default()
+            })
+        };
+        let outcomes = self
+            .deliver_all(view.local.id, local, split.remote, &split.owner_sets)
+            .await?;
+        let held = outcomes.iter().any(|o| o.appended > 0);
+        Ok(if held { total } else { 0 })
     }
 
     /// Runs the local store's part and every remote share's delivery concurrently, then
@@ -294,7 +335,7 @@ impl Inner {
     /// when neither worked for a reason other than the limits (an I/O error).
     async fn deliver(&self, share: Share) -> Result<Delivery, StorageError> {
         let samples: u64 = share.series.iter().map(|s| s.samples.len() as u64).sum();
-        let body = encode_write(&share.series, &share.metadata);
+        let body = encode_write_with_exemplars(&share.series, &share.metadata, &share.exemplars);
         drop(share.series);
         if share.state != MemberState::Down {
             match forward(&self.client, &share.http_addr, body.clone(), samples).await {
@@ -433,6 +474,7 @@ fn split_by_owner<T: Clone>(
                 state: view.member(target).map_or(MemberState::Down, |m| m.state),
                 series: Vec::new(),
                 metadata: Vec::new(),
+                exemplars: Vec::new(),
             };
             fill(&mut share, items);
             share
@@ -472,8 +514,22 @@ pub fn encode_series(series: &[Series]) -> Vec<u8> {
 
 /// The body of an internal write of series and metric metadata.
 pub fn encode_write(series: &[Series], metadata: &[MetricMetadata]) -> Vec<u8> {
+    encode_write_with_exemplars(series, metadata, &[])
+}
+
+/// The body of an internal write of series, metric metadata and exemplars (each series'
+/// exemplars as a `TimeSeries` without samples, as remote write 1.0 carries them).
+pub fn encode_write_with_exemplars(
+    series: &[Series],
+    metadata: &[MetricMetadata],
+    exemplars: &[SeriesExemplars],
+) -> Vec<u8> {
     let request = proto::WriteRequest {
-        timeseries: series.iter().map(proto::series_to_proto).collect(),
+        timeseries: series
+            .iter()
+            .map(proto::series_to_proto)
+            .chain(exemplars.iter().map(proto::exemplars_to_proto))
+            .collect(),
         metadata: metadata.iter().map(proto::metadata_to_proto).collect(),
     };
     proto::encode_snappy(&request)
@@ -555,6 +611,20 @@ impl Storage for ReplicatingStorage {
         metric: Option<String>,
     ) -> BoxFuture<'_, Result<Vec<MetricMetadata>, StorageError>> {
         self.inner.local.metadata(metric)
+    }
+
+    fn append_exemplars(
+        &self,
+        batch: Vec<SeriesExemplars>,
+    ) -> BoxFuture<'_, Result<u64, StorageError>> {
+        Box::pin(self.replicate_exemplars(batch))
+    }
+
+    fn exemplars(
+        &self,
+        req: ExemplarRequest,
+    ) -> BoxFuture<'_, Result<Vec<SeriesExemplars>, StorageError>> {
+        self.inner.local.exemplars(req)
     }
 }
 

@@ -190,7 +190,7 @@ impl Db {
         Ok(())
     }
 
-    fn check_open(&self) -> Result<(), StorageError> {
+    pub(super) fn check_open(&self) -> Result<(), StorageError> {
         if self.closed.load(Ordering::Acquire) {
             return Err(StorageError::Unavailable("the TSDB is closed".into()));
         }

@@ -14,7 +14,8 @@
 //! merge across nodes), `db` (the database tying them together, including
 //! `metrics` (self-metrics), `changes` (the log of changes to old data that caches of
 //! query results poll, ADR 0024), `db` (the database tying them together, including
-//! `backfill`: repairs' samples too old for the head stored as new blocks, ADR 0016).
+//! `backfill`: repairs' samples too old for the head stored as new blocks, ADR 0016),
+//! `exemplars` (the bounded in-memory exemplar store, ADR 0027; not on disk).
 //! Implements `storage::Storage`; calls only `model` and `storage`.
 //!
 //! This file holds the public handle: it runs the blocking `db::Db` off the async
@@ -31,6 +32,7 @@ pub mod chunk;
 pub mod compact;
 mod db;
 pub mod digest;
+pub mod exemplars;
 pub mod head;
 pub mod index;
 mod metrics;
@@ -46,10 +48,11 @@ use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
-use crate::model::{Labels, Matcher, MetricMetadata, Series};
+use crate::model::{Labels, Matcher, MetricMetadata, Series, SeriesExemplars};
 use crate::storage::{
-    AppendOutcome, BoxFuture, ChangeMark, ChangeReport, Changes, Clock, LabelRequest, SelectError,
-    SelectRequest, SourceId, Storage, StorageError, TimeBounds, LOCAL_SOURCE,
+    AppendOutcome, BoxFuture, ChangeMark, ChangeReport, Changes, Clock, ExemplarRequest,
+    LabelRequest, SelectError, SelectRequest, SourceId, Storage, StorageError, TimeBounds,
+    LOCAL_SOURCE,
 };
 pub use cardinality::HeadCardinality;
 
@@ -78,6 +81,8 @@ pub struct TsdbOptions {
     pub time_bounds: TimeBounds,
     /// The wall clock the bounds, the head's lower bound and retention are measured on.
     pub clock: Clock,
+    /// Most exemplars held in memory, all series together (0: none; default 100,000).
+    pub exemplars_limit: usize,
 }
 
 impl Default for TsdbOptions {
@@ -91,6 +96,7 @@ impl Default for TsdbOptions {
             wal_segment_bytes: 128 << 20,
             time_bounds: TimeBounds::NONE,
             clock: Clock::system(),
+            exemplars_limit: 100_000,
         }
     }
 }
@@ -121,6 +127,7 @@ pub struct Tsdb {
 
 struct Inner {
     db: db::Db,
+    exemplars: exemplars::ExemplarStore,
     /// Dropping the sender stops the maintenance thread.
     stop_maintenance: Mutex<Option<mpsc::Sender<()>>>,
 }
@@ -149,10 +156,12 @@ impl Tsdb {
     /// the WAL, then starts background maintenance (head cut, compaction, retention).
     pub fn open(opts: TsdbOptions, metrics: TsdbMetrics) -> Result<Tsdb, StorageError> {
         let interval = maintenance_interval(&opts);
+        let exemplars = exemplars::ExemplarStore::new(opts.exemplars_limit);
         let db = db::Db::open(opts, metrics)?;
         let (stop, stopped) = mpsc::channel::<()>();
         let inner = Arc::new(Inner {
             db,
+            exemplars,
             stop_maintenance: Mutex::new(Some(stop)),
         });
         let weak = Arc::downgrade(&inner);
@@ -336,6 +345,28 @@ impl Storage for Tsdb {
         Box::pin(async move {
             self.blocking(move |db| Ok(db.metadata(metric.as_deref())))
                 .await?
+        })
+    }
+
+    fn append_exemplars(
+        &self,
+        batch: Vec<SeriesExemplars>,
+    ) -> BoxFuture<'_, Result<u64, StorageError>> {
+        Box::pin(async move {
+            self.inner.db.check_open()?;
+            Ok(self.inner.exemplars.append(&batch))
+        })
+    }
+
+    fn exemplars(
+        &self,
+        req: ExemplarRequest,
+    ) -> BoxFuture<'_, Result<Vec<SeriesExemplars>, StorageError>> {
+        Box::pin(async move {
+            Ok(self
+                .inner
+                .exemplars
+                .select(&req.matcher_sets, req.start, req.end))
         })
     }
 

@@ -23,6 +23,7 @@ fn opts(dir: &std::path::Path, clock: Arc<AtomicI64>) -> TsdbOptions {
             max_age_ms: 24 * 60 * MIN,
         },
         clock: Clock::from_fn(move || clock.load(Ordering::Relaxed)),
+        exemplars_limit: 0,
     }
 }
 
