@@ -12,8 +12,9 @@
 //!
 //! `into_raw_write` then refuses what the 2.0 spec calls malformed: a non-empty
 //! `symbols[0]`, an odd number of label references, a reference past the symbol
-//! table (labels, exemplar labels, help and unit). It resolves label references into
-//! `RawLabel`s that point into the body, turns each series' metadata into a metric
+//! table (labels, exemplar labels, help and unit). It resolves label references of
+//! series and exemplars into `RawLabel`s that point into the body (the 1.0 decoder's
+//! shape: exemplars then follow 1.0's rules too), turns each series' metadata into a metric
 //! family's metadata (deduplicated within the request), and adds the created-timestamp
 //! zero requests (`model::created_zero`) for the samples whose start timestamp is before
 //! them. Client values that carry the reserved bits become ordinary NaN here.

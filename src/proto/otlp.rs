@@ -230,7 +230,7 @@ pub struct ValueAtQuantile {
     pub value: f64,
 }
 
-/// Only counted: Timbala does not store exemplars.
+/// Only counted: OTLP exemplars are not stored (remote write's are, ADR 0027).
 #[derive(Clone, PartialEq, Message)]
 pub struct Exemplar {
     #[prost(fixed64, tag = "2")]
