@@ -739,6 +739,26 @@ fn a_cluster_answers_remote_write_2_from_every_node() {
     }
     assert_eq!(copies.len(), SERIES);
     assert!(copies.values().all(|&n| n == 3), "{copies:?}");
+    // Every exemplar is held by exactly the three nodes that own its series: each
+    // node's own exemplars, through the internal read the fan-out uses.
+    let mut exemplar_copies: std::collections::BTreeMap<String, usize> = Default::default();
+    for node in &nodes {
+        let (status, body) = post(
+            &node.url("/internal/v1/exemplars"),
+            &[("Content-Type", "application/json")],
+            br#"{"selectors":[[["__name__","=","rw2_cluster_total"]]],"start":0,"end":9223372036854775807}"#,
+        );
+        assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+        let held: Value = serde_json::from_slice(&body).expect("json");
+        for exemplar in held.as_array().expect("list") {
+            *exemplar_copies.entry(exemplar[0].to_string()).or_default() += 1;
+        }
+    }
+    assert_eq!(exemplar_copies.len(), SERIES);
+    assert!(
+        exemplar_copies.values().all(|&n| n == 3),
+        "{exemplar_copies:?}"
+    );
     // Each node holds a share, not everything: the series were routed.
     for node in &nodes {
         let held = local_copies_of(node, None, "rw2_cluster_total").len();
