@@ -638,7 +638,7 @@ impl AntiEntropy {
         let ring = view.ring.clone();
         let peers: Vec<_> = ring
             .nodes_in_join_order()
-            .into_iter()
+            .iter()
             .filter(|node| {
                 node.id != me
                     && view
