@@ -4,7 +4,7 @@
 //! internal paths and headers (`X-Timbala-Routed`, `X-Timbala-Trace-Id`,
 //! `X-Timbala-Hints-Pending`), the cluster credential on every request it sends when
 //! the node has cluster keys (ADR 0014), the per-peer forwarding metrics, and the JSON
-//! shapes of the internal label, metadata, exemplar and head-statistics requests. Every request has a deadline,
+//! shapes of the internal select (ADR 0028), label, metadata, exemplar and head-statistics requests. Every request has a deadline,
 //! and dropping its future cancels it (the connection is closed, never handed back to
 //! the pool half-read). Called by `replication` (writes, hint replay), `fanout` (reads) and
 //! `api::internal` (the receiving side). Calls hyper (with hyper-rustls: https to peers
@@ -31,7 +31,7 @@ use serde::{Deserialize, Serialize};
 use crate::cluster::identity::{unix_millis, NodeId};
 use crate::cluster::keys::{ClusterKeys, CLUSTER_AUTH_HEADER};
 use crate::model::{Exemplar, Labels, MatchOp, Matcher, MetricMetadata, SeriesExemplars};
-use crate::storage::LabelRequest;
+use crate::storage::{LabelRequest, SelectRequest};
 
 pub const WRITE_PATH: &str = "/internal/v1/write";
 /// A repair write: stored like `WRITE_PATH`, but samples too old for the head are
@@ -42,6 +42,10 @@ pub const DIGESTS_PATH: &str = "/internal/v1/anti-entropy/digests";
 /// Anti-entropy pull: this node's samples of named series in time ranges.
 pub const PULL_PATH: &str = "/internal/v1/anti-entropy/pull";
 pub const READ_LOCAL_PATH: &str = "/internal/v1/read-local";
+/// The fan-out's select, answered one copy per series (ADR 0028): JSON
+/// `WireSelectRequest` in, `fanout::one_copy`'s snappy protobuf out (422 past the
+/// request's sample limit).
+pub const SELECT_PATH: &str = "/internal/v1/select";
 pub const SERIES_PATH: &str = "/internal/v1/series";
 pub const LABELS_PATH: &str = "/internal/v1/labels";
 pub const LABEL_VALUES_PATH: &str = "/internal/v1/label-values";
@@ -420,6 +424,43 @@ impl WireLabelRequest {
                 .collect::<Result<_, _>>()?,
             mint: self.mint,
             maxt: self.maxt,
+        })
+    }
+}
+
+/// A fan-out select on the wire (`SELECT_PATH`, ADR 0028): the matchers and time range,
+/// and the asker's view, by which the answering node sends in full only the series it
+/// is the first alive owner of and digests of the others it owns.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct WireSelectRequest {
+    /// As in `WireLabelRequest`.
+    pub matchers: Vec<(String, String, String)>,
+    pub mint: i64,
+    pub maxt: i64,
+    /// Samples the answer may hold (0: no limit).
+    pub max_samples: usize,
+    /// The asker's ring: every slot in join order as (id, removed).
+    pub slots: Vec<(NodeId, bool)>,
+    /// The nodes the asker asks, itself included.
+    pub alive: Vec<NodeId>,
+    /// A second round: just the series whose label hash (`Labels::stable_hash`) is
+    /// listed, each in full.
+    #[serde(default)]
+    pub only: Option<Vec<u64>>,
+}
+
+impl WireSelectRequest {
+    /// The storage select it asks for; a bad operator or regex is an error.
+    pub fn to_select_request(&self) -> Result<SelectRequest, String> {
+        Ok(SelectRequest {
+            matchers: self
+                .matchers
+                .iter()
+                .map(|(n, op, v)| matcher_from_wire(n, op, v))
+                .collect::<Result<_, _>>()?,
+            mint: self.mint,
+            maxt: self.maxt,
+            max_samples: self.max_samples,
         })
     }
 }

@@ -8,7 +8,9 @@
 //! /internal/v1/anti-entropy/{digests,pull}` (JSON requests answered by
 //! `replication::antientropy`: digests of the series both nodes own, and samples as a
 //! snappy remote-write body), `POST /internal/v1/read-local` (remote read of this node's
-//! data only, SAMPLES answers), `POST /internal/v1/{series,labels,label-values}` (JSON,
+//! data only, SAMPLES answers; a debugging aid), `POST /internal/v1/select` (the
+//! fan-out's select: JSON `peer::WireSelectRequest`, answered one copy per series as
+//! `fanout::one_copy` encodes it, ADR 0028), `POST /internal/v1/{series,labels,label-values}` (JSON,
 //! `peer::WireLabelRequest`) and `POST /internal/v1/metadata` (JSON,
 //! `peer::WireMetadataRequest`: this node's metadata, ADR 0020), `POST
 //! /internal/v1/exemplars` (JSON, `peer::WireExemplarRequest`: this node's exemplars,
@@ -25,7 +27,7 @@
 //! logs the caller's trace id. With cluster keys, `require_cluster_credential` guards
 //! every route: a request without a valid `X-Timbala-Cluster-Auth` is answered 401
 //! before any handler runs (ADR 0014). Calls `ingest` (decoding), `peer` (wire shapes),
-//! `cluster::keys` (the credential), `fanout::labels_to_pairs`, the remote-read helpers
+//! `cluster::keys` (the credential), `fanout::{labels_to_pairs, one_copy}`, the remote-read helpers
 //! of `read`, the local `tsdb` through `storage::Storage` (and `Tsdb::backfill`), and
 //! `replication::antientropy` for the anti-entropy answers.
 
@@ -42,15 +44,15 @@ use tracing::Instrument;
 use super::{ApiError, AppState, NodeServices};
 use crate::cluster::identity::{unix_millis, NodeId};
 use crate::cluster::keys::{CredentialError, CLUSTER_AUTH_HEADER};
-use crate::fanout::{counts_series, labels_to_pairs};
+use crate::fanout::{counts_series, labels_to_pairs, one_copy};
 use crate::ingest::{self, DecodeLimits};
 use crate::peer::{
     self, WireCardinalityRequest, WireDeleteRequest, WireExemplarRequest, WireLabelRequest,
-    WireMetadataRequest,
+    WireMetadataRequest, WireSelectRequest,
 };
 use crate::replication::antientropy::{self, AntiEntropyError};
 use crate::replication::WireOutcome;
-use crate::storage::{AppendOutcome, ExemplarRequest, LabelRequest, Storage};
+use crate::storage::{AppendOutcome, ExemplarRequest, LabelRequest, SelectError, Storage};
 
 pub fn routes() -> Router<AppState> {
     Router::new()
@@ -59,6 +61,7 @@ pub fn routes() -> Router<AppState> {
         .route(peer::DIGESTS_PATH, post(internal_anti_entropy_digests))
         .route(peer::PULL_PATH, post(internal_anti_entropy_pull))
         .route(peer::READ_LOCAL_PATH, post(internal_read_local))
+        .route(peer::SELECT_PATH, post(internal_select))
         .route(peer::SERIES_PATH, post(internal_series))
         .route(peer::LABELS_PATH, post(internal_labels))
         .route(peer::LABEL_VALUES_PATH, post(internal_label_values))
@@ -161,6 +164,67 @@ async fn internal_read_local(
     let pending = hints_pending(&state);
     let response = super::read::local_read(State(state), headers, body).await;
     with_hints_pending(&pending, response)
+}
+
+/// Largest fan-out select request (matchers, the asker's view, and in a second round
+/// the label hashes of the series it fetches).
+const MAX_SELECT_BODY: usize = 32 << 20;
+
+/// `POST /internal/v1/select`: this node's share of a fan-out select, one copy per
+/// series (ADR 0028): the matching series it is the first alive owner of in the asker's
+/// view in full, digests of the others it owns (`fanout::one_copy`). 422 past the
+/// request's sample limit, so the asker refuses the query rather than the node.
+async fn internal_select(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let span = tracing::info_span!("internal_select", trace_id = %trace_id(&headers));
+    async move {
+        let (tsdb, membership) = match state.services() {
+            Ok(services) => (services.tsdb.clone(), services.cluster.membership.clone()),
+            Err(e) => return error(e.status, e.message),
+        };
+        let pending = hints_pending(&state);
+        let body = match read_body(body, MAX_SELECT_BODY).await {
+            Ok(b) => b,
+            Err(r) => return r,
+        };
+        let wire: WireSelectRequest = match serde_json::from_slice(&body) {
+            Ok(w) => w,
+            Err(e) => {
+                return ApiError::bad_data(format!("bad select request: {e}")).into_response()
+            }
+        };
+        let request = match wire.to_select_request() {
+            Ok(r) => r,
+            Err(e) => return ApiError::bad_data(e).into_response(),
+        };
+        let series = match tsdb.select(request).await {
+            Ok(series) => series,
+            Err(SelectError::TooManySamples) => {
+                return error(StatusCode::UNPROCESSABLE_ENTITY, "exceeded sample limit")
+            }
+            Err(SelectError::Storage(e)) => {
+                return error(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
+            }
+        };
+        let view = membership.view();
+        let encoded = tokio::task::spawn_blocking(move || {
+            let answer = one_copy::answer_select(&view.ring, view.local.id, &wire, series);
+            one_copy::encode_answer(&answer)
+        })
+        .await;
+        match encoded {
+            Ok(bytes) => with_hints_pending(
+                &pending,
+                ([("content-type", "application/x-protobuf")], bytes).into_response(),
+            ),
+            Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        }
+    }
+    .instrument(span)
+    .await
 }
 
 fn error(status: StatusCode, message: impl Into<String>) -> Response {

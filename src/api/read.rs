@@ -24,7 +24,7 @@ use crate::ingest::decompress_snappy;
 use crate::model::{MatchOp, Matcher, Series};
 use crate::proto;
 use crate::storage::{SelectError, SelectRequest, Storage};
-use crate::tsdb::chunk::XorChunk;
+use crate::tsdb::chunk::encode_xor_chunks;
 
 /// Largest compressed and decompressed read request (Prometheus's `decodeReadLimit`).
 const MAX_READ_REQUEST_BYTES: usize = 32 << 20;
@@ -236,9 +236,14 @@ fn write_series_frames(out: &mut Vec<u8>, query_index: i64, series: &Series) {
     let budget = MAX_BYTES_IN_FRAME.saturating_sub(label_bytes);
     let mut chunks = Vec::new();
     let mut frame_bytes = 0;
-    let mut windows = series.samples.chunks(SAMPLES_PER_CHUNK).peekable();
-    while let Some(window) = windows.next() {
-        let chunk = xor_chunk(window);
+    let mut windows = encode_xor_chunks(&series.samples, SAMPLES_PER_CHUNK).peekable();
+    while let Some(chunk) = windows.next() {
+        let chunk = proto::Chunk {
+            min_time_ms: chunk.min_time(),
+            max_time_ms: chunk.max_time(),
+            r#type: proto::ChunkEncoding::Xor as i32,
+            data: chunk.into_bytes(),
+        };
         frame_bytes += chunk.encoded_len();
         chunks.push(chunk);
         if frame_bytes < budget && windows.peek().is_some() {
@@ -253,19 +258,6 @@ fn write_series_frames(out: &mut Vec<u8>, query_index: i64, series: &Series) {
         };
         write_frame(out, &frame.encode_to_vec());
         frame_bytes = 0;
-    }
-}
-
-fn xor_chunk(samples: &[crate::model::Sample]) -> proto::Chunk {
-    let mut chunk = XorChunk::new();
-    for s in samples {
-        chunk.append(s.t, s.v);
-    }
-    proto::Chunk {
-        min_time_ms: chunk.min_time(),
-        max_time_ms: chunk.max_time(),
-        r#type: proto::ChunkEncoding::Xor as i32,
-        data: chunk.into_bytes(),
     }
 }
 

@@ -18,6 +18,7 @@
 //! round asks every owner of every series.
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use prometheus_client::metrics::counter::Counter;
@@ -29,6 +30,7 @@ use super::FanoutStorage;
 use crate::cluster::identity::NodeId;
 use crate::cluster::membership::{ClusterView, MemberState};
 use crate::cluster::placement::REPLICATION_FACTOR;
+use crate::cluster::ring::RingNode;
 use crate::peer::{self, PeerClient};
 use crate::storage::StorageError;
 
@@ -153,6 +155,15 @@ async fn sleep_until_some(at: Option<Instant>) {
     }
 }
 
+/// The peers a read asks in `view`: every ring node but this one that is alive or
+/// suspect, in join order.
+pub(super) fn asked(view: &ClusterView) -> impl Iterator<Item = &RingNode> + '_ {
+    view.ring
+        .nodes_in_join_order()
+        .iter()
+        .filter(|n| n.id != view.local.id && !is_down(view, n.id))
+}
+
 pub(super) fn is_down(view: &ClusterView, id: NodeId) -> bool {
     !matches!(
         view.member(id).map(|m| m.state),
@@ -189,13 +200,16 @@ fn record_lags(
 }
 
 impl FanoutStorage {
-    /// Runs `local` here and `remote` on every alive peer concurrently and returns the
+    /// Runs `local` here and `remote` on every peer alive in `view` (the caller's
+    /// snapshot, so what it told the peers matches whom it asks) concurrently and
+    /// returns the
     /// answers, each with the node that gave it, once they hold every series (see the
     /// module comment), leaving the read's notes in the enclosing collector; or a
     /// storage error (`Unavailable`) once as many nodes are missing as a series has
     /// replicas.
     pub(super) async fn gather<T, L, R, RF>(
         &self,
+        view: Arc<ClusterView>,
         local: L,
         remote: R,
     ) -> Result<Vec<(NodeId, T)>, StorageError>
@@ -209,27 +223,24 @@ impl FanoutStorage {
         let metrics = &inner.metrics;
         let opts = inner.options;
         let mut views = inner.membership.subscribe();
-        let view = views.borrow_and_update().clone();
+        views.borrow_and_update();
         let local_id = view.local.id;
         let mut report = ReadReport::new(REPLICATION_FACTOR.min(view.ring.len().max(1)));
-        let mut asked = Vec::new();
         for node in view.ring.nodes_in_join_order() {
-            if node.id == local_id {
-                continue;
-            }
-            if is_down(&view, node.id) {
+            if node.id != local_id && is_down(&view, node.id) {
                 report.missing.push(Missing {
                     id: node.id,
                     addr: node.http_addr.clone(),
                     why: Absence::Down,
                 });
-            } else {
-                asked.push(Asked {
-                    id: node.id,
-                    addr: node.http_addr.clone(),
-                });
             }
         }
+        let asked: Vec<Asked> = asked(&view)
+            .map(|node| Asked {
+                id: node.id,
+                addr: node.http_addr.clone(),
+            })
+            .collect();
         record_lags(
             &mut report,
             &view,

@@ -2,16 +2,26 @@
 //!
 //! Owns: the merge rule of ADR 0007 (one series per label set, sorted by labels, the
 //! union of the replicas' samples, equal timestamps once with `model::conflict_winner`'s
-//! value) and, while merging, the samples an owner of a series that answered the read
-//! lacks: every merged sample whose timestamp its answer did not have. A series whose
-//! every answering owner returned the very same samples costs one comparison (the one
-//! the merge made anyway); only a series whose copies differ is looked at closely. Not
-//! found: an owner with a different value at the same timestamp (a conflict, ADR 0011,
-//! not a gap), and an owner that did not answer. Calls `model` only; the caller gives
-//! the owners of a series and the nodes that answered.
+//! value) over the copies the answers hold, and what digests stand for (ADR 0028). A
+//! node answers each series it holds with its full copy or with a digest; a digest equal
+//! to a copy in hand counts as a copy held by its node, and the digests that match none
+//! are what a second round fetches in full (`Collation::fetches`: one node per distinct
+//! digest of a series), so the merge is the union of every copy that answered. While
+//! merging, it notes the samples an owner of a series that answered lacks: every merged
+//! sample whose timestamp its copy did not have. A series whose copies are all the same
+//! costs one comparison (the one the merge made anyway); only a series whose copies
+//! differ is looked at closely. Not found: an owner with a different value at the same
+//! timestamp (a conflict, ADR 0011, not a gap), an owner that did not answer, and an
+//! owner whose digest matches nothing after the second round (its copy changed between
+//! the rounds, or fetching it failed: what it holds is unknown). Calls `model` and
+//! `one_copy` (digests) only; the caller gives the owners of a series.
 
+use std::collections::btree_map::Entry;
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use super::one_copy::{SelectAnswer, SeriesDigest};
 use crate::cluster::identity::NodeId;
-use crate::model::{merge_sorted_samples, Labels, Series};
+use crate::model::{merge_sorted_samples, Labels, Sample, Series};
 
 /// Samples one owner of a series lacked in a read: `series` holds only those.
 #[derive(Clone, Debug, PartialEq)]
@@ -20,8 +30,9 @@ pub struct Lag {
     pub series: Series,
 }
 
-/// Merges the answers (each from the node named beside it) and returns the merged
-/// series and the lags of the owners `owners_of` names among the nodes that answered.
+/// Merges the answers (each from the node named beside it, every series in full) and
+/// returns the merged series and the lags of the owners `owners_of` names among the
+/// nodes that answered.
 pub fn merge_and_find_lags(
     mut answers: Vec<(NodeId, Vec<Series>)>,
     owners_of: impl Fn(&Labels) -> Vec<NodeId>,
@@ -31,61 +42,227 @@ pub fn merge_and_find_lags(
         let only = answers.pop().map(|(_, a)| a).unwrap_or_default();
         return (only, Vec::new());
     }
-    let answered: Vec<NodeId> = answers.iter().map(|(id, _)| *id).collect();
-    let mut all: Vec<(NodeId, Series)> = answers
+    let answers = answers
         .into_iter()
-        .flat_map(|(id, series)| series.into_iter().map(move |s| (id, s)))
+        .map(|(id, full)| {
+            let digests = Vec::new();
+            (id, SelectAnswer { full, digests })
+        })
         .collect();
-    all.sort_by(|a, b| a.1.labels.cmp(&b.1.labels));
-    let mut merged: Vec<Series> = Vec::with_capacity(all.len() / answered.len().max(1));
-    let mut lags = Vec::new();
-    let mut copies = all.into_iter().peekable();
-    while let Some(first) = copies.next() {
-        let mut group = vec![first];
-        while let Some(next) = copies.next_if(|(_, s)| s.labels == group[0].1.labels) {
-            group.push(next);
-        }
-        merged.push(merge_group(group, &answered, &owners_of, &mut lags));
+    Collation::new(answers).finish(owners_of)
+}
+
+/// One distinct copy of a series' samples, and the nodes known to hold exactly it.
+struct Copy {
+    holders: Vec<NodeId>,
+    samples: Vec<Sample>,
+    /// Computed when a digest is first compared with it.
+    digest: Option<SeriesDigest>,
+}
+
+impl Copy {
+    fn digest(&mut self, labels_hash: u64) -> SeriesDigest {
+        *self
+            .digest
+            .get_or_insert_with(|| SeriesDigest::of(labels_hash, &self.samples))
     }
-    (merged, lags)
+}
+
+/// The copies of one series in hand.
+#[derive(Default)]
+struct Group {
+    copies: Vec<Copy>,
+    /// Nodes that answered with a digest no copy matched: not judged for lags.
+    unknown: Vec<NodeId>,
+}
+
+/// The answers of one read, collated by series, waiting for the second round.
+pub struct Collation {
+    answered: Vec<NodeId>,
+    groups: BTreeMap<Labels, Group>,
+    /// Label sets by `Labels::stable_hash`, the key digests carry.
+    by_hash: HashMap<u64, Vec<Labels>>,
+    /// Digests that match no copy in hand yet, with their node.
+    pending: Vec<(NodeId, SeriesDigest)>,
+}
+
+impl Collation {
+    /// Collates the first round's answers (each from the node named beside it).
+    pub fn new(answers: Vec<(NodeId, SelectAnswer)>) -> Collation {
+        let mut collation = Collation {
+            answered: Vec::with_capacity(answers.len()),
+            groups: BTreeMap::new(),
+            by_hash: HashMap::new(),
+            pending: Vec::new(),
+        };
+        for (node, answer) in answers {
+            collation.answered.push(node);
+            for series in answer.full {
+                collation.add_copy(node, series);
+            }
+            collation
+                .pending
+                .extend(answer.digests.into_iter().map(|d| (node, d)));
+        }
+        collation.settle();
+        collation
+    }
+
+    fn add_copy(&mut self, node: NodeId, series: Series) {
+        let copy = |samples| Copy {
+            holders: vec![node],
+            samples,
+            digest: None,
+        };
+        match self.groups.entry(series.labels) {
+            Entry::Vacant(entry) => {
+                let labels = entry.key().clone();
+                entry.insert(Group {
+                    copies: vec![copy(series.samples)],
+                    unknown: Vec::new(),
+                });
+                self.by_hash
+                    .entry(labels.stable_hash())
+                    .or_default()
+                    .push(labels);
+            }
+            Entry::Occupied(mut entry) => {
+                let group = entry.get_mut();
+                match group
+                    .copies
+                    .iter_mut()
+                    .find(|c| c.samples == series.samples)
+                {
+                    Some(same) => {
+                        if !same.holders.contains(&node) {
+                            same.holders.push(node);
+                        }
+                    }
+                    None => group.copies.push(copy(series.samples)),
+                }
+            }
+        }
+    }
+
+    /// Counts each pending digest that equals a copy in hand (or whose node's own copy
+    /// is in hand) as that copy; the others stay pending.
+    fn settle(&mut self) {
+        for (node, digest) in std::mem::take(&mut self.pending) {
+            if !self.match_digest(node, &digest) {
+                self.pending.push((node, digest));
+            }
+        }
+    }
+
+    fn match_digest(&mut self, node: NodeId, digest: &SeriesDigest) -> bool {
+        let Some(label_sets) = self.by_hash.get(&digest.labels_hash) else {
+            return false;
+        };
+        for labels in label_sets {
+            let Some(group) = self.groups.get_mut(labels) else {
+                continue;
+            };
+            if group.copies.iter().any(|c| c.holders.contains(&node)) {
+                return true;
+            }
+            for copy in &mut group.copies {
+                if copy.digest(digest.labels_hash) == *digest {
+                    copy.holders.push(node);
+                    return true;
+                }
+            }
+        }
+        false
+    }
+
+    /// What a second round must fetch in full, per node: the label hashes of its
+    /// digests that match no copy in hand. Of several nodes with equal digests of a
+    /// series only the first is asked: its copy stands for theirs.
+    pub fn fetches(&self) -> BTreeMap<NodeId, Vec<u64>> {
+        let mut asked = HashSet::new();
+        let mut fetches: BTreeMap<NodeId, Vec<u64>> = BTreeMap::new();
+        for (node, digest) in &self.pending {
+            if asked.insert(*digest) {
+                fetches.entry(*node).or_default().push(digest.labels_hash);
+            }
+        }
+        fetches
+    }
+
+    /// Adds the series a second round fetched from `node`, and matches the pending
+    /// digests against them.
+    pub fn add_fetched(&mut self, node: NodeId, series: Vec<Series>) {
+        for s in series {
+            self.add_copy(node, s);
+        }
+        self.settle();
+    }
+
+    /// The merged series, sorted by labels, and the lags of the owners `owners_of`
+    /// names among the nodes that answered.
+    pub fn finish(mut self, owners_of: impl Fn(&Labels) -> Vec<NodeId>) -> (Vec<Series>, Vec<Lag>) {
+        for (node, digest) in std::mem::take(&mut self.pending) {
+            for labels in self.by_hash.get(&digest.labels_hash).into_iter().flatten() {
+                if let Some(group) = self.groups.get_mut(labels) {
+                    group.unknown.push(node);
+                }
+            }
+        }
+        let mut merged = Vec::with_capacity(self.groups.len());
+        let mut lags = Vec::new();
+        for (labels, group) in self.groups {
+            merged.push(merge_group(
+                labels,
+                group,
+                &self.answered,
+                &owners_of,
+                &mut lags,
+            ));
+        }
+        (merged, lags)
+    }
 }
 
 /// One series' copies merged; its lagging owners' missing samples added to `lags`.
 fn merge_group(
-    mut group: Vec<(NodeId, Series)>,
+    labels: Labels,
+    group: Group,
     answered: &[NodeId],
     owners_of: &impl Fn(&Labels) -> Vec<NodeId>,
     lags: &mut Vec<Lag>,
 ) -> Series {
-    let identical = group.iter().all(|(_, s)| s.samples == group[0].1.samples);
-    // Every node that answered returned it: every answering owner is among them.
-    if identical && group.len() == answered.len() {
-        return group.swap_remove(0).1;
+    let Group {
+        mut copies,
+        unknown,
+    } = group;
+    let judged: usize = copies.iter().map(|c| c.holders.len()).sum::<usize>() + unknown.len();
+    // One copy that every node that answered holds (or is not judged for).
+    if copies.len() == 1 && judged >= answered.len() {
+        let samples = copies.pop().map(|c| c.samples).unwrap_or_default();
+        return Series { labels, samples };
     }
-    let owners: Vec<NodeId> = owners_of(&group[0].1.labels)
+    let owners: Vec<NodeId> = owners_of(&labels)
         .into_iter()
-        .filter(|o| answered.contains(o))
+        .filter(|o| answered.contains(o) && !unknown.contains(o))
         .collect();
-    let holds = |owner: &NodeId| group.iter().any(|(id, _)| id == owner);
-    if identical && owners.iter().all(holds) {
-        return group.swap_remove(0).1;
+    let copy_of = |owner: &NodeId| copies.iter().find(|c| c.holders.contains(owner));
+    if copies.len() == 1 && owners.iter().all(|o| copy_of(o).is_some()) {
+        let samples = copies.pop().map(|c| c.samples).unwrap_or_default();
+        return Series { labels, samples };
     }
     // The timestamps each answering owner had, before the merge consumes the copies.
     let held: Vec<(NodeId, Vec<i64>)> = owners
         .iter()
         .map(|owner| {
-            let times = group
-                .iter()
-                .find(|(id, _)| id == owner)
-                .map(|(_, s)| s.samples.iter().map(|x| x.t).collect())
+            let times = copy_of(owner)
+                .map(|c| c.samples.iter().map(|x| x.t).collect())
                 .unwrap_or_default();
             (*owner, times)
         })
         .collect();
-    let labels = group[0].1.labels.clone();
-    let samples = group
+    let samples = copies
         .into_iter()
-        .map(|(_, s)| s.samples)
+        .map(|c| c.samples)
         .reduce(merge_sorted_samples)
         .unwrap_or_default();
     for (target, times) in held {
@@ -210,6 +387,127 @@ mod tests {
         assert_eq!(merged.len(), 1);
         assert_eq!(merged[0].samples.len(), 2);
         assert!(lags.is_empty(), "{lags:?}");
+    }
+
+    fn full(series: Vec<Series>) -> SelectAnswer {
+        SelectAnswer {
+            full: series,
+            digests: Vec::new(),
+        }
+    }
+
+    fn digests(series: &[&Series]) -> SelectAnswer {
+        SelectAnswer {
+            full: Vec::new(),
+            digests: series
+                .iter()
+                .map(|s| SeriesDigest::of(s.labels.stable_hash(), &s.samples))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn digests_equal_to_the_data_need_no_second_round_and_count_as_copies() {
+        let x = series("x", &[(1, 1.0), (2, 2.0)]);
+        let collation = Collation::new(vec![
+            (A, full(vec![x.clone()])),
+            (B, digests(&[&x])),
+            (C, digests(&[&x])),
+        ]);
+        assert!(collation.fetches().is_empty());
+        let (merged, lags) = collation.finish(everyone);
+        assert_eq!(merged, vec![x]);
+        assert!(lags.is_empty(), "{lags:?}");
+    }
+
+    #[test]
+    fn a_digest_that_disagrees_is_fetched_in_full_and_merged_with_its_lags() {
+        // The first owner A lacks sample 2 (a hint for it is pending); C holds it.
+        let gappy = series("x", &[(1, 1.0), (3, 3.0)]);
+        let whole = series("x", &[(1, 1.0), (2, 2.0), (3, 3.0)]);
+        let mut collation = Collation::new(vec![
+            (A, full(vec![gappy.clone()])),
+            (B, digests(&[&gappy])),
+            (C, digests(&[&whole])),
+        ]);
+        let fetches = collation.fetches();
+        assert_eq!(
+            fetches,
+            BTreeMap::from([(C, vec![whole.labels.stable_hash()])])
+        );
+        collation.add_fetched(C, vec![whole.clone()]);
+        assert!(collation.fetches().is_empty());
+        let (merged, mut lags) = collation.finish(everyone);
+        assert_eq!(merged, vec![whole]);
+        lags.sort_by_key(|l| l.target);
+        // A sent the gappy copy and B's digest said it holds the same: both lag.
+        let missing = series("x", &[(2, 2.0)]);
+        assert_eq!(
+            lags,
+            vec![
+                Lag {
+                    target: A,
+                    series: missing.clone(),
+                },
+                Lag {
+                    target: B,
+                    series: missing,
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn without_the_first_owners_data_one_copy_per_distinct_digest_is_fetched() {
+        // A (the first owner) did not answer: B and C sent equal digests of x, and
+        // different digests of y.
+        let x = series("x", &[(1, 1.0)]);
+        let y_b = series("y", &[(1, 1.0)]);
+        let y_c = series("y", &[(1, 1.0), (2, 2.0)]);
+        let mut collation =
+            Collation::new(vec![(B, digests(&[&x, &y_b])), (C, digests(&[&x, &y_c]))]);
+        let fetches = collation.fetches();
+        let x_hash = x.labels.stable_hash();
+        let y_hash = y_b.labels.stable_hash();
+        assert_eq!(
+            fetches,
+            BTreeMap::from([(B, vec![x_hash, y_hash]), (C, vec![y_hash])])
+        );
+        collation.add_fetched(B, vec![x.clone(), y_b.clone()]);
+        collation.add_fetched(C, vec![y_c.clone()]);
+        let (merged, lags) = collation.finish(everyone);
+        assert_eq!(merged, vec![x, y_c]);
+        // B lacks y's sample 2; C's equal digest of x counts as a full copy.
+        assert_eq!(
+            lags,
+            vec![Lag {
+                target: B,
+                series: series("y", &[(2, 2.0)]),
+            }]
+        );
+    }
+
+    #[test]
+    fn an_owner_without_the_series_lags_and_a_failed_fetch_is_not_judged() {
+        let x = series("x", &[(1, 1.0), (2, 2.0)]);
+        let other = series("x", &[(1, 1.0)]);
+        // A sends x, B says nothing of x (it lacks it), C's digest disagrees and the
+        // fetch from C fails.
+        let collation = Collation::new(vec![
+            (A, full(vec![x.clone()])),
+            (B, full(vec![])),
+            (C, digests(&[&other])),
+        ]);
+        assert_eq!(collation.fetches().len(), 1);
+        let (merged, lags) = collation.finish(everyone);
+        assert_eq!(merged, vec![x.clone()]);
+        assert_eq!(
+            lags,
+            vec![Lag {
+                target: B,
+                series: x,
+            }]
+        );
     }
 
     #[test]

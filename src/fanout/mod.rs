@@ -4,18 +4,21 @@
 //! endpoints) for the series matching a request, and merging the replicas' answers so
 //! each series appears once with the union of its samples (equal timestamps
 //! deduplicated). Which series a node holds is unknown for a matcher query, so every
-//! node is asked (ADR 0007). Metric metadata is read the same way (ADR 0020), so are
+//! node is asked (ADR 0007); a select crosses the network once per series, not once per
+//! replica: each peer sends in full only the series it is the first alive owner of and
+//! digests of the others, and a second round fetches what a digest says is missing
+//! (ADR 0028; `timbala_fanout_read_received_bytes_total` counts the bytes). Metric metadata is read the same way (ADR 0020), so are
 //! exemplars (ADR 0027), and so
 //! are the head statistics of `/api/v1/status/tsdb`, each series counted by its first
 //! owner among the nodes asked (ADR 0022), and so is every node's log of changes to old data, which the query result cache polls
 //! (`changes_since`, ADR 0024).
 //! Submodules: `gather` (whom to ask, how long to wait, when to go on without a node or
-//! refuse; ADR 0012), `lagging` (the merge, noting owners that answered without samples
-//! another replica returned) and `notes` (the warnings an answer given without some
+//! refuse; ADR 0012), `one_copy` (who sends a series in full and who a digest, and the
+//! select's wire form, both sides), `lagging` (the merge of copies and digests, noting
+//! owners that answered without samples another replica returned) and `notes` (the warnings an answer given without some
 //! node carries to the HTTP API).
 //!
-//! Calls `cluster` (membership view, placement), `peer` (internal HTTP client), `proto`
-//! (remote read messages for the internal select), `replication::hints` (this node's
+//! Calls `cluster` (membership view, placement), `peer` (internal HTTP client), `replication::hints` (this node's
 //! pending hints, read only), `replication::read_repair` (offered the lags a select
 //! found; it writes them back in the background, never slowing the read) and the local
 //! `storage::Storage` (and the local `tsdb` for head statistics). Writes are otherwise not its business: they pass through to the
@@ -24,6 +27,7 @@
 mod gather;
 pub mod lagging;
 pub mod notes;
+pub mod one_copy;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -33,17 +37,15 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
-use prost::Message;
 
 use crate::cluster::identity::NodeId;
-use crate::cluster::membership::{MemberState, MembershipHandle};
+use crate::cluster::membership::{ClusterView, MemberState, MembershipHandle};
 use crate::cluster::placement;
-use crate::model::{Label, Labels, MatchOp, MetricMetadata, Sample, Series, SeriesExemplars};
+use crate::model::{Label, Labels, MetricMetadata, Series, SeriesExemplars};
 use crate::peer::{
     self, PeerClient, WireCardinalityRequest, WireExemplar, WireExemplarRequest, WireLabelRequest,
-    WireMetadata, WireMetadataRequest,
+    WireMetadata, WireMetadataRequest, WireSelectRequest,
 };
-use crate::proto;
 use crate::replication::hints::HintStore;
 use crate::replication::read_repair::ReadRepair;
 use crate::storage::{
@@ -53,6 +55,7 @@ use crate::storage::{
 use crate::tsdb::{HeadCardinality, Tsdb};
 pub use gather::FanoutOptions;
 use gather::PeerAnswer;
+use one_copy::SelectAnswer;
 
 /// The read side of the cluster as a `Storage`. Cheap to clone.
 #[derive(Clone)]
@@ -97,6 +100,10 @@ pub struct FanoutMetrics {
     /// In-flight peer requests cancelled because the read ended first (refused, query
     /// timed out, client gone).
     cancelled_read_ended: Counter,
+    /// Bytes of peers' select answers (both rounds) this node received as coordinator.
+    read_received_bytes: Counter,
+    /// Series fetched in full in a select's second round (a digest matched no copy).
+    second_round_series: Counter,
 }
 
 impl Default for FanoutMetrics {
@@ -113,6 +120,8 @@ impl Default for FanoutMetrics {
             cancelled_member_down: reason("member_down"),
             cancelled_read_ended: reason("read_ended"),
             cancelled,
+            read_received_bytes: Counter::default(),
+            second_round_series: Counter::default(),
         }
     }
 }
@@ -138,6 +147,18 @@ impl FanoutMetrics {
             "In-flight peer requests cancelled, by reason (member_down: gossip declared \
              the peer down; read_ended: the read was refused or abandoned first)",
             m.cancelled.clone(),
+        );
+        r.register(
+            "read_received_bytes",
+            "Bytes of the select answers this node received from peers as the coordinator \
+             of fanned-out reads (both rounds; ADR 0028)",
+            m.read_received_bytes.clone(),
+        );
+        r.register(
+            "second_round_series",
+            "Series a fanned-out read fetched in full in a second round because a \
+             replica's digest matched no copy in hand (ADR 0028)",
+            m.second_round_series.clone(),
         );
         m
     }
@@ -170,35 +191,67 @@ impl FanoutStorage {
         }
     }
 
+    /// A select over every node, one copy of each series on the wire (ADR 0028): each
+    /// peer sends in full the series it is the first alive owner of in this node's view
+    /// and digests of the other series it owns; this node reads its own store in full.
+    /// Digests that match no copy in hand are fetched in full in a second round, so the
+    /// merge is the union of every replica that answered, as in ADR 0007.
     async fn fan_select(&self, req: SelectRequest) -> Result<Vec<Series>, SelectError> {
-        let body = Arc::new(proto::encode_snappy(&read_request(&req)));
+        let view = self.inner.membership.view();
+        let mut alive: Vec<NodeId> = gather::asked(&view).map(|n| n.id).collect();
+        alive.push(view.local.id);
+        let wire = WireSelectRequest {
+            matchers: req.matchers.iter().map(peer::wire_matcher).collect(),
+            mint: req.mint,
+            maxt: req.maxt,
+            max_samples: req.max_samples,
+            slots: one_copy::wire_slots(&view.ring),
+            alive,
+            only: None,
+        };
+        let body =
+            Arc::new(serde_json::to_vec(&wire).map_err(|e| StorageError::Other(e.to_string()))?);
         let max_samples = req.max_samples;
         let local = async {
             match self.inner.local.select(req).await {
-                Ok(series) => Ok(Ok(series)),
+                Ok(full) => Ok(Ok(SelectAnswer {
+                    full,
+                    digests: Vec::new(),
+                })),
                 Err(SelectError::TooManySamples) => Ok(Err(())),
                 Err(SelectError::Storage(e)) => Err(e),
             }
         };
+        let received = self.inner.metrics.read_received_bytes.clone();
         let answers = self
-            .gather(local, move |client, peer, deadline| {
+            .gather(view.clone(), local, move |client, peer, deadline| {
                 let body = body.clone();
-                async move {
-                    let answer = remote_select(&client, &peer, body.to_vec(), deadline).await?;
-                    Ok(PeerAnswer {
-                        value: Ok(answer.value),
-                        hints_pending: answer.hints_pending,
-                    })
-                }
+                let received = received.clone();
+                async move { remote_select(&client, &peer, body.to_vec(), deadline, &received).await }
             })
             .await?;
-        let mut all = Vec::new();
+        let mut all = Vec::with_capacity(answers.len());
         for (node, answer) in answers {
             all.push((node, answer.map_err(|()| SelectError::TooManySamples)?));
         }
-        let view = self.inner.membership.view();
-        let (merged, lags) =
-            lagging::merge_and_find_lags(all, |labels| series_owners(&view.ring, labels));
+        let mut collation = lagging::Collation::new(all);
+        let fetches = collation.fetches();
+        if !fetches.is_empty() {
+            for (node, fetched) in self.fetch_in_full(&view, wire, fetches).await {
+                match fetched {
+                    Ok(Ok(answer)) => collation.add_fetched(node, answer.full),
+                    Ok(Err(())) => return Err(SelectError::TooManySamples),
+                    Err(why) => {
+                        tracing::warn!(%why, "fan-out: a second-round fetch failed");
+                        notes::record(notes::ReadNotes {
+                            warnings: vec![why],
+                            ..Default::default()
+                        });
+                    }
+                }
+            }
+        }
+        let (merged, lags) = collation.finish(|labels| series_owners(&view.ring, labels));
         if !lags.is_empty() {
             let lags = lags.into_iter().map(|l| (l.target, l.series)).collect();
             self.inner.read_repair.offer(lags);
@@ -208,6 +261,62 @@ impl FanoutStorage {
             return Err(SelectError::TooManySamples);
         }
         Ok(merged)
+    }
+
+    /// The second round of a select (ADR 0028): asks each node in `fetches` for the
+    /// series it named by digest, by label hash, in full; all at once, each within the
+    /// request timeout. A node that cannot be asked or fails is an `Err` naming it.
+    async fn fetch_in_full(
+        &self,
+        view: &ClusterView,
+        mut wire: WireSelectRequest,
+        fetches: BTreeMap<NodeId, Vec<u64>>,
+    ) -> Vec<(NodeId, Result<PeerSelect, String>)> {
+        let inner = &self.inner;
+        let series: usize = fetches.values().map(Vec::len).sum();
+        inner.metrics.second_round_series.inc_by(series as u64);
+        let trace_id = peer::current_trace_id();
+        let mut asked = tokio::task::JoinSet::new();
+        let mut results = Vec::with_capacity(fetches.len());
+        for (node, hashes) in fetches {
+            let Some(addr) = view.ring.node(node).map(|n| n.http_addr.clone()) else {
+                results.push((
+                    node,
+                    Err(format!(
+                        "answered without node {node}: no longer in the ring"
+                    )),
+                ));
+                continue;
+            };
+            wire.only = Some(hashes);
+            let body = match serde_json::to_vec(&wire) {
+                Ok(body) => body,
+                Err(e) => {
+                    results.push((node, Err(e.to_string())));
+                    continue;
+                }
+            };
+            let client = inner.client.clone();
+            let deadline = inner.options.request_timeout;
+            let received = inner.metrics.read_received_bytes.clone();
+            asked.spawn(peer::with_trace_id(trace_id.clone(), async move {
+                let answer = remote_select(&client, &addr, body, deadline, &received).await;
+                let answer = answer.map(|a| a.value).map_err(|e| {
+                    format!(
+                        "answered without some series of node {addr}: fetching them failed \
+                         ({e}); samples only that node holds may be missing"
+                    )
+                });
+                (node, answer)
+            }));
+        }
+        while let Some(joined) = asked.join_next().await {
+            match joined {
+                Ok(result) => results.push(result),
+                Err(e) => tracing::warn!(error = %e, "fan-out: a second-round task failed"),
+            }
+        }
+        results
     }
 
     /// Asks every node over one of the internal JSON reads (`wire` is the request
@@ -223,8 +332,9 @@ impl FanoutStorage {
     {
         let body =
             Arc::new(serde_json::to_vec(&wire).map_err(|e| StorageError::Other(e.to_string()))?);
+        let view = self.inner.membership.view();
         let answers = self
-            .gather(local, move |client, peer, deadline| {
+            .gather(view, local, move |client, peer, deadline| {
                 let body = body.clone();
                 async move {
                     remote_json::<Vec<T>>(&client, &peer, path, body.to_vec(), deadline).await
@@ -278,7 +388,7 @@ impl FanoutStorage {
             .map_err(|e| StorageError::Other(format!("counting the head failed: {e}")))
         };
         let answers = self
-            .gather(local, move |client, peer, deadline| {
+            .gather(view.clone(), local, move |client, peer, deadline| {
                 let body = body.clone();
                 async move {
                     remote_json::<HeadCardinality>(
@@ -407,94 +517,40 @@ fn earlier(a: Option<i64>, b: Option<i64>) -> Option<i64> {
     }
 }
 
-fn read_request(req: &SelectRequest) -> proto::ReadRequest {
-    let matchers = req
-        .matchers
-        .iter()
-        .map(|m| proto::LabelMatcher {
-            r#type: match m.op {
-                MatchOp::Equal => proto::MatcherType::Eq,
-                MatchOp::NotEqual => proto::MatcherType::Neq,
-                MatchOp::RegexMatch => proto::MatcherType::Re,
-                MatchOp::RegexNoMatch => proto::MatcherType::Nre,
-            } as i32,
-            name: m.name.clone(),
-            value: m.value.clone(),
-        })
-        .collect();
-    proto::ReadRequest {
-        queries: vec![proto::Query {
-            start_timestamp_ms: req.mint,
-            end_timestamp_ms: req.maxt,
-            matchers,
-            hints: None,
-        }],
-        accepted_response_types: vec![proto::ResponseType::Samples as i32],
-    }
-}
-
-fn internal_headers(trace_id: &str) -> [(&str, &str); 2] {
-    [
-        ("content-type", "application/x-protobuf"),
-        (peer::TRACE_HEADER, trace_id),
-    ]
-}
+/// A peer's select answer; `Err(())`: past the request's sample limit.
+type PeerSelect = Result<SelectAnswer, ()>;
 
 async fn remote_select(
     client: &PeerClient,
     peer: &str,
     body: Vec<u8>,
     deadline: Duration,
-) -> Result<PeerAnswer<Vec<Series>>, String> {
+    received: &Counter,
+) -> Result<PeerAnswer<PeerSelect>, String> {
     let trace_id = peer::current_trace_id();
+    let headers = [
+        ("content-type", "application/json"),
+        (peer::TRACE_HEADER, trace_id.as_str()),
+    ];
     let response = client
-        .post(
-            peer,
-            peer::READ_LOCAL_PATH,
-            "select",
-            &internal_headers(&trace_id),
-            body,
-            deadline,
-        )
+        .post(peer, peer::SELECT_PATH, "select", &headers, body, deadline)
         .await
         .map_err(|e| e.to_string())?;
-    if response.status != 200 {
-        return Err(format!(
-            "{peer}: read-local answered {}: {}",
-            response.status,
-            String::from_utf8_lossy(&response.body)
-        ));
-    }
+    received.inc_by(response.body.len() as u64);
+    let value = match response.status {
+        200 => Ok(one_copy::decode_answer(&response.body).map_err(|e| format!("{peer}: {e}"))?),
+        422 => Err(()),
+        status => {
+            return Err(format!(
+                "{peer}: select answered {status}: {}",
+                String::from_utf8_lossy(&response.body)
+            ))
+        }
+    };
     Ok(PeerAnswer {
-        value: decode_read_response(&response.body).map_err(|e| format!("{peer}: {e}"))?,
+        value,
         hints_pending: response.hints_pending(),
     })
-}
-
-/// Decodes a SAMPLES remote-read answer of one query into series.
-pub fn decode_read_response(body: &[u8]) -> Result<Vec<Series>, String> {
-    let raw = snap::raw::Decoder::new()
-        .decompress_vec(body)
-        .map_err(|e| format!("snappy: {e}"))?;
-    let resp = proto::ReadResponse::decode(raw.as_slice()).map_err(|e| format!("protobuf: {e}"))?;
-    let result = resp.results.into_iter().next().unwrap_or_default();
-    Ok(result
-        .timeseries
-        .into_iter()
-        .map(|ts| Series {
-            labels: Labels::from_sorted(
-                ts.labels
-                    .into_iter()
-                    .map(|l| Label::new(l.name, l.value))
-                    .collect(),
-            ),
-            samples: ts
-                .samples
-                .into_iter()
-                .map(|s| Sample::new(s.timestamp, s.value))
-                .collect(),
-        })
-        .collect())
 }
 
 async fn remote_json<T: serde::de::DeserializeOwned>(
@@ -723,6 +779,7 @@ impl Storage for Split {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::Sample;
 
     fn series(name: &str, samples: &[(i64, f64)]) -> Series {
         Series {

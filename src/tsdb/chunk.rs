@@ -322,6 +322,27 @@ impl XorChunk {
     }
 }
 
+/// Most samples one chunk can count (its header is a big-endian u16).
+pub const MAX_SAMPLES_PER_CHUNK: usize = u16::MAX as usize - 1;
+
+/// Time-sorted, deduplicated samples as XOR chunks of at most `per_chunk` samples each
+/// (clamped to `1..=MAX_SAMPLES_PER_CHUNK`): remote read cuts at 120 as Prometheus's head
+/// does; the fan-out's internal answers use long chunks, which cost fewer bytes.
+pub fn encode_xor_chunks(
+    samples: &[Sample],
+    per_chunk: usize,
+) -> impl Iterator<Item = XorChunk> + '_ {
+    samples
+        .chunks(per_chunk.clamp(1, MAX_SAMPLES_PER_CHUNK))
+        .map(|window| {
+            let mut chunk = XorChunk::new();
+            for s in window {
+                chunk.append(s.t, s.v);
+            }
+            chunk
+        })
+}
+
 /// Decodes an XOR chunk (header included). Yields an error once and stops on garbage.
 pub fn decode_xor(bytes: &[u8]) -> XorIter<'_> {
     match bytes.get(..HEADER_SIZE) {
