@@ -454,12 +454,14 @@ fn internal_routes_refuse_requests_without_a_valid_cluster_credential() {
     let digest_body = br#"{"requester":"00000000000000000000000000000001","windowMs":3600000,"upto":0,"buckets":64,"level":{"level":"buckets"}}"#;
     let pull_body = br#"{"ranges":[{"labels":[["__name__","forged"]],"mint":0,"maxt":1}]}"#;
     let metadata_body = br#"{"metric":null}"#;
-    let routes: [(&str, &[u8]); 9] = [
+    let select_body = br#"{"matchers":[["__name__","=","forged"]],"mint":0,"maxt":9999999999999,"max_samples":0,"slots":[],"alive":[]}"#;
+    let routes: [(&str, &[u8]); 10] = [
         ("/internal/v1/write", &write_body),
         ("/internal/v1/backfill", &write_body),
         ("/internal/v1/anti-entropy/digests", digest_body),
         ("/internal/v1/anti-entropy/pull", pull_body),
         ("/internal/v1/read-local", &read_body),
+        ("/internal/v1/select", select_body),
         ("/internal/v1/series", label_body),
         ("/internal/v1/labels", label_body),
         ("/internal/v1/label-values", label_body),
@@ -526,6 +528,17 @@ fn internal_routes_refuse_requests_without_a_valid_cluster_credential() {
         metadata_body,
     );
     assert_eq!(code, 200, "{}", String::from_utf8_lossy(&answer));
+    // The fan-out's select (ADR 0028): an asker whose ring is unknown gets every series
+    // in full.
+    let (name, value) = cluster_credential(&keys, "/internal/v1/select", select_body);
+    let (code, answer) = post(
+        &node.url("/internal/v1/select"),
+        &[("Content-Type", "application/json"), (&name, &value)],
+        select_body,
+    );
+    assert_eq!(code, 200, "{}", String::from_utf8_lossy(&answer));
+    let answer = timbala::fanout::one_copy::decode_answer(&answer).expect("select answer");
+    assert_eq!((answer.full.len(), answer.digests.len()), (5, 0));
 }
 
 /// One observation of the membership monitor.

@@ -15,7 +15,8 @@
 //! every node is asked, so while at most `R - 1` nodes are missing or still outstanding
 //! every series has an owner among the nodes that answered (ADR 0007). Hedged or retried
 //! requests to the other owners would repeat requests already in flight: the first
-//! round asks every owner of every series.
+//! round asks every owner of every series. (A select's second round, ADR 0028, is no
+//! hedge: it fetches the copies whose digests disagreed, from nodes that answered.)
 
 use std::future::Future;
 use std::sync::Arc;

@@ -234,10 +234,30 @@ impl FanoutStorage {
         for (node, answer) in answers {
             all.push((node, answer.map_err(|()| SelectError::TooManySamples)?));
         }
-        let mut collation = lagging::Collation::new(all);
+        let merged = match all.as_mut_slice() {
+            // A cluster of one: its answer is already sorted and unique.
+            [(_, only)] => std::mem::take(&mut only.full),
+            _ => self.merge_rounds(&view, wire, all).await?,
+        };
+        let total: usize = merged.iter().map(|s| s.samples.len()).sum();
+        if max_samples > 0 && total > max_samples {
+            return Err(SelectError::TooManySamples);
+        }
+        Ok(merged)
+    }
+
+    /// Merges the first round's answers, fetching in a second round the copies whose
+    /// digests match no copy in hand, and offers the lags found to read repair.
+    async fn merge_rounds(
+        &self,
+        view: &ClusterView,
+        wire: WireSelectRequest,
+        answers: Vec<(NodeId, SelectAnswer)>,
+    ) -> Result<Vec<Series>, SelectError> {
+        let mut collation = lagging::Collation::new(answers);
         let fetches = collation.fetches();
         if !fetches.is_empty() {
-            for (node, fetched) in self.fetch_in_full(&view, wire, fetches).await {
+            for (node, fetched) in self.fetch_in_full(view, wire, fetches).await {
                 match fetched {
                     Ok(Ok(answer)) => collation.add_fetched(node, answer.full),
                     Ok(Err(())) => return Err(SelectError::TooManySamples),
@@ -255,10 +275,6 @@ impl FanoutStorage {
         if !lags.is_empty() {
             let lags = lags.into_iter().map(|l| (l.target, l.series)).collect();
             self.inner.read_repair.offer(lags);
-        }
-        let total: usize = merged.iter().map(|s| s.samples.len()).sum();
-        if max_samples > 0 && total > max_samples {
-            return Err(SelectError::TooManySamples);
         }
         Ok(merged)
     }
