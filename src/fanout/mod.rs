@@ -7,22 +7,23 @@
 //! node is asked (ADR 0007); a select crosses the network once per series, not once per
 //! replica: each peer sends in full only the series it is the first alive owner of and
 //! digests of the others, and a second round fetches what a digest says is missing
-//! (ADR 0028; `timbala_fanout_read_received_bytes_total` counts the bytes). Metric metadata is read the same way (ADR 0020), so are
-//! exemplars (ADR 0027), and so
-//! are the head statistics of `/api/v1/status/tsdb`, each series counted by its first
-//! owner among the nodes asked (ADR 0022), and so is every node's log of changes to old data, which the query result cache polls
-//! (`changes_since`, ADR 0024).
+//! (ADR 0028; `timbala_fanout_read_received_bytes_total` counts the bytes). Metric
+//! metadata is read the same way (ADR 0020), so are exemplars (ADR 0027), and so are
+//! the head statistics of `/api/v1/status/tsdb`, each series counted by its first owner
+//! among the nodes asked (ADR 0022), and so is every node's log of changes to old data,
+//! which the query result cache polls (`changes_since`, ADR 0024).
 //! Submodules: `gather` (whom to ask, how long to wait, when to go on without a node or
 //! refuse; ADR 0012), `one_copy` (who sends a series in full and who a digest, and the
 //! select's wire form, both sides), `lagging` (the merge of copies and digests, noting
-//! owners that answered without samples another replica returned) and `notes` (the warnings an answer given without some
-//! node carries to the HTTP API).
+//! owners that answered without samples another replica returned) and `notes` (the
+//! warnings an answer given without some node carries to the HTTP API).
 //!
-//! Calls `cluster` (membership view, placement), `peer` (internal HTTP client), `replication::hints` (this node's
-//! pending hints, read only), `replication::read_repair` (offered the lags a select
-//! found; it writes them back in the background, never slowing the read) and the local
-//! `storage::Storage` (and the local `tsdb` for head statistics). Writes are otherwise not its business: they pass through to the
-//! local store.
+//! Calls `cluster` (membership view, placement), `peer` (internal HTTP client),
+//! `replication::hints` (this node's pending hints, read only),
+//! `replication::read_repair` (offered the lags a select found; it writes them back in
+//! the background, never slowing the read) and the local `storage::Storage` (and the
+//! local `tsdb` for head statistics). Writes are otherwise not its business: they pass
+//! through to the local store.
 
 mod gather;
 pub mod lagging;
