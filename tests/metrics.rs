@@ -89,6 +89,8 @@ fn families_exist_from_start() {
     assert_eq!(value("timbala_handoff_targets_pending"), 0.0);
     assert_eq!(value("timbala_fanout_requests_total"), 0.0);
     assert_eq!(value("timbala_fanout_peer_timeouts_total"), 0.0);
+    assert_eq!(value("timbala_fanout_read_received_bytes_total"), 0.0);
+    assert_eq!(value("timbala_fanout_second_round_series_total"), 0.0);
     assert_eq!(value("timbala_repair_passes_total"), 0.0);
     assert_eq!(value("timbala_ingest_otlp_data_points_accepted_total"), 0.0);
     assert_eq!(
