@@ -294,6 +294,7 @@ impl FanoutStorage {
         inner.metrics.second_round_series.inc_by(series as u64);
         let trace_id = peer::current_trace_id();
         let mut asked = tokio::task::JoinSet::new();
+        let mut nodes_of = std::collections::HashMap::new();
         let mut results = Vec::with_capacity(fetches.len());
         for (node, hashes) in fetches {
             let Some(addr) = view.ring.node(node).map(|n| n.http_addr.clone()) else {
@@ -316,7 +317,7 @@ impl FanoutStorage {
             let client = inner.client.clone();
             let deadline = inner.options.request_timeout;
             let received = inner.metrics.read_received_bytes.clone();
-            asked.spawn(peer::with_trace_id(trace_id.clone(), async move {
+            let task = asked.spawn(peer::with_trace_id(trace_id.clone(), async move {
                 let answer = remote_select(&client, &addr, body, deadline, &received).await;
                 let answer = answer.map(|a| a.value).map_err(|e| {
                     format!(
@@ -326,11 +327,16 @@ impl FanoutStorage {
                 });
                 (node, answer)
             }));
+            nodes_of.insert(task.id(), node);
         }
-        while let Some(joined) = asked.join_next().await {
+        while let Some(joined) = asked.join_next_with_id().await {
             match joined {
-                Ok(result) => results.push(result),
-                Err(e) => tracing::warn!(error = %e, "fan-out: a second-round task failed"),
+                Ok((_, result)) => results.push(result),
+                Err(e) => {
+                    if let Some(&node) = nodes_of.get(&e.id()) {
+                        results.push((node, Err(format!("a second-round fetch failed: {e}"))));
+                    }
+                }
             }
         }
         results
