@@ -417,11 +417,7 @@ impl WireLabelRequest {
     /// Back to a storage request; a bad operator or regex is an error, never a panic.
     pub fn to_request(&self) -> Result<LabelRequest, String> {
         Ok(LabelRequest {
-            matchers: self
-                .matchers
-                .iter()
-                .map(|(n, op, v)| matcher_from_wire(n, op, v))
-                .collect::<Result<_, _>>()?,
+            matchers: matchers_from_wire(&self.matchers)?,
             mint: self.mint,
             maxt: self.maxt,
         })
@@ -453,11 +449,7 @@ impl WireSelectRequest {
     /// The storage select it asks for; a bad operator or regex is an error.
     pub fn to_select_request(&self) -> Result<SelectRequest, String> {
         Ok(SelectRequest {
-            matchers: self
-                .matchers
-                .iter()
-                .map(|(n, op, v)| matcher_from_wire(n, op, v))
-                .collect::<Result<_, _>>()?,
+            matchers: matchers_from_wire(&self.matchers)?,
             mint: self.mint,
             maxt: self.maxt,
             max_samples: self.max_samples,
@@ -490,11 +482,7 @@ impl WireDeleteRequest {
     pub fn matcher_sets(&self) -> Result<Vec<Vec<Matcher>>, String> {
         self.selectors
             .iter()
-            .map(|set| {
-                set.iter()
-                    .map(|(n, op, v)| matcher_from_wire(n, op, v))
-                    .collect()
-            })
+            .map(|set| matchers_from_wire(set))
             .collect()
     }
 }
@@ -589,6 +577,13 @@ pub fn metadata_from_wire(
 
 pub fn wire_matcher(m: &Matcher) -> (String, String, String) {
     (m.name.clone(), m.op.as_str().to_string(), m.value.clone())
+}
+
+/// A list of `(name, op, value)` matchers back to matchers; the first bad one is an error.
+pub fn matchers_from_wire(wire: &[(String, String, String)]) -> Result<Vec<Matcher>, String> {
+    wire.iter()
+        .map(|(n, op, v)| matcher_from_wire(n, op, v))
+        .collect()
 }
 
 pub fn matcher_from_wire(name: &str, op: &str, value: &str) -> Result<Matcher, String> {

@@ -16,22 +16,6 @@ fn active(node: &Node) -> Vec<serde_json::Value> {
     json["data"].as_array().expect("a list").clone()
 }
 
-fn send_signal(node: &Node, signal: i32) {
-    // SAFETY: kill(2) on a child process this test started and has not reaped.
-    let rc = unsafe { libc::kill(node.pid() as i32, signal) };
-    assert_eq!(rc, 0, "kill({}, {signal})", node.pid());
-}
-
-/// Resumes a stopped node even when an assertion fails while it is stopped.
-struct Resume<'a>(&'a Node);
-
-impl Drop for Resume<'_> {
-    fn drop(&mut self) {
-        // SAFETY: as in `send_signal`; SIGCONT to a running process does nothing.
-        unsafe { libc::kill(self.0.pid() as i32, libc::SIGCONT) };
-    }
-}
-
 #[test]
 fn a_waiting_query_is_listed_until_it_is_answered() {
     // LAN gossip keeps a stopped node alive, then suspect, for seconds, and the long peer

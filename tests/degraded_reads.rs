@@ -116,22 +116,6 @@ fn metric(node: &Node, series: &str) -> f64 {
     metric_value(&text, series).unwrap_or_else(|| panic!("{series} missing from /metrics"))
 }
 
-fn send_signal(node: &Node, signal: i32) {
-    // SAFETY: kill(2) on a child process this test started and has not reaped.
-    let rc = unsafe { libc::kill(node.pid() as i32, signal) };
-    assert_eq!(rc, 0, "kill({}, {signal})", node.pid());
-}
-
-/// Resumes a stopped node even when an assertion fails while it is stopped.
-struct Resume<'a>(&'a Node);
-
-impl Drop for Resume<'_> {
-    fn drop(&mut self) {
-        // SAFETY: as in `send_signal`; SIGCONT to a running process does nothing.
-        unsafe { libc::kill(self.0.pid() as i32, libc::SIGCONT) };
-    }
-}
-
 /// The probe data: `PROBE_SERIES` series, value = series number, `PROBE_SAMPLES`
 /// samples 15 s apart ending at `end_ms`.
 fn probe_series(end_ms: i64) -> Vec<proto::TimeSeries> {

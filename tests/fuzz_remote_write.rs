@@ -96,8 +96,17 @@ fn mutate_structure(rng: &mut SmallRng, req: &mut proto::WriteRequest) {
     }
 }
 
-#[test]
-fn decoder_survives_mutated_requests() {
+/// Mutated requests of one protocol fed to the decoder until the fuzz time is up: the
+/// message is mutated structurally, then either its protobuf bytes (with `raw_keys`
+/// among the interesting bytes) or its snappy body; the harness's mode byte says which
+/// (`mode` for the raw protobuf, `mode - 1` for an HTTP body) and the protocol. Every
+/// input must decode or be refused cleanly, and both must happen.
+fn fuzz_decoder<M: Message>(
+    seed: fn(&mut SmallRng) -> M,
+    mutate_structure: fn(&mut SmallRng, &mut M),
+    raw_keys: &[u8],
+    mode: u8,
+) {
     let run_for = fuzz_input::duration();
     let deadline = Instant::now() + run_for;
     let mut rng = fuzz_input::rng();
@@ -110,17 +119,16 @@ fn decoder_survives_mutated_requests() {
         let mut raw = req.encode_to_vec();
         let layer = rng.random_range(0..3);
         if layer == 1 {
-            fuzz_input::mutate_bytes(&mut rng, &mut raw, INTERESTING_BYTES);
+            fuzz_input::mutate_bytes(&mut rng, &mut raw, raw_keys);
         }
-        // Mode byte: odd = raw protobuf (compressed by the harness), even = HTTP body.
         let input: Vec<u8> = if layer == 2 {
             let mut body = snap::raw::Encoder::new()
                 .compress_vec(&raw)
                 .expect("compress");
             fuzz_input::mutate_bytes(&mut rng, &mut body, INTERESTING_BYTES);
-            std::iter::once(0).chain(body).collect()
+            std::iter::once(mode - 1).chain(body).collect()
         } else {
-            std::iter::once(1).chain(raw).collect()
+            std::iter::once(mode).chain(raw).collect()
         };
         accepted += u64::from(decode_and_check(&input));
         runs += 1;
@@ -131,6 +139,12 @@ fn decoder_survives_mutated_requests() {
         accepted > 0 && accepted < runs,
         "mutations must produce both outcomes"
     );
+}
+
+#[test]
+fn decoder_survives_mutated_requests() {
+    // Mode byte: odd = raw protobuf (compressed by the harness), even = HTTP body.
+    fuzz_decoder(seed, mutate_structure, INTERESTING_BYTES, 1);
 }
 
 /// One input for the differential test: a mutated valid request (most inputs), random
@@ -301,39 +315,8 @@ fn mutate_structure_v2(rng: &mut SmallRng, req: &mut write_v2::Request) {
 
 #[test]
 fn v2_decoder_survives_mutated_requests() {
-    let run_for = fuzz_input::duration();
-    let deadline = Instant::now() + run_for;
-    let mut rng = fuzz_input::rng();
-    let (mut runs, mut accepted) = (0u64, 0u64);
-    while Instant::now() < deadline {
-        let mut req = seed_v2(&mut rng);
-        for _ in 0..rng.random_range(0..3) {
-            mutate_structure_v2(&mut rng, &mut req);
-        }
-        let mut raw = req.encode_to_vec();
-        let layer = rng.random_range(0..3);
-        if layer == 1 {
-            fuzz_input::mutate_bytes(&mut rng, &mut raw, V2_KEYS);
-        }
-        // Mode byte with bit 1 set (remote write 2.0): 3 = raw protobuf, 2 = HTTP body.
-        let input: Vec<u8> = if layer == 2 {
-            let mut body = snap::raw::Encoder::new()
-                .compress_vec(&raw)
-                .expect("compress");
-            fuzz_input::mutate_bytes(&mut rng, &mut body, INTERESTING_BYTES);
-            std::iter::once(2).chain(body).collect()
-        } else {
-            std::iter::once(3).chain(raw).collect()
-        };
-        accepted += u64::from(decode_and_check(&input));
-        runs += 1;
-    }
-    println!("{runs} inputs, {accepted} accepted");
-    assert!(runs > 100, "too few inputs in {run_for:?}: {runs}");
-    assert!(
-        accepted > 0 && accepted < runs,
-        "mutations must produce both outcomes"
-    );
+    // Mode byte with bit 1 set (remote write 2.0): 3 = raw protobuf, 2 = HTTP body.
+    fuzz_decoder(seed_v2, mutate_structure_v2, V2_KEYS, 3);
 }
 
 #[test]

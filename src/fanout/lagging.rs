@@ -292,14 +292,8 @@ fn merge_group(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::Sample;
 
-    fn series(name: &str, samples: &[(i64, f64)]) -> Series {
-        Series {
-            labels: Labels::from_pairs([("__name__", name)]),
-            samples: samples.iter().map(|&(t, v)| Sample::new(t, v)).collect(),
-        }
-    }
+    use crate::fanout::test_series as series;
 
     const A: NodeId = NodeId(1);
     const B: NodeId = NodeId(2);

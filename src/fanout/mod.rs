@@ -799,17 +799,23 @@ impl Storage for Split {
     }
 }
 
+/// A series named `name` holding `samples`, for the fan-out's unit tests.
+#[cfg(test)]
+pub(crate) fn test_series(name: &str, samples: &[(i64, f64)]) -> Series {
+    Series {
+        labels: Labels::from_pairs([("__name__", name)]),
+        samples: samples
+            .iter()
+            .map(|&(t, v)| crate::model::Sample::new(t, v))
+            .collect(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::Sample;
 
-    fn series(name: &str, samples: &[(i64, f64)]) -> Series {
-        Series {
-            labels: Labels::from_pairs([("__name__", name)]),
-            samples: samples.iter().map(|&(t, v)| Sample::new(t, v)).collect(),
-        }
-    }
+    use super::test_series as series;
 
     #[test]
     fn replicas_merge_into_one_series_with_the_union_of_samples() {

@@ -248,12 +248,7 @@ mod tests {
     use super::*;
     use crate::cluster::ring::{RingNode, RingSlot};
 
-    fn series(name: &str, samples: &[(i64, f64)]) -> Series {
-        Series {
-            labels: Labels::from_pairs([("__name__", name)]),
-            samples: samples.iter().map(|&(t, v)| Sample::new(t, v)).collect(),
-        }
-    }
+    use crate::fanout::test_series as series;
 
     fn ring(ids: &[u128], removed: &[u128]) -> Ring {
         Ring::from_slots(

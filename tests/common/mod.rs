@@ -929,3 +929,20 @@ pub fn strings(value: &serde_json::Value) -> Vec<String> {
         })
         .unwrap_or_default()
 }
+
+/// Sends `signal` to a node's process (SIGSTOP to make it hang rather than die).
+pub fn send_signal(node: &Node, signal: i32) {
+    // SAFETY: kill(2) on a child process this test started and has not reaped.
+    let rc = unsafe { libc::kill(node.pid() as i32, signal) };
+    assert_eq!(rc, 0, "kill({}, {signal})", node.pid());
+}
+
+/// Resumes a stopped node even when an assertion fails while it is stopped.
+pub struct Resume<'a>(pub &'a Node);
+
+impl Drop for Resume<'_> {
+    fn drop(&mut self) {
+        // SAFETY: as in `send_signal`; SIGCONT to a running process does nothing.
+        unsafe { libc::kill(self.0.pid() as i32, libc::SIGCONT) };
+    }
+}
