@@ -1,11 +1,13 @@
 //! The data model every box shares: labels, label sets, samples and label matchers.
 //!
-//! Owns: the in-memory representation of a series identity (`Labels`), a float sample,
+//! Owns: the in-memory representation of a series identity (`Labels` of `Label`s whose
+//! names and values are shared `LabelStr`s, interned by `symbols`), a float sample,
 //! `Matcher` with Prometheus's semantics (fully anchored regexes; a missing label
 //! matches as the empty string), and the label-set hashes' shared mixer. Calls nothing
 //! else in the crate.
 
 pub mod label_hash;
+pub mod symbols;
 
 use std::fmt;
 use std::sync::Arc;
@@ -68,14 +70,154 @@ pub fn plain_value(v: f64) -> f64 {
     }
 }
 
+/// A label name or value: immutable text shared by reference count. The head interns
+/// these (one copy of each distinct name and value) and the remote-write label-set cache
+/// builds its label sets from the head's copies (ADR 0025, amended), so a label set
+/// costs two pointers per label instead of two strings. Compares, orders and hashes as
+/// its text.
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct LabelStr(Arc<str>);
+
+impl LabelStr {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The shared text, for an interner that keeps this very copy.
+    pub fn as_arc(&self) -> &Arc<str> {
+        &self.0
+    }
+}
+
+impl Default for LabelStr {
+    fn default() -> Self {
+        LabelStr(Arc::from(""))
+    }
+}
+
+impl std::ops::Deref for LabelStr {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl AsRef<str> for LabelStr {
+    fn as_ref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::borrow::Borrow<str> for LabelStr {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for LabelStr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&*self.0, f)
+    }
+}
+
+impl fmt::Debug for LabelStr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&*self.0, f)
+    }
+}
+
+impl From<Arc<str>> for LabelStr {
+    fn from(s: Arc<str>) -> Self {
+        LabelStr(s)
+    }
+}
+
+impl From<&Arc<str>> for LabelStr {
+    fn from(s: &Arc<str>) -> Self {
+        LabelStr(s.clone())
+    }
+}
+
+impl From<String> for LabelStr {
+    fn from(s: String) -> Self {
+        LabelStr(Arc::from(s))
+    }
+}
+
+impl From<&String> for LabelStr {
+    fn from(s: &String) -> Self {
+        LabelStr(Arc::from(s.as_str()))
+    }
+}
+
+impl From<&str> for LabelStr {
+    fn from(s: &str) -> Self {
+        LabelStr(Arc::from(s))
+    }
+}
+
+impl From<std::borrow::Cow<'_, str>> for LabelStr {
+    fn from(s: std::borrow::Cow<'_, str>) -> Self {
+        LabelStr(Arc::from(s))
+    }
+}
+
+impl From<LabelStr> for String {
+    fn from(s: LabelStr) -> Self {
+        s.0.as_ref().to_owned()
+    }
+}
+
+impl From<&LabelStr> for String {
+    fn from(s: &LabelStr) -> Self {
+        s.0.as_ref().to_owned()
+    }
+}
+
+impl PartialEq<str> for LabelStr {
+    fn eq(&self, other: &str) -> bool {
+        *self.0 == *other
+    }
+}
+
+impl PartialEq<&str> for LabelStr {
+    fn eq(&self, other: &&str) -> bool {
+        *self.0 == **other
+    }
+}
+
+impl PartialEq<String> for LabelStr {
+    fn eq(&self, other: &String) -> bool {
+        *self.0 == **other
+    }
+}
+
+impl PartialEq<LabelStr> for str {
+    fn eq(&self, other: &LabelStr) -> bool {
+        *self == *other.0
+    }
+}
+
+impl PartialEq<LabelStr> for &str {
+    fn eq(&self, other: &LabelStr) -> bool {
+        **self == *other.0
+    }
+}
+
+impl PartialEq<LabelStr> for String {
+    fn eq(&self, other: &LabelStr) -> bool {
+        **self == *other.0
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Label {
-    pub name: String,
-    pub value: String,
+    pub name: LabelStr,
+    pub value: LabelStr,
 }
 
 impl Label {
-    pub fn new(name: impl Into<String>, value: impl Into<String>) -> Self {
+    pub fn new(name: impl Into<LabelStr>, value: impl Into<LabelStr>) -> Self {
         Label {
             name: name.into(),
             value: value.into(),
@@ -95,7 +237,7 @@ pub struct Labels(Arc<Vec<Label>>);
 impl Labels {
     /// Builds a label set from pairs, sorting by name. Later duplicates of a name win;
     /// callers that must reject duplicates validate before building.
-    pub fn from_pairs<N: Into<String>, V: Into<String>>(
+    pub fn from_pairs<N: Into<LabelStr>, V: Into<LabelStr>>(
         pairs: impl IntoIterator<Item = (N, V)>,
     ) -> Self {
         let mut labels: Vec<Label> = pairs.into_iter().map(|(n, v)| Label::new(n, v)).collect();
@@ -175,7 +317,7 @@ impl Labels {
                 Arc::make_mut(&mut self.0).remove(i);
             }
             Ok(i) if self.0[i].value == value => {}
-            Ok(i) => Arc::make_mut(&mut self.0)[i].value = value.to_string(),
+            Ok(i) => Arc::make_mut(&mut self.0)[i].value = value.into(),
             Err(_) if value.is_empty() => {}
             Err(i) => Arc::make_mut(&mut self.0).insert(i, Label::new(name, value)),
         }

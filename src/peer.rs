@@ -497,7 +497,7 @@ pub type WireExemplar = (Vec<(String, String)>, Vec<(String, String)>, i64, u64)
 fn label_pairs(labels: &Labels) -> Vec<(String, String)> {
     labels
         .iter()
-        .map(|l| (l.name.clone(), l.value.clone()))
+        .map(|l| (String::from(&l.name), String::from(&l.value)))
         .collect()
 }
 

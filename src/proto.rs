@@ -254,8 +254,8 @@ pub fn labels_to_proto(labels: &model::Labels) -> Vec<Label> {
     labels
         .iter()
         .map(|l| Label {
-            name: l.name.clone(),
-            value: l.value.clone(),
+            name: String::from(&l.name),
+            value: String::from(&l.value),
         })
         .collect()
 }

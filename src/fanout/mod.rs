@@ -732,7 +732,7 @@ pub fn labels_to_pairs(labels: Labels) -> Vec<(String, String)> {
     labels
         .into_vec()
         .into_iter()
-        .map(|l| (l.name, l.value))
+        .map(|l| (l.name.into(), l.value.into()))
         .collect()
 }
 

@@ -7,7 +7,11 @@
 //!
 //! Keyed by `label_pairs_hash` of the label bytes as sent; a hit is compared byte for
 //! byte, so a hash collision only costs a rebuild, and a hit proves the labels are
-//! UTF-8 and follow the label rules (they were checked when the set was inserted). Bounded: each
+//! UTF-8 and follow the label rules (they were checked when the set was inserted).
+//!
+//! A cached set is built from `model::symbols`, the table the head interns its series'
+//! labels in, so it holds two pointers per label and shares the text with the series
+//! instead of keeping a second copy of every name and value (ADR 0025, amended). Bounded: each
 //! shard keeps two generations of at most `GENERATION_CAPACITY / SHARDS` sets; when the
 //! current one is full it becomes the previous one and the older is dropped, so memory
 //! stays bounded under series churn while active series (found in either generation and
@@ -18,11 +22,12 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use super::decode::RawLabel;
 use crate::model::label_hash::{label_pairs_hash, PrehashedKey};
-use crate::model::{Label, Labels};
+use crate::model::{symbols, Label, Labels};
 
 const SHARDS: usize = 16;
 /// Label sets per generation, all shards together: room for the active series of a
-/// large single sender; a few hundred bytes each.
+/// large single sender; each costs about 80 bytes plus 32 per label (the text is the
+/// head's).
 const GENERATION_CAPACITY: usize = 1 << 17;
 
 type Generation = HashMap<u64, Labels, PrehashedKey>;
@@ -94,7 +99,7 @@ impl LabelSetCache {
     }
 
     /// Builds the label set of a checked series (labels UTF-8, names sorted and unique)
-    /// without its empty-valued labels, and caches it.
+    /// without its empty-valued labels, from the interned names and values, and caches it.
     pub fn insert(&self, labels: &[RawLabel<'_>]) -> Labels {
         let kept: Vec<RawLabel<'_>> = labels
             .iter()
@@ -102,10 +107,15 @@ impl LabelSetCache {
             .copied()
             .collect();
         let hash = label_pairs_hash(pairs(&kept));
-        let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
-        let built = Labels::from_sorted(
+        let strings = symbols::intern_all(
             kept.iter()
-                .map(|l| Label::new(text(l.name), text(l.value)))
+                .flat_map(|l| [l.name, l.value])
+                .map(String::from_utf8_lossy),
+        );
+        let built = Labels::from_sorted(
+            strings
+                .chunks_exact(2)
+                .map(|pair| Label::new(pair[0].clone(), pair[1].clone()))
                 .collect(),
         );
         self.insert_into(&mut self.shard(hash), hash, built.clone());
@@ -164,6 +174,65 @@ mod tests {
         assert!(cache
             .get(&raw(&[("__name__", "up"), ("job", "y")]))
             .is_none());
+    }
+
+    #[test]
+    fn a_set_differing_in_one_byte_is_not_a_hit() {
+        let cache = LabelSetCache::default();
+        cache.insert(&raw(&[("__name__", "up"), ("job", "abc")]));
+        for other in [
+            [("__name__", "up"), ("job", "abd")],
+            [("__name__", "up"), ("jpb", "abc")],
+            [("__name__", "uq"), ("job", "abc")],
+        ] {
+            assert!(cache.get(&raw(&other)).is_none(), "{other:?}");
+        }
+        assert!(cache
+            .get(&raw(&[("__name__", "up"), ("job", "ab")]))
+            .is_none());
+        assert!(cache.get(&raw(&[("__name__", "up")])).is_none());
+        assert!(cache
+            .get(&raw(&[("__name__", "up"), ("job", "abc")]))
+            .is_some());
+    }
+
+    #[test]
+    fn cached_sets_share_the_interned_text() {
+        let cache = LabelSetCache::default();
+        // Values unique to this test: the symbol table is shared with every other test.
+        let a = cache.insert(&raw(&[("__name__", "up"), ("job", "cache-share-test")]));
+        let b = cache.insert(&raw(&[("__name__", "down"), ("job", "cache-share-test")]));
+        let interned = symbols::intern_all(["cache-share-test", "job"]);
+        for set in [&a, &b] {
+            let job = &set.as_slice()[1];
+            assert!(std::sync::Arc::ptr_eq(
+                job.value.as_arc(),
+                interned[0].as_arc()
+            ));
+            assert!(std::sync::Arc::ptr_eq(
+                job.name.as_arc(),
+                interned[1].as_arc()
+            ));
+        }
+        // A hit hands out the very set cached, not a rebuilt one.
+        let hit = cache
+            .get(&raw(&[("__name__", "up"), ("job", "cache-share-test")]))
+            .unwrap();
+        assert_eq!(hit.identity(), a.identity());
+    }
+
+    #[test]
+    fn a_set_from_the_previous_generation_moves_back_and_stays() {
+        let cache = LabelSetCache::with_capacity(SHARDS);
+        let kept = raw(&[("__name__", "kept")]);
+        let first = cache.insert(&kept);
+        let names: Vec<String> = (0..SHARDS * 8).map(|i| format!("m{i}")).collect();
+        for (i, name) in names.iter().enumerate() {
+            cache.insert(&raw(&[("__name__", name)]));
+            // Found each round, wherever its generation went, and never rebuilt.
+            let again = cache.get(&kept).unwrap_or_else(|| panic!("lost after {i}"));
+            assert_eq!(again.identity(), first.identity());
+        }
     }
 
     #[test]

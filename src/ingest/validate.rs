@@ -320,10 +320,7 @@ fn into_series(ts: proto::TimeSeries) -> Series {
         .labels
         .into_iter()
         .filter(|l| !l.value.is_empty())
-        .map(|l| model::Label {
-            name: l.name,
-            value: l.value,
-        })
+        .map(|l| model::Label::new(l.name, l.value))
         .collect();
     // By value: the conversion then reuses the decoded vector's allocation in place.
     let samples: Vec<Sample> = ts
@@ -440,17 +437,47 @@ mod tests {
         assert!(problem(&[("__name__", "up"), ("a", &long)]).contains("bytes per series"));
     }
 
+    /// Encodes `ts` as a remote-write body, with `patch` applied to its bytes.
+    fn decode_with(
+        cache: &LabelSetCache,
+        ts: Vec<proto::TimeSeries>,
+        patch: impl FnOnce(&mut Vec<u8>),
+    ) -> Result<DecodedWrite, IngestError> {
+        let mut body = prost::Message::encode_to_vec(&proto::WriteRequest {
+            timeseries: ts,
+            metadata: vec![],
+        });
+        patch(&mut body);
+        let raw = super::super::decode::decode_write_request(&body)
+            .map_err(|err| super::super::wire_error(err, "prometheus.WriteRequest"))?;
+        raw_into_decoded_write(raw, cache, Histograms::RefuseRequest)
+    }
+
+    #[test]
+    fn a_set_one_byte_away_from_a_cached_one_is_checked_again() {
+        let cache = LabelSetCache::default();
+        let known = series(&[("__name__", "up"), ("a", "1"), ("b", "2")], &[(1, 1.0)]);
+        assert!(decode_with(&cache, vec![known.clone()], |_| {}).is_ok());
+        assert!(decode_with(&cache, vec![known], |_| {}).is_ok());
+        // `a` -> `c`: one byte differs and the names are no longer sorted.
+        let unsorted = series(&[("__name__", "up"), ("c", "1"), ("b", "2")], &[(1, 1.0)]);
+        let err = decode_with(&cache, vec![unsorted], |_| {}).unwrap_err();
+        assert_eq!(err.reason, RejectReason::InvalidLabels);
+        assert!(err.message.contains("not sorted"), "{}", err.message);
+        // `1` -> 0xff: one byte differs and the value is not UTF-8.
+        let patched = series(&[("__name__", "up"), ("a", "1"), ("b", "2")], &[(1, 1.0)]);
+        let err = decode_with(&cache, vec![patched], |body| {
+            let at = body.iter().position(|&b| b == b'1').unwrap();
+            body[at] = 0xff;
+        })
+        .unwrap_err();
+        assert_eq!(err.reason, RejectReason::InvalidUtf8);
+    }
+
     #[test]
     fn a_known_label_set_does_not_excuse_what_the_cache_key_leaves_out() {
         let cache = LabelSetCache::default();
-        let decode = |ts: Vec<proto::TimeSeries>| {
-            let body = prost::Message::encode_to_vec(&proto::WriteRequest {
-                timeseries: ts,
-                metadata: vec![],
-            });
-            let raw = super::super::decode::decode_write_request(&body).unwrap();
-            raw_into_decoded_write(raw, &cache, Histograms::RefuseRequest)
-        };
+        let decode = |ts: Vec<proto::TimeSeries>| decode_with(&cache, ts, |_| {});
         let good = series(&[("__name__", "up"), ("job", "x")], &[(1, 1.0)]);
         assert!(decode(vec![good.clone()]).is_ok());
         // Same kept labels (the empty value is dropped), but a duplicate name.

@@ -287,7 +287,7 @@ fn labels_from_wire(pairs: Vec<(String, String)>) -> Result<Labels, AntiEntropyE
 fn labels_to_wire(labels: &Labels) -> Vec<(String, String)> {
     labels
         .iter()
-        .map(|l: &Label| (l.name.clone(), l.value.clone()))
+        .map(|l: &Label| (String::from(&l.name), String::from(&l.value)))
         .collect()
 }
 

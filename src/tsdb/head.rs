@@ -1,21 +1,24 @@
 //! The in-memory head: the newest samples of every active series.
 //!
-//! Owns: label interning (symbols), the series map (fast in-memory label hash with
+//! Owns: the series map (fast in-memory label hash with
 //! collision check, sharded locks), the head postings, and per-series sample storage: sealed XOR
 //! chunks of at most 120 samples, one open chunk, and a sorted buffer of out-of-order
 //! samples. Enforces the append rules (out-of-order window, too old, too far in the future,
 //! duplicates) and resolves a conflicting value at a stored timestamp by
 //! `model::conflict_winner` (ADR 0011). Holds the samples of requests whose WAL record is
 //! not yet durable apart (staged), invisible to reads until published (ADR 0010).
-//! Calls `chunk`, `index` and `model` (including `model::label_hash`).
+//! Interns every label of a new series in `model::symbols`, the process-wide table the
+//! remote-write label-set cache shares (ADR 0025, amended).
+//! Calls `chunk`, `index` and `model` (including `model::label_hash` and `model::symbols`).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 
 use super::chunk::{decode_xor, XorChunk};
 use super::index::{MemPostings, SeriesRef};
 use crate::model::label_hash::{label_set_hash, PrehashedKey};
+use crate::model::symbols;
 use crate::model::{conflict_winner, merge_sorted_samples, Label, Labels, Sample};
 use crate::storage::{RejectReason, TimeBounds};
 
@@ -557,13 +560,9 @@ impl MemSeries {
         lock(&self.data)
     }
 
+    /// The series' labels, sharing the interned strings (no copy of any text).
     pub fn labels(&self) -> Labels {
-        Labels::from_sorted(
-            self.labels
-                .iter()
-                .map(|(n, v)| Label::new(n.as_ref(), v.as_ref()))
-                .collect(),
-        )
+        Labels::from_sorted(self.labels.iter().map(|(n, v)| Label::new(n, v)).collect())
     }
 
     pub fn interned_labels(&self) -> &[(Arc<str>, Arc<str>)] {
@@ -589,7 +588,6 @@ pub struct Head {
     by_hash: Box<[Mutex<HashBuckets>]>,
     by_id: Box<[RwLock<IdMap>]>,
     postings: RwLock<MemPostings>,
-    symbols: Mutex<HashSet<Arc<str>>>,
     next_id: AtomicU64,
     /// Lower bound of accepted samples (the last cut boundary minus the OOO window).
     min_valid_time: AtomicI64,
@@ -604,7 +602,6 @@ impl Default for Head {
             by_hash: (0..SHARDS).map(|_| Mutex::default()).collect(),
             by_id: (0..SHARDS).map(|_| RwLock::default()).collect(),
             postings: RwLock::default(),
-            symbols: Mutex::default(),
             next_id: AtomicU64::new(1),
             min_valid_time: AtomicI64::new(i64::MIN),
             min_time: AtomicI64::new(i64::MAX),
@@ -628,16 +625,6 @@ fn write<T>(l: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
 }
 
 impl Head {
-    fn intern(&self, s: &str) -> Arc<str> {
-        let mut symbols = lock(&self.symbols);
-        if let Some(existing) = symbols.get(s) {
-            return existing.clone();
-        }
-        let new: Arc<str> = Arc::from(s);
-        symbols.insert(new.clone());
-        new
-    }
-
     /// Finds the series with `labels`, creating it (id from `id` or the next free one)
     /// when absent. `on_create` runs while the series is not yet visible to other
     /// appenders, so a WAL series record always precedes any sample record of it.
@@ -660,13 +647,9 @@ impl Head {
             }
             None => self.next_id.fetch_add(1, Ordering::Relaxed),
         };
-        let interned: Box<[(Arc<str>, Arc<str>)]> = labels
-            .iter()
-            .map(|l| (self.intern(&l.name), self.intern(&l.value)))
-            .collect();
         let series = Arc::new(MemSeries {
             id,
-            labels: interned,
+            labels: symbols::intern_labels(labels),
             data: Mutex::new(SeriesData::new()),
         });
         on_create(id, labels);
@@ -759,7 +742,7 @@ impl Head {
         }
         if removed > 0 {
             // Only the symbol table itself still holds an unused symbol.
-            lock(&self.symbols).retain(|s| Arc::strong_count(s) > 1);
+            symbols::collect();
         }
         removed
     }
@@ -923,21 +906,30 @@ mod tests {
     #[test]
     fn series_lookup_interns_and_gcs() {
         let head = Head::default();
-        let l = Labels::from_pairs([("__name__", "up"), ("job", "a")]);
+        // A value unique to this test: the symbol table is shared with every other test.
+        let l = Labels::from_pairs([("__name__", "up"), ("job", "head-gc-test")]);
         let mut created = Vec::new();
         let a = head.get_or_create(&l, None, &mut |id, _| created.push(id));
-        let b = head.get_or_create(&l, None, &mut |id, _| created.push(id));
+        let equal = Labels::from_pairs([("__name__", "up"), ("job", "head-gc-test")]);
+        let b = head.get_or_create(&equal, None, &mut |id, _| created.push(id));
         assert_eq!(a.id, b.id);
         assert_eq!(created, vec![a.id]);
         assert_eq!(a.labels(), l);
+        // The series keeps the first label set's strings (interned, not copied), and the
+        // label sets it hands out share them.
+        let job = &a.interned_labels()[1].1;
+        assert!(Arc::ptr_eq(job, l.as_slice()[1].value.as_arc()));
+        assert!(Arc::ptr_eq(job, a.labels().as_slice()[1].value.as_arc()));
+        let job = Arc::downgrade(job);
         assert_eq!(head.num_series(), 1);
         a.data().append(1, 1.0, &LIMITS).unwrap();
         assert_eq!(head.gc(), 0);
         a.data().delete_range(0, 10);
+        assert!(a.data().is_empty());
+        drop((a, b, l, equal));
         assert_eq!(head.gc(), 1);
-        assert!(a.data().is_removed());
         assert_eq!(head.num_series(), 0);
-        assert!(lock(&head.symbols).is_empty() || Arc::strong_count(&a.labels[0].0) > 1);
+        assert!(job.upgrade().is_none(), "gc dropped the unused symbol");
     }
 
     #[test]

@@ -166,7 +166,7 @@ impl Querier<'_> {
             }
         } else {
             for labels in self.series(matchers, mint, maxt)? {
-                names.extend(labels.iter().map(|l| l.name.clone()));
+                names.extend(labels.iter().map(|l| String::from(&l.name)));
             }
         }
         Ok(names.into_iter().collect())

@@ -260,10 +260,7 @@ pub fn decode_record(payload: &[u8]) -> Option<Record> {
             let n = c.uvarint()?;
             let mut labels = Vec::new();
             for _ in 0..n {
-                labels.push(Label {
-                    name: c.string()?,
-                    value: c.string()?,
-                });
+                labels.push(Label::new(c.string()?, c.string()?));
             }
             labels.sort();
             labels.dedup_by(|a, b| a.name == b.name);
