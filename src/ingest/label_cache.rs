@@ -107,17 +107,17 @@ impl LabelSetCache {
             .copied()
             .collect();
         let hash = label_pairs_hash(pairs(&kept));
-        let strings = symbols::intern_all(
+        let mut strings = symbols::intern_all(
             kept.iter()
                 .flat_map(|l| [l.name, l.value])
                 .map(String::from_utf8_lossy),
-        );
-        let built = Labels::from_sorted(
-            strings
-                .chunks_exact(2)
-                .map(|pair| Label::new(pair[0].clone(), pair[1].clone()))
-                .collect(),
-        );
+        )
+        .into_iter();
+        let mut built = Vec::with_capacity(kept.len());
+        while let (Some(name), Some(value)) = (strings.next(), strings.next()) {
+            built.push(Label { name, value });
+        }
+        let built = Labels::from_sorted(built);
         self.insert_into(&mut self.shard(hash), hash, built.clone());
         built
     }
