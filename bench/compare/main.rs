@@ -7,8 +7,8 @@
 //!
 //! Per run and system: start with fresh data directories, send the payload, measure CPU
 //! and peak RSS from /proc, flush to blocks and measure the disk, time the dashboard
-//! queries, stop. Then the medians (min-max) go into the generated region of
-//! `bench/RESULTS.md` and the chart into `bench/chart.svg`.
+//! queries, print the RSS after them, stop. Then the medians (min-max) go into the
+//! generated region of `bench/RESULTS.md` and the chart into `bench/chart.svg`.
 //!
 //! Modules: `payload` (generator + encoding), `sender` (load), `systems` (processes),
 //! `procstat` (/proc), `queries` (dashboard), `figures` (statistics), `report` (markdown
@@ -134,6 +134,18 @@ fn measure_running(
     let dir = system.data_dir_bytes() as f64;
     let blocks = system.flush_to_blocks()? as f64;
     let dashboard = queries::run(system.query_base(), payload.max_t / 1000);
+    // Printed, not tabulated: whether memory stays near the ingest peak once the data
+    // was flushed and queried (issue 14 bar 3 asks that it does).
+    let (now, peak) = (system.rss_bytes() as f64, system.peak_rss_bytes() as f64);
+    let series = payload.series as f64;
+    eprintln!(
+        "  {}: after the flush and the dashboard queries: RSS {:.1} MiB, peak {:.1} MiB ({:.0} and {:.0} B/series)",
+        system.kind.name(),
+        now / (1024.0 * 1024.0),
+        peak / (1024.0 * 1024.0),
+        now / series,
+        peak / series,
+    );
     let samples = payload.samples as f64;
     let values = Figure::ALL.map(|f| match f {
         Figure::IngestRate => sent.samples_per_second(),

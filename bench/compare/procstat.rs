@@ -1,4 +1,4 @@
-//! What the kernel says about a process and a directory: CPU-seconds, peak RSS, bytes on
+//! What the kernel says about a process and a directory: CPU-seconds, RSS and peak RSS, bytes on
 //! disk. Owns the parsing of `/proc/<pid>/stat` and `/proc/<pid>/status`; calls `libc`
 //! for the clock tick and `std::fs`.
 
@@ -20,8 +20,18 @@ pub fn cpu_seconds(pid: u32) -> Option<f64> {
 
 /// Peak resident set size (`VmHWM`) of a process, in bytes.
 pub fn peak_rss_bytes(pid: u32) -> Option<u64> {
+    status_bytes(pid, "VmHWM:")
+}
+
+/// Resident set size now (`VmRSS`) of a process, in bytes.
+pub fn rss_bytes(pid: u32) -> Option<u64> {
+    status_bytes(pid, "VmRSS:")
+}
+
+/// A `/proc/<pid>/status` field given in kB (`field` with its colon), in bytes.
+fn status_bytes(pid: u32, field: &str) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let line = status.lines().find(|l| l.starts_with(field))?;
     let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kib * 1024)
 }

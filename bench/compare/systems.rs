@@ -299,6 +299,14 @@ impl Running {
             .sum()
     }
 
+    /// RSS now, summed over the processes.
+    pub fn rss_bytes(&self) -> u64 {
+        self.pids()
+            .into_iter()
+            .filter_map(procstat::rss_bytes)
+            .sum()
+    }
+
     /// Size of the data directories as they are (write-ahead logs included, snapshots and
     /// VictoriaMetrics's cache not).
     pub fn data_dir_bytes(&self) -> u64 {
