@@ -4,7 +4,8 @@
 //! merging them so each series appears once, its samples in time order with identical
 //! timestamps deduplicated (the value kept is the conflict rule's, ADR 0011). Calls `head`, `block`, `index` and `storage` types.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::cmp::Ordering;
+use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use super::block::Block;
@@ -21,34 +22,94 @@ pub struct Querier<'a> {
 }
 
 /// Accumulates series from several sources, enforcing the sample limit.
+///
+/// Series arrive in label order within each source (block indexes are sorted, head
+/// series are visited sorted), so they are appended to a vector and sorted once at the
+/// end, a linear pass when only one source contributed, instead of being looked up in
+/// an ordered map per series (two searches of full label-set compares each, which were
+/// a third of a dashboard's instructions: RESULTS.md, issue 13).
 struct Merger {
-    series: BTreeMap<Labels, Vec<Sample>>,
-    total: usize,
+    series: Vec<(Labels, Vec<Sample>)>,
+    /// Samples held, duplicates across sources included.
+    held: usize,
+    /// `held` above which the duplicates are merged to check the limit exactly.
+    check_above: usize,
     max_samples: usize,
 }
 
 impl Merger {
+    fn new(max_samples: usize) -> Self {
+        Merger {
+            series: Vec::new(),
+            held: 0,
+            check_above: max_samples,
+            max_samples,
+        }
+    }
+
     fn add(&mut self, labels: Labels, samples: Vec<Sample>) -> Result<(), SelectError> {
         if samples.is_empty() {
             return Ok(());
         }
-        let added = samples.len();
-        match self.series.get_mut(&labels) {
-            None => {
-                self.total += added;
-                self.series.insert(labels, samples);
+        self.held += samples.len();
+        self.series.push((labels, samples));
+        if self.max_samples > 0 && self.held > self.check_above {
+            self.merge_duplicates();
+            if self.held > self.max_samples {
+                return Err(SelectError::TooManySamples);
             }
-            Some(existing) => {
-                let before = existing.len();
-                *existing = merge_sorted_samples(std::mem::take(existing), samples);
-                self.total += existing.len() - before;
-            }
-        }
-        if self.max_samples > 0 && self.total > self.max_samples {
-            return Err(SelectError::TooManySamples);
+            // Holds at most twice the limit before checking again, so a query whose
+            // sources overlap heavily is not merged once per series.
+            self.check_above = self.held + self.max_samples;
         }
         Ok(())
     }
+
+    /// Sorts by labels (stable: sorted runs cost a linear pass) and merges the samples
+    /// of a series held by several sources, recounting `held`.
+    fn merge_duplicates(&mut self) {
+        self.series.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut merged: Vec<(Labels, Vec<Sample>)> = Vec::with_capacity(self.series.len());
+        for (labels, samples) in self.series.drain(..) {
+            match merged.last_mut() {
+                Some(last) if last.0 == labels => {
+                    last.1 = merge_sorted_samples(std::mem::take(&mut last.1), samples);
+                }
+                _ => merged.push((labels, samples)),
+            }
+        }
+        self.held = merged.iter().map(|(_, s)| s.len()).sum();
+        self.series = merged;
+    }
+
+    fn finish(mut self) -> Result<Vec<Series>, SelectError> {
+        self.merge_duplicates();
+        if self.max_samples > 0 && self.held > self.max_samples {
+            return Err(SelectError::TooManySamples);
+        }
+        Ok(self
+            .series
+            .into_iter()
+            .map(|(labels, samples)| Series { labels, samples })
+            .collect())
+    }
+}
+
+/// `Labels`'s order (label by label, name then value) on a head series' interned
+/// labels, without building the `Labels`: interned strings that are the same `Arc`
+/// are equal without comparing bytes.
+fn cmp_interned(a: &[(Arc<str>, Arc<str>)], b: &[(Arc<str>, Arc<str>)]) -> Ordering {
+    for ((an, av), (bn, bv)) in a.iter().zip(b) {
+        for (x, y) in [(an, bn), (av, bv)] {
+            if !Arc::ptr_eq(x, y) {
+                match x.as_ref().cmp(y.as_ref()) {
+                    Ordering::Equal => {}
+                    unequal => return unequal,
+                }
+            }
+        }
+    }
+    a.len().cmp(&b.len())
 }
 
 impl Querier<'_> {
@@ -92,11 +153,13 @@ impl Querier<'_> {
                 visit(labels, samples)?;
             }
         }
-        let ids = select_postings(&*self.head.postings(), matchers);
-        for id in ids {
-            let Some(series) = self.head.get(id) else {
-                continue;
-            };
+        // In label order, so the merge after this is a linear pass (see `Merger`).
+        let mut head_series: Vec<_> = select_postings(&*self.head.postings(), matchers)
+            .into_iter()
+            .filter_map(|id| self.head.get(id))
+            .collect();
+        head_series.sort_unstable_by(|a, b| cmp_interned(a.interned_labels(), b.interned_labels()));
+        for series in head_series {
             if !load_samples {
                 if series.data().overlaps(mint, maxt) {
                     visit(series.labels(), Vec::new())?;
@@ -120,17 +183,9 @@ impl Querier<'_> {
         maxt: i64,
         max_samples: usize,
     ) -> Result<Vec<Series>, SelectError> {
-        let mut merger = Merger {
-            series: BTreeMap::new(),
-            total: 0,
-            max_samples,
-        };
+        let mut merger = Merger::new(max_samples);
         self.for_each_series(matchers, mint, maxt, true, &mut |l, s| merger.add(l, s))?;
-        Ok(merger
-            .series
-            .into_iter()
-            .map(|(labels, samples)| Series { labels, samples })
-            .collect())
+        merger.finish()
     }
 
     /// Label sets of matching series with a sample in range, sorted.
