@@ -278,3 +278,72 @@ fn into_storage_error(e: SelectError) -> StorageError {
         SelectError::TooManySamples => StorageError::Other(e.to_string()),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::conflict_winner;
+
+    fn labels(job: &str) -> Labels {
+        Labels::from_pairs([("__name__", "up"), ("job", job)])
+    }
+
+    fn samples(points: &[(i64, f64)]) -> Vec<Sample> {
+        points.iter().map(|&(t, v)| Sample::new(t, v)).collect()
+    }
+
+    #[test]
+    fn series_held_by_several_sources_come_out_once_in_label_order() {
+        let mut merger = Merger::new(0);
+        // A block, then the head: each in label order, overlapping in `a`.
+        merger
+            .add(labels("a"), samples(&[(1, 1.0), (2, 2.0)]))
+            .unwrap();
+        merger.add(labels("c"), samples(&[(1, 5.0)])).unwrap();
+        merger
+            .add(labels("a"), samples(&[(2, 9.0), (3, 3.0)]))
+            .unwrap();
+        merger.add(labels("b"), samples(&[(1, 4.0)])).unwrap();
+        merger.add(labels("z"), Vec::new()).unwrap();
+        let out = merger.finish().unwrap();
+        let jobs: Vec<_> = out.iter().map(|s| s.labels.get("job").unwrap()).collect();
+        assert_eq!(jobs, ["a", "b", "c"]);
+        assert_eq!(
+            out[0].samples,
+            samples(&[(1, 1.0), (2, conflict_winner(2.0, 9.0)), (3, 3.0)])
+        );
+    }
+
+    #[test]
+    fn the_sample_limit_counts_a_duplicated_sample_once() {
+        let limit = 4;
+        let mut merger = Merger::new(limit);
+        let three = samples(&[(1, 1.0), (2, 2.0), (3, 3.0)]);
+        merger.add(labels("a"), three.clone()).unwrap();
+        // Six held, three distinct: under the limit.
+        merger.add(labels("a"), three.clone()).unwrap();
+        merger.add(labels("a"), three).unwrap();
+        merger.add(labels("b"), samples(&[(1, 1.0)])).unwrap();
+        let out = merger.finish().unwrap();
+        assert_eq!(out.iter().map(|s| s.samples.len()).sum::<usize>(), limit);
+
+        let mut over = Merger::new(limit);
+        over.add(labels("a"), samples(&[(1, 1.0), (2, 2.0)]))
+            .unwrap();
+        over.add(labels("a"), samples(&[(2, 2.0), (3, 3.0)]))
+            .unwrap();
+        // Held 5 > 4 triggers the exact recount: 4 distinct, at the limit, passes.
+        over.add(labels("b"), samples(&[(1, 1.0)])).unwrap();
+        // 5 distinct: the add may defer the check, the result may not.
+        over.add(labels("c"), samples(&[(1, 1.0)])).unwrap();
+        assert!(matches!(over.finish(), Err(SelectError::TooManySamples)));
+
+        // Distinct samples past the limit stop the select at the add that passes it.
+        let mut early = Merger::new(limit);
+        let five = samples(&[(1, 1.0), (2, 2.0), (3, 3.0), (4, 4.0), (5, 5.0)]);
+        assert!(matches!(
+            early.add(labels("a"), five),
+            Err(SelectError::TooManySamples)
+        ));
+    }
+}
