@@ -35,11 +35,11 @@
 //!     those 40 bytes.
 //! - `tombstones` (optional): see `tombstones`.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap};
 use std::fs::{self, File};
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
-use std::sync::RwLock;
+use std::sync::{Arc, RwLock};
 
 use memmap2::Mmap;
 use rand::{Rng, SeedableRng};
@@ -128,9 +128,38 @@ pub fn new_block_id() -> String {
 
 // ---- writing ----
 
+/// A series' labels as a block writer takes them: (name, value) pairs sorted by name,
+/// names unique. The head passes its interned pairs and compaction a `Labels`, so
+/// neither builds a label set per series only to write it.
+pub trait SeriesLabels {
+    fn pairs(&self) -> impl Iterator<Item = (&Arc<str>, &Arc<str>)>;
+}
+
+impl SeriesLabels for Labels {
+    fn pairs(&self) -> impl Iterator<Item = (&Arc<str>, &Arc<str>)> {
+        self.iter().map(|l| (l.name.as_arc(), l.value.as_arc()))
+    }
+}
+
+impl SeriesLabels for &Labels {
+    fn pairs(&self) -> impl Iterator<Item = (&Arc<str>, &Arc<str>)> {
+        self.iter().map(|l| (l.name.as_arc(), l.value.as_arc()))
+    }
+}
+
+impl SeriesLabels for &[(Arc<str>, Arc<str>)] {
+    fn pairs(&self) -> impl Iterator<Item = (&Arc<str>, &Arc<str>)> {
+        self.iter().map(|(n, v)| (n, v))
+    }
+}
+
 /// Writes one block. Series must be added in label order. A writer dropped before
 /// `finish` succeeded removes its temporary directory, so a failed cut or compaction
 /// leaves nothing behind on a full disk.
+///
+/// Until `finish` writes the index, a series costs the writer 4 bytes a label (the id
+/// of its label pair), 24 bytes a chunk and 16 bytes of bounds: the label text is
+/// held once per distinct pair, shared with the caller's strings.
 pub struct BlockWriter {
     format: ChunkFormat,
     /// Offsets of the timestamp records written so far, by their encoded bytes.
@@ -140,7 +169,15 @@ pub struct BlockWriter {
     ulid: String,
     chunks: BufWriter<File>,
     chunks_len: u64,
-    series: Vec<(Labels, Vec<ChunkMeta>)>,
+    /// Distinct label pairs, numbered in the order they were first seen.
+    pair_ids: HashMap<(Arc<str>, Arc<str>), u32>,
+    /// Every series' pair ids, one after the other.
+    series_pairs: Vec<u32>,
+    /// Every series' chunks, one after the other.
+    series_chunks: Vec<ChunkMeta>,
+    /// Per series, the end of its pairs in `series_pairs` and of its chunks in
+    /// `series_chunks`.
+    series_ends: Vec<(usize, usize)>,
     stats: BlockStats,
     min_time: i64,
     max_time: i64,
@@ -172,7 +209,10 @@ impl BlockWriter {
             ulid,
             chunks,
             chunks_len: 5,
-            series: Vec::new(),
+            pair_ids: HashMap::new(),
+            series_pairs: Vec::new(),
+            series_chunks: Vec::new(),
+            series_ends: Vec::new(),
             stats: BlockStats::default(),
             min_time: i64::MAX,
             max_time: i64::MIN,
@@ -183,7 +223,7 @@ impl BlockWriter {
     /// Empty series are skipped. A packed block re-encodes their samples.
     pub fn add_series(
         &mut self,
-        labels: Labels,
+        labels: impl SeriesLabels,
         chunks: &[SealedChunk],
     ) -> Result<(), StorageError> {
         if chunks.is_empty() {
@@ -206,7 +246,7 @@ impl BlockWriter {
     /// Adds a series with its time-ordered samples. Empty series are skipped.
     pub fn add_series_samples(
         &mut self,
-        labels: Labels,
+        labels: impl SeriesLabels,
         samples: &[Sample],
     ) -> Result<(), StorageError> {
         if samples.is_empty() {
@@ -231,21 +271,30 @@ impl BlockWriter {
         Ok(off)
     }
 
-    fn push_series(&mut self, labels: Labels, metas: Vec<ChunkMeta>) {
-        debug_assert!(self.series.last().is_none_or(|(l, _)| *l < labels));
+    fn push_series(&mut self, labels: impl SeriesLabels, metas: Vec<ChunkMeta>) {
+        for (name, value) in labels.pairs() {
+            let next = self.pair_ids.len() as u32;
+            let id = *self
+                .pair_ids
+                .entry((name.clone(), value.clone()))
+                .or_insert(next);
+            self.series_pairs.push(id);
+        }
         for &(mint, maxt, _) in &metas {
             self.min_time = self.min_time.min(mint);
             self.max_time = self.max_time.max(maxt);
         }
         self.stats.num_chunks += metas.len() as u64;
         self.stats.num_series += 1;
-        self.series.push((labels, metas));
+        self.series_chunks.extend_from_slice(&metas);
+        self.series_ends
+            .push((self.series_pairs.len(), self.series_chunks.len()));
     }
 
     /// The previous format: every chunk an XOR record of its own.
     fn add_xor_series(
         &mut self,
-        labels: Labels,
+        labels: impl SeriesLabels,
         chunks: &[SealedChunk],
     ) -> Result<(), StorageError> {
         let mut metas = Vec::with_capacity(chunks.len());
@@ -260,7 +309,7 @@ impl BlockWriter {
 
     fn add_packed_series(
         &mut self,
-        labels: Labels,
+        labels: impl SeriesLabels,
         samples: &[Sample],
     ) -> Result<(), StorageError> {
         let mut metas = Vec::with_capacity(samples.len().div_ceil(PACKED_SAMPLES_PER_CHUNK));
@@ -299,14 +348,14 @@ impl BlockWriter {
         level: u32,
         sources: Vec<String>,
     ) -> Result<Option<BlockMeta>, StorageError> {
-        if self.series.is_empty() {
+        if self.series_ends.is_empty() {
             drop(self.chunks);
             fs::remove_dir_all(&self.tmp.0)?;
             return Ok(None);
         }
         self.chunks.flush()?;
         self.chunks.get_ref().sync_all()?;
-        write_index(&self.tmp.0.join(INDEX_FILE), &self.series)?;
+        write_index(&self.tmp.0.join(INDEX_FILE), &self)?;
         let meta = BlockMeta {
             ulid: self.ulid.clone(),
             min_time: self.min_time,
@@ -358,39 +407,102 @@ fn put_checked_entry(out: &mut Vec<u8>, payload: &[u8]) {
     out.extend_from_slice(&crc32c::crc32c(payload).to_le_bytes());
 }
 
-fn write_index(path: &Path, series: &[(Labels, Vec<ChunkMeta>)]) -> Result<(), StorageError> {
-    let symbols: BTreeSet<&str> = series
+/// The index file being written, with the offset of the next byte (series and
+/// postings are referenced by offset). Written through a buffer rather than built in
+/// memory: the index of a head cut is tens of megabytes.
+struct IndexFile {
+    out: BufWriter<File>,
+    len: u64,
+}
+
+impl IndexFile {
+    fn write(&mut self, bytes: &[u8]) -> Result<(), StorageError> {
+        self.out.write_all(bytes)?;
+        self.len += bytes.len() as u64;
+        Ok(())
+    }
+
+    /// Writes `uvarint length, payload, CRC32C`; returns its offset.
+    fn write_checked_entry(
+        &mut self,
+        scratch: &mut Vec<u8>,
+        payload: &[u8],
+    ) -> Result<u64, StorageError> {
+        let off = self.len;
+        scratch.clear();
+        put_checked_entry(scratch, payload);
+        self.write(scratch)?;
+        Ok(off)
+    }
+}
+
+fn write_index(path: &Path, w: &BlockWriter) -> Result<(), StorageError> {
+    // Label pairs in (name, value) order: the postings table's order, and numbering
+    // the symbols in text order gives the symbol ids of each pair.
+    let mut pairs: Vec<(&str, &str, u32)> = w
+        .pair_ids
         .iter()
-        .flat_map(|(l, _)| l.iter().flat_map(|l| [l.name.as_str(), l.value.as_str()]))
+        .map(|((n, v), &id)| (n.as_ref(), v.as_ref(), id))
         .collect();
+    pairs.sort_unstable();
+    let symbols: BTreeSet<&str> = pairs.iter().flat_map(|&(n, v, _)| [n, v]).collect();
     let sym_index: HashMap<&str, u64> = symbols
         .iter()
         .enumerate()
         .map(|(i, s)| (*s, i as u64))
         .collect();
-    let mut out = Vec::new();
-    out.extend_from_slice(INDEX_MAGIC);
-    out.push(VERSION);
-
-    let symbols_off = out.len() as u64;
-    put_uvarint(&mut out, symbols.len() as u64);
-    for s in &symbols {
-        put_str(&mut out, s);
+    // Symbol ids of each pair, by the pair's id in the writer.
+    let mut pair_syms = vec![(0u64, 0u64); pairs.len()];
+    for &(n, v, id) in &pairs {
+        pair_syms[id as usize] = (sym_index[n], sym_index[v]);
     }
+    drop(sym_index);
 
-    let series_off = out.len() as u64;
-    let mut postings: BTreeMap<(u64, u64), Vec<u64>> = BTreeMap::new();
-    let mut all = Vec::with_capacity(series.len());
+    let mut out = IndexFile {
+        out: BufWriter::new(File::create(path)?),
+        len: 0,
+    };
+    let mut scratch = Vec::new();
+    out.write(INDEX_MAGIC)?;
+    out.write(&[VERSION])?;
+
+    let symbols_off = out.len;
+    scratch.clear();
+    put_uvarint(&mut scratch, symbols.len() as u64);
+    out.write(&scratch)?;
+    for s in &symbols {
+        scratch.clear();
+        put_str(&mut scratch, s);
+        out.write(&scratch)?;
+    }
+    drop(symbols);
+
+    let series_off = out.len;
+    let mut postings: Vec<Vec<u64>> = vec![Vec::new(); pairs.len()];
+    let mut all = Vec::with_capacity(w.series_ends.len());
     let mut payload = Vec::new();
-    for (labels, metas) in series {
-        let series_ref = out.len() as u64;
+    let (mut pairs_start, mut chunks_start) = (0, 0);
+    // Symbol ids compare as their text does, so this is the label order.
+    #[cfg(debug_assertions)]
+    let mut previous: Option<Vec<(u64, u64)>> = None;
+    for &(pairs_end, chunks_end) in &w.series_ends {
+        let ids = &w.series_pairs[pairs_start..pairs_end];
+        let metas = &w.series_chunks[chunks_start..chunks_end];
+        #[cfg(debug_assertions)]
+        {
+            let labels: Vec<(u64, u64)> = ids.iter().map(|&id| pair_syms[id as usize]).collect();
+            debug_assert!(
+                previous.as_ref().is_none_or(|p| *p < labels),
+                "block series not added in label order"
+            );
+            previous = Some(labels);
+        }
         payload.clear();
-        put_uvarint(&mut payload, labels.len() as u64);
-        for l in labels {
-            let (n, v) = (sym_index[l.name.as_str()], sym_index[l.value.as_str()]);
+        put_uvarint(&mut payload, ids.len() as u64);
+        for &id in ids {
+            let (n, v) = pair_syms[id as usize];
             put_uvarint(&mut payload, n);
             put_uvarint(&mut payload, v);
-            postings.entry((n, v)).or_default().push(series_ref);
         }
         put_uvarint(&mut payload, metas.len() as u64);
         for &(mint, maxt, off) in metas {
@@ -398,12 +510,15 @@ fn write_index(path: &Path, series: &[(Labels, Vec<ChunkMeta>)]) -> Result<(), S
             put_uvarint(&mut payload, maxt.wrapping_sub(mint) as u64);
             put_uvarint(&mut payload, off);
         }
-        put_checked_entry(&mut out, &payload);
+        let series_ref = out.write_checked_entry(&mut scratch, &payload)?;
+        for &id in ids {
+            postings[id as usize].push(series_ref);
+        }
         all.push(series_ref);
+        (pairs_start, chunks_start) = (pairs_end, chunks_end);
     }
 
-    let mut write_list = |out: &mut Vec<u8>, list: &[u64]| -> u64 {
-        let off = out.len() as u64;
+    let mut write_list = |out: &mut IndexFile, list: &[u64]| -> Result<u64, StorageError> {
         payload.clear();
         put_uvarint(&mut payload, list.len() as u64);
         let mut prev = 0;
@@ -411,35 +526,39 @@ fn write_index(path: &Path, series: &[(Labels, Vec<ChunkMeta>)]) -> Result<(), S
             put_uvarint(&mut payload, r - prev);
             prev = r;
         }
-        put_checked_entry(out, &payload);
-        off
+        out.write_checked_entry(&mut scratch, &payload)
     };
-    let all_off = write_list(&mut out, &all);
-    let table: Vec<(u64, u64, u64)> = postings
-        .iter()
-        .map(|(&(n, v), list)| (n, v, write_list(&mut out, list)))
-        .collect();
-    let table_off = out.len() as u64;
-    put_uvarint(&mut out, table.len() as u64);
-    for (n, v, off) in table {
-        put_uvarint(&mut out, n);
-        put_uvarint(&mut out, v);
-        put_uvarint(&mut out, off);
+    let all_off = write_list(&mut out, &all)?;
+    drop(all);
+    let mut table = Vec::with_capacity(pairs.len());
+    for &(_, _, id) in &pairs {
+        let list = std::mem::take(&mut postings[id as usize]);
+        let (n, v) = pair_syms[id as usize];
+        table.push((n, v, write_list(&mut out, &list)?));
     }
-    let toc_start = out.len();
+    let table_off = out.len;
+    let mut buf = Vec::new();
+    put_uvarint(&mut buf, table.len() as u64);
+    for (n, v, off) in table {
+        put_uvarint(&mut buf, n);
+        put_uvarint(&mut buf, v);
+        put_uvarint(&mut buf, off);
+    }
+    out.write(&buf)?;
+    let mut toc = Vec::with_capacity(TOC_LEN);
     for x in [
         symbols_off,
         series_off,
         table_off,
         all_off,
-        series.len() as u64,
+        w.series_ends.len() as u64,
     ] {
-        out.extend_from_slice(&x.to_le_bytes());
+        toc.extend_from_slice(&x.to_le_bytes());
     }
-    let crc = crc32c::crc32c(&out[toc_start..]);
-    out.extend_from_slice(&crc.to_le_bytes());
-    let mut f = File::create(path)?;
-    f.write_all(&out)?;
+    let crc = crc32c::crc32c(&toc);
+    toc.extend_from_slice(&crc.to_le_bytes());
+    out.write(&toc)?;
+    let f = out.out.into_inner().map_err(|e| e.into_error())?;
     f.sync_all()?;
     Ok(())
 }

@@ -81,7 +81,7 @@ impl Removed {
         let parent = data_dir.join(DIR_NAME);
         let mut writer = BlockWriter::new(&parent)?;
         for (labels, samples) in &self.by_series {
-            writer.add_series_samples(labels.clone(), samples)?;
+            writer.add_series_samples(labels, samples)?;
         }
         Ok(writer
             .finish(1, Vec::new())?
