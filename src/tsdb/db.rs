@@ -756,21 +756,15 @@ impl Db {
     /// Moves every head sample older than `boundary` into a new block, then truncates
     /// the WAL with a checkpoint of what the head still holds.
     fn cut_head(&self, boundary: i64) -> Result<(), StorageError> {
-        let mut series: Vec<(Labels, Arc<MemSeries>)> = self
-            .head
-            .all_series()
-            .into_iter()
-            .map(|s| (s.labels(), s))
-            .collect();
-        series.sort_by(|a, b| a.0.cmp(&b.0));
+        let series = self.head_series_in_label_order();
         let mut writer = BlockWriter::new(&self.opts.dir)?;
         let mut written = Ok(());
-        for (labels, mem) in &series {
+        for mem in &series {
             if written.is_err() {
                 break;
             }
             let chunks = mem.data().start_cut(boundary);
-            written = writer.add_series(labels.clone(), &chunks);
+            written = writer.add_series(mem.interned_labels(), &chunks);
         }
         let opened = written
             .and_then(|()| writer.finish(1, Vec::new()))
@@ -784,7 +778,7 @@ impl Db {
                 // Put the data back where queries and the next cut find it. A block that
                 // was written but not opened is loaded at restart; reads and compaction
                 // deduplicate it against the replayed head.
-                for (_, mem) in &series {
+                for mem in &series {
                     mem.data().abort_cut();
                 }
                 return Err(e);
@@ -796,7 +790,7 @@ impl Db {
                 blocks.push(block);
                 blocks.sort_by_key(|b| b.meta.min_time);
             }
-            for (_, mem) in &series {
+            for mem in &series {
                 mem.data().finish_cut();
             }
             self.metrics.blocks_loaded.set(blocks.len() as i64);
@@ -961,22 +955,24 @@ impl Db {
     }
 
     fn write_head_block(&self, dir: &Path) -> Result<(), StorageError> {
-        let mut series: Vec<(Labels, Arc<MemSeries>)> = self
-            .head
-            .all_series()
-            .into_iter()
-            .map(|s| (s.labels(), s))
-            .collect();
-        series.sort_by(|a, b| a.0.cmp(&b.0));
         let mut writer = BlockWriter::new(dir)?;
         let mut samples = Vec::new();
-        for (labels, mem) in series {
+        for mem in self.head_series_in_label_order() {
             samples.clear();
             mem.data().samples_in(i64::MIN, i64::MAX, &mut samples);
-            writer.add_series_samples(labels, &samples)?;
+            writer.add_series_samples(mem.interned_labels(), &samples)?;
         }
         writer.finish(1, Vec::new())?;
         Ok(())
+    }
+
+    /// The head's series sorted as a block stores them. Compares the interned pairs
+    /// (the same order as `Labels`) instead of building a label set per series: at a
+    /// cut that would hold a second copy of every series' label list.
+    fn head_series_in_label_order(&self) -> Vec<Arc<MemSeries>> {
+        let mut series = self.head.all_series();
+        series.sort_unstable_by(|a, b| a.interned_labels().cmp(b.interned_labels()));
+        series
     }
 
     pub fn blocks(&self) -> Vec<BlockInfo> {
