@@ -129,7 +129,7 @@ pub(crate) fn eval_binary(
                 _ => vector_binop(ev, op, &matching, return_bool, l, r, ts)?,
             };
             if !ev.delayed_name_removal() {
-                ev.check_unique(&out)?;
+                ev.check_unique(b as *const BinaryExpr as usize, &out)?;
             }
             Ok(Value::Vector(out))
         }

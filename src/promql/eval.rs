@@ -9,7 +9,9 @@
 //! Keeps state across the steps of one query so per-step work stays small: range
 //! selectors hand functions borrowed windows (`SeriesWindow`), selectors resume from
 //! the previous step's position (`cursor`), and what is derived from a series' labels
-//! (name removal, content hash, group keys) is memoised per label set (`memo`).
+//! (name removal, content hash, group keys) is memoised per label set (`memo`); the
+//! label sets a node's vector was last proven distinct with are kept, so a step that
+//! yields those series again skips the uniqueness check.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::hash::{DefaultHasher, Hasher};
@@ -69,6 +71,11 @@ pub(crate) struct Evaluator<'a> {
     /// The hash of each label set's content, for the checks that a vector's label sets
     /// are unique.
     content_hashes: LabelMemo<u64>,
+    /// Per node: the label sets of its latest vector proven distinct (clones, so their
+    /// identities stay theirs). A range query's next step mostly yields the same series
+    /// again: a vector whose label sets are, in order, a subsequence of these is
+    /// distinct too, found by comparing addresses instead of hashing every step.
+    distinct_sets: HashMap<usize, Vec<Labels>, BuildWordHasher>,
     /// Per aggregation node: the group key and group labels of each series.
     groupings: HashMap<usize, GroupingMemo>,
     /// Per selector: where the previous step's windows ended in each loaded series.
@@ -95,6 +102,7 @@ impl<'a> Evaluator<'a> {
             subquery_windows: HashMap::new(),
             identity_removed: LabelMemo::default(),
             content_hashes: LabelMemo::default(),
+            distinct_sets: HashMap::default(),
             groupings: HashMap::new(),
             cursors: Cursors::default(),
         }
@@ -168,7 +176,11 @@ impl<'a> Evaluator<'a> {
 
     /// Applies `drop_name` flags set by a function (at once unless removal is delayed)
     /// and rejects outputs in which two samples share a label set.
-    pub(crate) fn settle_vector(&mut self, v: &mut [InstantSample]) -> Result<(), QueryError> {
+    pub(crate) fn settle_vector(
+        &mut self,
+        node: usize,
+        v: &mut [InstantSample],
+    ) -> Result<(), QueryError> {
         if self.opts.delayed_name_removal {
             return Ok(());
         }
@@ -177,15 +189,25 @@ impl<'a> Evaluator<'a> {
                 self.remove_identity(&mut s.labels);
             }
         }
-        self.check_unique(v)
+        self.check_unique(node, v)
     }
 
-    /// `check_unique_labelsets` through per-series content hashes: a vector whose
-    /// hashes are all distinct has distinct label sets; on a repeated hash the exact
-    /// check decides.
-    pub(crate) fn check_unique(&mut self, v: &[InstantSample]) -> Result<(), QueryError> {
+    /// `check_unique_labelsets` for the vector node `node` (its address) yields: free when
+    /// its label sets are, in order, among those of its latest vector proven distinct;
+    /// otherwise through per-series content hashes: a vector whose hashes are all
+    /// distinct has distinct label sets; on a repeated hash the exact check decides.
+    pub(crate) fn check_unique(
+        &mut self,
+        node: usize,
+        v: &[InstantSample],
+    ) -> Result<(), QueryError> {
         if v.len() < 2 {
             return Ok(());
+        }
+        if let Some(proven) = self.distinct_sets.get(&node) {
+            if is_subsequence_by_identity(v, proven) {
+                return Ok(());
+            }
         }
         let mut seen = HashSet::with_capacity_and_hasher(v.len(), BuildWordHasher::default());
         for s in v {
@@ -193,9 +215,12 @@ impl<'a> Evaluator<'a> {
                 .content_hashes
                 .get_or_derive(&s.labels, |l| hash_labels_where(l, |_| true));
             if !seen.insert(hash) {
-                return check_unique_labelsets(v);
+                check_unique_labelsets(v)?;
+                break;
             }
         }
+        self.distinct_sets
+            .insert(node, v.iter().map(|s| s.labels.clone()).collect());
         Ok(())
     }
 
@@ -250,7 +275,7 @@ impl<'a> Evaluator<'a> {
                     self.drop_name(s);
                 }
                 if !self.opts.delayed_name_removal {
-                    self.check_unique(&v)?;
+                    self.check_unique(u as *const UnaryExpr as usize, &v)?;
                 }
                 Ok(Value::Vector(v))
             }
@@ -500,7 +525,7 @@ impl<'a> Evaluator<'a> {
             FnOutput::Scalar(v) => Ok(Value::Scalar(v)),
             FnOutput::Vector(mut v) => {
                 v.iter_mut().for_each(|s| s.t = ts);
-                self.settle_vector(&mut v)?;
+                self.settle_vector(call as *const Call as usize, &mut v)?;
                 self.hold_samples(v.len())?;
                 Ok(Value::Vector(v))
             }
@@ -674,6 +699,17 @@ pub(crate) fn type_error(want: &str, got: &Value) -> QueryError {
 }
 
 /// Fails when two samples of `v` carry the same label set.
+/// Whether `v`'s label sets are, in order, the very label sets (same storage) of a
+/// subsequence of `proven`. Each match moves past its element, so a label set repeated
+/// in `v` matches only if it is repeated in `proven`.
+fn is_subsequence_by_identity(v: &[InstantSample], proven: &[Labels]) -> bool {
+    let mut rest = proven.iter();
+    v.iter().all(|s| {
+        let id = s.labels.identity();
+        rest.any(|p| p.identity() == id)
+    })
+}
+
 pub(crate) fn check_unique_labelsets(v: &[InstantSample]) -> Result<(), QueryError> {
     if v.len() < 2 {
         return Ok(());
@@ -685,4 +721,42 @@ pub(crate) fn check_unique_labelsets(v: &[InstantSample]) -> Result<(), QueryErr
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(labels: &Labels) -> InstantSample {
+        InstantSample {
+            labels: labels.clone(),
+            t: 0,
+            v: 0.0,
+            drop_name: false,
+        }
+    }
+
+    #[test]
+    fn proven_distinct_sets_cover_their_subsequences_by_identity_only() {
+        let a = Labels::from_pairs([("a", "1")]);
+        let b = Labels::from_pairs([("a", "2")]);
+        let c = Labels::from_pairs([("a", "3")]);
+        let proven = vec![a.clone(), b.clone(), c.clone()];
+        assert!(is_subsequence_by_identity(
+            &[sample(&a), sample(&c)],
+            &proven
+        ));
+        assert!(is_subsequence_by_identity(&[sample(&b)], &proven));
+        // Out of order, repeated, or equal content in other storage: not covered.
+        assert!(!is_subsequence_by_identity(
+            &[sample(&c), sample(&a)],
+            &proven
+        ));
+        assert!(!is_subsequence_by_identity(
+            &[sample(&a), sample(&a)],
+            &proven
+        ));
+        let a_copy = Labels::from_pairs([("a", "1")]);
+        assert!(!is_subsequence_by_identity(&[sample(&a_copy)], &proven));
+    }
 }
