@@ -698,7 +698,6 @@ pub(crate) fn type_error(want: &str, got: &Value) -> QueryError {
     QueryError::Execution(format!("expected {want}, got {}", value_type_name(got)))
 }
 
-/// Fails when two samples of `v` carry the same label set.
 /// Whether `v`'s label sets are, in order, the very label sets (same storage) of a
 /// subsequence of `proven`. Each match moves past its element, so a label set repeated
 /// in `v` matches only if it is repeated in `proven`.
@@ -710,6 +709,7 @@ fn is_subsequence_by_identity(v: &[InstantSample], proven: &[Labels]) -> bool {
     })
 }
 
+/// Fails when two samples of `v` carry the same label set.
 pub(crate) fn check_unique_labelsets(v: &[InstantSample]) -> Result<(), QueryError> {
     if v.len() < 2 {
         return Ok(());
