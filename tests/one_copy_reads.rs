@@ -16,34 +16,11 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use common::*;
-use timbala::cluster::placement;
 use timbala::model::{Labels, Sample, Series};
 use timbala::proto;
 
-/// Stores series on one node only, as an already-routed internal write (as a
-/// replica that got a forwarded write).
-fn write_to_one(node: &Node, batch: &[Series]) {
-    let body = timbala::replication::encode_series(batch);
-    let (code, answer) = post(
-        &node.url("/internal/v1/write"),
-        &[("X-Timbala-Routed", "1")],
-        &body,
-    );
-    assert_eq!(code, 200, "{}", String::from_utf8_lossy(&answer));
-}
-
 fn counter(node: &Node, name: &str) -> f64 {
     metric_value(&get(&node.url("/metrics")).1, name).unwrap_or(0.0)
-}
-
-/// The owners of a series in placement order (replica 0 first), by the slots a node
-/// reports.
-fn ordered_owners(slots: &[(String, bool)], labels: &Labels) -> Vec<String> {
-    let key = placement::partition_key(labels);
-    placement::owners_among_slots(key, slots.len(), 3, |i| slots[i].1)
-        .into_iter()
-        .map(|i| slots[i].0.clone())
-        .collect()
 }
 
 const SERIES: usize = 30;
@@ -73,7 +50,7 @@ fn every_acknowledged_sample_is_read_through_every_node_while_an_owner_lacks_som
         let mut expected_fetches = 0;
         for i in 0..SERIES {
             let labels = Labels::from_pairs([("__name__", metric.clone()), ("i", i.to_string())]);
-            let owners = ordered_owners(&slots, &labels);
+            let owners = ordered_owners_by_slots(&slots, &labels);
             let sample = |s: i64| Sample::new(t0 + s * 1000, (i as i64 * 100 + s) as f64);
             let early = Series {
                 labels: labels.clone(),

@@ -32,17 +32,6 @@ fn series(i: usize, t0: i64, seconds: impl Iterator<Item = i64>) -> Series {
     }
 }
 
-/// Stores series on one node only, as an already-routed internal write.
-fn write_to_one(node: &Node, batch: &[Series]) {
-    let body = timbala::replication::encode_series(batch);
-    let (code, answer) = post(
-        &node.url("/internal/v1/write"),
-        &[("X-Timbala-Routed", "1")],
-        &body,
-    );
-    assert_eq!(code, 200, "{}", String::from_utf8_lossy(&answer));
-}
-
 /// Samples per series a node holds itself.
 fn local_counts(node: &Node) -> BTreeMap<String, usize> {
     read_samples_at(

@@ -816,11 +816,31 @@ pub fn owners_by_slots(
     slots: &[(String, bool)],
     labels: &timbala::model::Labels,
 ) -> BTreeSet<String> {
+    ordered_owners_by_slots(slots, labels).into_iter().collect()
+}
+
+/// The same owners in placement order (replica 0 first).
+pub fn ordered_owners_by_slots(
+    slots: &[(String, bool)],
+    labels: &timbala::model::Labels,
+) -> Vec<String> {
     let key = timbala::cluster::placement::partition_key(labels);
     timbala::cluster::placement::owners_among_slots(key, slots.len(), 3, |i| slots[i].1)
         .into_iter()
         .map(|i| slots[i].0.clone())
         .collect()
+}
+
+/// Stores series on one node only, as an already-routed internal write (as a replica
+/// that got a forwarded write does), so tests can make replicas disagree.
+pub fn write_to_one(node: &Node, batch: &[timbala::model::Series]) {
+    let body = timbala::replication::encode_series(batch);
+    let (code, answer) = post(
+        &node.url("/internal/v1/write"),
+        &[("X-Timbala-Routed", "1")],
+        &body,
+    );
+    assert_eq!(code, 200, "{}", String::from_utf8_lossy(&answer));
 }
 
 /// Labels from the (name, value) pairs a read answers with.
