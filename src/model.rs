@@ -3,9 +3,10 @@
 //! Owns: the in-memory representation of a series identity (`Labels` of `Label`s whose
 //! names and values are shared `LabelStr`s, interned by `symbols`), a float sample,
 //! `Matcher` with Prometheus's semantics (fully anchored regexes; a missing label
-//! matches as the empty string), and the label-set hashes' shared mixer. Calls nothing
-//! else in the crate.
+//! matches as the empty string), and the label-set hashes' shared mixer. Native
+//! histograms and their validation live in `histogram`. Calls nothing else in the crate.
 
+pub mod histogram;
 pub mod label_hash;
 pub mod symbols;
 

@@ -1,7 +1,9 @@
 //! XOR chunks: Gorilla compression of float samples, byte-compatible with Prometheus's
 //! `chunkenc.XORChunk`, so remote read can stream our chunks unchanged.
 //!
-//! Owns: the bit stream writer/reader and the XOR encoding. Calls only `model`.
+//! Owns: the bit stream writer/reader and the XOR encoding of one float against its
+//! predecessor (`write_xor`, `read_xor`), which the histogram chunks
+//! (`histogram_chunk`) share for their sums and float counts. Calls only `model`.
 //!
 //! Layout (all bit fields most significant bit first):
 //! - 2 bytes: big-endian sample count.
@@ -36,18 +38,25 @@ pub enum ChunkError {
     VarintOverflow,
     /// A leading-zero count and meaningful-bit count that add up to more than 64.
     BadValueWindow,
+    /// A histogram chunk's schema that Timbala cannot read: unknown to Prometheus, or
+    /// one of the finer schemas (9..=52) Prometheus reserves for future writers.
+    BadSchema(i64),
+    /// A histogram chunk's layout with a field out of range, or announcing more spans,
+    /// buckets or bounds than the rest of the chunk could hold.
+    BadLayout,
 }
 
 impl fmt::Display for ChunkError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            ChunkError::MissingHeader => f.write_str("xor chunk shorter than its header"),
-            ChunkError::Truncated { decoded, announced } => write!(
-                f,
-                "xor chunk truncated after {decoded} of {announced} samples"
-            ),
-            ChunkError::VarintOverflow => f.write_str("xor chunk varint overflows 64 bits"),
-            ChunkError::BadValueWindow => f.write_str("xor chunk value bit window exceeds 64"),
+            ChunkError::MissingHeader => f.write_str("chunk shorter than its header"),
+            ChunkError::Truncated { decoded, announced } => {
+                write!(f, "chunk truncated after {decoded} of {announced} samples")
+            }
+            ChunkError::VarintOverflow => f.write_str("chunk varint overflows 64 bits"),
+            ChunkError::BadValueWindow => f.write_str("chunk value bit window exceeds 64"),
+            ChunkError::BadSchema(s) => write!(f, "histogram chunk has unreadable schema {s}"),
+            ChunkError::BadLayout => f.write_str("histogram chunk layout is out of range"),
         }
     }
 }
@@ -56,19 +65,39 @@ impl std::error::Error for ChunkError {}
 
 /// Appends bit fields, most significant bit first, to a byte vector.
 #[derive(Clone, Debug, Default)]
-struct BitWriter {
+pub(super) struct BitWriter {
     bytes: Vec<u8>,
     /// Unused low bits in the last byte (0 when the last byte is full).
     free: u32,
 }
 
 impl BitWriter {
-    fn write_bit(&mut self, bit: bool) {
+    /// A writer whose bytes start with `header` zero bytes (a chunk's header).
+    pub(super) fn with_header(header: usize) -> Self {
+        let mut bytes = Vec::with_capacity(GROWTH_STEP.max(header));
+        bytes.resize(header, 0);
+        BitWriter { bytes, free: 0 }
+    }
+
+    pub(super) fn bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+
+    /// The bytes, for rewriting a header in place.
+    pub(super) fn bytes_mut(&mut self) -> &mut [u8] {
+        &mut self.bytes
+    }
+
+    pub(super) fn into_bytes(self) -> Vec<u8> {
+        self.bytes
+    }
+
+    pub(super) fn write_bit(&mut self, bit: bool) {
         self.write_bits(u64::from(bit), 1);
     }
 
     /// Writes the low `nbits` (<= 64) bits of `value`.
-    fn write_bits(&mut self, value: u64, mut nbits: u32) {
+    pub(super) fn write_bits(&mut self, value: u64, mut nbits: u32) {
         while nbits > 0 {
             if self.free == 0 {
                 if self.bytes.len() == self.bytes.capacity() {
@@ -89,24 +118,30 @@ impl BitWriter {
         }
     }
 
-    fn write_byte(&mut self, b: u8) {
+    pub(super) fn write_byte(&mut self, b: u8) {
         self.write_bits(u64::from(b), 8);
     }
 }
 
 /// Reads bit fields, most significant bit first, from a byte slice.
-struct BitReader<'a> {
+pub(super) struct BitReader<'a> {
     bytes: &'a [u8],
     /// Position in bits from the start of `bytes`.
     pos: usize,
 }
 
 impl<'a> BitReader<'a> {
-    fn new(bytes: &'a [u8]) -> Self {
+    pub(super) fn new(bytes: &'a [u8]) -> Self {
         BitReader { bytes, pos: 0 }
     }
 
-    fn read_bit(&mut self) -> Option<bool> {
+    /// Bits not read yet: an upper bound on how many fields can still follow, which
+    /// decoders use to refuse announced sizes no stream of this length could hold.
+    pub(super) fn bits_left(&self) -> usize {
+        (self.bytes.len() * 8).saturating_sub(self.pos)
+    }
+
+    pub(super) fn read_bit(&mut self) -> Option<bool> {
         let byte = *self.bytes.get(self.pos / 8)?;
         let bit = (byte >> (7 - self.pos % 8)) & 1;
         self.pos += 1;
@@ -114,7 +149,7 @@ impl<'a> BitReader<'a> {
     }
 
     /// Reads `nbits` (<= 64) bits as an unsigned number.
-    fn read_bits(&mut self, nbits: u32) -> Option<u64> {
+    pub(super) fn read_bits(&mut self, nbits: u32) -> Option<u64> {
         if self.pos + nbits as usize > self.bytes.len() * 8 {
             return None;
         }
@@ -184,9 +219,87 @@ pub(super) fn unzigzag(u: u64) -> i64 {
 }
 
 /// Whether `x` fits an n-bit delta-of-delta bucket (Prometheus's `bitRange`).
-fn fits_bucket(x: i64, nbits: u32) -> bool {
+pub(super) fn fits_bucket(x: i64, nbits: u32) -> bool {
     let half = 1i64 << (nbits - 1);
     -(half - 1) <= x && x <= half
+}
+
+/// The signed number an n-bit bucket (`fits_bucket`) holds: values above the bucket's
+/// positive limit are negative numbers in two's complement. `size` is 1..=63.
+pub(super) fn from_bucket(bits: u64, size: u32) -> i64 {
+    if bits > 1 << (size - 1) {
+        bits as i64 - (1i64 << size)
+    } else {
+        bits as i64
+    }
+}
+
+/// Writes `v` XOR-encoded against `prev` (Prometheus's `xorWrite`): `0` when equal;
+/// else `1`, then `0` + the meaningful bits inside the current leading/trailing-zero
+/// window, or `1` + 5 bits leading zeros (clamped to 31) + 6 bits meaningful-bit count
+/// (64 stored as 0) + the bits. `leading` is 0xff while no window exists.
+pub(super) fn write_xor(w: &mut BitWriter, v: f64, prev: f64, leading: &mut u8, trailing: &mut u8) {
+    let delta = v.to_bits() ^ prev.to_bits();
+    if delta == 0 {
+        w.write_bit(false);
+        return;
+    }
+    w.write_bit(true);
+    let new_leading = (delta.leading_zeros() as u8).min(31);
+    let new_trailing = delta.trailing_zeros() as u8;
+    if *leading != 0xff && new_leading >= *leading && new_trailing >= *trailing {
+        let sig = 64 - u32::from(*leading) - u32::from(*trailing);
+        w.write_bit(false);
+        w.write_bits(delta >> *trailing, sig);
+        return;
+    }
+    *leading = new_leading;
+    *trailing = new_trailing;
+    let sig = 64 - u32::from(new_leading) - u32::from(new_trailing);
+    w.write_bit(true);
+    w.write_bits(u64::from(new_leading), 5);
+    // 64 meaningful bits do not fit 6 bits; it is written as 0 (never a real count).
+    w.write_bits(u64::from(sig) & 0x3f, 6);
+    w.write_bits(delta >> new_trailing, sig);
+}
+
+/// Reads a value written by `write_xor` into `bits` (the previous value's bits).
+/// `Ok(None)` when the stream ends first.
+pub(super) fn read_xor(
+    r: &mut BitReader,
+    bits: &mut u64,
+    leading: &mut u8,
+    trailing: &mut u8,
+) -> Result<Option<()>, ChunkError> {
+    let Some(changed) = r.read_bit() else {
+        return Ok(None);
+    };
+    if !changed {
+        return Ok(Some(()));
+    }
+    let Some(new_window) = r.read_bit() else {
+        return Ok(None);
+    };
+    if new_window {
+        let (Some(lead), Some(sig)) = (r.read_bits(5), r.read_bits(6)) else {
+            return Ok(None);
+        };
+        let sig = if sig == 0 { 64 } else { sig as u8 };
+        if u32::from(lead as u8) + u32::from(sig) > 64 {
+            return Err(ChunkError::BadValueWindow);
+        }
+        *leading = lead as u8;
+        *trailing = 64 - *leading - sig;
+    }
+    // Windows are only ever set above (leading + trailing <= 63) or start at 0/0 in a
+    // reader, so `sig` is 1..=64.
+    let sig = 64 - u32::from(*leading) - u32::from(*trailing);
+    let Some(x) = r.read_bits(sig) else {
+        return Ok(None);
+    };
+    // sig >= 1 here, so trailing <= 63 and the shift is defined.
+    *bits ^= x << *trailing;
+    Ok(Some(()))
 }
 
 /// An appendable XOR chunk.
@@ -211,10 +324,8 @@ impl Default for XorChunk {
 
 impl XorChunk {
     pub fn new() -> Self {
-        let mut bytes = Vec::with_capacity(GROWTH_STEP);
-        bytes.extend_from_slice(&[0, 0]);
         XorChunk {
-            w: BitWriter { bytes, free: 0 },
+            w: BitWriter::with_header(HEADER_SIZE),
             num: 0,
             min_t: i64::MIN,
             t: i64::MIN,
@@ -272,28 +383,13 @@ impl XorChunk {
     }
 
     fn write_value(&mut self, v: f64) {
-        let delta = v.to_bits() ^ self.v.to_bits();
-        if delta == 0 {
-            self.w.write_bit(false);
-            return;
-        }
-        self.w.write_bit(true);
-        let leading = (delta.leading_zeros() as u8).min(31);
-        let trailing = delta.trailing_zeros() as u8;
-        if self.leading != 0xff && leading >= self.leading && trailing >= self.trailing {
-            let sig = 64 - u32::from(self.leading) - u32::from(self.trailing);
-            self.w.write_bit(false);
-            self.w.write_bits(delta >> self.trailing, sig);
-            return;
-        }
-        self.leading = leading;
-        self.trailing = trailing;
-        let sig = 64 - u32::from(leading) - u32::from(trailing);
-        self.w.write_bit(true);
-        self.w.write_bits(u64::from(leading), 5);
-        // 64 meaningful bits do not fit 6 bits; it is written as 0 (never a real count).
-        self.w.write_bits(u64::from(sig) & 0x3f, 6);
-        self.w.write_bits(delta >> trailing, sig);
+        write_xor(
+            &mut self.w,
+            v,
+            self.v,
+            &mut self.leading,
+            &mut self.trailing,
+        );
     }
 
     pub fn num_samples(&self) -> usize {
@@ -445,38 +541,17 @@ impl XorIter<'_> {
             0b1110 => 20,
             _ => return self.r.read_bits(64).map(|b| b as i64),
         };
-        let bits = self.r.read_bits(size)?;
-        // Values above the bucket's positive limit are negative numbers in two's complement.
-        let signed = if bits > 1 << (size - 1) {
-            bits as i64 - (1i64 << size)
-        } else {
-            bits as i64
-        };
-        Some(signed)
+        self.r.read_bits(size).map(|bits| from_bucket(bits, size))
     }
 
     fn read_value(&mut self) -> Result<(), ChunkError> {
-        if !self.r.read_bit().ok_or_else(|| self.truncated())? {
-            return Ok(());
-        }
-        let new_window = self.r.read_bit().ok_or_else(|| self.truncated())?;
-        if new_window {
-            let leading = self.r.read_bits(5).ok_or_else(|| self.truncated())? as u8;
-            let mut sig = self.r.read_bits(6).ok_or_else(|| self.truncated())? as u8;
-            if sig == 0 {
-                sig = 64;
-            }
-            if u32::from(leading) + u32::from(sig) > 64 {
-                return Err(ChunkError::BadValueWindow);
-            }
-            self.leading = leading;
-            self.trailing = 64 - leading - sig;
-        }
-        let sig = 64 - u32::from(self.leading) - u32::from(self.trailing);
-        let bits = self.r.read_bits(sig).ok_or_else(|| self.truncated())?;
-        // sig >= 1 here, so trailing <= 63 and the shift is defined.
-        self.v ^= bits << self.trailing;
-        Ok(())
+        read_xor(
+            &mut self.r,
+            &mut self.v,
+            &mut self.leading,
+            &mut self.trailing,
+        )?
+        .ok_or_else(|| self.truncated())
     }
 }
 

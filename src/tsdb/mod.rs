@@ -1,7 +1,9 @@
 //! The local time-series database of one node.
 //!
 //! Owns: everything on this node's disk. Submodules (one concept each): `chunk` (XOR
-//! chunks, byte-compatible with Prometheus: the head's and remote read's), `packed`
+//! chunks, byte-compatible with Prometheus: the head's and remote read's),
+//! `histogram_chunk` (native histogram chunks, byte-compatible with Prometheus's
+//! encodings 2 and 3; nothing stores histograms yet), `packed`
 //! (the timestamp and value columns of sealed blocks, ADR 0026), `index` (postings and
 //! matcher evaluation), `head` (in-memory series, label interning, open chunks; its
 //! label-set hash is `model::label_hash`), `wal` (segments, checksums, checkpoints,
@@ -34,6 +36,7 @@ mod db;
 pub mod digest;
 pub mod exemplars;
 pub mod head;
+pub mod histogram_chunk;
 pub mod index;
 mod metrics;
 pub mod packed;
