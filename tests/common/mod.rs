@@ -668,6 +668,11 @@ impl Drop for Prometheus {
 /// paths in it resolve): scraping itself every second as job `self`, followed by
 /// `remote_config` (its `remote_write`/`remote_read` sections).
 pub fn start_prometheus(config_dir: &Path, remote_config: &str) -> Prometheus {
+    start_prometheus_with(config_dir, remote_config, &[])
+}
+
+/// `start_prometheus` with extra command-line flags (feature flags, receivers).
+pub fn start_prometheus_with(config_dir: &Path, remote_config: &str, flags: &[&str]) -> Prometheus {
     let port = free_port();
     let config = format!(
         "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: self\n    \
@@ -681,6 +686,7 @@ pub fn start_prometheus(config_dir: &Path, remote_config: &str) -> Prometheus {
         .arg(format!("--storage.tsdb.path={}", data.path().display()))
         .arg(format!("--web.listen-address=127.0.0.1:{port}"))
         .arg("--log.level=warn")
+        .args(flags)
         .stdin(Stdio::null())
         .spawn()
         .expect("start prometheus");
