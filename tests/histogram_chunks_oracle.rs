@@ -15,17 +15,18 @@
 
 #[rustfmt::skip]
 mod common;
+#[path = "support/histograms.rs"]
+mod histograms;
 
-use std::collections::BTreeMap;
 use std::time::Duration;
+
+use histograms::{append_all, hist, span, Observe};
 
 use prost::Message;
 use timbala::model::histogram::{CounterResetHint, FloatHistogram, Histogram, Span};
 use timbala::model::stale_nan;
 use timbala::proto::{self, ChunkEncoding, MatcherType, ResponseType};
-use timbala::tsdb::histogram_chunk::{
-    decode_histogram_chunk, Appended, ChunkHistogram, CounterResetHeader, HistogramChunk,
-};
+use timbala::tsdb::histogram_chunk::{decode_histogram_chunk, ChunkHistogram, CounterResetHeader};
 
 /// Remote write 1.0's `prometheus.Histogram` in full. Timbala's `proto` declares only
 /// its timestamp, because ingest refuses histograms for now (ADR 0027).
@@ -106,34 +107,8 @@ fn pb_hint(hint: CounterResetHint) -> i32 {
 }
 
 /// A histogram of either kind as remote write carries it.
-trait Wire: ChunkHistogram {
+trait Wire: ChunkHistogram + Observe {
     fn to_wire(&self, t: i64) -> PbHistogram;
-    /// (schema, zero threshold, zero count, count, sum) as bits, and bucket index ->
-    /// absolute count bits of the non-empty buckets: what two encodings of the same
-    /// observations share even when one has extra empty buckets.
-    fn observed(&self) -> (Vec<u64>, [BTreeMap<i64, u64>; 2]);
-}
-
-/// Bucket indices of `spans` in order.
-fn indices(spans: &[Span]) -> Vec<i64> {
-    let mut out = Vec::new();
-    let mut idx = -1i64;
-    for s in spans {
-        idx += i64::from(s.offset);
-        for _ in 0..s.length {
-            idx += 1;
-            out.push(idx);
-        }
-    }
-    out
-}
-
-fn non_empty(spans: &[Span], counts: impl Iterator<Item = u64>) -> BTreeMap<i64, u64> {
-    indices(spans)
-        .into_iter()
-        .zip(counts)
-        .filter(|(_, c)| *c != 0)
-        .collect()
 }
 
 impl Wire for Histogram {
@@ -152,10 +127,6 @@ impl Wire for Histogram {
             timestamp: t,
             ..Default::default()
         }
-    }
-
-    fn observed(&self) -> (Vec<u64>, [BTreeMap<i64, u64>; 2]) {
-        self.to_float().observed()
     }
 }
 
@@ -176,65 +147,6 @@ impl Wire for FloatHistogram {
             ..Default::default()
         }
     }
-
-    fn observed(&self) -> (Vec<u64>, [BTreeMap<i64, u64>; 2]) {
-        if self.is_stale() {
-            return (vec![self.sum.to_bits()], Default::default());
-        }
-        let scalars = [
-            f64::from(self.schema),
-            self.zero_threshold,
-            self.zero_count,
-            self.count,
-            self.sum,
-        ];
-        let bits = |v: &[f64]| {
-            v.iter()
-                .map(|c| c.to_bits())
-                .collect::<Vec<_>>()
-                .into_iter()
-        };
-        (
-            scalars.iter().map(|v| v.to_bits()).collect(),
-            [
-                non_empty(&self.positive_spans, bits(&self.positive_buckets)),
-                non_empty(&self.negative_spans, bits(&self.negative_buckets)),
-            ],
-        )
-    }
-}
-
-fn span(offset: i32, length: u32) -> Span {
-    Span { offset, length }
-}
-
-/// A valid integer histogram with the given absolute counts.
-fn hist(schema: i32, pos: &[Span], p: &[u64], neg: &[Span], n: &[u64], zero: u64) -> Histogram {
-    let deltas = |counts: &[u64]| {
-        let mut prev = 0i64;
-        counts
-            .iter()
-            .map(|&c| {
-                let d = c as i64 - prev;
-                prev = c as i64;
-                d
-            })
-            .collect()
-    };
-    let h = Histogram {
-        schema,
-        zero_threshold: 2f64.powi(-128),
-        zero_count: zero,
-        count: p.iter().chain(n).sum::<u64>() + zero,
-        sum: p.iter().sum::<u64>() as f64 * 0.37 - n.iter().sum::<u64>() as f64 * 1.9,
-        positive_spans: pos.to_vec().into(),
-        negative_spans: neg.to_vec().into(),
-        positive_buckets: deltas(p),
-        negative_buckets: deltas(n),
-        ..Default::default()
-    };
-    assert_eq!(h.validate(), Ok(()));
-    h
 }
 
 /// Series of integer histograms, each with the chunk headers Prometheus should give it.
@@ -345,18 +257,6 @@ fn float_scenarios(
     vec![("nh_float", steady, vec![CounterResetHeader::Unknown])]
 }
 
-/// Our appender's chunks for `samples`.
-fn our_chunks<H: ChunkHistogram>(samples: &[(i64, H)]) -> Vec<HistogramChunk<H>> {
-    let mut chunks = vec![HistogramChunk::<H>::new()];
-    for (t, h) in samples {
-        let last = chunks.last_mut().expect("a chunk");
-        if let Appended::Cut(next) = last.append(*t, h).expect("well-formed") {
-            chunks.push(next);
-        }
-    }
-    chunks
-}
-
 /// The chunks Prometheus streams for metric `name` (all frames joined).
 fn prometheus_chunks(
     prometheus: &common::Prometheus,
@@ -418,7 +318,7 @@ fn check_series<H: Wire>(
 ) {
     let (start, end) = (samples[0].0, samples[samples.len() - 1].0);
     let theirs = prometheus_chunks(prometheus, name, start, end);
-    let ours = our_chunks(samples);
+    let ours = append_all(samples);
     assert_eq!(theirs.len(), ours.len(), "{name}: chunk count");
     let mut decoded = Vec::new();
     for (i, (their, our)) in theirs.iter().zip(&ours).enumerate() {
