@@ -17,6 +17,14 @@
 //!   and snappy folds repeated values and delta runs: 17 -> about 5 bytes per sample.
 //! - 3 delete: zig-zag varint mint, maxt, then repeated uvarint series ids
 //! - 4 metadata: repeated 4 strings (family, type, help, unit), each uvarint len + bytes
+//! - 6 native histogram samples, 7 float histogram samples (ADR 0030; nothing writes
+//!   them until the head stores histograms): a snappy block like kind 5's, each value a
+//!   histogram: counter-reset hint byte (remote write's numbering), zig-zag schema, u64
+//!   LE bits of zero threshold and of sum, positive then negative spans (uvarint count,
+//!   then zig-zag offset and uvarint length each), custom bounds (uvarint count, u64 LE
+//!   bits each); then for kind 6 uvarint zero count and count and the positive then
+//!   negative bucket deltas (uvarint count, zig-zag each), for kind 7 the same as u64
+//!   LE bits.
 //!
 //! A checkpoint `checkpoint.NNNNNNNN` holds, in the same framing, the head's state that
 //! covers segments up to NNNNNNNN, which are then deleted. Replay reads the newest
@@ -49,6 +57,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::head::lock;
+use crate::model::histogram::{CounterResetHint, FloatHistogram, Histogram, Span};
 use crate::model::{Label, Labels, MetricMetadata};
 use crate::storage::StorageError;
 
@@ -57,6 +66,8 @@ const KIND_SAMPLES: u8 = 2;
 const KIND_DELETE: u8 = 3;
 const KIND_METADATA: u8 = 4;
 const KIND_COMPACT_SAMPLES: u8 = 5;
+const KIND_HISTOGRAMS: u8 = 6;
+const KIND_FLOAT_HISTOGRAMS: u8 = 7;
 const FRAME_HEADER: usize = 8;
 /// Upper bound for one record, so a garbage length cannot make replay allocate wildly.
 const MAX_RECORD: usize = 1 << 30;
@@ -64,10 +75,21 @@ const MAX_RECORD: usize = 1 << 30;
 /// A decoded WAL record.
 #[derive(Debug, PartialEq)]
 pub enum Record {
-    Series { id: u64, labels: Labels },
+    Series {
+        id: u64,
+        labels: Labels,
+    },
     Samples(Vec<(u64, i64, f64)>),
-    Delete { mint: i64, maxt: i64, ids: Vec<u64> },
+    Delete {
+        mint: i64,
+        maxt: i64,
+        ids: Vec<u64>,
+    },
     Metadata(Vec<MetricMetadata>),
+    /// (series id, timestamp, histogram), as kind 6.
+    Histograms(Vec<(u64, i64, Histogram)>),
+    /// (series id, timestamp, histogram), as kind 7.
+    FloatHistograms(Vec<(u64, i64, FloatHistogram)>),
 }
 
 // ---- encoding ----
@@ -137,35 +159,32 @@ pub fn encode_metadata(buf: &mut Vec<u8>, metadata: &[MetricMetadata]) {
     });
 }
 
-/// Builds one compact samples record incrementally, without allocating per sample.
+/// The body every snappy samples record shares (kinds 5, 6, 7): base time, then per
+/// sample the series id minus the previous one and the time minus the base, then the
+/// value as the kind writes it.
 #[derive(Default)]
-pub struct SamplesRecord {
-    /// The uncompressed body: base time, then the delta-encoded samples.
+struct KeyedBody {
     body: Vec<u8>,
     base_t: Option<i64>,
     previous_id: u64,
 }
 
-impl SamplesRecord {
-    pub fn push(&mut self, id: u64, t: i64, v: f64) {
+impl KeyedBody {
+    /// Writes a sample's id and time; its value follows in `self.body`.
+    fn push_key(&mut self, id: u64, t: i64) {
         let base_t = *self.base_t.get_or_insert_with(|| {
             put_varint(&mut self.body, t);
             t
         });
         put_varint(&mut self.body, id.wrapping_sub(self.previous_id) as i64);
         put_varint(&mut self.body, t.wrapping_sub(base_t));
-        self.body.extend_from_slice(&v.to_bits().to_le_bytes());
         self.previous_id = id;
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.base_t.is_none()
-    }
-
-    /// The framed, snappy-compressed record, ready for `Wal::log`.
-    pub fn finish(self) -> Vec<u8> {
+    /// The framed, snappy-compressed record of `kind`.
+    fn finish(self, kind: u8) -> Vec<u8> {
         let mut buf = Vec::new();
-        frame(&mut buf, KIND_COMPACT_SAMPLES, |p| {
+        frame(&mut buf, kind, |p| {
             let start = p.len();
             p.resize(start + snap::raw::max_compress_len(self.body.len()), 0);
             let written = snap::raw::Encoder::new()
@@ -177,8 +196,207 @@ impl SamplesRecord {
     }
 }
 
-/// Decodes the body of a compact samples record (after snappy).
-fn decode_compact_samples(mut c: Cursor<'_>) -> Option<Vec<(u64, i64, f64)>> {
+/// Builds one compact samples record incrementally, without allocating per sample.
+#[derive(Default)]
+pub struct SamplesRecord(KeyedBody);
+
+impl SamplesRecord {
+    pub fn push(&mut self, id: u64, t: i64, v: f64) {
+        self.0.push_key(id, t);
+        self.0.body.extend_from_slice(&v.to_bits().to_le_bytes());
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.base_t.is_none()
+    }
+
+    /// The framed, snappy-compressed record, ready for `Wal::log`.
+    pub fn finish(self) -> Vec<u8> {
+        self.0.finish(KIND_COMPACT_SAMPLES)
+    }
+}
+
+/// Builds one native histogram samples record (kind 6).
+#[derive(Default)]
+pub struct HistogramsRecord(KeyedBody);
+
+impl HistogramsRecord {
+    pub fn push(&mut self, id: u64, t: i64, h: &Histogram) {
+        self.0.push_key(id, t);
+        let p = &mut self.0.body;
+        put_shape(p, h.counter_reset_hint, h.schema, h.zero_threshold, h.sum);
+        put_layout(p, &h.positive_spans, &h.negative_spans, &h.custom_values);
+        put_uvarint(p, h.zero_count);
+        put_uvarint(p, h.count);
+        for buckets in [&h.positive_buckets, &h.negative_buckets] {
+            put_uvarint(p, buckets.len() as u64);
+            for &d in buckets {
+                put_varint(p, d);
+            }
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.base_t.is_none()
+    }
+
+    pub fn finish(self) -> Vec<u8> {
+        self.0.finish(KIND_HISTOGRAMS)
+    }
+}
+
+/// Builds one float histogram samples record (kind 7).
+#[derive(Default)]
+pub struct FloatHistogramsRecord(KeyedBody);
+
+impl FloatHistogramsRecord {
+    pub fn push(&mut self, id: u64, t: i64, h: &FloatHistogram) {
+        self.0.push_key(id, t);
+        let p = &mut self.0.body;
+        put_shape(p, h.counter_reset_hint, h.schema, h.zero_threshold, h.sum);
+        put_layout(p, &h.positive_spans, &h.negative_spans, &h.custom_values);
+        put_f64s(p, &[h.zero_count, h.count]);
+        for buckets in [&h.positive_buckets, &h.negative_buckets] {
+            put_uvarint(p, buckets.len() as u64);
+            put_f64s(p, buckets);
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.base_t.is_none()
+    }
+
+    pub fn finish(self) -> Vec<u8> {
+        self.0.finish(KIND_FLOAT_HISTOGRAMS)
+    }
+}
+
+fn put_f64s(p: &mut Vec<u8>, values: &[f64]) {
+    for v in values {
+        p.extend_from_slice(&v.to_bits().to_le_bytes());
+    }
+}
+
+/// Remote write's numbering of the counter-reset hint.
+fn hint_byte(hint: CounterResetHint) -> u8 {
+    match hint {
+        CounterResetHint::Unknown => 0,
+        CounterResetHint::CounterReset => 1,
+        CounterResetHint::NotCounterReset => 2,
+        CounterResetHint::Gauge => 3,
+    }
+}
+
+fn put_shape(p: &mut Vec<u8>, hint: CounterResetHint, schema: i32, zero_threshold: f64, sum: f64) {
+    p.push(hint_byte(hint));
+    put_varint(p, i64::from(schema));
+    put_f64s(p, &[zero_threshold, sum]);
+}
+
+fn put_layout(p: &mut Vec<u8>, positive: &[Span], negative: &[Span], custom_values: &[f64]) {
+    for spans in [positive, negative] {
+        put_uvarint(p, spans.len() as u64);
+        for s in spans {
+            put_varint(p, i64::from(s.offset));
+            put_uvarint(p, u64::from(s.length));
+        }
+    }
+    put_uvarint(p, custom_values.len() as u64);
+    put_f64s(p, custom_values);
+}
+
+/// What both histogram kinds' values start with.
+struct Shape {
+    hint: CounterResetHint,
+    schema: i32,
+    zero_threshold: f64,
+    sum: f64,
+    positive_spans: Vec<Span>,
+    negative_spans: Vec<Span>,
+    custom_values: Vec<f64>,
+}
+
+fn get_shape(c: &mut Cursor<'_>) -> Option<Shape> {
+    let hint = match c.bytes(1)?[0] {
+        0 => CounterResetHint::Unknown,
+        1 => CounterResetHint::CounterReset,
+        2 => CounterResetHint::NotCounterReset,
+        3 => CounterResetHint::Gauge,
+        _ => return None,
+    };
+    let schema = i32::try_from(c.varint()?).ok()?;
+    let (zero_threshold, sum) = (c.f64()?, c.f64()?);
+    let mut spans = [Vec::new(), Vec::new()];
+    for side in &mut spans {
+        // A span takes at least two bytes.
+        for _ in 0..c.count(2)? {
+            let offset = i32::try_from(c.varint()?).ok()?;
+            let length = u32::try_from(c.uvarint()?).ok()?;
+            side.push(Span { offset, length });
+        }
+    }
+    let custom_values = c.f64s()?;
+    let [positive_spans, negative_spans] = spans;
+    Some(Shape {
+        hint,
+        schema,
+        zero_threshold,
+        sum,
+        positive_spans,
+        negative_spans,
+        custom_values,
+    })
+}
+
+fn get_histogram(c: &mut Cursor<'_>) -> Option<Histogram> {
+    let shape = get_shape(c)?;
+    let (zero_count, count) = (c.uvarint()?, c.uvarint()?);
+    let mut buckets = [Vec::new(), Vec::new()];
+    for side in &mut buckets {
+        for _ in 0..c.count(1)? {
+            side.push(c.varint()?);
+        }
+    }
+    let [positive_buckets, negative_buckets] = buckets;
+    Some(Histogram {
+        counter_reset_hint: shape.hint,
+        schema: shape.schema,
+        zero_threshold: shape.zero_threshold,
+        zero_count,
+        count,
+        sum: shape.sum,
+        positive_spans: shape.positive_spans.into(),
+        negative_spans: shape.negative_spans.into(),
+        positive_buckets,
+        negative_buckets,
+        custom_values: shape.custom_values.into(),
+    })
+}
+
+fn get_float_histogram(c: &mut Cursor<'_>) -> Option<FloatHistogram> {
+    let shape = get_shape(c)?;
+    let (zero_count, count) = (c.f64()?, c.f64()?);
+    let (positive_buckets, negative_buckets) = (c.f64s()?, c.f64s()?);
+    Some(FloatHistogram {
+        counter_reset_hint: shape.hint,
+        schema: shape.schema,
+        zero_threshold: shape.zero_threshold,
+        zero_count,
+        count,
+        sum: shape.sum,
+        positive_spans: shape.positive_spans.into(),
+        negative_spans: shape.negative_spans.into(),
+        positive_buckets,
+        negative_buckets,
+        custom_values: shape.custom_values.into(),
+    })
+}
+
+/// Decodes the body of a snappy samples record (after snappy), each value by `value`.
+fn decode_keyed<T>(
+    mut c: Cursor<'_>,
+    mut value: impl FnMut(&mut Cursor<'_>) -> Option<T>,
+) -> Option<Vec<(u64, i64, T)>> {
     let mut samples = Vec::new();
     if c.is_empty() {
         return Some(samples);
@@ -188,7 +406,7 @@ fn decode_compact_samples(mut c: Cursor<'_>) -> Option<Vec<(u64, i64, f64)>> {
     while !c.is_empty() {
         id = id.wrapping_add(c.varint()? as u64);
         let t = base_t.wrapping_add(c.varint()?);
-        samples.push((id, t, f64::from_bits(c.u64_le()?)));
+        samples.push((id, t, value(&mut c)?));
     }
     Some(samples)
 }
@@ -245,6 +463,23 @@ impl Cursor<'_> {
         Some(u64::from_le_bytes(b))
     }
 
+    fn f64(&mut self) -> Option<f64> {
+        self.u64_le().map(f64::from_bits)
+    }
+
+    /// A uvarint count of items that take at least `min_bytes` each; None when the rest
+    /// could not hold that many (so a garbage count cannot make us allocate).
+    fn count(&mut self, min_bytes: usize) -> Option<usize> {
+        let n = usize::try_from(self.uvarint()?).ok()?;
+        (n <= self.b.len() / min_bytes).then_some(n)
+    }
+
+    /// A uvarint count, then that many u64 LE float bits.
+    fn f64s(&mut self) -> Option<Vec<f64>> {
+        let n = self.count(8)?;
+        (0..n).map(|_| self.f64()).collect()
+    }
+
     fn is_empty(&self) -> bool {
         self.b.is_empty()
     }
@@ -278,7 +513,15 @@ pub fn decode_record(payload: &[u8]) -> Option<Record> {
         }
         KIND_COMPACT_SAMPLES => {
             let body = decompress_record_body(rest)?;
-            decode_compact_samples(Cursor { b: &body }).map(Record::Samples)
+            decode_keyed(Cursor { b: &body }, |c| c.f64()).map(Record::Samples)
+        }
+        KIND_HISTOGRAMS => {
+            let body = decompress_record_body(rest)?;
+            decode_keyed(Cursor { b: &body }, get_histogram).map(Record::Histograms)
+        }
+        KIND_FLOAT_HISTOGRAMS => {
+            let body = decompress_record_body(rest)?;
+            decode_keyed(Cursor { b: &body }, get_float_histogram).map(Record::FloatHistograms)
         }
         KIND_DELETE => {
             let (mint, maxt) = (c.varint()?, c.varint()?);
@@ -805,7 +1048,7 @@ fn keep_non_sample_records(bytes: &[u8], carried: &mut Vec<u8>) {
         };
         if !matches!(
             framed.get(FRAME_HEADER),
-            Some(&KIND_SAMPLES | &KIND_COMPACT_SAMPLES)
+            Some(&KIND_SAMPLES | &KIND_COMPACT_SAMPLES | &KIND_HISTOGRAMS | &KIND_FLOAT_HISTOGRAMS)
         ) {
             carried.extend_from_slice(framed);
         }
@@ -1282,5 +1525,187 @@ mod tests {
         }
         let (end, _) = read_records(&[5, 0, 0, 0, 1, 2, 3, 4, 1], &mut |_| {});
         assert_eq!(end, ReadEnd::Torn(0));
+    }
+
+    /// Histograms of every shape the records carry: exponential and custom schemas,
+    /// negative offsets, NaN and stale sums, extreme counts, every hint.
+    fn histograms() -> Vec<(u64, i64, Histogram)> {
+        let span = |offset, length| Span { offset, length };
+        let hints = [
+            CounterResetHint::Unknown,
+            CounterResetHint::CounterReset,
+            CounterResetHint::NotCounterReset,
+            CounterResetHint::Gauge,
+        ];
+        let mut out = Vec::new();
+        for i in 0..40u64 {
+            let mut h = Histogram {
+                counter_reset_hint: hints[i as usize % 4],
+                schema: (i % 13) as i32 - 4,
+                zero_threshold: 2f64.powi(-128),
+                zero_count: i,
+                count: i * 7 + u64::from(i == 39) * (u64::MAX - 300),
+                sum: [1.5, f64::NAN, stale_nan(), -0.0][i as usize % 4],
+                positive_spans: vec![span(-(i as i32), 2), span(3, 1)].into(),
+                negative_spans: vec![span(i as i32, 1)].into(),
+                positive_buckets: vec![i as i64, -1, i64::MIN + i as i64],
+                negative_buckets: vec![i64::MAX],
+                ..Default::default()
+            };
+            if i % 5 == 0 {
+                h.schema = -53;
+                h.zero_threshold = 0.0;
+                h.negative_spans = Vec::new().into();
+                h.negative_buckets.clear();
+                h.custom_values = vec![0.5, 1.0, 1e300].into();
+            }
+            out.push((i * 3 % 7, 1_700_000_000_000 - 15_000 * i as i64, h));
+        }
+        out
+    }
+
+    /// Equal, with sums (and float counts) compared by their bits.
+    fn same_floats(a: &FloatHistogram, b: &FloatHistogram) -> bool {
+        let bits = |h: &FloatHistogram| {
+            let mut v = vec![h.sum.to_bits(), h.count.to_bits(), h.zero_count.to_bits()];
+            v.extend(
+                h.positive_buckets
+                    .iter()
+                    .chain(&h.negative_buckets)
+                    .map(|c| c.to_bits()),
+            );
+            v
+        };
+        let plain = |h: &FloatHistogram| FloatHistogram {
+            sum: 0.0,
+            count: 0.0,
+            zero_count: 0.0,
+            positive_buckets: vec![],
+            negative_buckets: vec![],
+            ..h.clone()
+        };
+        bits(a) == bits(b) && plain(a) == plain(b)
+    }
+
+    fn histogram_records() -> (Vec<u8>, Vec<u8>) {
+        let mut ints = HistogramsRecord::default();
+        let mut floats = FloatHistogramsRecord::default();
+        assert!(ints.is_empty() && floats.is_empty());
+        for (id, t, h) in histograms() {
+            ints.push(id, t, &h);
+            floats.push(id, t, &h.to_float());
+        }
+        assert!(!ints.is_empty() && !floats.is_empty());
+        (ints.finish(), floats.finish())
+    }
+
+    fn check_histograms(recs: &[Record]) {
+        let want = histograms();
+        match recs {
+            [Record::Histograms(ints), Record::FloatHistograms(floats)] => {
+                assert_eq!(ints.len(), want.len());
+                assert_eq!(floats.len(), want.len());
+                for (((id, t, h), got), fgot) in want.iter().zip(ints).zip(floats) {
+                    assert_eq!((*id, *t), (got.0, got.1));
+                    assert_eq!((*id, *t), (fgot.0, fgot.1));
+                    assert!(
+                        same_floats(&h.to_float(), &got.2.to_float()),
+                        "{h:?} {got:?}"
+                    );
+                    assert_eq!(h.positive_buckets, got.2.positive_buckets);
+                    assert_eq!((h.count, h.zero_count), (got.2.count, got.2.zero_count));
+                    assert!(same_floats(&h.to_float(), &fgot.2), "{h:?} {fgot:?}");
+                }
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn histogram_records_round_trip_through_replay() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let (wal, _, _) = open(dir.path(), 1 << 20);
+            let (ints, floats) = histogram_records();
+            wal.log(&ints);
+            let seq = wal.log(&floats);
+            wal.sync(seq).unwrap();
+        }
+        let (_, recs, report) = open(dir.path(), 1 << 20);
+        assert_eq!(report.corrupt_records, 0);
+        check_histograms(&recs);
+        // An empty record decodes to no samples.
+        let empty = HistogramsRecord::default().finish();
+        assert_eq!(
+            decode_record(&empty[FRAME_HEADER..]),
+            Some(Record::Histograms(vec![]))
+        );
+    }
+
+    #[test]
+    fn torn_and_damaged_histogram_records() {
+        let dir = tempfile::tempdir().unwrap();
+        let (ints, floats) = histogram_records();
+        {
+            let (wal, _, _) = open(dir.path(), 1 << 20);
+            wal.log(&ints);
+            wal.log(&floats);
+            let seq = wal.log(&ints);
+            wal.sync(seq).unwrap();
+        }
+        let seg = dir.path().join(segment_name(1));
+        let whole = fs::read(&seg).unwrap();
+        let two = whole.len() - ints.len();
+        // A crash in the middle of the third record: it is cut off, the others stay.
+        for cut in [1, FRAME_HEADER, ints.len() / 2, ints.len() - 1] {
+            fs::write(&seg, &whole[..two + cut]).unwrap();
+            let (wal, recs, report) = open(dir.path(), 1 << 20);
+            drop(wal);
+            assert!(report.torn_tail_truncated, "cut at {cut}");
+            assert_eq!(report.corrupt_records, 0);
+            check_histograms(&recs);
+            // Opening wrote a fresh segment; start over from the single damaged one.
+            for entry in fs::read_dir(dir.path()).unwrap() {
+                fs::remove_file(entry.unwrap().path()).unwrap();
+            }
+        }
+        // A flipped byte inside the first record: skipped and counted.
+        let mut bad = whole.clone();
+        bad[FRAME_HEADER + 3] ^= 0x40;
+        fs::write(&seg, &bad).unwrap();
+        let (_, recs, report) = open(dir.path(), 1 << 20);
+        assert_eq!(report.corrupt_records, 1);
+        assert!(matches!(
+            &recs[..],
+            [Record::FloatHistograms(_), Record::Histograms(_)]
+        ));
+    }
+
+    #[test]
+    fn hostile_histogram_payloads_are_refused() {
+        let framed = |kind: u8, body: &[u8]| {
+            let mut payload = vec![kind];
+            payload.extend_from_slice(&snap::raw::Encoder::new().compress_vec(body).unwrap());
+            payload
+        };
+        // base t, id, t, hint 0, schema 0, threshold and sum, then a span count of 2^40.
+        let mut body = vec![0, 2, 0, 0, 0];
+        body.extend_from_slice(&[0; 16]);
+        put_uvarint(&mut body, 1 << 40);
+        assert_eq!(decode_record(&framed(KIND_HISTOGRAMS, &body)), None);
+        assert_eq!(decode_record(&framed(KIND_FLOAT_HISTOGRAMS, &body)), None);
+        // An unknown hint byte.
+        let mut body = vec![0, 2, 0, 9];
+        body.extend_from_slice(&[0; 30]);
+        assert_eq!(decode_record(&framed(KIND_HISTOGRAMS, &body)), None);
+        // Every prefix of a valid record is refused or decodes fewer samples, never panics.
+        let (ints, floats) = histogram_records();
+        for record in [&ints, &floats] {
+            let payload = &record[FRAME_HEADER..];
+            let body = decompress_record_body(&payload[1..]).unwrap();
+            for cut in 0..body.len() {
+                let _ = decode_record(&framed(payload[0], &body[..cut]));
+            }
+        }
     }
 }
