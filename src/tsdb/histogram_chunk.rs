@@ -297,10 +297,7 @@ fn read_layout(r: &mut BitReader) -> Result<Option<Layout>, ChunkError> {
     let Some(schema) = read_varbit_int(r) else {
         return Ok(None);
     };
-    let known = i32::try_from(schema).ok().filter(|s| {
-        *s == CUSTOM_BUCKETS_SCHEMA
-            || (EXPONENTIAL_SCHEMA_MIN_RESERVED..=EXPONENTIAL_SCHEMA_MAX).contains(s)
-    });
+    let known = i32::try_from(schema).ok().filter(|s| readable_schema(*s));
     let Some(schema) = known else {
         return Err(ChunkError::BadSchema(schema));
     };
@@ -1264,12 +1261,23 @@ impl<H: ChunkHistogram> Default for HistogramChunk<H> {
     }
 }
 
+/// Whether a chunk with this schema decodes here (`read_layout`).
+fn readable_schema(schema: i32) -> bool {
+    schema == CUSTOM_BUCKETS_SCHEMA
+        || (EXPONENTIAL_SCHEMA_MIN_RESERVED..=EXPONENTIAL_SCHEMA_MAX).contains(&schema)
+}
+
 /// Buckets of each side must be as many as the spans describe, or coding would read
-/// past one of them. (The rest of validity is meaning, not memory: `validate`.)
+/// past one of them, and the schema must be one the decoder reads back, or re-encoding
+/// the chunk would lose it. (The rest of validity is meaning: `validate`.)
 fn check_structure<H: ChunkHistogram>(h: &H) -> Result<(), HistogramError> {
     if is_stale_nan(h.sum()) {
         // Encoded empty: its buckets are never read.
         return Ok(());
+    }
+    let schema = h.layout().schema;
+    if !readable_schema(schema) {
+        return Err(HistogramError::InvalidSchema(schema));
     }
     for side in [Side::Positive, Side::Negative] {
         let spans_need = span_buckets(h.spans(side));
@@ -2255,7 +2263,7 @@ mod tests {
     }
 
     #[test]
-    fn mismatched_buckets_are_refused_not_encoded() {
+    fn malformed_histograms_are_refused_not_encoded() {
         let mut h = hist(0, &[span(0, 2)], &[1, 1], &[], &[], 0);
         h.positive_buckets.pop();
         let mut c = IntHistogramChunk::new();
@@ -2263,6 +2271,18 @@ mod tests {
             c.append(0, &h),
             Err(HistogramError::SpansBucketsMismatch { .. })
         ));
+        assert!(c.is_empty());
+        // A schema the decoder would not read back is refused too.
+        for schema in [9, 52, -10, i32::MAX] {
+            let h = Histogram {
+                schema,
+                ..hist(0, &[span(0, 1)], &[1], &[], &[], 0)
+            };
+            assert_eq!(
+                c.append(0, &h).err(),
+                Some(HistogramError::InvalidSchema(schema))
+            );
+        }
         assert!(c.is_empty());
     }
 
