@@ -149,10 +149,11 @@ impl Wire for FloatHistogram {
     }
 }
 
+/// A metric name, its samples, and the headers of the chunks Prometheus should cut.
+type Scenario<H> = (&'static str, Vec<(i64, H)>, Vec<CounterResetHeader>);
+
 /// Series of integer histograms, each with the chunk headers Prometheus should give it.
-fn integer_scenarios(
-    base: i64,
-) -> Vec<(&'static str, Vec<(i64, Histogram)>, Vec<CounterResetHeader>)> {
+fn integer_scenarios(base: i64) -> Vec<Scenario<Histogram>> {
     let t = |i: i64| base + i * 15_000;
     use CounterResetHeader::*;
     let steady: Vec<_> = (0..25u64)
@@ -230,13 +231,7 @@ fn integer_scenarios(
 }
 
 /// Float histograms (counts of any real value): encoding 3.
-fn float_scenarios(
-    base: i64,
-) -> Vec<(
-    &'static str,
-    Vec<(i64, FloatHistogram)>,
-    Vec<CounterResetHeader>,
-)> {
+fn float_scenarios(base: i64) -> Vec<Scenario<FloatHistogram>> {
     let t = |i: i64| base + i * 15_000;
     let steady: Vec<_> = (0..20u64)
         .map(|i| {

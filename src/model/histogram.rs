@@ -636,7 +636,9 @@ mod tests {
 
     #[test]
     fn custom_bucket_rules() {
-        let cases: Vec<(fn(&mut Histogram), HistogramError)> = vec![
+        /// How to break a valid custom-bucket histogram, and the error it then gives.
+        type Breakage = (fn(&mut Histogram), HistogramError);
+        let cases: Vec<Breakage> = vec![
             (
                 |h| h.custom_values = vec![0.5, f64::NAN, 5.0].into(),
                 HistogramError::CustomBoundNaN,

@@ -224,7 +224,7 @@ fn read_zero_threshold(r: &mut BitReader) -> Option<f64> {
 fn put_custom_bound(w: &mut BitWriter, bound: f64) {
     let scaled = bound * 1000.0;
     let whole = (scaled.round() as u64) as f64 / 1000.0 == bound;
-    if scaled < 0.0 || scaled > 33_554_430.0 || !whole {
+    if !(0.0..=33_554_430.0).contains(&scaled) || !whole {
         w.write_bit(false);
         w.write_bits(bound.to_bits(), 64);
     } else {
