@@ -238,6 +238,7 @@ pub(super) fn from_bucket(bits: u64, size: u32) -> i64 {
 /// else `1`, then `0` + the meaningful bits inside the current leading/trailing-zero
 /// window, or `1` + 5 bits leading zeros (clamped to 31) + 6 bits meaningful-bit count
 /// (64 stored as 0) + the bits. `leading` is 0xff while no window exists.
+#[inline]
 pub(super) fn write_xor(w: &mut BitWriter, v: f64, prev: f64, leading: &mut u8, trailing: &mut u8) {
     let delta = v.to_bits() ^ prev.to_bits();
     if delta == 0 {
@@ -265,6 +266,7 @@ pub(super) fn write_xor(w: &mut BitWriter, v: f64, prev: f64, leading: &mut u8, 
 
 /// Reads a value written by `write_xor` into `bits` (the previous value's bits).
 /// `Ok(None)` when the stream ends first.
+#[inline]
 pub(super) fn read_xor(
     r: &mut BitReader,
     bits: &mut u64,

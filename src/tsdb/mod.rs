@@ -13,8 +13,7 @@
 //! size limits), `tombstones` (deletions), `querier` (reads across head and blocks),
 //! `quarantine` (samples removed at start-up for lying beyond the future limit),
 //! `metrics` (self-metrics), `cardinality` (head statistics of one node and their
-//! merge across nodes), `db` (the database tying them together, including
-//! `metrics` (self-metrics), `changes` (the log of changes to old data that caches of
+//! merge across nodes), `changes` (the log of changes to old data that caches of
 //! query results poll, ADR 0024), `db` (the database tying them together, including
 //! `backfill`: repairs' samples too old for the head stored as new blocks, ADR 0016),
 //! `exemplars` (the bounded in-memory exemplar store, ADR 0027; not on disk).
