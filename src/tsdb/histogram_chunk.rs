@@ -2191,6 +2191,40 @@ mod tests {
     }
 
     #[test]
+    fn custom_bounds_of_both_encodings_survive_a_chunk() {
+        // Short varbits (whole thousandths up to 33554.43) and raw 64-bit bounds mixed.
+        let bounds: Vec<f64> = vec![-1.0, 0.0, 0.0001, 0.25, 1.0, 33_554.43, 33_554.431, 1e300];
+        let h = Histogram {
+            custom_values: bounds.clone().into(),
+            zero_threshold: 0.0,
+            ..hist(
+                CUSTOM_BUCKETS_SCHEMA,
+                &[span(0, 3), span(4, 2)],
+                &[1, 2, 3, 4, 5],
+                &[],
+                &[],
+                0,
+            )
+        };
+        assert_eq!(h.validate(), Ok(()));
+        let later = Histogram {
+            count: h.count + 1,
+            positive_buckets: vec![2, 1, 1, 1, 1],
+            ..h.clone()
+        };
+        let ints = append_all(&[(1, h.clone()), (2, later.clone())]);
+        let floats = append_all(&[(1, h.to_float()), (2, later.to_float())]);
+        assert_eq!((ints.len(), floats.len()), (1, 1));
+        for (_, back) in decoded(&ints) {
+            assert_eq!(&back.custom_values[..], &bounds[..]);
+        }
+        for (_, back) in decoded(&floats) {
+            assert_eq!(&back.custom_values[..], &bounds[..]);
+        }
+        assert_eq!(observed(&decoded(&ints)[1].1), observed(&later));
+    }
+
+    #[test]
     fn staleness_markers_are_empty_and_only_stale_may_follow() {
         let h = hist(0, &[span(0, 1)], &[4], &[], &[], 0);
         let mut c = IntHistogramChunk::new();
