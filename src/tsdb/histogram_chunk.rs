@@ -577,7 +577,7 @@ fn adjust_for_inserts(spans: &[Span], inserts: &[Insert]) -> Vec<Span> {
 }
 
 /// Arithmetic on bucket values: integer deltas wrap like Go's int64.
-pub trait BucketValue: Copy + Default {
+trait BucketValue: Copy + Default {
     fn plus(self, other: Self) -> Self;
     fn negated(self) -> Self;
 }
