@@ -4,7 +4,8 @@
 //! today; the cluster's fan-out querier and replicating writer implement it later, so the
 //! HTTP layer and the PromQL engine never know whether data is local or remote. Also the
 //! wall-clock rule shared by the ingest edge and the TSDB (`TimeBounds`, `Clock`; ADR
-//! 0009). Calls only `model`.
+//! 0009). Calls only `model`, and names the PromQL engine's pushdown interface
+//! (`promql::pushdown::AggregatePushdown`, ADR 0029) so that a store can offer it.
 //!
 //! Methods return boxed futures so the trait stays object safe (`Arc<dyn Storage>`) and a
 //! remote implementation can await the network; the local TSDB answers synchronously
@@ -408,6 +409,12 @@ pub trait Storage: Send + Sync + 'static {
     ) -> BoxFuture<'_, Result<ChangeReport, StorageError>> {
         let _ = marks;
         Box::pin(async { Ok(ChangeReport::default()) })
+    }
+
+    /// Where the engine may push aggregations down to (ADR 0029); `None`: nowhere, the
+    /// engine loads series and aggregates them itself.
+    fn pushdown(&self) -> Option<Arc<dyn crate::promql::pushdown::AggregatePushdown>> {
+        None
     }
 }
 

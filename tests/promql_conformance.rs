@@ -5,7 +5,8 @@
 //! `TIMBALA_PROMQLTEST_DIR`), loads data through the storage engine, evaluates every
 //! `eval` with the test engine's settings (delayed name removal, experimental functions,
 //! 5m lookback, 10,000 max samples, 1m default subquery step) and compares results and
-//! annotations. Native-histogram evals are counted as skipped. By default only the files
+//! annotations, once with aggregation pushdown (ADR 0029) and once without: an eval
+//! passes when both answers are right. Native-histogram evals are counted as skipped. By default only the files
 //! Timbala must pass are run (`TIMBALA_PROMQLTEST_ALL=1` runs all); the process exits
 //! non-zero when any eval of a required file fails.
 
@@ -776,8 +777,10 @@ impl Drop for TestStore {
     }
 }
 
-fn test_engine() -> Engine {
+/// The engine with aggregation pushdown on or off.
+fn test_engine(pushdown: bool) -> Engine {
     Engine::new(EngineOptions {
+        pushdown,
         lookback_delta_ms: 5 * 60 * 1000,
         max_samples: 10_000,
         timeout: Duration::from_secs(100),
@@ -802,7 +805,10 @@ async fn run_file(script: &str) -> FileOutcome {
             return outcome;
         }
     };
-    let engine = test_engine();
+    let engines = [
+        (test_engine(true), "pushdown on"),
+        (test_engine(false), "pushdown off"),
+    ];
     let mut store = match TestStore::open() {
         Ok(s) => s,
         Err(e) => {
@@ -838,14 +844,17 @@ async fn run_file(script: &str) -> FileOutcome {
                         .push(format!("line {}: {reason}", eval.line));
                     continue;
                 }
-                match run_eval(&engine, &store, &eval).await {
-                    Ok(()) => outcome.passed += 1,
-                    Err(e) => {
-                        outcome.failed += 1;
-                        outcome
-                            .failures
-                            .push(format!("line {}: {}: {e}", eval.line, eval.query));
+                let mut failures = Vec::new();
+                for (engine, mode) in &engines {
+                    if let Err(e) = run_eval(engine, &store, &eval).await {
+                        failures.push(format!("line {} ({mode}): {}: {e}", eval.line, eval.query));
                     }
+                }
+                if failures.is_empty() {
+                    outcome.passed += 1;
+                } else {
+                    outcome.failed += 1;
+                    outcome.failures.extend(failures);
                 }
             }
         }

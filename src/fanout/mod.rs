@@ -47,6 +47,7 @@ use crate::peer::{
     self, PeerClient, WireCardinalityRequest, WireExemplar, WireExemplarRequest, WireLabelRequest,
     WireMetadata, WireMetadataRequest, WireSelectRequest,
 };
+use crate::promql::pushdown::AggregatePushdown;
 use crate::replication::hints::HintStore;
 use crate::replication::read_repair::ReadRepair;
 use crate::storage::{
@@ -796,6 +797,9 @@ impl Storage for Split {
         marks: BTreeMap<SourceId, ChangeMark>,
     ) -> BoxFuture<'_, Result<ChangeReport, StorageError>> {
         self.reads.changes_since(marks)
+    }
+    fn pushdown(&self) -> Option<Arc<dyn AggregatePushdown>> {
+        self.reads.pushdown()
     }
 }
 

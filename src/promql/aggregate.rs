@@ -4,7 +4,10 @@
 //!
 //! Owns: grouping and the per-group arithmetic (Kahan sums, incremental means, Welford
 //! variance), parameter validation and the warnings Prometheus raises for parameters.
-//! Called by `eval`; calls `functions::quantile` for the quantile rule and
+//! Also the partial side of aggregation pushdown (ADR 0029): a share of the input
+//! aggregated into per-group states (`PartialGroup`), states of several shares merged,
+//! and a merged state finished into the group's value, by the same arithmetic.
+//! Called by `eval` and `pushdown`; calls `functions::quantile` for the quantile rule and
 //! `functions::gofmt` for numbers in warnings and `count_values` labels.
 
 use std::cmp::Ordering;
@@ -161,6 +164,110 @@ fn warn_quantile(ev: &mut Evaluator<'_>, q: f64) {
     }
 }
 
+/// Aggregation operators whose groups can be computed in shares and merged (ADR 0029).
+pub(crate) const PUSHABLE_OPS: [TokenId; 6] = [T_SUM, T_COUNT, T_MIN, T_MAX, T_AVG, T_GROUP];
+
+/// One group's aggregation state over a share of the input: what `Group` holds between
+/// its inputs, without the label set (the caller keeps it) and without quantile's
+/// values (not a pushable operator).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct PartialGroup {
+    pub value: f64,
+    pub compensation: f64,
+    pub mean: f64,
+    pub count: f64,
+    pub incremental_mean: bool,
+    pub drop_name: bool,
+}
+
+impl PartialGroup {
+    fn of(g: Group) -> PartialGroup {
+        PartialGroup {
+            value: g.value,
+            compensation: g.compensation,
+            mean: g.mean,
+            count: g.count,
+            incremental_mean: g.incremental_mean,
+            drop_name: g.drop_name,
+        }
+    }
+
+    /// Folds `other`, the state of the same group over another share, into this one:
+    /// equal to aggregating both shares' inputs at once up to the order of float
+    /// additions.
+    pub(crate) fn merge(&mut self, op: TokenId, other: &PartialGroup) {
+        self.drop_name |= other.drop_name;
+        match op {
+            T_SUM => {
+                let (v, c) = kahan_inc(other.value, self.value, self.compensation);
+                (self.value, self.compensation) = kahan_inc(other.compensation, v, c);
+            }
+            T_AVG => self.merge_mean(other),
+            T_MAX if self.value < other.value || self.value.is_nan() => self.value = other.value,
+            T_MIN if self.value > other.value || self.value.is_nan() => self.value = other.value,
+            T_COUNT => self.count += other.count,
+            _ => {}
+        }
+    }
+
+    /// avg: sums while both shares summed and their total stays finite (as `Group`
+    /// does), else the count-weighted mean of the shares' means.
+    fn merge_mean(&mut self, other: &PartialGroup) {
+        let total = self.count + other.count;
+        if !self.incremental_mean && !other.incremental_mean {
+            let (v, c) = kahan_inc(other.value, self.value, self.compensation);
+            let (v, c) = kahan_inc(other.compensation, v, c);
+            if !v.is_infinite() {
+                (self.value, self.compensation, self.count) = (v, c, total);
+                return;
+            }
+        }
+        let (mine, theirs) = (self.mean_so_far(), other.mean_so_far());
+        self.mean = mine * (self.count / total) + theirs * (other.count / total);
+        self.compensation = 0.0;
+        self.incremental_mean = true;
+        self.count = total;
+    }
+
+    fn mean_so_far(&self) -> f64 {
+        if self.incremental_mean {
+            self.mean + self.compensation
+        } else {
+            self.value / self.count + self.compensation / self.count
+        }
+    }
+
+    /// The group's value, as `eval_aggregate` would give it.
+    pub(crate) fn finish(&self, op: TokenId) -> f64 {
+        let group = Group {
+            value: self.value,
+            compensation: self.compensation,
+            mean: self.mean,
+            count: self.count,
+            incremental_mean: self.incremental_mean,
+            ..Group::default()
+        };
+        group.finish(op, f64::NAN)
+    }
+}
+
+/// The aggregation `a` (a pushable operator, no parameter) of `input` as one state per
+/// group, with the group's labels, in order of first appearance.
+pub(crate) fn partial_groups(
+    ev: &mut Evaluator<'_>,
+    a: &AggregateExpr,
+    input: Vec<InstantSample>,
+) -> Vec<(Labels, PartialGroup)> {
+    let op = a.op.id();
+    let grouping = Grouping::of(a);
+    let assignment = assign_groups(ev, a, &grouping, &input);
+    fold_groups(op, &assignment, &input)
+        .into_iter()
+        .flatten()
+        .map(|mut g| (std::mem::take(&mut g.labels), PartialGroup::of(g)))
+        .collect()
+}
+
 #[derive(Default)]
 struct Group {
     value: f64,
@@ -246,13 +353,8 @@ impl Group {
     }
 }
 
-fn simple_aggregate(
-    op: TokenId,
-    assignment: &Groups,
-    param: f64,
-    input: Vec<InstantSample>,
-    ts: i64,
-) -> Result<Vec<InstantSample>, QueryError> {
+/// Each group's state over `input`, by group number (`None`: no input fell in it).
+fn fold_groups(op: TokenId, assignment: &Groups, input: &[InstantSample]) -> Vec<Option<Group>> {
     let mut groups: Vec<Option<Group>> = (0..assignment.labels.len()).map(|_| None).collect();
     for (s, &g) in input.iter().zip(&assignment.of) {
         match &mut groups[g] {
@@ -270,7 +372,17 @@ fn simple_aggregate(
             }
         }
     }
-    Ok(groups
+    groups
+}
+
+fn simple_aggregate(
+    op: TokenId,
+    assignment: &Groups,
+    param: f64,
+    input: Vec<InstantSample>,
+    ts: i64,
+) -> Result<Vec<InstantSample>, QueryError> {
+    Ok(fold_groups(op, assignment, &input)
         .into_iter()
         .flatten()
         .map(|mut g| {

@@ -7,9 +7,12 @@
 //! removal), and stopping: the answer is a timeout as soon as the deadline passes, and
 //! the evaluation thread is told to stop (`StopFlag`) then and when the caller's future
 //! is dropped (the HTTP client went away).
-//! Calls `limits`, `plan`, `eval`, `storage` (through `plan`) and `value`.
+//! Aggregations the storage can compute where the data is are pushed down first
+//! (`pushdown`, ADR 0029; unless `EngineOptions::pushdown` is off) and their selectors
+//! are not loaded. Calls `limits`, `pushdown`, `plan`, `eval`, `storage` (through
+//! `plan` and `pushdown`) and `value`.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
@@ -29,6 +32,7 @@ use super::eval::{
 };
 use super::limits;
 use super::plan::{self, QueryTimes};
+use super::pushdown::{self, Pushed};
 use super::value::{InstantSample, QueryValue, RangeSeries, StepAnnotations};
 use super::{EngineOptions, QueryError, QueryOutput, QueryStats};
 
@@ -46,7 +50,7 @@ pub(crate) struct QueryRequest<'q> {
 }
 
 /// Loads generously above the evaluation limit: loaded samples are not held all at once.
-const LOAD_LIMIT_FACTOR: usize = 10;
+pub(crate) const LOAD_LIMIT_FACTOR: usize = 10;
 
 /// Tells an evaluation on a blocking thread to stop. The evaluator reads it where it
 /// checks its deadline and between nodes and series (an atomic load, cheap enough for
@@ -59,14 +63,14 @@ impl StopFlag {
         self.0.load(Ordering::Relaxed)
     }
 
-    fn raise(&self) {
+    pub(crate) fn raise(&self) {
         self.0.store(true, Ordering::Relaxed);
     }
 }
 
 /// Raises the flag when dropped: when `execute` returns (the deadline passed while the
 /// evaluation ran on) and when its future is dropped unfinished (the client went away).
-struct RaiseOnDrop(StopFlag);
+pub(crate) struct RaiseOnDrop(pub(crate) StopFlag);
 
 impl Drop for RaiseOnDrop {
     fn drop(&mut self) {
@@ -99,8 +103,17 @@ pub(crate) async fn execute(
         lookback: opts.lookback_delta_ms,
         default_subquery_step: opts.default_subquery_step_ms,
     };
+    let pushed = if opts.pushdown {
+        let pushing = pushdown::push_down(storage.as_ref(), &expr, req.query, &times, opts);
+        tokio::time::timeout_at(req.deadline.into(), pushing)
+            .await
+            .map_err(|_| QueryError::Timeout("query preparation".into()))?
+    } else {
+        Pushed::default()
+    };
+    let skip: HashSet<usize> = pushed.keys().copied().collect();
     let load_limit = opts.max_samples.saturating_mul(LOAD_LIMIT_FACTOR);
-    let loading = plan::load(storage.as_ref(), &expr, &times, load_limit);
+    let loading = plan::load(storage.as_ref(), &expr, &times, load_limit, &skip);
     let loaded = tokio::time::timeout_at(req.deadline.into(), loading)
         .await
         .map_err(|_| QueryError::Timeout("query preparation".into()))??;
@@ -109,7 +122,7 @@ pub(crate) async fn execute(
     let (step, deadline, points_before) = (req.step.max(1), req.deadline, req.points_before);
     let evaluation = run_blocking(depth, move || {
         let _slot = slot;
-        let mut ev = Evaluator::new(&loaded, times, &opts, deadline, stop);
+        let mut ev = Evaluator::new(&loaded, times, &opts, deadline, stop, &pushed);
         let mut step_annotations = StepAnnotations::default();
         let evaluating = Instant::now();
         let value = if is_range {
@@ -121,8 +134,9 @@ pub(crate) async fn execute(
             preparation,
             inner_eval: evaluating.elapsed().saturating_sub(ev.counters.result_sort),
             result_sort: ev.counters.result_sort,
-            total_queryable_samples: ev.counters.queryable_samples,
-            samples_read: loaded.samples(),
+            total_queryable_samples: ev.counters.queryable_samples
+                + pushed.values().map(|p| p.queryable_samples).sum::<u64>(),
+            samples_read: loaded.samples() + pushed.values().map(|p| p.samples_read).sum::<u64>(),
             peak_samples: ev.counters.peak_samples,
             ..QueryStats::default()
         };
@@ -150,7 +164,7 @@ const DEEP_EVAL_STACK_BASE: usize = 1 << 20;
 /// Runs `work` (an evaluation, which recurses once per level of a tree at most `depth`
 /// deep) where its stack suffices: on the blocking pool, or for deep trees on a thread
 /// of its own with a stack sized for `depth` (only address space until touched).
-async fn run_blocking<T: Send + 'static>(
+pub(crate) async fn run_blocking<T: Send + 'static>(
     depth: usize,
     work: impl FnOnce() -> Result<T, QueryError> + Send + 'static,
 ) -> Result<T, QueryError> {

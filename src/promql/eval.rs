@@ -4,7 +4,8 @@
 //! offset and `@`, subqueries (steps aligned to absolute multiples of the step), unary
 //! minus, function calls (through `functions::call`, once per step), `__name__` removal,
 //! sample accounting and timeout checks. Binary operators live in `binary`, aggregations
-//! in `aggregate`. Reads only the series `plan` loaded; never calls storage.
+//! in `aggregate`; an aggregation pushed down to the storage answers from its combined
+//! partials (`pushdown`). Reads only the series `plan` loaded; never calls storage.
 //!
 //! Keeps state across the steps of one query so per-step work stays small: range
 //! selectors hand functions borrowed windows (`SeriesWindow`), selectors resume from
@@ -27,6 +28,7 @@ use super::engine::StopFlag;
 use super::functions::{self, FnArg, FnCall, FnError, FnOutput};
 use super::memo::{BuildWordHasher, LabelMemo};
 use super::plan::{at_ms, duration_ms, offset_ms, LoadedSeries, QueryTimes};
+use super::pushdown::{aggregate_key, Pushed, PushedAggregate};
 use super::value::{Annotations, InstantSample, RangeSeries, SeriesWindow};
 use super::{aggregate, binary, EngineOptions, QueryError};
 
@@ -80,6 +82,8 @@ pub(crate) struct Evaluator<'a> {
     groupings: HashMap<usize, GroupingMemo>,
     /// Per selector: where the previous step's windows ended in each loaded series.
     cursors: Cursors,
+    /// Aggregations the storage computed (ADR 0029), by node address.
+    pushed: &'a Pushed,
 }
 
 impl<'a> Evaluator<'a> {
@@ -89,6 +93,7 @@ impl<'a> Evaluator<'a> {
         opts: &'a EngineOptions,
         deadline: Instant,
         stop: StopFlag,
+        pushed: &'a Pushed,
     ) -> Self {
         Evaluator {
             data,
@@ -105,7 +110,38 @@ impl<'a> Evaluator<'a> {
             distinct_sets: HashMap::default(),
             groupings: HashMap::new(),
             cursors: Cursors::default(),
+            pushed,
         }
+    }
+
+    fn pushed_of(
+        pushed: &'a Pushed,
+        a: &promql_parser::parser::AggregateExpr,
+    ) -> Option<&'a PushedAggregate> {
+        pushed.get(&aggregate_key(a))
+    }
+
+    /// Samples the evaluation holds now.
+    pub(crate) fn held_samples(&self) -> usize {
+        self.held_samples
+    }
+
+    /// A pushed-down aggregation at `ts`: its finished vector, holding what the
+    /// evaluation below it would have held, with the annotations that raised.
+    fn eval_pushed(&mut self, pushed: &PushedAggregate, ts: i64) -> Result<Value, QueryError> {
+        let Some((vector, held, annotations)) = pushed.at(ts) else {
+            return Err(QueryError::Execution(format!(
+                "a pushed-down aggregation has no result at {ts}"
+            )));
+        };
+        self.annotations.merge(annotations);
+        self.hold_samples(held)?;
+        let out: Vec<InstantSample> = vector
+            .iter()
+            .map(|s| InstantSample { t: ts, ..s.clone() })
+            .collect();
+        self.hold_samples(out.len())?;
+        Ok(Value::Vector(out))
     }
 
     pub(crate) fn delayed_name_removal(&self) -> bool {
@@ -238,7 +274,10 @@ impl<'a> Evaluator<'a> {
             }
             Expr::Subquery(sq) => Ok(Value::Matrix(self.eval_subquery(sq, ts)?)),
             Expr::Binary(b) => binary::eval_binary(self, b, ts),
-            Expr::Aggregate(a) => aggregate::eval_aggregate(self, a, ts),
+            Expr::Aggregate(a) => match Self::pushed_of(self.pushed, a) {
+                Some(pushed) => self.eval_pushed(pushed, ts),
+                None => aggregate::eval_aggregate(self, a, ts),
+            },
             Expr::Call(c) => self.eval_call(c, ts),
             Expr::Extension(_) => Err(QueryError::Execution(
                 "extension expressions are not supported".into(),

@@ -6,7 +6,8 @@
 //! samples each selector needs; loading them), `eval` (one expression at one step:
 //! selectors with lookback and staleness, offset/@, subqueries, function calls),
 //! `binary` (operators and vector matching), `aggregate` (aggregation operators),
-//! `functions` (the function library), `memo` (per-query memos of what is derived from
+//! `functions` (the function library), `pushdown` (aggregations computed where the
+//! data is, in shares, and combined; ADR 0029), `memo` (per-query memos of what is derived from
 //! a label set, such as the label set without its metric name), `cursor` (where each
 //! selector's previous step ended in its loaded series), `limits` (the size and nesting
 //! limits every PromQL text is checked against before it is parsed, used by the API's
@@ -31,6 +32,7 @@ pub mod fuzzing;
 pub mod limits;
 mod memo;
 mod plan;
+pub mod pushdown;
 pub mod value;
 
 use std::fmt;
@@ -59,6 +61,9 @@ pub struct EngineOptions {
     pub experimental_functions: bool,
     /// Step of a subquery written without one (Prometheus: the global evaluation interval, 1m).
     pub default_subquery_step_ms: i64,
+    /// Ask the storage to compute pushable aggregations where the data is, when it
+    /// offers to (ADR 0029; `--query.pushdown`).
+    pub pushdown: bool,
 }
 
 impl Default for EngineOptions {
@@ -71,6 +76,7 @@ impl Default for EngineOptions {
             delayed_name_removal: false,
             experimental_functions: false,
             default_subquery_step_ms: 60_000,
+            pushdown: true,
         }
     }
 }

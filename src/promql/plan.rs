@@ -4,15 +4,18 @@
 //! time range it reads (evaluation range, lookback delta, selector range, offset, `@`,
 //! enclosing subqueries), and the `storage.select` calls that fetch those samples before
 //! evaluation starts, all started at once and awaited together (range selectors' series
-//! without staleness markers, so the evaluator borrows each step's window as a slice). Calls `storage` and `model`; the
-//! evaluator reads the result.
+//! without staleness markers, so the evaluator borrows each step's window as a slice).
+//! Aggregations whose partials were pushed down to the storage (ADR 0029) are skipped:
+//! their selectors are not loaded. A pushed-down share loads through `load_filtered`,
+//! which lets the caller see every selected series and keep only its share. Calls
+//! `storage` and `model`; the evaluator reads the result.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::task::Poll;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use promql_parser::label::MatchOp as ParserMatchOp;
-use promql_parser::parser::{AtModifier, Expr, Offset, VectorSelector};
+use promql_parser::parser::{AggregateExpr, AtModifier, Expr, Offset, VectorSelector};
 
 use crate::model::{is_stale_nan, MatchOp, Matcher, Series, METRIC_NAME};
 use crate::storage::{BoxFuture, SelectError, SelectRequest, Storage};
@@ -113,12 +116,18 @@ fn reference_range(
     }
 }
 
+/// The selectors `expr` reads and their ranges, leaving out those under the aggregation
+/// nodes (by address) in `skip`.
 fn collect_needs<'a>(
     expr: &'a Expr,
     eval: (i64, i64),
     times: &QueryTimes,
+    skip: &HashSet<usize>,
     out: &mut Vec<SelectorNeed<'a>>,
 ) {
+    let recurse = |e: &'a Expr, eval: (i64, i64), out: &mut Vec<SelectorNeed<'a>>| {
+        collect_needs(e, eval, times, skip, out)
+    };
     match expr {
         Expr::VectorSelector(vs) => {
             let (lo, hi) = reference_range(&vs.at, &vs.offset, eval, times);
@@ -140,28 +149,30 @@ fn collect_needs<'a>(
         }
         Expr::Subquery(sq) => {
             let (lo, hi) = reference_range(&sq.at, &sq.offset, eval, times);
-            collect_needs(
+            recurse(
                 &sq.expr,
                 (lo.saturating_sub(duration_ms(&sq.range)), hi),
-                times,
                 out,
             );
         }
         Expr::Aggregate(a) => {
-            if let Some(p) = &a.param {
-                collect_needs(p, eval, times, out);
+            if skip.contains(&(a as *const AggregateExpr as usize)) {
+                return;
             }
-            collect_needs(&a.expr, eval, times, out);
+            if let Some(p) = &a.param {
+                recurse(p, eval, out);
+            }
+            recurse(&a.expr, eval, out);
         }
-        Expr::Unary(u) => collect_needs(&u.expr, eval, times, out),
+        Expr::Unary(u) => recurse(&u.expr, eval, out),
         Expr::Binary(b) => {
-            collect_needs(&b.lhs, eval, times, out);
-            collect_needs(&b.rhs, eval, times, out);
+            recurse(&b.lhs, eval, out);
+            recurse(&b.rhs, eval, out);
         }
-        Expr::Paren(p) => collect_needs(&p.expr, eval, times, out),
+        Expr::Paren(p) => recurse(&p.expr, eval, out),
         Expr::Call(c) => {
             for a in &c.args.args {
-                collect_needs(a, eval, times, out);
+                recurse(a, eval, out);
             }
         }
         Expr::NumberLiteral(_) | Expr::StringLiteral(_) | Expr::Extension(_) => {}
@@ -203,21 +214,36 @@ fn matcher_sets(vs: &VectorSelector) -> Result<Vec<Vec<Matcher>>, QueryError> {
         .collect()
 }
 
-/// Loads, for every selector in `expr`, the samples evaluation over `[start, end]` needs.
-/// `max_samples` bounds what one select may return (0 = unbounded).
-///
-/// Every select is started at once and awaited together: in a cluster each is a fan-out
-/// with its own round trips, so a query with several selectors waits for the slowest
-/// select rather than for the sum of them. The first error ends the load (the other
-/// selects are dropped, which cancels their requests).
+/// Loads, for every selector in `expr` outside the aggregations in `skip` (pushed
+/// down), the samples evaluation over `[start, end]` needs. `max_samples` bounds what
+/// one select may return (0 = unbounded).
 pub(crate) async fn load(
     storage: &dyn Storage,
     expr: &Expr,
     times: &QueryTimes,
     max_samples: usize,
+    skip: &HashSet<usize>,
+) -> Result<LoadedSeries, QueryError> {
+    load_filtered(storage, expr, times, max_samples, skip, &mut |_| true).await
+}
+
+/// `load`, keeping of each selector's series (sorted by labels, staleness markers still
+/// in) those `keep` accepts; `keep` sees every series selected.
+///
+/// Every select is started at once and awaited together: in a cluster each is a fan-out
+/// with its own round trips, so a query with several selectors waits for the slowest
+/// select rather than for the sum of them. The first error ends the load (the other
+/// selects are dropped, which cancels their requests).
+pub(crate) async fn load_filtered(
+    storage: &dyn Storage,
+    expr: &Expr,
+    times: &QueryTimes,
+    max_samples: usize,
+    skip: &HashSet<usize>,
+    keep: &mut (dyn FnMut(&Series) -> bool + Send),
 ) -> Result<LoadedSeries, QueryError> {
     let mut needs = Vec::new();
-    collect_needs(expr, (times.start, times.end), times, &mut needs);
+    collect_needs(expr, (times.start, times.end), times, skip, &mut needs);
     let mut selects = Vec::new();
     for (index, need) in needs.iter().enumerate() {
         for matchers in matcher_sets(need.vs)? {
@@ -247,6 +273,7 @@ pub(crate) async fn load(
             series.sort_by(|a, b| a.labels.cmp(&b.labels));
             series.dedup_by(|a, b| a.labels == b.labels);
         }
+        series.retain(|s| keep(s));
         if need.drop_stale {
             for s in &mut series {
                 s.samples.retain(|p| !is_stale_nan(p.v));

@@ -17,7 +17,9 @@
 //! query results poll, ADR 0024), `db` (the database tying them together, including
 //! `backfill`: repairs' samples too old for the head stored as new blocks, ADR 0016),
 //! `exemplars` (the bounded in-memory exemplar store, ADR 0027; not on disk).
-//! Implements `storage::Storage`; calls only `model` and `storage`.
+//! Implements `storage::Storage`, offering the PromQL engine aggregation pushdown over
+//! itself (`promql::pushdown::LocalPushdown`, ADR 0029: it holds every series it has, so
+//! it is one share); calls only `model`, `storage` and that.
 //!
 //! This file holds the public handle: it runs the blocking `db::Db` off the async
 //! runtime (`spawn_blocking`) and owns the background maintenance thread.
@@ -370,6 +372,11 @@ impl Storage for Tsdb {
                 .exemplars
                 .select(&req.matcher_sets, req.start, req.end))
         })
+    }
+
+    fn pushdown(&self) -> Option<Arc<dyn crate::promql::pushdown::AggregatePushdown>> {
+        let store: Arc<dyn Storage> = Arc::new(self.clone());
+        Some(Arc::new(crate::promql::pushdown::LocalPushdown::new(store)))
     }
 
     /// One store: its own log, as `LOCAL_SOURCE`.
