@@ -161,6 +161,12 @@ pub struct Config {
     #[arg(long, env = "TIMBALA_QUERY_LOOKBACK_DELTA", default_value = "5m", value_parser = parse_duration)]
     pub query_lookback_delta: Duration,
 
+    /// Push the aggregations dashboards use down to the nodes holding the data, which
+    /// send partial aggregates instead of series (ADR 0029). `false`: every query reads
+    /// series and aggregates them on the node it entered.
+    #[arg(long, env = "TIMBALA_QUERY_PUSHDOWN", default_value_t = true, action = clap::ArgAction::Set)]
+    pub query_pushdown: bool,
+
     /// Prometheus's web configuration file (TLS, basic auth, headers); re-read when it
     /// changes and on SIGHUP. None: plain HTTP without authentication.
     #[arg(long, env = "TIMBALA_WEB_CONFIG_FILE")]
@@ -283,6 +289,7 @@ impl Config {
             max_samples: self.query_max_samples,
             timeout: self.query_timeout,
             max_concurrent: self.query_max_concurrency.max(1),
+            pushdown: self.query_pushdown,
             ..EngineOptions::default()
         }
     }
@@ -423,6 +430,7 @@ impl Config {
                 self.query_max_concurrency.to_string(),
             ),
             ("query-lookback-delta", d(self.query_lookback_delta)),
+            ("query-pushdown", self.query_pushdown.to_string()),
             (
                 "query-cache-max-bytes",
                 self.query_cache_max_bytes.to_string(),

@@ -46,6 +46,10 @@ pub const READ_LOCAL_PATH: &str = "/internal/v1/read-local";
 /// `WireSelectRequest` in, `fanout::one_copy`'s snappy protobuf out (422 past the
 /// request's sample limit).
 pub const SELECT_PATH: &str = "/internal/v1/select";
+/// A node's share of a pushed-down aggregation (ADR 0029): JSON
+/// `fanout::pushdown::WirePushdownRequest` in, its snappy protobuf answer out (409: the
+/// node declines, the asker evaluates the ordinary way).
+pub const PUSHDOWN_PATH: &str = "/internal/v1/aggregate";
 pub const SERIES_PATH: &str = "/internal/v1/series";
 pub const LABELS_PATH: &str = "/internal/v1/labels";
 pub const LABEL_VALUES_PATH: &str = "/internal/v1/label-values";

@@ -10,7 +10,9 @@
 //! snappy remote-write body), `POST /internal/v1/read-local` (remote read of this node's
 //! data only, SAMPLES answers; a debugging aid), `POST /internal/v1/select` (the
 //! fan-out's select: JSON `peer::WireSelectRequest`, answered one copy per series as
-//! `fanout::one_copy` encodes it, ADR 0028), `POST /internal/v1/{series,labels,label-values}` (JSON,
+//! `fanout::one_copy` encodes it, ADR 0028), `POST /internal/v1/aggregate` (this node's
+//! share of a pushed-down aggregation: JSON `fanout::pushdown::WirePushdownRequest`,
+//! answered as `fanout::pushdown` encodes it, 409 when it declines; ADR 0029), `POST /internal/v1/{series,labels,label-values}` (JSON,
 //! `peer::WireLabelRequest`) and `POST /internal/v1/metadata` (JSON,
 //! `peer::WireMetadataRequest`: this node's metadata, ADR 0020), `POST
 //! /internal/v1/exemplars` (JSON, `peer::WireExemplarRequest`: this node's exemplars,
@@ -27,7 +29,7 @@
 //! logs the caller's trace id. With cluster keys, `require_cluster_credential` guards
 //! every route: a request without a valid `X-Timbala-Cluster-Auth` is answered 401
 //! before any handler runs (ADR 0014). Calls `ingest` (decoding), `peer` (wire shapes),
-//! `cluster::keys` (the credential), `fanout::{labels_to_pairs, one_copy}`, the remote-read helpers
+//! `cluster::keys` (the credential), `fanout::{labels_to_pairs, one_copy, pushdown}`, the remote-read helpers
 //! of `read`, the local `tsdb` through `storage::Storage` (and `Tsdb::backfill`), and
 //! `replication::antientropy` for the anti-entropy answers.
 
@@ -44,7 +46,7 @@ use tracing::Instrument;
 use super::{ApiError, AppState, NodeServices};
 use crate::cluster::identity::{unix_millis, NodeId};
 use crate::cluster::keys::{CredentialError, CLUSTER_AUTH_HEADER};
-use crate::fanout::{counts_series, labels_to_pairs, one_copy};
+use crate::fanout::{counts_series, labels_to_pairs, one_copy, pushdown};
 use crate::ingest::{self, DecodeLimits};
 use crate::peer::{
     self, WireCardinalityRequest, WireDeleteRequest, WireExemplarRequest, WireLabelRequest,
@@ -62,6 +64,7 @@ pub fn routes() -> Router<AppState> {
         .route(peer::PULL_PATH, post(internal_anti_entropy_pull))
         .route(peer::READ_LOCAL_PATH, post(internal_read_local))
         .route(peer::SELECT_PATH, post(internal_select))
+        .route(peer::PUSHDOWN_PATH, post(internal_aggregate))
         .route(peer::SERIES_PATH, post(internal_series))
         .route(peer::LABELS_PATH, post(internal_labels))
         .route(peer::LABEL_VALUES_PATH, post(internal_label_values))
@@ -221,6 +224,65 @@ async fn internal_select(
                 ([("content-type", "application/x-protobuf")], bytes).into_response(),
             ),
             Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        }
+    }
+    .instrument(span)
+    .await
+}
+
+/// Largest pushed-down aggregation request: the query text (bounded by the PromQL
+/// limits) and the asker's view.
+const MAX_PUSHDOWN_BODY: usize = 4 << 20;
+
+/// `POST /internal/v1/aggregate`: this node's share of a pushed-down aggregation (ADR
+/// 0029): the aggregation evaluated over the matching series it is the first alive
+/// owner of in the asker's view, and digests of every matching series it holds. The
+/// body is untrusted: it is parsed and bounded, the query goes through the PromQL
+/// limits, and the share holds no more samples than this node's own query limit. 409
+/// when the node declines (another ring, a query it cannot evaluate so, a failure):
+/// the asker then reads the ordinary way.
+async fn internal_aggregate(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let span = tracing::info_span!("internal_aggregate", trace_id = %trace_id(&headers));
+    async move {
+        let (tsdb, membership) = match state.services() {
+            Ok(services) => (services.tsdb.clone(), services.cluster.membership.clone()),
+            Err(e) => return error(e.status, e.message),
+        };
+        let pending = hints_pending(&state);
+        let body = match read_body(body, MAX_PUSHDOWN_BODY).await {
+            Ok(b) => b,
+            Err(r) => return r,
+        };
+        let mut wire: pushdown::WirePushdownRequest = match serde_json::from_slice(&body) {
+            Ok(w) => w,
+            Err(e) => {
+                return ApiError::bad_data(format!("bad pushdown request: {e}")).into_response()
+            }
+        };
+        let own_limit = state.engine().options().max_samples;
+        if wire.request.max_samples == 0 || wire.request.max_samples > own_limit {
+            wire.request.max_samples = own_limit;
+        }
+        let view = membership.view();
+        let store: &dyn Storage = &tsdb;
+        match pushdown::answer_share(store, &view.ring, view.local.id, wire).await {
+            Ok(Some(answer)) => {
+                let encoded =
+                    tokio::task::spawn_blocking(move || pushdown::encode_answer(&answer)).await;
+                match encoded {
+                    Ok(bytes) => with_hints_pending(
+                        &pending,
+                        ([("content-type", "application/x-protobuf")], bytes).into_response(),
+                    ),
+                    Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+                }
+            }
+            Ok(None) => error(StatusCode::CONFLICT, "declined"),
+            Err(e) => error(StatusCode::CONFLICT, format!("declined: {e}")),
         }
     }
     .instrument(span)

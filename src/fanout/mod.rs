@@ -14,7 +14,9 @@
 //! which the query result cache polls (`changes_since`, ADR 0024).
 //! Submodules: `gather` (whom to ask, how long to wait, when to go on without a node or
 //! refuse; ADR 0012), `one_copy` (who sends a series in full and who a digest, and the
-//! select's wire form, both sides), `lagging` (the merge of copies and digests, noting
+//! select's wire form, both sides), `pushdown` (aggregations evaluated by each node
+//! over the series it would send in full, accepted when the digests of every copy
+//! agree; ADR 0029), `lagging` (the merge of copies and digests, noting
 //! owners that answered without samples another replica returned) and `notes` (the
 //! warnings an answer given without some node carries to the HTTP API).
 //!
@@ -29,6 +31,7 @@ mod gather;
 pub mod lagging;
 pub mod notes;
 pub mod one_copy;
+pub mod pushdown;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -106,6 +109,9 @@ pub struct FanoutMetrics {
     read_received_bytes: Counter,
     /// Series fetched in full in a select's second round (a digest matched no copy).
     second_round_series: Counter,
+    /// Pushed-down aggregations by outcome: `pushed` (the shares answered), `declined`
+    /// (evaluated the ordinary way: a node declined or failed, or copies disagreed).
+    pushdowns: Family<Outcome, Counter>,
 }
 
 impl Default for FanoutMetrics {
@@ -113,6 +119,10 @@ impl Default for FanoutMetrics {
         let requests = Family::<Outcome, Counter>::default();
         for outcome in ["complete", "degraded", "failed"] {
             let _ = requests.get_or_create(&Outcome { outcome });
+        }
+        let pushdowns = Family::<Outcome, Counter>::default();
+        for outcome in ["pushed", "declined"] {
+            let _ = pushdowns.get_or_create(&Outcome { outcome });
         }
         let cancelled = Family::<CancelReason, Counter>::default();
         let reason = |reason| cancelled.get_or_create(&CancelReason { reason }).clone();
@@ -124,6 +134,7 @@ impl Default for FanoutMetrics {
             cancelled,
             read_received_bytes: Counter::default(),
             second_round_series: Counter::default(),
+            pushdowns,
         }
     }
 }
@@ -152,8 +163,9 @@ impl FanoutMetrics {
         );
         r.register(
             "read_received_bytes",
-            "Bytes of the select answers this node received from peers as the coordinator \
-             of fanned-out reads (both rounds; ADR 0028)",
+            "Bytes of the select answers (both rounds; ADR 0028) and pushed-down \
+             aggregation answers (ADR 0029) this node received from peers as the \
+             coordinator of fanned-out reads",
             m.read_received_bytes.clone(),
         );
         r.register(
@@ -162,7 +174,17 @@ impl FanoutMetrics {
              replica's digest matched no copy in hand (ADR 0028)",
             m.second_round_series.clone(),
         );
+        r.register(
+            "pushdowns",
+            "Aggregations this node pushed down to the nodes holding the data, by outcome \
+             (pushed; declined: evaluated from a fanned-out select instead; ADR 0029)",
+            m.pushdowns.clone(),
+        );
         m
+    }
+
+    fn count_pushdown(&self, outcome: &'static str) {
+        self.pushdowns.get_or_create(&Outcome { outcome }).inc();
     }
 
     fn count(&self, outcome: &'static str) {
@@ -725,6 +747,10 @@ impl Storage for FanoutStorage {
         marks: BTreeMap<SourceId, ChangeMark>,
     ) -> BoxFuture<'_, Result<ChangeReport, StorageError>> {
         Box::pin(self.poll_changes(marks))
+    }
+
+    fn pushdown(&self) -> Option<Arc<dyn AggregatePushdown>> {
+        Some(Arc::new(self.clone()))
     }
 }
 

@@ -155,8 +155,9 @@ struct WireSeries {
     chunks: Vec<Vec<u8>>,
 }
 
+/// A digest on the wire (here and in a pushed-down aggregation's answer, ADR 0029).
 #[derive(Clone, PartialEq, Message)]
-struct WireDigest {
+pub(crate) struct WireDigest {
     #[prost(fixed64, tag = "1")]
     labels_hash: u64,
     #[prost(uint64, tag = "2")]
@@ -167,6 +168,28 @@ struct WireDigest {
     last: i64,
     #[prost(fixed64, tag = "5")]
     hash: u64,
+}
+
+impl WireDigest {
+    pub(crate) fn of(d: &SeriesDigest) -> WireDigest {
+        WireDigest {
+            labels_hash: d.labels_hash,
+            samples: d.samples,
+            first: d.first,
+            last: d.last,
+            hash: d.hash,
+        }
+    }
+
+    pub(crate) fn digest(&self) -> SeriesDigest {
+        SeriesDigest {
+            labels_hash: self.labels_hash,
+            samples: self.samples,
+            first: self.first,
+            last: self.last,
+            hash: self.hash,
+        }
+    }
 }
 
 /// The answer's wire form: snappy over the protobuf, each full series' samples as XOR
@@ -184,17 +207,7 @@ pub fn encode_answer(answer: &SelectAnswer) -> Vec<u8> {
                     .collect(),
             })
             .collect(),
-        digests: answer
-            .digests
-            .iter()
-            .map(|d| WireDigest {
-                labels_hash: d.labels_hash,
-                samples: d.samples,
-                first: d.first,
-                last: d.last,
-                hash: d.hash,
-            })
-            .collect(),
+        digests: answer.digests.iter().map(WireDigest::of).collect(),
     };
     proto::encode_snappy(&wire)
 }
@@ -229,17 +242,7 @@ pub fn decode_answer(body: &[u8]) -> Result<SelectAnswer, String> {
             samples,
         });
     }
-    let digests = wire
-        .digests
-        .into_iter()
-        .map(|d| SeriesDigest {
-            labels_hash: d.labels_hash,
-            samples: d.samples,
-            first: d.first,
-            last: d.last,
-            hash: d.hash,
-        })
-        .collect();
+    let digests = wire.digests.iter().map(WireDigest::digest).collect();
     Ok(SelectAnswer { full, digests })
 }
 
