@@ -181,12 +181,18 @@ pub struct PartialGroup {
 }
 
 impl PartialGroup {
-    fn of(g: Group) -> PartialGroup {
+    /// `g`'s state, with the fields `op` does not read zeroed (they cost nothing on
+    /// the wire then).
+    fn of(op: TokenId, g: Group) -> PartialGroup {
         PartialGroup {
-            value: g.value,
+            value: if op == T_COUNT { 0.0 } else { g.value },
             compensation: g.compensation,
-            mean: g.mean,
-            count: g.count,
+            mean: if g.incremental_mean { g.mean } else { 0.0 },
+            count: if matches!(op, T_AVG | T_COUNT) {
+                g.count
+            } else {
+                0.0
+            },
             incremental_mean: g.incremental_mean,
             drop_name: g.drop_name,
         }
@@ -264,7 +270,7 @@ pub(crate) fn partial_groups(
     fold_groups(op, &assignment, &input)
         .into_iter()
         .flatten()
-        .map(|mut g| (std::mem::take(&mut g.labels), PartialGroup::of(g)))
+        .map(|mut g| (std::mem::take(&mut g.labels), PartialGroup::of(op, g)))
         .collect()
 }
 

@@ -449,3 +449,325 @@ fn combine(a: &AggregateExpr, shares: Vec<Partials>) -> PushedAggregate {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use prometheus_client::registry::Registry;
+
+    use super::*;
+    use crate::model::{stale_nan, MetricMetadata, Sample, SeriesExemplars};
+    use crate::promql::{Engine, QueryOutput, QueryValue};
+    use crate::storage::{
+        AppendOutcome, ExemplarRequest, LabelRequest, SelectError, SelectRequest, StorageError,
+    };
+    use crate::tsdb::{Tsdb, TsdbMetrics, TsdbOptions};
+
+    #[test]
+    fn only_the_dashboard_shapes_outside_subqueries_are_pushed() {
+        let count = |q: &str| {
+            let (expr, _) = engine::parse(q, &EngineOptions::default()).expect(q);
+            pushable_aggregates(&expr).len()
+        };
+        for q in [
+            "sum(x)",
+            "avg without (a) (x{b=\"c\"} offset 1m)",
+            "max by (a) (rate(x[5m]))",
+            "group(count_over_time({__name__=\"x\"}[1m] @ 100))",
+            "count((increase(x[5m])))",
+        ] {
+            assert_eq!(count(q), 1, "{q}");
+        }
+        assert_eq!(count("sum(rate(x[5m])) / sum by (a) (y)"), 2);
+        // Counted by the outermost pushable one only.
+        assert_eq!(count("sum(sum by (a) (x))"), 1);
+        for q in [
+            "topk(1, x)",
+            "quantile(0.5, x)",
+            "sum(x + 1)",
+            "sum(rate({a=\"b\"}[5m]))",
+            "sum(rate({__name__=~\"x|y\"}[5m]))",
+            "sum(absent_over_time(x[5m]))",
+            "sum(quantile_over_time(0.5, x[5m]))",
+            "max_over_time(sum(x)[5m:1m])",
+            "sum(rate(x[5m:1m]))",
+        ] {
+            assert_eq!(count(q), 0, "{q}");
+        }
+    }
+
+    /// A TSDB whose pushdown answers in three shares (by label hash), as a cluster's
+    /// nodes would, to compare merged shares with the unsplit evaluation.
+    struct Sharded(Tsdb);
+
+    struct ThreeShares(Arc<dyn Storage>);
+
+    /// Aggregations `ThreeShares` answered, all tests together.
+    static ANSWERED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+    impl AggregatePushdown for ThreeShares {
+        fn partials(
+            &self,
+            req: PartialRequest,
+        ) -> BoxFuture<'_, Result<Option<Vec<Partials>>, QueryError>> {
+            Box::pin(async move {
+                let mut shares = Vec::new();
+                for share in 0..3 {
+                    let keep = Box::new(move |s: &Series| s.labels.stable_hash() % 3 == share);
+                    let partials = evaluate_share(self.0.as_ref(), req.clone(), keep).await?;
+                    shares.extend(partials);
+                }
+                ANSWERED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                Ok(Some(shares))
+            })
+        }
+    }
+
+    impl Storage for Sharded {
+        fn append(&self, b: Vec<Series>) -> BoxFuture<'_, Result<AppendOutcome, StorageError>> {
+            self.0.append(b)
+        }
+        fn select(&self, r: SelectRequest) -> BoxFuture<'_, Result<Vec<Series>, SelectError>> {
+            self.0.select(r)
+        }
+        fn series(&self, r: LabelRequest) -> BoxFuture<'_, Result<Vec<Labels>, StorageError>> {
+            self.0.series(r)
+        }
+        fn label_names(&self, r: LabelRequest) -> BoxFuture<'_, Result<Vec<String>, StorageError>> {
+            self.0.label_names(r)
+        }
+        fn label_values(
+            &self,
+            n: String,
+            r: LabelRequest,
+        ) -> BoxFuture<'_, Result<Vec<String>, StorageError>> {
+            self.0.label_values(n, r)
+        }
+        fn record_metadata(
+            &self,
+            m: Vec<MetricMetadata>,
+        ) -> BoxFuture<'_, Result<(), StorageError>> {
+            self.0.record_metadata(m)
+        }
+        fn metadata(
+            &self,
+            m: Option<String>,
+        ) -> BoxFuture<'_, Result<Vec<MetricMetadata>, StorageError>> {
+            self.0.metadata(m)
+        }
+        fn append_exemplars(
+            &self,
+            b: Vec<SeriesExemplars>,
+        ) -> BoxFuture<'_, Result<u64, StorageError>> {
+            self.0.append_exemplars(b)
+        }
+        fn exemplars(
+            &self,
+            r: ExemplarRequest,
+        ) -> BoxFuture<'_, Result<Vec<SeriesExemplars>, StorageError>> {
+            self.0.exemplars(r)
+        }
+        fn pushdown(&self) -> Option<Arc<dyn AggregatePushdown>> {
+            Some(Arc::new(ThreeShares(Arc::new(self.0.clone()))))
+        }
+    }
+
+    /// 24 series of `c` (counters, one reset) and `g` (gauges with NaN, infinities,
+    /// values near the float limit and a staleness marker), a sample every 15 s.
+    async fn sharded() -> (tempfile::TempDir, Arc<dyn Storage>) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let opts = TsdbOptions {
+            dir: dir.path().to_path_buf(),
+            retention_ms: 0,
+            ..TsdbOptions::default()
+        };
+        let tsdb = Tsdb::open(opts, TsdbMetrics::register(&mut Registry::default())).expect("open");
+        let mut batch = Vec::new();
+        for i in 0..24i64 {
+            let labels = |name: &str| {
+                Labels::from_pairs([
+                    ("__name__", name.to_string()),
+                    ("a", (i % 4).to_string()),
+                    ("b", (i / 4).to_string()),
+                ])
+            };
+            let counter = (0..80)
+                .map(|s| {
+                    let v = if i == 5 && s > 40 {
+                        s - 40
+                    } else {
+                        s * (i + 1)
+                    };
+                    Sample::new(s * 15_000, v as f64 / 3.0)
+                })
+                .collect();
+            let gauge = (0..80)
+                .map(|s| {
+                    let v = match (i, s) {
+                        (3, 10) => f64::NAN,
+                        (4, 20..=30) => f64::INFINITY,
+                        (7, 20..=25) => f64::NEG_INFINITY,
+                        (8 | 9, _) => 1.5e308,
+                        (10, 50) => stale_nan(),
+                        _ => ((i * 13 + s * 7) % 29) as f64 * 0.1,
+                    };
+                    Sample::new(s * 15_000, v)
+                })
+                .collect();
+            batch.push(Series {
+                labels: labels("c"),
+                samples: counter,
+            });
+            batch.push(Series {
+                labels: labels("g"),
+                samples: gauge,
+            });
+        }
+        tsdb.append(batch).await.expect("append");
+        (dir, Arc::new(Sharded(tsdb)))
+    }
+
+    fn same_value(a: f64, b: f64) -> bool {
+        a == b || (a.is_nan() && b.is_nan()) || (a - b).abs() <= 1e-9 * a.abs().max(b.abs())
+    }
+
+    fn assert_same(q: &str, on: &QueryOutput, off: &QueryOutput) {
+        assert_eq!(on.annotations, off.annotations, "{q}");
+        assert_eq!(on.step_annotations, off.step_annotations, "{q}");
+        assert_eq!(
+            on.stats.total_queryable_samples, off.stats.total_queryable_samples,
+            "{q}"
+        );
+        assert_eq!(on.stats.samples_read, off.stats.samples_read, "{q}");
+        assert_eq!(on.stats.peak_samples, off.stats.peak_samples, "{q}");
+        let points = |v: &QueryValue| -> Vec<(Labels, i64, f64)> {
+            match v {
+                QueryValue::Vector(v) => v.iter().map(|s| (s.labels.clone(), s.t, s.v)).collect(),
+                QueryValue::Matrix(m) => m
+                    .iter()
+                    .flat_map(|s| s.points.iter().map(|p| (s.labels.clone(), p.t, p.v)))
+                    .collect(),
+                other => panic!("{q}: {other:?}"),
+            }
+        };
+        let (a, b) = (points(&on.value), points(&off.value));
+        assert_eq!(a.len(), b.len(), "{q}");
+        for (x, y) in a.iter().zip(&b) {
+            assert!(
+                x.0 == y.0 && x.1 == y.1 && same_value(x.2, y.2),
+                "{q}: {x:?} vs {y:?}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn shares_merged_answer_as_the_unsplit_evaluation() {
+        let (_dir, store) = sharded().await;
+        let on = Engine::new(EngineOptions::default());
+        let off = Engine::new(EngineOptions {
+            pushdown: false,
+            ..EngineOptions::default()
+        });
+        let mut asked = 0;
+        for op in ["sum", "count", "min", "max", "avg", "group"] {
+            for grouping in ["", " by (a)", " without (a)"] {
+                for inner in ["g", "rate(c[2m])", "avg_over_time(g[1m])", "rate(g[5m])"] {
+                    let q = format!("{op}{grouping} ({inner})");
+                    let range = (
+                        on.range_query(store.clone(), &q, 0, 1_200_000, 30_000)
+                            .await,
+                        off.range_query(store.clone(), &q, 0, 1_200_000, 30_000)
+                            .await,
+                    );
+                    let instant = (
+                        on.instant_query(store.clone(), &q, 600_000).await,
+                        off.instant_query(store.clone(), &q, 600_000).await,
+                    );
+                    for (a, b) in [range, instant] {
+                        assert_same(&q, &a.expect(&q), &b.expect(&q));
+                        asked += 1;
+                    }
+                }
+            }
+        }
+        assert_eq!(asked, 6 * 3 * 4 * 2);
+        // Every one of them was answered from shares.
+        assert!(ANSWERED.load(std::sync::atomic::Ordering::Relaxed) >= asked);
+        // The sample limit counts the same samples: one limit, both fail or neither.
+        for limit in [20, 100, 300] {
+            let engine = |pushdown| {
+                Engine::new(EngineOptions {
+                    max_samples: limit,
+                    pushdown,
+                    ..EngineOptions::default()
+                })
+            };
+            let q = "sum by (a) (rate(c[5m]))";
+            let a = engine(true)
+                .range_query(store.clone(), q, 0, 1_200_000, 60_000)
+                .await;
+            let b = engine(false)
+                .range_query(store.clone(), q, 0, 1_200_000, 60_000)
+                .await;
+            assert_eq!(a.is_ok(), b.is_ok(), "limit {limit}");
+        }
+    }
+
+    #[tokio::test]
+    async fn requests_no_query_could_make_are_refused() {
+        let (_dir, store) = sharded().await;
+        let good = PartialRequest {
+            query: "sum(g)".into(),
+            aggregate: 0,
+            start: 0,
+            end: 60_000,
+            step: 15_000,
+            lookback: 300_000,
+            max_samples: 1000,
+            delayed_name_removal: false,
+        };
+        let share = |req: PartialRequest| {
+            let store = store.clone();
+            async move { evaluate_share(store.as_ref(), req, Box::new(|_| true)).await }
+        };
+        assert!(share(good.clone()).await.expect("answers").is_some());
+        for bad in [
+            PartialRequest {
+                step: 0,
+                ..good.clone()
+            },
+            PartialRequest {
+                end: -1,
+                ..good.clone()
+            },
+            PartialRequest {
+                step: 1,
+                end: i64::MAX,
+                start: i64::MIN,
+                ..good.clone()
+            },
+            PartialRequest {
+                lookback: 0,
+                ..good.clone()
+            },
+            PartialRequest {
+                query: "sum(".into(),
+                ..good.clone()
+            },
+        ] {
+            assert!(share(bad).await.is_err());
+        }
+        // No such aggregation: declined, not an error.
+        let other = PartialRequest {
+            aggregate: 1,
+            ..good.clone()
+        };
+        assert!(share(other).await.expect("answers").is_none());
+        let unpushable = PartialRequest {
+            query: "topk(1, g)".into(),
+            ..good
+        };
+        assert!(share(unpushable).await.expect("answers").is_none());
+    }
+}
