@@ -207,17 +207,28 @@ fn bench_one_copy_range_query() {
     }
 }
 
-/// One `sum by (instance)(rate(<family>[5m]))` range query at 60 s step through the
-/// first node, and what it cost on the wire.
-fn measure_range_query(nodes: &[&Node], family: &str, n: usize, start_ms: i64, end_ms: i64) {
-    // What the query selects: rate's 5 m range before the first step, up to the last.
-    let (mint, maxt) = (start_ms - 300_000, end_ms);
-    let coordinator = nodes[0];
+/// One range query through `coordinator` over `[start_ms, end_ms]` at 60 s step: its
+/// answer's series, how long it took, and the bytes and second-round series it cost.
+fn range_query_cost(
+    coordinator: &Node,
+    query: &str,
+    start_ms: i64,
+    end_ms: i64,
+) -> (Vec<serde_json::Value>, Duration, f64, f64) {
     let before = counter(coordinator, "timbala_fanout_read_received_bytes_total");
     let fetched_before = counter(coordinator, "timbala_fanout_second_round_series_total");
     let asked = Instant::now();
+    let query = query
+        .replace(' ', "%20")
+        .replace('[', "%5B")
+        .replace(']', "%5D")
+        .replace('{', "%7B")
+        .replace('}', "%7D")
+        .replace('"', "%22")
+        .replace('=', "%3D")
+        .replace('~', "%7E");
     let url = coordinator.url(&format!(
-        "/api/v1/query_range?query=sum%20by%20(instance)(rate({family}%5B5m%5D))&start={}&end={}&step=60",
+        "/api/v1/query_range?query={query}&start={}&end={}&step=60",
         start_ms / 1000,
         end_ms / 1000
     ));
@@ -225,12 +236,56 @@ fn measure_range_query(nodes: &[&Node], family: &str, n: usize, start_ms: i64, e
     let took = asked.elapsed();
     assert_eq!(code, 200, "{body}");
     let json: serde_json::Value = serde_json::from_str(&body).expect("JSON");
-    assert_eq!(
-        json["data"]["result"].as_array().map(Vec::len),
-        Some(n / 10)
-    );
     let received = counter(coordinator, "timbala_fanout_read_received_bytes_total") - before;
     let fetched = counter(coordinator, "timbala_fanout_second_round_series_total") - fetched_before;
+    let series = json["data"]["result"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    (series, took, received, fetched)
+}
+
+/// One `sum by (instance)(rate(<family>[5m]))` range query at 60 s step through the
+/// first node, and what it cost on the wire: pushed down (ADR 0029), and the same query
+/// with its selector written as a regex, which is not pushed down and reads series
+/// (ADR 0028); the two answers must agree.
+fn measure_range_query(nodes: &[&Node], family: &str, n: usize, start_ms: i64, end_ms: i64) {
+    // What the query selects: rate's 5 m range before the first step, up to the last.
+    let (mint, maxt) = (start_ms - 300_000, end_ms);
+    let coordinator = nodes[0];
+    let pushed_before = counter(
+        coordinator,
+        "timbala_fanout_pushdowns_total{outcome=\"pushed\"}",
+    );
+    let pushed_query = format!("sum by (instance)(rate({family}[5m]))");
+    let (pushed, pushed_took, pushed_received, _) =
+        range_query_cost(coordinator, &pushed_query, start_ms, end_ms);
+    let pushdowns = counter(
+        coordinator,
+        "timbala_fanout_pushdowns_total{outcome=\"pushed\"}",
+    ) - pushed_before;
+    let unpushed_query = format!("sum by (instance)(rate({{__name__=~\"{family}\"}}[5m]))");
+    let (series, took, received, fetched) =
+        range_query_cost(coordinator, &unpushed_query, start_ms, end_ms);
+    assert_eq!(series.len(), n / 10);
+    assert_eq!(pushed.len(), series.len());
+    for (a, b) in pushed.iter().zip(&series) {
+        assert_eq!(a["metric"], b["metric"]);
+        let values = |s: &serde_json::Value| -> Vec<f64> {
+            s["values"]
+                .as_array()
+                .expect("values")
+                .iter()
+                .map(|p| p[1].as_str().expect("value").parse().expect("number"))
+                .collect()
+        };
+        for (x, y) in values(a).into_iter().zip(values(b)) {
+            assert!((x - y).abs() <= 1e-6 * x.abs().max(y.abs()), "{x} vs {y}");
+        }
+    }
+    println!(
+        "{family}: pushed down ({pushdowns} aggregation): query took {pushed_took:?}; received by the coordinator: {pushed_received} bytes"
+    );
 
     // One copy of the selected samples as XOR chunks (120 samples each, as a head cuts
     // them), from the coordinator's own copy (3 nodes: it owns every series).
@@ -276,7 +331,7 @@ fn measure_range_query(nodes: &[&Node], family: &str, n: usize, start_ms: i64, e
             body.len()
         })
         .sum();
-    println!("{family}: query took {took:?}; {samples} samples selected per copy");
+    println!("{family}: not pushed down (regex selector): query took {took:?}; {samples} samples selected per copy");
     println!(
         "{family}: received by the coordinator: {received} bytes ({fetched} series fetched in a second round)"
     );
@@ -287,6 +342,12 @@ fn measure_range_query(nodes: &[&Node], family: &str, n: usize, start_ms: i64, e
     println!(
         "{family}: received / one copy: {:.3}",
         received / one_copy as f64
+    );
+    println!(
+        "{family}: pushed down: {pushed_received} bytes = {:.3}x one copy, {:.1}x less than the one-copy read, {:.1}x less than before ADR 0028",
+        pushed_received / one_copy as f64,
+        received / pushed_received,
+        before_adr as f64 / pushed_received
     );
     println!(
         "{family}: peers' SAMPLES answers (the fan-out before ADR 0028): {before_adr} bytes = {:.2}x one copy",
