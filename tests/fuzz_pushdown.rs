@@ -96,6 +96,7 @@ fn seed(rng: &mut SmallRng, ring: &Ring) -> WirePushdownRequest {
         },
         slots: wire_slots(ring),
         alive: (1..=3).map(NodeId).collect(),
+        instead_of: Vec::new(),
     }
 }
 
@@ -103,7 +104,7 @@ fn seed(rng: &mut SmallRng, ring: &Ring) -> WirePushdownRequest {
 /// aggregation index, a view that differs.
 fn mutate_fields(rng: &mut SmallRng, req: &mut WirePushdownRequest) {
     let r = &mut req.request;
-    match rng.random_range(0..6) {
+    match rng.random_range(0..7) {
         0 => {
             let piece = QUERY_PIECES[rng.random_range(0..QUERY_PIECES.len())];
             let mut at = rng.random_range(0..=r.query.len());
@@ -120,6 +121,11 @@ fn mutate_fields(rng: &mut SmallRng, req: &mut WirePushdownRequest) {
         2 => r.lookback = [i64::MIN, 0, 1, i64::MAX][rng.random_range(0..4)],
         3 => r.aggregate = rng.random(),
         4 => r.max_samples = [0, 1, usize::MAX][rng.random_range(0..3)],
+        5 => {
+            req.instead_of = (0..rng.random_range(0..3))
+                .map(|_| NodeId(rng.random_range(0..5)))
+                .collect()
+        }
         _ => {
             req.alive = (0..rng.random_range(0..4))
                 .map(|_| NodeId(rng.random_range(0..5)))

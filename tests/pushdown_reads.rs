@@ -179,6 +179,7 @@ fn pushed_down_aggregations_answer_as_the_ordinary_plan_and_fall_back_when_owner
     }
 
     let (start, end) = ((t0 + 5 * 60_000) / 1000, (t0 + 25 * 60_000) / 1000);
+    let mut answers = Vec::new();
     for query in SHAPES {
         let q = encode(query);
         for path in [
@@ -194,6 +195,7 @@ fn pushed_down_aggregations_answer_as_the_ordinary_plan_and_fall_back_when_owner
             let unpushed = ask(off, &path);
             assert!(!unpushed.0.is_empty(), "{query} answers something");
             assert_same(query, &pushed, &unpushed);
+            answers.push((query, path, unpushed));
         }
     }
     assert_eq!(

@@ -46,6 +46,11 @@ pub struct WirePushdownRequest {
     pub slots: Vec<(NodeId, bool)>,
     /// The nodes the asker asks, itself included.
     pub alive: Vec<NodeId>,
+    /// A second round: nodes of `alive` that did not answer the first. Just the series
+    /// one of them was to evaluate are evaluated, each by its first owner among the
+    /// other nodes of `alive`.
+    #[serde(default)]
+    pub instead_of: Vec<NodeId>,
 }
 
 /// One node's share: its partials and the digests of every matching series it holds.
@@ -56,12 +61,26 @@ pub struct ShareAnswer {
 }
 
 /// Whether node `me` evaluates `labels` in a pushed-down share: it is the first of the
-/// series' owners (placement order over `ring`) among `alive`.
-fn evaluates(ring: &Ring, alive: &[NodeId], me: NodeId, labels: &Labels) -> bool {
-    ring.owners(placement::partition_key(labels))
-        .into_iter()
-        .find(|o| alive.contains(o))
-        == Some(me)
+/// series' owners (placement order over `ring`) among `alive`; in a second round
+/// (`instead_of` not empty), the series' first owner among `alive` is one of
+/// `instead_of` and `me` is its first owner among the others.
+fn evaluates(
+    ring: &Ring,
+    alive: &[NodeId],
+    instead_of: &[NodeId],
+    me: NodeId,
+    labels: &Labels,
+) -> bool {
+    let owners = ring.owners(placement::partition_key(labels));
+    let first = owners.iter().find(|o| alive.contains(o));
+    if instead_of.is_empty() {
+        return first == Some(&me);
+    }
+    first.is_some_and(|f| instead_of.contains(f))
+        && owners
+            .iter()
+            .find(|o| alive.contains(o) && !instead_of.contains(o))
+            == Some(&me)
 }
 
 /// Node `me`'s share of `wire` over its own `store` (see the module comment). `None`
@@ -77,10 +96,10 @@ pub async fn answer_share(
         return Ok(None);
     }
     let mut digests = Vec::new();
-    let alive = wire.alive;
+    let (alive, instead_of) = (wire.alive, wire.instead_of);
     let keep = Box::new(|s: &Series| {
         digests.push(SeriesDigest::of(s.labels.stable_hash(), &s.samples));
-        evaluates(ring, &alive, me, &s.labels)
+        evaluates(ring, &alive, &instead_of, me, &s.labels)
     });
     let partials = evaluate_share(store, wire.request, keep).await?;
     Ok(partials.map(|partials| ShareAnswer { partials, digests }))
@@ -134,28 +153,23 @@ impl AggregatePushdown for FanoutStorage {
 }
 
 impl FanoutStorage {
+    /// Asks every node for its share (`gather`: a node that does not answer is left
+    /// behind as in any read). When the nodes that answered agree, the series of the
+    /// nodes left behind are evaluated in a second round by their next owners (not
+    /// waiting for them again, as a select's second round does not).
     async fn push_down(&self, request: PartialRequest) -> Option<Vec<Partials>> {
         let view = self.inner.membership.view();
         let me = view.local.id;
         let mut alive: Vec<NodeId> = super::gather::asked(&view).map(|n| n.id).collect();
         alive.push(me);
-        let wire = WirePushdownRequest {
+        let mut wire = WirePushdownRequest {
             request,
             slots: one_copy::wire_slots(&view.ring),
             alive: alive.clone(),
+            instead_of: Vec::new(),
         };
         let body = Arc::new(serde_json::to_vec(&wire).ok()?);
-        let local_ring = view.ring.clone();
-        let local_store = self.inner.local.clone();
-        let local = async move {
-            match answer_share(local_store.as_ref(), &local_ring, me, wire).await {
-                Ok(share) => Ok(share),
-                Err(error) => {
-                    tracing::debug!(%error, "pushdown: this node's share failed");
-                    Ok(None)
-                }
-            }
-        };
+        let local = self.local_share(&view.ring, me, wire.clone());
         let received = self.inner.metrics.read_received_bytes.clone();
         let answers = self
             .gather(view.clone(), local, move |client, peer, deadline| {
@@ -165,17 +179,77 @@ impl FanoutStorage {
             })
             .await
             .ok()?;
-        if answers.len() != alive.len() {
-            return None;
-        }
         let answers: Vec<(NodeId, ShareAnswer)> = answers
             .into_iter()
             .map(|(node, share)| share.map(|s| (node, s)))
             .collect::<Option<_>>()?;
-        if !digests_agree(&view.ring, &alive, &answers) {
+        let answered: Vec<NodeId> = answers.iter().map(|(node, _)| *node).collect();
+        if !digests_agree(&view.ring, &answered, &answers) {
             return None;
         }
-        Some(answers.into_iter().map(|(_, a)| a.partials).collect())
+        let mut shares: Vec<Partials> = answers.into_iter().map(|(_, a)| a.partials).collect();
+        wire.instead_of = alive
+            .into_iter()
+            .filter(|n| !answered.contains(n))
+            .collect();
+        if !wire.instead_of.is_empty() {
+            shares.extend(self.second_round(&view.ring, me, &answered, wire).await?);
+        }
+        Some(shares)
+    }
+
+    /// This node's share, `None` when it declines or fails.
+    fn local_share(
+        &self,
+        ring: &Ring,
+        me: NodeId,
+        wire: WirePushdownRequest,
+    ) -> impl std::future::Future<Output = Result<Option<ShareAnswer>, crate::storage::StorageError>>
+           + Send
+           + 'static {
+        let (ring, store) = (ring.clone(), self.inner.local.clone());
+        async move {
+            match answer_share(store.as_ref(), &ring, me, wire).await {
+                Ok(share) => Ok(share),
+                Err(error) => {
+                    tracing::debug!(%error, "pushdown: this node's share failed");
+                    Ok(None)
+                }
+            }
+        }
+    }
+
+    /// The second round: `nodes` (all answered the first) evaluate the series of the
+    /// nodes in `wire.instead_of`; all at once, each within the request timeout.
+    async fn second_round(
+        &self,
+        ring: &Ring,
+        me: NodeId,
+        nodes: &[NodeId],
+        wire: WirePushdownRequest,
+    ) -> Option<Vec<Partials>> {
+        let body = serde_json::to_vec(&wire).ok()?;
+        let mut asked = tokio::task::JoinSet::new();
+        for &node in nodes.iter().filter(|n| **n != me) {
+            let addr = ring.node(node)?.http_addr.clone();
+            let (client, body) = (self.inner.client.clone(), body.clone());
+            let deadline = self.inner.options.request_timeout;
+            let received = self.inner.metrics.read_received_bytes.clone();
+            asked.spawn(peer::with_trace_id(peer::current_trace_id(), async move {
+                remote_share(&client, &addr, body, deadline, &received)
+                    .await
+                    .ok()
+                    .and_then(|a| a.value)
+            }));
+        }
+        let mut shares = Vec::with_capacity(nodes.len());
+        if nodes.contains(&me) {
+            shares.push(self.local_share(ring, me, wire).await.ok()??.partials);
+        }
+        while let Some(joined) = asked.join_next().await {
+            shares.push(joined.ok()??.partials);
+        }
+        Some(shares)
     }
 }
 
@@ -479,10 +553,26 @@ mod tests {
             for i in 0..50 {
                 let labels =
                     Labels::from_pairs([("__name__", "x".to_string()), ("i", i.to_string())]);
+                // Three owners of four nodes: with two alive, one of them owns it.
                 let evaluators = alive
                     .iter()
-                    .filter(|&&me| evaluates(&ring, &alive, me, &labels));
-                assert!(evaluators.count() <= 1, "{labels}");
+                    .filter(|&&me| evaluates(&ring, &alive, &[], me, &labels));
+                assert_eq!(evaluators.count(), 1, "{labels}");
+                // Without one node: its series by exactly one other, the rest by nobody.
+                let gone = alive[0];
+                let second: Vec<NodeId> = alive
+                    .iter()
+                    .copied()
+                    .filter(|&me| evaluates(&ring, &alive, &[gone], me, &labels))
+                    .collect();
+                let others: Vec<NodeId> = alive.iter().copied().filter(|n| *n != gone).collect();
+                let orphaned = evaluates(&ring, &alive, &[], gone, &labels)
+                    && ring
+                        .owners(labels.stable_hash())
+                        .iter()
+                        .any(|o| others.contains(o));
+                assert_eq!(second.len(), usize::from(orphaned), "{labels}");
+                assert!(!second.contains(&gone));
             }
         }
     }
