@@ -418,6 +418,69 @@ pub trait Storage: Send + Sync + 'static {
     }
 }
 
+/// A store with its aggregation pushdown replaced (ADR 0029): `None` for one query that
+/// asked to bypass it (`nopushdown=1`), another implementation in tests. Every other
+/// call goes to the store as it is.
+pub struct WithPushdown {
+    pub store: Arc<dyn Storage>,
+    pub pushdown: Option<Arc<dyn crate::promql::pushdown::AggregatePushdown>>,
+}
+
+impl Storage for WithPushdown {
+    fn append(&self, batch: Vec<Series>) -> BoxFuture<'_, Result<AppendOutcome, StorageError>> {
+        self.store.append(batch)
+    }
+    fn select(&self, req: SelectRequest) -> BoxFuture<'_, Result<Vec<Series>, SelectError>> {
+        self.store.select(req)
+    }
+    fn series(&self, req: LabelRequest) -> BoxFuture<'_, Result<Vec<Labels>, StorageError>> {
+        self.store.series(req)
+    }
+    fn label_names(&self, req: LabelRequest) -> BoxFuture<'_, Result<Vec<String>, StorageError>> {
+        self.store.label_names(req)
+    }
+    fn label_values(
+        &self,
+        name: String,
+        req: LabelRequest,
+    ) -> BoxFuture<'_, Result<Vec<String>, StorageError>> {
+        self.store.label_values(name, req)
+    }
+    fn record_metadata(
+        &self,
+        metadata: Vec<MetricMetadata>,
+    ) -> BoxFuture<'_, Result<(), StorageError>> {
+        self.store.record_metadata(metadata)
+    }
+    fn metadata(
+        &self,
+        metric: Option<String>,
+    ) -> BoxFuture<'_, Result<Vec<MetricMetadata>, StorageError>> {
+        self.store.metadata(metric)
+    }
+    fn append_exemplars(
+        &self,
+        batch: Vec<SeriesExemplars>,
+    ) -> BoxFuture<'_, Result<u64, StorageError>> {
+        self.store.append_exemplars(batch)
+    }
+    fn exemplars(
+        &self,
+        req: ExemplarRequest,
+    ) -> BoxFuture<'_, Result<Vec<SeriesExemplars>, StorageError>> {
+        self.store.exemplars(req)
+    }
+    fn changes_since(
+        &self,
+        marks: BTreeMap<SourceId, ChangeMark>,
+    ) -> BoxFuture<'_, Result<ChangeReport, StorageError>> {
+        self.store.changes_since(marks)
+    }
+    fn pushdown(&self) -> Option<Arc<dyn crate::promql::pushdown::AggregatePushdown>> {
+        self.pushdown.clone()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,7 +1,8 @@
 //! Acceptance test of aggregation pushdown (ADR 0029) with real processes on 127.0.0.1:
 //! three nodes, one started with `--query-pushdown=false`. Every pushed-down shape asked
 //! through a node with pushdown gives the answer (values up to promqltest's tolerance,
-//! and annotations) the node without it gives from series, and is counted as pushed;
+//! and annotations) the node without it gives from series, and is counted as pushed
+//! (and is not with `nopushdown=1`), also while another node is stopped;
 //! with the newest samples of every series on two of its three owners only, the shares'
 //! digests disagree, the aggregation is evaluated from series instead, and the answer
 //! holds every sample.
@@ -195,6 +196,15 @@ fn pushed_down_aggregations_answer_as_the_ordinary_plan_and_fall_back_when_owner
             let unpushed = ask(off, &path);
             assert!(!unpushed.0.is_empty(), "{query} answers something");
             assert_same(query, &pushed, &unpushed);
+            // The per-query bypass reads series on the node that pushes.
+            let pushed_before = counter(on, PUSHED);
+            let bypassed = ask(on, &format!("{path}&nopushdown=1&nocache=1"));
+            assert_eq!(
+                counter(on, PUSHED),
+                pushed_before,
+                "{query}: nopushdown pushed"
+            );
+            assert_same(query, &bypassed, &unpushed);
             answers.push((query, path, unpushed));
         }
     }

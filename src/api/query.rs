@@ -6,9 +6,11 @@
 //! Calls `params` (parsing), `json` (rendering), the `promql::Engine` and
 //! `storage::Storage` through `AppState`, `fanout::notes` (the warnings of an
 //! answer given without some node, collected around the storage calls; ADR 0012), and
-//! `query_cache` for range queries (`nocache=1` bypasses it; ADR 0024), and
+//! `query_cache` for range queries (`nocache=1` bypasses it; ADR 0024; `nopushdown=1`
+//! bypasses aggregation pushdown, ADR 0029), and
 //! `active_queries`, which lists each query while it is evaluated.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::extract::{Path, State};
@@ -30,7 +32,9 @@ use super::{json, ApiError, AppState};
 use crate::fanout::notes::{self, ReadNotes};
 use crate::model::{Labels, Matcher};
 use crate::promql::{limits, Annotations, QueryOutput, QueryValue};
-use crate::storage::{BoxFuture, ExemplarRequest, LabelRequest, StorageError};
+use crate::storage::{
+    BoxFuture, ExemplarRequest, LabelRequest, Storage, StorageError, WithPushdown,
+};
 
 /// Most points a range query may return per series (Prometheus's fixed limit).
 const MAX_POINTS_PER_SERIES: i128 = 11_000;
@@ -66,7 +70,7 @@ async fn instant_query(
     let time_ms = time_param(&params, "time", now_ms())?;
     let timeout = timeout_param(&params, &state)?;
     reject_per_query_lookback(&params)?;
-    let storage = state.services()?.storage.clone();
+    let storage = query_storage(&state, &params)?;
     let query = params.value("query");
     let engine = state.engine();
     let started = Instant::now();
@@ -112,7 +116,7 @@ async fn range_query(
     let timeout = timeout_param(&params, &state)?;
     reject_per_query_lookback(&params)?;
     let use_cache = !bool_param(&params, "nocache")?;
-    let storage = state.services()?.storage.clone();
+    let storage = query_storage(&state, &params)?;
     let query_text = params.value("query");
     let started = Instant::now();
     let query = RangeQuery {
@@ -145,6 +149,21 @@ async fn range_query(
     slow_query::log_if_slow(threshold, request, started.elapsed(), &output, &cluster);
     let stats = StatsParam::of(&params);
     Ok(render_query_output(output?, cluster, limit, end, &stats))
+}
+
+/// The storage a query reads: the node's, without its aggregation pushdown when the
+/// query says `nopushdown=1` (ADR 0029; answers are the same, only where aggregations
+/// are computed differs).
+fn query_storage(state: &AppState, params: &FormParams) -> Result<Arc<dyn Storage>, ApiError> {
+    let storage = state.services()?.storage.clone();
+    if bool_param(params, "nopushdown")? {
+        let pushdown = None;
+        return Ok(Arc::new(WithPushdown {
+            store: storage,
+            pushdown,
+        }));
+    }
+    Ok(storage)
 }
 
 /// A flag parameter such as VictoriaMetrics's `nocache`: `1`/`true` set, absent, empty,

@@ -288,7 +288,7 @@ pub(crate) async fn load_filtered(
 
 /// Awaits every future, answering their outputs in order or the first error (the rest
 /// are dropped unfinished). Polls only the futures not yet done.
-async fn join_all<T, E>(futures: Vec<BoxFuture<'_, Result<T, E>>>) -> Result<Vec<T>, E> {
+pub(crate) async fn join_all<T, E>(futures: Vec<BoxFuture<'_, Result<T, E>>>) -> Result<Vec<T>, E> {
     let mut pending: Vec<Option<BoxFuture<'_, Result<T, E>>>> =
         futures.into_iter().map(Some).collect();
     let mut outputs: Vec<Option<T>> = pending.iter().map(|_| None).collect();

@@ -363,18 +363,29 @@ pub(crate) async fn push_down(
     let Some(pushdown) = store.pushdown() else {
         return pushed;
     };
-    for (i, a) in pushable_aggregates(expr).into_iter().enumerate() {
-        let req = PartialRequest {
-            query: query.to_string(),
-            aggregate: i as u32,
-            start: times.start,
-            end: times.end,
-            step: times.step,
-            lookback: times.lookback,
-            max_samples: opts.max_samples,
-            delayed_name_removal: opts.delayed_name_removal,
-        };
-        match pushdown.partials(req).await {
+    let aggregates = pushable_aggregates(expr);
+    // All asked at once, as `plan` loads selectors: each is a round trip of its own.
+    let asks: Vec<BoxFuture<'_, Result<_, std::convert::Infallible>>> = aggregates
+        .iter()
+        .enumerate()
+        .map(|(i, _)| {
+            let req = PartialRequest {
+                query: query.to_string(),
+                aggregate: i as u32,
+                start: times.start,
+                end: times.end,
+                step: times.step,
+                lookback: times.lookback,
+                max_samples: opts.max_samples,
+                delayed_name_removal: opts.delayed_name_removal,
+            };
+            let pushdown = pushdown.clone();
+            Box::pin(async move { Ok(pushdown.partials(req).await) }) as BoxFuture<'_, _>
+        })
+        .collect();
+    let Ok(answers) = plan::join_all(asks).await;
+    for (a, answer) in aggregates.into_iter().zip(answers) {
+        match answer {
             Ok(Some(shares)) => {
                 pushed.insert(aggregate_key(a), combine(a, shares));
             }
@@ -457,11 +468,9 @@ mod tests {
     use prometheus_client::registry::Registry;
 
     use super::*;
-    use crate::model::{stale_nan, MetricMetadata, Sample, SeriesExemplars};
+    use crate::model::{stale_nan, Sample};
     use crate::promql::{Engine, QueryOutput, QueryValue};
-    use crate::storage::{
-        AppendOutcome, ExemplarRequest, LabelRequest, SelectError, SelectRequest, StorageError,
-    };
+    use crate::storage::WithPushdown;
     use crate::tsdb::{Tsdb, TsdbMetrics, TsdbOptions};
 
     #[test]
@@ -497,10 +506,8 @@ mod tests {
         }
     }
 
-    /// A TSDB whose pushdown answers in three shares (by label hash), as a cluster's
-    /// nodes would, to compare merged shares with the unsplit evaluation.
-    struct Sharded(Tsdb);
-
+    /// A pushdown over a store that answers in three shares (by label hash), as a
+    /// cluster's nodes would, to compare merged shares with the unsplit evaluation.
     struct ThreeShares(Arc<dyn Storage>);
 
     /// Aggregations `ThreeShares` answered, all tests together.
@@ -521,55 +528,6 @@ mod tests {
                 ANSWERED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 Ok(Some(shares))
             })
-        }
-    }
-
-    impl Storage for Sharded {
-        fn append(&self, b: Vec<Series>) -> BoxFuture<'_, Result<AppendOutcome, StorageError>> {
-            self.0.append(b)
-        }
-        fn select(&self, r: SelectRequest) -> BoxFuture<'_, Result<Vec<Series>, SelectError>> {
-            self.0.select(r)
-        }
-        fn series(&self, r: LabelRequest) -> BoxFuture<'_, Result<Vec<Labels>, StorageError>> {
-            self.0.series(r)
-        }
-        fn label_names(&self, r: LabelRequest) -> BoxFuture<'_, Result<Vec<String>, StorageError>> {
-            self.0.label_names(r)
-        }
-        fn label_values(
-            &self,
-            n: String,
-            r: LabelRequest,
-        ) -> BoxFuture<'_, Result<Vec<String>, StorageError>> {
-            self.0.label_values(n, r)
-        }
-        fn record_metadata(
-            &self,
-            m: Vec<MetricMetadata>,
-        ) -> BoxFuture<'_, Result<(), StorageError>> {
-            self.0.record_metadata(m)
-        }
-        fn metadata(
-            &self,
-            m: Option<String>,
-        ) -> BoxFuture<'_, Result<Vec<MetricMetadata>, StorageError>> {
-            self.0.metadata(m)
-        }
-        fn append_exemplars(
-            &self,
-            b: Vec<SeriesExemplars>,
-        ) -> BoxFuture<'_, Result<u64, StorageError>> {
-            self.0.append_exemplars(b)
-        }
-        fn exemplars(
-            &self,
-            r: ExemplarRequest,
-        ) -> BoxFuture<'_, Result<Vec<SeriesExemplars>, StorageError>> {
-            self.0.exemplars(r)
-        }
-        fn pushdown(&self) -> Option<Arc<dyn AggregatePushdown>> {
-            Some(Arc::new(ThreeShares(Arc::new(self.0.clone()))))
         }
     }
 
@@ -625,7 +583,10 @@ mod tests {
             });
         }
         tsdb.append(batch).await.expect("append");
-        (dir, Arc::new(Sharded(tsdb)))
+        let store: Arc<dyn Storage> = Arc::new(tsdb);
+        let pushdown: Option<Arc<dyn AggregatePushdown>> =
+            Some(Arc::new(ThreeShares(store.clone())));
+        (dir, Arc::new(WithPushdown { store, pushdown }))
     }
 
     fn same_value(a: f64, b: f64) -> bool {
