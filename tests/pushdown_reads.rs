@@ -214,6 +214,34 @@ fn pushed_down_aggregations_answer_as_the_ordinary_plan_and_fall_back_when_owner
         "the node without pushdown pushed"
     );
 
+    // A node that stops answering is left behind as in any read (here gossip declares
+    // it down while the first query waits), and the series it was to evaluate are
+    // evaluated by their next owners in a second round; later queries leave it out.
+    let stopped = nodes[2];
+    send_signal(stopped, libc::SIGSTOP);
+    let resume = Resume(stopped);
+    for (query, path, unpushed) in answers.iter().take(4) {
+        let pushed_before = counter(on, PUSHED);
+        let (series, warnings, _) = ask(on, &format!("{path}&nocache=1"));
+        assert!(
+            counter(on, PUSHED) > pushed_before,
+            "{query} was not pushed down"
+        );
+        assert!(
+            warnings.iter().any(|w| w.contains(&stopped.http_addr)),
+            "{query}: {warnings:?}"
+        );
+        let without_notes = (series, unpushed.1.clone(), unpushed.2.clone());
+        assert_same(query, &without_notes, unpushed);
+    }
+    drop(resume);
+    let stopped_id = local_id(stopped);
+    wait_until(
+        "the stopped node is alive again",
+        Duration::from_secs(60),
+        || member_state(on, &stopped_id).as_deref() == Some("alive"),
+    );
+
     // The newest samples of every series on two of its three owners only: the digests
     // of the owner that lacks them disagree, and the query is evaluated from series.
     const SERIES: usize = 30;
