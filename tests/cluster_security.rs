@@ -455,13 +455,15 @@ fn internal_routes_refuse_requests_without_a_valid_cluster_credential() {
     let pull_body = br#"{"ranges":[{"labels":[["__name__","forged"]],"mint":0,"maxt":1}]}"#;
     let metadata_body = br#"{"metric":null}"#;
     let select_body = br#"{"matchers":[["__name__","=","forged"]],"mint":0,"maxt":9999999999999,"max_samples":0,"slots":[],"alive":[]}"#;
-    let routes: [(&str, &[u8]); 10] = [
+    let aggregate_body = br#"{"request":{"query":"sum(forged)","aggregate":0,"start":0,"end":0,"step":0,"lookback":300000,"max_samples":0,"delayed_name_removal":false},"slots":[],"alive":[]}"#;
+    let routes: [(&str, &[u8]); 11] = [
         ("/internal/v1/write", &write_body),
         ("/internal/v1/backfill", &write_body),
         ("/internal/v1/anti-entropy/digests", digest_body),
         ("/internal/v1/anti-entropy/pull", pull_body),
         ("/internal/v1/read-local", &read_body),
         ("/internal/v1/select", select_body),
+        ("/internal/v1/aggregate", aggregate_body),
         ("/internal/v1/series", label_body),
         ("/internal/v1/labels", label_body),
         ("/internal/v1/label-values", label_body),
