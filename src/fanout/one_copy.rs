@@ -212,22 +212,34 @@ pub fn encode_answer(answer: &SelectAnswer) -> Vec<u8> {
     proto::encode_snappy(&wire)
 }
 
-/// Decodes `encode_answer`'s output; a malformed body is an error, never a panic.
-pub fn decode_answer(body: &[u8]) -> Result<SelectAnswer, String> {
+/// A snappy-compressed protobuf message from a peer; a malformed body is an error.
+/// Shared with the other fan-out answers (`pushdown`) so every peer body is opened alike.
+pub(crate) fn decode_snappy_message<M: Message + Default>(body: &[u8]) -> Result<M, String> {
     let raw = snap::raw::Decoder::new()
         .decompress_vec(body)
         .map_err(|e| format!("snappy: {e}"))?;
-    let wire = WireAnswer::decode(raw.as_slice()).map_err(|e| format!("protobuf: {e}"))?;
+    M::decode(raw.as_slice()).map_err(|e| format!("protobuf: {e}"))
+}
+
+/// A peer's label set, refused unless its names are sorted and unique (the evaluator
+/// and the merge rely on that order); `what` names it in the error.
+pub(crate) fn labels_from_wire(wire: Vec<proto::Label>, what: &str) -> Result<Labels, String> {
+    let labels: Vec<Label> = wire
+        .into_iter()
+        .map(|l| Label::new(l.name, l.value))
+        .collect();
+    if !labels.windows(2).all(|w| w[0].name < w[1].name) {
+        return Err(format!("{what} labels not sorted and unique"));
+    }
+    Ok(Labels::from_sorted(labels))
+}
+
+/// Decodes `encode_answer`'s output; a malformed body is an error, never a panic.
+pub fn decode_answer(body: &[u8]) -> Result<SelectAnswer, String> {
+    let wire: WireAnswer = decode_snappy_message(body)?;
     let mut full = Vec::with_capacity(wire.series.len());
     for s in wire.series {
-        let labels: Vec<Label> = s
-            .labels
-            .into_iter()
-            .map(|l| Label::new(l.name, l.value))
-            .collect();
-        if !labels.windows(2).all(|w| w[0].name < w[1].name) {
-            return Err("series labels not sorted and unique".into());
-        }
+        let labels = labels_from_wire(s.labels, "series")?;
         let mut samples = Vec::new();
         for chunk in &s.chunks {
             for sample in decode_xor(chunk) {
@@ -237,10 +249,7 @@ pub fn decode_answer(body: &[u8]) -> Result<SelectAnswer, String> {
         if !samples.windows(2).all(|w| w[0].t < w[1].t) {
             return Err("series samples not in strictly increasing time order".into());
         }
-        full.push(Series {
-            labels: Labels::from_sorted(labels),
-            samples,
-        });
+        full.push(Series { labels, samples });
     }
     let digests = wire.digests.iter().map(WireDigest::digest).collect();
     Ok(SelectAnswer { full, digests })

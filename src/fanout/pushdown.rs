@@ -28,7 +28,7 @@ use super::FanoutStorage;
 use crate::cluster::identity::NodeId;
 use crate::cluster::placement;
 use crate::cluster::ring::Ring;
-use crate::model::{Label, Labels, Series};
+use crate::model::{Labels, Series};
 use crate::peer::{self, PeerClient};
 use crate::promql::pushdown::{
     evaluate_share, AggregatePushdown, PartialGroup, PartialRequest, Partials, StepPartials,
@@ -417,21 +417,10 @@ pub fn encode_answer(answer: &ShareAnswer) -> Vec<u8> {
 
 /// Decodes `encode_answer`'s output; a malformed body is an error, never a panic.
 pub fn decode_answer(body: &[u8]) -> Result<ShareAnswer, String> {
-    let raw = snap::raw::Decoder::new()
-        .decompress_vec(body)
-        .map_err(|e| format!("snappy: {e}"))?;
-    let wire = WireShare::decode(raw.as_slice()).map_err(|e| format!("protobuf: {e}"))?;
+    let wire: WireShare = one_copy::decode_snappy_message(body)?;
     let mut groups = Vec::with_capacity(wire.groups.len());
     for g in wire.groups {
-        let labels: Vec<Label> = g
-            .labels
-            .into_iter()
-            .map(|l| Label::new(l.name, l.value))
-            .collect();
-        if !labels.windows(2).all(|w| w[0].name < w[1].name) {
-            return Err("group labels not sorted and unique".into());
-        }
-        groups.push(Labels::from_sorted(labels));
+        groups.push(one_copy::labels_from_wire(g.labels, "group")?);
     }
     let mut steps = Vec::with_capacity(wire.steps.len());
     for s in wire.steps {
