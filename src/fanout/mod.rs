@@ -841,6 +841,28 @@ pub(crate) fn test_series(name: &str, samples: &[(i64, f64)]) -> Series {
     }
 }
 
+/// A ring of `ids` in join order, those in `removed` marked removed, for the fan-out's
+/// unit tests.
+#[cfg(test)]
+pub(crate) fn test_ring(ids: &[u128], removed: &[u128]) -> crate::cluster::ring::Ring {
+    use crate::cluster::identity::NodeId;
+    use crate::cluster::ring::{Ring, RingNode, RingSlot};
+    Ring::from_slots(
+        ids.iter()
+            .enumerate()
+            .map(|(i, &id)| RingSlot {
+                node: RingNode {
+                    id: NodeId(id),
+                    join_seq: i as u64,
+                    gossip_addr: "127.0.0.1:1".parse().expect("addr"),
+                    http_addr: format!("127.0.0.1:{}", 1000 + i),
+                },
+                removed: removed.contains(&id),
+            })
+            .collect(),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -258,26 +258,8 @@ pub fn decode_answer(body: &[u8]) -> Result<SelectAnswer, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cluster::ring::{RingNode, RingSlot};
-
+    use crate::fanout::test_ring as ring;
     use crate::fanout::test_series as series;
-
-    fn ring(ids: &[u128], removed: &[u128]) -> Ring {
-        Ring::from_slots(
-            ids.iter()
-                .enumerate()
-                .map(|(i, &id)| RingSlot {
-                    node: RingNode {
-                        id: NodeId(id),
-                        join_seq: i as u64,
-                        gossip_addr: "127.0.0.1:1".parse().expect("addr"),
-                        http_addr: format!("127.0.0.1:{}", 1000 + i),
-                    },
-                    removed: removed.contains(&id),
-                })
-                .collect(),
-        )
-    }
 
     fn request(ring: &Ring, alive: &[u128]) -> WireSelectRequest {
         WireSelectRequest {

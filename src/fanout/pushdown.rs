@@ -476,24 +476,10 @@ pub fn decode_answer(body: &[u8]) -> Result<ShareAnswer, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cluster::ring::{RingNode, RingSlot};
     use crate::model::Sample;
 
     fn ring(ids: &[u128]) -> Ring {
-        Ring::from_slots(
-            ids.iter()
-                .enumerate()
-                .map(|(i, &id)| RingSlot {
-                    node: RingNode {
-                        id: NodeId(id),
-                        join_seq: i as u64,
-                        gossip_addr: "127.0.0.1:1".parse().expect("addr"),
-                        http_addr: format!("127.0.0.1:{}", 1000 + i),
-                    },
-                    removed: false,
-                })
-                .collect(),
-        )
+        crate::fanout::test_ring(ids, &[])
     }
 
     fn share(digests: Vec<SeriesDigest>) -> ShareAnswer {
