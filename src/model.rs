@@ -466,6 +466,14 @@ pub struct Series {
     pub samples: Vec<Sample>,
 }
 
+/// A series with its native histogram samples in time order (the TSDB keeps them
+/// apart from float samples; a series may hold both, at different times).
+#[derive(Clone, Debug, PartialEq)]
+pub struct HistogramSeries {
+    pub labels: Labels,
+    pub samples: Vec<histogram::HistogramSample>,
+}
+
 /// An exemplar: one traced observation (labels such as `trace_id`) of a series.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Exemplar {

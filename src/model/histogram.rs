@@ -381,6 +381,81 @@ fn check_shape<Z: PartialEq + Default>(
     Ok(())
 }
 
+/// A native histogram sample's value, of either kind: a series may switch between
+/// them (and to floats) over time, as Prometheus allows.
+#[derive(Clone, Debug, PartialEq)]
+pub enum HistogramValue {
+    Int(Histogram),
+    Float(FloatHistogram),
+}
+
+impl HistogramValue {
+    /// Prometheus's validation of the histogram's kind.
+    pub fn validate(&self) -> Result<(), HistogramError> {
+        match self {
+            HistogramValue::Int(h) => h.validate(),
+            HistogramValue::Float(h) => h.validate(),
+        }
+    }
+
+    pub fn is_stale(&self) -> bool {
+        match self {
+            HistogramValue::Int(h) => h.is_stale(),
+            HistogramValue::Float(h) => h.is_stale(),
+        }
+    }
+
+    /// Whether `other` is the same observation: the same kind with the same fields,
+    /// floats compared by bits (so a NaN sum equals itself), the counter-reset hint
+    /// ignored (a chunk re-derives it from its header, as Prometheus's `Equals` does);
+    /// two staleness markers are the same whatever else they carry.
+    pub fn same(&self, other: &HistogramValue) -> bool {
+        fn bits(xs: &[f64]) -> impl Iterator<Item = u64> + '_ {
+            xs.iter().map(|x| x.to_bits())
+        }
+        fn floats_same(a: &[f64], b: &[f64]) -> bool {
+            a.len() == b.len() && bits(a).eq(bits(b))
+        }
+        if self.is_stale() && other.is_stale() {
+            return true;
+        }
+        match (self, other) {
+            (HistogramValue::Int(a), HistogramValue::Int(b)) => {
+                a.schema == b.schema
+                    && a.zero_threshold.to_bits() == b.zero_threshold.to_bits()
+                    && a.zero_count == b.zero_count
+                    && a.count == b.count
+                    && a.sum.to_bits() == b.sum.to_bits()
+                    && a.positive_spans == b.positive_spans
+                    && a.negative_spans == b.negative_spans
+                    && a.positive_buckets == b.positive_buckets
+                    && a.negative_buckets == b.negative_buckets
+                    && floats_same(&a.custom_values, &b.custom_values)
+            }
+            (HistogramValue::Float(a), HistogramValue::Float(b)) => {
+                a.schema == b.schema
+                    && floats_same(
+                        &[a.zero_threshold, a.zero_count, a.count, a.sum],
+                        &[b.zero_threshold, b.zero_count, b.count, b.sum],
+                    )
+                    && a.positive_spans == b.positive_spans
+                    && a.negative_spans == b.negative_spans
+                    && floats_same(&a.positive_buckets, &b.positive_buckets)
+                    && floats_same(&a.negative_buckets, &b.negative_buckets)
+                    && floats_same(&a.custom_values, &b.custom_values)
+            }
+            _ => false,
+        }
+    }
+}
+
+/// One native histogram sample.
+#[derive(Clone, Debug, PartialEq)]
+pub struct HistogramSample {
+    pub t: i64,
+    pub h: HistogramValue,
+}
+
 impl Histogram {
     /// Whether this is Prometheus's staleness marker (its sum has the stale NaN bits;
     /// the rest does not matter).

@@ -18,15 +18,18 @@ use super::cardinality::{HeadCardinality, PairCounter};
 use super::changes::ChangeLog;
 use super::compact;
 use super::digest::{self, DigestCache, DigestReport};
-use super::head::{lock, AppendLimits, Appended, Head, MemSeries};
+use super::head::{lock, AppendLimits, Appended, Head, MemSeries, SeriesData};
 use super::index::{PostingsSource, SeriesRef};
 use super::metrics::TsdbMetrics;
 use super::quarantine;
 use super::querier::Querier;
 use super::retention::{self, BlockExtent};
-use super::wal::{self, Record, SamplesRecord, Wal};
-use super::{BlockInfo, TsdbOptions};
-use crate::model::{self, conflict_winner, Labels, Matcher, MetricMetadata, Sample, Series};
+use super::wal::{self, FloatHistogramsRecord, HistogramsRecord, Record, SamplesRecord, Wal};
+use super::{BlockInfo, HistogramAppendError, TsdbOptions};
+use crate::model::histogram::HistogramValue;
+use crate::model::{
+    self, conflict_winner, HistogramSeries, Labels, Matcher, MetricMetadata, Sample, Series,
+};
 use crate::storage::{
     AppendOutcome, ChangeMark, Changes, RejectReason, SelectError, StorageError, LATE_WRITE_AGE_MS,
 };
@@ -229,23 +232,50 @@ impl Db {
                 staged_in.push(mem);
             }
         }
-        if !record.is_empty() {
-            let seq = self.wal.log(&record.finish());
+        let records = if record.is_empty() {
+            Vec::new()
+        } else {
+            vec![record.finish()]
+        };
+        self.commit_staged(&records, &staged_in, ticket, &mut tally)?;
+        if tally.mint <= tally.maxt {
+            self.head.note_time_range(tally.mint, tally.maxt);
+            self.note_if_late(tally.mint);
+        }
+        Ok(self.count_outcome(tally))
+    }
+
+    /// Logs the records of the samples staged under `ticket` and waits until they are
+    /// durable, then publishes them; when the WAL write fails, drops them instead and
+    /// fails (ADR 0010).
+    fn commit_staged(
+        &self,
+        records: &[Vec<u8>],
+        staged_in: &[Arc<MemSeries>],
+        ticket: u64,
+        tally: &mut Tally,
+    ) -> Result<(), StorageError> {
+        let mut last = None;
+        for record in records {
+            last = Some(self.wal.log(record));
+        }
+        if let Some(seq) = last {
             if let Err(e) = self.wal.sync(seq) {
-                for mem in &staged_in {
+                for mem in staged_in {
                     mem.data().discard(ticket);
                 }
                 self.metrics.appends_refused.inc();
                 return Err(e);
             }
         }
-        for mem in &staged_in {
+        for mem in staged_in {
             tally.new_chunks += mem.data().publish(ticket);
         }
-        if tally.mint <= tally.maxt {
-            self.head.note_time_range(tally.mint, tally.maxt);
-            self.note_if_late(tally.mint);
-        }
+        Ok(())
+    }
+
+    /// Folds a batch's tally into the metrics and the answer.
+    fn count_outcome(&self, tally: Tally) -> AppendOutcome {
         self.metrics.samples_appended.inc_by(tally.appended);
         self.metrics.head_chunks.inc_by(tally.new_chunks as i64);
         for (i, &n) in tally.rejected.iter().enumerate() {
@@ -253,7 +283,73 @@ impl Db {
                 self.metrics.rejected(RejectReason::ALL[i], n);
             }
         }
-        Ok(tally.into_outcome())
+        tally.into_outcome()
+    }
+
+    /// Appends native histogram samples; returns once every stored one is fsynced in
+    /// the WAL (records of kinds 6 and 7), staged and published as `append` does.
+    /// Every histogram is validated first (Prometheus's rules): one invalid histogram
+    /// refuses the whole batch, nothing of it stored. The head's rules are the float
+    /// path's (see `head::SeriesData::append_histogram`). Not reachable from ingest
+    /// yet: blocks do not carry histograms (ADR 0030).
+    pub fn append_histograms(
+        &self,
+        batch: &[HistogramSeries],
+    ) -> Result<AppendOutcome, HistogramAppendError> {
+        for series in batch {
+            for s in &series.samples {
+                s.h.validate()
+                    .map_err(|error| HistogramAppendError::Invalid {
+                        labels: series.labels.clone(),
+                        t: s.t,
+                        error,
+                    })?;
+            }
+        }
+        self.check_open()?;
+        let _publishing = read(&self.commit_gate);
+        let ticket = self.next_ticket.fetch_add(1, Ordering::Relaxed);
+        let limits = self.head.limits(
+            self.opts.out_of_order_window_ms,
+            &self.opts.time_bounds,
+            self.opts.clock.now_ms(),
+        );
+        let mut ints = HistogramsRecord::default();
+        let mut floats = FloatHistogramsRecord::default();
+        let mut tally = Tally::default();
+        let mut staged_in = Vec::new();
+        for series in batch.iter().filter(|s| !s.samples.is_empty()) {
+            let staged = self.with_series(&series.labels, &mut |id, data| {
+                let mut staged = false;
+                for s in &series.samples {
+                    match data.stage_histogram(s.t, &s.h, &limits, ticket) {
+                        Ok(Appended::Duplicate) => tally.appended += 1,
+                        Ok(_) => {
+                            match &s.h {
+                                HistogramValue::Int(h) => ints.push(id, s.t, h),
+                                HistogramValue::Float(h) => floats.push(id, s.t, h),
+                            }
+                            tally.appended += 1;
+                            staged = true;
+                        }
+                        Err(reason) => tally.reject(reason, &series.labels, s.t),
+                    }
+                }
+                staged
+            });
+            staged_in.extend(staged);
+        }
+        let records: Vec<Vec<u8>> = [
+            (!ints.is_empty()).then(|| ints.finish()),
+            (!floats.is_empty()).then(|| floats.finish()),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        self.commit_staged(&records, &staged_in, ticket, &mut tally)?;
+        // The head's time range stays that of float samples: it decides head cuts,
+        // which keep histograms (see `head`).
+        Ok(self.count_outcome(tally))
     }
 
     /// Stores samples a replica has and this node lacks (repair, anti-entropy; ADR 0016),
@@ -471,19 +567,7 @@ impl Db {
         record: &mut SamplesRecord,
         tally: &mut Tally,
     ) -> Option<Arc<MemSeries>> {
-        loop {
-            let mem = self
-                .head
-                .get_or_create(&series.labels, None, &mut |id, labels| {
-                    let mut buf = Vec::new();
-                    wal::encode_series(&mut buf, id, labels);
-                    self.wal.log(&buf);
-                    self.metrics.head_series.inc();
-                });
-            let mut data = mem.data();
-            if data.is_removed() {
-                continue; // dropped by head GC between lookup and lock
-            }
+        self.with_series(&series.labels, &mut |id, data| {
             let mut staged = false;
             for s in &series.samples {
                 if model::is_created_zero(s.v) {
@@ -495,7 +579,7 @@ impl Db {
                             Ok(Appended::Stored | Appended::StoredNewChunk)
                         )
                     {
-                        record.push(mem.id, s.t, 0.0);
+                        record.push(id, s.t, 0.0);
                         tally.widen(s.t);
                         staged = true;
                     }
@@ -503,7 +587,7 @@ impl Db {
                 }
                 match data.stage(s.t, s.v, limits, ticket) {
                     Ok(Appended::Stored | Appended::StoredNewChunk) => {
-                        record.push(mem.id, s.t, s.v);
+                        record.push(id, s.t, s.v);
                         tally.stored(s.t);
                         staged = true;
                     }
@@ -511,7 +595,7 @@ impl Db {
                     Ok(Appended::Conflicting) => {
                         // Logged and published like a stored sample, so the conflict rule
                         // decides what is kept, on replay too; answered as a conflict.
-                        record.push(mem.id, s.t, s.v);
+                        record.push(id, s.t, s.v);
                         tally.widen(s.t);
                         tally.reject(RejectReason::DuplicateTimestamp, &series.labels, s.t);
                         staged = true;
@@ -519,6 +603,29 @@ impl Db {
                     Err(reason) => tally.reject(reason, &series.labels, s.t),
                 }
             }
+            staged
+        })
+    }
+
+    /// Runs `f` on the head series with `labels` (created, and logged, when new) under
+    /// its lock; returns the series when `f` says it staged samples there.
+    fn with_series(
+        &self,
+        labels: &Labels,
+        f: &mut dyn FnMut(SeriesRef, &mut SeriesData) -> bool,
+    ) -> Option<Arc<MemSeries>> {
+        loop {
+            let mem = self.head.get_or_create(labels, None, &mut |id, labels| {
+                let mut buf = Vec::new();
+                wal::encode_series(&mut buf, id, labels);
+                self.wal.log(&buf);
+                self.metrics.head_series.inc();
+            });
+            let mut data = mem.data();
+            if data.is_removed() {
+                continue; // dropped by head GC between lookup and lock
+            }
+            let staged = f(mem.id, &mut data);
             drop(data);
             return staged.then_some(mem);
         }
@@ -675,6 +782,17 @@ impl Db {
         max_samples: usize,
     ) -> Result<Vec<Series>, SelectError> {
         self.with_querier(|q| q.select(matchers, mint, maxt, max_samples))
+    }
+
+    /// Matching series' native histogram samples in `[mint, maxt]`, sorted by labels.
+    /// Only the head holds histograms (ADR 0030).
+    pub fn select_histograms(
+        &self,
+        matchers: &[Matcher],
+        mint: i64,
+        maxt: i64,
+    ) -> Vec<HistogramSeries> {
+        self.with_querier(|q| q.select_histograms(matchers, mint, maxt))
     }
 
     pub fn series(
@@ -837,6 +955,7 @@ impl Db {
         if !record.is_empty() {
             cp.write(&record.finish())?;
         }
+        self.checkpoint_histograms(&all, &mut cp)?;
         let metadata: Vec<MetricMetadata> = lock(&self.metadata).values().cloned().collect();
         if !metadata.is_empty() {
             buf.clear();
@@ -844,6 +963,48 @@ impl Db {
             cp.write(&buf)?;
         }
         cp.commit()
+    }
+
+    /// Writes the head's histogram samples into a checkpoint (kinds 6 and 7): head cuts
+    /// keep them, so the checkpoint is where they survive the WAL's truncation.
+    fn checkpoint_histograms(
+        &self,
+        all: &[Arc<MemSeries>],
+        cp: &mut wal::CheckpointWriter<'_>,
+    ) -> Result<(), StorageError> {
+        fn flush(
+            cp: &mut wal::CheckpointWriter<'_>,
+            ints: &mut HistogramsRecord,
+            floats: &mut FloatHistogramsRecord,
+        ) -> Result<(), StorageError> {
+            if !ints.is_empty() {
+                cp.write(&std::mem::take(ints).finish())?;
+            }
+            if !floats.is_empty() {
+                cp.write(&std::mem::take(floats).finish())?;
+            }
+            Ok(())
+        }
+        let mut ints = HistogramsRecord::default();
+        let mut floats = FloatHistogramsRecord::default();
+        let mut in_record = 0;
+        let mut samples = Vec::new();
+        for s in all {
+            samples.clear();
+            s.data().histograms_in(i64::MIN, i64::MAX, &mut samples);
+            for x in &samples {
+                match &x.h {
+                    HistogramValue::Int(h) => ints.push(s.id, x.t, h),
+                    HistogramValue::Float(h) => floats.push(s.id, x.t, h),
+                }
+                in_record += 1;
+                if in_record == CHECKPOINT_BATCH {
+                    flush(cp, &mut ints, &mut floats)?;
+                    in_record = 0;
+                }
+            }
+        }
+        flush(cp, &mut ints, &mut floats)
     }
 
     fn compact(&self) -> Result<(), StorageError> {
@@ -1129,14 +1290,29 @@ impl Replayer<'_> {
                     self.metadata.insert(m.metric_family.clone(), m);
                 }
             }
-            // The head stores no native histograms yet (ADR 0030), so nothing of this
-            // version writes these; a log from one that did is replayed without them.
             Record::Histograms(samples) => {
-                tracing::warn!(count = samples.len(), "WAL native histograms skipped");
+                for (id, t, h) in samples {
+                    self.append_histogram(id, t, HistogramValue::Int(h));
+                }
             }
             Record::FloatHistograms(samples) => {
-                tracing::warn!(count = samples.len(), "WAL float histograms skipped");
+                for (id, t, h) in samples {
+                    self.append_histogram(id, t, HistogramValue::Float(h));
+                }
             }
+        }
+    }
+}
+
+impl Replayer<'_> {
+    /// Histograms are out of the head's time range (see `head`), so unlike float
+    /// samples they do not widen it.
+    fn append_histogram(&mut self, id: u64, t: i64, h: HistogramValue) {
+        match self.ids.get(&id) {
+            Some(series) => {
+                let _ = series.data().append_histogram(t, &h, &Self::LIMITS);
+            }
+            None => tracing::warn!(id, "WAL histograms for an unknown series"),
         }
     }
 }

@@ -9,14 +9,21 @@
 //! not yet durable apart (staged), invisible to reads until published (ADR 0010).
 //! Interns every label of a new series in `model::symbols`, the process-wide table the
 //! remote-write label-set cache shares (ADR 0025, amended).
-//! Calls `chunk`, `index` and `model` (including `model::label_hash` and `model::symbols`).
+//! A series may also hold native histograms (`head_hist` stores them): a timestamp holds
+//! a float or a histogram, never both; the out-of-order window is measured from the
+//! series' newest sample of either type. The head's time range and cuts cover float
+//! samples only, so a cut keeps histograms in the head (blocks carry none yet, ADR 0030).
+//! Calls `chunk`, `head_hist`, `index` and `model` (including `model::label_hash` and
+//! `model::symbols`).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 
 use super::chunk::{decode_xor, XorChunk};
+use super::head_hist::HistData;
 use super::index::{MemPostings, SeriesRef};
+use crate::model::histogram::{HistogramSample, HistogramValue};
 use crate::model::label_hash::{label_set_hash, PrehashedKey};
 use crate::model::symbols;
 use crate::model::{conflict_winner, merge_sorted_samples, Label, Labels, Sample};
@@ -157,6 +164,8 @@ pub struct SeriesData {
     staged: Vec<StagedSample>,
     /// Set when the series was dropped from the head; appenders must look it up again.
     removed: bool,
+    /// Native histogram samples, for the few series that have any.
+    hist: Option<Box<HistData>>,
 }
 
 impl SeriesData {
@@ -168,6 +177,7 @@ impl SeriesData {
             cutting: Vec::new(),
             staged: Vec::new(),
             removed: false,
+            hist: None,
         }
     }
 
@@ -190,6 +200,26 @@ impl SeriesData {
         self.max_time().is_some_and(|max| max >= t)
             || self.ooo.last().is_some_and(|s| s.t >= t)
             || self.staged.iter().any(|s| s.t >= t)
+            || self.hist.as_ref().and_then(|h| h.max_time()) >= Some(t)
+    }
+
+    /// Newest sample of either type, out-of-order ones included: the out-of-order
+    /// window is measured from it.
+    fn newest_any(&self) -> Option<i64> {
+        let floats = self.max_time().max(self.ooo.last().map(|s| s.t));
+        floats.max(self.hist.as_ref().and_then(|h| h.max_time()))
+    }
+
+    /// Whether `t` is farther behind the series' newest sample (of either type; or the
+    /// wall clock, whichever is earlier) than the out-of-order window allows.
+    fn beyond_window(&self, t: i64, limits: &AppendLimits) -> bool {
+        self.newest_any().is_some_and(|newest| {
+            t < newest && newest.min(limits.now_ms).saturating_sub(t) > limits.out_of_order_window_ms
+        })
+    }
+
+    fn hist_holds(&self, t: i64) -> bool {
+        self.hist.as_ref().is_some_and(|h| h.at(t).is_some())
     }
 
     fn last_value_bits(&self) -> Option<u64> {
@@ -216,11 +246,22 @@ impl SeriesData {
     }
 
     pub fn num_chunks(&self) -> usize {
-        self.sealed.len() + usize::from(!self.open.is_empty())
+        self.sealed.len()
+            + usize::from(!self.open.is_empty())
+            + self.hist.as_ref().map_or(0, |h| h.num_chunks())
     }
 
+    /// Whether the series stores no sample of either type.
     pub fn is_empty(&self) -> bool {
-        self.sealed.is_empty() && self.open.is_empty() && self.ooo.is_empty()
+        self.sealed.is_empty()
+            && self.open.is_empty()
+            && self.ooo.is_empty()
+            && self.hist.as_ref().is_none_or(|h| h.is_empty())
+    }
+
+    /// Whether samples of either type wait for their WAL record.
+    pub fn has_staged(&self) -> bool {
+        !self.staged.is_empty() || self.hist.as_ref().is_some_and(|h| h.has_staged())
     }
 
     /// Appends one sample, applying the head's rules.
@@ -252,6 +293,14 @@ impl SeriesData {
         }
         if t > limits.max_valid_time {
             return Err(RejectReason::TooFarInFuture);
+        }
+        if self.hist.is_some() {
+            if self.hist_holds(t) {
+                return Err(RejectReason::DuplicateTimestamp);
+            }
+            if self.beyond_window(t, limits) {
+                return Err(RejectReason::OutOfOrder);
+            }
         }
         let Some(max_t) = self.max_time() else {
             return self.in_order_placement(t, v);
@@ -311,6 +360,9 @@ impl SeriesData {
         limits: &AppendLimits,
         ticket: u64,
     ) -> Result<Appended, RejectReason> {
+        if self.hist.as_ref().is_some_and(|h| h.is_staged_at(t)) {
+            return Err(RejectReason::DuplicateTimestamp);
+        }
         let mut in_flight_conflict = false;
         for s in self.staged.iter().filter(|s| s.t == t) {
             if s.v.to_bits() != v.to_bits() {
@@ -338,6 +390,14 @@ impl SeriesData {
     /// Returns how many head chunks they started.
     pub fn publish(&mut self, ticket: u64) -> u64 {
         let mut new_chunks = 0;
+        let staged_hist = self.hist.as_mut().map(|h| h.take_staged(ticket));
+        for s in staged_hist.into_iter().flatten() {
+            if let Ok(Appended::StoredNewChunk) =
+                self.append_histogram(s.t, &s.h, &AppendLimits::NONE)
+            {
+                new_chunks += 1;
+            }
+        }
         for s in self.take_staged(ticket) {
             // Checked when staged; the time limits may have moved since (a head cut).
             if let Ok(Appended::StoredNewChunk) = self.append(s.t, s.v, &AppendLimits::NONE) {
@@ -350,6 +410,9 @@ impl SeriesData {
     /// Drops the samples staged under `ticket`: their WAL write failed.
     pub fn discard(&mut self, ticket: u64) {
         self.take_staged(ticket);
+        if let Some(h) = self.hist.as_mut() {
+            h.take_staged(ticket);
+        }
     }
 
     fn take_staged(&mut self, ticket: u64) -> Vec<StagedSample> {
@@ -486,6 +549,7 @@ impl SeriesData {
 
     /// Removes samples in `[mint, maxt]`. Returns how many were removed.
     pub fn delete_range(&mut self, mint: i64, maxt: i64) -> usize {
+        let hist_removed = self.hist.as_mut().map_or(0, |h| h.delete_range(mint, maxt));
         let all = self.all_samples();
         let kept: Vec<Sample> = all
             .iter()
@@ -496,7 +560,7 @@ impl SeriesData {
         if removed > 0 {
             self.rebuild_from(&kept);
         }
-        removed
+        removed + hist_removed
     }
 
     /// Moves every sample older than `boundary` into `cutting` and returns those chunks,
@@ -517,6 +581,117 @@ impl SeriesData {
         self.rebuild_from(&all[split..]);
         self.cutting.extend(old.iter().cloned());
         old
+    }
+
+    // ---- native histograms ----
+
+    /// Appends one native histogram (validated by the caller) with the float path's
+    /// rules: too old, too far in the future, out of order beyond the window (measured
+    /// from the series' newest sample of either type). Unlike floats, a different
+    /// value at a stored time is refused (`DuplicateTimestamp`), as Prometheus refuses
+    /// it: there is no conflict rule between histograms.
+    pub fn append_histogram(
+        &mut self,
+        t: i64,
+        h: &HistogramValue,
+        limits: &AppendLimits,
+    ) -> Result<Appended, RejectReason> {
+        let placement = self.histogram_placement(t, h, limits)?;
+        // Floats stored after the histograms' end: the next histogram starts a chunk.
+        let after_floats = self.max_time() > self.hist.as_ref().and_then(|d| d.chunk_max_time());
+        let hist = self.hist.get_or_insert_with(Box::default);
+        match placement {
+            Placement::Duplicate => Ok(Appended::Duplicate),
+            Placement::InOrder => match hist.append_in_order(t, h, after_floats) {
+                Ok(true) => Ok(Appended::StoredNewChunk),
+                Ok(false) => Ok(Appended::Stored),
+                // Callers validate, and a valid histogram always encodes; should one
+                // not, it is kept unencoded beside the chunks rather than lost.
+                Err(_) => {
+                    hist.insert_unchunked(HistogramSample { t, h: h.clone() });
+                    Ok(Appended::Stored)
+                }
+            },
+            Placement::OutOfOrder => {
+                hist.insert_unchunked(HistogramSample { t, h: h.clone() });
+                Ok(Appended::Stored)
+            }
+            Placement::Replace => Err(RejectReason::DuplicateTimestamp),
+        }
+    }
+
+    /// Where the head's rules put histogram `h` at `t`, without storing it.
+    fn histogram_placement(
+        &self,
+        t: i64,
+        h: &HistogramValue,
+        limits: &AppendLimits,
+    ) -> Result<Placement, RejectReason> {
+        if t < limits.min_valid_time {
+            return Err(RejectReason::TooOld);
+        }
+        if t > limits.max_valid_time {
+            return Err(RejectReason::TooFarInFuture);
+        }
+        if self.value_bits_at(t).is_some() {
+            return Err(RejectReason::DuplicateTimestamp);
+        }
+        let hist = self.hist.as_deref();
+        if let Some(stored) = hist.and_then(|d| d.at(t)) {
+            return if stored.same(h) {
+                Ok(Placement::Duplicate)
+            } else {
+                Err(RejectReason::DuplicateTimestamp)
+            };
+        }
+        if self.beyond_window(t, limits) {
+            return Err(RejectReason::OutOfOrder);
+        }
+        match hist.and_then(|d| d.chunk_max_time()) {
+            Some(end) if t < end => Ok(Placement::OutOfOrder),
+            _ => Ok(Placement::InOrder),
+        }
+    }
+
+    /// Checks a histogram as `append_histogram` would, and against what other requests
+    /// staged, then stages it under `ticket` (see `stage`). Any other value in flight
+    /// at `t` (a float, or a different histogram) is refused: there is no conflict rule
+    /// to settle it later.
+    pub fn stage_histogram(
+        &mut self,
+        t: i64,
+        h: &HistogramValue,
+        limits: &AppendLimits,
+        ticket: u64,
+    ) -> Result<Appended, RejectReason> {
+        if self.staged.iter().any(|s| s.t == t) {
+            return Err(RejectReason::DuplicateTimestamp);
+        }
+        if let Some(hist) = self.hist.as_deref() {
+            for (other, other_ticket) in hist.staged_at(t) {
+                if !other.same(h) {
+                    return Err(RejectReason::DuplicateTimestamp);
+                }
+                if other_ticket == ticket {
+                    return Ok(Appended::Duplicate);
+                }
+            }
+        }
+        match self.histogram_placement(t, h, limits)? {
+            Placement::Duplicate => Ok(Appended::Duplicate),
+            _ => {
+                let sample = HistogramSample { t, h: h.clone() };
+                self.hist.get_or_insert_with(Box::default).stage(sample, ticket);
+                Ok(Appended::Stored)
+            }
+        }
+    }
+
+    /// The histogram samples in `[mint, maxt]`, in time order, appended to `out`.
+    pub fn histograms_in(&self, mint: i64, maxt: i64, out: &mut Vec<HistogramSample>) {
+        if let Some(h) = &self.hist {
+            h.samples_in(mint, maxt, out);
+        }
     }
 
     /// Drops the chunks handed out by `start_cut` once their block is queryable.
@@ -728,7 +903,7 @@ impl Head {
             for bucket in shard.values_mut() {
                 bucket.retain(|s| {
                     let mut data = s.data();
-                    if !data.is_empty() || !data.cutting.is_empty() || !data.staged.is_empty() {
+                    if !data.is_empty() || !data.cutting.is_empty() || data.has_staged() {
                         return true;
                     }
                     data.removed = true;

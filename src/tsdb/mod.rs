@@ -3,10 +3,11 @@
 //! Owns: everything on this node's disk. Submodules (one concept each): `chunk` (XOR
 //! chunks, byte-compatible with Prometheus: the head's and remote read's),
 //! `histogram_chunk` (native histogram chunks, byte-compatible with Prometheus's
-//! encodings 2 and 3; nothing stores histograms yet), `packed`
+//! encodings 2 and 3), `packed`
 //! (the timestamp and value columns of sealed blocks, ADR 0026), `index` (postings and
 //! matcher evaluation), `head` (in-memory series, label interning, open chunks; its
-//! label-set hash is `model::label_hash`), `wal` (segments, checksums, checkpoints,
+//! label-set hash is `model::label_hash`), `head_hist` (a head series' native
+//! histogram chunks; blocks carry none yet, so head cuts keep them, ADR 0030), `wal` (segments, checksums, checkpoints,
 //! replay), `block`
 //! (immutable on-disk blocks), `compact` (merging blocks), `digest` (per-window digests
 //! of stored samples for comparing replicas, cached per block), `retention` (time and
@@ -37,6 +38,7 @@ mod db;
 pub mod digest;
 pub mod exemplars;
 pub mod head;
+mod head_hist;
 pub mod histogram_chunk;
 pub mod index;
 mod metrics;
@@ -52,7 +54,7 @@ use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
-use crate::model::{Labels, Matcher, MetricMetadata, Series, SeriesExemplars};
+use crate::model::{HistogramSeries, Labels, Matcher, MetricMetadata, Series, SeriesExemplars};
 use crate::storage::{
     AppendOutcome, BoxFuture, ChangeMark, ChangeReport, Changes, Clock, ExemplarRequest,
     LabelRequest, SelectError, SelectRequest, SourceId, Storage, StorageError, TimeBounds,
@@ -123,6 +125,37 @@ pub struct TsdbStats {
     pub series_count_by_label_value_pair: Vec<(String, u64)>,
 }
 
+/// Why `Tsdb::append_histograms` refused a batch.
+#[derive(Debug, PartialEq)]
+pub enum HistogramAppendError {
+    /// A histogram breaks Prometheus's rules; nothing of the batch was stored.
+    Invalid {
+        labels: Labels,
+        t: i64,
+        error: crate::model::histogram::HistogramError,
+    },
+    Storage(StorageError),
+}
+
+impl From<StorageError> for HistogramAppendError {
+    fn from(e: StorageError) -> Self {
+        HistogramAppendError::Storage(e)
+    }
+}
+
+impl std::fmt::Display for HistogramAppendError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            HistogramAppendError::Invalid { labels, t, error } => {
+                write!(f, "invalid native histogram for {labels} at {t}: {error}")
+            }
+            HistogramAppendError::Storage(e) => e.fmt(f),
+        }
+    }
+}
+
+impl std::error::Error for HistogramAppendError {}
+
 /// A handle to an open TSDB. Cheap to clone; all clones share one database.
 #[derive(Clone)]
 pub struct Tsdb {
@@ -179,6 +212,27 @@ impl Tsdb {
     /// blocks when the head refuses them as too old). See `db::Db::backfill`.
     pub async fn backfill(&self, batch: Vec<Series>) -> Result<Backfilled, StorageError> {
         self.blocking(move |db| db.backfill(&batch)).await?
+    }
+
+    /// Appends native histogram samples (validated; durable in the WAL when this
+    /// returns). See `db::Db::append_histograms`. Not wired to ingest yet (ADR 0030).
+    pub async fn append_histograms(
+        &self,
+        batch: Vec<HistogramSeries>,
+    ) -> Result<AppendOutcome, HistogramAppendError> {
+        self.blocking(move |db| db.append_histograms(&batch)).await?
+    }
+
+    /// Matching series' native histogram samples in `[mint, maxt]`, sorted by labels
+    /// (the head's only: blocks carry none yet).
+    pub async fn select_histograms(
+        &self,
+        matchers: Vec<Matcher>,
+        mint: i64,
+        maxt: i64,
+    ) -> Result<Vec<HistogramSeries>, StorageError> {
+        self.blocking(move |db| db.select_histograms(&matchers, mint, maxt))
+            .await
     }
 
     /// Window digests of the series `include` accepts, over samples at or before

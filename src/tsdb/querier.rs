@@ -2,7 +2,8 @@
 //!
 //! Owns: gathering matching series from every source that overlaps the time range and
 //! merging them so each series appears once, its samples in time order with identical
-//! timestamps deduplicated (the value kept is the conflict rule's, ADR 0011). Calls `head`, `block`, `index` and `storage` types.
+//! timestamps deduplicated (the value kept is the conflict rule's, ADR 0011); native
+//! histogram samples, which only the head holds, apart. Calls `head`, `block`, `index` and `storage` types.
 
 use std::cmp::Ordering;
 use std::collections::BTreeSet;
@@ -12,7 +13,7 @@ use super::block::Block;
 use super::head::Head;
 use super::index::{select_postings, PostingsSource};
 use crate::model::merge_sorted_samples;
-use crate::model::{Labels, Matcher, Sample, Series};
+use crate::model::{HistogramSeries, Labels, Matcher, Sample, Series};
 use crate::storage::{SelectError, StorageError};
 
 /// A consistent view of the data: the blocks and the head at one moment.
@@ -186,6 +187,32 @@ impl Querier<'_> {
         let mut merger = Merger::new(max_samples);
         self.for_each_series(matchers, mint, maxt, true, &mut |l, s| merger.add(l, s))?;
         merger.finish()
+    }
+
+    /// Matching series with native histogram samples in `[mint, maxt]`, sorted by
+    /// labels. Only the head holds histograms (blocks do not carry them yet, ADR 0030).
+    pub fn select_histograms(
+        &self,
+        matchers: &[Matcher],
+        mint: i64,
+        maxt: i64,
+    ) -> Vec<HistogramSeries> {
+        let mut head_series: Vec<_> = select_postings(&*self.head.postings(), matchers)
+            .into_iter()
+            .filter_map(|id| self.head.get(id))
+            .collect();
+        head_series.sort_unstable_by(|a, b| cmp_interned(a.interned_labels(), b.interned_labels()));
+        head_series
+            .into_iter()
+            .filter_map(|series| {
+                let mut samples = Vec::new();
+                series.data().histograms_in(mint, maxt, &mut samples);
+                (!samples.is_empty()).then(|| HistogramSeries {
+                    labels: series.labels(),
+                    samples,
+                })
+            })
+            .collect()
     }
 
     /// Label sets of matching series with a sample in range, sorted.
