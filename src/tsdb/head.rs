@@ -1280,4 +1280,243 @@ mod tests {
             }
         }
     }
+
+    // ---- native histograms ----
+
+    use crate::model::histogram::{Histogram, Span};
+
+    /// An integer histogram (schema 0) with these spans and absolute bucket counts.
+    fn hist(spans: &[(i32, u32)], counts: &[i64]) -> HistogramValue {
+        let mut prev = 0;
+        let deltas = counts
+            .iter()
+            .map(|&c| {
+                let d = c - prev;
+                prev = c;
+                d
+            })
+            .collect();
+        let count = counts.iter().sum::<i64>() as u64;
+        HistogramValue::Int(Histogram {
+            schema: 0,
+            zero_threshold: 0.001,
+            count,
+            sum: count as f64 * 1.5,
+            positive_spans: spans
+                .iter()
+                .map(|&(offset, length)| Span { offset, length })
+                .collect(),
+            positive_buckets: deltas,
+            ..Histogram::default()
+        })
+    }
+
+    fn float_hist(spans: &[(i32, u32)], counts: &[i64]) -> HistogramValue {
+        match hist(spans, counts) {
+            HistogramValue::Int(h) => HistogramValue::Float(h.to_float()),
+            HistogramValue::Float(_) => unreachable!(),
+        }
+    }
+
+    /// What a histogram observed, independent of its bucket layout (a chunk widens
+    /// earlier samples with empty buckets): kind, count, sum and non-empty buckets.
+    fn observed(h: &HistogramValue) -> (bool, u64, u64, Vec<(i32, u64)>) {
+        let (int, f) = match h {
+            HistogramValue::Int(h) => (true, h.to_float()),
+            HistogramValue::Float(h) => (false, h.clone()),
+        };
+        let mut buckets = Vec::new();
+        let (mut idx, mut i) = (0, 0);
+        for span in f.positive_spans.iter() {
+            idx += span.offset;
+            for _ in 0..span.length {
+                if f.positive_buckets[i] != 0.0 {
+                    buckets.push((idx, f.positive_buckets[i].to_bits()));
+                }
+                idx += 1;
+                i += 1;
+            }
+        }
+        (int, f.count.to_bits(), f.sum.to_bits(), buckets)
+    }
+
+    fn histograms(d: &SeriesData) -> Vec<(i64, (bool, u64, u64, Vec<(i32, u64)>))> {
+        let mut out = Vec::new();
+        d.histograms_in(i64::MIN, i64::MAX, &mut out);
+        out.iter().map(|s| (s.t, observed(&s.h))).collect()
+    }
+
+    #[test]
+    fn histograms_round_trip_through_layout_changes_resets_and_kinds() {
+        let mut d = SeriesData::new();
+        let written = [
+            (1_000, hist(&[(0, 2)], &[1, 2])),
+            (2_000, hist(&[(0, 2)], &[2, 3])),
+            // A new bucket: the chunk is re-encoded with it.
+            (3_000, hist(&[(0, 2), (3, 1)], &[2, 4, 1])),
+            // A bucket went down: a counter reset starts a chunk.
+            (4_000, hist(&[(0, 2)], &[1, 1])),
+            // The other kind starts a chunk of the other encoding.
+            (5_000, float_hist(&[(0, 2)], &[2, 2])),
+            (6_000, float_hist(&[(0, 3)], &[2, 3, 1])),
+        ];
+        let mut new_chunks = 0;
+        for (t, h) in &written {
+            match d.append_histogram(*t, h, &LIMITS) {
+                Ok(Appended::StoredNewChunk) => new_chunks += 1,
+                Ok(Appended::Stored) => {}
+                other => panic!("{t}: {other:?}"),
+            }
+        }
+        assert_eq!(new_chunks, 3);
+        assert_eq!(d.num_chunks(), 3);
+        let want: Vec<_> = written.iter().map(|(t, h)| (*t, observed(h))).collect();
+        assert_eq!(histograms(&d), want);
+        // Floats are untouched; the head's time range is the floats'.
+        assert!(collect(&d).is_empty());
+        assert_eq!(d.min_time(), None);
+        // The same histogram again is a duplicate; another one at that time is not.
+        let (t, h) = &written[5];
+        assert_eq!(d.append_histogram(*t, h, &LIMITS), Ok(Appended::Duplicate));
+        assert_eq!(
+            d.append_histogram(*t, &float_hist(&[(0, 1)], &[9]), &LIMITS),
+            Err(RejectReason::DuplicateTimestamp)
+        );
+        // Many samples: chunks hold at most 120.
+        for i in 0..250 {
+            let t = 10_000 + i * 10;
+            d.append_histogram(t, &hist(&[(0, 1)], &[i]), &LIMITS).unwrap();
+        }
+        assert_eq!(d.num_chunks(), 3 + 3);
+        assert_eq!(histograms(&d).len(), 6 + 250);
+    }
+
+    #[test]
+    fn histogram_append_rules_are_the_float_paths() {
+        let mut d = SeriesData::new();
+        let h = hist(&[(0, 1)], &[1]);
+        d.append_histogram(5_000, &h, &LIMITS).unwrap();
+        assert_eq!(d.append_histogram(-1, &h, &LIMITS), Err(RejectReason::TooOld));
+        assert_eq!(
+            d.append_histogram(100_001, &h, &LIMITS),
+            Err(RejectReason::TooFarInFuture)
+        );
+        assert_eq!(
+            d.append_histogram(3_999, &h, &LIMITS),
+            Err(RejectReason::OutOfOrder)
+        );
+        // Within the window: stored out of order, read in time order.
+        assert_eq!(d.append_histogram(4_500, &h, &LIMITS), Ok(Appended::Stored));
+        assert_eq!(d.append_histogram(4_500, &h, &LIMITS), Ok(Appended::Duplicate));
+        assert_eq!(d.append_histogram(4_200, &h, &LIMITS), Ok(Appended::Stored));
+        let times: Vec<i64> = histograms(&d).iter().map(|x| x.0).collect();
+        assert_eq!(times, vec![4_200, 4_500, 5_000]);
+        // The window is measured from the newest sample of either type.
+        d.append(7_000, 1.0, &LIMITS).unwrap();
+        assert_eq!(
+            d.append_histogram(5_500, &h, &LIMITS),
+            Err(RejectReason::OutOfOrder)
+        );
+        assert_eq!(d.append(5_500, 1.0, &LIMITS), Err(RejectReason::OutOfOrder));
+        // Floats were stored after the histograms' chunk: the next one starts a chunk.
+        assert_eq!(
+            d.append_histogram(6_500, &h, &LIMITS),
+            Ok(Appended::StoredNewChunk)
+        );
+    }
+
+    #[test]
+    fn a_series_switches_between_floats_and_histograms() {
+        let mut d = SeriesData::new();
+        let h = hist(&[(0, 1)], &[1]);
+        d.append(1_000, 1.0, &LIMITS).unwrap();
+        assert_eq!(
+            d.append_histogram(2_000, &h, &LIMITS),
+            Ok(Appended::StoredNewChunk)
+        );
+        d.append(3_000, 2.0, &LIMITS).unwrap();
+        // After floats, the next histogram starts a chunk, as Prometheus's type switch.
+        assert_eq!(
+            d.append_histogram(4_000, &h, &LIMITS),
+            Ok(Appended::StoredNewChunk)
+        );
+        assert_eq!(
+            d.append_histogram(5_000, &h, &LIMITS),
+            Ok(Appended::Stored)
+        );
+        // A timestamp holds one type.
+        assert_eq!(
+            d.append(4_000, 1.0, &LIMITS),
+            Err(RejectReason::DuplicateTimestamp)
+        );
+        assert_eq!(
+            d.append_histogram(3_000, &h, &LIMITS),
+            Err(RejectReason::DuplicateTimestamp)
+        );
+        let float_times: Vec<i64> = collect(&d).iter().map(|x| x.0).collect();
+        let hist_times: Vec<i64> = histograms(&d).iter().map(|x| x.0).collect();
+        assert_eq!(float_times, vec![1_000, 3_000]);
+        assert_eq!(hist_times, vec![2_000, 4_000, 5_000]);
+        // Deleting keeps the other type's samples and the series.
+        assert_eq!(d.delete_range(2_000, 3_000), 2);
+        assert_eq!(histograms(&d).len(), 2);
+        assert_eq!(collect(&d).len(), 1);
+        assert!(!d.is_empty());
+    }
+
+    #[test]
+    fn staged_histograms_stay_invisible_until_published() {
+        let mut d = SeriesData::new();
+        let h = hist(&[(0, 1)], &[1]);
+        let other = hist(&[(0, 1)], &[2]);
+        assert_eq!(d.stage_histogram(1_000, &h, &LIMITS, 1), Ok(Appended::Stored));
+        assert_eq!(d.stage_histogram(1_000, &h, &LIMITS, 1), Ok(Appended::Duplicate));
+        // Another request: the same histogram stages its own copy; another value or a
+        // float at that time cannot be settled later, so it is refused.
+        assert_eq!(d.stage_histogram(1_000, &h, &LIMITS, 2), Ok(Appended::Stored));
+        assert_eq!(
+            d.stage_histogram(1_000, &other, &LIMITS, 3),
+            Err(RejectReason::DuplicateTimestamp)
+        );
+        assert_eq!(
+            d.stage(1_000, 1.0, &LIMITS, 3),
+            Err(RejectReason::DuplicateTimestamp)
+        );
+        d.stage(2_000, 1.0, &LIMITS, 3).unwrap();
+        assert_eq!(
+            d.stage_histogram(2_000, &h, &LIMITS, 4),
+            Err(RejectReason::DuplicateTimestamp)
+        );
+        assert!(histograms(&d).is_empty());
+        assert!(d.has_staged());
+        d.discard(1);
+        d.discard(3);
+        assert!(histograms(&d).is_empty());
+        assert_eq!(d.publish(2), 1);
+        assert_eq!(histograms(&d), vec![(1_000, observed(&h))]);
+        assert!(!d.has_staged());
+    }
+
+    #[test]
+    fn a_head_cut_keeps_histograms() {
+        let mut d = SeriesData::new();
+        for i in 0..200 {
+            d.append(i * 10, i as f64, &LIMITS).unwrap();
+            d.append_histogram(i * 10 + 5, &hist(&[(0, 1)], &[i]), &LIMITS)
+                .unwrap();
+        }
+        let cut = d.start_cut(1_000);
+        assert_eq!(cut.iter().map(|c| c.samples().count()).sum::<usize>(), 100);
+        d.finish_cut();
+        assert_eq!(collect(&d).len(), 100);
+        assert_eq!(histograms(&d).len(), 200, "blocks carry no histograms yet");
+        let head = Head::default();
+        let l = Labels::from_pairs([("__name__", "h"), ("job", "head-hist-gc-test")]);
+        let s = head.get_or_create(&l, None, &mut |_, _| {});
+        s.data().append_histogram(1, &hist(&[], &[]), &LIMITS).unwrap();
+        drop(s.data().start_cut(i64::MAX));
+        s.data().finish_cut();
+        assert_eq!(head.gc(), 0, "a series holding only histograms stays");
+    }
+
 }
