@@ -457,4 +457,6 @@ mod tests;
 #[cfg(test)]
 mod tests_backfill;
 #[cfg(test)]
+mod tests_histograms;
+#[cfg(test)]
 mod tests_time_bounds;
