@@ -214,7 +214,8 @@ impl SeriesData {
     /// wall clock, whichever is earlier) than the out-of-order window allows.
     fn beyond_window(&self, t: i64, limits: &AppendLimits) -> bool {
         self.newest_any().is_some_and(|newest| {
-            t < newest && newest.min(limits.now_ms).saturating_sub(t) > limits.out_of_order_window_ms
+            t < newest
+                && newest.min(limits.now_ms).saturating_sub(t) > limits.out_of_order_window_ms
         })
     }
 
@@ -681,7 +682,9 @@ impl SeriesData {
             Placement::Duplicate => Ok(Appended::Duplicate),
             _ => {
                 let sample = HistogramSample { t, h: h.clone() };
-                self.hist.get_or_insert_with(Box::default).stage(sample, ticket);
+                self.hist
+                    .get_or_insert_with(Box::default)
+                    .stage(sample, ticket);
                 Ok(Appended::Stored)
             }
         }
@@ -1385,7 +1388,8 @@ mod tests {
         // Many samples: chunks hold at most 120.
         for i in 0..250 {
             let t = 10_000 + i * 10;
-            d.append_histogram(t, &hist(&[(0, 1)], &[i]), &LIMITS).unwrap();
+            d.append_histogram(t, &hist(&[(0, 1)], &[i]), &LIMITS)
+                .unwrap();
         }
         assert_eq!(d.num_chunks(), 3 + 3);
         assert_eq!(histograms(&d).len(), 6 + 250);
@@ -1396,7 +1400,10 @@ mod tests {
         let mut d = SeriesData::new();
         let h = hist(&[(0, 1)], &[1]);
         d.append_histogram(5_000, &h, &LIMITS).unwrap();
-        assert_eq!(d.append_histogram(-1, &h, &LIMITS), Err(RejectReason::TooOld));
+        assert_eq!(
+            d.append_histogram(-1, &h, &LIMITS),
+            Err(RejectReason::TooOld)
+        );
         assert_eq!(
             d.append_histogram(100_001, &h, &LIMITS),
             Err(RejectReason::TooFarInFuture)
@@ -1407,7 +1414,10 @@ mod tests {
         );
         // Within the window: stored out of order, read in time order.
         assert_eq!(d.append_histogram(4_500, &h, &LIMITS), Ok(Appended::Stored));
-        assert_eq!(d.append_histogram(4_500, &h, &LIMITS), Ok(Appended::Duplicate));
+        assert_eq!(
+            d.append_histogram(4_500, &h, &LIMITS),
+            Ok(Appended::Duplicate)
+        );
         assert_eq!(d.append_histogram(4_200, &h, &LIMITS), Ok(Appended::Stored));
         let times: Vec<i64> = histograms(&d).iter().map(|x| x.0).collect();
         assert_eq!(times, vec![4_200, 4_500, 5_000]);
@@ -1440,10 +1450,7 @@ mod tests {
             d.append_histogram(4_000, &h, &LIMITS),
             Ok(Appended::StoredNewChunk)
         );
-        assert_eq!(
-            d.append_histogram(5_000, &h, &LIMITS),
-            Ok(Appended::Stored)
-        );
+        assert_eq!(d.append_histogram(5_000, &h, &LIMITS), Ok(Appended::Stored));
         // A timestamp holds one type.
         assert_eq!(
             d.append(4_000, 1.0, &LIMITS),
@@ -1469,11 +1476,20 @@ mod tests {
         let mut d = SeriesData::new();
         let h = hist(&[(0, 1)], &[1]);
         let other = hist(&[(0, 1)], &[2]);
-        assert_eq!(d.stage_histogram(1_000, &h, &LIMITS, 1), Ok(Appended::Stored));
-        assert_eq!(d.stage_histogram(1_000, &h, &LIMITS, 1), Ok(Appended::Duplicate));
+        assert_eq!(
+            d.stage_histogram(1_000, &h, &LIMITS, 1),
+            Ok(Appended::Stored)
+        );
+        assert_eq!(
+            d.stage_histogram(1_000, &h, &LIMITS, 1),
+            Ok(Appended::Duplicate)
+        );
         // Another request: the same histogram stages its own copy; another value or a
         // float at that time cannot be settled later, so it is refused.
-        assert_eq!(d.stage_histogram(1_000, &h, &LIMITS, 2), Ok(Appended::Stored));
+        assert_eq!(
+            d.stage_histogram(1_000, &h, &LIMITS, 2),
+            Ok(Appended::Stored)
+        );
         assert_eq!(
             d.stage_histogram(1_000, &other, &LIMITS, 3),
             Err(RejectReason::DuplicateTimestamp)
@@ -1513,10 +1529,11 @@ mod tests {
         let head = Head::default();
         let l = Labels::from_pairs([("__name__", "h"), ("job", "head-hist-gc-test")]);
         let s = head.get_or_create(&l, None, &mut |_, _| {});
-        s.data().append_histogram(1, &hist(&[], &[]), &LIMITS).unwrap();
+        s.data()
+            .append_histogram(1, &hist(&[], &[]), &LIMITS)
+            .unwrap();
         drop(s.data().start_cut(i64::MAX));
         s.data().finish_cut();
         assert_eq!(head.gc(), 0, "a series holding only histograms stays");
     }
-
 }

@@ -220,7 +220,8 @@ impl Tsdb {
         &self,
         batch: Vec<HistogramSeries>,
     ) -> Result<AppendOutcome, HistogramAppendError> {
-        self.blocking(move |db| db.append_histograms(&batch)).await?
+        self.blocking(move |db| db.append_histograms(&batch))
+            .await?
     }
 
     /// Matching series' native histogram samples in `[mint, maxt]`, sorted by labels

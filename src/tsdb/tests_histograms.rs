@@ -25,7 +25,13 @@ fn hist(n: u64) -> HistogramValue {
     let (spans, buckets): (Vec<Span>, Vec<i64>) = if n == 0 {
         (vec![], vec![])
     } else {
-        (vec![Span { offset: 0, length: 1 }], vec![n as i64])
+        (
+            vec![Span {
+                offset: 0,
+                length: 1,
+            }],
+            vec![n as i64],
+        )
     };
     HistogramValue::Int(Histogram {
         count: n,
@@ -48,7 +54,10 @@ fn hseries(job: &str, samples: &[(i64, HistogramValue)]) -> HistogramSeries {
         labels: Labels::from_pairs([("__name__", "h"), ("job", job)]),
         samples: samples
             .iter()
-            .map(|(t, h)| HistogramSample { t: *t, h: h.clone() })
+            .map(|(t, h)| HistogramSample {
+                t: *t,
+                h: h.clone(),
+            })
             .collect(),
     }
 }
@@ -94,7 +103,10 @@ async fn an_invalid_histogram_refuses_the_batch() {
         h.count = 2; // the bucket holds 3
     }
     let err = db
-        .append_histograms(vec![hseries("a", &[(1_000, hist(1))]), hseries("b", &[(1_000, bad)])])
+        .append_histograms(vec![
+            hseries("a", &[(1_000, hist(1))]),
+            hseries("b", &[(1_000, bad)]),
+        ])
         .await
         .unwrap_err();
     assert!(
@@ -108,7 +120,10 @@ async fn an_invalid_histogram_refuses_the_batch() {
         ),
         "{err:?}"
     );
-    assert!(select_h(&db).await.is_empty(), "nothing of the batch stored");
+    assert!(
+        select_h(&db).await.is_empty(),
+        "nothing of the batch stored"
+    );
 }
 
 #[tokio::test]
@@ -164,7 +179,10 @@ async fn head_cuts_and_checkpoints_keep_histograms() {
         .map(|t| Sample::new(t + 1, 1.0))
         .collect();
     db.maintain().unwrap();
-    assert!(db.blocks().is_empty(), "histograms are not in the head's range");
+    assert!(
+        db.blocks().is_empty(),
+        "histograms are not in the head's range"
+    );
     db.append(vec![Series {
         labels: Labels::from_pairs([("__name__", "up")]),
         samples: floats,
@@ -174,7 +192,10 @@ async fn head_cuts_and_checkpoints_keep_histograms() {
     db.maintain().unwrap();
     assert_eq!(db.blocks().len(), 1);
     let want = vec![hseries("a", &samples)];
-    assert!(same(&select_h(&db).await, &want), "the cut kept them in the head");
+    assert!(
+        same(&select_h(&db).await, &want),
+        "the cut kept them in the head"
+    );
     // The cut truncated the WAL: its checkpoint carries them.
     drop(db);
     let db = Tsdb::open(opts(dir.path()), TsdbMetrics::default()).unwrap();

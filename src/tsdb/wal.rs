@@ -17,8 +17,8 @@
 //!   and snappy folds repeated values and delta runs: 17 -> about 5 bytes per sample.
 //! - 3 delete: zig-zag varint mint, maxt, then repeated uvarint series ids
 //! - 4 metadata: repeated 4 strings (family, type, help, unit), each uvarint len + bytes
-//! - 6 native histogram samples, 7 float histogram samples (ADR 0030; nothing writes
-//!   them until the head stores histograms): a snappy block like kind 5's, each value a
+//! - 6 native histogram samples, 7 float histogram samples (ADR 0030; written by
+//!   `Db::append_histograms` and checkpoints): a snappy block like kind 5's, each value a
 //!   histogram: counter-reset hint byte (remote write's numbering), zig-zag schema, u64
 //!   LE bits of zero threshold and of sum, positive then negative spans (uvarint count,
 //!   then zig-zag offset and uvarint length each), custom bounds (uvarint count, u64 LE
