@@ -769,4 +769,31 @@ mod tests {
             Err(HistogramError::ExponentialWithCustomBounds)
         );
     }
+
+    #[test]
+    fn same_compares_observations_by_bits_and_ignores_the_hint() {
+        let int = HistogramValue::Int(valid());
+        let mut hinted = valid();
+        hinted.counter_reset_hint = CounterResetHint::CounterReset;
+        assert!(int.same(&HistogramValue::Int(hinted)));
+        let mut more = valid();
+        more.sum += 1.0;
+        assert!(!int.same(&HistogramValue::Int(more)));
+        // Another kind is another observation, even with equal counts.
+        let float = HistogramValue::Float(valid().to_float());
+        assert!(!int.same(&float));
+        assert!(float.same(&float.clone()));
+        let mut nan = valid().to_float();
+        nan.sum = f64::NAN;
+        let nan = HistogramValue::Float(nan);
+        assert!(nan.same(&nan.clone()), "a NaN sum equals itself by bits");
+        assert_ne!(nan, nan.clone(), "unlike PartialEq");
+        let mut stale = valid();
+        stale.sum = f64::from_bits(crate::model::STALE_NAN_BITS);
+        let other_stale = Histogram {
+            sum: stale.sum,
+            ..Histogram::default()
+        };
+        assert!(HistogramValue::Int(stale).same(&HistogramValue::Int(other_stale)));
+    }
 }

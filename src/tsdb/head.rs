@@ -1323,7 +1323,10 @@ mod tests {
 
     /// What a histogram observed, independent of its bucket layout (a chunk widens
     /// earlier samples with empty buckets): kind, count, sum and non-empty buckets.
-    fn observed(h: &HistogramValue) -> (bool, u64, u64, Vec<(i32, u64)>) {
+    /// Kind (integer?), count bits, sum bits, (bucket index, count bits) of non-empty buckets.
+    type Observed = (bool, u64, u64, Vec<(i32, u64)>);
+
+    fn observed(h: &HistogramValue) -> Observed {
         let (int, f) = match h {
             HistogramValue::Int(h) => (true, h.to_float()),
             HistogramValue::Float(h) => (false, h.clone()),
@@ -1343,7 +1346,7 @@ mod tests {
         (int, f.count.to_bits(), f.sum.to_bits(), buckets)
     }
 
-    fn histograms(d: &SeriesData) -> Vec<(i64, (bool, u64, u64, Vec<(i32, u64)>))> {
+    fn histograms(d: &SeriesData) -> Vec<(i64, Observed)> {
         let mut out = Vec::new();
         d.histograms_in(i64::MIN, i64::MAX, &mut out);
         out.iter().map(|s| (s.t, observed(&s.h))).collect()
