@@ -240,7 +240,7 @@ impl Db {
         let records = if record.is_empty() {
             Vec::new()
         } else {
-            vec![record.finish()]
+            record.finish()
         };
         self.commit_staged(&records, &staged_in, ticket, &mut tally)?;
         if tally.mint <= tally.maxt {
@@ -250,21 +250,19 @@ impl Db {
         Ok(self.count_outcome(tally))
     }
 
-    /// Logs the records of the samples staged under `ticket` and waits until they are
-    /// durable, then publishes them; when the WAL write fails, drops them instead and
-    /// fails (ADR 0010).
+    /// Logs the framed records of the samples staged under `ticket` (none when empty)
+    /// and waits until they are durable, then publishes them; when the WAL write fails,
+    /// drops them instead and fails (ADR 0010). The records are logged in one piece, so
+    /// one group commit takes all or none of them.
     fn commit_staged(
         &self,
-        records: &[Vec<u8>],
+        records: &[u8],
         staged_in: &[Arc<MemSeries>],
         ticket: u64,
         tally: &mut Tally,
     ) -> Result<(), StorageError> {
-        let mut last = None;
-        for record in records {
-            last = Some(self.wal.log(record));
-        }
-        if let Some(seq) = last {
+        if !records.is_empty() {
+            let seq = self.wal.log(records);
             if let Err(e) = self.wal.sync(seq) {
                 for mem in staged_in {
                     mem.data().discard(ticket);
@@ -344,13 +342,13 @@ impl Db {
             });
             staged_in.extend(staged);
         }
-        let records: Vec<Vec<u8>> = [
-            (!ints.is_empty()).then(|| ints.finish()),
-            (!floats.is_empty()).then(|| floats.finish()),
-        ]
-        .into_iter()
-        .flatten()
-        .collect();
+        let mut records = Vec::new();
+        if !ints.is_empty() {
+            records.extend(ints.finish());
+        }
+        if !floats.is_empty() {
+            records.extend(floats.finish());
+        }
         self.commit_staged(&records, &staged_in, ticket, &mut tally)?;
         // The head's time range stays that of float samples: it decides head cuts,
         // which keep histograms (see `head`).

@@ -206,3 +206,27 @@ async fn head_cuts_and_checkpoints_keep_histograms() {
         .unwrap();
     assert_eq!(in_range[0].samples.len(), 5);
 }
+
+#[tokio::test]
+async fn a_failed_wal_write_leaves_no_histogram_of_the_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Tsdb::open(opts(dir.path()), TsdbMetrics::default()).unwrap();
+    db.inject_wal_failures(1);
+    // Both kinds: two records, logged in one piece.
+    let err = db
+        .append_histograms(vec![
+            hseries("a", &[(1_000, hist(1))]),
+            hseries("b", &[(1_000, float_hist(1))]),
+        ])
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            HistogramAppendError::Storage(StorageError::Unavailable(_))
+        ),
+        "{err}"
+    );
+    assert!(select_h(&db).await.is_empty(), "nothing of it visible");
+    // (Whether its bytes reach the disk anyway is the WAL's business, as for floats.)
+}
