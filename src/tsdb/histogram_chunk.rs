@@ -751,44 +751,52 @@ pub struct IntState {
     trailing: u8,
 }
 
+/// The accessors both histogram kinds answer from their identically named fields (the
+/// model keeps the two structs apart because their bucket counts differ in type).
+macro_rules! shared_shape_accessors {
+    ($count:ty) => {
+        fn hint(&self) -> CounterResetHint {
+            self.counter_reset_hint
+        }
+        fn sum(&self) -> f64 {
+            self.sum
+        }
+        fn layout(&self) -> Layout {
+            Layout {
+                schema: self.schema,
+                zero_threshold: self.zero_threshold,
+                positive: self.positive_spans.clone(),
+                negative: self.negative_spans.clone(),
+                custom_values: self.custom_values.clone(),
+            }
+        }
+        fn count(&self) -> $count {
+            self.count
+        }
+        fn zero_count(&self) -> $count {
+            self.zero_count
+        }
+        fn spans(&self, side: Side) -> &[Span] {
+            match side {
+                Side::Positive => &self.positive_spans,
+                Side::Negative => &self.negative_spans,
+            }
+        }
+        fn bucket_len(&self, side: Side) -> usize {
+            match side {
+                Side::Positive => self.positive_buckets.len(),
+                Side::Negative => self.negative_buckets.len(),
+            }
+        }
+    };
+}
+
 impl ChunkHistogram for Histogram {
     const ENCODING: u8 = 2;
     type Count = u64;
     type State = IntState;
 
-    fn hint(&self) -> CounterResetHint {
-        self.counter_reset_hint
-    }
-    fn sum(&self) -> f64 {
-        self.sum
-    }
-    fn layout(&self) -> Layout {
-        Layout {
-            schema: self.schema,
-            zero_threshold: self.zero_threshold,
-            positive: self.positive_spans.clone(),
-            negative: self.negative_spans.clone(),
-            custom_values: self.custom_values.clone(),
-        }
-    }
-    fn count(&self) -> u64 {
-        self.count
-    }
-    fn zero_count(&self) -> u64 {
-        self.zero_count
-    }
-    fn spans(&self, side: Side) -> &[Span] {
-        match side {
-            Side::Positive => &self.positive_spans,
-            Side::Negative => &self.negative_spans,
-        }
-    }
-    fn bucket_len(&self, side: Side) -> usize {
-        match side {
-            Side::Positive => self.positive_buckets.len(),
-            Side::Negative => self.negative_buckets.len(),
-        }
-    }
+    shared_shape_accessors!(u64);
     fn absolute(&self, side: Side) -> Vec<u64> {
         let deltas = match side {
             Side::Positive => &self.positive_buckets,
@@ -1032,39 +1040,7 @@ impl ChunkHistogram for FloatHistogram {
     type Count = f64;
     type State = FloatState;
 
-    fn hint(&self) -> CounterResetHint {
-        self.counter_reset_hint
-    }
-    fn sum(&self) -> f64 {
-        self.sum
-    }
-    fn layout(&self) -> Layout {
-        Layout {
-            schema: self.schema,
-            zero_threshold: self.zero_threshold,
-            positive: self.positive_spans.clone(),
-            negative: self.negative_spans.clone(),
-            custom_values: self.custom_values.clone(),
-        }
-    }
-    fn count(&self) -> f64 {
-        self.count
-    }
-    fn zero_count(&self) -> f64 {
-        self.zero_count
-    }
-    fn spans(&self, side: Side) -> &[Span] {
-        match side {
-            Side::Positive => &self.positive_spans,
-            Side::Negative => &self.negative_spans,
-        }
-    }
-    fn bucket_len(&self, side: Side) -> usize {
-        match side {
-            Side::Positive => self.positive_buckets.len(),
-            Side::Negative => self.negative_buckets.len(),
-        }
-    }
+    shared_shape_accessors!(f64);
     fn absolute(&self, side: Side) -> Vec<f64> {
         match side {
             Side::Positive => self.positive_buckets.clone(),
