@@ -34,7 +34,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use clap::Parser;
 use figures::{quantile, Figure, Run};
 use payload::{Payload, PayloadSpec};
-use systems::{Running, SystemKind};
+use systems::{Ports, Running, SystemKind};
 
 #[derive(Parser, Debug)]
 #[command(about = "Timbala vs Prometheus vs VictoriaMetrics on one remote-write payload")]
@@ -62,9 +62,15 @@ struct Args {
     /// Timbala binary.
     #[arg(long, default_value = "target/release/timbala")]
     timbala: PathBuf,
-    /// Scratch space for data directories and logs (wiped per system and run).
+    /// Scratch space for data directories and logs (wiped per system and run; locked
+    /// while a run uses it, so concurrent runs need their own).
     #[arg(long, default_value = "target/bench-compare")]
     work_dir: PathBuf,
+    /// First of the ten consecutive 127.0.0.1 ports the systems listen on; concurrent
+    /// runs need bases at least ten apart (a taken port stops the run before it starts
+    /// the system that needs it).
+    #[arg(long, default_value_t = Ports::DEFAULT_BASE)]
+    port_base: u16,
     /// Markdown file whose generated region is rewritten.
     #[arg(long, default_value = "bench/RESULTS.md")]
     results: PathBuf,
@@ -87,6 +93,24 @@ fn now_ms() -> i64 {
         .map_or(0, |d| d.as_millis() as i64)
 }
 
+/// Holds an exclusive lock on `dir` for as long as the returned file lives: a second run
+/// with the same work directory would wipe this one's data directories mid-run.
+fn lock_work_dir(dir: &std::path::Path) -> Result<std::fs::File, String> {
+    use std::os::fd::AsRawFd;
+    let path = dir.join(".bench_compare.lock");
+    let file = std::fs::File::create(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    // SAFETY: flock(2) on a descriptor this function owns; the kernel drops the lock when
+    // the file is closed or the process ends.
+    let locked = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if locked != 0 {
+        return Err(format!(
+            "{} is in use by another bench_compare run: give each run its own --work-dir",
+            dir.display()
+        ));
+    }
+    Ok(file)
+}
+
 /// Waits until the system's CPU use drops to idle (or `SETTLE_LIMIT`).
 fn settle(system: &Running) {
     let deadline = Instant::now() + SETTLE_LIMIT;
@@ -105,9 +129,10 @@ fn settle(system: &Running) {
 fn measure(
     kind: SystemKind,
     args: &Args,
+    ports: Ports,
     payload: &Payload,
 ) -> Result<(Run, queries::QueryReport, f64), String> {
-    let system = Running::start(kind, &args.work_dir, &args.timbala)?;
+    let system = Running::start(kind, &args.work_dir, &args.timbala, ports)?;
     let result = measure_running(&system, payload);
     system.stop();
     result
@@ -182,7 +207,15 @@ fn main() {
 
 fn run(args: &Args) -> Result<(), String> {
     let started = Instant::now();
+    let ports = Ports::new(args.port_base).ok_or_else(|| {
+        format!(
+            "--port-base {} leaves no room for {} ports",
+            args.port_base,
+            Ports::COUNT
+        )
+    })?;
     std::fs::create_dir_all(&args.work_dir).map_err(|e| e.to_string())?;
+    let _lock = lock_work_dir(&args.work_dir)?;
     let mut ctx = report::Context::collect(args.runs);
     // The payload ends a minute before now: live data, as Prometheus would send it.
     let span_ms = args.scrapes * node_exporter::INTERVAL_MS;
@@ -210,7 +243,7 @@ fn run(args: &Args) -> Result<(), String> {
     let mut results = report::Results::new(&systems);
     for run in 1..=args.runs {
         for &kind in &systems {
-            let (figures, dashboard, load) = measure(kind, args, &payload)?;
+            let (figures, dashboard, load) = measure(kind, args, ports, &payload)?;
             eprintln!(
                 "run {run} {}: {} samples/s, {} samples/CPU-s, {} MiB peak, {} B/sample blocks, query p50 {} ms (load {load:.1})",
                 kind.name(),

@@ -2,8 +2,9 @@
 //! data directory, when it is ready, where it takes writes and queries, how its data is
 //! flushed to its on-disk format, and how it is stopped.
 //!
-//! Owns: command lines, ports, readiness and flush protocols of Timbala (one node and a
-//! 3-node cluster), Prometheus and VictoriaMetrics. Calls `procstat` and `ureq`.
+//! Owns: command lines, ports (`Ports`: ten from a base, checked free before a start),
+//! readiness and flush protocols of Timbala (one node and a 3-node cluster), Prometheus
+//! and VictoriaMetrics. Calls `procstat` and `ureq`.
 //!
 //! "Blocks" is each system's flushed, query-ready format with its index: Prometheus's and
 //! Timbala's admin snapshot (which writes the in-memory head as a block, the same writer as
@@ -103,14 +104,95 @@ fn fresh_dir(dir: &Path) -> Result<(), String> {
     std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))
 }
 
-/// Ports of this harness, away from the defaults so a local Prometheus or Timbala is left
-/// alone.
-const TIMBALA_HTTP: u16 = 29080;
-const CLUSTER_HTTP: [u16; 3] = [29081, 29082, 29083];
-const TIMBALA_GOSSIP: u16 = 29946;
-const CLUSTER_GOSSIP: [u16; 3] = [29947, 29948, 29949];
-const PROMETHEUS_HTTP: u16 = 29090;
-const VICTORIA_HTTP: u16 = 29428;
+/// The ports of one harness run: `base` and the `Ports::COUNT - 1` after it, one per
+/// process and protocol, so that runs given bases at least `COUNT` apart never share one.
+#[derive(Clone, Copy, Debug)]
+pub struct Ports {
+    base: u16,
+}
+
+impl Ports {
+    /// Ports a run takes from its base: HTTP for the single node, the three cluster nodes,
+    /// Prometheus and VictoriaMetrics, then gossip (UDP) for the four Timbala nodes.
+    pub const COUNT: u16 = 10;
+    /// Away from the systems' defaults, so a local Prometheus or Timbala is left alone.
+    pub const DEFAULT_BASE: u16 = 29080;
+
+    /// `None` when the range would pass port 65535.
+    pub fn new(base: u16) -> Option<Ports> {
+        base.checked_add(Self::COUNT - 1).map(|_| Ports { base })
+    }
+
+    fn timbala_http(self) -> u16 {
+        self.base
+    }
+
+    fn cluster_http(self, node: usize) -> u16 {
+        self.base + 1 + node as u16
+    }
+
+    fn prometheus_http(self) -> u16 {
+        self.base + 4
+    }
+
+    fn victoria_http(self) -> u16 {
+        self.base + 5
+    }
+
+    fn timbala_gossip(self) -> u16 {
+        self.base + 6
+    }
+
+    fn cluster_gossip(self, node: usize) -> u16 {
+        self.base + 7 + node as u16
+    }
+
+    /// The (port, protocol) pairs `kind` listens on.
+    fn of(self, kind: SystemKind) -> Vec<(u16, Protocol)> {
+        match kind {
+            SystemKind::Timbala => vec![
+                (self.timbala_http(), Protocol::Tcp),
+                (self.timbala_gossip(), Protocol::Udp),
+            ],
+            SystemKind::TimbalaCluster => (0..3)
+                .flat_map(|n| {
+                    [
+                        (self.cluster_http(n), Protocol::Tcp),
+                        (self.cluster_gossip(n), Protocol::Udp),
+                    ]
+                })
+                .collect(),
+            SystemKind::Prometheus => vec![(self.prometheus_http(), Protocol::Tcp)],
+            SystemKind::VictoriaMetrics => vec![(self.victoria_http(), Protocol::Tcp)],
+        }
+    }
+
+    /// Refuses to start `kind` when one of its ports is taken: another run, or a process
+    /// an earlier one left behind, would otherwise take the writes and be measured.
+    fn check_free(self, kind: SystemKind) -> Result<(), String> {
+        for (port, protocol) in self.of(kind) {
+            let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+            let bound = match protocol {
+                Protocol::Tcp => std::net::TcpListener::bind(addr).map(drop),
+                Protocol::Udp => std::net::UdpSocket::bind(addr).map(drop),
+            };
+            if let Err(e) = bound {
+                return Err(format!(
+                    "{} cannot start: {protocol:?} port {port} is taken ({e}); another \
+                     bench_compare may be running: give each run its own --port-base",
+                    kind.name()
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Protocol {
+    Tcp,
+    Udp,
+}
 
 fn timbala_args(data: &Path, http: u16, gossip: u16, peers: &[u16]) -> Vec<String> {
     let mut args = vec![
@@ -136,27 +218,26 @@ fn commands(
     kind: SystemKind,
     root: &Path,
     timbala: &Path,
+    ports: Ports,
 ) -> Vec<(PathBuf, Vec<String>, PathBuf, u16)> {
     let data = |name: &str| root.join(name);
     match kind {
         SystemKind::Timbala => {
             let d = data("timbala");
-            vec![(
-                timbala.into(),
-                timbala_args(&d, TIMBALA_HTTP, TIMBALA_GOSSIP, &[]),
-                d,
-                TIMBALA_HTTP,
-            )]
+            let http = ports.timbala_http();
+            let args = timbala_args(&d, http, ports.timbala_gossip(), &[]);
+            vec![(timbala.into(), args, d, http)]
         }
         SystemKind::TimbalaCluster => (0..3)
             .map(|n| {
                 let d = data(&format!("cluster-{n}"));
                 let peers: Vec<u16> = (0..3)
                     .filter(|&p| p != n)
-                    .map(|p| CLUSTER_GOSSIP[p])
+                    .map(|p| ports.cluster_gossip(p))
                     .collect();
-                let args = timbala_args(&d, CLUSTER_HTTP[n], CLUSTER_GOSSIP[n], &peers);
-                (timbala.into(), args, d, CLUSTER_HTTP[n])
+                let http = ports.cluster_http(n);
+                let args = timbala_args(&d, http, ports.cluster_gossip(n), &peers);
+                (timbala.into(), args, d, http)
             })
             .collect(),
         SystemKind::Prometheus => {
@@ -164,18 +245,18 @@ fn commands(
             let args = vec![
                 format!("--config.file={}", root.join("prometheus.yml").display()),
                 format!("--storage.tsdb.path={}", d.display()),
-                format!("--web.listen-address=127.0.0.1:{PROMETHEUS_HTTP}"),
+                format!("--web.listen-address=127.0.0.1:{}", ports.prometheus_http()),
                 "--web.enable-remote-write-receiver".to_string(),
                 "--web.enable-admin-api".to_string(),
                 "--log.level=warn".to_string(),
             ];
-            vec![("prometheus".into(), args, d, PROMETHEUS_HTTP)]
+            vec![("prometheus".into(), args, d, ports.prometheus_http())]
         }
         SystemKind::VictoriaMetrics => {
             let d = data("victoria-metrics");
             let args = vec![
                 format!("-storageDataPath={}", d.display()),
-                format!("-httpListenAddr=127.0.0.1:{VICTORIA_HTTP}"),
+                format!("-httpListenAddr=127.0.0.1:{}", ports.victoria_http()),
                 "-retentionPeriod=10y".to_string(),
                 // Answer queries up to the newest sample and from the data, not a cache,
                 // so that every run measures the same work as the other systems.
@@ -183,7 +264,7 @@ fn commands(
                 "-search.disableCache".to_string(),
                 "-loggerLevel=WARN".to_string(),
             ];
-            vec![("victoria-metrics".into(), args, d, VICTORIA_HTTP)]
+            vec![("victoria-metrics".into(), args, d, ports.victoria_http())]
         }
     }
 }
@@ -196,9 +277,16 @@ fn ready_path(kind: SystemKind) -> &'static str {
 }
 
 impl Running {
-    /// Starts `kind` with fresh data directories under `root` and waits until it is ready
-    /// (for the cluster: until every node sees three alive members).
-    pub fn start(kind: SystemKind, root: &Path, timbala: &Path) -> Result<Running, String> {
+    /// Starts `kind` on `ports` with fresh data directories under `root` and waits until
+    /// it is ready (for the cluster: until every node sees three alive members). Nothing
+    /// is wiped or started when one of its ports is taken.
+    pub fn start(
+        kind: SystemKind,
+        root: &Path,
+        timbala: &Path,
+        ports: Ports,
+    ) -> Result<Running, String> {
+        ports.check_free(kind)?;
         std::fs::write(
             root.join("prometheus.yml"),
             "global:\n  scrape_interval: 15s\n",
@@ -208,7 +296,7 @@ impl Running {
             kind,
             procs: Vec::new(),
         };
-        for (program, args, data_dir, port) in commands(kind, root, timbala) {
+        for (program, args, data_dir, port) in commands(kind, root, timbala, ports) {
             fresh_dir(&data_dir)?;
             let log = root.join(format!("{}-{port}.log", kind.slug()));
             let child = spawn(&program, &args, &log)?;
