@@ -7,8 +7,11 @@
 //! decode; they are not stored. Exemplars are stored (ADR 0027).
 //! `otlp`: OpenTelemetry's OTLP metrics export messages, in the same hand-written style.
 //! `write_v2`: remote write 2.0 (`io.prometheus.write.v2.Request`), in the same style.
+//! `write_body`: remote-write 1.0 bytes written straight from `model` series (the bodies
+//! nodes send each other), without the prost structs in between.
 
 pub mod otlp;
+pub mod write_body;
 pub mod write_v2;
 
 use prost::Message;
@@ -243,9 +246,13 @@ pub enum ChunkEncoding {
 
 /// Encodes a message and compresses it with snappy's block format, as remote write does.
 pub fn encode_snappy<M: Message>(msg: &M) -> Vec<u8> {
-    let raw = msg.encode_to_vec();
+    compress_snappy(&msg.encode_to_vec())
+}
+
+/// Encoded message bytes as remote write carries them: snappy, block format.
+pub fn compress_snappy(raw: &[u8]) -> Vec<u8> {
     snap::raw::Encoder::new()
-        .compress_vec(&raw)
+        .compress_vec(raw)
         .expect("snappy block compression of an in-memory buffer cannot fail")
 }
 
