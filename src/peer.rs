@@ -257,9 +257,10 @@ impl PeerClient {
         path: &str,
         op: &'static str,
         headers: &[(&str, &str)],
-        body: Vec<u8>,
+        body: impl Into<Bytes>,
         deadline: Duration,
     ) -> Result<PeerResponse, PeerError> {
+        let body = body.into();
         let key = PeerOp {
             peer: peer.to_string(),
             op,
@@ -288,7 +289,7 @@ impl PeerClient {
         peer: &str,
         path: &str,
         headers: &[(&str, &str)],
-        body: Vec<u8>,
+        body: Bytes,
     ) -> Result<PeerResponse, PeerError> {
         let mut builder = hyper::Request::post(format!("{}://{peer}{path}", self.scheme));
         for (name, value) in headers {
@@ -300,7 +301,7 @@ impl PeerClient {
             builder = builder.header(CLUSTER_AUTH_HEADER, credential);
         }
         let request = builder
-            .body(Full::new(Bytes::from(body)))
+            .body(Full::new(body))
             .map_err(|e| PeerError(format!("{peer}{path}: bad request: {e}")))?;
         let response = self
             .client

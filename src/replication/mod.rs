@@ -20,7 +20,9 @@
 //! yet) refuses writes with 503: it cannot know the owners (ADR 0019).
 //!
 //! Calls `cluster` (membership view, placement), `peer` (internal HTTP client), `proto`
-//! (the internal write body is a snappy remote-write 1.0 request), `ingest` (to decode a
+//! (the internal write body is a snappy remote-write 1.0 request, written straight from
+//! the model by `proto::write_body`: the items of a batch with the same owners are
+//! encoded once, and owners with the same items share one body), `ingest` (to decode a
 //! hint being re-routed; anti-entropy: pulled samples) and the local `storage::Storage`;
 //! anti-entropy also calls the local `tsdb::Tsdb` (digests, backfill). Reads are not its
 //! business: they pass through to the local store.
@@ -32,10 +34,11 @@ pub mod hints;
 pub mod read_repair;
 pub mod rereplicate;
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::body::Bytes;
 use serde::{Deserialize, Serialize};
 
 use crate::cluster::identity::NodeId;
@@ -67,15 +70,17 @@ struct Inner {
     hints: Arc<HintStore>,
 }
 
-/// One owner's share of a batch: series, metric metadata (placed by family name), or
-/// exemplars (placed with their series).
+/// One owner's share of a batch (series, metric metadata placed by family name, or
+/// exemplars placed with their series), encoded as the body of its internal write.
 struct Share {
     target: NodeId,
     http_addr: String,
     state: MemberState,
-    series: Vec<Series>,
-    metadata: Vec<MetricMetadata>,
-    exemplars: Vec<SeriesExemplars>,
+    /// Owners whose shares hold the same items share these bytes (with three nodes and
+    /// three replicas, both other nodes get the whole batch: encoded once).
+    body: Bytes,
+    /// Samples in `body` (for the peer metrics; 0 for metadata and exemplars).
+    samples: u64,
 }
 
 impl ReplicatingStorage {
@@ -112,7 +117,8 @@ impl ReplicatingStorage {
             &view,
             local_id,
             |s: &Series| placement::partition_key(&s.labels),
-            |share, series| share.series = series,
+            proto::write_body::encode_series,
+            |s| s.samples.len() as u64,
         );
         if split.remote.is_empty() {
             return self.inner.local.append(split.local).await;
@@ -140,7 +146,8 @@ impl ReplicatingStorage {
             &view,
             view.local.id,
             |m: &MetricMetadata| placement::metadata_partition_key(&m.metric_family),
-            |share, metadata| share.metadata = metadata,
+            proto::write_body::encode_metadata,
+            |_| 0,
         );
         let local_share = split.local;
         let local = async {
@@ -172,7 +179,8 @@ impl ReplicatingStorage {
             &view,
             view.local.id,
             |s: &SeriesExemplars| placement::partition_key(&s.series),
-            |share, exemplars| share.exemplars = exemplars,
+            proto::write_body::encode_exemplars,
+            |_| 0,
         );
         let local_share = split.local;
         let local = async {
@@ -334,11 +342,9 @@ impl Inner {
     /// the forward fails, unless the owner's hint window or cap is exceeded. Errors only
     /// when neither worked for a reason other than the limits (an I/O error).
     async fn deliver(&self, share: Share) -> Result<Delivery, StorageError> {
-        let samples: u64 = share.series.iter().map(|s| s.samples.len() as u64).sum();
-        let body = encode_write_with_exemplars(&share.series, &share.metadata, &share.exemplars);
-        drop(share.series);
+        let body = share.body;
         if share.state != MemberState::Down {
-            match forward(&self.client, &share.http_addr, body.clone(), samples).await {
+            match forward(&self.client, &share.http_addr, body.clone(), share.samples).await {
                 Ok(outcome) => return Ok(Delivery::Forwarded(outcome)),
                 Err(e) => tracing::warn!(
                     target_node = %share.target, peer = %share.http_addr, error = %e,
@@ -369,7 +375,7 @@ impl Inner {
 pub async fn forward(
     client: &PeerClient,
     http_addr: &str,
-    body: Vec<u8>,
+    body: impl Into<Bytes>,
     samples: u64,
 ) -> Result<AppendOutcome, peer::PeerError> {
     send_write(client, http_addr, peer::WRITE_PATH, "write", body, samples).await
@@ -382,7 +388,7 @@ pub async fn send_write(
     http_addr: &str,
     path: &str,
     op: &'static str,
-    body: Vec<u8>,
+    body: impl Into<Bytes>,
     samples: u64,
 ) -> Result<AppendOutcome, peer::PeerError> {
     let trace_id = peer::current_trace_id();
@@ -409,75 +415,128 @@ pub async fn send_write(
         .map_err(|e| peer::PeerError(format!("{http_addr}: bad write answer: {e}")))
 }
 
-/// A batch (of series, or of metadata) split by owner.
+/// A batch (of series, metadata or exemplars) split by owner.
 struct SplitBatch<T> {
     /// This node's share.
     local: Vec<T>,
-    /// The other owners' shares.
+    /// The other owners' shares, encoded.
     remote: Vec<Share>,
-    /// Every distinct owner set of the batch's series (for the acknowledgement rule).
+    /// Every distinct owner set of the batch's items (for the acknowledgement rule).
     owner_sets: BTreeSet<Vec<NodeId>>,
 }
 
-/// Splits items (series, or metadata) into this node's share and the other owners'
-/// shares, each item placed by the partition key `key` gives it; `fill` puts a share's
-/// items into its `Share`.
-fn split_by_owner<T: Clone>(
+/// Items of a batch that have the same owners, in the batch's order.
+struct Group<T> {
+    owners: Vec<NodeId>,
+    items: Vec<T>,
+}
+
+/// Puts each item in the group of its owners (placed by the partition key `key` gives
+/// it); items with the same owners keep their order.
+fn group_by_owners<T>(
+    items: Vec<T>,
+    ring: &crate::cluster::ring::Ring,
+    local_id: NodeId,
+    key: impl Fn(&T) -> u64,
+) -> Vec<Group<T>> {
+    if items.is_empty() {
+        return Vec::new();
+    }
+    // Only with an empty ring, which `replicate` refuses before splitting.
+    let or_local = |owners: Vec<NodeId>| {
+        if owners.is_empty() {
+            vec![local_id]
+        } else {
+            owners
+        }
+    };
+    // With no more nodes than replicas every node owns every series: placement need not
+    // hash each series to find that out (a single node spends most time here otherwise).
+    if placement::every_node_owns_every_series(ring.len()) {
+        let owners = ring.nodes_in_join_order().iter().map(|n| n.id).collect();
+        return vec![Group {
+            owners: or_local(owners),
+            items,
+        }];
+    }
+    let mut groups: Vec<Group<T>> = Vec::new();
+    let mut index: HashMap<Vec<NodeId>, usize> = HashMap::new();
+    for item in items {
+        let owners = or_local(ring.owners(key(&item)));
+        let at = *index.entry(owners).or_insert_with_key(|owners| {
+            groups.push(Group {
+                owners: owners.clone(),
+                items: Vec::new(),
+            });
+            groups.len() - 1
+        });
+        groups[at].items.push(item);
+    }
+    groups
+}
+
+/// Splits items into this node's share and the other owners' shares. Each group of
+/// items with the same owners is encoded once (`encode` appends its `WriteRequest`
+/// fields, `samples` counts an item's samples), an owner's body is the concatenation of
+/// its groups' bytes, and owners with the same groups share one body; this node's items
+/// are moved, not copied.
+fn split_by_owner<T>(
     items: Vec<T>,
     view: &crate::cluster::membership::ClusterView,
     local_id: NodeId,
     key: impl Fn(&T) -> u64,
-    fill: impl Fn(&mut Share, Vec<T>),
+    encode: impl Fn(&[T], &mut Vec<u8>),
+    samples: impl Fn(&T) -> u64,
 ) -> SplitBatch<T> {
     let ring = &view.ring;
     let mut local = Vec::new();
-    let mut remote: HashMap<NodeId, Vec<T>> = HashMap::new();
     let mut owner_sets = BTreeSet::new();
-    // With no more nodes than replicas every node owns every series: placement need not
-    // hash each series to find that out (a single node spends most time here otherwise).
-    let everyone_owns_all = placement::every_node_owns_every_series(ring.len());
-    let all_nodes: Vec<NodeId> = ring.nodes_in_join_order().iter().map(|n| n.id).collect();
-    for item in items {
-        let placed;
-        let mut owners: &[NodeId] = if everyone_owns_all {
-            &all_nodes
-        } else {
-            placed = ring.owners(key(&item));
-            &placed
-        };
-        if owners.is_empty() {
-            // Only with an empty ring, which `replicate` refuses before splitting.
-            owners = std::slice::from_ref(&local_id);
-        }
-        if !owner_sets.contains(owners) {
-            owner_sets.insert(owners.to_vec());
-        }
-        let last = owners.len() - 1;
-        let mut item = Some(item);
-        for (i, &owner) in owners.iter().enumerate() {
-            let copy = if i == last { item.take() } else { item.clone() };
-            let Some(copy) = copy else { break };
-            if owner == local_id {
-                local.push(copy);
-            } else {
-                remote.entry(owner).or_default().push(copy);
+    // Encoded groups (with their samples), and which of them each remote owner gets.
+    let mut encoded: Vec<(Vec<u8>, u64)> = Vec::new();
+    let mut parts_of: BTreeMap<NodeId, Vec<usize>> = BTreeMap::new();
+    for group in group_by_owners(items, ring, local_id, key) {
+        let remote = group.owners.iter().filter(|&&o| o != local_id);
+        if remote.clone().next().is_some() {
+            let mut raw = Vec::new();
+            encode(&group.items, &mut raw);
+            encoded.push((raw, group.items.iter().map(&samples).sum()));
+            for &owner in remote {
+                parts_of.entry(owner).or_default().push(encoded.len() - 1);
             }
         }
+        if group.owners.contains(&local_id) {
+            local.extend(group.items);
+        }
+        owner_sets.insert(group.owners);
     }
-    let remote = remote
+    let mut bodies: HashMap<Vec<usize>, (Bytes, u64)> = HashMap::new();
+    let remote = parts_of
         .into_iter()
-        .map(|(target, items)| {
+        .map(|(target, parts)| {
+            let (body, samples) = bodies
+                .entry(parts)
+                .or_insert_with_key(|parts| {
+                    let samples = parts.iter().map(|&p| encoded[p].1).sum();
+                    let body = match parts.as_slice() {
+                        [one] => proto::compress_snappy(&encoded[*one].0),
+                        many => proto::compress_snappy(
+                            &many
+                                .iter()
+                                .flat_map(|&p| encoded[p].0.iter().copied())
+                                .collect::<Vec<u8>>(),
+                        ),
+                    };
+                    (Bytes::from(body), samples)
+                })
+                .clone();
             let node = ring.nodes_in_join_order().iter().find(|n| n.id == target);
-            let mut share = Share {
+            Share {
                 target,
                 http_addr: node.map(|n| n.http_addr.clone()).unwrap_or_default(),
                 state: view.member(target).map_or(MemberState::Down, |m| m.state),
-                series: Vec::new(),
-                metadata: Vec::new(),
-                exemplars: Vec::new(),
-            };
-            fill(&mut share, items);
-            share
+                body,
+                samples,
+            }
         })
         .collect();
     SplitBatch {
@@ -524,15 +583,11 @@ pub fn encode_write_with_exemplars(
     metadata: &[MetricMetadata],
     exemplars: &[SeriesExemplars],
 ) -> Vec<u8> {
-    let request = proto::WriteRequest {
-        timeseries: series
-            .iter()
-            .map(proto::series_to_proto)
-            .chain(exemplars.iter().map(proto::exemplars_to_proto))
-            .collect(),
-        metadata: metadata.iter().map(proto::metadata_to_proto).collect(),
-    };
-    proto::encode_snappy(&request)
+    let mut raw = Vec::new();
+    proto::write_body::encode_series(series, &mut raw);
+    proto::write_body::encode_exemplars(exemplars, &mut raw);
+    proto::write_body::encode_metadata(metadata, &mut raw);
+    proto::compress_snappy(&raw)
 }
 
 /// An `AppendOutcome` as the internal write answers it (JSON).
@@ -680,16 +735,30 @@ mod tests {
             .collect()
     }
 
+    /// What an owner decodes from its share's body.
+    fn decoded(share: &Share) -> crate::ingest::DecodedWrite {
+        crate::ingest::decode_internal_write_request(
+            &share.body,
+            &crate::ingest::DecodeLimits::for_body_limit(1 << 20),
+        )
+        .expect("a share's body decodes")
+    }
+
+    fn split_series(view: &ClusterView, series: Vec<Series>) -> SplitBatch<Series> {
+        split_by_owner(
+            series,
+            view,
+            NodeId(1),
+            |s: &Series| placement::partition_key(&s.labels),
+            proto::write_body::encode_series,
+            |s| s.samples.len() as u64,
+        )
+    }
+
     #[test]
     fn every_series_goes_to_exactly_its_owners() {
         let view = view_of(5, 3);
-        let split = split_by_owner(
-            batch(500),
-            &view,
-            NodeId(1),
-            |s: &Series| placement::partition_key(&s.labels),
-            |share, series| share.series = series,
-        );
+        let split = split_series(&view, batch(500));
         let mut held: HashMap<NodeId, Vec<Labels>> = HashMap::new();
         held.insert(
             NodeId(1),
@@ -707,10 +776,9 @@ mod tests {
             );
             let down = share.target == NodeId(3);
             assert_eq!(share.state == MemberState::Down, down);
-            held.insert(
-                share.target,
-                share.series.into_iter().map(|s| s.labels).collect(),
-            );
+            let series = decoded(&share).series;
+            assert_eq!(share.samples, series.len() as u64);
+            held.insert(share.target, series.into_iter().map(|s| s.labels).collect());
         }
         for series in batch(500) {
             let owners = view.ring.owners(placement::partition_key(&series.labels));
@@ -747,13 +815,16 @@ mod tests {
             &view,
             NodeId(1),
             |m: &MetricMetadata| placement::metadata_partition_key(&m.metric_family),
-            |share, metadata| share.metadata = metadata,
+            proto::write_body::encode_metadata,
+            |_| 0,
         );
         let mut held: HashMap<NodeId, Vec<MetricMetadata>> = HashMap::new();
         held.insert(NodeId(1), split.local);
         for share in split.remote {
-            assert!(share.series.is_empty());
-            held.insert(share.target, share.metadata);
+            let body = decoded(&share);
+            assert!(body.series.is_empty());
+            assert_eq!(share.samples, 0);
+            held.insert(share.target, body.metadata);
         }
         let mut spread = HashMap::<NodeId, usize>::new();
         for m in &families {
@@ -770,6 +841,46 @@ mod tests {
         // Families spread over every node, not all on the same three.
         assert_eq!(spread.len(), 5);
         assert!(spread.values().all(|&n| n > 60), "{spread:?}");
+    }
+
+    #[test]
+    fn owners_of_the_same_items_share_one_body() {
+        // Three nodes, three replicas: both other nodes get the whole batch, in order,
+        // from one encoding; this node keeps its items.
+        let view = view_of(3, 0);
+        let split = split_series(&view, batch(50));
+        assert_eq!(split.local, batch(50));
+        assert_eq!(split.remote.len(), 2);
+        let (a, b) = (&split.remote[0], &split.remote[1]);
+        assert_eq!(a.body.as_ptr(), b.body.as_ptr(), "one encoding");
+        assert_eq!(decoded(a).series, batch(50));
+        assert_eq!(a.samples, 50);
+        // An empty batch has no shares.
+        let split = split_series(&view, Vec::new());
+        assert!(split.remote.is_empty() && split.owner_sets.is_empty());
+    }
+
+    #[test]
+    fn a_series_in_a_batch_twice_keeps_its_order_on_every_owner() {
+        let view = view_of(5, 0);
+        let mut twice = batch(40);
+        twice.extend(batch(40).into_iter().map(|mut s| {
+            s.samples[0].t = 2;
+            s
+        }));
+        let split = split_series(&view, twice);
+        let mut copies = vec![split.local];
+        copies.extend(split.remote.iter().map(|share| decoded(share).series));
+        for series in copies {
+            for s in &series {
+                let times: Vec<i64> = series
+                    .iter()
+                    .filter(|o| o.labels == s.labels)
+                    .map(|o| o.samples[0].t)
+                    .collect();
+                assert_eq!(times, vec![1, 2], "{:?}", s.labels);
+            }
+        }
     }
 
     #[test]
