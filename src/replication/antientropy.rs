@@ -14,7 +14,10 @@
 //! included, so a node restarted with an empty data directory is rebuilt with the
 //! replicas' recent data too. Also owns the answering side of the exchange (digests of
 //! the series both nodes own, the samples of named series), the wire shapes, their
-//! validation (untrusted input), and the `timbala_antientropy_*` metrics.
+//! validation (untrusted input), and the `timbala_antientropy_*` metrics. A due pass
+//! waits while this node still stores late writes (`postponement`): samples older than
+//! the settled bound that arrived less than `SETTLE` ago are likely still in flight to
+//! the other owners too.
 //!
 //! Pure planning (`bucket_of`, `both_own`, `cells_of`, `bucket_digests`, `differing`,
 //! `series_in_cells`, `pulls`, `only_asked`) is separate from I/O: the deterministic
@@ -325,6 +328,7 @@ impl DigestRequest {
 #[derive(Clone, Default)]
 pub struct AntiEntropyMetrics {
     passes: Counter,
+    passes_postponed: Counter,
     failed_exchanges: Counter,
     buckets_compared: Counter,
     buckets_differing: Counter,
@@ -342,6 +346,11 @@ impl AntiEntropyMetrics {
         let m = AntiEntropyMetrics::default();
         let r = registry.sub_registry_with_prefix("timbala_antientropy");
         r.register("passes", "Anti-entropy passes finished", m.passes.clone());
+        r.register(
+            "passes_postponed",
+            "Passes that waited because old samples were still arriving",
+            m.passes_postponed.clone(),
+        );
         r.register(
             "failed_exchanges",
             "Comparisons with a peer that failed (retried next pass)",
@@ -554,6 +563,25 @@ pub async fn answer_pull(tsdb: &Tsdb, request: PullRequest) -> Result<Vec<u8>, A
 
 // ---- the pulling side ----
 
+/// How much longer a due pass waits, given how long ago this node last stored a late
+/// write (`Tsdb::since_late_write`) and how long the pass has waited: while samples
+/// older than the settled bound arrived less than `SETTLE` ago (a replay, a catch-up, a
+/// hint being delivered), the same writes are likely still on their way to the other
+/// owners, and a comparison would find them missing and pull what is coming anyway. A
+/// pass waits at most `limit` (the interval) past due, so a steady trickle of late
+/// samples delays it but never stops it. `None`: compare now (ADR 0016).
+pub fn postponement(
+    since_late_write: Option<Duration>,
+    waited: Duration,
+    limit: Duration,
+) -> Option<Duration> {
+    let since = since_late_write?;
+    if since >= SETTLE || waited >= limit {
+        return None;
+    }
+    Some((SETTLE - since).min(limit - waited))
+}
+
 /// Settings of anti-entropy.
 #[derive(Clone, Debug)]
 pub struct AntiEntropyConfig {
@@ -600,6 +628,7 @@ impl AntiEntropy {
         self.membership.wait_placed().await;
         tokio::time::sleep(self.config.first_delay).await;
         loop {
+            self.wait_for_late_writes().await;
             let started = Instant::now();
             let tally = self.pass().await;
             let seconds = started.elapsed().as_secs_f64();
@@ -624,6 +653,23 @@ impl AntiEntropy {
                 );
             }
             tokio::time::sleep(self.config.interval).await;
+        }
+    }
+
+    /// Holds a due pass while old samples are still arriving (`postponement`).
+    async fn wait_for_late_writes(&self) {
+        let due = Instant::now();
+        let mut counted = false;
+        while let Some(wait) = postponement(
+            self.tsdb.since_late_write(),
+            due.elapsed(),
+            self.config.interval,
+        ) {
+            if !counted {
+                self.metrics.passes_postponed.inc();
+                counted = true;
+            }
+            tokio::time::sleep(wait).await;
         }
     }
 
@@ -870,6 +916,23 @@ mod tests {
     use super::*;
     use crate::model::Sample;
     use crate::tsdb::digest::window_digests;
+
+    #[test]
+    fn a_pass_waits_for_late_writes_to_settle_but_at_most_its_interval() {
+        let s = Duration::from_secs;
+        let limit = s(300);
+        // No late write since start, or the last one settled: compare now.
+        assert_eq!(postponement(None, s(0), limit), None);
+        assert_eq!(postponement(Some(SETTLE), s(0), limit), None);
+        assert_eq!(postponement(Some(s(3600)), s(0), limit), None);
+        // One 10 s ago: wait until it is SETTLE old.
+        assert_eq!(postponement(Some(s(10)), s(0), limit), Some(SETTLE - s(10)));
+        // Still arriving after most of the limit: only what is left of it.
+        assert_eq!(postponement(Some(s(0)), s(290), limit), Some(s(10)));
+        assert_eq!(postponement(Some(s(0)), limit, limit), None);
+        // A short interval bounds the wait too.
+        assert_eq!(postponement(Some(s(0)), s(0), s(5)), Some(s(5)));
+    }
 
     fn series(job: &str, samples: &[(i64, f64)]) -> SeriesDigests {
         let s: Vec<Sample> = samples.iter().map(|&(t, v)| Sample::new(t, v)).collect();

@@ -12,7 +12,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
 
@@ -64,6 +64,9 @@ pub struct Db {
     digests: DigestCache,
     /// Changes to old data, for caches of query results (ADR 0024).
     changes: ChangeLog,
+    /// The clock's time at the newest late write (`note_if_late`; `i64::MIN`: none since
+    /// open): anti-entropy waits for old samples to stop arriving (ADR 0016).
+    last_late_write_ms: AtomicI64,
 }
 
 fn read<T>(l: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
@@ -127,6 +130,7 @@ impl Db {
             closed: AtomicBool::new(false),
             digests: DigestCache::default(),
             changes: ChangeLog::new(),
+            last_late_write_ms: AtomicI64::new(i64::MIN),
         };
         if let Some(newest_valid) = db.opts.time_bounds.newest_valid(now) {
             db.remove_future_samples(newest_valid)?;
@@ -712,9 +716,19 @@ impl Db {
     /// query that started before and missed it cannot have cached the steps it touches
     /// unless the change is logged.
     fn note_if_late(&self, earliest: i64) {
-        if earliest < self.opts.clock.now_ms().saturating_sub(LATE_WRITE_AGE_MS) {
+        let now = self.opts.clock.now_ms();
+        if earliest < now.saturating_sub(LATE_WRITE_AGE_MS) {
             self.changes.record(earliest);
+            self.last_late_write_ms.fetch_max(now, Ordering::Relaxed);
         }
+    }
+
+    /// How long ago, by the clock, the newest late write (an append or repair of a
+    /// sample older than `LATE_WRITE_AGE_MS`) was stored; `None` when there was none
+    /// since the store opened.
+    pub fn since_late_write_ms(&self) -> Option<i64> {
+        let at = self.last_late_write_ms.load(Ordering::Relaxed);
+        (at != i64::MIN).then(|| self.opts.clock.now_ms().saturating_sub(at).max(0))
     }
 
     /// Changes to old data since `since` (ADR 0024).

@@ -248,6 +248,17 @@ impl Tsdb {
             .await?
     }
 
+    /// How long ago, by the store's clock, the newest late write was stored: an append
+    /// or repair of a sample older than `storage::LATE_WRITE_AGE_MS`. `None`: none since
+    /// the store opened. Anti-entropy compares only once old samples stopped arriving
+    /// (ADR 0016).
+    pub fn since_late_write(&self) -> Option<std::time::Duration> {
+        self.inner
+            .db
+            .since_late_write_ms()
+            .map(|ms| std::time::Duration::from_millis(ms as u64))
+    }
+
     /// Changes to old data since `since`: late writes, repairs, deletions, retention
     /// (ADR 0024).
     pub fn changes_since(&self, since: Option<ChangeMark>) -> Changes {

@@ -267,3 +267,28 @@ async fn digests_match_across_different_block_splits_and_see_every_difference() 
         .unwrap();
     assert_eq!(only_live.series.len(), 1);
 }
+
+#[tokio::test]
+async fn late_writes_are_timed_for_anti_entropy_and_live_ones_are_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(AtomicI64::new(NOW));
+    let db = Tsdb::open(opts(dir.path(), clock.clone()), TsdbMetrics::default()).unwrap();
+    db.append(vec![up("live", &[(NOW - 1_000, 1.0)])])
+        .await
+        .unwrap();
+    assert_eq!(db.since_late_write(), None, "live samples are not late");
+    db.append(vec![up("replayed", &[(NOW - 3 * MIN, 1.0)])])
+        .await
+        .unwrap();
+    assert_eq!(db.since_late_write(), Some(std::time::Duration::ZERO));
+    clock.store(NOW + 7_000, Ordering::Relaxed);
+    assert_eq!(
+        db.since_late_write(),
+        Some(std::time::Duration::from_secs(7))
+    );
+    // A repair is a late write too (a replica is still catching up).
+    db.backfill(vec![up("repaired", &[(NOW - 2 * MIN, 1.0)])])
+        .await
+        .unwrap();
+    assert_eq!(db.since_late_write(), Some(std::time::Duration::ZERO));
+}
