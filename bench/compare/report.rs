@@ -199,7 +199,7 @@ HTTP/1.1 connections; each connection owns a disjoint set of series and sends in
 and connections stay within 10 minutes of data of each other (Prometheus refuses samples \
 more than 1 h behind its newest).\n\n\
 **Method** (per system and run, fresh data directories): start, wait until ready (the cluster: \
-until all nodes see 3 alive members), send the payload, then wait until the processes are idle \
+until all nodes see 3 alive members and their re-replication of the formation is idle), send the payload, then wait until the processes are idle \
 (<5% of a core for 1 s, at most 30 s) so background work caused by the writes counts. \
 *CPU* = utime+stime from `/proc/<pid>/stat` over send + settle, summed over processes. \
 *Peak RSS* = `VmHWM` after ingest, summed over processes; per series = divided by the \

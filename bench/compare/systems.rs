@@ -278,8 +278,9 @@ fn ready_path(kind: SystemKind) -> &'static str {
 
 impl Running {
     /// Starts `kind` on `ports` with fresh data directories under `root` and waits until
-    /// it is ready (for the cluster: until every node sees three alive members). Nothing
-    /// is wiped or started when one of its ports is taken.
+    /// it is ready (for the cluster: until every node sees three alive members and has
+    /// finished its formation re-replication). Nothing is wiped or started when one of
+    /// its ports is taken.
     pub fn start(
         kind: SystemKind,
         root: &Path,
@@ -331,23 +332,38 @@ impl Running {
         Ok(())
     }
 
-    fn alive_members(&self, http_base: &str) -> usize {
+    /// Members the node at `http_base` sees alive and placed, and whether its
+    /// re-replication caught up with its ring (`idle`).
+    fn membership(&self, http_base: &str) -> (usize, bool) {
         let Ok((200, body)) = http("GET", &format!("{http_base}/api/v1/status/cluster")) else {
-            return 0;
+            return (0, false);
         };
         let status: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
         let alive = status["data"]["members"]
             .as_array()
             .map_or(0, |m| m.iter().filter(|m| m["state"] == "alive").count());
         let joined = status["data"]["joinOrder"].as_array().map_or(0, Vec::len);
-        alive.min(joined)
+        let repaired = status["data"]["repair"]["state"] == "idle";
+        (alive.min(joined), repaired)
     }
 
+    /// Waits until every node sees all members alive and has finished the
+    /// re-replication pass the cluster's formation started (each node first placed
+    /// itself in a smaller ring: after a grace period it copies what it holds to the
+    /// owners it gained, ADR 0015). A pass started after the payload began would copy
+    /// the samples written so far once more and count them as ingest work; with empty
+    /// nodes it copies nothing.
     fn wait_cluster_converged(&self, deadline: Instant) -> Result<(), String> {
         let n = self.procs.len();
-        while !self.procs.iter().all(|p| self.alive_members(&p.http) == n) {
+        while !self
+            .procs
+            .iter()
+            .all(|p| self.membership(&p.http) == (n, true))
+        {
             if Instant::now() > deadline {
-                return Err(format!("cluster did not converge to {n} members"));
+                return Err(format!(
+                    "cluster did not converge to {n} members with re-replication idle"
+                ));
             }
             std::thread::sleep(Duration::from_millis(200));
         }
