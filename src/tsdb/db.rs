@@ -216,6 +216,24 @@ impl Db {
 
     // ---- writes ----
 
+    /// What every append starts with: the store must be open; the commit gate is held
+    /// (read) until the samples are published, so a checkpoint never covers a WAL record
+    /// whose samples are not in the head yet; a ticket tells this append's staged samples
+    /// apart; and the time limits at this moment.
+    fn begin_append(
+        &self,
+    ) -> Result<(std::sync::RwLockReadGuard<'_, ()>, u64, AppendLimits), StorageError> {
+        self.check_open()?;
+        let publishing = read(&self.commit_gate);
+        let ticket = self.next_ticket.fetch_add(1, Ordering::Relaxed);
+        let limits = self.head.limits(
+            self.opts.out_of_order_window_ms,
+            &self.opts.time_bounds,
+            self.opts.clock.now_ms(),
+        );
+        Ok((publishing, ticket, limits))
+    }
+
     /// Appends a batch; returns once every stored sample is fsynced in the WAL.
     ///
     /// Acknowledge and expose in WAL order (ADR 0010): the samples are checked and
@@ -223,16 +241,7 @@ impl Db {
     /// in the head only once that record is durable; when the WAL write fails they
     /// are dropped and the whole request fails, so nothing of it is ever visible.
     pub fn append(&self, batch: &[Series]) -> Result<AppendOutcome, StorageError> {
-        self.check_open()?;
-        // Held until the samples are published, so a checkpoint never covers a WAL
-        // record whose samples are not in the head yet.
-        let _publishing = read(&self.commit_gate);
-        let ticket = self.next_ticket.fetch_add(1, Ordering::Relaxed);
-        let limits = self.head.limits(
-            self.opts.out_of_order_window_ms,
-            &self.opts.time_bounds,
-            self.opts.clock.now_ms(),
-        );
+        let (_publishing, ticket, limits) = self.begin_append()?;
         let mut record = SamplesRecord::default();
         let mut tally = Tally::default();
         let mut staged_in = Vec::new();
@@ -313,14 +322,7 @@ impl Db {
                     })?;
             }
         }
-        self.check_open()?;
-        let _publishing = read(&self.commit_gate);
-        let ticket = self.next_ticket.fetch_add(1, Ordering::Relaxed);
-        let limits = self.head.limits(
-            self.opts.out_of_order_window_ms,
-            &self.opts.time_bounds,
-            self.opts.clock.now_ms(),
-        );
+        let (_publishing, ticket, limits) = self.begin_append()?;
         let mut ints = HistogramsRecord::default();
         let mut floats = FloatHistogramsRecord::default();
         let mut tally = Tally::default();

@@ -4,9 +4,9 @@ use super::*;
 use crate::model::{stale_nan, MatchOp, Sample};
 use crate::storage::RejectReason;
 
-const MIN: i64 = 60_000;
+pub(super) const MIN: i64 = 60_000;
 
-fn opts(dir: &std::path::Path) -> TsdbOptions {
+pub(super) fn opts(dir: &std::path::Path) -> TsdbOptions {
     TsdbOptions {
         dir: dir.to_path_buf(),
         block_duration_ms: 10 * MIN,

@@ -6,19 +6,7 @@ use crate::model::histogram::{HistogramError, HistogramSample, HistogramValue, S
 use crate::model::{histogram::Histogram, Sample};
 use crate::storage::RejectReason;
 
-const MIN: i64 = 60_000;
-
-fn opts(dir: &std::path::Path) -> TsdbOptions {
-    TsdbOptions {
-        dir: dir.to_path_buf(),
-        block_duration_ms: 10 * MIN,
-        retention_ms: 0,
-        retention_bytes: 0,
-        out_of_order_window_ms: 5 * MIN,
-        wal_segment_bytes: 64 << 10,
-        ..TsdbOptions::default()
-    }
-}
+use super::tests::{opts, MIN};
 
 /// A valid integer histogram whose one bucket holds `n` (0 means no bucket).
 fn hist(n: u64) -> HistogramValue {
