@@ -7,13 +7,14 @@
 //! `tsdb` and peers. Both meet at `storage::Storage`. `model` and `proto` are shared
 //! vocabulary; `telemetry` is self-monitoring that every box may register metrics with.
 //! `web` secures the HTTP edge (TLS, basic auth, Prometheus's web config file) and the
-//! peer client's TLS.
+//! peer client's TLS. `heap` configures the allocator (`main` calls it first).
 
 pub mod api;
 pub mod cluster;
 pub mod config;
 pub mod dirlock;
 pub mod fanout;
+pub mod heap;
 pub mod ingest;
 pub mod model;
 pub mod peer;

@@ -6,11 +6,14 @@ use clap::Parser;
 use timbala::config::Config;
 
 fn main() -> ExitCode {
+    // Before any thread exists: arenas created earlier would stay.
+    let arenas_capped = timbala::heap::limit_arenas();
     let config = Config::parse();
     if let Err(e) = timbala::telemetry::init_logging(&config.log_level, config.log_format) {
         report_before_logging(&e);
         return ExitCode::from(2);
     }
+    tracing::debug!(arenas_capped, "malloc arenas");
     if let Err(e) = config.validate() {
         report_before_logging(&e);
         return ExitCode::from(2);
