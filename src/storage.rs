@@ -18,7 +18,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use crate::model::{Labels, Matcher, MetricMetadata, Series, SeriesExemplars};
+use crate::model::{HistogramSeries, Labels, Matcher, MetricMetadata, Series, SeriesExemplars};
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
@@ -258,6 +258,35 @@ impl From<std::io::Error> for StorageError {
     }
 }
 
+/// Why a batch of native histograms was refused (`Storage::append_histograms`).
+#[derive(Debug, PartialEq)]
+pub enum HistogramAppendError {
+    /// A histogram breaks Prometheus's rules; nothing of the batch was stored.
+    Invalid {
+        labels: Labels,
+        t: i64,
+        error: crate::model::histogram::HistogramError,
+    },
+    Storage(StorageError),
+}
+
+impl From<StorageError> for HistogramAppendError {
+    fn from(e: StorageError) -> Self {
+        HistogramAppendError::Storage(e)
+    }
+}
+
+impl fmt::Display for HistogramAppendError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            HistogramAppendError::Invalid { labels, t, error } => {
+                write!(f, "invalid native histogram for {labels} at {t}: {error}")
+            }
+            HistogramAppendError::Storage(e) => e.fmt(f),
+        }
+    }
+}
+
 /// Which series and which time range a read wants. Times are inclusive milliseconds.
 #[derive(Clone, Debug)]
 pub struct SelectRequest {
@@ -361,6 +390,20 @@ pub trait Storage: Send + Sync + 'static {
     /// Series without samples in the range are left out. Deleted data is never returned.
     fn select(&self, req: SelectRequest) -> BoxFuture<'_, Result<Vec<Series>, SelectError>>;
 
+    /// Appends native histogram samples (ADR 0030), validated by Prometheus's rules: an
+    /// invalid one refuses the whole batch. Returns once every accepted sample is durable.
+    fn append_histograms(
+        &self,
+        batch: Vec<HistogramSeries>,
+    ) -> BoxFuture<'_, Result<AppendOutcome, HistogramAppendError>>;
+
+    /// As `select`, for native histogram samples: a series holding both kinds appears in
+    /// both answers, each with its own samples. `max_samples` counts histogram samples.
+    fn select_histograms(
+        &self,
+        req: SelectRequest,
+    ) -> BoxFuture<'_, Result<Vec<HistogramSeries>, SelectError>>;
+
     /// Label sets of matching series with any sample in the range, sorted.
     fn series(&self, req: LabelRequest) -> BoxFuture<'_, Result<Vec<Labels>, StorageError>>;
 
@@ -432,6 +475,18 @@ impl Storage for WithPushdown {
     }
     fn select(&self, req: SelectRequest) -> BoxFuture<'_, Result<Vec<Series>, SelectError>> {
         self.store.select(req)
+    }
+    fn append_histograms(
+        &self,
+        batch: Vec<HistogramSeries>,
+    ) -> BoxFuture<'_, Result<AppendOutcome, HistogramAppendError>> {
+        self.store.append_histograms(batch)
+    }
+    fn select_histograms(
+        &self,
+        req: SelectRequest,
+    ) -> BoxFuture<'_, Result<Vec<HistogramSeries>, SelectError>> {
+        self.store.select_histograms(req)
     }
     fn series(&self, req: LabelRequest) -> BoxFuture<'_, Result<Vec<Labels>, StorageError>> {
         self.store.series(req)

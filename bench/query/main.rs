@@ -23,11 +23,11 @@ use node_exporter::{
     http_service_target, node_exporter_target, Generator, SeriesSpec, HISTOGRAMS_PER_SERVICE,
     INTERVAL_MS, START_MS,
 };
-use timbala::model::{Labels, MetricMetadata, Sample, Series, SeriesExemplars};
+use timbala::model::{HistogramSeries, Labels, MetricMetadata, Sample, Series, SeriesExemplars};
 use timbala::promql::{Engine, EngineOptions, QueryValue};
 use timbala::storage::{
-    AppendOutcome, BoxFuture, ExemplarRequest, LabelRequest, SelectError, SelectRequest, Storage,
-    StorageError,
+    AppendOutcome, BoxFuture, ExemplarRequest, HistogramAppendError, LabelRequest, SelectError,
+    SelectRequest, Storage, StorageError,
 };
 use timbala::tsdb::{Tsdb, TsdbMetrics, TsdbOptions};
 
@@ -63,6 +63,25 @@ impl Storage for CountingStorage {
     fn select(&self, req: SelectRequest) -> BoxFuture<'_, Result<Vec<Series>, SelectError>> {
         Box::pin(async move {
             let found = self.inner.select(req).await?;
+            let n: usize = found.iter().map(|s| s.samples.len()).sum();
+            self.samples_loaded.fetch_add(n as u64, Ordering::Relaxed);
+            Ok(found)
+        })
+    }
+
+    fn append_histograms(
+        &self,
+        batch: Vec<HistogramSeries>,
+    ) -> BoxFuture<'_, Result<AppendOutcome, HistogramAppendError>> {
+        self.inner.append_histograms(batch)
+    }
+
+    fn select_histograms(
+        &self,
+        req: SelectRequest,
+    ) -> BoxFuture<'_, Result<Vec<HistogramSeries>, SelectError>> {
+        Box::pin(async move {
+            let found = self.inner.select_histograms(req).await?;
             let n: usize = found.iter().map(|s| s.samples.len()).sum();
             self.samples_loaded.fetch_add(n as u64, Ordering::Relaxed);
             Ok(found)

@@ -45,7 +45,7 @@ use prometheus_client::registry::Registry;
 use crate::cluster::identity::NodeId;
 use crate::cluster::membership::{ClusterView, MemberState, MembershipHandle};
 use crate::cluster::placement;
-use crate::model::{Label, Labels, MetricMetadata, Series, SeriesExemplars};
+use crate::model::{HistogramSeries, Label, Labels, MetricMetadata, Series, SeriesExemplars};
 use crate::peer::{
     self, PeerClient, WireCardinalityRequest, WireExemplar, WireExemplarRequest, WireLabelRequest,
     WireMetadata, WireMetadataRequest, WireSelectRequest,
@@ -54,8 +54,9 @@ use crate::promql::pushdown::AggregatePushdown;
 use crate::replication::hints::HintStore;
 use crate::replication::read_repair::ReadRepair;
 use crate::storage::{
-    AppendOutcome, BoxFuture, ChangeMark, ChangeReport, Changes, ExemplarRequest, LabelRequest,
-    SelectError, SelectRequest, SourceId, Storage, StorageError, LOCAL_SOURCE,
+    AppendOutcome, BoxFuture, ChangeMark, ChangeReport, Changes, ExemplarRequest,
+    HistogramAppendError, LabelRequest, SelectError, SelectRequest, SourceId, Storage,
+    StorageError, LOCAL_SOURCE,
 };
 use crate::tsdb::{HeadCardinality, Tsdb};
 pub use gather::FanoutOptions;
@@ -659,6 +660,23 @@ impl Storage for FanoutStorage {
         Box::pin(self.fan_select(req))
     }
 
+    /// Writes are the replication layer's; this passes through to the local store.
+    fn append_histograms(
+        &self,
+        batch: Vec<HistogramSeries>,
+    ) -> BoxFuture<'_, Result<AppendOutcome, HistogramAppendError>> {
+        self.inner.local.append_histograms(batch)
+    }
+
+    /// Cluster nodes refuse native histograms at the ingest edge until replication and
+    /// the read protocol carry them (ADR 0030), so only the local store can hold any.
+    fn select_histograms(
+        &self,
+        req: SelectRequest,
+    ) -> BoxFuture<'_, Result<Vec<HistogramSeries>, SelectError>> {
+        self.inner.local.select_histograms(req)
+    }
+
     fn series(&self, req: LabelRequest) -> BoxFuture<'_, Result<Vec<Labels>, StorageError>> {
         Box::pin(async move {
             let wire = WireLabelRequest::from_request(&req, None);
@@ -780,6 +798,18 @@ impl Storage for Split {
     }
     fn select(&self, req: SelectRequest) -> BoxFuture<'_, Result<Vec<Series>, SelectError>> {
         self.reads.select(req)
+    }
+    fn append_histograms(
+        &self,
+        batch: Vec<HistogramSeries>,
+    ) -> BoxFuture<'_, Result<AppendOutcome, HistogramAppendError>> {
+        self.writes.append_histograms(batch)
+    }
+    fn select_histograms(
+        &self,
+        req: SelectRequest,
+    ) -> BoxFuture<'_, Result<Vec<HistogramSeries>, SelectError>> {
+        self.reads.select_histograms(req)
     }
     fn series(&self, req: LabelRequest) -> BoxFuture<'_, Result<Vec<Labels>, StorageError>> {
         self.reads.series(req)

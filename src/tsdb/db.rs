@@ -28,13 +28,14 @@ use super::quarantine;
 use super::querier::Querier;
 use super::retention::{self, BlockExtent};
 use super::wal::{self, FloatHistogramsRecord, HistogramsRecord, Record, SamplesRecord, Wal};
-use super::{BlockInfo, HistogramAppendError, TsdbOptions};
+use super::{BlockInfo, TsdbOptions};
 use crate::model::histogram::HistogramValue;
 use crate::model::{
     self, conflict_winner, HistogramSeries, Labels, Matcher, MetricMetadata, Sample, Series,
 };
 use crate::storage::{
-    AppendOutcome, ChangeMark, Changes, RejectReason, SelectError, StorageError, LATE_WRITE_AGE_MS,
+    AppendOutcome, ChangeMark, Changes, HistogramAppendError, RejectReason, SelectError,
+    StorageError, LATE_WRITE_AGE_MS,
 };
 
 /// Compaction levels (block duration x 1, 3, 9, 27, 81).

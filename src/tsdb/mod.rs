@@ -57,8 +57,8 @@ use std::time::Duration;
 use crate::model::{HistogramSeries, Labels, Matcher, MetricMetadata, Series, SeriesExemplars};
 use crate::storage::{
     AppendOutcome, BoxFuture, ChangeMark, ChangeReport, Changes, Clock, ExemplarRequest,
-    LabelRequest, SelectError, SelectRequest, SourceId, Storage, StorageError, TimeBounds,
-    LOCAL_SOURCE,
+    HistogramAppendError, LabelRequest, SelectError, SelectRequest, SourceId, Storage,
+    StorageError, TimeBounds, LOCAL_SOURCE,
 };
 pub use cardinality::HeadCardinality;
 
@@ -125,35 +125,6 @@ pub struct TsdbStats {
     pub series_count_by_label_value_pair: Vec<(String, u64)>,
 }
 
-/// Why `Tsdb::append_histograms` refused a batch.
-#[derive(Debug, PartialEq)]
-pub enum HistogramAppendError {
-    /// A histogram breaks Prometheus's rules; nothing of the batch was stored.
-    Invalid {
-        labels: Labels,
-        t: i64,
-        error: crate::model::histogram::HistogramError,
-    },
-    Storage(StorageError),
-}
-
-impl From<StorageError> for HistogramAppendError {
-    fn from(e: StorageError) -> Self {
-        HistogramAppendError::Storage(e)
-    }
-}
-
-impl std::fmt::Display for HistogramAppendError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            HistogramAppendError::Invalid { labels, t, error } => {
-                write!(f, "invalid native histogram for {labels} at {t}: {error}")
-            }
-            HistogramAppendError::Storage(e) => e.fmt(f),
-        }
-    }
-}
-
 impl std::error::Error for HistogramAppendError {}
 
 /// A handle to an open TSDB. Cheap to clone; all clones share one database.
@@ -212,28 +183,6 @@ impl Tsdb {
     /// blocks when the head refuses them as too old). See `db::Db::backfill`.
     pub async fn backfill(&self, batch: Vec<Series>) -> Result<Backfilled, StorageError> {
         self.blocking(move |db| db.backfill(&batch)).await?
-    }
-
-    /// Appends native histogram samples (validated; durable in the WAL when this
-    /// returns). See `db::Db::append_histograms`. Not wired to ingest yet (ADR 0030).
-    pub async fn append_histograms(
-        &self,
-        batch: Vec<HistogramSeries>,
-    ) -> Result<AppendOutcome, HistogramAppendError> {
-        self.blocking(move |db| db.append_histograms(&batch))
-            .await?
-    }
-
-    /// Matching series' native histogram samples in `[mint, maxt]`, sorted by labels
-    /// (the head's only: blocks carry none yet).
-    pub async fn select_histograms(
-        &self,
-        matchers: Vec<Matcher>,
-        mint: i64,
-        maxt: i64,
-    ) -> Result<Vec<HistogramSeries>, StorageError> {
-        self.blocking(move |db| db.select_histograms(&matchers, mint, maxt))
-            .await
     }
 
     /// Window digests of the series `include` accepts, over samples at or before
@@ -370,6 +319,32 @@ impl Storage for Tsdb {
         Box::pin(async move {
             self.blocking(move |db| db.select(&req.matchers, req.mint, req.maxt, req.max_samples))
                 .await?
+        })
+    }
+
+    fn append_histograms(
+        &self,
+        batch: Vec<HistogramSeries>,
+    ) -> BoxFuture<'_, Result<AppendOutcome, HistogramAppendError>> {
+        Box::pin(async move {
+            self.blocking(move |db| db.append_histograms(&batch))
+                .await?
+        })
+    }
+
+    fn select_histograms(
+        &self,
+        req: SelectRequest,
+    ) -> BoxFuture<'_, Result<Vec<HistogramSeries>, SelectError>> {
+        Box::pin(async move {
+            let series = self
+                .blocking(move |db| db.select_histograms(&req.matchers, req.mint, req.maxt))
+                .await?;
+            let samples: usize = series.iter().map(|s| s.samples.len()).sum();
+            if req.max_samples > 0 && samples > req.max_samples {
+                return Err(SelectError::TooManySamples);
+            }
+            Ok(series)
         })
     }
 

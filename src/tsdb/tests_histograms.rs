@@ -4,7 +4,7 @@
 use super::*;
 use crate::model::histogram::{HistogramError, HistogramSample, HistogramValue, Span};
 use crate::model::{histogram::Histogram, Sample};
-use crate::storage::RejectReason;
+use crate::storage::{RejectReason, SelectRequest};
 
 use super::tests::{opts, MIN};
 
@@ -65,9 +65,17 @@ fn same(got: &[HistogramSeries], want: &[HistogramSeries]) -> bool {
 }
 
 async fn select_h(db: &Tsdb) -> Vec<HistogramSeries> {
-    db.select_histograms(vec![Matcher::equal("__name__", "h")], i64::MIN, i64::MAX)
-        .await
-        .unwrap()
+    select_range(db, Matcher::equal("__name__", "h"), i64::MIN, i64::MAX).await
+}
+
+async fn select_range(db: &Tsdb, matcher: Matcher, mint: i64, maxt: i64) -> Vec<HistogramSeries> {
+    let req = SelectRequest {
+        matchers: vec![matcher],
+        mint,
+        maxt,
+        max_samples: 0,
+    };
+    db.select_histograms(req).await.unwrap()
 }
 
 /// Samples growing by one each, switching kind halfway (a series may).
@@ -188,10 +196,7 @@ async fn head_cuts_and_checkpoints_keep_histograms() {
     drop(db);
     let db = Tsdb::open(opts(dir.path()), TsdbMetrics::default()).unwrap();
     assert!(same(&select_h(&db).await, &want));
-    let in_range = db
-        .select_histograms(vec![Matcher::equal("job", "a")], MIN, 2 * MIN)
-        .await
-        .unwrap();
+    let in_range = select_range(&db, Matcher::equal("job", "a"), MIN, 2 * MIN).await;
     assert_eq!(in_range[0].samples.len(), 5);
 }
 
