@@ -7,6 +7,7 @@
 //! histograms and their validation live in `histogram`. Calls nothing else in the crate.
 
 pub mod histogram;
+pub mod histogram_ops;
 pub mod label_hash;
 pub mod symbols;
 
