@@ -29,6 +29,7 @@ pub mod engine;
 mod eval;
 pub mod functions;
 pub mod fuzzing;
+pub mod histogram_fns;
 pub mod limits;
 mod memo;
 mod plan;
