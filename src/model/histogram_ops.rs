@@ -854,12 +854,14 @@ impl Rollup {
         self.started = true;
         let mut sum = 0.0;
         while let Some(&(upper, count)) = self.buckets.get(self.next) {
-            if !(upper <= bound) {
+            // Not `upper > bound`: a NaN bound ends the walk, as in Prometheus.
+            if upper <= bound {
+                sum += count;
+                self.next += 1;
+            } else {
                 self.has_more = true;
                 return sum;
             }
-            sum += count;
-            self.next += 1;
         }
         self.has_more = false;
         sum
@@ -1578,6 +1580,8 @@ mod tests {
     }
 
     #[test]
+    // 1.414213562373095 is deliberately one ulp below SQRT_2: Prometheus's bound.
+    #[allow(clippy::approx_constant)]
     fn exponential_bounds_are_prometheus_constants() {
         assert_eq!(exponential_bound(0, 0), 1.0);
         assert_eq!(exponential_bound(1, 0), 2.0);
@@ -1586,6 +1590,7 @@ mod tests {
         assert_eq!(exponential_bound(-2, -2), 1.0 / 256.0);
         // Prometheus's table, not a computed 2^(1/2) (1.4142135623730951).
         assert_eq!(exponential_bound(1, 1), 1.414213562373095);
+        assert_ne!(exponential_bound(1, 1), std::f64::consts::SQRT_2);
         assert_eq!(exponential_bound(3, 3), 1.2968395546510096);
         assert_eq!(exponential_bound(-255, 8), 0.5013556375251013);
         // The last finite bucket ends at f64::MAX, the next one counts ±Inf.
