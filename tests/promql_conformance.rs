@@ -6,16 +6,23 @@
 //! `eval` with the test engine's settings (delayed name removal, experimental functions,
 //! 5m lookback, 10,000 max samples, 1m default subquery step) and compares results and
 //! annotations, once with aggregation pushdown (ADR 0029) and once without: an eval
-//! passes when both answers are right. Native-histogram evals are counted as skipped. By default only the files
+//! passes when both answers are right. Native histograms are loaded and compared as Prometheus's
+//! runner does; only evals over histograms `load_with_nhcb` would derive from classic ones are
+//! counted as skipped. By default only the files
 //! Timbala must pass are run (`TIMBALA_PROMQLTEST_ALL=1` runs all); the process exits
 //! non-zero when any eval of a required file fails.
+
+#[path = "support/promqltest_histograms.rs"]
+mod promqltest_histograms;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use timbala::model::{stale_nan, Labels, MatchOp, Matcher, Sample, Series};
+use promqltest_histograms::{almost_equal, ScriptHistogram};
+use timbala::model::histogram::{HistogramSample, HistogramValue};
+use timbala::model::{stale_nan, HistogramSeries, Labels, MatchOp, Matcher, Sample, Series};
 use timbala::promql::{Engine, EngineOptions, QueryError, QueryOutput, QueryValue};
 use timbala::storage::Storage;
 use timbala::tsdb::{Tsdb, TsdbMetrics, TsdbOptions};
@@ -461,12 +468,27 @@ fn parse_script(script: &str) -> Result<Vec<Command>, String> {
 /// One parsed `series values...` line. `None` points are missing (`_`).
 struct SeriesLine {
     labels: Labels,
-    points: Vec<Option<f64>>,
+    points: Vec<Option<Point>>,
+}
+
+/// One value of a series line: a float or a native histogram.
+#[derive(Clone, Debug)]
+enum Point {
+    Float(f64),
+    Histogram(Box<ScriptHistogram>),
+}
+
+impl Point {
+    fn float(&self) -> Option<f64> {
+        match self {
+            Point::Float(v) => Some(*v),
+            Point::Histogram(_) => None,
+        }
+    }
 }
 
 #[derive(Debug)]
 enum LineError {
-    NativeHistogram,
     Invalid(String),
 }
 
@@ -537,14 +559,23 @@ fn split_increment(head: &str) -> Result<(f64, f64), LineError> {
     Ok((parse_float(head)?, 0.0))
 }
 
-fn expand_token(token: &str, out: &mut Vec<Option<f64>>) -> Result<(), LineError> {
+fn expand_token(token: &str, out: &mut Vec<Option<Point>>) -> Result<(), LineError> {
+    if token.starts_with("{{") {
+        let expanded = promqltest_histograms::expand(token).map_err(LineError::Invalid)?;
+        out.extend(
+            expanded
+                .into_iter()
+                .map(|h| Some(Point::Histogram(Box::new(h)))),
+        );
+        return Ok(());
+    }
     match token {
         "_" => {
             out.push(None);
             return Ok(());
         }
         "stale" => {
-            out.push(Some(stale_nan()));
+            out.push(Some(Point::Float(stale_nan())));
             return Ok(());
         }
         _ => {}
@@ -560,27 +591,24 @@ fn expand_token(token: &str, out: &mut Vec<Option<f64>>) -> Result<(), LineError
                 return Ok(());
             }
             if head == "stale" {
-                out.extend(std::iter::repeat_n(Some(stale_nan()), n + 1));
+                out.extend(std::iter::repeat_n(Some(Point::Float(stale_nan())), n + 1));
                 return Ok(());
             }
             let (mut value, incr) = split_increment(head)?;
             for _ in 0..=n {
-                out.push(Some(value));
+                out.push(Some(Point::Float(value)));
                 value += incr;
             }
             return Ok(());
         }
     }
-    out.push(Some(parse_float(token)?));
+    out.push(Some(Point::Float(parse_float(token)?)));
     Ok(())
 }
 
-fn parse_values(text: &str) -> Result<Vec<Option<f64>>, LineError> {
-    if text.contains("{{") {
-        return Err(LineError::NativeHistogram);
-    }
+fn parse_values(text: &str) -> Result<Vec<Option<Point>>, LineError> {
     let mut out = Vec::new();
-    for token in text.split_whitespace() {
+    for token in promqltest_histograms::tokens(text) {
         expand_token(token, &mut out)?;
     }
     Ok(out)
@@ -615,7 +643,8 @@ struct TestStore {
     storage: Arc<dyn Storage>,
     tsdb: Tsdb,
     _dir: tempfile::TempDir,
-    /// Series that hold native-histogram data (evals that select them are skipped).
+    /// Series `load_with_nhcb` would turn into native histograms, which this runner does
+    /// not derive (evals that select them are skipped).
     histogram_series: Vec<Labels>,
 }
 
@@ -652,22 +681,29 @@ impl TestStore {
                     if with_nhcb {
                         self.note_nhcb(&s.labels);
                     }
-                    let samples: Vec<Sample> = s
-                        .points
-                        .iter()
-                        .enumerate()
-                        .filter_map(|(i, p)| p.map(|v| Sample::new(i as i64 * interval, v)))
-                        .collect();
-                    batch.push(Series {
-                        labels: s.labels,
-                        samples,
-                    });
-                }
-                Err(LineError::NativeHistogram) => {
-                    let end = descriptor_end(line);
-                    if let Ok(labels) = parse_descriptor(&line[..end]) {
-                        self.histogram_series.push(labels);
+                    let mut samples = Vec::new();
+                    let mut histograms = Vec::new();
+                    for (i, p) in s.points.into_iter().enumerate() {
+                        let t = i as i64 * interval;
+                        match p {
+                            Some(Point::Float(v)) => samples.push(Sample::new(t, v)),
+                            Some(Point::Histogram(h)) => histograms.push(HistogramSample {
+                                t,
+                                h: HistogramValue::Float(h.h),
+                            }),
+                            None => {}
+                        }
                     }
+                    batch.push((
+                        Series {
+                            labels: s.labels.clone(),
+                            samples,
+                        },
+                        HistogramSeries {
+                            labels: s.labels,
+                            samples: histograms,
+                        },
+                    ));
                 }
                 Err(LineError::Invalid(e)) => return Err(format!("load: {e}")),
             }
@@ -675,15 +711,31 @@ impl TestStore {
         // As in Prometheus's loader, a series defined twice in one block keeps the last.
         let mut seen = std::collections::HashSet::new();
         batch.reverse();
-        batch.retain(|s: &Series| seen.insert(s.labels.clone()));
+        batch.retain(|(s, _)| seen.insert(s.labels.clone()));
         batch.reverse();
+        let (floats, histograms): (Vec<Series>, Vec<HistogramSeries>) = batch.into_iter().unzip();
+        let histograms: Vec<HistogramSeries> = histograms
+            .into_iter()
+            .filter(|h| !h.samples.is_empty())
+            .collect();
         let outcome = self
             .storage
-            .append(batch)
+            .append(floats)
             .await
             .map_err(|e| format!("append: {e}"))?;
+        if let Some(why) = outcome.first_rejection {
+            return Err(format!("append rejected samples: {why}"));
+        }
+        if histograms.is_empty() {
+            return Ok(());
+        }
+        let outcome = self
+            .storage
+            .append_histograms(histograms)
+            .await
+            .map_err(|e| format!("append histograms: {e}"))?;
         match outcome.first_rejection {
-            Some(why) => Err(format!("append rejected samples: {why}")),
+            Some(why) => Err(format!("append rejected histograms: {why}")),
             None => Ok(()),
         }
     }
@@ -707,7 +759,7 @@ impl TestStore {
         }
     }
 
-    /// Whether any selector of `query` selects a series that holds native histograms.
+    /// Whether any selector of `query` selects a series `load_with_nhcb` derives.
     fn touches_histograms(&self, query: &str) -> bool {
         if self.histogram_series.is_empty() {
             return false;
@@ -878,11 +930,8 @@ fn skip_reasons(skipped: &[String]) -> String {
 }
 
 fn skip_reason(eval: &EvalCmd, store: &TestStore) -> Option<&'static str> {
-    if eval.expect.results.iter().any(|l| l.contains("{{")) {
-        return Some("native histogram expected");
-    }
     if store.touches_histograms(&eval.query) {
-        return Some("native histogram data");
+        return Some("native histograms derived from classic ones (load_with_nhcb)");
     }
     None
 }
@@ -1086,32 +1135,34 @@ async fn check_range_mode(
     if series.windows(2).any(|w| w[0].labels >= w[1].labels) {
         return Err("range mode: matrix is not sorted by labels".into());
     }
-    let at_step: Vec<(&Labels, f64)> = series
+    let at_step: Vec<timbala::promql::InstantSample> = series
         .iter()
         .filter_map(|s| {
-            s.points
-                .iter()
-                .find(|p| p.t == at)
-                .map(|p| (&s.labels, p.v))
+            let float = s.points.iter().find(|p| p.t == at).map(|p| (p.v, None));
+            let histogram = || {
+                s.histograms
+                    .iter()
+                    .find(|p| p.t == at)
+                    .map(|p| (0.0, Some(p.h.clone())))
+            };
+            float
+                .or_else(histogram)
+                .map(|(v, h)| timbala::promql::InstantSample {
+                    labels: s.labels.clone(),
+                    t: at,
+                    v,
+                    h,
+                    drop_name: false,
+                })
         })
         .collect();
     let output = QueryOutput {
         step_annotations: Default::default(),
         value: if is_scalar {
-            let v = at_step.first().map_or(f64::NAN, |(_, v)| *v);
+            let v = at_step.first().map_or(f64::NAN, |s| s.v);
             QueryValue::Scalar { t: at, v }
         } else {
-            QueryValue::Vector(
-                at_step
-                    .into_iter()
-                    .map(|(labels, v)| timbala::promql::InstantSample {
-                        labels: labels.clone(),
-                        t: at,
-                        v,
-                        drop_name: false,
-                    })
-                    .collect(),
-            )
+            QueryValue::Vector(at_step)
         },
         annotations: ranged.annotations,
         stats: ranged.stats,
@@ -1161,23 +1212,6 @@ fn check_annotations(
     Ok(())
 }
 
-/// Prometheus's `almost.Equal` with the test epsilon.
-fn almost_equal(a: f64, b: f64) -> bool {
-    const EPSILON: f64 = 1e-6;
-    if a.is_nan() && b.is_nan() {
-        return true;
-    }
-    if a == b {
-        return true;
-    }
-    let abs_sum = a.abs() + b.abs();
-    let diff = (a - b).abs();
-    if a == 0.0 || b == 0.0 || abs_sum < f64::MIN_POSITIVE {
-        return diff < EPSILON * f64::MIN_POSITIVE;
-    }
-    diff / abs_sum.min(f64::MAX) < EPSILON
-}
-
 fn expected_lines(eval: &EvalCmd) -> Result<Vec<SeriesLine>, String> {
     eval.expect
         .results
@@ -1195,7 +1229,9 @@ fn check_value(eval: &EvalCmd, output: &QueryOutput) -> Result<(), String> {
         },
         (QueryValue::Scalar { v, .. }, _) => {
             let want = match expected.as_slice() {
-                [line] if line.labels.is_empty() && line.points.len() == 1 => line.points[0],
+                [line] if line.labels.is_empty() && line.points.len() == 1 => {
+                    line.points[0].as_ref().and_then(Point::float)
+                }
                 _ => return Err(format!("scalar {v}, expected {:?}", eval.expect.results)),
             };
             match want {
@@ -1203,10 +1239,7 @@ fn check_value(eval: &EvalCmd, output: &QueryOutput) -> Result<(), String> {
                 _ => Err(format!("scalar {v}, expected {want:?}")),
             }
         }
-        (QueryValue::Vector(samples), _) => {
-            let got: Vec<(&Labels, f64)> = samples.iter().map(|s| (&s.labels, s.v)).collect();
-            check_vector(&got, &expected, eval.expect.ordered)
-        }
+        (QueryValue::Vector(samples), _) => check_vector(samples, &expected, eval.expect.ordered),
         (QueryValue::Matrix(series), EvalKind::Range { start, step, .. }) => {
             check_matrix(series, &expected, *start, *step)
         }
@@ -1217,13 +1250,30 @@ fn check_value(eval: &EvalCmd, output: &QueryOutput) -> Result<(), String> {
     }
 }
 
+/// A sample's value for messages.
+fn show_sample(s: &timbala::promql::InstantSample) -> String {
+    match &s.h {
+        Some(h) => format!("{} {}", s.labels, promqltest_histograms::show(h)),
+        None => format!("{} {}", s.labels, s.v),
+    }
+}
+
+/// Whether a computed sample has the expected value, float or histogram.
+fn value_matches(got: &timbala::promql::InstantSample, want: &Point) -> bool {
+    match (want, &got.h) {
+        (Point::Float(w), None) => almost_equal(got.v, *w),
+        (Point::Histogram(w), Some(h)) => promqltest_histograms::matches(w, h),
+        _ => false,
+    }
+}
+
 fn check_vector(
-    got: &[(&Labels, f64)],
+    got: &[timbala::promql::InstantSample],
     expected: &[SeriesLine],
     ordered: bool,
 ) -> Result<(), String> {
     if got.len() != expected.len() {
-        let shown: Vec<String> = got.iter().map(|(l, v)| format!("{l} {v}")).collect();
+        let shown: Vec<String> = got.iter().map(show_sample).collect();
         return Err(format!(
             "got {} samples, expected {}: {shown:?}",
             got.len(),
@@ -1232,26 +1282,26 @@ fn check_vector(
     }
     for (i, want) in expected.iter().enumerate() {
         let want_value = match want.points.as_slice() {
-            [Some(v)] => *v,
+            [Some(v)] => v,
             _ => return Err(format!("expected line for {} needs one value", want.labels)),
         };
         let found = if ordered {
-            Some(i).filter(|&i| got[i].0 == &want.labels)
+            Some(i).filter(|&i| got[i].labels == want.labels)
         } else {
-            got.iter().position(|(l, _)| *l == &want.labels)
+            got.iter().position(|s| s.labels == want.labels)
         };
         match found {
-            Some(j) if almost_equal(got[j].1, want_value) => {}
+            Some(j) if value_matches(&got[j], want_value) => {}
             Some(j) => {
                 return Err(format!(
-                    "{}: got {}, expected {want_value}",
-                    want.labels, got[j].1
+                    "got {}, expected {want_value:?}",
+                    show_sample(&got[j])
                 ))
             }
             None => {
-                let shown: Vec<String> = got.iter().map(|(l, v)| format!("{l} {v}")).collect();
+                let shown: Vec<String> = got.iter().map(show_sample).collect();
                 return Err(format!(
-                    "{} {want_value} not found{}: {shown:?}",
+                    "{} {want_value:?} not found{}: {shown:?}",
                     want.labels,
                     if ordered { " at its position" } else { "" }
                 ));
@@ -1279,22 +1329,47 @@ fn check_matrix(
         let Some(series) = got.iter().find(|s| s.labels == want.labels) else {
             return Err(format!("series {} not in result", want.labels));
         };
+        let at = |i: usize| start + i as i64 * step;
         let want_points: Vec<(i64, f64)> = want
             .points
             .iter()
             .enumerate()
-            .filter_map(|(i, p)| p.map(|v| (start + i as i64 * step, v)))
+            .filter_map(|(i, p)| p.as_ref()?.float().map(|v| (at(i), v)))
+            .collect();
+        let want_histograms: Vec<(i64, &ScriptHistogram)> = want
+            .points
+            .iter()
+            .enumerate()
+            .filter_map(|(i, p)| match p {
+                Some(Point::Histogram(h)) => Some((at(i), &**h)),
+                _ => None,
+            })
             .collect();
         let matches = series.points.len() == want_points.len()
             && series
                 .points
                 .iter()
                 .zip(&want_points)
-                .all(|(p, (t, v))| p.t == *t && almost_equal(p.v, *v));
+                .all(|(p, (t, v))| p.t == *t && almost_equal(p.v, *v))
+            && series.histograms.len() == want_histograms.len()
+            && series
+                .histograms
+                .iter()
+                .zip(&want_histograms)
+                .all(|(p, (t, h))| p.t == *t && promqltest_histograms::matches(h, &p.h));
         if !matches {
             let got_points: Vec<(i64, f64)> = series.points.iter().map(|p| (p.t, p.v)).collect();
+            let got_histograms: Vec<(i64, String)> = series
+                .histograms
+                .iter()
+                .map(|p| (p.t, promqltest_histograms::show(&p.h)))
+                .collect();
+            let want_shown: Vec<(i64, String)> = want_histograms
+                .iter()
+                .map(|(t, h)| (*t, promqltest_histograms::show(&h.h)))
+                .collect();
             return Err(format!(
-                "{}: got {got_points:?}, expected {want_points:?}",
+                "{}: got {got_points:?} {got_histograms:?}, expected {want_points:?} {want_shown:?}",
                 want.labels
             ));
         }

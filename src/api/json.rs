@@ -16,6 +16,7 @@ use axum::response::{IntoResponse, Response};
 
 pub use crate::promql::functions::gofmt::{append_go_float, GoFloat};
 
+use crate::model::histogram::FloatHistogram;
 use crate::model::{Labels, SeriesExemplars};
 use crate::promql::{QueryStats, QueryValue};
 use crate::timeutil::civil_from_days;
@@ -244,10 +245,20 @@ fn write_query_value(out: &mut Vec<u8>, value: &QueryValue, eval_time_ms: i64) {
                 }
                 out.extend_from_slice(b"{\"metric\":");
                 write_labels(out, &sample.labels);
-                out.extend_from_slice(b",\"value\":[");
-                write_timestamp(out, eval_time_ms);
-                out.push(b',');
-                write_sample_value(out, sample.v);
+                match &sample.h {
+                    Some(h) => {
+                        out.extend_from_slice(b",\"histogram\":[");
+                        write_timestamp(out, eval_time_ms);
+                        out.push(b',');
+                        write_histogram(out, h);
+                    }
+                    None => {
+                        out.extend_from_slice(b",\"value\":[");
+                        write_timestamp(out, eval_time_ms);
+                        out.push(b',');
+                        write_sample_value(out, sample.v);
+                    }
+                }
                 out.extend_from_slice(b"]}");
             }
             out.push(b']');
@@ -275,10 +286,49 @@ fn write_query_value(out: &mut Vec<u8>, value: &QueryValue, eval_time_ms: i64) {
                     }
                     out.push(b']');
                 }
+                if !s.histograms.is_empty() {
+                    out.extend_from_slice(b",\"histograms\":[");
+                    for (j, p) in s.histograms.iter().enumerate() {
+                        if j > 0 {
+                            out.push(b',');
+                        }
+                        out.push(b'[');
+                        write_timestamp(out, p.t);
+                        out.push(b',');
+                        write_histogram(out, &p.h);
+                        out.push(b']');
+                    }
+                    out.push(b']');
+                }
                 out.push(b'}');
             }
             out.push(b']');
         }
+    }
+    out.push(b'}');
+}
+
+/// A native histogram as Prometheus's JSON renders it (`jsonutil.MarshalHistogram`):
+/// count and sum, then every bucket with a count as `[rule, "lower", "upper",
+/// "count"]` (`Bucket::boundary_rule`), left out entirely when there is none.
+pub fn write_histogram(out: &mut Vec<u8>, h: &FloatHistogram) {
+    out.extend_from_slice(b"{\"count\":");
+    write_sample_value(out, h.count);
+    out.extend_from_slice(b",\"sum\":");
+    write_sample_value(out, h.sum);
+    let mut any = false;
+    for bucket in h.all_buckets().iter().filter(|b| b.count != 0.0) {
+        out.extend_from_slice(if any { b",[" } else { b",\"buckets\":[[" });
+        any = true;
+        out.push(b'0' + bucket.boundary_rule());
+        for v in [bucket.lower, bucket.upper, bucket.count] {
+            out.push(b',');
+            write_sample_value(out, v);
+        }
+        out.push(b']');
+    }
+    if any {
+        out.push(b']');
     }
     out.push(b'}');
 }
@@ -406,12 +456,72 @@ mod tests {
     }
 
     #[test]
+    fn native_histograms_render_as_prometheus_does() {
+        use crate::model::histogram::Span;
+        use crate::promql::value::HPoint;
+        let h = std::sync::Arc::new(FloatHistogram {
+            schema: 0,
+            zero_threshold: 0.001,
+            zero_count: 1.0,
+            count: 5.0,
+            sum: 10.5,
+            positive_spans: vec![Span {
+                offset: 0,
+                length: 3,
+            }]
+            .into(),
+            positive_buckets: vec![2.0, 0.0, 2.0],
+            negative_spans: vec![Span {
+                offset: 1,
+                length: 1,
+            }]
+            .into(),
+            negative_buckets: vec![1e-7],
+            ..Default::default()
+        });
+        let labels = Labels::from_pairs([("__name__", "h")]);
+        let vector = QueryValue::Vector(vec![InstantSample {
+            labels: labels.clone(),
+            t: 1_000,
+            v: 0.0,
+            h: Some(h.clone()),
+            drop_name: false,
+        }]);
+        // Negative buckets first, highest magnitude first; empty buckets left out.
+        let rendered = r#"{"count":"5","sum":"10.5","buckets":[[1,"-2","-1","1e-07"],[3,"-0.001","0.001","1"],[0,"0.5","1","2"],[0,"2","4","2"]]}"#;
+        assert_eq!(
+            text(|o| write_query_data(o, &vector, 1_000)),
+            format!(
+                r#"{{"resultType":"vector","result":[{{"metric":{{"__name__":"h"}},"histogram":[1,{rendered}]}}]}}"#
+            )
+        );
+        let matrix = QueryValue::Matrix(vec![RangeSeries {
+            labels,
+            points: vec![Sample::new(1000, 1.0)],
+            histograms: vec![HPoint { t: 2000, h }],
+            drop_name: false,
+        }]);
+        assert_eq!(
+            text(|o| write_query_data(o, &matrix, 0)),
+            format!(
+                r#"{{"resultType":"matrix","result":[{{"metric":{{"__name__":"h"}},"values":[[1,"1"]],"histograms":[[2,{rendered}]]}}]}}"#
+            )
+        );
+        let empty = FloatHistogram::default();
+        assert_eq!(
+            text(|o| write_histogram(o, &empty)),
+            r#"{"count":"0","sum":"0"}"#
+        );
+    }
+
+    #[test]
     fn vector_and_matrix_shapes() {
         let labels = Labels::from_pairs([("__name__", "up"), ("job", "a")]);
         let vector = QueryValue::Vector(vec![InstantSample {
             labels: labels.clone(),
             t: 999_000,
             v: 1.0,
+            h: None,
             drop_name: false,
         }]);
         assert_eq!(
@@ -422,11 +532,13 @@ mod tests {
             RangeSeries {
                 labels: Labels::empty(),
                 points: vec![Sample::new(1000, 2.5), Sample::new(2000, f64::INFINITY)],
+                histograms: Vec::new(),
                 drop_name: false,
             },
             RangeSeries {
                 labels,
                 points: vec![],
+                histograms: Vec::new(),
                 drop_name: false,
             },
         ]);

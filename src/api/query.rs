@@ -563,6 +563,7 @@ mod tests {
             labels: Labels::empty(),
             t: 0,
             v,
+            h: None,
             drop_name: false,
         };
         let mut value = QueryValue::Vector(vec![sample(1.0), sample(2.0), sample(3.0)]);

@@ -20,7 +20,12 @@ use promql_parser::parser::token::{
 };
 use promql_parser::parser::{AggregateExpr, LabelModifier};
 
+use std::sync::Arc;
+
+use crate::model::histogram::{CounterResetHint, FloatHistogram};
+use crate::model::histogram_ops::{Combined, HistogramOpError};
 use crate::model::{Labels, METRIC_NAME};
+use crate::promql::histogram_fns::{histogram_text, HistogramAnnotation, HistogramOperation};
 
 use super::eval::{hash_labels_where, labels_where, type_error, Evaluator, Value};
 use super::functions;
@@ -138,9 +143,22 @@ pub(crate) fn eval_aggregate(
         Some(p) => Some(ev.eval_scalar(p, ts)?),
         None => None,
     };
-    let input = ev.eval_vector(&a.expr, ts)?;
+    let mut input = ev.eval_vector(&a.expr, ts)?;
+    if input.iter().any(|s| s.h.is_some()) {
+        if let Some(name) = ignores_histograms(op) {
+            input.retain(|s| s.h.is_none());
+            ev.annotations.info(format!(
+                "PromQL info: ignored histogram in {name} aggregation"
+            ));
+        }
+    }
     let groups = assign_groups(ev, a, &grouping, &input);
     let param = param.unwrap_or(f64::NAN);
+    if matches!(op, T_SUM | T_AVG) && input.iter().any(|s| s.h.is_some()) {
+        let out = sum_or_avg_with_histograms(ev, op, &groups, input, ts);
+        ev.hold_samples(out.len())?;
+        return Ok(Value::Vector(out));
+    }
     let out = match op {
         T_TOPK | T_BOTTOMK | T_LIMITK => select_k(op, &groups, param, input, ts)?,
         T_LIMIT_RATIO => limit_ratio(ev, &groups, param, input, ts)?,
@@ -153,6 +171,212 @@ pub(crate) fn eval_aggregate(
     };
     ev.hold_samples(out.len())?;
     Ok(Value::Vector(out))
+}
+
+/// The operators that leave native histograms out of their input (with an info), by
+/// the name Prometheus's info gives them. count, group and limitk/limit_ratio take
+/// them as they are; sum and avg add them up.
+fn ignores_histograms(op: TokenId) -> Option<&'static str> {
+    Some(match op {
+        T_MIN => "min",
+        T_MAX => "max",
+        T_STDDEV => "stddev",
+        T_STDVAR => "stdvar",
+        T_QUANTILE => "quantile",
+        T_TOPK => "topk",
+        T_BOTTOMK => "bottomk",
+        _ => return None,
+    })
+}
+
+/// A group's native histograms summed (Kahan-compensated) or averaged, as Prometheus's
+/// `aggregation` does: the mean by sums until a sum overflows, then incrementally.
+#[derive(Default)]
+pub(crate) struct HistogramGroup {
+    sum: FloatHistogram,
+    compensation: Option<FloatHistogram>,
+    mean: Option<FloatHistogram>,
+    count: f64,
+    incompatible: bool,
+    reset_seen: bool,
+    not_reset_seen: bool,
+}
+
+impl HistogramGroup {
+    pub(crate) fn first(h: &FloatHistogram) -> Self {
+        let mut group = HistogramGroup {
+            sum: h.clone(),
+            count: 1.0,
+            ..HistogramGroup::default()
+        };
+        group.note_hint(h);
+        group
+    }
+
+    fn note_hint(&mut self, h: &FloatHistogram) {
+        match h.counter_reset_hint {
+            CounterResetHint::CounterReset => self.reset_seen = true,
+            CounterResetHint::NotCounterReset => self.not_reset_seen = true,
+            _ => {}
+        }
+    }
+
+    /// Whether both a counter reset and a not-counter-reset hint were seen.
+    pub(crate) fn counter_reset_collision(&self) -> bool {
+        self.reset_seen && self.not_reset_seen
+    }
+
+    /// Adds `h` (for `T_SUM` or `T_AVG`); Err when the histograms cannot combine.
+    pub(crate) fn add(
+        &mut self,
+        op: TokenId,
+        h: &FloatHistogram,
+    ) -> Result<Combined, HistogramOpError> {
+        self.note_hint(h);
+        if op == T_SUM {
+            return self.sum.kahan_add(h, &mut self.compensation);
+        }
+        self.count += 1.0;
+        if self.mean.is_none() {
+            let mut sum = self.sum.clone();
+            let mut compensation = self.compensation.clone();
+            let combined = sum.kahan_add(h, &mut compensation)?;
+            if !sum.has_overflow() {
+                (self.sum, self.compensation) = (sum, compensation);
+                return Ok(combined);
+            }
+            let mut mean = self.sum.clone();
+            mean.div(self.count - 1.0);
+            if let Some(c) = self.compensation.as_mut() {
+                c.div(self.count - 1.0);
+            }
+            self.mean = Some(mean);
+        }
+        let q = (self.count - 1.0) / self.count;
+        if let Some(c) = self.compensation.as_mut() {
+            c.mul(q);
+        }
+        let mut to_add = h.clone();
+        to_add.div(self.count);
+        let mean = self.mean.get_or_insert_with(FloatHistogram::default);
+        mean.mul(q);
+        mean.kahan_add(&to_add, &mut self.compensation)
+    }
+
+    /// The sum or mean, compacted.
+    pub(crate) fn finish(mut self, op: TokenId) -> FloatHistogram {
+        let mut out = match (op, self.mean.take()) {
+            (T_AVG, Some(mean)) => {
+                let mut mean = mean;
+                if let Some(c) = &self.compensation {
+                    let _ = mean.add(c);
+                }
+                mean
+            }
+            (T_AVG, None) => {
+                let mut sum = self.sum;
+                sum.div(self.count);
+                if let Some(mut c) = self.compensation {
+                    c.div(self.count);
+                    let _ = sum.add(&c);
+                }
+                sum
+            }
+            _ => {
+                let mut sum = self.sum;
+                if let Some(c) = &self.compensation {
+                    let _ = sum.add(c);
+                }
+                sum
+            }
+        };
+        out.compact(0);
+        out
+    }
+}
+
+/// `sum` or `avg` over an input holding native histograms: per group, floats as
+/// usual, histograms added up; a group holding both kinds, or histograms that cannot be
+/// combined, gives nothing, with Prometheus's warnings.
+fn sum_or_avg_with_histograms(
+    ev: &mut Evaluator<'_>,
+    op: TokenId,
+    assignment: &Groups,
+    input: Vec<InstantSample>,
+    ts: i64,
+) -> Vec<InstantSample> {
+    struct Both {
+        floats: Option<Group>,
+        histograms: Option<HistogramGroup>,
+        drop_name: bool,
+    }
+    let mut groups: Vec<Option<Both>> = (0..assignment.labels.len()).map(|_| None).collect();
+    let operation = HistogramOperation::Aggregation;
+    for (s, &g) in input.iter().zip(&assignment.of) {
+        let both = groups[g].get_or_insert_with(|| Both {
+            floats: None,
+            histograms: None,
+            drop_name: false,
+        });
+        both.drop_name |= s.drop_name;
+        match &s.h {
+            None => match &mut both.floats {
+                Some(f) => f.add(op, s.v),
+                slot => *slot = Some(Group::first(op, s.v, Labels::empty(), false)),
+            },
+            Some(h) => match &mut both.histograms {
+                Some(hg) if hg.incompatible => {}
+                Some(hg) => match hg.add(op, h) {
+                    Ok(combined) => {
+                        for a in HistogramAnnotation::from_combined(operation, combined) {
+                            // The collision warning is raised once per group below.
+                            if !matches!(a, HistogramAnnotation::CounterResetCollision { .. }) {
+                                a.record(&mut ev.annotations);
+                            }
+                        }
+                    }
+                    Err(_) => {
+                        hg.incompatible = true;
+                        HistogramAnnotation::MixedExponentialCustom {
+                            metric_name: s.labels.metric_name().unwrap_or("").to_string(),
+                        }
+                        .record(&mut ev.annotations);
+                    }
+                },
+                slot => *slot = Some(HistogramGroup::first(h)),
+            },
+        }
+    }
+    let mut out = Vec::new();
+    for (g, both) in groups.into_iter().enumerate() {
+        let Some(both) = both else { continue };
+        let (v, h) = match (both.floats, both.histograms) {
+            (Some(_), Some(_)) => {
+                ev.annotations.warn(
+                    "PromQL warning: encountered a mix of histograms and floats for aggregation",
+                );
+                continue;
+            }
+            (Some(f), None) => (f.finish(op, f64::NAN), None),
+            (None, Some(hg)) if hg.incompatible => continue,
+            (None, Some(hg)) => {
+                if hg.counter_reset_collision() {
+                    HistogramAnnotation::CounterResetCollision { operation }
+                        .record(&mut ev.annotations);
+                }
+                (0.0, Some(Arc::new(hg.finish(op))))
+            }
+            (None, None) => continue,
+        };
+        out.push(InstantSample {
+            labels: assignment.labels[g].clone(),
+            t: ts,
+            v,
+            h,
+            drop_name: both.drop_name,
+        });
+    }
+    out
 }
 
 fn warn_quantile(ev: &mut Evaluator<'_>, q: f64) {
@@ -398,6 +622,7 @@ fn simple_aggregate(
                 labels,
                 t: ts,
                 v: g.finish(op, param),
+                h: None,
                 drop_name,
             }
         })
@@ -427,7 +652,11 @@ fn count_values(
     let mut out: Vec<InstantSample> = Vec::new();
     for s in input {
         let mut labels = s.labels;
-        labels.set(label, &go_f(s.v));
+        let value = match &s.h {
+            Some(h) => histogram_text(h),
+            None => go_f(s.v),
+        };
+        labels.set(label, &value);
         let key = by_value.key(&labels);
         match index.get(&key) {
             Some(&i) => out[i].v += 1.0,
@@ -437,6 +666,7 @@ fn count_values(
                     labels: by_value.group_labels(&labels),
                     t: ts,
                     v: 1.0,
+                    h: None,
                     drop_name: false,
                 });
             }

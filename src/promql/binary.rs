@@ -14,7 +14,12 @@ use promql_parser::parser::token::{
 };
 use promql_parser::parser::{BinaryExpr, LabelModifier, VectorMatchCardinality};
 
+use std::sync::Arc;
+
+use crate::model::histogram::{CounterResetHint, FloatHistogram};
 use crate::model::{Labels, METRIC_NAME};
+use crate::promql::functions::gofmt::go_quote;
+use crate::promql::histogram_fns::{HistogramAnnotation, HistogramOperation};
 
 use super::eval::{
     hash_labels_where, labels_where, remove_metric_identity, type_error, Evaluator, Value,
@@ -196,6 +201,140 @@ fn elem_binop(op: TokenId, l: f64, r: f64) -> (f64, bool) {
     }
 }
 
+/// Annotations binary operators raise over native histograms (all Prometheus infos
+/// or warnings, in its wording).
+#[derive(Default)]
+struct Notes {
+    infos: Vec<String>,
+    warnings: Vec<String>,
+}
+
+impl Notes {
+    fn record(self, ev: &mut Evaluator<'_>) {
+        for info in self.infos {
+            ev.annotations.info(info);
+        }
+        for warning in self.warnings {
+            ev.annotations.warn(warning);
+        }
+    }
+}
+
+fn operator_text(op: TokenId) -> &'static str {
+    match op {
+        T_ADD => "+",
+        T_SUB => "-",
+        T_MUL => "*",
+        T_DIV => "/",
+        T_POW => "^",
+        T_MOD => "%",
+        T_ATAN2 => "atan2",
+        T_EQLC => "==",
+        T_NEQ => "!=",
+        T_GTR => ">",
+        T_LSS => "<",
+        T_GTE => ">=",
+        T_LTE => "<=",
+        _ => "?",
+    }
+}
+
+/// One operand of an element-wise operation: a float or a native histogram.
+#[derive(Clone, Copy)]
+struct Operand<'s> {
+    v: f64,
+    h: Option<&'s Arc<FloatHistogram>>,
+}
+
+impl<'s> Operand<'s> {
+    fn of(s: &'s InstantSample) -> Self {
+        Operand {
+            v: s.v,
+            h: s.h.as_ref(),
+        }
+    }
+
+    fn kind(&self) -> &'static str {
+        if self.h.is_some() {
+            "histogram"
+        } else {
+            "float"
+        }
+    }
+}
+
+/// The result of an element-wise operation that involves a native histogram
+/// (Prometheus's `vectorElemBinop`): value, histogram, whether a comparison keeps the
+/// element, and an annotation. `Err`: the element is dropped, with the annotation.
+type HistogramElem = Result<(f64, Option<Arc<FloatHistogram>>, bool, Option<Note>), Note>;
+
+enum Note {
+    Info(String),
+    Warning(String),
+}
+
+impl Note {
+    fn add_to(self, notes: &mut Notes) {
+        match self {
+            Note::Info(m) => notes.infos.push(m),
+            Note::Warning(m) => notes.warnings.push(m),
+        }
+    }
+}
+
+fn histogram_elem_binop(op: TokenId, l: Operand<'_>, r: Operand<'_>) -> HistogramElem {
+    let incompatible = || {
+        Note::Info(format!(
+            "PromQL info: incompatible sample types encountered for binary operator {}: {} {} {}",
+            go_quote(operator_text(op)),
+            l.kind(),
+            operator_text(op),
+            r.kind()
+        ))
+    };
+    let scaled = |h: &FloatHistogram, f: &dyn Fn(&mut FloatHistogram)| {
+        let mut h = h.clone();
+        f(&mut h);
+        h.compact(0);
+        Some(Arc::new(h))
+    };
+    match (l.h, r.h) {
+        (None, Some(h)) if op == T_MUL => Ok((0.0, scaled(h, &|h| h.mul(l.v)), true, None)),
+        (Some(h), None) if op == T_MUL => Ok((0.0, scaled(h, &|h| h.mul(r.v)), true, None)),
+        (Some(h), None) if op == T_DIV => Ok((0.0, scaled(h, &|h| h.div(r.v)), true, None)),
+        (Some(a), Some(b)) if matches!(op, T_ADD | T_SUB) => {
+            let mut sum = (**a).clone();
+            let (combined, operation) = if op == T_ADD {
+                (sum.add(b), HistogramOperation::Addition)
+            } else {
+                (sum.sub(b), HistogramOperation::Subtraction)
+            };
+            let combined = combined.map_err(|_| {
+                Note::Warning(format!(
+                    "PromQL warning: incompatible bucket layout encountered for binary operator {}",
+                    operator_text(op)
+                ))
+            })?;
+            if op == T_SUB {
+                sum.counter_reset_hint = CounterResetHint::Gauge;
+            }
+            sum.compact(0);
+            let mut note = None;
+            for a in HistogramAnnotation::from_combined(operation, combined) {
+                if matches!(a, HistogramAnnotation::CounterResetCollision { .. }) {
+                    // Prometheus drops the element with this warning.
+                    return Err(Note::Warning(a.message()));
+                }
+                note = Some(Note::Info(a.message()));
+            }
+            Ok((0.0, Some(Arc::new(sum)), true, note))
+        }
+        (Some(a), Some(b)) if op == T_EQLC => Ok((0.0, Some(a.clone()), a.equals(b), None)),
+        (Some(a), Some(b)) if op == T_NEQ => Ok((0.0, Some(a.clone()), !a.equals(b), None)),
+        _ => Err(incompatible()),
+    }
+}
+
 fn vector_scalar(
     ev: &mut Evaluator<'_>,
     op: TokenId,
@@ -206,7 +345,38 @@ fn vector_scalar(
     ts: i64,
 ) -> Vec<InstantSample> {
     let mut out = Vec::with_capacity(vector.len());
+    let mut notes = Notes::default();
     for mut s in vector {
+        if s.h.is_some() {
+            let (sample, other) = (Operand::of(&s), Operand { v: scalar, h: None });
+            let (l, r) = if scalar_on_left {
+                (other, sample)
+            } else {
+                (sample, other)
+            };
+            // As Prometheus: an info drops the element, other annotations are not raised.
+            // Comparisons with a histogram are never defined, so none keeps a value here.
+            let (mut value, mut h, mut keep) = match histogram_elem_binop(op, l, r) {
+                Ok((v, h, keep, _)) => (v, h, keep),
+                Err(note) => {
+                    note.add_to(&mut notes);
+                    continue;
+                }
+            };
+            if return_bool {
+                (value, h) = (as_float(keep), None);
+                keep = true;
+            }
+            if !keep {
+                continue;
+            }
+            (s.v, s.h, s.t) = (value, h, ts);
+            if changes_metric_schema(op) || return_bool {
+                ev.drop_name(&mut s);
+            }
+            out.push(s);
+            continue;
+        }
         let (l, r) = if scalar_on_left {
             (scalar, s.v)
         } else {
@@ -231,6 +401,7 @@ fn vector_scalar(
         }
         out.push(s);
     }
+    notes.record(ev);
     out
 }
 
@@ -373,15 +544,33 @@ impl BinopContext<'_, '_> {
         sig: u64,
         matched: &mut MatchedGroups,
         out: &mut Vec<InstantSample>,
+        notes: &mut Notes,
     ) -> Result<(), QueryError> {
         let (l, r) = if self.swapped {
-            (rs.v, ls.v)
+            (Operand::of(rs), Operand::of(ls))
         } else {
-            (ls.v, rs.v)
+            (Operand::of(ls), Operand::of(rs))
         };
-        let (mut value, keep) = elem_binop(self.op, l, r);
+        let (mut value, mut h, keep) = if l.h.is_none() && r.h.is_none() {
+            let (value, keep) = elem_binop(self.op, l.v, r.v);
+            (value, None, keep)
+        } else {
+            match histogram_elem_binop(self.op, l, r) {
+                Ok((value, h, keep, note)) => {
+                    if let Some(note) = note {
+                        note.add_to(notes);
+                    }
+                    (value, h, keep)
+                }
+                Err(note) => {
+                    note.add_to(notes);
+                    return Ok(());
+                }
+            }
+        };
         if self.return_bool {
             value = as_float(keep);
+            h = None;
         }
         let metric = self.result_metric(&ls.labels, &rs.labels);
         matched.record(sig, &metric)?;
@@ -392,6 +581,7 @@ impl BinopContext<'_, '_> {
             labels: metric,
             t: self.ts,
             v: value,
+            h,
             drop_name: self.return_bool,
         });
         Ok(())
@@ -403,12 +593,13 @@ fn fill_sample(matching: &Matching<'_>, other: &InstantSample, v: f64) -> Instan
         labels: matching.matched_labels(&other.labels),
         t: other.t,
         v,
+        h: None,
         drop_name: false,
     }
 }
 
 fn vector_binop(
-    ev: &Evaluator<'_>,
+    ev: &mut Evaluator<'_>,
     op: TokenId,
     matching: &Matching<'_>,
     return_bool: bool,
@@ -451,14 +642,15 @@ fn vector_binop(
         MatchedGroups::Grouped(HashMap::new())
     };
     let mut out = Vec::with_capacity(many.len());
+    let mut notes = Notes::default();
     for ms in &many {
         let sig = matching.signature(&ms.labels);
         match one_by_sig.get(&sig) {
-            Some(&i) => ctx.apply(ms, &one[i], sig, &mut matched, &mut out)?,
+            Some(&i) => ctx.apply(ms, &one[i], sig, &mut matched, &mut out, &mut notes)?,
             None => {
                 if let Some(fill) = fill_one {
                     let filled = fill_sample(matching, ms, fill);
-                    ctx.apply(ms, &filled, sig, &mut matched, &mut out)?;
+                    ctx.apply(ms, &filled, sig, &mut matched, &mut out, &mut notes)?;
                 }
             }
         }
@@ -469,9 +661,10 @@ fn vector_binop(
                 continue;
             }
             let filled = fill_sample(matching, os, fill);
-            ctx.apply(&filled, os, *sig, &mut matched, &mut out)?;
+            ctx.apply(&filled, os, *sig, &mut matched, &mut out, &mut notes)?;
         }
     }
+    notes.record(ev);
     Ok(out)
 }
 

@@ -352,6 +352,7 @@ impl ResultCache {
                 (from < to).then(|| RangeSeries {
                     labels: s.labels.clone(),
                     points: s.points[from..to].to_vec(),
+                    histograms: Vec::new(),
                     drop_name: false,
                 })
             })
@@ -376,7 +377,9 @@ impl ResultCache {
         annotations: &StepAnnotations,
         generation: u64,
     ) {
-        if !self.enabled() || last < start {
+        // Results with native histograms are not kept: the cache's series are float
+        // points only (ADR 0024), and such answers are recomputed whole.
+        if !self.enabled() || last < start || result.iter().any(|s| !s.histograms.is_empty()) {
             return;
         }
         let mut series: Vec<RangeSeries> = result
@@ -386,6 +389,7 @@ impl ResultCache {
                 (to > 0).then(|| RangeSeries {
                     labels: s.labels.clone(),
                     points: s.points[..to].to_vec(),
+                    histograms: Vec::new(),
                     drop_name: false,
                 })
             })
@@ -483,6 +487,7 @@ fn prefix_before(series: &[RangeSeries], t: i64) -> Vec<RangeSeries> {
             (to > 0).then(|| RangeSeries {
                 labels: s.labels.clone(),
                 points: s.points[..to].to_vec(),
+                histograms: Vec::new(),
                 drop_name: false,
             })
         })
@@ -549,6 +554,7 @@ mod tests {
         RangeSeries {
             labels: Labels::from_pairs([("job", name)]),
             points: points.iter().map(|&(t, v)| Sample::new(t, v)).collect(),
+            histograms: Vec::new(),
             drop_name: false,
         }
     }

@@ -33,7 +33,7 @@ use super::eval::{
 use super::limits;
 use super::plan::{self, QueryTimes};
 use super::pushdown::{self, Pushed};
-use super::value::{InstantSample, QueryValue, RangeSeries, StepAnnotations};
+use super::value::{HPoint, InstantSample, QueryValue, RangeSeries, StepAnnotations};
 use super::{EngineOptions, QueryError, QueryOutput, QueryStats};
 
 /// One query to run: `[start, end]` with `step` (an instant query has start == end).
@@ -396,6 +396,7 @@ fn evaluate_range(
                 labels: Labels::empty(),
                 t: ts,
                 v,
+                h: None,
                 drop_name: false,
             }],
             Value::Vector(v) => v,
@@ -409,23 +410,28 @@ fn evaluate_range(
         ev.set_held_samples(retained);
         ev.hold_samples(0)?;
         for s in samples {
-            let point = Sample::new(ts, s.v);
-            match index.get_mut(&s.labels) {
+            let i = match index.get_mut(&s.labels) {
                 Some((i, last)) => {
                     if *last == ts {
                         return Err(QueryError::Execution(DUPLICATE_LABELSET.into()));
                     }
                     *last = ts;
-                    series[*i].points.push(point);
+                    *i
                 }
                 None => {
                     index.insert(s.labels.clone(), (series.len(), ts));
                     series.push(RangeSeries {
                         labels: s.labels,
-                        points: vec![point],
+                        points: Vec::new(),
+                        histograms: Vec::new(),
                         drop_name: s.drop_name,
                     });
+                    series.len() - 1
                 }
+            };
+            match s.h {
+                Some(h) => series[i].histograms.push(HPoint { t: ts, h }),
+                None => series[i].points.push(Sample::new(ts, s.v)),
             }
         }
         ts = match ts.checked_add(step) {
@@ -452,7 +458,12 @@ fn finish_matrix(mut series: Vec<RangeSeries>) -> Result<Vec<RangeSeries>, Query
             Some(prev) if prev.labels == s.labels => {
                 prev.points.extend(s.points);
                 prev.points.sort_by_key(|p| p.t);
-                if prev.points.windows(2).any(|w| w[0].t == w[1].t) {
+                prev.histograms.extend(s.histograms);
+                prev.histograms.sort_by_key(|p| p.t);
+                let mut times: Vec<i64> = prev.points.iter().map(|p| p.t).collect();
+                times.extend(prev.histograms.iter().map(|p| p.t));
+                times.sort_unstable();
+                if times.windows(2).any(|w| w[0] == w[1]) {
                     return Err(QueryError::Execution(DUPLICATE_LABELSET.into()));
                 }
             }

@@ -16,20 +16,22 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::hash::{DefaultHasher, Hasher};
+use std::sync::Arc;
 use std::time::Instant;
 
 use promql_parser::parser::{Call, Expr, MatrixSelector, SubqueryExpr, UnaryExpr, VectorSelector};
 
-use crate::model::{is_stale_nan, Labels, Sample, METRIC_NAME};
+use crate::model::histogram::CounterResetHint;
+use crate::model::{is_stale_nan, Labels, Sample, Series, METRIC_NAME};
 
 use super::aggregate::GroupingMemo;
 use super::cursor::{index_after, Cursors};
 use super::engine::StopFlag;
 use super::functions::{self, FnArg, FnCall, FnError, FnOutput};
 use super::memo::{BuildWordHasher, LabelMemo};
-use super::plan::{at_ms, duration_ms, offset_ms, LoadedSeries, QueryTimes};
+use super::plan::{at_ms, duration_ms, offset_ms, LoadedHistograms, LoadedSeries, QueryTimes};
 use super::pushdown::{aggregate_key, Pushed, PushedAggregate};
-use super::value::{Annotations, InstantSample, RangeSeries, SeriesWindow};
+use super::value::{Annotations, HPoint, InstantSample, RangeSeries, SeriesWindow};
 use super::{aggregate, binary, EngineOptions, QueryError};
 
 /// The value of an expression at one step.
@@ -311,6 +313,9 @@ impl<'a> Evaluator<'a> {
             Value::Vector(mut v) => {
                 for s in v.iter_mut() {
                     s.v = -s.v;
+                    if let Some(h) = s.h.as_mut() {
+                        Arc::make_mut(h).mul(-1.0);
+                    }
                     self.drop_name(s);
                 }
                 if !self.opts.delayed_name_removal {
@@ -360,8 +365,13 @@ impl<'a> Evaluator<'a> {
                 labels: series.labels.clone(),
                 t: sample.t,
                 v: sample.v,
+                h: None,
                 drop_name: false,
             });
+        }
+        let histograms = self.data.histograms(vs);
+        if !histograms.is_empty() {
+            merge_instant_histograms(&mut out, loaded, histograms, t, oldest);
         }
         self.counters.queryable_samples += out.len() as u64;
         self.hold_samples(out.len())?;
@@ -401,8 +411,36 @@ impl<'a> Evaluator<'a> {
             out.push(SeriesWindow {
                 labels: &series.labels,
                 points,
+                histograms: &[],
                 drop_name: false,
             });
+        }
+        let histograms = data.histograms(&ms.vs);
+        for series in histograms {
+            check_stop(&self.stop)?;
+            let from = series.points.partition_point(|p| p.t <= oldest);
+            let to = series.points.partition_point(|p| p.t <= t);
+            if from >= to {
+                continue;
+            }
+            let window = &series.points[from..to];
+            self.counters.queryable_samples += window.len() as u64;
+            points_held = match count {
+                SampleCount::AllSeries => points_held + window.len(),
+                SampleCount::OneSeriesAtATime => points_held.max(window.len()),
+            };
+            match out.binary_search_by(|w| w.labels.cmp(&series.labels)) {
+                Ok(i) => out[i].histograms = window,
+                Err(i) => out.insert(
+                    i,
+                    SeriesWindow {
+                        labels: &series.labels,
+                        points: &[],
+                        histograms: window,
+                        drop_name: false,
+                    },
+                ),
+            }
         }
         self.hold_samples(points_held)?;
         Ok(out)
@@ -458,6 +496,7 @@ impl<'a> Evaluator<'a> {
                     labels: Labels::empty(),
                     t: inner_t,
                     v,
+                    h: None,
                     drop_name: false,
                 }],
                 Value::Vector(v) => v,
@@ -614,6 +653,7 @@ struct WindowSeries {
     labels: Labels,
     drop_name: bool,
     points: VecDeque<Sample>,
+    histograms: VecDeque<HPoint>,
 }
 
 impl SubqueryWindow {
@@ -628,6 +668,10 @@ impl SubqueryWindow {
                         s.points.pop_front();
                         self.points -= 1;
                     }
+                    while s.histograms.front().is_some_and(|p| p.t < first) {
+                        s.histograms.pop_front();
+                        self.points -= 1;
+                    }
                 }
                 self.covered_from = first;
                 next
@@ -635,6 +679,7 @@ impl SubqueryWindow {
             _ => {
                 for s in &mut self.series {
                     s.points.clear();
+                    s.histograms.clear();
                 }
                 self.points = 0;
                 self.covered_from = first;
@@ -646,17 +691,33 @@ impl SubqueryWindow {
     fn push_step(&mut self, t: i64, samples: Vec<InstantSample>) {
         self.points += samples.len();
         for s in samples {
-            let point = Sample::new(t, s.v);
-            match self.index.get(&s.labels) {
-                Some(&i) => self.series[i].points.push_back(point),
+            let i = match self.index.get(&s.labels) {
+                Some(&i) => i,
                 None => {
                     self.index.insert(s.labels.clone(), self.series.len());
                     self.series.push(WindowSeries {
                         labels: s.labels,
                         drop_name: s.drop_name,
-                        points: VecDeque::from([point]),
+                        points: VecDeque::new(),
+                        histograms: VecDeque::new(),
                     });
+                    self.series.len() - 1
                 }
+            };
+            let series = &mut self.series[i];
+            match s.h {
+                Some(mut h) => {
+                    // As Prometheus: a subquery may skip or repeat the sample a hint is
+                    // about, so reset hints become unknown (gauge hints stay).
+                    if matches!(
+                        h.counter_reset_hint,
+                        CounterResetHint::CounterReset | CounterResetHint::NotCounterReset
+                    ) {
+                        Arc::make_mut(&mut h).counter_reset_hint = CounterResetHint::Unknown;
+                    }
+                    series.histograms.push_back(HPoint { t, h })
+                }
+                None => series.points.push_back(Sample::new(t, s.v)),
             }
         }
     }
@@ -664,13 +725,71 @@ impl SubqueryWindow {
     fn series(&self) -> Vec<RangeSeries> {
         self.series
             .iter()
-            .filter(|s| !s.points.is_empty())
+            .filter(|s| !s.points.is_empty() || !s.histograms.is_empty())
             .map(|s| RangeSeries {
                 labels: s.labels.clone(),
                 points: s.points.iter().copied().collect(),
+                histograms: s.histograms.iter().cloned().collect(),
                 drop_name: s.drop_name,
             })
             .collect()
+    }
+}
+
+/// Merges into `out` (an instant selector's float samples at `t`, sorted by labels) the
+/// newest native histogram of each series in `(oldest, t]`: a series answers its newest
+/// sample of either kind, and nothing when that sample is a staleness marker.
+fn merge_instant_histograms(
+    out: &mut Vec<InstantSample>,
+    floats: &[Series],
+    histograms: &[LoadedHistograms],
+    t: i64,
+    oldest: i64,
+) {
+    for series in histograms {
+        let idx = series.points.partition_point(|p| p.t <= t);
+        let Some(point) = idx.checked_sub(1).map(|i| &series.points[i]) else {
+            continue;
+        };
+        if point.t <= oldest {
+            continue;
+        }
+        match out.binary_search_by(|s| s.labels.cmp(&series.labels)) {
+            Ok(i) if out[i].t > point.t => {}
+            Ok(i) if point.h.is_stale() => {
+                out.remove(i);
+            }
+            Ok(i) => {
+                out[i].t = point.t;
+                out[i].v = 0.0;
+                out[i].h = Some(point.h.clone());
+            }
+            Err(_) if point.h.is_stale() => {}
+            Err(i) => {
+                // A newer float staleness marker (left out of `out`) hides the histogram.
+                let newer_stale_float = floats
+                    .binary_search_by(|s| s.labels.cmp(&series.labels))
+                    .ok()
+                    .and_then(|f| {
+                        let samples = &floats[f].samples;
+                        let n = samples.partition_point(|p| p.t <= t);
+                        n.checked_sub(1).map(|k| samples[k])
+                    })
+                    .is_some_and(|p| p.t > point.t);
+                if !newer_stale_float {
+                    out.insert(
+                        i,
+                        InstantSample {
+                            labels: series.labels.clone(),
+                            t: point.t,
+                            v: 0.0,
+                            h: Some(point.h.clone()),
+                            drop_name: false,
+                        },
+                    );
+                }
+            }
+        }
     }
 }
 
@@ -687,6 +806,7 @@ fn owned_series(w: &SeriesWindow<'_>) -> RangeSeries {
     RangeSeries {
         labels: w.labels.clone(),
         points: w.points.to_vec(),
+        histograms: w.histograms.to_vec(),
         drop_name: w.drop_name,
     }
 }
@@ -771,6 +891,7 @@ mod tests {
             labels: labels.clone(),
             t: 0,
             v: 0.0,
+            h: None,
             drop_name: false,
         }
     }

@@ -39,8 +39,11 @@ pub mod stats;
 
 use promql_parser::parser::Expr;
 
+use std::sync::Arc;
+
 use super::engine::StopFlag;
 use super::value::{Annotations, InstantSample, SeriesWindow};
+use crate::model::histogram::FloatHistogram;
 use crate::model::Labels;
 
 /// One evaluated argument of a function call at one step.
@@ -155,14 +158,14 @@ static TABLE: &[(&str, Implementation)] = &[
     ("exp", math::exp),
     ("first_over_time", over_time::first_over_time),
     ("floor", math::floor),
-    ("histogram_avg", histogram::native_only),
-    ("histogram_count", histogram::native_only),
+    ("histogram_avg", histogram::histogram_avg),
+    ("histogram_count", histogram::histogram_count),
     ("histogram_fraction", histogram::histogram_fraction),
     ("histogram_quantile", histogram::histogram_quantile),
     ("histogram_quantiles", histogram::histogram_quantiles),
-    ("histogram_stddev", histogram::native_only),
-    ("histogram_stdvar", histogram::native_only),
-    ("histogram_sum", histogram::native_only),
+    ("histogram_stddev", histogram::histogram_stddev),
+    ("histogram_stdvar", histogram::histogram_stdvar),
+    ("histogram_sum", histogram::histogram_sum),
     ("hour", date::hour),
     ("idelta", rate::idelta),
     ("increase", rate::increase),
@@ -278,15 +281,57 @@ impl<'a> FnCall<'a> {
 /// metric name (the skeleton of abs, ln, clamp, round, day_of_week(v) ...).
 fn map_floats(call: &FnCall<'_>, i: usize, f: impl Fn(f64) -> f64) -> Result<FnOutput, FnError> {
     let input = call.vector(i)?;
+    // Float functions leave native histograms out, as Prometheus does.
     let out = input
         .iter()
+        .filter(|s| s.h.is_none())
         .map(|s| InstantSample {
             labels: s.labels.clone(),
             t: call.ts,
             v: f(s.v),
+            h: None,
             drop_name: true,
         })
         .collect();
+    Ok(FnOutput::Vector(out))
+}
+
+/// What a range function computed for one series: a float or a native histogram.
+pub(crate) enum SeriesValue {
+    Float(f64),
+    Histogram(FloatHistogram),
+}
+
+/// `per_series` for functions defined on native histograms too: every series with a
+/// point of either kind in the window is shown to `f`.
+fn per_series_any(
+    call: &mut FnCall<'_>,
+    i: usize,
+    names: NamePolicy,
+    mut f: impl FnMut(&SeriesWindow<'_>, &mut Annotations) -> Option<SeriesValue>,
+) -> Result<FnOutput, FnError> {
+    let matrix = call.matrix(i)?;
+    let mut out = Vec::with_capacity(matrix.len());
+    for series in matrix
+        .iter()
+        .filter(|s| !s.points.is_empty() || !s.histograms.is_empty())
+    {
+        if call.stop.is_raised() {
+            return Err(FnError::Stopped);
+        }
+        let (v, h) = match f(series, call.annotations) {
+            Some(SeriesValue::Float(v)) => (v, None),
+            Some(SeriesValue::Histogram(h)) => (0.0, Some(Arc::new(h))),
+            None => continue,
+        };
+        out.push(InstantSample {
+            labels: series.labels.clone(),
+            t: call.ts,
+            v,
+            h,
+            drop_name: names == NamePolicy::Drop || series.drop_name,
+        });
+    }
     Ok(FnOutput::Vector(out))
 }
 
@@ -317,10 +362,18 @@ fn per_series(
             return Err(FnError::Stopped);
         }
         if let Some(v) = f(series, call.annotations) {
+            if !series.histograms.is_empty() {
+                call.annotations.info(format!(
+                    "PromQL info: ignored histograms in a range containing both floats and \
+                     histograms for metric name {}",
+                    gofmt::go_quote(series.labels.metric_name().unwrap_or(""))
+                ));
+            }
             out.push(InstantSample {
                 labels: series.labels.clone(),
                 t: call.ts,
                 v,
+                h: None,
                 drop_name: names == NamePolicy::Drop || series.drop_name,
             });
         }
@@ -354,6 +407,13 @@ mod annotation {
                 "PromQL warning: bucket label \"le\" is missing or has a malformed value of {}",
                 go_quote(le)
             ),
+            metric_name,
+        )
+    }
+
+    pub fn mixed_classic_native(metric_name: &str) -> String {
+        with_metric_name(
+            "PromQL warning: vector contains a mix of classic and native histograms".to_string(),
             metric_name,
         )
     }
@@ -394,6 +454,7 @@ mod test_support {
             labels: labels(pairs),
             t: 0,
             v,
+            h: None,
             drop_name: false,
         }
     }
@@ -406,6 +467,7 @@ mod test_support {
                 .iter()
                 .map(|&(t, v)| Sample::new((t * 1000.0) as i64, v))
                 .collect(),
+            histograms: Vec::new(),
             drop_name: false,
         }
     }

@@ -162,6 +162,26 @@ impl HistogramAnnotation {
     }
 }
 
+/// Prometheus's `FloatHistogram.String()`, which `count_values` uses as the label value
+/// of a histogram: `{count:C, sum:S, [l,u):n, ...}` over the buckets with a count, in
+/// bucket order, numbers in Go's `%g`.
+pub fn histogram_text(h: &FloatHistogram) -> String {
+    use crate::promql::functions::gofmt::go_g;
+    let mut out = format!("{{count:{}, sum:{}", go_g(h.count), go_g(h.sum));
+    for b in h.all_buckets().iter().filter(|b| b.count != 0.0) {
+        out.push_str(&format!(
+            ", {}{},{}{}:{}",
+            if b.lower_inclusive { '[' } else { '(' },
+            go_g(b.lower),
+            go_g(b.upper),
+            if b.upper_inclusive { ']' } else { ')' },
+            go_g(b.count)
+        ));
+    }
+    out.push('}');
+    out
+}
+
 /// `histogram_count(h)`: the count of observations.
 pub fn histogram_count(h: &FloatHistogram) -> f64 {
     h.count

@@ -17,9 +17,13 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use promql_parser::label::MatchOp as ParserMatchOp;
 use promql_parser::parser::{AggregateExpr, AtModifier, Expr, Offset, VectorSelector};
 
-use crate::model::{is_stale_nan, MatchOp, Matcher, Series, METRIC_NAME};
+use std::sync::Arc;
+
+use crate::model::histogram::HistogramValue;
+use crate::model::{is_stale_nan, HistogramSeries, Labels, MatchOp, Matcher, Series, METRIC_NAME};
 use crate::storage::{BoxFuture, SelectError, SelectRequest, Storage};
 
+use super::value::HPoint;
 use super::QueryError;
 
 /// The series each selector of the query reads, keyed by the selector's address in the
@@ -27,6 +31,15 @@ use super::QueryError;
 #[derive(Default)]
 pub(crate) struct LoadedSeries {
     by_selector: HashMap<usize, Vec<Series>>,
+    /// Native histogram samples, by selector, for the selectors that found any (sorted
+    /// by labels; kept apart so the float path stays as it is when there are none).
+    histograms: HashMap<usize, Vec<LoadedHistograms>>,
+}
+
+/// One selected series' native histogram samples, converted to float histograms.
+pub(crate) struct LoadedHistograms {
+    pub labels: Labels,
+    pub points: Vec<HPoint>,
 }
 
 impl LoadedSeries {
@@ -40,6 +53,12 @@ impl LoadedSeries {
             .values()
             .flatten()
             .map(|s| s.samples.len() as u64)
+            .chain(
+                self.histograms
+                    .values()
+                    .flatten()
+                    .map(|s| s.points.len() as u64),
+            )
             .sum()
     }
 
@@ -48,6 +67,19 @@ impl LoadedSeries {
             .get(&Self::key(vs))
             .map(Vec::as_slice)
             .unwrap_or(&[])
+    }
+
+    /// The native histogram series a selector found (usually none).
+    pub(crate) fn histograms(&self, vs: &VectorSelector) -> &[LoadedHistograms] {
+        self.histograms
+            .get(&Self::key(vs))
+            .map(Vec::as_slice)
+            .unwrap_or(&[])
+    }
+
+    /// Whether any selector found native histograms.
+    pub(crate) fn has_histograms(&self) -> bool {
+        !self.histograms.is_empty()
     }
 }
 
@@ -227,8 +259,9 @@ pub(crate) async fn load(
     load_filtered(storage, expr, times, max_samples, skip, &mut |_| true).await
 }
 
-/// `load`, keeping of each selector's series (sorted by labels, staleness markers still
-/// in) those `keep` accepts; `keep` sees every series selected.
+/// `load`, keeping of each selector's float series (sorted by labels, staleness markers
+/// still in) those `keep` accepts; `keep` sees every float series selected. Native
+/// histogram series are selected alongside (concurrently) and kept whole.
 ///
 /// Every select is started at once and awaited together: in a cluster each is a fan-out
 /// with its own round trips, so a query with several selectors waits for the slowest
@@ -244,7 +277,7 @@ pub(crate) async fn load_filtered(
 ) -> Result<LoadedSeries, QueryError> {
     let mut needs = Vec::new();
     collect_needs(expr, (times.start, times.end), times, skip, &mut needs);
-    let mut selects = Vec::new();
+    let mut selects: Vec<(usize, BoxFuture<'_, Result<Selected, SelectError>>)> = Vec::new();
     for (index, need) in needs.iter().enumerate() {
         for matchers in matcher_sets(need.vs)? {
             let req = SelectRequest {
@@ -253,7 +286,16 @@ pub(crate) async fn load_filtered(
                 maxt: need.maxt,
                 max_samples,
             };
-            selects.push((index, storage.select(req)));
+            let histograms = storage.select_histograms(req.clone());
+            let floats = storage.select(req);
+            selects.push((
+                index,
+                Box::pin(async move { floats.await.map(Selected::Floats) }),
+            ));
+            selects.push((
+                index,
+                Box::pin(async move { histograms.await.map(Selected::Histograms) }),
+            ));
         }
     }
     let (owners, futures): (Vec<usize>, Vec<_>) = selects.into_iter().unzip();
@@ -262,28 +304,71 @@ pub(crate) async fn load_filtered(
         SelectError::Storage(e) => QueryError::Storage(e),
     })?;
     let mut per_need: Vec<Vec<Series>> = needs.iter().map(|_| Vec::new()).collect();
+    let mut histograms_per_need: Vec<Vec<HistogramSeries>> =
+        needs.iter().map(|_| Vec::new()).collect();
     let mut selects_per_need = vec![0usize; needs.len()];
     for (index, found) in owners.into_iter().zip(answers) {
-        per_need[index].extend(found);
-        selects_per_need[index] += 1;
+        match found {
+            Selected::Floats(found) => {
+                per_need[index].extend(found);
+                selects_per_need[index] += 1;
+            }
+            Selected::Histograms(found) => histograms_per_need[index].extend(found),
+        }
     }
     let mut loaded = LoadedSeries::default();
-    for ((need, mut series), selects) in needs.iter().zip(per_need).zip(selects_per_need) {
+    for (((need, mut series), mut histograms), selects) in needs
+        .iter()
+        .zip(per_need)
+        .zip(histograms_per_need)
+        .zip(selects_per_need)
+    {
         if selects > 1 {
             series.sort_by(|a, b| a.labels.cmp(&b.labels));
             series.dedup_by(|a, b| a.labels == b.labels);
+            histograms.sort_by(|a, b| a.labels.cmp(&b.labels));
+            histograms.dedup_by(|a, b| a.labels == b.labels);
         }
+        // Shares of a pushed-down aggregation (the only callers that filter) give up
+        // when there are histograms (`pushdown::evaluate_share`), so these are kept whole.
         series.retain(|s| keep(s));
         if need.drop_stale {
             for s in &mut series {
                 s.samples.retain(|p| !is_stale_nan(p.v));
             }
         }
-        loaded
-            .by_selector
-            .insert(LoadedSeries::key(need.vs), series);
+        let key = LoadedSeries::key(need.vs);
+        let histograms: Vec<LoadedHistograms> = histograms
+            .into_iter()
+            .map(|s| LoadedHistograms {
+                labels: s.labels,
+                points: s
+                    .samples
+                    .into_iter()
+                    .filter(|p| !(need.drop_stale && p.h.is_stale()))
+                    .map(|p| HPoint {
+                        t: p.t,
+                        h: Arc::new(match p.h {
+                            HistogramValue::Int(h) => h.to_float(),
+                            HistogramValue::Float(h) => h,
+                        }),
+                    })
+                    .collect(),
+            })
+            .filter(|s| !s.points.is_empty())
+            .collect();
+        if !histograms.is_empty() {
+            loaded.histograms.insert(key, histograms);
+        }
+        loaded.by_selector.insert(key, series);
     }
     Ok(loaded)
+}
+
+/// One select's answer: float or native histogram samples.
+enum Selected {
+    Floats(Vec<Series>),
+    Histograms(Vec<HistogramSeries>),
 }
 
 /// Awaits every future, answering their outputs in order or the first error (the rest

@@ -269,6 +269,11 @@ pub async fn evaluate_share(
     let loaded =
         plan::load_filtered(store, &a.expr, &times, limit, &HashSet::new(), &mut keep).await?;
     drop(keep);
+    if loaded.has_histograms() {
+        // Partial states are floats: an aggregation over native histograms is
+        // evaluated where the series are loaded whole.
+        return Ok(None);
+    }
     let stop = StopFlag::default();
     let _stop_when_done = RaiseOnDrop(stop.clone());
     let deadline = Instant::now() + opts.timeout;
@@ -451,6 +456,7 @@ fn combine(a: &AggregateExpr, shares: Vec<Partials>) -> PushedAggregate {
                 labels: labels[group].clone(),
                 t,
                 v: state.finish(op),
+                h: None,
                 drop_name: state.drop_name,
             })
             .collect();

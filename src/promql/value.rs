@@ -5,8 +5,20 @@
 //! HTTP layer that renders results. Calls only `model`.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
+use crate::model::histogram::FloatHistogram;
 use crate::model::{Labels, Sample};
+
+/// A native histogram at a time. PromQL computes on float histograms only, as
+/// Prometheus's engine does: integer histograms are converted when they are loaded.
+/// Shared (`Arc`) because a histogram is large and selectors hand the same one to every
+/// step that sees it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct HPoint {
+    pub t: i64,
+    pub h: Arc<FloatHistogram>,
+}
 
 /// One element of an instant vector.
 #[derive(Clone, Debug, PartialEq)]
@@ -15,7 +27,10 @@ pub struct InstantSample {
     /// For a bare vector selector: the timestamp of the stored sample that was picked
     /// (so `timestamp()` can report it). Everywhere else: the evaluation time.
     pub t: i64,
+    /// The float value; 0 when the sample is a native histogram (`h`).
     pub v: f64,
+    /// The sample's native histogram, if it is one (then `v` is meaningless).
+    pub h: Option<Arc<FloatHistogram>>,
     /// Set when an operation dropped the metric name. The evaluator removes `__name__`
     /// from such samples (at once, or at the end with delayed name removal).
     pub drop_name: bool,
@@ -25,7 +40,11 @@ pub struct InstantSample {
 #[derive(Clone, Debug, PartialEq)]
 pub struct RangeSeries {
     pub labels: Labels,
+    /// Float points in time order.
     pub points: Vec<Sample>,
+    /// Native histogram points in time order (a series may hold both kinds, at
+    /// different times).
+    pub histograms: Vec<HPoint>,
     pub drop_name: bool,
 }
 
@@ -35,6 +54,7 @@ impl RangeSeries {
         SeriesWindow {
             labels: &self.labels,
             points: &self.points,
+            histograms: &self.histograms,
             drop_name: self.drop_name,
         }
     }
@@ -46,6 +66,7 @@ impl RangeSeries {
 pub struct SeriesWindow<'a> {
     pub labels: &'a Labels,
     pub points: &'a [Sample],
+    pub histograms: &'a [HPoint],
     pub drop_name: bool,
 }
 

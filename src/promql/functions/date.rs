@@ -46,6 +46,7 @@ fn on_date(call: &mut FnCall<'_>, f: fn(&DateTime) -> f64) -> Result<FnOutput, F
             labels: Labels::empty(),
             t: call.ts,
             v: f(&now),
+            h: None,
             drop_name: false,
         }]));
     }

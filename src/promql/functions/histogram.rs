@@ -1,18 +1,22 @@
-//! Histogram functions over classic histograms: float series with an `le` label.
+//! Histogram functions over classic histograms (float series with an `le` label) and
+//! native histograms.
 //!
 //! Owns: histogram_quantile, histogram_quantiles and histogram_fraction over classic
 //! buckets with Prometheus's rules (buckets grouped by all labels except `le`, sorted by
 //! upper bound, equal bounds merged, a `+Inf` bucket required, counts forced monotonic
-//! with an info annotation, interpolation inside the bucket), and the native-histogram-
-//! only functions (histogram_count, _sum, _avg, _stddev, _stdvar), which ignore float
-//! samples exactly as Prometheus does, so with Timbala's float-only values they return
-//! nothing. Calls the parent and `gofmt`.
+//! with an info annotation, interpolation inside the bucket) and over native histograms
+//! (native ones first, in input order; a native histogram with the labels of a classic
+//! one in the same vector is skipped, both are, with Prometheus's warning), and the
+//! native-histogram-only functions (histogram_count, _sum, _avg, _stddev, _stdvar),
+//! which skip float samples as Prometheus does. Calls the parent, `gofmt` and
+//! `promql::histogram_fns` (the native computations).
 
 use std::cmp::Ordering;
 
 use super::gofmt::go_g;
 use super::{annotation, FnCall, FnError, FnOutput};
 use crate::model::{is_stale_nan, Labels};
+use crate::promql::histogram_fns;
 use crate::promql::value::{Annotations, InstantSample};
 
 /// The label holding a classic bucket's upper bound.
@@ -24,9 +28,72 @@ const SMALL_DELTA_TOLERANCE: f64 = 1e-12;
 
 /// histogram_count, histogram_sum, histogram_avg, histogram_stddev, histogram_stdvar:
 /// defined on native histograms only; float samples are skipped, as in Prometheus.
-pub fn native_only(call: &mut FnCall<'_>) -> Result<FnOutput, FnError> {
-    call.vector(0)?;
-    Ok(FnOutput::Vector(Vec::new()))
+fn native_only(
+    call: &mut FnCall<'_>,
+    f: fn(&crate::model::histogram::FloatHistogram) -> f64,
+) -> Result<FnOutput, FnError> {
+    let out = call
+        .vector(0)?
+        .iter()
+        .filter_map(|s| {
+            let h = s.h.as_ref()?;
+            Some(result_sample(call.ts, s.labels.clone(), f(h)))
+        })
+        .collect();
+    Ok(FnOutput::Vector(out))
+}
+
+pub fn histogram_count(call: &mut FnCall<'_>) -> Result<FnOutput, FnError> {
+    native_only(call, histogram_fns::histogram_count)
+}
+
+pub fn histogram_sum(call: &mut FnCall<'_>) -> Result<FnOutput, FnError> {
+    native_only(call, histogram_fns::histogram_sum)
+}
+
+pub fn histogram_avg(call: &mut FnCall<'_>) -> Result<FnOutput, FnError> {
+    native_only(call, histogram_fns::histogram_avg)
+}
+
+pub fn histogram_stddev(call: &mut FnCall<'_>) -> Result<FnOutput, FnError> {
+    native_only(call, histogram_fns::histogram_stddev)
+}
+
+pub fn histogram_stdvar(call: &mut FnCall<'_>) -> Result<FnOutput, FnError> {
+    native_only(call, histogram_fns::histogram_stdvar)
+}
+
+/// The native histograms of `input` that no classic histogram of the same vector
+/// shares labels with (those conflict: neither is evaluated, as in Prometheus, and a
+/// warning says so). Returns them with the labels of the conflicting classic ones.
+fn native_histograms<'v>(
+    call: &mut FnCall<'_>,
+    input: &'v [InstantSample],
+) -> (Vec<&'v InstantSample>, Vec<Labels>) {
+    let natives: Vec<&InstantSample> = input.iter().filter(|s| s.h.is_some()).collect();
+    if natives.is_empty() {
+        return (natives, Vec::new());
+    }
+    let mut kept = Vec::with_capacity(natives.len());
+    let mut conflicts = Vec::new();
+    for s in natives {
+        let clashes = input.iter().any(|c| {
+            c.h.is_none()
+                && c.labels
+                    .get(BUCKET_LABEL)
+                    .is_some_and(|le| le.parse::<f64>().is_ok())
+                && cmp_without(&c.labels, &s.labels, BUCKET_LABEL).is_eq()
+        });
+        if clashes {
+            let name = call.annotation_metric_name(&s.labels).to_string();
+            call.annotations
+                .warn(annotation::mixed_classic_native(&name));
+            conflicts.push(s.labels.clone());
+        } else {
+            kept.push(s);
+        }
+    }
+    (kept, conflicts)
 }
 
 /// histogram_quantile(q, buckets)
@@ -35,7 +102,19 @@ pub fn histogram_quantile(call: &mut FnCall<'_>) -> Result<FnOutput, FnError> {
     let input = call.vector(1)?;
     warn_if_invalid_quantile(q, call.annotations);
     let mut out = Vec::new();
+    let (natives, conflicts) = native_histograms(call, input);
+    for s in natives {
+        let h = s.h.as_deref().unwrap_or_else(|| unreachable_histogram());
+        let (v, info) = histogram_fns::histogram_quantile(q, h, metric_name(&s.labels));
+        if let Some(info) = info {
+            info.record(call.annotations);
+        }
+        out.push(result_sample(call.ts, s.labels.clone(), v));
+    }
     for_each_histogram(call, input, |call, labels, buckets| {
+        if conflicts.contains(labels) {
+            return;
+        }
         let v = quantile_with_info(call, labels, q, buckets);
         out.push(result_sample(call.ts, labels.clone(), v));
     });
@@ -54,14 +133,27 @@ pub fn histogram_quantiles(call: &mut FnCall<'_>) -> Result<FnOutput, FnError> {
         warn_if_invalid_quantile(*q, call.annotations);
     }
     // Group once, then emit quantile by quantile as Prometheus does.
+    let (natives, conflicts) = native_histograms(call, input);
     let mut groups: Vec<(Labels, Vec<Bucket>)> = Vec::new();
     for_each_histogram(call, input, |_, labels, buckets| {
-        groups.push((labels.clone(), buckets.to_vec()));
+        if !conflicts.contains(labels) {
+            groups.push((labels.clone(), buckets.to_vec()));
+        }
     });
-    let mut out = Vec::with_capacity(groups.len() * qs.len());
+    let mut out = Vec::with_capacity((natives.len() + groups.len()) * qs.len());
     let mut scratch = Vec::new();
     for q in &qs {
         let q_label = open_metrics_float(*q);
+        for s in &natives {
+            let h = s.h.as_deref().unwrap_or_else(|| unreachable_histogram());
+            let (v, info) = histogram_fns::histogram_quantile(*q, h, metric_name(&s.labels));
+            if let Some(info) = info {
+                info.record(call.annotations);
+            }
+            let mut labels = s.labels.clone();
+            labels.set(label, &q_label);
+            out.push(result_sample(call.ts, labels, v));
+        }
         for (labels, buckets) in &groups {
             scratch.clear();
             scratch.extend_from_slice(buckets);
@@ -81,11 +173,36 @@ pub fn histogram_fraction(call: &mut FnCall<'_>) -> Result<FnOutput, FnError> {
     let upper = call.scalar(1)?;
     let input = call.vector(2)?;
     let mut out = Vec::new();
+    let (natives, conflicts) = native_histograms(call, input);
+    for s in natives {
+        let h = s.h.as_deref().unwrap_or_else(|| unreachable_histogram());
+        let (v, info) = histogram_fns::histogram_fraction(lower, upper, h, metric_name(&s.labels));
+        if let Some(info) = info {
+            info.record(call.annotations);
+        }
+        out.push(result_sample(call.ts, s.labels.clone(), v));
+    }
     for_each_histogram(call, input, |call, labels, buckets| {
+        if conflicts.contains(labels) {
+            return;
+        }
         let v = bucket_fraction(lower, upper, buckets);
         out.push(result_sample(call.ts, labels.clone(), v));
     });
     Ok(FnOutput::Vector(out))
+}
+
+/// The metric name native-histogram annotations mention (Prometheus names it whether
+/// or not names are removed late; it is empty once removed).
+fn metric_name(labels: &Labels) -> &str {
+    labels.metric_name().unwrap_or("")
+}
+
+/// `native_histograms` only yields samples that carry a histogram.
+fn unreachable_histogram() -> &'static crate::model::histogram::FloatHistogram {
+    static EMPTY: std::sync::OnceLock<crate::model::histogram::FloatHistogram> =
+        std::sync::OnceLock::new();
+    EMPTY.get_or_init(Default::default)
 }
 
 fn warn_if_invalid_quantile(q: f64, annotations: &mut Annotations) {
@@ -99,6 +216,7 @@ fn result_sample(ts: i64, labels: Labels, v: f64) -> InstantSample {
         labels,
         t: ts,
         v,
+        h: None,
         drop_name: true,
     }
 }
@@ -144,7 +262,7 @@ fn for_each_histogram(
     mut f: impl FnMut(&mut FnCall<'_>, &Labels, &mut Vec<Bucket>),
 ) {
     let mut valid: Vec<(usize, f64)> = Vec::with_capacity(input.len());
-    for (i, s) in input.iter().enumerate() {
+    for (i, s) in input.iter().enumerate().filter(|(_, s)| s.h.is_none()) {
         let le = s.labels.get(BUCKET_LABEL).unwrap_or("");
         match le.parse::<f64>() {
             Ok(upper) => valid.push((i, upper)),

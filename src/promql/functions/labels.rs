@@ -25,6 +25,7 @@ pub fn absent(call: &mut FnCall<'_>) -> Result<FnOutput, FnError> {
         labels: absent_labels(call.arg_exprs.first().map(|e| &**e)),
         t: call.ts,
         v: 1.0,
+        h: None,
         drop_name: false,
     }]))
 }
@@ -165,6 +166,8 @@ pub fn sort_desc(call: &mut FnCall<'_>) -> Result<FnOutput, FnError> {
 
 fn sorted(call: &FnCall<'_>, by_value: impl Fn(f64, f64) -> Ordering) -> Result<FnOutput, FnError> {
     let mut out = restamped(call)?;
+    // Histograms have no order by value: Prometheus leaves them out.
+    out.retain(|s| s.h.is_none());
     out.sort_by(|a, b| match (a.v.is_nan(), b.v.is_nan()) {
         (true, true) => Ordering::Equal,
         (true, false) => Ordering::Greater,

@@ -148,8 +148,10 @@ pub fn time(call: &mut FnCall<'_>) -> Result<FnOutput, FnError> {
 
 /// The value of the only element, NaN for zero or several elements.
 pub fn scalar(call: &mut FnCall<'_>) -> Result<FnOutput, FnError> {
-    match call.vector(0)? {
-        [only] => Ok(FnOutput::Scalar(only.v)),
+    // The value of the only float sample; histograms are not counted, as in Prometheus.
+    let mut floats = call.vector(0)?.iter().filter(|s| s.h.is_none());
+    match (floats.next(), floats.next()) {
+        (Some(only), None) => Ok(FnOutput::Scalar(only.v)),
         _ => Ok(FnOutput::Scalar(f64::NAN)),
     }
 }
@@ -160,6 +162,7 @@ pub fn vector(call: &mut FnCall<'_>) -> Result<FnOutput, FnError> {
         labels: Labels::empty(),
         t: call.ts,
         v: call.scalar(0)?,
+        h: None,
         drop_name: false,
     }]))
 }
@@ -173,6 +176,7 @@ pub fn timestamp(call: &mut FnCall<'_>) -> Result<FnOutput, FnError> {
             labels: s.labels.clone(),
             t: call.ts,
             v: s.t as f64 / 1000.0,
+            h: None,
             drop_name: true,
         })
         .collect();

@@ -6,11 +6,17 @@
 //! numeric kernels come from `stats`. Calls the parent, `stats` and `labels` (absent
 //! labels).
 
+use promql_parser::parser::token::{TokenId, T_AVG, T_SUM};
+
 use super::labels::absent_labels;
 use super::stats::{kahan_sum, mean, quantile, variance};
-use super::{annotation, per_series, FnCall, FnError, FnOutput, NamePolicy};
+use super::{
+    annotation, per_series, per_series_any, FnCall, FnError, FnOutput, NamePolicy, SeriesValue,
+};
 use crate::model::Sample;
-use crate::promql::value::InstantSample;
+use crate::promql::aggregate::HistogramGroup;
+use crate::promql::histogram_fns::{HistogramAnnotation, HistogramOperation};
+use crate::promql::value::{HPoint, InstantSample};
 
 /// Runs a fold over the values of each series' points (argument 0), dropping the name.
 fn fold_values(call: &mut FnCall<'_>, f: impl Fn(&[Sample]) -> f64) -> Result<FnOutput, FnError> {
@@ -22,19 +28,73 @@ fn values(points: &[Sample]) -> impl Iterator<Item = f64> + '_ {
 }
 
 pub fn avg_over_time(call: &mut FnCall<'_>) -> Result<FnOutput, FnError> {
-    fold_values(call, |p| mean(values(p)))
+    fold_with_histograms(call, T_AVG, |p| mean(values(p)))
 }
 
 pub fn sum_over_time(call: &mut FnCall<'_>) -> Result<FnOutput, FnError> {
-    fold_values(call, |p| kahan_sum(values(p)))
+    fold_with_histograms(call, T_SUM, |p| kahan_sum(values(p)))
 }
 
+/// sum_over_time and avg_over_time: floats folded by `f`; a window of native
+/// histograms summed or averaged as the `sum`/`avg` aggregations do; a window holding
+/// both kinds gives nothing, with Prometheus's warning.
+fn fold_with_histograms(
+    call: &mut FnCall<'_>,
+    op: TokenId,
+    f: impl Fn(&[Sample]) -> f64,
+) -> Result<FnOutput, FnError> {
+    per_series_any(call, 0, NamePolicy::Drop, |s, annotations| {
+        let name = s.labels.metric_name().unwrap_or("");
+        match (s.points.is_empty(), s.histograms) {
+            (false, []) => Some(SeriesValue::Float(f(s.points))),
+            (true, [first, rest @ ..]) => {
+                let mut group = HistogramGroup::first(&first.h);
+                let mut reconciled = false;
+                for p in rest {
+                    match group.add(op, &p.h) {
+                        Ok(c) => reconciled |= c.custom_bounds_reconciled,
+                        Err(_) => {
+                            HistogramAnnotation::MixedExponentialCustom {
+                                metric_name: name.to_string(),
+                            }
+                            .record(annotations);
+                            return None;
+                        }
+                    }
+                }
+                let operation = HistogramOperation::Aggregation;
+                if group.counter_reset_collision() {
+                    HistogramAnnotation::CounterResetCollision { operation }.record(annotations);
+                }
+                if reconciled {
+                    HistogramAnnotation::MismatchedCustomBuckets { operation }.record(annotations);
+                }
+                Some(SeriesValue::Histogram(group.finish(op)))
+            }
+            _ => {
+                HistogramAnnotation::MixedFloatsHistograms {
+                    metric_name: name.to_string(),
+                }
+                .record(annotations);
+                None
+            }
+        }
+    })
+}
+
+/// Samples of both kinds count.
 pub fn count_over_time(call: &mut FnCall<'_>) -> Result<FnOutput, FnError> {
-    fold_values(call, |p| p.len() as f64)
+    per_series_any(call, 0, NamePolicy::Drop, |s, _| {
+        Some(SeriesValue::Float(
+            (s.points.len() + s.histograms.len()) as f64,
+        ))
+    })
 }
 
 pub fn present_over_time(call: &mut FnCall<'_>) -> Result<FnOutput, FnError> {
-    fold_values(call, |_| 1.0)
+    per_series_any(call, 0, NamePolicy::Drop, |_, _| {
+        Some(SeriesValue::Float(1.0))
+    })
 }
 
 pub fn stddev_over_time(call: &mut FnCall<'_>) -> Result<FnOutput, FnError> {
@@ -63,25 +123,58 @@ pub fn ts_of_max_over_time(call: &mut FnCall<'_>) -> Result<FnOutput, FnError> {
     fold_values(call, |p| seconds(select(p, |cur, best| cur >= best).t))
 }
 
+/// The time of the window's first sample of either kind.
 pub fn ts_of_first_over_time(call: &mut FnCall<'_>) -> Result<FnOutput, FnError> {
-    fold_values(call, |p| p.first().map_or(f64::NAN, |s| seconds(s.t)))
+    per_series_any(call, 0, NamePolicy::Drop, |s, _| {
+        let t = match (s.points.first(), s.histograms.first()) {
+            (Some(f), Some(h)) => f.t.min(h.t),
+            (Some(f), None) => f.t,
+            (None, Some(h)) => h.t,
+            (None, None) => return None,
+        };
+        Some(SeriesValue::Float(seconds(t)))
+    })
 }
 
+/// The time of the window's last sample of either kind.
 pub fn ts_of_last_over_time(call: &mut FnCall<'_>) -> Result<FnOutput, FnError> {
-    fold_values(call, |p| p.last().map_or(f64::NAN, |s| seconds(s.t)))
+    per_series_any(call, 0, NamePolicy::Drop, |s, _| {
+        let t = match (s.points.last(), s.histograms.last()) {
+            (Some(f), Some(h)) => f.t.max(h.t),
+            (Some(f), None) => f.t,
+            (None, Some(h)) => h.t,
+            (None, None) => return None,
+        };
+        Some(SeriesValue::Float(seconds(t)))
+    })
 }
 
 /// first_over_time and last_over_time act like an offset: they keep the metric name.
 pub fn first_over_time(call: &mut FnCall<'_>) -> Result<FnOutput, FnError> {
-    per_series(call, 0, NamePolicy::KeepInput, |s, _| {
-        s.points.first().map(|p| p.v)
+    per_series_any(call, 0, NamePolicy::KeepInput, |s, _| {
+        pick_point(s.points.first(), s.histograms.first(), |f, h| f < h)
     })
 }
 
 pub fn last_over_time(call: &mut FnCall<'_>) -> Result<FnOutput, FnError> {
-    per_series(call, 0, NamePolicy::KeepInput, |s, _| {
-        s.points.last().map(|p| p.v)
+    per_series_any(call, 0, NamePolicy::KeepInput, |s, _| {
+        pick_point(s.points.last(), s.histograms.last(), |f, h| f > h)
     })
+}
+
+/// The float or the histogram point, whichever `float_wins(float_t, histogram_t)`
+/// prefers when both exist.
+fn pick_point(
+    float: Option<&Sample>,
+    histogram: Option<&HPoint>,
+    float_wins: impl Fn(i64, i64) -> bool,
+) -> Option<SeriesValue> {
+    match (float, histogram) {
+        (Some(f), Some(h)) if !float_wins(f.t, h.t) => Some(SeriesValue::Histogram((*h.h).clone())),
+        (Some(f), _) => Some(SeriesValue::Float(f.v)),
+        (None, Some(h)) => Some(SeriesValue::Histogram((*h.h).clone())),
+        (None, None) => None,
+    }
 }
 
 pub fn quantile_over_time(call: &mut FnCall<'_>) -> Result<FnOutput, FnError> {
@@ -113,13 +206,17 @@ pub fn mad_over_time(call: &mut FnCall<'_>) -> Result<FnOutput, FnError> {
 /// 1 with the selector's equality-matched labels when no series has a point in the
 /// window, nothing otherwise.
 pub fn absent_over_time(call: &mut FnCall<'_>) -> Result<FnOutput, FnError> {
-    if call.matrix(0)?.iter().any(|s| !s.points.is_empty()) {
+    let present = |s: &&crate::promql::value::SeriesWindow<'_>| {
+        !s.points.is_empty() || !s.histograms.is_empty()
+    };
+    if call.matrix(0)?.iter().any(|s| present(&s)) {
         return Ok(FnOutput::Vector(Vec::new()));
     }
     Ok(FnOutput::Vector(vec![InstantSample {
         labels: absent_labels(call.arg_exprs.first().map(|e| &**e)),
         t: call.ts,
         v: 1.0,
+        h: None,
         drop_name: true,
     }]))
 }

@@ -9,8 +9,13 @@
 
 use super::gofmt::go_f6;
 use super::stats::linear_regression;
-use super::{annotation, per_series, FnCall, FnError, FnOutput, NamePolicy};
+use super::{
+    annotation, per_series, per_series_any, FnCall, FnError, FnOutput, NamePolicy, SeriesValue,
+};
+use crate::model::histogram::FloatHistogram;
 use crate::model::{Labels, Sample};
+use crate::promql::histogram_fns::{self, HistogramAnnotation};
+use crate::promql::value::{Annotations, HPoint};
 
 pub fn rate(call: &mut FnCall<'_>) -> Result<FnOutput, FnError> {
     extrapolated(call, Kind::Rate)
@@ -42,14 +47,28 @@ fn extrapolated(call: &mut FnCall<'_>, kind: Kind) -> Result<FnOutput, FnError> 
         start: call.window_start,
         end: call.window_end,
     };
-    per_series(call, 0, NamePolicy::Drop, |series, annotations| {
+    per_series_any(call, 0, NamePolicy::Drop, |series, annotations| {
+        let name = series.labels.metric_name().unwrap_or("");
+        if !series.points.is_empty() && !series.histograms.is_empty() {
+            annotations.warn(
+                HistogramAnnotation::MixedFloatsHistograms {
+                    metric_name: name.to_string(),
+                }
+                .message(),
+            );
+            return None;
+        }
+        if !series.histograms.is_empty() {
+            return extrapolated_histogram_rate(series.histograms, name, window, kind, annotations)
+                .map(SeriesValue::Histogram);
+        }
         let v = extrapolated_rate(series.points, window, kind)?;
         if kind.is_counter() {
             if let Some(name) = non_counter_name(series.labels) {
                 annotations.info(annotation::possible_non_counter(name));
             }
         }
-        Some(v)
+        Some(SeriesValue::Float(v))
     })
 }
 
@@ -88,12 +107,68 @@ fn extrapolated_rate(points: &[Sample], window: Window, kind: Kind) -> Option<f6
             result += w[0].v;
         }
     }
+    let span = Span {
+        first_t: first.t,
+        last_t: last.t,
+        intervals: points.len() - 1,
+    };
+    Some(result * extrapolation_factor(span, window, kind, first.v, result))
+}
 
-    let sampled_interval = (last.t - first.t) as f64 / 1000.0;
-    let average_interval = sampled_interval / (points.len() - 1) as f64;
+/// Prometheus's `extrapolatedRate` for native histograms: `histogram_fns::histogram_rate`
+/// (resets corrected, lowest schema), extrapolated like floats with the counts standing
+/// in for the values. None with fewer than two histograms or incompatible ones.
+fn extrapolated_histogram_rate(
+    points: &[HPoint],
+    metric_name: &str,
+    window: Window,
+    kind: Kind,
+    annotations: &mut Annotations,
+) -> Option<FloatHistogram> {
+    let (first, last) = match points {
+        [first, .., last] => (first, last),
+        _ => return None,
+    };
+    let hs: Vec<&FloatHistogram> = points.iter().map(|p| &*p.h).collect();
+    let (result, raised) = histogram_fns::histogram_rate(&hs, kind.is_counter(), metric_name);
+    for a in raised {
+        a.record(annotations);
+    }
+    let mut result = result?;
+    let span = Span {
+        first_t: first.t,
+        last_t: last.t,
+        intervals: points.len() - 1,
+    };
+    let factor = extrapolation_factor(span, window, kind, first.h.count, result.count);
+    result.mul(factor);
+    Some(result)
+}
+
+/// The first and last sample times of a window's samples and the intervals between.
+#[derive(Clone, Copy)]
+struct Span {
+    first_t: i64,
+    last_t: i64,
+    intervals: usize,
+}
+
+/// How much `extrapolatedRate` scales the window's difference: towards the window's
+/// edges, by at most half an average interval where the series seems to start or end
+/// inside the window, for counters never past the zero point of the line through
+/// `first_value` rising by `result`; per second for `rate`.
+fn extrapolation_factor(
+    span: Span,
+    window: Window,
+    kind: Kind,
+    first_value: f64,
+    result: f64,
+) -> f64 {
+    let sampled_interval = (span.last_t - span.first_t) as f64 / 1000.0;
+    let average_interval = sampled_interval / span.intervals as f64;
     let threshold = average_interval * 1.1;
-    let mut to_start = (first.t - window.start) as f64 / 1000.0;
-    let mut to_end = (window.end - last.t) as f64 / 1000.0;
+    let mut to_start = (span.first_t - window.start) as f64 / 1000.0;
+    let mut to_end = (window.end - span.last_t) as f64 / 1000.0;
 
     if to_start >= threshold {
         to_start = average_interval / 2.0;
@@ -101,8 +176,8 @@ fn extrapolated_rate(points: &[Sample], window: Window, kind: Kind) -> Option<f6
     if kind.is_counter() {
         // A counter cannot go below zero: do not extrapolate past the point where the
         // line through the samples would cross zero.
-        if result > 0.0 && first.v >= 0.0 {
-            to_start = to_start.min(sampled_interval * (first.v / result));
+        if result > 0.0 && first_value >= 0.0 {
+            to_start = to_start.min(sampled_interval * (first_value / result));
         }
     }
     if to_end >= threshold {
@@ -117,19 +192,95 @@ fn extrapolated_rate(points: &[Sample], window: Window, kind: Kind) -> Option<f6
     if kind == Kind::Rate {
         factor /= window.seconds();
     }
-    Some(result * factor)
+    factor
 }
 
 pub fn irate(call: &mut FnCall<'_>) -> Result<FnOutput, FnError> {
-    per_series(call, 0, NamePolicy::Drop, |s, _| {
-        instant_value(s.points, true)
-    })
+    instant(call, true)
 }
 
 pub fn idelta(call: &mut FnCall<'_>) -> Result<FnOutput, FnError> {
-    per_series(call, 0, NamePolicy::Drop, |s, _| {
-        instant_value(s.points, false)
+    instant(call, false)
+}
+
+/// irate and idelta: from the last two samples of either kind (Prometheus's
+/// `instantValue`); two histograms give a histogram, a float and a histogram nothing
+/// but a warning.
+fn instant(call: &mut FnCall<'_>, is_rate: bool) -> Result<FnOutput, FnError> {
+    per_series_any(call, 0, NamePolicy::Drop, |s, annotations| {
+        if s.histograms.is_empty() {
+            return instant_value(s.points, is_rate).map(SeriesValue::Float);
+        }
+        let name = s.labels.metric_name().unwrap_or("");
+        let (earlier, later) = match last_two(s.points, s.histograms)? {
+            (Either::Histogram(a), Either::Histogram(b)) => (a, b),
+            (Either::Float(a), Either::Float(b)) => {
+                return instant_value(&[*a, *b], is_rate).map(SeriesValue::Float)
+            }
+            _ => {
+                HistogramAnnotation::MixedFloatsHistograms {
+                    metric_name: name.to_string(),
+                }
+                .record(annotations);
+                return None;
+            }
+        };
+        let interval_ms = later.t - earlier.t;
+        if interval_ms == 0 {
+            return None;
+        }
+        let (result, raised) =
+            histogram_fns::histogram_instant_delta(&earlier.h, &later.h, is_rate, name);
+        for a in raised {
+            a.record(annotations);
+        }
+        let mut result = result?;
+        if is_rate {
+            result.div(interval_ms as f64 / 1000.0);
+        }
+        Some(SeriesValue::Histogram(result))
     })
+}
+
+/// A window sample of either kind.
+#[derive(Clone, Copy)]
+enum Either<'a> {
+    Float(&'a Sample),
+    Histogram(&'a HPoint),
+}
+
+impl Either<'_> {
+    fn t(&self) -> i64 {
+        match self {
+            Either::Float(p) => p.t,
+            Either::Histogram(p) => p.t,
+        }
+    }
+}
+
+/// The window's samples of both kinds in time order (floats first on equal times).
+fn merged<'a>(points: &'a [Sample], histograms: &'a [HPoint]) -> Vec<Either<'a>> {
+    let mut all: Vec<Either<'a>> = points
+        .iter()
+        .map(Either::Float)
+        .chain(histograms.iter().map(Either::Histogram))
+        .collect();
+    all.sort_by_key(Either::t);
+    all
+}
+
+/// The window's last two samples of either kind, oldest first.
+fn last_two<'a>(
+    points: &'a [Sample],
+    histograms: &'a [HPoint],
+) -> Option<(Either<'a>, Either<'a>)> {
+    let floats = &points[points.len().saturating_sub(2)..];
+    let hists = &histograms[histograms.len().saturating_sub(2)..];
+    let tail = merged(floats, hists);
+    match tail.as_slice() {
+        [.., a, b] => Some((*a, *b)),
+        _ => None,
+    }
 }
 
 /// From the last two points: the per-second rate (a drop counts as a reset, so the rate
@@ -153,16 +304,51 @@ fn instant_value(points: &[Sample], is_rate: bool) -> Option<f64> {
     Some(increase / (interval_ms as f64 / 1000.0))
 }
 
+/// Counter resets between consecutive samples: a float drop, a histogram reset
+/// (`detect_reset`), or a switch between floats and histograms.
 pub fn resets(call: &mut FnCall<'_>) -> Result<FnOutput, FnError> {
-    per_series(call, 0, NamePolicy::Drop, |s, _| {
-        Some(s.points.windows(2).filter(|w| w[1].v < w[0].v).count() as f64)
+    per_series_any(call, 0, NamePolicy::Drop, |s, _| {
+        if s.histograms.is_empty() {
+            return Some(SeriesValue::Float(
+                s.points.windows(2).filter(|w| w[1].v < w[0].v).count() as f64,
+            ));
+        }
+        let all = merged(s.points, s.histograms);
+        let count = all
+            .windows(2)
+            .filter(|w| match (w[0], w[1]) {
+                (Either::Float(a), Either::Float(b)) => b.v < a.v,
+                (Either::Histogram(a), Either::Histogram(b)) => b.h.detect_reset(&a.h),
+                _ => true,
+            })
+            .count();
+        Some(SeriesValue::Float(count as f64))
     })
 }
 
+/// Changes between consecutive samples: a different float (NaN equals NaN), a
+/// histogram that is not `equals` the previous one, or a switch of kind.
 pub fn changes(call: &mut FnCall<'_>) -> Result<FnOutput, FnError> {
-    per_series(call, 0, NamePolicy::Drop, |s, _| {
-        let changed = |w: &[Sample]| w[1].v != w[0].v && !(w[1].v.is_nan() && w[0].v.is_nan());
-        Some(s.points.windows(2).filter(|w| changed(w)).count() as f64)
+    per_series_any(call, 0, NamePolicy::Drop, |s, _| {
+        let float_changed = |a: &Sample, b: &Sample| b.v != a.v && !(b.v.is_nan() && a.v.is_nan());
+        if s.histograms.is_empty() {
+            return Some(SeriesValue::Float(
+                s.points
+                    .windows(2)
+                    .filter(|w| float_changed(&w[0], &w[1]))
+                    .count() as f64,
+            ));
+        }
+        let all = merged(s.points, s.histograms);
+        let count = all
+            .windows(2)
+            .filter(|w| match (w[0], w[1]) {
+                (Either::Float(a), Either::Float(b)) => float_changed(a, b),
+                (Either::Histogram(a), Either::Histogram(b)) => !b.h.equals(&a.h),
+                _ => true,
+            })
+            .count();
+        Some(SeriesValue::Float(count as f64))
     })
 }
 
