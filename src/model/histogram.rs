@@ -5,7 +5,8 @@
 //!
 //! Owns: the types, the schema constants, and validation of untrusted histograms with
 //! Prometheus's rules (`Histogram::validate`, `FloatHistogram::validate`) returning a
-//! typed `HistogramError`. Ingest is to call validation before anything reaches storage;
+//! typed `HistogramError`, and merging two sources' samples of one series
+//! (`merge_sorted_histograms`). Ingest is to call validation before anything reaches storage;
 //! storage's encoders rely on it only for meaning, never for memory safety. Calls
 //! nothing else in the crate.
 
@@ -456,6 +457,33 @@ pub struct HistogramSample {
     pub h: HistogramValue,
 }
 
+/// Merges two time-ordered histogram sample lists of one series; at a time both hold,
+/// `newer`'s sample is kept. There is no conflict rule between histograms (unlike
+/// floats, ADR 0011): storage ranks its sources instead (ADR 0030).
+pub fn merge_sorted_histograms(
+    older: Vec<HistogramSample>,
+    newer: Vec<HistogramSample>,
+) -> Vec<HistogramSample> {
+    if older.is_empty() {
+        return newer;
+    }
+    if newer.is_empty() {
+        return older;
+    }
+    let mut out = Vec::with_capacity(older.len().max(newer.len()));
+    let mut newer = newer.into_iter().peekable();
+    for s in older {
+        while let Some(n) = newer.next_if(|n| n.t < s.t) {
+            out.push(n);
+        }
+        if newer.peek().is_none_or(|n| n.t != s.t) {
+            out.push(s);
+        }
+    }
+    out.extend(newer);
+    out
+}
+
 impl Histogram {
     /// Whether this is Prometheus's staleness marker (its sum has the stale NaN bits;
     /// the rest does not matter).
@@ -795,5 +823,31 @@ mod tests {
             ..Histogram::default()
         };
         assert!(HistogramValue::Int(stale).same(&HistogramValue::Int(other_stale)));
+    }
+
+    #[test]
+    fn merging_keeps_each_time_once_and_the_newer_sample_there() {
+        let at = |t: i64, n: u64| HistogramSample {
+            t,
+            h: HistogramValue::Int(Histogram {
+                count: n,
+                ..Histogram::default()
+            }),
+        };
+        let older = vec![at(1, 1), at(3, 1), at(5, 1), at(9, 1)];
+        let newer = vec![at(0, 2), at(3, 2), at(4, 2), at(9, 2), at(10, 2)];
+        let got: Vec<(i64, u64)> = merge_sorted_histograms(older.clone(), newer.clone())
+            .into_iter()
+            .map(|s| match s.h {
+                HistogramValue::Int(h) => (s.t, h.count),
+                HistogramValue::Float(_) => unreachable!(),
+            })
+            .collect();
+        assert_eq!(
+            got,
+            [(0, 2), (1, 1), (3, 2), (4, 2), (5, 1), (9, 2), (10, 2)]
+        );
+        assert_eq!(merge_sorted_histograms(older.clone(), vec![]), older);
+        assert_eq!(merge_sorted_histograms(vec![], newer.clone()), newer);
     }
 }
