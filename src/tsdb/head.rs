@@ -11,8 +11,9 @@
 //! remote-write label-set cache shares (ADR 0025, amended).
 //! A series may also hold native histograms (`head_hist` stores them): a timestamp holds
 //! a float or a histogram, never both; the out-of-order window is measured from the
-//! series' newest sample of either type. The head's time range and cuts cover float
-//! samples only, so a cut keeps histograms in the head (blocks carry none yet, ADR 0030).
+//! series' newest sample of either type. The head's time range and cuts cover samples
+//! of both types: a cut hands a block the histograms older than its boundary too
+//! (ADR 0030).
 //! Calls `chunk`, `head_hist`, `index` and `model` (including `model::label_hash` and
 //! `model::symbols`).
 
@@ -21,7 +22,7 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 
 use super::chunk::{decode_xor, XorChunk};
-use super::head_hist::HistData;
+use super::head_hist::{HistData, SealedHistogramChunk};
 use super::index::{MemPostings, SeriesRef};
 use crate::model::histogram::{HistogramSample, HistogramValue};
 use crate::model::label_hash::{label_set_hash, PrehashedKey};
@@ -697,13 +698,40 @@ impl SeriesData {
         }
     }
 
-    /// Drops the chunks handed out by `start_cut` once their block is queryable.
-    pub fn finish_cut(&mut self) {
-        self.cutting.clear();
+    /// Moves every histogram older than `boundary` out for a cut, as `start_cut` does
+    /// floats, and returns its chunks for the block.
+    pub fn start_cut_histograms(&mut self, boundary: i64) -> Vec<SealedHistogramChunk> {
+        self.hist
+            .as_mut()
+            .map_or_else(Vec::new, |h| h.start_cut(boundary))
     }
 
-    /// Takes the chunks handed out by `start_cut` back (their block was not written).
+    /// Whether samples of either type are out for a head cut.
+    fn is_cutting(&self) -> bool {
+        !self.cutting.is_empty() || self.hist.as_ref().is_some_and(|h| h.is_cutting())
+    }
+
+    /// (oldest, newest) stored histogram time.
+    fn histogram_time_range(&self) -> Option<(i64, i64)> {
+        let h = self.hist.as_ref()?;
+        Some((h.min_time()?, h.max_time()?))
+    }
+
+    /// Drops the samples handed out by `start_cut` and `start_cut_histograms` once
+    /// their block is queryable.
+    pub fn finish_cut(&mut self) {
+        self.cutting.clear();
+        if let Some(h) = self.hist.as_mut() {
+            h.finish_cut();
+        }
+    }
+
+    /// Takes the samples handed out by `start_cut` and `start_cut_histograms` back
+    /// (their block was not written).
     pub fn abort_cut(&mut self) {
+        if let Some(h) = self.hist.as_mut() {
+            h.abort_cut();
+        }
         if self.cutting.is_empty() {
             return;
         }
@@ -906,7 +934,7 @@ impl Head {
             for bucket in shard.values_mut() {
                 bucket.retain(|s| {
                     let mut data = s.data();
-                    if !data.is_empty() || !data.cutting.is_empty() || data.has_staged() {
+                    if !data.is_empty() || data.is_cutting() || data.has_staged() {
                         return true;
                     }
                     data.removed = true;
@@ -938,6 +966,10 @@ impl Head {
             }
             if let Some(last) = data.ooo.last() {
                 max = max.max(last.t);
+            }
+            if let Some((a, b)) = data.histogram_time_range() {
+                min = min.min(a);
+                max = max.max(b);
             }
         }
         self.min_time.store(min, Ordering::Relaxed);
@@ -1517,7 +1549,7 @@ mod tests {
     }
 
     #[test]
-    fn a_head_cut_keeps_histograms() {
+    fn a_head_cut_moves_histograms_with_the_floats() {
         let mut d = SeriesData::new();
         for i in 0..200 {
             d.append(i * 10, i as f64, &LIMITS).unwrap();
@@ -1526,9 +1558,14 @@ mod tests {
         }
         let cut = d.start_cut(1_000);
         assert_eq!(cut.iter().map(|c| c.samples().count()).sum::<usize>(), 100);
+        let cut_hist = d.start_cut_histograms(1_000);
+        assert_eq!(cut_hist.iter().map(|c| c.num_samples).sum::<usize>(), 100);
+        assert_eq!(histograms(&d).len(), 200, "readable until the block is");
         d.finish_cut();
         assert_eq!(collect(&d).len(), 100);
-        assert_eq!(histograms(&d).len(), 200, "blocks carry no histograms yet");
+        assert_eq!(histograms(&d).len(), 100);
+        assert!(histograms(&d).iter().all(|(t, _)| *t > 1_000));
+
         let head = Head::default();
         let l = Labels::from_pairs([("__name__", "h"), ("job", "head-hist-gc-test")]);
         let s = head.get_or_create(&l, None, &mut |_, _| {});
@@ -1538,5 +1575,13 @@ mod tests {
         drop(s.data().start_cut(i64::MAX));
         s.data().finish_cut();
         assert_eq!(head.gc(), 0, "a series holding only histograms stays");
+        drop(s.data().start_cut_histograms(i64::MAX));
+        assert_eq!(
+            head.gc(),
+            0,
+            "nor is it dropped while its histograms are cut"
+        );
+        s.data().finish_cut();
+        assert_eq!(head.gc(), 1, "collected once they are in a block");
     }
 }
