@@ -2,30 +2,38 @@
 //!
 //! Owns: the block directory format, writing a block (temporary directory, fsync,
 //! rename) and reading it through memory maps. Calls `chunk` (version-1 blocks and the
-//! head's chunks), `packed` (version-2 columns), `index`, `tombstones`, `head` (for the
-//! sealed-chunk type) and `model`.
+//! head's chunks), `packed` (version-2 columns), `histogram_chunk` (decoding native
+//! histogram chunks), `head_hist` (their sealed type and encoder), `index`,
+//! `tombstones`, `head` (for the sealed-chunk type) and `model`.
 //!
 //! A block is a directory named by a ULID holding:
 //! - `meta.json`: `{"ulid", "minTime" (inclusive), "maxTime" (exclusive), "stats":
 //!   {"numSamples", "numSeries", "numChunks"}, "compaction": {"level", "sources"},
-//!   "version"}` (2 for blocks written now, 1 for blocks of the XOR-only format).
+//!   "version"}` (2 for blocks written now, 1 for blocks of the XOR-only format);
+//!   `stats.numHistogramSamples` (native histogram samples, also counted in
+//!   `numSamples`) only when not 0.
 //! - `chunks`: magic `TMBC`, a version byte, then records `uvarint length, payload, u32
 //!   LE CRC32C of the payload`. A chunk is referenced by the byte offset of its record.
 //!   - version 1 (blocks written before ADR 0026, still read): each payload is an XOR
 //!     chunk (Prometheus encoding) of at most 120 samples.
 //!   - version 2 (written now): each payload starts with a kind byte: 1 = XOR chunk
 //!     (Prometheus bytes follow; read, not written), 2 = timestamp column (`packed`),
-//!     3 = packed chunk: `uvarint offset of its timestamp record, value column`.
+//!     3 = packed chunk: `uvarint offset of its timestamp record, value column`,
+//!     4 = native histogram chunk: `encoding byte (2 integer, 3 float histograms),
+//!     Prometheus's chunk bytes` (ADR 0030), at most 120 samples.
 //!     A chunk holds at most `PACKED_SAMPLES_PER_CHUNK` samples; identical timestamp
 //!     columns (every series of one scrape target) are written once per block, before
 //!     the first chunk that refers to them. A packed chunk may only refer to a kind-2
 //!     record.
-//! - `index`: magic `TMBI`, version byte 1, then
+//! - `index`: magic `TMBI`, version byte 1 (no histograms) or 2 (written only when a
+//!   series has histogram chunks), then
 //!   - symbols: uvarint count, then sorted strings (uvarint length, bytes);
 //!   - series, sorted by labels, each `uvarint length, payload, u32 LE CRC32C` with
 //!     payload `uvarint label count, (name symbol, value symbol)*, uvarint chunk count,
-//!     (varint minTime, uvarint maxTime - minTime, uvarint chunk offset)*`; a series is
-//!     referenced by the byte offset of its entry;
+//!     (varint minTime, uvarint maxTime - minTime, uvarint chunk offset)*` (float
+//!     chunks; the count may be 0), in version 2 followed by the histogram chunks the
+//!     same way (`uvarint count, (minTime, span, offset)*`); a series is referenced by
+//!     the byte offset of its entry;
 //!   - postings lists, each `uvarint length, payload, u32 LE CRC32C` with payload
 //!     `uvarint count, uvarint delta-encoded series references*`;
 //!   - postings table: uvarint count, then `(name symbol, value symbol, list offset)*`
@@ -47,17 +55,23 @@ use serde::{Deserialize, Serialize};
 
 use super::chunk::decode_xor;
 use super::head::{encode_chunks, SealedChunk};
+use super::head_hist::{encode_sealed, SealedHistogramChunk};
+use super::histogram_chunk::{decode_histogram_chunk, ChunkHistogram};
 use super::index::{union, PostingsSource, SeriesRef};
 use super::packed::{decode_times, decode_values, encode_times, encode_values};
 use super::tombstones::Tombstones;
 use super::wal::{fsync_dir, put_str, put_uvarint, put_varint};
+use crate::model::histogram::{FloatHistogram, Histogram, HistogramSample, HistogramValue};
 use crate::model::{Label, Labels, Sample};
 use crate::storage::StorageError;
 
 const CHUNKS_MAGIC: &[u8; 4] = b"TMBC";
 const INDEX_MAGIC: &[u8; 4] = b"TMBI";
-/// Index format version (unchanged by the packed chunks).
+/// Index format version of blocks without histograms (unchanged by the packed chunks).
 const VERSION: u8 = 1;
+/// Index format version of blocks with histogram chunks: series entries list them
+/// after their float chunks. Older binaries refuse it rather than drop histograms.
+const VERSION_HISTOGRAMS: u8 = 2;
 /// Chunks file of XOR records only: blocks written before ADR 0026.
 const CHUNKS_VERSION_XOR: u8 = 1;
 /// Chunks file of kind-tagged records (packed columns).
@@ -65,6 +79,7 @@ const CHUNKS_VERSION_PACKED: u8 = 2;
 const RECORD_XOR: u8 = 1;
 const RECORD_TIMES: u8 = 2;
 const RECORD_PACKED: u8 = 3;
+const RECORD_HISTOGRAM: u8 = 4;
 /// Samples per packed chunk: 2 h of 15 s scrapes, so a head cut gives one chunk per
 /// series and compaction's larger blocks a few; measured in bench/RESULTS.md.
 pub const PACKED_SAMPLES_PER_CHUNK: usize = 480;
@@ -89,9 +104,17 @@ pub enum ChunkFormat {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct BlockStats {
+    /// Float and histogram samples.
     pub num_samples: u64,
+    /// Native histogram samples (ADR 0030); absent from meta.json when 0.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub num_histogram_samples: u64,
     pub num_series: u64,
     pub num_chunks: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -175,9 +198,11 @@ pub struct BlockWriter {
     series_pairs: Vec<u32>,
     /// Every series' chunks, one after the other.
     series_chunks: Vec<ChunkMeta>,
-    /// Per series, the end of its pairs in `series_pairs` and of its chunks in
-    /// `series_chunks`.
-    series_ends: Vec<(usize, usize)>,
+    /// Every series' histogram chunks, one after the other.
+    series_hist_chunks: Vec<ChunkMeta>,
+    /// Per series, the end of its pairs in `series_pairs`, of its chunks in
+    /// `series_chunks` and of its histogram chunks in `series_hist_chunks`.
+    series_ends: Vec<(usize, usize, usize)>,
     stats: BlockStats,
     min_time: i64,
     max_time: i64,
@@ -212,6 +237,7 @@ impl BlockWriter {
             pair_ids: HashMap::new(),
             series_pairs: Vec::new(),
             series_chunks: Vec::new(),
+            series_hist_chunks: Vec::new(),
             series_ends: Vec::new(),
             stats: BlockStats::default(),
             min_time: i64::MAX,
@@ -226,21 +252,7 @@ impl BlockWriter {
         labels: impl SeriesLabels,
         chunks: &[SealedChunk],
     ) -> Result<(), StorageError> {
-        if chunks.is_empty() {
-            return Ok(());
-        }
-        match self.format {
-            ChunkFormat::Xor => self.add_xor_series(labels, chunks),
-            ChunkFormat::Packed => {
-                let mut samples = Vec::with_capacity(chunks.len() * 120);
-                for c in chunks {
-                    for s in decode_xor(&c.bytes) {
-                        samples.push(s.map_err(|e| corrupt(format!("head chunk: {e}")))?);
-                    }
-                }
-                self.add_packed_series(labels, &samples)
-            }
-        }
+        self.add(labels, Floats::Chunks(chunks), &[])
     }
 
     /// Adds a series with its time-ordered samples. Empty series are skipped.
@@ -249,13 +261,101 @@ impl BlockWriter {
         labels: impl SeriesLabels,
         samples: &[Sample],
     ) -> Result<(), StorageError> {
-        if samples.is_empty() {
+        self.add(labels, Floats::Samples(samples), &[])
+    }
+
+    /// Adds a series with its XOR chunks (as `add_series`) and its time-ordered,
+    /// non-overlapping histogram chunks, stored as they are (a head cut).
+    pub fn add_series_with_histograms(
+        &mut self,
+        labels: impl SeriesLabels,
+        chunks: &[SealedChunk],
+        histograms: &[SealedHistogramChunk],
+    ) -> Result<(), StorageError> {
+        self.add(labels, Floats::Chunks(chunks), histograms)
+    }
+
+    /// Adds a series with its time-ordered samples and time-ordered histogram samples
+    /// (distinct times), encoding the histograms as the head does.
+    pub fn add_series_samples_with_histograms(
+        &mut self,
+        labels: impl SeriesLabels,
+        samples: &[Sample],
+        histograms: &[HistogramSample],
+    ) -> Result<(), StorageError> {
+        let (chunks, unencodable) = encode_sealed(histograms.iter().cloned());
+        if let Some(s) = unencodable.first() {
+            return Err(corrupt(format!(
+                "histogram at {} cannot be encoded in a chunk",
+                s.t
+            )));
+        }
+        self.add(labels, Floats::Samples(samples), &chunks)
+    }
+
+    fn add(
+        &mut self,
+        labels: impl SeriesLabels,
+        floats: Floats<'_>,
+        histograms: &[SealedHistogramChunk],
+    ) -> Result<(), StorageError> {
+        let metas = match (self.format, floats) {
+            (_, Floats::Chunks([])) | (_, Floats::Samples([])) => Vec::new(),
+            (ChunkFormat::Xor, Floats::Chunks(chunks)) => self.add_xor_chunks(chunks)?,
+            (ChunkFormat::Xor, Floats::Samples(samples)) => {
+                self.add_xor_chunks(&encode_chunks(samples))?
+            }
+            (ChunkFormat::Packed, Floats::Chunks(chunks)) => {
+                let mut samples = Vec::with_capacity(chunks.len() * 120);
+                for c in chunks {
+                    for s in decode_xor(&c.bytes) {
+                        samples.push(s.map_err(|e| corrupt(format!("head chunk: {e}")))?);
+                    }
+                }
+                self.add_packed_chunks(&samples)?
+            }
+            (ChunkFormat::Packed, Floats::Samples(samples)) => self.add_packed_chunks(samples)?,
+        };
+        let hist_metas = self.add_histogram_chunks(histograms)?;
+        if metas.is_empty() && hist_metas.is_empty() {
             return Ok(());
         }
-        match self.format {
-            ChunkFormat::Xor => self.add_xor_series(labels, &encode_chunks(samples)),
-            ChunkFormat::Packed => self.add_packed_series(labels, samples),
+        self.push_series(labels, metas, hist_metas);
+        Ok(())
+    }
+
+    /// Writes each histogram chunk as a kind-4 record.
+    fn add_histogram_chunks(
+        &mut self,
+        chunks: &[SealedHistogramChunk],
+    ) -> Result<Vec<ChunkMeta>, StorageError> {
+        if chunks.is_empty() {
+            return Ok(Vec::new());
         }
+        if self.format == ChunkFormat::Xor {
+            return Err(StorageError::Other(
+                "the XOR block format carries no native histograms".into(),
+            ));
+        }
+        let mut metas = Vec::with_capacity(chunks.len());
+        let mut record = Vec::new();
+        for c in chunks {
+            if !matches!(c.encoding, Histogram::ENCODING | FloatHistogram::ENCODING) {
+                return Err(StorageError::Other(format!(
+                    "chunk encoding {} is not a histogram's",
+                    c.encoding
+                )));
+            }
+            record.clear();
+            record.push(RECORD_HISTOGRAM);
+            record.push(c.encoding);
+            record.extend_from_slice(&c.bytes);
+            let off = self.write_record(&record)?;
+            metas.push((c.min_t, c.max_t, off));
+            self.stats.num_samples += c.num_samples as u64;
+            self.stats.num_histogram_samples += c.num_samples as u64;
+        }
+        Ok(metas)
     }
 
     /// Writes one `uvarint length, payload, CRC32C` record; returns its offset.
@@ -271,7 +371,12 @@ impl BlockWriter {
         Ok(off)
     }
 
-    fn push_series(&mut self, labels: impl SeriesLabels, metas: Vec<ChunkMeta>) {
+    fn push_series(
+        &mut self,
+        labels: impl SeriesLabels,
+        metas: Vec<ChunkMeta>,
+        hist_metas: Vec<ChunkMeta>,
+    ) {
         for (name, value) in labels.pairs() {
             let next = self.pair_ids.len() as u32;
             let id = *self
@@ -280,38 +385,33 @@ impl BlockWriter {
                 .or_insert(next);
             self.series_pairs.push(id);
         }
-        for &(mint, maxt, _) in &metas {
+        for &(mint, maxt, _) in metas.iter().chain(&hist_metas) {
             self.min_time = self.min_time.min(mint);
             self.max_time = self.max_time.max(maxt);
         }
-        self.stats.num_chunks += metas.len() as u64;
+        self.stats.num_chunks += (metas.len() + hist_metas.len()) as u64;
         self.stats.num_series += 1;
         self.series_chunks.extend_from_slice(&metas);
-        self.series_ends
-            .push((self.series_pairs.len(), self.series_chunks.len()));
+        self.series_hist_chunks.extend_from_slice(&hist_metas);
+        self.series_ends.push((
+            self.series_pairs.len(),
+            self.series_chunks.len(),
+            self.series_hist_chunks.len(),
+        ));
     }
 
     /// The previous format: every chunk an XOR record of its own.
-    fn add_xor_series(
-        &mut self,
-        labels: impl SeriesLabels,
-        chunks: &[SealedChunk],
-    ) -> Result<(), StorageError> {
+    fn add_xor_chunks(&mut self, chunks: &[SealedChunk]) -> Result<Vec<ChunkMeta>, StorageError> {
         let mut metas = Vec::with_capacity(chunks.len());
         for c in chunks {
             let off = self.write_record(&c.bytes)?;
             metas.push((c.min_t, c.max_t, off));
             self.stats.num_samples += u64::from(u16::from_be_bytes([c.bytes[0], c.bytes[1]]));
         }
-        self.push_series(labels, metas);
-        Ok(())
+        Ok(metas)
     }
 
-    fn add_packed_series(
-        &mut self,
-        labels: impl SeriesLabels,
-        samples: &[Sample],
-    ) -> Result<(), StorageError> {
+    fn add_packed_chunks(&mut self, samples: &[Sample]) -> Result<Vec<ChunkMeta>, StorageError> {
         let mut metas = Vec::with_capacity(samples.len().div_ceil(PACKED_SAMPLES_PER_CHUNK));
         let mut times = Vec::with_capacity(PACKED_SAMPLES_PER_CHUNK);
         let mut values = Vec::with_capacity(PACKED_SAMPLES_PER_CHUNK);
@@ -337,8 +437,7 @@ impl BlockWriter {
             metas.push((times[0], times[times.len() - 1], off));
             self.stats.num_samples += part.len() as u64;
         }
-        self.push_series(labels, metas);
-        Ok(())
+        Ok(metas)
     }
 
     /// Writes the index and meta.json, fsyncs, and renames the block into place.
@@ -380,6 +479,12 @@ impl BlockWriter {
         fsync_dir(&self.parent)?;
         Ok(Some(meta))
     }
+}
+
+/// The float part of a series given to a block writer.
+enum Floats<'a> {
+    Chunks(&'a [SealedChunk]),
+    Samples(&'a [Sample]),
 }
 
 /// A block's temporary directory, removed when dropped (a no-op once renamed).
@@ -436,6 +541,16 @@ impl IndexFile {
     }
 }
 
+/// `uvarint count, (varint minTime, uvarint maxTime - minTime, uvarint offset)*`.
+fn put_chunk_metas(out: &mut Vec<u8>, metas: &[ChunkMeta]) {
+    put_uvarint(out, metas.len() as u64);
+    for &(mint, maxt, off) in metas {
+        put_varint(out, mint);
+        put_uvarint(out, maxt.wrapping_sub(mint) as u64);
+        put_uvarint(out, off);
+    }
+}
+
 fn write_index(path: &Path, w: &BlockWriter) -> Result<(), StorageError> {
     // Label pairs in (name, value) order: the postings table's order, and numbering
     // the symbols in text order gives the symbol ids of each pair.
@@ -463,8 +578,13 @@ fn write_index(path: &Path, w: &BlockWriter) -> Result<(), StorageError> {
         len: 0,
     };
     let mut scratch = Vec::new();
+    let with_histograms = !w.series_hist_chunks.is_empty();
     out.write(INDEX_MAGIC)?;
-    out.write(&[VERSION])?;
+    out.write(&[if with_histograms {
+        VERSION_HISTOGRAMS
+    } else {
+        VERSION
+    }])?;
 
     let symbols_off = out.len;
     scratch.clear();
@@ -481,13 +601,14 @@ fn write_index(path: &Path, w: &BlockWriter) -> Result<(), StorageError> {
     let mut postings: Vec<Vec<u64>> = vec![Vec::new(); pairs.len()];
     let mut all = Vec::with_capacity(w.series_ends.len());
     let mut payload = Vec::new();
-    let (mut pairs_start, mut chunks_start) = (0, 0);
+    let (mut pairs_start, mut chunks_start, mut hist_start) = (0, 0, 0);
     // Symbol ids compare as their text does, so this is the label order.
     #[cfg(debug_assertions)]
     let mut previous: Option<Vec<(u64, u64)>> = None;
-    for &(pairs_end, chunks_end) in &w.series_ends {
+    for &(pairs_end, chunks_end, hist_end) in &w.series_ends {
         let ids = &w.series_pairs[pairs_start..pairs_end];
         let metas = &w.series_chunks[chunks_start..chunks_end];
+        let hist_metas = &w.series_hist_chunks[hist_start..hist_end];
         #[cfg(debug_assertions)]
         {
             let labels: Vec<(u64, u64)> = ids.iter().map(|&id| pair_syms[id as usize]).collect();
@@ -504,18 +625,16 @@ fn write_index(path: &Path, w: &BlockWriter) -> Result<(), StorageError> {
             put_uvarint(&mut payload, n);
             put_uvarint(&mut payload, v);
         }
-        put_uvarint(&mut payload, metas.len() as u64);
-        for &(mint, maxt, off) in metas {
-            put_varint(&mut payload, mint);
-            put_uvarint(&mut payload, maxt.wrapping_sub(mint) as u64);
-            put_uvarint(&mut payload, off);
+        put_chunk_metas(&mut payload, metas);
+        if with_histograms {
+            put_chunk_metas(&mut payload, hist_metas);
         }
         let series_ref = out.write_checked_entry(&mut scratch, &payload)?;
         for &id in ids {
             postings[id as usize].push(series_ref);
         }
         all.push(series_ref);
-        (pairs_start, chunks_start) = (pairs_end, chunks_end);
+        (pairs_start, chunks_start, hist_start) = (pairs_end, chunks_end, hist_end);
     }
 
     let mut write_list = |out: &mut IndexFile, list: &[u64]| -> Result<u64, StorageError> {
@@ -628,6 +747,8 @@ pub struct BlockIndex {
     all_off: u64,
     series_off: u64,
     num_series: u64,
+    /// Whether series entries list histogram chunks (index version 2).
+    with_histograms: bool,
 }
 
 impl BlockIndex {
@@ -637,7 +758,10 @@ impl BlockIndex {
         // them while mapped (deletion only unlinks).
         let map = unsafe { Mmap::map(&file)? };
         let bad = |what: &str| corrupt(format!("{}: {what}", path.display()));
-        if map.len() < 5 + TOC_LEN || &map[..4] != INDEX_MAGIC || map[4] != VERSION {
+        if map.len() < 5 + TOC_LEN
+            || &map[..4] != INDEX_MAGIC
+            || !matches!(map[4], VERSION | VERSION_HISTOGRAMS)
+        {
             return Err(bad("bad header"));
         }
         let toc = &map[map.len() - TOC_LEN..];
@@ -655,6 +779,7 @@ impl BlockIndex {
         let symbols = read_symbols(&map, symbols_off).ok_or_else(|| bad("bad symbol table"))?;
         let table =
             read_table(&map, table_off, symbols.len()).ok_or_else(|| bad("bad postings table"))?;
+        let with_histograms = map[4] == VERSION_HISTOGRAMS;
         Ok(BlockIndex {
             map,
             symbols,
@@ -662,6 +787,7 @@ impl BlockIndex {
             all_off,
             series_off,
             num_series,
+            with_histograms,
         })
     }
 
@@ -695,8 +821,27 @@ impl BlockIndex {
         Ok(out)
     }
 
-    /// Labels and chunk metas (mint, maxt, chunk offset) of the series at `series_ref`.
+    /// Labels and float chunk metas (mint, maxt, chunk offset) of the series at
+    /// `series_ref` (none when it holds only histograms).
     pub fn series(&self, series_ref: SeriesRef) -> Result<(Labels, Vec<ChunkMeta>), StorageError> {
+        let (labels, metas, _) = self.read_series(series_ref, false)?;
+        Ok((labels, metas))
+    }
+
+    /// Labels, float chunk metas and native histogram chunk metas of the series at
+    /// `series_ref`.
+    pub fn series_with_histograms(
+        &self,
+        series_ref: SeriesRef,
+    ) -> Result<(Labels, Vec<ChunkMeta>, Vec<ChunkMeta>), StorageError> {
+        self.read_series(series_ref, true)
+    }
+
+    fn read_series(
+        &self,
+        series_ref: SeriesRef,
+        histograms: bool,
+    ) -> Result<(Labels, Vec<ChunkMeta>, Vec<ChunkMeta>), StorageError> {
         let bad = || corrupt(format!("series entry at {series_ref} damaged"));
         if series_ref < self.series_off {
             return Err(bad());
@@ -720,15 +865,13 @@ impl BlockIndex {
         if !labels.windows(2).all(|w| w[0].name < w[1].name) {
             return Err(bad());
         }
-        let nchunks = p.uvarint().ok_or_else(bad)?;
-        let mut metas = Vec::with_capacity(nchunks.min(1 << 16) as usize);
-        for _ in 0..nchunks {
-            let mint = p.varint().ok_or_else(bad)?;
-            let span = p.uvarint().ok_or_else(bad)?;
-            let off = p.uvarint().ok_or_else(bad)?;
-            metas.push((mint, mint.wrapping_add(span as i64), off));
-        }
-        Ok((Labels::from_sorted(labels), metas))
+        let metas = read_chunk_metas(&mut p).ok_or_else(bad)?;
+        let hist_metas = if histograms && self.with_histograms {
+            read_chunk_metas(&mut p).ok_or_else(bad)?
+        } else {
+            Vec::new()
+        };
+        Ok((Labels::from_sorted(labels), metas, hist_metas))
     }
 
     /// Label names present in the block, unsorted.
@@ -739,6 +882,24 @@ impl BlockIndex {
     pub fn num_series(&self) -> u64 {
         self.num_series
     }
+
+    /// Whether series entries list histogram chunks (a block written with histograms).
+    pub fn has_histograms(&self) -> bool {
+        self.with_histograms
+    }
+}
+
+/// The inverse of `put_chunk_metas`.
+fn read_chunk_metas(p: &mut Reader<'_>) -> Option<Vec<ChunkMeta>> {
+    let n = p.uvarint()?;
+    let mut metas = Vec::with_capacity(n.min(1 << 16) as usize);
+    for _ in 0..n {
+        let mint = p.varint()?;
+        let span = p.uvarint()?;
+        let off = p.uvarint()?;
+        metas.push((mint, mint.wrapping_add(span as i64), off));
+    }
+    Some(metas)
 }
 
 fn read_symbols(map: &[u8], off: u64) -> Option<Vec<(usize, usize)>> {
@@ -914,6 +1075,80 @@ impl Block {
             Some(&kind) => Err(bad(&format_args!("record kind {kind} is not a chunk"))),
             None => Err(bad(&"empty record")),
         }
+    }
+
+    /// Decodes the native histogram chunk at `off`, appending its samples to `out`.
+    pub fn decode_histogram_chunk(
+        &self,
+        off: u64,
+        out: &mut Vec<HistogramSample>,
+    ) -> Result<(), StorageError> {
+        let bad = |e: &dyn std::fmt::Display| {
+            corrupt(format!(
+                "{}: histogram chunk at {off}: {e}",
+                self.dir.display()
+            ))
+        };
+        if self.chunks_version == CHUNKS_VERSION_XOR {
+            return Err(bad(&"an XOR-format block holds no histograms"));
+        }
+        let record = self.chunk(off)?;
+        let (Some(&RECORD_HISTOGRAM), Some(&encoding)) = (record.first(), record.get(1)) else {
+            return Err(bad(&"not a histogram chunk record"));
+        };
+        let bytes = &record[2..];
+        match encoding {
+            Histogram::ENCODING => {
+                for s in decode_histogram_chunk::<Histogram>(bytes) {
+                    let (t, h) = s.map_err(|e| bad(&e))?;
+                    out.push(HistogramSample {
+                        t,
+                        h: HistogramValue::Int(h),
+                    });
+                }
+            }
+            FloatHistogram::ENCODING => {
+                for s in decode_histogram_chunk::<FloatHistogram>(bytes) {
+                    let (t, h) = s.map_err(|e| bad(&e))?;
+                    out.push(HistogramSample {
+                        t,
+                        h: HistogramValue::Float(h),
+                    });
+                }
+            }
+            other => return Err(bad(&format_args!("unknown encoding {other}"))),
+        }
+        Ok(())
+    }
+
+    /// The live histogram samples of the series at `series_ref` within `[mint, maxt]`,
+    /// from its histogram chunk metas, in time order.
+    pub fn histograms(
+        &self,
+        series_ref: SeriesRef,
+        hist_metas: &[ChunkMeta],
+        mint: i64,
+        maxt: i64,
+        out: &mut Vec<HistogramSample>,
+    ) -> Result<(), StorageError> {
+        let start = out.len();
+        for &(cmin, cmax, off) in hist_metas {
+            if cmax >= mint && cmin <= maxt {
+                self.decode_histogram_chunk(off, out)?;
+            }
+        }
+        let tombstones = self.tombstones.read().unwrap_or_else(|e| e.into_inner());
+        let intervals = tombstones.intervals(series_ref);
+        let mut kept = start;
+        for i in start..out.len() {
+            let t = out[i].t;
+            if t >= mint && t <= maxt && !super::tombstones::is_deleted(intervals, t) {
+                out.swap(kept, i);
+                kept += 1;
+            }
+        }
+        out.truncate(kept);
+        Ok(())
     }
 
     pub fn overlaps(&self, mint: i64, maxt: i64) -> bool {
@@ -1203,6 +1438,255 @@ mod tests {
             all.push(out.iter().map(|s| (s.t, s.v.to_bits())).collect());
         }
         Ok(all)
+    }
+
+    /// Integer and float histograms at every third time, floats between them.
+    fn mixed_series(n: i64) -> (Vec<Sample>, Vec<HistogramSample>) {
+        use crate::model::histogram::Span;
+        let mut floats = Vec::new();
+        let mut hists = Vec::new();
+        for i in 0..n {
+            let t = i * 15_000;
+            if i % 3 != 0 {
+                floats.push(Sample::new(t, i as f64));
+                continue;
+            }
+            let h = Histogram {
+                count: 3 + i as u64,
+                sum: i as f64 * 0.5,
+                positive_spans: vec![Span {
+                    offset: 0,
+                    length: 2,
+                }]
+                .into(),
+                positive_buckets: vec![1, 1 + i],
+                ..Histogram::default()
+            };
+            hists.push(HistogramSample {
+                t,
+                h: if i % 2 == 0 {
+                    HistogramValue::Int(h)
+                } else {
+                    HistogramValue::Float(h.to_float())
+                },
+            });
+        }
+        (floats, hists)
+    }
+
+    /// Histogram chunks sit beside float chunks of the same series and read back; the
+    /// index says version 2 only then, so float-only blocks stay as they were.
+    #[test]
+    fn histogram_chunks_read_back_beside_floats() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = BlockWriter::new(dir.path()).unwrap();
+        let (floats, hists) = mixed_series(1000);
+        let only = Labels::from_pairs([("k", "hist-only")]);
+        let mixed = Labels::from_pairs([("k", "mixed")]);
+        w.add_series_samples_with_histograms(only.clone(), &[], &hists)
+            .unwrap();
+        w.add_series_samples_with_histograms(mixed.clone(), &floats, &hists)
+            .unwrap();
+        let meta = w.finish(1, vec![]).unwrap().unwrap();
+        let n = hists.len() as u64;
+        assert_eq!(meta.stats.num_histogram_samples, 2 * n);
+        assert_eq!(meta.stats.num_samples, 2 * n + floats.len() as u64);
+        assert_eq!((meta.min_time, meta.max_time), (0, 999 * 15_000 + 1));
+        let block = Block::open(&dir.path().join(&meta.ulid)).unwrap();
+        assert!(block.index.has_histograms());
+        let refs = block.index.all_postings();
+        for (r, labels, want_floats) in [(refs[0], &only, &[][..]), (refs[1], &mixed, &floats[..])]
+        {
+            let (got_labels, metas, hist_metas) = block.index.series_with_histograms(r).unwrap();
+            assert_eq!(&got_labels, labels);
+            // 334 histograms: three chunks of at most 120 (a kind switch cuts too).
+            assert!(hist_metas.len() >= 3, "{hist_metas:?}");
+            let mut got = Vec::new();
+            block
+                .samples(r, &metas, i64::MIN, i64::MAX, &mut got)
+                .unwrap();
+            assert_eq!(got, want_floats);
+            let mut got = Vec::new();
+            block
+                .histograms(r, &hist_metas, i64::MIN, i64::MAX, &mut got)
+                .unwrap();
+            assert_eq!(got.len(), hists.len());
+            assert!(got
+                .iter()
+                .zip(&hists)
+                .all(|(a, b)| a.t == b.t && a.h.same(&b.h)));
+            // A range, and a tombstone.
+            let mut got = Vec::new();
+            block
+                .histograms(r, &hist_metas, 30_000, 90_000, &mut got)
+                .unwrap();
+            assert_eq!(
+                got.iter().map(|s| s.t).collect::<Vec<_>>(),
+                [45_000, 90_000]
+            );
+            block.tombstones.write().unwrap().add(r, 0, 45_000);
+            let mut got = Vec::new();
+            block
+                .histograms(r, &hist_metas, i64::MIN, 90_000, &mut got)
+                .unwrap();
+            assert_eq!(got.iter().map(|s| s.t).collect::<Vec<_>>(), [90_000]);
+        }
+        // `series` keeps answering float chunks only.
+        assert!(block.index.series(refs[0]).unwrap().1.is_empty());
+
+        let dir = tempfile::tempdir().unwrap();
+        let meta = write_sample_block(dir.path());
+        let block = Block::open(&dir.path().join(&meta.ulid)).unwrap();
+        assert!(!block.index.has_histograms());
+        let index = fs::read(dir.path().join(&meta.ulid).join(INDEX_FILE)).unwrap();
+        assert_eq!(index[4], VERSION);
+        let meta_json = fs::read_to_string(dir.path().join(&meta.ulid).join(META_FILE)).unwrap();
+        assert!(!meta_json.contains("numHistogramSamples"), "{meta_json}");
+        // The XOR format cannot hold them: an error, not a silent loss.
+        let mut w = BlockWriter::with_format(dir.path(), ChunkFormat::Xor).unwrap();
+        assert!(w
+            .add_series_samples_with_histograms(only, &floats, &hists)
+            .is_err());
+    }
+
+    /// Damaged histogram chunks give errors, never a panic or wrong samples silently.
+    #[test]
+    fn damaged_histogram_chunks_give_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = BlockWriter::new(dir.path()).unwrap();
+        let (_, hists) = mixed_series(60);
+        w.add_series_samples_with_histograms(Labels::from_pairs([("k", "h")]), &[], &hists)
+            .unwrap();
+        let meta = w.finish(1, vec![]).unwrap().unwrap();
+        let bdir = dir.path().join(&meta.ulid);
+        let chunks_path = bdir.join(CHUNKS_FILE);
+        let good = fs::read(&chunks_path).unwrap();
+        let read_all = |block: &Block| -> Result<Vec<HistogramSample>, StorageError> {
+            let mut out = Vec::new();
+            for r in block.index.all_postings() {
+                let (_, _, hist_metas) = block.index.series_with_histograms(r)?;
+                block.histograms(r, &hist_metas, i64::MIN, i64::MAX, &mut out)?;
+            }
+            Ok(out)
+        };
+        let expected = read_all(&Block::open(&bdir).unwrap()).unwrap();
+        assert_eq!(expected.len(), hists.len());
+        for i in 5..good.len() {
+            let mut bad = good.clone();
+            bad[i] ^= 0x10;
+            fs::write(&chunks_path, &bad).unwrap();
+            let block = Block::open(&bdir).unwrap();
+            match read_all(&block) {
+                Err(StorageError::Corruption(_)) => {}
+                Err(e) => panic!("byte {i}: unexpected error {e}"),
+                Ok(got) => assert_eq!(got, expected, "byte {i} changed samples silently"),
+            }
+        }
+        // A float chunk's offset given as a histogram chunk's.
+        fs::write(&chunks_path, &good).unwrap();
+        let dir2 = tempfile::tempdir().unwrap();
+        let floats_meta = write_sample_block(dir2.path());
+        let block = Block::open(&dir2.path().join(&floats_meta.ulid)).unwrap();
+        let (_, metas) = block.index.series(block.index.all_postings()[0]).unwrap();
+        let mut out = Vec::new();
+        assert!(matches!(
+            block.decode_histogram_chunk(metas[0].2, &mut out),
+            Err(StorageError::Corruption(e)) if e.contains("not a histogram chunk")
+        ));
+    }
+
+    /// The size of a realistic series' histograms in a block: a request-latency
+    /// histogram (schema 3, log-normal latencies around 50 ms, 100 requests a second,
+    /// scraped every 15 s for 2 h), as integer histograms. Prints bytes per sample
+    /// (ADR 0030) and holds it to a bound a per-sample layout would break.
+    #[test]
+    fn a_realistic_histogram_series_costs_little_per_sample() {
+        use crate::model::histogram::Span;
+        use rand::rngs::SmallRng;
+        let mut rng = SmallRng::seed_from_u64(7);
+        let schema = 3;
+        // Cumulative counts by bucket index.
+        let mut counts: std::collections::BTreeMap<i32, i64> = Default::default();
+        let (mut count, mut sum) = (0u64, 0.0f64);
+        let mut samples = Vec::new();
+        for scrape in 0..480 {
+            for _ in 0..1500 {
+                // Box-Muller: a standard normal from two uniforms.
+                let (u1, u2): (f64, f64) = (rng.random::<f64>().max(1e-12), rng.random());
+                let z = (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos();
+                let v = (0.05f64.ln() + 0.8 * z).exp();
+                let idx = (v.log2() * f64::from(1 << schema)).ceil() as i32;
+                *counts.entry(idx).or_default() += 1;
+                count += 1;
+                sum += v;
+            }
+            // Spans over the populated indexes, gaps of up to 2 empty buckets kept.
+            let mut spans: Vec<Span> = Vec::new();
+            let mut abs = Vec::new();
+            let mut prev: Option<i32> = None;
+            for (&idx, &c) in &counts {
+                match prev {
+                    Some(p) if idx - p <= 3 => {
+                        for _ in p + 1..idx {
+                            abs.push(0);
+                        }
+                        spans.last_mut().unwrap().length += (idx - p) as u32;
+                    }
+                    Some(p) => spans.push(Span {
+                        offset: idx - p - 1,
+                        length: 1,
+                    }),
+                    None => spans.push(Span {
+                        offset: idx,
+                        length: 1,
+                    }),
+                }
+                abs.push(c);
+                prev = Some(idx);
+            }
+            let mut last = 0;
+            let buckets = abs
+                .iter()
+                .map(|&c| {
+                    let d = c - last;
+                    last = c;
+                    d
+                })
+                .collect();
+            let h = Histogram {
+                schema,
+                count,
+                sum,
+                positive_spans: spans.into(),
+                positive_buckets: buckets,
+                ..Histogram::default()
+            };
+            h.validate().unwrap();
+            samples.push(HistogramSample {
+                t: scrape * 15_000,
+                h: HistogramValue::Int(h),
+            });
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = BlockWriter::new(dir.path()).unwrap();
+        w.add_series_samples_with_histograms(Labels::from_pairs([("k", "latency")]), &[], &samples)
+            .unwrap();
+        let meta = w.finish(1, vec![]).unwrap().unwrap();
+        let chunks = fs::metadata(dir.path().join(&meta.ulid).join(CHUNKS_FILE))
+            .unwrap()
+            .len();
+        let buckets = match &samples[samples.len() - 1].h {
+            HistogramValue::Int(h) => h.positive_buckets.len(),
+            HistogramValue::Float(_) => 0,
+        };
+        let per_sample = chunks as f64 / samples.len() as f64;
+        println!(
+            "{} samples, {buckets} buckets at the end, {} chunks: {chunks} bytes of chunks, \
+             {per_sample:.1} bytes per sample",
+            samples.len(),
+            meta.stats.num_chunks
+        );
+        assert!(per_sample < 4.0 * buckets as f64, "{per_sample}");
     }
 
     #[test]

@@ -141,7 +141,12 @@ pub fn retain_live(samples: &mut Vec<crate::model::Sample>, intervals: &[(i64, i
     if intervals.is_empty() {
         return;
     }
-    samples.retain(|s| !intervals.iter().any(|&(a, b)| a <= s.t && s.t <= b));
+    samples.retain(|s| !is_deleted(intervals, s.t));
+}
+
+/// Whether one of `intervals` covers `t` (samples of either type).
+pub fn is_deleted(intervals: &[(i64, i64)], t: i64) -> bool {
+    intervals.iter().any(|&(a, b)| a <= t && t <= b)
 }
 
 #[cfg(test)]
