@@ -3,8 +3,10 @@
 //! Owns: choosing which blocks to merge (`plan`) and merging them into one new block
 //! (`merge_blocks`), which also drops tombstoned samples and deduplicates samples that
 //! overlapping blocks share (a timestamp with two values keeps the conflict rule's
-//! winner, ADR 0011). Ranges grow exponentially like Prometheus's: the block
-//! duration times 3, 9, 27, ... Calls `block` (which encodes the merged samples), `tombstones`.
+//! winner, ADR 0011); native histograms likewise, where a timestamp two blocks hold
+//! keeps the histogram of the block written last (greatest ULID), as reads do (ADR
+//! 0030). Ranges grow exponentially like Prometheus's: the block duration times 3, 9,
+//! 27, ... Calls `block` (which encodes the merged samples), `tombstones`.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -12,6 +14,7 @@ use std::sync::Arc;
 
 use super::block::{Block, BlockMeta, BlockWriter, ChunkMeta};
 use super::index::{PostingsSource, SeriesRef};
+use crate::model::histogram::{merge_sorted_histograms, HistogramSample};
 use crate::model::merge_sorted_samples;
 use crate::model::{Labels, Sample};
 use crate::storage::StorageError;
@@ -84,25 +87,37 @@ pub fn merge_blocks(
     parent: &Path,
     blocks: &[Arc<Block>],
 ) -> Result<Option<BlockMeta>, StorageError> {
-    // labels -> (block, series ref, chunk metas) for every source of that series.
-    type Sources = Vec<(usize, SeriesRef, Vec<ChunkMeta>)>;
+    // labels -> (block, series ref, chunk metas, histogram chunk metas) for every
+    // source of that series, blocks visited oldest written first so histograms of a
+    // later block win.
+    type Sources = Vec<(usize, SeriesRef, Vec<ChunkMeta>, Vec<ChunkMeta>)>;
+    let mut order: Vec<usize> = (0..blocks.len()).collect();
+    order.sort_by(|&a, &b| blocks[a].meta.ulid.cmp(&blocks[b].meta.ulid));
     let mut series: BTreeMap<Labels, Sources> = BTreeMap::new();
-    for (bi, block) in blocks.iter().enumerate() {
+    for bi in order {
+        let block = &blocks[bi];
         for r in block.index.all_postings() {
-            let (labels, metas) = block.index.series(r)?;
-            series.entry(labels).or_default().push((bi, r, metas));
+            let (labels, metas, hist_metas) = block.index.series_with_histograms(r)?;
+            series
+                .entry(labels)
+                .or_default()
+                .push((bi, r, metas, hist_metas));
         }
     }
     let mut writer = BlockWriter::new(parent)?;
     let mut samples: Vec<Sample> = Vec::new();
     for (labels, sources) in series {
         let mut merged: Vec<Sample> = Vec::new();
-        for (bi, r, metas) in sources {
+        let mut merged_hist: Vec<HistogramSample> = Vec::new();
+        for (bi, r, metas, hist_metas) in sources {
             samples.clear();
             blocks[bi].samples(r, &metas, i64::MIN, i64::MAX, &mut samples)?;
             merged = merge_sorted_samples(merged, std::mem::take(&mut samples));
+            let mut hist = Vec::new();
+            blocks[bi].histograms(r, &hist_metas, i64::MIN, i64::MAX, &mut hist)?;
+            merged_hist = merge_sorted_histograms(merged_hist, hist);
         }
-        writer.add_series_samples(labels, &merged)?;
+        writer.add_series_samples_with_histograms(labels, &merged, &merged_hist)?;
     }
     let level = blocks
         .iter()

@@ -2,7 +2,8 @@
 //! reads, deletion, maintenance (head cut, compaction, retention), snapshots, stats.
 //!
 //! Native histograms take the same append path (`append_histograms`, WAL kinds 6/7)
-//! and stay in the head across cuts until blocks carry them (ADR 0030).
+//! and the same cuts: a head cut moves them into the block with the floats, and the
+//! WAL is truncated only after that block is durable and visible (ADR 0030).
 //!
 //! Owns: the order in which the parts are touched so that every acknowledged sample is
 //! in the WAL, readers see each sample exactly once, and a crash at any point leaves a
@@ -148,12 +149,20 @@ impl Db {
         let from = newest_valid.saturating_add(1);
         let mut removed = quarantine::Removed::default();
         let mut head_ids = Vec::new();
+        let mut histograms = Vec::new();
         for series in self.head.all_series() {
             let mut samples = Vec::new();
-            series.data().samples_in(from, i64::MAX, &mut samples);
+            histograms.clear();
+            {
+                let data = series.data();
+                data.samples_in(from, i64::MAX, &mut samples);
+                data.histograms_in(from, i64::MAX, &mut histograms);
+            }
+            if !samples.is_empty() || !histograms.is_empty() {
+                head_ids.push(series.id);
+            }
             if !samples.is_empty() {
                 removed.add(series.labels(), samples);
-                head_ids.push(series.id);
             }
         }
         let blocks = read(&self.blocks).clone();
@@ -162,24 +171,30 @@ impl Db {
         for block in blocks.iter().filter(|b| b.meta.max_time > from) {
             let mut refs = Vec::new();
             for r in block.index.all_postings() {
-                let (labels, metas) = block.index.series(r)?;
-                if metas.iter().all(|&(_, chunk_max, _)| chunk_max < from) {
+                let (labels, metas, hist_metas) = block.index.series_with_histograms(r)?;
+                if metas
+                    .iter()
+                    .chain(&hist_metas)
+                    .all(|&(_, chunk_max, _)| chunk_max < from)
+                {
                     continue;
                 }
                 let mut samples = Vec::new();
                 block.samples(r, &metas, from, i64::MAX, &mut samples)?;
-                removed.add(labels, samples);
+                if !samples.is_empty() {
+                    removed.add(labels, samples);
+                }
                 refs.push(r);
             }
             to_rewrite.push((block.clone(), refs));
         }
-        if removed.is_empty() && to_rewrite.is_empty() {
+        if removed.is_empty() && to_rewrite.is_empty() && head_ids.is_empty() {
             return Ok(());
         }
         let summary = removed.summary();
         let copy = removed.write(&self.opts.dir)?;
-        // Also removes those series' histograms there, which the quarantine block
-        // cannot hold (a known gap, ADR 0030).
+        // Histograms beyond the limit are removed too (head and blocks), without a copy:
+        // the quarantine block holds floats only (a known gap, ADR 0030).
         self.delete_from_head(&head_ids, from, i64::MAX)?;
         for (block, refs) in &to_rewrite {
             self.add_tombstones(block, refs, from, i64::MAX)?;
@@ -307,8 +322,8 @@ impl Db {
     /// the WAL (records of kinds 6 and 7), staged and published as `append` does.
     /// Every histogram is validated first (Prometheus's rules): one invalid histogram
     /// refuses the whole batch, nothing of it stored. The head's rules are the float
-    /// path's (see `head::SeriesData::append_histogram`). Not reachable from ingest
-    /// yet: blocks do not carry histograms (ADR 0030).
+    /// path's (see `head::SeriesData::append_histogram`). Head cuts move them into
+    /// blocks like floats (ADR 0030).
     pub fn append_histograms(
         &self,
         batch: &[HistogramSeries],
@@ -339,7 +354,7 @@ impl Db {
                                 HistogramValue::Int(h) => ints.push(id, s.t, h),
                                 HistogramValue::Float(h) => floats.push(id, s.t, h),
                             }
-                            tally.appended += 1;
+                            tally.stored(s.t);
                             staged = true;
                         }
                         Err(reason) => tally.reject(reason, &series.labels, s.t),
@@ -357,8 +372,12 @@ impl Db {
             records.extend(floats.finish());
         }
         self.commit_staged(&records, &staged_in, ticket, &mut tally)?;
-        // The head's time range stays that of float samples: it decides head cuts,
-        // which keep histograms (see `head`).
+        // Histograms count in the head's time range: it decides head cuts, which move
+        // them into blocks.
+        if tally.mint <= tally.maxt {
+            self.head.note_time_range(tally.mint, tally.maxt);
+            self.note_if_late(tally.mint);
+        }
         Ok(self.count_outcome(tally))
     }
 
@@ -804,14 +823,14 @@ impl Db {
         self.with_querier(|q| q.select(matchers, mint, maxt, max_samples))
     }
 
-    /// Matching series' native histogram samples in `[mint, maxt]`, sorted by labels.
-    /// Only the head holds histograms (ADR 0030).
+    /// Matching series' native histogram samples in `[mint, maxt]` from the blocks and
+    /// the head, sorted by labels (see `Querier::select_histograms`).
     pub fn select_histograms(
         &self,
         matchers: &[Matcher],
         mint: i64,
         maxt: i64,
-    ) -> Vec<HistogramSeries> {
+    ) -> Result<Vec<HistogramSeries>, StorageError> {
         self.with_querier(|q| q.select_histograms(matchers, mint, maxt))
     }
 
@@ -901,8 +920,15 @@ impl Db {
             if written.is_err() {
                 break;
             }
-            let chunks = mem.data().start_cut(boundary);
-            written = writer.add_series(mem.interned_labels(), &chunks);
+            let (chunks, histograms) = {
+                let mut data = mem.data();
+                (
+                    data.start_cut(boundary),
+                    data.start_cut_histograms(boundary),
+                )
+            };
+            written =
+                writer.add_series_with_histograms(mem.interned_labels(), &chunks, &histograms);
         }
         let opened = written
             .and_then(|()| writer.finish(1, Vec::new()))
@@ -985,8 +1011,9 @@ impl Db {
         cp.commit()
     }
 
-    /// Writes the head's histogram samples into a checkpoint (kinds 6 and 7): head cuts
-    /// keep them, so the checkpoint is where they survive the WAL's truncation.
+    /// Writes the head's histogram samples into a checkpoint (kinds 6 and 7), as the
+    /// float samples: those a cut did not move into a block survive the WAL's
+    /// truncation here.
     fn checkpoint_histograms(
         &self,
         all: &[Arc<MemSeries>],
@@ -1135,15 +1162,24 @@ impl Db {
         Ok(())
     }
 
-    /// The head's float samples as one block. Its histograms are not in the snapshot:
-    /// blocks carry none yet (ADR 0030).
+    /// The head's samples, floats and histograms, as one block.
     fn write_head_block(&self, dir: &Path) -> Result<(), StorageError> {
         let mut writer = BlockWriter::new(dir)?;
         let mut samples = Vec::new();
+        let mut histograms = Vec::new();
         for mem in self.head_series_in_label_order() {
             samples.clear();
-            mem.data().samples_in(i64::MIN, i64::MAX, &mut samples);
-            writer.add_series_samples(mem.interned_labels(), &samples)?;
+            histograms.clear();
+            {
+                let data = mem.data();
+                data.samples_in(i64::MIN, i64::MAX, &mut samples);
+                data.histograms_in(i64::MIN, i64::MAX, &mut histograms);
+            }
+            writer.add_series_samples_with_histograms(
+                mem.interned_labels(),
+                &samples,
+                &histograms,
+            )?;
         }
         writer.finish(1, Vec::new())?;
         Ok(())
@@ -1156,6 +1192,12 @@ impl Db {
         let mut series = self.head.all_series();
         series.sort_unstable_by(|a, b| a.interned_labels().cmp(b.interned_labels()));
         series
+    }
+
+    /// The open blocks, for tests that look into their metadata.
+    #[cfg(test)]
+    pub fn blocks_for_tests(&self) -> Vec<Arc<Block>> {
+        read(&self.blocks).clone()
     }
 
     pub fn blocks(&self) -> Vec<BlockInfo> {
@@ -1327,12 +1369,11 @@ impl Replayer<'_> {
 }
 
 impl Replayer<'_> {
-    /// Histograms are out of the head's time range (see `head`), so unlike float
-    /// samples they do not widen it.
     fn append_histogram(&mut self, id: u64, t: i64, h: HistogramValue) {
         match self.ids.get(&id) {
             Some(series) => {
                 let _ = series.data().append_histogram(t, &h, &Self::LIMITS);
+                self.head.note_time_range(t, t);
             }
             None => tracing::warn!(id, "WAL histograms for an unknown series"),
         }

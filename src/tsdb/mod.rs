@@ -7,7 +7,7 @@
 //! (the timestamp and value columns of sealed blocks, ADR 0026), `index` (postings and
 //! matcher evaluation), `head` (in-memory series, label interning, open chunks; its
 //! label-set hash is `model::label_hash`), `head_hist` (a head series' native
-//! histogram chunks; blocks carry none yet, so head cuts keep them, ADR 0030), `wal` (segments, checksums, checkpoints,
+//! histogram chunks, which head cuts move into blocks, ADR 0030), `wal` (segments, checksums, checkpoints,
 //! replay), `block`
 //! (immutable on-disk blocks), `compact` (merging blocks), `digest` (per-window digests
 //! of stored samples for comparing replicas, cached per block), `retention` (time and
@@ -339,7 +339,7 @@ impl Storage for Tsdb {
         Box::pin(async move {
             let series = self
                 .blocking(move |db| db.select_histograms(&req.matchers, req.mint, req.maxt))
-                .await?;
+                .await??;
             let samples: usize = series.iter().map(|s| s.samples.len()).sum();
             if req.max_samples > 0 && samples > req.max_samples {
                 return Err(SelectError::TooManySamples);
@@ -443,6 +443,8 @@ impl Storage for Tsdb {
 mod tests;
 #[cfg(test)]
 mod tests_backfill;
+#[cfg(test)]
+mod tests_hist_blocks;
 #[cfg(test)]
 mod tests_histograms;
 #[cfg(test)]

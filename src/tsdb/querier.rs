@@ -3,7 +3,8 @@
 //! Owns: gathering matching series from every source that overlaps the time range and
 //! merging them so each series appears once, its samples in time order with identical
 //! timestamps deduplicated (the value kept is the conflict rule's, ADR 0011); native
-//! histogram samples, which only the head holds, apart. Calls `head`, `block`, `index` and `storage` types.
+//! histogram samples apart (`select_histograms`: the newest source's histogram is kept
+//! at a shared timestamp, ADR 0030). Calls `head`, `block`, `index` and `storage` types.
 
 use std::cmp::Ordering;
 use std::collections::BTreeSet;
@@ -12,6 +13,7 @@ use std::sync::Arc;
 use super::block::Block;
 use super::head::Head;
 use super::index::{select_postings, PostingsSource};
+use crate::model::histogram::{merge_sorted_histograms, HistogramSample};
 use crate::model::merge_sorted_samples;
 use crate::model::{HistogramSeries, Labels, Matcher, Sample, Series};
 use crate::storage::{SelectError, StorageError};
@@ -189,30 +191,61 @@ impl Querier<'_> {
         merger.finish()
     }
 
-    /// Matching series with native histogram samples in `[mint, maxt]`, sorted by
-    /// labels. Only the head holds histograms (blocks do not carry them yet, ADR 0030).
+    /// Matching series with native histogram samples in `[mint, maxt]` from the blocks
+    /// and the head, sorted by labels, each series once with its samples in time order.
+    /// At a timestamp several sources hold (a crash between a cut's block and the WAL's
+    /// truncation, or a histogram appended after its time was cut), the newest source's
+    /// is kept: the head's, else the block written last (greatest ULID) — compaction
+    /// keeps the same one (ADR 0030).
     pub fn select_histograms(
         &self,
         matchers: &[Matcher],
         mint: i64,
         maxt: i64,
-    ) -> Vec<HistogramSeries> {
-        let mut head_series: Vec<_> = select_postings(&*self.head.postings(), matchers)
-            .into_iter()
-            .filter_map(|id| self.head.get(id))
+    ) -> Result<Vec<HistogramSeries>, StorageError> {
+        // (labels, rank of the source: older first, samples)
+        let mut found: Vec<(Labels, usize, Vec<HistogramSample>)> = Vec::new();
+        let mut blocks: Vec<&Arc<Block>> = self
+            .overlapping_blocks(mint, maxt)
+            .filter(|b| b.index.has_histograms())
             .collect();
-        head_series.sort_unstable_by(|a, b| cmp_interned(a.interned_labels(), b.interned_labels()));
-        head_series
-            .into_iter()
-            .filter_map(|series| {
+        blocks.sort_by(|a, b| a.meta.ulid.cmp(&b.meta.ulid));
+        for (rank, block) in blocks.iter().enumerate() {
+            for r in select_postings(&block.index, matchers) {
+                let (labels, _, hist_metas) = block.index.series_with_histograms(r)?;
+                if !hist_metas.iter().any(|&(a, b, _)| b >= mint && a <= maxt) {
+                    continue;
+                }
                 let mut samples = Vec::new();
-                series.data().histograms_in(mint, maxt, &mut samples);
-                (!samples.is_empty()).then(|| HistogramSeries {
-                    labels: series.labels(),
-                    samples,
-                })
-            })
-            .collect()
+                block.histograms(r, &hist_metas, mint, maxt, &mut samples)?;
+                if !samples.is_empty() {
+                    found.push((labels, rank, samples));
+                }
+            }
+        }
+        let head_rank = blocks.len();
+        for id in select_postings(&*self.head.postings(), matchers) {
+            let Some(series) = self.head.get(id) else {
+                continue;
+            };
+            let mut samples = Vec::new();
+            series.data().histograms_in(mint, maxt, &mut samples);
+            if !samples.is_empty() {
+                found.push((series.labels(), head_rank, samples));
+            }
+        }
+        found.sort_by(|a, b| a.0.cmp(&b.0).then(a.1.cmp(&b.1)));
+        let mut out: Vec<HistogramSeries> = Vec::with_capacity(found.len());
+        for (labels, _, samples) in found {
+            match out.last_mut() {
+                Some(last) if last.labels == labels => {
+                    last.samples =
+                        merge_sorted_histograms(std::mem::take(&mut last.samples), samples);
+                }
+                _ => out.push(HistogramSeries { labels, samples }),
+            }
+        }
+        Ok(out)
     }
 
     /// Label sets of matching series with a sample in range, sorted.
