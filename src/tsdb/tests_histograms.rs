@@ -1,5 +1,6 @@
 //! Native histograms through the TSDB handle: validation, WAL durability across a
-//! crash, and head cuts with their checkpoints keeping them (ADR 0030).
+//! crash, and head cuts with their checkpoints (ADR 0030; blocks in
+//! `tests_hist_blocks`).
 
 use super::*;
 use crate::model::histogram::{HistogramError, HistogramSample, HistogramValue, Span};
@@ -162,42 +163,33 @@ async fn acknowledged_histograms_survive_a_crash() {
 }
 
 #[tokio::test]
-async fn head_cuts_and_checkpoints_keep_histograms() {
+async fn head_cuts_move_histograms_and_checkpoints_keep_the_rest() {
     let dir = tempfile::tempdir().unwrap();
     let db = Tsdb::open(opts(dir.path()), TsdbMetrics::default()).unwrap();
     let samples = growing(0, 25 * MIN);
     db.append_histograms(vec![hseries("a", &samples)])
         .await
         .unwrap();
-    // Floats span the head past a cut; the histograms alone never cause one.
-    let floats: Vec<Sample> = (0..25 * MIN)
-        .step_by(15_000)
-        .map(|t| Sample::new(t + 1, 1.0))
-        .collect();
+    // The histograms alone span the head past a cut.
     db.maintain().unwrap();
-    assert!(
-        db.blocks().is_empty(),
-        "histograms are not in the head's range"
+    assert_eq!(db.blocks().len(), 1, "histograms are in the head's range");
+    assert_eq!(
+        db.blocks()[0].num_samples,
+        40,
+        "[0, 10 min) moved to the block"
     );
-    db.append(vec![Series {
-        labels: Labels::from_pairs([("__name__", "up")]),
-        samples: floats,
-    }])
-    .await
-    .unwrap();
-    db.maintain().unwrap();
-    assert_eq!(db.blocks().len(), 1);
     let want = vec![hseries("a", &samples)];
-    assert!(
-        same(&select_h(&db).await, &want),
-        "the cut kept them in the head"
-    );
-    // The cut truncated the WAL: its checkpoint carries them.
+    assert!(same(&select_h(&db).await, &want));
+    // The cut truncated the WAL: its checkpoint carries the rest.
     drop(db);
     let db = Tsdb::open(opts(dir.path()), TsdbMetrics::default()).unwrap();
     assert!(same(&select_h(&db).await, &want));
-    let in_range = select_range(&db, Matcher::equal("job", "a"), MIN, 2 * MIN).await;
-    assert_eq!(in_range[0].samples.len(), 5);
+    let in_range = select_range(&db, Matcher::equal("job", "a"), 9 * MIN, 11 * MIN).await;
+    assert_eq!(
+        in_range[0].samples.len(),
+        9,
+        "block and head, each sample once"
+    );
 }
 
 #[tokio::test]
