@@ -18,15 +18,17 @@
 //! - `math`      element-wise math and trigonometry, clamp, round, scalar/vector, time()
 //! - `date`      day_of_week, hour, year ... (UTC calendar arithmetic)
 //! - `labels`    label_replace, label_join, sort*, absent
-//! - `histogram` histogram_quantile(s) and histogram_fraction over classic `le` buckets;
-//!   native-histogram-only functions (no float input qualifies, so they return nothing)
+//! - `histogram` histogram_quantile(s) and histogram_fraction over classic `le` buckets
+//!   and native histograms; the native-histogram-only functions (histogram_count ...)
 //! - `stats`     Kahan summation, `quantile`, linear regression, variance (public: the
 //!   evaluator's sum/avg/stddev aggregations use the same kernels)
 //! - `gofmt`     Go-compatible number/string formatting for annotation and error texts
 //!   (also the float formatting of the HTTP API's JSON and `/federate`)
 //!
-//! Only float samples exist in Timbala's value model; where Prometheus would handle a
-//! native histogram, the float path is the whole story.
+//! Samples may be native histograms (ADR 0032): `map_floats` and `per_series` are the
+//! float skeletons (element-wise functions skip histograms, range functions say when
+//! they ignored some), `per_series_any` the skeleton of functions defined on both kinds;
+//! the histogram arithmetic comes from `promql::histogram_fns` and `model::histogram_ops`.
 
 mod date;
 pub mod gofmt;

@@ -6,7 +6,8 @@
 //! samples each selector needs; loading them), `eval` (one expression at one step:
 //! selectors with lookback and staleness, offset/@, subqueries, function calls),
 //! `binary` (operators and vector matching), `aggregate` (aggregation operators),
-//! `functions` (the function library), `pushdown` (aggregations computed where the
+//! `functions` (the function library), `histogram_fns` (the native-histogram
+//! computations of functions and their annotations, ADR 0032), `pushdown` (aggregations computed where the
 //! data is, in shares, and combined; ADR 0029), `memo` (per-query memos of what is derived from
 //! a label set, such as the label set without its metric name), `cursor` (where each
 //! selector's previous step ended in its loaded series), `limits` (the size and nesting

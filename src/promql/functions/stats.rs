@@ -1,28 +1,16 @@
 //! Numeric kernels shared by the function families.
 //!
-//! Owns: Kahan-Neumaier summation, Prometheus's quantile interpolation, the mean with
+//! Owns: Kahan-Neumaier sums (the step itself is `model::histogram_ops::kahan_inc`), Prometheus's quantile interpolation, the mean with
 //! overflow fallback, the (Kahan-compensated) running variance and the least-squares
 //! line fit behind deriv/predict_linear. All work on plain `f64` slices or iterators and
-//! never allocate. Calls nothing else.
+//! never allocate. Calls only `model`.
 
 use std::cmp::Ordering;
 
 use crate::model::Sample;
 
-/// One step of Kahan-Neumaier summation: adds `inc` to `sum` with compensation `c`.
-/// An infinite sum resets the compensation (it would otherwise turn into NaN).
-#[inline]
-pub fn kahan_inc(inc: f64, sum: f64, c: f64) -> (f64, f64) {
-    let t = sum + inc;
-    let c = if t.is_infinite() {
-        0.0
-    } else if sum.abs() >= inc.abs() {
-        c + ((sum - t) + inc)
-    } else {
-        c + ((inc - t) + sum)
-    };
-    (t, c)
-}
+/// One step of Kahan-Neumaier summation (the model's, shared with histogram sums).
+pub use crate::model::histogram_ops::kahan_inc;
 
 /// The compensated sum of `values`; an infinite sum is returned as is.
 pub fn kahan_sum(values: impl Iterator<Item = f64>) -> f64 {
