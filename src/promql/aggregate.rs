@@ -313,7 +313,7 @@ fn sum_or_avg_with_histograms(
     let mut groups: Vec<Option<Both>> = (0..assignment.labels.len()).map(|_| None).collect();
     let operation = HistogramOperation::Aggregation;
     for (s, &g) in input.iter().zip(&assignment.of) {
-        let both = groups[g].get_or_insert_with(|| Both {
+        let both = groups[g].get_or_insert(Both {
             floats: None,
             histograms: None,
             drop_name: false,

@@ -1627,9 +1627,7 @@ mod tests {
             for (&idx, &c) in &counts {
                 match prev {
                     Some(p) if idx - p <= 3 => {
-                        for _ in p + 1..idx {
-                            abs.push(0);
-                        }
+                        abs.extend(std::iter::repeat_n(0, (idx - p - 1) as usize));
                         spans.last_mut().unwrap().length += (idx - p) as u32;
                     }
                     Some(p) => spans.push(Span {
