@@ -3,13 +3,15 @@
 //! Owns: the protobuf schema (field numbers and types copied from Prometheus's
 //! `prompb/types.proto` and `prompb/remote.proto`), written by hand with prost's derive so
 //! the build needs no `protoc`, and the conversion of `model` series into them. Calls
-//! only `model`. Native histograms are declared so that requests carrying them still
-//! decode; they are not stored. Exemplars are stored (ADR 0027).
+//! only `model`. Native histograms and exemplars are stored (ADR 0027, 0030).
+//! `histogram`: the native histogram message both remote-write versions share, and its
+//! conversion to and from `model::histogram`.
 //! `otlp`: OpenTelemetry's OTLP metrics export messages, in the same hand-written style.
 //! `write_v2`: remote write 2.0 (`io.prometheus.write.v2.Request`), in the same style.
 //! `write_body`: remote-write 1.0 bytes written straight from `model` series (the bodies
 //! nodes send each other), without the prost structs in between.
 
+pub mod histogram;
 pub mod otlp;
 pub mod write_body;
 pub mod write_v2;
@@ -17,6 +19,8 @@ pub mod write_v2;
 use prost::Message;
 
 use crate::model;
+
+pub use histogram::{histogram_series_to_proto, BucketSpan, Histogram};
 
 #[derive(Clone, PartialEq, Message)]
 pub struct WriteRequest {
@@ -61,14 +65,6 @@ pub struct Exemplar {
     #[prost(double, tag = "2")]
     pub value: f64,
     #[prost(int64, tag = "3")]
-    pub timestamp: i64,
-}
-
-/// A native histogram. Decoded only so that such requests are understood and refused
-/// with a clear message; Timbala stores float samples.
-#[derive(Clone, PartialEq, Message)]
-pub struct Histogram {
-    #[prost(int64, tag = "15")]
     pub timestamp: i64,
 }
 

@@ -189,13 +189,23 @@ fn bad_requests_are_refused_and_leave_no_trace() {
         400,
         "UTF-8",
     );
+    // A native histogram whose buckets hold 3 observations but whose count says 5.
     let mut histogram = ts(&[("__name__", "bad_histogram")], &[(t, 1.0)]);
-    histogram.histograms.push(proto::Histogram { timestamp: t });
+    histogram.histograms.push(proto::Histogram {
+        count: Some(proto::histogram::Count::Int(5)),
+        positive_spans: vec![proto::BucketSpan {
+            offset: 0,
+            length: 1,
+        }],
+        positive_deltas: vec![3],
+        timestamp: t,
+        ..Default::default()
+    });
     expect(
-        "native histogram",
+        "invalid native histogram",
         remote_write(&node, &request(vec![histogram])),
         400,
-        "native histograms",
+        "invalid native histogram",
     );
 
     let big: Vec<proto::TimeSeries> = (0..10_000u64)

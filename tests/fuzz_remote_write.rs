@@ -74,6 +74,47 @@ fn seed(rng: &mut SmallRng) -> proto::WriteRequest {
     }
 }
 
+/// A native histogram that is valid or breaks one of Prometheus's rules (schema out of
+/// range, counts not adding up, a negative bucket, spans and buckets disagreeing),
+/// integer or float.
+fn random_histogram(rng: &mut SmallRng) -> proto::Histogram {
+    use proto::histogram::{Count, ZeroCount};
+    let buckets = rng.random_range(0..4usize);
+    let deltas: Vec<i64> = (0..buckets).map(|_| rng.random_range(-1..4)).collect();
+    let mut running = 0i64;
+    let absolute: Vec<i64> = deltas
+        .iter()
+        .map(|d| {
+            running += d;
+            running
+        })
+        .collect();
+    let zero = rng.random_range(0..3u64);
+    let in_buckets = absolute.iter().sum::<i64>().max(0) as u64 + zero;
+    let spans = vec![proto::BucketSpan {
+        offset: rng.random_range(-3..3),
+        length: (buckets + usize::from(rng.random_bool(0.1))) as u32,
+    }];
+    let mut h = proto::Histogram {
+        sum: rng.random_range(0..100) as f64,
+        schema: rng.random_range(-5..10),
+        zero_threshold: 0.001,
+        positive_spans: spans,
+        timestamp: rng.random_range(0..1_000),
+        ..Default::default()
+    };
+    if rng.random_bool(0.5) {
+        h.count = Some(Count::Int(in_buckets + u64::from(rng.random_bool(0.1))));
+        h.zero_count = Some(ZeroCount::Int(zero));
+        h.positive_deltas = deltas;
+    } else {
+        h.count = Some(Count::Float(in_buckets as f64));
+        h.zero_count = Some(ZeroCount::Float(zero as f64));
+        h.positive_counts = absolute.iter().map(|&c| c as f64).collect();
+    }
+    h
+}
+
 /// Breaks the request's structure in one of the ways senders get wrong.
 fn mutate_structure(rng: &mut SmallRng, req: &mut proto::WriteRequest) {
     let n = req.timeseries.len();
@@ -89,7 +130,7 @@ fn mutate_structure(rng: &mut SmallRng, req: &mut proto::WriteRequest) {
         3 => ts.labels[rng.random_range(0..labels)].value.clear(),
         4 => ts.labels.retain(|l| l.name != "__name__"),
         5 => ts.labels.clear(),
-        6 => ts.histograms.push(proto::Histogram { timestamp: 1 }),
+        6 => ts.histograms.push(random_histogram(rng)),
         7 => ts.samples.reverse(),
         8 => ts.labels.insert(0, label("ünïcødé", "✓")),
         _ => ts.samples.clear(),
@@ -292,10 +333,7 @@ fn mutate_structure_v2(rng: &mut SmallRng, req: &mut write_v2::Request) {
         4 => ts.labels_refs.push(1),
         5 if refs >= 1 => ts.labels_refs[refs - 1] = symbols + rng.random_range(0..3),
         6 => req.symbols[0] = "x".into(),
-        7 => ts.histograms.push(write_v2::Histogram {
-            timestamp: 1,
-            start_timestamp: 0,
-        }),
+        7 => ts.histograms.push(random_histogram(rng)),
         8 => ts.exemplars.push(write_v2::Exemplar {
             labels_refs: vec![1, rng.random_range(0..symbols + 2)],
             value: 1.0,

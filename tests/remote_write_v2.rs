@@ -6,8 +6,10 @@
 //!   `/api/v1/query`, `/api/v1/series` and `/api/v1/metadata`; a start timestamp gives
 //!   one zero sample before the first sample of a counter, and only then; the
 //!   `X-Prometheus-Remote-Write-*-Written` headers count exactly what was stored.
-//! - Native histograms are refused with 400 naming their series, while the rest of the
-//!   request is stored and counted.
+//! - Native histograms (integer, float, custom buckets) are stored, counted in the
+//!   written headers, and read back through the query API (functions and Prometheus's
+//!   JSON `histogram` shape) and remote read exactly as sent; one refused by storage is
+//!   counted alone; an invalid one refuses its whole request, leaving nothing visible.
 //! - Malformed requests are each refused with 400 and a message, and nothing of them is
 //!   visible afterwards; an unknown `proto=` is 415; remote write 1.0 is unchanged.
 //! - Exemplars (2.0 and 1.0) are stored in a bounded per-node store and answered by
@@ -24,6 +26,7 @@ use std::time::Duration;
 use common::*;
 use prost::Message;
 use serde_json::Value;
+use timbala::proto::histogram::{Count, ZeroCount};
 use timbala::proto::{self, write_v2};
 
 const RW2_CONTENT_TYPE: &str = "application/x-protobuf;proto=io.prometheus.write.v2.Request";
@@ -362,8 +365,110 @@ fn samples_metadata_and_start_timestamps_are_stored_and_counted() {
     assert!(partial.body.contains("duplicate_timestamp"), "{partial:?}");
 }
 
+/// An integer histogram of schema 0 at `t`: 2 observations in the zero bucket (of
+/// width 0.001) and `n` in (1, 2], each of 1.5.
+fn int_histogram(t: i64, n: u64) -> write_v2::Histogram {
+    write_v2::Histogram {
+        count: Some(Count::Int(n + 2)),
+        sum: 1.5 * n as f64,
+        schema: 0,
+        zero_threshold: 0.001,
+        zero_count: Some(ZeroCount::Int(2)),
+        positive_spans: vec![proto::BucketSpan {
+            offset: 1,
+            length: 1,
+        }],
+        positive_deltas: vec![n as i64],
+        timestamp: t,
+        ..Default::default()
+    }
+}
+
+/// A float histogram with custom bucket bounds 0.5 and 1 (schema -53) at `t`: `a` in
+/// (-Inf, 0.5], `b` in (0.5, 1], `c` in (1, +Inf].
+fn custom_histogram(t: i64, a: f64, b: f64, c: f64) -> write_v2::Histogram {
+    write_v2::Histogram {
+        count: Some(Count::Float(a + b + c)),
+        sum: 0.25 * a + 0.75 * b + 2.0 * c,
+        schema: -53,
+        zero_count: Some(ZeroCount::Float(0.0)),
+        positive_spans: vec![proto::BucketSpan {
+            offset: 0,
+            length: 3,
+        }],
+        positive_counts: vec![a, b, c],
+        custom_values: vec![0.5, 1.0],
+        timestamp: t,
+        ..Default::default()
+    }
+}
+
+/// The value of the one series `query` gives at `at_ms`.
+fn scalar_at(node: &Node, query: &str, at_ms: i64) -> String {
+    let answer = api(
+        node,
+        &format!(
+            "/api/v1/query?query={}&time={}",
+            encode(query),
+            at_ms as f64 / 1000.0
+        ),
+    );
+    let result = answer["data"]["result"].as_array().expect("result");
+    assert_eq!(result.len(), 1, "{query}: {answer}");
+    result[0]["value"][1].as_str().expect("value").to_string()
+}
+
+/// Remote read (SAMPLES) of `name` over `[start, end]`: each series' float samples and
+/// native histograms.
+fn remote_read_histograms(
+    node: &Node,
+    name: &str,
+    start: i64,
+    end: i64,
+) -> Vec<(Vec<f64>, Vec<proto::Histogram>)> {
+    let request = proto::ReadRequest {
+        queries: vec![proto::Query {
+            start_timestamp_ms: start,
+            end_timestamp_ms: end,
+            matchers: vec![eq("__name__", name)],
+            hints: None,
+        }],
+        accepted_response_types: vec![proto::ResponseType::Samples as i32],
+    };
+    let (status, body) = post(
+        &node.url("/api/v1/read"),
+        &[
+            ("Content-Type", "application/x-protobuf"),
+            ("Content-Encoding", "snappy"),
+            ("X-Prometheus-Remote-Read-Version", "0.1.0"),
+        ],
+        &proto::encode_snappy(&request),
+    );
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    let raw = snap::raw::Decoder::new()
+        .decompress_vec(&body)
+        .expect("snappy");
+    let response = proto::ReadResponse::decode(raw.as_slice()).expect("ReadResponse");
+    response.results[0]
+        .timeseries
+        .iter()
+        .map(|ts| {
+            let floats = ts.samples.iter().map(|s| s.value).collect();
+            (floats, ts.histograms.clone())
+        })
+        .collect()
+}
+
+/// The histogram as stored, for comparing with what was sent: the counter-reset hint
+/// is the chunk's to decide (Prometheus's `Equals` ignores it too).
+fn without_hint(mut h: proto::Histogram) -> proto::Histogram {
+    h.reset_hint = 0;
+    h.start_timestamp = 0;
+    h
+}
+
 #[test]
-fn native_histograms_are_refused_by_name_and_the_rest_is_stored() {
+fn native_histograms_are_stored_counted_and_read_back() {
     let node = Node::start(&[]);
     let t0 = base_ms();
     let mut b = Builder::default();
@@ -377,59 +482,179 @@ fn native_histograms_are_refused_by_name_and_the_rest_is_stored() {
         &[("__name__", "rw2_native_seconds"), ("job", "a")],
         &[],
         0,
-        None,
+        Some((proto::MetricType::Histogram, "Latency.", "seconds")),
     )
-    .histograms = vec![
-        write_v2::Histogram {
-            timestamp: t0,
-            start_timestamp: 0,
-        },
-        write_v2::Histogram {
-            timestamp: t0 + 15_000,
-            start_timestamp: 0,
-        },
+    .histograms = vec![int_histogram(t0 + 15_000, 7), int_histogram(t0, 3)];
+    b.exemplar("trace-h", 1.5, t0 + 15_000);
+    b.series(&[("__name__", "rw2_custom"), ("job", "a")], &[], 0, None)
+        .histograms = vec![
+        custom_histogram(t0, 1.0, 2.0, 1.0),
+        custom_histogram(t0 + 15_000, 2.0, 4.0, 2.0),
     ];
-    // A series with floats and a histogram: the floats are stored.
+    let sent = b.build();
+    let answer = send(&node, &sent);
+    assert_eq!(answer.status, 204, "{answer:?}");
+    assert_eq!(
+        (answer.samples, answer.histograms, answer.exemplars),
+        (Some(2), Some(4), Some(1)),
+        "{answer:?}"
+    );
+    let at = t0 + 15_000;
+    assert_eq!(
+        scalar_at(&node, "histogram_count(rw2_native_seconds)", at),
+        "9"
+    );
+    assert_eq!(
+        scalar_at(&node, "histogram_sum(rw2_native_seconds)", at),
+        "10.5"
+    );
+    assert_eq!(
+        scalar_at(
+            &node,
+            "histogram_count(rw2_native_seconds) - histogram_count(rw2_native_seconds offset 15s)",
+            at
+        ),
+        "4"
+    );
+    assert_eq!(scalar_at(&node, "histogram_count(rw2_custom)", at), "8");
+    assert_eq!(
+        scalar_at(&node, "histogram_fraction(0.5, 1, rw2_custom)", at),
+        "0.5"
+    );
+    assert_eq!(
+        scalar_at(&node, "histogram_quantile(0.5, rw2_custom)", at),
+        "0.75"
+    );
+    // The raw histogram in Prometheus's JSON shape.
+    let raw = api(
+        &node,
+        &format!(
+            "/api/v1/query?query=rw2_native_seconds&time={}",
+            at as f64 / 1000.0
+        ),
+    );
+    let histogram = &raw["data"]["result"][0]["histogram"];
+    assert_eq!(histogram[1]["count"], "9", "{raw}");
+    assert_eq!(histogram[1]["sum"], "10.5", "{raw}");
+    assert_eq!(
+        histogram[1]["buckets"],
+        serde_json::json!([[3, "-0.001", "0.001", "2"], [0, "1", "2", "7"]]),
+        "{raw}"
+    );
+    assert_eq!(
+        exemplars(&node, "rw2_native_seconds", t0, at)[0]["exemplars"][0]["labels"]["trace_id"],
+        "trace-h"
+    );
+    let metadata = api(&node, "/api/v1/metadata?metric=rw2_native_seconds");
+    assert_eq!(
+        metadata["data"]["rw2_native_seconds"],
+        serde_json::json!([{"type": "histogram", "help": "Latency.", "unit": "seconds"}])
+    );
+
+    // Remote read gives back exactly what was sent, in time order.
+    let read = remote_read_histograms(&node, "rw2_native_seconds", t0, at);
+    assert_eq!(read.len(), 1);
+    assert!(read[0].0.is_empty());
+    let mut want: Vec<proto::Histogram> = sent.timeseries[1]
+        .histograms
+        .iter()
+        .cloned()
+        .map(without_hint)
+        .collect();
+    want.sort_by_key(|h| h.timestamp);
+    let got: Vec<proto::Histogram> = read[0].1.iter().cloned().map(without_hint).collect();
+    assert_eq!(got, want);
+    let read = remote_read_histograms(&node, "rw2_custom", t0, at);
+    let got: Vec<proto::Histogram> = read[0].1.iter().cloned().map(without_hint).collect();
+    let want: Vec<proto::Histogram> = sent.timeseries[2]
+        .histograms
+        .iter()
+        .cloned()
+        .map(without_hint)
+        .collect();
+    assert_eq!(got, want);
+
+    // A histogram at a time already stored with another value is refused alone and
+    // counted; the request's float sample is stored.
+    let mut b = Builder::default();
     b.series(
-        &[("__name__", "rw2_mixed"), ("job", "a")],
-        &[(t0, 5.0)],
+        &[("__name__", "rw2_hist_floats"), ("job", "a")],
+        &[(t0 + 30_000, 3.0)],
+        0,
+        None,
+    );
+    b.series(
+        &[("__name__", "rw2_native_seconds"), ("job", "a")],
+        &[],
         0,
         None,
     )
-    .histograms = vec![write_v2::Histogram {
-        timestamp: t0,
-        start_timestamp: 0,
-    }];
-    let answer = send(&node, &b.build());
-    assert_eq!(answer.status, 400, "{answer:?}");
+    .histograms = vec![int_histogram(t0 + 15_000, 8), int_histogram(t0 + 30_000, 9)];
+    let partial = send(&node, &b.build());
+    assert_eq!(partial.status, 400, "{partial:?}");
     assert_eq!(
-        (answer.samples, answer.histograms, answer.exemplars),
-        (Some(3), Some(0), Some(0)),
-        "{answer:?}"
+        (partial.samples, partial.histograms, partial.exemplars),
+        (Some(1), Some(1), Some(0)),
+        "{partial:?}"
     );
-    for fragment in [
-        "3 native histogram samples in 2 series refused",
-        r#"__name__="rw2_native_seconds""#,
-        r#"__name__="rw2_mixed""#,
-        "send_native_histograms: false",
-    ] {
-        assert!(
-            answer.body.contains(fragment),
-            "{fragment}: {}",
-            answer.body
-        );
-    }
-    assert_eq!(
-        series_of(&node, r#"{__name__=~"rw2_.*"}"#),
-        vec!["__name__=rw2_hist_floats,job=a", "__name__=rw2_mixed,job=a"]
+    assert!(
+        partial.body.contains("1 histogram samples rejected"),
+        "{partial:?}"
     );
     assert_eq!(
-        range_samples(&node, "rw2_mixed", "1m", t0 + 15_000),
-        vec![(t0, 5.0)]
+        scalar_at(&node, "histogram_count(rw2_native_seconds)", t0 + 30_000),
+        "11"
     );
     let metrics = get(&node.url("/metrics")).1;
+    for line in [
+        "timbala_ingest_histogram_samples_received_total 6",
+        "timbala_ingest_histogram_samples_stored_total 5",
+    ] {
+        assert!(metrics.contains(line), "{line}: {metrics}");
+    }
+}
+
+#[test]
+fn invalid_native_histograms_refuse_the_whole_request() {
+    let node = Node::start(&[]);
+    let t = base_ms();
+    type Break = fn(&mut write_v2::Histogram);
+    let cases: Vec<(&str, Break)> = vec![
+        ("Count field is 99", |h| h.count = Some(Count::Int(99))),
+        ("schema", |h| h.schema = 9),
+        ("spans need 2 buckets", |h| h.positive_spans[0].length = 2),
+        ("negative", |h| h.positive_deltas[0] = -4),
+        ("must not have custom bounds", |h| {
+            h.custom_values = vec![1.0]
+        }),
+    ];
+    for (case, (message, break_it)) in cases.iter().enumerate() {
+        let mut b = Builder::default();
+        valid_neighbour(&mut b, case, t);
+        let mut broken = int_histogram(t, 4);
+        break_it(&mut broken);
+        b.series(&[("__name__", "rw2_broken_h"), ("job", "a")], &[], 0, None)
+            .histograms = vec![int_histogram(t - 15_000, 2), broken];
+        let answer = send(&node, &b.build());
+        assert_eq!(answer.status, 400, "case {case}: {answer:?}");
+        assert!(
+            answer.body.contains("invalid native histogram") && answer.body.contains(message),
+            "case {case}: wanted {message:?} in {:?}",
+            answer.body
+        );
+        assert_eq!(
+            (answer.samples, answer.histograms, answer.exemplars),
+            (Some(0), Some(0), Some(0)),
+            "case {case}"
+        );
+    }
+    assert!(series_of(&node, r#"{__name__=~"rw2_.*"}"#).is_empty());
+    let metrics = get(&node.url("/metrics")).1;
     assert!(
-        metrics.contains(r#"timbala_ingest_requests_rejected_total{reason="native_histograms"} 1"#),
+        metrics.contains(&format!(
+            r#"timbala_ingest_requests_rejected_total{{reason="invalid_histogram"}} {}"#,
+            cases.len()
+        )),
         "{metrics}"
     );
 }
@@ -579,11 +804,9 @@ fn remote_write_1_is_unchanged_and_its_exemplars_are_stored() {
             .any(|(k, _)| k.starts_with("x-prometheus-remote-write")),
         "{headers:?}"
     );
-    // A 1.0 request with a native histogram is still refused whole.
+    // A 1.0 request's native histograms are stored too.
     let mut with_histogram = ts(&[("__name__", "rw1_h")], &[(t, 1.0)]);
-    with_histogram
-        .histograms
-        .push(proto::Histogram { timestamp: t });
+    with_histogram.histograms.push(int_histogram(t + 1_000, 5));
     let (status, body) = remote_write(
         &node,
         &proto::WriteRequest {
@@ -591,11 +814,12 @@ fn remote_write_1_is_unchanged_and_its_exemplars_are_stored() {
             metadata: vec![],
         },
     );
-    assert_eq!(status, 400, "{body}");
+    assert_eq!(status, 204, "{body}");
     assert_eq!(
         series_of(&node, r#"{__name__=~"rw1_.*"}"#),
-        vec!["__name__=rw1_up,job=a"]
+        vec!["__name__=rw1_h", "__name__=rw1_up,job=a"]
     );
+    assert_eq!(scalar_at(&node, "histogram_count(rw1_h)", t + 1_000), "7");
     assert_eq!(range_samples(&node, "rw1_up", "1m", t), vec![(t, 1.0)]);
     let found = exemplars(&node, "rw1_up", t - 1_000, t);
     assert_eq!(

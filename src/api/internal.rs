@@ -54,7 +54,10 @@ use crate::peer::{
 };
 use crate::replication::antientropy::{self, AntiEntropyError};
 use crate::replication::WireOutcome;
-use crate::storage::{AppendOutcome, ExemplarRequest, LabelRequest, SelectError, Storage};
+use crate::storage::{
+    AppendOutcome, ExemplarRequest, HistogramAppendError, LabelRequest, SelectError, Storage,
+    StorageError,
+};
 
 pub fn routes() -> Router<AppState> {
     Router::new()
@@ -356,24 +359,33 @@ async fn stored_write(
             if !decoded.metadata.is_empty() {
                 tsdb.record_metadata(decoded.metadata).await?;
             }
-            // Replication sends exemplars apart from samples (ADR 0027): an answer
-            // counts one or the other.
+            // Replication sends exemplars and native histograms apart from samples (ADR
+            // 0027, 0030): an answer counts one of the three.
             let mut exemplars_held = 0;
             if !decoded.exemplars.is_empty() {
                 exemplars_held = tsdb.append_exemplars(decoded.exemplars).await?;
             }
+            let mut histograms = AppendOutcome::default();
+            if !decoded.histograms.is_empty() {
+                histograms =
+                    tsdb.append_histograms(decoded.histograms)
+                        .await
+                        .map_err(|e| match e {
+                            HistogramAppendError::Storage(e) => e,
+                            invalid => StorageError::Other(invalid.to_string()),
+                        })?;
+            }
             if decoded.series.is_empty() {
-                return Ok(AppendOutcome {
-                    appended: exemplars_held,
-                    ..AppendOutcome::default()
-                });
+                histograms.appended += exemplars_held;
+                return Ok(histograms);
             }
             let mut outcome = match mode {
                 WriteMode::Head => tsdb.append(decoded.series).await,
                 WriteMode::Backfill => tsdb.backfill(decoded.series).await.map(|b| b.outcome),
             }?;
             outcome.appended += exemplars_held;
-            Ok::<_, crate::storage::StorageError>(outcome)
+            outcome.merge(histograms);
+            Ok::<_, StorageError>(outcome)
         };
         match stored.await {
             Ok(outcome) => axum::Json(WireOutcome::from_outcome(&outcome)).into_response(),

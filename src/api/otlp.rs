@@ -28,7 +28,7 @@ use prost::Message;
 
 use super::write::{
     accept_ingest_request, describe_rejections, plain_text, storage_failure_status, store_decoded,
-    IngestRequest,
+    IngestRequest, StoreError,
 };
 use super::AppState;
 use crate::ingest::otlp::{decode_otlp_request, DecodedOtlp};
@@ -85,13 +85,20 @@ async fn export_metrics(State(state): State<AppState>, headers: HeaderMap, body:
     };
     metrics.on_otlp_decoded(&decoded);
     let DecodedOtlp { write, dropped, .. } = decoded;
-    let outcome = match store_decoded(&state, &storage, write).await {
-        Ok(stored) => stored.samples,
-        Err(e) => return failed(metrics, storage_failure_status(&e), &e.to_string()),
+    // OTLP is translated into float samples only, so its histograms' outcome is empty.
+    let stored = match store_decoded(&state, &storage, write).await {
+        Ok(stored) => stored,
+        Err(StoreError::Storage(e)) => {
+            return failed(metrics, storage_failure_status(&e), &e.to_string())
+        }
+        Err(StoreError::InvalidHistogram(message)) => {
+            return failed(metrics, StatusCode::BAD_REQUEST, &message)
+        }
     };
-    metrics.on_stored(&outcome);
+    let outcome = stored.samples;
+    metrics.on_stored(&outcome, &stored.histograms);
     if outcome.rejected_total() > 0 {
-        let mut message = describe_rejections(&outcome);
+        let mut message = describe_rejections(&outcome, "samples");
         if dropped.total() > 0 {
             message.push_str("; also ");
             message.push_str(&dropped.describe());

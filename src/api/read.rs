@@ -2,10 +2,13 @@
 //!
 //! Owns: decoding a snappy `prometheus.ReadRequest`, response-type negotiation (the
 //! first type in the client's list that we support, as Prometheus), and both response
-//! encodings: a snappy `ReadResponse`, or length-prefixed, CRC32C-checked
-//! `ChunkedReadResponse` frames holding XOR chunks of at most 120 samples, one series
-//! per frame and a series split across frames once a frame passes 1 MiB.
-//! Calls `ingest` (bounded snappy), `storage` (select) and `tsdb::chunk` (XOR encoding).
+//! encodings: a snappy `ReadResponse` (a series' float samples and native histograms in
+//! one `TimeSeries`), or length-prefixed, CRC32C-checked `ChunkedReadResponse` frames
+//! holding XOR chunks of at most 120 samples and histogram chunks (encodings 2 and 3,
+//! cut as the head cuts them), in time order, one series per frame and a series split
+//! across frames once a frame passes 1 MiB.
+//! Calls `ingest` (bounded snappy), `storage` (select, select_histograms) and `tsdb`
+//! (XOR and histogram chunk encoding).
 //!
 //! Known gap: storage answers a select as one vector, so the streamed response is built
 //! in memory before it is sent; the per-query sample limit bounds that memory.
@@ -21,10 +24,11 @@ use prost::Message;
 use super::write::{plain_text, read_limited};
 use super::{ApiError, AppState};
 use crate::ingest::decompress_snappy;
-use crate::model::{MatchOp, Matcher, Series};
+use crate::model::{HistogramSeries, Labels, MatchOp, Matcher, Series};
 use crate::proto;
 use crate::storage::{SelectError, SelectRequest, Storage};
 use crate::tsdb::chunk::encode_xor_chunks;
+use crate::tsdb::encode_histogram_chunks;
 
 /// Largest compressed and decompressed read request (Prometheus's `decodeReadLimit`).
 const MAX_READ_REQUEST_BYTES: usize = 32 << 20;
@@ -175,11 +179,53 @@ fn to_matcher(m: &proto::LabelMatcher) -> Result<Matcher, ReadFailure> {
         .map_err(|e| ReadFailure::bad_request(format!("invalid regex in matcher {}: {e}", m.name)))
 }
 
+/// One series of an answer: its float samples and its native histogram samples.
+struct ReadSeries {
+    labels: Labels,
+    floats: Option<Series>,
+    histograms: Option<HistogramSeries>,
+}
+
+/// Both kinds of samples of the selected series, joined by labels, in label order.
 async fn run_select(
     storage: &dyn Storage,
     select: SelectRequest,
-) -> Result<Vec<Series>, ReadFailure> {
-    storage.select(select).await.map_err(|e| match e {
+) -> Result<Vec<ReadSeries>, ReadFailure> {
+    let (floats, histograms) = tokio::join!(
+        storage.select(select.clone()),
+        storage.select_histograms(select)
+    );
+    let (floats, histograms) = (
+        floats.map_err(read_failure)?,
+        histograms.map_err(read_failure)?,
+    );
+    let mut joined: std::collections::BTreeMap<Labels, ReadSeries> = Default::default();
+    for s in floats {
+        joined.insert(
+            s.labels.clone(),
+            ReadSeries {
+                labels: s.labels.clone(),
+                floats: Some(s),
+                histograms: None,
+            },
+        );
+    }
+    for h in histograms {
+        let labels = h.labels.clone();
+        joined
+            .entry(labels.clone())
+            .or_insert_with(|| ReadSeries {
+                labels,
+                floats: None,
+                histograms: None,
+            })
+            .histograms = Some(h);
+    }
+    Ok(joined.into_values().collect())
+}
+
+fn read_failure(e: SelectError) -> ReadFailure {
+    match e {
         SelectError::TooManySamples => {
             ReadFailure::bad_request(format!("exceeded sample limit ({SAMPLE_LIMIT})"))
         }
@@ -190,15 +236,32 @@ async fn run_select(
                 message: e.message,
             }
         }
-    })
+    }
 }
 
-fn samples_response(results: Vec<Vec<Series>>) -> Response {
+fn samples_response(results: Vec<Vec<ReadSeries>>) -> Response {
+    let to_proto = |s: &ReadSeries| {
+        let mut ts = proto::TimeSeries {
+            labels: proto::labels_to_proto(&s.labels),
+            ..Default::default()
+        };
+        if let Some(floats) = &s.floats {
+            ts.samples = proto::series_to_proto(floats).samples;
+        }
+        if let Some(h) = &s.histograms {
+            ts.histograms = h
+                .samples
+                .iter()
+                .map(proto::Histogram::from_sample)
+                .collect();
+        }
+        ts
+    };
     let response = proto::ReadResponse {
         results: results
             .into_iter()
             .map(|series| proto::QueryResult {
-                timeseries: series.iter().map(proto::series_to_proto).collect(),
+                timeseries: series.iter().map(to_proto).collect(),
             })
             .collect(),
     };
@@ -213,7 +276,7 @@ fn samples_response(results: Vec<Vec<Series>>) -> Response {
         .into_response()
 }
 
-fn streamed_response(results: &[Vec<Series>]) -> Response {
+fn streamed_response(results: &[Vec<ReadSeries>]) -> Response {
     let mut body = Vec::new();
     for (query_index, series) in results.iter().enumerate() {
         for s in series {
@@ -228,22 +291,44 @@ fn streamed_response(results: &[Vec<Series>]) -> Response {
         .into_response()
 }
 
-/// Writes one series as XOR chunks, starting a new frame whenever the current one has
+/// A series' chunks of both kinds, by start time (a series that switches between floats
+/// and histograms has its chunks of each kind at different times).
+fn series_chunks(series: &ReadSeries) -> Vec<proto::Chunk> {
+    let mut chunks: Vec<proto::Chunk> = Vec::new();
+    if let Some(floats) = &series.floats {
+        chunks.extend(
+            encode_xor_chunks(&floats.samples, SAMPLES_PER_CHUNK).map(|chunk| proto::Chunk {
+                min_time_ms: chunk.min_time(),
+                max_time_ms: chunk.max_time(),
+                r#type: proto::ChunkEncoding::Xor as i32,
+                data: chunk.into_bytes(),
+            }),
+        );
+    }
+    if let Some(histograms) = &series.histograms {
+        // Validated at ingest, so every sample encodes; none is left out.
+        let (sealed, _) = encode_histogram_chunks(histograms.samples.iter().cloned());
+        chunks.extend(sealed.into_iter().map(|c| proto::Chunk {
+            min_time_ms: c.min_t,
+            max_time_ms: c.max_t,
+            r#type: i32::from(c.encoding),
+            data: c.bytes.into_vec(),
+        }));
+    }
+    chunks.sort_by_key(|c| c.min_time_ms);
+    chunks
+}
+
+/// Writes one series as chunks, starting a new frame whenever the current one has
 /// passed `MAX_BYTES_IN_FRAME` (a frame may overshoot by one chunk, as in Prometheus).
-fn write_series_frames(out: &mut Vec<u8>, query_index: i64, series: &Series) {
+fn write_series_frames(out: &mut Vec<u8>, query_index: i64, series: &ReadSeries) {
     let labels = proto::labels_to_proto(&series.labels);
     let label_bytes: usize = labels.iter().map(Message::encoded_len).sum();
     let budget = MAX_BYTES_IN_FRAME.saturating_sub(label_bytes);
     let mut chunks = Vec::new();
     let mut frame_bytes = 0;
-    let mut windows = encode_xor_chunks(&series.samples, SAMPLES_PER_CHUNK).peekable();
+    let mut windows = series_chunks(series).into_iter().peekable();
     while let Some(chunk) = windows.next() {
-        let chunk = proto::Chunk {
-            min_time_ms: chunk.min_time(),
-            max_time_ms: chunk.max_time(),
-            r#type: proto::ChunkEncoding::Xor as i32,
-            data: chunk.into_bytes(),
-        };
         frame_bytes += chunk.encoded_len();
         chunks.push(chunk);
         if frame_bytes < budget && windows.peek().is_some() {
@@ -303,9 +388,14 @@ mod tests {
         let samples: Vec<Sample> = (0..250_000)
             .map(|i| Sample::new(i * 15_000, (i as f64 * 1.37).sin()))
             .collect();
-        let series = Series {
-            labels: Labels::from_pairs([("__name__", "x")]),
-            samples: samples.clone(),
+        let labels = Labels::from_pairs([("__name__", "x")]);
+        let series = ReadSeries {
+            labels: labels.clone(),
+            floats: Some(Series {
+                labels,
+                samples: samples.clone(),
+            }),
+            histograms: None,
         };
         let mut body = Vec::new();
         write_series_frames(&mut body, 3, &series);
@@ -324,6 +414,61 @@ mod tests {
             }
         }
         assert_eq!(decoded, samples);
+    }
+
+    #[test]
+    fn a_series_switching_to_histograms_streams_both_chunk_kinds_in_time_order() {
+        use crate::model::histogram::{FloatHistogram, HistogramSample, HistogramValue};
+        use crate::tsdb::histogram_chunk::decode_histogram_chunk;
+        let labels = Labels::from_pairs([("__name__", "switch")]);
+        let floats: Vec<Sample> = (0..130).map(|i| Sample::new(i, i as f64)).collect();
+        let histogram = |t: i64| HistogramSample {
+            t,
+            h: HistogramValue::Float(FloatHistogram {
+                count: t as f64,
+                sum: 2.0 * t as f64,
+                zero_count: t as f64,
+                ..FloatHistogram::default()
+            }),
+        };
+        let histograms: Vec<HistogramSample> = (200..330).map(histogram).collect();
+        let series = ReadSeries {
+            labels: labels.clone(),
+            floats: Some(Series {
+                labels: labels.clone(),
+                samples: floats.clone(),
+            }),
+            histograms: Some(HistogramSeries {
+                labels,
+                samples: histograms.clone(),
+            }),
+        };
+        let mut body = Vec::new();
+        write_series_frames(&mut body, 0, &series);
+        let chunks: Vec<proto::Chunk> = read_frames(&body)
+            .into_iter()
+            .flat_map(|f| f.chunked_series.into_iter().flat_map(|s| s.chunks))
+            .collect();
+        let kinds: Vec<i32> = chunks.iter().map(|c| c.r#type).collect();
+        let (xor, float_histogram) = (
+            proto::ChunkEncoding::Xor as i32,
+            proto::ChunkEncoding::FloatHistogram as i32,
+        );
+        assert_eq!(kinds, vec![xor, xor, float_histogram, float_histogram]);
+        let mut got_floats = Vec::new();
+        let mut got_histograms = Vec::new();
+        for c in &chunks[..2] {
+            got_floats.extend(decode_xor(&c.data).map(Result::unwrap));
+        }
+        for c in &chunks[2..] {
+            for decoded in decode_histogram_chunk::<FloatHistogram>(&c.data) {
+                let (t, h) = decoded.unwrap();
+                got_histograms.push((t, h.count));
+            }
+        }
+        assert_eq!(got_floats, floats);
+        let want: Vec<(i64, f64)> = (200..330).map(|t| (t, t as f64)).collect();
+        assert_eq!(got_histograms, want);
     }
 
     #[test]

@@ -13,12 +13,12 @@
 //! routed; those and the samples that storage refuses (out of order, too old, duplicate
 //! timestamp with another value) give 400 naming the count and the first one; the other
 //! samples of that request stay stored, so the sender's retry-free drop loses nothing
-//! that was accepted. A 2.0 request's native histograms are refused the same way: the
-//! rest is stored and the answer is 400 naming them (ADR 0027).
+//! that was accepted. Native histogram samples (both protocol versions, ADR 0030) go the
+//! same way: validated with the request, bounded in time, refused one by one by storage.
 //!
 //! Every answer to a 2.0 request carries the three written headers, counting exactly what
-//! was stored: samples as sent (not the zero samples of created timestamps), histograms
-//! (0 until they are storable), exemplars (held by the owners' exemplar stores). A 2.0
+//! was stored: samples as sent (not the zero samples of created timestamps), histogram
+//! samples, exemplars (held by the owners' exemplar stores). A 2.0
 //! sender reads a 2xx whose headers say nothing was written as a failure, so they are
 //! never left out.
 
@@ -34,10 +34,9 @@ use http_body_util::BodyExt;
 
 use super::AppState;
 use crate::ingest::{
-    self, DecodeLimits, DecodedWrite, IngestError, IngestMetrics, Protocol, RefusedHistograms,
-    RejectReason,
+    self, DecodeLimits, DecodedWrite, IngestError, IngestMetrics, Protocol, RejectReason,
 };
-use crate::storage::{wall_clock_ms, AppendOutcome, Storage, StorageError};
+use crate::storage::{wall_clock_ms, AppendOutcome, HistogramAppendError, Storage, StorageError};
 
 pub fn routes() -> Router<AppState> {
     Router::new().route("/api/v1/write", post(remote_write))
@@ -108,7 +107,7 @@ async fn write(
         )
     })
     .await;
-    let mut decoded = match decoded {
+    let decoded = match decoded {
         Ok(Ok(decoded)) => decoded,
         Ok(Err(err)) => return refused(metrics, &err),
         Err(join_err) => {
@@ -121,20 +120,27 @@ async fn write(
     };
     metrics.on_decoded(&decoded);
     let samples = decoded.num_samples;
-    let histograms = std::mem::take(&mut decoded.histograms_refused);
+    let histogram_samples = decoded.num_histograms;
     match store_decoded(state, &storage, decoded).await {
         Ok(Stored {
             samples: mut outcome,
+            mut histograms,
             exemplars,
         }) => {
             // Every sample sent was stored or refused; the count of stored ones leaves
             // out created-timestamp zero samples, which are not the client's (ADR 0027).
             outcome.appended = samples.saturating_sub(outcome.rejected_total());
+            histograms.appended = histogram_samples.saturating_sub(histograms.rejected_total());
             written.samples = outcome.appended;
+            written.histograms = histograms.appended;
             written.exemplars = exemplars;
             stored(metrics, &outcome, &histograms)
         }
-        Err(e) => storage_failed(metrics, &e),
+        Err(StoreError::Storage(e)) => storage_failed(metrics, &e),
+        Err(StoreError::InvalidHistogram(message)) => refused(
+            metrics,
+            &IngestError::new(RejectReason::InvalidHistogram, message),
+        ),
     }
 }
 
@@ -143,8 +149,24 @@ pub(super) struct Stored {
     /// The samples' outcome (`appended` counts created-timestamp zeros stored on a
     /// single node; the HTTP edge counts the client's samples itself).
     pub samples: AppendOutcome,
+    /// The native histogram samples' outcome (`appended` as for samples).
+    pub histograms: AppendOutcome,
     /// Exemplars held now.
     pub exemplars: u64,
+}
+
+/// Why `store_decoded` failed.
+pub(super) enum StoreError {
+    Storage(StorageError),
+    /// Storage found a histogram invalid that ingest's validation let through (the two
+    /// apply the same rules, so this is a bug; it is still the client's 400).
+    InvalidHistogram(String),
+}
+
+impl From<StorageError> for StoreError {
+    fn from(e: StorageError) -> Self {
+        StoreError::Storage(e)
+    }
 }
 
 /// An ingest request read and ready to decode.
@@ -192,25 +214,34 @@ pub(super) async fn accept_ingest_request(
 }
 
 /// Stores a validated write where a client's write enters: its metadata, then its
-/// samples within the wall-clock time bounds (ADR 0009; the samples outside them are
-/// reported as refused), then its exemplars, routed by `storage` to their owners.
-/// Shared by remote write and OTLP, so both store the same way.
+/// samples and native histograms within the wall-clock time bounds (ADR 0009; those
+/// outside them are reported as refused), then its exemplars, routed by `storage` to
+/// their owners. Shared by remote write and OTLP, so both store the same way.
 pub(super) async fn store_decoded(
     state: &AppState,
     storage: &Arc<dyn Storage>,
     decoded: DecodedWrite,
-) -> Result<Stored, StorageError> {
+) -> Result<Stored, StoreError> {
     if !decoded.metadata.is_empty() {
         storage.record_metadata(decoded.metadata).await?;
     }
+    let bounds = &state.info().ingest_time_bounds;
+    let now = wall_clock_ms();
     let mut series = decoded.series;
-    let mut outcome = ingest::enforce_time_bounds(
-        &mut series,
-        &state.info().ingest_time_bounds,
-        wall_clock_ms(),
-    );
+    let mut outcome = ingest::enforce_time_bounds(&mut series, bounds, now);
     if !series.is_empty() {
         outcome.merge(storage.append(series).await?);
+    }
+    let mut histogram_series = decoded.histograms;
+    let mut histograms = ingest::enforce_time_bounds(&mut histogram_series, bounds, now);
+    if !histogram_series.is_empty() {
+        match storage.append_histograms(histogram_series).await {
+            Ok(stored) => histograms.merge(stored),
+            Err(HistogramAppendError::Storage(e)) => return Err(StoreError::Storage(e)),
+            Err(invalid @ HistogramAppendError::Invalid { .. }) => {
+                return Err(StoreError::InvalidHistogram(invalid.to_string()))
+            }
+        }
     }
     let mut exemplars = 0;
     if !decoded.exemplars.is_empty() {
@@ -221,6 +252,7 @@ pub(super) async fn store_decoded(
     }
     Ok(Stored {
         samples: outcome,
+        histograms,
         exemplars,
     })
 }
@@ -297,21 +329,20 @@ pub(super) async fn read_limited(
     Ok(Bytes::from(buf))
 }
 
-/// The answer to a stored request: 204, or 400 naming the samples refused one by one
-/// and the native histograms refused (their request's rest is stored either way).
+/// The answer to a stored request: 204, or 400 naming the samples and histogram
+/// samples refused one by one (the request's rest is stored either way).
 fn stored(
     metrics: &IngestMetrics,
     outcome: &AppendOutcome,
-    histograms: &RefusedHistograms,
+    histograms: &AppendOutcome,
 ) -> Response {
-    metrics.on_stored(outcome);
+    metrics.on_stored(outcome, histograms);
     let mut problems = Vec::new();
     if outcome.rejected_total() > 0 {
-        problems.push(describe_rejections(outcome));
+        problems.push(describe_rejections(outcome, "samples"));
     }
-    if !histograms.is_empty() {
-        metrics.on_refused(RejectReason::NativeHistograms);
-        problems.push(histograms.describe());
+    if histograms.rejected_total() > 0 {
+        problems.push(describe_rejections(histograms, "histogram samples"));
     }
     if problems.is_empty() {
         return StatusCode::NO_CONTENT.into_response();
@@ -319,15 +350,16 @@ fn stored(
     plain_text(StatusCode::BAD_REQUEST, &problems.join("; "))
 }
 
-/// "3 samples rejected (out_of_order: 2, duplicate_timestamp: 1); 10 stored; first: ..."
-pub(super) fn describe_rejections(outcome: &AppendOutcome) -> String {
+/// "3 samples rejected (out_of_order: 2, duplicate_timestamp: 1); 10 samples stored;
+/// first: ...", of `what` ("samples", "histogram samples").
+pub(super) fn describe_rejections(outcome: &AppendOutcome, what: &str) -> String {
     let by_reason: Vec<String> = outcome
         .rejected
         .iter()
         .map(|(reason, n)| format!("{}: {n}", reason.as_str()))
         .collect();
     let mut message = format!(
-        "{} samples rejected ({}); {} samples stored",
+        "{} {what} rejected ({}); {} {what} stored",
         outcome.rejected_total(),
         by_reason.join(", "),
         outcome.appended
@@ -379,7 +411,7 @@ mod tests {
             first_rejection: Some(r#"up{job="a"} @ 5"#.into()),
         };
         assert_eq!(
-            describe_rejections(&outcome),
+            describe_rejections(&outcome, "samples"),
             "3 samples rejected (out_of_order: 2, duplicate_timestamp: 1); 10 samples stored; \
              first rejected: up{job=\"a\"} @ 5"
         );

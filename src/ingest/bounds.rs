@@ -1,9 +1,46 @@
-//! The wall-clock time bounds at the edge (ADR 0009): samples too far ahead of the
-//! node's clock or older than retention are taken out of a write before it is routed,
-//! so no owner ever receives them. Calls `model` and `storage` (the shared rule).
+//! The wall-clock time bounds at the edge (ADR 0009): samples (float or native
+//! histogram) too far ahead of the node's clock or older than retention are taken out of
+//! a write before it is routed, so no owner ever receives them. Calls `model` and `storage` (the shared rule).
 
-use crate::model::{self, Series};
+use crate::model::histogram::HistogramSample;
+use crate::model::{self, HistogramSeries, Labels, Sample, Series};
 use crate::storage::{AppendOutcome, RejectReason, TimeBounds};
+
+/// A series whose samples the bounds apply to: float samples or native histograms.
+pub trait BoundedSeries {
+    type Sample;
+    /// The labels, and the samples in time order.
+    fn parts(&mut self) -> (&Labels, &mut Vec<Self::Sample>);
+    fn time(sample: &Self::Sample) -> i64;
+    /// Whether `sample` is a created-timestamp zero request rather than the client's.
+    fn is_request(sample: &Self::Sample) -> bool;
+}
+
+impl BoundedSeries for Series {
+    type Sample = Sample;
+    fn parts(&mut self) -> (&Labels, &mut Vec<Sample>) {
+        (&self.labels, &mut self.samples)
+    }
+    fn time(sample: &Sample) -> i64 {
+        sample.t
+    }
+    fn is_request(sample: &Sample) -> bool {
+        model::is_created_zero(sample.v)
+    }
+}
+
+impl BoundedSeries for HistogramSeries {
+    type Sample = HistogramSample;
+    fn parts(&mut self) -> (&Labels, &mut Vec<HistogramSample>) {
+        (&self.labels, &mut self.samples)
+    }
+    fn time(sample: &HistogramSample) -> i64 {
+        sample.t
+    }
+    fn is_request(_: &HistogramSample) -> bool {
+        false
+    }
+}
 
 /// Removes the samples outside `bounds` at wall-clock time `now_ms` from `series`
 /// (dropping series left without samples) and reports them the way storage reports the
@@ -12,8 +49,8 @@ use crate::storage::{AppendOutcome, RejectReason, TimeBounds};
 /// must be in time order, as `decode_write_request` leaves them. Created-timestamp zero
 /// requests (ADR 0027) outside the bounds are dropped without being counted, and a
 /// series left with nothing else is dropped.
-pub fn enforce_time_bounds(
-    series: &mut Vec<Series>,
+pub fn enforce_time_bounds<S: BoundedSeries>(
+    series: &mut Vec<S>,
     bounds: &TimeBounds,
     now_ms: i64,
 ) -> AppendOutcome {
@@ -24,30 +61,28 @@ pub fn enforce_time_bounds(
     let mut counts = [0u64; RejectReason::ALL.len()];
     let in_bounds = |t: i64| bounds.check(t, now_ms).is_ok();
     series.retain_mut(|s| {
+        let (labels, samples) = s.parts();
         // Time order: the whole series is in bounds when its first and last samples are.
-        let (Some(first), Some(last)) = (s.samples.first(), s.samples.last()) else {
+        let (Some(first), Some(last)) = (samples.first(), samples.last()) else {
             return false;
         };
-        if in_bounds(first.t) && in_bounds(last.t) {
+        if in_bounds(S::time(first)) && in_bounds(S::time(last)) {
             return true;
         }
-        s.samples
-            .retain(|sample| match bounds.check(sample.t, now_ms) {
-                Ok(()) => true,
-                // A created-timestamp zero request is not the client's sample: it goes
-                // quietly, as Prometheus ignores a zero sample it cannot store.
-                Err(_) if model::is_created_zero(sample.v) => false,
-                Err(reason) => {
-                    counts[reason.index()] += 1;
-                    if refused.first_rejection.is_none() {
-                        refused.first_rejection = Some(reason.describe(&s.labels, sample.t));
-                    }
-                    false
+        samples.retain(|sample| match bounds.check(S::time(sample), now_ms) {
+            Ok(()) => true,
+            // A created-timestamp zero request is not the client's sample: it goes
+            // quietly, as Prometheus ignores a zero sample it cannot store.
+            Err(_) if S::is_request(sample) => false,
+            Err(reason) => {
+                counts[reason.index()] += 1;
+                if refused.first_rejection.is_none() {
+                    refused.first_rejection = Some(reason.describe(labels, S::time(sample)));
                 }
-            });
-        s.samples
-            .iter()
-            .any(|sample| !model::is_created_zero(sample.v))
+                false
+            }
+        });
+        samples.iter().any(|sample| !S::is_request(sample))
     });
     refused.rejected = RejectReason::ALL
         .into_iter()

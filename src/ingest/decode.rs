@@ -17,8 +17,10 @@
 //! after a label that is not UTF-8 is reported as the UTF-8 error prost would have
 //! stopped at first.
 //!
-//! Native histograms are decoded for validity and counted, not kept; exemplars are kept
-//! (their labels borrowed too).
+//! Native histograms are decoded into `proto::Histogram` (owned: they are few next to
+//! samples, and their bucket vectors become the model's); exemplars are kept (their
+//! labels borrowed too). `Reader::histogram` serves both protocol versions, whose
+//! histogram messages are the same.
 //! `Reader`, the wire cursor, is shared with the 2.0 decoder (`decode_v2`).
 
 use std::fmt;
@@ -26,6 +28,7 @@ use std::ops::Range;
 
 use crate::model::Sample;
 use crate::proto;
+use crate::proto::histogram::{BucketSpan, Count, ZeroCount};
 
 /// prost's recursion limit: how deeply messages and groups may nest.
 pub(super) const RECURSION_LIMIT: u32 = 100;
@@ -124,7 +127,8 @@ pub(super) struct RawSeries {
     /// only the 2.0 decoder adds them), which are not counted as samples received.
     pub created_zeros: usize,
     pub exemplars: Vec<RawExemplar>,
-    pub histograms: u64,
+    /// Native histograms as sent, not yet validated.
+    pub histograms: Vec<proto::Histogram>,
 }
 
 /// A decoded `WriteRequest` whose label strings point into the body.
@@ -142,6 +146,17 @@ impl<'a> RawWrite<'a> {
     pub fn labels_of(&self, series: &RawSeries) -> &[RawLabel<'a>] {
         &self.labels[series.labels.clone()]
     }
+}
+
+/// prost's `sint32`: the varint truncated to 32 bits, then zigzag-decoded.
+fn zigzag32(v: u64) -> i32 {
+    let v = v as u32;
+    ((v >> 1) as i32) ^ -((v & 1) as i32)
+}
+
+/// prost's `sint64`.
+fn zigzag64(v: u64) -> i64 {
+    ((v >> 1) as i64) ^ -((v & 1) as i64)
 }
 
 /// The error for labels that are not UTF-8 (prost names the field; so do we, roughly).
@@ -329,29 +344,67 @@ impl<'a> Reader<'a> {
         Ok(self.varint()? as i64)
     }
 
+    /// A `uint64` (or, truncated or zigzag-decoded by the caller, `uint32`/`sint`) field.
+    pub(super) fn uint64(&mut self, field: &'static str, wire: u8) -> Result<u64, WireError> {
+        Self::expect_wire(field, wire, WIRE_VARINT)?;
+        self.varint()
+    }
+
     /// A `repeated uint32` field, packed or not (a decoder must accept both), appended to
-    /// `out`. Values are truncated to 32 bits as prost does; a packed run is bounded by
-    /// its length the way a message is (read past, then refused).
+    /// `out`. Values are truncated to 32 bits as prost does.
     pub(super) fn uint32s(
         &mut self,
         field: &'static str,
         wire: u8,
         out: &mut Vec<u32>,
     ) -> Result<(), WireError> {
+        self.packed_varints(field, wire, |v| out.push(v as u32))
+    }
+
+    /// A repeated varint field, packed or not, each value handed to `push`; a packed run
+    /// is bounded by its length the way a message is (read past, then refused).
+    fn packed_varints(
+        &mut self,
+        field: &'static str,
+        wire: u8,
+        mut push: impl FnMut(u64),
+    ) -> Result<(), WireError> {
         if wire != WIRE_LEN {
-            Self::expect_wire(field, wire, WIRE_VARINT)?;
-            out.push(self.varint()? as u32);
+            push(self.uint64(field, wire)?);
             return Ok(());
         }
+        let end = self.packed_end()?;
+        while self.pos < end {
+            push(self.varint()?);
+        }
+        self.leave(end)
+    }
+
+    /// A `repeated double` field, packed or not, appended to `out`.
+    fn doubles(
+        &mut self,
+        field: &'static str,
+        wire: u8,
+        out: &mut Vec<f64>,
+    ) -> Result<(), WireError> {
+        if wire != WIRE_LEN {
+            out.push(self.double(field, wire)?);
+            return Ok(());
+        }
+        let end = self.packed_end()?;
+        while self.pos < end {
+            out.push(self.double(field, WIRE_FIXED64)?);
+        }
+        self.leave(end)
+    }
+
+    /// Where a packed run that starts here ends.
+    fn packed_end(&mut self) -> Result<usize, WireError> {
         let len = self.varint()?;
         if len > self.remaining() as u64 {
             return Err(WireError::BufferUnderflow);
         }
-        let end = self.pos + len as usize;
-        while self.pos < end {
-            out.push(self.varint()? as u32);
-        }
-        self.leave(end)
+        Ok(self.pos + len as usize)
     }
 
     /// Skips an unknown field as prost does, groups included (each nested group level
@@ -403,7 +456,7 @@ impl<'a> Reader<'a> {
             samples: Vec::new(),
             created_zeros: 0,
             exemplars: Vec::new(),
-            histograms: 0,
+            histograms: Vec::new(),
         };
         while self.pos < end {
             let (tag, wire) = self.key()?;
@@ -423,8 +476,9 @@ impl<'a> Reader<'a> {
                 }
                 4 => {
                     let histogram_end = self.enter("TimeSeries.histograms", wire, depth)?;
-                    self.histogram(histogram_end, depth - 1)?;
-                    series.histograms += 1;
+                    series
+                        .histograms
+                        .push(self.histogram(histogram_end, depth - 1)?);
                 }
                 _ => self.skip(wire, tag, depth)?,
             }
@@ -530,19 +584,73 @@ impl<'a> Reader<'a> {
         Ok(exemplar)
     }
 
-    /// A native histogram: only its timestamp field is declared (`proto::Histogram`);
-    /// the rest is skipped as unknown, as prost does.
-    fn histogram(&mut self, end: usize, depth: u32) -> Result<(), WireError> {
+    /// A native histogram (`proto::Histogram`, the same message in both protocol
+    /// versions), with prost's rules: a oneof's last field wins, repeated numbers come
+    /// packed or not, `sint` fields are zigzag-decoded from the truncated varint.
+    pub(super) fn histogram(
+        &mut self,
+        end: usize,
+        depth: u32,
+    ) -> Result<proto::Histogram, WireError> {
+        let mut h = proto::Histogram::default();
         while self.pos < end {
             let (tag, wire) = self.key()?;
             match tag {
-                15 => {
-                    self.int64("Histogram.timestamp", wire)?;
+                1 => h.count = Some(Count::Int(self.uint64("Histogram.count_int", wire)?)),
+                2 => h.count = Some(Count::Float(self.double("Histogram.count_float", wire)?)),
+                3 => h.sum = self.double("Histogram.sum", wire)?,
+                4 => h.schema = zigzag32(self.uint64("Histogram.schema", wire)?),
+                5 => h.zero_threshold = self.double("Histogram.zero_threshold", wire)?,
+                6 => {
+                    let n = self.uint64("Histogram.zero_count_int", wire)?;
+                    h.zero_count = Some(ZeroCount::Int(n));
                 }
+                7 => {
+                    let x = self.double("Histogram.zero_count_float", wire)?;
+                    h.zero_count = Some(ZeroCount::Float(x));
+                }
+                8 => {
+                    let span_end = self.enter("Histogram.negative_spans", wire, depth)?;
+                    h.negative_spans
+                        .push(self.bucket_span(span_end, depth - 1)?);
+                }
+                9 => self.packed_varints("Histogram.negative_deltas", wire, |v| {
+                    h.negative_deltas.push(zigzag64(v))
+                })?,
+                10 => self.doubles("Histogram.negative_counts", wire, &mut h.negative_counts)?,
+                11 => {
+                    let span_end = self.enter("Histogram.positive_spans", wire, depth)?;
+                    h.positive_spans
+                        .push(self.bucket_span(span_end, depth - 1)?);
+                }
+                12 => self.packed_varints("Histogram.positive_deltas", wire, |v| {
+                    h.positive_deltas.push(zigzag64(v))
+                })?,
+                13 => self.doubles("Histogram.positive_counts", wire, &mut h.positive_counts)?,
+                // An enum is an int32: the varint truncated, as prost reads it.
+                14 => h.reset_hint = self.int64("Histogram.reset_hint", wire)? as i32,
+                15 => h.timestamp = self.int64("Histogram.timestamp", wire)?,
+                16 => self.doubles("Histogram.custom_values", wire, &mut h.custom_values)?,
+                17 => h.start_timestamp = self.int64("Histogram.start_timestamp", wire)?,
                 _ => self.skip(wire, tag, depth)?,
             }
         }
-        self.leave(end)
+        self.leave(end)?;
+        Ok(h)
+    }
+
+    fn bucket_span(&mut self, end: usize, depth: u32) -> Result<BucketSpan, WireError> {
+        let mut span = BucketSpan::default();
+        while self.pos < end {
+            let (tag, wire) = self.key()?;
+            match tag {
+                1 => span.offset = zigzag32(self.uint64("BucketSpan.offset", wire)?),
+                2 => span.length = self.uint64("BucketSpan.length", wire)? as u32,
+                _ => self.skip(wire, tag, depth)?,
+            }
+        }
+        self.leave(end)?;
+        Ok(span)
     }
 
     fn metadata(&mut self, end: usize, depth: u32) -> Result<proto::MetricMetadata, WireError> {
@@ -608,7 +716,45 @@ mod tests {
                 },
                 proto::TimeSeries {
                     labels: vec![label("__name__", "h")],
-                    histograms: vec![proto::Histogram { timestamp: 9 }],
+                    histograms: vec![
+                        proto::Histogram {
+                            count: Some(Count::Float(6.5)),
+                            sum: -2.5,
+                            schema: -53,
+                            zero_count: Some(ZeroCount::Float(0.5)),
+                            positive_spans: vec![BucketSpan {
+                                offset: 0,
+                                length: 2,
+                            }],
+                            positive_counts: vec![1.0, 5.0],
+                            custom_values: vec![0.25],
+                            reset_hint: 3,
+                            timestamp: 9,
+                            start_timestamp: 4,
+                            ..Default::default()
+                        },
+                        proto::Histogram {
+                            count: Some(Count::Int(u64::MAX)),
+                            schema: -4,
+                            zero_threshold: 1e-9,
+                            zero_count: Some(ZeroCount::Int(1)),
+                            negative_spans: vec![
+                                BucketSpan {
+                                    offset: i32::MIN,
+                                    length: u32::MAX,
+                                },
+                                BucketSpan {
+                                    offset: 3,
+                                    length: 1,
+                                },
+                            ],
+                            negative_deltas: vec![i64::MIN, -1, 0, i64::MAX],
+                            negative_counts: vec![f64::NAN],
+                            positive_deltas: vec![7],
+                            timestamp: -9,
+                            ..Default::default()
+                        },
+                    ],
                     ..Default::default()
                 },
             ],
@@ -651,7 +797,14 @@ mod tests {
                 value: b"abc"
             }]
         );
-        assert_eq!(got.series[1].histograms, 1);
+        // NaN != NaN: compare the encodings.
+        let histograms = |hs: &[proto::Histogram]| -> Vec<Vec<u8>> {
+            hs.iter().map(Message::encode_to_vec).collect()
+        };
+        assert_eq!(
+            histograms(&got.series[1].histograms),
+            histograms(&request.timeseries[1].histograms)
+        );
         assert_eq!(got.labels_of(&got.series[1]).len(), 1);
         assert_eq!(got.metadata, request.metadata);
     }

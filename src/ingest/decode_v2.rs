@@ -55,7 +55,8 @@ pub(super) struct RawV2Series {
     pub starts: Vec<(i64, i64)>,
     /// The series-level created timestamp of Prometheus 3.0 to 3.4 (field 6), or 0.
     pub created_timestamp: i64,
-    pub histograms: u64,
+    /// Native histograms as sent, not yet validated.
+    pub histograms: Vec<proto::Histogram>,
     pub exemplars: Vec<RefExemplar>,
     pub metadata: RawMetadata,
 }
@@ -125,8 +126,9 @@ fn time_series(
             }
             3 => {
                 let histogram_end = reader.enter("TimeSeries.histograms", wire, depth)?;
-                histogram(reader, histogram_end, depth - 1)?;
-                series.histograms += 1;
+                series
+                    .histograms
+                    .push(reader.histogram(histogram_end, depth - 1)?);
             }
             4 => {
                 let exemplar_end = reader.enter("TimeSeries.exemplars", wire, depth)?;
@@ -208,24 +210,6 @@ fn metadata(
     reader.leave(end)
 }
 
-/// A native histogram: only its timestamps are declared (`write_v2::Histogram`); the
-/// rest is skipped as unknown, as prost does.
-fn histogram(reader: &mut Reader<'_>, end: usize, depth: u32) -> Result<(), WireError> {
-    while reader.before(end) {
-        let (tag, wire) = reader.key()?;
-        match tag {
-            15 => {
-                reader.int64("Histogram.timestamp", wire)?;
-            }
-            17 => {
-                reader.int64("Histogram.start_timestamp", wire)?;
-            }
-            _ => reader.skip(wire, tag, depth)?,
-        }
-    }
-    reader.leave(end)
-}
-
 /// The same shape from a request prost decoded: the reference the hand-written decoder
 /// is compared with (`fuzzing`).
 pub(super) fn from_reference(request: &write_v2::Request) -> RawV2<'_> {
@@ -236,7 +220,7 @@ pub(super) fn from_reference(request: &write_v2::Request) -> RawV2<'_> {
     for ts in &request.timeseries {
         let mut series = RawV2Series {
             created_timestamp: ts.created_timestamp,
-            histograms: ts.histograms.len() as u64,
+            histograms: ts.histograms.clone(),
             ..RawV2Series::default()
         };
         for s in &ts.samples {

@@ -246,11 +246,18 @@ fn assert_invariants(decoded: &DecodedWrite) {
         exemplars += series.exemplars.len() as u64;
     }
     assert_eq!(exemplars, decoded.num_exemplars);
-    assert_eq!(
-        decoded.histograms_refused.named.len() as u64,
-        decoded
-            .histograms_refused
-            .series
-            .min(super::RefusedHistograms::MAX_NAMED as u64)
-    );
+    let mut histograms = 0;
+    for series in &decoded.histograms {
+        assert!(series.labels.get(METRIC_NAME).is_some(), "no metric name");
+        assert!(
+            !series.samples.is_empty(),
+            "histogram series without samples"
+        );
+        assert!(series.samples.windows(2).all(|w| w[0].t <= w[1].t));
+        for sample in &series.samples {
+            assert!(sample.h.validate().is_ok(), "invalid histogram accepted");
+        }
+        histograms += series.samples.len() as u64;
+    }
+    assert_eq!(histograms, decoded.num_histograms);
 }

@@ -19,6 +19,10 @@ pub struct IngestMetrics {
     requests_received: Counter,
     samples_received: Counter,
     samples_stored: Counter,
+    histograms_received: Counter,
+    histograms_stored: Counter,
+    /// Indexed by `storage::RejectReason::index`.
+    histograms_rejected: Vec<Counter>,
     exemplars_stored: Counter,
     exemplars_dropped: Counter,
     /// Indexed by `RejectReason as usize`.
@@ -39,11 +43,18 @@ impl IngestMetrics {
         let registry = registry.sub_registry_with_prefix("timbala_ingest");
         let requests_rejected = ReasonFamily::default();
         let samples_rejected = ReasonFamily::default();
+        let histograms_rejected = ReasonFamily::default();
         let otlp_points_rejected = ReasonFamily::default();
         let metrics = IngestMetrics {
             requests_received: Counter::default(),
             samples_received: Counter::default(),
             samples_stored: Counter::default(),
+            histograms_received: Counter::default(),
+            histograms_stored: Counter::default(),
+            histograms_rejected: storage::RejectReason::ALL
+                .iter()
+                .map(|r| reason_counter(&histograms_rejected, r.as_str()))
+                .collect(),
             exemplars_stored: Counter::default(),
             exemplars_dropped: Counter::default(),
             requests_refused: RejectReason::ALL
@@ -76,6 +87,21 @@ impl IngestMetrics {
             "samples_stored",
             "Float samples durably stored",
             metrics.samples_stored.clone(),
+        );
+        registry.register(
+            "histogram_samples_received",
+            "Native histogram samples received in valid remote-write requests",
+            metrics.histograms_received.clone(),
+        );
+        registry.register(
+            "histogram_samples_stored",
+            "Native histogram samples durably stored",
+            metrics.histograms_stored.clone(),
+        );
+        registry.register(
+            "histogram_samples_rejected",
+            "Native histogram samples refused (by storage, or by the time bounds) in otherwise valid requests, by reason",
+            histograms_rejected,
         );
         registry.register(
             "exemplars_stored",
@@ -120,6 +146,7 @@ impl IngestMetrics {
 
     pub fn on_decoded(&self, decoded: &DecodedWrite) {
         self.samples_received.inc_by(decoded.num_samples);
+        self.histograms_received.inc_by(decoded.num_histograms);
         if decoded.exemplars_dropped > 0 {
             self.exemplars_dropped.inc_by(decoded.exemplars_dropped);
         }
@@ -144,12 +171,17 @@ impl IngestMetrics {
         }
     }
 
-    pub fn on_stored(&self, outcome: &AppendOutcome) {
-        self.samples_stored.inc_by(outcome.appended);
-        for &(reason, n) in &outcome.rejected {
+    /// A request stored: its float samples' and its histogram samples' outcomes.
+    pub fn on_stored(&self, samples: &AppendOutcome, histograms: &AppendOutcome) {
+        self.samples_stored.inc_by(samples.appended);
+        for &(reason, n) in &samples.rejected {
             self.samples_rejected[reason.index()].inc_by(n);
         }
-        if outcome.rejected_total() > 0 {
+        self.histograms_stored.inc_by(histograms.appended);
+        for &(reason, n) in &histograms.rejected {
+            self.histograms_rejected[reason.index()].inc_by(n);
+        }
+        if samples.rejected_total() + histograms.rejected_total() > 0 {
             self.requests_partially_stored.inc();
         }
     }
@@ -174,11 +206,18 @@ mod tests {
         let m = IngestMetrics::register(&mut registry);
         m.on_request();
         m.on_refused(RejectReason::BadSnappy);
-        m.on_stored(&AppendOutcome {
-            appended: 5,
-            rejected: vec![(storage::RejectReason::OutOfOrder, 2)],
-            first_rejection: None,
-        });
+        m.on_stored(
+            &AppendOutcome {
+                appended: 5,
+                rejected: vec![(storage::RejectReason::OutOfOrder, 2)],
+                first_rejection: None,
+            },
+            &AppendOutcome {
+                appended: 3,
+                rejected: vec![(storage::RejectReason::DuplicateTimestamp, 1)],
+                first_rejection: None,
+            },
+        );
         let mut text = String::new();
         encode(&mut text, &registry).unwrap();
         assert!(
@@ -189,6 +228,10 @@ mod tests {
         assert!(text.contains(r#"timbala_ingest_samples_rejected_total{reason="out_of_order"} 2"#));
         assert!(text.contains("timbala_ingest_samples_stored_total 5"));
         assert!(text.contains(r#"{reason="samples_rejected"} 1"#));
+        assert!(text.contains("timbala_ingest_histogram_samples_stored_total 3"));
+        assert!(text.contains(
+            r#"timbala_ingest_histogram_samples_rejected_total{reason="duplicate_timestamp"} 1"#
+        ));
         // OTLP families exist before the first OTLP request.
         assert!(text.contains("timbala_ingest_otlp_data_points_accepted_total 0"));
         assert!(text.contains(

@@ -17,10 +17,8 @@
 //! time bounds); knows nothing about HTTP servers or where data is stored, so the same
 //! decoder serves the HTTP edge, the fuzz target and peer-to-peer writes.
 //!
-//! A request is accepted or refused as a whole: one invalid series refuses the request,
-//! so a client never has to guess which part was stored. The one exception is remote
-//! write 2.0's native histograms, which are not storable yet: they are refused and named
-//! while the rest of their request is stored (`DecodedWrite::histograms_refused`).
+//! A request is accepted or refused as a whole: one invalid series or native histogram
+//! refuses the request, so a client never has to guess which part was stored.
 //!
 //! Two entry points decode remote write: `decode_write_request` for what clients send,
 //! and `decode_internal_write_request` for the internal write between nodes, which may
@@ -43,7 +41,7 @@ use std::sync::LazyLock;
 
 use prost::Message;
 
-use crate::model::{MetricMetadata, Series, SeriesExemplars};
+use crate::model::{HistogramSeries, MetricMetadata, Series, SeriesExemplars};
 use crate::proto;
 
 pub use bounds::enforce_time_bounds;
@@ -69,8 +67,8 @@ pub enum RejectReason {
     InvalidUtf8,
     /// A series breaks the label rules: empty, unsorted, duplicated, no metric name (400).
     InvalidLabels,
-    /// A series carries native histograms, which Timbala does not store yet (400).
-    NativeHistograms,
+    /// A native histogram breaks Prometheus's rules (schema, spans, counts; 400).
+    InvalidHistogram,
     /// Remote write 2.0 symbol references that do not resolve: `symbols[0]` not empty,
     /// an odd number of label references, a reference past the symbol table (400).
     InvalidSymbolRefs,
@@ -86,7 +84,7 @@ impl RejectReason {
         RejectReason::BadProtobuf,
         RejectReason::InvalidUtf8,
         RejectReason::InvalidLabels,
-        RejectReason::NativeHistograms,
+        RejectReason::InvalidHistogram,
         RejectReason::InvalidSymbolRefs,
     ];
 
@@ -101,7 +99,7 @@ impl RejectReason {
             RejectReason::BadProtobuf => "bad_protobuf",
             RejectReason::InvalidUtf8 => "invalid_utf8",
             RejectReason::InvalidLabels => "invalid_labels",
-            RejectReason::NativeHistograms => "native_histograms",
+            RejectReason::InvalidHistogram => "invalid_histogram",
             RejectReason::InvalidSymbolRefs => "invalid_symbol_refs",
         }
     }
@@ -116,7 +114,7 @@ impl RejectReason {
             | RejectReason::BadProtobuf
             | RejectReason::InvalidUtf8
             | RejectReason::InvalidLabels
-            | RejectReason::NativeHistograms
+            | RejectReason::InvalidHistogram
             | RejectReason::InvalidSymbolRefs => 400,
         }
     }
@@ -170,52 +168,10 @@ pub struct DecodedWrite {
     pub num_exemplars: u64,
     /// Exemplars carried by the request and dropped: their labels break the rules.
     pub exemplars_dropped: u64,
-    /// Remote write 2.0's native histograms, refused while the rest is stored.
-    pub histograms_refused: RefusedHistograms,
-}
-
-/// The native histograms of a remote-write 2.0 request, which Timbala cannot store yet
-/// (ADR 0027): counted and named for the 400 that answers the request.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct RefusedHistograms {
-    /// Histogram samples refused.
-    pub histograms: u64,
-    /// Series that carried them.
-    pub series: u64,
-    /// The first `MAX_NAMED` of those series, described as sent.
-    pub named: Vec<String>,
-}
-
-impl RefusedHistograms {
-    /// Series named in an answer; the rest are counted.
-    pub const MAX_NAMED: usize = 5;
-
-    pub fn is_empty(&self) -> bool {
-        self.histograms == 0
-    }
-
-    /// The client's explanation: counts, the series named, and what to do.
-    pub fn describe(&self) -> String {
-        let mut message = format!(
-            "{} native histogram samples in {} series refused: Timbala does not store native \
-             histograms yet (the request's float samples, exemplars and metadata were \
-             processed); series: {}",
-            self.histograms,
-            self.series,
-            self.named.join(", ")
-        );
-        if self.series > self.named.len() as u64 {
-            message.push_str(&format!(
-                " and {} more",
-                self.series - self.named.len() as u64
-            ));
-        }
-        message.push_str(
-            "; set send_native_histograms: false in the sender's remote_write config \
-             to send classic histograms instead",
-        );
-        message
-    }
+    /// Native histogram samples by series, each series' in time order, validated.
+    pub histograms: Vec<HistogramSeries>,
+    /// Histogram samples in `histograms`.
+    pub num_histograms: u64,
 }
 
 /// How large a request may get. The compressed body limit is enforced by the caller
@@ -299,7 +255,7 @@ fn wire_error(err: decode::WireError, message: &str) -> IngestError {
 fn decode_protobuf(raw: &[u8]) -> Result<DecodedWrite, IngestError> {
     let request = decode::decode_write_request(raw)
         .map_err(|err| wire_error(err, "prometheus.WriteRequest"))?;
-    validate::raw_into_decoded_write(request, &LABEL_SETS, validate::Histograms::RefuseRequest)
+    validate::raw_into_decoded_write(request, &LABEL_SETS)
 }
 
 /// Decodes and validates a decompressed `io.prometheus.write.v2.Request`.
@@ -307,7 +263,7 @@ fn decode_protobuf_v2(raw: &[u8]) -> Result<DecodedWrite, IngestError> {
     let request = decode_v2::decode_request(raw)
         .map_err(|err| wire_error(err, "io.prometheus.write.v2.Request"))?;
     let request = decode_v2::into_raw_write(request)?;
-    validate::raw_into_decoded_write(request, &LABEL_SETS, validate::Histograms::RefuseSeries)
+    validate::raw_into_decoded_write(request, &LABEL_SETS)
 }
 
 /// `decode_protobuf` done with prost and owned strings: the reference that the
@@ -322,11 +278,7 @@ fn reference_decode_protobuf(raw: &[u8]) -> Result<DecodedWrite, IngestError> {
 fn reference_decode_protobuf_v2(raw: &[u8]) -> Result<DecodedWrite, IngestError> {
     let request = proto::write_v2::Request::decode(raw).map_err(protobuf_error)?;
     let request = decode_v2::into_raw_write(decode_v2::from_reference(&request))?;
-    validate::raw_into_decoded_write(
-        request,
-        &label_cache::LabelSetCache::default(),
-        validate::Histograms::RefuseSeries,
-    )
+    validate::raw_into_decoded_write(request, &label_cache::LabelSetCache::default())
 }
 
 /// Describes a prost decode error for the client. prost rejects invalid UTF-8 in string

@@ -14,21 +14,22 @@
 //! - at most `MAX_LABELS_PER_SERIES` labels of at most `MAX_LABEL_BYTES_PER_SERIES` bytes
 //!   together (the bounds of the node-to-node repair transfers, so every stored series can
 //!   be repaired);
-//! - native histograms are refused (not stored yet): with the whole request in remote
-//!   write 1.0, alone in 2.0 (ADR 0027); exemplars are kept (those whose labels break
-//!   Prometheus's exemplar rules are dropped and counted), also for series without
-//!   samples;
-//! - samples are put in time order when the sender did not (storage wants time order;
-//!   the out-of-order window decides what is kept).
+//! - native histograms must pass Prometheus's `Validate` (schema, spans against buckets,
+//!   counts adding up); one that does not refuses the request (ADR 0030);
+//! - exemplars are kept (those whose labels break Prometheus's exemplar rules are
+//!   dropped and counted), also for series without samples;
+//! - samples and histograms are put in time order when the sender did not (storage
+//!   wants time order; the out-of-order window decides what is kept).
 
 use std::fmt::Write as _;
 
 use super::decode::{self, RawLabel, RawWrite};
 use super::label_cache::LabelSetCache;
-use super::{DecodedWrite, IngestError, RefusedHistograms, RejectReason};
+use super::{DecodedWrite, IngestError, RejectReason};
+use crate::model::histogram::HistogramSample;
 use crate::model::{
-    self, Labels, MetricMetadata, Sample, Series, MAX_EXEMPLAR_LABEL_CHARS, MAX_LABELS_PER_SERIES,
-    MAX_LABEL_BYTES_PER_SERIES, METRIC_NAME,
+    self, HistogramSeries, Labels, MetricMetadata, Sample, Series, MAX_EXEMPLAR_LABEL_CHARS,
+    MAX_LABELS_PER_SERIES, MAX_LABEL_BYTES_PER_SERIES, METRIC_NAME,
 };
 use crate::proto;
 
@@ -61,15 +62,6 @@ impl LabelPair for RawLabel<'_> {
     }
 }
 
-/// What native histograms do to a request: Timbala does not store them yet.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) enum Histograms {
-    /// Remote write 1.0: the request is refused (ADR 0003).
-    RefuseRequest,
-    /// Remote write 2.0: they are refused and named, the rest is stored (ADR 0027).
-    RefuseSeries,
-}
-
 /// Turns a client's values into storable ones (`model::plain_value`), so that no client
 /// request carries a created-timestamp zero request.
 pub(super) fn make_values_plain(series: &mut [Series]) {
@@ -89,7 +81,6 @@ pub(super) fn make_values_plain(series: &mut [Series]) {
 pub(super) fn raw_into_decoded_write(
     req: RawWrite<'_>,
     cache: &LabelSetCache,
-    histograms: Histograms,
 ) -> Result<DecodedWrite, IngestError> {
     let known: Vec<Option<Labels>> = req
         .series
@@ -106,29 +97,22 @@ pub(super) fn raw_into_decoded_write(
     if !unchecked().flatten().all(RawLabel::is_utf8) {
         return Err(super::utf8_error(&decode::not_utf8().to_string()));
     }
-    let refuse_request = histograms == Histograms::RefuseRequest;
+    let mut histograms = Vec::with_capacity(req.series.len());
     for (index, (ts, known)) in req.series.iter().zip(&known).enumerate() {
-        let refused = refuse_request && ts.histograms > 0;
-        check_series(index, req.labels_of(ts), refused, known.is_none())?;
+        check_series(index, req.labels_of(ts), known.is_none())?;
+        histograms.push(histogram_samples(index, req.labels_of(ts), &ts.histograms)?);
     }
     let mut decoded = DecodedWrite {
         series: Vec::with_capacity(req.series.len()),
         metadata: req.metadata.into_iter().filter_map(into_metadata).collect(),
         ..DecodedWrite::default()
     };
-    for (index, (ts, known)) in req.series.into_iter().zip(known).enumerate() {
-        if ts.histograms > 0 {
-            note_refused(
-                &mut decoded.histograms_refused,
-                index,
-                &req.labels[ts.labels.clone()],
-                ts.histograms,
-            );
-        }
-        if ts.samples.is_empty() && ts.exemplars.is_empty() {
+    for ((ts, known), histograms) in req.series.into_iter().zip(known).zip(histograms) {
+        if ts.samples.is_empty() && ts.exemplars.is_empty() && histograms.is_empty() {
             continue;
         }
         let labels = known.unwrap_or_else(|| cache.insert(&req.labels[ts.labels.clone()]));
+        add_histograms(&mut decoded, &labels, histograms);
         let exemplars = ts.exemplars.iter().map(|e| {
             let labels = &req.exemplar_labels[e.labels.clone()];
             (labels, e.value, e.timestamp)
@@ -193,17 +177,47 @@ fn exemplar_labels_ok(labels: &[impl LabelPair]) -> bool {
     chars <= MAX_EXEMPLAR_LABEL_CHARS
 }
 
-fn note_refused(
-    refused: &mut RefusedHistograms,
+/// A series' native histograms as model samples in time order, each validated with
+/// Prometheus's rules; the first invalid one refuses the request, named with its series
+/// and timestamp.
+fn histogram_samples(
     index: usize,
     labels: &[impl LabelPair],
-    histograms: u64,
-) {
-    refused.histograms += histograms;
-    refused.series += 1;
-    if refused.named.len() < RefusedHistograms::MAX_NAMED {
-        refused.named.push(format!("#{index} {}", describe(labels)));
+    sent: &[proto::Histogram],
+) -> Result<Vec<HistogramSample>, IngestError> {
+    let mut samples = Vec::with_capacity(sent.len());
+    for wire in sent {
+        let h = wire.to_model();
+        if let Err(problem) = h.validate() {
+            return Err(IngestError::new(
+                RejectReason::InvalidHistogram,
+                format!(
+                    "invalid native histogram in series #{index} {} at timestamp {}: {problem}",
+                    describe(labels),
+                    wire.timestamp
+                ),
+            ));
+        }
+        samples.push(HistogramSample {
+            t: wire.timestamp,
+            h,
+        });
     }
+    if !samples.is_sorted_by_key(|s| s.t) {
+        samples.sort_by_key(|s| s.t);
+    }
+    Ok(samples)
+}
+
+fn add_histograms(decoded: &mut DecodedWrite, labels: &Labels, samples: Vec<HistogramSample>) {
+    if samples.is_empty() {
+        return;
+    }
+    decoded.num_histograms += samples.len() as u64;
+    decoded.histograms.push(HistogramSeries {
+        labels: labels.clone(),
+        samples,
+    });
 }
 
 /// Validates a request decoded by prost (the reference decoder).
@@ -214,12 +228,14 @@ pub(super) fn into_decoded_write(req: proto::WriteRequest) -> Result<DecodedWrit
         ..DecodedWrite::default()
     };
     for (index, mut ts) in req.timeseries.into_iter().enumerate() {
-        check_series(index, &ts.labels, !ts.histograms.is_empty(), true)?;
+        check_series(index, &ts.labels, true)?;
+        let histograms = histogram_samples(index, &ts.labels, &ts.histograms)?;
         let exemplars = std::mem::take(&mut ts.exemplars);
-        if ts.samples.is_empty() && exemplars.is_empty() {
+        if ts.samples.is_empty() && exemplars.is_empty() && histograms.is_empty() {
             continue;
         }
         let series = into_series(ts);
+        add_histograms(&mut decoded, &series.labels, histograms);
         let sent = exemplars
             .iter()
             .map(|e| (e.labels.as_slice(), e.value, e.timestamp));
@@ -233,24 +249,13 @@ pub(super) fn into_decoded_write(req: proto::WriteRequest) -> Result<DecodedWrit
     Ok(decoded)
 }
 
-/// Refuses native histograms when `has_histograms`, and labels that break the rules
-/// unless `check_rules` is false (a label set known to follow them).
+/// Refuses labels that break the rules unless `check_rules` is false (a label set known
+/// to follow them).
 fn check_series(
     index: usize,
     labels: &[impl LabelPair],
-    has_histograms: bool,
     check_rules: bool,
 ) -> Result<(), IngestError> {
-    if has_histograms {
-        return Err(IngestError::new(
-            RejectReason::NativeHistograms,
-            format!(
-                "series #{index} {}: native histograms are not supported yet; \
-                 set send_native_histograms: false in the sender's remote_write config",
-                describe(labels)
-            ),
-        ));
-    }
     if !check_rules {
         return Ok(());
     }
@@ -406,8 +411,7 @@ mod tests {
         };
         let body = prost::Message::encode_to_vec(&request);
         let raw = super::super::decode::decode_write_request(&body).unwrap();
-        let ours =
-            raw_into_decoded_write(raw, &LabelSetCache::default(), Histograms::RefuseRequest);
+        let ours = raw_into_decoded_write(raw, &LabelSetCache::default());
         let reference = into_decoded_write(request);
         assert_eq!(ours, reference);
         reference
@@ -450,7 +454,7 @@ mod tests {
         patch(&mut body);
         let raw = super::super::decode::decode_write_request(&body)
             .map_err(|err| super::super::wire_error(err, "prometheus.WriteRequest"))?;
-        raw_into_decoded_write(raw, cache, Histograms::RefuseRequest)
+        raw_into_decoded_write(raw, cache)
     }
 
     #[test]
@@ -487,13 +491,15 @@ mod tests {
         );
         let err = decode(vec![hidden]).unwrap_err();
         assert!(err.message.contains("duplicate"), "{}", err.message);
-        // A known set still refuses native histograms.
+        // A known set still has its histograms validated.
         let mut with_histogram = good;
-        with_histogram
-            .histograms
-            .push(proto::Histogram { timestamp: 1 });
+        with_histogram.histograms.push(proto::Histogram {
+            schema: 9,
+            timestamp: 1,
+            ..Default::default()
+        });
         let err = decode(vec![with_histogram]).unwrap_err();
-        assert_eq!(err.reason, RejectReason::NativeHistograms);
+        assert_eq!(err.reason, RejectReason::InvalidHistogram);
     }
 
     #[test]
@@ -520,13 +526,38 @@ mod tests {
     }
 
     #[test]
-    fn histograms_refused_exemplars_kept_empty_series_skipped() {
-        let mut with_histogram = series(&[("__name__", "h")], &[]);
-        with_histogram
-            .histograms
-            .push(proto::Histogram { timestamp: 1 });
-        let err = validate(vec![with_histogram]).unwrap_err();
-        assert_eq!(err.reason, RejectReason::NativeHistograms);
+    fn histograms_validated_and_ordered_exemplars_kept_empty_series_skipped() {
+        let histogram = |t: i64, count: u64, deltas: Vec<i64>| proto::Histogram {
+            count: Some(proto::histogram::Count::Int(count)),
+            sum: 1.5,
+            positive_spans: vec![proto::BucketSpan {
+                offset: 0,
+                length: deltas.len() as u32,
+            }],
+            positive_deltas: deltas,
+            timestamp: t,
+            ..Default::default()
+        };
+        let mut with_histograms = series(&[("__name__", "h")], &[]);
+        with_histograms.histograms = vec![histogram(20, 3, vec![1, 1]), histogram(10, 1, vec![1])];
+        let got = validate(vec![with_histograms.clone()]).unwrap();
+        assert_eq!(got.num_histograms, 2);
+        assert!(got.series.is_empty());
+        let times: Vec<i64> = got.histograms[0].samples.iter().map(|s| s.t).collect();
+        assert_eq!(times, vec![10, 20]);
+        // Buckets adding up to 2 under a count of 3: the whole request is refused.
+        with_histograms.histograms[0] = histogram(20, 3, vec![1, 0]);
+        let err = validate(vec![
+            series(&[("__name__", "ok")], &[(1, 1.0)]),
+            with_histograms,
+        ])
+        .unwrap_err();
+        assert_eq!(err.reason, RejectReason::InvalidHistogram);
+        assert!(
+            err.message.contains("#1") && err.message.contains("timestamp 20"),
+            "{}",
+            err.message
+        );
 
         let exemplar = |pairs: &[(&str, &str)], t: i64| proto::Exemplar {
             labels: series(pairs, &[]).labels,

@@ -6,7 +6,7 @@
 //! and a copy of every sample vector per series. The bytes are what prost writes for
 //! `series_to_proto` except that a sample value of -0.0 is kept (prost leaves a float
 //! field out when it equals zero, so -0.0 would arrive as 0.0). Metadata and exemplars
-//! (rare next to samples) go through the prost structs. Calls only `model`, its parent's
+//! and native histograms (rare next to samples) go through the prost structs. Calls only `model`, its parent's
 //! conversions and prost's wire primitives.
 //!
 //! A protobuf message's repeated fields may be split over several encodings that are
@@ -15,7 +15,7 @@
 
 use prost::encoding::{encode_key, encode_varint, encoded_len_varint, message, WireType};
 
-use crate::model::{MetricMetadata, Sample, Series, SeriesExemplars};
+use crate::model::{HistogramSeries, MetricMetadata, Sample, Series, SeriesExemplars};
 
 /// `WriteRequest.timeseries`, `TimeSeries.labels`, `Label.name`, `Sample.value`.
 const TAG_1: u32 = 1;
@@ -98,6 +98,15 @@ pub fn encode_series(series: &[Series], out: &mut Vec<u8>) {
                 encode_varint(sample.t as u64, out);
             }
         }
+    }
+}
+
+/// Appends each series' native histograms to `out` as a `WriteRequest.timeseries` entry
+/// without float samples (through the prost structs: histograms are few next to
+/// samples). prost leaves out a sum of -0.0, so it arrives as 0.0.
+pub fn encode_histograms(series: &[HistogramSeries], out: &mut Vec<u8>) {
+    for s in series {
+        message::encode(TAG_1, &super::histogram_series_to_proto(s), out);
     }
 }
 

@@ -6,9 +6,7 @@
 //! structs are the reference that decoder is held to by the differential fuzz test, and
 //! what tests and tools build requests with. `TimeSeries.created_timestamp` (field 6) is
 //! what Prometheus 3.0 to 3.4 send; newer senders put a `start_timestamp` on each sample
-//! and reserve field 6. Both are read. A native histogram declares only its timestamps:
-//! Timbala does not store native histograms yet, and prost skips the other fields, so
-//! a full histogram from Prometheus still decodes.
+//! and reserve field 6. Both are read.
 
 use prost::Message;
 
@@ -69,14 +67,9 @@ pub struct Metadata {
     pub unit_ref: u32,
 }
 
-/// A native histogram: only its timestamps are declared (see the module comment).
-#[derive(Clone, PartialEq, Message)]
-pub struct Histogram {
-    #[prost(int64, tag = "15")]
-    pub timestamp: i64,
-    #[prost(int64, tag = "17")]
-    pub start_timestamp: i64,
-}
+/// A native histogram: the same message as remote write 1.0's, plus `start_timestamp`
+/// (field 17), which the shared struct declares.
+pub use super::Histogram;
 
 /// Builds the symbol table of a request: `symbols[0]` is "", each string once.
 #[derive(Clone, Debug)]

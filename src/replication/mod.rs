@@ -1,7 +1,7 @@
 //! Replication: the write side of the cluster.
 //!
-//! Owns: routing each series of a batch to its owners (placement over the join-ordered
-//! ring), each metric family's metadata to the owners of its family name (ADR
+//! Owns: routing each series of a batch (float samples, and native histogram samples
+//! the same way) to its owners (placement over the join-ordered ring), each metric family's metadata to the owners of its family name (ADR
 //! 0020), and each series' exemplars to the series' owners (ADR 0027), appending the local share to the local TSDB, forwarding the other owners'
 //! shares to their `POST /internal/v1/write` over persistent connections, hinted
 //! handoff (`hints`: a durable queue per owner that was down or failed, bounded per
@@ -130,6 +130,55 @@ impl ReplicatingStorage {
             } else {
                 self.inner.local.append(local_share).await
             }
+        };
+        let outcomes = self
+            .deliver_all(local_id, local, split.remote, &split.owner_sets)
+            .await?;
+        Ok(combine_replica_outcomes(total_samples, outcomes))
+    }
+
+    /// Stores native histogram samples on their series' owners exactly as `replicate`
+    /// stores float samples (same placement, forwarding, hints and acknowledgement rule;
+    /// the internal write body carries them as remote write 1.0's `histograms`).
+    async fn replicate_histograms(
+        &self,
+        batch: Vec<HistogramSeries>,
+    ) -> Result<AppendOutcome, HistogramAppendError> {
+        let view = self.inner.membership.view();
+        if view.ring.is_empty() {
+            return Err(HistogramAppendError::Storage(StorageError::Unavailable(
+                "this node has not joined its cluster yet (no peer answered)".to_string(),
+            )));
+        }
+        let local_id = view.local.id;
+        let total_samples: u64 = batch.iter().map(|s| s.samples.len() as u64).sum();
+        let split = split_by_owner(
+            batch,
+            &view,
+            local_id,
+            |s: &HistogramSeries| placement::partition_key(&s.labels),
+            proto::write_body::encode_histograms,
+            |s| s.samples.len() as u64,
+        );
+        if split.remote.is_empty() {
+            return self.inner.local.append_histograms(split.local).await;
+        }
+        let local_share = split.local;
+        let local = async {
+            if local_share.is_empty() {
+                return Ok(AppendOutcome::default());
+            }
+            // Ingest validated every histogram with the rules the local store applies,
+            // so a refusal here is a bug: fail the write rather than store it on only
+            // some owners.
+            self.inner
+                .local
+                .append_histograms(local_share)
+                .await
+                .map_err(|e| match e {
+                    HistogramAppendError::Storage(e) => e,
+                    invalid => StorageError::Other(invalid.to_string()),
+                })
         };
         let outcomes = self
             .deliver_all(local_id, local, split.remote, &split.owner_sets)
@@ -638,18 +687,11 @@ impl Storage for ReplicatingStorage {
         self.inner.local.select(req)
     }
 
-    /// Replication does not carry native histograms yet (ADR 0030): refused whole, so
-    /// nothing is acknowledged that fewer than its owners hold.
     fn append_histograms(
         &self,
         batch: Vec<HistogramSeries>,
     ) -> BoxFuture<'_, Result<AppendOutcome, HistogramAppendError>> {
-        let _ = batch;
-        Box::pin(async {
-            Err(HistogramAppendError::Storage(StorageError::Other(
-                "native histograms are not replicated in a cluster yet".into(),
-            )))
-        })
+        Box::pin(self.replicate_histograms(batch))
     }
 
     fn select_histograms(

@@ -63,6 +63,7 @@ use crate::storage::{
 pub use cardinality::HeadCardinality;
 
 pub use db::Backfilled;
+pub use head_hist::{encode_sealed as encode_histogram_chunks, SealedHistogramChunk};
 pub use metrics::TsdbMetrics;
 
 /// Settings of one TSDB. `Default` gives the server defaults.
