@@ -13,6 +13,7 @@ use std::collections::BTreeSet;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::api::{self, RawSeries, NODES, PROMETHEUS};
+use crate::histogram_workload;
 
 /// Instant queries compared at one evaluation time: selectors, rate, aggregation,
 /// histogram_quantile over scraped histograms, topk/bottomk, offset, *_over_time.
@@ -333,6 +334,59 @@ pub fn compare_queries(at_s: f64) -> (usize, Vec<String>) {
         check(&label, &|base| {
             api::promtool_range(base, query, at_s - RANGE_SPAN_S, at_s, 5)
         });
+    }
+    (compared, failures)
+}
+
+/// The native histograms the driver writes (issue 15): Prometheus 2.42 cannot scrape
+/// native histograms from anything in the stack (none of its targets exposes them), so
+/// the driver writes the same ones to Prometheus's remote-write receiver and to the
+/// cluster.
+const HISTOGRAM_METRIC: &str = "timbala_integration_native_seconds";
+
+/// Writes the native-histogram workload (`histogram_workload`), its first sample at
+/// `base_ms`, to Prometheus and, through the balancer, to the cluster.
+pub fn write_native_histograms(base_ms: i64) -> Result<(), String> {
+    let request = histogram_workload::request(HISTOGRAM_METRIC, base_ms);
+    api::remote_write(PROMETHEUS, &request)?;
+    api::remote_write(api::BALANCER, &request)
+}
+
+/// Asks every query of the native-histogram workload of Prometheus and of each node
+/// (JSON through the HTTP API: promtool 2.42 prints no histograms) and compares the
+/// answers, numbers to a relative 1e-9. Returns how many answers were compared and the
+/// ones that differ.
+pub fn compare_native_histograms(base_ms: i64) -> (usize, Vec<String>) {
+    let data = |base: &str, path: &str| -> Result<serde_json::Value, String> {
+        let answer = api::get_json(&format!("{base}{path}"))?;
+        Ok(histogram_workload::normalized(answer["data"].clone()))
+    };
+    let mut compared = 0;
+    let mut failures = Vec::new();
+    for (name, path) in histogram_workload::queries(HISTOGRAM_METRIC, base_ms) {
+        let expected = match data(PROMETHEUS, &path) {
+            Ok(e) if e["result"].as_array().is_some_and(|r| !r.is_empty()) => e,
+            Ok(e) => {
+                failures.push(format!("{name}: Prometheus has no answer: {e}"));
+                continue;
+            }
+            Err(e) => {
+                failures.push(format!("{name}: Prometheus: {e}"));
+                continue;
+            }
+        };
+        for (node, base) in NODES {
+            compared += 1;
+            match data(base, &path) {
+                Ok(got) if histogram_workload::same(&expected, &got) => {}
+                Ok(got) => failures.push(format!(
+                    "{name} on {node}:\n    prometheus: {}\n    timbala:    {}",
+                    clip(&expected.to_string()),
+                    clip(&got.to_string())
+                )),
+                Err(e) => failures.push(format!("{name} on {node}: {e}")),
+            }
+        }
     }
     (compared, failures)
 }

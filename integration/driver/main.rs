@@ -16,6 +16,8 @@ mod api;
 mod bad_client;
 mod checks;
 mod faults;
+#[path = "../../tests/support/histogram_workload.rs"]
+mod histogram_workload;
 #[path = "../../tests/support/http_client.rs"]
 mod http_client;
 mod stack;
@@ -40,6 +42,9 @@ const CONVERGENCE_TIMEOUT: Duration = Duration::from_secs(120);
 /// How long before the stack came up the remote-read probe's samples lie: before
 /// Prometheus's first sample, and well inside Timbala's 1 h out-of-order window.
 const REMOTE_READ_PROBE_AGE_S: f64 = 600.0;
+/// How long before the accounted history the native-histogram workload starts: its ten
+/// minutes end before the history does.
+const HISTOGRAM_AGE_MS: i64 = 11 * 60_000;
 /// A node's gossip+HTTP address seen from another node, for the RTT probe.
 const RTT_PROBE_TARGET: &str = "10.213.7.11:9080";
 
@@ -120,6 +125,12 @@ fn run_checks(stack: &Stack, started: Instant) -> Result<Vec<String>, String> {
     failures.extend(checks::remote_read_through_prometheus(
         suite_started_s - REMOTE_READ_PROBE_AGE_S,
     )?);
+    // Native histograms, written to Prometheus and the cluster after the remote-read
+    // check (they move Prometheus's oldest local sample back) and wholly before the
+    // accounted history, whose raw-sample comparison is about floats.
+    let histogram_base_ms = (history_start_s * 1000.0) as i64 / 1000 * 1000 - HISTOGRAM_AGE_MS;
+    checks::write_native_histograms(histogram_base_ms)?;
+    failures.extend(compare_histograms("after warm-up", histogram_base_ms));
     // Mid-run, before the faults: everything after it is the proof it hurt nothing.
     failures.extend(bad_client::run()?);
     let mut last_heal = Instant::now();
@@ -135,6 +146,7 @@ fn run_checks(stack: &Stack, started: Instant) -> Result<Vec<String>, String> {
     let settle = Duration::from_secs_f64(checks::QUERY_REACH_S + WARM_UP_MARGIN_S + ANSWER_LAG_S);
     std::thread::sleep(settle.saturating_sub(last_heal.elapsed()));
     failures.extend(compare_answers("after all faults")?);
+    failures.extend(compare_histograms("after all faults", histogram_base_ms));
     Ok(failures)
 }
 
@@ -158,6 +170,27 @@ fn compare_answers(when: &str) -> Result<Vec<String>, String> {
         .into_iter()
         .map(|f| format!("query answer {when}: {}", f.lines().next().unwrap_or("")))
         .collect())
+}
+
+/// The native-histogram comparison (`checks::compare_native_histograms`), reported.
+fn compare_histograms(when: &str, base_ms: i64) -> Vec<String> {
+    let (compared, failures) = checks::compare_native_histograms(base_ms);
+    println!(
+        "\n== native histogram answers {when}: {} of {compared} identical to Prometheus's",
+        compared - failures.len().min(compared),
+    );
+    for f in &failures {
+        println!("  DIFFERS {f}");
+    }
+    failures
+        .into_iter()
+        .map(|f| {
+            format!(
+                "native histograms {when}: {}",
+                f.lines().next().unwrap_or("")
+            )
+        })
+        .collect()
 }
 
 fn run_scenario(
