@@ -23,129 +23,31 @@ use std::time::Duration;
 use histograms::{append_all, hist, span, Observe};
 
 use prost::Message;
-use timbala::model::histogram::{CounterResetHint, FloatHistogram, Histogram, Span};
+use timbala::model::histogram::{
+    CounterResetHint, FloatHistogram, Histogram, HistogramSample, HistogramValue,
+};
 use timbala::model::stale_nan;
 use timbala::proto::{self, ChunkEncoding, MatcherType, ResponseType};
 use timbala::tsdb::histogram_chunk::{decode_histogram_chunk, ChunkHistogram, CounterResetHeader};
 
-/// Remote write 1.0's `prometheus.Histogram` in full. Timbala's `proto` declares only
-/// its timestamp, because ingest refuses histograms for now (ADR 0027).
-#[derive(Clone, PartialEq, Message)]
-struct PbHistogram {
-    #[prost(uint64, optional, tag = "1")]
-    count_int: Option<u64>,
-    #[prost(double, optional, tag = "2")]
-    count_float: Option<f64>,
-    #[prost(double, tag = "3")]
-    sum: f64,
-    #[prost(sint32, tag = "4")]
-    schema: i32,
-    #[prost(double, tag = "5")]
-    zero_threshold: f64,
-    #[prost(uint64, optional, tag = "6")]
-    zero_count_int: Option<u64>,
-    #[prost(double, optional, tag = "7")]
-    zero_count_float: Option<f64>,
-    #[prost(message, repeated, tag = "8")]
-    negative_spans: Vec<PbSpan>,
-    #[prost(sint64, repeated, tag = "9")]
-    negative_deltas: Vec<i64>,
-    #[prost(double, repeated, tag = "10")]
-    negative_counts: Vec<f64>,
-    #[prost(message, repeated, tag = "11")]
-    positive_spans: Vec<PbSpan>,
-    #[prost(sint64, repeated, tag = "12")]
-    positive_deltas: Vec<i64>,
-    #[prost(double, repeated, tag = "13")]
-    positive_counts: Vec<f64>,
-    #[prost(int32, tag = "14")]
-    reset_hint: i32,
-    #[prost(int64, tag = "15")]
-    timestamp: i64,
-}
+/// A histogram of either kind as remote write carries it.
+trait Wire: ChunkHistogram + Observe {
+    fn value(&self) -> HistogramValue;
 
-#[derive(Clone, PartialEq, Message)]
-struct PbSpan {
-    #[prost(sint32, tag = "1")]
-    offset: i32,
-    #[prost(uint32, tag = "2")]
-    length: u32,
-}
-
-#[derive(Clone, PartialEq, Message)]
-struct PbTimeSeries {
-    #[prost(message, repeated, tag = "1")]
-    labels: Vec<proto::Label>,
-    #[prost(message, repeated, tag = "4")]
-    histograms: Vec<PbHistogram>,
-}
-
-#[derive(Clone, PartialEq, Message)]
-struct PbWriteRequest {
-    #[prost(message, repeated, tag = "1")]
-    timeseries: Vec<PbTimeSeries>,
-}
-
-fn pb_spans(spans: &[Span]) -> Vec<PbSpan> {
-    spans
-        .iter()
-        .map(|s| PbSpan {
-            offset: s.offset,
-            length: s.length,
-        })
-        .collect()
-}
-
-/// Remote write's `ResetHint` numbering.
-fn pb_hint(hint: CounterResetHint) -> i32 {
-    match hint {
-        CounterResetHint::Unknown => 0,
-        CounterResetHint::CounterReset => 1,
-        CounterResetHint::NotCounterReset => 2,
-        CounterResetHint::Gauge => 3,
+    fn to_wire(&self, t: i64) -> proto::Histogram {
+        proto::Histogram::from_sample(&HistogramSample { t, h: self.value() })
     }
 }
 
-/// A histogram of either kind as remote write carries it.
-trait Wire: ChunkHistogram + Observe {
-    fn to_wire(&self, t: i64) -> PbHistogram;
-}
-
 impl Wire for Histogram {
-    fn to_wire(&self, t: i64) -> PbHistogram {
-        PbHistogram {
-            count_int: Some(self.count),
-            sum: self.sum,
-            schema: self.schema,
-            zero_threshold: self.zero_threshold,
-            zero_count_int: Some(self.zero_count),
-            negative_spans: pb_spans(&self.negative_spans),
-            negative_deltas: self.negative_buckets.clone(),
-            positive_spans: pb_spans(&self.positive_spans),
-            positive_deltas: self.positive_buckets.clone(),
-            reset_hint: pb_hint(self.counter_reset_hint),
-            timestamp: t,
-            ..Default::default()
-        }
+    fn value(&self) -> HistogramValue {
+        HistogramValue::Int(self.clone())
     }
 }
 
 impl Wire for FloatHistogram {
-    fn to_wire(&self, t: i64) -> PbHistogram {
-        PbHistogram {
-            count_float: Some(self.count),
-            sum: self.sum,
-            schema: self.schema,
-            zero_threshold: self.zero_threshold,
-            zero_count_float: Some(self.zero_count),
-            negative_spans: pb_spans(&self.negative_spans),
-            negative_counts: self.negative_buckets.clone(),
-            positive_spans: pb_spans(&self.positive_spans),
-            positive_counts: self.positive_buckets.clone(),
-            reset_hint: pb_hint(self.counter_reset_hint),
-            timestamp: t,
-            ..Default::default()
-        }
+    fn value(&self) -> HistogramValue {
+        HistogramValue::Float(self.clone())
     }
 }
 
@@ -357,10 +259,10 @@ fn check_series<H: Wire>(
 }
 
 fn write<H: Wire>(prometheus: &common::Prometheus, series: &[(&str, Vec<(i64, H)>)]) {
-    let req = PbWriteRequest {
+    let req = proto::WriteRequest {
         timeseries: series
             .iter()
-            .map(|(name, samples)| PbTimeSeries {
+            .map(|(name, samples)| proto::TimeSeries {
                 labels: vec![
                     proto::Label {
                         name: "__name__".into(),
@@ -372,8 +274,10 @@ fn write<H: Wire>(prometheus: &common::Prometheus, series: &[(&str, Vec<(i64, H)
                     },
                 ],
                 histograms: samples.iter().map(|(t, h)| h.to_wire(*t)).collect(),
+                ..Default::default()
             })
             .collect(),
+        metadata: vec![],
     };
     let body = snap::raw::Encoder::new()
         .compress_vec(&req.encode_to_vec())

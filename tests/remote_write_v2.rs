@@ -545,6 +545,15 @@ fn native_histograms_are_stored_counted_and_read_back() {
         exemplars(&node, "rw2_native_seconds", t0, at)[0]["exemplars"][0]["labels"]["trace_id"],
         "trace-h"
     );
+    // Series holding histograms only are found by the series API too.
+    assert_eq!(
+        series_of(&node, r#"{__name__=~"rw2_.*"}"#),
+        vec![
+            "__name__=rw2_custom,job=a",
+            "__name__=rw2_hist_floats,job=a",
+            "__name__=rw2_native_seconds,job=a"
+        ]
+    );
     let metadata = api(&node, "/api/v1/metadata?metric=rw2_native_seconds");
     assert_eq!(
         metadata["data"]["rw2_native_seconds"],

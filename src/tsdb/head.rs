@@ -494,6 +494,7 @@ impl SeriesData {
                 && self.open.max_time() >= mint
                 && self.open.min_time() <= maxt)
             || self.ooo.iter().any(|s| s.t >= mint && s.t <= maxt)
+            || self.hist.as_deref().is_some_and(|h| h.overlaps(mint, maxt))
     }
 
     /// All samples in `[mint, maxt]`, in time order, appended to `out`.

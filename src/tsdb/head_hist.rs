@@ -194,6 +194,16 @@ impl HistData {
         self.chunks.len()
     }
 
+    /// Whether a stored histogram (chunks being cut included) may lie in
+    /// `[mint, maxt]`: by chunk bounds, as the float side answers series lookups.
+    pub fn overlaps(&self, mint: i64, maxt: i64) -> bool {
+        self.cutting
+            .iter()
+            .chain(&self.chunks)
+            .any(|c| c.overlaps(mint, maxt))
+            || self.ooo.iter().any(|s| s.t >= mint && s.t <= maxt)
+    }
+
     /// The histogram stored at `t`, if any.
     pub fn at(&self, t: i64) -> Option<HistogramValue> {
         if let Ok(i) = self.ooo.binary_search_by_key(&t, |s| s.t) {

@@ -10,7 +10,7 @@ use std::cmp::Ordering;
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
-use super::block::Block;
+use super::block::{Block, ChunkMeta};
 use super::head::Head;
 use super::index::{select_postings, PostingsSource};
 use crate::model::histogram::{merge_sorted_histograms, HistogramSample};
@@ -137,16 +137,26 @@ impl Querier<'_> {
         load_samples: bool,
         visit: &mut dyn FnMut(Labels, Vec<Sample>) -> Result<(), SelectError>,
     ) -> Result<(), SelectError> {
+        let in_range = |metas: &[ChunkMeta]| metas.iter().any(|&(a, b, _)| b >= mint && a <= maxt);
         for block in self.overlapping_blocks(mint, maxt) {
+            // A lookup also finds a series by its histogram chunks; a select of float
+            // samples has no use for them.
+            let lookup_histograms = !load_samples && block.index.has_histograms();
             for r in select_postings(&block.index, matchers) {
-                let (labels, metas) = block.index.series(r)?;
-                if !metas.iter().any(|&(a, b, _)| b >= mint && a <= maxt) {
+                let (labels, metas, hist_metas) = if lookup_histograms {
+                    block.index.series_with_histograms(r)?
+                } else {
+                    let (labels, metas) = block.index.series(r)?;
+                    (labels, metas, Vec::new())
+                };
+                let histograms_in_range = in_range(&hist_metas);
+                if !in_range(&metas) && !histograms_in_range {
                     continue;
                 }
                 let mut samples = Vec::new();
                 if load_samples || block.has_tombstones_for(r) {
                     block.samples(r, &metas, mint, maxt, &mut samples)?;
-                    if samples.is_empty() {
+                    if samples.is_empty() && !histograms_in_range {
                         continue;
                     }
                 }

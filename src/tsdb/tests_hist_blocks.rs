@@ -338,6 +338,20 @@ async fn cut_histograms_move_into_blocks_and_read_back_exactly() {
     );
     let floats_before = floats(&db).await;
     assert!(floats_before[0].samples.len() > 20);
+    // Series lookups find the histogram-only series by their chunks, in the block and
+    // in the head, as the float ones by theirs.
+    for (mint, maxt) in [(0, 5 * MIN), (20 * MIN, 25 * MIN)] {
+        let found = db
+            .series(LabelRequest {
+                matchers: vec![Matcher::equal("__name__", "h")],
+                mint,
+                maxt,
+            })
+            .await
+            .unwrap();
+        let want: Vec<Labels> = (0..KINDS).map(labels).collect();
+        assert_eq!(found, want, "[{mint}, {maxt}]");
+    }
 
     // A restart reads the block and the checkpoint, which no longer holds them.
     drop(db);
