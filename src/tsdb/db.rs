@@ -69,6 +69,10 @@ pub struct Db {
     /// The clock's time at the newest late write (`note_if_late`; `i64::MIN`: none since
     /// open): anti-entropy waits for old samples to stop arriving (ADR 0016).
     last_late_write_ms: AtomicI64,
+    /// Whether a native histogram may be stored here: set by the first histogram
+    /// appended, replayed or found in a block, never cleared. Reads of histograms skip
+    /// the index walk while it is false (most nodes never see one).
+    may_hold_histograms: AtomicBool,
 }
 
 fn read<T>(l: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
@@ -87,19 +91,23 @@ impl Db {
         let head = Head::default();
         let mut metadata = BTreeMap::new();
         let started = Instant::now();
-        let (wal, report) = {
+        let (wal, report, replayed_histograms) = {
             let mut replayer = Replayer {
                 head: &head,
                 ids: HashMap::new(),
                 metadata: &mut metadata,
+                saw_histograms: false,
             };
-            Wal::open(
+            let (wal, report) = Wal::open(
                 &opts.dir.join("wal"),
                 opts.wal_segment_bytes,
                 Box::new(metrics.clone()),
                 &mut |rec| replayer.apply(rec),
-            )?
+            )?;
+            (wal, report, replayer.saw_histograms)
         };
+        let may_hold_histograms =
+            replayed_histograms || blocks.iter().any(|b| b.index.has_histograms());
         metrics
             .wal_replay_seconds
             .set(started.elapsed().as_secs_f64());
@@ -133,6 +141,7 @@ impl Db {
             digests: DigestCache::default(),
             changes: ChangeLog::new(),
             last_late_write_ms: AtomicI64::new(i64::MIN),
+            may_hold_histograms: AtomicBool::new(may_hold_histograms),
         };
         if let Some(newest_valid) = db.opts.time_bounds.newest_valid(now) {
             db.remove_future_samples(newest_valid)?;
@@ -339,6 +348,9 @@ impl Db {
             }
         }
         let (_publishing, ticket, limits) = self.begin_append()?;
+        // Before anything is staged, so no reader can find the flag false once a
+        // histogram is visible.
+        self.may_hold_histograms.store(true, Ordering::Release);
         let mut ints = HistogramsRecord::default();
         let mut floats = FloatHistogramsRecord::default();
         let mut tally = Tally::default();
@@ -834,6 +846,12 @@ impl Db {
         self.with_querier(|q| q.select_histograms(matchers, mint, maxt))
     }
 
+    /// Whether a native histogram may be stored (see the field): false means a select
+    /// of histograms finds none.
+    pub fn may_hold_histograms(&self) -> bool {
+        self.may_hold_histograms.load(Ordering::Acquire)
+    }
+
     pub fn series(
         &self,
         matchers: &[Matcher],
@@ -1318,6 +1336,8 @@ struct Replayer<'a> {
     /// WAL series id -> head series (ids are kept; a re-created series aliases).
     ids: HashMap<u64, Arc<MemSeries>>,
     metadata: &'a mut BTreeMap<String, MetricMetadata>,
+    /// Whether a histogram record was replayed.
+    saw_histograms: bool,
 }
 
 impl Replayer<'_> {
@@ -1355,11 +1375,13 @@ impl Replayer<'_> {
                 }
             }
             Record::Histograms(samples) => {
+                self.saw_histograms = true;
                 for (id, t, h) in samples {
                     self.append_histogram(id, t, HistogramValue::Int(h));
                 }
             }
             Record::FloatHistograms(samples) => {
+                self.saw_histograms = true;
                 for (id, t, h) in samples {
                     self.append_histogram(id, t, HistogramValue::Float(h));
                 }

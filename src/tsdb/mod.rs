@@ -338,6 +338,11 @@ impl Storage for Tsdb {
         req: SelectRequest,
     ) -> BoxFuture<'_, Result<Vec<HistogramSeries>, SelectError>> {
         Box::pin(async move {
+            // Every selector of a query asks for histograms beside floats: on a node
+            // that never stored one, answer without a blocking task or an index walk.
+            if !self.inner.db.may_hold_histograms() {
+                return Ok(Vec::new());
+            }
             let series = self
                 .blocking(move |db| db.select_histograms(&req.matchers, req.mint, req.maxt))
                 .await??;

@@ -565,3 +565,30 @@ async fn the_newest_source_wins_a_shared_timestamp_in_reads_and_compaction() {
     let db = Tsdb::open(opts(dir.path()), TsdbMetrics::default()).unwrap();
     check(read(&db, i64::MIN, i64::MAX).await);
 }
+
+#[tokio::test]
+async fn a_tsdb_knows_whether_it_may_hold_histograms() {
+    let dir = tempfile::tempdir().unwrap();
+    let may_hold = |db: &Tsdb| db.inner.db.may_hold_histograms();
+    let db = Tsdb::open(opts(dir.path()), TsdbMetrics::default()).unwrap();
+    assert!(!may_hold(&db));
+    let (_, floats_only) = data(0, MIN);
+    db.append(floats_only).await.unwrap();
+    assert!(!may_hold(&db), "float samples are not histograms");
+    drop(db);
+    let db = Tsdb::open(opts(dir.path()), TsdbMetrics::default()).unwrap();
+    assert!(!may_hold(&db), "a WAL of floats only");
+    append(&db, 0, 25 * MIN).await;
+    assert!(may_hold(&db));
+    drop(db);
+    // From the WAL, then from a block alone.
+    let db = Tsdb::open(opts(dir.path()), TsdbMetrics::default()).unwrap();
+    assert!(may_hold(&db));
+    db.maintain().unwrap();
+    assert_eq!(db.blocks().len(), 1);
+    drop(db);
+    std::fs::remove_dir_all(dir.path().join("wal")).unwrap();
+    let db = Tsdb::open(opts(dir.path()), TsdbMetrics::default()).unwrap();
+    assert!(may_hold(&db));
+    assert_eq!(read(&db, 0, 5 * MIN).await, expected(0, 5 * MIN + 1, None));
+}
