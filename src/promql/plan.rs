@@ -19,7 +19,7 @@ use promql_parser::parser::{AggregateExpr, AtModifier, Expr, Offset, VectorSelec
 
 use std::sync::Arc;
 
-use crate::model::histogram::HistogramValue;
+use crate::model::histogram::{CounterResetHint, FloatHistogram, HistogramValue};
 use crate::model::{is_stale_nan, HistogramSeries, Labels, MatchOp, Matcher, Series, METRIC_NAME};
 use crate::storage::{BoxFuture, SelectError, SelectRequest, Storage};
 
@@ -102,6 +102,34 @@ struct SelectorNeed<'a> {
     /// A range selector never returns staleness markers: they are dropped at load, so
     /// each step's window is a plain slice of the loaded samples.
     drop_stale: bool,
+    /// Only histograms' count and sum are used (`StatsPath::Stats`).
+    stats_only: bool,
+}
+
+/// What the functions above a selector need of its native histograms, as Prometheus's
+/// `detectHistogramStatsDecoding` decides it: under `histogram_count`, `histogram_sum`
+/// or `histogram_avg` only the count and sum (read through its
+/// `HistogramStatsIterator`: buckets dropped, counter resets detected sample by
+/// sample), unless a subquery or a function that reads buckets (`histogram_quantile`,
+/// `histogram_quantiles`, `histogram_fraction`) is anywhere above it.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum StatsPath {
+    Whole,
+    Stats,
+    Blocked,
+}
+
+impl StatsPath {
+    fn through_call(self, function: &str) -> StatsPath {
+        match (self, function) {
+            (StatsPath::Blocked, _) => StatsPath::Blocked,
+            (_, "histogram_quantile" | "histogram_quantiles" | "histogram_fraction") => {
+                StatsPath::Blocked
+            }
+            (_, "histogram_count" | "histogram_sum" | "histogram_avg") => StatsPath::Stats,
+            (path, _) => path,
+        }
+    }
 }
 
 pub(crate) fn duration_ms(d: &Duration) -> i64 {
@@ -155,10 +183,11 @@ fn collect_needs<'a>(
     eval: (i64, i64),
     times: &QueryTimes,
     skip: &HashSet<usize>,
+    path: StatsPath,
     out: &mut Vec<SelectorNeed<'a>>,
 ) {
     let recurse = |e: &'a Expr, eval: (i64, i64), out: &mut Vec<SelectorNeed<'a>>| {
-        collect_needs(e, eval, times, skip, out)
+        collect_needs(e, eval, times, skip, path, out)
     };
     match expr {
         Expr::VectorSelector(vs) => {
@@ -168,6 +197,7 @@ fn collect_needs<'a>(
                 mint: lo.saturating_sub(times.lookback) + 1,
                 maxt: hi,
                 drop_stale: false,
+                stats_only: path == StatsPath::Stats,
             });
         }
         Expr::MatrixSelector(ms) => {
@@ -177,15 +207,13 @@ fn collect_needs<'a>(
                 mint: lo.saturating_sub(duration_ms(&ms.range)) + 1,
                 maxt: hi,
                 drop_stale: true,
+                stats_only: path == StatsPath::Stats,
             });
         }
         Expr::Subquery(sq) => {
             let (lo, hi) = reference_range(&sq.at, &sq.offset, eval, times);
-            recurse(
-                &sq.expr,
-                (lo.saturating_sub(duration_ms(&sq.range)), hi),
-                out,
-            );
+            let range = (lo.saturating_sub(duration_ms(&sq.range)), hi);
+            collect_needs(&sq.expr, range, times, skip, StatsPath::Blocked, out);
         }
         Expr::Aggregate(a) => {
             if skip.contains(&(a as *const AggregateExpr as usize)) {
@@ -203,8 +231,9 @@ fn collect_needs<'a>(
         }
         Expr::Paren(p) => recurse(&p.expr, eval, out),
         Expr::Call(c) => {
+            let path = path.through_call(c.func.name);
             for a in &c.args.args {
-                recurse(a, eval, out);
+                collect_needs(a, eval, times, skip, path, out);
             }
         }
         Expr::NumberLiteral(_) | Expr::StringLiteral(_) | Expr::Extension(_) => {}
@@ -276,7 +305,14 @@ pub(crate) async fn load_filtered(
     keep: &mut (dyn FnMut(&Series) -> bool + Send),
 ) -> Result<LoadedSeries, QueryError> {
     let mut needs = Vec::new();
-    collect_needs(expr, (times.start, times.end), times, skip, &mut needs);
+    collect_needs(
+        expr,
+        (times.start, times.end),
+        times,
+        skip,
+        StatsPath::Whole,
+        &mut needs,
+    );
     let mut selects: Vec<(usize, BoxFuture<'_, Result<Selected, SelectError>>)> = Vec::new();
     for (index, need) in needs.iter().enumerate() {
         for matchers in matcher_sets(need.vs)? {
@@ -340,20 +376,27 @@ pub(crate) async fn load_filtered(
         let key = LoadedSeries::key(need.vs);
         let histograms: Vec<LoadedHistograms> = histograms
             .into_iter()
-            .map(|s| LoadedHistograms {
-                labels: s.labels,
-                points: s
-                    .samples
-                    .into_iter()
-                    .filter(|p| !(need.drop_stale && p.h.is_stale()))
-                    .map(|p| HPoint {
-                        t: p.t,
-                        h: Arc::new(match p.h {
-                            HistogramValue::Int(h) => h.to_float(),
-                            HistogramValue::Float(h) => h,
-                        }),
-                    })
-                    .collect(),
+            .map(|s| {
+                let floats = s.samples.into_iter().map(|p| {
+                    let h = match p.h {
+                        HistogramValue::Int(h) => h.to_float(),
+                        HistogramValue::Float(h) => h,
+                    };
+                    (p.t, h)
+                });
+                let floats: Vec<(i64, FloatHistogram)> = if need.stats_only {
+                    stats_only(floats)
+                } else {
+                    floats.collect()
+                };
+                LoadedHistograms {
+                    labels: s.labels,
+                    points: floats
+                        .into_iter()
+                        .filter(|(_, h)| !(need.drop_stale && h.is_stale()))
+                        .map(|(t, h)| HPoint { t, h: Arc::new(h) })
+                        .collect(),
+                }
             })
             .filter(|s| !s.points.is_empty())
             .collect();
@@ -363,6 +406,37 @@ pub(crate) async fn load_filtered(
         loaded.by_selector.insert(key, series);
     }
     Ok(loaded)
+}
+
+/// A series' histograms as Prometheus's `HistogramStatsIterator` reads them: count, sum
+/// and schema only, and each sample whose counter-reset hint is unknown given the
+/// hint that comparing it with the previous sample (staleness markers aside) finds.
+fn stats_only(samples: impl Iterator<Item = (i64, FloatHistogram)>) -> Vec<(i64, FloatHistogram)> {
+    let mut last: Option<FloatHistogram> = None;
+    samples
+        .map(|(t, mut current)| {
+            if !current.is_stale() {
+                if current.counter_reset_hint == CounterResetHint::Unknown {
+                    if let Some(previous) = &last {
+                        current.counter_reset_hint = if current.detect_reset(previous) {
+                            CounterResetHint::CounterReset
+                        } else {
+                            CounterResetHint::NotCounterReset
+                        };
+                    }
+                }
+                last = Some(current.clone());
+            }
+            let stats = FloatHistogram {
+                counter_reset_hint: current.counter_reset_hint,
+                schema: current.schema,
+                count: current.count,
+                sum: current.sum,
+                ..FloatHistogram::default()
+            };
+            (t, stats)
+        })
+        .collect()
 }
 
 /// One select's answer: float or native histogram samples.
@@ -403,6 +477,61 @@ pub(crate) async fn join_all<T, E>(futures: Vec<BoxFuture<'_, Result<T, E>>>) ->
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stats_reads_keep_count_and_sum_and_find_resets_sample_by_sample() {
+        use crate::model::histogram::Span;
+        let h = |count: f64, hint: CounterResetHint| FloatHistogram {
+            counter_reset_hint: hint,
+            schema: 1,
+            zero_threshold: 0.001,
+            count,
+            sum: 2.0 * count,
+            positive_spans: vec![Span {
+                offset: 0,
+                length: 1,
+            }]
+            .into(),
+            positive_buckets: vec![count],
+            ..FloatHistogram::default()
+        };
+        let mut stale = h(0.0, CounterResetHint::Unknown);
+        stale.sum = f64::from_bits(crate::model::STALE_NAN_BITS);
+        use CounterResetHint::*;
+        let read = stats_only(
+            [
+                (1, h(5.0, Unknown)),
+                (2, h(7.0, Unknown)),
+                (3, h(3.0, Unknown)),
+                (4, stale),
+                (5, h(2.0, Unknown)),
+                (6, h(9.0, Gauge)),
+            ]
+            .into_iter(),
+        );
+        let hints: Vec<CounterResetHint> = read.iter().map(|(_, h)| h.counter_reset_hint).collect();
+        // The first is unknown (nothing before it); the staleness marker is passed over.
+        assert_eq!(
+            hints,
+            vec![
+                Unknown,
+                NotCounterReset,
+                CounterReset,
+                Unknown,
+                CounterReset,
+                Gauge
+            ]
+        );
+        for (_, stats) in &read {
+            assert!(stats.positive_buckets.is_empty() && stats.positive_spans.is_empty());
+            assert_eq!(stats.zero_threshold, 0.0);
+        }
+        assert_eq!(
+            (read[1].1.count, read[1].1.sum, read[1].1.schema),
+            (7.0, 14.0, 1)
+        );
+        assert!(read[3].1.is_stale());
+    }
 
     #[tokio::test]
     async fn selects_run_concurrently_and_answer_in_order() {
