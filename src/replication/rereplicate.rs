@@ -1,5 +1,6 @@
 //! Re-replication: after the ring changed (a node removed, a node joined), copies every
-//! series this node is responsible for to the owners it gained (ADR 0015).
+//! series this node is responsible for (float samples and native histograms) to the
+//! owners it gained (ADR 0015).
 //!
 //! Owns: the background task that compares the ring this node last finished repairing
 //! for (the *base*, kept in `<data>/repair.json`) with the current ring; for each local
@@ -18,6 +19,7 @@
 //! by the cluster status endpoint) and the `timbala_repair_*` metrics.
 //!
 //! Calls the membership view and ring (placement), `peer` through `replication::forward`,
+//! `proto` (the bodies of copied histograms),
 //! the local TSDB through `storage::Storage`, and `identity::write_atomically`.
 
 use std::collections::BTreeMap;
@@ -35,8 +37,9 @@ use crate::cluster::identity::{write_atomically, NodeId};
 use crate::cluster::membership::{ClusterView, MemberState, MembershipHandle};
 use crate::cluster::placement;
 use crate::cluster::ring::{Ring, RingSlot};
-use crate::model::{Labels, Matcher, MetricMetadata, Series};
+use crate::model::{HistogramSeries, Labels, Matcher, MetricMetadata, Series};
 use crate::peer::PeerClient;
+use crate::proto;
 use crate::storage::{LabelRequest, SelectRequest, Storage};
 
 /// File in the data directory holding the ring this node last finished repairing for.
@@ -46,6 +49,8 @@ pub const REPAIR_FILE: &str = "repair.json";
 const SERIES_PER_BATCH: usize = 200;
 /// Samples sent in one internal write (a long series goes alone, in pieces).
 const SAMPLES_PER_BATCH: usize = 200_000;
+/// Native histogram samples sent in one internal write (each is tens of buckets).
+const HISTOGRAMS_PER_BATCH: usize = 10_000;
 const RETRY_FIRST: Duration = Duration::from_millis(500);
 const RETRY_MAX: Duration = Duration::from_secs(30);
 
@@ -408,11 +413,16 @@ impl Repairer {
         let throttle = Throttle::new(self.config.rate_limit_bytes);
         for chunk in plan.chunks(SERIES_PER_BATCH) {
             let mut by_target: BTreeMap<NodeId, Vec<Series>> = BTreeMap::new();
+            let mut histograms_by_target: BTreeMap<NodeId, Vec<HistogramSeries>> = BTreeMap::new();
             for transfer in chunk {
                 let series = self.read_series(&transfer.labels).await;
+                let histograms = self.read_histograms(&transfer.labels).await;
                 for t in &transfer.targets {
                     if let Some(s) = &series {
                         by_target.entry(*t).or_default().push(s.clone());
+                    }
+                    if let Some(h) = &histograms {
+                        histograms_by_target.entry(*t).or_default().push(h.clone());
                     }
                 }
             }
@@ -422,6 +432,16 @@ impl Repairer {
                     self.send(node, &piece, target, views, &throttle).await?;
                 }
                 self.metrics.copies_sent.inc_by(copies);
+            }
+            for (node, histograms) in histograms_by_target {
+                for piece in histogram_pieces(histograms, HISTOGRAMS_PER_BATCH) {
+                    let samples = piece.iter().map(|s| s.samples.len() as u64).sum();
+                    let mut raw = Vec::new();
+                    proto::write_body::encode_histograms(&piece, &mut raw);
+                    let body = proto::compress_snappy(&raw);
+                    self.send_body(node, body, samples, target, views, &throttle)
+                        .await?;
+                }
             }
             let done = chunk.len() as u64;
             self.metrics.series_copied.inc_by(done);
@@ -491,20 +511,22 @@ impl Repairer {
 
     /// Every sample of one series, from blocks and head; `None` if it vanished (deleted).
     async fn read_series(&self, labels: &Labels) -> Option<Series> {
-        let request = SelectRequest {
-            matchers: labels
-                .iter()
-                .map(|l| Matcher::equal(&l.name, &l.value))
-                .collect(),
-            mint: i64::MIN,
-            maxt: i64::MAX,
-            max_samples: 0,
-        };
-        match self.local.select(request).await {
+        match self.local.select(whole_series(labels)).await {
             // Equality matchers also match series with more labels: keep the exact one.
             Ok(found) => found.into_iter().find(|s| &s.labels == labels),
             Err(e) => {
                 tracing::warn!(error = %e, series = ?labels, "re-replication cannot read a series");
+                None
+            }
+        }
+    }
+
+    /// Every native histogram sample of one series; `None` if it holds none.
+    async fn read_histograms(&self, labels: &Labels) -> Option<HistogramSeries> {
+        match self.local.select_histograms(whole_series(labels)).await {
+            Ok(found) => found.into_iter().find(|s| &s.labels == labels),
+            Err(e) => {
+                tracing::warn!(error = %e, series = ?labels, "re-replication cannot read a series' histograms");
                 None
             }
         }
@@ -597,6 +619,36 @@ impl Repairer {
             }
         }
     }
+}
+
+/// A select of every sample of the series `labels` (and of those with more labels, which
+/// the caller leaves out).
+fn whole_series(labels: &Labels) -> SelectRequest {
+    SelectRequest {
+        matchers: labels
+            .iter()
+            .map(|l| Matcher::equal(&l.name, &l.value))
+            .collect(),
+        mint: i64::MIN,
+        maxt: i64::MAX,
+        max_samples: 0,
+    }
+}
+
+/// Groups a target's histogram series into internal writes of about `max_samples`
+/// histogram samples (a longer series goes alone, whole: histogram series are few).
+fn histogram_pieces(series: Vec<HistogramSeries>, max_samples: usize) -> Vec<Vec<HistogramSeries>> {
+    let mut out: Vec<Vec<HistogramSeries>> = Vec::new();
+    let mut samples = 0usize;
+    for s in series {
+        if out.is_empty() || samples + s.samples.len() > max_samples {
+            out.push(Vec::new());
+            samples = 0;
+        }
+        samples += s.samples.len();
+        out.last_mut().expect("just pushed").push(s);
+    }
+    out
 }
 
 /// Splits a target's series into internal writes of at most `max_samples` samples (a
@@ -864,6 +916,40 @@ mod tests {
         assert_eq!(back, s.ring());
         std::fs::write(dir.path().join(REPAIR_FILE), b"{").expect("write");
         assert!(load_base(dir.path()).is_err());
+    }
+
+    #[test]
+    fn histogram_pieces_bound_samples_and_keep_every_series_whole() {
+        use crate::model::histogram::{FloatHistogram, HistogramSample, HistogramValue};
+        let series = |name: &str, n: i64| HistogramSeries {
+            labels: Labels::from_pairs([("__name__", name)]),
+            samples: (0..n)
+                .map(|t| HistogramSample {
+                    t,
+                    h: HistogramValue::Float(FloatHistogram::default()),
+                })
+                .collect(),
+        };
+        let pieces = histogram_pieces(
+            vec![
+                series("a", 3),
+                series("b", 4),
+                series("long", 20),
+                series("c", 1),
+            ],
+            8,
+        );
+        let names: Vec<Vec<String>> = pieces
+            .iter()
+            .map(|p| {
+                p.iter()
+                    .map(|s| s.labels.get("__name__").unwrap().to_string())
+                    .collect()
+            })
+            .collect();
+        assert_eq!(names, vec![vec!["a", "b"], vec!["long"], vec!["c"]]);
+        assert_eq!(pieces[1][0].samples.len(), 20);
+        assert!(histogram_pieces(Vec::new(), 8).is_empty());
     }
 
     #[test]
