@@ -101,6 +101,55 @@ impl ReplicatingStorage {
     }
 
     async fn replicate(&self, batch: Vec<Series>) -> Result<AppendOutcome, StorageError> {
+        self.replicate_by_series(
+            batch,
+            |s: &Series| &s.labels,
+            proto::write_body::encode_series,
+            |s| s.samples.len() as u64,
+            |share| self.inner.local.append(share),
+            |e| e,
+        )
+        .await
+    }
+
+    /// Stores native histogram samples on their series' owners exactly as `replicate`
+    /// stores float samples (the internal write body carries them as remote write 1.0's
+    /// `histograms`).
+    async fn replicate_histograms(
+        &self,
+        batch: Vec<HistogramSeries>,
+    ) -> Result<AppendOutcome, HistogramAppendError> {
+        self.replicate_by_series(
+            batch,
+            |s: &HistogramSeries| &s.labels,
+            proto::write_body::encode_histograms,
+            |s| s.samples.len() as u64,
+            |share| self.inner.local.append_histograms(share),
+            // Ingest validated every histogram with the rules the local store applies,
+            // so a refusal here is a bug: fail the write rather than store it on only
+            // some owners.
+            |e| match e {
+                HistogramAppendError::Storage(e) => e,
+                invalid => StorageError::Other(invalid.to_string()),
+            },
+        )
+        .await
+    }
+
+    /// Stores series of samples (`samples` counts an item's) on their owners by their
+    /// labels: the local share with `append_local`, the others' forwarded as internal
+    /// writes `encode` writes, hints for owners that are down, and the acknowledgement
+    /// rule. A batch that is all local answers with `append_local`'s own error; once other
+    /// owners are involved a local failure becomes the storage error `local_failure` says.
+    async fn replicate_by_series<'a, T, E: From<StorageError>>(
+        &'a self,
+        batch: Vec<T>,
+        labels: impl Fn(&T) -> &Labels,
+        encode: impl Fn(&[T], &mut Vec<u8>),
+        samples: impl Fn(&T) -> u64,
+        append_local: impl Fn(Vec<T>) -> BoxFuture<'a, Result<AppendOutcome, E>>,
+        local_failure: impl Fn(E) -> StorageError,
+    ) -> Result<AppendOutcome, E> {
         let view = self.inner.membership.view();
         if view.ring.is_empty() {
             // A node that has met no placed node yet cannot know the owners; data kept
@@ -108,77 +157,29 @@ impl ReplicatingStorage {
             // the client retries instead (found by the simulation, ADR 0019).
             return Err(StorageError::Unavailable(
                 "this node has not joined its cluster yet (no peer answered)".to_string(),
-            ));
+            )
+            .into());
         }
         let local_id = view.local.id;
-        let total_samples: u64 = batch.iter().map(|s| s.samples.len() as u64).sum();
+        let total_samples: u64 = batch.iter().map(&samples).sum();
         let split = split_by_owner(
             batch,
             &view,
             local_id,
-            |s: &Series| placement::partition_key(&s.labels),
-            proto::write_body::encode_series,
-            |s| s.samples.len() as u64,
+            |item: &T| placement::partition_key(labels(item)),
+            encode,
+            samples,
         );
         if split.remote.is_empty() {
-            return self.inner.local.append(split.local).await;
+            return append_local(split.local).await;
         }
         let local_share = split.local;
         let local = async {
             if local_share.is_empty() {
                 Ok(AppendOutcome::default())
             } else {
-                self.inner.local.append(local_share).await
+                append_local(local_share).await.map_err(local_failure)
             }
-        };
-        let outcomes = self
-            .deliver_all(local_id, local, split.remote, &split.owner_sets)
-            .await?;
-        Ok(combine_replica_outcomes(total_samples, outcomes))
-    }
-
-    /// Stores native histogram samples on their series' owners exactly as `replicate`
-    /// stores float samples (same placement, forwarding, hints and acknowledgement rule;
-    /// the internal write body carries them as remote write 1.0's `histograms`).
-    async fn replicate_histograms(
-        &self,
-        batch: Vec<HistogramSeries>,
-    ) -> Result<AppendOutcome, HistogramAppendError> {
-        let view = self.inner.membership.view();
-        if view.ring.is_empty() {
-            return Err(HistogramAppendError::Storage(StorageError::Unavailable(
-                "this node has not joined its cluster yet (no peer answered)".to_string(),
-            )));
-        }
-        let local_id = view.local.id;
-        let total_samples: u64 = batch.iter().map(|s| s.samples.len() as u64).sum();
-        let split = split_by_owner(
-            batch,
-            &view,
-            local_id,
-            |s: &HistogramSeries| placement::partition_key(&s.labels),
-            proto::write_body::encode_histograms,
-            |s| s.samples.len() as u64,
-        );
-        if split.remote.is_empty() {
-            return self.inner.local.append_histograms(split.local).await;
-        }
-        let local_share = split.local;
-        let local = async {
-            if local_share.is_empty() {
-                return Ok(AppendOutcome::default());
-            }
-            // Ingest validated every histogram with the rules the local store applies,
-            // so a refusal here is a bug: fail the write rather than store it on only
-            // some owners.
-            self.inner
-                .local
-                .append_histograms(local_share)
-                .await
-                .map_err(|e| match e {
-                    HistogramAppendError::Storage(e) => e,
-                    invalid => StorageError::Other(invalid.to_string()),
-                })
         };
         let outcomes = self
             .deliver_all(local_id, local, split.remote, &split.owner_sets)
