@@ -46,6 +46,11 @@ pub const READ_LOCAL_PATH: &str = "/internal/v1/read-local";
 /// `WireSelectRequest` in, `fanout::one_copy`'s snappy protobuf out (422 past the
 /// request's sample limit).
 pub const SELECT_PATH: &str = "/internal/v1/select";
+/// The fan-out's select of native histograms: JSON `WireSelectRequest` in (`slots`,
+/// `alive` and `only` unused: every matching series is sent in full), a snappy
+/// remote-write 1.0 `WriteRequest` out whose series carry only `histograms`
+/// (`fanout::histograms`; 422 past the request's sample limit).
+pub const SELECT_HISTOGRAMS_PATH: &str = "/internal/v1/select-histograms";
 /// A node's share of a pushed-down aggregation (ADR 0029): JSON
 /// `fanout::pushdown::WirePushdownRequest` in, its snappy protobuf answer out (409: the
 /// node declines, the asker evaluates the ordinary way).

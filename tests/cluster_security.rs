@@ -456,13 +456,14 @@ fn internal_routes_refuse_requests_without_a_valid_cluster_credential() {
     let metadata_body = br#"{"metric":null}"#;
     let select_body = br#"{"matchers":[["__name__","=","forged"]],"mint":0,"maxt":9999999999999,"max_samples":0,"slots":[],"alive":[]}"#;
     let aggregate_body = br#"{"request":{"query":"sum(forged)","aggregate":0,"start":0,"end":0,"step":0,"lookback":300000,"max_samples":0,"delayed_name_removal":false},"slots":[],"alive":[]}"#;
-    let routes: [(&str, &[u8]); 11] = [
+    let routes: [(&str, &[u8]); 12] = [
         ("/internal/v1/write", &write_body),
         ("/internal/v1/backfill", &write_body),
         ("/internal/v1/anti-entropy/digests", digest_body),
         ("/internal/v1/anti-entropy/pull", pull_body),
         ("/internal/v1/read-local", &read_body),
         ("/internal/v1/select", select_body),
+        ("/internal/v1/select-histograms", select_body),
         ("/internal/v1/aggregate", aggregate_body),
         ("/internal/v1/series", label_body),
         ("/internal/v1/labels", label_body),
@@ -541,6 +542,17 @@ fn internal_routes_refuse_requests_without_a_valid_cluster_credential() {
     assert_eq!(code, 200, "{}", String::from_utf8_lossy(&answer));
     let answer = timbala::fanout::one_copy::decode_answer(&answer).expect("select answer");
     assert_eq!((answer.full.len(), answer.digests.len()), (5, 0));
+    // Its histogram select answers too (the forged series hold float samples only).
+    let path = "/internal/v1/select-histograms";
+    let (name, value) = cluster_credential(&keys, path, select_body);
+    let (code, answer) = post(
+        &node.url(path),
+        &[("Content-Type", "application/json"), (&name, &value)],
+        select_body,
+    );
+    assert_eq!(code, 200, "{}", String::from_utf8_lossy(&answer));
+    let answer = timbala::fanout::histograms::decode_answer(&answer).expect("histogram answer");
+    assert!(answer.is_empty());
 }
 
 /// One observation of the membership monitor.

@@ -10,7 +10,9 @@
 //! snappy remote-write body), `POST /internal/v1/read-local` (remote read of this node's
 //! data only, SAMPLES answers; a debugging aid), `POST /internal/v1/select` (the
 //! fan-out's select: JSON `peer::WireSelectRequest`, answered one copy per series as
-//! `fanout::one_copy` encodes it, ADR 0028), `POST /internal/v1/aggregate` (this node's
+//! `fanout::one_copy` encodes it, ADR 0028), `POST /internal/v1/select-histograms`
+//! (the same request; this node's matching native histogram series, each in full, as
+//! `fanout::histograms` encodes it), `POST /internal/v1/aggregate` (this node's
 //! share of a pushed-down aggregation: JSON `fanout::pushdown::WirePushdownRequest`,
 //! answered as `fanout::pushdown` encodes it, 409 when it declines; ADR 0029), `POST /internal/v1/{series,labels,label-values}` (JSON,
 //! `peer::WireLabelRequest`) and `POST /internal/v1/metadata` (JSON,
@@ -29,7 +31,7 @@
 //! logs the caller's trace id. With cluster keys, `require_cluster_credential` guards
 //! every route: a request without a valid `X-Timbala-Cluster-Auth` is answered 401
 //! before any handler runs (ADR 0014). Calls `ingest` (decoding), `peer` (wire shapes),
-//! `cluster::keys` (the credential), `fanout::{labels_to_pairs, one_copy, pushdown}`, the remote-read helpers
+//! `cluster::keys` (the credential), `fanout::{labels_to_pairs, one_copy, histograms, pushdown}`, the remote-read helpers
 //! of `read`, the local `tsdb` through `storage::Storage` (and `Tsdb::backfill`), and
 //! `replication::antientropy` for the anti-entropy answers.
 
@@ -46,6 +48,7 @@ use tracing::Instrument;
 use super::{ApiError, AppState, NodeServices};
 use crate::cluster::identity::{unix_millis, NodeId};
 use crate::cluster::keys::{CredentialError, CLUSTER_AUTH_HEADER};
+use crate::fanout::histograms as fanout_histograms;
 use crate::fanout::{counts_series, labels_to_pairs, one_copy, pushdown};
 use crate::ingest::{self, DecodeLimits};
 use crate::peer::{
@@ -67,6 +70,10 @@ pub fn routes() -> Router<AppState> {
         .route(peer::PULL_PATH, post(internal_anti_entropy_pull))
         .route(peer::READ_LOCAL_PATH, post(internal_read_local))
         .route(peer::SELECT_PATH, post(internal_select))
+        .route(
+            peer::SELECT_HISTOGRAMS_PATH,
+            post(internal_select_histograms),
+        )
         .route(peer::PUSHDOWN_PATH, post(internal_aggregate))
         .route(peer::SERIES_PATH, post(internal_series))
         .route(peer::LABELS_PATH, post(internal_labels))
@@ -286,6 +293,56 @@ async fn internal_aggregate(
             }
             Ok(None) => error(StatusCode::CONFLICT, "declined"),
             Err(e) => error(StatusCode::CONFLICT, format!("declined: {e}")),
+        }
+    }
+    .instrument(span)
+    .await
+}
+
+/// `POST /internal/v1/select-histograms`: this node's share of a fan-out select of
+/// native histograms: every matching histogram series its store holds, in full, as
+/// `fanout::histograms` encodes it (the asker merges the replicas). 422 past the
+/// request's sample limit, as for `internal_select`.
+async fn internal_select_histograms(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let span = tracing::info_span!("internal_select_histograms", trace_id = %trace_id(&headers));
+    async move {
+        let tsdb = match state.services() {
+            Ok(services) => services.tsdb.clone(),
+            Err(e) => return error(e.status, e.message),
+        };
+        let pending = hints_pending(&state);
+        let body = match read_body(body, MAX_SELECT_BODY).await {
+            Ok(b) => b,
+            Err(r) => return r,
+        };
+        let request = match serde_json::from_slice::<WireSelectRequest>(&body)
+            .map_err(|e| format!("bad select request: {e}"))
+            .and_then(|wire| wire.to_select_request())
+        {
+            Ok(r) => r,
+            Err(e) => return ApiError::bad_data(e).into_response(),
+        };
+        let series = match tsdb.select_histograms(request).await {
+            Ok(series) => series,
+            Err(SelectError::TooManySamples) => {
+                return error(StatusCode::UNPROCESSABLE_ENTITY, "exceeded sample limit")
+            }
+            Err(SelectError::Storage(e)) => {
+                return error(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
+            }
+        };
+        let encoded =
+            tokio::task::spawn_blocking(move || fanout_histograms::encode_answer(&series)).await;
+        match encoded {
+            Ok(bytes) => with_hints_pending(
+                &pending,
+                ([("content-type", "application/x-protobuf")], bytes).into_response(),
+            ),
+            Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
         }
     }
     .instrument(span)

@@ -7,14 +7,18 @@
 //! node is asked (ADR 0007); a select crosses the network once per series, not once per
 //! replica: each peer sends in full only the series it is the first alive owner of and
 //! digests of the others, and a second round fetches what a digest says is missing
-//! (ADR 0028; `timbala_fanout_read_received_bytes_total` counts the bytes). Metric
+//! (ADR 0028; `timbala_fanout_read_received_bytes_total` counts the bytes). Native
+//! histograms are selected from the same nodes with the same waiting, refusal and
+//! notes, but every node sends each matching series it holds in full (no histogram
+//! digests yet, so no second round and no read repair; ADR 0030). Metric
 //! metadata is read the same way (ADR 0020), so are exemplars (ADR 0027), and so are
 //! the head statistics of `/api/v1/status/tsdb`, each series counted by its first owner
 //! among the nodes asked (ADR 0022), and so is every node's log of changes to old data,
 //! which the query result cache polls (`changes_since`, ADR 0024).
 //! Submodules: `gather` (whom to ask, how long to wait, when to go on without a node or
 //! refuse; ADR 0012), `one_copy` (who sends a series in full and who a digest, and the
-//! select's wire form, both sides), `pushdown` (aggregations evaluated by each node
+//! select's wire form, both sides), `histograms` (the histogram select's wire form,
+//! both sides, and the merge of its replicas), `pushdown` (aggregations evaluated by each node
 //! over the series it would send in full, accepted when the digests of every copy
 //! agree; ADR 0029), `lagging` (the merge of copies and digests, noting
 //! owners that answered without samples another replica returned) and `notes` (the
@@ -28,6 +32,7 @@
 //! through to the local store.
 
 mod gather;
+pub mod histograms;
 pub mod lagging;
 pub mod notes;
 pub mod one_copy;
@@ -223,52 +228,82 @@ impl FanoutStorage {
     /// merge is the union of every replica that answered, as in ADR 0007.
     async fn fan_select(&self, req: SelectRequest) -> Result<Vec<Series>, SelectError> {
         let view = self.inner.membership.view();
-        let mut alive: Vec<NodeId> = gather::asked(&view).map(|n| n.id).collect();
-        alive.push(view.local.id);
-        let wire = WireSelectRequest {
-            matchers: req.matchers.iter().map(peer::wire_matcher).collect(),
-            mint: req.mint,
-            maxt: req.maxt,
-            max_samples: req.max_samples,
-            slots: one_copy::wire_slots(&view.ring),
-            alive,
-            only: None,
-        };
-        let body =
-            Arc::new(serde_json::to_vec(&wire).map_err(|e| StorageError::Other(e.to_string()))?);
+        let wire = select_wire(&view, &req);
         let max_samples = req.max_samples;
         let local = async {
-            match self.inner.local.select(req).await {
-                Ok(full) => Ok(Ok(SelectAnswer {
-                    full,
-                    digests: Vec::new(),
-                })),
+            let full = self.inner.local.select(req).await?;
+            let digests = Vec::new();
+            Ok(SelectAnswer { full, digests })
+        };
+        let mut all = self
+            .gather_select(view.clone(), &wire, local, RemoteSelect::FLOATS)
+            .await?;
+        let merged = match all.as_mut_slice() {
+            // A cluster of one: its answer is already sorted and unique.
+            [(_, only)] => std::mem::take(&mut only.full),
+            _ => self.merge_rounds(&view, wire, all).await?,
+        };
+        check_total(max_samples, merged.iter().map(|s| s.samples.len()))?;
+        Ok(merged)
+    }
+
+    /// A select of native histograms over every node, asked and answered like
+    /// `fan_select` (`gather`: the same nodes, waiting, refusal and notes), but every
+    /// node sends each matching series it holds in full (`histograms`: no digests), and
+    /// the replicas' copies are merged by `histograms::merge`.
+    async fn fan_select_histograms(
+        &self,
+        req: SelectRequest,
+    ) -> Result<Vec<HistogramSeries>, SelectError> {
+        let view = self.inner.membership.view();
+        let wire = select_wire(&view, &req);
+        let max_samples = req.max_samples;
+        let local = self.inner.local.select_histograms(req);
+        let all = self
+            .gather_select(view, &wire, local, RemoteSelect::HISTOGRAMS)
+            .await?;
+        let merged = histograms::merge(all);
+        check_total(max_samples, merged.iter().map(|s| s.samples.len()))?;
+        Ok(merged)
+    }
+
+    /// The first round of a select (`wire`) of either kind: `local` here and `select`
+    /// on every peer alive in `view`, through `gather`; refused when any node was past
+    /// the request's sample limit.
+    async fn gather_select<T: Send + 'static>(
+        &self,
+        view: Arc<ClusterView>,
+        wire: &WireSelectRequest,
+        local: impl std::future::Future<Output = Result<T, SelectError>>,
+        select: RemoteSelect<T>,
+    ) -> Result<Vec<(NodeId, T)>, SelectError> {
+        let body =
+            Arc::new(serde_json::to_vec(wire).map_err(|e| StorageError::Other(e.to_string()))?);
+        // Past the sample limit is the read's answer (the query is refused), not this
+        // node's failure to be answered for by the replicas.
+        let local = async {
+            match local.await {
+                Ok(answer) => Ok(Ok(answer)),
                 Err(SelectError::TooManySamples) => Ok(Err(())),
                 Err(SelectError::Storage(e)) => Err(e),
             }
         };
         let received = self.inner.metrics.read_received_bytes.clone();
         let answers = self
-            .gather(view.clone(), local, move |client, peer, deadline| {
+            .gather(view, local, move |client, peer, deadline| {
                 let body = body.clone();
                 let received = received.clone();
-                async move { remote_select(&client, &peer, body.to_vec(), deadline, &received).await }
+                async move {
+                    select
+                        .ask(&client, &peer, body.to_vec(), deadline, &received)
+                        .await
+                }
             })
             .await?;
-        let mut all = Vec::with_capacity(answers.len());
-        for (node, answer) in answers {
-            all.push((node, answer.map_err(|()| SelectError::TooManySamples)?));
-        }
-        let merged = match all.as_mut_slice() {
-            // A cluster of one: its answer is already sorted and unique.
-            [(_, only)] => std::mem::take(&mut only.full),
-            _ => self.merge_rounds(&view, wire, all).await?,
-        };
-        let total: usize = merged.iter().map(|s| s.samples.len()).sum();
-        if max_samples > 0 && total > max_samples {
-            return Err(SelectError::TooManySamples);
-        }
-        Ok(merged)
+        answers
+            .into_iter()
+            .map(|(node, answer)| Ok((node, answer.map_err(|()| SelectError::TooManySamples)?)))
+            .collect()
     }
 
     /// Merges the first round's answers, fetching in a second round the copies whose
@@ -342,7 +377,8 @@ impl FanoutStorage {
             let deadline = inner.options.request_timeout;
             let received = inner.metrics.read_received_bytes.clone();
             let task = asked.spawn(peer::with_trace_id(trace_id.clone(), async move {
-                let answer = remote_select(&client, &addr, body, deadline, &received).await;
+                let select = RemoteSelect::FLOATS;
+                let answer = select.ask(&client, &addr, body, deadline, &received).await;
                 let answer = answer.map(|a| a.value).map_err(|e| {
                     format!(
                         "answered without some series of node {addr}: fetching them failed \
@@ -567,37 +603,103 @@ fn earlier(a: Option<i64>, b: Option<i64>) -> Option<i64> {
 /// A peer's select answer; `Err(())`: past the request's sample limit.
 type PeerSelect = Result<SelectAnswer, ()>;
 
-async fn remote_select(
-    client: &PeerClient,
-    peer: &str,
-    body: Vec<u8>,
-    deadline: Duration,
-    received: &Counter,
-) -> Result<PeerAnswer<PeerSelect>, String> {
-    let trace_id = peer::current_trace_id();
-    let headers = [
-        ("content-type", "application/json"),
-        (peer::TRACE_HEADER, trace_id.as_str()),
-    ];
-    let response = client
-        .post(peer, peer::SELECT_PATH, "select", &headers, body, deadline)
-        .await
-        .map_err(|e| e.to_string())?;
-    received.inc_by(response.body.len() as u64);
-    let value = match response.status {
-        200 => Ok(one_copy::decode_answer(&response.body).map_err(|e| format!("{peer}: {e}"))?),
-        422 => Err(()),
-        status => {
-            return Err(format!(
-                "{peer}: select answered {status}: {}",
-                String::from_utf8_lossy(&response.body)
-            ))
-        }
+/// The first round's request of `fan_select` and `fan_select_histograms` in `view`.
+fn select_wire(view: &ClusterView, req: &SelectRequest) -> WireSelectRequest {
+    let mut alive: Vec<NodeId> = gather::asked(view).map(|n| n.id).collect();
+    alive.push(view.local.id);
+    WireSelectRequest {
+        matchers: req.matchers.iter().map(peer::wire_matcher).collect(),
+        mint: req.mint,
+        maxt: req.maxt,
+        max_samples: req.max_samples,
+        slots: one_copy::wire_slots(&view.ring),
+        alive,
+        only: None,
+    }
+}
+
+/// Refuses a merged answer whose series hold more than `max_samples` samples (0: no
+/// limit); each series is counted once, however many replicas sent it.
+fn check_total(
+    max_samples: usize,
+    per_series: impl Iterator<Item = usize>,
+) -> Result<(), SelectError> {
+    if max_samples > 0 && per_series.sum::<usize>() > max_samples {
+        return Err(SelectError::TooManySamples);
+    }
+    Ok(())
+}
+
+/// One of the internal selects, as the asker sends it: where, the name its metrics
+/// give it, and how its answer is decoded.
+struct RemoteSelect<T> {
+    path: &'static str,
+    op: &'static str,
+    decode: fn(&[u8]) -> Result<T, String>,
+}
+
+// By hand: a derive would ask `T: Copy` of the answer type, which is never copied.
+impl<T> Clone for RemoteSelect<T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<T> Copy for RemoteSelect<T> {}
+
+impl RemoteSelect<SelectAnswer> {
+    const FLOATS: Self = RemoteSelect {
+        path: peer::SELECT_PATH,
+        op: "select",
+        decode: one_copy::decode_answer,
     };
-    Ok(PeerAnswer {
-        value,
-        hints_pending: response.hints_pending(),
-    })
+}
+
+impl RemoteSelect<Vec<HistogramSeries>> {
+    const HISTOGRAMS: Self = RemoteSelect {
+        path: peer::SELECT_HISTOGRAMS_PATH,
+        op: "select_histograms",
+        decode: histograms::decode_answer,
+    };
+}
+
+impl<T> RemoteSelect<T> {
+    /// Sends `body` (JSON `WireSelectRequest`) to `peer`; 422 is the peer's answer
+    /// that the request's sample limit was exceeded (`Ok(Err(()))`).
+    async fn ask(
+        &self,
+        client: &PeerClient,
+        peer: &str,
+        body: Vec<u8>,
+        deadline: Duration,
+        received: &Counter,
+    ) -> Result<PeerAnswer<Result<T, ()>>, String> {
+        let trace_id = peer::current_trace_id();
+        let headers = [
+            ("content-type", "application/json"),
+            (peer::TRACE_HEADER, trace_id.as_str()),
+        ];
+        let response = client
+            .post(peer, self.path, self.op, &headers, body, deadline)
+            .await
+            .map_err(|e| e.to_string())?;
+        received.inc_by(response.body.len() as u64);
+        let value = match response.status {
+            200 => Ok((self.decode)(&response.body).map_err(|e| format!("{peer}: {e}"))?),
+            422 => Err(()),
+            status => {
+                return Err(format!(
+                    "{peer}: {} answered {status}: {}",
+                    self.op,
+                    String::from_utf8_lossy(&response.body)
+                ))
+            }
+        };
+        Ok(PeerAnswer {
+            value,
+            hints_pending: response.hints_pending(),
+        })
+    }
 }
 
 async fn remote_json<T: serde::de::DeserializeOwned>(
@@ -668,13 +770,11 @@ impl Storage for FanoutStorage {
         self.inner.local.append_histograms(batch)
     }
 
-    /// Cluster nodes refuse native histograms at the ingest edge until replication and
-    /// the read protocol carry them (ADR 0030), so only the local store can hold any.
     fn select_histograms(
         &self,
         req: SelectRequest,
     ) -> BoxFuture<'_, Result<Vec<HistogramSeries>, SelectError>> {
-        self.inner.local.select_histograms(req)
+        Box::pin(self.fan_select_histograms(req))
     }
 
     fn series(&self, req: LabelRequest) -> BoxFuture<'_, Result<Vec<Labels>, StorageError>> {
