@@ -14,10 +14,11 @@
 //! ends (`HintStore::end_episode_if_drained`: the window/cap warning's recovery); each
 //! round also refreshes the `timbala_hints_*` series of every peer. A
 //! target the ring shows removed (a tombstone, ADR 0015) never comes back: each of its
-//! hints is decoded, each series routed by the current ring to the owners that took the
-//! removed node's replica (`reroute_plan`, pure), delivered (locally when this node is
-//! one), and the hint deleted once all of them acknowledged (ADR 0017). Calls `hints`,
-//! `peer`, `ingest` (decoding), the local `storage::Storage` and the membership view.
+//! hints is decoded, each series (float or native histogram) routed by the current ring
+//! to the owners that took the removed node's replica (`reroute_plan`, pure), delivered (locally when this node is
+//! one), and the hint deleted once all of them acknowledged (ADR 0017); a hint's
+//! metadata and exemplars are not re-routed. Calls `hints`, `peer`, `ingest` (decoding),
+//! `proto` (the re-split bodies), the local `storage::Storage` and the membership view.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -29,8 +30,9 @@ use crate::cluster::membership::{ClusterView, MemberState, MembershipHandle};
 use crate::cluster::placement;
 use crate::cluster::ring::{Ring, RingSlot};
 use crate::ingest::{self, DecodeLimits};
-use crate::model::Series;
+use crate::model::{HistogramSeries, Labels, Series};
 use crate::peer::PeerClient;
+use crate::proto;
 use crate::storage::Storage;
 
 use super::hints::{now_ms, read_hint, HintStore, Removal};
@@ -109,7 +111,7 @@ impl Handoff {
             // Decoded only to route: a hint whose series the target still owns (nearly
             // every one) is forwarded as it was written.
             let delivered = match decode_hint_body(&body)
-                .map(|series| replay_plan(series, &view.ring, target))
+                .map(|share| share.plan(|items| replay_plan(items, &view.ring, target)))
             {
                 Ok(plan) if plan.keys().any(|&owner| owner != target) => {
                     self.deliver_plan(view, plan).await
@@ -146,16 +148,16 @@ impl Handoff {
         };
         for (i, file) in files.iter().enumerate() {
             let next = files.get(i + 1).cloned();
-            let series = match read_hint(file).and_then(|body| decode_hint_body(&body)) {
-                Ok(series) => series,
+            let share = match read_hint(file).and_then(|body| decode_hint_body(&body)) {
+                Ok(share) => share,
                 Err(e) => {
                     tracing::error!(target_node = %target, error = %e, "dropping a corrupt hint of a removed node");
                     self.remove(target, file, next, Removal::Dropped).await;
                     continue;
                 }
             };
-            let count = series.len() as u64;
-            let plan = reroute_plan(series, &view.ring, target);
+            let count = (share.series.len() + share.histograms.len()) as u64;
+            let plan = share.plan(|items| reroute_plan(items, &view.ring, target));
             if let Err(e) = self.deliver_plan(view, plan).await {
                 tracing::debug!(target_node = %target, error = %e, "re-routing a hint failed; retrying later");
                 self.hints.metrics().on_failed_attempt(target);
@@ -173,14 +175,22 @@ impl Handoff {
     async fn deliver_plan(
         &self,
         view: &ClusterView,
-        plan: BTreeMap<NodeId, Vec<Series>>,
+        plan: BTreeMap<NodeId, HintShare>,
     ) -> Result<(), String> {
-        for (owner, series) in plan {
+        for (owner, share) in plan {
             if owner == view.local.id {
-                self.local
-                    .append(series)
-                    .await
-                    .map_err(|e| format!("local append: {e}"))?;
+                if !share.series.is_empty() {
+                    self.local
+                        .append(share.series)
+                        .await
+                        .map_err(|e| format!("local append: {e}"))?;
+                }
+                if !share.histograms.is_empty() {
+                    self.local
+                        .append_histograms(share.histograms)
+                        .await
+                        .map_err(|e| format!("local append of histograms: {e}"))?;
+                }
                 continue;
             }
             let addr = view
@@ -194,8 +204,8 @@ impl Handoff {
             {
                 return Err(format!("owner {owner} is down"));
             }
-            let samples = series.iter().map(|s| s.samples.len() as u64).sum();
-            super::forward(&self.client, &addr, super::encode_series(&series), samples)
+            let samples = share.samples();
+            super::forward(&self.client, &addr, share.encode(), samples)
                 .await
                 .map_err(|e| e.to_string())?;
         }
@@ -229,11 +239,89 @@ impl Handoff {
     }
 }
 
+/// What a hint carries that is routed series by series: float series and native
+/// histogram series (the other owners' share of a write). Metadata and exemplars in a
+/// hint reach an owner only by replay of the hint as written.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct HintShare {
+    pub series: Vec<Series>,
+    pub histograms: Vec<HistogramSeries>,
+}
+
+impl HintShare {
+    /// Routes the float series and the histogram series alike by `plan` (`replay_plan`
+    /// or `reroute_plan`), grouped by owner.
+    fn plan(
+        self,
+        plan: impl Fn(Vec<Routed>) -> BTreeMap<NodeId, Vec<Routed>>,
+    ) -> BTreeMap<NodeId, HintShare> {
+        let items = (self.series.into_iter().map(Routed::Floats))
+            .chain(self.histograms.into_iter().map(Routed::Histograms))
+            .collect();
+        let mut shares: BTreeMap<NodeId, HintShare> = BTreeMap::new();
+        for (owner, items) in plan(items) {
+            let share = shares.entry(owner).or_default();
+            for item in items {
+                match item {
+                    Routed::Floats(s) => share.series.push(s),
+                    Routed::Histograms(h) => share.histograms.push(h),
+                }
+            }
+        }
+        shares
+    }
+
+    fn samples(&self) -> u64 {
+        let floats: usize = self.series.iter().map(|s| s.samples.len()).sum();
+        let histograms: usize = self.histograms.iter().map(|s| s.samples.len()).sum();
+        (floats + histograms) as u64
+    }
+
+    /// The internal-write body that stores this share.
+    fn encode(&self) -> Vec<u8> {
+        let mut raw = Vec::new();
+        proto::write_body::encode_series(&self.series, &mut raw);
+        proto::write_body::encode_histograms(&self.histograms, &mut raw);
+        proto::compress_snappy(&raw)
+    }
+}
+
+/// One series of a hint as the plans route it: placement is by labels alone, whatever
+/// the samples are.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Routed {
+    Floats(Series),
+    Histograms(HistogramSeries),
+}
+
 /// The series of a hint's payload (an internal-write body).
-fn decode_hint_body(body: &[u8]) -> Result<Vec<Series>, String> {
+fn decode_hint_body(body: &[u8]) -> Result<HintShare, String> {
     ingest::decode_internal_write_request(body, &DecodeLimits::for_body_limit(body.len()))
-        .map(|decoded| decoded.series)
+        .map(|decoded| HintShare {
+            series: decoded.series,
+            histograms: decoded.histograms,
+        })
         .map_err(|e| e.to_string())
+}
+
+/// What the plans route: anything placed by its labels.
+pub trait RoutedSeries: Clone {
+    fn labels(&self) -> &Labels;
+}
+
+impl RoutedSeries for Series {
+    fn labels(&self) -> &Labels {
+        &self.labels
+    }
+}
+
+impl RoutedSeries for Routed {
+    fn labels(&self) -> &Labels {
+        match self {
+            Routed::Floats(s) => &s.labels,
+            Routed::Histograms(h) => &h.labels,
+        }
+    }
 }
 
 /// Where the series of a hint for `removed` go now: to the owners each series gained
@@ -241,15 +329,15 @@ fn decode_hint_body(body: &[u8]) -> Result<Vec<Series>, String> {
 /// with `removed` still live), grouped by owner. A series `removed` did not own under
 /// that ring (the hint predates a later placement change) goes to all its current
 /// owners: a copy too many is a duplicate they ignore, a copy too few a lost sample.
-pub fn reroute_plan(
-    series: Vec<Series>,
+pub fn reroute_plan<S: RoutedSeries>(
+    series: Vec<S>,
     current: &Ring,
     removed: NodeId,
-) -> BTreeMap<NodeId, Vec<Series>> {
+) -> BTreeMap<NodeId, Vec<S>> {
     let before = ring_with_live(current, removed);
-    let mut plan: BTreeMap<NodeId, Vec<Series>> = BTreeMap::new();
+    let mut plan: BTreeMap<NodeId, Vec<S>> = BTreeMap::new();
     for s in series {
-        let key = placement::partition_key(&s.labels);
+        let key = placement::partition_key(s.labels());
         let now = current.owners(key);
         let old = before.owners(key);
         let gained: Vec<NodeId> = if old.contains(&removed) {
@@ -267,14 +355,14 @@ pub fn reroute_plan(
 /// Where the series of a hint for `target` (alive, in the ring) go: to `target` when
 /// `current` still makes it an owner, otherwise to every current owner of the series (a
 /// copy too many is a duplicate they ignore).
-pub fn replay_plan(
-    series: Vec<Series>,
+pub fn replay_plan<S: RoutedSeries>(
+    series: Vec<S>,
     current: &Ring,
     target: NodeId,
-) -> BTreeMap<NodeId, Vec<Series>> {
-    let mut plan: BTreeMap<NodeId, Vec<Series>> = BTreeMap::new();
+) -> BTreeMap<NodeId, Vec<S>> {
+    let mut plan: BTreeMap<NodeId, Vec<S>> = BTreeMap::new();
     for s in series {
-        let owners = current.owners(placement::partition_key(&s.labels));
+        let owners = current.owners(placement::partition_key(s.labels()));
         if owners.contains(&target) {
             plan.entry(target).or_default().push(s);
             continue;
@@ -436,11 +524,124 @@ mod tests {
         assert!(restored.same_placement(&state_of(4).ring()));
     }
 
+    /// Histogram series with the labels of `series(n)`.
+    fn histogram_series(n: usize) -> Vec<HistogramSeries> {
+        use crate::fanout::histograms::{test_float_histogram, test_int_histogram};
+        series(n)
+            .into_iter()
+            .enumerate()
+            .map(|(i, s)| HistogramSeries {
+                labels: s.labels,
+                samples: vec![
+                    test_int_histogram(i as i64, 3),
+                    test_float_histogram(i as i64 + 1, 4.5),
+                ],
+            })
+            .collect()
+    }
+
     #[test]
     fn hint_bodies_decode_back_to_their_series() {
         let original = series(3);
         let body = super::super::encode_series(&original);
-        assert_eq!(decode_hint_body(&body).expect("decode"), original);
+        let decoded = decode_hint_body(&body).expect("decode");
+        assert_eq!(decoded.series, original);
+        assert!(decoded.histograms.is_empty());
         assert!(decode_hint_body(b"not snappy").is_err());
+        // A hint of a histogram write (as `replicate_histograms` hints it), and a
+        // re-split share of both kinds, decode back to what they carry.
+        let histograms = histogram_series(3);
+        let mut raw = Vec::new();
+        proto::write_body::encode_histograms(&histograms, &mut raw);
+        let decoded = decode_hint_body(&proto::compress_snappy(&raw)).expect("decode");
+        assert_eq!(decoded.histograms, histograms);
+        assert!(decoded.series.is_empty());
+        let both = HintShare {
+            series: original,
+            histograms,
+        };
+        assert_eq!(decode_hint_body(&both.encode()).expect("decode"), both);
+        assert_eq!(both.samples(), 3 + 3 * 2);
+    }
+
+    /// The histograms of a removed node's hint go where its float series go: to the
+    /// owner that took its replica, each once.
+    #[test]
+    fn histograms_in_a_removed_nodes_hints_are_rerouted_too() {
+        let before = state_of(5).ring();
+        let mut s = state_of(5);
+        s.remove(NodeId(2));
+        let after = s.ring();
+        let owned = |labels: &Labels| {
+            before
+                .owners(placement::partition_key(labels))
+                .contains(&NodeId(2))
+        };
+        let floats: Vec<Series> = series(300)
+            .into_iter()
+            .filter(|s| owned(&s.labels))
+            .collect();
+        let histograms: Vec<HistogramSeries> = histogram_series(300)
+            .into_iter()
+            .filter(|s| owned(&s.labels))
+            .collect();
+        assert!(!histograms.is_empty());
+        let share = HintShare {
+            series: floats.clone(),
+            histograms: histograms.clone(),
+        };
+        let plan = share.plan(|items| reroute_plan(items, &after, NodeId(2)));
+        let float_plan = reroute_plan(floats, &after, NodeId(2));
+        assert!(!plan.contains_key(&NodeId(2)));
+        let mut routed = 0;
+        for (owner, share) in &plan {
+            let float_labels: Vec<&Labels> = float_plan[owner].iter().map(|s| &s.labels).collect();
+            let histogram_labels: Vec<&Labels> =
+                share.histograms.iter().map(|s| &s.labels).collect();
+            assert_eq!(histogram_labels, float_labels, "owner {owner}");
+            for h in &share.histograms {
+                assert!(histograms.contains(h));
+            }
+            routed += share.histograms.len();
+        }
+        assert_eq!(routed, histograms.len());
+    }
+
+    /// A replayed hint whose target lost some series sends their histograms to the
+    /// current owners as well, never dropping them.
+    #[test]
+    fn histograms_of_a_replayed_hint_follow_their_series() {
+        let before = state_of(4).ring();
+        let after = state_of(5).ring();
+        let target = NodeId(1);
+        let histograms: Vec<HistogramSeries> = histogram_series(300)
+            .into_iter()
+            .filter(|s| {
+                before
+                    .owners(placement::partition_key(&s.labels))
+                    .contains(&target)
+            })
+            .collect();
+        let share = HintShare {
+            series: Vec::new(),
+            histograms: histograms.clone(),
+        };
+        let plan = share.plan(|items| replay_plan(items, &after, target));
+        for h in &histograms {
+            let now = after.owners(placement::partition_key(&h.labels));
+            let to: Vec<NodeId> = plan
+                .iter()
+                .filter(|(_, share)| share.histograms.contains(h))
+                .map(|(&o, _)| o)
+                .collect();
+            if now.contains(&target) {
+                assert_eq!(to, vec![target]);
+            } else {
+                let mut want = now;
+                want.sort();
+                assert_eq!(to, want);
+            }
+        }
+        assert!(plan.keys().any(|&o| o != target), "some series moved");
     }
 }
