@@ -4,7 +4,8 @@
 //! internal paths and headers (`X-Timbala-Routed`, `X-Timbala-Trace-Id`,
 //! `X-Timbala-Hints-Pending`), the cluster credential on every request it sends when
 //! the node has cluster keys (ADR 0014), the per-peer forwarding metrics, and the JSON
-//! shapes of the internal select (ADR 0028), label, metadata, exemplar and head-statistics requests. Every request has a deadline,
+//! shapes of the internal select (ADR 0028; the histogram select takes the same one),
+//! label, metadata, exemplar and head-statistics requests. Every request has a deadline,
 //! and dropping its future cancels it (the connection is closed, never handed back to
 //! the pool half-read). Called by `replication` (writes, hint replay), `fanout` (reads) and
 //! `api::internal` (the receiving side). Calls hyper (with hyper-rustls: https to peers
